@@ -1,0 +1,64 @@
+"""The service's error types: each names what is wrong and carries its HTTP status.
+
+No FastAPI objects here: the batcher and runtime raise these, one handler in main renders them.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidInput(ServingError):
+    status_code = 400
+
+
+class UnprocessableInput(InvalidInput):
+    status_code = 422
+
+
+class ModelNotFound(ServingError):
+    status_code = 404
+
+
+class ModelNotReady(ServingError):
+    status_code = 503
+
+
+class PayloadTooLarge(ServingError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServingError):
+    status_code = 415
+
+
+class QueueFull(ServingError):
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class DeadlineExceeded(ServingError):
+    status_code = 504
+
+
+class InferenceFailed(ServingError):
+    """The model itself failed on a validated batch: a server-side fault."""
+
+    status_code = 500

@@ -1,0 +1,190 @@
+"""The model manifest: what a model is, how to feed it, and which files hold it.
+
+This module is the one reader and validator of `models/<name>/<version>/manifest.json`.
+Training writes manifests through these types and the service reads them through
+`load_manifest`, so both sides agree on one schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+# V2 protocol datatype names and the numpy dtypes they map to.
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+
+Variant = Literal["fp32", "int8", "fp16"]
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, malformed or disagrees with its files."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1)
+    datatype: Literal["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
+    shape: list[int] = Field(min_length=1)
+    """Dimensions, -1 for a dynamic axis. The first axis is the batch axis."""
+
+    @model_validator(mode="after")
+    def _dims_are_valid(self) -> TensorSpec:
+        if self.shape[0] != -1:
+            raise ValueError(f"tensor {self.name!r}: the first (batch) axis must be -1")
+        if any(d == 0 or d < -1 for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: dimensions must be positive or -1")
+        return self
+
+    @property
+    def numpy_dtype(self) -> str:
+        return DATATYPES[self.datatype]
+
+
+class ImagePreprocessing(_Strict):
+    """Pixels p in [0, 255] become ((p * scale) - mean) / std, shaped (C, H, W)."""
+
+    kind: Literal["image"] = "image"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3] = 1
+    scale: float = Field(gt=0)
+    mean: float
+    std: float = Field(gt=0)
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+
+
+class TextPreprocessing(_Strict):
+    """Text becomes token ids with the project tokenizer and the model's vocabulary."""
+
+    kind: Literal["text"] = "text"
+    tokenizer: Literal["ptb-words-v1"] = "ptb-words-v1"
+    lowercase: bool = True
+    vocabulary_file: str = "vocab.txt"
+    pad_token: str = "<pad>"
+    unknown_token: str = "<unk>"
+    max_length: int = Field(gt=0)
+    """Texts longer than this many tokens are truncated."""
+
+
+Preprocessing = Annotated[ImagePreprocessing | TextPreprocessing, Field(discriminator="kind")]
+
+
+class VariantFile(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    metrics: dict[str, float | int | None] = Field(default_factory=dict)
+
+
+class BatchingDefaults(_Strict):
+    max_batch_size: int = Field(default=64, gt=0)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: int = Field(gt=0)
+    task: Literal["image-classification", "text-classification"]
+    description: str = ""
+    labels: list[str] = Field(min_length=2)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    preprocessing: Preprocessing
+    variants: dict[Variant, VariantFile] = Field(min_length=1)
+    batching: BatchingDefaults = Field(default_factory=BatchingDefaults)
+    training: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    packages: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input and output names must be unique, got {names}")
+        logits = self.outputs[0]
+        if logits.shape[-1] != len(self.labels):
+            raise ValueError(
+                f"output {logits.name!r} has {logits.shape[-1]} classes "
+                f"but {len(self.labels)} labels are listed"
+            )
+        return self
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(model_dir: Path, *, verify_files: bool = True) -> Manifest:
+    """Read and validate `model_dir/manifest.json`; optionally check each file's sha256."""
+    path = model_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ManifestError(f"{path}: no manifest found") from e
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON: {e}") from e
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise ManifestError(f"{path}: invalid manifest:\n{e}") from e
+    if manifest.version != _version_of(model_dir):
+        raise ManifestError(
+            f"{path}: manifest says version {manifest.version} "
+            f"but it lies in folder {model_dir.name!r}"
+        )
+    if verify_files:
+        verify_variant_files(model_dir, manifest)
+    return manifest
+
+
+def verify_variant_files(model_dir: Path, manifest: Manifest) -> None:
+    for variant, entry in manifest.variants.items():
+        file = model_dir / entry.file
+        if not file.is_file():
+            raise ManifestError(f"{model_dir}: variant {variant} file {entry.file!r} is missing")
+        actual = sha256_of(file)
+        if actual != entry.sha256:
+            raise ManifestError(
+                f"{file}: sha256 {actual} does not match the manifest's {entry.sha256}"
+            )
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    path = model_dir / MANIFEST_FILE
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def _version_of(model_dir: Path) -> int | None:
+    return int(model_dir.name) if model_dir.name.isdigit() else None

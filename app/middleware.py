@@ -1,0 +1,50 @@
+"""Pure-ASGI middleware: request ids, and per-request metrics labelled by model and endpoint.
+
+Pure ASGI rather than BaseHTTPMiddleware: it adds no task or body copy per request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.log import request_id
+from app.metrics import Metrics
+
+_REQUEST_ID = b"x-request-id"
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
+        rid = rid[:128] if rid else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+            endpoint = scope.get("endpoint")
+            if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
+                model = scope.get("path_params", {}).get("name", "")
+                name = endpoint.__name__
+                self.metrics.requests.labels(model, name, str(status)).inc()
+                self.metrics.request_latency.labels(model, name).observe(time.perf_counter() - started)

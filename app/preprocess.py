@@ -1,0 +1,147 @@
+"""Preprocessing shared by training and serving: pixel scaling, image decoding, tokenizing.
+
+Torch-free on purpose: training imports these functions so that a model is fed
+exactly what the service will feed it. All constants come from the manifest's
+preprocessing spec, never from code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from app.manifest import ImagePreprocessing, TextPreprocessing
+
+
+class PreprocessError(ValueError):
+    """The client's input cannot be turned into a model input; the message says why."""
+
+
+# --- images ---------------------------------------------------------------------------
+
+
+def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
+    """(N, H, W) or (N, C, H, W) raw pixels 0-255 -> float32 (N, C, H, W) model input."""
+    x = np.asarray(pixels, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    expected = (spec.channels, spec.height, spec.width)
+    if x.ndim != 4 or x.shape[1:] != expected:
+        raise PreprocessError(f"pixels must have shape (N, {spec.height}, {spec.width}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise PreprocessError("pixels must be finite numbers")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise PreprocessError("pixels must lie in [0, 255]")
+    # Fold scale, mean and std into one multiply-add: (p * scale - mean) / std.
+    a = np.float32(spec.scale / spec.std)
+    b = np.float32(-spec.mean / spec.std)
+    return x * a + b
+
+
+def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
+    """PNG/JPEG/... bytes -> uint8 (H, W) or (C, H, W) pixels, converted and resized.
+
+    Colour images become greyscale (ITU-R 601 luma) for 1-channel models; other sizes are
+    resized to the model's size. Transparent pixels are composited onto black, the
+    background of the training images.
+    """
+    from PIL import Image, UnidentifiedImageError  # imported lazily: only image models need it
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise PreprocessError(f"cannot decode image: {e}") from e
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    if image.size != (spec.width, spec.height):
+        resample = Image.Resampling.BILINEAR if spec.resize == "bilinear" else Image.Resampling.NEAREST
+        image = image.resize((spec.width, spec.height), resample)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels if spec.channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def decode_base64_image(text: str, spec: ImagePreprocessing) -> np.ndarray:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise PreprocessError(f"'b64' is not valid base64: {e}") from e
+    return decode_image(data, spec)
+
+
+# --- text -----------------------------------------------------------------------------
+
+# Penn-Treebank-style words, matching how SST-2 was tokenised: "doesn't" -> "does n't",
+# "film's" -> "film 's", punctuation split off, hyphenated words kept whole.
+_TOKEN = re.compile(r"n't\b|'(?:s|re|ve|ll|d|m)\b|\w+(?=n't\b)|\w+(?:-\w+)*|[^\w\s]")
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "`": "'"})
+
+
+def tokenize(text: str, *, lowercase: bool = True) -> list[str]:
+    text = unicodedata.normalize("NFKC", text).translate(_QUOTES)
+    if lowercase:
+        text = text.lower()
+    return _TOKEN.findall(text)
+
+
+class Tokenizer:
+    """Words -> ids with a fixed vocabulary; id 0 pads and id 1 stands for unknown words."""
+
+    def __init__(self, vocabulary: Sequence[str], spec: TextPreprocessing) -> None:
+        if list(vocabulary[:2]) != [spec.pad_token, spec.unknown_token]:
+            raise ValueError(
+                f"vocabulary must start with {spec.pad_token!r}, {spec.unknown_token!r}"
+            )
+        self.spec = spec
+        self.vocabulary = list(vocabulary)
+        self._ids = {word: i for i, word in enumerate(self.vocabulary)}
+        if len(self._ids) != len(self.vocabulary):
+            raise ValueError("vocabulary has duplicate entries")
+        self.unknown_id = 1
+
+    @classmethod
+    def from_file(cls, path: Path, spec: TextPreprocessing) -> Tokenizer:
+        words = path.read_text(encoding="utf-8").split("\n")
+        return cls([w for w in words if w], spec)
+
+    @classmethod
+    def build(cls, texts: Iterable[str], spec: TextPreprocessing, *, min_count: int = 1) -> Tokenizer:
+        """A vocabulary of every word seen at least `min_count` times, most frequent first."""
+        counts = Counter(tok for text in texts for tok in tokenize(text, lowercase=spec.lowercase))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        return cls([spec.pad_token, spec.unknown_token, *words], spec)
+
+    def save(self, path: Path) -> None:
+        path.write_text("\n".join(self.vocabulary) + "\n", encoding="utf-8")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids, truncated to max_length; an empty text becomes one unknown token
+        so that every sequence has at least one step to classify."""
+        words = tokenize(text, lowercase=self.spec.lowercase)[: self.spec.max_length]
+        ids = [self._ids.get(w, self.unknown_id) for w in words]
+        return ids or [self.unknown_id]
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> (token_ids int64 (N, T) padded with 0 to the longest, lengths int64 (N,))."""
+        encoded = [self.encode(t) for t in texts]
+        return pad_sequences(encoded)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    width = int(lengths.max()) if len(sequences) else 1
+    ids = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+    return ids, lengths

@@ -1,0 +1,55 @@
+"""Triton's binary tensor data extension: raw little-endian tensors after a JSON header.
+
+The JSON header's length travels in the `Inference-Header-Content-Length` HTTP header;
+each binary input names its byte count in `parameters.binary_data_size`, in input order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.errors import InvalidInput
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, binary remainder) of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if not 0 < n <= len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
+    view = memoryview(body)
+    return bytes(view[:n]), view[n:]
+
+
+class BinaryReader:
+    """Hands out consecutive slices of the binary part, one per binary input."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.offset = 0
+
+    def read(self, name: str, size: int, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+        if size < 0 or self.offset + size > len(self.data):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                               f"({len(self.data) - self.offset} bytes left)")
+        expected = int(np.prod(shape)) * dtype.itemsize
+        if size != expected:
+            raise InvalidInput(f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of "
+                               f"{dtype.name} needs {expected}")
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+    def check_consumed(self) -> None:
+        if self.offset != len(self.data):
+            raise InvalidInput(f"{len(self.data) - self.offset} bytes of binary data are not claimed by any input")
+
+
+def to_little_endian_bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

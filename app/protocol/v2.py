@@ -1,0 +1,200 @@
+"""KServe V2 / Open Inference Protocol types (spec names) and request/response codecs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import InvalidInput, UnprocessableInput
+from app.manifest import DATATYPES, Manifest, TensorSpec
+from app.protocol.binary import BinaryReader, split_body, to_little_endian_bytes
+
+NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RequestInput(_Open):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestOutput(_Open):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(_Open):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "42",
+        "inputs": [{"name": "token_ids", "shape": [1, 3], "datatype": "INT64", "data": [12, 7, 30]},
+                   {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [3]}],
+        "outputs": [{"name": "logits"}],
+    }]})
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class MetadataModelResponse(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] | None = None
+
+
+class MetadataServerResponse(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, BinaryReader]:
+    json_part, binary = split_body(body, header_length)
+    try:
+        raw = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise UnprocessableInput("request body must be a JSON object with an 'inputs' list")
+    try:
+        request = InferenceRequest.model_validate(raw)
+    except ValidationError as e:
+        raise UnprocessableInput(_describe(e)) from e
+    return request, BinaryReader(binary)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "invalid inference request: " + "; ".join(parts)
+
+
+def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Manifest) -> dict[str, np.ndarray]:
+    """Named numpy arrays checked against the model's declared inputs."""
+    expected = {spec.name: spec for spec in manifest.inputs}
+    seen = [i.name for i in request.inputs]
+    if sorted(seen) != sorted(expected):
+        raise InvalidInput(f"model {manifest.name!r} takes inputs {sorted(expected)}, got {seen}")
+    arrays = {}
+    for item in request.inputs:
+        spec = expected[item.name]
+        _check_shape(item, spec)
+        dtype = np.dtype(spec.numpy_dtype)
+        size = (item.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if item.data is not None:
+                raise InvalidInput(f"input {item.name!r} has both 'data' and binary_data_size")
+            if not isinstance(size, int):
+                raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer")
+            arrays[item.name] = binary.read(item.name, size, dtype, item.shape)
+        else:
+            arrays[item.name] = _from_json(item, dtype)
+    binary.check_consumed()
+    rows = {len(a) for a in arrays.values()}
+    if len(rows) != 1:
+        raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+    if rows == {0}:
+        raise InvalidInput("the batch is empty: shape[0] must be at least 1")
+    return arrays
+
+
+def _check_shape(item: RequestInput, spec: TensorSpec) -> None:
+    if item.datatype != spec.datatype:
+        raise InvalidInput(f"input {item.name!r} must have datatype {spec.datatype}, got {item.datatype}")
+    ok = len(item.shape) == len(spec.shape) and all(
+        (want == -1 and got >= 0) or got == want for got, want in zip(item.shape, spec.shape, strict=True))
+    if not ok:
+        raise InvalidInput(f"input {item.name!r} must have shape {spec.shape} (-1: any), got {item.shape}")
+
+
+def _from_json(item: RequestInput, dtype: np.dtype) -> np.ndarray:
+    if item.data is None:
+        raise InvalidInput(f"input {item.name!r} has no 'data' (and no binary_data_size)")
+    try:
+        array = np.asarray(item.data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidInput(f"input {item.name!r}: data is not a list of {item.datatype} numbers ({e})") from e
+    if array.size != int(np.prod(item.shape)):
+        raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {int(np.prod(item.shape))} "
+                           f"values, data has {array.size}")
+    return array.reshape(item.shape)
+
+
+def wants_binary(request: InferenceRequest, name: str) -> bool:
+    for out in request.outputs or []:
+        if out.name == name and out.parameters and "binary_data" in out.parameters:
+            return bool(out.parameters["binary_data"])
+    return bool((request.parameters or {}).get("binary_data_output", False))
+
+
+def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
+    known = [o.name for o in manifest.outputs]
+    unknown = [o.name for o in request.outputs or [] if o.name not in known]
+    if unknown:
+        raise InvalidInput(f"model {manifest.name!r} has no outputs {unknown}; it has {known}")
+
+
+def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
+                    ) -> tuple[bytes, int | None]:
+    """(body, JSON header length if any output is binary, else None)."""
+    names = [o.name for o in request.outputs] if request.outputs else list(outputs)
+    entries, blobs = [], []
+    for name in names:
+        array = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
+        if wants_binary(request, name):
+            blob = to_little_endian_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    response: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = entries
+    header = orjson.dumps(response)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

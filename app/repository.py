@@ -1,0 +1,174 @@
+"""The model repository: finds models/<name>/<version>/, loads, warms up and serves each one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.batcher import BatchPolicy, BatchRecord, DynamicBatcher
+from app.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
+from app.manifest import Manifest, TensorSpec, load_manifest
+from app.metrics import Metrics
+from app.runtime import OrtModel, RuntimeOptions, choose_variant
+from app.settings import Settings
+from app.stats import ModelStats
+from app.tasks import Task, make_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    manifest: Manifest
+    directory: Path
+    variant: str
+    runtime: OrtModel
+    batcher: DynamicBatcher
+    task: Task
+    stats: ModelStats = field(default_factory=ModelStats)
+    ready: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.version)
+
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        """Check, queue and await one request's rows; past `timeout_s` it fails with 504."""
+        self.task.check_tensors(inputs)
+        started = time.monotonic()
+        future = self.batcher.submit(inputs)
+        # A timer instead of asyncio.wait_for: no extra task per request on the hot path.
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, self.name, timeout_s)
+        ok = False
+        try:
+            outputs = await future
+            ok = True
+            return outputs
+        finally:
+            timer.cancel()
+            self.stats.record_request(time.monotonic() - started, ok)
+
+    def warm_up(self) -> None:
+        """Run once per power-of-two batch size up to the maximum, so the first real
+        requests (and on CUDA every batch shape bucket) do not pay for first-run set-up."""
+        sizes, size = [], 1
+        while size < self.batcher.policy.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.batcher.policy.max_batch_size)
+        for n in sizes:
+            self.runtime.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+
+
+def _expire(future: asyncio.Future[dict[str, np.ndarray]], name: str, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"model {name!r} did not answer within {timeout_s:g} s"))
+
+
+def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
+    shape = [rows] + [8 if d == -1 else d for d in spec.shape[1:]]
+    fill = 0 if spec.numpy_dtype.startswith("float") else 1  # ids and lengths of 1 are valid
+    return np.full(shape, fill, dtype=spec.numpy_dtype)
+
+
+def _sequence_length(manifest: Manifest):  # type: ignore[no-untyped-def]
+    """For models with a variable-length input, a function giving a request's padded length."""
+    for spec in manifest.inputs:
+        if len(spec.shape) >= 2 and spec.shape[1] == -1:
+            name = spec.name
+            return lambda inputs: inputs[name].shape[1]
+    return None
+
+
+class ModelRepository:
+    def __init__(self, settings: Settings, runtime: RuntimeOptions, metrics: Metrics) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.metrics = metrics
+        self._models: dict[str, dict[str, ServedModel]] = {}
+
+    def discover(self) -> list[Path]:
+        root = self.settings.model_dir
+        if not root.is_dir():
+            raise FileNotFoundError(f"model directory {root} does not exist")
+        return sorted(p.parent for p in root.glob("*/*/manifest.json") if p.parent.name.isdigit())
+
+    async def load_all(self) -> None:
+        folders = self.discover()
+        if not folders:
+            raise FileNotFoundError(f"no models found under {self.settings.model_dir} "
+                                    "(expected <name>/<version>/manifest.json)")
+        for folder in folders:
+            model = await asyncio.to_thread(self._load, folder)
+            self._models.setdefault(model.name, {})[model.version] = model
+            model.batcher.start()
+            model.ready = True
+            logger.info("model %s v%s ready: %s variant on %s, max_batch_size=%d, max_queue_delay=%.1fms",
+                        model.name, model.version, model.variant, model.runtime.providers[0],
+                        model.batcher.policy.max_batch_size, model.batcher.policy.max_queue_delay_s * 1000)
+
+    def _load(self, folder: Path) -> ServedModel:
+        manifest = load_manifest(folder)
+        variant = choose_variant(manifest, self.runtime.providers, self.settings.variant)
+        runtime = OrtModel(folder / manifest.variants[variant].file, self.runtime)
+        s = self.settings
+        policy = BatchPolicy(
+            max_batch_size=s.max_batch_size or manifest.batching.max_batch_size,
+            max_queue_delay_s=(s.max_queue_delay_ms if s.max_queue_delay_ms is not None
+                               else manifest.batching.max_queue_delay_ms) / 1000,
+            max_inflight_batches=s.max_inflight_batches,
+            max_queue_size=s.max_queue_size,
+            retry_after_s=s.retry_after_s,
+        )
+        stats = ModelStats()
+        observe = self.metrics.batch_observer(manifest.name)
+
+        def on_batch(record: BatchRecord) -> None:
+            stats.record_batch(record)
+            observe(record)
+
+        batcher = DynamicBatcher(manifest.name, runtime.run, policy, length_of=_sequence_length(manifest),
+                                 on_batch=on_batch, on_queue_change=self.metrics.queue_observer(manifest.name))
+        model = ServedModel(manifest, folder, variant, runtime, batcher, make_task(manifest, folder), stats)
+        if s.warmup:
+            model.warm_up()
+        return model
+
+    async def stop(self) -> None:
+        for model in self.all():
+            model.ready = False
+        await asyncio.gather(*(m.batcher.stop(self.settings.shutdown_grace_s) for m in self.all()))
+
+    def all(self) -> list[ServedModel]:
+        return [m for versions in self._models.values() for m in versions.values()]
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model {name!r}; served models: {self.names()}")
+        if version is None:
+            model = versions[max(versions, key=int)]
+        elif version in versions:
+            model = versions[version]
+        else:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions, key=int)}")
+        if not model.ready:
+            raise ModelNotReady(f"model {name!r} version {model.version} is not ready")
+        return model
+
+    @property
+    def ready(self) -> bool:
+        models = self.all()
+        return bool(models) and all(m.ready for m in models)

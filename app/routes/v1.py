@@ -1,0 +1,78 @@
+"""Task-level endpoints in the KServe V1 / TF-Serving style: raw images and raw text in, labels out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from app.errors import InvalidInput, UnprocessableInput
+from app.protocol.v2 import ErrorResponse
+from app.repository import ModelRepository, ServedModel
+from app.routes.body import json_response, read_body
+from app.tasks import predictions
+
+router = APIRouter(tags=["v1"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
+}
+
+_PREDICT_DOC = {
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["instances"], "properties": {
+            "instances": {"type": "array", "minItems": 1, "items": {},
+                          "description": "image models: 28x28 arrays of pixels 0-255 or "
+                                         '{"b64": "<base64 PNG/JPEG>"}; text models: strings'}}},
+        "examples": {
+            "sst2-lstm": {"summary": "text", "value": {"instances": ["a gripping, beautifully acted film"]}},
+            "fashion-cnn": {"summary": "image as base64 PNG", "value": {"instances": [{"b64": "iVBORw0KGgo..."}]}},
+        },
+    }}},
+    "responses": {"200": {"content": {"application/json": {"example": {
+        "predictions": [{"label": "positive", "index": 1, "probabilities": [0.04, 0.96]}],
+        "model_name": "sst2-lstm", "model_version": "1"}}}}},
+}
+
+
+def _describe(model: ServedModel) -> dict[str, Any]:
+    m = model.manifest
+    return {"name": m.name, "version": model.version, "task": m.task, "labels": m.labels,
+            "instance": model.task.describe_instance(), "variant": model.variant,
+            "max_batch_size": model.batcher.policy.max_batch_size}
+
+
+def _repo(request: Request) -> ModelRepository:
+    return request.app.state.repository  # type: ignore[no-any-return]
+
+
+@router.get("/v1/models", summary="Every served model with its labels and what an instance is")
+async def list_models(request: Request) -> Response:
+    return json_response({"models": [_describe(m) for m in _repo(request).all()]})
+
+
+@router.get("/v1/models/{name}", responses=ERRORS, summary="One model's description")
+async def describe_model(request: Request, name: str) -> Response:
+    return json_response(_describe(_repo(request).get(name)))
+
+
+@router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
+             summary="Classify images or texts: {\"instances\": [...]}")
+async def v1_predict(request: Request, name: str) -> Response:
+    model = _repo(request).get(name)
+    settings = request.app.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list):
+        raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
+    if not instances:
+        raise InvalidInput("'instances' is empty: send at least one instance")
+    inputs = model.task.instances_to_inputs(instances)
+    outputs = await model.infer(inputs, settings.request_timeout_s)
+    logits = outputs[model.manifest.outputs[0].name]
+    return json_response({"predictions": predictions(logits, model.manifest.labels),
+                          "model_name": model.name, "model_version": model.version})

@@ -1,0 +1,137 @@
+"""KServe V2 model endpoints, with Triton's binary tensors, model configuration and statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from app.protocol.binary import HEADER_LENGTH
+from app.protocol.v2 import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    check_requested_outputs,
+    decode_inputs,
+    encode_response,
+    parse_request,
+)
+from app.repository import ModelRepository, ServedModel
+from app.routes.body import json_response, read_body
+
+router = APIRouter(tags=["v2"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
+}
+PLATFORM = "onnxruntime_onnx"
+
+
+def _repo(request: Request) -> ModelRepository:
+    return request.app.state.repository  # type: ignore[no-any-return]
+
+
+def _metadata(model: ServedModel) -> dict[str, Any]:
+    m = model.manifest
+    return {
+        "name": m.name, "versions": [model.version], "platform": PLATFORM,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
+        "parameters": {"variant": model.variant, "providers": model.runtime.providers, "task": m.task,
+                       "labels": m.labels},
+    }
+
+
+def _config(model: ServedModel) -> dict[str, Any]:
+    """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0."""
+    m, policy = model.manifest, model.batcher.policy
+    kind = "KIND_GPU" if model.runtime.providers[0] == "CUDAExecutionProvider" else "KIND_CPU"
+
+    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": t.shape[1:]} for t in specs]
+
+    return {
+        "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": policy.max_batch_size,
+        "input": tensors(m.inputs), "output": tensors(m.outputs),
+        "dynamic_batching": {"max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
+                             "preferred_batch_size": [policy.max_batch_size]},
+        "instance_group": [{"name": m.name, "kind": kind, "count": policy.max_inflight_batches}],
+        "parameters": {"variant": {"string_value": model.variant}},
+    }
+
+
+# Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
+@router.get("/v2/models/stats", responses=ERRORS, summary="Triton statistics of every model")
+async def all_stats(request: Request) -> Response:
+    return json_response({"model_stats": [m.stats.as_triton(m.name, m.version) for m in _repo(request).all()]})
+
+
+@router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=ERRORS,
+            summary="Model metadata: inputs, outputs, platform, variant and provider")
+@router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
+            responses=ERRORS, summary="Metadata of one model version", include_in_schema=True)
+async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+    return json_response(_metadata(_repo(request).get(name, version)))
+
+
+@router.get("/v2/models/{name}/ready", responses=ERRORS, summary="Model readiness")
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Model version readiness")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    _repo(request).get(name, version)  # raises 404 / 503
+    return Response(status_code=200)
+
+
+@router.get("/v2/models/{name}/config", responses=ERRORS, summary="Triton model configuration")
+@router.get("/v2/models/{name}/versions/{version}/config", responses=ERRORS,
+            summary="Triton model configuration of one version")
+async def model_config(request: Request, name: str, version: str | None = None) -> Response:
+    return json_response(_config(_repo(request).get(name, version)))
+
+
+@router.get("/v2/models/{name}/stats", responses=ERRORS, summary="Triton statistics of one model")
+@router.get("/v2/models/{name}/versions/{version}/stats", responses=ERRORS,
+            summary="Triton statistics of one model version")
+async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
+    model = _repo(request).get(name, version)
+    return json_response({"model_stats": [model.stats.as_triton(model.name, model.version)]})
+
+
+_INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Triton binary tensor extension: a JSON InferenceRequest of "
+                               "Inference-Header-Content-Length bytes, then the raw tensors",
+            },
+        },
+    },
+    "responses": {"200": {"content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/InferenceResponse"}}}}},
+}
+
+
+@router.post("/v2/models/{name}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
+             summary="Run inference (JSON tensors or Triton binary tensors)")
+@router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
+             summary="Run inference on one model version")
+async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
+    model = _repo(request).get(name, version)
+    settings = request.app.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    infer_request, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+    inputs = decode_inputs(infer_request, binary, model.manifest)
+    check_requested_outputs(infer_request, model.manifest)
+    outputs = await model.infer(inputs, settings.request_timeout_s)
+    content, header_length = encode_response(infer_request, model.manifest, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+OPENAPI_MODELS = (InferenceRequest, InferenceResponse)

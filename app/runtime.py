@@ -1,0 +1,116 @@
+"""ONNX Runtime: which providers, which model file, which session options.
+
+Every ORT decision of the service lives here; nothing else imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the cgroup quota (a container's --cpus) if any,
+    else the affinity mask. os.cpu_count() would report the host's cores."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota))) if quota else count
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def choose_providers(requested: Sequence[str] | None) -> list[str]:
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"providers {missing} are not available; this onnxruntime offers {available}")
+        return list(requested)
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str) -> str:
+    if requested != "auto":
+        if requested not in manifest.variants:
+            raise ValueError(f"model {manifest.name!r} has no {requested} variant "
+                             f"(has {sorted(manifest.variants)})")
+        return requested
+    preference = ("fp16", "fp32") if providers[0] == CUDA else ("int8", "fp32")
+    for variant in preference:
+        if variant in manifest.variants:
+            return variant
+    return next(iter(manifest.variants))
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    providers: list[str]
+    intra_op_threads: int
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning worker threads would steal the CPU that the event loop needs to parse
+    # the next requests; on a few cores that costs more than the wake-up latency saved.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def provider_options(provider: str) -> dict[str, Any]:
+    if provider == CUDA:
+        # A dynamic batcher produces many input shapes; exhaustive cuDNN search would rerun
+        # for each new one (onnxruntime#19838). Heuristic search is near-optimal for small
+        # models; the arena grows only by what is asked, so memory stays predictable.
+        return {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested",
+                "do_copy_in_default_stream": "1"}
+    return {}
+
+
+class OrtModel:
+    """One loaded ONNX file; `run` is thread-safe and releases the GIL."""
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self.path = path
+        self.session = ort.InferenceSession(
+            str(path), session_options(options.intra_op_threads),
+            providers=[(p, provider_options(p)) for p in options.providers],
+        )
+        self.providers = self.session.get_providers()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, inputs)
+        return dict(zip(self.output_names, values, strict=True))

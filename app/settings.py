@@ -1,0 +1,58 @@
+"""The one settings object of the service: command-line flags and ORTSERVE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ORTSERVE_", extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Address to bind. The default serves this machine only; use 0.0.0.0 inside a container."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    model_dir: Path = Path("models")
+    """Folder holding <name>/<version>/manifest.json for each model served."""
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes; each loads every model and batches on its own."""
+
+    log_format: Literal["text", "json"] = "text"
+    """text for people, json for log collectors."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    """uvicorn's per-request access log (costly at high request rates)."""
+
+    providers: list[str] | None = None
+    """ONNX Runtime execution providers in order of preference, e.g. ["CPUExecutionProvider"].
+    Default: CUDA then CPU when onnxruntime-gpu sees a GPU, otherwise CPU."""
+    variant: Literal["auto", "fp32", "int8", "fp16"] = "auto"
+    """Which file of each model to load. auto: fp16 on CUDA, int8 (else fp32) on CPU."""
+    intra_op_threads: int = Field(default=0, ge=0)
+    """ORT threads per inference; 0 sizes it from the CPUs this process may use
+    (the container's CPU quota, not the host's cores)."""
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    """Overrides every model's max_batch_size; 1 turns batching off."""
+    max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    """Overrides every model's wait for more requests after the first one queued."""
+    max_inflight_batches: int = Field(default=2, ge=1)
+    """Batches of one model running at once; more queue up."""
+    max_queue_size: int = Field(default=4096, ge=1)
+    """Items (not requests) waiting per model before new requests get 503."""
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline from arrival to answer; past it the request gets 504."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Larger request bodies get 413."""
+    retry_after_s: int = Field(default=1, ge=0)
+    """Retry-After sent with 503 when a queue is full."""
+    warmup: bool = True
+    """Run each model once per batch-size bucket before reporting ready."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""

@@ -1,0 +1,72 @@
+"""Per-model inference statistics in the shape of Triton's statistics extension."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.batcher import BatchRecord
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
+
+    def record_batch(self, record: BatchRecord) -> None:
+        self.execution_count += 1
+        for wait in record.queue_waits_s:
+            self.queue.add(wait)
+        self.compute_infer.add(record.compute_s, len(record.queue_waits_s))
+        self.batches[record.rows].add(record.compute_s)
+        if record.ok:
+            self.inference_count += record.rows
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def record_request(self, seconds: float, ok: bool) -> None:
+        (self.success if ok else self.fail).add(seconds)
+
+    def as_triton(self, name: str, version: str) -> dict[str, Any]:
+        zero = _Duration().as_dict()
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": zero,
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_input": zero, "compute_infer": d.as_dict(), "compute_output": zero}
+                for size, d in sorted(self.batches.items())
+            ],
+        }

@@ -1,0 +1,126 @@
+"""Task-level conversions: client instances -> model tensors, logits -> predictions.
+
+One class per manifest task. They also check raw tensors for what the model needs beyond
+dtype and shape (e.g. lengths within the padded width), so that a bad request is refused
+before it is queued and can never fail the batch it would have joined.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.errors import InvalidInput
+from app.manifest import ImagePreprocessing, Manifest, TextPreprocessing
+from app.preprocess import PreprocessError, Tokenizer, decode_base64_image, normalize_pixels
+
+
+class Task(Protocol):
+    def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]: ...
+
+    def check_tensors(self, inputs: dict[str, np.ndarray]) -> None: ...
+
+    def describe_instance(self) -> str: ...
+
+
+class ImageTask:
+    def __init__(self, manifest: Manifest) -> None:
+        assert isinstance(manifest.preprocessing, ImagePreprocessing)
+        self.spec = manifest.preprocessing
+        self.input_name = manifest.inputs[0].name
+
+    def describe_instance(self) -> str:
+        s = self.spec
+        return (f"a {s.height}x{s.width} array of pixel values 0-255 (rows of columns), or "
+                '{"b64": "<base64 PNG or JPEG>"}; other sizes are resized, colour is converted '
+                "to greyscale, light objects on a dark background as in Fashion-MNIST")
+
+    def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
+        shape = (self.spec.height, self.spec.width)
+        if all(isinstance(i, list) for i in instances):
+            pixels = self._as_pixels(instances, None)  # fast path: one numpy conversion
+        else:
+            pixels = np.stack([self._one(i, n) for n, i in enumerate(instances)])
+        if pixels.shape[1:] != shape:
+            raise InvalidInput(f"each instance must be {self.describe_instance()}; got an array of shape "
+                               f"{pixels.shape[1:]}")
+        try:
+            return {self.input_name: normalize_pixels(pixels, self.spec)}
+        except PreprocessError as e:
+            raise InvalidInput(str(e)) from e
+
+    def _one(self, instance: Any, index: int) -> np.ndarray:
+        if isinstance(instance, dict) and set(instance) == {"b64"} and isinstance(instance["b64"], str):
+            try:
+                return decode_base64_image(instance["b64"], self.spec).astype(np.float32)
+            except PreprocessError as e:
+                raise InvalidInput(f"instance {index}: {e}") from e
+        if isinstance(instance, list):
+            return self._as_pixels([instance], index)[0]
+        raise InvalidInput(f"instance {index}: expected {self.describe_instance()}")
+
+    def _as_pixels(self, rows: list[Any], index: int | None) -> np.ndarray:
+        try:
+            pixels = np.asarray(rows, dtype=np.float32)
+        except (ValueError, TypeError) as e:
+            where = f"instance {index}" if index is not None else "instances"
+            raise InvalidInput(f"{where}: expected {self.describe_instance()} ({e})") from e
+        if pixels.ndim != 3 or pixels.shape[1:] != (self.spec.height, self.spec.width):
+            where = f"instance {index}" if index is not None else "instances"
+            raise InvalidInput(f"{where}: expected {self.describe_instance()}; got shape {pixels.shape[1:]}")
+        return pixels
+
+    def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
+        x = inputs[self.input_name]
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise InvalidInput(f"input {self.input_name!r} holds NaN or infinite values")
+
+
+class TextTask:
+    def __init__(self, manifest: Manifest, model_dir: Path) -> None:
+        assert isinstance(manifest.preprocessing, TextPreprocessing)
+        self.tokenizer = Tokenizer.from_file(model_dir / manifest.preprocessing.vocabulary_file,
+                                             manifest.preprocessing)
+        self.ids_name, self.lengths_name = manifest.inputs[0].name, manifest.inputs[1].name
+
+    def describe_instance(self) -> str:
+        return (f"a string; it is tokenised and truncated to {self.tokenizer.spec.max_length} tokens")
+
+    def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
+        for n, text in enumerate(instances):
+            if not isinstance(text, str):
+                raise InvalidInput(f"instance {n}: expected {self.describe_instance()}, got {type(text).__name__}")
+        ids, lengths = self.tokenizer.encode_batch(instances)
+        return {self.ids_name: ids, self.lengths_name: lengths}
+
+    def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
+        ids, lengths = inputs[self.ids_name], inputs[self.lengths_name]
+        if len(ids) != len(lengths):
+            raise InvalidInput(f"{self.ids_name!r} has {len(ids)} rows but {self.lengths_name!r} has {len(lengths)}")
+        width = ids.shape[1]
+        if width == 0 or lengths.min() < 1 or lengths.max() > width:
+            raise InvalidInput(f"each of {self.lengths_name!r} must be between 1 and the padded width {width}")
+        vocab = len(self.tokenizer.vocabulary)
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InvalidInput(f"{self.ids_name!r} must hold ids in [0, {vocab})")
+
+
+def make_task(manifest: Manifest, model_dir: Path) -> Task:
+    if manifest.task == "image-classification":
+        return ImageTask(manifest)
+    return TextTask(manifest, model_dir)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predictions(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    probs = softmax(logits.astype(np.float64))
+    best = probs.argmax(axis=1)
+    return [{"label": labels[i], "index": int(i), "probabilities": [round(float(p), 6) for p in row]}
+            for i, row in zip(best, probs, strict=True)]

@@ -1,0 +1,189 @@
+"""The batcher alone: no HTTP, no ONNX. Gates are asyncio/threading events, not sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from app.batcher import BatchPolicy, BatchRecord, DynamicBatcher, concatenate_padded
+from app.errors import InferenceFailed, QueueFull
+
+
+class Recorder:
+    """An infer function that doubles its input and remembers each batch it saw."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_when: float | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = gate
+        self.fail_when = fail_when
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            assert self.gate.wait(5), "test gate never opened"
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        if self.fail_when is not None and (x == self.fail_when).any():
+            raise RuntimeError("poisoned batch")
+        return {"y": x * 2}
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array(values, dtype=np.float32).reshape(-1, 1)}
+
+
+def make(infer: Recorder, **policy: object) -> DynamicBatcher:
+    defaults = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1}
+    batcher = DynamicBatcher("m", infer, BatchPolicy(**(defaults | policy)))  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+async def test_each_request_gets_its_own_rows_back_in_order() -> None:
+    infer = Recorder()
+    batcher = make(infer, max_queue_delay_s=10.0, max_batch_size=6)
+    futures = [batcher.submit(rows(i, i + 0.5)) for i in range(3)]  # 6 rows fill the batch
+    results = await asyncio.gather(*futures)
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"].ravel(), [2 * i, 2 * i + 1])
+    assert len(infer.batches) == 1  # the full batch ran without waiting 10 s
+    await batcher.stop()
+
+
+async def test_batches_never_exceed_max_batch_size_and_large_requests_are_split() -> None:
+    gate = threading.Event()
+    infer = Recorder(gate)
+    batcher = make(infer, max_batch_size=4)
+    big = batcher.submit(rows(*range(10)))
+    small = batcher.submit(rows(100))
+    gate.set()
+    out_big, out_small = await asyncio.gather(big, small)
+    np.testing.assert_array_equal(out_big["y"].ravel(), np.arange(10) * 2)
+    np.testing.assert_array_equal(out_small["y"].ravel(), [200])
+    assert [len(b) for b in infer.batches] == [4, 4, 3]  # the last batch holds the tail and `small`
+    await batcher.stop()
+
+
+async def test_waits_at_most_max_queue_delay_for_more_rows() -> None:
+    infer = Recorder()
+    batcher = make(infer, max_batch_size=64, max_queue_delay_s=0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    out = await batcher.submit(rows(1))
+    waited = loop.time() - start
+    np.testing.assert_array_equal(out["y"], [[2]])
+    assert 0.04 <= waited < 2.0  # waited for company, then ran alone
+    await batcher.stop()
+
+
+async def test_requests_queued_while_a_batch_runs_form_the_next_batch() -> None:
+    gate = threading.Event()
+    infer = Recorder(gate)
+    batcher = make(infer, max_batch_size=8)
+    first = batcher.submit(rows(0))
+    while not infer.batches and batcher.inflight_batches == 0:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)  # the first batch is now blocked inside infer
+    later = [batcher.submit(rows(i)) for i in range(1, 6)]
+    gate.set()
+    await asyncio.gather(first, *later)
+    assert [len(b) for b in infer.batches] == [1, 5]
+    await batcher.stop()
+
+
+async def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    infer = Recorder(fail_when=-1.0)
+    batcher = make(infer, max_batch_size=2)
+    bad = [batcher.submit(rows(-1)), batcher.submit(rows(1))]  # one batch, poisoned
+    good = [batcher.submit(rows(2)), batcher.submit(rows(3))]  # the next batch
+    results = await asyncio.gather(*bad, *good, return_exceptions=True)
+    assert all(isinstance(r, InferenceFailed) for r in results[:2])
+    assert "poisoned batch" in str(results[0])
+    np.testing.assert_array_equal(results[2]["y"], [[4]])
+    np.testing.assert_array_equal(results[3]["y"], [[6]])
+    await batcher.stop()
+
+
+async def test_cancelled_waiting_request_is_dropped_before_it_runs() -> None:
+    gate = threading.Event()
+    infer = Recorder(gate)
+    batcher = make(infer, max_batch_size=1)
+    running = batcher.submit(rows(1))
+    await asyncio.sleep(0.01)
+    cancelled = batcher.submit(rows(99))
+    kept = batcher.submit(rows(3))
+    cancelled.cancel()
+    gate.set()
+    await asyncio.gather(running, kept)
+    seen = [float(b[0, 0]) for b in infer.batches]
+    assert 99.0 not in seen
+    assert seen == [1.0, 3.0]
+    assert batcher.queued_rows == 0
+    await batcher.stop()
+
+
+async def test_queue_full_is_refused_with_retry_after() -> None:
+    gate = threading.Event()
+    batcher = make(Recorder(gate), max_batch_size=1, max_queue_size=3, retry_after_s=7)
+    futures = [batcher.submit(rows(i)) for i in range(3)]
+    with pytest.raises(QueueFull) as err:
+        batcher.submit(rows(1, 2, 3))
+    assert err.value.headers == {"Retry-After": "7"}
+    gate.set()
+    await asyncio.gather(*futures)
+    await batcher.stop()
+
+
+async def test_length_grouping_batches_similar_lengths_together() -> None:
+    gate = threading.Event()
+    seen_widths: list[list[int]] = []
+
+    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert gate.wait(5)
+        seen_widths.append(inputs["lengths"].tolist())
+        return {"y": inputs["lengths"].astype(np.float32)}
+
+    policy = BatchPolicy(max_batch_size=2, max_queue_delay_s=0.0, max_inflight_batches=1)
+    batcher = DynamicBatcher("t", infer, policy, length_of=lambda t: t["ids"].shape[1])
+    batcher.start()
+
+    def text(n: int) -> dict[str, np.ndarray]:
+        return {"ids": np.ones((1, n), np.int64), "lengths": np.array([n])}
+
+    first = batcher.submit(text(3))
+    await asyncio.sleep(0.01)  # the first batch holds the gate; the rest queue up
+    queued = [batcher.submit(text(n)) for n in (40, 4, 41, 5)]
+    gate.set()
+    results = await asyncio.gather(first, *queued)
+    assert [r["y"].tolist() for r in results] == [[3], [40], [4], [41], [5]]
+    # oldest first (40), with its closest neighbour (41); then 4 with 5
+    assert seen_widths == [[3], [40, 41], [4, 5]]
+    await batcher.stop()
+
+
+async def test_stop_finishes_queued_work() -> None:
+    infer = Recorder()
+    batcher = make(infer, max_batch_size=2, max_queue_delay_s=0.5)
+    future = batcher.submit(rows(5))
+    await batcher.stop()
+    np.testing.assert_array_equal(future.result()["y"], [[10]])
+
+
+async def test_on_batch_reports_rows_and_queue_waits() -> None:
+    records: list[BatchRecord] = []
+    policy = BatchPolicy(max_batch_size=3, max_queue_delay_s=10.0, max_inflight_batches=1)
+    batcher = DynamicBatcher("m", Recorder(), policy, on_batch=records.append)
+    batcher.start()
+    await asyncio.gather(batcher.submit(rows(1, 2)), batcher.submit(rows(3)))
+    await batcher.stop()
+    assert [(r.rows, len(r.queue_waits_s), r.ok) for r in records] == [(3, 2, True)]
+
+
+def test_concatenate_padded_pads_the_sequence_axis_with_zeros() -> None:
+    a = {"ids": np.array([[1, 2, 3]]), "n": np.array([3])}
+    b = {"ids": np.array([[4]]), "n": np.array([1])}
+    out = concatenate_padded([a, b])
+    np.testing.assert_array_equal(out["ids"], [[1, 2, 3], [4, 0, 0]])
+    np.testing.assert_array_equal(out["n"], [3, 1])

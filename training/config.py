@@ -1,0 +1,58 @@
+"""Training settings: frozen dataclasses, one per model, written into the manifest as-is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    seed: int = 0
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    channels: tuple[int, int] = (32, 64)
+    hidden: int = 128
+    dropout: float = 0.3
+    # Structured pruning: fraction of conv channels / dense units kept (L1-ranked).
+    keep_channels: float = 0.6
+    keep_hidden: float = 0.75
+    # Unstructured magnitude pruning of the dense layers, for size.
+    dense_sparsity: float = 0.5
+    finetune_epochs: int = 4
+    finetune_lr: float = 1e-3
+    calibration_images: int = 1000
+    # ONNX op types quantized to int8: dense layers only. QLinearConv on a conv whose first
+    # layer has one input channel ran slower than fp32 on CPU (see the model report).
+    int8_op_types: tuple[str, ...] = ("Gemm", "MatMul")
+    train_limit: int | None = None  # use only the first N training images (tests)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    seed: int = 0
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    embed_dim: int = 64
+    hidden: int = 128
+    dropout: float = 0.4
+    min_count: int = 1
+    max_length: int = 128
+    # Unstructured magnitude pruning of embedding and LSTM weights, for size.
+    sparsity: float = 0.3
+    finetune_epochs: int = 1
+    finetune_lr: float = 5e-4
+    int8_op_types: tuple[str, ...] = ("LSTM", "MatMul", "Gemm", "Gather")
+    train_limit: int | None = None
+    eval_lengths: tuple[int, ...] = field(default=(1, 8, 32))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

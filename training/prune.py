@@ -1,0 +1,117 @@
+"""Pruning and model-size accounting.
+
+Structured pruning removes whole conv channels and dense units (ranked by L1 norm) and
+rebuilds a smaller network, so the compute really goes away. Unstructured magnitude
+pruning zeroes the smallest weights (for compressed size) and is then made permanent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from training.models import FashionCNN
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of weights (not biases or norms) that are exactly zero."""
+    weights = [p for name, p in model.named_parameters() if "weight" in name and p.dim() > 1]
+    total = sum(w.numel() for w in weights)
+    return float(sum(int((w == 0).sum()) for w in weights) / total) if total else 0.0
+
+
+def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass per item, from the layers actually run."""
+    macs = 0
+
+    def conv_hook(m: nn.Conv2d, _inp: object, out: torch.Tensor) -> None:
+        nonlocal macs
+        kh, kw = m.kernel_size
+        macs += out[0].numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inp: object, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out[0].numel() * m.in_features
+
+    def lstm_hook(m: nn.LSTM, inp: tuple[torch.Tensor, ...], _out: object) -> None:
+        nonlocal macs
+        steps = inp[0].shape[1] if m.batch_first else inp[0].shape[0]
+        macs += steps * 4 * m.hidden_size * (m.input_size + m.hidden_size)
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(linear_hook))
+        elif isinstance(module, nn.LSTM):
+            hooks.append(module.register_forward_hook(lstm_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(*(x[:1] for x in inputs))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def _top_l1(weight: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` output units with the largest L1 norm, in original order."""
+    norms = weight.abs().flatten(1).sum(1)
+    return norms.topk(keep).indices.sort().values
+
+
+def prune_cnn_structured(model: FashionCNN, keep_channels: float, keep_hidden: float) -> FashionCNN:
+    """A smaller FashionCNN holding the strongest conv channels and dense units."""
+    c1, c2, hidden = model.widths["conv1"], model.widths["conv2"], model.widths["hidden"]
+    k1 = max(1, round(c1 * keep_channels))
+    k2 = max(1, round(c2 * keep_channels))
+    kh = max(1, round(hidden * keep_hidden))
+    # Rank by the BN-scaled filter norm: a filter whose BN gamma is tiny contributes little.
+    keep1 = _top_l1(model.conv1.weight * model.bn1.weight.abs().view(-1, 1, 1, 1), k1)
+    keep2 = _top_l1(model.conv2.weight * model.bn2.weight.abs().view(-1, 1, 1, 1), k2)
+    keep_h = _top_l1(model.fc1.weight, kh)
+    # fc1's inputs are conv2's channels flattened channel-major, 49 positions each.
+    fc1_cols = (keep2.unsqueeze(1) * 49 + torch.arange(49)).flatten()
+
+    small = FashionCNN((k1, k2), kh, model.fc2.out_features, model.drop.p)
+    with torch.no_grad():
+        small.conv1.weight.copy_(model.conv1.weight[keep1])
+        small.conv1.bias.copy_(model.conv1.bias[keep1])
+        _copy_bn(small.bn1, model.bn1, keep1)
+        small.conv2.weight.copy_(model.conv2.weight[keep2][:, keep1])
+        small.conv2.bias.copy_(model.conv2.bias[keep2])
+        _copy_bn(small.bn2, model.bn2, keep2)
+        small.fc1.weight.copy_(model.fc1.weight[keep_h][:, fc1_cols])
+        small.fc1.bias.copy_(model.fc1.bias[keep_h])
+        small.fc2.weight.copy_(model.fc2.weight[:, keep_h])
+        small.fc2.bias.copy_(model.fc2.bias)
+    return small
+
+
+def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).copy_(getattr(src, name)[keep])
+
+
+def apply_magnitude_pruning(modules: list[tuple[nn.Module, str]], amount: float) -> None:
+    """Zero the `amount` smallest-magnitude weights, globally across `modules`.
+
+    The masks stay attached (so fine-tuning keeps pruned weights at zero) until
+    `make_pruning_permanent` folds them in.
+    """
+    if amount > 0:
+        prune.global_unstructured(modules, pruning_method=prune.L1Unstructured, amount=amount)
+
+
+def make_pruning_permanent(model: nn.Module) -> None:
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)

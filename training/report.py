@@ -1,0 +1,95 @@
+"""The human-readable side of an artifact: a markdown report, PNG plots, a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on build machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from app.manifest import Manifest  # noqa: E402
+
+
+def summary_rows(manifest: Manifest) -> list[list[str]]:
+    rows = []
+    for variant, entry in manifest.variants.items():
+        m = entry.metrics
+        rows.append([
+            variant, f"{m['accuracy']:.4f}", f"{m['agreement_with_fp32']:.4f}",
+            f"{entry.size_bytes / 1e6:.2f}", f"{m['params']:,}", f"{m['macs']:,}", f"{m['sparsity']:.2f}",
+            f"{m['latency_ms_batch1']:.3f}", f"{m['latency_ms_batch64']:.3f}",
+        ])
+    return rows
+
+
+HEADER = ["variant", "test acc", "agree fp32", "MB", "params", "MACs/item", "sparsity",
+          "ms @1", "ms @64"]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+                     + [fmt.format(*r) for r in rows])
+
+
+def write(target: Path, manifest: Manifest, record: dict[str, Any]) -> None:
+    _plot_curves(target / "training_curves.png", record)
+    _plot_variants(target / "variants.png", manifest)
+    base, pruned = record["baseline"], record["pruned"]
+    lines = [
+        f"# {manifest.name} v{manifest.version}", "", manifest.description, "",
+        "## Variants (ONNX Runtime, CPU)", "", markdown_table(HEADER, summary_rows(manifest)), "",
+        "Latency: median of 50 runs after warm-up, ORT default threads, on the build machine.", "",
+        "## Pruning", "",
+        markdown_table(["model", "params", "MACs/item", "sparsity", "test acc"], [
+            ["trained", f"{base['params']:,}", f"{base['macs']:,}", f"{base['sparsity']:.2f}", f"{base['accuracy']:.4f}"],
+            ["pruned + fine-tuned", f"{pruned['params']:,}", f"{pruned['macs']:,}", f"{pruned['sparsity']:.2f}",
+             f"{pruned['accuracy']:.4f}"],
+        ]), "",
+        f"MACs change: {100 * (pruned['macs'] / base['macs'] - 1):+.1f}%; "
+        f"accuracy change: {100 * (pruned['accuracy'] - base['accuracy']):+.2f} points.", "",
+        f"ONNX fp32 vs PyTorch max |logit difference|: {record.get('parity_max_abs_error', float('nan')):.2e}", "",
+        "![training curves](training_curves.png)", "", "![variants](variants.png)", "",
+    ]
+    (target / "report.md").write_text("\n".join(lines))
+
+
+def _plot_curves(path: Path, record: dict[str, Any]) -> None:
+    history = record.get("history", []) + record.get("finetune_history", [])
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    x = list(range(1, len(history) + 1))
+    ax_loss.plot(x, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch (train, then fine-tune)")
+    ax_acc.plot(x, [h["train_accuracy"] for h in history], marker="o", label="train")
+    ax_acc.plot(x, [h["eval_accuracy"] for h in history], marker="o", label="eval")
+    ax_acc.set(title="accuracy", xlabel="epoch (train, then fine-tune)")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_variants(path: Path, manifest: Manifest) -> None:
+    fig, (ax_size, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
+    for variant, entry in manifest.variants.items():
+        acc = entry.metrics["accuracy"]
+        ax_size.scatter(entry.size_bytes / 1e6, acc, s=60)
+        ax_size.annotate(variant, (entry.size_bytes / 1e6, acc))
+        lat = entry.metrics["latency_ms_batch64"]
+        ax_lat.scatter(lat, acc, s=60)
+        ax_lat.annotate(variant, (lat, acc))
+    ax_size.set(title="accuracy vs size", xlabel="MB", ylabel="test accuracy")
+    ax_lat.set(title="accuracy vs CPU latency (batch 64)", xlabel="ms", ylabel="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
