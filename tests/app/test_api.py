@@ -1,0 +1,279 @@
+"""The HTTP API in-process (httpx ASGI transport under the lifespan): answers and every error path."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from app.manifest import load_manifest
+from app.preprocess import Tokenizer, normalize_pixels
+from app.tasks import softmax
+from tests.app.conftest import b64_png, png_bytes, reference_session, sample_images, serving
+from tests.conftest import MODELS
+
+TEXTS = ["a gripping , beautifully acted film .", "dull , lifeless and far too long", "", "Wow!!! 🎬 ça marche"]
+
+
+def v2_pixels(images: np.ndarray) -> dict:
+    spec = load_manifest(MODELS / "fashion-cnn" / "1").preprocessing
+    x = normalize_pixels(images, spec)  # type: ignore[arg-type]
+    return {"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+async def test_health_and_metadata() -> None:
+    async with serving() as client:
+        assert (await client.get("/v2/health/live")).status_code == 200
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        server = (await client.get("/v2")).json()
+        assert "binary_tensor_data" in server["extensions"]
+        meta = (await client.get("/v2/models/fashion-cnn")).json()
+        assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+        assert meta["parameters"]["providers"][0] == "CPUExecutionProvider"
+        assert (await client.get("/v2/models/sst2-lstm/versions/1")).json()["versions"] == ["1"]
+        assert (await client.get("/v2/models/sst2-lstm/ready")).status_code == 200
+        config = (await client.get("/v2/models/fashion-cnn/config")).json()
+        assert config["max_batch_size"] == 64 and config["input"][0]["dims"] == [1, 28, 28]
+        listed = (await client.get("/v1/models")).json()["models"]
+        assert {m["name"] for m in listed} == {"fashion-cnn", "sst2-lstm"}
+
+
+async def test_v1_images_match_direct_onnx_runtime() -> None:
+    session, manifest = reference_session("fashion-cnn")
+    images = sample_images(5)
+    instances = [img.tolist() for img in images[:3]] + [{"b64": b64_png(img)} for img in images[3:]]
+    async with serving() as client:
+        response = await client.post("/v1/models/fashion-cnn:predict", json={"instances": instances})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (logits,) = session.run(None, {"pixels": normalize_pixels(images, manifest.preprocessing)})
+    expected = softmax(logits.astype(np.float64))
+    got = np.array([p["probabilities"] for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [p["index"] for p in body["predictions"]] == expected.argmax(1).tolist()
+    assert body["predictions"][0]["label"] == manifest.labels[body["predictions"][0]["index"]]
+    assert body["model_name"] == "fashion-cnn" and body["model_version"] == "1"
+
+
+async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
+    big = np.kron(sample_images(1)[0], np.ones((2, 2), dtype=np.uint8))  # 56x56
+    rgb = np.stack([sample_images(1)[0]] * 3, axis=-1)
+    async with serving() as client:
+        response = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [
+            {"b64": b64_png(big)}, {"b64": b64_png(rgb, "RGB")}, sample_images(1)[0].tolist()]})
+    assert response.status_code == 200, response.text
+    indices = [p["index"] for p in response.json()["predictions"]]
+    assert indices[1] == indices[2]  # grey RGB is the same image
+
+
+async def test_v1_texts_match_direct_onnx_runtime() -> None:
+    session, manifest = reference_session("sst2-lstm")
+    tokenizer = Tokenizer.from_file(MODELS / "sst2-lstm" / "1" / "vocab.txt", manifest.preprocessing)
+    async with serving() as client:
+        response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": TEXTS})
+    assert response.status_code == 200, response.text
+    got = np.array([p["probabilities"] for p in response.json()["predictions"]])
+    ids, lengths = tokenizer.encode_batch(TEXTS)  # the request is one batch, padded to its longest
+    (logits,) = session.run(None, {"token_ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(got, softmax(logits.astype(np.float64)), atol=1e-5)
+
+
+async def test_fp32_text_answers_do_not_depend_on_batch_mates() -> None:
+    # Dynamic int8 scales activations per batch, so only fp32 is exact across batchings.
+    session, manifest = reference_session("sst2-lstm", "fp32")
+    tokenizer = Tokenizer.from_file(MODELS / "sst2-lstm" / "1" / "vocab.txt", manifest.preprocessing)
+    async with serving(variant="fp32") as client:
+        response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": TEXTS})
+    got = np.array([p["probabilities"] for p in response.json()["predictions"]])
+    for text, row in zip(TEXTS, got, strict=True):  # one at a time: no padding in the reference
+        ids, lengths = tokenizer.encode_batch([text])
+        (logits,) = session.run(None, {"token_ids": ids, "lengths": lengths})
+        np.testing.assert_allclose(row, softmax(logits.astype(np.float64))[0], atol=1e-5)
+
+
+async def test_v2_json_and_binary_tensors_agree() -> None:
+    images = sample_images(3, seed=1)
+    body = v2_pixels(images)
+    async with serving() as client:
+        as_json = await client.post("/v2/models/fashion-cnn/infer", json=body)
+        header = {"inputs": [{"name": "pixels", "shape": [3, 1, 28, 28], "datatype": "FP32",
+                              "parameters": {"binary_data_size": 3 * 784 * 4}}],
+                  "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}
+        header_bytes = orjson.dumps(header)
+        raw = np.asarray(body["inputs"][0]["data"], dtype="<f4").tobytes()
+        as_binary = await client.post("/v2/models/fashion-cnn/versions/1/infer", content=header_bytes + raw,
+                                      headers={"Inference-Header-Content-Length": str(len(header_bytes))})
+    assert as_json.status_code == 200, as_json.text
+    json_logits = np.array(as_json.json()["outputs"][0]["data"]).reshape(3, 10)
+    assert as_binary.status_code == 200, as_binary.text
+    n = int(as_binary.headers["inference-header-content-length"])
+    meta = orjson.loads(as_binary.content[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 3 * 10 * 4
+    binary_logits = np.frombuffer(as_binary.content[n:], dtype="<f4").reshape(3, 10)
+    np.testing.assert_allclose(binary_logits, json_logits, rtol=1e-6)
+
+
+async def test_v2_text_padding_does_not_change_logits() -> None:
+    def body(ids: list[int], width: int) -> dict:
+        padded = ids + [0] * (width - len(ids))
+        return {"inputs": [{"name": "token_ids", "shape": [1, width], "datatype": "INT64", "data": padded},
+                           {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [len(ids)]}]}
+
+    async with serving() as client:
+        short = await client.post("/v2/models/sst2-lstm/infer", json=body([5, 9, 2], 3))
+        long = await client.post("/v2/models/sst2-lstm/infer", json=body([5, 9, 2], 12))
+    np.testing.assert_allclose(short.json()["outputs"][0]["data"], long.json()["outputs"][0]["data"], atol=1e-5)
+
+
+async def test_metrics_and_stats_count_requests_and_batches() -> None:
+    async with serving() as client:
+        for _ in range(3):
+            await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["good"]})
+        await client.post("/v1/models/sst2-lstm:predict", json={"instances": []})
+        metrics = (await client.get("/metrics")).text
+        stats = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
+        everything = (await client.get("/v2/models/stats")).json()["model_stats"]
+    assert 'ortserve_requests_total{endpoint="v1_predict",model="sst2-lstm",status="200"} 3.0' in metrics
+    assert 'ortserve_requests_total{endpoint="v1_predict",model="sst2-lstm",status="400"} 1.0' in metrics
+    assert 'ortserve_batch_size_count{model="sst2-lstm"}' in metrics
+    assert "ortserve_queue_depth" in metrics and "process_cpu_seconds_total" in metrics
+    assert stats["inference_count"] == 3 and stats["inference_stats"]["success"]["count"] == 3
+    assert {s["name"] for s in everything} == {"fashion-cnn", "sst2-lstm"}
+
+
+async def test_request_id_is_echoed_or_made() -> None:
+    async with serving() as client:
+        given = await client.get("/v2/health/live", headers={"X-Request-ID": "abc-123"})
+        made = await client.get("/v2/health/live")
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_openapi_documents_every_endpoint() -> None:
+    async with serving() as client:
+        spec = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    assert docs.status_code == 200
+    paths = spec["paths"]
+    for path in ("/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready", "/metrics",
+                 "/v2/models/{name}/config", "/v2/models/{name}/stats"):
+        assert path in paths, path
+    assert "InferenceRequest" in spec["components"]["schemas"]
+    assert "examples" in paths["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]
+
+
+BAD_V2 = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 422, "JSON object"),
+    (b'{"inputs": "x"}', 422, "inputs"),
+    (b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "INT64", "data": [0]}]}', 400,
+     "datatype FP32"),
+    (b'{"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32", "data": [0]}]}', 400,
+     "must have shape"),
+    (b'{"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0]}]}', 400,
+     "takes inputs"),
+    (b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [1, 2]}]}', 400,
+     "needs 784 values"),
+    (b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ["a"]}]}', 400,
+     "not a list of FP32"),
+    (b'{"inputs": [{"name": "pixels", "shape": [0, 1, 28, 28], "datatype": "FP32", "data": []}]}', 400,
+     "empty"),
+    (b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32"}]}', 400, "no 'data'"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_V2)
+async def test_v2_bad_requests_say_what_is_wrong(body: bytes, status: int, message: str) -> None:
+    async with serving() as client:
+        response = await client.post("/v2/models/fashion-cnn/infer", content=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+async def test_v2_binary_errors_and_non_finite_values() -> None:
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 784 * 4}}]})
+    nan = np.full(784, np.nan, dtype="<f4").tobytes()
+    async with serving() as client:
+        short = await client.post("/v2/models/fashion-cnn/infer", content=header + b"\0" * 10,
+                                  headers={"Inference-Header-Content-Length": str(len(header))})
+        too_long = await client.post("/v2/models/fashion-cnn/infer", content=header,
+                                     headers={"Inference-Header-Content-Length": str(len(header) + 5)})
+        extra = await client.post("/v2/models/fashion-cnn/infer", content=header + nan + b"xx",
+                                  headers={"Inference-Header-Content-Length": str(len(header))})
+        not_finite = await client.post("/v2/models/fashion-cnn/infer", content=header + nan,
+                                       headers={"Inference-Header-Content-Length": str(len(header))})
+        bad_output = await client.post("/v2/models/fashion-cnn/infer", json={
+            **v2_pixels(sample_images(1)), "outputs": [{"name": "probs"}]})
+        bad_lengths = await client.post("/v2/models/sst2-lstm/infer", json={"inputs": [
+            {"name": "token_ids", "shape": [1, 2], "datatype": "INT64", "data": [3, 4]},
+            {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [7]}]})
+    assert short.status_code == 400 and "runs past the end" in short.json()["error"]
+    assert too_long.status_code == 400 and "outside the body" in too_long.json()["error"]
+    assert extra.status_code == 400 and "not claimed" in extra.json()["error"]
+    assert not_finite.status_code == 400 and "NaN" in not_finite.json()["error"]
+    assert bad_output.status_code == 400 and "no outputs ['probs']" in bad_output.json()["error"]
+    assert bad_lengths.status_code == 400 and "between 1 and the padded width" in bad_lengths.json()["error"]
+
+
+BAD_V1 = [
+    ("fashion-cnn", b"{oops", 400, "not valid JSON"),
+    ("fashion-cnn", b'{"inputs": []}', 422, '{"instances": [...]}'),
+    ("fashion-cnn", b'{"instances": []}', 400, "is empty"),
+    ("fashion-cnn", b'{"instances": [[1, 2, 3]]}', 400, "28x28"),
+    ("fashion-cnn", b'{"instances": [{"b64": "%%%notbase64"}]}', 400, "not valid base64"),
+    ("fashion-cnn", b'{"instances": [{"b64": "aGVsbG8gd29ybGQ="}]}', 400, "cannot decode image"),
+    ("fashion-cnn", b'{"instances": [{"url": "x"}]}', 400, "instance 0"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[300] * 28] * 28]}), 400, "[0, 255]"),
+    ("sst2-lstm", b'{"instances": ["fine", 3]}', 400, "instance 1: expected a string"),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "status", "message"), BAD_V1)
+async def test_v1_bad_requests_say_what_is_wrong(model: str, body: bytes, status: int, message: str) -> None:
+    async with serving() as client:
+        response = await client.post(f"/v1/models/{model}:predict", content=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+async def test_unknown_models_versions_and_routes_are_404() -> None:
+    async with serving() as client:
+        model = await client.post("/v1/models/nope:predict", json={"instances": ["x"]})
+        version = await client.get("/v2/models/sst2-lstm/versions/9")
+        v2_infer = await client.post("/v2/models/nope/infer", json={})
+        route = await client.get("/v3/whatever")
+    assert model.status_code == 404 and "unknown model 'nope'" in model.json()["error"]
+    assert version.status_code == 404 and "no version '9'" in version.json()["error"]
+    assert v2_infer.status_code == 404
+    assert route.status_code == 404 and route.json()["error"]
+
+
+async def test_limits_give_413_503_and_504() -> None:
+    async with serving(max_body_bytes=1000) as client:
+        big = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["x" * 2000]})
+    async with serving(max_queue_size=4, retry_after_s=3) as client:
+        full = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"] * 5})
+    async with serving(request_timeout_s=1e-6) as client:
+        late = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
+        after = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
+    assert big.status_code == 413 and "exceeds the limit of 1000" in big.json()["error"]
+    assert full.status_code == 503 and full.headers["retry-after"] == "3" and "queued" in full.json()["error"]
+    assert late.status_code == 504 and "did not answer within" in late.json()["error"]
+    assert after["inference_stats"]["fail"]["count"] == 1
+
+
+async def test_batching_off_still_answers_multi_instance_requests() -> None:
+    images = sample_images(3, seed=4)
+    async with serving(max_batch_size=1) as client:
+        off = await client.post("/v1/models/fashion-cnn:predict", json={"instances": images.tolist()})
+        stats = (await client.get("/v2/models/fashion-cnn/stats")).json()["model_stats"][0]
+    assert off.status_code == 200 and len(off.json()["predictions"]) == 3
+    assert {b["batch_size"] for b in stats["batch_stats"]} == {1}
+
+
+def test_png_helper_round_trips() -> None:
+    data = png_bytes(sample_images(1)[0])
+    assert struct.unpack(">I", data[16:20])[0] == 28

@@ -1,0 +1,89 @@
+"""Shared preprocessing: the tokenizer's edge cases, pixel scaling, image decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.manifest import ImagePreprocessing, TextPreprocessing
+from app.preprocess import (
+    PreprocessError,
+    Tokenizer,
+    decode_base64_image,
+    decode_image,
+    normalize_pixels,
+    tokenize,
+)
+from tests.app.conftest import b64_png, png_bytes
+
+SPEC = TextPreprocessing(max_length=5)
+IMAGE = ImagePreprocessing(height=28, width=28, scale=1 / 255, mean=0.25, std=0.5)
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("It's a GREAT film!", ["it", "'s", "a", "great", "film", "!"]),
+    ("doesn't work", ["does", "n't", "work"]),
+    ("does n't work", ["does", "n't", "work"]),  # SST-2's own tokenisation is a fixed point
+    ("well-made , funny", ["well-made", ",", "funny"]),
+    ("don\u2019t", ["do", "n't"]),  # curly apostrophe
+    ("crème brûlée", ["crème", "brûlée"]),
+    ("", []),
+    ("   \t\n", []),
+    ("?!...", ["?", "!", ".", ".", "."]),
+])
+def test_tokenize(text: str, tokens: list[str]) -> None:
+    assert tokenize(text) == tokens
+
+
+def test_encode_unknown_empty_and_long_text() -> None:
+    tok = Tokenizer(["<pad>", "<unk>", "good", "film"], SPEC)
+    assert tok.encode("good film") == [2, 3]
+    assert tok.encode("good zebra") == [2, 1]
+    assert tok.encode("") == [1]  # never an empty sequence
+    assert tok.encode("good " * 100) == [2] * 5  # truncated to max_length
+    ids, lengths = tok.encode_batch(["good", "good film film"])
+    assert ids.tolist() == [[2, 0, 0], [2, 3, 3]] and lengths.tolist() == [1, 3]
+
+
+def test_build_orders_by_frequency_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tok = Tokenizer.build(["b a", "a c", "a b"], SPEC)
+    assert tok.vocabulary == ["<pad>", "<unk>", "a", "b", "c"]
+    tok.save(tmp_path / "v.txt")
+    assert Tokenizer.from_file(tmp_path / "v.txt", SPEC).vocabulary == tok.vocabulary
+    with pytest.raises(ValueError, match="must start with"):
+        Tokenizer(["a", "b"], SPEC)
+
+
+@given(st.text(max_size=200))
+def test_any_text_encodes_to_valid_ids(text: str) -> None:
+    tok = Tokenizer(["<pad>", "<unk>", "a"], SPEC)
+    ids = tok.encode(text)
+    assert 1 <= len(ids) <= SPEC.max_length and all(0 < i < 3 for i in ids)
+
+
+def test_normalize_pixels() -> None:
+    out = normalize_pixels(np.array([[[0.0] * 28] * 28, [[255.0] * 28] * 28]), IMAGE)
+    assert out.shape == (2, 1, 28, 28) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0].max(), (0 - 0.25) / 0.5)
+    np.testing.assert_allclose(out[1].max(), (1 - 0.25) / 0.5, rtol=1e-6)
+    with pytest.raises(PreprocessError, match=r"\[0, 255\]"):
+        normalize_pixels(np.full((1, 28, 28), 256.0), IMAGE)
+    with pytest.raises(PreprocessError, match="finite"):
+        normalize_pixels(np.full((1, 28, 28), np.nan), IMAGE)
+    with pytest.raises(PreprocessError, match="shape"):
+        normalize_pixels(np.zeros((1, 27, 28)), IMAGE)
+
+
+def test_decode_image_converts_size_and_colour() -> None:
+    grey = np.full((56, 40), 200, np.uint8)
+    assert decode_image(png_bytes(grey), IMAGE).shape == (28, 28)
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 0] = 255
+    assert decode_image(png_bytes(rgb, "RGB"), IMAGE).max() == 76  # ITU-R 601 luma of pure red
+    assert decode_base64_image(b64_png(grey), IMAGE).shape == (28, 28)
+    with pytest.raises(PreprocessError, match="cannot decode"):
+        decode_image(b"GIF89a-not-really", IMAGE)
+    with pytest.raises(PreprocessError, match="base64"):
+        decode_base64_image("***", IMAGE)

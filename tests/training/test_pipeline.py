@@ -1,0 +1,72 @@
+"""The whole training pipeline on tiny generated data: artifacts, parity, compression."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from app.manifest import load_manifest
+from training.__main__ import main
+
+pytestmark = pytest.mark.training
+
+
+@pytest.fixture(scope="module")
+def built(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    work = tmp_path_factory.mktemp("runs")
+    code = main(["build", "--data-dir", str(tiny_data), "--out", str(out), "--work-dir", str(work),
+                 "--epochs", "1", "--finetune-epochs", "1"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
+def test_build_writes_a_valid_versioned_artifact(built: Path, name: str) -> None:
+    folder = built / name / "1"
+    manifest = load_manifest(folder)  # validates schema and sha256 of every file
+    assert set(manifest.variants) == {"fp32", "int8", "fp16"}
+    for file in ("report.md", "training_curves.png", "variants.png"):
+        assert (folder / file).stat().st_size > 0
+    assert manifest.training["parity_max_abs_error"] < 1e-4
+    for variant, entry in manifest.variants.items():
+        model = onnx.load(str(folder / entry.file))
+        onnx.checker.check_model(model)
+        assert model.opset_import[0].version >= 17
+        assert [i.name for i in model.graph.input] == [t.name for t in manifest.inputs], variant
+        assert entry.metrics["agreement_with_fp32"] >= 0.9
+        assert entry.metrics["latency_ms_batch64"] > 0
+    assert manifest.variants["int8"].size_bytes < manifest.variants["fp32"].size_bytes
+    assert manifest.variants["fp16"].size_bytes < manifest.variants["fp32"].size_bytes
+    assert manifest.training["pruned"]["macs"] <= manifest.training["baseline"]["macs"]
+    assert manifest.data["sha256"] and manifest.packages["torch"]
+
+
+def test_cnn_structured_pruning_removes_compute(built: Path) -> None:
+    training = load_manifest(built / "fashion-cnn" / "1").training
+    assert training["pruned"]["macs"] < 0.6 * training["baseline"]["macs"]
+    assert training["pruned"]["sparsity"] > 0.2  # dense layers magnitude-pruned
+
+
+def test_lstm_runs_at_any_batch_size_and_length(built: Path) -> None:
+    folder = built / "sst2-lstm" / "1"
+    session = ort.InferenceSession(str(folder / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    for batch, width in ((1, 1), (3, 7), (9, 40)):
+        ids = np.ones((batch, width), np.int64)
+        lengths = np.full(batch, width, np.int64)
+        assert session.run(None, {"token_ids": ids, "lengths": lengths})[0].shape == (batch, 2)
+
+
+def test_a_second_build_gets_the_next_version(built: Path, tiny_data: Path, tmp_path: Path) -> None:
+    code = main(["package", "--model", "sst2-lstm", "--data-dir", str(tiny_data), "--out", str(built),
+                 "--work-dir", str(_work_dir_of(built))])
+    assert code == 0
+    assert load_manifest(built / "sst2-lstm" / "2").version == 2
+
+
+def _work_dir_of(out: Path) -> Path:
+    return next(p for p in out.parent.iterdir() if p.name.startswith("runs"))
