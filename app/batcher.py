@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -233,6 +233,7 @@ class DynamicBatcher:
         self._drop_cancelled_head()
         if not self._queue:
             return []
+        candidates: Sequence[int]
         if self.length_of is None or len(self._queue) == 1:
             candidates = range(len(self._queue))
         else:

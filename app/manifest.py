@@ -101,7 +101,7 @@ class BatchingDefaults(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: int = Field(gt=0)
     task: Literal["image-classification", "text-classification"]

@@ -56,7 +56,7 @@ def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # imported lazily: only image models need it
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PreprocessError(f"cannot decode image: {e}") from e

@@ -11,12 +11,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 
-from app.manifest import Manifest
+from app.manifest import Manifest, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str) -> str:
+def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str) -> Variant:
     if requested != "auto":
         if requested not in manifest.variants:
             raise ValueError(f"model {manifest.name!r} has no {requested} variant "
                              f"(has {sorted(manifest.variants)})")
-        return requested
-    preference = ("fp16", "fp32") if providers[0] == CUDA else ("int8", "fp32")
+        return cast(Variant, requested)
+    preference: tuple[Variant, ...] = ("fp16", "fp32") if providers[0] == CUDA else ("int8", "fp32")
     for variant in preference:
         if variant in manifest.variants:
             return variant

@@ -29,5 +29,6 @@ def test_artifact_loads_and_produces_declared_shapes(folder) -> None:  # type: i
             feeds[spec.name] = np.ones(shape, dtype=spec.numpy_dtype)
         (logits,) = session.run(None, feeds)
         assert logits.shape == (3, len(manifest.labels)), variant
-        assert logits.dtype == np.float32 and np.isfinite(logits).all()
+        assert logits.dtype == np.float32
+        assert np.isfinite(logits).all()
         assert entry.metrics["accuracy"] > 0.8, f"{variant} accuracy {entry.metrics['accuracy']}"

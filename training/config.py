@@ -13,12 +13,17 @@ class CNNConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
+    label_smoothing: float = 0.0
     channels: tuple[int, int] = (32, 64)
     hidden: int = 128
-    dropout: float = 0.3
+    dropout: float = 0.25
+    # Augmentation: random horizontal flips; random shifts of up to this many pixels.
+    # A first build with 2-pixel shifts and label smoothing 0.05 underfitted in 15 epochs
+    # (train 91.6% < test 92.2%), so both are off by default.
+    flip: bool = True
+    shift_pixels: int = 0
     # Structured pruning: fraction of conv channels / dense units kept (L1-ranked).
-    keep_channels: float = 0.6
+    keep_channels: float = 0.65
     keep_hidden: float = 0.75
     # Unstructured magnitude pruning of the dense layers, for size.
     dense_sparsity: float = 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -14,10 +15,9 @@ from training.config import CNNConfig
 from training.export import export_onnx, max_parity_error
 from training.models import FashionCNN
 from training.prune import (
-    apply_magnitude_pruning,
+    MagnitudePruning,
     count_macs,
     count_params,
-    make_pruning_permanent,
     prune_cnn_structured,
     sparsity,
 )
@@ -51,17 +51,22 @@ class FashionData:
         self.config = config
 
     def train_batches(self, epoch: int) -> list[Batch]:
-        """Shuffled batches with random horizontal flips and shifts of up to 2 pixels."""
-        gen = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        """Shuffled batches with random horizontal flips and (optionally) shifts."""
+        c = self.config
+        gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)
         order = torch.randperm(len(self.train_x), generator=gen)
         batches = []
-        for idx in order.split(self.config.batch_size):
+        for idx in order.split(c.batch_size):
             x = self.train_x[idx]
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=self.background)
-            dy, dx = torch.randint(0, 5, (2,), generator=gen).tolist()
-            batches.append(((padded[:, :, dy : dy + 28, dx : dx + 28],), self.train_y[idx]))
+            if c.flip:
+                flip = torch.rand(len(x), generator=gen) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            if c.shift_pixels:
+                s = c.shift_pixels
+                padded = torch.nn.functional.pad(x, (s, s, s, s), value=self.background)
+                dy, dx = torch.randint(0, 2 * s + 1, (2,), generator=gen).tolist()
+                x = padded[:, :, dy : dy + 28, dx : dx + 28]
+            batches.append(((x,), self.train_y[idx]))
         return batches
 
     def test_batches(self, size: int = 1000) -> list[Batch]:
@@ -77,11 +82,11 @@ def _describe(model: FashionCNN) -> dict[str, float | int]:
 
 
 def _fit(model: FashionCNN, d: FashionData, stage: str, epochs: int, lr: float,
-         after_step: object = None) -> list[dict]:
+         after_step: Callable[[], None] | None = None) -> list[dict]:
     c = d.config
     history = fit(model, d.train_batches, d.evaluate, stage=stage, epochs=epochs, lr=lr,
                   weight_decay=c.weight_decay, label_smoothing=c.label_smoothing,
-                  after_step=after_step)  # type: ignore[arg-type]
+                  after_step=after_step)
     return [asdict(h) for h in history]
 
 
@@ -113,9 +118,8 @@ def prune(ws: Workspace, config: CNNConfig) -> None:
     d = FashionData(ws, config)
     model = prune_cnn_structured(_load(ws, "trained"), config.keep_channels, config.keep_hidden)
     before_finetune = d.evaluate(model)
-    apply_magnitude_pruning([(model.fc1, "weight"), (model.fc2, "weight")], config.dense_sparsity)
-    history = _fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr)
-    make_pruning_permanent(model)
+    masks = MagnitudePruning([model.fc1.weight, model.fc2.weight], config.dense_sparsity)
+    history = _fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr, after_step=masks.apply)
     ws.save_checkpoint("pruned", {"widths": model.widths, "state": model.state_dict()})
     ws.update_record(
         finetune_history=history,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from training.models import FashionCNN
 
@@ -100,18 +99,24 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, keep: torch.Tensor) -> No
         getattr(dst, name).copy_(getattr(src, name)[keep])
 
 
-def apply_magnitude_pruning(modules: list[tuple[nn.Module, str]], amount: float) -> None:
-    """Zero the `amount` smallest-magnitude weights, globally across `modules`.
+class MagnitudePruning:
+    """Unstructured magnitude pruning: zero the `amount` smallest weights, ranked globally
+    across `weights`, and keep them zero through fine-tuning (call `apply` after each step).
 
-    The masks stay attached (so fine-tuning keeps pruned weights at zero) until
-    `make_pruning_permanent` folds them in.
+    Masks are applied to the parameters in place rather than through
+    torch.nn.utils.prune, whose re-parametrisation nn.LSTM's flattened weights do not
+    follow: pruning the LSTM that way left it predicting one class (84.4% -> 49.9%).
     """
-    if amount > 0:
-        prune.global_unstructured(modules, pruning_method=prune.L1Unstructured, amount=amount)
 
+    def __init__(self, weights: list[torch.Tensor], amount: float) -> None:
+        self.weights = weights
+        magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
+        k = int(amount * magnitudes.numel())
+        threshold = magnitudes.kthvalue(k).values if k > 0 else magnitudes.new_tensor(-1.0)
+        self.masks = [w.detach().abs() > threshold for w in weights]
+        self.apply()
 
-def make_pruning_permanent(model: nn.Module) -> None:
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
+    @torch.no_grad()
+    def apply(self) -> None:
+        for weight, mask in zip(self.weights, self.masks, strict=True):
+            weight.mul_(mask)

@@ -13,7 +13,7 @@ from training import data
 from training.config import LSTMConfig
 from training.export import export_onnx, max_parity_error
 from training.models import SentimentLSTM
-from training.prune import apply_magnitude_pruning, count_macs, count_params, make_pruning_permanent, sparsity
+from training.prune import MagnitudePruning, count_macs, count_params, sparsity
 from training.quantize import convert_fp16, quantize_dynamic_int8
 from training.train import Batch, accuracy, fit, predict_logits, seed_everything
 from training.workspace import Workspace
@@ -115,15 +115,14 @@ def prune(ws: Workspace, config: LSTMConfig) -> None:
     seed_everything(config.seed)
     d = SentimentData(ws, config, _tokenizer(ws, config))
     model = _load(ws, "trained", config)
-    targets = [(model.embedding, "weight"), (model.fc, "weight")] + [
-        (lstm, name) for lstm in (model.forward_lstm, model.backward_lstm)
+    weights = [model.embedding.weight, model.fc.weight] + [
+        getattr(lstm, name) for lstm in (model.forward_lstm, model.backward_lstm)
         for name in ("weight_ih_l0", "weight_hh_l0")
     ]
-    apply_magnitude_pruning(targets, config.sparsity)
+    masks = MagnitudePruning(weights, config.sparsity)
     before = d.evaluate(model, "test")
     history = fit(model, d.train_batches, d.evaluate, stage="finetune", epochs=config.finetune_epochs,
-                  lr=config.finetune_lr, weight_decay=config.weight_decay)
-    make_pruning_permanent(model)
+                  lr=config.finetune_lr, weight_decay=config.weight_decay, after_step=masks.apply)
     ws.save_checkpoint("pruned", {"vocab_size": len(d.tokenizer.vocabulary), "state": model.state_dict()})
     ws.update_record(
         finetune_history=[asdict(h) for h in history],

@@ -39,11 +39,12 @@ def _describe(model: ServedModel) -> dict[str, Any]:
     m = model.manifest
     return {"name": m.name, "version": model.version, "task": m.task, "labels": m.labels,
             "instance": model.task.describe_instance(), "variant": model.variant,
+            "inputs": [t.model_dump() for t in m.inputs], "preprocessing": m.preprocessing.model_dump(),
             "max_batch_size": model.batcher.policy.max_batch_size}
 
 
 def _repo(request: Request) -> ModelRepository:
-    return request.app.state.repository  # type: ignore[no-any-return]
+    return request.app.state.repository
 
 
 @router.get("/v1/models", summary="Every served model with its labels and what an instance is")

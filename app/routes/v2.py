@@ -28,7 +28,7 @@ PLATFORM = "onnxruntime_onnx"
 
 
 def _repo(request: Request) -> ModelRepository:
-    return request.app.state.repository  # type: ignore[no-any-return]
+    return request.app.state.repository
 
 
 def _metadata(model: ServedModel) -> dict[str, Any]:

@@ -35,7 +35,8 @@ async def test_health_and_metadata() -> None:
         assert (await client.get("/v2/models/sst2-lstm/versions/1")).json()["versions"] == ["1"]
         assert (await client.get("/v2/models/sst2-lstm/ready")).status_code == 200
         config = (await client.get("/v2/models/fashion-cnn/config")).json()
-        assert config["max_batch_size"] == 64 and config["input"][0]["dims"] == [1, 28, 28]
+        assert config["max_batch_size"] == 64
+        assert config["input"][0]["dims"] == [1, 28, 28]
         listed = (await client.get("/v1/models")).json()["models"]
         assert {m["name"] for m in listed} == {"fashion-cnn", "sst2-lstm"}
 
@@ -54,7 +55,8 @@ async def test_v1_images_match_direct_onnx_runtime() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert [p["index"] for p in body["predictions"]] == expected.argmax(1).tolist()
     assert body["predictions"][0]["label"] == manifest.labels[body["predictions"][0]["index"]]
-    assert body["model_name"] == "fashion-cnn" and body["model_version"] == "1"
+    assert body["model_name"] == "fashion-cnn"
+    assert body["model_version"] == "1"
 
 
 async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
@@ -138,8 +140,10 @@ async def test_metrics_and_stats_count_requests_and_batches() -> None:
     assert 'ortserve_requests_total{endpoint="v1_predict",model="sst2-lstm",status="200"} 3.0' in metrics
     assert 'ortserve_requests_total{endpoint="v1_predict",model="sst2-lstm",status="400"} 1.0' in metrics
     assert 'ortserve_batch_size_count{model="sst2-lstm"}' in metrics
-    assert "ortserve_queue_depth" in metrics and "process_cpu_seconds_total" in metrics
-    assert stats["inference_count"] == 3 and stats["inference_stats"]["success"]["count"] == 3
+    assert "ortserve_queue_depth" in metrics
+    assert "process_cpu_seconds_total" in metrics
+    assert stats["inference_count"] == 3
+    assert stats["inference_stats"]["success"]["count"] == 3
     assert {s["name"] for s in everything} == {"fashion-cnn", "sst2-lstm"}
 
 
@@ -210,12 +214,18 @@ async def test_v2_binary_errors_and_non_finite_values() -> None:
         bad_lengths = await client.post("/v2/models/sst2-lstm/infer", json={"inputs": [
             {"name": "token_ids", "shape": [1, 2], "datatype": "INT64", "data": [3, 4]},
             {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [7]}]})
-    assert short.status_code == 400 and "runs past the end" in short.json()["error"]
-    assert too_long.status_code == 400 and "outside the body" in too_long.json()["error"]
-    assert extra.status_code == 400 and "not claimed" in extra.json()["error"]
-    assert not_finite.status_code == 400 and "NaN" in not_finite.json()["error"]
-    assert bad_output.status_code == 400 and "no outputs ['probs']" in bad_output.json()["error"]
-    assert bad_lengths.status_code == 400 and "between 1 and the padded width" in bad_lengths.json()["error"]
+    assert short.status_code == 400
+    assert "runs past the end" in short.json()["error"]
+    assert too_long.status_code == 400
+    assert "outside the body" in too_long.json()["error"]
+    assert extra.status_code == 400
+    assert "not claimed" in extra.json()["error"]
+    assert not_finite.status_code == 400
+    assert "NaN" in not_finite.json()["error"]
+    assert bad_output.status_code == 400
+    assert "no outputs ['probs']" in bad_output.json()["error"]
+    assert bad_lengths.status_code == 400
+    assert "between 1 and the padded width" in bad_lengths.json()["error"]
 
 
 BAD_V1 = [
@@ -245,10 +255,13 @@ async def test_unknown_models_versions_and_routes_are_404() -> None:
         version = await client.get("/v2/models/sst2-lstm/versions/9")
         v2_infer = await client.post("/v2/models/nope/infer", json={})
         route = await client.get("/v3/whatever")
-    assert model.status_code == 404 and "unknown model 'nope'" in model.json()["error"]
-    assert version.status_code == 404 and "no version '9'" in version.json()["error"]
+    assert model.status_code == 404
+    assert "unknown model 'nope'" in model.json()["error"]
+    assert version.status_code == 404
+    assert "no version '9'" in version.json()["error"]
     assert v2_infer.status_code == 404
-    assert route.status_code == 404 and route.json()["error"]
+    assert route.status_code == 404
+    assert route.json()["error"]
 
 
 async def test_limits_give_413_503_and_504() -> None:
@@ -259,9 +272,13 @@ async def test_limits_give_413_503_and_504() -> None:
     async with serving(request_timeout_s=1e-6) as client:
         late = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
         after = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
-    assert big.status_code == 413 and "exceeds the limit of 1000" in big.json()["error"]
-    assert full.status_code == 503 and full.headers["retry-after"] == "3" and "queued" in full.json()["error"]
-    assert late.status_code == 504 and "did not answer within" in late.json()["error"]
+    assert big.status_code == 413
+    assert "exceeds the limit of 1000" in big.json()["error"]
+    assert full.status_code == 503
+    assert full.headers["retry-after"] == "3"
+    assert "queued" in full.json()["error"]
+    assert late.status_code == 504
+    assert "did not answer within" in late.json()["error"]
     assert after["inference_stats"]["fail"]["count"] == 1
 
 
@@ -270,7 +287,8 @@ async def test_batching_off_still_answers_multi_instance_requests() -> None:
     async with serving(max_batch_size=1) as client:
         off = await client.post("/v1/models/fashion-cnn:predict", json={"instances": images.tolist()})
         stats = (await client.get("/v2/models/fashion-cnn/stats")).json()["model_stats"][0]
-    assert off.status_code == 200 and len(off.json()["predictions"]) == 3
+    assert off.status_code == 200
+    assert len(off.json()["predictions"]) == 3
     assert {b["batch_size"] for b in stats["batch_stats"]} == {1}
 
 

@@ -28,7 +28,8 @@ def edit(folder: Path, change) -> None:  # type: ignore[no-untyped-def]
 
 def test_committed_manifest_loads(model_copy: Path) -> None:
     manifest = load_manifest(model_copy)
-    assert manifest.name == "fashion-cnn" and manifest.version == 1
+    assert manifest.name == "fashion-cnn"
+    assert manifest.version == 1
     assert set(manifest.variants) == {"fp32", "int8", "fp16"}
 
 

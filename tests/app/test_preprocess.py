@@ -44,7 +44,8 @@ def test_encode_unknown_empty_and_long_text() -> None:
     assert tok.encode("") == [1]  # never an empty sequence
     assert tok.encode("good " * 100) == [2] * 5  # truncated to max_length
     ids, lengths = tok.encode_batch(["good", "good film film"])
-    assert ids.tolist() == [[2, 0, 0], [2, 3, 3]] and lengths.tolist() == [1, 3]
+    assert ids.tolist() == [[2, 0, 0], [2, 3, 3]]
+    assert lengths.tolist() == [1, 3]
 
 
 def test_build_orders_by_frequency_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -60,12 +61,14 @@ def test_build_orders_by_frequency_and_round_trips(tmp_path) -> None:  # type: i
 def test_any_text_encodes_to_valid_ids(text: str) -> None:
     tok = Tokenizer(["<pad>", "<unk>", "a"], SPEC)
     ids = tok.encode(text)
-    assert 1 <= len(ids) <= SPEC.max_length and all(0 < i < 3 for i in ids)
+    assert 1 <= len(ids) <= SPEC.max_length
+    assert all(0 < i < 3 for i in ids)
 
 
 def test_normalize_pixels() -> None:
     out = normalize_pixels(np.array([[[0.0] * 28] * 28, [[255.0] * 28] * 28]), IMAGE)
-    assert out.shape == (2, 1, 28, 28) and out.dtype == np.float32
+    assert out.shape == (2, 1, 28, 28)
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out[0].max(), (0 - 0.25) / 0.5)
     np.testing.assert_allclose(out[1].max(), (1 - 0.25) / 0.5, rtol=1e-6)
     with pytest.raises(PreprocessError, match=r"\[0, 255\]"):

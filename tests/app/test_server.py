@@ -22,13 +22,16 @@ pytestmark = pytest.mark.server
 
 def test_tritonclient_health_metadata_and_config(server: RunningServer) -> None:
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("fashion-cnn") and client.is_model_ready("sst2-lstm", "1")
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("fashion-cnn")
+    assert client.is_model_ready("sst2-lstm", "1")
     assert not client.is_model_ready("missing")
     meta = client.get_model_metadata("sst2-lstm")
     assert [i["name"] for i in meta["inputs"]] == ["token_ids", "lengths"]
     config = client.get_model_config("fashion-cnn")
-    assert config["max_batch_size"] > 0 and config["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["max_batch_size"] > 0
+    assert config["input"][0]["data_type"] == "TYPE_FP32"
     assert "fashion-cnn" in {s["name"] for s in client.get_inference_statistics()["model_stats"]}
 
 

@@ -32,7 +32,8 @@ def test_glue_tsv_reads_columns_by_header(tmp_path: Path) -> None:
     (tmp_path / "b.tsv").write_text("content\tlabel\ngood film\t1\n")
     assert read_glue_tsv(tmp_path / "a.tsv").texts == ["good film", "bad"]
     split = read_glue_tsv(tmp_path / "b.tsv")
-    assert split.texts == ["good film"] and split.labels.tolist() == [1]
+    assert split.texts == ["good film"]
+    assert split.labels.tolist() == [1]
     (tmp_path / "c.tsv").write_text("x\ty\n1\t2\n")
     with pytest.raises(ValueError, match="needs a 'label'"):
         read_glue_tsv(tmp_path / "c.tsv")

@@ -43,7 +43,8 @@ def test_build_writes_a_valid_versioned_artifact(built: Path, name: str) -> None
     assert manifest.variants["int8"].size_bytes < manifest.variants["fp32"].size_bytes
     assert manifest.variants["fp16"].size_bytes < manifest.variants["fp32"].size_bytes
     assert manifest.training["pruned"]["macs"] <= manifest.training["baseline"]["macs"]
-    assert manifest.data["sha256"] and manifest.packages["torch"]
+    assert manifest.data["sha256"]
+    assert manifest.packages["torch"]
 
 
 def test_cnn_structured_pruning_removes_compute(built: Path) -> None:

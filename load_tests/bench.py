@@ -1,0 +1,249 @@
+"""Benchmark runner: starts servers itself, loads them, and compares settings in one run.
+
+    python -m load_tests.bench                       # the full comparison (about 4 minutes)
+    python -m load_tests.bench --quick               # a few seconds per scenario
+    python -m load_tests.bench --only ceiling cnn-v1 # some scenarios
+
+Writes <out>/results.json, <out>/results.md and PNG plots; prints the table.
+Every server binds 127.0.0.1 and every run stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from load_tests import samples
+from load_tests.client import Payload, closed_loop, open_loop
+from load_tests.raw_ort import raw_throughput
+from load_tests.server import ROOT, ServerProcess
+from load_tests.stats import histogram_mean, summarize
+
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    server_args: list[str]
+    payload: Callable[[Path], Payload]
+    concurrency: list[int]
+    model: str = ""
+    ceiling: bool = False
+    rate_per_s: float | None = None  # open loop when set
+    note: str = ""
+
+
+@dataclass
+class Row:
+    scenario: str
+    concurrency: int
+    items_per_request: int
+    summary: dict[str, Any]
+    requests_per_s: float
+    items_per_s: float
+    server_cpu_s: float
+    client_cpu_s: float
+    mean_batch_size: float | None = None
+    mean_queue_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cnn_v1(_: Path) -> Payload:
+    return Payload("/v1/models/fashion-cnn:predict", samples.v1_images(1), JSON)
+
+
+def lstm_v1(_: Path) -> Payload:
+    return Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON)
+
+
+def v2_json_32(model_dir: Path) -> Payload:
+    return Payload("/v2/models/fashion-cnn/infer", samples.v2_json(32, model_dir), JSON, items=32)
+
+
+def v2_binary_32(model_dir: Path) -> Payload:
+    body, headers = samples.v2_binary(32, model_dir)
+    return Payload("/v2/models/fashion-cnn/infer", body, headers, items=32)
+
+
+def scenarios() -> list[Scenario]:
+    off = ["--max-batch-size", "1"]
+    return [
+        Scenario("ceiling", [], cnn_v1, [1, 16, 64], ceiling=True, note="parse-only FastAPI endpoint"),
+        Scenario("cnn-v1", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
+        Scenario("cnn-v1-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
+        Scenario("cnn-v1-fp32", ["--variant", "fp32"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("cnn-v1-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("lstm-v1", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
+        Scenario("lstm-v1-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
+        Scenario("cnn-v2-json-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("cnn-v2-binary-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("cnn-v2-binary-32-fp32", ["--variant", "fp32"], v2_binary_32, [16], "fashion-cnn"),
+        Scenario("cnn-v1-open-2000rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=2000,
+                 note="open loop, fixed arrival rate"),
+    ]
+
+
+def run_scenario(s: Scenario, model_dir: Path, duration_s: float) -> list[Row]:
+    rows = []
+    args = ["--model-dir", str(model_dir), *s.server_args]
+    with ServerProcess(args, ceiling=s.ceiling) as server:
+        payload = s.payload(model_dir)
+        for concurrency in s.concurrency:
+            before_metrics = "" if s.ceiling else server.metrics()
+            cpu_server, cpu_client = server.cpu_seconds(), _own_cpu()
+            if s.rate_per_s:
+                samples_, seconds = asyncio.run(open_loop(server.url, payload, s.rate_per_s, duration_s))
+            else:
+                samples_, seconds = asyncio.run(closed_loop(server.url, payload, concurrency, duration_s))
+            summary = summarize(samples_, seconds, payload.items)
+            row = Row(s.name, concurrency, payload.items, asdict(summary), round(summary.requests_per_s, 1),
+                      round(summary.items_per_s, 1), round(server.cpu_seconds() - cpu_server, 2),
+                      round(_own_cpu() - cpu_client, 2))
+            if not s.ceiling:
+                after = server.metrics()
+                row.mean_batch_size = _delta_mean(before_metrics, after, "ortserve_batch_size", s.model)
+                queue = _delta_mean(before_metrics, after, "ortserve_queue_time_seconds", s.model)
+                row.mean_queue_ms = None if queue is None else round(queue * 1000, 3)
+            if s.rate_per_s:
+                row.extra["offered_rate_per_s"] = s.rate_per_s
+            rows.append(row)
+            print(_line(row), flush=True)
+    return rows
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _delta_mean(before: str, after: str, name: str, model: str) -> float | None:
+    """Mean over this run only: (sum, count) differences between two /metrics scrapes."""
+    def totals(text: str) -> tuple[float, float]:
+        mean = histogram_mean(text, name, model)
+        count = next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith(f"{name}_count") and f'model="{model}"' in line), 0.0)
+        return (mean * count if count else 0.0), count
+    s0, c0 = totals(before)
+    s1, c1 = totals(after)
+    return round((s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
+
+
+HEADER = ["scenario", "conc", "items/req", "req/s", "items/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+          "errors", "mean batch", "queue ms", "server CPU s", "client CPU s"]
+
+
+def _cells(r: Row) -> list[str]:
+    s = r.summary
+    errors = ",".join(f"{k}:{v}" for k, v in s["errors"].items()) or "0"
+    return [r.scenario, str(r.concurrency or f"{r.extra.get('offered_rate_per_s', 0):g}/s"),
+            str(r.items_per_request), f"{r.requests_per_s:,.0f}", f"{r.items_per_s:,.0f}",
+            f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['max_ms']:.1f}", errors,
+            "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.1f}",
+            "-" if r.mean_queue_ms is None else f"{r.mean_queue_ms:.2f}", f"{r.server_cpu_s:.1f}",
+            f"{r.client_cpu_s:.1f}"]
+
+
+def _line(r: Row) -> str:
+    return "  ".join(f"{h}={c}" for h, c in zip(HEADER, _cells(r), strict=True))
+
+
+def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines += ["", "Raw in-process ONNX Runtime (no HTTP), fashion-cnn:", "",
+              "| variant | threads | batch | images/s |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['items_per_s']:,.0f} |" for r in raw]
+    lines += ["", "| comparison | ratio |", "|---|---|"] + [f"| {a} | {b} |" for a, b in ratios]
+    return "\n".join(lines) + "\n"
+
+
+def ratios(rows: list[Row], raw: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    def get(name: str, conc: int) -> Row | None:
+        return next((r for r in rows if r.scenario == name and r.concurrency == conc), None)
+
+    out = []
+
+    def add(label: str, a: Row | None, b: Row | None, field_: str = "requests_per_s") -> None:
+        if a and b and getattr(b, field_):
+            out.append((label, f"{getattr(a, field_) / getattr(b, field_):.2f}"))
+
+    ceiling, cnn = get("ceiling", 64), get("cnn-v1", 64)
+    add("cnn-v1 / ceiling, req/s at c64", cnn, ceiling)
+    if cnn and ceiling and ceiling.summary["p99_ms"]:
+        out.append(("cnn-v1 / ceiling, p99 at c64", f"{cnn.summary['p99_ms'] / ceiling.summary['p99_ms']:.2f}"))
+    add("cnn-v1 batching on / off, c64", cnn, get("cnn-v1-nobatch", 64))
+    add("lstm-v1 batching on / off, c64", get("lstm-v1", 64), get("lstm-v1-nobatch", 64))
+    add("cnn-v1 int8 / fp32, c64", cnn, get("cnn-v1-fp32", 64))
+    add("cnn-v1 2 workers / 1, c64", get("cnn-v1-2workers", 64), cnn)
+    add("V2 binary / JSON, 32 img, c16", get("cnn-v2-binary-32", 16), get("cnn-v2-json-32", 16))
+    add("V2 binary int8 / fp32, 32 img, c16", get("cnn-v2-binary-32", 16), get("cnn-v2-binary-32-fp32", 16))
+    best_raw = max((r for r in raw if r["batch"] == 128 and r["variant"] == "int8"),
+                   key=lambda r: r["items_per_s"], default=None)
+    binary = get("cnn-v2-binary-32", 16)
+    if best_raw and binary:
+        out.append(("V2 binary 32 img c16 / raw ORT int8 batch 128 (best threads), images/s",
+                    f"{binary.items_per_s / best_raw['items_per_s']:.2f}"))
+    return out
+
+
+def plots(rows: list[Row], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("ceiling", "cnn-v1", "lstm-v1"):
+        pts = [r for r in rows if r.scenario == name and r.concurrency]
+        if pts:
+            ax_t.plot([r.concurrency for r in pts], [r.requests_per_s for r in pts], marker="o", label=name)
+            ax_l.plot([r.requests_per_s for r in pts], [r.summary["p99_ms"] for r in pts], marker="o", label=name)
+    ax_t.set(title="throughput vs concurrency", xlabel="concurrent clients", ylabel="requests/s", xscale="log")
+    ax_l.set(title="p99 latency vs throughput", xlabel="requests/s", ylabel="p99 ms", yscale="log")
+    ax_t.legend()
+    ax_l.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput_latency.png", dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load_tests.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--quick", action="store_true", help="2-second runs")
+    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    args = parser.parse_args(argv)
+    duration = 2.0 if args.quick else args.duration
+    chosen = [s for s in scenarios() if not args.only or s.name in args.only]
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
+    rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration)]
+    comparisons = ratios(rows, raw)
+    table = markdown(rows, raw, comparisons)
+    machine = {"platform": platform.platform(), "python": platform.python_version(),
+               "cpus": len(__import__("os").sched_getaffinity(0)), "processor": platform.processor()}
+    (args.out / "results.json").write_text(json.dumps(
+        {"started": started, "machine": machine, "duration_s": duration, "rows": [asdict(r) for r in rows],
+         "raw_ort": raw, "ratios": comparisons}, indent=2))
+    (args.out / "results.md").write_text(table)
+    plots(rows, args.out)
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

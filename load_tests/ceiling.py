@@ -1,0 +1,27 @@
+"""The HTTP ceiling: the same routes on the same stack (uvicorn, uvloop, httptools, FastAPI,
+orjson) that only parse the body and answer, with no validation, batching or inference.
+Whatever the service reaches is a fraction of this.
+
+    uvicorn load_tests.ceiling:app --port 8001
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import FastAPI, Request, Response
+
+app = FastAPI()
+_ANSWER = orjson.dumps({"predictions": [{"label": "x", "index": 0, "probabilities": [1.0]}]})
+
+
+@app.post("/v1/models/{name}:predict")
+async def parse_only(request: Request, name: str) -> Response:
+    body = orjson.loads(await request.body())
+    if not body.get("instances"):
+        return Response(b'{"error": "no instances"}', status_code=400, media_type="application/json")
+    return Response(_ANSWER, media_type="application/json")
+
+
+@app.get("/v2/health/ready")
+async def ready() -> Response:
+    return Response(status_code=200)

@@ -1,0 +1,89 @@
+"""Start a server on a free loopback port, wait until it is ready, stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m app ARGS` (or the ceiling app) as a context manager; loopback only."""
+
+    def __init__(self, args: list[str], *, ceiling: bool = False, ready_timeout_s: float = 90) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        if ceiling:
+            self.command = [sys.executable, "-m", "uvicorn", "load_tests.ceiling:app", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+                            "--log-level", "warning"]
+        else:
+            self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port),
+                            "--log-level", "warning", *args]
+        self.ready_timeout_s = ready_timeout_s
+        self.log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        with self.log.open("wb") as sink:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {' '.join(self.command)}\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"server not ready after {self.ready_timeout_s}s:\n{self.log.read_text()}")
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=5).text
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its children (workers), from /proc."""
+        assert self.process is not None
+        total = 0.0
+        ticks = 100.0
+        for pid in [self.process.pid, *_children(self.process.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

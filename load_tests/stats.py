@@ -1,0 +1,71 @@
+"""Statistics of a load run: rates, latency percentiles, error accounting."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sample:
+    latency_s: float
+    status: int  # HTTP status; 0 for a connection-level failure
+
+
+@dataclass
+class Summary:
+    requests: int
+    ok: int
+    errors: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+    items_per_request: int = 1
+    p50_ms: float = math.nan
+    p90_ms: float = math.nan
+    p99_ms: float = math.nan
+    max_ms: float = math.nan
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.requests_per_s * self.items_per_request
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not sorted_values:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside [0, 100]")
+    pos = (len(sorted_values) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(samples: Sequence[Sample], duration_s: float, items_per_request: int = 1) -> Summary:
+    """Latency percentiles over successful requests only; every failure is counted by status."""
+    ok_latencies = sorted(s.latency_s * 1000 for s in samples if 200 <= s.status < 300)
+    errors = Counter(str(s.status) if s.status else "connection" for s in samples if not 200 <= s.status < 300)
+    return Summary(
+        requests=len(samples), ok=len(ok_latencies), errors=dict(sorted(errors.items())),
+        duration_s=duration_s, items_per_request=items_per_request,
+        p50_ms=percentile(ok_latencies, 50), p90_ms=percentile(ok_latencies, 90),
+        p99_ms=percentile(ok_latencies, 99), max_ms=ok_latencies[-1] if ok_latencies else math.nan,
+    )
+
+
+def histogram_mean(metrics_text: str, name: str, model: str) -> float:
+    """Mean of a Prometheus histogram (sum / count) for one model, from /metrics text."""
+    total = count = 0.0
+    for line in metrics_text.splitlines():
+        if f'model="{model}"' not in line:
+            continue
+        if line.startswith(f"{name}_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    return total / count if count else math.nan

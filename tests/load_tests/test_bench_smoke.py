@@ -1,0 +1,54 @@
+"""A few seconds of real load against a real server: the runner works end to end and
+counts errors. Not a speed test: nothing here asserts a rate."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from load_tests import bench, samples
+from load_tests.client import Payload, closed_loop, open_loop
+from load_tests.server import ServerProcess
+from load_tests.stats import summarize
+from tests.conftest import MODELS
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server():  # type: ignore[no-untyped-def]
+    with ServerProcess(["--model-dir", str(MODELS)]) as running:
+        yield running
+
+
+def test_closed_loop_counts_successes_and_errors(server: ServerProcess) -> None:
+    good = Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), bench.JSON)
+    bad = Payload("/v1/models/sst2-lstm:predict", b'{"instances": []}', bench.JSON)
+    ok_samples, seconds = asyncio.run(closed_loop(server.url, good, 4, 1.0, warmup_s=0.2))
+    bad_samples, _ = asyncio.run(closed_loop(server.url, bad, 2, 0.5, warmup_s=0.0))
+    ok = summarize(ok_samples, seconds)
+    errors = summarize(bad_samples, 0.5)
+    assert ok.ok == ok.requests > 0
+    assert not ok.errors
+    assert ok.p50_ms > 0
+    assert ok.p99_ms >= ok.p50_ms
+    assert errors.ok == 0
+    assert errors.errors == {"400": errors.requests}
+
+
+def test_open_loop_sends_at_the_offered_rate(server: ServerProcess) -> None:
+    payload = Payload("/v1/models/fashion-cnn:predict", samples.v1_images(1), bench.JSON)
+    got, seconds = asyncio.run(open_loop(server.url, payload, rate_per_s=40, duration_s=1.0))
+    summary = summarize(got, seconds)
+    assert summary.requests == 40
+    assert summary.ok == 40
+
+
+def test_runner_scenario_reads_server_batch_figures() -> None:
+    scenario = bench.Scenario("smoke", ["--max-queue-delay-ms", "5"], bench.cnn_v1, [4], "fashion-cnn")
+    (row,) = bench.run_scenario(scenario, MODELS, duration_s=1.0)
+    assert row.summary["ok"] > 0
+    assert row.mean_batch_size is not None
+    assert row.mean_batch_size >= 1
+    assert row.server_cpu_s > 0
