@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import inspect
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
+MODELS = Path(os.environ.get("ORTSERVE_TEST_MODELS", ROOT / "models"))
 
 
 @pytest.hookimpl(tryfirst=True)
