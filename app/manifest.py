@@ -112,6 +112,8 @@ class Manifest(_Strict):
     preprocessing: Preprocessing
     variants: dict[Variant, VariantFile] = Field(min_length=1)
     batching: BatchingDefaults = Field(default_factory=BatchingDefaults)
+    preferred_variant: dict[Literal["cpu", "cuda"], Variant] = Field(default_factory=dict)
+    """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str] = Field(default_factory=dict)
@@ -121,6 +123,9 @@ class Manifest(_Strict):
         names = [t.name for t in self.inputs + self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        missing = {v for v in self.preferred_variant.values() if v not in self.variants}
+        if missing:
+            raise ValueError(f"preferred_variant names variants {sorted(missing)} that are not listed")
         logits = self.outputs[0]
         if logits.shape[-1] != len(self.labels):
             raise ValueError(

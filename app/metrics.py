@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -44,7 +46,7 @@ class Metrics:
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
 
-    def batch_observer(self, model: str):  # type: ignore[no-untyped-def]
+    def batch_observer(self, model: str) -> Callable[[BatchRecord], None]:
         queue_time, compute = self.queue_time.labels(model), self.compute_time.labels(model)
         size, failures = self.batch_size.labels(model), self.batch_failures.labels(model)
         items = self.inference_items.labels(model)
@@ -61,5 +63,5 @@ class Metrics:
 
         return observe
 
-    def queue_observer(self, model: str):  # type: ignore[no-untyped-def]
+    def queue_observer(self, model: str) -> Callable[[int], None]:
         return self.queue_depth.labels(model).set

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,12 +81,12 @@ def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
     return np.full(shape, fill, dtype=spec.numpy_dtype)
 
 
-def _sequence_length(manifest: Manifest):  # type: ignore[no-untyped-def]
+def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
     """For models with a variable-length input, a function giving a request's padded length."""
     for spec in manifest.inputs:
         if len(spec.shape) >= 2 and spec.shape[1] == -1:
             name = spec.name
-            return lambda inputs: inputs[name].shape[1]
+            return lambda inputs: int(inputs[name].shape[1])
     return None
 
 

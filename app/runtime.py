@@ -62,7 +62,11 @@ def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str)
             raise ValueError(f"model {manifest.name!r} has no {requested} variant "
                              f"(has {sorted(manifest.variants)})")
         return cast(Variant, requested)
-    preference: tuple[Variant, ...] = ("fp16", "fp32") if providers[0] == CUDA else ("int8", "fp32")
+    device = "cuda" if providers[0] == CUDA else "cpu"
+    preferred = manifest.preferred_variant.get(device)
+    if preferred is not None:
+        return preferred
+    preference: tuple[Variant, ...] = ("fp16", "fp32") if device == "cuda" else ("int8", "fp32")
     for variant in preference:
         if variant in manifest.variants:
             return variant

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import inspect
+import os
 from pathlib import Path
 
 import pytest

@@ -25,7 +25,7 @@ class CNNConfig:
     # Structured pruning: fraction of conv channels / dense units kept (L1-ranked).
     keep_channels: float = 0.65
     keep_hidden: float = 0.75
-    # Unstructured magnitude pruning of the dense layers, for size.
+    # Unstructured magnitude pruning of the first dense layer, for size.
     dense_sparsity: float = 0.5
     finetune_epochs: int = 4
     finetune_lr: float = 1e-3

@@ -100,21 +100,27 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, keep: torch.Tensor) -> No
 
 
 class MagnitudePruning:
-    """Unstructured magnitude pruning: zero the `amount` smallest weights, ranked globally
-    across `weights`, and keep them zero through fine-tuning (call `apply` after each step).
+    """Unstructured magnitude pruning: zero the `amount` smallest weights of each tensor and
+    keep them zero through fine-tuning (call `apply` after each optimizer step).
 
-    Masks are applied to the parameters in place rather than through
-    torch.nn.utils.prune, whose re-parametrisation nn.LSTM's flattened weights do not
-    follow: pruning the LSTM that way left it predicting one class (84.4% -> 49.9%).
+    Each tensor is ranked on its own: one global ranking across the embedding and the LSTM
+    (whose weights are about ten times smaller) zeroed nearly every LSTM weight and left
+    the model predicting one class (84.4% -> 49.9%). Masks multiply the parameters in
+    place, which works for every module type, nn.LSTM's flattened weights included.
     """
 
     def __init__(self, weights: list[torch.Tensor], amount: float) -> None:
         self.weights = weights
-        magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
-        k = int(amount * magnitudes.numel())
-        threshold = magnitudes.kthvalue(k).values if k > 0 else magnitudes.new_tensor(-1.0)
-        self.masks = [w.detach().abs() > threshold for w in weights]
+        self.masks = [self._mask(w.detach(), amount) for w in weights]
         self.apply()
+
+    @staticmethod
+    def _mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
+        k = int(amount * weight.numel())
+        if k == 0:
+            return torch.ones_like(weight, dtype=torch.bool)
+        threshold = weight.abs().flatten().kthvalue(k).values
+        return weight.abs() > threshold
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +17,8 @@ from app.main import create_app
 from app.manifest import load_manifest
 from app.runtime import session_options
 from app.settings import Settings
-from tests.conftest import MODELS, ROOT
+from load_tests.server import ServerProcess
+from tests.conftest import MODELS
 
 
 @asynccontextmanager
@@ -37,11 +32,12 @@ async def serving(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-def reference_session(name: str, variant: str = "int8") -> tuple[ort.InferenceSession, Any]:
+def reference_session(name: str, variant: str | None = None) -> tuple[ort.InferenceSession, Any]:
     """A plain ORT session on the file the service serves, with the service's session options
     (graph optimisations change int8 rounding slightly), to compare answers with."""
     folder = MODELS / name / "1"
     manifest = load_manifest(folder)
+    variant = variant or manifest.preferred_variant.get("cpu", "int8")  # what the service picks
     return ort.InferenceSession(str(folder / manifest.variants[variant].file), session_options(1),
                                 providers=["CPUExecutionProvider"]), manifest
 
@@ -69,46 +65,8 @@ def sample_images(n: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningServer:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-        self.url = f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server() -> Iterator[ServerProcess]:
     """`python -m app` on a free loopback port, as a user would start it."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--port", str(port), "--model-dir", str(MODELS)],
-            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    running = RunningServer(process, port, log)
-    try:
-        wait_ready(running)
+    with ServerProcess(["--model-dir", str(MODELS)]) as running:
         yield running
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def wait_ready(server: RunningServer, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{server.log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server not ready in {timeout_s}s:\n{server.log.read_text()}")

@@ -44,6 +44,7 @@ def test_committed_manifest_loads(model_copy: Path) -> None:
     (lambda m: m["variants"]["int8"].update(file="missing.onnx"), "is missing"),
     (lambda m: m.update(version=2), "folder '1'"),
     (lambda m: m.update(unexpected=True), "unexpected"),
+    (lambda m: m["variants"].pop("int8") and m.update(preferred_variant={"cpu": "int8"}), "not listed"),
 ])
 def test_broken_manifests_are_refused(model_copy: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
     edit(model_copy, change)

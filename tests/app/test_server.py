@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,13 +12,14 @@ import pytest
 import tritonclient.http as triton
 
 from app.preprocess import normalize_pixels
-from tests.app.conftest import RunningServer, free_port, reference_session, sample_images, wait_ready
-from tests.conftest import MODELS, ROOT
+from load_tests.server import ServerProcess
+from tests.app.conftest import reference_session, sample_images
+from tests.conftest import MODELS
 
 pytestmark = pytest.mark.server
 
 
-def test_tritonclient_health_metadata_and_config(server: RunningServer) -> None:
+def test_tritonclient_health_metadata_and_config(server: ServerProcess) -> None:
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -36,7 +35,7 @@ def test_tritonclient_health_metadata_and_config(server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_tritonclient_infer_matches_onnx_runtime(server: RunningServer, binary: bool) -> None:
+def test_tritonclient_infer_matches_onnx_runtime(server: ServerProcess, binary: bool) -> None:
     session, manifest = reference_session("fashion-cnn")
     pixels = normalize_pixels(sample_images(4, seed=7), manifest.preprocessing)  # type: ignore[arg-type]
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
@@ -49,7 +48,7 @@ def test_tritonclient_infer_matches_onnx_runtime(server: RunningServer, binary: 
     assert result.get_response()["id"] == "r1"
 
 
-def test_tritonclient_sees_errors_as_exceptions(server: RunningServer) -> None:
+def test_tritonclient_sees_errors_as_exceptions(server: ServerProcess) -> None:
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     tensor = triton.InferInput("pixels", [1, 28, 28], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 28, 28), np.float32))
@@ -57,38 +56,34 @@ def test_tritonclient_sees_errors_as_exceptions(server: RunningServer) -> None:
         client.infer("fashion-cnn", [tensor])
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_drains_in_flight_requests() -> None:
     """Requests accepted before SIGTERM all get answers; the process then exits cleanly."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--port", str(port), "--model-dir", str(MODELS),
-             "--max-queue-delay-ms", "2000", "--max-batch-size", "256"],  # requests sit queued
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    running = RunningServer(process, port, log)
-    wait_ready(running)
+    # Batches wait 2 s for company, so the requests sit queued when the signal comes.
+    args = ["--model-dir", str(MODELS), "--max-queue-delay-ms", "2000", "--max-batch-size", "256",
+            "--log-level", "info"]
     body = {"instances": sample_images(1).tolist()}
+    with ServerProcess(args) as running, ThreadPoolExecutor(16) as pool:
+        assert running.process is not None
 
-    def one(_: int) -> int:
-        return httpx.post(f"{running.url}/v1/models/fashion-cnn:predict", json=body, timeout=30).status_code
+        def one(_: int) -> int:
+            url = f"{running.url}/v1/models/fashion-cnn:predict"
+            return httpx.post(url, json=body, timeout=30).status_code
 
-    with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
-        wait_queued(running, "fashion-cnn", 16)  # all accepted, none answered: the batch waits 2 s
-        process.send_signal(signal.SIGTERM)
+        wait_queued(running, "fashion-cnn", 16)  # all accepted, none answered yet
+        running.process.send_signal(signal.SIGTERM)
         codes = [f.result() for f in futures]
-    # uvicorn re-raises the signal after a clean shutdown, so the exit status may say SIGTERM.
-    assert process.wait(30) in (0, -signal.SIGTERM), log.read_text()
-    assert "Application shutdown complete" in log.read_text()
-    assert codes == [200] * 16, (codes, log.read_text())
+        # uvicorn re-raises the signal after a clean shutdown, so the status may say SIGTERM.
+        assert running.process.wait(30) in (0, -signal.SIGTERM), running.log.read_text()
+    assert "Application shutdown complete" in running.log.read_text()
+    assert codes == [200] * 16, (codes, running.log.read_text())
 
 
-def wait_queued(server: RunningServer, model: str, rows: int, timeout_s: float = 20) -> None:
+def wait_queued(server: ServerProcess, model: str, rows: int, timeout_s: float = 20) -> None:
     line = f'ortserve_queue_depth{{model="{model}"}} {float(rows)}'
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if line in httpx.get(f"{server.url}/metrics").text:
+        if line in server.metrics():
             return
         time.sleep(0.01)
     raise TimeoutError(f"{rows} rows never queued")

@@ -71,3 +71,15 @@ def test_a_second_build_gets_the_next_version(built: Path, tiny_data: Path, tmp_
 
 def _work_dir_of(out: Path) -> Path:
     return next(p for p in out.parent.iterdir() if p.name.startswith("runs"))
+
+
+def test_cpu_variant_is_int8_only_where_it_pays() -> None:
+    from training.pipeline import cpu_variant
+
+    def scores(fp32_ms: float, int8_ms: float, int8_acc: float = 0.9) -> dict:
+        return {"fp32": {"latency_ms_batch64": fp32_ms, "accuracy": 0.9},
+                "int8": {"latency_ms_batch64": int8_ms, "accuracy": int8_acc}}
+
+    assert cpu_variant(scores(10.0, 6.0)) == "int8"
+    assert cpu_variant(scores(4.0, 3.98)) == "fp32"  # no real speed-up
+    assert cpu_variant(scores(10.0, 6.0, int8_acc=0.85)) == "fp32"  # too inaccurate

@@ -1,0 +1,37 @@
+"""ONNX Runtime choices: providers, the variant per device, CPU counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.manifest import load_manifest
+from app.runtime import CPU, CUDA, available_cpus, choose_providers, choose_variant
+from tests.conftest import MODELS
+
+
+@pytest.fixture
+def manifest():  # type: ignore[no-untyped-def]
+    return load_manifest(MODELS / "sst2-lstm" / "1", verify_files=False)
+
+
+def test_auto_variant_follows_the_manifest_per_device(manifest) -> None:  # type: ignore[no-untyped-def]
+    assert choose_variant(manifest, [CPU], "auto") == manifest.preferred_variant["cpu"]
+    assert choose_variant(manifest, [CUDA, CPU], "auto") == "fp16"
+    assert choose_variant(manifest, [CPU], "fp32") == "fp32"
+    without = manifest.model_copy(update={"preferred_variant": {}})
+    assert choose_variant(without, [CPU], "auto") == "int8"
+
+
+def test_unknown_variant_and_provider_are_refused(manifest) -> None:  # type: ignore[no-untyped-def]
+    stripped = manifest.model_copy(update={"variants": {"fp32": manifest.variants["fp32"]}, "preferred_variant": {}})
+    with pytest.raises(ValueError, match="no int8 variant"):
+        choose_variant(stripped, [CPU], "int8")
+    with pytest.raises(ValueError, match="not available"):
+        choose_providers(["NoSuchExecutionProvider"])
+    assert choose_providers(None)[-1] == CPU
+
+
+def test_available_cpus_is_positive_and_bounded() -> None:
+    import os
+
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
