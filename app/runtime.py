@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -62,7 +62,7 @@ def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str)
             raise ValueError(f"model {manifest.name!r} has no {requested} variant "
                              f"(has {sorted(manifest.variants)})")
         return cast(Variant, requested)
-    device = "cuda" if providers[0] == CUDA else "cpu"
+    device: Literal["cpu", "cuda"] = "cuda" if providers[0] == CUDA else "cpu"
     preferred = manifest.preferred_variant.get(device)
     if preferred is not None:
         return preferred
