@@ -66,9 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "and task-level V1 endpoints that take raw images and text.",
     )
     app.state.metrics = metrics
-    app.include_router(health.router)
-    app.include_router(v2.router)
     app.include_router(v1.router)
+    app.include_router(v2.router)
+    app.include_router(health.router)
+    app.router.routes[0:0] = [*v1.HOT_ROUTES, *v2.HOT_ROUTES]
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.routing import Route
 
 from app.errors import InvalidInput, UnprocessableInput
 from app.protocol.v2 import ErrorResponse
@@ -59,8 +60,13 @@ async def describe_model(request: Request, name: str) -> Response:
 
 @router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
              summary="Classify images or texts: {\"instances\": [...]}")
-async def v1_predict(request: Request, name: str) -> Response:
-    model = _repo(request).get(name)
+async def v1_predict_documented(request: Request, name: str) -> Response:
+    """Documents the endpoint; requests are served by the plain route in HOT_ROUTES."""
+    return await v1_predict(request)
+
+
+async def v1_predict(request: Request) -> Response:
+    model = _repo(request).get(request.path_params["name"])
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     try:
@@ -77,3 +83,9 @@ async def v1_predict(request: Request, name: str) -> Response:
     logits = outputs[model.manifest.outputs[0].name]
     return json_response({"predictions": predictions(logits, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
+
+
+# Served as plain Starlette routes in front of FastAPI's: same handler, without FastAPI's
+# per-request dependency solving and route scan (a quarter of the event loop's time per
+# request at concurrency 64, measured with py-spy).
+HOT_ROUTES = [Route("/v1/models/{name}:predict", v1_predict, methods=["POST"])]

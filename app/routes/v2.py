@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.routing import Route
 
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
@@ -119,8 +120,14 @@ _INFER_DOC = {
              summary="Run inference (JSON tensors or Triton binary tensors)")
 @router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
              summary="Run inference on one model version")
-async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
-    model = _repo(request).get(name, version)
+async def v2_infer_documented(request: Request, name: str, version: str | None = None) -> Response:
+    """Documents the endpoint; requests are served by the plain routes in HOT_ROUTES."""
+    return await v2_infer(request)
+
+
+async def v2_infer(request: Request) -> Response:
+    params = request.path_params
+    model = _repo(request).get(params["name"], params.get("version"))
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     infer_request, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
@@ -135,3 +142,8 @@ async def v2_infer(request: Request, name: str, version: str | None = None) -> R
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)
+# Plain Starlette routes in front of FastAPI's (see app/routes/v1.py).
+HOT_ROUTES = [
+    Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
+]

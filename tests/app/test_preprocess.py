@@ -73,7 +73,7 @@ def test_normalize_pixels() -> None:
     np.testing.assert_allclose(out[1].max(), (1 - 0.25) / 0.5, rtol=1e-6)
     with pytest.raises(PreprocessError, match=r"\[0, 255\]"):
         normalize_pixels(np.full((1, 28, 28), 256.0), IMAGE)
-    with pytest.raises(PreprocessError, match="finite"):
+    with pytest.raises(PreprocessError, match="finite numbers"):
         normalize_pixels(np.full((1, 28, 28), np.nan), IMAGE)
     with pytest.raises(PreprocessError, match="shape"):
         normalize_pixels(np.zeros((1, 27, 28)), IMAGE)
