@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.manifest import load_manifest
 from load_tests import samples
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
@@ -80,14 +81,14 @@ def scenarios() -> list[Scenario]:
         Scenario("ceiling", [], cnn_v1, [1, 16, 64], ceiling=True, note="parse-only FastAPI endpoint"),
         Scenario("cnn-v1", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
         Scenario("cnn-v1-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
-        Scenario("cnn-v1-fp32", ["--variant", "fp32"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("cnn-v1-int8", ["--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
         Scenario("cnn-v1-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
         Scenario("lstm-v1", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
         Scenario("lstm-v1-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
         Scenario("cnn-v2-json-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
         Scenario("cnn-v2-binary-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("cnn-v2-binary-32-fp32", ["--variant", "fp32"], v2_binary_32, [16], "fashion-cnn"),
-        Scenario("cnn-v1-open-2000rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=2000,
+        Scenario("cnn-v2-binary-32-int8", ["--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
+        Scenario("cnn-v1-open-800rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=800,
                  note="open loop, fixed arrival rate"),
     ]
 
@@ -110,8 +111,9 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float) -> list[Row]:
                       round(_own_cpu() - cpu_client, 2))
             if not s.ceiling:
                 after = server.metrics()
-                row.mean_batch_size = _delta_mean(before_metrics, after, "ortserve_batch_size", s.model)
+                batch = _delta_mean(before_metrics, after, "ortserve_batch_size", s.model)
                 queue = _delta_mean(before_metrics, after, "ortserve_queue_time_seconds", s.model)
+                row.mean_batch_size = None if batch is None else round(batch, 2)
                 row.mean_queue_ms = None if queue is None else round(queue * 1000, 3)
             if s.rate_per_s:
                 row.extra["offered_rate_per_s"] = s.rate_per_s
@@ -134,7 +136,7 @@ def _delta_mean(before: str, after: str, name: str, model: str) -> float | None:
         return (mean * count if count else 0.0), count
     s0, c0 = totals(before)
     s1, c1 = totals(after)
-    return round((s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
+    return (s1 - s0) / (c1 - c0) if c1 > c0 else None
 
 
 HEADER = ["scenario", "conc", "items/req", "req/s", "items/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
@@ -166,7 +168,7 @@ def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str,
     return "\n".join(lines) + "\n"
 
 
-def ratios(rows: list[Row], raw: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> list[tuple[str, str]]:
     def get(name: str, conc: int) -> Row | None:
         return next((r for r in rows if r.scenario == name and r.concurrency == conc), None)
 
@@ -182,16 +184,18 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]]) -> list[tuple[str, str]]:
         out.append(("cnn-v1 / ceiling, p99 at c64", f"{cnn.summary['p99_ms'] / ceiling.summary['p99_ms']:.2f}"))
     add("cnn-v1 batching on / off, c64", cnn, get("cnn-v1-nobatch", 64))
     add("lstm-v1 batching on / off, c64", get("lstm-v1", 64), get("lstm-v1-nobatch", 64))
-    add("cnn-v1 int8 / fp32, c64", cnn, get("cnn-v1-fp32", 64))
+    add("cnn-v1 int8 / fp32 (served), c64", get("cnn-v1-int8", 64), cnn)
     add("cnn-v1 2 workers / 1, c64", get("cnn-v1-2workers", 64), cnn)
     add("V2 binary / JSON, 32 img, c16", get("cnn-v2-binary-32", 16), get("cnn-v2-json-32", 16))
-    add("V2 binary int8 / fp32, 32 img, c16", get("cnn-v2-binary-32", 16), get("cnn-v2-binary-32-fp32", 16))
-    best_raw = max((r for r in raw if r["batch"] == 128 and r["variant"] == "int8"),
-                   key=lambda r: r["items_per_s"], default=None)
-    binary = get("cnn-v2-binary-32", 16)
-    if best_raw and binary:
-        out.append(("V2 binary 32 img c16 / raw ORT int8 batch 128 (best threads), images/s",
-                    f"{binary.items_per_s / best_raw['items_per_s']:.2f}"))
+    add("V2 binary int8 / fp32 (served), 32 img, c16", get("cnn-v2-binary-32-int8", 16),
+        get("cnn-v2-binary-32", 16))
+    for name, variant in (("cnn-v2-binary-32", served_variant), ("cnn-v2-binary-32-int8", "int8")):
+        best_raw = max((r for r in raw if r["batch"] == 128 and r["variant"] == variant),
+                       key=lambda r: r["items_per_s"], default=None)
+        binary = get(name, 16)
+        if best_raw and binary:
+            out.append((f"{name} c16 / raw ORT {variant} batch 128 ({best_raw['threads']} threads), images/s",
+                        f"{binary.items_per_s / best_raw['items_per_s']:.2f}"))
     return out
 
 
@@ -216,6 +220,11 @@ def plots(rows: list[Row], out: Path) -> None:
     plt.close(fig)
 
 
+def served_cpu_variant(model_dir: Path) -> str:
+    folder = max((model_dir / "fashion-cnn").glob("*/"), key=lambda p: int(p.name))
+    return load_manifest(folder, verify_files=False).preferred_variant.get("cpu", "int8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
     rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration)]
-    comparisons = ratios(rows, raw)
+    comparisons = ratios(rows, raw, served_cpu_variant(args.model_dir))
     table = markdown(rows, raw, comparisons)
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "cpus": len(__import__("os").sched_getaffinity(0)), "processor": platform.processor()}

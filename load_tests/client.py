@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from load_tests.stats import Sample
+from load_tests.stats import NOT_SENT, Sample
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ async def open_loop(base_url: str, payload: Payload, rate_per_s: float, duration
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(tasks) >= max_outstanding:
-                samples.append(Sample(0.0, 0))
+                samples.append(Sample(0.0, NOT_SENT))
                 continue
             task = asyncio.create_task(_send(session, url, payload))
             tasks.add(task)

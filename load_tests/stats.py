@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+NOT_SENT = -1  # open loop: the client had max_outstanding requests open and skipped this one
+
 
 @dataclass
 class Sample:
     latency_s: float
-    status: int  # HTTP status; 0 for a connection-level failure
+    status: int  # HTTP status; 0 for a connection-level failure; NOT_SENT
 
 
 @dataclass
@@ -49,7 +51,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 def summarize(samples: Sequence[Sample], duration_s: float, items_per_request: int = 1) -> Summary:
     """Latency percentiles over successful requests only; every failure is counted by status."""
     ok_latencies = sorted(s.latency_s * 1000 for s in samples if 200 <= s.status < 300)
-    errors = Counter(str(s.status) if s.status else "connection" for s in samples if not 200 <= s.status < 300)
+    names = {0: "connection", NOT_SENT: "not-sent"}
+    errors = Counter(names.get(s.status, str(s.status)) for s in samples if not 200 <= s.status < 300)
     return Summary(
         requests=len(samples), ok=len(ok_latencies), errors=dict(sorted(errors.items())),
         duration_s=duration_s, items_per_request=items_per_request,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from load_tests.stats import Sample, histogram_mean, percentile, summarize
+from load_tests.stats import NOT_SENT, Sample, histogram_mean, percentile, summarize
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -22,11 +22,11 @@ def test_percentile_interpolates_between_ranks() -> None:
 
 def test_summary_counts_errors_by_status_and_excludes_them_from_latency() -> None:
     samples = [Sample(0.001 * i, 200) for i in range(1, 101)]
-    samples += [Sample(5.0, 503), Sample(9.0, 503), Sample(0.0, 0), Sample(0.2, 400)]
+    samples += [Sample(5.0, 503), Sample(9.0, 503), Sample(0.0, 0), Sample(0.2, 400), Sample(0.0, NOT_SENT)]
     s = summarize(samples, duration_s=2.0, items_per_request=4)
-    assert s.requests == 104
+    assert s.requests == 105
     assert s.ok == 100
-    assert s.errors == {"400": 1, "503": 2, "connection": 1}
+    assert s.errors == {"400": 1, "503": 2, "connection": 1, "not-sent": 1}
     assert s.requests_per_s == 50.0
     assert s.items_per_s == 200.0
     assert s.p50_ms == pytest.approx(50.5)
