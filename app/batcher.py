@@ -44,8 +44,10 @@ class BatchRecord:
 
     rows: int
     queue_waits_s: list[float]
-    compute_s: float
+    compute_s: float  # the model run, including the hand-off to and from its thread
     ok: bool
+    input_s: float = 0.0  # gathering the rows into one batch
+    output_s: float = 0.0  # handing each request its rows
 
 
 class _Request:
@@ -280,9 +282,12 @@ class DynamicBatcher:
         waits = [started - c.request.enqueued_at for c in batch]
         rows = sum(c.rows for c in batch)
         ok = False
+        collated = computed = started
         try:
             inputs = self.collate([c.tensors() for c in batch])
+            collated = time.monotonic()
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, inputs)
+            computed = time.monotonic()
             for name, value in outputs.items():
                 if len(value) != rows:
                     raise InferenceFailed(f"model {self.name!r} returned {len(value)} rows of "
@@ -302,4 +307,6 @@ class DynamicBatcher:
         finally:
             self._slots.release()
             if self.on_batch:
-                self.on_batch(BatchRecord(rows, waits, time.monotonic() - started, ok))
+                done = time.monotonic()
+                computed = computed if ok else done
+                self.on_batch(BatchRecord(rows, waits, computed - collated, ok, collated - started, done - computed))

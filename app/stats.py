@@ -31,15 +31,24 @@ class ModelStats:
     success: _Duration = field(default_factory=_Duration)
     fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)
     compute_infer: _Duration = field(default_factory=_Duration)
-    batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
+    compute_output: _Duration = field(default_factory=_Duration)
+    batches: dict[int, tuple[_Duration, _Duration, _Duration]] = field(
+        default_factory=lambda: defaultdict(lambda: (_Duration(), _Duration(), _Duration())))
 
     def record_batch(self, record: BatchRecord) -> None:
         self.execution_count += 1
         for wait in record.queue_waits_s:
             self.queue.add(wait)
-        self.compute_infer.add(record.compute_s, len(record.queue_waits_s))
-        self.batches[record.rows].add(record.compute_s)
+        # Counted per request, as Triton does; perf_analyzer requires the three counts equal.
+        requests = len(record.queue_waits_s)
+        self.compute_input.add(record.input_s, requests)
+        self.compute_infer.add(record.compute_s, requests)
+        self.compute_output.add(record.output_s, requests)
+        per_batch = self.batches[record.rows]
+        for duration, seconds in zip(per_batch, (record.input_s, record.compute_s, record.output_s), strict=True):
+            duration.add(seconds)
         if record.ok:
             self.inference_count += record.rows
             self.last_inference_ms = int(time.time() * 1000)
@@ -59,14 +68,15 @@ class ModelStats:
                 "success": self.success.as_dict(),
                 "fail": self.fail.as_dict(),
                 "queue": self.queue.as_dict(),
-                "compute_input": zero,
+                "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": zero,
+                "compute_output": self.compute_output.as_dict(),
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
             "batch_stats": [
-                {"batch_size": size, "compute_input": zero, "compute_infer": d.as_dict(), "compute_output": zero}
-                for size, d in sorted(self.batches.items())
+                {"batch_size": size, "compute_input": i.as_dict(), "compute_infer": c.as_dict(),
+                 "compute_output": o.as_dict()}
+                for size, (i, c, o) in sorted(self.batches.items())
             ],
         }

@@ -32,7 +32,7 @@ def sst2(model_dir: Path, n: int) -> dict:
     data = []
     for text in samples.sentences()[:n]:
         ids = tokenizer.encode(text)
-        data.append({"token_ids": {"content": ids, "shape": [len(ids)]}, "lengths": {"content": [len(ids)], "shape": []}})
+        data.append({"token_ids": {"content": ids, "shape": [len(ids)]}, "lengths": {"content": [len(ids)], "shape": [1]}})
     return {"data": data}
 
 

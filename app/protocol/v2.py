@@ -142,6 +142,9 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
 def _check_shape(item: RequestInput, spec: TensorSpec) -> None:
     if item.datatype != spec.datatype:
         raise InvalidInput(f"input {item.name!r} must have datatype {spec.datatype}, got {item.datatype}")
+    if spec.shape == [-1] and len(item.shape) == 2 and item.shape[1] == 1:
+        # One value per item sent as [N, 1], as Triton clients do for dims [1] + reshape [].
+        item.shape = item.shape[:1]
     ok = len(item.shape) == len(spec.shape) and all(
         (want == -1 and got >= 0) or got == want for got, want in zip(item.shape, spec.shape, strict=True))
     if not ok:

@@ -32,11 +32,17 @@ def _repo(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
+def _triton_shape(shape: list[int]) -> list[int]:
+    """One value per item ([-1]) is [-1, 1] to Triton's tools (dims [1] reshaped to []);
+    the server takes [N] and [N, 1] alike."""
+    return [-1, 1] if shape == [-1] else shape
+
+
 def _metadata(model: ServedModel) -> dict[str, Any]:
     m = model.manifest
     return {
         "name": m.name, "versions": [model.version], "platform": PLATFORM,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.inputs],
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _triton_shape(t.shape)} for t in m.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
         "parameters": {"variant": model.variant, "providers": model.runtime.providers, "task": m.task,
                        "labels": m.labels},
@@ -49,7 +55,14 @@ def _config(model: ServedModel) -> dict[str, Any]:
     kind = "KIND_GPU" if model.runtime.providers[0] == "CUDAExecutionProvider" else "KIND_CPU"
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
-        return [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": t.shape[1:]} for t in specs]
+        out = []
+        for t in specs:
+            entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{t.datatype}",
+                                     "dims": _triton_shape(t.shape)[1:]}
+            if t.shape == [-1]:
+                entry["reshape"] = {"shape": []}
+            out.append(entry)
+        return out
 
     return {
         "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",

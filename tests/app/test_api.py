@@ -295,3 +295,19 @@ async def test_batching_off_still_answers_multi_instance_requests() -> None:
 def test_png_helper_round_trips() -> None:
     data = png_bytes(sample_images(1)[0])
     assert struct.unpack(">I", data[16:20])[0] == 28
+
+
+async def test_per_item_scalars_follow_tritons_dims_1_reshape_convention() -> None:
+    ids = {"name": "token_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 9, 2]}
+    async with serving() as client:
+        flat = await client.post("/v2/models/sst2-lstm/infer", json={"inputs": [
+            ids, {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [3]}]})
+        column = await client.post("/v2/models/sst2-lstm/infer", json={"inputs": [
+            ids, {"name": "lengths", "shape": [1, 1], "datatype": "INT64", "data": [3]}]})
+        config = (await client.get("/v2/models/sst2-lstm/config")).json()
+        meta = (await client.get("/v2/models/sst2-lstm")).json()
+    assert flat.json()["outputs"] == column.json()["outputs"]
+    lengths = next(i for i in config["input"] if i["name"] == "lengths")
+    assert lengths["dims"] == [1]
+    assert lengths["reshape"] == {"shape": []}
+    assert meta["inputs"][1]["shape"] == [-1, 1]
