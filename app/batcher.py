@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.errors import InferenceFailed, ModelNotReady, QueueFull
+from app.errors import InferenceFailed, ModelNotReady, PayloadTooLarge, QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ class DynamicBatcher:
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         rows = len(next(iter(inputs.values())))
+        if rows > self.policy.max_queue_size:  # could never fit: retrying would not help
+            raise PayloadTooLarge(f"the request has {rows} items; model {self.name!r} queues at most "
+                                  f"{self.policy.max_queue_size}")
         if self._queued_rows + rows > self.policy.max_queue_size:
             raise QueueFull(
                 f"model {self.name!r} has {self._queued_rows} items queued (limit "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import numpy as np
@@ -267,19 +268,34 @@ async def test_unknown_models_versions_and_routes_are_404() -> None:
 async def test_limits_give_413_503_and_504() -> None:
     async with serving(max_body_bytes=1000) as client:
         big = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["x" * 2000]})
-    async with serving(max_queue_size=4, retry_after_s=3) as client:
-        full = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"] * 5})
     async with serving(request_timeout_s=1e-6) as client:
         late = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
         after = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
     assert big.status_code == 413
     assert "exceeds the limit of 1000" in big.json()["error"]
-    assert full.status_code == 503
-    assert full.headers["retry-after"] == "3"
-    assert "queued" in full.json()["error"]
     assert late.status_code == 504
     assert "did not answer within" in late.json()["error"]
     assert after["inference_stats"]["fail"]["count"] == 1
+
+
+async def test_full_queue_gives_503_with_retry_after_and_loses_nothing_queued() -> None:
+    # Batches wait 300 ms for company, so three single requests sit queued.
+    async with serving(max_queue_size=4, retry_after_s=3, max_queue_delay_ms=300, max_batch_size=64) as client:
+        def post(n: int):  # type: ignore[no-untyped-def]
+            return client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"] * n})
+
+        queued = [asyncio.create_task(post(1)) for _ in range(3)]
+        while 'ortserve_queue_depth{model="sst2-lstm"} 3.0' not in (await client.get("/metrics")).text:
+            await asyncio.sleep(0.005)
+        full = await post(2)
+        too_big = await post(5)
+        answered = await asyncio.gather(*queued)
+    assert full.status_code == 503
+    assert full.headers["retry-after"] == "3"
+    assert "3 items queued (limit 4)" in full.json()["error"]
+    assert too_big.status_code == 413
+    assert "queues at most 4" in too_big.json()["error"]
+    assert [r.status_code for r in answered] == [200, 200, 200]
 
 
 async def test_batching_off_still_answers_multi_instance_requests() -> None:
