@@ -85,7 +85,7 @@ async def all_stats(request: Request) -> Response:
 @router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=ERRORS,
             summary="Model metadata: inputs, outputs, platform, variant and provider")
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
-            responses=ERRORS, summary="Metadata of one model version", include_in_schema=True)
+            responses=ERRORS, summary="Metadata of one model version")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     return json_response(_metadata(_repo(request).get(name, version)))
 
