@@ -45,6 +45,10 @@ def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
     return x * a + b
 
 
+# A few KB of PNG can claim gigapixels; refuse before decoding rather than after.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
     """PNG/JPEG/... bytes -> uint8 (H, W) or (C, H, W) pixels, converted and resized.
 
@@ -55,9 +59,12 @@ def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # imported lazily: only image models need it
 
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise PreprocessError(f"image of {image.width}x{image.height} pixels is larger than "
+                                  f"the {MAX_IMAGE_PIXELS:,} pixels accepted")
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise PreprocessError(f"cannot decode image: {e}") from e
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")

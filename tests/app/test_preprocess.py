@@ -90,3 +90,23 @@ def test_decode_image_converts_size_and_colour() -> None:
         decode_image(b"GIF89a-not-really", IMAGE)
     with pytest.raises(PreprocessError, match="base64"):
         decode_base64_image("***", IMAGE)
+
+
+def test_oversized_images_are_refused_before_decoding() -> None:
+    import io
+    import struct
+    import zlib
+
+    # Valid PNG headers claiming huge sizes, with almost no data behind them.
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def png(side: int) -> bytes:
+        header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                + chunk(b"IEND", b""))
+
+    with pytest.raises(PreprocessError, match="larger than"):
+        decode_image(io.BytesIO(png(5000)).getvalue(), IMAGE)
+    with pytest.raises(PreprocessError, match="decompression bomb"):  # Pillow's own limit
+        decode_image(png(20000), IMAGE)
