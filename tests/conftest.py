@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("ORTSERVE_TEST_MODELS", ROOT / "models"))
+MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
 
 
 @pytest.hookimpl(tryfirst=True)
