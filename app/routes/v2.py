@@ -145,6 +145,7 @@ async def v2_infer(request: Request) -> Response:
     body = await read_body(request, settings.max_body_bytes)
     infer_request, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
     inputs = decode_inputs(infer_request, binary, model.manifest)
+    model.task.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
     check_requested_outputs(infer_request, model.manifest)
     outputs = await model.infer(inputs, settings.request_timeout_s)
     content, header_length = encode_response(infer_request, model.manifest, outputs)
