@@ -11,9 +11,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from app import __version__
 from app.errors import ServingError
+from app.fastpath import FastPath
 from app.log import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContext
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await repository.stop()
             logger.info("stopped")
 
-    app = FastAPI(
+    app = _OrtServe(
         title="ortserve", version=__version__, lifespan=lifespan,
         description="ONNX Runtime models behind dynamic batching: the KServe V2 / Open Inference "
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
@@ -69,7 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
-    app.router.routes[0:0] = [*v1.HOT_ROUTES, *v2.HOT_ROUTES]
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:
@@ -77,8 +78,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _install_error_handlers(app)
     _install_openapi_models(app)
-    app.add_middleware(RequestContext, metrics=metrics)
     return app
+
+
+class _OrtServe(FastAPI):
+    """FastAPI with the inference routes dispatched before its middleware stack
+    (app/fastpath.py), and request ids and metrics around both."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = FastPath(super().build_middleware_stack(), [*v1.HOT_ROUTES, *v2.HOT_ROUTES])
+        return RequestContext(stack, self.state.metrics)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

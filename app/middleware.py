@@ -5,8 +5,9 @@ Pure ASGI rather than BaseHTTPMiddleware: it adds no task or body copy per reque
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +21,10 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Ids are a random per-process prefix and a counter: unique across processes and
+        # replicas, at a fraction of uuid4's cost per request.
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -27,7 +32,7 @@ class RequestContext:
             return
         started = time.perf_counter()
         rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
-        rid = rid[:128] if rid else uuid.uuid4().hex
+        rid = rid[:128] if rid else f"{self._prefix}{next(self._counter):08x}"
         token = request_id.set(rid)
         status = 500
 

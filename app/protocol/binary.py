@@ -10,7 +10,7 @@ import numpy as np
 
 from app.errors import InvalidInput
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:

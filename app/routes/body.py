@@ -1,4 +1,9 @@
-"""Reading request bodies with a size limit, and JSON responses encoded by orjson."""
+"""Reading request bodies with a size limit, and JSON responses encoded by orjson.
+
+Bodies and headers are read straight from the ASGI scope and receive channel: on the
+inference hot path, Starlette's Headers and body stream showed up at about a tenth of
+the event loop's time per request (py-spy, concurrency 64).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,33 @@ from fastapi.responses import Response
 from app.errors import InvalidInput, PayloadTooLarge
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of a header; `name` is lower-case bytes, as ASGI gives names."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        return await request.body()
-    chunks, size = [], 0  # chunked transfer: count as it streams in
-    async for chunk in request.stream():
+    chunks, size = [], 0  # also counts as it streams in: chunked bodies declare no length
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -61,7 +61,7 @@ async def describe_model(request: Request, name: str) -> Response:
 @router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
              summary="Classify images or texts: {\"instances\": [...]}")
 async def v1_predict_documented(request: Request, name: str) -> Response:
-    """Documents the endpoint; requests are served by the plain route in HOT_ROUTES."""
+    """Documents the endpoint; requests are served through HOT_ROUTES (app/fastpath.py)."""
     return await v1_predict(request)
 
 
@@ -85,7 +85,5 @@ async def v1_predict(request: Request) -> Response:
                           "model_name": model.name, "model_version": model.version})
 
 
-# Served as plain Starlette routes in front of FastAPI's: same handler, without FastAPI's
-# per-request dependency solving and route scan (a quarter of the event loop's time per
-# request at concurrency 64, measured with py-spy).
+# Dispatched by app/fastpath.py in front of FastAPI's middleware and routing.
 HOT_ROUTES = [Route("/v1/models/{name}:predict", v1_predict, methods=["POST"])]

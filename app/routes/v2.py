@@ -19,7 +19,7 @@ from app.protocol.v2 import (
     parse_request,
 )
 from app.repository import ModelRepository, ServedModel
-from app.routes.body import json_response, read_body
+from app.routes.body import header, json_response, read_body
 
 router = APIRouter(tags=["v2"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -134,7 +134,7 @@ _INFER_DOC = {
 @router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
              summary="Run inference on one model version")
 async def v2_infer_documented(request: Request, name: str, version: str | None = None) -> Response:
-    """Documents the endpoint; requests are served by the plain routes in HOT_ROUTES."""
+    """Documents the endpoint; requests are served through HOT_ROUTES (app/fastpath.py)."""
     return await v2_infer(request)
 
 
@@ -143,7 +143,7 @@ async def v2_infer(request: Request) -> Response:
     model = _repo(request).get(params["name"], params.get("version"))
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
-    infer_request, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+    infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
     inputs = decode_inputs(infer_request, binary, model.manifest)
     model.task.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
     check_requested_outputs(infer_request, model.manifest)
@@ -156,7 +156,7 @@ async def v2_infer(request: Request) -> Response:
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)
-# Plain Starlette routes in front of FastAPI's (see app/routes/v1.py).
+# Dispatched by app/fastpath.py in front of FastAPI's middleware and routing.
 HOT_ROUTES = [
     Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),

@@ -151,9 +151,10 @@ async def test_metrics_and_stats_count_requests_and_batches() -> None:
 async def test_request_id_is_echoed_or_made() -> None:
     async with serving() as client:
         given = await client.get("/v2/health/live", headers={"X-Request-ID": "abc-123"})
-        made = await client.get("/v2/health/live")
+        made = [(await client.get("/v2/health/live")).headers["x-request-id"] for _ in range(2)]
     assert given.headers["x-request-id"] == "abc-123"
-    assert len(made.headers["x-request-id"]) == 32
+    assert len(made[0]) == 24
+    assert made[0] != made[1]
 
 
 async def test_openapi_documents_every_endpoint() -> None:
@@ -327,3 +328,32 @@ async def test_per_item_scalars_follow_tritons_dims_1_reshape_convention() -> No
     assert lengths["dims"] == [1]
     assert lengths["reshape"] == {"shape": []}
     assert meta["inputs"][1]["shape"] == [-1, 1]
+
+
+async def test_unexpected_errors_on_the_fast_path_are_a_logged_500(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from app.tasks import TextTask
+
+    def broken(self, instances):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(TextTask, "instances_to_inputs", broken)
+    async with serving() as client:
+        response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal server error"}
+    assert 'endpoint="v1_predict",model="sst2-lstm",status="500"' in metrics
+
+
+async def test_chunked_bodies_are_read_and_limited() -> None:
+    async def chunks(n: int):  # type: ignore[no-untyped-def]
+        yield b'{"instances": ["'
+        for _ in range(n):
+            yield b"good "
+        yield b'"]}'
+
+    async with serving(max_body_bytes=2000) as client:
+        ok = await client.post("/v1/models/sst2-lstm:predict", content=chunks(10))
+        too_big = await client.post("/v1/models/sst2-lstm:predict", content=chunks(1000))
+    assert ok.status_code == 200
+    assert too_big.status_code == 413
