@@ -128,7 +128,9 @@ assert results == [200] * 20, results
 print("SIGTERM: 20/20 queued requests answered")
 EOF
 podman wait "$NAME" >/dev/null
-podman logs "$NAME" 2>&1 | grep -q "Application shutdown complete" || { podman logs "$NAME"; exit 1; }
+# Read the logs whole first: `podman logs | grep -q` fails under pipefail when grep exits early.
+logs=$(podman logs "$NAME" 2>&1)
+grep -q "Application shutdown complete" <<<"$logs" || { echo "$logs"; exit 1; }
 echo "container stopped cleanly"
 
 log "compose: service + Prometheus with podman-compose"
