@@ -71,7 +71,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def load_fashion_mnist(data_dir: Path) -> tuple[ImageSplit, ImageSplit]:
     """(train, test) from `data_dir` or its `fashion-mnist/` subfolder."""
-    folder = _first_with(data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz")
+    folder = find_dataset_folder(data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz")
     missing = [f for f in FASHION_MNIST_FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -117,7 +117,7 @@ def read_glue_tsv(path: Path) -> TextSplit:
 
 def load_sst2(data_dir: Path) -> tuple[TextSplit, TextSplit, TextSplit]:
     """(train, dev, test) from `data_dir` or its `sst2/` subfolder."""
-    folder = _first_with(data_dir, "sst2", "train.tsv")
+    folder = find_dataset_folder(data_dir, "sst2", "train.tsv")
     return tuple(read_glue_tsv(folder / f"{s}.tsv") for s in ("train", "dev", "test"))  # type: ignore[return-value]
 
 
@@ -138,7 +138,8 @@ def download_fashion_mnist(dest: Path) -> None:
             raise ValueError(f"{name}: sha256 {actual} != published {expected}; removed it")
 
 
-def _first_with(data_dir: Path, subfolder: str, marker: str) -> Path:
+def find_dataset_folder(data_dir: Path, subfolder: str, marker: str) -> Path:
+    """`data_dir/subfolder` or `data_dir` itself, whichever holds `marker`."""
     for folder in (data_dir / subfolder, data_dir):
         if (folder / marker).is_file():
             return folder

@@ -100,7 +100,7 @@ def train(ws: Workspace, config: CNNConfig) -> None:
         name=NAME, config=config.as_dict(), preprocessing=d.spec.model_dump(), history=history,
         baseline={**_describe(model), "accuracy": d.evaluate(model)},
         data_sha256=data.file_checksums(
-            sorted(data._first_with(ws.data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz").glob("*.gz"))
+            sorted(data.find_dataset_folder(ws.data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz").glob("*.gz"))
         ),
     )
 

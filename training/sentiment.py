@@ -102,7 +102,7 @@ def train(ws: Workspace, config: LSTMConfig) -> None:
     history = fit(model, d.train_batches, d.evaluate, stage="train", epochs=config.epochs, lr=config.lr,
                   weight_decay=config.weight_decay)
     ws.save_checkpoint("trained", {"vocab_size": len(d.tokenizer.vocabulary), "state": model.state_dict()})
-    folder = data._first_with(ws.data_dir, "sst2", "train.tsv")
+    folder = data.find_dataset_folder(ws.data_dir, "sst2", "train.tsv")
     ws.update_record(
         name=NAME, config=config.as_dict(), preprocessing=_spec(config).model_dump(),
         history=[asdict(h) for h in history], vocabulary_size=len(d.tokenizer.vocabulary),
