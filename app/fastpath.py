@@ -4,21 +4,17 @@ At high request rates the event loop is the bottleneck, and FastAPI's per-reques
 (exception middlewares, exit stacks, dependency solving, the route scan) cost about a
 third of its time per request (py-spy at concurrency 64). Requests for the hot routes
 are dispatched here directly; everything else, and the lifespan, goes to the full stack.
-Errors are rendered the same way as by the app's handlers.
+Errors are rendered by the same functions as the app's exception handlers use.
 """
 
 from __future__ import annotations
-
-import logging
 
 from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ServingError
-from app.routes.body import json_response
-
-logger = logging.getLogger(__name__)
+from app.routes.body import error_response, internal_error_response
 
 
 class FastPath:
@@ -42,8 +38,7 @@ class FastPath:
         try:
             response = await route.endpoint(request)
         except ServingError as e:
-            response = json_response({"error": e.message}, e.status_code, e.headers)
+            response = error_response(e)
         except Exception:
-            logger.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = json_response({"error": "internal server error"}, 500)
+            response = internal_error_response(request.method, request.url.path)
         await response(scope, receive, send)

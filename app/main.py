@@ -21,7 +21,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.repository import ModelRepository
 from app.routes import health, v1, v2
-from app.routes.body import json_response
+from app.routes.body import error_response, internal_error_response, json_response
 from app.runtime import RuntimeOptions, available_cpus, choose_providers
 from app.settings import Settings
 
@@ -93,9 +93,7 @@ class _OrtServe(FastAPI):
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> Response:
-        if exc.status_code >= 500 and exc.status_code not in (503, 504):
-            logger.error("server error: %s", exc.message)
-        return json_response({"error": exc.message}, exc.status_code, exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -109,8 +107,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return json_response({"error": "internal server error"}, 500)
+        return internal_error_response(request.method, request.url.path)
 
 
 def _install_openapi_models(app: FastAPI) -> None:

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.manifest import load_manifest
 from load_tests import samples
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
@@ -221,8 +220,7 @@ def plots(rows: list[Row], out: Path) -> None:
 
 
 def served_cpu_variant(model_dir: Path) -> str:
-    folder = max((model_dir / "fashion-cnn").glob("*/"), key=lambda p: int(p.name))
-    return load_manifest(folder, verify_files=False).preferred_variant.get("cpu", "int8")
+    return samples.latest(model_dir, "fashion-cnn")[1].preferred_variant.get("cpu", "int8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from app.manifest import load_manifest
 from app.preprocess import Tokenizer
 from load_tests import samples
 from load_tests.server import ROOT
@@ -25,8 +24,7 @@ def fashion(model_dir: Path, n: int) -> dict:
 
 
 def sst2(model_dir: Path, n: int) -> dict:
-    folder = max((model_dir / "sst2-lstm").glob("*/"), key=lambda p: int(p.name))
-    manifest = load_manifest(folder, verify_files=False)
+    folder, manifest = samples.latest(model_dir, "sst2-lstm")
     tokenizer = Tokenizer.from_file(folder / manifest.preprocessing.vocabulary_file,  # type: ignore[union-attr]
                                     manifest.preprocessing)  # type: ignore[arg-type]
     data = []

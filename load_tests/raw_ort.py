@@ -8,15 +8,13 @@ from typing import Any
 
 import onnxruntime as ort
 
-from app.manifest import load_manifest
 from app.runtime import session_options
 from load_tests import samples
 
 
 def raw_throughput(model_dir: Path, seconds: float = 3.0, batches: tuple[int, ...] = (1, 32, 128)
                    ) -> list[dict[str, Any]]:
-    folder = max((model_dir / "fashion-cnn").glob("*/"), key=lambda p: int(p.name))
-    manifest = load_manifest(folder)
+    folder, manifest = samples.latest(model_dir, "fashion-cnn")
     results = []
     for variant in ("int8", "fp32"):
         for threads in (1, 2):

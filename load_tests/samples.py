@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from app.manifest import ImagePreprocessing, Manifest, load_manifest
+from app.preprocess import normalize_pixels
+
 SAMPLES = Path(__file__).parent / "samples"
 
 
@@ -26,9 +29,11 @@ def sentences() -> list[str]:
 
 
 @cache
-def preprocessing(model_dir: Path) -> dict:
-    manifests = sorted((model_dir / "fashion-cnn").glob("*/manifest.json"))
-    return json.loads(manifests[-1].read_text())["preprocessing"]
+def latest(model_dir: Path, name: str) -> tuple[Path, Manifest]:
+    """The highest version folder of a model and its manifest (versions compare as numbers)."""
+    folder = max((p.parent for p in (model_dir / name).glob("*/manifest.json") if p.parent.name.isdigit()),
+                 key=lambda p: int(p.name))
+    return folder, load_manifest(folder, verify_files=False)
 
 
 def v1_images(n: int = 1, offset: int = 0) -> bytes:
@@ -42,10 +47,10 @@ def v1_texts(n: int = 1, offset: int = 0) -> bytes:
 
 def normalized(n: int, model_dir: Path, offset: int = 0) -> np.ndarray:
     """Images scaled as the manifest says, (n, 1, 28, 28) float32: what V2 clients send."""
-    spec = preprocessing(model_dir)
+    spec = latest(model_dir, "fashion-cnn")[1].preprocessing
+    assert isinstance(spec, ImagePreprocessing)
     idx = [(offset + i) % len(images()) for i in range(n)]
-    x = images()[idx].astype(np.float32)[:, None]
-    return (x * spec["scale"] - spec["mean"]) / spec["std"]
+    return normalize_pixels(images()[idx], spec)
 
 
 def v2_json(n: int, model_dir: Path) -> bytes:

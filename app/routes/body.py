@@ -7,13 +7,16 @@ the event loop's time per request (py-spy, concurrency 64).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput, PayloadTooLarge, ServingError
+
+logger = logging.getLogger(__name__)
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -48,3 +51,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status_code,
                     headers=headers, media_type="application/json")
+
+
+def error_response(error: ServingError) -> Response:
+    """`{"error": message}` with the error's status and headers; server faults are logged."""
+    if error.status_code >= 500 and error.status_code not in (503, 504):
+        logger.error("server error: %s", error.message)
+    return json_response({"error": error.message}, error.status_code, error.headers)
+
+
+def internal_error_response(method: str, path: str) -> Response:
+    """For an exception nobody expected: logged with its traceback, answered generically."""
+    logger.exception("unhandled error on %s %s", method, path)
+    return json_response({"error": "internal server error"}, 500)

@@ -9,15 +9,12 @@ from fastapi import APIRouter, Request, Response
 from starlette.routing import Route
 
 from app.errors import InvalidInput, UnprocessableInput
-from app.protocol.v2 import ErrorResponse
-from app.repository import ModelRepository, ServedModel
+from app.repository import ServedModel
 from app.routes.body import json_response, read_body
+from app.routes.common import ERRORS, repository
 from app.tasks import predictions
 
 router = APIRouter(tags=["v1"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
-}
 
 _PREDICT_DOC = {
     "requestBody": {"required": True, "content": {"application/json": {
@@ -44,18 +41,14 @@ def _describe(model: ServedModel) -> dict[str, Any]:
             "max_batch_size": model.batcher.policy.max_batch_size}
 
 
-def _repo(request: Request) -> ModelRepository:
-    return request.app.state.repository
-
-
 @router.get("/v1/models", summary="Every served model with its labels and what an instance is")
 async def list_models(request: Request) -> Response:
-    return json_response({"models": [_describe(m) for m in _repo(request).all()]})
+    return json_response({"models": [_describe(m) for m in repository(request).all()]})
 
 
 @router.get("/v1/models/{name}", responses=ERRORS, summary="One model's description")
 async def describe_model(request: Request, name: str) -> Response:
-    return json_response(_describe(_repo(request).get(name)))
+    return json_response(_describe(repository(request).get(name)))
 
 
 @router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
@@ -66,7 +59,7 @@ async def v1_predict_documented(request: Request, name: str) -> Response:
 
 
 async def v1_predict(request: Request) -> Response:
-    model = _repo(request).get(request.path_params["name"])
+    model = repository(request).get(request.path_params["name"])
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     try:

@@ -9,7 +9,6 @@ from starlette.routing import Route
 
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
-    ErrorResponse,
     InferenceRequest,
     InferenceResponse,
     MetadataModelResponse,
@@ -18,18 +17,13 @@ from app.protocol.v2 import (
     encode_response,
     parse_request,
 )
-from app.repository import ModelRepository, ServedModel
+from app.repository import ServedModel
 from app.routes.body import header, json_response, read_body
+from app.routes.common import ERRORS, repository
+from app.runtime import CUDA
 
 router = APIRouter(tags=["v2"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
-}
 PLATFORM = "onnxruntime_onnx"
-
-
-def _repo(request: Request) -> ModelRepository:
-    return request.app.state.repository
 
 
 def _triton_shape(shape: list[int]) -> list[int]:
@@ -52,7 +46,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 def _config(model: ServedModel) -> dict[str, Any]:
     """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0."""
     m, policy = model.manifest, model.batcher.policy
-    kind = "KIND_GPU" if model.runtime.providers[0] == "CUDAExecutionProvider" else "KIND_CPU"
+    kind = "KIND_GPU" if model.runtime.providers[0] == CUDA else "KIND_CPU"
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -79,7 +73,7 @@ def _config(model: ServedModel) -> dict[str, Any]:
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
 @router.get("/v2/models/stats", responses=ERRORS, summary="Triton statistics of every model")
 async def all_stats(request: Request) -> Response:
-    return json_response({"model_stats": [m.stats.as_triton(m.name, m.version) for m in _repo(request).all()]})
+    return json_response({"model_stats": [m.stats.as_triton(m.name, m.version) for m in repository(request).all()]})
 
 
 @router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=ERRORS,
@@ -87,13 +81,13 @@ async def all_stats(request: Request) -> Response:
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
             responses=ERRORS, summary="Metadata of one model version")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    return json_response(_metadata(_repo(request).get(name, version)))
+    return json_response(_metadata(repository(request).get(name, version)))
 
 
 @router.get("/v2/models/{name}/ready", responses=ERRORS, summary="Model readiness")
 @router.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Model version readiness")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    _repo(request).get(name, version)  # raises 404 / 503
+    repository(request).get(name, version)  # raises 404 / 503
     return Response(status_code=200)
 
 
@@ -101,14 +95,14 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config", responses=ERRORS,
             summary="Triton model configuration of one version")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
-    return json_response(_config(_repo(request).get(name, version)))
+    return json_response(_config(repository(request).get(name, version)))
 
 
 @router.get("/v2/models/{name}/stats", responses=ERRORS, summary="Triton statistics of one model")
 @router.get("/v2/models/{name}/versions/{version}/stats", responses=ERRORS,
             summary="Triton statistics of one model version")
 async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
-    model = _repo(request).get(name, version)
+    model = repository(request).get(name, version)
     return json_response({"model_stats": [model.stats.as_triton(model.name, model.version)]})
 
 
@@ -140,7 +134,7 @@ async def v2_infer_documented(request: Request, name: str, version: str | None =
 
 async def v2_infer(request: Request) -> Response:
     params = request.path_params
-    model = _repo(request).get(params["name"], params.get("version"))
+    model = repository(request).get(params["name"], params.get("version"))
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
