@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import InferenceFailed, ModelNotReady, PayloadTooLarge, QueueFull
+from app.tuning import lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class BatchPolicy:
     max_inflight_batches: int = 2
     max_queue_size: int = 4096
     retry_after_s: int = 1
+    # Worker threads run this many steps below the event loop's CPU priority (app/tuning.py).
+    worker_niceness: int = 0
     # How many queued chunks the length grouping looks at beyond the oldest one.
     grouping_window: int = 256
 
@@ -144,7 +147,8 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._slots = asyncio.Semaphore(self.policy.max_inflight_batches)
-        self._executor = ThreadPoolExecutor(self.policy.max_inflight_batches, thread_name_prefix=f"infer-{self.name}")
+        self._executor = ThreadPoolExecutor(self.policy.max_inflight_batches, thread_name_prefix=f"infer-{self.name}",
+                                            initializer=lower_thread_priority, initargs=(self.policy.worker_niceness,))
         self._loop_task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
         self._accepting = True
 

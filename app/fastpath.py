@@ -1,14 +1,16 @@
-"""The inference routes served in front of the framework's middleware stack.
+"""The inference routes served in front of the framework.
 
 At high request rates the event loop is the bottleneck, and FastAPI's per-request layers
-(exception middlewares, exit stacks, dependency solving, the route scan) cost about a
-third of its time per request (py-spy at concurrency 64). Requests for the hot routes
-are dispatched here directly; everything else, and the lifespan, goes to the full stack.
-Errors are rendered by the same functions as the app's exception handlers use.
+(telemetry checks, exception middlewares, exit stacks, dependency solving, the route
+scan) cost about a third of its time per request (py-spy at concurrency 64). Requests
+for the hot routes are dispatched here directly; everything else, and the lifespan, goes
+to the framework. Errors are rendered by the same functions as the app's exception
+handlers use.
 """
 
 from __future__ import annotations
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,9 +20,10 @@ from app.routes.body import error_response, internal_error_response
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, routes: list[Route]) -> None:
+    def __init__(self, app: ASGIApp, routes: list[Route], owner: Starlette) -> None:
         self.app = app
         self.routes = routes
+        self.owner = owner  # what request.app is for the hot routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -28,6 +31,7 @@ class FastPath:
                 match, child = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child)
+                    scope["app"] = self.owner
                     await self._serve(route, scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +26,7 @@ class RequestContext:
         # replicas, at a fraction of uuid4's cost per request.
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count()
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +51,18 @@ class RequestContext:
             request_id.reset(token)
             endpoint = scope.get("endpoint")
             if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
-                model = scope.get("path_params", {}).get("name", "")
-                name = endpoint.__name__
-                self.metrics.requests.labels(model, name, str(status)).inc()
-                self.metrics.request_latency.labels(model, name).observe(time.perf_counter() - started)
+                counter, latency = self._collectors(scope, endpoint.__name__, status)
+                counter.inc()
+                latency.observe(time.perf_counter() - started)
+
+    def _collectors(self, scope: Scope, endpoint: str, status: int) -> tuple[Any, Any]:
+        """The labelled children, cached: `labels()` takes a lock and builds a key on every call."""
+        # A 404 names no model that exists: any client string would become a label value.
+        model = "" if status == 404 else scope.get("path_params", {}).get("name", "")
+        key = (model, endpoint, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (self.metrics.requests.labels(model, endpoint, str(status)),
+                     self.metrics.request_latency.labels(model, endpoint))
+            self._children[key] = found
+        return found

@@ -30,16 +30,19 @@ class PreprocessError(ValueError):
 
 def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
     """(N, H, W) or (N, C, H, W) raw pixels 0-255 -> float32 (N, C, H, W) model input."""
-    x = np.asarray(pixels, dtype=np.float32)
+    x = np.asarray(pixels)
+    if x.dtype != np.uint8:  # uint8 is in range by construction; anything else is checked
+        x = x.astype(np.float32, copy=False)
     if x.ndim == 3:
         x = x[:, None, :, :]
     expected = (spec.channels, spec.height, spec.width)
     if x.ndim != 4 or x.shape[1:] != expected:
         raise PreprocessError(f"pixels must have shape (N, {spec.height}, {spec.width}), got {x.shape}")
     # One min and one max: NaN fails both comparisons, so it is caught here too.
-    if x.size and not (x.min() >= 0 and x.max() <= 255):
+    if x.dtype != np.uint8 and x.size and not (x.min() >= 0 and x.max() <= 255):
         raise PreprocessError("pixels must be finite numbers in [0, 255]")
-    # Fold scale, mean and std into one multiply-add: (p * scale - mean) / std.
+    # Fold scale, mean and std into one multiply-add: (p * scale - mean) / std. A float32
+    # scalar keeps the result float32, from uint8 and float32 pixels alike.
     a = np.float32(spec.scale / spec.std)
     b = np.float32(-spec.mean / spec.std)
     return x * a + b

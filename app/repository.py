@@ -18,7 +18,7 @@ from app.metrics import Metrics
 from app.runtime import OrtModel, RuntimeOptions, choose_variant
 from app.settings import Settings
 from app.stats import ModelStats
-from app.tasks import Task, make_task
+from app.tasks import Task, add_probabilities, make_task
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class ModelRepository:
             max_inflight_batches=s.max_inflight_batches,
             max_queue_size=s.max_queue_size,
             retry_after_s=s.retry_after_s,
+            worker_niceness=s.inference_niceness,
         )
         stats = ModelStats()
         observe = self.metrics.batch_observer(manifest.name)
@@ -136,7 +137,12 @@ class ModelRepository:
             stats.record_batch(record)
             observe(record)
 
-        batcher = DynamicBatcher(manifest.name, runtime.run, policy, length_of=_sequence_length(manifest),
+        logits = manifest.outputs[0].name
+
+        def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return add_probabilities(runtime.run(inputs), logits)
+
+        batcher = DynamicBatcher(manifest.name, run_batch, policy, length_of=_sequence_length(manifest),
                                  on_batch=on_batch, on_queue_change=self.metrics.queue_observer(manifest.name))
         model = ServedModel(manifest, folder, variant, runtime, batcher, make_task(manifest, folder), stats)
         if s.warmup:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     """Overrides every model's wait for more requests after the first one queued."""
     max_inflight_batches: int = Field(default=2, ge=1)
     """Batches of one model running at once; more queue up."""
+    inference_niceness: int = Field(default=5, ge=0, le=19)
+    """Inference threads run this many nice steps below the event loop (Linux), so that on
+    oversubscribed cores the loop that parses requests and feeds the batches keeps its
+    CPU; 0 runs them at the same priority."""
     max_queue_size: int = Field(default=4096, ge=1)
     """Items (not requests) waiting per model before new requests get 503."""
     request_timeout_s: float = Field(default=10.0, gt=0)

@@ -181,7 +181,7 @@ def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> No
 def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
                     ) -> tuple[bytes, int | None]:
     """(body, JSON header length if any output is binary, else None)."""
-    names = [o.name for o in request.outputs] if request.outputs else list(outputs)
+    names = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
     entries, blobs = [], []
     for name in names:
         array = outputs[name]

@@ -73,8 +73,7 @@ async def v1_predict(request: Request) -> Response:
         raise InvalidInput("'instances' is empty: send at least one instance")
     inputs = model.task.instances_to_inputs(instances)
     outputs = await model.infer(inputs, settings.request_timeout_s)
-    logits = outputs[model.manifest.outputs[0].name]
-    return json_response({"predictions": predictions(logits, model.manifest.labels),
+    return json_response({"predictions": predictions(outputs, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
 
 

@@ -11,9 +11,14 @@ import pytest
 
 from app.manifest import load_manifest
 from app.preprocess import Tokenizer, normalize_pixels
-from app.tasks import softmax
 from tests.app.conftest import b64_png, png_bytes, reference_session, sample_images, serving
 from tests.conftest import MODELS
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
 
 TEXTS = ["a gripping , beautifully acted film .", "dull , lifeless and far too long", "", "Wow!!! 🎬 ça marche"]
 
@@ -36,7 +41,7 @@ async def test_health_and_metadata() -> None:
         assert (await client.get("/v2/models/sst2-lstm/versions/1")).json()["versions"] == ["1"]
         assert (await client.get("/v2/models/sst2-lstm/ready")).status_code == 200
         config = (await client.get("/v2/models/fashion-cnn/config")).json()
-        assert config["max_batch_size"] == 64
+        assert config["max_batch_size"] == load_manifest(MODELS / "fashion-cnn" / "1").batching.max_batch_size
         assert config["input"][0]["dims"] == [1, 28, 28]
         listed = (await client.get("/v1/models")).json()["models"]
         assert {m["name"] for m in listed} == {"fashion-cnn", "sst2-lstm"}
@@ -58,6 +63,22 @@ async def test_v1_images_match_direct_onnx_runtime() -> None:
     assert body["predictions"][0]["label"] == manifest.labels[body["predictions"][0]["index"]]
     assert body["model_name"] == "fashion-cnn"
     assert body["model_version"] == "1"
+
+
+async def test_v1_integer_and_fractional_pixels_are_both_accepted() -> None:
+    """Integer pixels take a uint8 path, others a float path: same scaling, same answers."""
+    image = sample_images(1, seed=3)[0].astype(np.float64)
+    as_fractions = image + 0.25 * (image < 255)  # stays within [0, 255]
+    async with serving() as client:
+        ints = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [image.astype(int).tolist()]})
+        floats = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [image.tolist()]})
+        fractions = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [as_fractions.tolist()]})
+    assert ints.status_code == floats.status_code == fractions.status_code == 200, fractions.text
+    assert ints.json() == floats.json()
+    session, manifest = reference_session("fashion-cnn")
+    (logits,) = session.run(None, {"pixels": normalize_pixels(as_fractions[None], manifest.preprocessing)})
+    np.testing.assert_allclose(fractions.json()["predictions"][0]["probabilities"],
+                               softmax(logits.astype(np.float64))[0], atol=1e-5)
 
 
 async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
@@ -109,6 +130,7 @@ async def test_v2_json_and_binary_tensors_agree() -> None:
         as_binary = await client.post("/v2/models/fashion-cnn/versions/1/infer", content=header_bytes + raw,
                                       headers={"Inference-Header-Content-Length": str(len(header_bytes))})
     assert as_json.status_code == 200, as_json.text
+    assert [o["name"] for o in as_json.json()["outputs"]] == ["logits"]  # the model's outputs only
     json_logits = np.array(as_json.json()["outputs"][0]["data"]).reshape(3, 10)
     assert as_binary.status_code == 200, as_binary.text
     n = int(as_binary.headers["inference-header-content-length"])
@@ -239,6 +261,10 @@ BAD_V1 = [
     ("fashion-cnn", b'{"instances": [{"b64": "aGVsbG8gd29ybGQ="}]}', 400, "cannot decode image"),
     ("fashion-cnn", b'{"instances": [{"url": "x"}]}', 400, "instance 0"),
     ("fashion-cnn", orjson.dumps({"instances": [[[300] * 28] * 28]}), 400, "[0, 255]"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[-1] * 28] * 28]}), 400, "[0, 255]"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[0.5] * 27 + [255.5]] * 28]}), 400, "[0, 255]"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[0] * 28] * 27 + [28]]}), 400, "28x28"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[0] * 27 + ["x"]] * 28]}), 400, "numbers only"),
     ("sst2-lstm", b'{"instances": ["fine", 3]}', 400, "instance 1: expected a string"),
 ]
 
@@ -264,6 +290,15 @@ async def test_unknown_models_versions_and_routes_are_404() -> None:
     assert v2_infer.status_code == 404
     assert route.status_code == 404
     assert route.json()["error"]
+
+
+async def test_unknown_model_names_do_not_become_metric_labels() -> None:
+    async with serving() as client:
+        for name in ("a1", "b2", "c3"):
+            await client.post(f"/v1/models/{name}:predict", json={"instances": ["x"]})
+        metrics = (await client.get("/metrics")).text
+    assert 'ortserve_requests_total{endpoint="v1_predict",model="",status="404"} 3.0' in metrics
+    assert 'model="a1"' not in metrics
 
 
 async def test_limits_give_413_503_and_504() -> None:

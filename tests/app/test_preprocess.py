@@ -79,6 +79,13 @@ def test_normalize_pixels() -> None:
         normalize_pixels(np.zeros((1, 27, 28)), IMAGE)
 
 
+def test_uint8_and_float_pixels_normalize_alike() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 28, 28))
+    from_uint8 = normalize_pixels(pixels.astype(np.uint8), IMAGE)
+    assert from_uint8.dtype == np.float32
+    np.testing.assert_array_equal(from_uint8, normalize_pixels(pixels.astype(np.float64), IMAGE))
+
+
 def test_decode_image_converts_size_and_colour() -> None:
     grey = np.full((56, 40), 200, np.uint8)
     assert decode_image(png_bytes(grey), IMAGE).shape == (28, 28)
