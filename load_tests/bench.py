@@ -4,7 +4,9 @@
     python -m load_tests.bench --quick               # a few seconds per scenario
     python -m load_tests.bench --only ceiling cnn-v1 # some scenarios
 
-Writes <out>/results.json, <out>/results.md and PNG plots; prints the table.
+Closed-loop runs use wrk when it is installed (`apt-get install wrk`; load_tests/wrk.py
+says why), else the asyncio client; --client picks one. Open-loop runs use the asyncio
+client. Writes <out>/results.json, <out>/results.md and PNG plots; prints the table.
 Every server binds 127.0.0.1 and every run stops by itself.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from load_tests import samples
+from load_tests import samples, wrk
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
 from load_tests.server import ROOT, ServerProcess
@@ -92,22 +94,25 @@ def scenarios() -> list[Scenario]:
     ]
 
 
-def run_scenario(s: Scenario, model_dir: Path, duration_s: float) -> list[Row]:
+def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -> list[Row]:
     rows = []
     args = ["--model-dir", str(model_dir), *s.server_args]
     with ServerProcess(args, ceiling=s.ceiling) as server:
         payload = s.payload(model_dir)
         for concurrency in s.concurrency:
             before_metrics = "" if s.ceiling else server.metrics()
-            cpu_server, cpu_client = server.cpu_seconds(), _own_cpu()
+            cpu_server, cpu_self = server.cpu_seconds(), _own_cpu()
             if s.rate_per_s:
                 samples_, seconds = asyncio.run(open_loop(server.url, payload, s.rate_per_s, duration_s))
+                summary, client_cpu = summarize(samples_, seconds, payload.items), _own_cpu() - cpu_self
+            elif client == "wrk":
+                summary, client_cpu = wrk.closed_loop(server.url, payload, concurrency, duration_s)
             else:
                 samples_, seconds = asyncio.run(closed_loop(server.url, payload, concurrency, duration_s))
-            summary = summarize(samples_, seconds, payload.items)
+                summary, client_cpu = summarize(samples_, seconds, payload.items), _own_cpu() - cpu_self
             row = Row(s.name, concurrency, payload.items, asdict(summary), round(summary.requests_per_s, 1),
                       round(summary.items_per_s, 1), round(server.cpu_seconds() - cpu_server, 2),
-                      round(_own_cpu() - cpu_client, 2))
+                      round(client_cpu, 2))
             if not s.ceiling:
                 after = server.metrics()
                 batch = _delta_mean(before_metrics, after, "ortserve_batch_size", s.model)
@@ -231,19 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--quick", action="store_true", help="2-second runs")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
+                        help="closed-loop load generator; auto: wrk if installed")
     args = parser.parse_args(argv)
+    client = ("wrk" if wrk.available() else "aiohttp") if args.client == "auto" else args.client
+    if client == "wrk" and not wrk.available():
+        parser.error("wrk is not installed (apt-get install wrk)")
+    print(f"closed-loop client: {client}", flush=True)
     duration = 2.0 if args.quick else args.duration
     chosen = [s for s in scenarios() if not args.only or s.name in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
-    rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration)]
+    rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration, client)]
     comparisons = ratios(rows, raw, served_cpu_variant(args.model_dir))
     table = markdown(rows, raw, comparisons)
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "cpus": len(__import__("os").sched_getaffinity(0)), "processor": platform.processor()}
     (args.out / "results.json").write_text(json.dumps(
-        {"started": started, "machine": machine, "duration_s": duration, "rows": [asdict(r) for r in rows],
+        {"started": started, "machine": machine, "duration_s": duration, "client": client,
+         "rows": [asdict(r) for r in rows],
          "raw_ort": raw, "ratios": comparisons}, indent=2))
     (args.out / "results.md").write_text(table)
     plots(rows, args.out)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from load_tests import bench, samples
+from load_tests import bench, samples, wrk
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.server import ServerProcess
 from load_tests.stats import summarize
@@ -37,6 +37,21 @@ def test_closed_loop_counts_successes_and_errors(server: ServerProcess) -> None:
     assert errors.errors == {"400": errors.requests}
 
 
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
+def test_wrk_closed_loop_counts_successes_and_errors(server: ServerProcess) -> None:
+    good = Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), bench.JSON)
+    bad = Payload("/v1/models/sst2-lstm:predict", b'{"instances": []}', bench.JSON)
+    ok, cpu = wrk.closed_loop(server.url, good, 4, 1.0, warmup_s=0)
+    errors, _ = wrk.closed_loop(server.url, bad, 2, 1.0, warmup_s=0)
+    assert ok.ok == ok.requests > 0
+    assert not ok.errors
+    assert 0 < ok.p50_ms <= ok.p99_ms <= ok.max_ms
+    assert 0.9 < ok.duration_s < 2
+    assert cpu > 0
+    assert errors.ok == 0
+    assert errors.errors == {"non-2xx": errors.requests}
+
+
 def test_open_loop_sends_at_the_offered_rate(server: ServerProcess) -> None:
     payload = Payload("/v1/models/fashion-cnn:predict", samples.v1_images(1), bench.JSON)
     got, seconds = asyncio.run(open_loop(server.url, payload, rate_per_s=40, duration_s=1.0))
@@ -47,7 +62,7 @@ def test_open_loop_sends_at_the_offered_rate(server: ServerProcess) -> None:
 
 def test_runner_scenario_reads_server_batch_figures() -> None:
     scenario = bench.Scenario("smoke", ["--max-queue-delay-ms", "5"], bench.cnn_v1, [4], "fashion-cnn")
-    (row,) = bench.run_scenario(scenario, MODELS, duration_s=1.0)
+    (row,) = bench.run_scenario(scenario, MODELS, duration_s=1.0, client="aiohttp")
     assert row.summary["ok"] > 0
     assert row.mean_batch_size is not None
     assert row.mean_batch_size >= 1
