@@ -17,6 +17,7 @@ import asyncio
 import json
 import platform
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from load_tests import samples, wrk
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
 from load_tests.server import ROOT, ServerProcess
-from load_tests.stats import histogram_mean, summarize
+from load_tests.stats import Summary, histogram_mean, summarize
 
 JSON = {"Content-Type": "application/json"}
 
@@ -92,6 +93,53 @@ def scenarios() -> list[Scenario]:
         Scenario("cnn-v1-open-800rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=800,
                  note="open loop, fixed arrival rate"),
     ]
+
+
+@dataclass
+class Pairing:
+    """Two servers up at once, measured in alternating rounds: on a shared, noisy machine
+    the same configuration varies by a third between runs, so a target ratio is judged on
+    the median of ratios taken minutes apart rather than on two separate runs."""
+
+    label: str
+    numerator: Scenario
+    denominator: Scenario
+    concurrency: int
+
+
+def pairings(chosen: list[Scenario]) -> list[Pairing]:
+    by_name = {s.name: s for s in chosen}
+    wanted = [("cnn-v1 / ceiling", "cnn-v1", "ceiling"), ("lstm-v1 batching on / off", "lstm-v1", "lstm-v1-nobatch")]
+    return [Pairing(label, by_name[a], by_name[b], 64) for label, a, b in wanted if a in by_name and b in by_name]
+
+
+def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, client: str) -> dict[str, Any]:
+    args = ["--model-dir", str(model_dir)]
+    num, den = p.numerator, p.denominator
+    with ServerProcess([*args, *num.server_args], ceiling=num.ceiling) as a, \
+            ServerProcess([*args, *den.server_args], ceiling=den.ceiling) as b:
+        payload = num.payload(model_dir)
+        results = []
+        for i in range(rounds):
+            order = [(b, "denominator"), (a, "numerator")] if i % 2 == 0 else [(a, "numerator"), (b, "denominator")]
+            measured = {side: _closed_loop(server.url, payload, p.concurrency, duration_s, client)
+                        for server, side in order}
+            top, bottom = measured["numerator"], measured["denominator"]
+            results.append({"numerator": asdict(top), "denominator": asdict(bottom),
+                            "requests_ratio": top.requests_per_s / bottom.requests_per_s,
+                            "p99_ratio": top.p99_ms / bottom.p99_ms})
+            print(f"{p.label} round {i + 1}: {top.requests_per_s:,.0f} / {bottom.requests_per_s:,.0f} req/s "
+                  f"= {results[-1]['requests_ratio']:.2f}; p99 {top.p99_ms:.1f} / {bottom.p99_ms:.1f} ms", flush=True)
+    return {"label": p.label, "concurrency": p.concurrency, "rounds": results,
+            "median_requests_ratio": statistics.median(r["requests_ratio"] for r in results),
+            "median_p99_ratio": statistics.median(r["p99_ratio"] for r in results)}
+
+
+def _closed_loop(url: str, payload: Payload, concurrency: int, duration_s: float, client: str) -> Summary:
+    if client == "wrk":
+        return wrk.closed_loop(url, payload, concurrency, duration_s)[0]
+    samples_, seconds = asyncio.run(closed_loop(url, payload, concurrency, duration_s))
+    return summarize(samples_, seconds, payload.items)
 
 
 def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -> list[Row]:
@@ -162,13 +210,23 @@ def _line(r: Row) -> str:
     return "  ".join(f"{h}={c}" for h, c in zip(HEADER, _cells(r), strict=True))
 
 
-def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str, str]]) -> str:
+def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str, str]],
+             paired: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     lines += ["", "Raw in-process ONNX Runtime (no HTTP), fashion-cnn:", "",
               "| variant | threads | batch | images/s |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['items_per_s']:,.0f} |" for r in raw]
     lines += ["", "| comparison | ratio |", "|---|---|"] + [f"| {a} | {b} |" for a, b in ratios]
+    if paired:
+        lines += ["", "Paired runs (both servers up, alternating rounds), concurrency 64:", "",
+                  "| comparison | req/s ratio per round | median | p99 ratio per round | median |",
+                  "|---|---|---|---|---|"]
+        for p in paired:
+            per_round = ", ".join(f"{r['requests_ratio']:.2f}" for r in p["rounds"])
+            p99s = ", ".join(f"{r['p99_ratio']:.2f}" for r in p["rounds"])
+            lines.append(f"| {p['label']} | {per_round} | {p['median_requests_ratio']:.2f} | {p99s} | "
+                         f"{p['median_p99_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--quick", action="store_true", help="2-second runs")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds of each paired comparison (0: none)")
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
                         help="closed-loop load generator; auto: wrk if installed")
     args = parser.parse_args(argv)
@@ -250,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
     rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration, client)]
     comparisons = ratios(rows, raw, served_cpu_variant(args.model_dir))
-    table = markdown(rows, raw, comparisons)
+    rounds = min(args.rounds, 2) if args.quick else args.rounds
+    paired = [run_pairing(p, args.model_dir, duration, rounds, client) for p in pairings(chosen)] if rounds else []
+    table = markdown(rows, raw, comparisons, paired)
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "cpus": len(__import__("os").sched_getaffinity(0)), "processor": platform.processor()}
     (args.out / "results.json").write_text(json.dumps(
         {"started": started, "machine": machine, "duration_s": duration, "client": client,
          "rows": [asdict(r) for r in rows],
-         "raw_ort": raw, "ratios": comparisons}, indent=2))
+         "raw_ort": raw, "ratios": comparisons, "paired": paired}, indent=2))
     (args.out / "results.md").write_text(table)
     plots(rows, args.out)
     print()

@@ -67,3 +67,17 @@ def test_runner_scenario_reads_server_batch_figures() -> None:
     assert row.mean_batch_size is not None
     assert row.mean_batch_size >= 1
     assert row.server_cpu_s > 0
+
+
+def test_pairing_alternates_rounds_and_takes_medians() -> None:
+    ceiling = bench.Scenario("ceiling", [], bench.cnn_v1, [4], ceiling=True)
+    cnn = bench.Scenario("cnn-v1", [], bench.cnn_v1, [4], "fashion-cnn")
+    paired = bench.run_pairing(bench.Pairing("cnn / ceiling", cnn, ceiling, 4), MODELS, 1.0, 3, "aiohttp")
+    assert len(paired["rounds"]) == 3
+    for r in paired["rounds"]:
+        assert r["numerator"]["ok"] > 0
+        assert r["denominator"]["ok"] > 0
+        assert r["requests_ratio"] > 0
+    ratios = sorted(r["requests_ratio"] for r in paired["rounds"])
+    assert paired["median_requests_ratio"] == ratios[1]
+    assert "cnn / ceiling" in bench.markdown([], [], [], [paired])
