@@ -16,8 +16,9 @@ class _Duration:
     ns: int = 0
 
     def add(self, seconds: float, count: int = 1) -> None:
+        """`count` occurrences that each took `seconds`."""
         self.count += count
-        self.ns += int(seconds * 1e9)
+        self.ns += int(seconds * 1e9) * count
 
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
@@ -41,7 +42,8 @@ class ModelStats:
         self.execution_count += 1
         for wait in record.queue_waits_s:
             self.queue.add(wait)
-        # Counted per request, as Triton does; perf_analyzer requires the three counts equal.
+        # Per request, as Triton does (each request of the batch took the batch's time);
+        # perf_analyzer requires the three counts equal.
         requests = len(record.queue_waits_s)
         self.compute_input.add(record.input_s, requests)
         self.compute_infer.add(record.compute_s, requests)
