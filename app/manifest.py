@@ -40,6 +40,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The service adds outputs of its own under this prefix (app/tasks.py); models may not use it.
+RESERVED_PREFIX = "ortserve."
+
+
 class TensorSpec(_Strict):
     name: str = Field(min_length=1)
     datatype: Literal["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
@@ -52,6 +56,8 @@ class TensorSpec(_Strict):
             raise ValueError(f"tensor {self.name!r}: the first (batch) axis must be -1")
         if any(d == 0 or d < -1 for d in self.shape):
             raise ValueError(f"tensor {self.name!r}: dimensions must be positive or -1")
+        if self.name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"tensor {self.name!r}: names starting {RESERVED_PREFIX!r} are the service's own")
         return self
 
     @property

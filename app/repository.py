@@ -18,7 +18,7 @@ from app.metrics import Metrics
 from app.runtime import OrtModel, RuntimeOptions, choose_variant
 from app.settings import Settings
 from app.stats import ModelStats
-from app.tasks import Task, add_probabilities, make_task
+from app.tasks import Task, classify_batch, make_task
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class ModelRepository:
         logits = manifest.outputs[0].name
 
         def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return add_probabilities(runtime.run(inputs), logits)
+            return classify_batch(runtime.run(inputs), logits)
 
         batcher = DynamicBatcher(manifest.name, run_batch, policy, length_of=_sequence_length(manifest),
                                  on_batch=on_batch, on_queue_change=self.metrics.queue_observer(manifest.name))

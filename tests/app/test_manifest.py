@@ -38,6 +38,7 @@ def test_committed_manifest_loads(model_copy: Path) -> None:
     (lambda m: m.update(task="translation"), "task"),
     (lambda m: m["inputs"][0].update(shape=[1, 1, 28, 28]), "batch"),
     (lambda m: m["inputs"][0].update(datatype="FLOAT"), "datatype"),
+    (lambda m: m["outputs"][0].update(name="ortserve.probabilities"), "the service's own"),
     (lambda m: m.update(labels=["a", "b"]), "10 classes but 2 labels"),
     (lambda m: m["preprocessing"].update(kind="audio"), "preprocessing"),
     (lambda m: m["variants"]["fp32"].update(sha256="0" * 64), "does not match"),
