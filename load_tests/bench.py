@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from load_tests import samples, wrk
 from load_tests.client import Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
 from load_tests.server import ROOT, ServerProcess
-from load_tests.stats import Summary, histogram_mean, summarize
+from load_tests.stats import Summary, cpu_seconds, histogram_totals, summarize
 
 JSON = {"Content-Type": "application/json"}
 
@@ -122,7 +121,7 @@ def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, cli
         results = []
         for i in range(rounds):
             order = [(b, "denominator"), (a, "numerator")] if i % 2 == 0 else [(a, "numerator"), (b, "denominator")]
-            measured = {side: _closed_loop(server.url, payload, p.concurrency, duration_s, client)
+            measured = {side: _closed_loop(server.url, payload, p.concurrency, duration_s, client)[0]
                         for server, side in order}
             top, bottom = measured["numerator"], measured["denominator"]
             results.append({"numerator": asdict(top), "denominator": asdict(bottom),
@@ -135,11 +134,14 @@ def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, cli
             "median_p99_ratio": statistics.median(r["p99_ratio"] for r in results)}
 
 
-def _closed_loop(url: str, payload: Payload, concurrency: int, duration_s: float, client: str) -> Summary:
+def _closed_loop(url: str, payload: Payload, concurrency: int, duration_s: float,
+                 client: str) -> tuple[Summary, float]:
+    """(summary, the load generator's CPU seconds) of one closed-loop run."""
     if client == "wrk":
-        return wrk.closed_loop(url, payload, concurrency, duration_s)[0]
+        return wrk.closed_loop(url, payload, concurrency, duration_s)
+    before = cpu_seconds()
     samples_, seconds = asyncio.run(closed_loop(url, payload, concurrency, duration_s))
-    return summarize(samples_, seconds, payload.items)
+    return summarize(samples_, seconds, payload.items), cpu_seconds() - before
 
 
 def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -> list[Row]:
@@ -149,15 +151,12 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
         payload = s.payload(model_dir)
         for concurrency in s.concurrency:
             before_metrics = "" if s.ceiling else server.metrics()
-            cpu_server, cpu_self = server.cpu_seconds(), _own_cpu()
+            cpu_server, cpu_self = server.cpu_seconds(), cpu_seconds()
             if s.rate_per_s:
                 samples_, seconds = asyncio.run(open_loop(server.url, payload, s.rate_per_s, duration_s))
-                summary, client_cpu = summarize(samples_, seconds, payload.items), _own_cpu() - cpu_self
-            elif client == "wrk":
-                summary, client_cpu = wrk.closed_loop(server.url, payload, concurrency, duration_s)
+                summary, client_cpu = summarize(samples_, seconds, payload.items), cpu_seconds() - cpu_self
             else:
-                samples_, seconds = asyncio.run(closed_loop(server.url, payload, concurrency, duration_s))
-                summary, client_cpu = summarize(samples_, seconds, payload.items), _own_cpu() - cpu_self
+                summary, client_cpu = _closed_loop(server.url, payload, concurrency, duration_s, client)
             row = Row(s.name, concurrency, payload.items, asdict(summary), round(summary.requests_per_s, 1),
                       round(summary.items_per_s, 1), round(server.cpu_seconds() - cpu_server, 2),
                       round(client_cpu, 2))
@@ -174,20 +173,10 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
     return rows
 
 
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _delta_mean(before: str, after: str, name: str, model: str) -> float | None:
     """Mean over this run only: (sum, count) differences between two /metrics scrapes."""
-    def totals(text: str) -> tuple[float, float]:
-        mean = histogram_mean(text, name, model)
-        count = next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith(f"{name}_count") and f'model="{model}"' in line), 0.0)
-        return (mean * count if count else 0.0), count
-    s0, c0 = totals(before)
-    s1, c1 = totals(after)
+    s0, c0 = histogram_totals(before, name, model)
+    s1, c1 = histogram_totals(after, name, model)
     return (s1 - s0) / (c1 - c0) if c1 > c0 else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import resource
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ def summarize(samples: Sequence[Sample], duration_s: float, items_per_request: i
     )
 
 
-def histogram_mean(metrics_text: str, name: str, model: str) -> float:
-    """Mean of a Prometheus histogram (sum / count) for one model, from /metrics text."""
+def histogram_totals(metrics_text: str, name: str, model: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram for one model, from /metrics text."""
     total = count = 0.0
     for line in metrics_text.splitlines():
         if f'model="{model}"' not in line:
@@ -71,4 +72,16 @@ def histogram_mean(metrics_text: str, name: str, model: str) -> float:
             total = float(line.rsplit(" ", 1)[1])
         elif line.startswith(f"{name}_count"):
             count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def histogram_mean(metrics_text: str, name: str, model: str) -> float:
+    """Mean of a Prometheus histogram (sum / count) for one model, from /metrics text."""
+    total, count = histogram_totals(metrics_text, name, model)
     return total / count if count else math.nan
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """User + system CPU of this process (RUSAGE_SELF) or its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime

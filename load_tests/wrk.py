@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from load_tests.client import Payload
-from load_tests.stats import Summary
+from load_tests.stats import Summary, cpu_seconds
 
 # wrk runs this Lua: the request from the payload, and a JSON summary printed at the end.
 _SCRIPT = """
@@ -52,9 +52,9 @@ def closed_loop(base_url: str, payload: Payload, concurrency: int, duration_s: f
         url = base_url + payload.path
         if warmup_s > 0:
             _run(script, url, concurrency, warmup_s)
-        before = _children_cpu()
+        before = cpu_seconds(resource.RUSAGE_CHILDREN)
         result = _run(script, url, concurrency, duration_s)
-        cpu = _children_cpu() - before
+        cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - before
     errors = {k: result[k] for k in ("connect", "read", "write", "timeout") if result[k]}
     if result["non_2xx"]:
         errors["non-2xx"] = result["non_2xx"]
@@ -81,7 +81,3 @@ def _run(script: Path, url: str, concurrency: int, seconds: float) -> dict[str, 
     values: dict[str, int] = json.loads(line.removeprefix("WRK_SUMMARY "))
     return values
 
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
