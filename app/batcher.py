@@ -33,6 +33,9 @@ class BatchPolicy:
     max_batch_size: int = 64
     max_queue_delay_s: float = 0.002
     max_inflight_batches: int = 2
+    # Threads that run this model's batches. Fewer than max_inflight_batches keeps the next
+    # batch ready behind a running one, so the thread never idles between batches.
+    inference_threads: int = 1
     max_queue_size: int = 4096
     retry_after_s: int = 1
     # Worker threads run this many steps below the event loop's CPU priority (app/tuning.py).
@@ -147,7 +150,8 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._slots = asyncio.Semaphore(self.policy.max_inflight_batches)
-        self._executor = ThreadPoolExecutor(self.policy.max_inflight_batches, thread_name_prefix=f"infer-{self.name}",
+        threads = min(self.policy.inference_threads, self.policy.max_inflight_batches)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{self.name}",
                                             initializer=lower_thread_priority, initargs=(self.policy.worker_niceness,))
         self._loop_task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
         self._accepting = True

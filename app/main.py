@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
     providers = choose_providers(settings.providers)
-    # Each in-flight batch runs in its own thread; split the CPUs among them so that
-    # concurrent batches do not oversubscribe the cores the event loop also needs.
-    threads = settings.intra_op_threads or max(1, available_cpus() // settings.max_inflight_batches)
+    # The event loop parses every request and feeds every batch: it keeps a core, and the
+    # inference threads share the rest, so that ORT does not oversubscribe the loop's core.
+    threads = settings.intra_op_threads or max(1, (available_cpus() - 1) // settings.inference_threads)
     return RuntimeOptions(providers=providers, intra_op_threads=threads)
 
 

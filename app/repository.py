@@ -126,6 +126,7 @@ class ModelRepository:
             max_queue_delay_s=(s.max_queue_delay_ms if s.max_queue_delay_ms is not None
                                else manifest.batching.max_queue_delay_ms) / 1000,
             max_inflight_batches=s.max_inflight_batches,
+            inference_threads=s.inference_threads,
             max_queue_size=s.max_queue_size,
             retry_after_s=s.retry_after_s,
             worker_niceness=s.inference_niceness,

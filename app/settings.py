@@ -35,15 +35,21 @@ class Settings(BaseSettings):
     variant: Literal["auto", "fp32", "int8", "fp16"] = "auto"
     """Which file of each model to load. auto: fp16 on CUDA, int8 (else fp32) on CPU."""
     intra_op_threads: int = Field(default=0, ge=0)
-    """ORT threads per inference; 0 sizes it from the CPUs this process may use
-    (the container's CPU quota, not the host's cores)."""
+    """ORT threads per inference; 0 sizes it from the CPUs this process may use (the
+    container's CPU quota, not the host's cores): all but one, kept for the event loop,
+    shared among the inference threads."""
 
     max_batch_size: int | None = Field(default=None, ge=1)
     """Overrides every model's max_batch_size; 1 turns batching off."""
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     """Overrides every model's wait for more requests after the first one queued."""
     max_inflight_batches: int = Field(default=2, ge=1)
-    """Batches of one model running at once; more queue up."""
+    """Batches of one model handed to its inference threads at once (running or next in
+    line); more wait in the queue, where they can still grow."""
+    inference_threads: int = Field(default=1, ge=1)
+    """Threads per model that run batches, one batch each at a time. One, with a second
+    batch ready behind it, keeps that thread busy without idle gaps; on a few cores a
+    second thread competes with the event loop for CPU and the GIL (docs/benchmarks.md)."""
     inference_niceness: int = Field(default=5, ge=0, le=19)
     """Inference threads run this many nice steps below the event loop (Linux), so that on
     oversubscribed cores the loop that parses requests and feeds the batches keeps its

@@ -65,7 +65,9 @@ def _config(model: ServedModel) -> dict[str, Any]:
         "input": tensors(m.inputs), "output": tensors(m.outputs),
         "dynamic_batching": {"max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
                              "preferred_batch_size": [policy.max_batch_size]},
-        "instance_group": [{"name": m.name, "kind": kind, "count": policy.max_inflight_batches}],
+        # Triton's instances are what runs batches concurrently: here, the inference threads
+        "instance_group": [{"name": m.name, "kind": kind,
+                            "count": min(policy.inference_threads, policy.max_inflight_batches)}],
         "parameters": {"variant": {"string_value": model.variant}},
     }
 

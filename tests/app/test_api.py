@@ -43,6 +43,7 @@ async def test_health_and_metadata() -> None:
         config = (await client.get("/v2/models/fashion-cnn/config")).json()
         assert config["max_batch_size"] == load_manifest(MODELS / "fashion-cnn" / "1").batching.max_batch_size
         assert config["input"][0]["dims"] == [1, 28, 28]
+        assert config["instance_group"][0]["count"] == 1  # one inference thread per model
         listed = (await client.get("/v1/models")).json()["models"]
         assert {m["name"] for m in listed} == {"fashion-cnn", "sst2-lstm"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -91,6 +92,62 @@ async def test_requests_queued_while_a_batch_runs_form_the_next_batch() -> None:
     await asyncio.gather(first, *later)
     assert [len(b) for b in infer.batches] == [1, 5]
     await batcher.stop()
+
+
+class ThreadTracker:
+    """An infer function that records which thread ran each batch and how many ran at once."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.threads: list[int] = []
+        self.running = self.most_running = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.threads.append(threading.get_ident())
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        assert self.gate.wait(5), "test gate never opened"
+        with self._lock:
+            self.running -= 1
+        return {"y": inputs["x"]}
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
+
+
+async def test_one_inference_thread_runs_in_flight_batches_one_after_another() -> None:
+    gate = threading.Event()
+    infer = ThreadTracker(gate)
+    batcher = make(infer, max_batch_size=1, max_inflight_batches=2, inference_threads=1)
+    futures = [batcher.submit(rows(i)) for i in range(4)]
+    # Two batches are handed over at once (one running, one ready behind it) ...
+    await _wait_for(lambda: batcher.inflight_batches == 2 and batcher.queued_rows == 2)
+    gate.set()
+    await asyncio.gather(*futures)
+    await batcher.stop()
+    # ... but one thread runs them, one at a time.
+    assert len(infer.threads) == 4
+    assert len(set(infer.threads)) == 1
+    assert infer.most_running == 1
+
+
+async def test_two_inference_threads_run_two_batches_at_once() -> None:
+    gate = threading.Event()
+    infer = ThreadTracker(gate)
+    batcher = make(infer, max_batch_size=1, max_inflight_batches=2, inference_threads=2)
+    futures = [batcher.submit(rows(i)) for i in range(2)]
+    await _wait_for(lambda: infer.running == 2)
+    gate.set()
+    await asyncio.gather(*futures)
+    await batcher.stop()
+    assert infer.most_running == 2
 
 
 async def test_a_failing_batch_fails_only_its_own_requests() -> None:
