@@ -128,7 +128,6 @@ class DynamicBatcher:
     length_of: Callable[[Tensors], int] | None = None
     """Groups queued requests of similar length into one batch when set (text models)."""
     on_batch: Callable[[BatchRecord], None] | None = None
-    on_queue_change: Callable[[int], None] | None = None
 
     _queue: deque[_Chunk] = field(default_factory=deque, init=False)
     _queued_rows: int = field(default=0, init=False)
@@ -196,8 +195,6 @@ class DynamicBatcher:
         self._arrived.set()
         if self._queued_rows >= self.policy.max_batch_size:
             self._full.set()
-        if self.on_queue_change:
-            self.on_queue_change(self._queued_rows)
         return request.future
 
     async def _form_batches(self) -> None:
@@ -274,8 +271,6 @@ class DynamicBatcher:
             self._queued_rows -= chunk.rows
             capacity -= chunk.rows
         self._remove(taken)
-        if self.on_queue_change:
-            self.on_queue_change(self._queued_rows)
         return batch
 
     def _remove(self, taken: set[int]) -> None:

@@ -63,5 +63,6 @@ class Metrics:
 
         return observe
 
-    def queue_observer(self, model: str) -> Callable[[int], None]:
-        return self.queue_depth.labels(model).set
+    def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
+        """Queue depth read when scraped: nothing to update on the request path."""
+        self.queue_depth.labels(model).set_function(depth)

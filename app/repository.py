@@ -144,7 +144,8 @@ class ModelRepository:
             return classify_batch(runtime.run(inputs), logits)
 
         batcher = DynamicBatcher(manifest.name, run_batch, policy, length_of=_sequence_length(manifest),
-                                 on_batch=on_batch, on_queue_change=self.metrics.queue_observer(manifest.name))
+                                 on_batch=on_batch)
+        self.metrics.watch_queue(manifest.name, lambda: batcher.queued_rows)
         model = ServedModel(manifest, folder, variant, runtime, batcher, make_task(manifest, folder), stats)
         if s.warmup:
             model.warm_up()

@@ -80,7 +80,7 @@ def test_normalize_pixels() -> None:
 
 
 def test_uint8_and_float_pixels_normalize_alike() -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (3, 28, 28))
+    pixels = np.random.default_rng(0).permutation(np.resize(np.arange(256), 3 * 28 * 28)).reshape(3, 28, 28)
     from_uint8 = normalize_pixels(pixels.astype(np.uint8), IMAGE)
     assert from_uint8.dtype == np.float32
     np.testing.assert_array_equal(from_uint8, normalize_pixels(pixels.astype(np.float64), IMAGE))
