@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -38,8 +39,8 @@ class ServedModel:
     def name(self) -> str:
         return self.manifest.name
 
-    @property
-    def version(self) -> str:
+    @functools.cached_property
+    def version(self) -> str:  # cached: read for every response
         return str(self.manifest.version)
 
     async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
