@@ -43,6 +43,7 @@ class Metrics:
                                       ["model"], registry=r)
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
+        self._queue_depths: dict[str, list[Callable[[], float]]] = {}
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
 
@@ -64,5 +65,8 @@ class Metrics:
         return observe
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
-        """Queue depth read when scraped: nothing to update on the request path."""
-        self.queue_depth.labels(model).set_function(depth)
+        """Queue depth read when scraped: nothing to update on the request path. The
+        versions of one model share its label, so their depths add up."""
+        depths = self._queue_depths.setdefault(model, [])
+        depths.append(depth)
+        self.queue_depth.labels(model).set_function(lambda: sum(d() for d in depths))
