@@ -43,6 +43,11 @@ class BatchPolicy:
     # How many queued chunks the length grouping looks at beyond the oldest one.
     grouping_window: int = 256
 
+    @property
+    def concurrent_batches(self) -> int:
+        """Batches that run at the same time: one per inference thread, at most the in-flight ones."""
+        return min(self.inference_threads, self.max_inflight_batches)
+
 
 @dataclass(frozen=True)
 class BatchRecord:
@@ -149,8 +154,7 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._slots = asyncio.Semaphore(self.policy.max_inflight_batches)
-        threads = min(self.policy.inference_threads, self.policy.max_inflight_batches)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{self.name}",
+        self._executor = ThreadPoolExecutor(self.policy.concurrent_batches, thread_name_prefix=f"infer-{self.name}",
                                             initializer=lower_thread_priority, initargs=(self.policy.worker_niceness,))
         self._loop_task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
         self._accepting = True

@@ -40,27 +40,24 @@ def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
     if x.ndim != 4 or x.shape[1:] != expected:
         raise PreprocessError(f"pixels must have shape (N, {spec.height}, {spec.width}), got {x.shape}")
     if x.dtype == np.uint8:
-        # One table look-up per pixel: a single numpy call, which matters on the request
-        # path; the table holds exactly what the multiply-add below gives for each value.
+        # One table look-up per pixel: a single numpy call, which matters on the request path.
         return _pixel_table(spec.scale, spec.mean, spec.std).take(x)
     # One min and one max: NaN fails both comparisons, so it is caught here too.
     if x.size and not (x.min() >= 0 and x.max() <= 255):
         raise PreprocessError("pixels must be finite numbers in [0, 255]")
-    scale, shift = _affine(spec.scale, spec.mean, spec.std)
-    return x * scale + shift
+    return _scaled(x, spec.scale, spec.mean, spec.std)
 
 
-def _affine(scale: float, mean: float, std: float) -> tuple[np.float32, np.float32]:
+def _scaled(x: np.ndarray, scale: float, mean: float, std: float) -> np.ndarray:
     """(p * scale - mean) / std folded into one multiply-add. float32 scalars keep the
     result float32, from uint8 and float32 pixels alike."""
-    return np.float32(scale / std), np.float32(-mean / std)
+    return x * np.float32(scale / std) + np.float32(-mean / std)
 
 
 @functools.lru_cache(maxsize=16)
 def _pixel_table(scale: float, mean: float, std: float) -> np.ndarray:
-    """The model input for each uint8 pixel value."""
-    a, b = _affine(scale, mean, std)
-    table = np.arange(256, dtype=np.uint8) * a + b
+    """The model input for each uint8 pixel value, by the same multiply-add as any pixel."""
+    table = _scaled(np.arange(256, dtype=np.uint8), scale, mean, std)
     table.flags.writeable = False
     return table
 

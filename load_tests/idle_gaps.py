@@ -17,17 +17,17 @@ import statistics
 import time
 from pathlib import Path
 
-import onnxruntime as ort
+import numpy as np
 
-from app.runtime import session_options
+from app.runtime import CPU, OrtModel, RuntimeOptions
 from load_tests import samples
 
 
-def cpu_per_batch(session: ort.InferenceSession, feed: dict[str, object], gap_s: float, runs: int) -> float:
+def cpu_per_batch(model: OrtModel, feed: dict[str, np.ndarray], gap_s: float, runs: int) -> float:
     """Mean CPU seconds of this thread per run, sleeping `gap_s` between runs."""
     start = time.thread_time()
     for _ in range(runs):
-        session.run(None, feed)
+        model.run(feed)
         if gap_s:
             time.sleep(gap_s)
     return (time.thread_time() - start) / runs
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     folder, manifest = samples.latest(args.model_dir, "fashion-cnn")
-    session = ort.InferenceSession(str(folder / manifest.variants[args.variant].file), session_options(1),
-                                   providers=["CPUExecutionProvider"])
+    # The service's own session (same options), with one intra-op thread
+    model = OrtModel(folder / manifest.variants[args.variant].file, RuntimeOptions([CPU], intra_op_threads=1))
     feed = {manifest.inputs[0].name: samples.normalized(args.batch, args.model_dir)}
     for _ in range(20):
-        session.run(None, feed)
+        model.run(feed)
     measured: dict[float, list[float]] = {gap: [] for gap in args.gaps_ms}
     for _ in range(args.rounds):
         for gap in args.gaps_ms:
-            measured[gap].append(cpu_per_batch(session, feed, gap / 1000, args.runs))
+            measured[gap].append(cpu_per_batch(model, feed, gap / 1000, args.runs))
     back_to_back = statistics.median(measured[min(args.gaps_ms)])
     print(f"fashion-cnn {args.variant}, batch {args.batch}, 1 intra-op thread, "
           f"{args.runs} runs x {args.rounds} rounds per gap")

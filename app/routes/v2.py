@@ -66,8 +66,7 @@ def _config(model: ServedModel) -> dict[str, Any]:
         "dynamic_batching": {"max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
                              "preferred_batch_size": [policy.max_batch_size]},
         # Triton's instances are what runs batches concurrently: here, the inference threads
-        "instance_group": [{"name": m.name, "kind": kind,
-                            "count": min(policy.inference_threads, policy.max_inflight_batches)}],
+        "instance_group": [{"name": m.name, "kind": kind, "count": policy.concurrent_batches}],
         "parameters": {"variant": {"string_value": model.variant}},
     }
 
