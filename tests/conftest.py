@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
 
 
+def model_folder(name: str) -> Path:
+    """The newest committed version of a shipped model: the one the service serves by default."""
+    return max((p for p in (MODELS / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if inspect.iscoroutinefunction(pyfuncitem.obj):

@@ -116,7 +116,8 @@ def _load(ws: Workspace, stage: str) -> FashionCNN:
 def prune(ws: Workspace, config: CNNConfig) -> None:
     seed_everything(config.seed)
     d = FashionData(ws, config)
-    model = prune_cnn_structured(_load(ws, "trained"), config.keep_channels, config.keep_hidden)
+    model = prune_cnn_structured(_load(ws, "trained"), config.keep_channels, config.keep_hidden,
+                                 config.width_multiple)
     before_finetune = d.evaluate(model)
     # fc1 holds 95% of the dense weights; fc2 (10 x hidden) is too small to be worth a point.
     masks = MagnitudePruning([model.fc1.weight], config.dense_sparsity)

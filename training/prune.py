@@ -66,12 +66,22 @@ def _top_l1(weight: torch.Tensor, keep: int) -> torch.Tensor:
     return norms.topk(keep).indices.sort().values
 
 
-def prune_cnn_structured(model: FashionCNN, keep_channels: float, keep_hidden: float) -> FashionCNN:
-    """A smaller FashionCNN holding the strongest conv channels and dense units."""
+def kept_width(width: int, keep: float, multiple: int) -> int:
+    """`width * keep` rounded to the nearest multiple of `multiple`, at least one multiple
+    and at most `width` (which is kept whole when it is smaller than one multiple)."""
+    if width <= multiple:
+        return width
+    return min(width, max(multiple, multiple * round(width * keep / multiple)))
+
+
+def prune_cnn_structured(model: FashionCNN, keep_channels: float, keep_hidden: float,
+                         multiple: int = 1) -> FashionCNN:
+    """A smaller FashionCNN holding the strongest conv channels and dense units, each
+    width rounded to a multiple of `multiple`."""
     c1, c2, hidden = model.widths["conv1"], model.widths["conv2"], model.widths["hidden"]
-    k1 = max(1, round(c1 * keep_channels))
-    k2 = max(1, round(c2 * keep_channels))
-    kh = max(1, round(hidden * keep_hidden))
+    k1 = kept_width(c1, keep_channels, multiple)
+    k2 = kept_width(c2, keep_channels, multiple)
+    kh = kept_width(hidden, keep_hidden, multiple)
     # Rank by the BN-scaled filter norm: a filter whose BN gamma is tiny contributes little.
     keep1 = _top_l1(model.conv1.weight * model.bn1.weight.abs().view(-1, 1, 1, 1), k1)
     keep2 = _top_l1(model.conv2.weight * model.bn2.weight.abs().view(-1, 1, 1, 1), k2)

@@ -18,7 +18,7 @@ from app.manifest import load_manifest
 from app.runtime import session_options
 from app.settings import Settings
 from load_tests.server import ServerProcess
-from tests.conftest import MODELS
+from tests.conftest import MODELS, model_folder
 
 
 @asynccontextmanager
@@ -35,7 +35,7 @@ async def serving(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
 def reference_session(name: str, variant: str | None = None) -> tuple[ort.InferenceSession, Any]:
     """A plain ORT session on the file the service serves, with the service's session options
     (graph optimisations change int8 rounding slightly), to compare answers with."""
-    folder = MODELS / name / "1"
+    folder = model_folder(name)
     manifest = load_manifest(folder)
     variant = variant or manifest.preferred_variant.get("cpu", "int8")  # what the service picks
     return ort.InferenceSession(str(folder / manifest.variants[variant].file), session_options(1),

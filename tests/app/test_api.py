@@ -12,7 +12,7 @@ import pytest
 from app.manifest import load_manifest
 from app.preprocess import Tokenizer, normalize_pixels
 from tests.app.conftest import b64_png, png_bytes, reference_session, sample_images, serving
-from tests.conftest import MODELS
+from tests.conftest import model_folder
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -24,7 +24,7 @@ TEXTS = ["a gripping , beautifully acted film .", "dull , lifeless and far too l
 
 
 def v2_pixels(images: np.ndarray) -> dict:
-    spec = load_manifest(MODELS / "fashion-cnn" / "1").preprocessing
+    spec = load_manifest(model_folder("fashion-cnn")).preprocessing
     x = normalize_pixels(images, spec)  # type: ignore[arg-type]
     return {"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
@@ -41,7 +41,7 @@ async def test_health_and_metadata() -> None:
         assert (await client.get("/v2/models/sst2-lstm/versions/1")).json()["versions"] == ["1"]
         assert (await client.get("/v2/models/sst2-lstm/ready")).status_code == 200
         config = (await client.get("/v2/models/fashion-cnn/config")).json()
-        assert config["max_batch_size"] == load_manifest(MODELS / "fashion-cnn" / "1").batching.max_batch_size
+        assert config["max_batch_size"] == load_manifest(model_folder("fashion-cnn")).batching.max_batch_size
         assert config["input"][0]["dims"] == [1, 28, 28]
         assert config["instance_group"][0]["count"] == 1  # one inference thread per model
         listed = (await client.get("/v1/models")).json()["models"]
@@ -63,7 +63,7 @@ async def test_v1_images_match_direct_onnx_runtime() -> None:
     assert [p["index"] for p in body["predictions"]] == expected.argmax(1).tolist()
     assert body["predictions"][0]["label"] == manifest.labels[body["predictions"][0]["index"]]
     assert body["model_name"] == "fashion-cnn"
-    assert body["model_version"] == "1"
+    assert body["model_version"] == model_folder("fashion-cnn").name
 
 
 async def test_v1_integer_and_fractional_pixels_are_both_accepted() -> None:
@@ -95,7 +95,7 @@ async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
 
 async def test_v1_texts_match_direct_onnx_runtime() -> None:
     session, manifest = reference_session("sst2-lstm")
-    tokenizer = Tokenizer.from_file(MODELS / "sst2-lstm" / "1" / "vocab.txt", manifest.preprocessing)
+    tokenizer = Tokenizer.from_file(model_folder("sst2-lstm") / "vocab.txt", manifest.preprocessing)
     async with serving() as client:
         response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": TEXTS})
     assert response.status_code == 200, response.text
@@ -108,7 +108,7 @@ async def test_v1_texts_match_direct_onnx_runtime() -> None:
 async def test_fp32_text_answers_do_not_depend_on_batch_mates() -> None:
     # Dynamic int8 scales activations per batch, so only fp32 is exact across batchings.
     session, manifest = reference_session("sst2-lstm", "fp32")
-    tokenizer = Tokenizer.from_file(MODELS / "sst2-lstm" / "1" / "vocab.txt", manifest.preprocessing)
+    tokenizer = Tokenizer.from_file(model_folder("sst2-lstm") / "vocab.txt", manifest.preprocessing)
     async with serving(variant="fp32") as client:
         response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": TEXTS})
     got = np.array([p["probabilities"] for p in response.json()["predictions"]])
@@ -128,7 +128,7 @@ async def test_v2_json_and_binary_tensors_agree() -> None:
                   "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}
         header_bytes = orjson.dumps(header)
         raw = np.asarray(body["inputs"][0]["data"], dtype="<f4").tobytes()
-        as_binary = await client.post("/v2/models/fashion-cnn/versions/1/infer", content=header_bytes + raw,
+        as_binary = await client.post(f"/v2/models/fashion-cnn/versions/{model_folder('fashion-cnn').name}/infer", content=header_bytes + raw,
                                       headers={"Inference-Header-Content-Length": str(len(header_bytes))})
     assert as_json.status_code == 200, as_json.text
     assert [o["name"] for o in as_json.json()["outputs"]] == ["logits"]  # the model's outputs only

@@ -7,12 +7,12 @@ import pytest
 from app.manifest import load_manifest
 from app.runtime import CPU, CUDA, available_cpus, choose_providers, choose_variant
 from app.settings import Settings
-from tests.conftest import MODELS
+from tests.conftest import model_folder
 
 
 @pytest.fixture
 def manifest():  # type: ignore[no-untyped-def]
-    return load_manifest(MODELS / "sst2-lstm" / "1", verify_files=False)
+    return load_manifest(model_folder("sst2-lstm"), verify_files=False)
 
 
 def test_auto_variant_follows_the_manifest_per_device(manifest) -> None:  # type: ignore[no-untyped-def]
