@@ -22,7 +22,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.repository import ModelRepository
 from app.routes import health, v1, v2
-from app.routes.body import error_response, internal_error_response, json_response
+from app.routes.body import JSONResponse, error_response, internal_error_response
 from app.runtime import RuntimeOptions, available_cpus, choose_providers
 from app.settings import Settings
 from app.tuning import settle_heap
@@ -113,11 +113,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return json_response({"error": f"{where}: {first['msg']}"}, 422)
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return json_response({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from app.batcher import BatchPolicy, BatchRecord, DynamicBatcher
+from app.deadlines import Deadlines
 from app.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
 from app.manifest import Manifest, TensorSpec, load_manifest
 from app.metrics import Metrics
@@ -35,6 +36,9 @@ class ServedModel:
     stats: ModelStats = field(default_factory=ModelStats)
     ready: bool = False
 
+    def __post_init__(self) -> None:
+        self.deadlines = Deadlines(self._expire)
+
     @property
     def name(self) -> str:
         return self.manifest.name
@@ -47,16 +51,18 @@ class ServedModel:
         """Queue and await one request's (already validated) rows; past `timeout_s`, 504."""
         started = time.monotonic()
         future = self.batcher.submit(inputs)
-        # A timer instead of asyncio.wait_for: no extra task per request on the hot path.
-        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, self.name, timeout_s)
+        # Not asyncio.wait_for: no extra task per request on the hot path.
+        self.deadlines.watch(future, timeout_s)
         ok = False
         try:
             outputs = await future
             ok = True
             return outputs
         finally:
-            timer.cancel()
             self.stats.record_request(time.monotonic() - started, ok)
+
+    def _expire(self, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float) -> None:
+        future.set_exception(DeadlineExceeded(f"model {self.name!r} did not answer within {timeout_s:g} s"))
 
     def warm_up(self) -> None:
         """Run once per power-of-two batch size up to the maximum, so the first real
@@ -68,11 +74,6 @@ class ServedModel:
         sizes.append(self.batcher.policy.max_batch_size)
         for n in sizes:
             self.runtime.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
-
-
-def _expire(future: asyncio.Future[dict[str, np.ndarray]], name: str, timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"model {name!r} did not answer within {timeout_s:g} s"))
 
 
 def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
@@ -156,6 +157,8 @@ class ModelRepository:
         for model in self.all():
             model.ready = False
         await asyncio.gather(*(m.batcher.stop(self.settings.shutdown_grace_s) for m in self.all()))
+        for model in self.all():
+            model.deadlines.close()
 
     def all(self) -> list[ServedModel]:
         return [m for versions in self._models.values() for m in versions.values()]

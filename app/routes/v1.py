@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from app.errors import InvalidInput, UnprocessableInput
 from app.repository import ServedModel
-from app.routes.body import json_response, read_body
+from app.routes.body import JSONResponse, read_body
 from app.routes.common import ERRORS, repository
 from app.tasks import predictions
 
@@ -43,12 +43,12 @@ def _describe(model: ServedModel) -> dict[str, Any]:
 
 @router.get("/v1/models", summary="Every served model with its labels and what an instance is")
 async def list_models(request: Request) -> Response:
-    return json_response({"models": [_describe(m) for m in repository(request).all()]})
+    return JSONResponse({"models": [_describe(m) for m in repository(request).all()]})
 
 
 @router.get("/v1/models/{name}", responses=ERRORS, summary="One model's description")
 async def describe_model(request: Request, name: str) -> Response:
-    return json_response(_describe(repository(request).get(name)))
+    return JSONResponse(_describe(repository(request).get(name)))
 
 
 @router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
@@ -73,7 +73,7 @@ async def v1_predict(request: Request) -> Response:
         raise InvalidInput("'instances' is empty: send at least one instance")
     inputs = model.task.instances_to_inputs(instances)
     outputs = await model.infer(inputs, settings.request_timeout_s)
-    return json_response({"predictions": predictions(outputs, model.manifest.labels),
+    return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
 
 

@@ -18,7 +18,7 @@ from app.protocol.v2 import (
     parse_request,
 )
 from app.repository import ServedModel
-from app.routes.body import header, json_response, read_body
+from app.routes.body import JSONResponse, header, read_body
 from app.routes.common import ERRORS, repository
 from app.runtime import CUDA
 
@@ -74,7 +74,7 @@ def _config(model: ServedModel) -> dict[str, Any]:
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
 @router.get("/v2/models/stats", responses=ERRORS, summary="Triton statistics of every model")
 async def all_stats(request: Request) -> Response:
-    return json_response({"model_stats": [m.stats.as_triton(m.name, m.version) for m in repository(request).all()]})
+    return JSONResponse({"model_stats": [m.stats.as_triton(m.name, m.version) for m in repository(request).all()]})
 
 
 @router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=ERRORS,
@@ -82,7 +82,7 @@ async def all_stats(request: Request) -> Response:
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
             responses=ERRORS, summary="Metadata of one model version")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    return json_response(_metadata(repository(request).get(name, version)))
+    return JSONResponse(_metadata(repository(request).get(name, version)))
 
 
 @router.get("/v2/models/{name}/ready", responses=ERRORS, summary="Model readiness")
@@ -96,7 +96,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config", responses=ERRORS,
             summary="Triton model configuration of one version")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
-    return json_response(_config(repository(request).get(name, version)))
+    return JSONResponse(_config(repository(request).get(name, version)))
 
 
 @router.get("/v2/models/{name}/stats", responses=ERRORS, summary="Triton statistics of one model")
@@ -104,7 +104,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
             summary="Triton statistics of one model version")
 async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
     model = repository(request).get(name, version)
-    return json_response({"model_stats": [model.stats.as_triton(model.name, model.version)]})
+    return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
 
 
 _INFER_DOC = {
