@@ -8,12 +8,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
 
 from app.batcher import BatchRecord
+from app.loop_histogram import LoopHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -21,7 +21,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
 
 class Metrics:
-    """Collectors live in their own registry so that several apps (tests) never clash."""
+    """Collectors live in their own registry so that several apps (tests) never clash.
+
+    Histograms are LoopHistograms: every one is observed on the event loop, per request or
+    per batch, and the event loop is the bottleneck."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -30,15 +33,15 @@ class Metrics:
         r = self.registry
         self.requests = Counter("ortserve_requests", "HTTP requests answered",
                                 ["model", "endpoint", "status"], registry=r)
-        self.request_latency = Histogram("ortserve_request_latency_seconds",
-                                         "Arrival to response, per request", ["model", "endpoint"],
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("ortserve_queue_time_seconds", "Time a request waited for its batch",
-                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.compute_time = Histogram("ortserve_compute_time_seconds", "Time one batch ran in the model",
-                                      ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("ortserve_batch_size", "Items per executed batch", ["model"],
-                                    buckets=BATCH_BUCKETS, registry=r)
+        self.request_latency = LoopHistogram("ortserve_request_latency_seconds",
+                                             "Arrival to response, per request", ["model", "endpoint"],
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = LoopHistogram("ortserve_queue_time_seconds", "Time a request waited for its batch",
+                                        ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_time = LoopHistogram("ortserve_compute_time_seconds", "Time one batch ran in the model",
+                                          ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = LoopHistogram("ortserve_batch_size", "Items per executed batch", ["model"],
+                                        buckets=BATCH_BUCKETS, registry=r)
         self.batch_failures = Counter("ortserve_batch_failures", "Batches the model failed on",
                                       ["model"], registry=r)
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
