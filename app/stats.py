@@ -20,6 +20,11 @@ class _Duration:
         self.count += count
         self.ns += int(seconds * 1e9) * count
 
+    def add_each(self, seconds: list[float]) -> None:
+        """One occurrence per entry of `seconds`."""
+        self.count += len(seconds)
+        self.ns += int(sum(seconds) * 1e9)
+
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
 
@@ -40,8 +45,7 @@ class ModelStats:
 
     def record_batch(self, record: BatchRecord) -> None:
         self.execution_count += 1
-        self.queue.count += len(record.queue_waits_s)
-        self.queue.ns += int(sum(record.queue_waits_s) * 1e9)
+        self.queue.add_each(record.queue_waits_s)
         # Per request, as Triton does (each request of the batch took the batch's time);
         # perf_analyzer requires the three counts equal.
         requests = len(record.queue_waits_s)

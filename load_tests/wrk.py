@@ -80,4 +80,3 @@ def _run(script: Path, url: str, concurrency: int, seconds: float) -> dict[str, 
         raise RuntimeError(f"wrk printed no summary:\n{out}")
     values: dict[str, int] = json.loads(line.removeprefix("WRK_SUMMARY "))
     return values
-

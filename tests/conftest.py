@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from load_tests.samples import latest
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
 
 
 def model_folder(name: str) -> Path:
     """The newest committed version of a shipped model: the one the service serves by default."""
-    return max((p for p in (MODELS / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return latest(MODELS, name)[0]
 
 
 @pytest.hookimpl(tryfirst=True)
