@@ -10,8 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from app.log import configure_logging
 from app.main import create_app
+from app.observability.log import configure_logging
 from app.settings import Settings
 
 

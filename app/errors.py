@@ -1,6 +1,6 @@
 """The service's error types: each names what is wrong and carries its HTTP status.
 
-No FastAPI objects here: the batcher and runtime raise these, one handler in main renders them.
+No FastAPI objects here: the batcher and runtime raise these; app/http/errors.py renders them.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ class ModelNotReady(ServingError):
 
 class PayloadTooLarge(ServingError):
     status_code = 413
-
-
-class UnsupportedMediaType(ServingError):
-    status_code = 415
 
 
 class QueueFull(ServingError):

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 
-# V2 protocol datatype names and the numpy dtypes they map to.
+# V2 protocol datatype names and the numpy dtypes they map to: the one list of both.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool",
     "UINT8": "uint8",
@@ -46,9 +47,16 @@ RESERVED_PREFIX = "ortserve."
 
 class TensorSpec(_Strict):
     name: str = Field(min_length=1)
-    datatype: Literal["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
+    datatype: str = Field(json_schema_extra={"enum": list(DATATYPES)})
     shape: list[int] = Field(min_length=1)
     """Dimensions, -1 for a dynamic axis. The first axis is the batch axis."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in DATATYPES:
+            raise ValueError(f"datatype must be one of {list(DATATYPES)}, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _dims_are_valid(self) -> TensorSpec:
@@ -102,8 +110,11 @@ class VariantFile(_Strict):
 
 
 class BatchingDefaults(_Strict):
-    max_batch_size: int = Field(default=64, gt=0)
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    """The model's own batching; the server's settings can override both for every model.
+    Chosen at build time (training/config.py), where the model's costs are measured."""
+
+    max_batch_size: int = Field(gt=0)
+    max_queue_delay_ms: float = Field(ge=0)
 
 
 class Manifest(_Strict):
@@ -117,7 +128,7 @@ class Manifest(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocessing: Preprocessing
     variants: dict[Variant, VariantFile] = Field(min_length=1)
-    batching: BatchingDefaults = Field(default_factory=BatchingDefaults)
+    batching: BatchingDefaults
     preferred_variant: dict[Literal["cpu", "cuda"], Variant] = Field(default_factory=dict)
     """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
     training: dict[str, Any] = Field(default_factory=dict)
@@ -140,14 +151,9 @@ class Manifest(_Strict):
             )
         return self
 
-    def input(self, name: str) -> TensorSpec:
-        for spec in self.inputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 def sha256_of(path: Path) -> str:
+    """The one way files are hashed, for model artifacts and datasets alike."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -199,3 +205,18 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
 
 def _version_of(model_dir: Path) -> int | None:
     return int(model_dir.name) if model_dir.name.isdigit() else None
+
+
+def version_folders(model_root: Path) -> Iterator[Path]:
+    """The version folders of one model (`<model_root>/<digits>/` with a manifest), in no order."""
+    return (p.parent for p in model_root.glob(f"*/{MANIFEST_FILE}") if p.parent.name.isdigit())
+
+
+def latest_version(model_root: Path) -> Path | None:
+    """The highest version folder of one model; versions compare as numbers (10 > 9)."""
+    return max(version_folders(model_root), key=lambda p: int(p.name), default=None)
+
+
+def newest(versions: Iterable[str]) -> str:
+    """The newest of version names, compared as numbers."""
+    return max(versions, key=int)

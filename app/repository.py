@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from app.batcher import BatchPolicy, BatchRecord, DynamicBatcher
+from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
+from app.codecs import Codec, classify_batch, make_codec
 from app.deadlines import Deadlines
 from app.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
-from app.manifest import Manifest, TensorSpec, load_manifest
-from app.metrics import Metrics
-from app.runtime import OrtModel, RuntimeOptions, choose_variant
+from app.manifest import Manifest, TensorSpec, load_manifest, newest, version_folders
+from app.observability.metrics import Metrics
+from app.observability.stats import ModelStats
+from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.settings import Settings
-from app.stats import ModelStats
-from app.tasks import Task, classify_batch, make_task
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,9 @@ class ServedModel:
     manifest: Manifest
     directory: Path
     variant: str
-    runtime: OrtModel
+    session: OrtModel
     batcher: DynamicBatcher
-    task: Task
+    codec: Codec
     stats: ModelStats = field(default_factory=ModelStats)
     ready: bool = False
 
@@ -73,7 +73,23 @@ class ServedModel:
             size *= 2
         sizes.append(self.batcher.policy.max_batch_size)
         for n in sizes:
-            self.runtime.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+            self.session.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+
+
+def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
+    """The one place a model's batching is decided: the manifest's per-model values unless
+    the settings override them, and the server-wide settings."""
+    s, own = settings, manifest.batching
+    delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else own.max_queue_delay_ms
+    return BatchPolicy(
+        max_batch_size=s.max_batch_size or own.max_batch_size,
+        max_queue_delay_s=delay_ms / 1000,
+        max_inflight_batches=s.max_inflight_batches,
+        inference_threads=s.inference_threads,
+        max_queue_size=s.max_queue_size,
+        retry_after_s=s.retry_after_s,
+        inference_niceness=s.inference_niceness,
+    )
 
 
 def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
@@ -92,9 +108,9 @@ def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]],
 
 
 class ModelRepository:
-    def __init__(self, settings: Settings, runtime: RuntimeOptions, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics) -> None:
         self.settings = settings
-        self.runtime = runtime
+        self.ort = ort
         self.metrics = metrics
         self._models: dict[str, dict[str, ServedModel]] = {}
 
@@ -102,7 +118,7 @@ class ModelRepository:
         root = self.settings.model_dir
         if not root.is_dir():
             raise FileNotFoundError(f"model directory {root} does not exist")
-        return sorted(p.parent for p in root.glob("*/*/manifest.json") if p.parent.name.isdigit())
+        return sorted(folder for model in root.iterdir() if model.is_dir() for folder in version_folders(model))
 
     async def load_all(self) -> None:
         folders = self.discover()
@@ -115,24 +131,14 @@ class ModelRepository:
             model.batcher.start()
             model.ready = True
             logger.info("model %s v%s ready: %s variant on %s, max_batch_size=%d, max_queue_delay=%.1fms",
-                        model.name, model.version, model.variant, model.runtime.providers[0],
+                        model.name, model.version, model.variant, model.session.providers[0],
                         model.batcher.policy.max_batch_size, model.batcher.policy.max_queue_delay_s * 1000)
 
     def _load(self, folder: Path) -> ServedModel:
         manifest = load_manifest(folder)
-        variant = choose_variant(manifest, self.runtime.providers, self.settings.variant)
-        runtime = OrtModel(folder / manifest.variants[variant].file, self.runtime)
-        s = self.settings
-        policy = BatchPolicy(
-            max_batch_size=s.max_batch_size or manifest.batching.max_batch_size,
-            max_queue_delay_s=(s.max_queue_delay_ms if s.max_queue_delay_ms is not None
-                               else manifest.batching.max_queue_delay_ms) / 1000,
-            max_inflight_batches=s.max_inflight_batches,
-            inference_threads=s.inference_threads,
-            max_queue_size=s.max_queue_size,
-            retry_after_s=s.retry_after_s,
-            worker_niceness=s.inference_niceness,
-        )
+        variant = choose_variant(manifest, self.ort.providers, self.settings.variant)
+        session = OrtModel(folder / manifest.variants[variant].file, self.ort)
+        policy = batch_policy(self.settings, manifest)
         stats = ModelStats()
         observe = self.metrics.batch_observer(manifest.name)
 
@@ -143,13 +149,13 @@ class ModelRepository:
         logits = manifest.outputs[0].name
 
         def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return classify_batch(runtime.run(inputs), logits)
+            return classify_batch(session.run(inputs), logits)
 
         batcher = DynamicBatcher(manifest.name, run_batch, policy, length_of=_sequence_length(manifest),
                                  on_batch=on_batch)
         self.metrics.watch_queue(manifest.name, lambda: batcher.queued_rows)
-        model = ServedModel(manifest, folder, variant, runtime, batcher, make_task(manifest, folder), stats)
-        if s.warmup:
+        model = ServedModel(manifest, folder, variant, session, batcher, make_codec(manifest, folder), stats)
+        if self.settings.warmup:
             model.warm_up()
         return model
 
@@ -166,12 +172,16 @@ class ModelRepository:
     def names(self) -> list[str]:
         return sorted(self._models)
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` is a model of this repository (for labels that must name real models)."""
+        return name in self._models
+
     def get(self, name: str, version: str | None = None) -> ServedModel:
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"unknown model {name!r}; served models: {self.names()}")
         if version is None:
-            model = versions[max(versions, key=int)]
+            model = versions[newest(versions)]
         elif version in versions:
             model = versions[version]
         else:

@@ -74,9 +74,21 @@ def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str)
 
 
 @dataclass(frozen=True)
-class RuntimeOptions:
+class OrtOptions:
+    """How every model's session is made: providers in order, ORT threads per batch."""
+
     providers: list[str]
     intra_op_threads: int
+
+
+def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
+                inference_threads: int) -> OrtOptions:
+    """The providers to use, and the ORT threads each batch gets: `intra_op_threads`, or
+    when 0, the usable CPUs less one shared among the inference threads. The event loop
+    parses every request and feeds every batch: it keeps a core, so that ORT does not
+    oversubscribe it."""
+    threads = intra_op_threads or max(1, (available_cpus() - 1) // inference_threads)
+    return OrtOptions(choose_providers(requested_providers), threads)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -105,7 +117,7 @@ def provider_options(provider: str) -> dict[str, Any]:
 class OrtModel:
     """One loaded ONNX file; `run` is thread-safe and releases the GIL."""
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: OrtOptions) -> None:
         self.path = path
         self.session = ort.InferenceSession(
             str(path), session_options(options.intra_op_threads),

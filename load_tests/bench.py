@@ -59,8 +59,8 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def cnn_v1(_: Path) -> Payload:
-    return Payload("/v1/models/fashion-cnn:predict", samples.v1_images(1), JSON)
+def cnn_v1(model_dir: Path) -> Payload:
+    return Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 1), JSON)
 
 
 def lstm_v1(_: Path) -> Payload:

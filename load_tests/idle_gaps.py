@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runtime import CPU, OrtModel, RuntimeOptions
+from app.runtime import CPU, OrtModel, OrtOptions
 from load_tests import samples
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder, manifest = samples.latest(args.model_dir, "fashion-cnn")
     # The service's own session (same options), with one intra-op thread
-    model = OrtModel(folder / manifest.variants[args.variant].file, RuntimeOptions([CPU], intra_op_threads=1))
+    model = OrtModel(folder / manifest.variants[args.variant].file, OrtOptions([CPU], intra_op_threads=1))
     feed = {manifest.inputs[0].name: samples.normalized(args.batch, args.model_dir)}
     for _ in range(20):
         model.run(feed)

@@ -4,8 +4,8 @@
     locust -f load_tests/locustfile.py --headless --host http://127.0.0.1:8000 ImageUser V2BinaryUser
 
 The StepLoad shape below drives the run (10 more users every 15 s up to 60, one more step,
-then it stops by itself, about 90 s). Needs only locust: samples are JSON/TSV and the V2 pixel
-scaling is read from the server's /v1/models (the manifest's preprocessing).
+then it stops by itself, about 90 s). Needs only locust: samples are JSON/TSV, and the image
+size, input name and pixel scaling are read from the server's /v1/models (the manifest's).
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ SAMPLES = Path(__file__).parent / "samples"
 IMAGES = json.loads((SAMPLES / "fashion_test_images.json").read_text())["images"]
 with (SAMPLES / "sst2_test_sentences.tsv").open(encoding="utf-8") as f:
     SENTENCES = [row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-PIXELS_PER_IMAGE = 28 * 28
+
+
+def describe_fashion_cnn(user: HttpUser) -> dict:
+    """The served model's description: its input, image size and pixel scaling."""
+    models = user.client.get("/v1/models", name="v1 models").json()["models"]
+    return next(m for m in models if m["name"] == "fashion-cnn")
 
 
 class ImageUser(HttpUser):
@@ -30,10 +35,14 @@ class ImageUser(HttpUser):
 
     wait_time = between(0, 0.01)
 
+    def on_start(self) -> None:
+        self.width = describe_fashion_cnn(self)["preprocessing"]["width"]
+
     @task
     def predict(self) -> None:
         image = random.choice(IMAGES)
-        rows = [image[r * 28 : (r + 1) * 28] for r in range(28)]
+        w = self.width
+        rows = [image[r * w : (r + 1) * w] for r in range(len(image) // w)]
         self.client.post("/v1/models/fashion-cnn:predict", json={"instances": [rows]}, name="v1 image")
 
 
@@ -54,9 +63,13 @@ class _V2User(HttpUser):
     images_per_request = 8
 
     def on_start(self) -> None:
-        models = self.client.get("/v1/models", name="v1 models").json()["models"]
-        spec = next(m for m in models if m["name"] == "fashion-cnn")["preprocessing"]
+        model = describe_fashion_cnn(self)
+        spec, pixels = model["preprocessing"], model["inputs"][0]
         self.scale, self.mean, self.std = spec["scale"], spec["mean"], spec["std"]
+        self.input_name, self.item_shape = pixels["name"], pixels["shape"][1:]
+
+    def shape(self) -> list[int]:
+        return [self.images_per_request, *self.item_shape]
 
     def pixels(self) -> list[float]:
         values: list[float] = []
@@ -70,8 +83,7 @@ class V2JsonUser(_V2User):
 
     @task
     def infer(self) -> None:
-        n = self.images_per_request
-        body = {"inputs": [{"name": "pixels", "shape": [n, 1, 28, 28], "datatype": "FP32", "data": self.pixels()}]}
+        body = {"inputs": [{"name": self.input_name, "shape": self.shape(), "datatype": "FP32", "data": self.pixels()}]}
         self.client.post("/v2/models/fashion-cnn/infer", json=body, name="v2 json")
 
 
@@ -80,10 +92,10 @@ class V2BinaryUser(_V2User):
 
     @task
     def infer(self) -> None:
-        n = self.images_per_request
-        raw = struct.pack(f"<{n * PIXELS_PER_IMAGE}f", *self.pixels())
+        values = self.pixels()
+        raw = struct.pack(f"<{len(values)}f", *values)
         header = json.dumps({
-            "inputs": [{"name": "pixels", "shape": [n, 1, 28, 28], "datatype": "FP32",
+            "inputs": [{"name": self.input_name, "shape": self.shape(), "datatype": "FP32",
                         "parameters": {"binary_data_size": len(raw)}}],
             "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
         }).encode()

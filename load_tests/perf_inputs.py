@@ -20,17 +20,20 @@ from load_tests.server import ROOT
 
 def fashion(model_dir: Path, n: int) -> dict:
     x = samples.normalized(n, model_dir)
-    return {"data": [{"pixels": {"content": img.ravel().tolist(), "shape": [1, 28, 28]}} for img in x]}
+    name, _ = samples.image_input(model_dir)
+    return {"data": [{name: {"content": img.ravel().tolist(), "shape": list(img.shape)}} for img in x]}
 
 
 def sst2(model_dir: Path, n: int) -> dict:
     folder, manifest = samples.latest(model_dir, "sst2-lstm")
     tokenizer = Tokenizer.from_file(folder / manifest.preprocessing.vocabulary_file,  # type: ignore[union-attr]
                                     manifest.preprocessing)  # type: ignore[arg-type]
+    ids_name, lengths_name = (spec.name for spec in manifest.inputs)
     data = []
     for text in samples.sentences()[:n]:
         ids = tokenizer.encode(text)
-        data.append({"token_ids": {"content": ids, "shape": [len(ids)]}, "lengths": {"content": [len(ids)], "shape": [1]}})
+        data.append({ids_name: {"content": ids, "shape": [len(ids)]},
+                     lengths_name: {"content": [len(ids)], "shape": [1]}})
     return {"data": data}
 
 

@@ -22,7 +22,7 @@ def raw_throughput(model_dir: Path, seconds: float = 3.0, batches: tuple[int, ..
             session = ort.InferenceSession(str(folder / manifest.variants[variant].file), options,
                                            providers=["CPUExecutionProvider"])
             for batch in batches:
-                feed = {"pixels": samples.normalized(batch, model_dir)}
+                feed = {manifest.inputs[0].name: samples.normalized(batch, model_dir)}
                 for _ in range(3):
                     session.run(None, feed)
                 runs, start = 0, time.perf_counter()

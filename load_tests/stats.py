@@ -75,12 +75,6 @@ def histogram_totals(metrics_text: str, name: str, model: str) -> tuple[float, f
     return total, count
 
 
-def histogram_mean(metrics_text: str, name: str, model: str) -> float:
-    """Mean of a Prometheus histogram (sum / count) for one model, from /metrics text."""
-    total, count = histogram_totals(metrics_text, name, model)
-    return total / count if count else math.nan
-
-
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     """User + system CPU of this process (RUSAGE_SELF) or its waited-for children."""
     usage = resource.getrusage(who)

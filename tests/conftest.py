@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from load_tests.samples import latest
+from app.manifest import latest_version
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
@@ -17,13 +17,15 @@ MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
 
 def model_folder(name: str) -> Path:
     """The newest committed version of a shipped model: the one the service serves by default."""
-    return latest(MODELS, name)[0]
+    folder = latest_version(MODELS / name)
+    assert folder is not None, f"no committed version of {name} under {MODELS}"
+    return folder
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if inspect.iscoroutinefunction(pyfuncitem.obj):
-        names = pyfuncitem._fixtureinfo.argnames
+        names = inspect.signature(pyfuncitem.obj).parameters
         kwargs = {name: pyfuncitem.funcargs[name] for name in names}
         asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=60))
         return True

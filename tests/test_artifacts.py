@@ -6,10 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.manifest import load_manifest
+from app.manifest import load_manifest, version_folders
 from tests.conftest import MODELS
 
-FOLDERS = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
+FOLDERS = sorted(folder for model in MODELS.iterdir() for folder in version_folders(model))
 
 
 def test_both_shipped_models_are_committed() -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from app.manifest import load_manifest
+from app.manifest import latest_version, load_manifest
 from training import report
 from training.data import download_fashion_mnist
 from training.pipeline import RECIPES, STEPS, run_step
@@ -44,14 +44,16 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     built = []
     for name in names:
-        _, config_type = RECIPES[name]
-        config = dataclasses.replace(config_type(), **overrides)
+        recipe = RECIPES[name]
+        config = dataclasses.replace(recipe.config_type(), **overrides)
         ws = Workspace(args.work_dir / name, args.data_dir)
         for step in steps:
             print(f"== {name}: {step}", flush=True)
-            run_step(step, name, ws, config, args.out, args.version)
+            run_step(step, recipe, ws, config, args.out, args.version)
         if "package" in steps:
-            built.append(max((args.out / name).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1))
+            target = latest_version(args.out / name)
+            assert target is not None, "package wrote no version folder"
+            built.append(target)
     for target in built:
         manifest = load_manifest(target)
         print(f"\n{manifest.name} v{manifest.version} -> {target}")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import struct
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from app.manifest import sha256_of
 
 FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_FILES = {
@@ -122,7 +123,7 @@ def load_sst2(data_dir: Path) -> tuple[TextSplit, TextSplit, TextSplit]:
 
 
 def file_checksums(paths: list[Path]) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    return {p.name: sha256_of(p) for p in paths}
 
 
 def download_fashion_mnist(dest: Path) -> None:
@@ -132,7 +133,7 @@ def download_fashion_mnist(dest: Path) -> None:
         target = dest / name
         if not target.exists():
             urllib.request.urlretrieve(FASHION_MNIST_URL + name, target)  # noqa: S310
-        actual = hashlib.sha256(target.read_bytes()).hexdigest()
+        actual = sha256_of(target)
         if actual != expected:
             target.unlink()
             raise ValueError(f"{name}: sha256 {actual} != published {expected}; removed it")

@@ -1,35 +1,29 @@
-"""fashion-cnn: Fashion-MNIST image classifier, each pipeline step as a function."""
+"""fashion-cnn: Fashion-MNIST image classifier."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 
-from app.manifest import ImagePreprocessing, TensorSpec
+from app.manifest import BatchingDefaults, ImagePreprocessing, TensorSpec
 from app.preprocess import normalize_pixels
 from training import data
 from training.config import CNNConfig
 from training.export import export_onnx, max_parity_error
 from training.models import FashionCNN
-from training.prune import (
-    MagnitudePruning,
-    count_macs,
-    count_params,
-    prune_cnn_structured,
-    sparsity,
-)
+from training.prune import MagnitudePruning, prune_cnn_structured
 from training.quantize import convert_fp16, quantize_static_int8
+from training.recipe import Feed, describe, history
 from training.train import Batch, accuracy, fit, predict_logits, seed_everything
 from training.workspace import Workspace
 
-NAME = "fashion-cnn"
-TASK = "image-classification"
-INPUTS = [TensorSpec(name="pixels", datatype="FP32", shape=[-1, 1, 28, 28])]
-OUTPUTS = [TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])]
-DYNAMIC_AXES = {"pixels": {0: "batch"}, "logits": {0: "batch"}}
+# The model's one input: every other mention of its name or size reads it from here.
+PIXELS = TensorSpec(name="pixels", datatype="FP32", shape=[-1, 1, 28, 28])
+_, CHANNELS, HEIGHT, WIDTH = PIXELS.shape
+LOGITS = TensorSpec(name="logits", datatype="FP32", shape=[-1, len(data.FASHION_MNIST_LABELS)])
 
 
 class FashionData:
@@ -40,14 +34,14 @@ class FashionData:
         if config.train_limit:
             train = data.ImageSplit(train.images[: config.train_limit], train.labels[: config.train_limit])
         pixels = train.images.astype(np.float64) / 255.0
-        self.spec = ImagePreprocessing(height=28, width=28, channels=1, scale=1 / 255,
+        self.spec = ImagePreprocessing(height=HEIGHT, width=WIDTH, channels=CHANNELS, scale=1 / 255,
                                        mean=round(float(pixels.mean()), 4),
                                        std=round(float(pixels.std()), 4))
         self.train_x = torch.from_numpy(normalize_pixels(train.images, self.spec))
         self.train_y = torch.from_numpy(train.labels)
         self.test_x = torch.from_numpy(normalize_pixels(test.images, self.spec))
         self.test_y = torch.from_numpy(test.labels)
-        self.background = float(normalize_pixels(np.zeros((1, 28, 28)), self.spec).flat[0])
+        self.background = float(normalize_pixels(np.zeros((1, HEIGHT, WIDTH)), self.spec).flat[0])
         self.config = config
 
     def train_batches(self, epoch: int) -> list[Batch]:
@@ -65,7 +59,7 @@ class FashionData:
                 s = c.shift_pixels
                 padded = torch.nn.functional.pad(x, (s, s, s, s), value=self.background)
                 dy, dx = torch.randint(0, 2 * s + 1, (2,), generator=gen).tolist()
-                x = padded[:, :, dy : dy + 28, dx : dx + 28]
+                x = padded[:, :, dy : dy + HEIGHT, dx : dx + WIDTH]
             batches.append(((x,), self.train_y[idx]))
         return batches
 
@@ -76,88 +70,99 @@ class FashionData:
         return accuracy(*predict_logits(model, self.test_batches()))
 
 
-def _describe(model: FashionCNN) -> dict[str, float | int]:
-    return {"params": count_params(model), "macs": count_macs(model, torch.zeros(1, 1, 28, 28)),
-            "sparsity": round(sparsity(model), 4)}
+def build_model(widths: dict[str, int], config: CNNConfig) -> FashionCNN:
+    """A FashionCNN of the given widths with the configured dropout: every model the
+    recipe trains or fine-tunes is made here."""
+    return FashionCNN((widths["conv1"], widths["conv2"]), widths["hidden"], len(data.FASHION_MNIST_LABELS),
+                      dropout=config.dropout)
 
 
-def _fit(model: FashionCNN, d: FashionData, stage: str, epochs: int, lr: float,
-         after_step: Callable[[], None] | None = None) -> list[dict]:
-    c = d.config
-    history = fit(model, d.train_batches, d.evaluate, stage=stage, epochs=epochs, lr=lr,
-                  weight_decay=c.weight_decay, label_smoothing=c.label_smoothing,
-                  after_step=after_step)
-    return [asdict(h) for h in history]
+class FashionRecipe:
+    name = "fashion-cnn"
+    description = "fashion-cnn: Fashion-MNIST image classifier, each pipeline step as a function."
+    task = "image-classification"
+    labels = data.FASHION_MNIST_LABELS
+    inputs = [PIXELS]
+    outputs = [LOGITS]
+    extra_files: tuple[str, ...] = ()
+    config_type = CNNConfig
+    dynamic_axes = {PIXELS.name: {0: "batch"}, LOGITS.name: {0: "batch"}}
+
+    def batching(self, config: CNNConfig) -> BatchingDefaults:
+        return BatchingDefaults(max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms)
+
+    def train(self, ws: Workspace, config: CNNConfig) -> None:
+        seed_everything(config.seed)
+        d = FashionData(ws, config)
+        c1, c2 = config.channels
+        model = build_model({"conv1": c1, "conv2": c2, "hidden": config.hidden}, config)
+        records = self._fit(model, d, "train", config.epochs, config.lr)
+        ws.save_checkpoint("trained", {"widths": model.widths, "state": model.state_dict()})
+        folder = data.find_dataset_folder(ws.data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz")
+        ws.update_record(
+            name=self.name, config=config.as_dict(), preprocessing=d.spec.model_dump(), history=records,
+            baseline={**self._describe(model), "accuracy": d.evaluate(model)},
+            data_sha256=data.file_checksums(sorted(folder.glob("*.gz"))),
+        )
+
+    def load(self, ws: Workspace, stage: str, config: CNNConfig) -> FashionCNN:
+        ckpt = ws.load_checkpoint(stage)
+        model = build_model(ckpt["widths"], config)
+        model.load_state_dict(ckpt["state"])
+        return model
+
+    def prune(self, ws: Workspace, config: CNNConfig) -> None:
+        seed_everything(config.seed)
+        d = FashionData(ws, config)
+        model = prune_cnn_structured(self.load(ws, "trained", config), config.keep_channels, config.keep_hidden,
+                                     config.width_multiple)
+        before_finetune = d.evaluate(model)
+        # fc1 holds 95% of the dense weights; fc2 (10 x hidden) is too small to be worth a point.
+        masks = MagnitudePruning([model.fc1.weight], config.dense_sparsity)
+        records = self._fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr,
+                            after_step=masks.apply)
+        ws.save_checkpoint("pruned", {"widths": model.widths, "state": model.state_dict()})
+        ws.update_record(
+            finetune_history=records,
+            pruned={**self._describe(model), "accuracy": d.evaluate(model),
+                    "accuracy_before_finetune": before_finetune, "widths": model.widths},
+        )
+
+    def export(self, ws: Workspace, config: CNNConfig) -> None:
+        d = FashionData(ws, config)
+        model = self.load(ws, "pruned", config).fused_for_export()
+        path = export_onnx(model, (d.test_x[:2],), ws.onnx("fp32"), input_names=[PIXELS.name],
+                           output_names=[LOGITS.name], dynamic_axes=self.dynamic_axes)
+        feeds = [{PIXELS.name: d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
+        ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))
+
+    def quantize(self, ws: Workspace, config: CNNConfig) -> None:
+        d = FashionData(ws, config)
+        rng = np.random.default_rng(config.seed)
+        picks = rng.choice(len(d.train_x), size=min(config.calibration_images, len(d.train_x)), replace=False)
+        calibration = [{PIXELS.name: d.train_x[i : i + 1].numpy()} for i in np.sort(picks)]
+        quantize_static_int8(ws.onnx("fp32"), ws.onnx("int8"), calibration, config.int8_op_types)
+        convert_fp16(ws.onnx("fp32"), ws.onnx("fp16"))
+
+    def scoring_data(self, ws: Workspace, config: CNNConfig) -> tuple[list[Feed], np.ndarray]:
+        d = FashionData(ws, config)
+        feeds = [{PIXELS.name: x.numpy()} for x in d.test_x.split(1000)]
+        return feeds, d.test_y.numpy()
+
+    def latency_feed(self, feeds: list[Feed], batch: int) -> Feed:
+        return {PIXELS.name: feeds[0][PIXELS.name][:batch]}
+
+    @staticmethod
+    def _describe(model: FashionCNN) -> dict[str, float | int]:
+        return describe(model, torch.zeros(1, CHANNELS, HEIGHT, WIDTH))
+
+    @staticmethod
+    def _fit(model: FashionCNN, d: FashionData, stage: str, epochs: int, lr: float,
+             after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        c = d.config
+        return history(fit(model, d.train_batches, d.evaluate, stage=stage, epochs=epochs, lr=lr,
+                           weight_decay=c.weight_decay, label_smoothing=c.label_smoothing,
+                           after_step=after_step))
 
 
-def train(ws: Workspace, config: CNNConfig) -> None:
-    seed_everything(config.seed)
-    d = FashionData(ws, config)
-    model = FashionCNN(config.channels, config.hidden, dropout=config.dropout)
-    history = _fit(model, d, "train", config.epochs, config.lr)
-    ws.save_checkpoint("trained", {"widths": model.widths, "state": model.state_dict()})
-    ws.update_record(
-        name=NAME, config=config.as_dict(), preprocessing=d.spec.model_dump(), history=history,
-        baseline={**_describe(model), "accuracy": d.evaluate(model)},
-        data_sha256=data.file_checksums(
-            sorted(data.find_dataset_folder(ws.data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz").glob("*.gz"))
-        ),
-    )
-
-
-def _load(ws: Workspace, stage: str) -> FashionCNN:
-    ckpt = ws.load_checkpoint(stage)
-    w = ckpt["widths"]
-    model = FashionCNN((w["conv1"], w["conv2"]), w["hidden"])
-    model.load_state_dict(ckpt["state"])
-    return model
-
-
-def prune(ws: Workspace, config: CNNConfig) -> None:
-    seed_everything(config.seed)
-    d = FashionData(ws, config)
-    model = prune_cnn_structured(_load(ws, "trained"), config.keep_channels, config.keep_hidden,
-                                 config.width_multiple)
-    before_finetune = d.evaluate(model)
-    # fc1 holds 95% of the dense weights; fc2 (10 x hidden) is too small to be worth a point.
-    masks = MagnitudePruning([model.fc1.weight], config.dense_sparsity)
-    history = _fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr, after_step=masks.apply)
-    ws.save_checkpoint("pruned", {"widths": model.widths, "state": model.state_dict()})
-    ws.update_record(
-        finetune_history=history,
-        pruned={**_describe(model), "accuracy": d.evaluate(model),
-                "accuracy_before_finetune": before_finetune, "widths": model.widths},
-    )
-
-
-def export(ws: Workspace, config: CNNConfig) -> None:
-    d = FashionData(ws, config)
-    model = _load(ws, "pruned").fused_for_export()
-    path = export_onnx(model, (d.test_x[:2],), ws.onnx("fp32"), input_names=["pixels"],
-                       output_names=["logits"], dynamic_axes=DYNAMIC_AXES)
-    feeds = [{"pixels": d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
-    ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))
-
-
-def quantize(ws: Workspace, config: CNNConfig) -> None:
-    d = FashionData(ws, config)
-    rng = np.random.default_rng(config.seed)
-    picks = rng.choice(len(d.train_x), size=min(config.calibration_images, len(d.train_x)), replace=False)
-    calibration = [{"pixels": d.train_x[i : i + 1].numpy()} for i in np.sort(picks)]
-    quantize_static_int8(ws.onnx("fp32"), ws.onnx("int8"), calibration, config.int8_op_types)
-    convert_fp16(ws.onnx("fp32"), ws.onnx("fp16"))
-
-
-def scoring_data(ws: Workspace, config: CNNConfig) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Test-set feeds in batches of 1000, and the labels, for scoring ONNX variants."""
-    d = FashionData(ws, config)
-    feeds = [{"pixels": x.numpy()} for x in d.test_x.split(1000)]
-    return feeds, d.test_y.numpy()
-
-
-def latency_feed(feeds: list[dict[str, np.ndarray]], batch: int) -> dict[str, np.ndarray]:
-    return {"pixels": feeds[0]["pixels"][:batch]}
-
-
-LABELS = data.FASHION_MNIST_LABELS
-EXTRA_FILES: tuple[str, ...] = ()
+RECIPE = FashionRecipe()

@@ -1,4 +1,6 @@
-"""The two shipped architectures, written so that they export cleanly to ONNX."""
+"""The two shipped architectures, written so that they export cleanly to ONNX.
+
+No defaults: every size and the dropout come from training/config.py through the recipes."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 class FashionCNN(nn.Module):
     """conv-bn-relu-pool x2 -> dense -> logits; widths are arguments so pruning can shrink them."""
 
-    def __init__(self, channels: tuple[int, int] = (32, 64), hidden: int = 128, classes: int = 10,
-                 dropout: float = 0.3) -> None:
+    def __init__(self, channels: tuple[int, int], hidden: int, classes: int, dropout: float) -> None:
         super().__init__()
         c1, c2 = channels
         self.conv1, self.bn1 = nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1)
@@ -36,7 +37,7 @@ class FashionCNN(nn.Module):
     def fused_for_export(self) -> FashionCNN:
         """An eval-mode copy with each BatchNorm folded into its conv (one op fewer per block)."""
         fused = FashionCNN((self.conv1.out_channels, self.conv2.out_channels),
-                           self.fc1.out_features, self.fc2.out_features)
+                           self.fc1.out_features, self.fc2.out_features, self.drop.p)
         fused.load_state_dict(self.state_dict())
         fused.eval()
         fused.conv1 = fuse_conv_bn_eval(fused.conv1, fused.bn1)
@@ -54,8 +55,7 @@ class SentimentLSTM(nn.Module):
     length, so trailing padding never reaches either state that is classified.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden: int = 128, classes: int = 2,
-                 dropout: float = 0.4) -> None:
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, classes: int, dropout: float) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.forward_lstm = nn.LSTM(embed_dim, hidden, batch_first=True)

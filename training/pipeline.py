@@ -5,43 +5,29 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from app.manifest import BatchingDefaults, Manifest, VariantFile, sha256_of, write_manifest
+from app.manifest import Manifest, VariantFile, latest_version, sha256_of, write_manifest
 from training import fashion, report, sentiment
-from training.config import CNNConfig, LSTMConfig
 from training.export import ort_session
+from training.recipe import Recipe
 from training.workspace import VARIANTS, Workspace
 
-RECIPES: dict[str, tuple[ModuleType, Callable[..., Any]]] = {
-    fashion.NAME: (fashion, CNNConfig),
-    sentiment.NAME: (sentiment, LSTMConfig),
-}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (fashion.RECIPE, sentiment.RECIPE)}
 STEPS = ("train", "prune", "export", "quantize", "evaluate", "package")
-# On CPU, ORT's cost per item stops falling at small batches (CNN: about 8 images, one
-# thread; LSTM: about 16 sentences), and bigger batches only hold more requests at once:
-# at 64 concurrent single-image requests, max 64 let two batches take every request in
-# flight and left the event loop idle between them, 16 kept it busy (docs/benchmarks.md).
-BATCHING = {fashion.NAME: BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0),
-            sentiment.NAME: BatchingDefaults(max_batch_size=32, max_queue_delay_ms=2.0)}
 
 
-def run_step(step: str, name: str, ws: Workspace, config: Any, out: Path, version: int | None) -> None:
-    recipe, _ = RECIPES[name]
-    if step == "evaluate":
-        evaluate(recipe, ws, config)
-    elif step == "package":
-        package(recipe, ws, out, version)
-    else:
-        getattr(recipe, step)(ws, config)
+def run_step(step: str, recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int | None) -> None:
+    steps = {"train": recipe.train, "prune": recipe.prune, "export": recipe.export, "quantize": recipe.quantize,
+             "evaluate": lambda ws, config: evaluate(recipe, ws, config),
+             "package": lambda ws, config: package(recipe, ws, config, out, version)}
+    steps[step](ws, config)
 
 
-def evaluate(recipe: ModuleType, ws: Workspace, config: Any) -> None:
+def evaluate(recipe: Recipe, ws: Workspace, config: Any) -> None:
     """Score every variant in ONNX Runtime: accuracy, agreement with fp32, CPU latency."""
     feeds, labels = recipe.scoring_data(ws, config)
     predictions: dict[str, np.ndarray] = {}
@@ -71,13 +57,13 @@ def _latency_ms(session: Any, feed: dict[str, np.ndarray], runs: int = 50) -> fl
     return round(float(np.median(times)) * 1000, 4)
 
 
-def package(recipe: ModuleType, ws: Workspace, out: Path, version: int | None) -> Path:
+def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int | None) -> Path:
     """Copy the variants into models/<name>/<version>/ with a manifest, report and plots."""
     record = ws.record()
     if "variants" not in record:
         raise FileNotFoundError(f"{ws.record_path} has no scores: run the evaluate step first")
-    version = version or _next_version(out / recipe.NAME)
-    target = out / recipe.NAME / str(version)
+    version = version or _next_version(out / recipe.name)
+    target = out / recipe.name / str(version)
     if target.exists():
         raise FileExistsError(f"{target} exists; pass --version to pick a new one")
     target.mkdir(parents=True)
@@ -91,12 +77,12 @@ def package(recipe: ModuleType, ws: Workspace, out: Path, version: int | None) -
         metrics["sparsity"] = record["pruned"]["sparsity"]
         files[variant] = VariantFile(file=file, sha256=sha256_of(target / file),
                                      size_bytes=(target / file).stat().st_size, metrics=metrics)
-    for extra in recipe.EXTRA_FILES:
+    for extra in recipe.extra_files:
         shutil.copy2(ws.root / extra, target / extra)
     manifest = Manifest(
-        name=recipe.NAME, version=version, task=recipe.TASK, description=(recipe.__doc__ or "").strip(),
-        labels=list(recipe.LABELS), inputs=recipe.INPUTS, outputs=recipe.OUTPUTS,
-        preprocessing=record["preprocessing"], variants=files, batching=BATCHING[recipe.NAME],
+        name=recipe.name, version=version, task=recipe.task, description=recipe.description,
+        labels=list(recipe.labels), inputs=recipe.inputs, outputs=recipe.outputs,
+        preprocessing=record["preprocessing"], variants=files, batching=recipe.batching(config),
         preferred_variant={"cpu": cpu_variant(record["variants"]), "cuda": "fp16"},
         training={k: record.get(k) for k in ("config", "baseline", "pruned", "parity_max_abs_error")},
         data={"sha256": record.get("data_sha256", {})}, packages=_package_versions(),
@@ -108,8 +94,8 @@ def package(recipe: ModuleType, ws: Workspace, out: Path, version: int | None) -
 
 def cpu_variant(scores: dict[str, dict[str, Any]], min_speedup: float = 1.1, max_loss: float = 0.01) -> str:
     """int8 only where it pays: at least `min_speedup` times faster than fp32 at batch 64
-    and at most `max_loss` less accurate. On AVX2 CPUs without VNNI, int8 convolutions ran
-    slower than fp32 for fashion-cnn, while dynamic int8 ran 1.6x faster for sst2-lstm."""
+    and at most `max_loss` less accurate: on CPUs without VNNI, int8 convolutions can run
+    slower than fp32, while dynamic int8 LSTMs run faster (each manifest records both)."""
     fp32, int8 = scores["fp32"], scores.get("int8")
     if int8 is None:
         return "fp32"
@@ -117,9 +103,9 @@ def cpu_variant(scores: dict[str, dict[str, Any]], min_speedup: float = 1.1, max
     return "int8" if faster and fp32["accuracy"] - int8["accuracy"] <= max_loss else "fp32"
 
 
-def _next_version(folder: Path) -> int:
-    existing = [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
-    return max(existing, default=0) + 1
+def _next_version(model_root: Path) -> int:
+    latest = latest_version(model_root)
+    return int(latest.name) + 1 if latest else 1
 
 
 def _package_versions() -> dict[str, str]:

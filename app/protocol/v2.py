@@ -46,7 +46,13 @@ class InferenceRequest(_Open):
     }]})
 
 
-class ResponseOutput(BaseModel):
+class _Sent(BaseModel):
+    """What the service sends: the tests validate every response against these, strictly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseOutput(_Sent):
     name: str
     shape: list[int]
     datatype: str
@@ -54,7 +60,7 @@ class ResponseOutput(BaseModel):
     data: list[Any] | None = None
 
 
-class InferenceResponse(BaseModel):
+class InferenceResponse(_Sent):
     model_name: str
     model_version: str | None = None
     id: str | None = None
@@ -62,13 +68,13 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class MetadataTensor(BaseModel):
+class MetadataTensor(_Sent):
     name: str
     datatype: str
     shape: list[int]
 
 
-class MetadataModelResponse(BaseModel):
+class MetadataModelResponse(_Sent):
     name: str
     versions: list[str]
     platform: str
@@ -77,13 +83,13 @@ class MetadataModelResponse(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-class MetadataServerResponse(BaseModel):
+class MetadataServerResponse(_Sent):
     name: str
     version: str
     extensions: list[str]
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Sent):
     error: str
 
 
@@ -119,7 +125,7 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     arrays = {}
     for item in request.inputs:
         spec = expected[item.name]
-        _check_shape(item, spec)
+        shape = _checked_shape(item, spec)
         dtype = np.dtype(spec.numpy_dtype)
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
@@ -127,9 +133,9 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
                 raise InvalidInput(f"input {item.name!r} has both 'data' and binary_data_size")
             if not isinstance(size, int):
                 raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer")
-            arrays[item.name] = binary.read(item.name, size, dtype, item.shape)
+            arrays[item.name] = binary.read(item.name, size, dtype, shape)
         else:
-            arrays[item.name] = _from_json(item, dtype)
+            arrays[item.name] = _from_json(item, shape, dtype)
     binary.check_consumed()
     rows = {len(a) for a in arrays.values()}
     if len(rows) != 1:
@@ -139,29 +145,32 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     return arrays
 
 
-def _check_shape(item: RequestInput, spec: TensorSpec) -> None:
+def _checked_shape(item: RequestInput, spec: TensorSpec) -> list[int]:
+    """The shape the input's data has, checked against the model's; the request is left as sent."""
     if item.datatype != spec.datatype:
         raise InvalidInput(f"input {item.name!r} must have datatype {spec.datatype}, got {item.datatype}")
-    if spec.shape == [-1] and len(item.shape) == 2 and item.shape[1] == 1:
+    shape = item.shape
+    if spec.shape == [-1] and len(shape) == 2 and shape[1] == 1:
         # One value per item sent as [N, 1], as Triton clients do for dims [1] + reshape [].
-        item.shape = item.shape[:1]
-    ok = len(item.shape) == len(spec.shape) and all(
-        (want == -1 and got >= 0) or got == want for got, want in zip(item.shape, spec.shape, strict=True))
+        shape = shape[:1]
+    ok = len(shape) == len(spec.shape) and all(
+        (want == -1 and got >= 0) or got == want for got, want in zip(shape, spec.shape, strict=True))
     if not ok:
         raise InvalidInput(f"input {item.name!r} must have shape {spec.shape} (-1: any), got {item.shape}")
+    return shape
 
 
-def _from_json(item: RequestInput, dtype: np.dtype) -> np.ndarray:
+def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndarray:
     if item.data is None:
         raise InvalidInput(f"input {item.name!r} has no 'data' (and no binary_data_size)")
     try:
         array = np.asarray(item.data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput(f"input {item.name!r}: data is not a list of {item.datatype} numbers ({e})") from e
-    if array.size != int(np.prod(item.shape)):
-        raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {int(np.prod(item.shape))} "
+    if array.size != int(np.prod(shape)):
+        raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {int(np.prod(shape))} "
                            f"values, data has {array.size}")
-    return array.reshape(item.shape)
+    return array.reshape(shape)
 
 
 def wants_binary(request: InferenceRequest, name: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,13 +13,39 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from pydantic import BaseModel
 
+from app.batching import BatchPolicy
 from app.main import create_app
 from app.manifest import load_manifest
+from app.protocol.v2 import ErrorResponse, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 from app.runtime import session_options
 from app.settings import Settings
 from load_tests.server import ServerProcess
 from tests.conftest import MODELS, model_folder
+
+# Every V2 answer is checked against the protocol type it claims to be (strictly: no
+# field the type does not declare); errors against ErrorResponse, on every route.
+V2_TYPES: list[tuple[re.Pattern[str], type[BaseModel]]] = [
+    (re.compile(r"/v2"), MetadataServerResponse),
+    (re.compile(r"/v2/models/(?!stats$)[^/]+(/versions/[^/]+)?"), MetadataModelResponse),
+    (re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer"), InferenceResponse),
+]
+
+
+async def check_protocol_types(response: httpx.Response) -> None:
+    await response.aread()
+    path = response.request.url.path
+    if response.status_code >= 400 and response.content:
+        ErrorResponse.model_validate_json(response.content)
+        return
+    if response.status_code != 200:
+        return
+    for pattern, kind in V2_TYPES:
+        if pattern.fullmatch(path):
+            header_length = response.headers.get("inference-header-content-length")
+            body = response.content[: int(header_length)] if header_length else response.content
+            kind.model_validate_json(body)
 
 
 @asynccontextmanager
@@ -28,7 +55,8 @@ async def serving(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     event_hooks={"response": [check_protocol_types]}) as client:
             yield client
 
 
@@ -70,3 +98,11 @@ def server() -> Iterator[ServerProcess]:
     """`python -m app` on a free loopback port, as a user would start it."""
     with ServerProcess(["--model-dir", str(MODELS)]) as running:
         yield running
+
+
+def batch_policy(**overrides: Any) -> BatchPolicy:
+    """A policy for batcher tests: no waiting for company, one batch in flight."""
+    values: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1,
+                              "inference_threads": 1, "max_queue_size": 4096, "retry_after_s": 1,
+                              "inference_niceness": 0}
+    return BatchPolicy(**(values | overrides))

@@ -367,12 +367,12 @@ async def test_per_item_scalars_follow_tritons_dims_1_reshape_convention() -> No
 
 
 async def test_unexpected_errors_on_the_fast_path_are_a_logged_500(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from app.tasks import TextTask
+    from app.codecs import TextCodec
 
     def broken(self, instances):  # type: ignore[no-untyped-def]
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(TextTask, "instances_to_inputs", broken)
+    monkeypatch.setattr(TextCodec, "instances_to_inputs", broken)
     async with serving() as client:
         response = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
         metrics = (await client.get("/metrics")).text

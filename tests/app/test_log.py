@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from app.log import JsonFormatter, _RequestIdFilter, request_id
+from app.observability.log import JsonFormatter, _RequestIdFilter, request_id
 
 
 def test_json_lines_carry_the_request_id() -> None:

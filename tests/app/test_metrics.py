@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from app.loop_histogram import LoopHistogram
-from app.metrics import Metrics
+from app.observability.loop_histogram import LoopHistogram
+from app.observability.metrics import Metrics
 
 
 def test_queue_depth_is_read_when_scraped_and_adds_up_across_versions() -> None:

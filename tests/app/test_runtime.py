@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.manifest import load_manifest
-from app.runtime import CPU, CUDA, available_cpus, choose_providers, choose_variant
-from app.settings import Settings
+from app.runtime import CPU, CUDA, available_cpus, choose_providers, choose_variant, ort_options
 from tests.conftest import model_folder
 
 
@@ -41,9 +40,8 @@ def test_available_cpus_is_positive_and_bounded() -> None:
 @pytest.mark.parametrize(("cpus", "inference_threads", "expected"), [(1, 1, 1), (2, 1, 1), (8, 1, 7), (8, 2, 3)])
 def test_intra_op_threads_leave_the_event_loop_a_core(monkeypatch: pytest.MonkeyPatch, cpus: int,
                                                       inference_threads: int, expected: int) -> None:
-    import app.main
+    import app.runtime
 
-    monkeypatch.setattr(app.main, "available_cpus", lambda: cpus)
-    options = app.main.runtime_options(Settings(inference_threads=inference_threads))
-    assert options.intra_op_threads == expected
-    assert app.main.runtime_options(Settings(intra_op_threads=5)).intra_op_threads == 5
+    monkeypatch.setattr(app.runtime, "available_cpus", lambda: cpus)
+    assert ort_options(None, 0, inference_threads).intra_op_threads == expected
+    assert ort_options(None, 5, inference_threads).intra_op_threads == 5

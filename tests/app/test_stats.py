@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.batcher import BatchRecord
-from app.stats import ModelStats
+from app.batching import BatchRecord
+from app.observability.stats import ModelStats
 
 
 def test_a_batch_counts_for_each_of_its_requests_and_once_for_its_size() -> None:

@@ -11,8 +11,9 @@ import threading
 import numpy as np
 import pytest
 
-from app.batcher import BatchPolicy, DynamicBatcher
+from app.batching import DynamicBatcher
 from app.tuning import YOUNG_GENERATION_THRESHOLD, lower_thread_priority, settle_heap
+from tests.app.conftest import batch_policy
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 
@@ -58,7 +59,7 @@ async def test_batches_run_in_threads_below_the_event_loops_priority() -> None:
         niceness.append(_nice_of_this_thread())
         return {"y": inputs["x"]}
 
-    batcher = DynamicBatcher("m", infer, BatchPolicy(max_queue_delay_s=0.0, worker_niceness=4))
+    batcher = DynamicBatcher("m", infer, batch_policy(inference_niceness=4))
     batcher.start()
     await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 1), np.float32)}) for _ in range(3)))
     await batcher.stop()

@@ -53,7 +53,7 @@ def test_wrk_closed_loop_counts_successes_and_errors(server: ServerProcess) -> N
 
 
 def test_open_loop_sends_at_the_offered_rate(server: ServerProcess) -> None:
-    payload = Payload("/v1/models/fashion-cnn:predict", samples.v1_images(1), bench.JSON)
+    payload = Payload("/v1/models/fashion-cnn:predict", samples.v1_images(MODELS, 1), bench.JSON)
     got, seconds = asyncio.run(open_loop(server.url, payload, rate_per_s=40, duration_s=1.0))
     summary = summarize(got, seconds)
     assert summary.requests == 40

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from load_tests.stats import NOT_SENT, Sample, histogram_mean, percentile, summarize
+from load_tests.stats import NOT_SENT, Sample, histogram_totals, percentile, summarize
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -41,10 +41,10 @@ def test_summary_of_nothing_is_nan_not_a_crash() -> None:
     assert math.isnan(s.p50_ms)
 
 
-def test_histogram_mean_reads_prometheus_text() -> None:
+def test_histogram_totals_read_prometheus_text() -> None:
     text = "\n".join([
         'ortserve_batch_size_sum{model="a"} 120.0', 'ortserve_batch_size_count{model="a"} 10.0',
         'ortserve_batch_size_sum{model="b"} 5.0', 'ortserve_batch_size_count{model="b"} 5.0',
     ])
-    assert histogram_mean(text, "ortserve_batch_size", "a") == 12.0
-    assert math.isnan(histogram_mean(text, "ortserve_batch_size", "c"))
+    assert histogram_totals(text, "ortserve_batch_size", "a") == (120.0, 10.0)
+    assert histogram_totals(text, "ortserve_batch_size", "c") == (0.0, 0.0)

@@ -1,4 +1,6 @@
-"""Tiny generated datasets in the real on-disk formats: no download, no shared data."""
+"""Tiny generated datasets in the real on-disk formats: no download, no shared data.
+
+Torch-free, like training/data.py: the tests that need torch import it themselves."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("torch", reason="training tests need the train extra: pip install '.[train]'")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

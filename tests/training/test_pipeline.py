@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch", reason="needs the train extra: pip install '.[train]'")
+
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 
 from app.manifest import load_manifest
 from training.__main__ import main

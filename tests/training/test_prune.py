@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("torch", reason="needs the train extra: pip install '.[train]'")
+
 import torch
 
 from training.models import FashionCNN
@@ -26,7 +29,7 @@ def test_kept_width_rounds_to_the_multiple(width: int, keep: float, multiple: in
 
 def test_pruned_cnn_has_rounded_widths_and_keeps_the_strongest_filters() -> None:
     torch.manual_seed(0)
-    model = FashionCNN((32, 64), 128).eval()
+    model = FashionCNN((32, 64), 128, 10, dropout=0.2).eval()
     with torch.no_grad():  # make conv1's filters 3, 7 and 30 the strongest by far
         model.conv1.weight[[3, 7, 30]] *= 100
     small = prune_cnn_structured(model, 0.65, 0.75, multiple=16).eval()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from starlette.routing import Route
 
+from app.http.hot_routes import HotRoute, add_hot_routes
+from app.http.responses import JSONResponse, header, read_body
+from app.http.routes.common import ERRORS, repository, settings
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
     InferenceRequest,
@@ -18,8 +20,6 @@ from app.protocol.v2 import (
     parse_request,
 )
 from app.repository import ServedModel
-from app.routes.body import JSONResponse, header, read_body
-from app.routes.common import ERRORS, repository
 from app.runtime import CUDA
 
 router = APIRouter(tags=["v2"])
@@ -38,7 +38,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
         "name": m.name, "versions": [model.version], "platform": PLATFORM,
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _triton_shape(t.shape)} for t in m.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
-        "parameters": {"variant": model.variant, "providers": model.runtime.providers, "task": m.task,
+        "parameters": {"variant": model.variant, "providers": model.session.providers, "task": m.task,
                        "labels": m.labels},
     }
 
@@ -46,7 +46,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 def _config(model: ServedModel) -> dict[str, Any]:
     """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0."""
     m, policy = model.manifest, model.batcher.policy
-    kind = "KIND_GPU" if model.runtime.providers[0] == CUDA else "KIND_CPU"
+    kind = "KIND_GPU" if model.session.providers[0] == CUDA else "KIND_CPU"
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -124,25 +124,15 @@ _INFER_DOC = {
 }
 
 
-@router.post("/v2/models/{name}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
-             summary="Run inference (JSON tensors or Triton binary tensors)")
-@router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=_INFER_DOC,
-             summary="Run inference on one model version")
-async def v2_infer_documented(request: Request, name: str, version: str | None = None) -> Response:
-    """Documents the endpoint; requests are served through HOT_ROUTES (app/fastpath.py)."""
-    return await v2_infer(request)
-
-
-async def v2_infer(request: Request) -> Response:
-    params = request.path_params
-    model = repository(request).get(params["name"], params.get("version"))
-    settings = request.app.state.settings
-    body = await read_body(request, settings.max_body_bytes)
+async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
+    model = repository(request).get(name, version)
+    limits = settings(request)
+    body = await read_body(request, limits.max_body_bytes)
     infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
     inputs = decode_inputs(infer_request, binary, model.manifest)
-    model.task.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
+    model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
     check_requested_outputs(infer_request, model.manifest)
-    outputs = await model.infer(inputs, settings.request_timeout_s)
+    outputs = await model.infer(inputs, limits.request_timeout_s)
     content, header_length = encode_response(infer_request, model.manifest, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")
@@ -151,8 +141,14 @@ async def v2_infer(request: Request) -> Response:
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)
-# Dispatched by app/fastpath.py in front of FastAPI's middleware and routing.
+_INFER_DESCRIPTION = ("Tensors in, tensors out, as the KServe V2 protocol defines them: a JSON body, or "
+                      "Triton's binary tensor extension (a JSON header of Inference-Header-Content-Length "
+                      "bytes, then the raw tensors). Outputs are binary where the request asks for it.")
 HOT_ROUTES = [
-    Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
-    Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
+    HotRoute("POST", "/v2/models/{name}/infer", v2_infer, summary="Run inference (JSON tensors or Triton binary tensors)",
+             description=_INFER_DESCRIPTION + " Runs the newest served version.", openapi_extra=_INFER_DOC),
+    HotRoute("POST", "/v2/models/{name}/versions/{version}/infer", v2_infer,
+             summary="Run inference on one model version", description=_INFER_DESCRIPTION,
+             openapi_extra=_INFER_DOC),
 ]
+add_hot_routes(router, HOT_ROUTES)

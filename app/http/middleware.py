@@ -8,20 +8,22 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.log import request_id
-from app.metrics import Metrics
+from app.observability.log import request_id
+from app.observability.metrics import Metrics
 
 _REQUEST_ID = b"x-request-id"
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, model_exists: Callable[[str], bool]) -> None:
         self.app = app
         self.metrics = metrics
+        self.model_exists = model_exists
         # Ids are a random per-process prefix and a counter: unique across processes and
         # replicas, at a fraction of uuid4's cost per request.
         self._prefix = secrets.token_hex(8)
@@ -57,8 +59,11 @@ class RequestContext:
 
     def _collectors(self, scope: Scope, endpoint: str, status: int) -> tuple[Any, Any]:
         """The labelled children, cached: `labels()` takes a lock and builds a key on every call."""
-        # A 404 names no model that exists: any client string would become a label value.
-        model = "" if status == 404 else scope.get("path_params", {}).get("name", "")
+        # Only a model that exists is a label value: a client's string (an unknown model,
+        # any name on a wrong method) would grow the series without bound.
+        model = scope.get("path_params", {}).get("name", "")
+        if model and not self.model_exists(model):
+            model = ""
         key = (model, endpoint, status)
         found = self._children.get(key)
         if found is None:

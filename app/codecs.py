@@ -1,8 +1,9 @@
-"""Task-level conversions: client instances -> model tensors, logits -> predictions.
+"""Codecs between what clients send and what models take: instances (images, texts) ->
+tensors, and logits -> predictions.
 
-One class per manifest task. They also check raw tensors for what the model needs beyond
-dtype and shape (e.g. lengths within the padded width), so that a bad request is refused
-before it is queued and can never fail the batch it would have joined.
+One codec per manifest task. Each also checks raw V2 tensors for what the model needs
+beyond dtype and shape (e.g. lengths within the padded width), so that a bad request is
+refused before it is queued and can never fail the batch it would have joined.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from app.manifest import RESERVED_PREFIX, ImagePreprocessing, Manifest, TextPrep
 from app.preprocess import PreprocessError, Tokenizer, decode_base64_image, normalize_pixels
 
 
-class Task(Protocol):
+class Codec(Protocol):
     def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]: ...
 
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None: ...
@@ -26,7 +27,7 @@ class Task(Protocol):
     def describe_instance(self) -> str: ...
 
 
-class ImageTask:
+class ImageCodec:
     def __init__(self, manifest: Manifest) -> None:
         assert isinstance(manifest.preprocessing, ImagePreprocessing)
         self.spec = manifest.preprocessing
@@ -84,7 +85,7 @@ class ImageTask:
             raise InvalidInput(f"input {self.input_name!r} holds NaN or infinite values")
 
 
-class TextTask:
+class TextCodec:
     def __init__(self, manifest: Manifest, model_dir: Path) -> None:
         assert isinstance(manifest.preprocessing, TextPreprocessing)
         self.tokenizer = Tokenizer.from_file(model_dir / manifest.preprocessing.vocabulary_file,
@@ -113,10 +114,10 @@ class TextTask:
             raise InvalidInput(f"{self.ids_name!r} must hold ids in [0, {vocab})")
 
 
-def make_task(manifest: Manifest, model_dir: Path) -> Task:
+def make_codec(manifest: Manifest, model_dir: Path) -> Codec:
     if manifest.task == "image-classification":
-        return ImageTask(manifest)
-    return TextTask(manifest, model_dir)
+        return ImageCodec(manifest)
+    return TextCodec(manifest, model_dir)
 
 
 PROBABILITIES = RESERVED_PREFIX + "probabilities"

@@ -7,16 +7,13 @@ the event loop's time per request (py-spy, concurrency 64).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.errors import InvalidInput, PayloadTooLarge, ServingError
-
-logger = logging.getLogger(__name__)
+from app.errors import InvalidInput, PayloadTooLarge
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -65,15 +62,3 @@ class JSONResponse(Response):
 
 _JSON_TYPE = (b"content-type", b"application/json")
 
-
-def error_response(error: ServingError) -> Response:
-    """`{"error": message}` with the error's status and headers; server faults are logged."""
-    if error.status_code >= 500 and error.status_code not in (503, 504):
-        logger.error("server error: %s", error.message)
-    return JSONResponse({"error": error.message}, error.status_code, error.headers)
-
-
-def internal_error_response(method: str, path: str) -> Response:
-    """For an exception nobody expected: logged with its traceback, answered generically."""
-    logger.exception("unhandled error on %s %s", method, path)
-    return JSONResponse({"error": "internal server error"}, 500)

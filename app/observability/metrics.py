@@ -12,8 +12,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from app.batcher import BatchRecord
-from app.loop_histogram import LoopHistogram
+from app.batching import BatchRecord
+from app.observability.loop_histogram import LoopHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.batcher import BatchRecord
+from app.batching import BatchRecord
 
 
 @dataclass

@@ -6,13 +6,13 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.routing import Route
 
+from app.codecs import predictions
 from app.errors import InvalidInput, UnprocessableInput
+from app.http.hot_routes import HotRoute, add_hot_routes
+from app.http.responses import JSONResponse, read_body
+from app.http.routes.common import ERRORS, repository, settings
 from app.repository import ServedModel
-from app.routes.body import JSONResponse, read_body
-from app.routes.common import ERRORS, repository
-from app.tasks import predictions
 
 router = APIRouter(tags=["v1"])
 
@@ -36,7 +36,7 @@ _PREDICT_DOC = {
 def _describe(model: ServedModel) -> dict[str, Any]:
     m = model.manifest
     return {"name": m.name, "version": model.version, "task": m.task, "labels": m.labels,
-            "instance": model.task.describe_instance(), "variant": model.variant,
+            "instance": model.codec.describe_instance(), "variant": model.variant,
             "inputs": [t.model_dump() for t in m.inputs], "preprocessing": m.preprocessing.model_dump(),
             "max_batch_size": model.batcher.policy.max_batch_size}
 
@@ -51,17 +51,10 @@ async def describe_model(request: Request, name: str) -> Response:
     return JSONResponse(_describe(repository(request).get(name)))
 
 
-@router.post("/v1/models/{name}:predict", responses=ERRORS, openapi_extra=_PREDICT_DOC,
-             summary="Classify images or texts: {\"instances\": [...]}")
-async def v1_predict_documented(request: Request, name: str) -> Response:
-    """Documents the endpoint; requests are served through HOT_ROUTES (app/fastpath.py)."""
-    return await v1_predict(request)
-
-
-async def v1_predict(request: Request) -> Response:
-    model = repository(request).get(request.path_params["name"])
-    settings = request.app.state.settings
-    body = await read_body(request, settings.max_body_bytes)
+async def v1_predict(request: Request, name: str) -> Response:
+    model = repository(request).get(name)
+    limits = settings(request)
+    body = await read_body(request, limits.max_body_bytes)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -71,11 +64,15 @@ async def v1_predict(request: Request) -> Response:
         raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
     if not instances:
         raise InvalidInput("'instances' is empty: send at least one instance")
-    inputs = model.task.instances_to_inputs(instances)
-    outputs = await model.infer(inputs, settings.request_timeout_s)
+    inputs = model.codec.instances_to_inputs(instances)
+    outputs = await model.infer(inputs, limits.request_timeout_s)
     return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
 
 
-# Dispatched by app/fastpath.py in front of FastAPI's middleware and routing.
-HOT_ROUTES = [Route("/v1/models/{name}:predict", v1_predict, methods=["POST"])]
+HOT_ROUTES = [
+    HotRoute("POST", "/v1/models/{name}:predict", v1_predict, summary='Classify images or texts: {"instances": [...]}',
+             description="Each instance is classified; the answer holds one prediction per instance, in order.",
+             openapi_extra=_PREDICT_DOC),
+]
+add_hot_routes(router, HOT_ROUTES)

@@ -1,0 +1,107 @@
+"""Dynamic batching for one model: the queue (app/batching/queue.py) feeding the runner
+(app/batching/runner.py).
+
+Requests carry N rows (instances) of named numpy arrays. The batcher waits at most
+`max_queue_delay_s` after the oldest queued row for a batch to fill up to
+`max_batch_size` rows, splits requests that do not fit, runs at most
+`max_inflight_batches` batches at once, and hands each request back its own rows. It
+knows nothing of HTTP or ONNX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from app.batching.policy import BatchPolicy, BatchRecord
+from app.batching.queue import BatchQueue
+from app.batching.request import PendingRequest, Tensors
+from app.batching.runner import BatchRunner, InferFn
+from app.errors import ModelNotReady
+
+logger = logging.getLogger(__name__)
+
+
+class DynamicBatcher:
+    def __init__(self, name: str, infer: InferFn, policy: BatchPolicy, *,
+                 length_of: Callable[[Tensors], int] | None = None,
+                 on_batch: Callable[[BatchRecord], None] | None = None) -> None:
+        """`length_of`, when given, is a request's padded sequence length: queued requests
+        of similar length are batched together (text models)."""
+        self.name = name
+        self.policy = policy
+        self.length_of = length_of
+        self._infer = infer
+        self._on_batch = on_batch
+        self._queue = BatchQueue(name, policy, group_by_length=length_of is not None)
+        self._runner: BatchRunner | None = None
+        self._forming: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queue.rows
+
+    @property
+    def inflight_batches(self) -> int:
+        return self._runner.inflight if self._runner else 0
+
+    def start(self) -> None:
+        self._runner = BatchRunner(self.name, self._infer, self.policy, self._on_batch)
+        self._forming = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
+        self._accepting = True
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop taking requests, finish every queued and running one (within `timeout_s`;
+        what is still queued then fails with 503), then shut down."""
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._drained(), timeout_s)
+        except TimeoutError:
+            logger.warning("model %s: %d rows still queued after %g s of shutdown", self.name,
+                           self._queue.rows, timeout_s)
+        if self._forming is not None:
+            self._forming.cancel()
+            await asyncio.gather(self._forming, return_exceptions=True)
+        self._queue.fail_all(ModelNotReady(f"model {self.name!r} is shutting down"))
+        if self._runner is not None:
+            self._runner.shutdown()
+
+    def submit(self, inputs: Tensors) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue a request of N rows; the future resolves to its N rows of outputs.
+
+        Cancelling the future (a deadline, a client that went away) drops the request's
+        rows that have not run yet.
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"model {self.name!r} is not accepting requests")
+        length = self.length_of(inputs) if self.length_of else 0
+        request = PendingRequest(inputs, length, asyncio.get_running_loop())
+        self._queue.put(request)
+        return request.future
+
+    async def _drained(self) -> None:
+        assert self._runner is not None
+        await self._queue.wait_empty()
+        await self._runner.wait_idle()
+
+    async def _form_batches(self) -> None:
+        runner = self._runner
+        assert runner is not None
+        while True:
+            await self._queue.wait_for_request()
+            # A free slot first: while every slot is busy the queue keeps filling, and
+            # the batch taken once one frees is as full as the wait allowed.
+            await runner.acquire_slot()
+            try:
+                batch = await self._queue.wait_for_batch()
+            except BaseException:
+                runner.release_slot()
+                raise
+            if batch:
+                runner.launch(batch)
+            else:
+                runner.release_slot()

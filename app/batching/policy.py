@@ -1,0 +1,43 @@
+"""What a batcher is told (BatchPolicy) and what it reports for each batch (BatchRecord)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Every knob of one model's batching. No defaults here: per-model values come from
+    the manifest, server-wide ones from Settings (app/repository.py puts them together)."""
+
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_inflight_batches: int
+    """Batches handed to the inference threads at once, running or next in line."""
+    inference_threads: int
+    """Threads that run this model's batches. Fewer than max_inflight_batches keeps the next
+    batch ready behind a running one, so the thread never idles between batches."""
+    max_queue_size: int
+    retry_after_s: int
+    inference_niceness: int
+    """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""
+    grouping_window: int = 256
+    """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
+    cost per batch, and how far a request can be overtaken."""
+
+    @property
+    def concurrent_batches(self) -> int:
+        """Batches that run at the same time: one per inference thread, at most the in-flight ones."""
+        return min(self.inference_threads, self.max_inflight_batches)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one batch did, for metrics and statistics."""
+
+    rows: int
+    queue_waits_s: list[float]
+    compute_s: float  # the model run, including the hand-off to and from its thread
+    ok: bool
+    input_s: float = 0.0  # gathering the rows into one batch
+    output_s: float = 0.0  # handing each request its rows

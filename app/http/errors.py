@@ -1,0 +1,43 @@
+"""Errors as HTTP responses: `{"error": "<what is wrong>"}` with the status the error names.
+
+The one renderer for every route, installed as the app's exception handlers; the fast
+dispatch (app/http/fastpath.py) looks handlers up in the same table, so a handler added
+to the app applies to both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ServingError
+from app.http.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ServingError):
+        if exc.status_code >= 500 and exc.status_code not in (503, 504):
+            logger.error("server error: %s", exc.message)
+        return JSONResponse({"error": exc.message}, exc.status_code, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
+    if isinstance(exc, StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
+    # Nobody expected it: logged with its traceback, answered without internals.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal server error"}, 500)
+
+
+RENDERED = (ServingError, RequestValidationError, StarletteHTTPException, Exception)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for kind in RENDERED:
+        app.add_exception_handler(kind, render_error)

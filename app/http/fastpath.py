@@ -1,0 +1,57 @@
+"""The hot routes (app/http/hot_routes.py) dispatched in front of the framework.
+
+At high request rates the event loop is the bottleneck, and FastAPI's per-request layers
+(telemetry checks, exception middlewares, exit stacks, dependency solving, the route
+scan) cost about a third of its time per request (docs/benchmarks.md). Requests for the
+hot routes are served here directly; everything else, and the lifespan, goes on to the
+framework. Errors are rendered by the app's own exception handlers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.http.hot_routes import Endpoint, HotRoute
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, routes: Sequence[HotRoute], owner: Starlette) -> None:
+        self.app = app
+        # Starlette's Route does the path matching: the same regex and converters FastAPI uses.
+        self.routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in routes]
+        self.owner = owner  # what request.app is for the hot routes, and whose handlers render errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    scope["app"] = self.owner
+                    await self._serve(route.endpoint, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request, **scope["path_params"])
+        except Exception as exc:
+            response = await self._render(request, exc)
+        await response(scope, receive, send)
+
+    async def _render(self, request: Request, exc: Exception) -> Response:
+        handlers = self.owner.exception_handlers
+        for kind in type(exc).__mro__:
+            handler = handlers.get(kind)
+            if handler is not None:
+                response = handler(request, exc)
+                return await response if inspect.isawaitable(response) else response
+        raise exc

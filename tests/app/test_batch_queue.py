@@ -1,0 +1,83 @@
+"""The batch queue alone: admission, batch taking, splitting and length grouping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app.batching.queue import BatchQueue
+from app.batching.request import PendingRequest
+from app.errors import PayloadTooLarge, QueueFull
+from tests.app.conftest import batch_policy
+
+
+def request(n_rows: int, length: int = 0) -> PendingRequest:
+    return PendingRequest({"x": np.zeros((n_rows, 1))}, length, asyncio.get_running_loop())
+
+
+async def test_a_full_batch_is_taken_at_once_in_arrival_order() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=3, max_queue_delay_s=60.0), group_by_length=False)
+    first, second = request(2), request(1)
+    queue.put(first)
+    queue.put(second)
+    batch = await asyncio.wait_for(queue.wait_for_batch(), 5)  # full: no 60 s wait
+    assert [(c.request, c.rows) for c in batch] == [(first, 2), (second, 1)]
+    assert queue.rows == 0
+
+
+async def test_a_request_larger_than_the_batch_is_split_and_its_rest_stays_first() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=4), group_by_length=False)
+    big, small = request(6), request(1)
+    queue.put(big)
+    queue.put(small)
+    first = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in first] == [(big, 0, 4)]
+    second = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in second] == [(big, 4, 6), (small, 0, 1)]
+
+
+async def test_abandoned_requests_are_dropped_and_their_rows_uncounted() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=8), group_by_length=False)
+    gone, kept = request(3), request(2)
+    queue.put(gone)
+    queue.put(kept)
+    gone.future.cancel()
+    batch = await queue.wait_for_batch()
+    assert [c.request for c in batch] == [kept]
+    assert queue.rows == 0
+
+
+async def test_admission_counts_rows_not_requests() -> None:
+    queue = BatchQueue("m", batch_policy(max_queue_size=4, retry_after_s=3), group_by_length=False)
+    queue.put(request(3))
+    with pytest.raises(QueueFull) as full:
+        queue.put(request(2))
+    assert full.value.headers == {"Retry-After": "3"}
+    with pytest.raises(PayloadTooLarge):
+        queue.put(request(5))
+    queue.put(request(1))
+    assert queue.rows == 4
+
+
+async def test_length_grouping_takes_the_oldest_and_its_nearest_lengths() -> None:
+    queue = BatchQueue("t", batch_policy(max_batch_size=3), group_by_length=True)
+    reqs = [request(1, length) for length in (10, 50, 11, 49, 12)]
+    for r in reqs:
+        queue.put(r)
+    batch = await queue.wait_for_batch()
+    assert [c.request.length for c in batch] == [10, 11, 12]
+    rest = await queue.wait_for_batch()
+    assert [c.request.length for c in rest] == [50, 49]
+
+
+async def test_wait_empty_returns_once_everything_is_taken() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=2), group_by_length=False)
+    await asyncio.wait_for(queue.wait_empty(), 1)  # empty from the start
+    queue.put(request(2))
+    waiter = asyncio.ensure_future(queue.wait_empty())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await queue.wait_for_batch()
+    await asyncio.wait_for(waiter, 1)

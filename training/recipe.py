@@ -1,0 +1,61 @@
+"""The interface every model recipe implements, and the pieces the recipes share.
+
+A recipe is one model's pipeline steps (train, prune, export, quantize) plus what the
+pipeline needs to score and package it; training/pipeline.py runs any recipe the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.manifest import BatchingDefaults, TensorSpec
+from training.prune import count_macs, count_params, sparsity
+from training.train import EpochRecord
+from training.workspace import Workspace
+
+Feed = dict[str, np.ndarray]
+
+
+class Recipe(Protocol):
+    name: str
+    description: str
+    task: str
+    labels: list[str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    extra_files: tuple[str, ...]
+    """Files beside the ONNX variants that the served model needs (e.g. a vocabulary)."""
+    config_type: type
+
+    def batching(self, config: Any) -> BatchingDefaults: ...
+
+    def train(self, ws: Workspace, config: Any) -> None: ...
+
+    def prune(self, ws: Workspace, config: Any) -> None: ...
+
+    def export(self, ws: Workspace, config: Any) -> None: ...
+
+    def quantize(self, ws: Workspace, config: Any) -> None: ...
+
+    def scoring_data(self, ws: Workspace, config: Any) -> tuple[list[Feed], np.ndarray]:
+        """Test-set feeds and their labels, for scoring the ONNX variants."""
+        ...
+
+    def latency_feed(self, feeds: list[Feed], batch: int) -> Feed:
+        """One feed of `batch` items, for timing."""
+        ...
+
+
+def describe(model: nn.Module, *example: torch.Tensor) -> dict[str, float | int]:
+    """Size and compute of a model: parameters, MACs on `example`, fraction of zero weights."""
+    return {"params": count_params(model), "macs": count_macs(model, *example),
+            "sparsity": round(sparsity(model), 4)}
+
+
+def history(records: list[EpochRecord]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]
