@@ -1,7 +1,8 @@
 """Request deadlines: one event-loop timer per timeout value instead of one per request.
 
-A uvloop timer started and cancelled for every request cost 4 µs on the event loop, which
-is the service's bottleneck at high request rates. Requests that share a timeout reach
+A uvloop timer started and cancelled for every request was a measurable cost on the event
+loop (docs/benchmarks.md, "Figures behind the code"), which is the service's bottleneck at
+high request rates. Requests that share a timeout reach
 their deadlines in the order they arrived, so they wait in a queue whose head is always
 the next one due, and one timer, set for the head, is enough.
 """

@@ -22,8 +22,9 @@ def settle_heap(young_threshold: int = YOUNG_GENERATION_THRESHOLD) -> None:
     """Keep the cyclic garbage collector out of the request path; call once loaded.
 
     Everything alive once the models are loaded (modules, vocabularies, sessions) lives
-    as long as the process, yet every full collection walked all of it again: 50-60 ms
-    pauses about once a second at 2,500 requests/s, which set the p99 latency. Frozen,
+    as long as the process, yet every full collection walked all of it again: pauses of
+    tens of milliseconds about once a second under load, which set the p99 latency
+    (docs/benchmarks.md, "Figures behind the code"). Frozen,
     those objects are skipped. Requests make many short-lived containers (parsed JSON,
     futures) that reference counting frees; the default young-generation threshold (700)
     still ran a collection every few requests, each walking every request in flight.

@@ -19,7 +19,7 @@ class CNNConfig:
     dropout: float = 0.25
     # Augmentation: random horizontal flips; random shifts of up to this many pixels.
     # A first build with 2-pixel shifts and label smoothing 0.05 underfitted in 15 epochs
-    # (train 91.6% < test 92.2%), so both are off by default.
+    # (train accuracy below test accuracy: docs/benchmarks.md), so both are off by default.
     flip: bool = True
     shift_pixels: int = 0
     # Structured pruning: fraction of conv channels / dense units kept (L1-ranked).
@@ -27,10 +27,9 @@ class CNNConfig:
     keep_hidden: float = 0.75
     # Kept widths are rounded to a multiple of this. ONNX Runtime's fast x86 convolution
     # (the NCHWc layout: blocks of 8 channels with AVX2, 16 with AVX-512) only takes
-    # channel counts that fill whole blocks; others run im2col + GEMM. With 21 and 42
-    # channels the second conv ran that way: 92 µs of CPU per image against 55 µs with 16
-    # and 48 channels (ORT, one thread, batch 16, median of 6 alternated rounds). Tensor
-    # cores also want multiples of 8.
+    # channel counts that fill whole blocks; others run im2col + GEMM, which for v1's 21
+    # and 42 channels cost far more CPU per image (docs/benchmarks.md). Tensor cores also
+    # want multiples of 8.
     width_multiple: int = 16
     # Unstructured magnitude pruning of the first dense layer, for size.
     dense_sparsity: float = 0.5

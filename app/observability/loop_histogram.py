@@ -1,10 +1,10 @@
 """A Prometheus histogram for the event loop's hot path.
 
 prometheus-client's Histogram takes a lock twice and scans its buckets in Python on every
-`observe`: 2.2 µs, twice per request (latency and queue time), on the event loop, which is
-the service's bottleneck at high request rates. This one is observed only from the event
-loop thread, and scraped there too (`/metrics` is an async route), so it needs no lock:
-a bisect and two additions, 0.3 µs. It is exposed through prometheus-client's custom
+`observe`, twice per request (latency and queue time), on the event loop, which is the
+service's bottleneck at high request rates. This one is observed only from the event loop
+thread, and scraped there too (`/metrics` is an async route), so it needs no lock: a
+bisect and two additions, several times cheaper (docs/benchmarks.md, "Figures behind the code"). It is exposed through prometheus-client's custom
 collector interface, in the same text format as a Histogram.
 """
 

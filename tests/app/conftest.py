@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.batching import BatchPolicy
@@ -49,10 +50,14 @@ async def check_protocol_types(response: httpx.Response) -> None:
 
 
 @asynccontextmanager
-async def serving(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app under its lifespan, reached in-process through httpx's ASGI transport."""
+async def serving(app_changes: Callable[[FastAPI], None] | None = None,
+                  **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app under its lifespan, reached in-process through httpx's ASGI transport;
+    `app_changes` is applied to the app first, as a user extending it would."""
     settings = Settings(model_dir=MODELS, **overrides)
     app = create_app(settings)
+    if app_changes is not None:
+        app_changes(app)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test",

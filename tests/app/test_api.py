@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from app.manifest import load_manifest
-from app.preprocess import Tokenizer, normalize_pixels
+from app.preprocess import Tokenizer, decode_image, normalize_pixels
 from tests.app.conftest import b64_png, png_bytes, reference_session, sample_images, serving
 from tests.conftest import model_folder
 
@@ -89,8 +89,15 @@ async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
         response = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [
             {"b64": b64_png(big)}, {"b64": b64_png(rgb, "RGB")}, sample_images(1)[0].tolist()]})
     assert response.status_code == 200, response.text
-    indices = [p["index"] for p in response.json()["predictions"]]
-    assert indices[1] == indices[2]  # grey RGB is the same image
+    predictions = response.json()["predictions"]
+    # The 56x56 image is answered as the shared decoder resizes it, and like the original.
+    session, manifest = reference_session("fashion-cnn")
+    resized = decode_image(png_bytes(big), manifest.preprocessing)
+    (logits,) = session.run(None, {"pixels": normalize_pixels(resized[None], manifest.preprocessing)})
+    np.testing.assert_allclose(predictions[0]["probabilities"], softmax(logits.astype(np.float64))[0], atol=1e-5)
+    assert predictions[0]["index"] == predictions[2]["index"]
+    # A grey RGB image is the same image as its single channel.
+    np.testing.assert_allclose(predictions[1]["probabilities"], predictions[2]["probabilities"], atol=1e-5)
 
 
 async def test_v1_texts_match_direct_onnx_runtime() -> None:

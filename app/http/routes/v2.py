@@ -124,7 +124,15 @@ _INFER_DOC = {
 }
 
 
-async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
+async def v2_infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+async def v2_infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = repository(request).get(name, version)
     limits = settings(request)
     body = await read_body(request, limits.max_body_bytes)
@@ -147,7 +155,7 @@ _INFER_DESCRIPTION = ("Tensors in, tensors out, as the KServe V2 protocol define
 HOT_ROUTES = [
     HotRoute("POST", "/v2/models/{name}/infer", v2_infer, summary="Run inference (JSON tensors or Triton binary tensors)",
              description=_INFER_DESCRIPTION + " Runs the newest served version.", openapi_extra=_INFER_DOC),
-    HotRoute("POST", "/v2/models/{name}/versions/{version}/infer", v2_infer,
+    HotRoute("POST", "/v2/models/{name}/versions/{version}/infer", v2_infer_version,
              summary="Run inference on one model version", description=_INFER_DESCRIPTION,
              openapi_extra=_INFER_DOC),
 ]

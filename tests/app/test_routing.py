@@ -1,0 +1,93 @@
+"""Hot routes declared once: OpenAPI, FastAPI and the fast dispatch agree, and what is added
+through FastAPI (middleware, exception handlers) is not skipped. Metric labels name only
+models that exist."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from app.errors import InvalidInput
+from app.http.routes import v1, v2
+from app.main import HOT_ROUTES, create_app
+from app.settings import Settings
+from tests.app.conftest import serving
+from tests.conftest import MODELS
+
+
+def test_each_hot_route_is_one_fastapi_route_with_the_same_endpoint() -> None:
+    app = create_app(Settings(model_dir=MODELS))
+    routes = {(r.path, m): r for router in (v1.router, v2.router) for r in router.routes
+              if isinstance(r, APIRoute) for m in r.methods}
+    spec = app.openapi()
+    for hot in HOT_ROUTES:
+        route = routes[(hot.path, hot.method)]
+        assert route.endpoint is hot.endpoint, hot.path  # FastAPI runs the very same function
+        documented = spec["paths"][hot.path][hot.method.lower()]
+        assert documented["summary"] == hot.summary
+        assert documented["description"] == hot.description
+        assert {p["name"] for p in documented["parameters"]} == set(re.findall(r"{(\w+)}", hot.path))
+
+
+async def _predict_through(app_changes: object) -> httpx.Response:
+    async with serving(app_changes=app_changes) as client:
+        return await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a fine film"]})
+
+
+async def test_middleware_added_to_the_app_also_runs_on_hot_routes() -> None:
+    async def stamp(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers["x-stamped"] = "yes"
+        return response
+
+    def change(app):  # type: ignore[no-untyped-def]
+        app.add_middleware(BaseHTTPMiddleware, dispatch=stamp)
+
+    response = await _predict_through(change)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-stamped"] == "yes"
+    assert response.headers["x-request-id"]  # the service's own context still wraps it
+
+
+@pytest.mark.parametrize("fast_dispatch", [True, False])
+async def test_an_exception_handler_added_to_the_app_renders_hot_route_errors(fast_dispatch: bool) -> None:
+    async def teapot(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"teapot: {exc}"}, status_code=418)
+
+    def change(app):  # type: ignore[no-untyped-def]
+        app.add_exception_handler(InvalidInput, teapot)
+        if not fast_dispatch:
+            app.add_middleware(BaseHTTPMiddleware, dispatch=lambda request, call_next: call_next(request))
+
+    async with serving(app_changes=change) as client:
+        response = await client.post("/v1/models/sst2-lstm:predict", content=b"{not json")
+    assert response.status_code == 418
+    assert response.json()["error"].startswith("teapot: request body is not valid JSON")
+
+
+async def test_client_strings_on_templated_routes_never_become_metric_labels() -> None:
+    def series(text: str) -> set[str]:
+        return {line.split(" ")[0] for line in text.splitlines() if line.startswith("ortserve_requests_total")}
+
+    async with serving() as client:
+        async def hostile(start: int) -> set[str]:
+            for i in range(start, start + 50):
+                name = f"client-{i}"
+                await client.get(f"/v2/models/{name}/infer")  # wrong method: 405
+                await client.post(f"/v2/models/{name}/infer", json={"inputs": []})  # unknown model: 404
+                await client.post(f"/v1/models/{name}:predict", json={"instances": [1]})
+                await client.get(f"/v2/models/{name}/versions/{i}/ready")
+            return series((await client.get("/metrics")).text)
+
+        await client.get("/metrics")  # the scrape's own series exists before the first count
+        first = await hostile(0)
+        second = await hostile(50)
+    assert not any("client-" in s for s in second)
+    assert first == second  # 50 more such requests added no series
+    assert any('status="405"' in s for s in second)  # they were counted, without the name
