@@ -41,7 +41,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# The service adds outputs of its own under this prefix (app/tasks.py); models may not use it.
+# The service adds outputs of its own under this prefix (app/codecs.py); models may not use it.
 RESERVED_PREFIX = "ortserve."
 
 

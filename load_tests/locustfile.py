@@ -65,6 +65,7 @@ class _V2User(HttpUser):
     def on_start(self) -> None:
         model = describe_fashion_cnn(self)
         spec, pixels = model["preprocessing"], model["inputs"][0]
+        self.output_name = self.client.get("/v2/models/fashion-cnn", name="v2 metadata").json()["outputs"][0]["name"]
         self.scale, self.mean, self.std = spec["scale"], spec["mean"], spec["std"]
         self.input_name, self.item_shape = pixels["name"], pixels["shape"][1:]
 
@@ -97,7 +98,7 @@ class V2BinaryUser(_V2User):
         header = json.dumps({
             "inputs": [{"name": self.input_name, "shape": self.shape(), "datatype": "FP32",
                         "parameters": {"binary_data_size": len(raw)}}],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": self.output_name, "parameters": {"binary_data": True}}],
         }).encode()
         self.client.post("/v2/models/fashion-cnn/infer", data=header + raw, name="v2 binary",
                          headers={"Inference-Header-Content-Length": str(len(header)),

@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m app ARGS` (or the ceiling app) as a context manager; loopback only."""
 
-    def __init__(self, args: list[str], *, ceiling: bool = False, ready_timeout_s: float = 90) -> None:
+    def __init__(self, args: list[str], *, ceiling: bool = False, ready_timeout_s: float = 90,
+                 checkout: Path = ROOT) -> None:
+        """`checkout`: the source tree whose `app` runs (another git worktree, to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if ceiling:
@@ -36,12 +38,13 @@ class ServerProcess:
             self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port),
                             "--log-level", "warning", *args]
         self.ready_timeout_s = ready_timeout_s
+        self.checkout = checkout
         self.log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
         with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.checkout, stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.manifest import BatchingDefaults, ImagePreprocessing, TensorSpec
+from app.manifest import ImagePreprocessing, TensorSpec
 from app.preprocess import normalize_pixels
 from training import data
 from training.config import CNNConfig
@@ -87,9 +87,6 @@ class FashionRecipe:
     extra_files: tuple[str, ...] = ()
     config_type = CNNConfig
     dynamic_axes = {PIXELS.name: {0: "batch"}, LOGITS.name: {0: "batch"}}
-
-    def batching(self, config: CNNConfig) -> BatchingDefaults:
-        return BatchingDefaults(max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms)
 
     def train(self, ws: Workspace, config: CNNConfig) -> None:
         seed_everything(config.seed)

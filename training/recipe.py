@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.manifest import BatchingDefaults, TensorSpec
+from app.manifest import TensorSpec
 from training.prune import count_macs, count_params, sparsity
 from training.train import EpochRecord
 from training.workspace import Workspace
@@ -31,8 +31,8 @@ class Recipe(Protocol):
     extra_files: tuple[str, ...]
     """Files beside the ONNX variants that the served model needs (e.g. a vocabulary)."""
     config_type: type
-
-    def batching(self, config: Any) -> BatchingDefaults: ...
+    """A frozen dataclass of training/config.py; its max_batch_size and max_queue_delay_ms
+    become the manifest's batching defaults."""
 
     def train(self, ws: Workspace, config: Any) -> None: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.manifest import BatchingDefaults, TensorSpec, TextPreprocessing
+from app.manifest import TensorSpec, TextPreprocessing
 from app.preprocess import Tokenizer, pad_sequences
 from training import data
 from training.config import LSTMConfig
@@ -90,9 +90,6 @@ class SentimentRecipe:
     config_type = LSTMConfig
     dynamic_axes = {TOKEN_IDS.name: {0: "batch", 1: "sequence"}, LENGTHS.name: {0: "batch"},
                     LOGITS.name: {0: "batch"}}
-
-    def batching(self, config: LSTMConfig) -> BatchingDefaults:
-        return BatchingDefaults(max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms)
 
     def train(self, ws: Workspace, config: LSTMConfig) -> None:
         seed_everything(config.seed)

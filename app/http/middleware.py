@@ -29,6 +29,7 @@ class RequestContext:
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._models_seen: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,8 +63,11 @@ class RequestContext:
         # Only a model that exists is a label value: a client's string (an unknown model,
         # any name on a wrong method) would grow the series without bound.
         model = scope.get("path_params", {}).get("name", "")
-        if model and not self.model_exists(model):
-            model = ""
+        if model and model not in self._models_seen:
+            if self.model_exists(model):
+                self._models_seen.add(model)  # a model once served stays a valid label
+            else:
+                model = ""
         key = (model, endpoint, status)
         found = self._children.get(key)
         if found is None:

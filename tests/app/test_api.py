@@ -163,8 +163,8 @@ async def test_v2_text_padding_does_not_change_logits() -> None:
 async def test_metrics_and_stats_count_requests_and_batches() -> None:
     async with serving() as client:
         for _ in range(3):
-            await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["good"]})
-        await client.post("/v1/models/sst2-lstm:predict", json={"instances": []})
+            assert (await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["good"]})).status_code == 200
+        assert (await client.post("/v1/models/sst2-lstm:predict", json={"instances": []})).status_code == 400
         metrics = (await client.get("/metrics")).text
         stats = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
         everything = (await client.get("/v2/models/stats")).json()["model_stats"]
@@ -303,7 +303,7 @@ async def test_unknown_models_versions_and_routes_are_404() -> None:
 async def test_unknown_model_names_do_not_become_metric_labels() -> None:
     async with serving() as client:
         for name in ("a1", "b2", "c3"):
-            await client.post(f"/v1/models/{name}:predict", json={"instances": ["x"]})
+            assert (await client.post(f"/v1/models/{name}:predict", json={"instances": ["x"]})).status_code == 404
         metrics = (await client.get("/metrics")).text
     assert 'ortserve_requests_total{endpoint="v1_predict",model="",status="404"} 3.0' in metrics
     assert 'model="a1"' not in metrics

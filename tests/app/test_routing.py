@@ -79,13 +79,17 @@ async def test_client_strings_on_templated_routes_never_become_metric_labels() -
         async def hostile(start: int) -> set[str]:
             for i in range(start, start + 50):
                 name = f"client-{i}"
-                await client.get(f"/v2/models/{name}/infer")  # wrong method: 405
-                await client.post(f"/v2/models/{name}/infer", json={"inputs": []})  # unknown model: 404
-                await client.post(f"/v1/models/{name}:predict", json={"instances": [1]})
-                await client.get(f"/v2/models/{name}/versions/{i}/ready")
+                statuses = [
+                    (await client.get(f"/v2/models/{name}/infer")).status_code,  # wrong method
+                    (await client.post(f"/v2/models/{name}/infer", json={"inputs": []})).status_code,
+                    (await client.post(f"/v1/models/{name}:predict", json={"instances": [1]})).status_code,
+                    (await client.get(f"/v2/models/{name}/versions/{i}/ready")).status_code,
+                ]
+                assert statuses == [405, 404, 404, 404]
             return series((await client.get("/metrics")).text)
 
-        await client.get("/metrics")  # the scrape's own series exists before the first count
+        # the scrape's own series exists before the first count
+        assert (await client.get("/metrics")).status_code == 200
         first = await hostile(0)
         second = await hostile(50)
     assert not any("client-" in s for s in second)

@@ -81,3 +81,18 @@ def test_pairing_alternates_rounds_and_takes_medians() -> None:
     ratios = sorted(r["requests_ratio"] for r in paired["rounds"])
     assert paired["median_requests_ratio"] == ratios[1]
     assert "cnn / ceiling" in bench.markdown([], [], [], [paired])
+
+
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
+def test_versions_compares_two_checkouts_round_by_round(capsys: pytest.CaptureFixture[str]) -> None:
+    from load_tests import versions
+    from tests.conftest import ROOT
+
+    assert versions.main(["--base", str(ROOT), "--model-dir", str(MODELS), "--rounds", "1",
+                          "--duration", "0.5", "--concurrency", "4"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[-1]
+    rows = [line for line in table.splitlines() if line.startswith("| v1-")]
+    assert [row.split(" | ")[0] for row in rows] == ["| v1-fashion-cnn c4", "| v1-sst2-lstm c4"]
+    for row in rows:
+        ratio = float(row.split(" | ")[2])
+        assert 0 < ratio < 100  # both servers answered (same code: the ratio is noise around 1)

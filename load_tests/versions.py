@@ -1,0 +1,67 @@
+"""Paired comparison of two versions of the service: the same scenarios against this
+checkout and another one (a git worktree of an earlier commit), both servers up at once,
+in alternating rounds, median of the ratios. For changes that must not cost speed.
+
+    git worktree add /tmp/base HEAD~3
+    python -m load_tests.versions --base /tmp/base --rounds 7
+
+Both servers run with this checkout's Python environment and serve this checkout's
+models/, bound to 127.0.0.1; every run stops by itself. Needs wrk (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from contextlib import ExitStack
+from pathlib import Path
+
+from load_tests import samples, wrk
+from load_tests.client import Payload
+from load_tests.server import ROOT, ServerProcess
+
+JSON = {"Content-Type": "application/json"}
+
+
+def payloads(model_dir: Path) -> dict[str, Payload]:
+    return {"v1-fashion-cnn": Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 1), JSON),
+            "v1-sst2-lstm": Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load_tests.versions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout (the denominator)")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    if not wrk.available():
+        parser.error("wrk is not installed (apt-get install wrk)")
+    server_args = ["--model-dir", str(args.model_dir.resolve())]
+    with ExitStack() as stack:
+        base = stack.enter_context(ServerProcess(server_args, checkout=args.base.resolve()))
+        new = stack.enter_context(ServerProcess(server_args))
+        lines = ["| scenario | this / base req/s per round | median | p99 ratio per round | median |",
+                 "|---|---|---|---|---|"]
+        for name, payload in payloads(args.model_dir).items():
+            ratios, p99s = [], []
+            for i in range(args.rounds):
+                order = [(base, "base"), (new, "this")] if i % 2 == 0 else [(new, "this"), (base, "base")]
+                got = {side: wrk.closed_loop(server.url, payload, args.concurrency, args.duration)[0]
+                       for server, side in order}
+                ratios.append(got["this"].requests_per_s / got["base"].requests_per_s)
+                p99s.append(got["this"].p99_ms / got["base"].p99_ms)
+                print(f"{name} round {i + 1}: {got['this'].requests_per_s:,.0f} / {got['base'].requests_per_s:,.0f} "
+                      f"req/s = {ratios[-1]:.3f}; p99 {got['this'].p99_ms:.1f} / {got['base'].p99_ms:.1f} ms",
+                      flush=True)
+            lines.append(f"| {name} c{args.concurrency} | {', '.join(f'{r:.2f}' for r in ratios)} | "
+                         f"{statistics.median(ratios):.3f} | {', '.join(f'{r:.2f}' for r in p99s)} | "
+                         f"{statistics.median(p99s):.3f} |")
+    print("\n" + "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The layers of docs/architecture.md, checked on the source: who may import whom."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# Each layer of app/ and the app modules (or packages) it may import; anything not listed is
+# out of bounds. "*" is any app module. Third-party imports are checked separately below.
+LAYERS: dict[str, set[str]] = {
+    "app.settings": set(),
+    "app.errors": set(),
+    "app.manifest": set(),
+    "app.tuning": set(),
+    "app.deadlines": set(),
+    "app.preprocess": {"app.manifest"},
+    "app.codecs": {"app.errors", "app.manifest", "app.preprocess"},
+    "app.runtime": {"app.manifest"},
+    "app.batching": {"app.batching", "app.errors", "app.tuning"},
+    "app.protocol": {"app.protocol", "app.errors", "app.manifest"},
+    "app.observability": {"app.observability", "app.batching"},
+    "app.repository": {"app.batching", "app.codecs", "app.deadlines", "app.errors", "app.manifest",
+                       "app.observability", "app.runtime", "app.settings"},
+    "app.http": {"*"},
+    "app.main": {"*"},
+    "app.__main__": {"app.main", "app.observability", "app.settings"},
+    "app": set(),
+}
+WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
+
+
+def modules(package: str) -> list[tuple[str, Path]]:
+    root = ROOT / package
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found.append((name, path))
+    return found
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def layer_of(module: str) -> str:
+    return max((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), key=len)
+
+
+@pytest.mark.parametrize(("module", "path"), modules("app"), ids=lambda v: v if isinstance(v, str) else "")
+def test_app_modules_import_only_their_lower_layers(module: str, path: Path) -> None:
+    allowed = LAYERS[layer_of(module)]
+    for name in imports(path):
+        top = name.split(".")[0]
+        if top == "app" and name != "app" and "*" not in allowed:
+            assert layer_of(name) in allowed, f"{module} imports {name}"
+        if top in WEB_FRAMEWORKS:
+            assert layer_of(module) in {"app.http", "app.main", "app.__main__"}, f"{module} imports {name}"
+        assert top not in {"torch", "onnx", "training", "onnxconverter_common"}, f"{module} imports {name}"
+
+
+@pytest.mark.parametrize("package", ["training", "load_tests"])
+def test_training_and_load_tests_use_only_the_shared_app_modules(package: str) -> None:
+    shared = {"app.manifest", "app.preprocess", "app.runtime"}
+    for module, path in modules(package):
+        for name in imports(path):
+            if name.split(".")[0] == "app":
+                assert name in shared, f"{module} imports {name}"
