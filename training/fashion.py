@@ -16,7 +16,7 @@ from training.export import export_onnx, max_parity_error
 from training.models import FashionCNN
 from training.prune import MagnitudePruning, prune_cnn_structured
 from training.quantize import convert_fp16, quantize_static_int8
-from training.recipe import Feed, describe, history
+from training.recipe import Feed, describe, history, load_model, save_model
 from training.train import Batch, accuracy, fit, predict_logits, seed_everything
 from training.workspace import Workspace
 
@@ -94,7 +94,7 @@ class FashionRecipe:
         c1, c2 = config.channels
         model = build_model({"conv1": c1, "conv2": c2, "hidden": config.hidden}, config)
         records = self._fit(model, d, "train", config.epochs, config.lr)
-        ws.save_checkpoint("trained", {"widths": model.widths, "state": model.state_dict()})
+        save_model(ws, "trained", model, model.widths)
         folder = data.find_dataset_folder(ws.data_dir, "fashion-mnist", "train-images-idx3-ubyte.gz")
         ws.update_record(
             name=self.name, config=config.as_dict(), preprocessing=d.spec.model_dump(), history=records,
@@ -103,10 +103,7 @@ class FashionRecipe:
         )
 
     def load(self, ws: Workspace, stage: str, config: CNNConfig) -> FashionCNN:
-        ckpt = ws.load_checkpoint(stage)
-        model = build_model(ckpt["widths"], config)
-        model.load_state_dict(ckpt["state"])
-        return model
+        return load_model(ws, stage, lambda widths: build_model(widths, config))
 
     def prune(self, ws: Workspace, config: CNNConfig) -> None:
         seed_everything(config.seed)
@@ -118,7 +115,7 @@ class FashionRecipe:
         masks = MagnitudePruning([model.fc1.weight], config.dense_sparsity)
         records = self._fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr,
                             after_step=masks.apply)
-        ws.save_checkpoint("pruned", {"widths": model.widths, "state": model.state_dict()})
+        save_model(ws, "pruned", model, model.widths)
         ws.update_record(
             finetune_history=records,
             pruned={**self._describe(model), "accuracy": d.evaluate(model),

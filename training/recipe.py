@@ -7,7 +7,8 @@ pipeline needs to score and package it; training/pipeline.py runs any recipe the
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from training.train import EpochRecord
 from training.workspace import Workspace
 
 Feed = dict[str, np.ndarray]
+M = TypeVar("M", bound=nn.Module)
 
 
 class Recipe(Protocol):
@@ -55,6 +57,19 @@ def describe(model: nn.Module, *example: torch.Tensor) -> dict[str, float | int]
     """Size and compute of a model: parameters, MACs on `example`, fraction of zero weights."""
     return {"params": count_params(model), "macs": count_macs(model, *example),
             "sparsity": round(sparsity(model), 4)}
+
+
+def save_model(ws: Workspace, stage: str, model: nn.Module, architecture: Any) -> None:
+    """Checkpoint a model with its `architecture`: what the recipe's build_model needs,
+    besides the config, to make the same model again (widths, a vocabulary size)."""
+    ws.save_checkpoint(stage, {"architecture": architecture, "state": model.state_dict()})
+
+
+def load_model(ws: Workspace, stage: str, build: Callable[[Any], M]) -> M:
+    checkpoint = ws.load_checkpoint(stage)
+    model = build(checkpoint["architecture"])
+    model.load_state_dict(checkpoint["state"])
+    return model
 
 
 def history(records: list[EpochRecord]) -> list[dict[str, Any]]:

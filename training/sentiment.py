@@ -13,7 +13,7 @@ from training.export import export_onnx, max_parity_error
 from training.models import SentimentLSTM
 from training.prune import MagnitudePruning
 from training.quantize import convert_fp16, quantize_dynamic_int8
-from training.recipe import Feed, describe, history
+from training.recipe import Feed, describe, history, load_model, save_model
 from training.train import Batch, accuracy, fit, predict_logits, seed_everything
 from training.workspace import Workspace
 
@@ -98,7 +98,7 @@ class SentimentRecipe:
         model = build_model(len(d.tokenizer.vocabulary), config)
         records = fit(model, d.train_batches, d.evaluate, stage="train", epochs=config.epochs, lr=config.lr,
                       weight_decay=config.weight_decay)
-        ws.save_checkpoint("trained", {"vocab_size": len(d.tokenizer.vocabulary), "state": model.state_dict()})
+        save_model(ws, "trained", model, len(d.tokenizer.vocabulary))
         folder = data.find_dataset_folder(ws.data_dir, "sst2", "train.tsv")
         ws.update_record(
             name=self.name, config=config.as_dict(), preprocessing=_spec(config).model_dump(),
@@ -109,10 +109,7 @@ class SentimentRecipe:
         )
 
     def load(self, ws: Workspace, stage: str, config: LSTMConfig) -> SentimentLSTM:
-        ckpt = ws.load_checkpoint(stage)
-        model = build_model(ckpt["vocab_size"], config)
-        model.load_state_dict(ckpt["state"])
-        return model
+        return load_model(ws, stage, lambda vocab_size: build_model(vocab_size, config))
 
     def prune(self, ws: Workspace, config: LSTMConfig) -> None:
         seed_everything(config.seed)
@@ -126,7 +123,7 @@ class SentimentRecipe:
         before = d.evaluate(model, "test")
         records = fit(model, d.train_batches, d.evaluate, stage="finetune", epochs=config.finetune_epochs,
                       lr=config.finetune_lr, weight_decay=config.weight_decay, after_step=masks.apply)
-        ws.save_checkpoint("pruned", {"vocab_size": len(d.tokenizer.vocabulary), "state": model.state_dict()})
+        save_model(ws, "pruned", model, len(d.tokenizer.vocabulary))
         ws.update_record(
             finetune_history=history(records),
             pruned={**self._describe(model), "accuracy": d.evaluate(model, "test"),

@@ -14,7 +14,7 @@ from training import fashion, sentiment  # noqa: E402
 from training.config import CNNConfig, LSTMConfig  # noqa: E402
 from training.pipeline import RECIPES  # noqa: E402
 from training.prune import prune_cnn_structured  # noqa: E402
-from training.recipe import Recipe  # noqa: E402
+from training.recipe import Recipe, save_model  # noqa: E402
 from training.workspace import Workspace  # noqa: E402
 
 pytestmark = pytest.mark.training
@@ -30,7 +30,7 @@ def test_configured_cnn_dropout_reaches_every_model_built(tmp_path: Path) -> Non
     recipe = fashion.RECIPE
     trained = fashion.build_model({"conv1": 32, "conv2": 64, "hidden": 128}, config)
     ws = Workspace(tmp_path, tmp_path)
-    ws.save_checkpoint("trained", {"widths": trained.widths, "state": trained.state_dict()})
+    save_model(ws, "trained", trained, trained.widths)
     loaded = recipe.load(ws, "trained", config)  # what pruning fine-tunes from
     pruned = prune_cnn_structured(loaded, config.keep_channels, config.keep_hidden, config.width_multiple)
     for model in (trained, loaded, pruned, pruned.fused_for_export()):
@@ -41,7 +41,7 @@ def test_configured_lstm_sizes_and_dropout_reach_every_model_built(tmp_path: Pat
     config = LSTMConfig(dropout=0.321, embed_dim=8, hidden=12)
     trained = sentiment.build_model(50, config)
     ws = Workspace(tmp_path, tmp_path)
-    ws.save_checkpoint("trained", {"vocab_size": 50, "state": trained.state_dict()})
+    save_model(ws, "trained", trained, 50)
     loaded = sentiment.RECIPE.load(ws, "trained", config)
     for model in (trained, loaded):
         assert dropouts(model) == {0.321}
