@@ -6,8 +6,8 @@ pipeline needs to score and package it; training/pipeline.py runs any recipe the
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
