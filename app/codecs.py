@@ -8,8 +8,8 @@ refused before it is queued and can never fail the batch it would have joined.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import chain
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -86,10 +86,9 @@ class ImageCodec:
 
 
 class TextCodec:
-    def __init__(self, manifest: Manifest, model_dir: Path) -> None:
+    def __init__(self, manifest: Manifest, files: Mapping[str, bytes]) -> None:
         assert isinstance(manifest.preprocessing, TextPreprocessing)
-        self.tokenizer = Tokenizer.from_file(model_dir / manifest.preprocessing.vocabulary_file,
-                                             manifest.preprocessing)
+        self.tokenizer = Tokenizer.from_bytes(files[manifest.preprocessing.vocabulary_file], manifest.preprocessing)
         self.ids_name, self.lengths_name = manifest.inputs[0].name, manifest.inputs[1].name
 
     def describe_instance(self) -> str:
@@ -114,10 +113,11 @@ class TextCodec:
             raise InvalidInput(f"{self.ids_name!r} must hold ids in [0, {vocab})")
 
 
-def make_codec(manifest: Manifest, model_dir: Path) -> Codec:
+def make_codec(manifest: Manifest, files: Mapping[str, bytes]) -> Codec:
+    """The codec of the manifest's task; `files` are the model's extra files, already verified."""
     if manifest.task == "image-classification":
         return ImageCodec(manifest)
-    return TextCodec(manifest, model_dir)
+    return TextCodec(manifest, files)
 
 
 PROBABILITIES = RESERVED_PREFIX + "probabilities"

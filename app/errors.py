@@ -26,6 +26,18 @@ class UnprocessableInput(InvalidInput):
     status_code = 422
 
 
+class Unauthorized(ServingError):
+    status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServingError):
+    status_code = 403
+
+
 class ModelNotFound(ServingError):
     status_code = 404
 

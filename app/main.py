@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -16,7 +18,7 @@ from app.http.fastpath import FastPath
 from app.http.hot_routes import fast_dispatch_possible
 from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
-from app.http.routes import health, metrics, v1, v2
+from app.http.routes import health, metrics, model_repository, v1, v2
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
 from app.repository import ModelRepository
@@ -39,18 +41,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             configure_logging(resolved.log_format, resolved.log_level)
         app.state.settings = resolved
         app.state.draining = False
+        admin = resolved.admin_secret()
+        app.state.admin_token = admin.encode() if admin else None
+        app.state.api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.providers, resolved.intra_op_threads, resolved.inference_threads)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch, %d CPUs usable",
                     options.providers, options.intra_op_threads, available_cpus())
         repository = ModelRepository(resolved, options, app.state.metrics)
-        await repository.load_all()
+        failures = await repository.start()
+        if failures and resolved.strict_models:
+            await repository.stop()
+            raise RuntimeError("--strict-models: refusing to start: " + "; ".join(failures))
         app.state.repository = repository
         settle_heap()
-        logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()))
+        logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
+        for failure in failures:
+            logger.error("not served: %s", failure)
+        background = start_background_tasks(repository, resolved)
         try:
             yield
         finally:
             app.state.draining = True
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
             logger.info("stopped")
 
@@ -61,11 +75,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "and task-level V1 endpoints that take raw images and text.",
     )
     app.state.metrics = Metrics()
-    for module in (v1, v2, health, metrics):
+    for module in (v1, v2, health, model_repository, metrics):
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app)
     return app
+
+
+def start_background_tasks(repository: ModelRepository, settings: Settings) -> list[asyncio.Task[None]]:
+    """The watchdog of stalled batches, and in poll mode the repository scanner."""
+    tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
+                                 name="watchdog")]
+    if settings.model_control_mode == "poll":
+        tasks.append(asyncio.create_task(_every(settings.repository_poll_s, repository.poll), name="poller"))
+    return tasks
+
+
+async def _every(seconds: float, step: Callable[[], Awaitable[None] | None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            result = step()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # a failed scan is logged and retried; it must not end the loop
+            logger.exception("background task %s failed", getattr(step, "__name__", step))
 
 
 class _OrtServe(FastAPI):

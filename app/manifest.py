@@ -109,6 +109,57 @@ class VariantFile(_Strict):
     metrics: dict[str, float | int | None] = Field(default_factory=dict)
 
 
+class FileDigest(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+
+
+class VersionPolicy(_Strict):
+    """Which of a model's versions are served (Triton's version_policy): the newest
+    `num_versions`, all of them, or the listed `versions`."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = Field(default=1, gt=0)
+    versions: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _versions_for_specific(self) -> VersionPolicy:
+        if (self.kind == "specific") != bool(self.versions):
+            raise ValueError("versions are listed for the 'specific' policy, and only for it")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """'latest', 'latest:N', 'all' or 'specific:V1,V2,...' (the setting's form)."""
+        kind, _, arg = text.strip().partition(":")
+        try:
+            if kind == "latest":
+                return cls(kind="latest", num_versions=int(arg) if arg else 1)
+            if kind == "all" and not arg:
+                return cls(kind="all")
+            if kind == "specific":
+                return cls(kind="specific", versions=[int(v) for v in arg.split(",")])
+        except (ValueError, ValidationError) as e:
+            raise ValueError(f"version policy {text!r}: {e}") from e
+        raise ValueError(f"version policy {text!r}: expected latest, latest:N, all or specific:V1,V2")
+
+    def select(self, versions: Iterable[int]) -> list[int]:
+        """The versions this policy serves out of those available, newest first."""
+        newest_first = sorted(set(versions), reverse=True)
+        if self.kind == "latest":
+            return newest_first[: self.num_versions]
+        if self.kind == "all":
+            return newest_first
+        return [v for v in newest_first if v in self.versions]
+
+    def as_triton(self) -> dict[str, Any]:
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.kind == "all":
+            return {"all": {}}
+        return {"specific": {"versions": sorted(self.versions)}}
+
+
 class BatchingDefaults(_Strict):
     """The model's own batching; the server's settings can override both for every model.
     Chosen at build time (training/config.py), where the model's costs are measured."""
@@ -128,6 +179,11 @@ class Manifest(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocessing: Preprocessing
     variants: dict[Variant, VariantFile] = Field(min_length=1)
+    extra_files: dict[str, FileDigest] = Field(default_factory=dict)
+    """Every other file the service reads for this model (e.g. the vocabulary), with its digest."""
+    version_policy: VersionPolicy | None = None
+    """Which versions of this model to serve, read from its newest version's manifest;
+    None leaves it to the server's settings."""
     batching: BatchingDefaults
     preferred_variant: dict[Literal["cpu", "cuda"], Variant] = Field(default_factory=dict)
     """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
@@ -140,6 +196,9 @@ class Manifest(_Strict):
         names = [t.name for t in self.inputs + self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        if isinstance(self.preprocessing, TextPreprocessing) and self.preprocessing.vocabulary_file not in self.extra_files:
+            raise ValueError(f"the vocabulary file {self.preprocessing.vocabulary_file!r} must be listed, with its "
+                             "digest, in extra_files")
         missing = {v for v in self.preferred_variant.values() if v not in self.variants}
         if missing:
             raise ValueError(f"preferred_variant names variants {sorted(missing)} that are not listed")
@@ -161,8 +220,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_of_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def load_manifest(model_dir: Path, *, verify_files: bool = True) -> Manifest:
-    """Read and validate `model_dir/manifest.json`; optionally check each file's sha256."""
+    """Read and validate `model_dir/manifest.json`, which must lie in `<name>/<version>/`;
+    optionally check every file's sha256."""
     path = model_dir / MANIFEST_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -179,21 +243,33 @@ def load_manifest(model_dir: Path, *, verify_files: bool = True) -> Manifest:
             f"{path}: manifest says version {manifest.version} "
             f"but it lies in folder {model_dir.name!r}"
         )
+    if manifest.name != model_dir.parent.name:
+        raise ManifestError(f"{path}: manifest names model {manifest.name!r} but it lies in folder "
+                            f"{model_dir.parent.name!r}")
     if verify_files:
-        verify_variant_files(model_dir, manifest)
+        for entry in manifest.variants.values():
+            read_verified(model_dir, entry.file, entry.sha256)
+        for file, digest in manifest.extra_files.items():
+            read_verified(model_dir, file, digest.sha256)
     return manifest
 
 
-def verify_variant_files(model_dir: Path, manifest: Manifest) -> None:
-    for variant, entry in manifest.variants.items():
-        file = model_dir / entry.file
-        if not file.is_file():
-            raise ManifestError(f"{model_dir}: variant {variant} file {entry.file!r} is missing")
-        actual = sha256_of(file)
-        if actual != entry.sha256:
-            raise ManifestError(
-                f"{file}: sha256 {actual} does not match the manifest's {entry.sha256}"
-            )
+def read_verified(model_dir: Path, file: str, sha256: str) -> bytes:
+    """The bytes of `model_dir/file`, read once and checked against `sha256`: a caller that
+    uses these bytes uses exactly what was checked, whatever happens to the file later."""
+    path = model_dir / file
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise ManifestError(f"{model_dir}: file {file!r} lies outside the model's folder")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{model_dir}: file {file!r} is missing") from None
+    except OSError as e:
+        raise ManifestError(f"{model_dir}: file {file!r} cannot be read: {e}") from e
+    actual = sha256_of_bytes(data)
+    if actual != sha256:
+        raise ManifestError(f"{path}: sha256 {actual} does not match the manifest's {sha256}")
+    return data
 
 
 def write_manifest(model_dir: Path, manifest: Manifest) -> Path:

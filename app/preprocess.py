@@ -135,8 +135,12 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: Path, spec: TextPreprocessing) -> Tokenizer:
-        words = path.read_text(encoding="utf-8").split("\n")
-        return cls([w for w in words if w], spec)
+        return cls.from_bytes(path.read_bytes(), spec)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, spec: TextPreprocessing) -> Tokenizer:
+        """A vocabulary file's content: one word per line, in id order."""
+        return cls([w for w in data.decode("utf-8").split("\n") if w], spec)
 
     @classmethod
     def build(cls, texts: Iterable[str], spec: TextPreprocessing, *, min_count: int = 1) -> Tokenizer:

@@ -1,110 +1,52 @@
-"""The model repository: finds models/<name>/<version>/, loads, warms up and serves each one."""
+"""The model repository: which model versions exist on disk, which are served, and every
+change between the two (load, replace, unload) while requests keep flowing.
+
+A model is a folder `<model_dir>/<name>/` of version folders `<version>/`. Its version
+policy (app/manifest.py `VersionPolicy`) says which versions are served. Each change is
+made beside what serves: a new version is loaded and warmed up in a worker thread, then
+the routing table is swapped in one step, and the versions it replaced finish their
+requests before they are unloaded. A version that fails to load is UNAVAILABLE with its
+reason; every other model, and the versions already serving, go on serving.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-
-from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
-from app.codecs import Codec, classify_batch, make_codec
-from app.deadlines import Deadlines
-from app.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
-from app.manifest import Manifest, TensorSpec, load_manifest, newest, version_folders
+from app.errors import ModelNotFound, ModelNotReady, ServingError
+from app.loading import LoadError, load_version, manifest_fingerprint
+from app.manifest import ManifestError, VersionPolicy, load_manifest
 from app.observability.metrics import Metrics
 from app.observability.stats import ModelStats
-from app.runtime import OrtModel, OrtOptions, choose_variant
+from app.runtime import OrtOptions
+from app.served_model import ServedModel
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
+class State(StrEnum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
 @dataclass
-class ServedModel:
-    manifest: Manifest
-    directory: Path
-    variant: str
-    session: OrtModel
-    batcher: DynamicBatcher
-    codec: Codec
-    stats: ModelStats = field(default_factory=ModelStats)
-    ready: bool = False
-
-    def __post_init__(self) -> None:
-        self.deadlines = Deadlines(self._expire)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @functools.cached_property
-    def version(self) -> str:  # cached: read for every response
-        return str(self.manifest.version)
-
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Queue and await one request's (already validated) rows; past `timeout_s`, 504."""
-        started = time.monotonic()
-        future = self.batcher.submit(inputs)
-        # Not asyncio.wait_for: no extra task per request on the hot path.
-        self.deadlines.watch(future, timeout_s)
-        ok = False
-        try:
-            outputs = await future
-            ok = True
-            return outputs
-        finally:
-            self.stats.record_request(time.monotonic() - started, ok)
-
-    def _expire(self, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float) -> None:
-        future.set_exception(DeadlineExceeded(f"model {self.name!r} did not answer within {timeout_s:g} s"))
-
-    def warm_up(self) -> None:
-        """Run once per power-of-two batch size up to the maximum, so the first real
-        requests (and on CUDA every batch shape bucket) do not pay for first-run set-up."""
-        sizes, size = [], 1
-        while size < self.batcher.policy.max_batch_size:
-            sizes.append(size)
-            size *= 2
-        sizes.append(self.batcher.policy.max_batch_size)
-        for n in sizes:
-            self.session.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+class VersionStatus:
+    state: State
+    reason: str = ""
 
 
-def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
-    """The one place a model's batching is decided: the manifest's per-model values unless
-    the settings override them, and the server-wide settings."""
-    s, own = settings, manifest.batching
-    delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else own.max_queue_delay_ms
-    return BatchPolicy(
-        max_batch_size=s.max_batch_size or own.max_batch_size,
-        max_queue_delay_s=delay_ms / 1000,
-        max_inflight_batches=s.max_inflight_batches,
-        inference_threads=s.inference_threads,
-        max_queue_size=s.max_queue_size,
-        retry_after_s=s.retry_after_s,
-        inference_niceness=s.inference_niceness,
-    )
+class LoadFailed(ServingError):
+    """A load call that left a model (or some of its versions) unavailable."""
 
-
-def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
-    shape = [rows] + [8 if d == -1 else d for d in spec.shape[1:]]
-    fill = 0 if spec.numpy_dtype.startswith("float") else 1  # ids and lengths of 1 are valid
-    return np.full(shape, fill, dtype=spec.numpy_dtype)
-
-
-def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
-    """For models with a variable-length input, a function giving a request's padded length."""
-    for spec in manifest.inputs:
-        if len(spec.shape) >= 2 and spec.shape[1] == -1:
-            name = spec.name
-            return lambda inputs: int(inputs[name].shape[1])
-    return None
+    status_code = 400
 
 
 class ModelRepository:
@@ -112,85 +54,311 @@ class ModelRepository:
         self.settings = settings
         self.ort = ort
         self.metrics = metrics
-        self._models: dict[str, dict[str, ServedModel]] = {}
+        self.root = settings.model_dir
+        self.default_policy = VersionPolicy.parse(settings.version_policy)
+        # The routing table: replaced, never changed in place, so a request sees either the
+        # table before a change or the one after it.
+        self._served: dict[str, dict[str, ServedModel]] = {}
+        self._newest: dict[str, ServedModel] = {}
+        self._status: dict[tuple[str, str], VersionStatus] = {}
+        self._policies: dict[str, VersionPolicy] = {}
+        self._wanted: set[str] = set()  # models that should be served: readiness waits for them
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._seen: dict[str, tuple[tuple[str, int, int], ...]] = {}  # each folder as last read
+        self._on_disk: set[str] = set()  # model folders found by the last scan
 
-    def discover(self) -> list[Path]:
-        root = self.settings.model_dir
-        if not root.is_dir():
-            raise FileNotFoundError(f"model directory {root} does not exist")
-        return sorted(folder for model in root.iterdir() if model.is_dir() for folder in version_folders(model))
+    # --- requests -------------------------------------------------------------------
 
-    async def load_all(self) -> None:
-        folders = self.discover()
-        if not folders:
-            raise FileNotFoundError(f"no models found under {self.settings.model_dir} "
-                                    "(expected <name>/<version>/manifest.json)")
-        for folder in folders:
-            model = await asyncio.to_thread(self._load, folder)
-            self._models.setdefault(model.name, {})[model.version] = model
-            model.batcher.start()
-            model.ready = True
-            logger.info("model %s v%s ready: %s variant on %s, max_batch_size=%d, max_queue_delay=%.1fms",
-                        model.name, model.version, model.variant, model.session.providers[0],
-                        model.batcher.policy.max_batch_size, model.batcher.policy.max_queue_delay_s * 1000)
+    def acquire(self, name: str, version: str | None = None) -> ServedModel:
+        """The model a request should use, held until the request calls `release()` on it."""
+        return self.get(name, version).acquire()
 
-    def _load(self, folder: Path) -> ServedModel:
-        manifest = load_manifest(folder)
-        variant = choose_variant(manifest, self.ort.providers, self.settings.variant)
-        session = OrtModel(folder / manifest.variants[variant].file, self.ort)
-        policy = batch_policy(self.settings, manifest)
-        stats = ModelStats()
-        observe = self.metrics.batch_observer(manifest.name)
-
-        def on_batch(record: BatchRecord) -> None:
-            stats.record_batch(record)
-            observe(record)
-
-        logits = manifest.outputs[0].name
-
-        def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return classify_batch(session.run(inputs), logits)
-
-        batcher = DynamicBatcher(manifest.name, run_batch, policy, length_of=_sequence_length(manifest),
-                                 on_batch=on_batch)
-        self.metrics.watch_queue(manifest.name, lambda: batcher.queued_rows)
-        model = ServedModel(manifest, folder, variant, session, batcher, make_codec(manifest, folder), stats)
-        if self.settings.warmup:
-            model.warm_up()
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        model = self._newest.get(name) if version is None else self._served.get(name, {}).get(version)
+        if model is None:
+            raise self._why_not_served(name, version)
+        if not model.ready:
+            model.health.check()
         return model
 
-    async def stop(self) -> None:
-        for model in self.all():
-            model.ready = False
-        await asyncio.gather(*(m.batcher.stop(self.settings.shutdown_grace_s) for m in self.all()))
-        for model in self.all():
-            model.deadlines.close()
+    def _why_not_served(self, name: str, version: str | None) -> ServingError:
+        versions = self._served.get(name)
+        if versions and version is not None:
+            status = self._status.get((name, version))
+            if status is not None and status.state is not State.READY:
+                return ModelNotReady(f"model {name!r} version {version} is {status.state}: {status.reason}")
+            return ModelNotFound(f"model {name!r} has no version {version!r}; versions served: "
+                                 f"{sorted(versions, key=int)}")
+        known = [(v, s) for (n, v), s in self._status.items() if n == name]
+        if not known and name in self._on_disk:
+            return ModelNotReady(f"model {name!r} is not loaded (control mode {self.settings.model_control_mode!r}: "
+                                 "load it through the repository API)")
+        if not known:
+            return ModelNotFound(f"unknown model {name!r}; served models: {self.names()}")
+        reasons = "; ".join(f"version {v} {s.state}: {s.reason}" for v, s in sorted(known, key=lambda k: int(k[0])))
+        return ModelNotReady(f"model {name!r} is not being served ({reasons})")
 
     def all(self) -> list[ServedModel]:
-        return [m for versions in self._models.values() for m in versions.values()]
+        return [m for versions in self._served.values() for m in versions.values()]
 
     def names(self) -> list[str]:
-        return sorted(self._models)
+        return sorted(self._served)
 
     def serves(self, name: str) -> bool:
         """Whether `name` is a model of this repository (for labels that must name real models)."""
-        return name in self._models
+        return name in self._served or name in self._on_disk or any(n == name for n, _ in self._status)
 
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        versions = self._models.get(name)
-        if not versions:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {self.names()}")
-        if version is None:
-            model = versions[newest(versions)]
-        elif version in versions:
-            model = versions[version]
-        else:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions, key=int)}")
-        if not model.ready:
-            raise ModelNotReady(f"model {name!r} version {model.version} is not ready")
-        return model
+    def versions_of(self, name: str) -> list[str]:
+        return sorted(self._served.get(name, {}), key=int)
+
+    def policy_of(self, name: str) -> VersionPolicy:
+        return self._policies.get(name, self.default_policy)
 
     @property
     def ready(self) -> bool:
+        """Every model that should be served is serving, and healthy."""
+        return all(any(m.ready for m in self._served.get(name, {}).values()) for name in self._wanted)
+
+    # --- what is on disk ------------------------------------------------------------
+
+    def model_names_on_disk(self) -> list[str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model directory {self.root} does not exist")
+        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self._on_disk = set(names)
+        return names
+
+    def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[str, str]]:
+        """The model's version folders by number, and the folders refused (with why)."""
+        found: dict[int, Path] = {}
+        refused: dict[str, str] = {}
+        folder = self.root / name
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_dir() or not path.name.isdigit():
+                continue
+            number = int(path.name)
+            if number in found:  # "01" and "1" are one version: serve neither
+                refused[path.name] = refused[found[number].name] = (
+                    f"duplicate: folders {found[number].name!r} and {path.name!r} are both version {number}")
+                continue
+            found[number] = path
+        for name_ in refused:
+            found.pop(int(name_), None)
+        return found, refused
+
+    def index(self) -> list[dict[str, str]]:
+        """Every model version on disk or served, with its state and reason (Triton's index)."""
+        entries: dict[tuple[str, str], VersionStatus] = dict(self._status)
+        for name in self.model_names_on_disk():
+            found, refused = self._version_folders(name)
+            for number in found:
+                entries.setdefault((name, str(number)), VersionStatus(State.UNAVAILABLE, "not loaded"))
+            for folder, why in refused.items():
+                entries[(name, folder)] = VersionStatus(State.UNAVAILABLE, why)
+        return [{"name": n, "version": v, "state": str(s.state), "reason": s.reason}
+                for (n, v), s in sorted(entries.items(), key=lambda e: (e[0][0], int(e[0][1])))]
+
+    # --- changes --------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Load what the control mode says to load at start; returns the load failures."""
+        mode = self.settings.model_control_mode
+        names = self.model_names_on_disk()
+        if mode == "explicit":
+            wanted = self.settings.load_model
+            names = names if "*" in wanted else [n for n in wanted if n != "*"]
+        elif not names and mode == "none":
+            raise FileNotFoundError(f"no models found under {self.root} (expected <name>/<version>/manifest.json)")
+        failures = []
+        for name in names:
+            try:
+                await self.load(name)
+            except ServingError as e:
+                failures.append(e.message)
+        return failures
+
+    async def load(self, name: str) -> list[str]:
+        """Read the model's folder again and serve what its version policy selects: new
+        versions are loaded and warmed up beside the serving ones, then traffic switches;
+        versions no longer selected, or replaced, are drained and unloaded. Returns the
+        versions served after the change."""
+        async with self._lock(name):
+            self._wanted.add(name)
+            self._seen[name] = self._disk_signature(name)
+            folders, refused = self._version_folders(name)
+            if not folders and not refused:
+                self._wanted.discard(name)
+                raise ModelNotFound(f"no model {name!r} under {self.root} (expected {name}/<version>/manifest.json)")
+            for refused_folder, why in refused.items():
+                self.metrics.model_load_failures.labels(name, "duplicate").inc()
+                self._set_status(name, refused_folder, State.UNAVAILABLE, why, level=logging.ERROR)
+            policy = self._read_policy(name, folders)
+            targets = [str(v) for v in policy.select(folders)]
+            current = self._served.get(name, {})
+            failures: dict[str, str] = dict(refused)
+            loaded: dict[str, ServedModel] = {}
+            for version in targets:
+                existing = current.get(version)
+                folder = folders[int(version)]
+                if existing is not None and existing.fingerprint == manifest_fingerprint(folder):
+                    loaded[version] = existing  # unchanged: keeps serving as it is
+                    continue
+                try:
+                    loaded[version] = await self._load_version(name, version, folder)
+                except LoadError as e:
+                    failures[version] = e.message
+            # Versions that failed are made up for by the ones serving now, newest first,
+            # so a failed replacement leaves the previous version serving.
+            for version in sorted(current, key=int, reverse=True):
+                if len(loaded) >= len(targets):
+                    break
+                if version not in loaded and failures:
+                    loaded[version] = current[version]
+            self._switch(name, loaded)
+            await self._retire_all([m for v, m in current.items() if loaded.get(v) is not m],
+                                   "unloaded: not selected by the version policy")
+            if failures:
+                serving = f"; serving {sorted(loaded, key=int)}" if loaded else "; nothing of it is served"
+                raise LoadFailed(f"model {name!r}: " + "; ".join(
+                    f"version {v} failed to load: {why}" for v, why in failures.items()) + serving)
+            return sorted(loaded, key=int)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of the model: each finishes its requests first."""
+        async with self._lock(name):
+            if name not in self._served and not any(n == name for n, _ in self._status):
+                raise ModelNotFound(f"unknown model {name!r}")
+            self._wanted.discard(name)
+            current = self._served.get(name, {})
+            self._switch(name, {})
+            await self._retire_all(list(current.values()), "unloaded")
+
+    async def poll(self) -> None:
+        """One scan: load each model whose folder changed since it was last read (a new or
+        removed version folder, a changed file), unload those whose folder is gone. What
+        failed to load is tried again only once its folder changes."""
+        on_disk = set(self.model_names_on_disk())
+        for name in sorted(on_disk):
+            if self._seen.get(name) != self._disk_signature(name):
+                try:
+                    await self.load(name)
+                except ServingError as e:
+                    logger.error("poll: %s", e.message)
+        for name in sorted(set(self._served) - on_disk):
+            await self.unload(name)
+
+    def _disk_signature(self, name: str) -> tuple[tuple[str, int, int], ...]:
+        """Every file of the model's folder with its size and modification time."""
+        entries = []
+        for path in sorted((self.root / name).rglob("*")):
+            try:
+                stat = path.stat()
+            except OSError:  # removed while scanning: the next scan sees it gone
+                continue
+            if path.is_file():
+                entries.append((str(path.relative_to(self.root)), stat.st_size, stat.st_mtime_ns))
+        return tuple(entries)
+
+    async def stop(self) -> None:
+        names = list(self._served)
+        self._wanted.clear()
         models = self.all()
-        return bool(models) and all(m.ready for m in models)
+        for name in names:
+            self._switch(name, {})
+        await self._retire_all(models, "the server is shutting down")
+
+    # --- the steps of a change ------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _read_policy(self, name: str, folders: dict[int, Path]) -> VersionPolicy:
+        """The newest readable manifest's version policy, else the server's."""
+        policy = self.default_policy
+        for number in sorted(folders, reverse=True):
+            try:
+                manifest = load_manifest(folders[number], verify_files=False)
+            except ManifestError:
+                continue
+            policy = manifest.version_policy or self.default_policy
+            break
+        self._policies[name] = policy
+        return policy
+
+    async def _load_version(self, name: str, version: str, folder: Path) -> ServedModel:
+        self._set_status(name, version, State.LOADING, "")
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort,
+                                            self.metrics.batch_observer(name))
+        except LoadError as e:
+            self.metrics.model_loads.labels(name, "failed").inc()
+            self.metrics.model_load_failures.labels(name, e.kind).inc()
+            self._set_status(name, version, State.UNAVAILABLE, e.message, level=logging.ERROR)
+            raise
+        self.metrics.model_load_seconds.labels(name).observe(time.monotonic() - started)
+        self.metrics.model_loads.labels(name, "ok").inc()
+        model.batcher.on_restart = lambda _: self.metrics.batcher_restarts.labels(name).inc()
+        model.batcher.start()
+        self.metrics.watch_queue(name, model, lambda: model.batcher.queued_rows)
+        return model
+
+    def _switch(self, name: str, versions: dict[str, ServedModel]) -> None:
+        """Route the model's requests to `versions` from now on, in one step."""
+        served = dict(self._served)
+        newest = dict(self._newest)
+        if versions:
+            served[name] = versions
+            newest[name] = versions[max(versions, key=int)]
+        else:
+            served.pop(name, None)
+            newest.pop(name, None)
+        self._served, self._newest = served, newest
+        for version, model in versions.items():
+            self._set_status(name, version, State.READY, "")
+            logger.debug("model %s v%s serving (%s variant on %s)", name, version, model.variant,
+                         model.session.providers[0])
+
+    async def _retire_all(self, models: list[ServedModel], reason: str) -> None:
+        """Drain and unload models already out of the routing table. A version replaced by
+        a reload of itself keeps the READY state of its successor."""
+        gone = [m for m in models if m.version not in self._served.get(m.name, {})]
+        for model in gone:
+            self._set_status(model.name, model.version, State.UNLOADING, "finishing its requests")
+        await asyncio.gather(*(self._retire(m) for m in models))
+        for model in gone:
+            if model.version not in self._served.get(model.name, {}):
+                self._set_status(model.name, model.version, State.UNAVAILABLE, reason)
+
+    async def _retire(self, model: ServedModel) -> None:
+        await model.retire(self.settings.shutdown_grace_s)
+        self.metrics.unwatch_queue(model.name, model)
+        for gauge in (self.metrics.model_stalled, self.metrics.model_breaker_open):
+            try:
+                gauge.remove(model.name, model.version)
+            except KeyError:
+                pass
+        self.metrics.model_unloads.labels(model.name).inc()
+
+    def _set_status(self, name: str, version: str, state: State, reason: str, level: int = logging.INFO) -> None:
+        before = self._status.get((name, version))
+        if before is not None and before.state is state and before.reason == reason:
+            return
+        self._status[(name, version)] = VersionStatus(state, reason)
+        self.metrics.set_state(name, version, str(state))
+        logger.log(level, "model %s version %s: %s%s", name, version, state, f" ({reason})" if reason else "",
+                   extra={"fields": {"event": "model_state", "model": name, "version": version,
+                                     "state": str(state), "reason": reason}})
+
+    def stats_of(self, name: str) -> list[tuple[str, ModelStats]]:
+        return [(v, m.stats) for v, m in sorted(self._served.get(name, {}).items(), key=lambda e: int(e[0]))]
+
+    def watch_health(self) -> None:
+        """Check every served model for a batch running past the inference timeout, and
+        publish each one's health. Set here rather than read at scrape time: a gauge
+        function would close over the model and keep it alive after it is unloaded."""
+        for model in self.all():
+            stalled = model.health.check_stalled()
+            self.metrics.model_stalled.labels(model.name, model.version).set(float(stalled))
+            self.metrics.model_breaker_open.labels(model.name, model.version).set(
+                float(not stalled and not model.health.healthy))

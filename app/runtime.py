@@ -115,12 +115,14 @@ def provider_options(provider: str) -> dict[str, Any]:
 
 
 class OrtModel:
-    """One loaded ONNX file; `run` is thread-safe and releases the GIL."""
+    """One loaded ONNX model; `run` is thread-safe and releases the GIL.
 
-    def __init__(self, path: Path, options: OrtOptions) -> None:
-        self.path = path
+    Made from the model's bytes, not its path: the caller hands over bytes it has checked
+    (app/manifest.py `read_verified`), so the file cannot change between check and use."""
+
+    def __init__(self, model: bytes, options: OrtOptions) -> None:
         self.session = ort.InferenceSession(
-            str(path), session_options(options.intra_op_threads),
+            model, session_options(options.intra_op_threads),
             providers=[(p, provider_options(p)) for p in options.providers],
         )
         self.providers = self.session.get_providers()

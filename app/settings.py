@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.manifest import VersionPolicy
 
 
 class Settings(BaseSettings):
@@ -20,6 +22,29 @@ class Settings(BaseSettings):
     """TCP port to listen on."""
     model_dir: Path = Path("models")
     """Folder holding <name>/<version>/manifest.json for each model served."""
+    # --- model lifecycle (Triton's names) ---
+    model_control_mode: Literal["none", "explicit", "poll"] = "none"
+    """none: load every model at start, no load/unload API. explicit: load the --load-model
+    models at start, then only through the repository API. poll: load every model at start
+    and rescan the model folder every repository_poll_s seconds."""
+    load_model: list[str] = Field(default_factory=list)
+    """With model_control_mode=explicit: models to load at start (repeat the flag; * for all)."""
+    repository_poll_s: float = Field(default=5.0, gt=0)
+    """With model_control_mode=poll: seconds between scans of the model folder."""
+    version_policy: str = "latest:1"
+    """Versions served per model, unless its newest manifest says: latest, latest:N, all,
+    or specific:V1,V2."""
+    strict_models: bool = False
+    """Refuse to start when any model fails to load (by default the others serve and the
+    failed one is UNAVAILABLE with its reason)."""
+    admin_token: SecretStr | None = None
+    """Bearer token for the repository API (index, load, unload); the API is off without one."""
+    admin_token_file: Path | None = None
+    """A file holding the admin token (container secrets); read at start."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer tokens accepted by the inference endpoints; empty: no key needed."""
+    api_keys_file: Path | None = None
+    """A file of API keys, one per line; read at start."""
     workers: int = Field(default=1, ge=1)
     """uvicorn worker processes; each loads every model and batches on its own."""
 
@@ -58,6 +83,12 @@ class Settings(BaseSettings):
     """Items (not requests) waiting per model before new requests get 503."""
     request_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline from arrival to answer; past it the request gets 504."""
+    inference_timeout_s: float = Field(default=30.0, gt=0)
+    """A batch running longer marks its model not ready until a batch completes again."""
+    failure_threshold: int = Field(default=5, ge=1)
+    """Failed batches in a row after which a model answers 503 at once for failure_cooldown_s."""
+    failure_cooldown_s: float = Field(default=10.0, ge=0)
+    """How long a model whose batches keep failing is given a rest before it is tried again."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
     retry_after_s: int = Field(default=1, ge=0)
@@ -66,3 +97,24 @@ class Settings(BaseSettings):
     """Run each model once per batch-size bucket before reporting ready."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy_parses(cls, value: str) -> str:
+        VersionPolicy.parse(value)
+        return value
+
+    def admin_secret(self) -> str | None:
+        """The admin token, from the setting or its file; None: the repository API is off."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text(encoding="utf-8").strip() or None
+        return None
+
+    def api_secrets(self) -> list[str]:
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+        return keys

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 # Each layer of app/ and the app modules (or packages) it may import; anything not listed is
 # out of bounds. "*" is any app module. Third-party imports are checked separately below.
 LAYERS: dict[str, set[str]] = {
-    "app.settings": set(),
+    "app.settings": {"app.manifest"},
     "app.errors": set(),
     "app.manifest": set(),
     "app.tuning": set(),
@@ -23,8 +23,13 @@ LAYERS: dict[str, set[str]] = {
     "app.batching": {"app.batching", "app.errors", "app.tuning"},
     "app.protocol": {"app.protocol", "app.errors", "app.manifest"},
     "app.observability": {"app.observability", "app.batching"},
-    "app.repository": {"app.batching", "app.codecs", "app.deadlines", "app.errors", "app.manifest",
-                       "app.observability", "app.runtime", "app.settings"},
+    "app.supervision": {"app.errors"},
+    "app.served_model": {"app.batching", "app.codecs", "app.deadlines", "app.errors", "app.manifest",
+                         "app.observability", "app.runtime", "app.supervision"},
+    "app.loading": {"app.batching", "app.codecs", "app.manifest", "app.observability", "app.runtime",
+                    "app.served_model", "app.settings", "app.supervision"},
+    "app.repository": {"app.errors", "app.loading", "app.manifest", "app.observability", "app.runtime",
+                       "app.served_model", "app.settings"},
     "app.http": {"*"},
     "app.main": {"*"},
     "app.__main__": {"app.main", "app.observability", "app.settings"},

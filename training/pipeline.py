@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from app.manifest import BatchingDefaults, Manifest, VariantFile, latest_version, sha256_of, write_manifest
+from app.manifest import (
+    BatchingDefaults,
+    FileDigest,
+    Manifest,
+    VariantFile,
+    latest_version,
+    sha256_of,
+    write_manifest,
+)
 from training import fashion, report, sentiment
 from training.export import ort_session
 from training.recipe import Recipe
@@ -77,13 +85,15 @@ def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int 
         metrics["sparsity"] = record["pruned"]["sparsity"]
         files[variant] = VariantFile(file=file, sha256=sha256_of(target / file),
                                      size_bytes=(target / file).stat().st_size, metrics=metrics)
+    extra_files = {}
     for extra in recipe.extra_files:
         shutil.copy2(ws.root / extra, target / extra)
+        extra_files[extra] = FileDigest(sha256=sha256_of(target / extra), size_bytes=(target / extra).stat().st_size)
     batching = BatchingDefaults(max_batch_size=config.max_batch_size, max_queue_delay_ms=config.max_queue_delay_ms)
     manifest = Manifest(
         name=recipe.name, version=version, task=recipe.task, description=recipe.description,
         labels=list(recipe.labels), inputs=recipe.inputs, outputs=recipe.outputs,
-        preprocessing=record["preprocessing"], variants=files, batching=batching,
+        preprocessing=record["preprocessing"], variants=files, extra_files=extra_files, batching=batching,
         preferred_variant={"cpu": cpu_variant(record["variants"]), "cuda": "fp16"},
         training={k: record.get(k) for k in ("config", "baseline", "pruned", "parity_max_abs_error")},
         data={"sha256": record.get("data_sha256", {})}, packages=_package_versions(),

@@ -28,14 +28,19 @@ logger = logging.getLogger(__name__)
 class DynamicBatcher:
     def __init__(self, name: str, infer: InferFn, policy: BatchPolicy, *,
                  length_of: Callable[[Tensors], int] | None = None,
-                 on_batch: Callable[[BatchRecord], None] | None = None) -> None:
+                 on_batch: Callable[[BatchRecord], None] | None = None,
+                 on_batch_start: Callable[[int], None] | None = None,
+                 on_restart: Callable[[BaseException], None] | None = None) -> None:
         """`length_of`, when given, is a request's padded sequence length: queued requests
-        of similar length are batched together (text models)."""
+        of similar length are batched together (text models). `on_restart` hears of each
+        time the batch-forming task died and was restarted."""
         self.name = name
         self.policy = policy
         self.length_of = length_of
         self._infer = infer
         self._on_batch = on_batch
+        self._on_batch_start = on_batch_start
+        self.on_restart = on_restart
         self._queue = BatchQueue(name, policy, group_by_length=length_of is not None)
         self._runner: BatchRunner | None = None
         self._forming: asyncio.Task[None] | None = None
@@ -50,9 +55,28 @@ class DynamicBatcher:
         return self._runner.inflight if self._runner else 0
 
     def start(self) -> None:
-        self._runner = BatchRunner(self.name, self._infer, self.policy, self._on_batch)
-        self._forming = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
+        self._runner = BatchRunner(self.name, self._infer, self.policy, self._on_batch, self._on_batch_start)
+        self._start_forming()
         self._accepting = True
+
+    def _start_forming(self) -> None:
+        self._forming = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self.name}")
+        self._forming.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """The batch former never ends by itself: if it died, log it and start a new one,
+        so queued requests are still served."""
+        if task.cancelled() or task is not self._forming:
+            return
+        error = task.exception()
+        if error is None:
+            return
+        logger.error("model %s: the batch-forming task died (%s: %s); restarting it", self.name,
+                     type(error).__name__, error, exc_info=error)
+        if self.on_restart:
+            self.on_restart(error)
+        if self._runner is not None:
+            self._start_forming()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking requests, finish every queued and running one (within `timeout_s`;
@@ -63,9 +87,10 @@ class DynamicBatcher:
         except TimeoutError:
             logger.warning("model %s: %d rows still queued after %g s of shutdown", self.name,
                            self._queue.rows, timeout_s)
-        if self._forming is not None:
-            self._forming.cancel()
-            await asyncio.gather(self._forming, return_exceptions=True)
+        forming, self._forming = self._forming, None  # no restart from here on
+        if forming is not None:
+            forming.cancel()
+            await asyncio.gather(forming, return_exceptions=True)
         self._queue.fail_all(ModelNotReady(f"model {self.name!r} is shutting down"))
         if self._runner is not None:
             self._runner.shutdown()

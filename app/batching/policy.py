@@ -41,3 +41,5 @@ class BatchRecord:
     ok: bool
     input_s: float = 0.0  # gathering the rows into one batch
     output_s: float = 0.0  # handing each request its rows
+    batch_id: int = 0  # as given to on_batch_start
+    error: str = ""  # why it failed

@@ -7,6 +7,7 @@ on parsing requests. A failure fails that batch's requests only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -27,11 +28,14 @@ InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 class BatchRunner:
     def __init__(self, name: str, infer: InferFn, policy: BatchPolicy,
-                 on_batch: Callable[[BatchRecord], None] | None = None) -> None:
+                 on_batch: Callable[[BatchRecord], None] | None = None,
+                 on_batch_start: Callable[[int], None] | None = None) -> None:
         self.name = name
         self.infer = infer
         self.policy = policy
         self.on_batch = on_batch
+        self.on_batch_start = on_batch_start
+        self._batch_ids = itertools.count(1)
         self._slots = asyncio.Semaphore(policy.max_inflight_batches)
         self._running: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -75,7 +79,11 @@ class BatchRunner:
         started = time.monotonic()
         waits = [started - c.request.enqueued_at for c in batch]
         rows = sum(c.rows for c in batch)
+        batch_id = next(self._batch_ids)
+        if self.on_batch_start:
+            self.on_batch_start(batch_id)
         ok = False
+        failure_text = ""
         collated = computed = started
         try:
             inputs = concatenate_padded([c.tensors() for c in batch])
@@ -90,6 +98,7 @@ class BatchRunner:
             logger.exception("batch of %d rows failed for model %s", rows, self.name)
             failure = error if isinstance(error, InferenceFailed) else InferenceFailed(
                 f"model {self.name!r} failed on a batch: {type(error).__name__}: {error}")
+            failure_text = failure.message
             for chunk in batch:
                 chunk.request.fail(failure)
         else:
@@ -103,4 +112,5 @@ class BatchRunner:
             if self.on_batch:
                 done = time.monotonic()
                 computed = computed if ok else done
-                self.on_batch(BatchRecord(rows, waits, computed - collated, ok, collated - started, done - computed))
+                self.on_batch(BatchRecord(rows, waits, computed - collated, ok, collated - started, done - computed,
+                                          batch_id, failure_text))

@@ -27,6 +27,9 @@ class JsonFormatter(logging.Formatter):
         }
         if getattr(record, "request_id", None):
             entry["request_id"] = record.request_id  # type: ignore[attr-defined]
+        fields = getattr(record, "fields", None)  # structured events: logger.info(..., extra={"fields": {...}})
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

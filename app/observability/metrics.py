@@ -8,6 +8,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
@@ -18,6 +19,8 @@ from app.observability.loop_histogram import LoopHistogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MODEL_STATES = ("READY", "UNAVAILABLE", "LOADING", "UNLOADING")
 
 
 class Metrics:
@@ -46,9 +49,29 @@ class Metrics:
                                       ["model"], registry=r)
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
-        self._queue_depths: dict[str, list[Callable[[], float]]] = {}
+        self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
+        # Model lifecycle: off the request path, so plain prometheus-client collectors.
+        self.model_state = Gauge("ortserve_model_state", "1 for the state each model version is in",
+                                 ["model", "version", "state"], registry=r)
+        self.model_loads = Counter("ortserve_model_loads", "Version loads, by result", ["model", "result"],
+                                   registry=r)
+        self.model_load_failures = Counter("ortserve_model_load_failures", "Failed version loads, by reason",
+                                           ["model", "reason"], registry=r)
+        self.model_unloads = Counter("ortserve_model_unloads", "Versions unloaded", ["model"], registry=r)
+        self.model_load_seconds = Histogram("ortserve_model_load_seconds",
+                                            "Reading, verifying, loading and warming up one version",
+                                            ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.batcher_restarts = Counter("ortserve_batcher_restarts",
+                                        "Times a model's batch-forming task died and was restarted",
+                                        ["model"], registry=r)
+        self.model_stalled = Gauge("ortserve_model_stalled",
+                                   "1 while a batch of this version runs past inference_timeout_s",
+                                   ["model", "version"], registry=r)
+        self.model_breaker_open = Gauge("ortserve_model_breaker_open",
+                                        "1 while this version answers 503 after failed batches in a row",
+                                        ["model", "version"], registry=r)
 
     def batch_observer(self, model: str) -> Callable[[BatchRecord], None]:
         queue_time, compute = self.queue_time.labels(model), self.compute_time.labels(model)
@@ -67,9 +90,16 @@ class Metrics:
 
         return observe
 
-    def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
+    def watch_queue(self, model: str, key: object, depth: Callable[[], float]) -> None:
         """Queue depth read when scraped: nothing to update on the request path. The
         versions of one model share its label, so their depths add up."""
-        depths = self._queue_depths.setdefault(model, [])
-        depths.append(depth)
-        self.queue_depth.labels(model).set_function(lambda: sum(d() for d in depths))
+        depths = self._queue_depths.setdefault(model, {})
+        depths[key] = depth
+        self.queue_depth.labels(model).set_function(lambda: sum(d() for d in list(depths.values())))
+
+    def unwatch_queue(self, model: str, key: object) -> None:
+        self._queue_depths.get(model, {}).pop(key, None)
+
+    def set_state(self, model: str, version: str, state: str) -> None:
+        for each in MODEL_STATES:
+            self.model_state.labels(model, version, each).set(1 if each == state else 0)

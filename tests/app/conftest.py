@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,7 +57,7 @@ async def serving(app_changes: Callable[[FastAPI], None] | None = None,
                   **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app under its lifespan, reached in-process through httpx's ASGI transport;
     `app_changes` is applied to the app first, as a user extending it would."""
-    settings = Settings(model_dir=MODELS, **overrides)
+    settings = Settings(**({"model_dir": MODELS} | overrides))
     app = create_app(settings)
     if app_changes is not None:
         app_changes(app)
@@ -111,3 +114,23 @@ def batch_policy(**overrides: Any) -> BatchPolicy:
                               "inference_threads": 1, "max_queue_size": 4096, "retry_after_s": 1,
                               "inference_niceness": 0}
     return BatchPolicy(**(values | overrides))
+
+
+def copy_model(root: Path, name: str, version: int, source: Path | None = None) -> Path:
+    """A committed model version copied into `root/name/version/` (its manifest says so)."""
+    source = source or model_folder(name)
+    target = root / name / str(version)
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
+
+
+@pytest.fixture
+def model_root(tmp_path: Path) -> Path:
+    """A model folder of its own: both shipped models, copied."""
+    root = tmp_path / "models"
+    for name in ("fashion-cnn", "sst2-lstm"):
+        copy_model(root, name, int(model_folder(name).name))
+    return root

@@ -11,11 +11,13 @@ from app.observability.metrics import Metrics
 def test_queue_depth_is_read_when_scraped_and_adds_up_across_versions() -> None:
     metrics = Metrics()
     queued = {"v1": 3, "v2": 0}
-    metrics.watch_queue("m", lambda: queued["v1"])
-    metrics.watch_queue("m", lambda: queued["v2"])
+    metrics.watch_queue("m", "v1", lambda: queued["v1"])
+    metrics.watch_queue("m", "v2", lambda: queued["v2"])
     assert 'ortserve_queue_depth{model="m"} 3.0' in generate_latest(metrics.registry).decode()
     queued["v2"] = 4
     assert 'ortserve_queue_depth{model="m"} 7.0' in generate_latest(metrics.registry).decode()
+    metrics.unwatch_queue("m", "v1")  # an unloaded version stops counting (and is not kept alive)
+    assert 'ortserve_queue_depth{model="m"} 4.0' in generate_latest(metrics.registry).decode()
 
 
 def test_loop_histogram_exposes_what_a_prometheus_histogram_does() -> None:

@@ -1,11 +1,14 @@
-"""What the V1 and V2 routes share: the running app's repository and settings, documented errors."""
+"""What the routes share: the running app's repository and settings, access checks,
+documented errors."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import Request
 
+from app.errors import Forbidden, Unauthorized
 from app.protocol.v2 import ErrorResponse
 from app.repository import ModelRepository
 from app.settings import Settings
@@ -21,3 +24,42 @@ def repository(request: Request) -> ModelRepository:
 
 def settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def bearer_token(request: Request) -> str | None:
+    for key, value in request.scope["headers"]:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def matches_any(token: str | None, secrets: list[bytes]) -> bool:
+    """Constant-time comparison with every secret (no early exit on the first match)."""
+    given = (token or "").encode("utf-8", "surrogateescape")
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given, secret)
+    return found and token is not None
+
+
+def authorize(request: Request) -> None:
+    """The inference endpoints' API key check; nothing to do unless keys are configured."""
+    keys: list[bytes] = request.app.state.api_keys
+    if keys and not matches_any(bearer_token(request), keys):
+        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+
+
+def authorize_admin(request: Request, *, changes: bool) -> None:
+    """The repository API's check: off without an admin token, 401 for a wrong or missing
+    token, 403 for load and unload where the control mode does not allow them."""
+    token: bytes | None = request.app.state.admin_token
+    if token is None:
+        raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
+                        "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
+    if not matches_any(bearer_token(request), [token]):
+        raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
+    mode = settings(request).model_control_mode
+    if changes and mode != "explicit":
+        raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
+                        f"mode; this server runs in {mode!r} mode")

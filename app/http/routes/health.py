@@ -8,7 +8,7 @@ from app import __version__
 from app.protocol.v2 import ErrorResponse, MetadataServerResponse
 
 router = APIRouter(tags=["health"])
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
 @router.get("/v2/health/live", summary="Liveness: the process answers")
@@ -16,8 +16,8 @@ async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready", summary="Readiness: every model is loaded and warmed up",
-            responses={503: {"description": "still loading, or shutting down"}})
+@router.get("/v2/health/ready", summary="Readiness: every model that should be served is serving",
+            responses={503: {"description": "still loading, a model that should be served is not, or shutting down"}})
 async def ready(request: Request) -> Response:
     repository = getattr(request.app.state, "repository", None)
     ok = repository is not None and repository.ready and not request.app.state.draining

@@ -11,8 +11,8 @@ from app.codecs import predictions
 from app.errors import InvalidInput, UnprocessableInput
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, read_body
-from app.http.routes.common import ERRORS, repository, settings
-from app.repository import ServedModel
+from app.http.routes.common import ERRORS, authorize, repository, settings
+from app.served_model import ServedModel
 
 router = APIRouter(tags=["v1"])
 
@@ -52,20 +52,24 @@ async def describe_model(request: Request, name: str) -> Response:
 
 
 async def v1_predict(request: Request, name: str) -> Response:
-    model = repository(request).get(name)
-    limits = settings(request)
-    body = await read_body(request, limits.max_body_bytes)
+    authorize(request)
+    model = repository(request).acquire(name)
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
-    instances = payload.get("instances") if isinstance(payload, dict) else None
-    if not isinstance(instances, list):
-        raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
-    if not instances:
-        raise InvalidInput("'instances' is empty: send at least one instance")
-    inputs = model.codec.instances_to_inputs(instances)
-    outputs = await model.infer(inputs, limits.request_timeout_s)
+        limits = settings(request)
+        body = await read_body(request, limits.max_body_bytes)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"request body is not valid JSON: {e}") from e
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list):
+            raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
+        if not instances:
+            raise InvalidInput("'instances' is empty: send at least one instance")
+        inputs = model.codec.instances_to_inputs(instances)
+        outputs = await model.infer(inputs, limits.request_timeout_s)
+    finally:
+        model.release()
     return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
 

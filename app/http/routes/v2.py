@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, header, read_body
-from app.http.routes.common import ERRORS, repository, settings
+from app.http.routes.common import ERRORS, authorize, repository, settings
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
     InferenceRequest,
@@ -19,8 +19,8 @@ from app.protocol.v2 import (
     encode_response,
     parse_request,
 )
-from app.repository import ServedModel
 from app.runtime import CUDA
+from app.served_model import ServedModel
 
 router = APIRouter(tags=["v2"])
 PLATFORM = "onnxruntime_onnx"
@@ -32,10 +32,10 @@ def _triton_shape(shape: list[int]) -> list[int]:
     return [-1, 1] if shape == [-1] else shape
 
 
-def _metadata(model: ServedModel) -> dict[str, Any]:
+def _metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
     m = model.manifest
     return {
-        "name": m.name, "versions": [model.version], "platform": PLATFORM,
+        "name": m.name, "versions": versions, "platform": PLATFORM,
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _triton_shape(t.shape)} for t in m.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
         "parameters": {"variant": model.variant, "providers": model.session.providers, "task": m.task,
@@ -43,7 +43,7 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
     }
 
 
-def _config(model: ServedModel) -> dict[str, Any]:
+def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any]:
     """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0."""
     m, policy = model.manifest, model.batcher.policy
     kind = "KIND_GPU" if model.session.providers[0] == CUDA else "KIND_CPU"
@@ -60,7 +60,7 @@ def _config(model: ServedModel) -> dict[str, Any]:
 
     return {
         "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": version_policy,
         "max_batch_size": policy.max_batch_size,
         "input": tensors(m.inputs), "output": tensors(m.outputs),
         "dynamic_batching": {"max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
@@ -82,7 +82,9 @@ async def all_stats(request: Request) -> Response:
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
             responses=ERRORS, summary="Metadata of one model version")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    return JSONResponse(_metadata(repository(request).get(name, version)))
+    models = repository(request)
+    model = models.get(name, version)
+    return JSONResponse(_metadata(model, models.versions_of(name) if version is None else [model.version]))
 
 
 @router.get("/v2/models/{name}/ready", responses=ERRORS, summary="Model readiness")
@@ -96,15 +98,21 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config", responses=ERRORS,
             summary="Triton model configuration of one version")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
-    return JSONResponse(_config(repository(request).get(name, version)))
+    models = repository(request)
+    return JSONResponse(_config(models.get(name, version), models.policy_of(name).as_triton()))
 
 
 @router.get("/v2/models/{name}/stats", responses=ERRORS, summary="Triton statistics of one model")
 @router.get("/v2/models/{name}/versions/{version}/stats", responses=ERRORS,
             summary="Triton statistics of one model version")
 async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
-    model = repository(request).get(name, version)
-    return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
+    """Without a version: every served version's, as Triton answers."""
+    models = repository(request)
+    if version is not None:
+        model = models.get(name, version)
+        return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
+    models.get(name)  # 404 / 503 when it is not served
+    return JSONResponse({"model_stats": [stats.as_triton(name, v) for v, stats in models.stats_of(name)]})
 
 
 _INFER_DOC = {
@@ -133,14 +141,18 @@ async def v2_infer_version(request: Request, name: str, version: str) -> Respons
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    model = repository(request).get(name, version)
-    limits = settings(request)
-    body = await read_body(request, limits.max_body_bytes)
-    infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
-    inputs = decode_inputs(infer_request, binary, model.manifest)
-    model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
-    check_requested_outputs(infer_request, model.manifest)
-    outputs = await model.infer(inputs, limits.request_timeout_s)
+    authorize(request)
+    model = repository(request).acquire(name, version)
+    try:
+        limits = settings(request)
+        body = await read_body(request, limits.max_body_bytes)
+        infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
+        inputs = decode_inputs(infer_request, binary, model.manifest)
+        model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
+        check_requested_outputs(infer_request, model.manifest)
+        outputs = await model.infer(inputs, limits.request_timeout_s)
+    finally:
+        model.release()
     content, header_length = encode_response(infer_request, model.manifest, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")

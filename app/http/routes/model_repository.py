@@ -1,0 +1,77 @@
+"""Triton's model repository extension: the index of every model version, and load / unload.
+
+Off unless an admin token is configured; load and unload only in the explicit model
+control mode (app/http/routes/common.py `authorize_admin`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from app.errors import Forbidden, InvalidInput, Unauthorized
+from app.http.responses import JSONResponse, read_body
+from app.http.routes.common import authorize_admin, repository, settings
+from app.protocol.v2 import ErrorResponse
+
+router = APIRouter(tags=["model repository"])
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": kind.__doc__ or kind.__name__}
+    for code, kind in ((401, Unauthorized), (403, Forbidden))
+}
+CHANGE_ERRORS = ADMIN_ERRORS | {400: {"model": ErrorResponse, "description": "the model (or a version) failed to load"},
+                                404: {"model": ErrorResponse, "description": "no such model"}}
+_BEARER: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
+
+
+async def _options(request: Request) -> dict[str, Any]:
+    """The JSON body Triton's clients send (optional): its `parameters`, or the index's `ready`."""
+    body = await read_body(request, settings(request).max_body_bytes)
+    if not body.strip():
+        return {}
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    if not isinstance(payload, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return payload
+
+
+@router.post("/v2/repository/index", summary="Every model version found, with its state and why",
+             description="Each model version on disk or served: READY, UNAVAILABLE, LOADING or UNLOADING, "
+                         "and the reason for any state but READY. `{\"ready\": true}` lists only READY ones.",
+             responses=ADMIN_ERRORS, openapi_extra={"security": _BEARER})
+async def repository_index(request: Request) -> Response:
+    authorize_admin(request, changes=False)
+    options = await _options(request)
+    entries = repository(request).index()
+    if options.get("ready"):
+        entries = [e for e in entries if e["state"] == "READY"]
+    return JSONResponse(entries)
+
+
+@router.post("/v2/repository/models/{name}/load", summary="Load, or reload, a model",
+             description="Reads the model's folder again and serves the versions its version policy selects: "
+                         "new versions load and warm up beside the serving ones, traffic switches at once, "
+                         "and versions no longer selected finish their requests, then unload. A version "
+                         "that fails leaves the previous one serving (400, with the reason).",
+             responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
+async def load_model(request: Request, name: str) -> Response:
+    authorize_admin(request, changes=True)
+    await _options(request)
+    await repository(request).load(name)
+    return Response(status_code=200)
+
+
+@router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
+             description="Every version stops taking requests, finishes those it has, then unloads.",
+             responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
+async def unload_model(request: Request, name: str) -> Response:
+    authorize_admin(request, changes=True)
+    await _options(request)
+    await repository(request).unload(name)
+    return Response(status_code=200)
+

@@ -1,0 +1,116 @@
+"""Turning one version folder into a ServedModel, or a LoadError that says why not.
+
+Everything the model reads is checked against the manifest first, and ONNX Runtime and the
+codec are given the checked bytes, not the files (app/manifest.py `read_verified`). Runs
+in a worker thread: nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
+from app.codecs import classify_batch, make_codec
+from app.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, read_verified, sha256_of_bytes
+from app.observability.stats import ModelStats
+from app.runtime import OrtModel, OrtOptions, choose_variant
+from app.served_model import ServedModel
+from app.settings import Settings
+from app.supervision import BatchHealth
+
+
+class LoadError(Exception):
+    """A version that cannot be served; `kind` is a short category for metrics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def manifest_fingerprint(folder: Path) -> str:
+    """The manifest as it is on disk now: a change means the version must be reloaded."""
+    try:
+        return sha256_of_bytes((folder / MANIFEST_FILE).read_bytes())
+    except OSError:
+        return ""
+
+
+def load_version(folder: Path, settings: Settings, ort: OrtOptions,
+                 on_batch: Callable[[BatchRecord], None] | None = None) -> ServedModel:
+    """Read, verify, load and (if the settings say so) warm up one version; not started."""
+    fingerprint = manifest_fingerprint(folder)
+    try:
+        manifest = load_manifest(folder, verify_files=False)
+    except ManifestError as e:
+        raise LoadError("manifest", str(e)) from e
+    try:
+        variant = choose_variant(manifest, ort.providers, settings.variant)
+    except ValueError as e:
+        raise LoadError("variant", str(e)) from e
+    try:  # only the variant served is read now; the others when (if) they are loaded
+        model_bytes = read_verified(folder, manifest.variants[variant].file, manifest.variants[variant].sha256)
+        extras = {file: read_verified(folder, file, digest.sha256) for file, digest in manifest.extra_files.items()}
+    except ManifestError as e:
+        raise LoadError("integrity", str(e)) from e
+    try:
+        session = OrtModel(model_bytes, ort)
+    except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
+        raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {manifest.variants[variant].file}: "
+                                       f"{type(e).__name__}: {e}") from e
+    try:
+        codec = make_codec(manifest, extras)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise LoadError("manifest", f"{folder}: {type(e).__name__}: {e}") from e
+    health = BatchHealth(f"{manifest.name} v{manifest.version}", settings.failure_threshold,
+                         settings.failure_cooldown_s, settings.inference_timeout_s)
+    logits = manifest.outputs[0].name
+    stats = ModelStats()
+
+    def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return classify_batch(session.run(inputs), logits)
+
+    def record(batch: BatchRecord) -> None:
+        health.batch_ended(batch.batch_id, batch.ok, batch.error)
+        stats.record_batch(batch)
+        if on_batch is not None:
+            on_batch(batch)
+
+    batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
+                             length_of=_sequence_length(manifest), on_batch=record,
+                             on_batch_start=health.batch_started)
+    model = ServedModel(manifest, folder, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
+    if settings.warmup:
+        try:
+            model.warm_up()
+        except Exception as e:
+            raise LoadError("warmup", f"{folder}: warm-up failed: {type(e).__name__}: {e}") from e
+    return model
+
+
+def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
+    """The one place a model's batching is decided: the manifest's per-model values unless
+    the settings override them, and the server-wide settings."""
+    s, own = settings, manifest.batching
+    delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else own.max_queue_delay_ms
+    return BatchPolicy(
+        max_batch_size=s.max_batch_size or own.max_batch_size,
+        max_queue_delay_s=delay_ms / 1000,
+        max_inflight_batches=s.max_inflight_batches,
+        inference_threads=s.inference_threads,
+        max_queue_size=s.max_queue_size,
+        retry_after_s=s.retry_after_s,
+        inference_niceness=s.inference_niceness,
+    )
+
+
+def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
+    """For models with a variable-length input, a function giving a request's padded length."""
+    for spec in manifest.inputs:
+        if len(spec.shape) >= 2 and spec.shape[1] == -1:
+            name = spec.name
+            return lambda inputs: int(inputs[name].shape[1])
+    return None

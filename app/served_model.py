@@ -1,0 +1,113 @@
+"""One loaded model version, as requests use it: its session, batcher, codec, statistics
+and health, and the leases that keep it alive while requests hold it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.batching import DynamicBatcher
+from app.codecs import Codec
+from app.deadlines import Deadlines
+from app.errors import DeadlineExceeded
+from app.manifest import Manifest, TensorSpec
+from app.observability.stats import ModelStats
+from app.runtime import OrtModel
+from app.supervision import BatchHealth
+
+
+@dataclass(eq=False)
+class ServedModel:
+    manifest: Manifest
+    directory: Path
+    variant: str
+    session: OrtModel
+    batcher: DynamicBatcher
+    codec: Codec
+    health: BatchHealth
+    stats: ModelStats = field(default_factory=ModelStats)
+    fingerprint: str = ""
+    """What its manifest was when it was loaded (app/repository.py reloads on a change)."""
+    leases: int = 0
+    """Requests that hold this model: between looking it up and their answer."""
+
+    def __post_init__(self) -> None:
+        # A function of the name, not a bound method: no reference cycle through the model,
+        # so an unloaded model is freed by reference counting even where the collector
+        # does not look (objects frozen at start-up, app/tuning.py).
+        self.deadlines = Deadlines(functools.partial(_expire, self.name))
+        self._unleased = asyncio.Event()
+        self._unleased.set()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @functools.cached_property
+    def version(self) -> str:  # cached: read for every response
+        return str(self.manifest.version)
+
+    @property
+    def ready(self) -> bool:
+        return self.health.healthy
+
+    def acquire(self) -> ServedModel:
+        """Hold the model for one request (release it when answered): a model being replaced
+        is unloaded only once no request holds it, so none that found it fails."""
+        self.leases += 1
+        self._unleased.clear()
+        return self
+
+    def release(self) -> None:
+        self.leases -= 1
+        if not self.leases:
+            self._unleased.set()
+
+    async def retire(self, grace_s: float) -> None:
+        """Once no request holds it, finish what is queued and running, then stop."""
+        try:
+            await asyncio.wait_for(self._unleased.wait(), grace_s)
+        except TimeoutError:
+            pass
+        await self.batcher.stop(grace_s)
+        self.deadlines.close()
+
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        """Queue and await one request's (already validated) rows; past `timeout_s`, 504."""
+        started = time.monotonic()
+        future = self.batcher.submit(inputs)
+        # Not asyncio.wait_for: no extra task per request on the hot path.
+        self.deadlines.watch(future, timeout_s)
+        ok = False
+        try:
+            outputs = await future
+            ok = True
+            return outputs
+        finally:
+            self.stats.record_request(time.monotonic() - started, ok)
+
+    def warm_up(self) -> None:
+        """Run once per power-of-two batch size up to the maximum, so the first real
+        requests (and on CUDA every batch shape bucket) do not pay for first-run set-up."""
+        sizes, size = [], 1
+        while size < self.batcher.policy.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.batcher.policy.max_batch_size)
+        for n in sizes:
+            self.session.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+
+
+def _expire(name: str, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float) -> None:
+    future.set_exception(DeadlineExceeded(f"model {name!r} did not answer within {timeout_s:g} s"))
+
+
+def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
+    shape = [rows] + [8 if d == -1 else d for d in spec.shape[1:]]
+    fill = 0 if spec.numpy_dtype.startswith("float") else 1  # ids and lengths of 1 are valid
+    return np.full(shape, fill, dtype=spec.numpy_dtype)
