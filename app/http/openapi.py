@@ -18,7 +18,9 @@ def add_body_schemas(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = original()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        # The repository API's admin token (and the inference endpoints' API keys, where set)
+        schema.setdefault("components", {})["securitySchemes"] = {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
+        components = schema["components"].setdefault("schemas", {})
         for model in v2.OPENAPI_MODELS:
             generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(generated.pop("$defs", {}))

@@ -197,6 +197,9 @@ async def test_openapi_documents_every_endpoint() -> None:
                  "/v2/models/{name}/config", "/v2/models/{name}/stats"):
         assert path in paths, path
     assert "InferenceRequest" in spec["components"]["schemas"]
+    for path in ("/v2/repository/index", "/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"):
+        for requirement in paths[path]["post"]["security"]:
+            assert set(requirement) <= set(spec["components"]["securitySchemes"]), path
     assert "examples" in paths["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]
 
 
