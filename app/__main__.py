@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         "host": settings.host, "port": settings.port, "log_config": log_config,
         "access_log": settings.access_log, "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         "loop": "uvloop", "http": "httptools",
+        # Beyond this many connections and requests at once, uvicorn answers 503 itself.
+        "limit_concurrency": settings.max_connections,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)

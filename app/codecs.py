@@ -9,6 +9,7 @@ refused before it is queued and can never fail the batch it would have joined.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Protocol
 
@@ -16,11 +17,27 @@ import numpy as np
 
 from app.errors import InvalidInput
 from app.manifest import RESERVED_PREFIX, ImagePreprocessing, Manifest, TextPreprocessing
-from app.preprocess import PreprocessError, Tokenizer, decode_base64_image, normalize_pixels
+from app.preprocess import ImageLimits, PreprocessError, Tokenizer, decode_base64_image, normalize_pixels
+
+# Work above this much is done off the event loop (app/offload.py): it would hold up every
+# other request, health checks included, for milliseconds.
+HEAVY_TEXT_CHARS = 32_768
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one instance may cost to decode (the server's settings)."""
+
+    max_text_chars: int = 2048
+    image: ImageLimits = ImageLimits()
 
 
 class Codec(Protocol):
     def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]: ...
+
+    def heavy(self, instances: list[Any]) -> bool:
+        """Whether decoding these instances is too much work for the event loop."""
+        ...
 
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None: ...
 
@@ -28,10 +45,14 @@ class Codec(Protocol):
 
 
 class ImageCodec:
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, limits: InputLimits) -> None:
         assert isinstance(manifest.preprocessing, ImagePreprocessing)
         self.spec = manifest.preprocessing
         self.input_name = manifest.inputs[0].name
+        self.limits = limits.image
+
+    def heavy(self, instances: list[Any]) -> bool:
+        return any(not isinstance(i, list) for i in instances)  # encoded images are decoded
 
     def describe_instance(self) -> str:
         s = self.spec
@@ -50,7 +71,7 @@ class ImageCodec:
     def _one(self, instance: Any, index: int) -> np.ndarray:
         if isinstance(instance, dict) and set(instance) == {"b64"} and isinstance(instance["b64"], str):
             try:
-                return decode_base64_image(instance["b64"], self.spec)
+                return decode_base64_image(instance["b64"], self.spec, self.limits)
             except PreprocessError as e:
                 raise InvalidInput(f"instance {index}: {e}") from e
         if isinstance(instance, list):
@@ -86,19 +107,26 @@ class ImageCodec:
 
 
 class TextCodec:
-    def __init__(self, manifest: Manifest, files: Mapping[str, bytes]) -> None:
+    def __init__(self, manifest: Manifest, files: Mapping[str, bytes], limits: InputLimits) -> None:
         assert isinstance(manifest.preprocessing, TextPreprocessing)
         self.tokenizer = Tokenizer.from_bytes(files[manifest.preprocessing.vocabulary_file], manifest.preprocessing)
         self.ids_name, self.lengths_name = manifest.inputs[0].name, manifest.inputs[1].name
+        self.max_chars = limits.max_text_chars
 
     def describe_instance(self) -> str:
-        return (f"a string; it is tokenised and truncated to {self.tokenizer.spec.max_length} tokens")
+        return (f"a string; its first {self.max_chars} characters are tokenised and truncated to "
+                f"{self.tokenizer.spec.max_length} tokens")
+
+    def heavy(self, instances: list[Any]) -> bool:
+        return sum(len(t) if isinstance(t, str) else 0 for t in instances) > HEAVY_TEXT_CHARS
 
     def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
         for n, text in enumerate(instances):
             if not isinstance(text, str):
                 raise InvalidInput(f"instance {n}: expected {self.describe_instance()}, got {type(text).__name__}")
-        ids, lengths = self.tokenizer.encode_batch(instances)
+        # Cut before normalising: NFKC can expand a character many times over, and a model
+        # reads only max_length tokens anyway.
+        ids, lengths = self.tokenizer.encode_batch([text[: self.max_chars] for text in instances])
         return {self.ids_name: ids, self.lengths_name: lengths}
 
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
@@ -106,6 +134,10 @@ class TextCodec:
         if len(ids) != len(lengths):
             raise InvalidInput(f"{self.ids_name!r} has {len(ids)} rows but {self.lengths_name!r} has {len(lengths)}")
         width = ids.shape[1]
+        max_length = self.tokenizer.spec.max_length
+        if width > max_length:  # every request batched with it would be padded to this width
+            raise InvalidInput(f"{self.ids_name!r} is {width} tokens wide; this model reads at most "
+                               f"{max_length} tokens per text")
         if width == 0 or lengths.min() < 1 or lengths.max() > width:
             raise InvalidInput(f"each of {self.lengths_name!r} must be between 1 and the padded width {width}")
         vocab = len(self.tokenizer.vocabulary)
@@ -113,11 +145,11 @@ class TextCodec:
             raise InvalidInput(f"{self.ids_name!r} must hold ids in [0, {vocab})")
 
 
-def make_codec(manifest: Manifest, files: Mapping[str, bytes]) -> Codec:
+def make_codec(manifest: Manifest, files: Mapping[str, bytes], limits: InputLimits = InputLimits()) -> Codec:
     """The codec of the manifest's task; `files` are the model's extra files, already verified."""
     if manifest.task == "image-classification":
-        return ImageCodec(manifest)
-    return TextCodec(manifest, files)
+        return ImageCodec(manifest, limits)
+    return TextCodec(manifest, files, limits)
 
 
 PROBABILITIES = RESERVED_PREFIX + "probabilities"

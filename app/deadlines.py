@@ -1,56 +1,63 @@
-"""Request deadlines: one event-loop timer per timeout value instead of one per request.
+"""Deadlines: one event-loop timer for every watched request instead of one per request.
 
-A uvloop timer started and cancelled for every request was a measurable cost on the event
-loop (docs/benchmarks.md, "Figures behind the code"), which is the service's bottleneck at
-high request rates. Requests that share a timeout reach
-their deadlines in the order they arrived, so they wait in a queue whose head is always
-the next one due, and one timer, set for the head, is enough.
+A loop timer started and cancelled for every request is a measurable cost on the event
+loop (docs/benchmarks.md, "Figures behind the code"), which is the service's bottleneck
+at high request rates. Watched items wait in a heap ordered by their due time; one timer
+is set for the earliest. A deadline is counted from the request's arrival, and requests
+mostly arrive in due order, so new items rarely move the timer, and answered items leave
+from the heap's head as the next ones are watched.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+import itertools
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+
+class Watched(Protocol):
+    def done(self) -> bool: ...
 
 
 class Deadlines:
-    def __init__(self, expire: Callable[[asyncio.Future[Any], float], None]) -> None:
-        self._expire = expire  # called with each future still pending at its deadline, and its timeout
-        self._queues: dict[float, deque[tuple[float, asyncio.Future[Any]]]] = {}
-        self._timers: dict[float, asyncio.TimerHandle] = {}
+    def __init__(self, expire: Callable[[Any, float], None]) -> None:
+        self._expire = expire  # called with each item still pending at its deadline, and its timeout
+        self._heap: list[tuple[float, int, Watched, float]] = []
+        self._order = itertools.count()  # ties never compare the items themselves
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = float("inf")
 
-    def watch(self, future: asyncio.Future[Any], timeout_s: float) -> None:
-        """Expire `future` if it is still pending `timeout_s` from now."""
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(timeout_s)
-        if queue is None:
-            queue = self._queues[timeout_s] = deque()
-        # Answered requests leave from the head here, so the queue holds about the
-        # requests in flight rather than every request of the last `timeout_s`.
-        while queue and queue[0][1].done():
-            queue.popleft()
-        due = loop.time() + timeout_s
-        queue.append((due, future))
-        if timeout_s not in self._timers:
-            self._timers[timeout_s] = loop.call_at(due, self._sweep, timeout_s)
+    def watch(self, item: Watched, due: float, timeout_s: float) -> None:
+        """Expire `item` if it is still pending at `due` (a time.monotonic() value)."""
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        heapq.heappush(heap, (due, next(self._order), item, timeout_s))
+        if due < self._timer_due:
+            self._schedule(due)
 
-    def _sweep(self, timeout_s: float) -> None:
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         loop = asyncio.get_running_loop()
-        queue = self._queues[timeout_s]
-        now = loop.time()
-        while queue and (queue[0][0] <= now or queue[0][1].done()):
-            _, future = queue.popleft()
-            if not future.done():
-                self._expire(future, timeout_s)
-        if queue:
-            self._timers[timeout_s] = loop.call_at(queue[0][0], self._sweep, timeout_s)
-        else:
-            del self._timers[timeout_s]
+        self._timer = loop.call_later(max(0.0, due - time.monotonic()), self._sweep)
+        self._timer_due = due
+
+    def _sweep(self) -> None:
+        self._timer, self._timer_due = None, float("inf")
+        heap, now = self._heap, time.monotonic()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _, _, item, timeout_s = heapq.heappop(heap)
+            if not item.done():
+                self._expire(item, timeout_s)
+        if heap:
+            self._schedule(heap[0][0])
 
     def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._queues.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_due = None, float("inf")
+        self._heap.clear()

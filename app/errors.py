@@ -38,6 +38,22 @@ class Forbidden(ServingError):
     status_code = 403
 
 
+class RequestTimeout(ServingError):
+    """The body did not arrive in time; the connection is closed."""
+
+    status_code = 408
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class ClientGone(ServingError):
+    """The client hung up before its request ran (nginx's 499: nobody reads the answer)."""
+
+    status_code = 499
+
+
 class ModelNotFound(ServingError):
     status_code = 404
 

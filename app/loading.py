@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
-from app.codecs import classify_batch, make_codec
+from app.batching.request import PendingRequest
+from app.codecs import InputLimits, classify_batch, make_codec
 from app.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, read_verified, sha256_of_bytes
 from app.observability.stats import ModelStats
+from app.preprocess import ImageLimits
 from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.served_model import ServedModel
 from app.settings import Settings
@@ -40,7 +42,8 @@ def manifest_fingerprint(folder: Path) -> str:
 
 
 def load_version(folder: Path, settings: Settings, ort: OrtOptions,
-                 on_batch: Callable[[BatchRecord], None] | None = None) -> ServedModel:
+                 on_batch: Callable[[BatchRecord], None] | None = None,
+                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> ServedModel:
     """Read, verify, load and (if the settings say so) warm up one version; not started."""
     fingerprint = manifest_fingerprint(folder)
     try:
@@ -62,7 +65,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
         raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {manifest.variants[variant].file}: "
                                        f"{type(e).__name__}: {e}") from e
     try:
-        codec = make_codec(manifest, extras)
+        codec = make_codec(manifest, extras, input_limits(settings))
     except (ValueError, KeyError, UnicodeDecodeError) as e:
         raise LoadError("manifest", f"{folder}: {type(e).__name__}: {e}") from e
     health = BatchHealth(f"{manifest.name} v{manifest.version}", settings.failure_threshold,
@@ -81,7 +84,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
 
     batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
                              length_of=_sequence_length(manifest), on_batch=record,
-                             on_batch_start=health.batch_started)
+                             on_batch_start=health.batch_started, on_hang_up=on_hang_up)
     model = ServedModel(manifest, folder, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
     if settings.warmup:
         try:
@@ -89,6 +92,11 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
         except Exception as e:
             raise LoadError("warmup", f"{folder}: warm-up failed: {type(e).__name__}: {e}") from e
     return model
+
+
+def input_limits(settings: Settings) -> InputLimits:
+    return InputLimits(max_text_chars=settings.max_text_chars,
+                       image=ImageLimits(max_pixels=settings.max_image_pixels, formats=tuple(settings.image_formats)))
 
 
 def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
@@ -102,6 +110,7 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         max_inflight_batches=s.max_inflight_batches,
         inference_threads=s.inference_threads,
         max_queue_size=s.max_queue_size,
+        max_queue_bytes=s.max_queue_bytes,
         retry_after_s=s.retry_after_s,
         inference_niceness=s.inference_niceness,
     )

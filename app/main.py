@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
+from app.http.budget import RequestBudget
 from app.http.errors import install_error_handlers
 from app.http.fastpath import FastPath
 from app.http.hot_routes import fast_dispatch_possible
@@ -21,9 +22,11 @@ from app.http.openapi import add_body_schemas
 from app.http.routes import health, metrics, model_repository, v1, v2
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
+from app.offload import Offload
 from app.repository import ModelRepository
 from app.runtime import available_cpus, ort_options
 from app.settings import Settings
+from app.shutdown import delay_sigterm
 from app.tuning import settle_heap
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin = resolved.admin_secret()
         app.state.admin_token = admin.encode() if admin else None
         app.state.api_keys = [key.encode() for key in resolved.api_secrets()]
+        app.state.budget = RequestBudget(resolved)
+        app.state.offload = Offload(resolved.decode_threads)
         options = ort_options(resolved.providers, resolved.intra_op_threads, resolved.inference_threads)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch, %d CPUs usable",
                     options.providers, options.intra_op_threads, available_cpus())
@@ -58,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for failure in failures:
             logger.error("not served: %s", failure)
         background = start_background_tasks(repository, resolved)
+        delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
         try:
             yield
         finally:
@@ -66,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
+            app.state.offload.shutdown()
             logger.info("stopped")
 
     app = _OrtServe(

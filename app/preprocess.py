@@ -15,7 +15,9 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,28 +64,42 @@ def _pixel_table(scale: float, mean: float, std: float) -> np.ndarray:
     return table
 
 
-# A few KB of PNG can claim gigapixels; refuse before decoding rather than after.
-MAX_IMAGE_PIXELS = 4096 * 4096
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an encoded image may be: decoded only if it passes both."""
+
+    max_pixels: int = 4_000_000
+    """A few KB of PNG can claim gigapixels: refused from the header, before decoding."""
+    formats: tuple[str, ...] = ("PNG", "JPEG")
 
 
-def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
-    """PNG/JPEG/... bytes -> uint8 (H, W) or (C, H, W) pixels, converted and resized.
+def decode_image(data: bytes, spec: ImagePreprocessing, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (H, W) or (C, H, W) pixels, converted and resized.
 
-    Colour images become greyscale (ITU-R 601 luma) for 1-channel models; other sizes are
-    resized to the model's size. Transparent pixels are composited onto black, the
-    background of the training images.
+    Every mode becomes 8-bit before anything else: 16- and 32-bit integer greyscale is
+    scaled from its full range, float greyscale from [0, 1]; palette images are expanded.
+    Transparent pixels are composited onto black, the background of the training images.
+    Colour becomes greyscale (ITU-R 601 luma) for 1-channel models; other sizes are
+    resized to the model's size.
     """
     from PIL import Image, UnidentifiedImageError  # imported lazily: only image models need it
 
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise PreprocessError(f"image of {image.width}x{image.height} pixels is larger than "
-                                  f"the {MAX_IMAGE_PIXELS:,} pixels accepted")
+        image: Image.Image = Image.open(io.BytesIO(data), formats=list(limits.formats))  # the header only
+    except UnidentifiedImageError:
+        raise PreprocessError(f"cannot decode image: not one of the accepted formats "
+                              f"({', '.join(limits.formats)}), or damaged") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        raise PreprocessError(f"image is larger than the {limits.max_pixels:,} pixels accepted") from None
+    if image.width * image.height > limits.max_pixels:
+        raise PreprocessError(f"image of {image.width}x{image.height} pixels is larger than "
+                              f"the {limits.max_pixels:,} pixels accepted")
+    try:
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise PreprocessError(f"cannot decode image: {e}") from e
-    if image.mode in ("RGBA", "LA", "P"):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise PreprocessError(f"cannot decode {image.format} image: {e}") from e
+    image = _as_8_bit(image)
+    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
@@ -95,12 +111,30 @@ def decode_image(data: bytes, spec: ImagePreprocessing) -> np.ndarray:
     return pixels if spec.channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def decode_base64_image(text: str, spec: ImagePreprocessing) -> np.ndarray:
+def _as_8_bit(image: Any) -> Any:
+    """Wide greyscale modes scaled to 8 bits; Pillow's own conversion would clip them."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.asarray(image).astype(np.float64)
+        full = 65535.0 if image.mode.startswith("I;16") or wide.max() <= 65535 else float(2**31 - 1)
+        return Image.fromarray(np.clip(np.rint(wide * (255.0 / full)), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        return Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    return image
+
+
+def decode_base64_image(text: str, spec: ImagePreprocessing, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise PreprocessError(f"'b64' is not valid base64: {e}") from e
-    return decode_image(data, spec)
+    return decode_image(data, spec, limits)
 
 
 # --- text -----------------------------------------------------------------------------

@@ -289,8 +289,9 @@ class ModelRepository:
         self._set_status(name, version, State.LOADING, "")
         started = time.monotonic()
         try:
+            hung_up = self.metrics.requests_dropped.labels(name, "client_gone")
             model = await asyncio.to_thread(load_version, folder, self.settings, self.ort,
-                                            self.metrics.batch_observer(name))
+                                            self.metrics.batch_observer(name), lambda _: hung_up.inc())
         except LoadError as e:
             self.metrics.model_loads.labels(name, "failed").inc()
             self.metrics.model_load_failures.labels(name, e.kind).inc()

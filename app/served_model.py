@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,12 +78,17 @@ class ServedModel:
         await self.batcher.stop(grace_s)
         self.deadlines.close()
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Queue and await one request's (already validated) rows; past `timeout_s`, 504."""
+    async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
+                    client_gone: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+        """Queue and await one request's (already validated) rows; at `due` (time.monotonic(),
+        counted from the request's arrival) the request gets 504."""
         started = time.monotonic()
-        future = self.batcher.submit(inputs)
+        if started >= due:
+            raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
+                                   "could be queued")
+        future = self.batcher.submit(inputs, client_gone)
         # Not asyncio.wait_for: no extra task per request on the hot path.
-        self.deadlines.watch(future, timeout_s)
+        self.deadlines.watch(future, due, timeout_s)
         ok = False
         try:
             outputs = await future

@@ -91,6 +91,28 @@ class Settings(BaseSettings):
     """How long a model whose batches keep failing is given a rest before it is tried again."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
+    max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Bytes of model input queued per model before new requests get 503 (beside max_queue_size)."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body not received in full this long after the request arrived gets 408
+    and its connection is closed (slow or stalled clients)."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Concurrent connections and requests per worker beyond which new ones get 503 (uvicorn's
+    limit_concurrency); None: no limit."""
+    drain_delay_s: float = Field(default=0.0, ge=0)
+    """On SIGTERM, how long readiness answers 503 while requests are still accepted, so a
+    load balancer stops sending new ones before the listener closes; 0 closes it at once."""
+    # --- what one request may cost ---
+    max_text_chars: int = Field(default=2048, ge=1)
+    """Characters of a text kept before normalisation and tokenisation; the rest is cut
+    (a model reads at most its max_length tokens anyway)."""
+    max_image_pixels: int = Field(default=4_000_000, ge=1)
+    """Images claiming more pixels (width x height) are refused before they are decoded."""
+    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG"])
+    """Image formats accepted in base64 instances (Pillow's format names)."""
+    decode_threads: int = Field(default=2, ge=1)
+    """Threads that decode images and large bodies, off the event loop: at most this many
+    requests decode at once, the others wait their turn."""
     retry_after_s: int = Field(default=1, ge=0)
     """Retry-After sent with 503 when a queue is full."""
     warmup: bool = True

@@ -30,7 +30,8 @@ class DynamicBatcher:
                  length_of: Callable[[Tensors], int] | None = None,
                  on_batch: Callable[[BatchRecord], None] | None = None,
                  on_batch_start: Callable[[int], None] | None = None,
-                 on_restart: Callable[[BaseException], None] | None = None) -> None:
+                 on_restart: Callable[[BaseException], None] | None = None,
+                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> None:
         """`length_of`, when given, is a request's padded sequence length: queued requests
         of similar length are batched together (text models). `on_restart` hears of each
         time the batch-forming task died and was restarted."""
@@ -41,7 +42,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._on_batch_start = on_batch_start
         self.on_restart = on_restart
-        self._queue = BatchQueue(name, policy, group_by_length=length_of is not None)
+        self._queue = BatchQueue(name, policy, group_by_length=length_of is not None, on_hang_up=on_hang_up)
         self._runner: BatchRunner | None = None
         self._forming: asyncio.Task[None] | None = None
         self._accepting = False
@@ -95,16 +96,17 @@ class DynamicBatcher:
         if self._runner is not None:
             self._runner.shutdown()
 
-    def submit(self, inputs: Tensors) -> asyncio.Future[dict[str, np.ndarray]]:
+    def submit(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None
+               ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request of N rows; the future resolves to its N rows of outputs.
 
-        Cancelling the future (a deadline, a client that went away) drops the request's
-        rows that have not run yet.
+        Cancelling the future (a deadline) drops the request's rows that have not run yet;
+        so does `client_gone()` turning true (checked when batches are formed).
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         length = self.length_of(inputs) if self.length_of else 0
-        request = PendingRequest(inputs, length, asyncio.get_running_loop())
+        request = PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
         self._queue.put(request)
         return request.future
 

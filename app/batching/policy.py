@@ -18,6 +18,9 @@ class BatchPolicy:
     """Threads that run this model's batches. Fewer than max_inflight_batches keeps the next
     batch ready behind a running one, so the thread never idles between batches."""
     max_queue_size: int
+    """Rows queued at most."""
+    max_queue_bytes: int
+    """Bytes of input queued at most."""
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""

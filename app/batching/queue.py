@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.batching.policy import BatchPolicy
 from app.batching.request import Chunk, PendingRequest
@@ -17,12 +17,15 @@ from app.errors import PayloadTooLarge, QueueFull
 
 
 class BatchQueue:
-    def __init__(self, name: str, policy: BatchPolicy, group_by_length: bool) -> None:
+    def __init__(self, name: str, policy: BatchPolicy, group_by_length: bool,
+                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> None:
         self.name = name
         self.policy = policy
         self.group_by_length = group_by_length
+        self.on_hang_up = on_hang_up  # told of each request dropped because its client hung up
         self._chunks: deque[Chunk] = deque()
         self._rows = 0
+        self._bytes = 0.0
         self._arrived = asyncio.Event()  # set while anything is queued
         self._full = asyncio.Event()  # set once a whole batch is queued
         self._empty = asyncio.Event()  # set while nothing is queued
@@ -33,16 +36,25 @@ class BatchQueue:
         """Rows queued, counting those of abandoned requests not yet dropped."""
         return self._rows
 
+    @property
+    def bytes(self) -> float:
+        return self._bytes
+
     def put(self, request: PendingRequest) -> None:
-        """Queue a request, or refuse it: 413 if it could never fit, 503 while the queue is full."""
-        limit = self.policy.max_queue_size
+        """Queue a request, or refuse it: 413 if it could never fit, 503 while the queue is
+        full, in rows or in bytes."""
+        limit, byte_limit = self.policy.max_queue_size, self.policy.max_queue_bytes
         if request.rows > limit:  # retrying would not help
             raise PayloadTooLarge(f"the request has {request.rows} items; model {self.name!r} queues at most {limit}")
-        if self._rows + request.rows > limit:
-            raise QueueFull(f"model {self.name!r} has {self._rows} items queued (limit {limit}); retry later",
-                            self.policy.retry_after_s)
+        if request.bytes > byte_limit:
+            raise PayloadTooLarge(f"the request's inputs take {request.bytes:,.0f} bytes; model {self.name!r} "
+                                  f"queues at most {byte_limit:,}")
+        if self._rows + request.rows > limit or self._bytes + request.bytes > byte_limit:
+            raise QueueFull(f"model {self.name!r} has {self._rows} items ({self._bytes:,.0f} bytes) queued "
+                            f"(limits {limit} items, {byte_limit:,} bytes); retry later", self.policy.retry_after_s)
         self._chunks.append(Chunk(request, 0, request.rows))
         self._rows += request.rows
+        self._bytes += request.bytes
         self._arrived.set()
         self._empty.clear()
         if self._rows >= self.policy.max_batch_size:
@@ -80,6 +92,7 @@ class BatchQueue:
             chunk.request.fail(error)
         self._chunks.clear()
         self._rows = 0
+        self._bytes = 0.0
         self._mark_if_empty()
 
     def _take(self) -> list[Chunk]:
@@ -94,17 +107,17 @@ class BatchQueue:
             if capacity == 0:
                 break
             chunk = self._chunks[i]
-            if chunk.request.abandoned:
+            if self._abandoned(chunk):
                 taken.add(i)
-                self._rows -= chunk.rows
+                self._uncount(chunk.request, chunk.rows)
                 continue
             if chunk.rows > capacity:
                 batch.append(chunk.split(capacity))
-                self._rows -= capacity
+                self._uncount(chunk.request, capacity)
                 break
             batch.append(chunk)
             taken.add(i)
-            self._rows -= chunk.rows
+            self._uncount(chunk.request, chunk.rows)
             capacity -= chunk.rows
         self._remove(taken)
         return batch
@@ -127,9 +140,23 @@ class BatchQueue:
         self._mark_if_empty()
 
     def _drop_abandoned_head(self) -> None:
-        while self._chunks and self._chunks[0].request.abandoned:
-            self._rows -= self._chunks.popleft().rows
+        while self._chunks and self._abandoned(self._chunks[0]):
+            chunk = self._chunks.popleft()
+            self._uncount(chunk.request, chunk.rows)
         self._mark_if_empty()
+
+    def _abandoned(self, chunk: Chunk) -> bool:
+        request = chunk.request
+        was_hung_up = request.hung_up
+        if not request.abandoned():
+            return False
+        if request.hung_up and not was_hung_up and self.on_hang_up is not None:
+            self.on_hang_up(request)
+        return True
+
+    def _uncount(self, request: PendingRequest, rows: int) -> None:
+        self._rows -= rows
+        self._bytes -= rows * request.row_bytes
 
     def _mark_if_empty(self) -> None:
         if not self._chunks:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from app.errors import ClientGone
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -16,21 +18,36 @@ class PendingRequest:
     """N rows of named arrays waiting for their outputs, which may come back in several
     batches (a request larger than a batch is split)."""
 
-    __slots__ = ("enqueued_at", "future", "inputs", "length", "missing", "parts", "rows")
+    __slots__ = ("client_gone", "enqueued_at", "future", "hung_up", "inputs", "length", "missing", "parts",
+                 "row_bytes", "rows")
 
-    def __init__(self, inputs: Tensors, length: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, inputs: Tensors, length: int, loop: asyncio.AbstractEventLoop,
+                 client_gone: Callable[[], bool] | None = None) -> None:
         self.future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         self.inputs = inputs
         self.rows = len(next(iter(inputs.values())))
+        self.row_bytes = sum(a.nbytes for a in inputs.values()) / self.rows
+        self.client_gone = client_gone  # whether the client has hung up (None: cannot tell)
+        self.hung_up = False
         self.parts: list[tuple[int, dict[str, np.ndarray]]] = []
         self.missing = self.rows
         self.enqueued_at = time.monotonic()
         self.length = length  # the padded sequence length, for length grouping (0: none)
 
     @property
+    def bytes(self) -> float:
+        return self.rows * self.row_bytes
+
     def abandoned(self) -> bool:
-        """Answered already: cancelled (deadline, client gone) or failed in another batch."""
-        return self.future.done()
+        """Nothing to compute for: answered already (a deadline, a failure in another batch)
+        or its client hung up, in which case it is failed now and marked `hung_up`."""
+        if self.future.done():
+            return True
+        if self.client_gone is not None and self.client_gone():
+            self.hung_up = True
+            self.future.set_exception(ClientGone("the client disconnected before its request ran"))
+            return True
+        return False
 
     def deliver(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         """Rows [start, start + len(outputs)) are done; resolves once every row is."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http.budget import ARRIVED
 from app.observability.log import request_id
 from app.observability.metrics import Metrics
 
@@ -36,6 +37,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope[ARRIVED] = time.monotonic()  # where the request's deadlines count from
         rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
         rid = rid[:128] if rid else f"{self._prefix}{next(self._counter):08x}"
         token = request_id.set(rid)

@@ -1,8 +1,8 @@
-"""Reading request bodies with a size limit, and JSON responses encoded by orjson.
+"""Request headers read straight from the ASGI scope, and JSON responses encoded by orjson.
 
-Bodies and headers are read straight from the ASGI scope and receive channel: on the
-inference hot path, Starlette's Headers and body stream showed up at about a tenth of
-the event loop's time per request (py-spy, concurrency 64).
+On the inference hot path, Starlette's Headers and body stream showed up at about a tenth
+of the event loop's time per request (docs/benchmarks.md); bodies are read by
+app/http/budget.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.errors import InvalidInput, PayloadTooLarge
-
 
 def header(request: Request, name: bytes) -> str | None:
     """The first value of a header; `name` is lower-case bytes, as ASGI gives names."""
@@ -22,27 +20,6 @@ def header(request: Request, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = header(request, b"content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0  # also counts as it streams in: chunked bodies declare no length
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidInput("the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class JSONResponse(Response):

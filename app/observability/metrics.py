@@ -52,6 +52,9 @@ class Metrics:
         self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
+        self.requests_dropped = Counter("ortserve_requests_dropped",
+                                        "Queued requests dropped before they ran, by reason (client_gone: "
+                                        "the client hung up)", ["model", "reason"], registry=r)
         # Model lifecycle: off the request path, so plain prometheus-client collectors.
         self.model_state = Gauge("ortserve_model_state", "1 for the state each model version is in",
                                  ["model", "version", "state"], registry=r)

@@ -6,6 +6,8 @@ each binary input names its byte count in `parameters.binary_data_size`, in inpu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from app.errors import InvalidInput
@@ -38,7 +40,7 @@ class BinaryReader:
         if size < 0 or self.offset + size > len(self.data):
             raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the end of the body "
                                f"({len(self.data) - self.offset} bytes left)")
-        expected = int(np.prod(shape)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the shape
         if size != expected:
             raise InvalidInput(f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of "
                                f"{dtype.name} needs {expected}")

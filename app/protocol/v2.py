@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -167,8 +168,9 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
         array = np.asarray(item.data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput(f"input {item.name!r}: data is not a list of {item.datatype} numbers ({e})") from e
-    if array.size != int(np.prod(shape)):
-        raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {int(np.prod(shape))} "
+    needed = math.prod(shape)  # Python ints: no overflow, whatever the shape
+    if array.size != needed:
+        raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {needed} "
                            f"values, data has {array.size}")
     return array.reshape(shape)
 

@@ -111,7 +111,7 @@ def server() -> Iterator[ServerProcess]:
 def batch_policy(**overrides: Any) -> BatchPolicy:
     """A policy for batcher tests: no waiting for company, one batch in flight."""
     values: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1,
-                              "inference_threads": 1, "max_queue_size": 4096, "retry_after_s": 1,
+                              "inference_threads": 1, "max_queue_size": 4096, "max_queue_bytes": 1 << 30, "retry_after_s": 1,
                               "inference_niceness": 0}
     return BatchPolicy(**(values | overrides))
 

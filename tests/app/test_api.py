@@ -316,13 +316,33 @@ async def test_limits_give_413_503_and_504() -> None:
     async with serving(max_body_bytes=1000) as client:
         big = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["x" * 2000]})
     async with serving(request_timeout_s=1e-6) as client:
-        late = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
+        spent = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
+    # Batches wait 300 ms for company: a request queued with 50 ms to live expires there.
+    async with serving(max_queue_delay_ms=300, max_batch_size=64, request_timeout_s=0.08) as client:
+        asked = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]},
+                                  headers={"Request-Timeout-Ms": "50"})
+        clamped = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]},
+                                    headers={"Request-Timeout-Ms": "60000"})
+        v2 = await client.post("/v2/models/sst2-lstm/infer", json={
+            "parameters": {"timeout": 30_000},  # µs, as Triton's clients send it
+            "inputs": [{"name": "token_ids", "shape": [1, 1], "datatype": "INT64", "data": [5]},
+                       {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [1]}]})
+        bad = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]},
+                                headers={"Request-Timeout-Ms": "soon"})
         after = (await client.get("/v2/models/sst2-lstm/stats")).json()["model_stats"][0]
     assert big.status_code == 413
     assert "exceeds the limit of 1000" in big.json()["error"]
-    assert late.status_code == 504
-    assert "did not answer within" in late.json()["error"]
-    assert after["inference_stats"]["fail"]["count"] == 1
+    assert spent.status_code == 504
+    assert "were spent before it could be queued" in spent.json()["error"]
+    assert asked.status_code == 504
+    assert "did not answer within 0.05 s" in asked.json()["error"]
+    assert clamped.status_code == 504
+    assert "within 0.08 s" in clamped.json()["error"]  # no more than the server's own limit
+    assert v2.status_code == 504
+    assert "within 0.03 s" in v2.json()["error"]
+    assert bad.status_code == 400
+    assert "Request-Timeout-Ms header must be a positive number" in bad.json()["error"]
+    assert after["inference_stats"]["fail"]["count"] == 3
 
 
 async def test_full_queue_gives_503_with_retry_after_and_loses_nothing_queued() -> None:
@@ -339,7 +359,7 @@ async def test_full_queue_gives_503_with_retry_after_and_loses_nothing_queued() 
         answered = await asyncio.gather(*queued)
     assert full.status_code == 503
     assert full.headers["retry-after"] == "3"
-    assert "3 items queued (limit 4)" in full.json()["error"]
+    assert "has 3 items (48 bytes) queued (limits 4 items" in full.json()["error"]
     assert too_big.status_code == 413
     assert "queues at most 4" in too_big.json()["error"]
     assert [r.status_code for r in answered] == [200, 200, 200]

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from app.deadlines import Deadlines
+
+
+def watch(deadlines: Deadlines, future: Any, timeout_s: float) -> None:
+    """Due `timeout_s` from now, as a request arriving now."""
+    deadlines.watch(future, time.monotonic() + timeout_s, timeout_s)
 
 
 class Expired(Exception):
@@ -23,8 +29,8 @@ async def test_a_pending_future_fails_at_its_deadline_and_an_answered_one_does_n
     deadlines = Deadlines(expire_with_timeout)
     slow, fast = loop.create_future(), loop.create_future()
     started = loop.time()
-    deadlines.watch(slow, 0.05)
-    deadlines.watch(fast, 0.05)
+    watch(deadlines, slow, 0.05)
+    watch(deadlines, fast, 0.05)
     fast.set_result("answer")
     with pytest.raises(Expired) as raised:
         await slow
@@ -33,13 +39,13 @@ async def test_a_pending_future_fails_at_its_deadline_and_an_answered_one_does_n
     assert fast.result() == "answer"
 
 
-async def test_each_timeout_keeps_its_own_order() -> None:
+async def test_an_earlier_deadline_watched_later_still_expires_first() -> None:
     """A short timeout watched after a long one still expires first."""
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(expire_with_timeout)
     long, short = loop.create_future(), loop.create_future()
-    deadlines.watch(long, 5.0)
-    deadlines.watch(short, 0.02)
+    watch(deadlines, long, 5.0)
+    watch(deadlines, short, 0.02)
     await asyncio.wait([short], timeout=1.0)
     assert isinstance(short.exception(), Expired)
     assert not long.done()
@@ -54,7 +60,7 @@ async def test_futures_expire_in_arrival_order_and_the_timer_follows_the_queue()
     for i in range(3):
         future = loop.create_future()
         future.add_done_callback(lambda _, i=i: expired.append(i))
-        deadlines.watch(future, 0.05)
+        watch(deadlines, future, 0.05)
         futures.append(future)
         await asyncio.sleep(0.01)
     futures[1].cancel()  # a client that went away, before the first deadline
@@ -69,7 +75,17 @@ async def test_close_stops_the_timers() -> None:
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(expire_with_timeout)
     future = loop.create_future()
-    deadlines.watch(future, 0.01)
+    watch(deadlines, future, 0.01)
     deadlines.close()
     await asyncio.sleep(0.03)
     assert not future.done()
+
+
+async def test_a_deadline_counts_from_arrival_not_from_when_it_is_watched() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(expire_with_timeout)
+    future = loop.create_future()
+    arrived = time.monotonic() - 0.2  # it arrived 200 ms ago: its 0.1 s are already spent
+    deadlines.watch(future, arrived + 0.1, 0.1)
+    await asyncio.wait([future], timeout=1.0)
+    assert isinstance(future.exception(), Expired)

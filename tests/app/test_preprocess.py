@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from app.manifest import ImagePreprocessing, TextPreprocessing
 from app.preprocess import (
+    ImageLimits,
     PreprocessError,
     Tokenizer,
     decode_base64_image,
@@ -100,7 +101,6 @@ def test_decode_image_converts_size_and_colour() -> None:
 
 
 def test_oversized_images_are_refused_before_decoding() -> None:
-    import io
     import struct
     import zlib
 
@@ -113,7 +113,9 @@ def test_oversized_images_are_refused_before_decoding() -> None:
         return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
                 + chunk(b"IEND", b""))
 
-    with pytest.raises(PreprocessError, match="larger than"):
-        decode_image(io.BytesIO(png(5000)).getvalue(), IMAGE)
-    with pytest.raises(PreprocessError, match="decompression bomb"):  # Pillow's own limit
+    with pytest.raises(PreprocessError, match="2100x2100 pixels is larger than the 4,000,000 pixels accepted"):
+        decode_image(png(2100), IMAGE)
+    with pytest.raises(PreprocessError, match="larger than the 4,000,000 pixels"):  # past Pillow's own limit too
         decode_image(png(20000), IMAGE)
+    with pytest.raises(PreprocessError, match="larger than the 100 pixels accepted"):  # the limit is a setting
+        decode_image(png(11), IMAGE, ImageLimits(max_pixels=100))

@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import Request
 
 from app.errors import Forbidden, Unauthorized
+from app.http.budget import RequestBudget
+from app.offload import Offload
 from app.protocol.v2 import ErrorResponse
 from app.repository import ModelRepository
 from app.settings import Settings
@@ -24,6 +26,14 @@ def repository(request: Request) -> ModelRepository:
 
 def settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def budget(request: Request) -> RequestBudget:
+    return request.app.state.budget
+
+
+def offload(request: Request) -> Offload:
+    return request.app.state.offload
 
 
 def bearer_token(request: Request) -> str | None:

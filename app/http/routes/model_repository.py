@@ -12,8 +12,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from app.errors import Forbidden, InvalidInput, Unauthorized
-from app.http.responses import JSONResponse, read_body
-from app.http.routes.common import authorize_admin, repository, settings
+from app.http.responses import JSONResponse
+from app.http.routes.common import authorize_admin, budget, repository
 from app.protocol.v2 import ErrorResponse
 
 router = APIRouter(tags=["model repository"])
@@ -28,7 +28,7 @@ _BEARER: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
 
 async def _options(request: Request) -> dict[str, Any]:
     """The JSON body Triton's clients send (optional): its `parameters`, or the index's `ready`."""
-    body = await read_body(request, settings(request).max_body_bytes)
+    body = await budget(request).read_body(request)
     if not body.strip():
         return {}
     try:

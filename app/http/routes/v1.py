@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request, Response
 
 from app.codecs import predictions
 from app.errors import InvalidInput, UnprocessableInput
+from app.http.budget import client_gone
 from app.http.hot_routes import HotRoute, add_hot_routes
-from app.http.responses import JSONResponse, read_body
-from app.http.routes.common import ERRORS, authorize, repository, settings
+from app.http.responses import JSONResponse
+from app.http.routes.common import ERRORS, authorize, budget, offload, repository
+from app.offload import HEAVY_BODY_BYTES
 from app.served_model import ServedModel
 
 router = APIRouter(tags=["v1"])
@@ -53,25 +55,36 @@ async def describe_model(request: Request, name: str) -> Response:
 
 async def v1_predict(request: Request, name: str) -> Response:
     authorize(request)
+    limits = budget(request)
+    due, timeout = limits.deadline(request, limits.requested_timeout_ms(request))
     model = repository(request).acquire(name)
     try:
-        limits = settings(request)
-        body = await read_body(request, limits.max_body_bytes)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"request body is not valid JSON: {e}") from e
-        instances = payload.get("instances") if isinstance(payload, dict) else None
-        if not isinstance(instances, list):
-            raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
-        if not instances:
-            raise InvalidInput("'instances' is empty: send at least one instance")
-        inputs = model.codec.instances_to_inputs(instances)
-        outputs = await model.infer(inputs, limits.request_timeout_s)
+        body = await limits.read_body(request)
+        heavy = len(body) > HEAVY_BODY_BYTES
+        instances = await offload(request).run(_instances, body) if heavy else _instances(body)
+        codec = model.codec
+        if heavy or codec.heavy(instances):
+            inputs = await offload(request).run(codec.instances_to_inputs, instances)
+        else:
+            inputs = codec.instances_to_inputs(instances)
+        outputs = await model.infer(inputs, due, timeout, client_gone(request))
     finally:
         model.release()
     return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
                           "model_name": model.name, "model_version": model.version})
+
+
+def _instances(body: bytes) -> list[Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list):
+        raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
+    if not instances:
+        raise InvalidInput("'instances' is empty: send at least one instance")
+    return instances
 
 
 HOT_ROUTES = [

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from app.http.budget import client_gone, positive_timeout
 from app.http.hot_routes import HotRoute, add_hot_routes
-from app.http.responses import JSONResponse, header, read_body
-from app.http.routes.common import ERRORS, authorize, repository, settings
+from app.http.responses import JSONResponse, header
+from app.http.routes.common import ERRORS, authorize, budget, offload, repository
+from app.offload import HEAVY_BODY_BYTES
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
     InferenceRequest,
@@ -142,15 +145,19 @@ async def v2_infer_version(request: Request, name: str, version: str) -> Respons
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     authorize(request)
+    limits = budget(request)
     model = repository(request).acquire(name, version)
     try:
-        limits = settings(request)
-        body = await read_body(request, limits.max_body_bytes)
-        infer_request, binary = parse_request(body, header(request, HEADER_LENGTH))
-        inputs = decode_inputs(infer_request, binary, model.manifest)
-        model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
-        check_requested_outputs(infer_request, model.manifest)
-        outputs = await model.infer(inputs, limits.request_timeout_s)
+        body = await limits.read_body(request)
+        binary_header = header(request, HEADER_LENGTH)
+        if len(body) > HEAVY_BODY_BYTES:
+            infer_request, inputs = await offload(request).run(_decode, body, binary_header, model)
+        else:
+            infer_request, inputs = _decode(body, binary_header, model)
+        requested = (infer_request.parameters or {}).get("timeout")
+        timeout_s = None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
+        due, timeout = limits.deadline(request, timeout_s)
+        outputs = await model.infer(inputs, due, timeout, client_gone(request))
     finally:
         model.release()
     content, header_length = encode_response(infer_request, model.manifest, outputs)
@@ -158,6 +165,16 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+def _decode(body: bytes, binary_header: str | None, model: ServedModel
+            ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+    """The request checked whole against the model: nothing bad reaches its batch."""
+    infer_request, binary = parse_request(body, binary_header)
+    inputs = decode_inputs(infer_request, binary, model.manifest)
+    model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
+    check_requested_outputs(infer_request, model.manifest)
+    return infer_request, inputs
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)

@@ -1,0 +1,130 @@
+"""What one request may take: its deadline (from arrival, optionally shorter on request),
+how long its body may take to arrive, and whether its client is still there.
+
+The deadline of a request starts when it arrives (app/http/middleware.py stamps the
+scope), not when it is queued: time spent reading and decoding counts. A client may ask
+for less time (V2 `parameters.timeout` in microseconds, as Triton's clients send it; the
+`Request-Timeout-Ms` header on V1), never for more than the server's request_timeout_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from app.deadlines import Deadlines
+from app.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+from app.settings import Settings
+
+ARRIVED = "ortserve.arrived"
+TIMEOUT_HEADER = b"request-timeout-ms"
+
+
+class _BodyRead:
+    """A body being read, for the body timer: interrupting it cancels the reading task."""
+
+    __slots__ = ("expired", "finished", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task, self.finished, self.expired = task, False, False
+
+    def done(self) -> bool:
+        return self.finished
+
+
+def _interrupt(read: _BodyRead, _: float) -> None:
+    read.expired = True
+    read.task.cancel()
+
+
+class RequestBudget:
+    def __init__(self, settings: Settings) -> None:
+        self.max_timeout_s = settings.request_timeout_s
+        self.body_timeout_s = settings.body_timeout_s
+        self.max_body_bytes = settings.max_body_bytes
+        # One loop timer for every body being read (app/deadlines.py), not one per request.
+        self._body_timer = Deadlines(_interrupt)
+
+    @staticmethod
+    def arrived(request: Request) -> float:
+        arrived: float | None = request.scope.get(ARRIVED)
+        return arrived if arrived is not None else time.monotonic()
+
+    def deadline(self, request: Request, requested_s: float | None = None) -> tuple[float, float]:
+        """(due as time.monotonic(), timeout in seconds): the client's, at most the server's."""
+        timeout = self.max_timeout_s if requested_s is None else min(requested_s, self.max_timeout_s)
+        return self.arrived(request) + timeout, timeout
+
+    @staticmethod
+    def requested_timeout_ms(request: Request) -> float | None:
+        """The V1 header's timeout, in seconds."""
+        for key, value in request.scope["headers"]:
+            if key == TIMEOUT_HEADER:
+                return positive_timeout(value.decode("latin-1"), "Request-Timeout-Ms header", 1e-3)
+        return None
+
+    async def read_body(self, request: Request) -> bytes:
+        """The whole body, at most max_body_bytes (else 413), within body_timeout_s of the
+        request's arrival (else 408, and the connection is closed)."""
+        limit = self.max_body_bytes
+        declared = _header(request, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        task = asyncio.current_task()
+        read = _BodyRead(task) if task is not None else None
+        if read is not None:
+            self._body_timer.watch(read, self.arrived(request) + self.body_timeout_s, self.body_timeout_s)
+        chunks, size = [], 0  # also counts as it streams in: chunked bodies declare no length
+        try:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise InvalidInput("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except asyncio.CancelledError:
+            if read is None or not read.expired:
+                raise
+            read.task.uncancel()
+            raise RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s") from None
+        finally:
+            if read is not None:
+                read.finished = True
+
+
+def positive_timeout(value: object, what: str, unit_s: float) -> float:
+    """A client's timeout in seconds, from a positive number of `unit_s` units."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise InvalidInput(f"{what} must be a positive number, got {value!r}")
+    return number * unit_s
+
+
+def client_gone(request: Request) -> Callable[[], bool] | None:
+    """A check of whether the client has hung up, where the server can tell without a
+    task per request: uvicorn's request cycle keeps a `disconnected` flag."""
+    cycle = getattr(request.receive, "__self__", None)
+    if cycle is None or not hasattr(cycle, "disconnected"):
+        return None
+    return lambda: bool(cycle.disconnected)
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
