@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         # Beyond this many connections and requests at once, uvicorn answers 503 itself.
         "limit_concurrency": settings.max_connections,
     }
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
+    # place before it: with Python's default, a drained server would still exit 143.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
@@ -35,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None:
             os.environ[f"ORTSERVE_{name.upper()}"] = _as_env(value)
     uvicorn.run("app.main:app", workers=settings.workers, **common)
+
+
+def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _as_env(value: object) -> str:

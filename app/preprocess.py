@@ -12,6 +12,7 @@ import binascii
 import functools
 import io
 import re
+import struct
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -91,12 +92,14 @@ def decode_image(data: bytes, spec: ImagePreprocessing, limits: ImageLimits = Im
                               f"({', '.join(limits.formats)}), or damaged") from None
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours
         raise PreprocessError(f"image is larger than the {limits.max_pixels:,} pixels accepted") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:  # a damaged header
+        raise PreprocessError(f"cannot decode image: {e}") from e
     if image.width * image.height > limits.max_pixels:
         raise PreprocessError(f"image of {image.width}x{image.height} pixels is larger than "
                               f"the {limits.max_pixels:,} pixels accepted")
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
         raise PreprocessError(f"cannot decode {image.format} image: {e}") from e
     image = _as_8_bit(image)
     if "A" in image.mode or "a" in image.mode or "transparency" in image.info:

@@ -9,7 +9,7 @@ import pytest
 
 from app.batching.queue import BatchQueue
 from app.batching.request import PendingRequest
-from app.errors import PayloadTooLarge, QueueFull
+from app.errors import ClientGone, PayloadTooLarge, QueueFull
 from tests.app.conftest import batch_policy
 
 
@@ -81,3 +81,32 @@ async def test_wait_empty_returns_once_everything_is_taken() -> None:
     assert not waiter.done()
     await queue.wait_for_batch()
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_admission_counts_bytes_too() -> None:
+    queue = BatchQueue("m", batch_policy(max_queue_bytes=100, max_batch_size=8), group_by_length=False)
+    queue.put(request(8))  # 8 rows of one float64: 64 bytes
+    with pytest.raises(QueueFull, match="64 bytes"):
+        queue.put(request(8))
+    with pytest.raises(PayloadTooLarge, match="queues at most 100"):
+        queue.put(request(13))
+    await queue.wait_for_batch()
+    assert queue.bytes == 0
+    queue.put(request(8))  # room again once taken
+
+
+async def test_a_request_whose_client_hung_up_is_dropped_and_reported() -> None:
+    reported: list[PendingRequest] = []
+    queue = BatchQueue("m", batch_policy(max_batch_size=8), group_by_length=False, on_hang_up=reported.append)
+    gone = {"flag": False}
+    hung = PendingRequest({"x": np.zeros((2, 1))}, 0, asyncio.get_running_loop(), lambda: gone["flag"])
+    kept = request(1)
+    queue.put(hung)
+    queue.put(kept)
+    gone["flag"] = True
+    batch = await queue.wait_for_batch()
+    assert [c.request for c in batch] == [kept]
+    assert reported == [hung]
+    assert hung.hung_up
+    with pytest.raises(ClientGone):
+        hung.future.result()

@@ -119,3 +119,64 @@ def test_oversized_images_are_refused_before_decoding() -> None:
         decode_image(png(20000), IMAGE)
     with pytest.raises(PreprocessError, match="larger than the 100 pixels accepted"):  # the limit is a setting
         decode_image(png(11), IMAGE, ImageLimits(max_pixels=100))
+
+
+def _png(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image = Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
+    image.save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def test_16_bit_and_8_bit_pngs_of_one_picture_decode_alike() -> None:
+    """Pillow's own conversion of 16-bit greyscale clips everything above 255 to white."""
+    picture = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint16)
+    eight = decode_image(_png(picture.astype(np.uint8)), IMAGE)
+    sixteen = decode_image(_png(picture * 257), IMAGE)  # uint16: saved as a 16-bit PNG
+    np.testing.assert_array_equal(eight, sixteen)
+
+
+def test_float_palette_and_transparent_images_are_converted_not_clipped() -> None:
+    from PIL import Image
+
+    picture = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    palette = Image.fromarray(picture).convert("P")  # greyscale palette: exact
+    import io
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    np.testing.assert_array_equal(decode_image(buffer.getvalue(), IMAGE), picture)
+    # Transparent pixels become the training images' black background; opaque ones keep their value.
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[..., :3] = picture[..., None]
+    rgba[..., 3] = 255
+    rgba[:14, :, 3] = 0
+    decoded = decode_image(_png(rgba, "RGBA"), IMAGE)
+    assert (decoded[:14] == 0).all()
+    np.testing.assert_array_equal(decoded[14:], picture[14:])
+    # Float greyscale (e.g. TIFF) is read as 0..1.
+    tiff = io.BytesIO()
+    Image.fromarray((picture / 255.0).astype(np.float32), mode="F").save(tiff, format="TIFF")
+    np.testing.assert_array_equal(decode_image(tiff.getvalue(), IMAGE, ImageLimits(formats=("TIFF",))), picture)
+
+
+def test_only_the_allowed_formats_are_decoded() -> None:
+    import io
+
+    from PIL import Image
+
+    gif = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(gif, format="GIF")
+    with pytest.raises(PreprocessError, match=r"not one of the accepted formats \(PNG, JPEG\)"):
+        decode_image(gif.getvalue(), IMAGE)
+    assert decode_image(gif.getvalue(), IMAGE, ImageLimits(formats=("GIF",))).shape == (28, 28)
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"])
+def test_a_damaged_header_is_a_preprocess_error(data: bytes) -> None:
+    """Found by the fuzz tests (tests/app/test_fuzz.py): a truncated PNG header raised OSError."""
+    with pytest.raises(PreprocessError, match="cannot decode image"):
+        decode_image(data, IMAGE)

@@ -1,0 +1,305 @@
+"""Hardening: what one request may cost, clients that hang up or dawdle, connection limits,
+and a loop that stays responsive while hostile requests are handled."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+from load_tests.server import ServerProcess, free_port
+from tests.app.conftest import sample_images, serving
+from tests.conftest import MODELS
+
+TEXT_IDS = {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [1]}
+
+
+def v2_text(width: int) -> dict[str, Any]:
+    return {"inputs": [{"name": "token_ids", "shape": [1, width], "datatype": "INT64", "data": [5] * width},
+                       TEXT_IDS]}
+
+
+# --- what one request may cost -----------------------------------------------------------
+
+async def test_v2_text_wider_than_the_models_max_length_is_refused() -> None:
+    async with serving() as client:
+        ok = await client.post("/v2/models/sst2-lstm/infer", json=v2_text(128))
+        wide = await client.post("/v2/models/sst2-lstm/infer", json=v2_text(129))
+    assert ok.status_code == 200, ok.text
+    assert wide.status_code == 400
+    assert "129 tokens wide; this model reads at most 128" in wide.json()["error"]
+
+
+async def test_long_texts_are_cut_before_normalisation() -> None:
+    expanding = "\ufdfa"  # one character that NFKC turns into 18
+    long_text = "a fine film " * 200 + expanding * 50_000
+    async with serving(max_text_chars=2048) as client:
+        whole = await client.post("/v1/models/sst2-lstm:predict", json={"instances": [long_text]})
+        cut = await client.post("/v1/models/sst2-lstm:predict", json={"instances": [long_text[:2048]]})
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["predictions"] == cut.json()["predictions"]
+
+
+@pytest.mark.parametrize("shape", [[2**40, 2**40, 1, 1], [1, 2**62, 28, 28], [-1, 1, 28, 28], [2**63 - 1, 1, 28, 28]])
+async def test_shapes_whose_element_count_overflows_are_a_400(shape: list[int]) -> None:
+    body = {"inputs": [{"name": "pixels", "shape": shape, "datatype": "FP32", "data": [0.0]}]}
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": shape, "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 4}}]})
+    async with serving() as client:
+        as_json = await client.post("/v2/models/fashion-cnn/infer", json=body)
+        as_binary = await client.post("/v2/models/fashion-cnn/infer", content=header + b"\0" * 4,
+                                      headers={"Inference-Header-Content-Length": str(len(header))})
+    for response in (as_json, as_binary):
+        assert response.status_code == 400, response.text
+        assert "pixels" in response.json()["error"]
+
+
+async def test_image_limits_are_settings() -> None:
+    from PIL import Image
+
+    big, gif = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(big, format="PNG")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(gif, format="GIF")
+    instances = [{"b64": base64.b64encode(big.getvalue()).decode()}, {"b64": base64.b64encode(gif.getvalue()).decode()}]
+    async with serving(max_image_pixels=10_000) as client:
+        too_big = await client.post("/v1/models/fashion-cnn:predict", json={"instances": instances[:1]})
+        not_allowed = await client.post("/v1/models/fashion-cnn:predict", json={"instances": instances[1:]})
+    assert too_big.status_code == 400
+    assert "200x200 pixels is larger than the 10,000 pixels accepted" in too_big.json()["error"]
+    assert not_allowed.status_code == 400
+    assert "not one of the accepted formats (PNG, JPEG)" in not_allowed.json()["error"]
+
+
+# --- a real server, in this process ------------------------------------------------------
+
+@asynccontextmanager
+async def live_server(**overrides: Any) -> AsyncIterator[tuple[uvicorn.Server, Any]]:
+    """uvicorn serving the app on a free loopback port, in this event loop."""
+    settings = Settings(**({"model_dir": MODELS} | overrides))
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), http="httptools", log_level="warning",
+                            limit_concurrency=settings.max_connections)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(600):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "the server did not start"
+    try:
+        yield server, app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def raw_request(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def test_queued_requests_of_clients_that_hung_up_are_never_computed() -> None:
+    async with live_server(max_inflight_batches=1, max_queue_delay_ms=0) as (server, app):
+        port = server.config.port
+        model = app.state.repository.get("fashion-cnn")
+        gate, seen_rows = threading.Event(), []
+        real_run = model.session.run
+
+        def gated_run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            seen_rows.append(len(next(iter(inputs.values()))))
+            assert gate.wait(10)
+            return real_run(inputs)
+
+        model.session.run = gated_run
+        body = orjson.dumps({"instances": [sample_images(1)[0].tolist()]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request("/v1/models/fashion-cnn:predict", body))  # runs, and blocks in the model
+        await writer.drain()
+        for _ in range(200):
+            if seen_rows:
+                break
+            await asyncio.sleep(0.01)
+        assert seen_rows == [1]
+        hung_up = []
+        for _ in range(20):  # queued behind the blocked batch, then the clients hang up
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(raw_request("/v1/models/fashion-cnn:predict", body))
+            await w.drain()
+            hung_up.append((r, w))
+        for _ in range(200):
+            if model.batcher.queued_rows == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert model.batcher.queued_rows == 20
+        for _, w in hung_up:
+            w.close()
+        for _ in range(200):  # uvicorn notices each hang-up as its connection is lost
+            if len(server.server_state.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _ in range(200):
+            if model.batcher.queued_rows == 0:
+                break
+            await asyncio.sleep(0.01)
+        metrics = app.state.metrics
+        dropped = metrics.requests_dropped.labels("fashion-cnn", "client_gone")._value.get()
+    assert seen_rows == [1]  # none of the 20 was computed
+    assert dropped == 20
+
+
+async def test_a_body_that_arrives_too_slowly_gets_408_and_the_connection_closes() -> None:
+    async with live_server(body_timeout_s=0.3) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        body = orjson.dumps({"instances": ["a fine film"]})
+        request = raw_request("/v1/models/sst2-lstm:predict", body)
+        writer.write(request[:-5])  # everything but the last bytes of the body
+        await writer.drain()
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), 10)  # read() returns at EOF: the server closed it
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert b"did not arrive within 0.3 s" in answer
+    assert waited >= 0.2
+
+
+async def test_connections_beyond_the_limit_get_503() -> None:
+    async with live_server(max_connections=3, body_timeout_s=10) as (server, _):
+        port = server.config.port
+        body = orjson.dumps({"instances": ["a fine film"]})
+        holders = []
+        for _ in range(3):  # three requests whose bodies never finish: they hold their slots
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(raw_request("/v1/models/sst2-lstm:predict", body)[:-3])
+            await w.drain()
+            holders.append((r, w))
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request("/v1/models/sst2-lstm:predict", body))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), 10)
+        for _, w in [*holders, (reader, writer)]:
+            w.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+
+
+# --- the loop stays responsive -----------------------------------------------------------
+
+def hostile_requests() -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (1990, 1990), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=1)
+    big_png = base64.b64encode(buffer.getvalue()).decode()
+    json = {"Content-Type": "application/json"}
+    huge_shape = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2**40, 2**40, 28, 28], "datatype": "FP32",
+                                           "data": [0.0]}]})
+    return {
+        "wide V2 text": ("/v2/models/sst2-lstm/infer", orjson.dumps(v2_text(1_000_000)), json),
+        "texts that expand under NFKC": ("/v1/models/sst2-lstm:predict",
+                                         orjson.dumps({"instances": ["\ufdfa" * 400_000] * 8}), json),
+        "base64 images at the pixel limit": ("/v1/models/fashion-cnn:predict",
+                                             orjson.dumps({"instances": [{"b64": big_png}] * 3}), json),
+        "an overflowing shape": ("/v2/models/fashion-cnn/infer", huge_shape, json),
+    }
+
+
+def _probe_liveness(url: str, done: threading.Event, worst: list[float]) -> None:
+    """Ask /v2/health/live every 5 ms until `done`; keep the slowest answer and the count."""
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while not done.is_set():
+            started = time.perf_counter()
+            assert client.get("/v2/health/live").status_code == 200
+            worst[0] = max(worst[0], time.perf_counter() - started)
+            worst[1] += 1
+            time.sleep(0.005)
+
+
+@pytest.mark.server
+def test_health_answers_within_100_ms_while_hostile_requests_are_handled() -> None:
+    with ServerProcess(["--model-dir", str(MODELS)]) as server:
+        for name, (path, body, headers) in hostile_requests().items():
+            done = threading.Event()
+            worst = [0.0, 0]
+            prober = threading.Thread(target=_probe_liveness, args=(server.url, done, worst))
+            prober.start()
+            try:
+                time.sleep(0.05)
+                with httpx.Client(base_url=server.url, timeout=60) as client:
+                    response = client.post(path, content=body, headers=headers)
+            finally:
+                done.set()
+                prober.join()
+            assert response.status_code < 500, (name, response.text[:200])
+            assert worst[1] >= 3, name
+            assert worst[0] < 0.1, f"{name}: /v2/health/live took {worst[0] * 1000:.0f} ms"
+
+
+# --- shutdown a load balancer can see ----------------------------------------------------
+
+@pytest.mark.server
+def test_sigterm_turns_readiness_503_before_any_connection_is_refused() -> None:
+    import signal
+
+    body = orjson.dumps({"instances": ["a fine film"]})
+    events: list[tuple[float, str]] = []  # (time, what): "200", "503-ready", "refused", or another status
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    status = client.post("/v1/models/sst2-lstm:predict", content=body).status_code
+                    events.append((time.monotonic(), str(status)))
+                except httpx.ConnectError:
+                    events.append((time.monotonic(), "refused"))
+                    return
+
+    def readiness(url: str) -> None:
+        while not stop.is_set():
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 503:
+                    events.append((time.monotonic(), "503-ready"))
+            except httpx.ConnectError:
+                events.append((time.monotonic(), "refused"))
+                return
+            time.sleep(0.02)
+
+    with ServerProcess(["--model-dir", str(MODELS), "--drain-delay-s", "1.0"]) as server:
+        assert server.process is not None
+        threads = [threading.Thread(target=load, args=(server.url,)) for _ in range(4)]
+        threads.append(threading.Thread(target=readiness, args=(server.url,)))
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(30)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    kinds = [kind for _, kind in sorted(events)]
+    assert code == 0
+    assert "503-ready" in kinds
+    assert "refused" in kinds  # the listener did close in the end
+    assert kinds.index("503-ready") < kinds.index("refused")
+    answered = [k for k in kinds if k not in ("503-ready", "refused")]
+    assert answered
+    assert set(answered) == {"200"}  # every accepted request was answered
