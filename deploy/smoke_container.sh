@@ -24,7 +24,7 @@ log() { printf '\n== %s\n' "$*"; }
 cleanup() {
   podman rm -f "$NAME" >/dev/null 2>&1 || true
   if [ -n "${COMPOSE_UP:-}" ]; then
-    (cd "$WORK/stack" && "$BIN/podman-compose" -p ortserve-smoke down -t 5 >/dev/null 2>&1) || true
+    (cd "$WORK/stack" && GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" -p ortserve-smoke down -t 5 >/dev/null 2>&1) || true
   fi
   rm -rf "$WORK"
 }
@@ -72,7 +72,10 @@ fi
 [ "$(podman run --rm --entrypoint id "$IMAGE" -u)" = 10001 ] || { echo "image runs as root" >&2; exit 1; }
 
 log "run and wait for the healthcheck"
+# As the compose file runs it: read-only root, no capabilities, no privilege gain, limits.
 podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" \
+  --read-only --tmpfs /tmp:size=64m,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
+  --pids-limit 256 --ulimit nofile=16384:16384 \
   -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   if podman healthcheck run "$NAME" >/dev/null 2>&1; then break; fi
@@ -147,7 +150,8 @@ cp -r docker-compose.yml deploy models "$WORK/stack/"
 cd "$WORK/stack"
 podman tag "$IMAGE" ortserve:cpu
 COMPOSE_UP=1
-ORTSERVE_PORT=$PORT "$BIN/podman-compose" -p ortserve-smoke up -d --no-build ortserve prometheus >/dev/null 2>&1
+GRAFANA_ADMIN_PASSWORD=smoke-$$ ORTSERVE_PORT=$PORT "$BIN/podman-compose" -p ortserve-smoke up -d --no-build \
+  ortserve prometheus >/dev/null 2>&1
 for _ in $(seq 1 120); do
   if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22ortserve%22%7D" 2>/dev/null \
        | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and r[0]["value"][1]=="1" else 1)' 2>/dev/null; then
@@ -157,6 +161,6 @@ for _ in $(seq 1 120); do
   fi
   sleep 1
 done
-[ -n "${SCRAPED:-}" ] || { "$BIN/podman-compose" -p ortserve-smoke logs; exit 1; }
+[ -n "${SCRAPED:-}" ] || { GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" -p ortserve-smoke logs; exit 1; }
 cd "$ROOT"
 log "container smoke test passed"
