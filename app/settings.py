@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     """Overrides every model's max_batch_size; 1 turns batching off."""
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     """Overrides every model's wait for more requests after the first one queued."""
+    idle_dispatch: bool = True
+    """When a model has nothing running, run what is queued at once; false: always wait up
+    to max_queue_delay_ms (or a full batch) for company, as a GPU at low load may prefer."""
     max_inflight_batches: int = Field(default=2, ge=1)
     """Batches of one model handed to its inference threads at once (running or next in
     line); more wait in the queue, where they can still grow."""

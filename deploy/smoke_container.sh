@@ -72,11 +72,16 @@ fi
 [ "$(podman run --rm --entrypoint id "$IMAGE" -u)" = 10001 ] || { echo "image runs as root" >&2; exit 1; }
 
 log "run and wait for the healthcheck"
+# Batches wait 1.5 s for company even when the model is idle, so that requests are still
+# queued when SIGTERM arrives below.
 # As the compose file runs it: read-only root, no capabilities, no privilege gain, limits.
+# (Both ulimits are named: given one, podman fills in the other with a limit that this
+# machine's runc may not set for a process without capabilities.)
 podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" \
   --read-only --tmpfs /tmp:size=64m,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
-  --pids-limit 256 --ulimit nofile=16384:16384 \
-  -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 "$IMAGE" >/dev/null
+  --pids-limit 256 --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 \
+  -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 -e ORTSERVE_IDLE_DISPATCH=false \
+  "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   if podman healthcheck run "$NAME" >/dev/null 2>&1; then break; fi
   sleep 1

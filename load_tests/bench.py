@@ -30,6 +30,8 @@ from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import Summary, cpu_seconds, histogram_totals, summarize
 
 JSON = {"Content-Type": "application/json"}
+CEILING = "load_tests.ceiling:app"
+NAIVE = "load_tests.naive:app"
 
 
 @dataclass
@@ -39,9 +41,14 @@ class Scenario:
     payload: Callable[[Path], Payload]
     concurrency: list[int]
     model: str = ""
-    ceiling: bool = False
+    asgi: str | None = None  # another server than the service (the ceiling, the naive one)
     rate_per_s: float | None = None  # open loop when set
     note: str = ""
+
+    @property
+    def peer(self) -> bool:
+        """Not the service: no /metrics to read."""
+        return self.asgi is not None
 
 
 @dataclass
@@ -67,6 +74,10 @@ def lstm_v1(_: Path) -> Payload:
     return Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON)
 
 
+def cnn_v1_32(model_dir: Path) -> Payload:
+    return Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 32), JSON, items=32)
+
+
 def v2_json_32(model_dir: Path) -> Payload:
     return Payload("/v2/models/fashion-cnn/infer", samples.v2_json(32, model_dir), JSON, items=32)
 
@@ -79,8 +90,12 @@ def v2_binary_32(model_dir: Path) -> Payload:
 def scenarios() -> list[Scenario]:
     off = ["--max-batch-size", "1"]
     return [
-        Scenario("ceiling", [], cnn_v1, [1, 16, 64], ceiling=True, note="parse-only FastAPI endpoint"),
+        Scenario("ceiling", [], cnn_v1, [1, 16, 64], asgi=CEILING, note="parse-only FastAPI endpoint"),
+        Scenario("naive", [], cnn_v1, [1, 16, 64], asgi=NAIVE, note="FastAPI + one ORT run per request"),
         Scenario("cnn-v1", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
+        Scenario("ceiling-32", [], cnn_v1_32, [16], asgi=CEILING, note="32 images/request, parse only"),
+        Scenario("naive-32", [], cnn_v1_32, [16], asgi=NAIVE, note="32 images/request"),
+        Scenario("cnn-v1-32", [], cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
         Scenario("cnn-v1-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
         Scenario("cnn-v1-int8", ["--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
         Scenario("cnn-v1-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
@@ -113,10 +128,8 @@ def pairings(chosen: list[Scenario]) -> list[Pairing]:
 
 
 def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, client: str) -> dict[str, Any]:
-    args = ["--model-dir", str(model_dir)]
     num, den = p.numerator, p.denominator
-    with ServerProcess([*args, *num.server_args], ceiling=num.ceiling) as a, \
-            ServerProcess([*args, *den.server_args], ceiling=den.ceiling) as b:
+    with _server(num, model_dir) as a, _server(den, model_dir) as b:
         payload = num.payload(model_dir)
         results = []
         for i in range(rounds):
@@ -146,11 +159,10 @@ def _closed_loop(url: str, payload: Payload, concurrency: int, duration_s: float
 
 def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -> list[Row]:
     rows = []
-    args = ["--model-dir", str(model_dir), *s.server_args]
-    with ServerProcess(args, ceiling=s.ceiling) as server:
+    with _server(s, model_dir) as server:
         payload = s.payload(model_dir)
         for concurrency in s.concurrency:
-            before_metrics = "" if s.ceiling else server.metrics()
+            before_metrics = "" if s.peer else server.metrics()
             cpu_server, cpu_self = server.cpu_seconds(), cpu_seconds()
             if s.rate_per_s:
                 samples_, seconds = asyncio.run(open_loop(server.url, payload, s.rate_per_s, duration_s))
@@ -160,7 +172,7 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
             row = Row(s.name, concurrency, payload.items, asdict(summary), round(summary.requests_per_s, 1),
                       round(summary.items_per_s, 1), round(server.cpu_seconds() - cpu_server, 2),
                       round(client_cpu, 2))
-            if not s.ceiling:
+            if not s.peer:
                 after = server.metrics()
                 batch = _delta_mean(before_metrics, after, "ortserve_batch_size", s.model)
                 queue = _delta_mean(before_metrics, after, "ortserve_queue_time_seconds", s.model)
@@ -171,6 +183,11 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
             rows.append(row)
             print(_line(row), flush=True)
     return rows
+
+
+def _server(s: Scenario, model_dir: Path) -> ServerProcess:
+    return ServerProcess(["--model-dir", str(model_dir), *s.server_args], asgi=s.asgi,
+                         env={"NAIVE_MODEL_DIR": str(model_dir)})
 
 
 def _delta_mean(before: str, after: str, name: str, model: str) -> float | None:
@@ -230,6 +247,12 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> l
             out.append((label, f"{getattr(a, field_) / getattr(b, field_):.2f}"))
 
     ceiling, cnn = get("ceiling", 64), get("cnn-v1", 64)
+    naive_c1, cnn_c1 = get("naive", 1), get("cnn-v1", 1)
+    if naive_c1 and cnn_c1 and naive_c1.summary["p50_ms"]:
+        out.append(("cnn-v1 / naive, p50 at c1", f"{cnn_c1.summary['p50_ms'] / naive_c1.summary['p50_ms']:.2f}"))
+    for c in (16, 64):
+        add(f"cnn-v1 / naive, req/s at c{c}", get("cnn-v1", c), get("naive", c))
+    add("cnn-v1 / naive, 32 images/request, c16", get("cnn-v1-32", 16), get("naive-32", 16))
     add("cnn-v1 / ceiling, req/s at c64", cnn, ceiling)
     if cnn and ceiling and ceiling.summary["p99_ms"]:
         out.append(("cnn-v1 / ceiling, p99 at c64", f"{cnn.summary['p99_ms'] / ceiling.summary['p99_ms']:.2f}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -25,13 +26,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m app ARGS` (or the ceiling app) as a context manager; loopback only."""
 
-    def __init__(self, args: list[str], *, ceiling: bool = False, ready_timeout_s: float = 90,
-                 checkout: Path = ROOT) -> None:
-        """`checkout`: the source tree whose `app` runs (another git worktree, to compare versions)."""
+    def __init__(self, args: list[str], *, asgi: str | None = None, ready_timeout_s: float = 90,
+                 checkout: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        """`asgi`: another app to serve instead of the service (`module:app`, e.g. the ceiling);
+        `checkout`: the source tree whose `app` runs (another git worktree, to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        if ceiling:
-            self.command = [sys.executable, "-m", "uvicorn", "load_tests.ceiling:app", "--host", "127.0.0.1",
+        self.env = {**os.environ, **(env or {})}
+        if asgi:
+            self.command = [sys.executable, "-m", "uvicorn", asgi, "--host", "127.0.0.1",
                             "--port", str(self.port), "--no-access-log", "--loop", "uvloop", "--http", "httptools",
                             "--log-level", "warning"]
         else:
@@ -44,7 +47,8 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(self.command, cwd=self.checkout, stdout=sink, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.checkout, stdout=sink, stderr=subprocess.STDOUT,
+                                            env=self.env)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,9 +1,10 @@
 """Dynamic batching for one model: the queue (app/batching/queue.py) feeding the runner
 (app/batching/runner.py).
 
-Requests carry N rows (instances) of named numpy arrays. The batcher waits at most
-`max_queue_delay_s` after the oldest queued row for a batch to fill up to
-`max_batch_size` rows, splits requests that do not fit, runs at most
+Requests carry N rows (instances) of named numpy arrays. When the model is idle, what is
+queued runs at once; while a batch runs, the next one fills: the batcher waits at most
+`max_queue_delay_s` after its oldest row for it to reach `max_batch_size` rows. It splits
+requests that do not fit, runs at most
 `max_inflight_batches` batches at once, and hands each request back its own rows. It
 knows nothing of HTTP or ONNX.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from app.batching.policy import BatchPolicy, BatchRecord
 from app.batching.queue import BatchQueue
-from app.batching.request import PendingRequest, Tensors
+from app.batching.request import Chunk, PendingRequest, Tensors
 from app.batching.runner import BatchRunner, InferFn
 from app.errors import ModelNotReady
 
@@ -46,6 +47,7 @@ class DynamicBatcher:
         self._runner: BatchRunner | None = None
         self._forming: asyncio.Task[None] | None = None
         self._accepting = False
+        self._restarts = 0  # in a row: reset once a batch is formed again
 
     @property
     def queued_rows(self) -> int:
@@ -56,7 +58,10 @@ class DynamicBatcher:
         return self._runner.inflight if self._runner else 0
 
     def start(self) -> None:
-        self._runner = BatchRunner(self.name, self._infer, self.policy, self._on_batch, self._on_batch_start)
+        # An idle model ends the wait for a fuller batch: waiting pays only while one runs.
+        on_idle = self._queue.wake if self.policy.idle_dispatch else None
+        self._runner = BatchRunner(self.name, self._infer, self.policy, self._on_batch, self._on_batch_start,
+                                   on_idle)
         self._start_forming()
         self._accepting = True
 
@@ -72,11 +77,18 @@ class DynamicBatcher:
         error = task.exception()
         if error is None:
             return
-        logger.error("model %s: the batch-forming task died (%s: %s); restarting it", self.name,
-                     type(error).__name__, error, exc_info=error)
+        self._restarts += 1
+        # Backing off: a fault that recurs at once must not become a busy loop of restarts.
+        delay = min(1.0, 0.01 * 2 ** (self._restarts - 1))
+        logger.error("model %s: the batch-forming task died (%s: %s); restarting it in %g s", self.name,
+                     type(error).__name__, error, delay, exc_info=error)
         if self.on_restart:
             self.on_restart(error)
         if self._runner is not None:
+            asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if self._accepting:  # not if the batcher stopped meanwhile
             self._start_forming()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
@@ -110,6 +122,13 @@ class DynamicBatcher:
         self._queue.put(request)
         return request.future
 
+    def _trigger(self, batch: list[Chunk], idle: bool) -> str:
+        if sum(c.rows for c in batch) == self.policy.max_batch_size:
+            return "full"
+        if idle or (self.policy.idle_dispatch and self.inflight_batches == 0):
+            return "idle"  # idle from the start, or went idle while this batch filled
+        return "due"
+
     async def _drained(self) -> None:
         assert self._runner is not None
         await self._queue.wait_empty()
@@ -123,12 +142,16 @@ class DynamicBatcher:
             # A free slot first: while every slot is busy the queue keeps filling, and
             # the batch taken once one frees is as full as the wait allowed.
             await runner.acquire_slot()
+            # Waiting for company pays only while a batch runs: the next one fills behind
+            # it. An idle model runs what is queued at once (unless told to always wait).
+            idle = self.policy.idle_dispatch and runner.inflight == 0
             try:
-                batch = await self._queue.wait_for_batch()
+                batch = await self._queue.wait_for_batch(wait=not idle)
             except BaseException:
                 runner.release_slot()
                 raise
             if batch:
-                runner.launch(batch)
+                self._restarts = 0
+                runner.launch(batch, self._trigger(batch, idle))
             else:
                 runner.release_slot()

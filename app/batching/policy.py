@@ -24,6 +24,9 @@ class BatchPolicy:
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""
+    idle_dispatch: bool = True
+    """Run what is queued at once when nothing is running; False: always wait up to
+    max_queue_delay_s (or a full batch) for company."""
     grouping_window: int = 256
     """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
     cost per batch, and how far a request can be overtaken."""
@@ -46,3 +49,4 @@ class BatchRecord:
     output_s: float = 0.0  # handing each request its rows
     batch_id: int = 0  # as given to on_batch_start
     error: str = ""  # why it failed
+    trigger: str = ""  # why it ran when it did: idle (nothing was running), full, or due

@@ -68,12 +68,12 @@ class BatchQueue:
             if self._chunks:
                 return
 
-    async def wait_for_batch(self) -> list[Chunk]:
-        """Wait until a whole batch is queued or the oldest request has waited
-        max_queue_delay_s, then take up to max_batch_size rows (empty if every queued
-        request was abandoned meanwhile)."""
+    async def wait_for_batch(self, wait: bool = True) -> list[Chunk]:
+        """Take up to max_batch_size rows (empty if every queued request was abandoned).
+        With `wait`, first wait until a whole batch is queued, the oldest request has
+        waited max_queue_delay_s, or `wake()`; without, take what is queued now."""
         self._drop_abandoned_head()
-        if self._chunks and self._rows < self.policy.max_batch_size:
+        if wait and self._chunks and self._rows < self.policy.max_batch_size:
             due = self._chunks[0].request.enqueued_at + self.policy.max_queue_delay_s
             remaining = due - time.monotonic()
             if remaining > 0:
@@ -83,6 +83,10 @@ class BatchQueue:
                 except TimeoutError:
                     pass
         return self._take()
+
+    def wake(self) -> None:
+        """End a wait for a fuller batch now (the model went idle: waiting no longer pays)."""
+        self._full.set()
 
     async def wait_empty(self) -> None:
         await self._empty.wait()

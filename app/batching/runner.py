@@ -29,12 +29,14 @@ InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class BatchRunner:
     def __init__(self, name: str, infer: InferFn, policy: BatchPolicy,
                  on_batch: Callable[[BatchRecord], None] | None = None,
-                 on_batch_start: Callable[[int], None] | None = None) -> None:
+                 on_batch_start: Callable[[int], None] | None = None,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.name = name
         self.infer = infer
         self.policy = policy
         self.on_batch = on_batch
         self.on_batch_start = on_batch_start
+        self.on_idle = on_idle  # called each time the last running batch ends
         self._batch_ids = itertools.count(1)
         self._slots = asyncio.Semaphore(policy.max_inflight_batches)
         self._running: set[asyncio.Task[None]] = set()
@@ -55,9 +57,10 @@ class BatchRunner:
     def release_slot(self) -> None:
         self._slots.release()
 
-    def launch(self, batch: list[Chunk]) -> None:
-        """Run a batch in a slot already acquired; the slot is released when it ends."""
-        task = asyncio.get_running_loop().create_task(self._execute(batch))
+    def launch(self, batch: list[Chunk], trigger: str = "") -> None:
+        """Run a batch in a slot already acquired; the slot is released when it ends.
+        `trigger` says why it was formed when it was (idle, full or due), for its record."""
+        task = asyncio.get_running_loop().create_task(self._execute(batch, trigger))
         self._running.add(task)
         self._idle.clear()
         task.add_done_callback(self._finished)
@@ -74,8 +77,10 @@ class BatchRunner:
         self._running.discard(task)
         if not self._running:
             self._idle.set()
+            if self.on_idle is not None:
+                self.on_idle()
 
-    async def _execute(self, batch: list[Chunk]) -> None:
+    async def _execute(self, batch: list[Chunk], trigger: str) -> None:
         started = time.monotonic()
         waits = [started - c.request.enqueued_at for c in batch]
         rows = sum(c.rows for c in batch)
@@ -113,4 +118,4 @@ class BatchRunner:
                 done = time.monotonic()
                 computed = computed if ok else done
                 self.on_batch(BatchRecord(rows, waits, computed - collated, ok, collated - started, done - computed,
-                                          batch_id, failure_text))
+                                          batch_id, failure_text, trigger))

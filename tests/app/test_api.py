@@ -317,8 +317,8 @@ async def test_limits_give_413_503_and_504() -> None:
         big = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["x" * 2000]})
     async with serving(request_timeout_s=1e-6) as client:
         spent = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]})
-    # Batches wait 300 ms for company: a request queued with 50 ms to live expires there.
-    async with serving(max_queue_delay_ms=300, max_batch_size=64, request_timeout_s=0.08) as client:
+    # Batches wait 300 ms for company (even when idle): a request queued with 50 ms to live expires there.
+    async with serving(max_queue_delay_ms=300, max_batch_size=64, request_timeout_s=0.08, idle_dispatch=False) as client:
         asked = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]},
                                   headers={"Request-Timeout-Ms": "50"})
         clamped = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"]},
@@ -346,8 +346,9 @@ async def test_limits_give_413_503_and_504() -> None:
 
 
 async def test_full_queue_gives_503_with_retry_after_and_loses_nothing_queued() -> None:
-    # Batches wait 300 ms for company, so three single requests sit queued.
-    async with serving(max_queue_size=4, retry_after_s=3, max_queue_delay_ms=300, max_batch_size=64) as client:
+    # Batches wait 300 ms for company (even when idle), so three single requests sit queued.
+    async with serving(max_queue_size=4, retry_after_s=3, max_queue_delay_ms=300, max_batch_size=64,
+                       idle_dispatch=False) as client:
         def post(n: int):  # type: ignore[no-untyped-def]
             return client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a"] * n})
 

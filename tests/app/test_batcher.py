@@ -86,16 +86,66 @@ async def test_batches_never_exceed_max_batch_size_and_large_requests_are_split(
     await batcher.stop()
 
 
-async def test_a_lone_request_waits_for_company_until_its_delay_is_up() -> None:
-    infer = Recorder()
-    batcher = make(infer, max_batch_size=64, max_queue_delay_s=0.05)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    out = await batcher.submit(rows(1))
-    waited = loop.time() - start
+async def test_an_idle_model_runs_a_request_at_once_whatever_the_delay() -> None:
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=64, max_queue_delay_s=3600.0),
+                             on_batch=records.append)
+    batcher.start()
+    out = await asyncio.wait_for(batcher.submit(rows(1)), 10)  # an hour's delay is not waited out
     np.testing.assert_array_equal(out["y"], [[2]])
-    assert waited >= 0.04  # it did wait for company, then ran alone (no upper bound: shared machines)
     await batcher.stop()
+    assert [(r.rows, r.trigger) for r in records] == [(1, "idle")]
+
+
+async def test_while_a_batch_runs_the_next_one_waits_for_company_until_full_or_due() -> None:
+    gate = threading.Event()
+    infer = Recorder(gate)
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher("m", infer, batch_policy(max_batch_size=3, max_queue_delay_s=0.05,
+                                                      max_inflight_batches=3, inference_threads=3),
+                             on_batch=records.append)
+    batcher.start()
+    first = batcher.submit(rows(0))
+    await infer.wait_entered()  # running: the model is not idle any more
+    full = [batcher.submit(rows(i)) for i in (1, 2, 3)]  # a whole batch: no waiting
+    lone = batcher.submit(rows(4))  # waits for company until its delay is up
+    for _ in range(500):  # all three in the model (the gate is shut): bounded, not a guess
+        if len(infer.batches) == 3:
+            break
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, *full, lone)
+    await batcher.stop()
+    records.sort(key=lambda r: r.batch_id)  # in the order they were formed
+    assert [(r.rows, r.trigger) for r in records] == [(1, "idle"), (3, "full"), (1, "due")]
+    assert records[2].queue_waits_s[0] >= 0.04  # the lone request did wait out (most of) its delay
+
+
+async def test_a_batch_waiting_for_company_runs_as_soon_as_the_model_goes_idle() -> None:
+    gate = threading.Event()
+    infer = Recorder(gate)
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher("m", infer, batch_policy(max_batch_size=8, max_queue_delay_s=3600.0,
+                                                      max_inflight_batches=2), on_batch=records.append)
+    batcher.start()
+    first = batcher.submit(rows(0))
+    await infer.wait_entered()
+    second = batcher.submit(rows(1))  # would wait an hour for company while `first` runs
+    gate.set()  # `first` ends: the model is idle, so `second` goes now
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    await batcher.stop()
+    assert [r.trigger for r in sorted(records, key=lambda r: r.batch_id)] == ["idle", "idle"]
+
+
+async def test_without_idle_dispatch_a_lone_request_waits_for_company() -> None:
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=64, max_queue_delay_s=0.05,
+                                                           idle_dispatch=False), on_batch=records.append)
+    batcher.start()
+    await batcher.submit(rows(1))
+    await batcher.stop()
+    assert [(r.rows, r.trigger) for r in records] == [(1, "due")]
+    assert records[0].queue_waits_s[0] >= 0.04
 
 
 async def test_requests_queued_while_a_batch_runs_form_the_next_batch() -> None:

@@ -26,12 +26,12 @@ async def test_a_dead_batch_former_is_restarted_and_queued_requests_are_served()
     original = batcher._queue.wait_for_batch
     calls = 0
 
-    async def dies_once() -> list:  # type: ignore[type-arg]
+    async def dies_once(wait: bool = True) -> list:  # type: ignore[type-arg]
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug in the batch former")
-        return await original()
+        return await original(wait)
 
     batcher._queue.wait_for_batch = dies_once  # type: ignore[method-assign]
     batcher.start()

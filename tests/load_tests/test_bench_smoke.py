@@ -70,7 +70,7 @@ def test_runner_scenario_reads_server_batch_figures() -> None:
 
 
 def test_pairing_alternates_rounds_and_takes_medians() -> None:
-    ceiling = bench.Scenario("ceiling", [], bench.cnn_v1, [4], ceiling=True)
+    ceiling = bench.Scenario("ceiling", [], bench.cnn_v1, [4], asgi=bench.CEILING)
     cnn = bench.Scenario("cnn-v1", [], bench.cnn_v1, [4], "fashion-cnn")
     paired = bench.run_pairing(bench.Pairing("cnn / ceiling", cnn, ceiling, 4), MODELS, 1.0, 3, "aiohttp")
     assert len(paired["rounds"]) == 3
@@ -96,3 +96,14 @@ def test_versions_compares_two_checkouts_round_by_round(capsys: pytest.CaptureFi
     for row in rows:
         ratio = float(row.split(" | ")[2])
         assert 0 < ratio < 100  # both servers answered (same code: the ratio is noise around 1)
+
+
+def test_the_naive_server_answers_the_same_body_with_the_same_labels(server: ServerProcess) -> None:
+    import httpx
+
+    body = samples.v1_images(MODELS, 8)
+    with ServerProcess([], asgi=bench.NAIVE, env={"NAIVE_MODEL_DIR": str(MODELS)}) as naive:
+        theirs = httpx.post(f"{naive.url}/v1/models/fashion-cnn:predict", content=body, timeout=10).json()
+    ours = httpx.post(f"{server.url}/v1/models/fashion-cnn:predict", content=body, timeout=10).json()
+    assert [p["index"] for p in theirs["predictions"]] == [p["index"] for p in ours["predictions"]]
+    assert theirs["model_version"] == ours["model_version"]
