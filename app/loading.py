@@ -109,6 +109,7 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         max_queue_delay_s=delay_ms / 1000,
         max_inflight_batches=s.max_inflight_batches,
         idle_dispatch=s.idle_dispatch,
+        inline_rows=s.inline_rows,
         inference_threads=s.inference_threads,
         max_queue_size=s.max_queue_size,
         max_queue_bytes=s.max_queue_bytes,

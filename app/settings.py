@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     idle_dispatch: bool = True
     """When a model has nothing running, run what is queued at once; false: always wait up
     to max_queue_delay_ms (or a full batch) for company, as a GPU at low load may prefer."""
+    inline_rows: int = Field(default=1, ge=0)
+    """When a model is idle, a batch of at most this many rows runs on the event loop
+    instead of an inference thread: for a small model the hand-off costs as much as the
+    run. 0: always hand off."""
     max_inflight_batches: int = Field(default=2, ge=1)
     """Batches of one model handed to its inference threads at once (running or next in
     line); more wait in the queue, where they can still grow."""

@@ -119,6 +119,12 @@ class DynamicBatcher:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         length = self.length_of(inputs) if self.length_of else 0
         request = PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
+        runner = self._runner
+        if (self.policy.idle_dispatch and request.rows <= self.policy.inline_rows and runner is not None
+                and runner.inflight == 0 and self._queue.rows == 0):
+            # Idle, nothing queued, and small: answered now, without a turn of the batch former.
+            runner.run_now([Chunk(request, 0, request.rows)])
+            return request.future
         self._queue.put(request)
         return request.future
 

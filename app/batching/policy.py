@@ -27,6 +27,9 @@ class BatchPolicy:
     idle_dispatch: bool = True
     """Run what is queued at once when nothing is running; False: always wait up to
     max_queue_delay_s (or a full batch) for company."""
+    inline_rows: int = 0
+    """An idle model's batch of at most this many rows runs on the event loop itself,
+    without the hand-off to an inference thread and back; 0: never."""
     grouping_window: int = 256
     """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
     cost per batch, and how far a request can be overtaken."""

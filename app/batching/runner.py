@@ -80,42 +80,79 @@ class BatchRunner:
             if self.on_idle is not None:
                 self.on_idle()
 
-    async def _execute(self, batch: list[Chunk], trigger: str) -> None:
-        started = time.monotonic()
-        waits = [started - c.request.enqueued_at for c in batch]
-        rows = sum(c.rows for c in batch)
-        batch_id = next(self._batch_ids)
-        if self.on_batch_start:
-            self.on_batch_start(batch_id)
-        ok = False
-        failure_text = ""
-        collated = computed = started
+    def run_now(self, batch: list[Chunk]) -> None:
+        """Run a small batch of an idle model right here, on the event loop: for a small
+        model the hand-off to an inference thread and back costs as much as the run."""
+        run = _BatchRun(self, batch)
         try:
-            inputs = concatenate_padded([c.tensors() for c in batch])
-            collated = time.monotonic()
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, inputs)
-            computed = time.monotonic()
-            for name, value in outputs.items():
-                if len(value) != rows:
-                    raise InferenceFailed(f"model {self.name!r} returned {len(value)} rows of "
-                                          f"{name!r} for a batch of {rows}")
+            run.finish(self.infer(run.collate()))
         except Exception as error:
-            logger.exception("batch of %d rows failed for model %s", rows, self.name)
-            failure = error if isinstance(error, InferenceFailed) else InferenceFailed(
-                f"model {self.name!r} failed on a batch: {type(error).__name__}: {error}")
-            failure_text = failure.message
-            for chunk in batch:
-                chunk.request.fail(failure)
-        else:
-            ok = True
-            offset = 0
-            for chunk in batch:
-                chunk.request.deliver(chunk.start, {k: v[offset : offset + chunk.rows] for k, v in outputs.items()})
-                offset += chunk.rows
+            run.fail(error)
+        finally:
+            run.record("idle")
+
+    async def _execute(self, batch: list[Chunk], trigger: str) -> None:
+        run = _BatchRun(self, batch)
+        try:
+            inputs = run.collate()
+            if trigger == "idle" and run.rows <= self.policy.inline_rows:
+                outputs = self.infer(inputs)  # as in run_now: nothing else runs, and it is small
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, inputs)
+            run.finish(outputs)
+        except Exception as error:
+            run.fail(error)
         finally:
             self._slots.release()
-            if self.on_batch:
-                done = time.monotonic()
-                computed = computed if ok else done
-                self.on_batch(BatchRecord(rows, waits, computed - collated, ok, collated - started, done - computed,
-                                          batch_id, failure_text, trigger))
+            run.record(trigger)
+
+
+class _BatchRun:
+    """One batch through the model: its inputs gathered, each request's rows delivered (or
+    the batch's failure), and its record."""
+
+    def __init__(self, runner: BatchRunner, batch: list[Chunk]) -> None:
+        self.runner, self.batch = runner, batch
+        self.started = self.collated = self.computed = time.monotonic()
+        self.waits = [self.started - c.request.enqueued_at for c in batch]
+        self.rows = sum(c.rows for c in batch)
+        self.batch_id = next(runner._batch_ids)
+        self.ok, self.failure_text = False, ""
+        if runner.on_batch_start:
+            runner.on_batch_start(self.batch_id)
+
+    def collate(self) -> dict[str, np.ndarray]:
+        inputs = concatenate_padded([c.tensors() for c in self.batch])
+        self.collated = time.monotonic()
+        return inputs
+
+    def finish(self, outputs: dict[str, np.ndarray]) -> None:
+        self.computed = time.monotonic()
+        for name, value in outputs.items():
+            if len(value) != self.rows:  # one output row per input row, or the batch failed
+                raise InferenceFailed(f"model {self.runner.name!r} returned {len(value)} rows of "
+                                      f"{name!r} for a batch of {self.rows}")
+        self.ok = True
+        offset = 0
+        for chunk in self.batch:
+            chunk.request.deliver(chunk.start, {k: v[offset : offset + chunk.rows] for k, v in outputs.items()})
+            offset += chunk.rows
+
+    def fail(self, error: Exception) -> None:
+        """The batch's requests, and only they, fail with it."""
+        self.ok = False
+        name = self.runner.name
+        logger.error("batch of %d rows failed for model %s", self.rows, name, exc_info=error)
+        failure = error if isinstance(error, InferenceFailed) else InferenceFailed(
+            f"model {name!r} failed on a batch: {type(error).__name__}: {error}")
+        self.failure_text = failure.message
+        for chunk in self.batch:
+            chunk.request.fail(failure)
+
+    def record(self, trigger: str) -> None:
+        if self.runner.on_batch:
+            done = time.monotonic()
+            computed = self.computed if self.ok else done
+            self.runner.on_batch(BatchRecord(self.rows, self.waits, computed - self.collated, self.ok,
+                                             self.collated - self.started, done - computed, self.batch_id,
+                                             self.failure_text, trigger))

@@ -351,3 +351,19 @@ def test_concatenate_padded_pads_the_sequence_axis_with_zeros() -> None:
     out = concatenate_padded([a, b])
     np.testing.assert_array_equal(out["ids"], [[1, 2, 3], [4, 0, 0]])
     np.testing.assert_array_equal(out["n"], [3, 1])
+
+
+async def test_an_idle_models_small_batch_runs_on_the_loop_and_others_in_a_thread() -> None:
+    threads: list[int] = []
+
+    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"]}
+
+    here = threading.get_ident()
+    for inline_rows, request_rows, on_loop in ((1, 1, True), (1, 2, False), (0, 1, False)):
+        threads.clear()
+        batcher = make(infer, inline_rows=inline_rows)
+        await batcher.submit(rows(*range(request_rows)))
+        await batcher.stop()
+        assert (threads == [here]) is on_loop, (inline_rows, request_rows)

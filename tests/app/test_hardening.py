@@ -112,7 +112,8 @@ def raw_request(path: str, body: bytes, extra: str = "") -> bytes:
 
 
 async def test_queued_requests_of_clients_that_hung_up_are_never_computed() -> None:
-    async with live_server(max_inflight_batches=1, max_queue_delay_ms=0) as (server, app):
+    # inline_rows=0: the gated model must block a thread, not the event loop.
+    async with live_server(max_inflight_batches=1, max_queue_delay_ms=0, inline_rows=0) as (server, app):
         port = server.config.port
         model = app.state.repository.get("fashion-cnn")
         gate, seen_rows = threading.Event(), []

@@ -279,6 +279,9 @@ async def test_replacing_versions_under_load_fails_no_request(model_root: Path) 
             while not stop.is_set():
                 response = await client.post("/v1/models/fashion-cnn:predict", json=IMAGE)
                 statuses.append(response.status_code)
+                # A real client waits on its socket here; in-process, a request answered
+                # inline never yields, and one client would starve every other task.
+                await asyncio.sleep(0)
 
         users = [asyncio.create_task(user()) for _ in range(16)]
         versions_seen = set()
