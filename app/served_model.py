@@ -86,7 +86,7 @@ class ServedModel:
         if started >= due:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
                                    "could be queued")
-        future = self.batcher.submit(inputs, client_gone)
+        future = await self.batcher.run_or_queue(inputs, client_gone)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)
         ok = False

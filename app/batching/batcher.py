@@ -48,6 +48,7 @@ class DynamicBatcher:
         self._forming: asyncio.Task[None] | None = None
         self._accepting = False
         self._restarts = 0  # in a row: reset once a batch is formed again
+        self._deciding = 0  # requests in run_or_queue's turn of the loop
 
     @property
     def queued_rows(self) -> int:
@@ -108,22 +109,44 @@ class DynamicBatcher:
         if self._runner is not None:
             self._runner.shutdown()
 
-    def submit(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None
+    async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None
+                           ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """`submit`, but a small request to an idle model that no other request is about to
+        join runs at once, on the event loop. To know that, it first lets the requests that
+        have already arrived catch up (one turn of the loop): under load they queue behind
+        it and are batched; alone, it is answered without waiting for anyone."""
+        rows = len(next(iter(inputs.values())))
+        if self._could_run_now(rows):
+            self._deciding += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._deciding -= 1
+            return self.submit(inputs, client_gone, alone=self._deciding == 0 and self._could_run_now(rows))
+        return self.submit(inputs, client_gone)
+
+    def _could_run_now(self, rows: int) -> bool:
+        runner = self._runner
+        return (self.policy.idle_dispatch and rows <= self.policy.inline_rows and runner is not None
+                and runner.inflight == 0 and self._queue.rows == 0)
+
+    def submit(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None, *, alone: bool = False
                ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request of N rows; the future resolves to its N rows of outputs.
 
         Cancelling the future (a deadline) drops the request's rows that have not run yet;
-        so does `client_gone()` turning true (checked when batches are formed).
+        so does `client_gone()` turning true (checked when batches are formed). `alone`: the
+        caller knows of no other request in progress, so a small one may run at once.
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         length = self.length_of(inputs) if self.length_of else 0
         request = PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
-        runner = self._runner
-        if (self.policy.idle_dispatch and request.rows <= self.policy.inline_rows and runner is not None
-                and runner.inflight == 0 and self._queue.rows == 0):
-            # Idle, nothing queued, and small: answered now, without a turn of the batch former.
-            runner.run_now([Chunk(request, 0, request.rows)])
+        if alone and self._runner is not None and self._could_run_now(request.rows):
+            # Alone, idle, nothing queued, and small: answered now, without a turn of the
+            # batch former. Only when alone: under load, every request would find the model
+            # idle between inline runs, and nothing would ever be batched.
+            self._runner.run_now([Chunk(request, 0, request.rows)])
             return request.future
         self._queue.put(request)
         return request.future

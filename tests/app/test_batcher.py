@@ -364,6 +364,32 @@ async def test_an_idle_models_small_batch_runs_on_the_loop_and_others_in_a_threa
     for inline_rows, request_rows, on_loop in ((1, 1, True), (1, 2, False), (0, 1, False)):
         threads.clear()
         batcher = make(infer, inline_rows=inline_rows)
-        await batcher.submit(rows(*range(request_rows)))
+        await batcher.submit(rows(*range(request_rows)), alone=True)
         await batcher.stop()
         assert (threads == [here]) is on_loop, (inline_rows, request_rows)
+
+
+async def test_a_request_not_alone_goes_through_the_queue_even_when_idle() -> None:
+    """Under load every request would find the model idle between inline runs: only one
+    that is alone skips the queue, so that load is still batched."""
+    batcher = make(Recorder(), inline_rows=1)
+    alone = batcher.submit(rows(1), alone=True)
+    assert alone.done()  # answered within submit(): no queue, no turn of the event loop
+    queued = batcher.submit(rows(2), alone=False)
+    assert not queued.done()
+    assert batcher.queued_rows == 1
+    np.testing.assert_array_equal((await queued)["y"], [[4]])
+    await batcher.stop()
+
+
+async def test_run_or_queue_runs_a_lone_request_at_once_and_batches_a_crowd() -> None:
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher("m", Recorder(), batch_policy(inline_rows=1, max_batch_size=64),
+                             on_batch=records.append)
+    batcher.start()
+    await (await batcher.run_or_queue(rows(1)))  # alone: one batch of one
+    crowd = await asyncio.gather(*(batcher.run_or_queue(rows(i)) for i in range(10)))  # arrive together
+    await asyncio.gather(*crowd)
+    await batcher.stop()
+    assert [r.rows for r in sorted(records, key=lambda r: r.batch_id)][0] == 1
+    assert max(r.rows for r in records[1:]) > 1  # the crowd was batched, not run one by one inline
