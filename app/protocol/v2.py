@@ -94,14 +94,20 @@ class ErrorResponse(_Sent):
     error: str
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, BinaryReader]:
-    json_part, binary = split_body(body, header_length)
+def json_object(data: bytes, expected: str) -> dict[str, Any]:
+    """A JSON object from bytes: 400 if it is not JSON, 422 if it is not an object."""
     try:
-        raw = orjson.loads(json_part)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise UnprocessableInput("request body must be a JSON object with an 'inputs' list")
+    if not isinstance(value, dict):
+        raise UnprocessableInput(f"request body must be a JSON object {expected}")
+    return value
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, BinaryReader]:
+    json_part, binary = split_body(body, header_length)
+    raw = json_object(json_part, "with an 'inputs' list")
     try:
         request = InferenceRequest.model_validate(raw)
     except ValidationError as e:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
-from app.errors import Forbidden, InvalidInput, Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.http.responses import JSONResponse
 from app.http.routes.common import authorize_admin, budget, repository
-from app.protocol.v2 import ErrorResponse
+from app.protocol.v2 import ErrorResponse, json_object
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -29,15 +28,7 @@ _BEARER: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
 async def _options(request: Request) -> dict[str, Any]:
     """The JSON body Triton's clients send (optional): its `parameters`, or the index's `ready`."""
     body = await budget(request).read_body(request)
-    if not body.strip():
-        return {}
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
-    if not isinstance(payload, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return payload
+    return json_object(body, "(or empty)") if body.strip() else {}
 
 
 @router.post("/v2/repository/index", summary="Every model version found, with its state and why",

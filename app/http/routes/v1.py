@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from app.codecs import predictions
@@ -14,6 +13,7 @@ from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse
 from app.http.routes.common import ERRORS, authorize, budget, offload, repository
 from app.offload import HEAVY_BODY_BYTES
+from app.protocol.v2 import json_object
 from app.served_model import ServedModel
 
 router = APIRouter(tags=["v1"])
@@ -75,11 +75,7 @@ async def v1_predict(request: Request, name: str) -> Response:
 
 
 def _instances(body: bytes) -> list[Any]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
-    instances = payload.get("instances") if isinstance(payload, dict) else None
+    instances = json_object(body, '{"instances": [...]}').get("instances")
     if not isinstance(instances, list):
         raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
     if not instances:
