@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -106,7 +107,11 @@ class ModelRepository:
 
     def serves(self, name: str) -> bool:
         """Whether `name` is a model of this repository (for labels that must name real models)."""
-        return name in self._served or name in self._on_disk or any(n == name for n, _ in self._status)
+        return name in self._served or name in self._on_disk or self._has_status(name)
+
+    def _has_status(self, name: str) -> bool:
+        """Whether any version of `name` was ever found or loaded."""
+        return any(n == name for n, _ in self._status)
 
     def versions_of(self, name: str) -> list[str]:
         return sorted(self._served.get(name, {}), key=int)
@@ -226,7 +231,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Stop serving every version of the model: each finishes its requests first."""
         async with self._lock(name):
-            if name not in self._served and not any(n == name for n, _ in self._status):
+            if name not in self._served and not self._has_status(name):
                 raise ModelNotFound(f"unknown model {name!r}")
             self._wanted.discard(name)
             current = self._served.get(name, {})
@@ -252,11 +257,11 @@ class ModelRepository:
         entries = []
         for path in sorted((self.root / name).rglob("*")):
             try:
-                stat = path.stat()
+                info = path.stat()
             except OSError:  # removed while scanning: the next scan sees it gone
                 continue
-            if path.is_file():
-                entries.append((str(path.relative_to(self.root)), stat.st_size, stat.st_mtime_ns))
+            if stat.S_ISREG(info.st_mode):
+                entries.append((str(path.relative_to(self.root)), info.st_size, info.st_mtime_ns))
         return tuple(entries)
 
     async def stop(self) -> None:

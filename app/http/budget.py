@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from app.deadlines import Deadlines
 from app.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+from app.http.responses import header
 from app.settings import Settings
 
 ARRIVED = "ortserve.arrived"
@@ -59,18 +60,16 @@ class RequestBudget:
         return self.arrived(request) + timeout, timeout
 
     @staticmethod
-    def requested_timeout_ms(request: Request) -> float | None:
-        """The V1 header's timeout, in seconds."""
-        for key, value in request.scope["headers"]:
-            if key == TIMEOUT_HEADER:
-                return positive_timeout(value.decode("latin-1"), "Request-Timeout-Ms header", 1e-3)
-        return None
+    def requested_timeout_s(request: Request) -> float | None:
+        """The V1 `Request-Timeout-Ms` header's timeout, in seconds."""
+        value = header(request, TIMEOUT_HEADER)
+        return None if value is None else positive_timeout(value, "Request-Timeout-Ms header", 1e-3)
 
     async def read_body(self, request: Request) -> bytes:
         """The whole body, at most max_body_bytes (else 413), within body_timeout_s of the
         request's arrival (else 408, and the connection is closed)."""
         limit = self.max_body_bytes
-        declared = _header(request, b"content-length")
+        declared = header(request, b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
@@ -122,9 +121,3 @@ def client_gone(request: Request) -> Callable[[], bool] | None:
         return None
     return lambda: bool(cycle.disconnected)
 
-
-def _header(request: Request, name: bytes) -> str | None:
-    for key, value in request.scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None

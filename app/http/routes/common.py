@@ -10,6 +10,7 @@ from fastapi import Request
 
 from app.errors import Forbidden, Unauthorized
 from app.http.budget import RequestBudget
+from app.http.responses import header
 from app.offload import Offload
 from app.protocol.v2 import ErrorResponse
 from app.repository import ModelRepository
@@ -37,11 +38,11 @@ def offload(request: Request) -> Offload:
 
 
 def bearer_token(request: Request) -> str | None:
-    for key, value in request.scope["headers"]:
-        if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-    return None
+    value = header(request, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def matches_any(token: str | None, secrets: list[bytes]) -> bool:

@@ -56,7 +56,7 @@ async def describe_model(request: Request, name: str) -> Response:
 async def v1_predict(request: Request, name: str) -> Response:
     authorize(request)
     limits = budget(request)
-    due, timeout = limits.deadline(request, limits.requested_timeout_ms(request))
+    due, timeout = limits.deadline(request, limits.requested_timeout_s(request))
     model = repository(request).acquire(name)
     try:
         body = await limits.read_body(request)
