@@ -39,6 +39,11 @@ class Codec(Protocol):
         """Whether decoding these instances is too much work for the event loop."""
         ...
 
+    def check_shapes(self, shapes: Mapping[str, list[int]]) -> None:
+        """Refuse, from the declared shapes alone, what the model cannot take, before any
+        data is converted (a shape can promise far more work than its body holds)."""
+        ...
+
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None: ...
 
     def describe_instance(self) -> str: ...
@@ -100,6 +105,9 @@ class ImageCodec:
             raise InvalidInput(f"instances must hold numbers only ({e})") from e
         return flat.reshape(len(images), h, w)
 
+    def check_shapes(self, shapes: Mapping[str, list[int]]) -> None:
+        pass  # fixed shapes: the protocol layer checks them against the manifest
+
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
         x = inputs[self.input_name]
         if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -129,15 +137,19 @@ class TextCodec:
         ids, lengths = self.tokenizer.encode_batch([text[: self.max_chars] for text in instances])
         return {self.ids_name: ids, self.lengths_name: lengths}
 
+    def check_shapes(self, shapes: Mapping[str, list[int]]) -> None:
+        shape = shapes.get(self.ids_name, [])
+        max_length = self.tokenizer.spec.max_length
+        if len(shape) == 2 and shape[1] > max_length:  # every request batched with it would be padded to it
+            raise InvalidInput(f"{self.ids_name!r} is {shape[1]} tokens wide; this model reads at most "
+                               f"{max_length} tokens per text")
+
     def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
         ids, lengths = inputs[self.ids_name], inputs[self.lengths_name]
         if len(ids) != len(lengths):
             raise InvalidInput(f"{self.ids_name!r} has {len(ids)} rows but {self.lengths_name!r} has {len(lengths)}")
         width = ids.shape[1]
-        max_length = self.tokenizer.spec.max_length
-        if width > max_length:  # every request batched with it would be padded to this width
-            raise InvalidInput(f"{self.ids_name!r} is {width} tokens wide; this model reads at most "
-                               f"{max_length} tokens per text")
+        self.check_shapes({self.ids_name: list(ids.shape)})
         if width == 0 or lengths.min() < 1 or lengths.max() > width:
             raise InvalidInput(f"each of {self.lengths_name!r} must be between 1 and the padded width {width}")
         vocab = len(self.tokenizer.vocabulary)

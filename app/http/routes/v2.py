@@ -171,6 +171,7 @@ def _decode(body: bytes, binary_header: str | None, model: ServedModel
             ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """The request checked whole against the model: nothing bad reaches its batch."""
     infer_request, binary = parse_request(body, binary_header)
+    model.codec.check_shapes({item.name: item.shape for item in infer_request.inputs})
     inputs = decode_inputs(infer_request, binary, model.manifest)
     model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
     check_requested_outputs(infer_request, model.manifest)
