@@ -1,4 +1,6 @@
-"""Command line: `python -m training build|STEP --data-dir DIR --model NAME|all`."""
+"""Command line: `python -m training build|STEP --data-dir DIR --model NAME|all`.
+
+build runs train, prune, distill, export, quantize, evaluate and package in turn."""
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints between steps")
     parser.add_argument("--version", type=int, default=None, help="artifact version (default: next free)")
     parser.add_argument("--epochs", type=int, default=None, help="override training epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="override fine-tuning epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="override the student's epochs after pruning (with and without distillation)")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="override the teacher's epochs")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training items")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--download", action="store_true",
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(RECIPES) if args.model == "all" else [args.model]
     steps = STEPS if args.step == "build" else (args.step,)
     overrides = {k: v for k, v in {"epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+                                   "teacher_epochs": args.teacher_epochs,
                                    "train_limit": args.train_limit, "seed": args.seed}.items()
                  if v is not None}
     built = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,12 +13,13 @@ from app.manifest import ImagePreprocessing, TensorSpec
 from app.preprocess import normalize_pixels
 from training import data
 from training.config import CNNConfig
+from training.distill import teacher_loss
 from training.export import export_onnx, max_parity_error
 from training.models import FashionCNN
 from training.prune import MagnitudePruning, prune_cnn_structured
 from training.quantize import convert_fp16, quantize_static_int8
 from training.recipe import Feed, describe, history, load_model, save_model
-from training.train import Batch, accuracy, fit, predict_logits, seed_everything
+from training.train import Batch, Loss, accuracy, fit, predict_logits, seed_everything
 from training.workspace import Workspace
 
 # The model's one input: every other mention of its name or size reads it from here.
@@ -44,8 +46,12 @@ class FashionData:
         self.background = float(normalize_pixels(np.zeros((1, HEIGHT, WIDTH)), self.spec).flat[0])
         self.config = config
 
-    def train_batches(self, epoch: int) -> list[Batch]:
-        """Shuffled batches with random horizontal flips and (optionally) shifts."""
+    def train_batches(self, shift_pixels: int) -> Callable[[int], list[Batch]]:
+        """Each epoch's shuffled batches, with random horizontal flips (if configured) and
+        random shifts of up to `shift_pixels`."""
+        return lambda epoch: self._augmented(epoch, shift_pixels)
+
+    def _augmented(self, epoch: int, shift_pixels: int) -> list[Batch]:
         c = self.config
         gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)
         order = torch.randperm(len(self.train_x), generator=gen)
@@ -55,8 +61,8 @@ class FashionData:
             if c.flip:
                 flip = torch.rand(len(x), generator=gen) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            if c.shift_pixels:
-                s = c.shift_pixels
+            if shift_pixels:
+                s = shift_pixels
                 padded = torch.nn.functional.pad(x, (s, s, s, s), value=self.background)
                 dy, dx = torch.randint(0, 2 * s + 1, (2,), generator=gen).tolist()
                 x = padded[:, :, dy : dy + HEIGHT, dx : dx + WIDTH]
@@ -75,6 +81,18 @@ def build_model(widths: dict[str, int], config: CNNConfig) -> FashionCNN:
     recipe trains or fine-tunes is made here."""
     return FashionCNN((widths["conv1"], widths["conv2"]), widths["hidden"], len(data.FASHION_MNIST_LABELS),
                       dropout=config.dropout)
+
+
+def build_teacher(widths: dict[str, int], config: CNNConfig) -> FashionCNN:
+    return FashionCNN((widths["conv1"], widths["conv2"]), widths["hidden"], len(data.FASHION_MNIST_LABELS),
+                      dropout=config.teacher_dropout)
+
+
+def teacher_settings(config: CNNConfig) -> dict[str, Any]:
+    """What makes the teacher: a checkpoint trained with other settings is trained again."""
+    names = ("seed", "batch_size", "weight_decay", "flip", "teacher_channels", "teacher_hidden",
+             "teacher_dropout", "teacher_epochs", "teacher_lr", "teacher_shift_pixels", "train_limit")
+    return {n: getattr(config, n) for n in names}
 
 
 class FashionRecipe:
@@ -106,29 +124,72 @@ class FashionRecipe:
         return load_model(ws, stage, lambda widths: build_model(widths, config))
 
     def prune(self, ws: Workspace, config: CNNConfig) -> None:
+        """Structured pruning, then fine-tuning on the labels alone: the student without
+        distillation. The pruned start is kept for the distill step."""
         seed_everything(config.seed)
         d = FashionData(ws, config)
         model = prune_cnn_structured(self.load(ws, "trained", config), config.keep_channels, config.keep_hidden,
                                      config.width_multiple)
+        save_model(ws, "pruned_start", model, model.widths)
         before_finetune = d.evaluate(model)
-        # fc1 holds 95% of the dense weights; fc2 (10 x hidden) is too small to be worth a point.
-        masks = MagnitudePruning([model.fc1.weight], config.dense_sparsity)
-        records = self._fit(model, d, "finetune", config.finetune_epochs, config.finetune_lr,
-                            after_step=masks.apply)
+        records = self._fine_tune(model, d, "finetune", loss=None)
         save_model(ws, "pruned", model, model.widths)
         ws.update_record(
-            finetune_history=records,
+            finetune_history=records, student="pruned",
             pruned={**self._describe(model), "accuracy": d.evaluate(model),
                     "accuracy_before_finetune": before_finetune, "widths": model.widths},
         )
 
-    def export(self, ws: Workspace, config: CNNConfig) -> None:
+    def distill(self, ws: Workspace, config: CNNConfig) -> None:
+        """Train the teacher (unless one with the same settings is there), then the pruned
+        student again from the same start, now on the labels and the teacher's outputs."""
         d = FashionData(ws, config)
-        model = self.load(ws, "pruned", config).fused_for_export()
-        path = export_onnx(model, (d.test_x[:2],), ws.onnx("fp32"), input_names=[PIXELS.name],
-                           output_names=[LOGITS.name], dynamic_axes=self.dynamic_axes)
+        teacher = self._teacher(ws, d, config)
+        seed_everything(config.seed)
+        student = self.load(ws, "pruned_start", config)
+        records = self._fine_tune(student, d, "distill", loss=teacher_loss(teacher, config.distillation))
+        save_model(ws, "distilled", student, student.widths)
+        ws.update_record(
+            distill_history=records, student="distilled",
+            distilled={**self._describe(student), "accuracy": d.evaluate(student), "widths": student.widths,
+                       "temperature": config.distill_temperature, "soft_weight": config.distill_soft_weight},
+        )
+
+    def _teacher(self, ws: Workspace, d: FashionData, config: CNNConfig) -> FashionCNN:
+        settings = teacher_settings(config)
+        if ws.holds("teacher", settings):
+            return load_model(ws, "teacher", lambda widths: build_teacher(widths, config))
+        seed_everything(config.seed)
+        c1, c2 = config.teacher_channels
+        teacher = build_teacher({"conv1": c1, "conv2": c2, "hidden": config.teacher_hidden}, config)
+        records = history(fit(teacher, d.train_batches(config.teacher_shift_pixels), d.evaluate, stage="teacher",
+                              epochs=config.teacher_epochs, lr=config.teacher_lr,
+                              weight_decay=config.weight_decay))
+        save_model(ws, "teacher", teacher, teacher.widths)
+        ws.update_record(teacher_history=records, teacher={
+            **self._describe(teacher), "accuracy": d.evaluate(teacher), "widths": teacher.widths,
+            "settings": settings})
+        return teacher
+
+    def export(self, ws: Workspace, config: CNNConfig) -> None:
+        """The served student to ONNX fp32, checked against PyTorch."""
+        d = FashionData(ws, config)
+        model = self.stage_model(ws, ws.record()["student"], config)
+        path = self._export(model, ws.onnx("fp32"))
         feeds = [{PIXELS.name: d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
         ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))
+
+    def stage_model(self, ws: Workspace, stage: str, config: CNNConfig) -> FashionCNN:
+        """A stage's checkpoint as exported: eval mode, BatchNorm folded."""
+        build = build_teacher if stage == "teacher" else build_model
+        return load_model(ws, stage, lambda widths: build(widths, config)).fused_for_export()
+
+    def export_stage(self, ws: Workspace, stage: str, config: CNNConfig, path: Path) -> Path:
+        return self._export(self.stage_model(ws, stage, config), path)
+
+    def _export(self, model: FashionCNN, path: Path) -> Path:
+        return export_onnx(model, (torch.zeros(2, CHANNELS, HEIGHT, WIDTH),), path, input_names=[PIXELS.name],
+                           output_names=[LOGITS.name], dynamic_axes=self.dynamic_axes)
 
     def quantize(self, ws: Workspace, config: CNNConfig) -> None:
         d = FashionData(ws, config)
@@ -151,12 +212,20 @@ class FashionRecipe:
         return describe(model, torch.zeros(1, CHANNELS, HEIGHT, WIDTH))
 
     @staticmethod
-    def _fit(model: FashionCNN, d: FashionData, stage: str, epochs: int, lr: float,
-             after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    def _fit(model: FashionCNN, d: FashionData, stage: str, epochs: int, lr: float) -> list[dict[str, Any]]:
         c = d.config
-        return history(fit(model, d.train_batches, d.evaluate, stage=stage, epochs=epochs, lr=lr,
-                           weight_decay=c.weight_decay, label_smoothing=c.label_smoothing,
-                           after_step=after_step))
+        return history(fit(model, d.train_batches(c.shift_pixels), d.evaluate, stage=stage, epochs=epochs, lr=lr,
+                           weight_decay=c.weight_decay, label_smoothing=c.label_smoothing))
+
+    @staticmethod
+    def _fine_tune(model: FashionCNN, d: FashionData, stage: str, loss: Loss | None) -> list[dict[str, Any]]:
+        """The student's training after pruning, with or without a teacher; fc1 keeps its
+        magnitude-pruned zeros (it holds 95% of the dense weights; fc2 is too small to matter)."""
+        c = d.config
+        masks = MagnitudePruning([model.fc1.weight], c.dense_sparsity)
+        return history(fit(model, d.train_batches(c.shift_pixels), d.evaluate, stage=stage,
+                           epochs=c.finetune_epochs, lr=c.finetune_lr, weight_decay=c.weight_decay,
+                           label_smoothing=c.label_smoothing, after_step=masks.apply, loss=loss))
 
 
 RECIPE = FashionRecipe()

@@ -25,11 +25,15 @@ from training.recipe import Recipe
 from training.workspace import VARIANTS, Workspace
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (fashion.RECIPE, sentiment.RECIPE)}
-STEPS = ("train", "prune", "export", "quantize", "evaluate", "package")
+STEPS = ("train", "prune", "distill", "export", "quantize", "evaluate", "package")
+# The models a build compares (checkpoint name, record key): the teacher, the trained
+# model before pruning, the pruned student without and with distillation.
+STAGES = (("teacher", "teacher"), ("trained", "baseline"), ("pruned", "pruned"), ("distilled", "distilled"))
 
 
 def run_step(step: str, recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int | None) -> None:
-    steps = {"train": recipe.train, "prune": recipe.prune, "export": recipe.export, "quantize": recipe.quantize,
+    steps = {"train": recipe.train, "prune": recipe.prune, "distill": recipe.distill, "export": recipe.export,
+             "quantize": recipe.quantize,
              "evaluate": lambda ws, config: evaluate(recipe, ws, config),
              "package": lambda ws, config: package(recipe, ws, config, out, version)}
     steps[step](ws, config)
@@ -50,7 +54,26 @@ def evaluate(recipe: Recipe, ws: Workspace, config: Any) -> None:
             "size_bytes": ws.onnx(variant).stat().st_size,
             **{f"latency_ms_batch{b}": _latency_ms(session, recipe.latency_feed(feeds, b)) for b in (1, 64)},
         }
-    ws.update_record(variants=variants)
+    ws.update_record(variants=variants, stages=compare_stages(recipe, ws, config, feeds, labels))
+
+
+def compare_stages(recipe: Recipe, ws: Workspace, config: Any, feeds: list[dict[str, np.ndarray]],
+                   labels: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Every stage this build made, exported to ONNX fp32 and scored the same way as the
+    served variants: accuracy, size, compute and CPU latency side by side."""
+    record = ws.record()
+    stages = {}
+    for stage, key in STAGES:
+        if key not in record or not ws.checkpoint(stage).is_file():
+            continue
+        session = ort_session(recipe.export_stage(ws, stage, config, ws.root / f"{stage}.fp32.onnx"))
+        logits = np.concatenate([session.run(None, feed)[0] for feed in feeds])
+        stages[stage] = {
+            "accuracy": round(float((logits.argmax(1) == labels).mean()), 4),
+            "params": record[key]["params"], "macs": record[key]["macs"],
+            **{f"latency_ms_batch{b}": _latency_ms(session, recipe.latency_feed(feeds, b)) for b in (1, 64)},
+        }
+    return stages
 
 
 def _latency_ms(session: Any, feed: dict[str, np.ndarray], runs: int = 50) -> float:
@@ -81,8 +104,8 @@ def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int 
         shutil.copy2(ws.onnx(variant), target / file)
         scores = record["variants"][variant]
         metrics = {k: v for k, v in scores.items() if k != "size_bytes"}
-        metrics.update({k: record["pruned"][k] for k in ("params", "macs")})
-        metrics["sparsity"] = record["pruned"]["sparsity"]
+        served = record[record["student"]]
+        metrics.update({k: served[k] for k in ("params", "macs", "sparsity")})
         files[variant] = VariantFile(file=file, sha256=sha256_of(target / file),
                                      size_bytes=(target / file).stat().st_size, metrics=metrics)
     extra_files = {}
@@ -95,7 +118,8 @@ def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int 
         labels=list(recipe.labels), inputs=recipe.inputs, outputs=recipe.outputs,
         preprocessing=record["preprocessing"], variants=files, extra_files=extra_files, batching=batching,
         preferred_variant={"cpu": cpu_variant(record["variants"]), "cuda": "fp16"},
-        training={k: record.get(k) for k in ("config", "baseline", "pruned", "parity_max_abs_error")},
+        training={k: record.get(k) for k in ("config", "student", "baseline", "pruned", "teacher", "distilled",
+                                             "stages", "parity_max_abs_error")},
         data={"sha256": record.get("data_sha256", {})}, packages=_package_versions(),
     )
     write_manifest(target, manifest)

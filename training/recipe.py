@@ -1,6 +1,6 @@
 """The interface every model recipe implements, and the pieces the recipes share.
 
-A recipe is one model's pipeline steps (train, prune, export, quantize) plus what the
+A recipe is one model's pipeline steps (train, prune, distill, export, quantize) plus what the
 pipeline needs to score and package it; training/pipeline.py runs any recipe the same way.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -38,11 +39,21 @@ class Recipe(Protocol):
 
     def train(self, ws: Workspace, config: Any) -> None: ...
 
-    def prune(self, ws: Workspace, config: Any) -> None: ...
+    def prune(self, ws: Workspace, config: Any) -> None:
+        """Prune and fine-tune on the labels: the student without distillation."""
+        ...
+
+    def distill(self, ws: Workspace, config: Any) -> None:
+        """Train the teacher, then the pruned student on the labels and the teacher's outputs."""
+        ...
 
     def export(self, ws: Workspace, config: Any) -> None: ...
 
     def quantize(self, ws: Workspace, config: Any) -> None: ...
+
+    def export_stage(self, ws: Workspace, stage: str, config: Any, path: Path) -> Path:
+        """A stage's checkpoint (teacher, pruned, distilled...) as ONNX fp32, for comparing them."""
+        ...
 
     def scoring_data(self, ws: Workspace, config: Any) -> tuple[list[Feed], np.ndarray]:
         """Test-set feeds and their labels, for scoring the ONNX variants."""

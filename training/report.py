@@ -42,9 +42,36 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
                      + [fmt.format(*r) for r in rows])
 
 
+STAGE_NAMES = {"teacher": "teacher (not served)", "trained": "trained, before pruning",
+               "pruned": "pruned student, labels only", "distilled": "pruned student, distilled"}
+
+
+def stage_rows(record: dict[str, Any]) -> list[list[str]]:
+    return [[STAGE_NAMES.get(stage, stage), f"{s['accuracy']:.4f}", f"{s['params']:,}", f"{s['macs']:,}",
+             f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"]
+            for stage, s in record.get("stages", {}).items()]
+
+
+def _distillation_section(record: dict[str, Any]) -> list[str]:
+    if "stages" not in record:
+        return []
+    lines = ["## Distillation", "",
+             markdown_table(["model", "test acc (ONNX fp32)", "params", "MACs/item", "ms @1", "ms @64"],
+                            stage_rows(record)), ""]
+    distilled = record.get("distilled")
+    if distilled:
+        lines += [f"Temperature {distilled['temperature']}, soft-target weight {distilled['soft_weight']} "
+                  f"(Hinton et al. 2015); served: the {STAGE_NAMES[record['student']]}.", ""]
+    lines += ["Every row exported to ONNX fp32 and timed the same way as the variants above.", "",
+              "![accuracy vs cost](accuracy_vs_cost.png)", ""]
+    return lines
+
+
 def write(target: Path, manifest: Manifest, record: dict[str, Any]) -> None:
     _plot_curves(target / "training_curves.png", record)
     _plot_variants(target / "variants.png", manifest)
+    if "stages" in record:
+        _plot_cost(target / "accuracy_vs_cost.png", manifest, record)
     base, pruned = record["baseline"], record["pruned"]
     lines = [
         f"# {manifest.name} v{manifest.version}", "", manifest.description, "",
@@ -59,13 +86,16 @@ def write(target: Path, manifest: Manifest, record: dict[str, Any]) -> None:
         f"MACs change: {100 * (pruned['macs'] / base['macs'] - 1):+.1f}%; "
         f"accuracy change: {100 * (pruned['accuracy'] - base['accuracy']):+.2f} points.", "",
         f"ONNX fp32 vs PyTorch max |logit difference|: {record.get('parity_max_abs_error', float('nan')):.2e}", "",
+        *_distillation_section(record),
         "![training curves](training_curves.png)", "", "![variants](variants.png)", "",
     ]
     (target / "report.md").write_text("\n".join(lines))
 
 
 def _plot_curves(path: Path, record: dict[str, Any]) -> None:
-    history = record.get("history", []) + record.get("finetune_history", [])
+    # The trained model's epochs, then the served student's (fine-tuned or distilled).
+    student_history = {"pruned": "finetune_history", "distilled": "distill_history"}
+    history = record.get("history", []) + record.get(student_history[record.get("student", "pruned")], [])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     x = list(range(1, len(history) + 1))
     ax_loss.plot(x, [h["train_loss"] for h in history], marker="o")
@@ -89,6 +119,24 @@ def _plot_variants(path: Path, manifest: Manifest) -> None:
         ax_lat.scatter(lat, acc, s=60)
         ax_lat.annotate(variant, (lat, acc))
     ax_size.set(title="accuracy vs size", xlabel="MB", ylabel="test accuracy")
+    ax_lat.set(title="accuracy vs CPU latency (batch 64)", xlabel="ms", ylabel="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_cost(path: Path, manifest: Manifest, record: dict[str, Any]) -> None:
+    """Accuracy against compute (MACs) and against CPU latency at batch 64: every stage
+    the build made and every served variant."""
+    points = [(STAGE_NAMES[stage].split(",")[0] if stage != "distilled" else "distilled", s)
+              for stage, s in record["stages"].items()]
+    points += [(f"served {v}", {**e.metrics}) for v, e in manifest.variants.items()]
+    fig, (ax_macs, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, s in points:
+        for ax, x in ((ax_macs, s["macs"] / 1e6), (ax_lat, s["latency_ms_batch64"])):
+            ax.scatter(x, s["accuracy"], s=60)
+            ax.annotate(name, (x, s["accuracy"]), fontsize=8)
+    ax_macs.set(title="accuracy vs compute", xlabel="million MACs per item", ylabel="test accuracy")
     ax_lat.set(title="accuracy vs CPU latency (batch 64)", xlabel="ms", ylabel="test accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -1,4 +1,5 @@
-"""The training loop shared by both models: AdamW, one-cycle LR, progress bars, history."""
+"""The training loop shared by both models: AdamW, one-cycle LR with cosine annealing,
+progress bars, history."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, labels)
+Loss = Callable[[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor]
+"""(logits, labels, model inputs) -> loss; the inputs let a distillation loss ask a teacher."""
 
 
 @dataclass
@@ -40,16 +43,20 @@ def fit(
     weight_decay: float,
     label_smoothing: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    loss: Loss | None = None,
 ) -> list[EpochRecord]:
-    """Train for `epochs`; `batches(epoch)` yields that epoch's shuffled batches."""
+    """Train for `epochs`; `batches(epoch)` yields that epoch's shuffled batches. The loss
+    is cross-entropy on the labels unless `loss` is given."""
     if epochs <= 0:
         return []
     steps_per_epoch = _count(batches(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # Warm up for a quarter of the steps, then cosine annealing down to lr / 1e4.
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25, anneal_strategy="cos"
     )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss_fn: Loss = loss or (lambda logits, labels, _inputs: cross_entropy(logits, labels))
     history = []
     for epoch in range(epochs):
         model.train()
@@ -59,13 +66,13 @@ def fit(
         for inputs, labels in bar:
             optimizer.zero_grad(set_to_none=True)
             logits = model(*inputs)
-            loss = loss_fn(logits, labels)
-            loss.backward()
+            batch_loss = loss_fn(logits, labels, inputs)
+            batch_loss.backward()
             optimizer.step()
             schedule.step()
             if after_step is not None:
                 after_step()
-            total_loss += loss.item() * len(labels)
+            total_loss += batch_loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")

@@ -38,6 +38,12 @@ class Workspace:
             raise FileNotFoundError(f"{path} not found: run the step that writes it first")
         return torch.load(path, weights_only=False)
 
+    def holds(self, stage: str, settings: dict[str, Any]) -> bool:
+        """Whether `stage`'s checkpoint is here and was made with `settings` (recorded as
+        record[stage]["settings"]), so that a step can reuse it instead of training again."""
+        recorded = self.record().get(stage, {}).get("settings")
+        return self.checkpoint(stage).is_file() and recorded == json.loads(json.dumps(settings))
+
     @property
     def record_path(self) -> Path:
         return self.root / "record.json"

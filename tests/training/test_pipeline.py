@@ -23,7 +23,7 @@ def built(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models")
     work = tmp_path_factory.mktemp("runs")
     code = main(["build", "--data-dir", str(tiny_data), "--out", str(out), "--work-dir", str(work),
-                 "--epochs", "1", "--finetune-epochs", "1"])
+                 "--epochs", "1", "--finetune-epochs", "1", "--teacher-epochs", "1"])
     assert code == 0
     return out
 
@@ -33,7 +33,7 @@ def test_build_writes_a_valid_versioned_artifact(built: Path, name: str) -> None
     folder = built / name / "1"
     manifest = load_manifest(folder)  # validates schema and sha256 of every file
     assert set(manifest.variants) == {"fp32", "int8", "fp16"}
-    for file in ("report.md", "training_curves.png", "variants.png"):
+    for file in ("report.md", "training_curves.png", "variants.png", "accuracy_vs_cost.png"):
         assert (folder / file).stat().st_size > 0
     assert manifest.training["parity_max_abs_error"] < 1e-4
     for variant, entry in manifest.variants.items():
@@ -48,6 +48,39 @@ def test_build_writes_a_valid_versioned_artifact(built: Path, name: str) -> None
     assert manifest.training["pruned"]["macs"] <= manifest.training["baseline"]["macs"]
     assert manifest.data["sha256"]
     assert manifest.packages["torch"]
+
+
+@pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
+def test_the_served_student_is_distilled_and_the_manifest_says_how(built: Path, name: str) -> None:
+    folder = built / name / "1"
+    manifest = load_manifest(folder)
+    training, config = manifest.training, manifest.training["config"]
+    assert training["student"] == "distilled"
+    assert training["distilled"]["temperature"] == config["distill_temperature"] > 0
+    assert training["distilled"]["soft_weight"] == config["distill_soft_weight"]
+    # Distillation changes the weights, never the served model's cost.
+    assert training["distilled"]["macs"] == training["pruned"]["macs"]
+    assert manifest.variants["fp32"].metrics["macs"] == training["distilled"]["macs"]
+    assert 0 <= training["teacher"]["accuracy"] <= 1
+    assert training["teacher"]["macs"] > training["distilled"]["macs"]
+    # Every stage scored in ONNX Runtime, and reported side by side.
+    assert set(training["stages"]) == {"teacher", "trained", "pruned", "distilled"}
+    report = (folder / "report.md").read_text()
+    assert "## Distillation" in report
+    assert "teacher (not served)" in report
+    # The teacher is a training artifact: nothing of it is packaged.
+    assert not [f for f in folder.iterdir() if "teacher" in f.name]
+
+
+def test_a_teacher_with_the_same_settings_is_reused(built: Path, tiny_data: Path) -> None:
+    work = _work_dir_of(built) / "fashion-cnn"
+    before = (work / "teacher.pt").stat().st_mtime_ns
+    assert main(["distill", "--model", "fashion-cnn", "--data-dir", str(tiny_data), "--work-dir", str(work.parent),
+                 "--epochs", "1", "--finetune-epochs", "1", "--teacher-epochs", "1"]) == 0
+    assert (work / "teacher.pt").stat().st_mtime_ns == before
+    assert main(["distill", "--model", "fashion-cnn", "--data-dir", str(tiny_data), "--work-dir", str(work.parent),
+                 "--epochs", "1", "--finetune-epochs", "1", "--teacher-epochs", "3"]) == 0
+    assert (work / "teacher.pt").stat().st_mtime_ns != before  # other settings: trained again
 
 
 def test_cnn_structured_pruning_removes_compute(built: Path) -> None:
