@@ -17,7 +17,14 @@ import numpy as np
 
 from app.errors import InvalidInput
 from app.manifest import RESERVED_PREFIX, ImagePreprocessing, Manifest, TextPreprocessing
-from app.preprocess import ImageLimits, PreprocessError, Tokenizer, decode_base64_image, normalize_pixels
+from app.preprocess import (
+    ImageLimits,
+    PreprocessError,
+    Tokenizer,
+    decode_base64_image,
+    match_background,
+    normalize_pixels,
+)
 
 # Work above this much is done off the event loop (app/offload.py): it would hold up every
 # other request, health checks included, for milliseconds.
@@ -61,15 +68,16 @@ class ImageCodec:
 
     def describe_instance(self) -> str:
         s = self.spec
-        return (f"a {s.height}x{s.width} array of pixel values 0-255 (rows of columns), or "
-                '{"b64": "<base64 PNG or JPEG>"}; other sizes are resized, colour is converted '
-                "to greyscale, light objects on a dark background as in Fashion-MNIST")
+        return (f"a {s.height}x{s.width} array of raw pixel values 0-255 (rows of columns, or one flat "
+                f"list of {s.height * s.width}), or {{\"b64\": \"<base64 PNG or JPEG>\"}}; other sizes are "
+                "resized, colour is converted to greyscale, and an image on a light background "
+                "is inverted to match the model's dark one")
 
     def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
         pixels = np.stack([self._one(i, n) for n, i in enumerate(instances)]) if any(
             not isinstance(i, list) for i in instances) else self._as_pixels(instances, 0)
         try:
-            return {self.input_name: normalize_pixels(pixels, self.spec)}
+            return {self.input_name: normalize_pixels(match_background(pixels, self.spec), self.spec)}
         except PreprocessError as e:
             raise InvalidInput(str(e)) from e
 
@@ -81,29 +89,41 @@ class ImageCodec:
                 raise InvalidInput(f"instance {index}: {e}") from e
         if isinstance(instance, list):
             return self._as_pixels([instance], index)[0]
-        raise InvalidInput(f"instance {index}: expected {self.describe_instance()}")
+        raise InvalidInput(f"instance {index}: expected {self.describe_instance()}; got {_received(instance)}")
 
     def _as_pixels(self, images: list[Any], first_index: int) -> np.ndarray:
         """Nested lists -> (N, H, W) pixels: uint8 when every value is an integer 0-255, as
         raw pixels are (bytes() converts and range-checks a row in C, the cheapest path
         from JSON numbers to an array), else float32, range-checked by normalize_pixels."""
         h, w = self.spec.height, self.spec.width
+        rows_of = []
         for n, image in enumerate(images):
             # map() runs the checks in C: this is on the request path for every image
-            if not (type(image) is list and len(image) == h and set(map(type, image)) == {list}
-                    and set(map(len, image)) == {w}):
-                raise InvalidInput(f"instance {first_index + n}: expected {self.describe_instance()}")
+            if type(image) is list and len(image) == h and set(map(type, image)) == {list} and set(map(len, image)) == {w}:
+                rows_of.append(image)
+            elif type(image) is list and len(image) == h * w and set(map(type, image)) <= {int, float}:
+                rows_of.append([image])  # one flat row-major list: unambiguous at this length
+            else:
+                raise InvalidInput(f"instance {first_index + n}: expected {h}x{w} pixel values (rows of "
+                                   f"columns, or one flat list of {h * w}); got {_received(image)}")
         try:
-            data = b"".join([bytes(row) for image in images for row in image])
+            data = b"".join([bytes(row) for rows in rows_of for row in rows])
             return np.frombuffer(data, dtype=np.uint8).reshape(len(images), h, w)
         except (ValueError, TypeError):
             pass  # fractions or out-of-range values: the general path converts or refuses them
-        values = chain.from_iterable(chain.from_iterable(images))
+        values = chain.from_iterable(chain.from_iterable(rows_of))
         try:
             flat = np.fromiter(values, dtype=np.float32, count=len(images) * h * w)
-        except (ValueError, TypeError) as e:
-            raise InvalidInput(f"instances must hold numbers only ({e})") from e
-        return flat.reshape(len(images), h, w)
+        except (ValueError, TypeError):
+            for n, image in enumerate(images):  # the rows held lists (28x28x1) or non-numbers
+                if (received := _received(image)) not in (f"{h}x{w} list", f"{h * w} list"):
+                    raise InvalidInput(f"instance {first_index + n}: expected {h}x{w} pixel values; "
+                                       f"got {received}") from None
+            raise InvalidInput("pixel values must be numbers 0-255; got something else (a string, "
+                               "a boolean or a null) among them") from None
+        pixels = flat.reshape(len(images), h, w)
+        _refuse_unit_scale(pixels, first_index)
+        return pixels
 
     def check_shapes(self, shapes: Mapping[str, list[int]]) -> None:
         pass  # fixed shapes: the protocol layer checks them against the manifest
@@ -112,6 +132,31 @@ class ImageCodec:
         x = inputs[self.input_name]
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise InvalidInput(f"input {self.input_name!r} holds NaN or infinite values")
+
+
+def _refuse_unit_scale(pixels: np.ndarray, first_index: int) -> None:
+    """Pixels scaled to 0..1 would be read as 0..1 out of 255: a black image, classified
+    with confidence and wrongly. Fractions with nothing above 1 can only mean that."""
+    for n, image in enumerate(pixels):
+        if image.max() <= 1.0 and (image != np.floor(image)).any():
+            raise InvalidInput(f"instance {first_index + n}: pixel values are fractions within 0..1 (max "
+                               f"{float(image.max()):.3g}); send raw pixels 0-255, as the image's 8-bit values "
+                               "(multiply by 255)")
+
+
+def _received(value: Any) -> str:
+    """What a client sent, by shape and type, for messages: '27x28 list', '28x28x1 list', 'str'."""
+    dims = []
+    while isinstance(value, list):
+        dims.append(len(value))
+        if not value:
+            break
+        if len({len(v) if isinstance(v, list) else -1 for v in value}) > 1:
+            return "x".join(map(str, dims)) + " list with rows of different lengths or types"
+        value = value[0]
+    if not dims:
+        return type(value).__name__ if not isinstance(value, dict) else f"an object with keys {sorted(value)[:5]}"
+    return "x".join(map(str, dims)) + " list"
 
 
 class TextCodec:

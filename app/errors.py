@@ -38,6 +38,18 @@ class Forbidden(ServingError):
     status_code = 403
 
 
+class MethodNotAllowed(ServingError):
+    status_code = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
 class RequestTimeout(ServingError):
     """The body did not arrive in time; the connection is closed."""
 

@@ -84,6 +84,9 @@ class ImagePreprocessing(_Strict):
     mean: float
     std: float = Field(gt=0)
     resize: Literal["bilinear", "nearest"] = "bilinear"
+    background: Literal["dark", "light"] = "dark"
+    """The training images' background. A served image whose border is on the other side
+    of mid-grey (a product photo: a dark object on white) is inverted before scaling."""
 
 
 class TextPreprocessing(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 
 import numpy as np
@@ -98,6 +99,52 @@ async def test_v1_images_of_other_sizes_and_colours_are_converted() -> None:
     assert predictions[0]["index"] == predictions[2]["index"]
     # A grey RGB image is the same image as its single channel.
     np.testing.assert_allclose(predictions[1]["probabilities"], predictions[2]["probabilities"], atol=1e-5)
+
+
+async def test_v1_flat_lists_data_urls_and_light_backgrounds_get_the_same_answer() -> None:
+    image = sample_images(1, seed=5)[0]
+    inverted = 255 - image  # a product photo: a dark object on white
+    png = b64_png(image)
+    async with serving() as client:
+        response = await client.post("/v1/models/fashion-cnn:predict", json={"instances": [
+            image.tolist(), image.flatten().tolist(), {"b64": f"data:image/png;base64,{png}"},
+            inverted.tolist(), {"b64": b64_png(inverted)}]})
+    assert response.status_code == 200, response.text
+    first, *others = response.json()["predictions"]
+    for other in others:
+        np.testing.assert_allclose(other["probabilities"], first["probabilities"], atol=1e-6)
+
+
+def test_light_backgrounds_are_found_from_the_border_and_inverted() -> None:
+    from app.preprocess import match_background
+
+    _, manifest = reference_session("fashion-cnn")
+    spec = manifest.preprocessing
+    dark = sample_images(3, seed=7)
+    mixed = np.stack([dark[0], 255 - dark[1], dark[2]])
+    np.testing.assert_array_equal(match_background(mixed, spec), dark)
+    assert match_background(dark, spec) is dark  # nothing to invert: no copy
+    light_model = spec.model_copy(update={"background": "light"})
+    np.testing.assert_array_equal(match_background(dark, light_model), 255 - dark)
+
+
+async def test_undecodable_images_are_described_without_object_reprs() -> None:
+    async with serving() as client:
+        response = await client.post("/v1/models/fashion-cnn:predict",
+                                     json={"instances": [{"b64": base64.b64encode(b"GIF89a" + bytes(40)).decode()}]})
+    assert response.status_code == 400
+    assert "0x" not in response.json()["error"]
+    assert "cannot decode image" in response.json()["error"]
+
+
+async def test_the_wrong_method_on_a_predict_route_is_405_naming_the_right_one() -> None:
+    async with serving() as client:
+        v1 = await client.get("/v1/models/sst2-lstm:predict")
+        v2 = await client.get("/v2/models/sst2-lstm/infer")
+    for response in (v1, v2):
+        assert response.status_code == 405, response.text
+        assert response.headers["allow"] == "POST"
+    assert "POST" in v1.json()["error"]
 
 
 async def test_v1_texts_match_direct_onnx_runtime() -> None:
@@ -275,7 +322,16 @@ BAD_V1 = [
     ("fashion-cnn", orjson.dumps({"instances": [[[-1] * 28] * 28]}), 400, "[0, 255]"),
     ("fashion-cnn", orjson.dumps({"instances": [[[0.5] * 27 + [255.5]] * 28]}), 400, "[0, 255]"),
     ("fashion-cnn", orjson.dumps({"instances": [[[0] * 28] * 27 + [28]]}), 400, "28x28"),
-    ("fashion-cnn", orjson.dumps({"instances": [[[0] * 27 + ["x"]] * 28]}), 400, "numbers only"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[0] * 27 + ["x"]] * 28]}), 400, "must be numbers 0-255"),
+    # What was received is named beside what was expected, never a library's message.
+    ("fashion-cnn", b'{"instances": [[1, 2, 3]]}', 400, "got 3 list"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[0] * 28] * 27]}), 400, "got 27x28 list"),
+    ("fashion-cnn", orjson.dumps({"instances": [[[[0]] * 28] * 28]}), 400, "got 28x28x1 list"),
+    ("fashion-cnn", orjson.dumps({"instances": [[0] * 783]}), 400, "or one flat list of 784); got 783 list"),
+    ("fashion-cnn", b'{"instances": ["shoe.png"]}', 400, "got str"),
+    # Pixels scaled to 0..1 would be read as a black image: refused, saying what to send.
+    ("fashion-cnn", orjson.dumps({"instances": [[[0.0] * 27 + [0.8]] * 28]}), 400, "send raw pixels 0-255"),
+    ("fashion-cnn", b'{"instances": [{"b64": "data:text/plain;base64,aGk="}]}', 400, "data:image/<type>;base64,"),
     ("sst2-lstm", b'{"instances": ["fine", 3]}', 400, "instance 1: expected a string"),
 ]
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.codecs import predictions
-from app.errors import InvalidInput, UnprocessableInput
+from app.errors import InvalidInput, MethodNotAllowed, UnprocessableInput
 from app.http.budget import client_gone
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse
@@ -50,6 +50,8 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/v1/models/{name}", responses=ERRORS, summary="One model's description")
 async def describe_model(request: Request, name: str) -> Response:
+    if name.endswith(":predict"):  # the predict route's path, asked with GET
+        raise MethodNotAllowed(f"{request.url.path} takes POST with a JSON body {{\"instances\": [...]}}", "POST")
     return JSONResponse(_describe(repository(request).get(name)))
 
 
