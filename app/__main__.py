@@ -1,25 +1,35 @@
-"""`python -m app [--flags]`: run the service with uvicorn. Flags mirror ORTSERVE_* variables."""
+"""`python -m app [--flags]`: run the service with uvicorn. Flags mirror ORTSERVE_* variables;
+boolean ones are `--flag` / `--no-flag`."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from app.main import create_app
 from app.observability.log import configure_logging
 from app.settings import Settings
 
+PROG = "python -m app"
+USAGE = f"usage: {PROG} [--flags]  (each flag is also an ORTSERVE_* variable; {PROG} --help lists them)"
+
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv,  # type: ignore[call-arg]
-                        _cli_kebab_case=True, _cli_prog_name="python -m app")
+    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    problem = preflight(settings)
+    if problem:
+        _usage_error(problem)
     log_config = configure_logging(settings.log_format, settings.log_level)
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": log_config,
@@ -40,6 +50,47 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None:
             os.environ[f"ORTSERVE_{name.upper()}"] = _as_env(value)
     uvicorn.run("app.main:app", workers=settings.workers, **common)
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Settings from flags and the environment; a bad value exits with a usage line that
+    names the setting, not a traceback."""
+    try:
+        return Settings(_cli_parse_args=argv, _cli_kebab_case=True, _cli_prog_name=PROG,  # type: ignore[call-arg]
+                        _cli_implicit_flags=True)
+    except ValidationError as e:
+        _usage_error("; ".join(_describe(error) for error in e.errors()))
+    except SettingsError as e:
+        _usage_error(str(e))
+
+
+def _describe(error: Any) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    flag, env = "--" + name.replace("_", "-"), f"ORTSERVE_{name.upper()}"
+    received = f", got {error['input']!r}" if "input" in error and not isinstance(error["input"], dict) else ""
+    return f"{flag} / {env}: {error['msg']}{received}"
+
+
+def preflight(settings: Settings) -> str | None:
+    """What would make the server fail after loading every model, checked before: the
+    model folder, and the address (a second `make run` used to load, warm up and log
+    'ready' before dying on 'address already in use')."""
+    model_dir = settings.model_dir.resolve()
+    if not model_dir.is_dir():
+        return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "
+                "repository root, or point to the models with --model-dir DIR or ORTSERVE_MODEL_DIR")
+    try:
+        with socket.create_server((settings.host, settings.port), reuse_port=False) as probe:
+            probe.close()
+    except OSError as e:
+        reason = "address already in use (is another server running?)" if e.errno == errno.EADDRINUSE else e.strerror
+        return f"cannot listen on {settings.host}:{settings.port}: {reason}; choose another with --port or ORTSERVE_PORT"
+    return None
+
+
+def _usage_error(message: str) -> NoReturn:
+    sys.stderr.write(f"{USAGE}\n{PROG}: error: {message}\n")
+    raise SystemExit(2)
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.manifest import VersionPolicy
 
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on."""
     model_dir: Path = Path("models")
-    """Folder holding <name>/<version>/manifest.json for each model served."""
+    """Folder holding NAME/VERSION/manifest.json for each model served."""
     # --- model lifecycle (Triton's names) ---
     model_control_mode: Literal["none", "explicit", "poll"] = "none"
     """none: load every model at start, no load/unload API. explicit: load the --load-model
@@ -51,14 +52,18 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe log records written."""
     access_log: bool = False
     """uvicorn's per-request access log (costly at high request rates)."""
 
-    providers: list[str] | None = None
-    """ONNX Runtime execution providers in order of preference, e.g. ["CPUExecutionProvider"].
-    Default: CUDA then CPU when onnxruntime-gpu sees a GPU, otherwise CPU."""
+    providers: Annotated[list[str] | Literal["auto"], NoDecode] = "auto"
+    """ONNX Runtime execution providers in order of preference, as a JSON list or
+    comma-separated (CUDAExecutionProvider,CPUExecutionProvider). auto: CUDA then CPU
+    when onnxruntime-gpu sees a GPU, otherwise CPU."""
     variant: Literal["auto", "fp32", "int8", "fp16"] = "auto"
-    """Which file of each model to load. auto: fp16 on CUDA, int8 (else fp32) on CPU."""
+    """Which file of each model to load. auto: the manifest's preferred_variant for the
+    device (chosen by measured speed when the model was built), else fp16 on CUDA and
+    int8 on CPU."""
     intra_op_threads: int = Field(default=0, ge=0)
     """ORT threads per inference; 0 sizes it from the CPUs this process may use (the
     container's CPU quota, not the host's cores): all but one, kept for the event loop,
@@ -127,6 +132,26 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
 
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers_listed(cls, value: object) -> object:
+        """'auto', a JSON list or comma-separated names, from a flag or the environment alike."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            value = value[0]  # the CLI hands a single value over as a one-item list
+        if isinstance(value, str):
+            text = value.strip()
+            if text in ("auto", ""):
+                return "auto"
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
+    @property
+    def provider_preference(self) -> list[str] | None:
+        """The providers asked for; None: choose by what onnxruntime offers."""
+        return None if self.providers == "auto" else list(self.providers)
+
     @field_validator("version_policy")
     @classmethod
     def _policy_parses(cls, value: str) -> str:
@@ -147,3 +172,30 @@ class Settings(BaseSettings):
             keys += [line.strip() for line in self.api_keys_file.read_text(encoding="utf-8").splitlines()
                      if line.strip()]
         return keys
+
+
+def documented_default(name: str) -> str:
+    """A setting's default as the README's table writes it: a value the setting accepts
+    (JSON for lists), or "(unset)" where leaving it out means something else (described)."""
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return "(unset)"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list):
+        return json.dumps(default, separators=(",", ":"))
+    return str(default)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from the fields and their docstrings (the
+    same text `python -m app --help` prints), so that the two cannot disagree."""
+    lines = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        if field.annotation is bool:
+            flag += f" / --no-{name.replace('_', '-')}"
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        lines.append(f"| {name} | `{flag}` | ORTSERVE_{name.upper()} | `{documented_default(name)}` | {meaning} |")
+    return "\n".join(lines)

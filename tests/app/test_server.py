@@ -60,7 +60,7 @@ def test_sigterm_drains_in_flight_requests() -> None:
     """Requests accepted before SIGTERM all get answers; the process then exits cleanly."""
     # Batches wait 2 s for company (even when idle), so the requests sit queued when the signal comes.
     args = ["--model-dir", str(MODELS), "--max-queue-delay-ms", "2000", "--max-batch-size", "256",
-            "--idle-dispatch", "false", "--log-level", "info"]
+            "--no-idle-dispatch", "--log-level", "info"]
     body = {"instances": sample_images(1).tolist()}
     with ServerProcess(args) as running, ThreadPoolExecutor(16) as pool:
         assert running.process is not None
