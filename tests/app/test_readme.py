@@ -1,0 +1,112 @@
+"""Every request example in README.md, run as written against a live server, so that the
+README cannot drift from what the service answers.
+
+A shell block's `curl` commands run with bash from the repository root (samples/ holds
+their files); a `# {...}` or `# [...]` line after a command is its expected answer, and
+each `"key":"value"` pair in it must be in the real one. Python blocks run as scripts; a
+`# (...)` comment on a print line is the output expected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from load_tests.server import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+EXAMPLE_ADDRESS = "127.0.0.1:8000"
+ADMIN_TOKEN = "change-me"  # the README's example token
+
+
+@dataclass(frozen=True)
+class Example:
+    command: str
+    expected: str
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block, in order."""
+    blocks, language, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, body = line[3:].strip(), []
+            else:
+                blocks.append((language, "\n".join(body)))
+                language = None
+        elif language is not None:
+            body.append(line)
+    return blocks
+
+
+def shell_examples(text: str) -> list[Example]:
+    examples = []
+    for language, block in fenced_blocks(text):
+        if language not in ("", "sh", "bash"):
+            continue
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            if not lines[i].startswith("curl ") or EXAMPLE_ADDRESS not in block:
+                i += 1
+                continue
+            command = [re.sub(r"\s+# .*$", "", lines[i])]
+            while command[-1].rstrip().endswith("\\"):
+                i += 1
+                command.append(re.sub(r"\s+# .*$", "", lines[i]))
+            expected = lines[i + 1][2:] if i + 1 < len(lines) and re.match(r"# [\[{]", lines[i + 1]) else ""
+            examples.append(Example("\n".join(command), expected))
+            i += 1
+    return examples
+
+
+def python_examples(text: str) -> list[str]:
+    return [block for language, block in fenced_blocks(text) if language == "python" and EXAMPLE_ADDRESS in block]
+
+
+EXAMPLES = shell_examples(README.read_text())
+
+
+def test_the_readme_has_examples_to_check() -> None:
+    assert len(EXAMPLES) >= 5
+    assert python_examples(README.read_text())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    """The README's examples include the repository API: explicit mode, the example token."""
+    with ServerProcess(["--model-dir", str(ROOT / "models"), "--model-control-mode", "explicit",
+                        "--load-model", "*"], env={"ORTSERVE_ADMIN_TOKEN": ADMIN_TOKEN}) as running:
+        yield running
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.command.split("\n")[0][:70] for e in EXAMPLES])
+def test_each_readme_request_gets_the_answer_it_shows(example: Example, server: ServerProcess) -> None:
+    command = example.command.replace(EXAMPLE_ADDRESS, server.url.removeprefix("http://"))
+    result = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "200", body
+    answer = json.dumps(json.loads(body), separators=(",", ":")) if body else ""
+    for pair in re.findall(r'"\w+":"[^"]*"', example.expected):
+        assert pair in answer, f"README shows {pair}; the server answered {answer[:500]}"
+
+
+@pytest.mark.parametrize("script", python_examples(README.read_text()))
+def test_each_readme_python_example_runs(script: str, server: ServerProcess) -> None:
+    pytest.importorskip("tritonclient.http", reason="the README's client example needs tritonclient[http]")
+    code = script.replace(EXAMPLE_ADDRESS, server.url.removeprefix("http://"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shown = [m.group(1) for m in re.finditer(r"print\(.*\)\s+# (.+)$", script, re.M)]
+    assert result.stdout.split("\n")[: len(shown)] == shown
