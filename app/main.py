@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.http.budget import RequestBudget
+from app.http.docs_pages import add_docs_pages
 from app.http.errors import install_error_handlers
 from app.http.fastpath import FastPath
 from app.http.hot_routes import fast_dispatch_possible
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("stopped")
 
     app = _OrtServe(
-        title="ortserve", version=__version__, lifespan=lifespan,
+        title="ortserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="ONNX Runtime models behind dynamic batching: the KServe V2 / Open Inference "
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app)
+    add_docs_pages(app)
     return app
 
 

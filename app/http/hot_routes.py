@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Response
 
-from app.http.routes.common import ERRORS
+from app.http.routes.common import INFER_ERRORS
 
 Endpoint = Callable[..., Awaitable[Response]]
 
@@ -45,7 +45,7 @@ def add_hot_routes(router: APIRouter, routes: Sequence[HotRoute]) -> None:
     """Register each hot route with FastAPI, where OpenAPI and the slow path find it."""
     for route in routes:
         router.add_api_route(route.path, route.endpoint, methods=[route.method], summary=route.summary,
-                             description=route.description, responses=ERRORS,
+                             description=route.description, responses=INFER_ERRORS,
                              openapi_extra=route.openapi_extra or None)
 
 

@@ -56,7 +56,9 @@ class RequestContext:
             request_id.reset(token)
             endpoint = scope.get("endpoint")
             if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
-                counter, latency = self._collectors(scope, endpoint.__name__, status)
+                # A mount (the docs assets) is an object, not a function: its class names it.
+                name = getattr(endpoint, "__name__", type(endpoint).__name__)
+                counter, latency = self._collectors(scope, name, status)
                 counter.inc()
                 latency.observe(time.perf_counter() - started)
 

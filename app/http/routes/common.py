@@ -16,9 +16,29 @@ from app.protocol.v2 import ErrorResponse
 from app.repository import ModelRepository
 from app.settings import Settings
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
+_MEANINGS = {
+    400: "The input is malformed or does not fit the model (names, types, shapes, values); "
+         "the message says what was received and what was expected.",
+    401: "API keys are configured and the request has none, or a wrong one.",
+    404: "No such model or version.",
+    405: "The path takes another method (the Allow header names it).",
+    408: "The body did not arrive in full within body_timeout_s.",
+    413: "The body, or the items it asks for, exceed a limit (max_body_bytes, a queue's size).",
+    422: "The body is JSON of the wrong structure.",
+    503: "The model is not being served (loading, failed to load, unloaded, resting after failed "
+         "batches), or its queue is full (with Retry-After).",
+    504: "The request missed its deadline (request_timeout_s, or the one it asked for).",
 }
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the errors an operation can answer, each `{"error": "..."}`."""
+    return {code: {"model": ErrorResponse, "description": _MEANINGS[code]} for code in codes}
+
+
+INFER_ERRORS = errors(400, 401, 404, 408, 413, 422, 503, 504)
+MODEL_ERRORS = errors(404, 503)
+"""A model's GET routes: an unknown model or version, or one that is not being served."""
 
 
 def repository(request: Request) -> ModelRepository:

@@ -5,19 +5,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app import __version__
-from app.protocol.v2 import ErrorResponse, MetadataServerResponse
+from app.protocol.v2 import MetadataServerResponse
 
 router = APIRouter(tags=["health"])
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
-@router.get("/v2/health/live", summary="Liveness: the process answers")
+@router.get("/v2/health/live", summary="Liveness: the process answers", response_class=Response,
+            description="200 with an empty body while the process runs its event loop, whatever its models "
+                        "do; answered ahead of any queued work.",
+            responses={200: {"description": "alive"}})
 async def live() -> Response:
     return Response(status_code=200)
 
 
 @router.get("/v2/health/ready", summary="Readiness: every model that should be served is serving",
-            responses={503: {"description": "still loading, a model that should be served is not, or shutting down"}})
+            response_class=Response,
+            description="200 with an empty body once every model the control mode and version policy select "
+                        "is serving; 503 while loading, while one of them is not served, and while draining "
+                        "on SIGTERM. /v2/models/{name}/ready tells which model is not.",
+            responses={200: {"description": "ready"},
+                       503: {"description": "still loading, a model that should be served is not, or shutting down"}})
 async def ready(request: Request) -> Response:
     repository = getattr(request.app.state, "repository", None)
     ok = repository is not None and repository.ready and not request.app.state.draining
@@ -25,6 +33,6 @@ async def ready(request: Request) -> Response:
 
 
 @router.get("/v2", response_model=MetadataServerResponse, summary="Server metadata",
-            responses={500: {"model": ErrorResponse}})
+            description="The server's name, version and the protocol extensions it supports (Triton's names).")
 async def server_metadata() -> MetadataServerResponse:
     return MetadataServerResponse(name="ortserve", version=__version__, extensions=EXTENSIONS)

@@ -9,6 +9,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+            description="Every metric of the service in Prometheus' text exposition format: requests, "
+                        "latency histograms, batch sizes, queue depth and time, model states, process figures.",
+            responses={200: {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def prometheus_metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,18 +10,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.errors import Forbidden, Unauthorized
 from app.http.responses import JSONResponse
-from app.http.routes.common import authorize_admin, budget, repository
+from app.http.routes.common import authorize_admin, budget, errors, repository
+from app.http.routes.v2 import ModelName
 from app.protocol.v2 import ErrorResponse, json_object
 
 router = APIRouter(tags=["model repository"])
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": kind.__doc__ or kind.__name__}
-    for code, kind in ((401, Unauthorized), (403, Forbidden))
+ADMIN_ERRORS = errors(400, 408, 422) | {
+    401: {"model": ErrorResponse, "description": "No admin token, or a wrong one."},
+    403: {"model": ErrorResponse, "description": "The repository API is off (no admin token configured), or "
+                                                 "the model control mode does not allow load and unload."},
 }
-CHANGE_ERRORS = ADMIN_ERRORS | {400: {"model": ErrorResponse, "description": "the model (or a version) failed to load"},
-                                404: {"model": ErrorResponse, "description": "no such model"}}
+CHANGE_ERRORS = ADMIN_ERRORS | errors(404) | {
+    400: {"model": ErrorResponse, "description": "The body is not JSON, or the model (or a version) failed to "
+                                                 "load: the message gives the reason; what served before serves on."}}
 _BEARER: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
 
 
@@ -50,7 +52,7 @@ async def repository_index(request: Request) -> Response:
                          "and versions no longer selected finish their requests, then unload. A version "
                          "that fails leaves the previous one serving (400, with the reason).",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
-async def load_model(request: Request, name: str) -> Response:
+async def load_model(request: Request, name: ModelName) -> Response:
     authorize_admin(request, changes=True)
     await _options(request)
     await repository(request).load(name)
@@ -60,7 +62,7 @@ async def load_model(request: Request, name: str) -> Response:
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
              description="Every version stops taking requests, finishes those it has, then unloads.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
-async def unload_model(request: Request, name: str) -> Response:
+async def unload_model(request: Request, name: ModelName) -> Response:
     authorize_admin(request, changes=True)
     await _options(request)
     await repository(request).unload(name)

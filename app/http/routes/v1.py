@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request, Response
 from app.codecs import predictions
 from app.errors import InvalidInput, MethodNotAllowed, UnprocessableInput
 from app.http.budget import client_gone
+from app.http.examples import V1_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse
-from app.http.routes.common import ERRORS, authorize, budget, offload, repository
+from app.http.routes.common import authorize, budget, errors, offload, repository
+from app.http.routes.v2 import ModelName
 from app.offload import HEAVY_BODY_BYTES
 from app.protocol.v2 import json_object
 from app.served_model import ServedModel
@@ -22,12 +24,9 @@ _PREDICT_DOC = {
     "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["instances"], "properties": {
             "instances": {"type": "array", "minItems": 1, "items": {},
-                          "description": "image models: 28x28 arrays of pixels 0-255 or "
-                                         '{"b64": "<base64 PNG/JPEG>"}; text models: strings'}}},
-        "examples": {
-            "sst2-lstm": {"summary": "text", "value": {"instances": ["a gripping, beautifully acted film"]}},
-            "fashion-cnn": {"summary": "image as base64 PNG", "value": {"instances": [{"b64": "iVBORw0KGgo..."}]}},
-        },
+                          "description": "image models: raw pixels 0-255 as a 28x28 array or a flat list of "
+                                         '784, or {"b64": "<base64 PNG/JPEG>"}; text models: strings'}}},
+        "examples": V1_EXAMPLES,
     }}},
     "responses": {"200": {"content": {"application/json": {"example": {
         "predictions": [{"label": "positive", "index": 1, "probabilities": [0.04, 0.96]}],
@@ -43,19 +42,22 @@ def _describe(model: ServedModel) -> dict[str, Any]:
             "max_batch_size": model.batcher.policy.max_batch_size}
 
 
-@router.get("/v1/models", summary="Every served model with its labels and what an instance is")
+@router.get("/v1/models", summary="Every served model with its labels and what an instance is",
+            description="Per served model: name, version, task, labels, what one instance of its predict "
+                        "request is, the ONNX variant served, inputs, preprocessing and max batch size.")
 async def list_models(request: Request) -> Response:
     return JSONResponse({"models": [_describe(m) for m in repository(request).all()]})
 
 
-@router.get("/v1/models/{name}", responses=ERRORS, summary="One model's description")
-async def describe_model(request: Request, name: str) -> Response:
+@router.get("/v1/models/{name}", responses=errors(404, 405, 503), summary="One model's description",
+            description="As in GET /v1/models, for one model.")
+async def describe_model(request: Request, name: ModelName) -> Response:
     if name.endswith(":predict"):  # the predict route's path, asked with GET
         raise MethodNotAllowed(f"{request.url.path} takes POST with a JSON body {{\"instances\": [...]}}", "POST")
     return JSONResponse(_describe(repository(request).get(name)))
 
 
-async def v1_predict(request: Request, name: str) -> Response:
+async def v1_predict(request: Request, name: ModelName) -> Response:
     authorize(request)
     limits = budget(request)
     due, timeout = limits.deadline(request, limits.requested_timeout_s(request))
@@ -87,7 +89,9 @@ def _instances(body: bytes) -> list[Any]:
 
 HOT_ROUTES = [
     HotRoute("POST", "/v1/models/{name}:predict", v1_predict, summary='Classify images or texts: {"instances": [...]}',
-             description="Each instance is classified; the answer holds one prediction per instance, in order.",
+             description="Each instance is classified; the answer holds one prediction per instance, in order: "
+                         "the label, its index and every label's probability. Instances are checked "
+                         "whole before anything is queued: one bad instance is a 400 naming it.",
              openapi_extra=_PREDICT_DOC),
 ]
 add_hot_routes(router, HOT_ROUTES)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from app.http.budget import client_gone, positive_timeout
+from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, header
-from app.http.routes.common import ERRORS, authorize, budget, offload, repository
+from app.http.routes.common import MODEL_ERRORS, authorize, budget, offload, repository
 from app.offload import HEAVY_BODY_BYTES
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
@@ -74,59 +75,102 @@ def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any
     }
 
 
+ModelName = Annotated[str, Path(description="The model's name (GET /v2/repository/index or /v1/models lists them)",
+                                examples=["fashion-cnn"])]
+Version = Annotated[str, Path(description="One of the model's served versions (its metadata lists them)",
+                              examples=["1"])]
+
+
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
-@router.get("/v2/models/stats", responses=ERRORS, summary="Triton statistics of every model")
+@router.get("/v2/models/stats", summary="Triton statistics of every model",
+            description="Triton's statistics extension: per served model version, request and batch counts "
+                        "and the time spent queued, preparing inputs, computing and answering.")
 async def all_stats(request: Request) -> Response:
     return JSONResponse({"model_stats": [m.stats.as_triton(m.name, m.version) for m in repository(request).all()]})
 
 
-@router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=ERRORS,
-            summary="Model metadata: inputs, outputs, platform, variant and provider")
-@router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse,
-            responses=ERRORS, summary="Metadata of one model version")
-async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+_METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, datatypes, shapes with -1 for "
+                         "the batch axis), platform, and as parameters the ONNX variant served, the execution "
+                         "providers, the task and the labels.")
+
+
+@router.get("/v2/models/{name}", response_model=MetadataModelResponse, responses=MODEL_ERRORS,
+            summary="Model metadata: inputs, outputs, platform, variant and provider",
+            description=_METADATA_DESCRIPTION + " `versions` lists every served version.")
+async def model_metadata(request: Request, name: ModelName) -> Response:
     models = repository(request)
-    model = models.get(name, version)
-    return JSONResponse(_metadata(model, models.versions_of(name) if version is None else [model.version]))
+    return JSONResponse(_metadata(models.get(name), models.versions_of(name)))
 
 
-@router.get("/v2/models/{name}/ready", responses=ERRORS, summary="Model readiness")
-@router.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Model version readiness")
-async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    repository(request).get(name, version)  # raises 404 / 503
+@router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse, responses=MODEL_ERRORS,
+            summary="Metadata of one model version", description=_METADATA_DESCRIPTION)
+async def version_metadata(request: Request, name: ModelName, version: Version) -> Response:
+    model = repository(request).get(name, version)
+    return JSONResponse(_metadata(model, [model.version]))
+
+
+_READY_DESCRIPTION = "200 with an empty body when it serves requests; 404 or 503 (with the reason) when not."
+
+
+@router.get("/v2/models/{name}/ready", responses=MODEL_ERRORS, summary="Model readiness",
+            description=_READY_DESCRIPTION)
+async def model_ready(request: Request, name: ModelName) -> Response:
+    repository(request).get(name)  # raises 404 / 503
     return Response(status_code=200)
 
 
-@router.get("/v2/models/{name}/config", responses=ERRORS, summary="Triton model configuration")
-@router.get("/v2/models/{name}/versions/{version}/config", responses=ERRORS,
-            summary="Triton model configuration of one version")
-async def model_config(request: Request, name: str, version: str | None = None) -> Response:
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=MODEL_ERRORS, summary="Model version readiness",
+            description=_READY_DESCRIPTION)
+async def version_ready(request: Request, name: ModelName, version: Version) -> Response:
+    repository(request).get(name, version)
+    return Response(status_code=200)
+
+
+_CONFIG_DESCRIPTION = ("Triton's model configuration, as its tools (perf_analyzer, model analyzer) read it: "
+                       "max_batch_size, dynamic batching delay, inputs and outputs without the batch axis, "
+                       "instance group, and the version policy applied.")
+
+
+@router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, summary="Triton model configuration",
+            description=_CONFIG_DESCRIPTION)
+async def model_config(request: Request, name: ModelName) -> Response:
+    models = repository(request)
+    return JSONResponse(_config(models.get(name), models.policy_of(name).as_triton()))
+
+
+@router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS,
+            summary="Triton model configuration of one version", description=_CONFIG_DESCRIPTION)
+async def version_config(request: Request, name: ModelName, version: Version) -> Response:
     models = repository(request)
     return JSONResponse(_config(models.get(name, version), models.policy_of(name).as_triton()))
 
 
-@router.get("/v2/models/{name}/stats", responses=ERRORS, summary="Triton statistics of one model")
-@router.get("/v2/models/{name}/versions/{version}/stats", responses=ERRORS,
-            summary="Triton statistics of one model version")
-async def model_stats(request: Request, name: str, version: str | None = None) -> Response:
-    """Without a version: every served version's, as Triton answers."""
+@router.get("/v2/models/{name}/stats", responses=MODEL_ERRORS, summary="Triton statistics of one model",
+            description="Triton's statistics of every served version of the model (see /v2/models/stats).")
+async def model_stats(request: Request, name: ModelName) -> Response:
     models = repository(request)
-    if version is not None:
-        model = models.get(name, version)
-        return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
     models.get(name)  # 404 / 503 when it is not served
     return JSONResponse({"model_stats": [stats.as_triton(name, v) for v, stats in models.stats_of(name)]})
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats", responses=MODEL_ERRORS,
+            summary="Triton statistics of one model version",
+            description="Triton's statistics of one served version (see /v2/models/stats).")
+async def version_stats(request: Request, name: ModelName, version: Version) -> Response:
+    model = repository(request).get(name, version)
+    return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
 
 
 _INFER_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"},
+                                 "examples": V2_EXAMPLES},
             "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Triton binary tensor extension: a JSON InferenceRequest of "
-                               "Inference-Header-Content-Length bytes, then the raw tensors",
+                "schema": {"type": "string", "format": "binary",
+                           "description": "Triton binary tensor extension: a JSON InferenceRequest of "
+                                          "Inference-Header-Content-Length bytes, then the raw tensors"},
             },
         },
     },
@@ -135,11 +179,11 @@ _INFER_DOC = {
 }
 
 
-async def v2_infer(request: Request, name: str) -> Response:
+async def v2_infer(request: Request, name: ModelName) -> Response:
     return await _infer(request, name, None)
 
 
-async def v2_infer_version(request: Request, name: str, version: str) -> Response:
+async def v2_infer_version(request: Request, name: ModelName, version: Version) -> Response:
     return await _infer(request, name, version)
 
 
