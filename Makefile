@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+# Where torch's CPU build comes from. PyPI's torch for Linux is the CUDA build (several GB);
+# on a normal machine: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (this project's machines find the CPU wheel on local disk, so it is empty by default).
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: run test lint typecheck train bench smoke-container clean
 
@@ -15,7 +19,7 @@ $(VENV)/.serve: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e .
 	touch $@
 
-# Training and test tools on top (torch pinned to the CPU build by constraints.txt).
+# Training and test tools on top (torch's version pinned by constraints.txt; its build: TORCH_INDEX).
 $(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e '.[train,dev]'
 	touch $@ $(VENV)/.serve
@@ -31,7 +35,7 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 
 train: $(VENV)/.dev
-	$(BIN)/python -m training build --data-dir $(or $(DATA_DIR),../shared/data) --model all
+	$(BIN)/python -m training build --data-dir $(or $(DATA_DIR),$(error set DATA_DIR to the folder holding fashion-mnist/ and sst2/ (README, Training))) --model all
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m load_tests.bench

@@ -2,7 +2,11 @@
 
     python -m load_tests.bench                       # the full comparison (about 4 minutes)
     python -m load_tests.bench --quick               # a few seconds per scenario
-    python -m load_tests.bench --only ceiling cnn-v1 # some scenarios
+    python -m load_tests.bench --only ceiling-v1 v1-fashion-cnn   # some scenarios
+
+Scenario names say protocol and model: v1-fashion-cnn is fashion-cnn through the V1 task
+endpoint, v2-binary-fashion-cnn-32 is 32 images per V2 request in Triton's binary tensors;
+ceiling-* and naive-* are the comparison apps (load_tests/ceiling.py, load_tests/naive.py).
 
 Closed-loop runs use wrk when it is installed (`apt-get install wrk`; load_tests/wrk.py
 says why), else the asyncio client; --client picks one. Open-loop runs use the asyncio
@@ -90,21 +94,22 @@ def v2_binary_32(model_dir: Path) -> Payload:
 def scenarios() -> list[Scenario]:
     off = ["--max-batch-size", "1"]
     return [
-        Scenario("ceiling", [], cnn_v1, [1, 16, 64], asgi=CEILING, note="parse-only FastAPI endpoint"),
-        Scenario("naive", [], cnn_v1, [1, 16, 64], asgi=NAIVE, note="FastAPI + one ORT run per request"),
-        Scenario("cnn-v1", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
-        Scenario("ceiling-32", [], cnn_v1_32, [16], asgi=CEILING, note="32 images/request, parse only"),
-        Scenario("naive-32", [], cnn_v1_32, [16], asgi=NAIVE, note="32 images/request"),
-        Scenario("cnn-v1-32", [], cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("cnn-v1-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
-        Scenario("cnn-v1-int8", ["--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
-        Scenario("cnn-v1-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
-        Scenario("lstm-v1", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
-        Scenario("lstm-v1-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
-        Scenario("cnn-v2-json-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("cnn-v2-binary-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("cnn-v2-binary-32-int8", ["--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
-        Scenario("cnn-v1-open-800rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=800,
+        Scenario("ceiling-v1", [], cnn_v1, [1, 16, 64], asgi=CEILING, note="parse-only FastAPI endpoint"),
+        Scenario("naive-v1-fashion-cnn", [], cnn_v1, [1, 16, 64], asgi=NAIVE,
+                 note="FastAPI + one ORT run per request"),
+        Scenario("v1-fashion-cnn", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
+        Scenario("ceiling-v1-32", [], cnn_v1_32, [16], asgi=CEILING, note="32 images/request, parse only"),
+        Scenario("naive-v1-fashion-cnn-32", [], cnn_v1_32, [16], asgi=NAIVE, note="32 images/request"),
+        Scenario("v1-fashion-cnn-32", [], cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("v1-fashion-cnn-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
+        Scenario("v1-fashion-cnn-int8", ["--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("v1-fashion-cnn-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("v1-sst2-lstm", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
+        Scenario("v1-sst2-lstm-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
+        Scenario("v2-json-fashion-cnn-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("v2-binary-fashion-cnn-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("v2-binary-fashion-cnn-32-int8", ["--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
+        Scenario("v1-fashion-cnn-open-800rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=800,
                  note="open loop, fixed arrival rate"),
     ]
 
@@ -123,7 +128,8 @@ class Pairing:
 
 def pairings(chosen: list[Scenario]) -> list[Pairing]:
     by_name = {s.name: s for s in chosen}
-    wanted = [("cnn-v1 / ceiling", "cnn-v1", "ceiling"), ("lstm-v1 batching on / off", "lstm-v1", "lstm-v1-nobatch")]
+    wanted = [("v1-fashion-cnn / ceiling", "v1-fashion-cnn", "ceiling-v1"),
+              ("v1-sst2-lstm batching on / off", "v1-sst2-lstm", "v1-sst2-lstm-nobatch")]
     return [Pairing(label, by_name[a], by_name[b], 64) for label, a, b in wanted if a in by_name and b in by_name]
 
 
@@ -246,24 +252,25 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> l
         if a and b and getattr(b, field_):
             out.append((label, f"{getattr(a, field_) / getattr(b, field_):.2f}"))
 
-    ceiling, cnn = get("ceiling", 64), get("cnn-v1", 64)
-    naive_c1, cnn_c1 = get("naive", 1), get("cnn-v1", 1)
+    ceiling, cnn = get("ceiling-v1", 64), get("v1-fashion-cnn", 64)
+    naive_c1, cnn_c1 = get("naive-v1-fashion-cnn", 1), get("v1-fashion-cnn", 1)
     if naive_c1 and cnn_c1 and naive_c1.summary["p50_ms"]:
-        out.append(("cnn-v1 / naive, p50 at c1", f"{cnn_c1.summary['p50_ms'] / naive_c1.summary['p50_ms']:.2f}"))
+        out.append(("v1-fashion-cnn / naive, p50 at c1", f"{cnn_c1.summary['p50_ms'] / naive_c1.summary['p50_ms']:.2f}"))
     for c in (16, 64):
-        add(f"cnn-v1 / naive, req/s at c{c}", get("cnn-v1", c), get("naive", c))
-    add("cnn-v1 / naive, 32 images/request, c16", get("cnn-v1-32", 16), get("naive-32", 16))
-    add("cnn-v1 / ceiling, req/s at c64", cnn, ceiling)
+        add(f"v1-fashion-cnn / naive, req/s at c{c}", get("v1-fashion-cnn", c), get("naive-v1-fashion-cnn", c))
+    add("v1-fashion-cnn / naive, 32 images/request, c16", get("v1-fashion-cnn-32", 16),
+        get("naive-v1-fashion-cnn-32", 16))
+    add("v1-fashion-cnn / ceiling, req/s at c64", cnn, ceiling)
     if cnn and ceiling and ceiling.summary["p99_ms"]:
-        out.append(("cnn-v1 / ceiling, p99 at c64", f"{cnn.summary['p99_ms'] / ceiling.summary['p99_ms']:.2f}"))
-    add("cnn-v1 batching on / off, c64", cnn, get("cnn-v1-nobatch", 64))
-    add("lstm-v1 batching on / off, c64", get("lstm-v1", 64), get("lstm-v1-nobatch", 64))
-    add("cnn-v1 int8 / fp32 (served), c64", get("cnn-v1-int8", 64), cnn)
-    add("cnn-v1 2 workers / 1, c64", get("cnn-v1-2workers", 64), cnn)
-    add("V2 binary / JSON, 32 img, c16", get("cnn-v2-binary-32", 16), get("cnn-v2-json-32", 16))
-    add("V2 binary int8 / fp32 (served), 32 img, c16", get("cnn-v2-binary-32-int8", 16),
-        get("cnn-v2-binary-32", 16))
-    for name, variant in (("cnn-v2-binary-32", served_variant), ("cnn-v2-binary-32-int8", "int8")):
+        out.append(("v1-fashion-cnn / ceiling, p99 at c64", f"{cnn.summary['p99_ms'] / ceiling.summary['p99_ms']:.2f}"))
+    add("v1-fashion-cnn batching on / off, c64", cnn, get("v1-fashion-cnn-nobatch", 64))
+    add("v1-sst2-lstm batching on / off, c64", get("v1-sst2-lstm", 64), get("v1-sst2-lstm-nobatch", 64))
+    add("v1-fashion-cnn int8 / fp32 (served), c64", get("v1-fashion-cnn-int8", 64), cnn)
+    add("v1-fashion-cnn 2 workers / 1, c64", get("v1-fashion-cnn-2workers", 64), cnn)
+    add("V2 binary / JSON, 32 img, c16", get("v2-binary-fashion-cnn-32", 16), get("v2-json-fashion-cnn-32", 16))
+    add("V2 binary int8 / fp32 (served), 32 img, c16", get("v2-binary-fashion-cnn-32-int8", 16),
+        get("v2-binary-fashion-cnn-32", 16))
+    for name, variant in (("v2-binary-fashion-cnn-32", served_variant), ("v2-binary-fashion-cnn-32-int8", "int8")):
         best_raw = max((r for r in raw if r["batch"] == 128 and r["variant"] == variant),
                        key=lambda r: r["items_per_s"], default=None)
         binary = get(name, 16)
@@ -280,7 +287,7 @@ def plots(rows: list[Row], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("ceiling", "cnn-v1", "lstm-v1"):
+    for name in ("ceiling-v1", "v1-fashion-cnn", "v1-sst2-lstm"):
         pts = [r for r in rows if r.scenario == name and r.concurrency]
         if pts:
             ax_t.plot([r.concurrency for r in pts], [r.requests_per_s for r in pts], marker="o", label=name)
@@ -305,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--quick", action="store_true", help="2-second runs")
-    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    known = {s.name: s for s in scenarios()}
+    parser.add_argument("--only", nargs="+", choices=list(known), metavar="SCENARIO",
+                        help="run only these scenarios: " + "; ".join(
+                            f"{name} ({' '.join([s.note, *s.server_args]).strip() or 'defaults'})"
+                            for name, s in known.items()))
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating rounds of each paired comparison (0: none)")
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",

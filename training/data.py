@@ -36,8 +36,14 @@ _WHERE_FASHION = (
     "or run with --download."
 )
 _WHERE_SST2 = (
-    "Get SST-2 from the GLUE benchmark ({url}): train.tsv, dev.tsv and a labelled test.tsv "
-    "with a header naming the 'label' and 'sentence' (or 'content') columns."
+    "Get SST-2's train.tsv and dev.tsv from the GLUE benchmark ({url}), and a labelled test.tsv: "
+    "GLUE's own test.tsv has no labels. " + "{labelled}" + " Each file needs a header naming the "
+    "'label' and 'sentence' (or 'content') columns."
+)
+SST2_LABELLED_TEST = (
+    "The labelled binary test split (1,821 sentences) is the Stanford Sentiment Treebank's test set "
+    "without its neutral sentences (https://nlp.stanford.edu/sentiment/), also published ready-made, "
+    "e.g. as the test split of the Hugging Face dataset SetFit/sst2."
 )
 
 
@@ -93,7 +99,7 @@ def load_fashion_mnist(data_dir: Path) -> tuple[ImageSplit, ImageSplit]:
 def read_glue_tsv(path: Path) -> TextSplit:
     """A GLUE-style TSV with a header; columns are found by name, not position."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found. " + _WHERE_SST2.format(url=SST2_URL))
+        raise FileNotFoundError(f"{path} not found. " + _WHERE_SST2.format(url=SST2_URL, labelled=SST2_LABELLED_TEST))
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
@@ -101,6 +107,9 @@ def read_glue_tsv(path: Path) -> TextSplit:
             raise ValueError(f"{path}: empty file")
         columns = {name.strip().lower(): i for i, name in enumerate(header)}
         text_col = next((columns[c] for c in ("sentence", "content", "text") if c in columns), None)
+        if text_col is not None and "label" not in columns and path.stem == "test":
+            raise ValueError(f"{path} has no 'label' column (header {header}): GLUE's test split is "
+                             f"unlabelled. {SST2_LABELLED_TEST}")
         if text_col is None or "label" not in columns:
             raise ValueError(f"{path}: header {header} needs a 'label' and a 'sentence' column")
         label_col = columns["label"]

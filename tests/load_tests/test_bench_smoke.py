@@ -70,8 +70,8 @@ def test_runner_scenario_reads_server_batch_figures() -> None:
 
 
 def test_pairing_alternates_rounds_and_takes_medians() -> None:
-    ceiling = bench.Scenario("ceiling", [], bench.cnn_v1, [4], asgi=bench.CEILING)
-    cnn = bench.Scenario("cnn-v1", [], bench.cnn_v1, [4], "fashion-cnn")
+    ceiling = bench.Scenario("ceiling-v1", [], bench.cnn_v1, [4], asgi=bench.CEILING)
+    cnn = bench.Scenario("v1-fashion-cnn", [], bench.cnn_v1, [4], "fashion-cnn")
     paired = bench.run_pairing(bench.Pairing("cnn / ceiling", cnn, ceiling, 4), MODELS, 1.0, 3, "aiohttp")
     assert len(paired["rounds"]) == 3
     for r in paired["rounds"]:
@@ -107,3 +107,23 @@ def test_the_naive_server_answers_the_same_body_with_the_same_labels(server: Ser
     ours = httpx.post(f"{server.url}/v1/models/fashion-cnn:predict", content=body, timeout=10).json()
     assert [p["index"] for p in theirs["predictions"]] == [p["index"] for p in ours["predictions"]]
     assert theirs["model_version"] == ours["model_version"]
+
+
+def test_the_runner_lists_its_scenarios_and_refuses_unknown_ones(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as help_exit:
+        bench.main(["--help"])
+    assert help_exit.value.code == 0
+    listed = " ".join(capsys.readouterr().out.split())
+    for scenario in bench.scenarios():
+        assert scenario.name in listed.replace("- ", "-")  # argparse may wrap a name at its hyphen
+    with pytest.raises(SystemExit) as unknown:
+        bench.main(["--only", "nosuch"])
+    assert unknown.value.code == 2
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+def test_scenario_names_say_protocol_and_model() -> None:
+    for scenario in bench.scenarios():
+        if scenario.model:
+            assert scenario.name.startswith(("v1-", "v2-")), scenario.name
+            assert scenario.model in scenario.name, scenario.name

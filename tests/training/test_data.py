@@ -44,3 +44,11 @@ def test_missing_data_says_where_to_get_it(tmp_path: Path) -> None:
         load_fashion_mnist(tmp_path)
     with pytest.raises(FileNotFoundError, match="GLUE"):
         read_glue_tsv(tmp_path / "train.tsv")
+
+
+def test_an_unlabelled_test_split_says_where_labelled_test_data_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "test.tsv").write_text("index\tsentence\n0\ta film\n")  # GLUE's own test.tsv
+    with pytest.raises(ValueError, match="GLUE's test split is unlabelled.*Stanford Sentiment Treebank"):
+        read_glue_tsv(tmp_path / "test.tsv")
+    with pytest.raises(FileNotFoundError, match="SetFit/sst2"):
+        read_glue_tsv(tmp_path / "missing" / "test.tsv")
