@@ -1,0 +1,126 @@
+"""The Kubernetes and KServe objects in deploy/, checked offline: every object validates
+against the Kubernetes schemas of a pinned version, the kustomizations build, the KServe
+objects use only fields KServe's API reference defines, and the settings that must agree
+with the service (probes, drain timing, security) do."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy import kserve_api
+from tests.deploy.kustomize_lite import build
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KSERVE = ROOT / "deploy" / "kserve"
+KUBERNETES_VERSION = "1.32.0"  # the schemas every object is validated against
+OVERLAYS = ["base", "overlays/example", "overlays/gpu"]
+
+
+def built(overlay: str) -> list[dict[str, Any]]:
+    return build(K8S / overlay)
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind]
+    return found
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_the_kubernetes_schemas(overlay: str) -> None:
+    objects = built(overlay)
+    assert {o["kind"] for o in objects} >= {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed here; "
+                    "the Python build above is what CI checks")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_python_build_is_what_kustomize_builds(overlay: str) -> None:
+    result = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True,
+                            timeout=60, check=True)
+    real = sorted(yaml.safe_load_all(result.stdout), key=lambda o: (o["kind"], o["metadata"]["name"]))
+    ours = sorted(built(overlay), key=lambda o: (o["kind"], o["metadata"]["name"]))
+    assert ours == real
+
+
+def test_the_deployment_matches_the_services_health_and_drain_settings() -> None:
+    deployment = one(built("base"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    env = env_of(container)
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    needed = pre_stop + float(env["ORTSERVE_DRAIN_DELAY_S"]) + float(env["ORTSERVE_SHUTDOWN_GRACE_S"])
+    assert pod["terminationGracePeriodSeconds"] > needed  # SIGKILL never cuts a drain short
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert env["ORTSERVE_HOST"] == "0.0.0.0"
+    assert "ORTSERVE_INTRA_OP_THREADS" not in env  # threads follow the CPU limit (cgroup quota)
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["cpu"]
+
+
+def test_pods_run_unprivileged_on_a_read_only_root() -> None:
+    pod = one(built("base"), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_disruptions_and_autoscaling_keep_a_replica_serving() -> None:
+    objects = built("overlays/example")
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    selector = one(objects, "Service")["spec"]["selector"]
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"ortserve"}
+
+
+def test_the_gpu_overlay_asks_for_a_gpu_and_runs_the_gpu_image() -> None:
+    (container,) = one(built("overlays/gpu"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"].endswith(":gpu")
+    assert env_of(container)["ORTSERVE_DRAIN_DELAY_S"] == "5"  # the base's settings survive the patch
+
+
+@pytest.mark.parametrize("file", sorted(KSERVE.glob("*.yaml")), ids=lambda p: p.name)
+def test_kserve_objects_use_only_fields_of_the_kserve_api(file: Path) -> None:
+    (obj,) = yaml.safe_load_all(file.read_text())
+    jsonschema.validate(obj, kserve_api.SCHEMAS[obj["kind"]])
+    for container in obj["spec"].get("containers", []):  # Kubernetes types: their own schemas
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_inference_service_names_the_runtime_and_a_format_it_serves() -> None:
+    runtime = yaml.safe_load((KSERVE / "cluster-serving-runtime.yaml").read_text())
+    service = yaml.safe_load((KSERVE / "inference-service.yaml").read_text())
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    env = env_of(runtime["spec"]["containers"][0])
+    assert env["ORTSERVE_MODEL_DIR"] == "/mnt/models"  # where KServe's storage initializer puts storageUri
+    port = runtime["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert env["ORTSERVE_PORT"] == str(port)
