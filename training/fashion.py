@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from app.manifest import ImagePreprocessing, TensorSpec
 from app.preprocess import normalize_pixels
 from training import data
 from training.config import CNNConfig
-from training.distill import teacher_loss
+from training.distill import Ensemble, teacher_loss
 from training.export import export_onnx, max_parity_error
 from training.models import FashionCNN
 from training.prune import MagnitudePruning, prune_cnn_structured
@@ -88,8 +89,8 @@ def build_teacher(widths: dict[str, int], config: CNNConfig) -> FashionCNN:
                       dropout=config.teacher_dropout)
 
 
-def teacher_settings(config: CNNConfig) -> dict[str, Any]:
-    """What makes the teacher: a checkpoint trained with other settings is trained again."""
+def wide_settings(config: CNNConfig) -> dict[str, Any]:
+    """What makes the wide teacher: a checkpoint trained with other settings is trained again."""
     names = ("seed", "batch_size", "weight_decay", "flip", "teacher_channels", "teacher_hidden",
              "teacher_dropout", "teacher_epochs", "teacher_lr", "teacher_shift_pixels", "train_limit")
     return {n: getattr(config, n) for n in names}
@@ -155,21 +156,32 @@ class FashionRecipe:
                        "temperature": config.distill_temperature, "soft_weight": config.distill_soft_weight},
         )
 
-    def _teacher(self, ws: Workspace, d: FashionData, config: CNNConfig) -> FashionCNN:
-        settings = teacher_settings(config)
-        if ws.holds("teacher", settings):
-            return load_model(ws, "teacher", lambda widths: build_teacher(widths, config))
+    def _teacher(self, ws: Workspace, d: FashionData, config: CNNConfig) -> nn.Module:
+        """The wide CNN, with the trained (unpruned) model beside it where configured: the
+        mean of two differently made models is a better teacher than either."""
+        teacher = self.teacher(ws, config, self._wide(ws, d, config))
+        ws.update_record(teacher={**self._describe(teacher), "accuracy": d.evaluate(teacher),
+                                  "members": ["wide"] + (["trained"] if config.teacher_with_trained else [])})
+        return teacher
+
+    def teacher(self, ws: Workspace, config: CNNConfig, wide: FashionCNN | None = None) -> nn.Module:
+        wide = wide or load_model(ws, "wide", lambda widths: build_teacher(widths, config))
+        return Ensemble([wide, self.load(ws, "trained", config)]) if config.teacher_with_trained else wide
+
+    def _wide(self, ws: Workspace, d: FashionData, config: CNNConfig) -> FashionCNN:
+        """The wide CNN, trained unless a checkpoint made with the same settings is there."""
+        settings = wide_settings(config)
+        if ws.holds("wide", settings):
+            return load_model(ws, "wide", lambda widths: build_teacher(widths, config))
         seed_everything(config.seed)
         c1, c2 = config.teacher_channels
-        teacher = build_teacher({"conv1": c1, "conv2": c2, "hidden": config.teacher_hidden}, config)
-        records = history(fit(teacher, d.train_batches(config.teacher_shift_pixels), d.evaluate, stage="teacher",
-                              epochs=config.teacher_epochs, lr=config.teacher_lr,
-                              weight_decay=config.weight_decay))
-        save_model(ws, "teacher", teacher, teacher.widths)
-        ws.update_record(teacher_history=records, teacher={
-            **self._describe(teacher), "accuracy": d.evaluate(teacher), "widths": teacher.widths,
-            "settings": settings})
-        return teacher
+        wide = build_teacher({"conv1": c1, "conv2": c2, "hidden": config.teacher_hidden}, config)
+        records = history(fit(wide, d.train_batches(config.teacher_shift_pixels), d.evaluate, stage="wide teacher",
+                              epochs=config.teacher_epochs, lr=config.teacher_lr, weight_decay=config.weight_decay))
+        save_model(ws, "wide", wide, wide.widths)
+        ws.update_record(teacher_history=records, wide={
+            **self._describe(wide), "accuracy": d.evaluate(wide), "widths": wide.widths, "settings": settings})
+        return wide
 
     def export(self, ws: Workspace, config: CNNConfig) -> None:
         """The served student to ONNX fp32, checked against PyTorch."""
@@ -179,15 +191,19 @@ class FashionRecipe:
         feeds = [{PIXELS.name: d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
         ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))
 
-    def stage_model(self, ws: Workspace, stage: str, config: CNNConfig) -> FashionCNN:
-        """A stage's checkpoint as exported: eval mode, BatchNorm folded."""
-        build = build_teacher if stage == "teacher" else build_model
-        return load_model(ws, stage, lambda widths: build(widths, config)).fused_for_export()
+    def stage_model(self, ws: Workspace, stage: str, config: CNNConfig) -> nn.Module:
+        """A stage's model as exported: eval mode, BatchNorm folded."""
+        if stage == "teacher":
+            teacher = self.teacher(ws, config)
+            members = teacher.members if isinstance(teacher, Ensemble) else [teacher]
+            fused = [m.fused_for_export() for m in members]  # type: ignore[operator]
+            return Ensemble(fused) if len(fused) > 1 else fused[0]
+        return self.load(ws, stage, config).fused_for_export()
 
     def export_stage(self, ws: Workspace, stage: str, config: CNNConfig, path: Path) -> Path:
         return self._export(self.stage_model(ws, stage, config), path)
 
-    def _export(self, model: FashionCNN, path: Path) -> Path:
+    def _export(self, model: nn.Module, path: Path) -> Path:
         return export_onnx(model, (torch.zeros(2, CHANNELS, HEIGHT, WIDTH),), path, input_names=[PIXELS.name],
                            output_names=[LOGITS.name], dynamic_axes=self.dynamic_axes)
 

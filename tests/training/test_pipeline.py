@@ -74,13 +74,13 @@ def test_the_served_student_is_distilled_and_the_manifest_says_how(built: Path, 
 
 def test_a_teacher_with_the_same_settings_is_reused(built: Path, tiny_data: Path) -> None:
     work = _work_dir_of(built) / "fashion-cnn"
-    before = (work / "teacher.pt").stat().st_mtime_ns
+    before = (work / "wide.pt").stat().st_mtime_ns  # the wide CNN of the teacher
     assert main(["distill", "--model", "fashion-cnn", "--data-dir", str(tiny_data), "--work-dir", str(work.parent),
                  "--epochs", "1", "--finetune-epochs", "1", "--teacher-epochs", "1"]) == 0
-    assert (work / "teacher.pt").stat().st_mtime_ns == before
+    assert (work / "wide.pt").stat().st_mtime_ns == before
     assert main(["distill", "--model", "fashion-cnn", "--data-dir", str(tiny_data), "--work-dir", str(work.parent),
                  "--epochs", "1", "--finetune-epochs", "1", "--teacher-epochs", "3"]) == 0
-    assert (work / "teacher.pt").stat().st_mtime_ns != before  # other settings: trained again
+    assert (work / "wide.pt").stat().st_mtime_ns != before  # other settings: trained again
 
 
 def test_cnn_structured_pruning_removes_compute(built: Path) -> None:
