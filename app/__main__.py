@@ -3,12 +3,15 @@ boolean ones are `--flag` / `--no-flag`."""
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
+    if settings.metrics_dir is None:  # the workers' metrics meet here (app/observability/workers.py)
+        folder = Path(tempfile.mkdtemp(prefix="ortserve-metrics-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        settings = settings.model_copy(update={"metrics_dir": folder})
     # Worker processes import app.main:app and build their Settings from the environment,
     # so hand the resolved settings (flags included) on through it.
     for name, value in settings.model_dump().items():

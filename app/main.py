@@ -23,6 +23,7 @@ from app.http.openapi import add_body_schemas
 from app.http.routes import health, metrics, model_repository, v1, v2
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
+from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
 from app.runtime import available_cpus, ort_options
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
         for failure in failures:
             logger.error("not served: %s", failure)
-        background = start_background_tasks(repository, resolved)
+        if resolved.metrics_dir is not None:
+            app.state.worker_metrics = WorkerMetrics(app.state.metrics.registry, resolved.metrics_dir)
+        background = start_background_tasks(repository, resolved, getattr(app.state, "worker_metrics", None))
         delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
         try:
             yield
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
+            if getattr(app.state, "worker_metrics", None) is not None:
+                app.state.worker_metrics.remove_snapshot()
             app.state.offload.shutdown()
             logger.info("stopped")
 
@@ -91,12 +96,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def start_background_tasks(repository: ModelRepository, settings: Settings) -> list[asyncio.Task[None]]:
-    """The watchdog of stalled batches, and in poll mode the repository scanner."""
+def start_background_tasks(repository: ModelRepository, settings: Settings,
+                           worker_metrics: WorkerMetrics | None = None) -> list[asyncio.Task[None]]:
+    """The watchdog of stalled batches, in poll mode the repository scanner, and with
+    several workers this one's metrics snapshot."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
         tasks.append(asyncio.create_task(_every(settings.repository_poll_s, repository.poll), name="poller"))
+    if worker_metrics is not None:
+        tasks.append(asyncio.create_task(_every(SNAPSHOT_S, worker_metrics.write_snapshot), name="metrics"))
     return tasks
 
 

@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     """A file of API keys, one per line; read at start."""
     workers: int = Field(default=1, ge=1)
-    """uvicorn worker processes; each loads every model and batches on its own."""
+    """uvicorn worker processes; each loads every model and batches on its own, and /metrics
+    answers for all of them (metrics_dir)."""
+    metrics_dir: Path | None = None
+    """Where each worker writes its metrics every second for /metrics to merge, whichever
+    worker answers; with workers above 1, a temporary folder unless set."""
 
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""

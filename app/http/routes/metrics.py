@@ -10,7 +10,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             description="Every metric of the service in Prometheus' text exposition format: requests, "
-                        "latency histograms, batch sizes, queue depth and time, model states, process figures.",
+                        "latency histograms, batch sizes, queue depth and time, model states, process figures; "
+                        "with several worker processes, all of them (process figures labelled by worker).",
             responses={200: {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def prometheus_metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    workers = getattr(request.app.state, "worker_metrics", None)  # several worker processes: all of them
+    body = workers.exposition() if workers is not None else generate_latest(request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,91 @@
+"""One /metrics for every worker process: the merge rules, and two real workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.observability.loop_histogram import LoopHistogram
+from app.observability.metrics import Metrics
+from app.observability.workers import WorkerMetrics
+from load_tests.server import ServerProcess
+from tests.app.conftest import sample_images
+from tests.conftest import MODELS
+
+
+def worker_registry(requests: int, depth: float, state: float, latencies: list[float]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Counter("ortserve_requests", "answered", ["model"], registry=registry).labels("m").inc(requests)
+    Gauge("ortserve_queue_depth", "waiting", ["model"], registry=registry).labels("m").set(depth)
+    Gauge("ortserve_model_state", "state", ["model"], registry=registry).labels("m").set(state)
+    Gauge("process_resident_memory_bytes", "rss", registry=registry).set(requests * 1000)
+    histogram = LoopHistogram("ortserve_request_latency_seconds", "latency", ["model"], buckets=[0.01, 0.1],
+                              registry=registry)
+    for value in latencies:
+        histogram.labels("m").observe(value)
+    return registry
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+
+
+def test_counters_histograms_and_queue_depths_add_up_and_process_metrics_stay_per_worker(tmp_path: Path) -> None:
+    first = WorkerMetrics(worker_registry(3, 2.0, 1.0, [0.005, 0.05]), tmp_path, pid=os.getpid())
+    second = WorkerMetrics(worker_registry(5, 4.0, 0.0, [0.5]), tmp_path, pid=os.getppid())
+    second.write_snapshot()
+    merged = samples(first.exposition())
+    assert merged[("ortserve_requests_total", (("model", "m"),))] == 8
+    assert merged[("ortserve_queue_depth", (("model", "m"),))] == 6  # items waiting in either
+    assert merged[("ortserve_model_state", (("model", "m"),))] == 1  # any worker's, not a sum
+    assert merged[("ortserve_request_latency_seconds_count", (("model", "m"),))] == 3
+    assert merged[("ortserve_request_latency_seconds_bucket", (("le", "0.01"), ("model", "m")))] == 1
+    assert merged[("ortserve_request_latency_seconds_bucket", (("le", "+Inf"), ("model", "m")))] == 3
+    assert merged[("process_resident_memory_bytes", (("worker", str(os.getpid())),))] == 3000
+    assert merged[("process_resident_memory_bytes", (("worker", str(os.getppid())),))] == 5000
+
+
+def test_a_dead_workers_snapshot_is_left_out_and_removed(tmp_path: Path) -> None:
+    live = WorkerMetrics(worker_registry(1, 0, 1, []), tmp_path)
+    (tmp_path / "999999999.prom").write_text('# TYPE ortserve_requests counter\nortserve_requests_total{model="m"} 7.0\n')
+    assert samples(live.exposition())[("ortserve_requests_total", (("model", "m"),))] == 1
+    assert not (tmp_path / "999999999.prom").exists()
+
+
+def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) -> None:
+    metrics = Metrics()
+    metrics.request_latency.labels("fashion-cnn", "v1_predict").observe(0.003)
+    metrics.requests.labels("fashion-cnn", "v1_predict", "200").inc()
+    original = samples(generate_latest(metrics.registry))
+    merged = samples(WorkerMetrics(metrics.registry, tmp_path, pid=4321).exposition())
+    service = {k: v for k, v in original.items() if not k[0].startswith(("process_", "python_"))}
+    assert {k: v for k, v in merged.items() if k in service} == service
+    assert ("ortserve_request_latency_seconds_count", (("endpoint", "v1_predict"), ("model", "fashion-cnn"))) in merged
+    per_worker = {k for k in merged if k[0].startswith("process_")}
+    assert per_worker
+    assert all(("worker", "4321") in labels for _, labels in per_worker)
+
+
+def test_two_workers_answer_one_exposition_counting_every_request() -> None:
+    body = {"instances": sample_images(1).tolist()}
+    with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup"]) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answered = [client.post("/v1/models/fashion-cnn:predict", json=body).status_code for _ in range(40)]
+            assert answered == [200] * 40
+            time.sleep(1.5)  # every worker has written a snapshot since (each second)
+            # New connections land on either worker; every scrape counts both workers' requests.
+            texts = [httpx.get(server.url + "/metrics", timeout=30).text for _ in range(6)]
+    workers = set()
+    for text in texts:
+        counted = sum(float(v) for v in re.findall(
+            r'ortserve_requests_total\{endpoint="v1_predict",model="fashion-cnn",status="200"\} (\S+)', text))
+        assert counted == 40
+        workers |= set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}', text))
+    assert len(workers) == 2
