@@ -136,7 +136,7 @@ class FashionRecipe:
         records = self._fine_tune(model, d, "finetune", loss=None)
         save_model(ws, "pruned", model, model.widths)
         ws.update_record(
-            finetune_history=records, student="pruned",
+            finetune_history=records,
             pruned={**self._describe(model), "accuracy": d.evaluate(model),
                     "accuracy_before_finetune": before_finetune, "widths": model.widths},
         )
@@ -151,7 +151,7 @@ class FashionRecipe:
         records = self._fine_tune(student, d, "distill", loss=teacher_loss(teacher, config.distillation))
         save_model(ws, "distilled", student, student.widths)
         ws.update_record(
-            distill_history=records, student="distilled",
+            distill_history=records,
             distilled={**self._describe(student), "accuracy": d.evaluate(student), "widths": student.widths,
                        "temperature": config.distill_temperature, "soft_weight": config.distill_soft_weight},
         )
@@ -186,7 +186,8 @@ class FashionRecipe:
     def export(self, ws: Workspace, config: CNNConfig) -> None:
         """The served student to ONNX fp32, checked against PyTorch."""
         d = FashionData(ws, config)
-        model = self.stage_model(ws, ws.record()["student"], config)
+        model = self.stage_model(ws, config.served_student, config)
+        ws.update_record(student=config.served_student)
         path = self._export(model, ws.onnx("fp32"))
         feeds = [{PIXELS.name: d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
         ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))

@@ -58,6 +58,10 @@ def _distillation_section(record: dict[str, Any]) -> list[str]:
     lines = ["## Distillation", "",
              markdown_table(["model", "test acc (ONNX fp32)", "params", "MACs/item", "ms @1", "ms @64"],
                             stage_rows(record)), ""]
+    members = record.get("teacher", {}).get("members")
+    if members:
+        named = ", ".join(f"{m:.4f}" if isinstance(m, float) else str(m) for m in members)
+        lines += [f"Teacher: the mean of the logits of {len(members)} models ({named}).", ""]
     distilled = record.get("distilled")
     if distilled:
         lines += [f"Temperature {distilled['temperature']}, soft-target weight {distilled['soft_weight']} "

@@ -146,7 +146,7 @@ class SentimentRecipe:
         records = self._fine_tune(model, d, "finetune", d.train_batches(), loss=None)
         save_model(ws, "pruned", model, len(d.tokenizer.vocabulary))
         ws.update_record(
-            finetune_history=history(records), student="pruned",
+            finetune_history=history(records),
             pruned={**self._describe(model), "accuracy": d.evaluate(model, "test"),
                     "accuracy_before_finetune": before},
         )
@@ -163,7 +163,7 @@ class SentimentRecipe:
                                   loss=teacher_loss(teacher, config.distillation))
         save_model(ws, "distilled", student, len(d.tokenizer.vocabulary))
         ws.update_record(
-            distill_history=history(records), student="distilled",
+            distill_history=history(records),
             distilled={**self._describe(student), "accuracy": d.evaluate(student, "test"),
                        "dev_accuracy": d.evaluate(student), "temperature": config.distill_temperature,
                        "soft_weight": config.distill_soft_weight,
@@ -186,7 +186,8 @@ class SentimentRecipe:
         save_model(ws, "teacher", teacher, vocab_size)
         ws.update_record(teacher_history=history(records), teacher={
             **self._describe(teacher), "accuracy": d.evaluate(teacher, "test"),
-            "dev_accuracy": d.evaluate(teacher), "members": [d.evaluate(m, "test") for m in members],
+            "dev_accuracy": d.evaluate(teacher),
+            "members": [f"seed {config.seed + 1 + i}: {d.evaluate(m, 'test'):.4f}" for i, m in enumerate(members)],
             "settings": settings})
         return teacher
 
@@ -205,7 +206,8 @@ class SentimentRecipe:
     def export(self, ws: Workspace, config: LSTMConfig) -> None:
         """The served student to ONNX fp32, checked against PyTorch (padding included)."""
         d = SentimentData(ws, config, self._tokenizer(ws, config))
-        model = self.load(ws, ws.record()["student"], config)
+        model = self.load(ws, config.served_student, config)
+        ws.update_record(student=config.served_student)
         path = self._export(model, ws.onnx("fp32"))
         feeds = []
         for n in (1, 5, 64):

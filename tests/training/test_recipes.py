@@ -58,3 +58,10 @@ def test_recipes_declare_what_the_pipeline_needs(name: str) -> None:
     config = recipe.config_type()
     assert config.max_batch_size > 0  # the manifest's batching defaults come from the config
     assert recipe.outputs[0].shape[-1] == len(recipe.labels)
+
+
+def test_the_served_student_is_one_the_pipeline_makes() -> None:
+    with pytest.raises(ValueError, match="served_student"):
+        CNNConfig(served_student="teacher")
+    with pytest.raises(ValueError, match="served_student"):
+        LSTMConfig(served_student="trained")
