@@ -115,8 +115,9 @@ class LSTMConfig:
     # Unstructured magnitude pruning of embedding and LSTM weights, for size.
     sparsity: float = 0.3
     # As for the CNN: the pruned student is fine-tuned once on the labels, once distilled.
-    finetune_epochs: int = 3
-    finetune_lr: float = 5e-4
+    # 3 epochs at 5e-4 moved it little either way (84.24% on labels, 84.40% distilled).
+    finetune_epochs: int = 8
+    finetune_lr: float = 2e-3
     # The teacher: an ensemble of independently seeded models of the student's size
     # (seeds seed+1, seed+2, ...). While distilling, words are hidden (replaced by the
     # unknown id) with this probability, so the student also learns the teacher's answers
