@@ -128,8 +128,10 @@ class LSTMConfig:
     distill_mask_probability: float = 0.1
     distill_temperature: float = 2.0
     distill_soft_weight: float = 0.7
-    # Which student is exported and served, chosen on the SST-2 dev split.
-    served_student: str = "distilled"
+    # Which student is exported and served, chosen on the SST-2 dev split: on the labels
+    # alone 85.32% dev (85.45% test), distilled from the 3-model ensemble (86.71% test)
+    # 85.21% dev (85.50% test): the same within noise, so the simpler one.
+    served_student: str = "pruned"
 
     def __post_init__(self) -> None:
         _check_student(self.served_student)

@@ -148,7 +148,7 @@ class SentimentRecipe:
         ws.update_record(
             finetune_history=history(records),
             pruned={**self._describe(model), "accuracy": d.evaluate(model, "test"),
-                    "accuracy_before_finetune": before},
+                    "dev_accuracy": d.evaluate(model), "accuracy_before_finetune": before},
         )
 
     def distill(self, ws: Workspace, config: LSTMConfig) -> None:
