@@ -10,10 +10,10 @@ import numpy as np
 import orjson
 import pytest
 
-from app.manifest import load_manifest
+from app.manifest import load_manifest, version_folders
 from app.preprocess import Tokenizer, decode_image, normalize_pixels
 from tests.app.conftest import b64_png, png_bytes, reference_session, sample_images, serving
-from tests.conftest import model_folder
+from tests.conftest import MODELS, model_folder
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -39,7 +39,8 @@ async def test_health_and_metadata() -> None:
         meta = (await client.get("/v2/models/fashion-cnn")).json()
         assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
         assert meta["parameters"]["providers"][0] == "CPUExecutionProvider"
-        assert (await client.get("/v2/models/sst2-lstm/versions/1")).json()["versions"] == ["1"]
+        newest = model_folder("sst2-lstm").name  # the default policy (latest:1) serves the newest
+        assert (await client.get(f"/v2/models/sst2-lstm/versions/{newest}")).json()["versions"] == [newest]
         assert (await client.get("/v2/models/sst2-lstm/ready")).status_code == 200
         config = (await client.get("/v2/models/fashion-cnn/config")).json()
         assert config["max_batch_size"] == load_manifest(model_folder("fashion-cnn")).batching.max_batch_size
@@ -480,3 +481,19 @@ async def test_chunked_bodies_are_read_and_limited() -> None:
         too_big = await client.post("/v1/models/sst2-lstm:predict", content=chunks(1000))
     assert ok.status_code == 200
     assert too_big.status_code == 413
+
+
+async def test_both_committed_versions_are_served_under_the_all_policy_and_the_newest_by_default() -> None:
+    versions = sorted((p.name for p in version_folders(MODELS / "sst2-lstm")), key=int)
+    assert len(versions) >= 2  # the previous version stays beside the new one
+    body = {"instances": ["a gripping, beautifully acted film"]}
+    async with serving(version_policy="all") as client:
+        meta = (await client.get("/v2/models/sst2-lstm")).json()
+        assert meta["versions"] == versions
+        for version in versions:
+            response = await client.get(f"/v2/models/sst2-lstm/versions/{version}/ready")
+            assert response.status_code == 200, version
+        default = await client.post("/v1/models/sst2-lstm:predict", json=body)
+        assert default.json()["model_version"] == versions[-1]
+    async with serving() as client:  # latest:1
+        assert (await client.get("/v2/models/sst2-lstm")).json()["versions"] == [versions[-1]]

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.app.conftest import copy_model, sample_images, serving
+from tests.conftest import model_folder
 
 TOKEN = "s3cret-admin"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,7 +44,7 @@ async def test_explicit_mode_loads_only_what_it_is_told_and_reports_each_state(m
     async with serving(model_dir=model_root, **explicit(load_model=["sst2-lstm"])) as client:
         v = fashion_version(model_root)
         before = await index(client)
-        assert before[("sst2-lstm", "1")]["state"] == "READY"
+        assert before[("sst2-lstm", model_folder("sst2-lstm").name)]["state"] == "READY"
         assert before[("fashion-cnn", v)] == {"name": "fashion-cnn", "version": v, "state": "UNAVAILABLE",
                                               "reason": "not loaded"}
         assert (await client.get("/v2/health/ready")).status_code == 200  # nothing else should be served

@@ -33,15 +33,17 @@ def test_json_lines_carry_the_request_id() -> None:
 
 async def test_each_model_state_change_is_one_structured_log_line(model_root, caplog) -> None:  # type: ignore[no-untyped-def]
     from tests.app.conftest import serving
+    from tests.conftest import model_folder
 
     caplog.set_level("INFO", logger="app.repository")
     async with serving(model_dir=model_root, model_control_mode="explicit", load_model=["sst2-lstm"]):
         pass
     events = [(r.fields["state"], r.fields["model"], r.fields["version"])  # type: ignore[attr-defined]
               for r in caplog.records if getattr(r, "fields", None)]
-    assert events == [("LOADING", "sst2-lstm", "1"), ("READY", "sst2-lstm", "1"),
-                      ("UNLOADING", "sst2-lstm", "1"), ("UNAVAILABLE", "sst2-lstm", "1")]
+    v = model_folder("sst2-lstm").name  # the fixture copies the newest version
+    assert events == [("LOADING", "sst2-lstm", v), ("READY", "sst2-lstm", v),
+                      ("UNLOADING", "sst2-lstm", v), ("UNAVAILABLE", "sst2-lstm", v)]
     line = JsonFormatter().format(next(r for r in caplog.records if getattr(r, "fields", None)))
     assert json.loads(line) | {"time": ""} == {
-        "time": "", "level": "info", "logger": "app.repository", "message": "model sst2-lstm version 1: LOADING",
-        "event": "model_state", "model": "sst2-lstm", "version": "1", "state": "LOADING", "reason": ""}
+        "time": "", "level": "info", "logger": "app.repository", "message": f"model sst2-lstm version {v}: LOADING",
+        "event": "model_state", "model": "sst2-lstm", "version": v, "state": "LOADING", "reason": ""}

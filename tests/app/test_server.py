@@ -14,7 +14,7 @@ import tritonclient.http as triton
 from app.preprocess import normalize_pixels
 from load_tests.server import ServerProcess
 from tests.app.conftest import reference_session, sample_images
-from tests.conftest import MODELS
+from tests.conftest import MODELS, model_folder
 
 pytestmark = pytest.mark.server
 
@@ -24,7 +24,7 @@ def test_tritonclient_health_metadata_and_config(server: ServerProcess) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready("fashion-cnn")
-    assert client.is_model_ready("sst2-lstm", "1")
+    assert client.is_model_ready("sst2-lstm", model_folder("sst2-lstm").name)
     assert not client.is_model_ready("missing")
     meta = client.get_model_metadata("sst2-lstm")
     assert [i["name"] for i in meta["inputs"]] == ["token_ids", "lengths"]
