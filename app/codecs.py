@@ -103,6 +103,10 @@ class ImageCodec:
                 rows_of.append(image)
             elif type(image) is list and len(image) == h * w and set(map(type, image)) <= {int, float}:
                 rows_of.append([image])  # one flat row-major list: unambiguous at this length
+            elif type(image) is list and len(image) == h * w:
+                kinds = sorted({type(v).__name__ for v in image} - {"int", "float"})
+                raise InvalidInput(f"instance {first_index + n}: pixel values must be numbers 0-255; "
+                                   f"got {', '.join(kinds)} among them")
             else:
                 raise InvalidInput(f"instance {first_index + n}: expected {h}x{w} pixel values (rows of "
                                    f"columns, or one flat list of {h * w}); got {_received(image)}")

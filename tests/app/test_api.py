@@ -330,6 +330,7 @@ BAD_V1 = [
     ("fashion-cnn", orjson.dumps({"instances": [[[[0]] * 28] * 28]}), 400, "got 28x28x1 list"),
     ("fashion-cnn", orjson.dumps({"instances": [[0] * 783]}), 400, "or one flat list of 784); got 783 list"),
     ("fashion-cnn", b'{"instances": ["shoe.png"]}', 400, "got str"),
+    ("fashion-cnn", orjson.dumps({"instances": [[0] * 783 + ["x"]]}), 400, "must be numbers 0-255; got str"),
     # Pixels scaled to 0..1 would be read as a black image: refused, saying what to send.
     ("fashion-cnn", orjson.dumps({"instances": [[[0.0] * 27 + [0.8]] * 28]}), 400, "send raw pixels 0-255"),
     ("fashion-cnn", b'{"instances": [{"b64": "data:text/plain;base64,aGk="}]}', 400, "data:image/<type>;base64,"),
