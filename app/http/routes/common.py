@@ -4,9 +4,9 @@ documented errors."""
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 
 from app.errors import Forbidden, Unauthorized
 from app.http.budget import RequestBudget
@@ -39,6 +39,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 INFER_ERRORS = errors(400, 401, 404, 408, 413, 422, 503, 504)
 MODEL_ERRORS = errors(404, 503)
 """A model's GET routes: an unknown model or version, or one that is not being served."""
+
+
+ModelName = Annotated[str, Path(description="The model's name (GET /v2/repository/index or /v1/models lists them)",
+                                examples=["fashion-cnn"])]
+Version = Annotated[str, Path(description="One of the model's served versions (its metadata lists them)",
+                              examples=["1"])]
+"""Path parameters, documented once; the OpenAPI document fills in a served version (openapi.py)."""
 
 
 def repository(request: Request) -> ModelRepository:

@@ -11,8 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.http.responses import JSONResponse
-from app.http.routes.common import authorize_admin, budget, errors, repository
-from app.http.routes.v2 import ModelName
+from app.http.routes.common import ModelName, authorize_admin, budget, errors, repository
 from app.protocol.v2 import ErrorResponse, json_object
 
 router = APIRouter(tags=["model repository"])

@@ -12,8 +12,7 @@ from app.http.budget import client_gone
 from app.http.examples import V1_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse
-from app.http.routes.common import authorize, budget, errors, offload, repository
-from app.http.routes.v2 import ModelName
+from app.http.routes.common import ModelName, authorize, budget, errors, offload, repository
 from app.offload import HEAVY_BODY_BYTES
 from app.protocol.v2 import json_object
 from app.served_model import ServedModel

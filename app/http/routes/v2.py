@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.http.budget import client_gone, positive_timeout
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, header
-from app.http.routes.common import MODEL_ERRORS, authorize, budget, offload, repository
+from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize, budget, offload, repository
 from app.offload import HEAVY_BODY_BYTES
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import (
@@ -73,12 +73,6 @@ def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any
         "instance_group": [{"name": m.name, "kind": kind, "count": policy.concurrent_batches}],
         "parameters": {"variant": {"string_value": model.variant}},
     }
-
-
-ModelName = Annotated[str, Path(description="The model's name (GET /v2/repository/index or /v1/models lists them)",
-                                examples=["fashion-cnn"])]
-Version = Annotated[str, Path(description="One of the model's served versions (its metadata lists them)",
-                              examples=["1"])]
 
 
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
