@@ -74,7 +74,7 @@ def merge(snapshots: dict[int, str]) -> list[Metric]:
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for pid, text in sorted(snapshots.items()):
         for family in text_string_to_metric_families(text):
-            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             samples = values.setdefault(family.name, {})
             per_process = family.name.startswith(PER_PROCESS)
             for sample in family.samples:
@@ -88,7 +88,6 @@ def merge(snapshots: dict[int, str]) -> list[Metric]:
                     samples[key] = max(samples[key], sample.value)
                 else:
                     samples[key] += sample.value
-            del merged.samples[:]
     for name, family in families.items():
         family.samples = [Sample(sample_name, dict(labels), value)
                           for (sample_name, labels), value in values[name].items()]
