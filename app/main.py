@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_keys = [key.encode() for key in resolved.api_secrets()]
         app.state.budget = RequestBudget(resolved)
         app.state.offload = Offload(resolved.decode_threads)
-        options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads)
+        options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,
+                              resolved.workers)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch, %d CPUs usable",
                     options.providers, options.intra_op_threads, available_cpus())
         repository = ModelRepository(resolved, options, app.state.metrics)

@@ -82,12 +82,13 @@ class OrtOptions:
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
-                inference_threads: int) -> OrtOptions:
+                inference_threads: int, workers: int = 1) -> OrtOptions:
     """The providers to use, and the ORT threads each batch gets: `intra_op_threads`, or
-    when 0, the usable CPUs less one shared among the inference threads. The event loop
-    parses every request and feeds every batch: it keeps a core, so that ORT does not
-    oversubscribe it."""
-    threads = intra_op_threads or max(1, (available_cpus() - 1) // inference_threads)
+    when 0, the usable CPUs less one per worker process, shared among every worker's
+    inference threads. Each event loop parses every request of its worker and feeds its
+    batches: it keeps a core, so that ORT does not oversubscribe it (16 workers on 16 cores:
+    one ORT thread each, not 15)."""
+    threads = intra_op_threads or max(1, (available_cpus() - workers) // (workers * inference_threads))
     return OrtOptions(choose_providers(requested_providers), threads)
 
 

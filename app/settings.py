@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     int8 on CPU."""
     intra_op_threads: int = Field(default=0, ge=0)
     """ORT threads per inference; 0 sizes it from the CPUs this process may use (the
-    container's CPU quota, not the host's cores): all but one, kept for the event loop,
-    shared among the inference threads."""
+    container's CPU quota, not the host's cores): all but one per worker process, kept for
+    its event loop, shared among every worker's inference threads."""
 
     max_batch_size: int | None = Field(default=None, ge=1)
     """Overrides every model's max_batch_size; 1 turns batching off."""

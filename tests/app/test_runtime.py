@@ -45,3 +45,13 @@ def test_intra_op_threads_leave_the_event_loop_a_core(monkeypatch: pytest.Monkey
     monkeypatch.setattr(app.runtime, "available_cpus", lambda: cpus)
     assert ort_options(None, 0, inference_threads).intra_op_threads == expected
     assert ort_options(None, 5, inference_threads).intra_op_threads == 5
+
+
+@pytest.mark.parametrize(("cpus", "workers", "expected"), [(2, 2, 1), (16, 16, 1), (16, 4, 3), (16, 2, 7)])
+def test_worker_processes_share_the_cores_an_event_loop_each(monkeypatch: pytest.MonkeyPatch, cpus: int,
+                                                              workers: int, expected: int) -> None:
+    import app.runtime
+
+    monkeypatch.setattr(app.runtime, "available_cpus", lambda: cpus)
+    assert ort_options(None, 0, 1, workers).intra_op_threads == expected
+    assert ort_options(None, 3, 1, workers).intra_op_threads == 3  # an explicit count is kept
