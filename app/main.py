@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -110,7 +110,7 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
     return tasks
 
 
-async def _every(seconds: float, step: Callable[[], Awaitable[None] | None]) -> None:
+async def _every(seconds: float, step: Callable[[], object]) -> None:
     while True:
         await asyncio.sleep(seconds)
         try:

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from load_tests import samples, wrk
-from load_tests.client import Payload, closed_loop, open_loop
+from load_tests.client import JSON, Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
 from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import Summary, cpu_seconds, histogram_totals, summarize
 
-JSON = {"Content-Type": "application/json"}
 CEILING = "load_tests.ceiling:app"
 NAIVE = "load_tests.naive:app"
 

@@ -15,6 +15,9 @@ import aiohttp
 
 from load_tests.stats import NOT_SENT, Sample
 
+JSON = {"Content-Type": "application/json"}
+"""The header of every JSON payload."""
+
 
 @dataclass(frozen=True)
 class Payload:

@@ -30,11 +30,9 @@ import numpy as np
 import orjson
 
 from load_tests import samples
-from load_tests.client import Payload
+from load_tests.client import JSON, Payload
 from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import percentile
-
-JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from load_tests import samples, wrk
-from load_tests.client import Payload, closed_loop
+from load_tests.client import JSON, Payload, closed_loop
 from load_tests.server import ROOT
 from load_tests.stats import summarize
-
-JSON = {"Content-Type": "application/json"}
 
 
 def main(argv: list[str] | None = None) -> int:

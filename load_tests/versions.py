@@ -17,10 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from load_tests import samples, wrk
-from load_tests.client import Payload
+from load_tests.client import JSON, Payload
 from load_tests.server import ROOT, ServerProcess
-
-JSON = {"Content-Type": "application/json"}
 
 
 def payloads(model_dir: Path) -> dict[str, Payload]:

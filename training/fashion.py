@@ -187,7 +187,6 @@ class FashionRecipe:
         """The served student to ONNX fp32, checked against PyTorch."""
         d = FashionData(ws, config)
         model = self.stage_model(ws, config.served_student, config)
-        ws.update_record(student=config.served_student)
         path = self._export(model, ws.onnx("fp32"))
         feeds = [{PIXELS.name: d.test_x[:n].numpy()} for n in (1, 7, 64, 257)]
         ws.update_record(parity_max_abs_error=max_parity_error(model, path, feeds))

@@ -66,7 +66,10 @@ def compare_stages(recipe: Recipe, ws: Workspace, config: Any, feeds: list[dict[
     for stage, key in STAGES:
         if key not in record:
             continue
-        session = ort_session(recipe.export_stage(ws, stage, config, ws.root / f"{stage}.fp32.onnx"))
+        # The served student is the fp32 file the export step wrote; the others are exported here.
+        path = ws.onnx("fp32") if stage == config.served_student else recipe.export_stage(
+            ws, stage, config, ws.root / f"{stage}.fp32.onnx")
+        session = ort_session(path)
         logits = np.concatenate([session.run(None, feed)[0] for feed in feeds])
         stages[stage] = {
             "accuracy": round(float((logits.argmax(1) == labels).mean()), 4),
@@ -104,7 +107,7 @@ def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int 
         shutil.copy2(ws.onnx(variant), target / file)
         scores = record["variants"][variant]
         metrics = {k: v for k, v in scores.items() if k != "size_bytes"}
-        served = record[record["student"]]
+        served = record[config.served_student]
         metrics.update({k: served[k] for k in ("params", "macs", "sparsity")})
         files[variant] = VariantFile(file=file, sha256=sha256_of(target / file),
                                      size_bytes=(target / file).stat().st_size, metrics=metrics)
@@ -118,8 +121,9 @@ def package(recipe: Recipe, ws: Workspace, config: Any, out: Path, version: int 
         labels=list(recipe.labels), inputs=recipe.inputs, outputs=recipe.outputs,
         preprocessing=record["preprocessing"], variants=files, extra_files=extra_files, batching=batching,
         preferred_variant={"cpu": cpu_variant(record["variants"]), "cuda": "fp16"},
-        training={k: record.get(k) for k in ("config", "student", "baseline", "pruned", "teacher", "distilled",
-                                             "stages", "parity_max_abs_error")},
+        training={"student": config.served_student,
+                  **{k: record.get(k) for k in ("config", "baseline", "pruned", "teacher", "distilled", "stages",
+                                                "parity_max_abs_error")}},
         data={"sha256": record.get("data_sha256", {})}, packages=_package_versions(),
     )
     write_manifest(target, manifest)

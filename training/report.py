@@ -44,6 +44,10 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 STAGE_NAMES = {"teacher": "teacher (not served)", "trained": "trained, before pruning",
                "pruned": "pruned student, labels only", "distilled": "pruned student, distilled"}
+PLOT_LABELS = {"teacher": "teacher (not served)", "trained": "trained", "pruned": "pruned student",
+               "distilled": "distilled"}
+STUDENT_HISTORY = {"pruned": "finetune_history", "distilled": "distill_history"}
+"""The record key of each student's epochs after pruning."""
 
 
 def stage_rows(record: dict[str, Any]) -> list[list[str]]:
@@ -52,7 +56,7 @@ def stage_rows(record: dict[str, Any]) -> list[list[str]]:
             for stage, s in record.get("stages", {}).items()]
 
 
-def _distillation_section(record: dict[str, Any]) -> list[str]:
+def _distillation_section(record: dict[str, Any], student: str) -> list[str]:
     if "stages" not in record:
         return []
     lines = ["## Distillation", "",
@@ -65,14 +69,15 @@ def _distillation_section(record: dict[str, Any]) -> list[str]:
     distilled = record.get("distilled")
     if distilled:
         lines += [f"Temperature {distilled['temperature']}, soft-target weight {distilled['soft_weight']} "
-                  f"(Hinton et al. 2015); served: the {STAGE_NAMES[record['student']]}.", ""]
+                  f"(Hinton et al. 2015); served: the {STAGE_NAMES[student]}.", ""]
     lines += ["Every row exported to ONNX fp32 and timed the same way as the variants above.", "",
               "![accuracy vs cost](accuracy_vs_cost.png)", ""]
     return lines
 
 
 def write(target: Path, manifest: Manifest, record: dict[str, Any]) -> None:
-    _plot_curves(target / "training_curves.png", record)
+    student = manifest.training.get("student", "pruned")
+    _plot_curves(target / "training_curves.png", record, student)
     _plot_variants(target / "variants.png", manifest)
     if "stages" in record:
         _plot_cost(target / "accuracy_vs_cost.png", manifest, record)
@@ -90,16 +95,15 @@ def write(target: Path, manifest: Manifest, record: dict[str, Any]) -> None:
         f"MACs change: {100 * (pruned['macs'] / base['macs'] - 1):+.1f}%; "
         f"accuracy change: {100 * (pruned['accuracy'] - base['accuracy']):+.2f} points.", "",
         f"ONNX fp32 vs PyTorch max |logit difference|: {record.get('parity_max_abs_error', float('nan')):.2e}", "",
-        *_distillation_section(record),
+        *_distillation_section(record, student),
         "![training curves](training_curves.png)", "", "![variants](variants.png)", "",
     ]
     (target / "report.md").write_text("\n".join(lines))
 
 
-def _plot_curves(path: Path, record: dict[str, Any]) -> None:
+def _plot_curves(path: Path, record: dict[str, Any], student: str) -> None:
     # The trained model's epochs, then the served student's (fine-tuned or distilled).
-    student_history = {"pruned": "finetune_history", "distilled": "distill_history"}
-    history = record.get("history", []) + record.get(student_history[record.get("student", "pruned")], [])
+    history = record.get("history", []) + record.get(STUDENT_HISTORY[student], [])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     x = list(range(1, len(history) + 1))
     ax_loss.plot(x, [h["train_loss"] for h in history], marker="o")
@@ -132,9 +136,8 @@ def _plot_variants(path: Path, manifest: Manifest) -> None:
 def _plot_cost(path: Path, manifest: Manifest, record: dict[str, Any]) -> None:
     """Accuracy against compute (MACs) and against CPU latency at batch 64: every stage
     the build made and every served variant."""
-    points = [(STAGE_NAMES[stage].split(",")[0] if stage != "distilled" else "distilled", s)
-              for stage, s in record["stages"].items()]
-    points += [(f"served {v}", {**e.metrics}) for v, e in manifest.variants.items()]
+    points = [(PLOT_LABELS.get(stage, stage), s) for stage, s in record["stages"].items()]
+    points += [(f"served {v}", e.metrics) for v, e in manifest.variants.items()]
     fig, (ax_macs, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, s in points:
         for ax, x in ((ax_macs, s["macs"] / 1e6), (ax_lat, s["latency_ms_batch64"])):

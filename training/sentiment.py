@@ -207,7 +207,6 @@ class SentimentRecipe:
         """The served student to ONNX fp32, checked against PyTorch (padding included)."""
         d = SentimentData(ws, config, self._tokenizer(ws, config))
         model = self.load(ws, config.served_student, config)
-        ws.update_record(student=config.served_student)
         path = self._export(model, ws.onnx("fp32"))
         feeds = []
         for n in (1, 5, 64):

@@ -42,10 +42,13 @@ class WorkerMetrics:
         self.path = folder / f"{self.pid}.prom"
         folder.mkdir(parents=True, exist_ok=True)
 
-    def write_snapshot(self) -> None:
+    def write_snapshot(self) -> bytes:
+        """This worker's exposition, written for the others to read; returned for this one."""
+        text = generate_latest(self.registry)
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_bytes(generate_latest(self.registry))
+        temporary.write_bytes(text)
         temporary.replace(self.path)  # readers never see half a file
+        return text
 
     def remove_snapshot(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -53,11 +56,12 @@ class WorkerMetrics:
 
     def exposition(self) -> bytes:
         """Every live worker's metrics, merged; this worker's as of now."""
-        self.write_snapshot()
-        snapshots = {}
+        snapshots = {self.pid: self.write_snapshot().decode()}
         for path in self.folder.glob("*.prom"):
             pid = int(path.stem)
-            if pid != self.pid and not _alive(pid):
+            if pid == self.pid:
+                continue
+            if not _alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # a worker that died without cleaning up
                 continue

@@ -6,6 +6,7 @@ control mode (app/http/routes/common.py `authorize_admin`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -52,18 +53,20 @@ async def repository_index(request: Request) -> Response:
                          "that fails leaves the previous one serving (400, with the reason).",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
-    authorize_admin(request, changes=True)
-    await _options(request)
-    await repository(request).load(name)
-    return Response(status_code=200)
+    return await _change(request, repository(request).load, name)
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
              description="Every version stops taking requests, finishes those it has, then unloads.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def unload_model(request: Request, name: ModelName) -> Response:
+    return await _change(request, repository(request).unload, name)
+
+
+async def _change(request: Request, change: Callable[[str], Awaitable[object]], name: str) -> Response:
+    """Load or unload: the admin check, the (optional) body read, then the change."""
     authorize_admin(request, changes=True)
     await _options(request)
-    await repository(request).unload(name)
+    await change(name)
     return Response(status_code=200)
 
