@@ -5,6 +5,7 @@ Every ORT decision of the service lives here; nothing else imports onnxruntime.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -52,8 +53,22 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
         missing = [p for p in requested if p not in available]
         if missing:
             raise ValueError(f"providers {missing} are not available; this onnxruntime offers {available}")
-        return list(requested)
-    return [CUDA, CPU] if CUDA in available else [CPU]
+        chosen = list(requested)
+    else:
+        chosen = [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA in chosen:
+        load_cuda_libraries()
+    return chosen
+
+
+@functools.cache
+def load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn], as the
+    GPU image installs them) before the first CUDA session: the CUDA provider looks for them
+    only on the loader's path, and without them it falls back to the CPU."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is not None:
+        preload()
 
 
 def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str) -> Variant:

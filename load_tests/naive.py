@@ -5,6 +5,7 @@ It takes the same V1 image requests as the service, so the two answer the same b
 at concurrency 1 it is the latency to match; under load, what batching is for.
 
     NAIVE_MODEL_DIR=models uvicorn load_tests.naive:app --port 8002
+    NAIVE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider ...   # on a GPU
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from app.preprocess import normalize_pixels
 from load_tests import samples
 
 _folder, _manifest = samples.latest(Path(os.environ.get("NAIVE_MODEL_DIR", "models")), "fashion-cnn")
-_variant = _manifest.variants[_manifest.preferred_variant.get("cpu", "fp32")]
-_session = ort.InferenceSession(str(_folder / _variant.file), providers=["CPUExecutionProvider"])
+# NAIVE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider: the same endpoint on a GPU.
+_providers = os.environ.get("NAIVE_PROVIDERS", "CPUExecutionProvider").split(",")
+_device = "cuda" if _providers[0] == "CUDAExecutionProvider" else "cpu"
+_variant = _manifest.variants[_manifest.preferred_variant.get(_device, "fp32")]
+_session = ort.InferenceSession(str(_folder / _variant.file), providers=_providers)
 _spec = _manifest.preprocessing
 assert isinstance(_spec, ImagePreprocessing)
 _input = _manifest.inputs[0].name

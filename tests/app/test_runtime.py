@@ -31,6 +31,23 @@ def test_unknown_variant_and_provider_are_refused(manifest) -> None:  # type: ig
     assert choose_providers(None)[-1] == CPU
 
 
+def test_cuda_libraries_are_loaded_once_before_a_cuda_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.runtime
+
+    calls: list[int] = []
+    monkeypatch.setattr(app.runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(app.runtime.ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    app.runtime.load_cuda_libraries.cache_clear()
+    try:
+        assert choose_providers([CPU]) == [CPU]
+        assert calls == []  # CPU only: nothing to load
+        assert choose_providers(None) == [CUDA, CPU]
+        assert choose_providers([CUDA]) == [CUDA]
+        assert calls == [1]
+    finally:
+        app.runtime.load_cuda_libraries.cache_clear()
+
+
 def test_available_cpus_is_positive_and_bounded() -> None:
     import os
 

@@ -127,3 +127,13 @@ def test_scenario_names_say_protocol_and_model() -> None:
         if scenario.model:
             assert scenario.name.startswith(("v1-", "v2-")), scenario.name
             assert scenario.model in scenario.name, scenario.name
+
+
+def test_the_gpu_scripts_client_spreads_the_load_over_processes(server: ServerProcess) -> None:
+    from load_tests import gpu
+
+    payload = Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), bench.JSON)
+    summary = gpu.load(server.url, payload, concurrency=3, duration_s=0.5, processes=2)
+    assert summary.ok == summary.requests > 0
+    assert not summary.errors
+    assert summary.duration_s == 0.5  # each process measured the same window; samples summed
