@@ -7,7 +7,9 @@ in a worker thread: nothing here touches the event loop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.supervision import BatchHealth
+
+logger = logging.getLogger(__name__)
 
 
 class LoadError(Exception):
@@ -60,7 +64,9 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     except ManifestError as e:
         raise LoadError("integrity", str(e)) from e
     try:
-        session = OrtModel(model_bytes, ort)
+        session = OrtModel(model_bytes, ort if settings.wide_batch_rows != 0 else replace(ort, wide_threads=0))
+        if settings.wide_batch_rows:
+            session.wide_from_rows = settings.wide_batch_rows
     except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
         raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {manifest.variants[variant].file}: "
                                        f"{type(e).__name__}: {e}") from e
@@ -88,9 +94,14 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     model = ServedModel(manifest, folder, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
     if settings.warmup:
         try:
-            model.warm_up()
+            model.warm_up(calibrate=settings.wide_batch_rows is None)
         except Exception as e:
             raise LoadError("warmup", f"{folder}: warm-up failed: {type(e).__name__}: {e}") from e
+    if session.wide is not None:
+        measured = ", ".join(f"{rows}: {speedup:.2f}x" for rows, speedup in session.speedups.items())
+        logger.info("%s v%s: batches of %s run with %d ORT threads instead of %d%s", manifest.name, manifest.version,
+                    f"{session.wide_from_rows}+ rows" if session.wide_from_rows else "no size",
+                    session.wide_threads, session.threads, f" (measured speedups {measured})" if measured else "")
     return model
 
 
@@ -104,8 +115,10 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
     the settings override them, and the server-wide settings."""
     s, own = settings, manifest.batching
     delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else own.max_queue_delay_ms
+    max_batch_size = s.max_batch_size or own.max_batch_size
     return BatchPolicy(
-        max_batch_size=s.max_batch_size or own.max_batch_size,
+        max_batch_size=max_batch_size,
+        max_large_batch_size=s.max_large_batch_size if max_batch_size > 1 else 1,  # 1: batching off, every row alone
         max_queue_delay_s=delay_ms / 1000,
         max_inflight_batches=s.max_inflight_batches,
         idle_dispatch=s.idle_dispatch,

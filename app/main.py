@@ -53,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.offload = Offload(resolved.decode_threads)
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,
                               resolved.workers)
-        logger.info("onnxruntime providers %s, %d intra-op threads per batch, %d CPUs usable",
-                    options.providers, options.intra_op_threads, available_cpus())
+        logger.info("onnxruntime providers %s, %d intra-op threads per batch (%s for large batches), %d CPUs usable",
+                    options.providers, options.intra_op_threads, options.wide_threads or "the same",
+                    available_cpus())
         repository = ModelRepository(resolved, options, app.state.metrics)
         failures = await repository.start()
         if failures and resolved.strict_models:

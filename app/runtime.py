@@ -9,7 +9,8 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -90,10 +91,12 @@ def choose_variant(manifest: Manifest, providers: Sequence[str], requested: str)
 
 @dataclass(frozen=True)
 class OrtOptions:
-    """How every model's session is made: providers in order, ORT threads per batch."""
+    """How every model's session is made: providers in order, ORT threads per batch, and
+    the threads of the wide session that large batches may run on (0: none)."""
 
     providers: list[str]
     intra_op_threads: int
+    wide_threads: int = 0
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
@@ -102,9 +105,38 @@ def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int
     when 0, the usable CPUs less one per worker process, shared among every worker's
     inference threads. Each event loop parses every request of its worker and feeds its
     batches: it keeps a core, so that ORT does not oversubscribe it (16 workers on 16 cores:
-    one ORT thread each, not 15)."""
-    threads = intra_op_threads or max(1, (available_cpus() - workers) // (workers * inference_threads))
-    return OrtOptions(choose_providers(requested_providers), threads)
+    one ORT thread each, not 15).
+
+    Sized automatically on CPU, a model also gets a wide session with the loop's core too
+    (every usable CPU, shared the same way), for batches large enough that the extra
+    thread pays (`wide_threshold`): those come from few, large requests, which leave the
+    loop little to do."""
+    providers = choose_providers(requested_providers)
+    if intra_op_threads:
+        return OrtOptions(providers, intra_op_threads)
+    cpus, share = available_cpus(), workers * inference_threads
+    threads = max(1, (cpus - workers) // share)
+    wide = max(1, cpus // share) if providers[0] == CPU else 0
+    return OrtOptions(providers, threads, wide if wide > threads else 0)
+
+
+def required_speedup(threads: int, wide_threads: int) -> float:
+    """How much faster than the narrow session the wide one must run a batch to be used:
+    half the ideal gain of its extra threads. Those threads are the event loop's core, so
+    a batch that gains less would slow the requests the loop is parsing meanwhile more
+    than it speeds up itself."""
+    return 1 + (wide_threads / threads - 1) / 2
+
+
+def wide_threshold(speedups: dict[int, float], required: float) -> int | None:
+    """The smallest batch size from which the wide session is at least `required` times
+    faster at that size and every larger one measured; None: at none of them."""
+    threshold = None
+    for rows in sorted(speedups, reverse=True):
+        if speedups[rows] < required:
+            break
+        threshold = rows
+    return threshold
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -134,17 +166,48 @@ class OrtModel:
     """One loaded ONNX model; `run` is thread-safe and releases the GIL.
 
     Made from the model's bytes, not its path: the caller hands over bytes it has checked
-    (app/manifest.py `read_verified`), so the file cannot change between check and use."""
+    (app/manifest.py `read_verified`), so the file cannot change between check and use.
+    With `options.wide_threads` (CPU), a second session of the same bytes runs the batches
+    of at least `wide_from_rows` rows, once `calibrate` has measured where that pays."""
 
     def __init__(self, model: bytes, options: OrtOptions) -> None:
-        self.session = ort.InferenceSession(
-            model, session_options(options.intra_op_threads),
-            providers=[(p, provider_options(p)) for p in options.providers],
-        )
+        providers = [(p, provider_options(p)) for p in options.providers]
+        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads), providers=providers)
+        self.threads = options.intra_op_threads
+        self.wide: ort.InferenceSession | None = None
+        self.wide_threads = 0
+        if options.wide_threads > options.intra_op_threads and options.providers[0] == CPU:
+            self.wide = ort.InferenceSession(model, session_options(options.wide_threads), providers=providers)
+            self.wide_threads = options.wide_threads
+        self.wide_from_rows: int | None = None  # None: every batch runs on the narrow session
+        self.speedups: dict[int, float] = {}  # batch rows -> narrow time / wide time, as measured
         self.providers = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in self.session.get_inputs()]
 
+    def session_for(self, rows: int) -> ort.InferenceSession:
+        if self.wide is not None and self.wide_from_rows is not None and rows >= self.wide_from_rows:
+            return self.wide
+        return self.session
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.output_names, inputs)
+        rows = len(next(iter(inputs.values())))
+        values = self.session_for(rows).run(self.output_names, inputs)
         return dict(zip(self.output_names, values, strict=True))
+
+    def calibrate(self, make_inputs: Callable[[int], dict[str, np.ndarray]], sizes: Sequence[int],
+                  repeats: int = 5) -> None:
+        """Time both sessions at each batch size (best of `repeats`, alternating, so that a
+        noisy moment hits both) and set `wide_from_rows` from the measured speedups."""
+        if self.wide is None:
+            return
+        for rows in sizes:
+            inputs = make_inputs(rows)
+            best = {id(self.session): math.inf, id(self.wide): math.inf}
+            for _ in range(repeats):
+                for session in (self.session, self.wide):
+                    started = time.perf_counter()
+                    session.run(self.output_names, inputs)
+                    best[id(session)] = min(best[id(session)], time.perf_counter() - started)
+            self.speedups[rows] = best[id(self.session)] / best[id(self.wide)]
+        self.wide_from_rows = wide_threshold(self.speedups, required_speedup(self.threads, self.wide_threads))

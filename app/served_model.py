@@ -97,16 +97,25 @@ class ServedModel:
         finally:
             self.stats.record_request(time.monotonic() - started, ok)
 
-    def warm_up(self) -> None:
-        """Run once per power-of-two batch size up to the maximum, so the first real
-        requests (and on CUDA every batch shape bucket) do not pay for first-run set-up."""
+    def warm_up(self, calibrate: bool = True) -> None:
+        """Run once per power-of-two batch size up to the largest batch the batcher forms,
+        so the first real requests (and on CUDA every batch shape bucket) do not pay for
+        first-run set-up; with `calibrate`, also measure from which size the wide session
+        pays (app/runtime.py `OrtModel.calibrate`)."""
+        policy = self.batcher.policy
+        largest = max(policy.max_batch_size, policy.max_large_batch_size)
         sizes, size = [], 1
-        while size < self.batcher.policy.max_batch_size:
+        while size < largest:
             sizes.append(size)
             size *= 2
-        sizes.append(self.batcher.policy.max_batch_size)
+        sizes.append(largest)
         for n in sizes:
-            self.session.run({spec.name: _dummy(spec, n) for spec in self.manifest.inputs})
+            self.session.run(self._dummy_batch(n))
+        if calibrate:
+            self.session.calibrate(self._dummy_batch, sizes)
+
+    def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
+        return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}
 
 
 def _expire(name: str, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float) -> None:

@@ -73,8 +73,18 @@ class Settings(BaseSettings):
     container's CPU quota, not the host's cores): all but one per worker process, kept for
     its event loop, shared among every worker's inference threads."""
 
+    wide_batch_rows: int | None = Field(default=None, ge=0)
+    """With intra_op_threads 0 on CPU, batches of at least this many rows run on a second
+    ONNX Runtime session that also has the event loop's core. Unset: measured per model at
+    warm-up, the smallest batch from which that session is at least halfway to its ideal
+    speedup (none without warm-up); 0: never."""
     max_batch_size: int | None = Field(default=None, ge=1)
     """Overrides every model's max_batch_size; 1 turns batching off."""
+    max_large_batch_size: int = Field(default=128, ge=1)
+    """Requests of more than a model's max_batch_size rows are batched with each other, not
+    with smaller ones, up to this many rows: they leave the event loop little work per row,
+    so their batches can be large (and wide). At most max_batch_size, or with batching off
+    (max_batch_size 1): split like any other."""
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     """Overrides every model's wait for more requests after the first one queued."""
     idle_dispatch: bool = True

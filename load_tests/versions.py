@@ -22,8 +22,13 @@ from load_tests.server import ROOT, ServerProcess
 
 
 def payloads(model_dir: Path) -> dict[str, Payload]:
+    body, headers = samples.v2_binary(32, model_dir)
     return {"v1-fashion-cnn": Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 1), JSON),
-            "v1-sst2-lstm": Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON)}
+            "v1-sst2-lstm": Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON),
+            "v2-binary-fashion-cnn-32": Payload("/v2/models/fashion-cnn/infer", body, headers, items=32)}
+
+
+DEFAULT_SCENARIOS = ["v1-fashion-cnn", "v1-sst2-lstm"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--only", nargs="+", default=DEFAULT_SCENARIOS,
+                        metavar="SCENARIO", help=f"scenarios (default {' '.join(DEFAULT_SCENARIOS)}; also "
+                                                 "v2-binary-fashion-cnn-32: 32 images per request)")
     args = parser.parse_args(argv)
     if not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
@@ -43,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         new = stack.enter_context(ServerProcess(server_args))
         lines = ["| scenario | this / base req/s per round | median | p99 ratio per round | median |",
                  "|---|---|---|---|---|"]
-        for name, payload in payloads(args.model_dir).items():
+        known = payloads(args.model_dir)
+        unknown = sorted(set(args.only) - set(known))
+        if unknown:
+            parser.error(f"unknown scenarios {unknown}; known: {sorted(known)}")
+        for name in args.only:
+            payload = known[name]
             ratios, p99s = [], []
             for i in range(args.rounds):
                 order = [(base, "base"), (new, "this")] if i % 2 == 0 else [(new, "this"), (base, "base")]

@@ -3,7 +3,8 @@
 
 Requests carry N rows (instances) of named numpy arrays. When the model is idle, what is
 queued runs at once; while a batch runs, the next one fills: the batcher waits at most
-`max_queue_delay_s` after its oldest row for it to reach `max_batch_size` rows. It splits
+`max_queue_delay_s` after its oldest row for it to reach `max_batch_size` rows. Requests
+larger than that batch with each other, up to `max_large_batch_size` rows. It splits
 requests that do not fit, runs at most
 `max_inflight_batches` batches at once, and hands each request back its own rows. It
 knows nothing of HTTP or ONNX.
@@ -152,7 +153,7 @@ class DynamicBatcher:
         return request.future
 
     def _trigger(self, batch: list[Chunk], idle: bool) -> str:
-        if sum(c.rows for c in batch) == self.policy.max_batch_size:
+        if sum(c.rows for c in batch) >= self.policy.max_batch_size:
             return "full"
         if idle or (self.policy.idle_dispatch and self.inflight_batches == 0):
             return "idle"  # idle from the start, or went idle while this batch filled

@@ -30,6 +30,10 @@ class BatchPolicy:
     inline_rows: int = 0
     """An idle model's batch of at most this many rows runs on the event loop itself,
     without the hand-off to an inference thread and back; 0: never."""
+    max_large_batch_size: int = 0
+    """Requests of more than max_batch_size rows are batched with each other, never with
+    smaller ones, up to this many rows (split beyond it); at most max_batch_size: they
+    are split into batches of max_batch_size like any other."""
     grouping_window: int = 256
     """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
     cost per batch, and how far a request can be overtaken."""

@@ -102,19 +102,25 @@ class BatchQueue:
     def _take(self) -> list[Chunk]:
         """Up to max_batch_size rows, oldest first; with length grouping, the oldest chunk
         plus the queued chunks closest to its length. A chunk that does not fit is split:
-        its rest stays queued in place."""
+        its rest stays queued in place. When the oldest chunk is large (more than
+        max_batch_size rows), the batch takes large chunks only, up to max_large_batch_size."""
         self._drop_abandoned_head()
         batch: list[Chunk] = []
         taken: set[int] = set()
         capacity = self.policy.max_batch_size
-        for i in self._candidates():
-            if capacity == 0:
-                break
+        large_only = bool(self._chunks) and self._is_large(self._chunks[0])
+        if large_only:
+            capacity = self.policy.max_large_batch_size
+        for looked, i in enumerate(self._candidates()):
+            if capacity == 0 or (large_only and looked > self.policy.grouping_window):
+                break  # (a scan for large chunks past small ones is bounded like length grouping)
             chunk = self._chunks[i]
             if self._abandoned(chunk):
                 taken.add(i)
                 self._uncount(chunk.request, chunk.rows)
                 continue
+            if large_only and not self._is_large(chunk):
+                continue  # stays queued for the next batch of small requests
             if chunk.rows > capacity:
                 batch.append(chunk.split(capacity))
                 self._uncount(chunk.request, capacity)
@@ -125,6 +131,11 @@ class BatchQueue:
             capacity -= chunk.rows
         self._remove(taken)
         return batch
+
+    def _is_large(self, chunk: Chunk) -> bool:
+        """Few large requests leave the event loop little to do per row, so they may batch
+        beyond max_batch_size (and run on the wide session, app/runtime.py)."""
+        return self.policy.max_batch_size < chunk.rows and self.policy.max_batch_size < self.policy.max_large_batch_size
 
     def _candidates(self) -> Sequence[int]:
         """Queue positions in the order a batch takes them."""

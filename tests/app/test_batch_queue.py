@@ -110,3 +110,37 @@ async def test_a_request_whose_client_hung_up_is_dropped_and_reported() -> None:
     assert hung.hung_up
     with pytest.raises(ClientGone):
         hung.future.result()
+
+
+async def test_large_requests_batch_with_each_other_up_to_the_large_limit() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=4, max_large_batch_size=16), group_by_length=False)
+    big1, small, big2, big3 = request(6), request(1), request(8), request(5)
+    for r in (big1, small, big2, big3):
+        queue.put(r)
+    first = await queue.wait_for_batch()
+    # Large requests only (the small one keeps its place), whole, up to 16 rows: the third
+    # is split at the limit and its rest stays queued.
+    assert [(c.request, c.start, c.stop) for c in first] == [(big1, 0, 6), (big2, 0, 8), (big3, 0, 2)]
+    second = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in second] == [(small, 0, 1), (big3, 2, 5)]
+    assert queue.rows == 0
+
+
+async def test_small_requests_first_in_line_never_join_a_large_batch() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=4, max_large_batch_size=16), group_by_length=False)
+    small1, big, small2 = request(2), request(10), request(2)
+    for r in (small1, big, small2):
+        queue.put(r)
+    first = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in first] == [(small1, 0, 2), (big, 0, 2)]  # max_batch_size as before
+    second = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in second] == [(big, 2, 10)]  # now large: whole, alone
+
+
+async def test_without_a_larger_limit_large_requests_are_split_as_before() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=4, max_large_batch_size=4), group_by_length=False)
+    big1, big2 = request(6), request(6)
+    queue.put(big1)
+    queue.put(big2)
+    assert [(c.request, c.rows) for c in await queue.wait_for_batch()] == [(big1, 4)]
+    assert [(c.request, c.rows) for c in await queue.wait_for_batch()] == [(big1, 2), (big2, 2)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 
 from app.manifest import load_manifest
@@ -72,3 +75,99 @@ def test_worker_processes_share_the_cores_an_event_loop_each(monkeypatch: pytest
     monkeypatch.setattr(app.runtime, "available_cpus", lambda: cpus)
     assert ort_options(None, 0, 1, workers).intra_op_threads == expected
     assert ort_options(None, 3, 1, workers).intra_op_threads == 3  # an explicit count is kept
+
+
+@pytest.mark.parametrize(("cpus", "workers", "narrow", "wide"),
+                         [(1, 1, 1, 0), (2, 1, 1, 2), (2, 2, 1, 0), (16, 1, 15, 16), (16, 2, 7, 8), (16, 16, 1, 0)])
+def test_the_wide_session_adds_the_event_loops_core(monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int,
+                                                    narrow: int, wide: int) -> None:
+    import app.runtime
+
+    monkeypatch.setattr(app.runtime, "available_cpus", lambda: cpus)
+    options = ort_options([CPU], 0, 1, workers)
+    assert (options.intra_op_threads, options.wide_threads) == (narrow, wide)
+    assert ort_options([CPU], 2, 1, workers).wide_threads == 0  # an explicit thread count: one session
+
+
+def test_the_threshold_is_where_the_wide_session_stays_fast_enough() -> None:
+    from app.runtime import required_speedup, wide_threshold
+
+    assert required_speedup(1, 2) == 1.5  # half of the ideal 2x
+    assert required_speedup(7, 8) == pytest.approx(1 + 1 / 14)
+    curve = {1: 0.6, 16: 1.3, 32: 1.45, 64: 1.55, 128: 1.7}
+    assert wide_threshold(curve, 1.5) == 64
+    assert wide_threshold(curve, 1.2) == 16
+    assert wide_threshold(curve, 2.0) is None
+    # A size that pays below one that does not is not a threshold: every larger size must pay.
+    assert wide_threshold({8: 1.6, 16: 1.2, 32: 1.7}, 1.5) == 32
+
+
+@pytest.fixture
+def fashion_bytes() -> bytes:
+    manifest = load_manifest(model_folder("fashion-cnn"), verify_files=False)
+    return (model_folder("fashion-cnn") / manifest.variants["fp32"].file).read_bytes()
+
+
+def _images(rows: int) -> dict[str, np.ndarray]:
+    return {"pixels": np.random.default_rng(rows).random((rows, 1, 28, 28), dtype=np.float32)}
+
+
+def test_batches_from_the_threshold_run_on_the_wide_session(fashion_bytes: bytes) -> None:
+    from app.runtime import OrtModel, OrtOptions
+
+    model = OrtModel(fashion_bytes, OrtOptions([CPU], 1, 2))
+    assert model.wide is not None
+    assert model.session_for(128) is model.session  # not calibrated: every batch is narrow
+    model.wide_from_rows = 32
+    assert model.session_for(31) is model.session
+    assert model.session_for(32) is model.wide
+    assert model.session_for(128) is model.wide
+    small, large = _images(4), _images(32)
+    np.testing.assert_allclose(model.run(large)["logits"], model.session.run(None, large)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.run(small)["logits"], model.wide.run(None, small)[0], rtol=1e-4, atol=1e-5)
+    assert OrtModel(fashion_bytes, OrtOptions([CPU], 2, 2)).wide is None  # no more threads: no second session
+
+
+def test_calibration_sets_the_threshold_from_measured_speedups(fashion_bytes: bytes,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sessions timed on a fake clock: the narrow one takes a unit per row, the wide one
+    0.9 of that below 64 rows and 0.6 from 64 on; the threshold is 64."""
+    import app.runtime
+    from app.runtime import OrtModel, OrtOptions
+
+    model = OrtModel(fashion_bytes, OrtOptions([CPU], 1, 2))
+    clock = [0.0]
+
+    class Timed:
+        def __init__(self, per_row: Callable[[int], float]) -> None:
+            self.per_row = per_row
+
+        def run(self, _names: object, inputs: dict[str, np.ndarray]) -> None:
+            rows = len(inputs["pixels"])
+            clock[0] += rows * self.per_row(rows)
+
+    model.session = Timed(lambda rows: 1.0)  # type: ignore[assignment]
+    model.wide = Timed(lambda rows: 0.6 if rows >= 64 else 0.9)  # type: ignore[assignment]
+    monkeypatch.setattr(app.runtime.time, "perf_counter", lambda: clock[0])
+    model.calibrate(_images, [1, 16, 32, 64, 128])
+    assert model.speedups == pytest.approx({1: 1 / 0.9, 16: 1 / 0.9, 32: 1 / 0.9, 64: 1 / 0.6, 128: 1 / 0.6})
+    assert model.wide_from_rows == 64
+
+
+def test_loading_measures_the_threshold_or_takes_the_settings() -> None:
+    from app.loading import load_version
+    from app.runtime import OrtOptions
+    from app.settings import Settings
+    from tests.conftest import MODELS
+
+    folder, options = model_folder("fashion-cnn"), OrtOptions([CPU], 1, 2)
+    measured = load_version(folder, Settings(model_dir=MODELS), options)
+    # Timed at every batch size the batcher can form, the large requests' batches included.
+    assert sorted(measured.session.speedups) == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert all(s > 0 for s in measured.session.speedups.values())
+    fixed = load_version(folder, Settings(model_dir=MODELS, wide_batch_rows=24), options)
+    assert fixed.session.wide is not None
+    assert (fixed.session.wide_from_rows, fixed.session.speedups) == (24, {})
+    assert load_version(folder, Settings(model_dir=MODELS, wide_batch_rows=0), options).session.wide is None
+    unwarmed = load_version(folder, Settings(model_dir=MODELS, warmup=False), options)
+    assert unwarmed.session.wide_from_rows is None  # nothing measured: no batch runs wide
