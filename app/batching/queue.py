@@ -135,7 +135,8 @@ class BatchQueue:
     def _is_large(self, chunk: Chunk) -> bool:
         """Few large requests leave the event loop little to do per row, so they may batch
         beyond max_batch_size (and run on the wide session, app/runtime.py)."""
-        return self.policy.max_batch_size < chunk.rows and self.policy.max_batch_size < self.policy.max_large_batch_size
+        most = self.policy.max_batch_size
+        return most < chunk.rows and most < self.policy.max_large_batch_size
 
     def _candidates(self) -> Sequence[int]:
         """Queue positions in the order a batch takes them."""
