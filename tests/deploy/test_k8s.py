@@ -101,6 +101,9 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_runs_the_gpu_image() -> None:
     (container,) = one(built("overlays/gpu"), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["image"].endswith(":gpu")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    workers = int(env["ORTSERVE_WORKERS"])  # several event loops feed one GPU
+    assert 1 < workers <= int(container["resources"]["requests"]["cpu"])
     assert env_of(container)["ORTSERVE_DRAIN_DELAY_S"] == "5"  # the base's settings survive the patch
 
 
