@@ -64,9 +64,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     except ManifestError as e:
         raise LoadError("integrity", str(e)) from e
     try:
-        session = OrtModel(model_bytes, ort if settings.wide_batch_rows != 0 else replace(ort, wide_threads=0))
-        if settings.wide_batch_rows:
-            session.wide_from_rows = settings.wide_batch_rows
+        session = OrtModel(model_bytes, replace(ort, wide_batch_rows=settings.wide_batch_rows))
     except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
         raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {manifest.variants[variant].file}: "
                                        f"{type(e).__name__}: {e}") from e
@@ -94,7 +92,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     model = ServedModel(manifest, folder, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
     if settings.warmup:
         try:
-            model.warm_up(calibrate=settings.wide_batch_rows is None)
+            model.warm_up()
         except Exception as e:
             raise LoadError("warmup", f"{folder}: warm-up failed: {type(e).__name__}: {e}") from e
     if session.wide is not None:

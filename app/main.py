@@ -66,9 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
         for failure in failures:
             logger.error("not served: %s", failure)
-        if resolved.metrics_dir is not None:
-            app.state.worker_metrics = WorkerMetrics(app.state.metrics.registry, resolved.metrics_dir)
-        background = start_background_tasks(repository, resolved, getattr(app.state, "worker_metrics", None))
+        worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(app.state.metrics.registry,
+                                                                                  resolved.metrics_dir)
+        app.state.worker_metrics = worker_metrics
+        background = start_background_tasks(repository, resolved, worker_metrics)
         delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
         try:
             yield
@@ -78,8 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
-            if getattr(app.state, "worker_metrics", None) is not None:
-                app.state.worker_metrics.remove_snapshot()
+            if worker_metrics is not None:
+                worker_metrics.remove_snapshot()
             app.state.offload.shutdown()
             logger.info("stopped")
 

@@ -97,6 +97,8 @@ class OrtOptions:
     providers: list[str]
     intra_op_threads: int
     wide_threads: int = 0
+    wide_batch_rows: int | None = None
+    """Batches of at least this many rows run wide; None: measured (`OrtModel.calibrate`); 0: never."""
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
@@ -176,10 +178,13 @@ class OrtModel:
         self.threads = options.intra_op_threads
         self.wide: ort.InferenceSession | None = None
         self.wide_threads = 0
-        if options.wide_threads > options.intra_op_threads and options.providers[0] == CPU:
+        wanted = options.wide_batch_rows != 0 and options.wide_threads > options.intra_op_threads
+        if wanted and options.providers[0] == CPU:
             self.wide = ort.InferenceSession(model, session_options(options.wide_threads), providers=providers)
             self.wide_threads = options.wide_threads
-        self.wide_from_rows: int | None = None  # None: every batch runs on the narrow session
+        self.measure_threshold = options.wide_batch_rows is None
+        # None: every batch runs on the narrow session (until `calibrate` has measured)
+        self.wide_from_rows: int | None = options.wide_batch_rows or None
         self.speedups: dict[int, float] = {}  # batch rows -> narrow time / wide time, as measured
         self.providers = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -198,16 +203,20 @@ class OrtModel:
     def calibrate(self, make_inputs: Callable[[int], dict[str, np.ndarray]], sizes: Sequence[int],
                   repeats: int = 5) -> None:
         """Time both sessions at each batch size (best of `repeats`, alternating, so that a
-        noisy moment hits both) and set `wide_from_rows` from the measured speedups."""
-        if self.wide is None:
+        noisy moment hits both) and set `wide_from_rows` from the measured speedups; nothing
+        without a wide session or where the threshold was given."""
+        if self.wide is None or not self.measure_threshold:
             return
         for rows in sizes:
             inputs = make_inputs(rows)
-            best = {id(self.session): math.inf, id(self.wide): math.inf}
+            narrow = wide = math.inf
             for _ in range(repeats):
-                for session in (self.session, self.wide):
-                    started = time.perf_counter()
-                    session.run(self.output_names, inputs)
-                    best[id(session)] = min(best[id(session)], time.perf_counter() - started)
-            self.speedups[rows] = best[id(self.session)] / best[id(self.wide)]
+                narrow = min(narrow, self._timed(self.session, inputs))
+                wide = min(wide, self._timed(self.wide, inputs))
+            self.speedups[rows] = narrow / wide
         self.wide_from_rows = wide_threshold(self.speedups, required_speedup(self.threads, self.wide_threads))
+
+    def _timed(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> float:
+        started = time.perf_counter()
+        session.run(self.output_names, inputs)
+        return time.perf_counter() - started

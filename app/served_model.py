@@ -97,11 +97,11 @@ class ServedModel:
         finally:
             self.stats.record_request(time.monotonic() - started, ok)
 
-    def warm_up(self, calibrate: bool = True) -> None:
+    def warm_up(self) -> None:
         """Run once per power-of-two batch size up to the largest batch the batcher forms,
         so the first real requests (and on CUDA every batch shape bucket) do not pay for
-        first-run set-up; with `calibrate`, also measure from which size the wide session
-        pays (app/runtime.py `OrtModel.calibrate`)."""
+        first-run set-up; and measure from which size the wide session pays, where it is
+        to be measured (app/runtime.py `OrtModel.calibrate`)."""
         policy = self.batcher.policy
         largest = max(policy.max_batch_size, policy.max_large_batch_size)
         sizes, size = [], 1
@@ -111,8 +111,7 @@ class ServedModel:
         sizes.append(largest)
         for n in sizes:
             self.session.run(self._dummy_batch(n))
-        if calibrate:
-            self.session.calibrate(self._dummy_batch, sizes)
+        self.session.calibrate(self._dummy_batch, sizes)
 
     def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
         return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}

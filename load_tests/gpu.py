@@ -21,8 +21,8 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from app.runtime import OrtModel, ort_options
 from load_tests import samples
 from load_tests.bench import cnn_v1, lstm_v1, v2_binary_32
 from load_tests.client import Payload, closed_loop
+from load_tests.raw_ort import items_per_s
 from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import Sample, Summary, histogram_totals, summarize
 from training import data
@@ -54,20 +55,13 @@ def environment(providers: list[str]) -> dict[str, Any]:
 
 def session(model_dir: Path, name: str, variant: str, providers: list[str]) -> OrtModel:
     folder, manifest = samples.latest(model_dir, name)
-    options = ort_options(providers, 0, 1)
+    options = replace(ort_options(providers, 0, 1), wide_batch_rows=0)  # one session: raw ORT as configured
     return OrtModel((folder / manifest.variants[variant].file).read_bytes(), options)  # type: ignore[index]
 
 
 def raw_throughput(model: OrtModel, feed: dict[str, np.ndarray], seconds: float) -> float:
     """Items per second of back-to-back runs with host (numpy) inputs and outputs."""
-    rows = len(next(iter(feed.values())))
-    for _ in range(5):
-        model.run(feed)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model.run(feed)
-        runs += 1
-    return runs * rows / (time.perf_counter() - start)
+    return items_per_s(lambda: model.run(feed), len(next(iter(feed.values()))), seconds, warmup_runs=5)
 
 
 def image_feed(model_dir: Path, batch: int) -> dict[str, np.ndarray]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,18 @@ def raw_throughput(model_dir: Path, seconds: float = 3.0, batches: tuple[int, ..
                                            providers=["CPUExecutionProvider"])
             for batch in batches:
                 feed = {manifest.inputs[0].name: samples.normalized(batch, model_dir)}
-                for _ in range(3):
-                    session.run(None, feed)
-                runs, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds:
-                    session.run(None, feed)
-                    runs += 1
-                elapsed = time.perf_counter() - start
+                rate = items_per_s(partial(session.run, None, feed), batch, seconds)
                 results.append({"variant": variant, "threads": threads, "batch": batch,
-                                "items_per_s": round(runs * batch / elapsed, 1)})
+                                "items_per_s": round(rate, 1)})
     return results
+
+
+def items_per_s(run: Callable[[], object], rows: int, seconds: float, warmup_runs: int = 3) -> float:
+    """Items per second of `run` (one batch of `rows`) called back to back for `seconds`."""
+    for _ in range(warmup_runs):
+        run()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run()
+        runs += 1
+    return runs * rows / (time.perf_counter() - start)
