@@ -232,6 +232,12 @@ def classify_batch(outputs: dict[str, np.ndarray], logits_name: str) -> dict[str
     return outputs
 
 
+def predictions_bytes_bound(rows: int, labels: list[str]) -> int:
+    """The most bytes `predictions` for `rows` rows take as JSON: per row the longest label,
+    its index and a probability per label (at most 25 bytes each), with the punctuation."""
+    return 256 + rows * (64 + max(len(label.encode()) for label in labels) * 6 + 25 * len(labels))
+
+
 def predictions(outputs: dict[str, np.ndarray], labels: list[str]) -> list[dict[str, Any]]:
     """One {label, index, probabilities} per row of outputs that `classify_batch` saw."""
     return [{"label": labels[best], "index": best, "probabilities": row}

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     """How long a model whose batches keep failing is given a rest before it is tried again."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
+    max_response_bytes: int | None = Field(default=None, gt=0)
+    """Requests whose answer could be larger (their rows times the outputs they ask for, as
+    JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Bytes of model input queued per model before new requests get 503 (beside max_queue_size)."""
     body_timeout_s: float = Field(default=30.0, gt=0)
@@ -171,6 +174,10 @@ class Settings(BaseSettings):
     def _policy_parses(cls, value: str) -> str:
         VersionPolicy.parse(value)
         return value
+
+    @property
+    def response_limit_bytes(self) -> int:
+        return self.max_response_bytes or 4 * self.max_body_bytes
 
     def admin_secret(self) -> str | None:
         """The admin token, from the setting or its file; None: the repository API is off."""

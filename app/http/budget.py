@@ -46,6 +46,7 @@ class RequestBudget:
         self.max_timeout_s = settings.request_timeout_s
         self.body_timeout_s = settings.body_timeout_s
         self.max_body_bytes = settings.max_body_bytes
+        self.max_response_bytes = settings.response_limit_bytes
         # One loop timer for every body being read (app/deadlines.py), not one per request.
         self._body_timer = Deadlines(_interrupt)
 
@@ -102,11 +103,23 @@ class RequestBudget:
                 read.finished = True
 
 
+    def check_response(self, size_bound: int, rows: int) -> None:
+        """413 for a request whose answer could exceed max_response_bytes: refused before any
+        work, since the answer is built in memory whole."""
+        if size_bound > self.max_response_bytes:
+            raise PayloadTooLarge(f"the response to this request could take {size_bound:,} bytes ({rows:,} rows of "
+                                  f"the outputs asked for), over the limit of {self.max_response_bytes:,} bytes: "
+                                  "send fewer rows or ask for fewer outputs")
+
+
 def positive_timeout(value: object, what: str, unit_s: float) -> float:
-    """A client's timeout in seconds, from a positive number of `unit_s` units."""
+    """A client's timeout in seconds, from a positive number of `unit_s` units (a JSON
+    number, or text holding one as a header does; true or a list is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInput(f"{what} must be a positive number, got {value!r}")
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = float(value)
+    except ValueError:
         raise InvalidInput(f"{what} must be a positive number, got {value!r}") from None
     if not number > 0 or number == float("inf"):
         raise InvalidInput(f"{what} must be a positive number, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,10 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
     if item.data is None:
         raise InvalidInput(f"input {item.name!r} has no 'data' (and no binary_data_size)")
     try:
-        array = np.asarray(item.data, dtype=dtype)
+        if dtype.kind in "iu":
+            array = _integers(item, dtype)
+        else:
+            array = np.asarray(item.data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput(f"input {item.name!r}: data is not a list of {item.datatype} numbers ({e})") from e
     needed = math.prod(shape)  # Python ints: no overflow, whatever the shape
@@ -179,6 +183,29 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
         raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {needed} "
                            f"values, data has {array.size}")
     return array.reshape(shape)
+
+
+def _integers(item: RequestInput, dtype: np.dtype) -> np.ndarray:
+    """JSON numbers for an integer tensor: whole numbers in the type's range, else a 400.
+    numpy's own conversion would cut 1.9 to 1 and wrap 300 into an INT8 silently."""
+    array = np.asarray(item.data)  # ints stay exact (int64), any fraction makes it float64
+    if array.dtype == dtype:
+        return array
+    kind = array.dtype.kind
+    if kind not in "iubf":  # strings, lists of uneven length, integers beyond 64 bits
+        raise InvalidInput(f"input {item.name!r}: data is not a list of {item.datatype} numbers")
+    if kind == "f":
+        whole = np.isfinite(array) & (array == np.trunc(array))
+        if not whole.all():
+            raise InvalidInput(f"input {item.name!r} has datatype {item.datatype}: "
+                               f"{array[~whole].flat[0].item()!r} is not a whole number")
+    if array.size and kind != "b":
+        info = np.iinfo(dtype)
+        low, high = array.min().item(), array.max().item()  # Python numbers: compared exactly
+        if low < info.min or high > info.max:
+            raise InvalidInput(f"input {item.name!r}: values must lie in {info.min}..{info.max} for "
+                               f"{item.datatype}, got {low if low < info.min else high}")
+    return array.astype(dtype)
 
 
 def wants_binary(request: InferenceRequest, name: str) -> bool:
@@ -190,9 +217,47 @@ def wants_binary(request: InferenceRequest, name: str) -> bool:
 
 def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
     known = [o.name for o in manifest.outputs]
-    unknown = [o.name for o in request.outputs or [] if o.name not in known]
+    asked = [o.name for o in request.outputs or []]
+    unknown = [name for name in asked if name not in known]
     if unknown:
         raise InvalidInput(f"model {manifest.name!r} has no outputs {unknown}; it has {known}")
+    repeated = sorted(name for name, count in Counter(asked).items() if count > 1)
+    if repeated:  # each repeat would be encoded again: a small request asking for a huge answer
+        raise InvalidInput(f"outputs {repeated} are requested more than once; name each output at most once")
+
+
+# Upper bounds of one element's bytes in a JSON response ("-1.2345678901234567e-308," and the
+# like), by numpy kind and size: for bounding a response before it is computed.
+_JSON_ELEMENT_BYTES: dict[str, dict[int, int]] = {
+    "f": {2: 25, 4: 25, 8: 25}, "b": {1: 6}, "i": {1: 5, 2: 7, 4: 12, 8: 21}, "u": {1: 4, 2: 6, 4: 11, 8: 21}}
+_ENTRY_BYTES = 256  # an output's name, datatype, shape and punctuation
+
+
+def _element_bytes(dtype: np.dtype, binary: bool) -> int:
+    if binary:
+        return dtype.itemsize
+    return _JSON_ELEMENT_BYTES[dtype.kind][dtype.itemsize]
+
+
+def response_bytes_bound(request: InferenceRequest, manifest: Manifest, rows: int) -> int:
+    """The most bytes the response to `request` can take for `rows` rows, from the outputs'
+    declared shapes (an axis other than the batch axis that is dynamic counts once here;
+    `response_bytes` measures the computed outputs exactly)."""
+    specs = {spec.name: spec for spec in manifest.outputs}
+    names = [o.name for o in request.outputs] if request.outputs else list(specs)
+    total = _ENTRY_BYTES
+    for name in names:
+        spec = specs[name]
+        per_row = math.prod(max(d, 1) for d in spec.shape[1:])
+        total += _ENTRY_BYTES + rows * per_row * _element_bytes(np.dtype(spec.numpy_dtype), wants_binary(request, name))
+    return total
+
+
+def response_bytes(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]) -> int:
+    """As `response_bytes_bound`, for outputs already computed (every axis known)."""
+    names = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
+    return _ENTRY_BYTES + sum(_ENTRY_BYTES + outputs[n].size * _element_bytes(outputs[n].dtype, wants_binary(request, n))
+                              for n in names)
 
 
 def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.codecs import predictions
+from app.codecs import predictions, predictions_bytes_bound
 from app.errors import InvalidInput, MethodNotAllowed, UnprocessableInput
 from app.http.budget import client_gone
 from app.http.examples import V1_EXAMPLES
@@ -70,11 +70,22 @@ async def v1_predict(request: Request, name: ModelName) -> Response:
             inputs = await offload(request).run(codec.instances_to_inputs, instances)
         else:
             inputs = codec.instances_to_inputs(instances)
+        rows = len(next(iter(inputs.values())))
+        size = predictions_bytes_bound(rows, model.manifest.labels)
+        limits.check_response(size, rows)
+        del body, instances
         outputs = await model.infer(inputs, due, timeout, client_gone(request))
     finally:
         model.release()
+    del inputs
+    if size > HEAVY_BODY_BYTES:
+        return await offload(request).run(_answer, outputs, model)
+    return _answer(outputs, model)
+
+
+def _answer(outputs: dict[str, Any], model: ServedModel) -> JSONResponse:
     return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
-                          "model_name": model.name, "model_version": model.version})
+                         "model_name": model.name, "model_version": model.version})
 
 
 def _instances(body: bytes) -> list[Any]:

@@ -22,6 +22,8 @@ from app.protocol.v2 import (
     decode_inputs,
     encode_response,
     parse_request,
+    response_bytes,
+    response_bytes_bound,
 )
 from app.runtime import CUDA
 from app.served_model import ServedModel
@@ -192,13 +194,23 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             infer_request, inputs = await offload(request).run(_decode, body, binary_header, model)
         else:
             infer_request, inputs = _decode(body, binary_header, model)
+        rows = len(next(iter(inputs.values())))
+        limits.check_response(response_bytes_bound(infer_request, model.manifest, rows), rows)
         requested = (infer_request.parameters or {}).get("timeout")
         timeout_s = None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
         due, timeout = limits.deadline(request, timeout_s)
         outputs = await model.infer(inputs, due, timeout, client_gone(request))
     finally:
         model.release()
-    content, header_length = encode_response(infer_request, model.manifest, outputs)
+    del body, inputs  # the request's bytes and tensors go before the answer is made
+    for item in infer_request.inputs:
+        item.data = None
+    size = response_bytes(infer_request, model.manifest, outputs)
+    limits.check_response(size, rows)  # dynamic output axes are known only now
+    if size > HEAVY_BODY_BYTES:  # as large bodies are decoded: off the event loop
+        content, header_length = await offload(request).run(encode_response, infer_request, model.manifest, outputs)
+    else:
+        content, header_length = encode_response(infer_request, model.manifest, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
