@@ -22,7 +22,7 @@ from pydantic_settings import SettingsError
 
 from app.main import create_app
 from app.observability.log import configure_logging
-from app.settings import Settings
+from app.settings import SecretError, Settings
 
 PROG = "python -m app"
 USAGE = f"usage: {PROG} [--flags]  (each flag is also an ORTSERVE_* variable; {PROG} --help lists them)"
@@ -82,6 +82,11 @@ def preflight(settings: Settings) -> str | None:
     """What would make the server fail after loading every model, checked before: the
     model folder, and the address (a second `make run` used to load, warm up and log
     'ready' before dying on 'address already in use')."""
+    try:
+        settings.admin_secret()
+        settings.api_secrets()
+    except SecretError as e:
+        return f"{e}: refusing to start"
     model_dir = settings.model_dir.resolve()
     if not model_dir.is_dir():
         return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "

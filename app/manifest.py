@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+MAX_NAME_LENGTH = 128
+"""A model's name is its folder's name: these keep it one plain folder name (no '..', no
+separators, no NUL) that every client path can check before the disk is touched."""
+MAX_VERSION_DIGITS = 18  # a version is a number of at most this many digits: it fits an int64
+
 # V2 protocol datatype names and the numpy dtypes they map to: the one list of both.
 DATATYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -173,7 +179,7 @@ class BatchingDefaults(_Strict):
 
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str = Field(pattern=MODEL_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
     version: int = Field(gt=0)
     task: Literal["image-classification", "text-classification"]
     description: str = ""

@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import stat
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from app.errors import ModelNotFound, ModelNotReady, ServingError
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from app.loading import LoadError, load_version, manifest_fingerprint
-from app.manifest import ManifestError, VersionPolicy, load_manifest
+from app.manifest import (
+    MAX_NAME_LENGTH,
+    MAX_VERSION_DIGITS,
+    MODEL_NAME_PATTERN,
+    ManifestError,
+    VersionPolicy,
+    load_manifest,
+)
 from app.observability.metrics import Metrics
 from app.observability.stats import ModelStats
 from app.runtime import OrtOptions
@@ -50,6 +58,42 @@ class LoadFailed(ServingError):
     status_code = 400
 
 
+class RepositoryUnreadable(ServingError):
+    """The model folder (or one model's) could not be read: the operator's to fix, logged."""
+
+    status_code = 503
+
+
+_NAME = re.compile(MODEL_NAME_PATTERN)
+
+
+def check_name(name: str) -> None:
+    """400 for a string no model can be named, before anything touches the disk: a model's
+    name is one plain folder name ('..', separators, NUL and the like never are)."""
+    if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise InvalidInput(f"{shown!r} is not a model name: a name is 1 to {MAX_NAME_LENGTH} characters of "
+                           "a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+
+
+def check_version(version: str) -> None:
+    if not (version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS):
+        shown = version if len(version) <= 32 else version[:32] + "..."
+        raise InvalidInput(f"{shown!r} is not a model version: a version is a number of 1 to "
+                           f"{MAX_VERSION_DIGITS} digits")
+
+
+@dataclass
+class FolderScan:
+    """One model's folder as read from disk (in a worker thread, off the event loop)."""
+
+    signature: tuple[tuple[str, int, int], ...]
+    folders: dict[int, Path]
+    refused: dict[str, str]
+    policy: VersionPolicy
+    fingerprints: dict[int, str]
+
+
 class ModelRepository:
     def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics) -> None:
         self.settings = settings
@@ -67,6 +111,7 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, tuple[tuple[str, int, int], ...]] = {}  # each folder as last read
         self._on_disk: set[str] = set()  # model folders found by the last scan
+        self._misnamed: set[str] = set()  # folders whose name no model can have, warned about once
 
     # --- requests -------------------------------------------------------------------
 
@@ -83,6 +128,9 @@ class ModelRepository:
         return model
 
     def _why_not_served(self, name: str, version: str | None) -> ServingError:
+        check_name(name)
+        if version is not None:
+            check_version(version)
         versions = self._served.get(name)
         if versions and version is not None:
             status = self._status.get((name, version))
@@ -126,39 +174,93 @@ class ModelRepository:
 
     # --- what is on disk ------------------------------------------------------------
 
-    def model_names_on_disk(self) -> list[str]:
+    def _names_on_disk(self) -> list[str]:
+        """The model folders' names (run in a worker thread). Folders whose name no model can
+        have are left out, with a warning the first time."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"model directory {self.root} does not exist")
-        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                check_name(path.name)
+            except InvalidInput as e:
+                if path.name not in self._misnamed:
+                    self._misnamed.add(path.name)
+                    logger.warning("model folder %s is not served: %s", path, e.message)
+                continue
+            names.append(path.name)
+        return sorted(names)
+
+    async def model_names_on_disk(self) -> list[str]:
+        try:
+            names = await asyncio.to_thread(self._names_on_disk)
+        except OSError as e:
+            logger.error("the model folder %s cannot be read: %s", self.root, e)
+            raise RepositoryUnreadable(f"the model folder cannot be read: {e.strerror or e}") from e
         self._on_disk = set(names)
         return names
+
+    def _model_folder(self, name: str) -> Path:
+        """The model's folder; 400 where it is a link that leaves the model directory."""
+        folder = self.root / name
+        if folder.is_symlink() and not folder.resolve().is_relative_to(self.root.resolve()):
+            raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
+                             "it is not served")
+        return folder
 
     def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[str, str]]:
         """The model's version folders by number, and the folders refused (with why)."""
         found: dict[int, Path] = {}
         refused: dict[str, str] = {}
-        folder = self.root / name
+        duplicated: set[int] = set()
+        folder = self._model_folder(name)
+        inside = folder.resolve()
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if not path.is_dir() or not path.name.isdigit():
+            if not path.is_dir() or not path.name.isascii() or not path.name.isdigit():
+                continue
+            if len(path.name) > MAX_VERSION_DIGITS:
+                continue  # no client could name it (check_version)
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                refused[path.name] = "a link that leaves the model's folder"
                 continue
             number = int(path.name)
             if number in found:  # "01" and "1" are one version: serve neither
                 refused[path.name] = refused[found[number].name] = (
                     f"duplicate: folders {found[number].name!r} and {path.name!r} are both version {number}")
+                duplicated.add(number)
                 continue
             found[number] = path
-        for name_ in refused:
-            found.pop(int(name_), None)
+        for number in duplicated:
+            found.pop(number)
         return found, refused
 
-    def index(self) -> list[dict[str, str]]:
+    def _scan(self, name: str) -> FolderScan:
+        """Everything a load reads from the model's folder before loading (a worker thread)."""
+        folders, refused = self._version_folders(name)
+        return FolderScan(self._disk_signature(name), folders, refused, self._newest_policy(folders),
+                          {number: manifest_fingerprint(path) for number, path in folders.items()})
+
+    async def _scan_off_loop(self, name: str) -> FolderScan:
+        try:
+            return await asyncio.to_thread(self._scan, name)
+        except OSError as e:
+            logger.error("model %s: its folder cannot be read: %s", name, e)
+            raise RepositoryUnreadable(f"model {name!r}: its folder cannot be read: {e.strerror or e}") from e
+
+    async def index(self) -> list[dict[str, str]]:
         """Every model version on disk or served, with its state and reason (Triton's index)."""
         entries: dict[tuple[str, str], VersionStatus] = dict(self._status)
-        for name in self.model_names_on_disk():
-            found, refused = self._version_folders(name)
-            for number in found:
+        for name in await self.model_names_on_disk():
+            try:
+                scan = await self._scan_off_loop(name)
+            except (LoadFailed, RepositoryUnreadable) as e:  # logged; the others are still listed
+                logger.warning("index: %s", e.message)
+                continue
+            for number in scan.folders:
                 entries.setdefault((name, str(number)), VersionStatus(State.UNAVAILABLE, "not loaded"))
-            for folder, why in refused.items():
+            for folder, why in scan.refused.items():
                 entries[(name, folder)] = VersionStatus(State.UNAVAILABLE, why)
         return [{"name": n, "version": v, "state": str(s.state), "reason": s.reason}
                 for (n, v), s in sorted(entries.items(), key=lambda e: (e[0][0], int(e[0][1])))]
@@ -168,7 +270,7 @@ class ModelRepository:
     async def start(self) -> list[str]:
         """Load what the control mode says to load at start; returns the load failures."""
         mode = self.settings.model_control_mode
-        names = self.model_names_on_disk()
+        names = await self.model_names_on_disk()
         if mode == "explicit":
             wanted = self.settings.load_model
             names = names if "*" in wanted else [n for n in wanted if n != "*"]
@@ -187,17 +289,18 @@ class ModelRepository:
         versions are loaded and warmed up beside the serving ones, then traffic switches;
         versions no longer selected, or replaced, are drained and unloaded. Returns the
         versions served after the change."""
+        check_name(name)
         async with self._lock(name):
-            self._wanted.add(name)
-            self._seen[name] = self._disk_signature(name)
-            folders, refused = self._version_folders(name)
+            scan = await self._scan_off_loop(name)
+            folders, refused = scan.folders, scan.refused
             if not folders and not refused:
-                self._wanted.discard(name)
                 raise ModelNotFound(f"no model {name!r} under {self.root} (expected {name}/<version>/manifest.json)")
+            self._wanted.add(name)
+            self._seen[name] = scan.signature
             for refused_folder, why in refused.items():
                 self.metrics.model_load_failures.labels(name, "duplicate").inc()
                 self._set_status(name, refused_folder, State.UNAVAILABLE, why, level=logging.ERROR)
-            policy = self._read_policy(name, folders)
+            policy = self._policies[name] = scan.policy
             targets = [str(v) for v in policy.select(folders)]
             current = self._served.get(name, {})
             failures: dict[str, str] = dict(refused)
@@ -205,7 +308,7 @@ class ModelRepository:
             for version in targets:
                 existing = current.get(version)
                 folder = folders[int(version)]
-                if existing is not None and existing.fingerprint == manifest_fingerprint(folder):
+                if existing is not None and existing.fingerprint == scan.fingerprints[int(version)]:
                     loaded[version] = existing  # unchanged: keeps serving as it is
                     continue
                 try:
@@ -230,6 +333,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of the model: each finishes its requests first."""
+        check_name(name)
         async with self._lock(name):
             if name not in self._served and not self._has_status(name):
                 raise ModelNotFound(f"unknown model {name!r}")
@@ -242,9 +346,14 @@ class ModelRepository:
         """One scan: load each model whose folder changed since it was last read (a new or
         removed version folder, a changed file), unload those whose folder is gone. What
         failed to load is tried again only once its folder changes."""
-        on_disk = set(self.model_names_on_disk())
+        on_disk = set(await self.model_names_on_disk())
         for name in sorted(on_disk):
-            if self._seen.get(name) != self._disk_signature(name):
+            try:
+                signature = await asyncio.to_thread(self._disk_signature, name)
+            except OSError as e:
+                logger.error("poll: model %s: its folder cannot be read: %s", name, e)
+                continue
+            if self._seen.get(name) != signature:
                 try:
                     await self.load(name)
                 except ServingError as e:
@@ -277,18 +386,15 @@ class ModelRepository:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _read_policy(self, name: str, folders: dict[int, Path]) -> VersionPolicy:
+    def _newest_policy(self, folders: dict[int, Path]) -> VersionPolicy:
         """The newest readable manifest's version policy, else the server's."""
-        policy = self.default_policy
         for number in sorted(folders, reverse=True):
             try:
                 manifest = load_manifest(folders[number], verify_files=False)
             except ManifestError:
                 continue
-            policy = manifest.version_policy or self.default_policy
-            break
-        self._policies[name] = policy
-        return policy
+            return manifest.version_policy or self.default_policy
+        return self.default_policy
 
     async def _load_version(self, name: str, version: str, folder: Path) -> ServedModel:
         self._set_status(name, version, State.LOADING, "")

@@ -12,6 +12,32 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.manifest import VersionPolicy
 
 
+class SecretError(ValueError):
+    """An API key or admin token that is empty, padded, or cannot be read."""
+
+
+def _checked_secret(value: str, what: str) -> str:
+    """An empty key would let a request with an empty bearer token in; one with spaces around
+    it could never match (tokens are read stripped)."""
+    if not value.strip():
+        raise SecretError(f"{what} is empty or only whitespace")
+    if value != value.strip():
+        raise SecretError(f"{what} has whitespace around it")
+    return value
+
+
+def _read_secret_file(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a secret file, stripped; a file with none is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SecretError(f"{what} {path} cannot be read: {e.strerror or e}") from e
+    values = [line.strip() for line in text.splitlines() if line.strip()]
+    if not values:
+        raise SecretError(f"{what} {path} holds no secret (only blank lines)")
+    return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ORTSERVE_", extra="forbid", frozen=True, use_attribute_docstrings=True
@@ -169,6 +195,20 @@ class Settings(BaseSettings):
         """The providers asked for; None: choose by what onnxruntime offers."""
         return None if self.providers == "auto" else list(self.providers)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_empty(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(value, 1):
+            _checked_secret(key.get_secret_value(), f"API key {number} of {len(value)}")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _checked_secret(value.get_secret_value(), "the admin token")
+        return value
+
     @field_validator("version_policy")
     @classmethod
     def _policy_parses(cls, value: str) -> str:
@@ -180,18 +220,24 @@ class Settings(BaseSettings):
         return self.max_response_bytes or 4 * self.max_body_bytes
 
     def admin_secret(self) -> str | None:
-        """The admin token, from the setting or its file; None: the repository API is off."""
+        """The admin token, from the setting or its file; None: the repository API is off.
+        SecretError for a file that cannot be read or holds no token."""
         if self.admin_token is not None:
             return self.admin_token.get_secret_value()
         if self.admin_token_file is not None:
-            return self.admin_token_file.read_text(encoding="utf-8").strip() or None
+            tokens = _read_secret_file(self.admin_token_file, "the admin token file")
+            if len(tokens) > 1:
+                raise SecretError(f"the admin token file {self.admin_token_file} holds {len(tokens)} lines; "
+                                  "it takes one token")
+            return tokens[0]
         return None
 
     def api_secrets(self) -> list[str]:
+        """Every API key, from the setting and its file (one per line, blank lines skipped);
+        SecretError for a file that cannot be read or holds no key."""
         keys = [k.get_secret_value() for k in self.api_keys]
         if self.api_keys_file is not None:
-            keys += [line.strip() for line in self.api_keys_file.read_text(encoding="utf-8").splitlines()
-                     if line.strip()]
+            keys += _read_secret_file(self.api_keys_file, "the API key file")
         return keys
 
 

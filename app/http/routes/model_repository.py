@@ -40,7 +40,7 @@ async def _options(request: Request) -> dict[str, Any]:
 async def repository_index(request: Request) -> Response:
     authorize_admin(request, changes=False)
     options = await _options(request)
-    entries = repository(request).index()
+    entries = await repository(request).index()
     if options.get("ready"):
         entries = [e for e in entries if e["state"] == "READY"]
     return JSONResponse(entries)
