@@ -20,6 +20,7 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from app.http.connections import uvicorn_options
 from app.main import create_app
 from app.observability.log import configure_logging
 from app.settings import SecretError, Settings
@@ -37,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": log_config,
         "access_log": settings.access_log, "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
-        "loop": "uvloop", "http": "httptools",
-        # Beyond this many connections and requests at once, uvicorn answers 503 itself.
-        "limit_concurrency": settings.max_connections,
+        **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py
     }
     # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
     # place before it: with Python's default, a drained server would still exit 143.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.http.budget import RequestBudget
+from app.http.connections import LIMITS_STATE, HttpLimits
 from app.http.docs_pages import add_docs_pages
 from app.http.errors import install_error_handlers
 from app.http.fastpath import FastPath
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; nothing is read or loaded until its lifespan starts."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, object]]:
         resolved = settings or Settings()
         if settings is None:  # started as `uvicorn app.main:app`: nobody configured logging
             configure_logging(resolved.log_format, resolved.log_level)
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background = start_background_tasks(repository, resolved, worker_metrics)
         delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
         try:
-            yield
+            # uvicorn hands this state to each connection it makes: the HTTP limits reach them so
+            yield {LIMITS_STATE: HttpLimits.from_settings(resolved)}
         finally:
             app.state.draining = True
             for task in background:

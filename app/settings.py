@@ -152,8 +152,19 @@ class Settings(BaseSettings):
     """A request body not received in full this long after the request arrived gets 408
     and its connection is closed (slow or stalled clients)."""
     max_connections: int | None = Field(default=None, ge=1)
-    """Concurrent connections and requests per worker beyond which new ones get 503 (uvicorn's
-    limit_concurrency); None: no limit."""
+    """Open connections per worker. At the limit, a new connection closes the longest idle one
+    (no request running on it); only when every one runs a request does it get 503. Unset:
+    the process's open-file limit less 128 (model files, logs, metrics)."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """A request's line and headers together; larger heads get 431 and the connection closes."""
+    max_header_count: int = Field(default=100, ge=1)
+    """Headers per request; more get 431 and the connection closes."""
+    header_timeout_s: float = Field(default=5.0, gt=0)
+    """From a request's first byte, its line and headers must arrive within this, else 408
+    and the connection closes (slowloris)."""
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    """A connection with no request running, new or between requests, is closed after this
+    long without a byte."""
     drain_delay_s: float = Field(default=0.0, ge=0)
     """On SIGTERM, how long readiness answers 503 while requests are still accepted, so a
     load balancer stops sending new ones before the listener closes; 0 closes it at once."""

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import uvicorn
 
+from app.http.connections import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
 from load_tests.server import ServerProcess, free_port
@@ -90,8 +91,7 @@ async def live_server(**overrides: Any) -> AsyncIterator[tuple[uvicorn.Server, A
     """uvicorn serving the app on a free loopback port, in this event loop."""
     settings = Settings(**({"model_dir": MODELS} | overrides))
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), http="httptools", log_level="warning",
-                            limit_concurrency=settings.max_connections)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **uvicorn_options(settings))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(600):

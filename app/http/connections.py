@@ -1,0 +1,213 @@
+"""HTTP/1.1 connection limits a front-line server has, on uvicorn's httptools protocol.
+
+uvicorn (0.54) with httptools bounds neither a request's head nor the time it takes: a
+1 MB header, 100,000 headers or a head that never ends are read, a head sent one line a
+second is waited for, a connection that never sends a byte is never closed (its
+keep-alive timer starts only after a first response), and its `limit_concurrency` counts
+idle connections, so enough of them answer every new request with 503, liveness too.
+h11's `h11_max_incomplete_event_size` is the one knob it has, and only for h11, which is
+several times slower per request. So `GuardedHttpToolsProtocol` subclasses uvicorn's
+protocol and enforces, per connection:
+
+- **head size and count**: more than `max_header_bytes` of head (counted as it arrives,
+  and exactly per header) or more than `max_header_count` headers is a 431, then close;
+- **head time**: from a request's first byte, its head must be complete within
+  `header_timeout_s`, else 408, then close (a slowloris connection);
+- **idle time**: a connection with no request running, new or between requests, is closed
+  after `keep_alive_s` without a byte (uvicorn's keep-alive timer, armed on connect too);
+- **unread bodies**: an answer sent before its request's body has fully arrived closes the
+  connection, so a body dripped to a route that ignores it cannot hold it open for ever;
+- **connections**: at `max_connections` (by default the open-file limit less a reserve,
+  so accept never fails for want of descriptors), a new connection closes the longest
+  idle one (no request running on it); only when every one is running a request is the
+  new one answered 503. Idle or slow connections cannot keep liveness out.
+
+The limits reach each connection through the lifespan's state (`LIMITS_STATE`), which
+uvicorn hands to every protocol it creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.settings import Settings
+
+LIMITS_STATE = "ortserve.http_limits"
+PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
+"""After a refusal, what the client still sends is read and dropped for up to this long and
+this much before the connection closes: closing with unread bytes would make the kernel
+reset the connection, and the client might never read the answer (nginx's lingering close)."""
+FD_RESERVE = 128
+"""Descriptors kept for what is not a connection: model files, logs, metrics, the listener."""
+
+
+def default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - FD_RESERVE)
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_s: float
+    keep_alive_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s,
+                   settings.keep_alive_s, settings.max_connections or default_max_connections())
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn is given for HTTP, wherever the service is started (python -m app, tests)."""
+    return {"http": PROTOCOL, "loop": "uvloop", "timeout_keep_alive": settings.keep_alive_s}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits: HttpLimits = self.app_state.get(LIMITS_STATE) or HttpLimits.from_settings(
+            Settings.model_construct())
+        self.timeout_keep_alive = self.limits.keep_alive_s  # type: ignore[assignment]  # call_later takes a float
+        self.last_active = 0.0
+        self._head_open = False  # a request's head has begun and is not complete
+        self._head_bytes = 0  # raw bytes received while a head was open
+        self._header_bytes = 0
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._lingered = 0
+
+    # --- connections --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.last_active = self.loop.time()
+        if not self._room_for_one_more():
+            self._refuse(503, "the server is at its connection limit and every connection is busy: try again")
+            return
+        self._arm_idle_timer()
+
+    def _room_for_one_more(self) -> bool:
+        """Whether this new connection may stay: under the limit, or once the longest idle
+        connection (no request running) is closed to make room."""
+        open_ = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+        if len(open_) < self.limits.max_connections:
+            return True
+        idle = [c for c in open_ if isinstance(c, GuardedHttpToolsProtocol) and c.idle]
+        if not idle:
+            return False
+        min(idle, key=lambda c: c.last_active).transport.close()
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No request of this connection is in the app (a head still arriving does not count)."""
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _arm_idle_timer(self) -> None:
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    # --- a request's head -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # lingering: what the client still sends is read and dropped
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.transport.close()
+            return
+        self.last_active = self.loop.time()
+        super().data_received(data)  # parses: may begin a head, complete it, or both
+        if self._refused or self.transport.is_closing():
+            return
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
+        elif self.idle and self.timeout_keep_alive_task is None:
+            self._arm_idle_timer()  # bytes that began no request (blank lines): still idle
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_bytes = self._header_bytes = self._header_count = 0
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._header_count <= self.limits.max_header_count:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_head_timer()
+        if self._header_count > self.limits.max_header_count:
+            self._refuse(431, f"the request has {self._header_count} headers; at most "
+                              f"{self.limits.max_header_count} are accepted")
+        elif self._header_bytes + len(self.url) > self.limits.max_header_bytes:
+            self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
+        else:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_open and not self.transport.is_closing():
+            self._refuse(408, f"the request's head did not arrive within {self.limits.header_timeout_s:g} s")
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    # --- after an answer --------------------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        if self.cycle is not None and self.cycle.more_body and not self.pipeline:
+            # Answered before the body arrived whole: the rest could trickle in for ever.
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        super().on_response_complete()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with the service's JSON error, then close the connection."""
+        self._refused = True
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        body = orjson.dumps({"error": message})
+        head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body)
+        if status == 503:
+            head += b"retry-after: 1\r\n"
+        self.transport.write(STATUS_LINE[status] + head + b"\r\n" + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the answer, then our end closed; the client's end is read
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()

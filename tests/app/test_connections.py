@@ -1,0 +1,182 @@
+"""HTTP limits like a front-line server's (issue 22, item 4), each tried on raw sockets
+against a real uvicorn with the service's protocol (app/http/connections.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+
+import orjson
+import pytest
+
+from app.http import connections
+from tests.app.test_hardening import live_server
+
+
+async def read_all(reader: asyncio.StreamReader, limit_s: float = 20) -> bytes:
+    """Everything until the server closes the connection (EOF), failing past limit_s."""
+    return await asyncio.wait_for(reader.read(), limit_s)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, limit_s: float = 20) -> bool:
+    try:
+        while await asyncio.wait_for(reader.read(65536), limit_s):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def test_too_many_header_bytes_are_a_431_and_the_connection_closes() -> None:
+    async with live_server(max_header_bytes=8192) as (server, _):
+        port = server.config.port
+        # One header of 1 MB, sent whole.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+        big = await read_all(reader)
+        # A head that never ends: 64 KB pieces of one header value, never a blank line.
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+        writer2.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        sent = 0
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):  # noqa: PT012  the server closes mid-stream
+            for _ in range(1000):  # at most 64 MB
+                writer2.write(b"b" * 65536)
+                await writer2.drain()
+                sent += 65536
+                await asyncio.sleep(0)
+        # Just under the limit is served.
+        reader3, writer3 = await asyncio.open_connection("127.0.0.1", port)
+        writer3.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Ok: " + b"c" * 7000 + b"\r\n\r\n")
+        ok = await read_all(reader3)
+    assert big.startswith(b"HTTP/1.1 431"), big[:100]
+    assert b"exceeds 8192 bytes" in big
+    assert sent < 8 * 1024 * 1024  # closed long before 64 MB
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:100]
+    for w in (writer, writer2, writer3):
+        w.close()
+
+
+async def test_too_many_headers_are_a_431() -> None:
+    async with live_server() as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        headers = b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
+        answer = await read_all(reader)
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n" + headers[: headers.index(b"X-99")] +
+                     b"\r\n")
+        under = await read_all(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert b"the request has 102 headers; at most 100 are accepted" in answer
+    assert under.startswith(b"HTTP/1.1 200"), under[:100]
+
+
+async def test_a_head_sent_one_line_at_a_time_is_cut_off_with_408() -> None:
+    async with live_server(header_timeout_s=0.5) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        answered = asyncio.create_task(read_all(reader))  # reads as the server answers, up to its close
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\n")
+        lines_sent = 0
+        for i in range(100):  # slowloris: 100 header lines, 0.1 s apart, never a blank line
+            if answered.done():
+                break
+            writer.write(b"X-Slow-%d: 1\r\n" % i)
+            await writer.drain()
+            lines_sent += 1
+            await asyncio.sleep(0.1)
+        answer = await answered
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"did not arrive within 0.5 s" in answer
+    assert lines_sent < 100  # the server closed it before the client gave up
+
+
+async def test_connections_that_send_nothing_are_closed_new_or_between_requests() -> None:
+    async with live_server(keep_alive_s=0.3) as (server, _):
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", server.config.port)
+        used_reader, used = await asyncio.open_connection("127.0.0.1", server.config.port)
+        used.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = await asyncio.wait_for(used_reader.readuntil(b"\r\n\r\n"), 10)
+        assert await closed_by_server(silent_reader)
+        assert await closed_by_server(used_reader)
+        assert server.server_state.connections == set()
+        silent.close()
+        used.close()
+    assert first.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_body_dripped_to_a_route_that_ignores_it_does_not_hold_the_connection() -> None:
+    async with live_server(keep_alive_s=0.3) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await writer.drain()
+        answered = asyncio.create_task(read_all(reader))
+        dripped = 0
+        try:
+            for _ in range(100):  # a chunk every 0.1 s, more often than keep_alive_s: never idle
+                if answered.done():
+                    break
+                writer.write(b"1\r\na\r\n")
+                await writer.drain()
+                dripped += 1
+                await asyncio.sleep(0.1)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        answer = await answered  # read until the server closed the connection
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert dripped < 100
+
+
+async def test_idle_and_slow_connections_at_the_limit_never_keep_liveness_out() -> None:
+    async with live_server(max_connections=20, keep_alive_s=60, header_timeout_s=60) as (server, _):
+        port = server.config.port
+        held = []
+        for i in range(60):  # three times the limit: idle ones, and heads that are still arriving
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            if i % 2:
+                w.write(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: 1\r\n")
+                await w.drain()
+            held.append((r, w))
+        answers = []
+        for _ in range(5):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answers.append(await read_all(r))
+            w.close()
+        open_now = len(server.server_state.connections)
+        for _, w in held:
+            w.close()
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    assert open_now <= 20
+
+
+async def test_when_every_connection_runs_a_request_a_new_one_gets_503() -> None:
+    async with live_server(max_connections=3, body_timeout_s=10) as (server, _):
+        port = server.config.port
+        body = orjson.dumps({"instances": ["a fine film"]})
+        head = (b"POST /v1/models/sst2-lstm:predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body))
+        busy = []
+        for _ in range(3):  # requests whose bodies never finish: they run, reading
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(head + body[:-3])
+            await w.drain()
+            busy.append((r, w))
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await read_all(reader)
+        for _, w in [*busy, (reader, writer)]:
+            w.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"retry-after: 1" in answer
+    assert b"every connection is busy" in answer
+
+
+def test_the_default_connection_limit_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert connections.default_max_connections() == 1024 - connections.FD_RESERVE
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert connections.default_max_connections() == (1 << 20) - connections.FD_RESERVE
