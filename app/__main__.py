@@ -23,6 +23,7 @@ from pydantic_settings import SettingsError
 from app.http.connections import uvicorn_options
 from app.main import create_app
 from app.observability.log import configure_logging
+from app.observability.workers import clear_snapshots
 from app.settings import SecretError, Settings
 
 PROG = "python -m app"
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tempfile.mkdtemp(prefix="ortserve-metrics-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         settings = settings.model_copy(update={"metrics_dir": folder})
+    else:
+        clear_snapshots(settings.metrics_dir)  # counters of an earlier run are not this one's
     # Worker processes import app.main:app and build their Settings from the environment,
     # so hand the resolved settings (flags included) on through it.
     for name, value in settings.model_dump().items():

@@ -67,8 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
         for failure in failures:
             logger.error("not served: %s", failure)
-        worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(app.state.metrics.registry,
-                                                                                  resolved.metrics_dir)
+        metrics = app.state.metrics
+        worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(
+            metrics.registry, resolved.metrics_dir, failures=metrics.metrics_snapshot_failures)
         app.state.worker_metrics = worker_metrics
         background = start_background_tasks(repository, resolved, worker_metrics)
         delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
             if worker_metrics is not None:
-                worker_metrics.remove_snapshot()
+                worker_metrics.retire_snapshot()
             app.state.offload.shutdown()
             logger.info("stopped")
 

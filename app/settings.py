@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     """How long a model whose batches keep failing is given a rest before it is tried again."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
+    max_large_bodies_bytes: int | None = Field(default=None, gt=0)
+    """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
+    that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
     max_response_bytes: int | None = Field(default=None, gt=0)
     """Requests whose answer could be larger (their rows times the outputs they ask for, as
     JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
@@ -225,6 +228,10 @@ class Settings(BaseSettings):
     def _policy_parses(cls, value: str) -> str:
         VersionPolicy.parse(value)
         return value
+
+    @property
+    def large_bodies_limit_bytes(self) -> int:
+        return self.max_large_bodies_bytes or 4 * self.max_body_bytes
 
     @property
     def response_limit_bytes(self) -> int:

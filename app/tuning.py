@@ -7,11 +7,14 @@ costs throughput and tail latency (measurements in docs/benchmarks.md).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +54,33 @@ def lower_thread_priority(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, current + niceness))
     except OSError as e:  # e.g. a seccomp profile that forbids it: serve anyway
         logger.warning("could not lower the priority of inference thread %d: %s", thread, e)
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim, where the C library has it (not musl, not macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the system; False where that cannot be done.
+
+    A large body or answer is freed when its request ends, but glibc keeps the pages in
+    its arenas (each thread that decoded one has its own), so the resident size stays at
+    its peak after a burst of large requests. malloc_trim returns them. It walks the heap
+    under the arenas' locks: call it off the event loop, after large requests only.
+    """
+    if _TRIM is None:
+        return False
+    _TRIM()
+    return True

@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
                        "app.served_model", "app.settings"},
     "app.http": {"*"},
     "app.main": {"*"},
-    "app.__main__": {"app.main", "app.observability", "app.settings"},
+    "app.__main__": {"app.http", "app.main", "app.observability", "app.settings"},
     "app": set(),
 }
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from starlette.requests import Request
 
 from app.deadlines import Deadlines
-from app.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+from app.errors import InvalidInput, PayloadTooLarge, QueueFull, RequestTimeout
 from app.http.responses import header
+from app.offload import HEAVY_BODY_BYTES
 from app.settings import Settings
+from app.tuning import return_free_memory
 
 ARRIVED = "ortserve.arrived"
+RELEASE = "ortserve.release"
+"""A request that holds large-body bytes keeps here what gives them back; app/http/middleware.py
+calls it when the request ends, however it ends."""
 TIMEOUT_HEADER = b"request-timeout-ms"
+_HELD = "ortserve.large_body_bytes"
+TRIM_AFTER_S = 0.5
+"""Once no large body is held, free heap pages go back to the system this much later."""
 
 
 class _BodyRead:
@@ -41,8 +50,43 @@ def _interrupt(read: _BodyRead, _: float) -> None:
     read.task.cancel()
 
 
+class LargeBodies:
+    """Bytes of large bodies (over HEAVY_BODY_BYTES) held by requests right now, against one
+    limit: each body is bounded by max_body_bytes, this bounds them together (twenty 8 MB
+    bodies at once were 378 MB resident). When the last one is given back, the heap's free
+    pages are returned to the system (app/tuning.py `return_free_memory`)."""
+
+    def __init__(self, limit: int, retry_after_s: int, trim: Callable[[], object] = return_free_memory) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.held = 0
+        self._trim = trim
+        self._trim_pending = False
+
+    def take(self, scope: MutableMapping[str, Any], size: int) -> None:
+        if self.held + size > self.limit:
+            raise QueueFull(f"the server is reading {self.held:,} bytes of large bodies already (limit "
+                            f"{self.limit:,}); try again shortly", self.retry_after_s)
+        self.held += size
+        scope[_HELD] = scope.get(_HELD, 0) + size
+        scope[RELEASE] = self.release
+
+    def release(self, scope: MutableMapping[str, Any]) -> None:
+        size = scope.pop(_HELD, 0)
+        self.held -= size
+        if size and self.held == 0 and not self._trim_pending:
+            self._trim_pending = True
+            asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_if_quiet)
+
+    def _trim_if_quiet(self) -> None:
+        self._trim_pending = False
+        if self.held == 0:
+            asyncio.get_running_loop().run_in_executor(None, self._trim)
+
+
 class RequestBudget:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trim: Callable[[], object] = return_free_memory) -> None:
+        self.large_bodies = LargeBodies(settings.large_bodies_limit_bytes, settings.retry_after_s, trim)
         self.max_timeout_s = settings.request_timeout_s
         self.body_timeout_s = settings.body_timeout_s
         self.max_body_bytes = settings.max_body_bytes
@@ -76,6 +120,10 @@ class RequestBudget:
                 raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
             if int(declared) > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        counted = 0  # of this body's bytes, those taken from the large-body limit
+        if declared is not None and int(declared) > HEAVY_BODY_BYTES:
+            counted = int(declared)
+            self.large_bodies.take(request.scope, counted)
         task = asyncio.current_task()
         read = _BodyRead(task) if task is not None else None
         if read is not None:
@@ -91,6 +139,9 @@ class RequestBudget:
                 if size > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
+                if size > HEAVY_BODY_BYTES and size > counted:  # a chunked body growing large
+                    self.large_bodies.take(request.scope, size - counted)
+                    counted = size
                 if not message.get("more_body", False):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         except asyncio.CancelledError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.budget import ARRIVED
+from app.http.budget import ARRIVED, RELEASE
 from app.observability.log import request_id
 from app.observability.metrics import Metrics
 
@@ -54,6 +54,9 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+            release = scope.get(RELEASE)
+            if release is not None:  # large-body bytes this request held
+                release(scope)
             endpoint = scope.get("endpoint")
             if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
                 # A mount (the docs assets) is an object, not a function: its class names it.

@@ -52,6 +52,9 @@ class Metrics:
         self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
+        self.metrics_snapshot_failures = Counter(
+            "ortserve_metrics_snapshot_failures", "Times this worker could not write its metrics snapshot for "
+            "the others (workers above 1; the folder unwritable or gone)", registry=r)
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "
                                         "the client hung up)", ["model", "reason"], registry=r)

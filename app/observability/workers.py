@@ -8,6 +8,15 @@ across workers, queue depths add up, other gauges (model state, stalled, breaker
 the highest worker's value, and the per-process metrics (`process_*`, `python_*`) stay
 per worker, labelled `worker="<pid>"`.
 
+Counters never go backwards: a worker that exits or dies leaves its last snapshot behind,
+renamed `retired-<pid>-<ns>.prom` (one atomic rename, by whichever worker sees it first),
+and the retired snapshots' counters and histograms stay in every merge (their gauges and
+process metrics do not: they describe a process that is gone). A snapshot that cannot be
+written (the folder unwritable or removed) is tried again after recreating the folder;
+failing that, it is counted (`ortserve_metrics_snapshot_failures_total`), logged once
+until it works again, and /metrics answers with what it can read, this worker's own
+metrics at least. What a removed folder held of retired workers is lost with it.
+
 prometheus-client's own multiprocess mode was not used: it keeps every value in mmap'd
 files updated under a lock on each observation, which is the cost the loop histograms
 exist to avoid, and it cannot take custom collectors. The price here is that another
@@ -17,11 +26,13 @@ worker's figures are up to a second old.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import generate_latest
+from prometheus_client import Counter, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -30,59 +41,138 @@ from prometheus_client.samples import Sample
 PER_PROCESS = ("process_", "python_")
 SUMMED_GAUGES = frozenset({"ortserve_queue_depth"})
 SNAPSHOT_S = 1.0
+RETIRED = "retired-"
+KEPT_WHEN_RETIRED = frozenset({"counter", "histogram", "summary"})
+
+logger = logging.getLogger(__name__)
 
 
 class WorkerMetrics:
     """This worker's side: its snapshot file, and the merged exposition of every worker."""
 
-    def __init__(self, registry: CollectorRegistry, folder: Path, pid: int | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry, folder: Path, pid: int | None = None,
+                 failures: Counter | None = None) -> None:
         self.registry = registry
         self.folder = folder
         self.pid = pid or os.getpid()
         self.path = folder / f"{self.pid}.prom"
-        folder.mkdir(parents=True, exist_ok=True)
+        self.failures = failures
+        self._failing = False
+        with contextlib.suppress(OSError):  # else the first snapshot reports it
+            folder.mkdir(parents=True, exist_ok=True)
 
     def write_snapshot(self) -> bytes:
-        """This worker's exposition, written for the others to read; returned for this one."""
+        """This worker's exposition, written for the others to read; returned for this one
+        whether or not it could be written."""
         text = generate_latest(self.registry)
+        try:
+            self._write(text)
+        except OSError:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
+                self._write(text)
+            except OSError as e:
+                self._report(e)
+                return text
+        if self._failing:
+            self._failing = False
+            logger.info("metrics snapshots are written to %s again", self.folder)
+        return text
+
+    def _write(self, text: bytes) -> None:
         temporary = self.path.with_suffix(".tmp")
         temporary.write_bytes(text)
         temporary.replace(self.path)  # readers never see half a file
-        return text
 
-    def remove_snapshot(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+    def _report(self, error: OSError) -> None:
+        if self.failures is not None:
+            self.failures.inc()
+        if not self._failing:  # once, not every second
+            self._failing = True
+            logger.error("cannot write this worker's metrics snapshot to %s (%s): /metrics of other workers "
+                         "will miss its figures until it can", self.folder, error)
+
+    def retire_snapshot(self) -> None:
+        """At exit: the last figures stay in the merge, so counters never go backwards."""
+        with contextlib.suppress(OSError):
+            self._write(generate_latest(self.registry))
+        _retire(self.path)
 
     def exposition(self) -> bytes:
-        """Every live worker's metrics, merged; this worker's as of now."""
+        """Every worker's metrics, merged: this one's as of now, the others' as last written,
+        and the counters of those that are gone."""
         snapshots = {self.pid: self.write_snapshot().decode()}
-        for path in self.folder.glob("*.prom"):
-            pid = int(path.stem)
+        retired: list[str] = []
+        try:
+            paths = sorted(self.folder.glob("*.prom"))
+        except OSError:
+            paths = []
+        for path in paths:
+            if path.name.startswith(RETIRED):
+                text = _read(path)
+                if text is not None:
+                    retired.append(text)
+                continue
+            try:
+                pid = int(path.stem)
+            except ValueError:
+                continue
             if pid == self.pid:
                 continue
-            if not _alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # a worker that died without cleaning up
+            if not _alive(pid):  # died without retiring its snapshot
+                retired_path = _retire(path)
+                text = _read(retired_path) if retired_path is not None else None
+                if text is not None:
+                    retired.append(text)
                 continue
-            with contextlib.suppress(FileNotFoundError):  # exited between glob and read
-                snapshots[pid] = path.read_text()
+            text = _read(path)
+            if text is not None:
+                snapshots[pid] = text
         merged = CollectorRegistry(auto_describe=False)
-        merged.register(_Merged(merge(snapshots)))
+        merged.register(_Merged(merge(snapshots, retired)))
         return generate_latest(merged)
 
 
-def merge(snapshots: dict[int, str]) -> list[Metric]:
-    """Text expositions by worker pid -> one set of metric families (rules: module docstring)."""
+def clear_snapshots(folder: Path) -> None:
+    """Before the workers start: a folder kept from an earlier run holds nothing of this one."""
+    for path in folder.glob("*.prom"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _retire(path: Path) -> Path | None:
+    """Rename a worker's snapshot to a retired one; None if another worker did it first."""
+    target = path.with_name(f"{RETIRED}{path.stem}-{time.time_ns()}.prom")
+    try:
+        path.replace(target)
+    except OSError:
+        return None
+    return target
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:  # removed between glob and read
+        return None
+
+
+def merge(snapshots: dict[int, str], retired: Iterable[str] = ()) -> list[Metric]:
+    """Text expositions by worker pid, and those of retired workers -> one set of metric
+    families (rules: module docstring)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for pid, text in sorted(snapshots.items()):
+    expositions = [(str(pid), text, False) for pid, text in sorted(snapshots.items())]
+    expositions += [("", text, True) for text in retired]
+    for pid, text, gone in expositions:
         for family in text_string_to_metric_families(text):
+            if gone and (family.type not in KEPT_WHEN_RETIRED or family.name.startswith(PER_PROCESS)):
+                continue
             families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             samples = values.setdefault(family.name, {})
             per_process = family.name.startswith(PER_PROCESS)
             for sample in family.samples:
-                labels = dict(sample.labels, worker=str(pid)) if per_process else sample.labels
+                labels = dict(sample.labels, worker=pid) if per_process else sample.labels
                 key = (sample.name, tuple(sorted(labels.items())))
                 if key not in samples:
                     samples[key] = sample.value

@@ -22,6 +22,7 @@ from app.http.connections import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
 from load_tests.server import ServerProcess, free_port
+from load_tests.hostile import HOSTILE_REQUESTS
 from tests.app.conftest import sample_images, serving
 from tests.conftest import MODELS
 
@@ -203,55 +204,32 @@ async def test_connections_beyond_the_limit_get_503() -> None:
 
 # --- the loop stays responsive -----------------------------------------------------------
 
-def hostile_requests() -> dict[str, tuple[str, bytes, dict[str, str]]]:
-    from PIL import Image
+@pytest.mark.parametrize("case", list(HOSTILE_REQUESTS))  # the heavy ones: each body is several MB
+async def test_heavy_hostile_requests_are_decoded_off_the_event_loop(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behaviour, not a wall-clock bound (which a busy CI machine breaks): the work that
+    grows with a hostile body runs on the decode threads, never on the event loop's thread.
+    `python -m load_tests.hostile` measures liveness latency while these run."""
+    from app.http.routes import v1, v2
 
-    buffer = io.BytesIO()
-    noise = np.random.default_rng(0).integers(0, 256, (1990, 1990), dtype=np.uint8)
-    Image.fromarray(noise).save(buffer, format="PNG", compress_level=1)
-    big_png = base64.b64encode(buffer.getvalue()).decode()
-    json = {"Content-Type": "application/json"}
-    huge_shape = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2**40, 2**40, 28, 28], "datatype": "FP32",
-                                           "data": [0.0]}]})
-    return {
-        "wide V2 text": ("/v2/models/sst2-lstm/infer", orjson.dumps(v2_text(1_000_000)), json),
-        "texts that expand under NFKC": ("/v1/models/sst2-lstm:predict",
-                                         orjson.dumps({"instances": ["\ufdfa" * 400_000] * 8}), json),
-        "base64 images at the pixel limit": ("/v1/models/fashion-cnn:predict",
-                                             orjson.dumps({"instances": [{"b64": big_png}] * 3}), json),
-        "an overflowing shape": ("/v2/models/fashion-cnn/infer", huge_shape, json),
-    }
+    steps: list[tuple[str, str]] = []
 
+    def spy(name: str, real: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            steps.append((name, threading.current_thread().name))
+            return real(*args)
+        return wrapped
 
-def _probe_liveness(url: str, done: threading.Event, worst: list[float]) -> None:
-    """Ask /v2/health/live every 5 ms until `done`; keep the slowest answer and the count."""
-    with httpx.Client(base_url=url, timeout=5) as client:
-        while not done.is_set():
-            started = time.perf_counter()
-            assert client.get("/v2/health/live").status_code == 200
-            worst[0] = max(worst[0], time.perf_counter() - started)
-            worst[1] += 1
-            time.sleep(0.005)
-
-
-@pytest.mark.server
-def test_health_answers_within_100_ms_while_hostile_requests_are_handled() -> None:
-    with ServerProcess(["--model-dir", str(MODELS)]) as server:
-        for name, (path, body, headers) in hostile_requests().items():
-            done = threading.Event()
-            worst = [0.0, 0]
-            prober = threading.Thread(target=_probe_liveness, args=(server.url, done, worst))
-            prober.start()
-            try:
-                time.sleep(0.05)
-                with httpx.Client(base_url=server.url, timeout=60) as client:
-                    response = client.post(path, content=body, headers=headers)
-            finally:
-                done.set()
-                prober.join()
-            assert response.status_code < 500, (name, response.text[:200])
-            assert worst[1] >= 3, name
-            assert worst[0] < 0.1, f"{name}: /v2/health/live took {worst[0] * 1000:.0f} ms"
+    monkeypatch.setattr(v2, "_decode", spy("v2 decode", v2._decode))
+    monkeypatch.setattr(v1, "_instances", spy("v1 parse", v1._instances))
+    path, body, headers = HOSTILE_REQUESTS[case]()
+    async with serving() as client:
+        for model in client._transport.app.state.repository.all():  # type: ignore[attr-defined]
+            monkeypatch.setattr(model.codec, "instances_to_inputs", spy("v1 decode", model.codec.instances_to_inputs))
+        loop_thread = threading.current_thread().name
+        response = await client.post(path, content=body, headers=headers)
+    assert response.status_code < 500, response.text[:200]
+    assert steps, "no decoding step ran"
+    assert all(thread != loop_thread and thread.startswith("decode") for _, thread in steps), steps
 
 
 # --- shutdown a load balancer can see ----------------------------------------------------

@@ -113,3 +113,49 @@ async def test_a_timeout_that_is_not_a_positive_number_is_a_400(timeout: Any) ->
     assert answer.status_code == 400, answer.text
     assert "parameters.timeout (µs) must be a positive number" in answer.json()["error"]
     assert numeric.status_code == 200, numeric.text
+
+
+async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_after() -> None:
+    import asyncio
+
+    from app.http import budget as budget_module
+
+    trims: list[int] = []
+    gate = asyncio.Event()
+    body = orjson_body(v2_images(120))  # about 400 KB: a large body
+
+    async def held_back() -> Any:
+        yield body[:1000]
+        await gate.wait()  # the first request holds its bytes while the second one arrives
+        yield body[1000:]
+
+    async with serving(max_large_bodies_bytes=len(body) + 1000) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        large = app.state.budget.large_bodies
+        large._trim = lambda: trims.append(large.held)
+        first = asyncio.ensure_future(client.post("/v2/models/fashion-cnn/infer", content=held_back(),
+                                                  headers={"content-length": str(len(body))}))
+        for _ in range(200):
+            if large.held:
+                break
+            await asyncio.sleep(0.01)
+        second = await client.post("/v2/models/fashion-cnn/infer", content=body)
+        small = await client.post("/v2/models/fashion-cnn/infer", json=v2_images(1))
+        gate.set()
+        first_answer = await first
+        third = await client.post("/v2/models/fashion-cnn/infer", content=body)
+        await asyncio.sleep(budget_module.TRIM_AFTER_S + 0.5)
+        held_after = large.held
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "1"
+    assert "bytes of large bodies already" in second.json()["error"]
+    assert small.status_code == 200  # small bodies are not counted
+    assert first_answer.status_code == 200, first_answer.text
+    assert third.status_code == 200  # the first one's bytes were given back
+    assert held_after == 0
+    assert trims == [0]  # free memory handed back once, after the burst
+
+
+def orjson_body(body: dict[str, Any]) -> bytes:
+    import orjson
+    return orjson.dumps(body)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,11 +53,55 @@ def test_counters_histograms_and_queue_depths_add_up_and_process_metrics_stay_pe
     assert merged[("process_resident_memory_bytes", (("worker", str(os.getppid())),))] == 5000
 
 
-def test_a_dead_workers_snapshot_is_left_out_and_removed(tmp_path: Path) -> None:
+def test_a_dead_workers_counters_stay_in_the_merge_and_its_gauges_leave(tmp_path: Path) -> None:
     live = WorkerMetrics(worker_registry(1, 0, 1, []), tmp_path)
-    (tmp_path / "999999999.prom").write_text('# TYPE ortserve_requests counter\nortserve_requests_total{model="m"} 7.0\n')
-    assert samples(live.exposition())[("ortserve_requests_total", (("model", "m"),))] == 1
+    dead = WorkerMetrics(worker_registry(7, 3.0, 2.0, [0.05, 0.5]), tmp_path, pid=999_999_999)
+    dead.write_snapshot()
+    assert samples(live.exposition())[("ortserve_requests_total", (("model", "m"),))] == 8
     assert not (tmp_path / "999999999.prom").exists()
+    retired = list(tmp_path.glob("retired-999999999-*.prom"))
+    assert len(retired) == 1
+    for _ in range(2):  # and on every scrape after
+        merged = samples(live.exposition())
+        assert merged[("ortserve_requests_total", (("model", "m"),))] == 8
+        assert merged[("ortserve_request_latency_seconds_count", (("model", "m"),))] == 2
+        assert merged[("ortserve_queue_depth", (("model", "m"),))] == 0  # its gauges are gone with it
+        assert merged[("ortserve_model_state", (("model", "m"),))] == 1
+        assert ("process_resident_memory_bytes", (("worker", "999999999"),)) not in merged
+
+
+def test_a_worker_that_exits_leaves_its_counts_behind(tmp_path: Path) -> None:
+    first = WorkerMetrics(worker_registry(3, 0, 1, []), tmp_path, pid=os.getpid())
+    leaving = WorkerMetrics(worker_registry(5, 0, 1, []), tmp_path, pid=os.getppid())
+    leaving.retire_snapshot()
+    assert samples(first.exposition())[("ortserve_requests_total", (("model", "m"),))] == 8
+
+
+def test_an_unwritable_or_removed_folder_is_reported_once_and_metrics_keep_answering(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import shutil
+
+    caplog.set_level(logging.INFO, "app.observability.workers")
+    metrics = Metrics()
+    metrics.requests.labels("m", "v1_predict", "200").inc(4)
+    folder = tmp_path / "metrics"
+    worker = WorkerMetrics(metrics.registry, folder, failures=metrics.metrics_snapshot_failures)
+    shutil.rmtree(folder)  # removed: made again
+    assert samples(worker.exposition())[("ortserve_requests_total", (("endpoint", "v1_predict"), ("model", "m"),
+                                                                     ("status", "200")))] == 4
+    assert worker.path.exists()
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")  # cannot be made again: reported, once
+    for _ in range(5):
+        merged = samples(worker.exposition())
+        assert merged[("ortserve_requests_total", (("endpoint", "v1_predict"), ("model", "m"), ("status", "200")))] == 4
+    assert merged[("ortserve_metrics_snapshot_failures_total", ())] >= 4  # counted as of each scrape's start
+    assert caplog.text.count("cannot write this worker's metrics snapshot") == 1
+    folder.unlink()
+    worker.write_snapshot()
+    assert "written to" in caplog.text
+    assert worker.path.exists()
 
 
 def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) -> None:
@@ -89,3 +134,62 @@ def test_two_workers_answer_one_exposition_counting_every_request() -> None:
         assert counted == 40
         workers |= set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}', text))
     assert len(workers) == 2
+
+
+def test_killing_a_worker_under_load_never_makes_a_counter_go_backwards() -> None:
+    import signal
+    import threading
+
+    body = {"instances": sample_images(1).tolist()}
+    totals: list[tuple[str, float]] = []  # ("before" or "after" the kill, every request counted)
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(20_000):  # bounded; stopped long before
+                if stop.is_set():
+                    return
+                try:
+                    client.post("/v1/models/fashion-cnn:predict", json=body)
+                except httpx.HTTPError:  # the killed worker's connections
+                    pass
+
+    def scrape(url: str) -> tuple[float, set[str]]:
+        text = httpx.get(url + "/metrics", timeout=30).text
+        counted = sum(float(v) for v in re.findall(r"^ortserve_requests_total\{[^}]*\} (\S+)$", text, re.M))
+        return counted, set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}', text))
+
+    with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup"]) as server:
+        loaders = [threading.Thread(target=load, args=(server.url,)) for _ in range(3)]
+        for thread in loaders:
+            thread.start()
+        try:
+            workers: set[str] = set()
+            for _ in range(40):  # until both workers have shown up in a scrape
+                counted, seen = scrape(server.url)
+                totals.append(("before", counted))
+                workers |= seen
+                if len(workers) == 2 and counted > 50:
+                    break
+                time.sleep(0.2)
+            assert len(workers) == 2
+            victim = int(sorted(workers)[0])
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    counted, seen = scrape(server.url)
+                except httpx.HTTPError:
+                    continue
+                totals.append(("after", counted))
+                if str(victim) not in seen and len(seen) == 2 and len([t for t in totals if t[0] == "after"]) > 10:
+                    break  # a new worker took its place, and the merge has been read many times since
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for thread in loaders:
+                thread.join(30)
+    values = [value for _, value in totals]
+    assert any(kind == "after" for kind, _ in totals)
+    assert values == sorted(values), f"a counter went backwards: {values}"
+    assert values[-1] > max(value for kind, value in totals if kind == "before")

@@ -1,0 +1,388 @@
+"""Hostile and unlucky inputs against a real server: each case with what the service must do
+and what it did, as a table. Not run in CI (tests/ holds the checks); run it after a change
+to the request path, and record its table in docs/benchmarks.md.
+
+    python -m load_tests.hostile              # every case, about a minute
+    python -m load_tests.hostile --only slowloris idle-sockets
+
+Starts `python -m app` on a free loopback port (with an open-file limit of 1024, as many
+containers have, so the default connection limit is the one sized from it), and a second
+one with two workers for the metrics cases. Every case is bounded in bytes and time and
+talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from load_tests.server import ROOT, ServerProcess
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+TOKEN = "hostile-suite-admin"
+
+
+def _v2_text(width: int) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "token_ids", "shape": [1, width], "datatype": "INT64", "data": [5] * width},
+                                    {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [1]}]})
+
+
+def _big_png_instances() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (1990, 1990), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=1)
+    return orjson.dumps({"instances": [{"b64": base64.b64encode(buffer.getvalue()).decode()}] * 3})
+
+
+Request = tuple[str, bytes, dict[str, str]]
+HOSTILE_REQUESTS: dict[str, Callable[[], Request]] = {
+    "wide V2 text": lambda: ("/v2/models/sst2-lstm/infer", _v2_text(1_000_000), JSON_HEADERS),
+    "texts that expand under NFKC": lambda: ("/v1/models/sst2-lstm:predict",
+                                             orjson.dumps({"instances": ["\ufdfa" * 400_000] * 8}), JSON_HEADERS),
+    "base64 images at the pixel limit": lambda: ("/v1/models/fashion-cnn:predict", _big_png_instances(), JSON_HEADERS),
+}
+"""Requests whose decoding grows with the body: each must be decoded off the event loop
+(tests/app/test_hardening.py checks where; this suite measures liveness meanwhile)."""
+
+
+@dataclass
+class Outcome:
+    expected: str
+    saw: str
+    ok: bool
+
+
+# --- raw sockets ---------------------------------------------------------------------------
+
+async def _send(port: int, data: bytes, *, read_s: float = 15) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), read_s)
+    except (ConnectionResetError, asyncio.TimeoutError) as e:
+        return f"<{type(e).__name__}>".encode()
+    finally:
+        writer.close()
+
+
+def _status(answer: bytes) -> str:
+    return answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")[9:] or answer[:40].decode("latin-1", "replace")
+
+
+def _post(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n{extra}\r\n").encode() + body
+
+
+async def _until_closed(port: int, first: bytes, then: Callable[[int], bytes], every_s: float, limit: int
+                        ) -> tuple[bytes, int, float]:
+    """Send `first`, then `then(i)` every `every_s` until the server closes (or `limit` sends):
+    (what it answered, sends made, seconds until it closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    answered = asyncio.ensure_future(asyncio.wait_for(reader.read(), every_s * limit + 10))
+    writer.write(first)
+    sent = 0
+    try:
+        while sent < limit and not answered.done():
+            writer.write(then(sent))
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(every_s)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    try:
+        answer = await answered
+    except (ConnectionResetError, asyncio.TimeoutError):
+        answer = b"<reset>"
+    writer.close()
+    return answer, sent, time.monotonic() - started
+
+
+# --- the cases -----------------------------------------------------------------------------
+
+class Suite:
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.port = server.port
+
+    def http(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.server.url, timeout=timeout)
+
+    async def repeated_outputs(self) -> Outcome:
+        body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                         "data": [0.0] * 784}], "outputs": [{"name": "logits"}] * 50_000})
+        rss = _rss_mb(self.server)
+        answer = await _send(self.port, _post("/v2/models/fashion-cnn/infer", body))
+        return Outcome("400 before any work", f"{_status(answer)} ({len(body) / 1e6:.1f} MB in, {len(answer):,} bytes "
+                       f"out, RSS {rss:.0f} -> {_rss_mb(self.server):.0f} MB)", _status(answer).startswith("400"))
+
+    async def response_over_limit(self) -> Outcome:
+        rows = 512
+        body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [rows, 1, 28, 28], "datatype": "FP32",
+                                         "data": [0.0] * (784 * rows)}]})
+        answer = await _send(self.port, _post("/v2/models/fashion-cnn/infer", body))
+        message = orjson.loads(answer.partition(b"\r\n\r\n")[2] or b"{}").get("error", "")[:60]
+        return Outcome("413 with the figures (server: --max-response-bytes 100000)", f"{_status(answer)}: {message}",
+                       _status(answer).startswith("413"))
+
+    async def bad_names(self) -> Outcome:
+        seen = []
+        for name in ["..", "%2e%2e", "a%00b", "a%5Cb", "x" * 5000]:
+            answer = await _send(self.port, f"POST /v2/repository/models/{name}/load HTTP/1.1\r\nHost: t\r\n"
+                                 f"Authorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                 .encode())
+            seen.append(_status(answer)[:3])
+        with self.http() as client:
+            index = client.post("/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        names = sorted({e["name"] for e in index})
+        return Outcome("400 each, no phantom in the index", f"{', '.join(seen)}; index {names}",
+                       set(seen) == {"400"} and ".." not in names)
+
+    async def empty_api_key(self) -> Outcome:
+        result = subprocess.run([sys.executable, "-m", "app", "--port", "0"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "ORTSERVE_API_KEYS": '[""]'})
+        line = result.stderr.strip().splitlines()[-1][-70:] if result.stderr.strip() else ""
+        return Outcome("refused at start", f"exit {result.returncode}: ...{line}", result.returncode == 2)
+
+    async def header_1mb(self) -> Outcome:
+        answer = await _send(self.port, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+        return Outcome("431, closed", _status(answer), _status(answer).startswith("431"))
+
+    async def many_headers(self) -> Outcome:
+        headers = b"".join(b"X-%d: 1\r\n" % i for i in range(100_000))
+        answer = await _send(self.port, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
+        return Outcome("431, closed", _status(answer), _status(answer).startswith("431"))
+
+    async def endless_headers(self) -> Outcome:
+        answer, sent, _ = await _until_closed(self.port, b"GET /v2/health/live HTTP/1.1\r\nX-Endless: ",
+                                              lambda _: b"b" * 65536, 0.0, 1000)
+        return Outcome("431 and closed long before 62 MB", f"{_status(answer)}, closed after {sent * 64 / 1024:.1f} MB",
+                       sent < 100)
+
+    async def slowloris(self) -> Outcome:
+        answer, sent, seconds = await _until_closed(self.port, b"GET /v2/health/live HTTP/1.1\r\n",
+                                                    lambda i: b"X-Slow-%d: 1\r\n" % i, 1.0, 70)
+        return Outcome("408 within header_timeout_s (5 s)", f"{_status(answer)} after {seconds:.1f} s ({sent} lines)",
+                       _status(answer).startswith("408") and sent < 70)
+
+    async def chunked_drip(self) -> Outcome:
+        answer, sent, seconds = await _until_closed(
+            self.port, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+            lambda _: b"1\r\na\r\n", 1.0, 70)
+        return Outcome("answered, then closed", f"{_status(answer)}, closed after {seconds:.1f} s", sent < 70)
+
+    async def silent_connection(self) -> Outcome:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        started = time.monotonic()
+        try:
+            closed = await asyncio.wait_for(reader.read(), 70) == b""
+        except asyncio.TimeoutError:
+            closed = False
+        writer.close()
+        return Outcome("closed after keep_alive_s (5 s)", f"closed={closed} after {time.monotonic() - started:.1f} s",
+                       closed)
+
+    async def idle_sockets(self) -> Outcome:
+        held = []
+        for _ in range(1100):
+            held.append(await asyncio.open_connection("127.0.0.1", self.port))
+        started = time.monotonic()
+        answer = await _send(self.port, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        waited = (time.monotonic() - started) * 1000
+        ready = await _send(self.port, b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        for _, writer in held:
+            writer.close()
+        return Outcome("liveness and readiness answer (fd limit 1024)",
+                       f"live {_status(answer)} in {waited:.0f} ms, ready {_status(ready)}",
+                       _status(answer).startswith("200") and _status(ready).startswith("200"))
+
+    async def slow_body(self) -> Outcome:
+        body = orjson.dumps({"instances": ["a fine film"]})
+        answer, _, seconds = await _until_closed(self.port, _post("/v1/models/sst2-lstm:predict", body)[:-5],
+                                                 lambda _: b"", 1.0, 60)
+        return Outcome("408 after body_timeout_s (30 s)", f"{_status(answer)} after {seconds:.0f} s",
+                       _status(answer).startswith("408"))
+
+    async def smuggling(self) -> Outcome:
+        body = b'{"instances": ["a"]}'
+        answer = await _send(self.port, b"POST /v1/models/sst2-lstm:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        return Outcome("400 (both lengths), closed", _status(answer), _status(answer).startswith("400"))
+
+    async def pipelined(self) -> Outcome:
+        one = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+        answer = await _send(self.port, one * 3 + b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        count = answer.count(b"HTTP/1.1 200")
+        return Outcome("4 answers, in order", f"{count} answers", count == 4)
+
+    async def non_integral_int(self) -> Outcome:
+        body = orjson.dumps({"inputs": [{"name": "token_ids", "shape": [1, 2], "datatype": "INT64", "data": [5, 1.9]},
+                                        {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [2]}]})
+        answer = await _send(self.port, _post("/v2/models/sst2-lstm/infer", body))
+        return Outcome("400 naming the tensor", _status(answer), b"token_ids" in answer and b" 400 " in answer[:20])
+
+    async def timeout_true(self) -> Outcome:
+        body = orjson.loads(_v2_text(2)) | {"parameters": {"timeout": True}}
+        answer = await _send(self.port, _post("/v2/models/sst2-lstm/infer", orjson.dumps(body)))
+        return Outcome("400", _status(answer), _status(answer).startswith("400"))
+
+    async def large_bodies(self) -> Outcome:
+        """20 concurrent 8 MB bodies: liveness meanwhile, and memory before, at the peak, after."""
+        before = _rss_mb(self.server)
+        body = _v2_text(1_000_000)  # 2 MB; four of them in one 8 MB JSON array of inputs would be refused
+        body = body[:-2] + b"," + b" " * (8_000_000 - len(body)) + body[-2:]
+        worst, peak = _probe(self.server.url, lambda: asyncio.run(_concurrently(
+            [_send(self.port, _post("/v2/models/sst2-lstm/infer", body), read_s=60) for _ in range(20)])),
+            lambda: _rss_mb(self.server))
+        time.sleep(3)
+        after = _rss_mb(self.server)
+        return Outcome("liveness answers; memory returns near its level", f"liveness worst {worst:.0f} ms; RSS "
+                       f"{before:.0f} -> peak {peak:.0f} -> {after:.0f} MB 3 s later", after < before + 100)
+
+    async def heavy_decoding(self) -> Outcome:
+        worst_all = []
+        for name, build in HOSTILE_REQUESTS.items():
+            path, body, headers = build()
+            with self.http() as client:
+                worst, _ = _probe(self.server.url, lambda: client.post(path, content=body, headers=headers))
+            worst_all.append(f"{name.split()[0]} {worst:.0f}")
+        return Outcome("liveness answers meanwhile (wall-clock, for the record)", "worst ms: " + ", ".join(worst_all),
+                       True)
+
+
+def _probe(url: str, work: Callable[[], object], sample: Callable[[], float] | None = None) -> tuple[float, float]:
+    """Run `work` while asking /v2/health/live every 5 ms: (slowest answer in ms, highest `sample`)."""
+    done, worst, high = threading.Event(), [0.0], [0.0]
+
+    def ask() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                client.get("/v2/health/live")
+                worst[0] = max(worst[0], time.perf_counter() - started)
+                if sample is not None:
+                    high[0] = max(high[0], sample())
+                time.sleep(0.005)
+
+    prober = threading.Thread(target=ask)
+    prober.start()
+    try:
+        work()
+    finally:
+        done.set()
+        prober.join()
+    return worst[0] * 1000, high[0]
+
+
+async def _concurrently(jobs: list[Awaitable[bytes]]) -> list[bytes]:
+    return list(await asyncio.gather(*jobs))
+
+
+def _rss_mb(server: ServerProcess) -> float:
+    assert server.process is not None
+    text = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def metrics_cases() -> dict[str, Outcome]:
+    """Two workers: the metrics folder removed, then a worker killed; /metrics throughout."""
+    folder = Path(tempfile.mkdtemp(prefix="hostile-metrics-"))
+    body = orjson.dumps({"instances": ["a fine film"]})
+    outcomes = {}
+    with ServerProcess(["--workers", "2", "--no-warmup", "--metrics-dir", str(folder)]) as server:
+        def total() -> tuple[int, float, set[str]]:
+            answer = httpx.get(server.url + "/metrics", timeout=30)
+            counted = sum(float(v) for v in re.findall(r"^ortserve_requests_total\{[^}]*\} (\S+)$", answer.text, re.M))
+            return answer.status_code, counted, set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}',
+                                                               answer.text))
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for _ in range(200):
+                client.post("/v1/models/sst2-lstm:predict", content=body)
+        shutil.rmtree(folder)
+        statuses = [total()[0] for _ in range(10)]
+        outcomes["metrics folder removed"] = Outcome("/metrics answers (folder made again)",
+                                                     f"statuses {sorted(set(statuses))}; folder back: {folder.exists()}",
+                                                     set(statuses) == {200})
+        workers: set[str] = set()
+        for _ in range(40):
+            _, before, seen = total()
+            workers |= seen
+            if len(workers) == 2:
+                break
+            time.sleep(0.2)
+        time.sleep(1.5)
+        _, before, _ = total()
+        os.kill(int(sorted(workers)[0]), signal.SIGKILL)
+        values = [before]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for _ in range(20):
+                client.post("/v1/models/sst2-lstm:predict", content=body)
+                values.append(total()[1])
+                time.sleep(0.2)
+        outcomes["worker killed"] = Outcome("counters never decrease", f"requests_total {values[0]:.0f} -> "
+                                            f"{min(values):.0f} (lowest) -> {values[-1]:.0f}",
+                                            values == sorted(values))
+    shutil.rmtree(folder, ignore_errors=True)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    cases = [name for name in vars(Suite) if not name.startswith("_") and name != "http"]
+    parser = argparse.ArgumentParser(prog="python -m load_tests.hostile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=[*cases, "metrics"], metavar="CASE")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    args = parser.parse_args(argv)
+    chosen = args.only or [*cases, "metrics"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    rows: dict[str, Outcome] = {}
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the server inherits it
+    try:
+        server = ServerProcess(["--model-dir", str(args.model_dir.resolve()), "--model-control-mode", "explicit",
+                                "--load-model", "*", "--max-response-bytes", "100000"],
+                               env={"ORTSERVE_ADMIN_TOKEN": TOKEN})
+        server.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # this client opens more than 1024
+    try:
+        suite = Suite(server)
+        for name in chosen:
+            if name == "metrics":
+                continue
+            rows[name] = asyncio.run(getattr(suite, name)())
+            print(f"{name}: {rows[name].saw}", flush=True)
+    finally:
+        server.__exit__(None, None, None)
+    if "metrics" in chosen:
+        rows.update(metrics_cases())
+    print("\n| case | expected | saw | ok |\n|---|---|---|---|")
+    for name, outcome in rows.items():
+        print(f"| {name} | {outcome.expected} | {outcome.saw} | {'yes' if outcome.ok else '**no**'} |")
+    return 0 if all(o.ok for o in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
