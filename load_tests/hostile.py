@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -81,7 +81,7 @@ async def _send(port: int, data: bytes, *, read_s: float = 15) -> bytes:
     writer.write(data)
     try:
         return await asyncio.wait_for(reader.read(), read_s)
-    except (ConnectionResetError, asyncio.TimeoutError) as e:
+    except (TimeoutError, ConnectionResetError) as e:
         return f"<{type(e).__name__}>".encode()
     finally:
         writer.close()
@@ -115,7 +115,7 @@ async def _until_closed(port: int, first: bytes, then: Callable[[int], bytes], e
         pass
     try:
         answer = await answered
-    except (ConnectionResetError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionResetError):
         answer = b"<reset>"
     writer.close()
     return answer, sent, time.monotonic() - started
@@ -199,7 +199,7 @@ class Suite:
         started = time.monotonic()
         try:
             closed = await asyncio.wait_for(reader.read(), 70) == b""
-        except asyncio.TimeoutError:
+        except TimeoutError:
             closed = False
         writer.close()
         return Outcome("closed after keep_alive_s (5 s)", f"closed={closed} after {time.monotonic() - started:.1f} s",
@@ -267,7 +267,7 @@ class Suite:
         for name, build in HOSTILE_REQUESTS.items():
             path, body, headers = build()
             with self.http() as client:
-                worst, _ = _probe(self.server.url, lambda: client.post(path, content=body, headers=headers))
+                worst, _ = _probe(self.server.url, partial(client.post, path, content=body, headers=headers))
             worst_all.append(f"{name.split()[0]} {worst:.0f}")
         return Outcome("liveness answers meanwhile (wall-clock, for the record)", "worst ms: " + ", ".join(worst_all),
                        True)

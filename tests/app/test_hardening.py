@@ -21,8 +21,8 @@ import uvicorn
 from app.http.connections import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
-from load_tests.server import ServerProcess, free_port
 from load_tests.hostile import HOSTILE_REQUESTS
+from load_tests.server import ServerProcess, free_port
 from tests.app.conftest import sample_images, serving
 from tests.conftest import MODELS
 
