@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.manifest import VersionPolicy
@@ -222,6 +222,13 @@ class Settings(BaseSettings):
         if value is not None:
             _checked_secret(value.get_secret_value(), "the admin token")
         return value
+
+    @model_validator(mode="after")
+    def _one_large_body_fits(self) -> Settings:
+        if self.max_large_bodies_bytes is not None and self.max_large_bodies_bytes < self.max_body_bytes:
+            raise ValueError(f"max_large_bodies_bytes ({self.max_large_bodies_bytes}) must be at least "
+                             f"max_body_bytes ({self.max_body_bytes}): else no body that large is ever read")
+        return self
 
     @field_validator("version_policy")
     @classmethod

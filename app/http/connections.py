@@ -40,11 +40,16 @@ from app.settings import Settings
 
 LIMITS_STATE = "ortserve.http_limits"
 PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
-LINGER_S = 2.0
-LINGER_BYTES = 1 << 20
-"""After a refusal, what the client still sends is read and dropped for up to this long and
-this much before the connection closes: closing with unread bytes would make the kernel
-reset the connection, and the client might never read the answer (nginx's lingering close)."""
+LINGER_IDLE_S = 2.0
+LINGER_MAX_S = 30.0
+LINGER_BODY_BYTES = 64 << 20
+LINGER_HEAD_BYTES = 1 << 20
+"""After a refusal, what the client still sends is read and dropped until it pauses for
+LINGER_IDLE_S, or for LINGER_MAX_S at most, and at most LINGER_BODY_BYTES of a body answered
+before it arrived (LINGER_HEAD_BYTES after a refused head), before the connection closes:
+closing with unread bytes makes the kernel reset the connection, and the client would lose
+the answer it has not read yet (nginx's lingering close, with its lingering_timeout and
+lingering_time)."""
 FD_RESERVE = 128
 """Descriptors kept for what is not a connection: model files, logs, metrics, the listener."""
 
@@ -89,6 +94,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._lingered = 0
+        self._linger_until = 0.0
+        self._linger_bytes = 0
 
     # --- connections --------------------------------------------------------------
 
@@ -128,12 +135,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- a request's head -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
         if self._refused:  # lingering: what the client still sends is read and dropped
             self._lingered += len(data)
-            if self._lingered > LINGER_BYTES:
+            if self._lingered > self._linger_bytes:
                 self.transport.close()
             return
-        self.last_active = self.loop.time()
         super().data_received(data)  # parses: may begin a head, complete it, or both
         if self._refused or self.transport.is_closing():
             return
@@ -167,6 +174,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
         else:
             super().on_headers_complete()
+            if self.cycle is not None:  # its closes (Connection: close) linger where a body is unread
+                self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -190,11 +199,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.pipeline:
-            # Answered before the body arrived whole: the rest could trickle in for ever.
+            # Answered before the body arrived whole (a 413, a 503, a route that ignores its
+            # body): the rest could trickle in for ever. Closed, lingering so the answer is read.
             self.server_state.total_requests += 1
-            self.transport.close()
+            self._close_unread()
             return
         super().on_response_complete()
+
+    def _close_unread(self) -> None:
+        if not self._refused:
+            self._refused = True
+            self.flow.resume_reading()  # uvicorn pauses reading while a body waits to be read
+            self._close_lingering(LINGER_BODY_BYTES)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with the service's JSON error, then close the connection."""
@@ -206,8 +222,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if status == 503:
             head += b"retry-after: 1\r\n"
         self.transport.write(STATUS_LINE[status] + head + b"\r\n" + body)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()  # the answer, then our end closed; the client's end is read
-            self.loop.call_later(LINGER_S, self.transport.close)
-        else:
+        self._close_lingering(LINGER_HEAD_BYTES)
+
+    def _close_lingering(self, max_bytes: int) -> None:
+        """Our side closed after the answer; what the client still sends is read and dropped
+        (data_received) until the client pauses LINGER_IDLE_S, LINGER_MAX_S at most, or sends
+        more than `max_bytes`; then the connection closes."""
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()  # the answer, then our end closed; the client's end is read
+        self._linger_bytes = max_bytes
+        self.last_active = self.loop.time()
+        self._linger_until = self.last_active + LINGER_MAX_S
+        self.loop.call_later(LINGER_IDLE_S, self._linger_or_close)
+
+    def _linger_or_close(self) -> None:
+        now = self.loop.time()
+        if self.transport.is_closing():
+            return
+        quiet_since = self.last_active + LINGER_IDLE_S
+        if now >= quiet_since or now >= self._linger_until:
+            self.transport.close()
+        else:
+            self.loop.call_later(min(quiet_since, self._linger_until) - now, self._linger_or_close)
+
+
+class _CycleTransport:
+    """What uvicorn's request cycle writes to: the connection's transport, except that a
+    close while the request's body is still arriving lingers (a 408, a 413 or a 503 to a
+    request that said Connection: close), so the client reads the answer first."""
+
+    __slots__ = ("_protocol", "_transport", "write", "is_closing")
+
+    def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self.write = self._transport.write
+        self.is_closing = self._transport.is_closing
+
+    def close(self) -> None:
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle.more_body:
+            self._protocol._close_unread()
+        else:
+            self._transport.close()

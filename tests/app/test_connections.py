@@ -180,3 +180,20 @@ def test_the_default_connection_limit_follows_the_open_file_limit(monkeypatch: p
     assert connections.default_max_connections() == 1024 - connections.FD_RESERVE
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert connections.default_max_connections() == (1 << 20) - connections.FD_RESERVE
+
+
+async def test_an_answer_sent_before_its_body_arrived_is_read_by_the_client_before_the_close() -> None:
+    # Closing with unread bytes would reset the connection and lose the answer: the server
+    # reads and drops the rest of the body (lingering), also for Connection: close requests.
+    async with live_server(max_body_bytes=1_000_000) as (server, _):
+        body = b"x" * 8_000_000
+        answers = []
+        for connection in ("keep-alive", "close"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+            writer.write(b"POST /v1/models/sst2-lstm:predict HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                         b"Connection: %s\r\n\r\n" % (len(body), connection.encode()) + body)
+            answers.append(await read_all(reader))
+            writer.close()
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+        assert b"exceeds the limit of 1000000 bytes" in answer

@@ -129,7 +129,7 @@ async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_
         await gate.wait()  # the first request holds its bytes while the second one arrives
         yield body[1000:]
 
-    async with serving(max_large_bodies_bytes=len(body) + 1000) as client:
+    async with serving(max_body_bytes=len(body) + 1000, max_large_bodies_bytes=len(body) + 1000) as client:
         app = client._transport.app  # type: ignore[attr-defined]
         large = app.state.budget.large_bodies
         large._trim = lambda: trims.append(large.held)
