@@ -387,11 +387,17 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # this client opens more than 1024
     try:
         suite = Suite(server)
+        rss_before = _rss_mb(server)
         for name in chosen:
             if name == "metrics":
                 continue
             rows[name] = asyncio.run(getattr(suite, name)())
             print(f"{name}: {rows[name].saw}", flush=True)
+        time.sleep(3)
+        rss_after = _rss_mb(server)
+        rows["memory over the suite"] = Outcome("back near its level (within 100 MB)",
+                                                f"RSS {rss_before:.0f} MB before, {rss_after:.0f} MB 3 s after",
+                                                rss_after < rss_before + 100)
     finally:
         server.__exit__(None, None, None)
     if "metrics" in chosen:

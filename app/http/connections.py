@@ -10,7 +10,8 @@ several times slower per request. So `GuardedHttpToolsProtocol` subclasses uvico
 protocol and enforces, per connection:
 
 - **head size and count**: more than `max_header_bytes` of head (counted as it arrives,
-  and exactly per header) or more than `max_header_count` headers is a 431, then close;
+  read by read, and exactly once complete) or more than `max_header_count` headers is a
+  431, then close;
 - **head time**: from a request's first byte, its head must be complete within
   `header_timeout_s`, else 408, then close (a slowloris connection);
 - **idle time**: a connection with no request running, new or between requests, is closed
@@ -88,9 +89,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keep_alive_s  # type: ignore[assignment]  # call_later takes a float
         self.last_active = 0.0
         self._head_open = False  # a request's head has begun and is not complete
-        self._head_bytes = 0  # raw bytes received while a head was open
-        self._header_bytes = 0
-        self._header_count = 0
+        self._head_bytes = 0  # raw bytes received in earlier reads while a head was open
+        self._chunk_bytes = 0  # bytes of the read being parsed
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._lingered = 0
@@ -141,41 +141,44 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._lingered > self._linger_bytes:
                 self.transport.close()
             return
+        self._chunk_bytes = len(data)
         super().data_received(data)  # parses: may begin a head, complete it, or both
         if self._refused or self.transport.is_closing():
             return
-        if self._head_open:
+        if self._head_open:  # a head still incomplete after this data: counted and timed
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
         elif self.idle and self.timeout_keep_alive_task is None:
             self._arm_idle_timer()  # bytes that began no request (blank lines): still idle
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_open = True
-        self._head_bytes = self._header_bytes = self._header_count = 0
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._header_count <= self.limits.max_header_count:
-            super().on_header(name, value)
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        # The checks cost nothing per header: a head that arrived within one read of at most
+        # max_header_bytes is within the limit; only a larger read is measured exactly. Headers
+        # are counted once the head is complete: the byte limit bounds how many can pile up.
         self._head_open = False
         self._cancel_head_timer()
-        if self._header_count > self.limits.max_header_count:
-            self._refuse(431, f"the request has {self._header_count} headers; at most "
-                              f"{self.limits.max_header_count} are accepted")
-        elif self._header_bytes + len(self.url) > self.limits.max_header_bytes:
-            self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
+        limits = self.limits
+        if len(self.headers) > limits.max_header_count:
+            self._refuse(431, f"the request has {len(self.headers)} headers; at most "
+                              f"{limits.max_header_count} are accepted")
+        elif self._head_bytes + self._chunk_bytes > limits.max_header_bytes and self._head_size() > \
+                limits.max_header_bytes:
+            self._refuse(431, f"the request's head exceeds {limits.max_header_bytes} bytes")
         else:
             super().on_headers_complete()
             if self.cycle is not None:  # its closes (Connection: close) linger where a body is unread
                 self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # ": ", CRLF
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
