@@ -88,8 +88,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             Settings.model_construct())
         self.timeout_keep_alive = self.limits.keep_alive_s  # type: ignore[assignment]  # call_later takes a float
         self.last_active = 0.0
-        self._head_open = False  # a request's head has begun and is not complete
-        self._head_bytes = 0  # raw bytes received in earlier reads while a head was open
+        # uvicorn makes a new scope as each request's head begins: the head whose scope is
+        # not the last completed one is still arriving.
+        self._complete_head: object = None
+        self._counted_head: object = None
+        self._head_bytes = 0  # raw bytes of the head being counted, in earlier reads
         self._chunk_bytes = 0  # bytes of the read being parsed
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -145,7 +148,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)  # parses: may begin a head, complete it, or both
         if self._refused or self.transport.is_closing():
             return
-        if self._head_open:  # a head still incomplete after this data: counted and timed
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body:  # a body still arriving
+            if cycle.response_complete and not self.pipeline:
+                # Answered before its body arrived (a 413, a 503, a route that ignores its body):
+                # the rest could trickle in for ever. Closed, lingering so the answer is read.
+                self._close_unread()
+                return
+            if type(cycle.transport) is not _CycleTransport:  # the cycle's own closes must linger too
+                cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
+        if self.scope is not self._complete_head:  # a head still incomplete after this data: counted, timed
+            if self._counted_head is not self.scope:  # a new one: uvicorn makes a scope as a head begins
+                self._counted_head, self._head_bytes = self.scope, 0
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, f"the request's head exceeds {self.limits.max_header_bytes} bytes")
@@ -154,43 +168,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self.idle and self.timeout_keep_alive_task is None:
             self._arm_idle_timer()  # bytes that began no request (blank lines): still idle
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_open = True
-        self._head_bytes = 0
-
     def on_headers_complete(self) -> None:
         # The checks cost nothing per header: a head that arrived within one read of at most
         # max_header_bytes is within the limit; only a larger read is measured exactly. Headers
         # are counted once the head is complete: the byte limit bounds how many can pile up.
-        self._head_open = False
-        self._cancel_head_timer()
+        self._complete_head = self.scope
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         limits = self.limits
         if len(self.headers) > limits.max_header_count:
             self._refuse(431, f"the request has {len(self.headers)} headers; at most "
                               f"{limits.max_header_count} are accepted")
-        elif self._head_bytes + self._chunk_bytes > limits.max_header_bytes and self._head_size() > \
+        elif (self._counted_head is self.scope and self._head_bytes or 0) + self._chunk_bytes > \
+                limits.max_header_bytes and self._head_size() > \
                 limits.max_header_bytes:
             self._refuse(431, f"the request's head exceeds {limits.max_header_bytes} bytes")
         else:
             super().on_headers_complete()
-            if self.cycle is not None:  # its closes (Connection: close) linger where a body is unread
-                self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # ": ", CRLF
 
-    def on_body(self, body: bytes) -> None:
-        if not self._refused:
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        if not self._refused:
-            super().on_message_complete()
-
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self._head_open and not self.transport.is_closing():
+        if self.scope is not self._complete_head and not self.transport.is_closing():
             self._refuse(408, f"the request's head did not arrive within {self.limits.header_timeout_s:g} s")
 
     def _cancel_head_timer(self) -> None:
@@ -199,15 +200,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     # --- after an answer --------------------------------------------------------------
-
-    def on_response_complete(self) -> None:
-        if self.cycle is not None and self.cycle.more_body and not self.pipeline:
-            # Answered before the body arrived whole (a 413, a 503, a route that ignores its
-            # body): the rest could trickle in for ever. Closed, lingering so the answer is read.
-            self.server_state.total_requests += 1
-            self._close_unread()
-            return
-        super().on_response_complete()
 
     def _close_unread(self) -> None:
         if not self._refused:
@@ -218,6 +210,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with the service's JSON error, then close the connection."""
         self._refused = True
+        if self.cycle is None or not self.cycle.response_complete:
+            self.cycle = _Refused()  # type: ignore[assignment]  # uvicorn's callbacks drop what the parser still gives
         self._cancel_head_timer()
         self._unset_keepalive_if_required()
         body = orjson.dumps({"error": message})
@@ -270,3 +264,14 @@ class _CycleTransport:
             self._protocol._close_unread()
         else:
             self._transport.close()
+
+
+class _Refused:
+    """Stands in for uvicorn's request cycle on a refused connection: a finished one, so that
+    uvicorn's parser callbacks (on_body, on_message_complete) drop whatever still arrives."""
+
+    response_complete = True
+    more_body = False
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()
