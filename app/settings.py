@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     max_large_bodies_bytes: int | None = Field(default=None, gt=0)
     """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
     that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
+    trim_memory: bool = True
+    """Once no large body is held, return the heap's free pages to the system (glibc's
+    malloc_trim), so the resident size comes back after a burst of large requests."""
     max_response_bytes: int | None = Field(default=None, gt=0)
     """Requests whose answer could be larger (their rows times the outputs they ask for, as
     JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""

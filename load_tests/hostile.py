@@ -373,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=[*cases, "metrics"], metavar="CASE")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="FLAG",
+                        help="an extra flag for the first server, e.g. --server-arg=--no-trim-memory (repeatable)")
     args = parser.parse_args(argv)
     chosen = args.only or [*cases, "metrics"]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the server inherits it
     try:
         server = ServerProcess(["--model-dir", str(args.model_dir.resolve()), "--model-control-mode", "explicit",
-                                "--load-model", "*", "--max-response-bytes", "200000"],
+                                "--load-model", "*", "--max-response-bytes", "200000", *args.server_arg],
                                env={"ORTSERVE_ADMIN_TOKEN": TOKEN})
         server.__enter__()
     finally:

@@ -85,7 +85,8 @@ class LargeBodies:
 
 
 class RequestBudget:
-    def __init__(self, settings: Settings, trim: Callable[[], object] = return_free_memory) -> None:
+    def __init__(self, settings: Settings) -> None:
+        trim = return_free_memory if settings.trim_memory else _keep_memory
         self.large_bodies = LargeBodies(settings.large_bodies_limit_bytes, settings.retry_after_s, trim)
         self.max_timeout_s = settings.request_timeout_s
         self.body_timeout_s = settings.body_timeout_s
@@ -161,6 +162,10 @@ class RequestBudget:
             raise PayloadTooLarge(f"the response to this request could take {size_bound:,} bytes ({rows:,} rows of "
                                   f"the outputs asked for), over the limit of {self.max_response_bytes:,} bytes: "
                                   "send fewer rows or ask for fewer outputs")
+
+
+def _keep_memory() -> None:
+    """trim_memory off: the allocator keeps what it has."""
 
 
 def positive_timeout(value: object, what: str, unit_s: float) -> float:
