@@ -154,7 +154,6 @@ class RequestBudget:
             if read is not None:
                 read.finished = True
 
-
     def check_response(self, size_bound: int, rows: int) -> None:
         """413 for a request whose answer could exceed max_response_bytes: refused before any
         work, since the answer is built in memory whole."""

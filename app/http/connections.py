@@ -176,12 +176,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._cancel_head_timer()
         limits = self.limits
+        earlier_reads = self._head_bytes if self._counted_head is self.scope else 0
         if len(self.headers) > limits.max_header_count:
             self._refuse(431, f"the request has {len(self.headers)} headers; at most "
                               f"{limits.max_header_count} are accepted")
-        elif (self._counted_head is self.scope and self._head_bytes or 0) + self._chunk_bytes > \
-                limits.max_header_bytes and self._head_size() > \
-                limits.max_header_bytes:
+        elif earlier_reads + self._chunk_bytes > limits.max_header_bytes and self._head_size() > limits.max_header_bytes:
             self._refuse(431, f"the request's head exceeds {limits.max_header_bytes} bytes")
         else:
             super().on_headers_complete()
