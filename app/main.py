@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background = start_background_tasks(repository, resolved, worker_metrics)
         delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
         try:
-            # uvicorn hands this state to each connection it makes: the HTTP limits reach them so
+            # uvicorn hands this state to every connection it makes: how the HTTP limits reach them
             yield {LIMITS_STATE: HttpLimits.from_settings(resolved)}
         finally:
             app.state.draining = True
