@@ -233,8 +233,9 @@ def classify_batch(outputs: dict[str, np.ndarray], logits_name: str) -> dict[str
 
 
 def predictions_bytes_bound(rows: int, labels: list[str]) -> int:
-    """The most bytes `predictions` for `rows` rows take as JSON: per row the longest label,
-    its index and a probability per label (at most 25 bytes each), with the punctuation."""
+    """The most bytes `predictions` for `rows` rows take as JSON: per row the longest label
+    (6 bytes a UTF-8 byte at worst, escaped as \\uXXXX), its index and a probability per label
+    (at most 25 bytes each), with the punctuation."""
     return 256 + rows * (64 + max(len(label.encode()) for label in labels) * 6 + 25 * len(labels))
 
 

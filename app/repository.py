@@ -16,9 +16,11 @@ import logging
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from app.loading import LoadError, load_version, manifest_fingerprint
@@ -37,6 +39,7 @@ from app.served_model import ServedModel
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -242,9 +245,10 @@ class ModelRepository:
         return FolderScan(self._disk_signature(name), folders, refused, self._newest_policy(folders),
                           {number: manifest_fingerprint(path) for number, path in folders.items()})
 
-    async def _scan_off_loop(self, name: str) -> FolderScan:
+    async def _off_loop(self, read: Callable[[str], T], name: str) -> T:
+        """`read(name)` of one model's folder in a worker thread; OSError a logged 503."""
         try:
-            return await asyncio.to_thread(self._scan, name)
+            return await asyncio.to_thread(read, name)
         except OSError as e:
             logger.error("model %s: its folder cannot be read: %s", name, e)
             raise RepositoryUnreadable(f"model {name!r}: its folder cannot be read: {e.strerror or e}") from e
@@ -254,13 +258,13 @@ class ModelRepository:
         entries: dict[tuple[str, str], VersionStatus] = dict(self._status)
         for name in await self.model_names_on_disk():
             try:
-                scan = await self._scan_off_loop(name)
+                folders, refused = await self._off_loop(self._version_folders, name)
             except (LoadFailed, RepositoryUnreadable) as e:  # logged; the others are still listed
                 logger.warning("index: %s", e.message)
                 continue
-            for number in scan.folders:
+            for number in folders:
                 entries.setdefault((name, str(number)), VersionStatus(State.UNAVAILABLE, "not loaded"))
-            for folder, why in scan.refused.items():
+            for folder, why in refused.items():
                 entries[(name, folder)] = VersionStatus(State.UNAVAILABLE, why)
         return [{"name": n, "version": v, "state": str(s.state), "reason": s.reason}
                 for (n, v), s in sorted(entries.items(), key=lambda e: (e[0][0], int(e[0][1])))]
@@ -291,7 +295,7 @@ class ModelRepository:
         versions served after the change."""
         check_name(name)
         async with self._lock(name):
-            scan = await self._scan_off_loop(name)
+            scan = await self._off_loop(self._scan, name)
             folders, refused = scan.folders, scan.refused
             if not folders and not refused:
                 raise ModelNotFound(f"no model {name!r} under {self.root} (expected {name}/<version>/manifest.json)")
@@ -349,9 +353,8 @@ class ModelRepository:
         on_disk = set(await self.model_names_on_disk())
         for name in sorted(on_disk):
             try:
-                signature = await asyncio.to_thread(self._disk_signature, name)
-            except OSError as e:
-                logger.error("poll: model %s: its folder cannot be read: %s", name, e)
+                signature = await self._off_loop(self._disk_signature, name)
+            except RepositoryUnreadable:  # logged; the next scan tries again
                 continue
             if self._seen.get(name) != signature:
                 try:

@@ -56,7 +56,7 @@ class LargeBodies:
     bodies at once were 378 MB resident). When the last one is given back, the heap's free
     pages are returned to the system (app/tuning.py `return_free_memory`)."""
 
-    def __init__(self, limit: int, retry_after_s: int, trim: Callable[[], object] = return_free_memory) -> None:
+    def __init__(self, limit: int, retry_after_s: int, trim: Callable[[], object]) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.held = 0

@@ -30,6 +30,7 @@ uvicorn hands to every protocol it creates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -67,26 +68,30 @@ class HttpLimits:
     max_header_bytes: int
     max_header_count: int
     header_timeout_s: float
-    keep_alive_s: float
     max_connections: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s,
-                   settings.keep_alive_s, settings.max_connections or default_max_connections())
+                   settings.max_connections or default_max_connections())
+
+
+@functools.cache
+def _default_limits() -> HttpLimits:
+    """For an app that does not hand its limits over (served with `uvicorn --http ...`)."""
+    return HttpLimits.from_settings(Settings.model_construct())
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What uvicorn is given for HTTP, wherever the service is started (python -m app, tests)."""
+    """What uvicorn is given for HTTP, wherever the service is started (python -m app, tests).
+    The idle timeout is uvicorn's own keep-alive setting, which the protocol arms on connect too."""
     return {"http": PROTOCOL, "loop": "uvloop", "timeout_keep_alive": settings.keep_alive_s}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits: HttpLimits = self.app_state.get(LIMITS_STATE) or HttpLimits.from_settings(
-            Settings.model_construct())
-        self.timeout_keep_alive = self.limits.keep_alive_s  # type: ignore[assignment]  # call_later takes a float
+        self.limits: HttpLimits = self.app_state.get(LIMITS_STATE) or _default_limits()
         self.last_active = 0.0
         # uvicorn makes a new scope as each request's head begins: the head whose scope is
         # not the last completed one is still arriving.

@@ -108,25 +108,19 @@ class WorkerMetrics:
         except OSError:
             paths = []
         for path in paths:
-            if path.name.startswith(RETIRED):
-                text = _read(path)
-                if text is not None:
-                    retired.append(text)
-                continue
-            try:
-                pid = int(path.stem)
-            except ValueError:
-                continue
-            if pid == self.pid:
-                continue
-            if not _alive(pid):  # died without retiring its snapshot
-                retired_path = _retire(path)
-                text = _read(retired_path) if retired_path is not None else None
-                if text is not None:
-                    retired.append(text)
-                continue
+            gone, pid = path.name.startswith(RETIRED), None
+            if not gone:
+                pid = _pid_of(path)
+                if pid is None or pid == self.pid:
+                    continue
+                if not _alive(pid):  # died without retiring its snapshot
+                    path, gone = _retire(path), True
             text = _read(path)
-            if text is not None:
+            if text is None:
+                continue
+            if gone:
+                retired.append(text)
+            elif pid is not None:
                 snapshots[pid] = text
         merged = CollectorRegistry(auto_describe=False)
         merged.register(_Merged(merge(snapshots, retired)))
@@ -140,14 +134,20 @@ def clear_snapshots(folder: Path) -> None:
             path.unlink()
 
 
-def _retire(path: Path) -> Path | None:
-    """Rename a worker's snapshot to a retired one; None if another worker did it first."""
+def _retire(path: Path) -> Path:
+    """A worker's snapshot renamed to a retired one, or the name another worker gave it first."""
     target = path.with_name(f"{RETIRED}{path.stem}-{time.time_ns()}.prom")
     try:
         path.replace(target)
     except OSError:
-        return None
+        renamed = sorted(path.parent.glob(f"{RETIRED}{path.stem}-*.prom"))
+        return renamed[-1] if renamed else target  # (gone with the folder: nothing to read)
     return target
+
+
+def _pid_of(path: Path) -> int | None:
+    """The worker a live snapshot `<pid>.prom` belongs to; None for any other file."""
+    return int(path.stem) if path.stem.isdigit() else None
 
 
 def _read(path: Path) -> str | None:

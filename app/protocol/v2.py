@@ -239,33 +239,39 @@ def _element_bytes(dtype: np.dtype, binary: bool) -> int:
     return _JSON_ELEMENT_BYTES[dtype.kind][dtype.itemsize]
 
 
-def response_bytes_bound(request: InferenceRequest, manifest: Manifest, rows: int) -> int:
-    """The most bytes the response to `request` can take for `rows` rows, from the outputs'
-    declared shapes (an axis other than the batch axis that is dynamic counts once here;
-    `response_bytes` measures the computed outputs exactly)."""
+def answered_outputs(request: InferenceRequest, manifest: Manifest) -> list[str]:
+    """The outputs the answer holds: those the request names, else every output of the model."""
+    return [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
+
+
+def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
+                   outputs: dict[str, np.ndarray] | None = None) -> int:
+    """The most bytes the answer to `request` takes for `rows` rows: from the outputs' declared
+    shapes before they are computed (a dynamic axis other than the batch axis counts once
+    there), exactly from the computed `outputs` once they are."""
     specs = {spec.name: spec for spec in manifest.outputs}
-    names = [o.name for o in request.outputs] if request.outputs else list(specs)
     total = _ENTRY_BYTES
-    for name in names:
-        spec = specs[name]
-        per_row = math.prod(max(d, 1) for d in spec.shape[1:])
-        total += _ENTRY_BYTES + rows * per_row * _element_bytes(np.dtype(spec.numpy_dtype), wants_binary(request, name))
+    for name in answered_outputs(request, manifest):
+        if outputs is None:
+            spec = specs[name]
+            dtype, elements = np.dtype(spec.numpy_dtype), rows * math.prod(max(d, 1) for d in spec.shape[1:])
+        else:
+            dtype, elements = outputs[name].dtype, outputs[name].size
+        total += _ENTRY_BYTES + elements * _element_bytes(dtype, wants_binary(request, name))
     return total
 
 
-def response_bytes(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]) -> int:
-    """As `response_bytes_bound`, for outputs already computed (every axis known)."""
-    names = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
-    return _ENTRY_BYTES + sum(_ENTRY_BYTES + outputs[n].size * _element_bytes(outputs[n].dtype, wants_binary(request, n))
-                              for n in names)
+def declared_exactly(manifest: Manifest) -> bool:
+    """Whether every output's shape is known but for the batch axis: then the answer's size
+    before computing it is its size after."""
+    return all(-1 not in spec.shape[1:] for spec in manifest.outputs)
 
 
 def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
                     ) -> tuple[bytes, int | None]:
     """(body, JSON header length if any output is binary, else None)."""
-    names = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
     entries, blobs = [], []
-    for name in names:
+    for name in answered_outputs(request, manifest):
         array = outputs[name]
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
         if wants_binary(request, name):

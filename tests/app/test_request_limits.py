@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from app.http.routes import v1, v2
@@ -122,7 +123,7 @@ async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_
 
     trims: list[int] = []
     gate = asyncio.Event()
-    body = orjson_body(v2_images(120))  # about 400 KB: a large body
+    body = orjson.dumps(v2_images(120))  # about 400 KB: a large body
 
     async def held_back() -> Any:
         yield body[:1000]
@@ -154,8 +155,3 @@ async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_
     assert third.status_code == 200  # the first one's bytes were given back
     assert held_after == 0
     assert trims == [0]  # free memory handed back once, after the burst
-
-
-def orjson_body(body: dict[str, Any]) -> bytes:
-    import orjson
-    return orjson.dumps(body)

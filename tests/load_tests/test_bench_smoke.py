@@ -45,8 +45,8 @@ def test_wrk_closed_loop_counts_successes_and_errors(server: ServerProcess) -> N
     errors, _ = wrk.closed_loop(server.url, bad, 2, 1.0, warmup_s=0)
     assert ok.ok == ok.requests > 0
     assert not ok.errors
-    assert 0 < ok.p50_ms <= ok.p99_ms <= ok.max_ms
-    assert 0.9 < ok.duration_s < 2
+    assert 0 < ok.p50_ms <= ok.p99_ms <= ok.max_ms  # wrk's latencies were read, in order (no bound on them)
+    assert ok.duration_s > 0.9  # wrk's own run time was read: the 1 s asked, which a busy machine only lengthens
     assert cpu > 0
     assert errors.ok == 0
     assert errors.errors == {"non-2xx": errors.requests}

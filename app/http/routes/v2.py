@@ -19,11 +19,11 @@ from app.protocol.v2 import (
     InferenceResponse,
     MetadataModelResponse,
     check_requested_outputs,
+    declared_exactly,
     decode_inputs,
     encode_response,
     parse_request,
     response_bytes,
-    response_bytes_bound,
 )
 from app.runtime import CUDA
 from app.served_model import ServedModel
@@ -195,7 +195,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         else:
             infer_request, inputs = _decode(body, binary_header, model)
         rows = len(next(iter(inputs.values())))
-        limits.check_response(response_bytes_bound(infer_request, model.manifest, rows), rows)
+        size = response_bytes(infer_request, model.manifest, rows)
+        limits.check_response(size, rows)
         requested = (infer_request.parameters or {}).get("timeout")
         timeout_s = None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
         due, timeout = limits.deadline(request, timeout_s)
@@ -205,8 +206,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     del body, inputs  # the request's bytes and tensors go before the answer is made
     for item in infer_request.inputs:
         item.data = None
-    size = response_bytes(infer_request, model.manifest, outputs)
-    limits.check_response(size, rows)  # dynamic output axes are known only now
+    if not declared_exactly(model.manifest):  # dynamic output axes are known only now
+        size = response_bytes(infer_request, model.manifest, rows, outputs)
+        limits.check_response(size, rows)
     if size > HEAVY_BODY_BYTES:  # as large bodies are decoded: off the event loop
         content, header_length = await offload(request).run(encode_response, infer_request, model.manifest, outputs)
     else:
