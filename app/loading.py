@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
+from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
 from app.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, read_verified, sha256_of_bytes
@@ -126,6 +127,7 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         max_queue_bytes=s.max_queue_bytes,
         retry_after_s=s.retry_after_s,
         inference_niceness=s.inference_niceness,
+        grouping_window=GROUPING_WINDOW,
     )
 
 

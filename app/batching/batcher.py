@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from app.batching.decision import Decision, decide, trigger
 from app.batching.policy import BatchPolicy, BatchRecord
 from app.batching.queue import BatchQueue
 from app.batching.request import Chunk, PendingRequest, Tensors
@@ -49,7 +50,7 @@ class DynamicBatcher:
         self._forming: asyncio.Task[None] | None = None
         self._accepting = False
         self._restarts = 0  # in a row: reset once a batch is formed again
-        self._deciding = 0  # requests in run_or_queue's turn of the loop
+        self._arriving = 0  # requests in run_or_queue's turn of the loop
 
     @property
     def queued_rows(self) -> int:
@@ -112,52 +113,38 @@ class DynamicBatcher:
 
     async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None
                            ) -> asyncio.Future[dict[str, np.ndarray]]:
-        """`submit`, but a small request to an idle model that no other request is about to
-        join runs at once, on the event loop. To know that, it first lets the requests that
-        have already arrived catch up (one turn of the loop): under load they queue behind
-        it and are batched; alone, it is answered without waiting for anyone."""
-        rows = len(next(iter(inputs.values())))
-        if self._could_run_now(rows):
-            self._deciding += 1
-            try:
-                await asyncio.sleep(0)
-            finally:
-                self._deciding -= 1
-            return self.submit(inputs, client_gone, alone=self._deciding == 0 and self._could_run_now(rows))
-        return self.submit(inputs, client_gone)
+        """Queue a request of N rows, or run it at once where `decide` says inline; the
+        future resolves to its N rows of outputs.
 
-    def _could_run_now(self, rows: int) -> bool:
-        runner = self._runner
-        return (self.policy.idle_dispatch and rows <= self.policy.inline_rows and runner is not None
-                and runner.inflight == 0 and self._queue.rows == 0)
-
-    def submit(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None, *, alone: bool = False
-               ) -> asyncio.Future[dict[str, np.ndarray]]:
-        """Queue a request of N rows; the future resolves to its N rows of outputs.
-
-        Cancelling the future (a deadline) drops the request's rows that have not run yet;
-        so does `client_gone()` turning true (checked when batches are formed). `alone`: the
-        caller knows of no other request in progress, so a small one may run at once.
+        Before running inline it lets the requests that have already arrived catch up (one
+        turn of the loop): under load they are waiting beside it, so it is queued and
+        batched with them; alone, it is answered without waiting for anyone. Cancelling the
+        future (a deadline) drops the request's rows that have not run yet; so does
+        `client_gone()` turning true (checked when batches are formed).
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         length = self.length_of(inputs) if self.length_of else 0
         request = PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
-        if alone and self._runner is not None and self._could_run_now(request.rows):
-            # Alone, idle, nothing queued, and small: answered now, without a turn of the
-            # batch former. Only when alone: under load, every request would find the model
-            # idle between inline runs, and nothing would ever be batched.
-            self._runner.run_now([Chunk(request, 0, request.rows)])
-            return request.future
+        if self._decide(request.rows) is Decision.INLINE:
+            self._arriving += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._arriving -= 1
+            if not self._accepting:
+                raise ModelNotReady(f"model {self.name!r} is not accepting requests")
+            if self._decide(request.rows, self._arriving) is Decision.INLINE:
+                assert self._runner is not None  # set while accepting
+                self._runner.run_inline([Chunk(request, 0, request.rows)])
+                return request.future
         self._queue.put(request)
         return request.future
 
-    def _trigger(self, batch: list[Chunk], idle: bool) -> str:
-        if sum(c.rows for c in batch) >= self.policy.max_batch_size:
-            return "full"
-        if idle or (self.policy.idle_dispatch and self.inflight_batches == 0):
-            return "idle"  # idle from the start, or went idle while this batch filled
-        return "due"
+    def _decide(self, rows: int, arriving: int = 0) -> Decision:
+        """`decide` for the rows at hand, with what runs and what waits now."""
+        running = self._runner.inflight if self._runner is not None else 0
+        return decide(self.policy, rows, running, self._queue.rows + arriving)
 
     async def _drained(self) -> None:
         assert self._runner is not None
@@ -172,16 +159,17 @@ class DynamicBatcher:
             # A free slot first: while every slot is busy the queue keeps filling, and
             # the batch taken once one frees is as full as the wait allowed.
             await runner.acquire_slot()
-            # Waiting for company pays only while a batch runs: the next one fills behind
-            # it. An idle model runs what is queued at once (unless told to always wait).
-            idle = self.policy.idle_dispatch and runner.inflight == 0
             try:
-                batch = await self._queue.wait_for_batch(wait=not idle)
+                wait = decide(self.policy, self._queue.rows, runner.inflight, 0) is Decision.WAIT
+                batch = await self._queue.wait_for_batch(wait=wait)
             except BaseException:
                 runner.release_slot()
                 raise
-            if batch:
-                self._restarts = 0
-                runner.launch(batch, self._trigger(batch, idle))
-            else:
+            if not batch:
                 runner.release_slot()
+                continue
+            self._restarts = 0
+            rows = sum(c.rows for c in batch)
+            # Asked again: the model may have gone idle while the batch filled.
+            decision = self._decide(rows)
+            runner.launch(batch, decision, trigger(self.policy, rows, decision))

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+GROUPING_WINDOW = 256
+"""BatchPolicy.grouping_window as the service sets it: no setting exposes it."""
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
     """Every knob of one model's batching. No defaults here: per-model values come from
-    the manifest, server-wide ones from Settings (app/repository.py puts them together)."""
+    the manifest, server-wide ones from Settings (app/loading.py `batch_policy` puts them
+    together), so each default has one home."""
 
     max_batch_size: int
     max_queue_delay_s: float
@@ -24,17 +29,17 @@ class BatchPolicy:
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""
-    idle_dispatch: bool = True
+    idle_dispatch: bool
     """Run what is queued at once when nothing is running; False: always wait up to
     max_queue_delay_s (or a full batch) for company."""
-    inline_rows: int = 0
+    inline_rows: int
     """An idle model's batch of at most this many rows runs on the event loop itself,
     without the hand-off to an inference thread and back; 0: never."""
-    max_large_batch_size: int = 0
+    max_large_batch_size: int
     """Requests of more than max_batch_size rows are batched with each other, never with
     smaller ones, up to this many rows (split beyond it); at most max_batch_size: they
     are split into batches of max_batch_size like any other."""
-    grouping_window: int = 256
+    grouping_window: int
     """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
     cost per batch, and how far a request can be overtaken."""
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from app.batching.collate import concatenate_padded
+from app.batching.decision import Decision
 from app.batching.policy import BatchPolicy, BatchRecord
 from app.batching.request import Chunk
 from app.errors import InferenceFailed
@@ -57,10 +58,11 @@ class BatchRunner:
     def release_slot(self) -> None:
         self._slots.release()
 
-    def launch(self, batch: list[Chunk], trigger: str = "") -> None:
-        """Run a batch in a slot already acquired; the slot is released when it ends.
-        `trigger` says why it was formed when it was (idle, full or due), for its record."""
-        task = asyncio.get_running_loop().create_task(self._execute(batch, trigger))
+    def launch(self, batch: list[Chunk], decision: Decision, trigger: str) -> None:
+        """Run a batch in a slot already acquired (on the event loop where `decision` says
+        inline, else on an inference thread); the slot is released when it ends. `trigger`
+        says why it was formed when it was (idle, full or due), for its record."""
+        task = asyncio.get_running_loop().create_task(self._execute(batch, decision, trigger))
         self._running.add(task)
         self._idle.clear()
         task.add_done_callback(self._finished)
@@ -80,10 +82,10 @@ class BatchRunner:
             if self.on_idle is not None:
                 self.on_idle()
 
-    def run_now(self, batch: list[Chunk]) -> None:
-        """Run a small batch of an idle model right here, on the event loop: for a small
-        model the hand-off to an inference thread and back costs as much as the run."""
-        run = _BatchRun(self, batch)
+    def run_inline(self, batch: list[Chunk]) -> None:
+        """Run a batch right here, on the event loop, without a slot or a task: what
+        `decide` says of an idle model's small request as it arrives."""
+        run = _BatchRun(self, batch, next(self._batch_ids))
         try:
             run.finish(self.infer(run.collate()))
         except Exception as error:
@@ -91,12 +93,12 @@ class BatchRunner:
         finally:
             run.record("idle")
 
-    async def _execute(self, batch: list[Chunk], trigger: str) -> None:
-        run = _BatchRun(self, batch)
+    async def _execute(self, batch: list[Chunk], decision: Decision, trigger: str) -> None:
+        run = _BatchRun(self, batch, next(self._batch_ids))
         try:
             inputs = run.collate()
-            if trigger == "idle" and run.rows <= self.policy.inline_rows:
-                outputs = self.infer(inputs)  # as in run_now: nothing else runs, and it is small
+            if decision is Decision.INLINE:
+                outputs = self.infer(inputs)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, inputs)
             run.finish(outputs)
@@ -111,12 +113,11 @@ class _BatchRun:
     """One batch through the model: its inputs gathered, each request's rows delivered (or
     the batch's failure), and its record."""
 
-    def __init__(self, runner: BatchRunner, batch: list[Chunk]) -> None:
-        self.runner, self.batch = runner, batch
+    def __init__(self, runner: BatchRunner, batch: list[Chunk], batch_id: int) -> None:
+        self.runner, self.batch, self.batch_id = runner, batch, batch_id
         self.started = self.collated = self.computed = time.monotonic()
         self.waits = [self.started - c.request.enqueued_at for c in batch]
         self.rows = sum(c.rows for c in batch)
-        self.batch_id = next(runner._batch_ids)
         self.ok, self.failure_text = False, ""
         if runner.on_batch_start:
             runner.on_batch_start(self.batch_id)

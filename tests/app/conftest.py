@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.batching import BatchPolicy
+from app.batching.policy import GROUPING_WINDOW
 from app.main import create_app
 from app.manifest import load_manifest
 from app.protocol.v2 import ErrorResponse, InferenceResponse, MetadataModelResponse, MetadataServerResponse
@@ -112,7 +113,8 @@ def batch_policy(**overrides: Any) -> BatchPolicy:
     """A policy for batcher tests: no waiting for company, one batch in flight."""
     values: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1,
                               "inference_threads": 1, "max_queue_size": 4096, "max_queue_bytes": 1 << 30, "retry_after_s": 1,
-                              "inference_niceness": 0}
+                              "inference_niceness": 0, "idle_dispatch": True, "inline_rows": 0,
+                              "max_large_batch_size": 0, "grouping_window": GROUPING_WINDOW}
     return BatchPolicy(**(values | overrides))
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from app.batching import BatchRecord, DynamicBatcher
 from app.batching.collate import concatenate_padded
+from app.batching.decision import Decision, decide, trigger
 from app.errors import InferenceFailed, ModelNotReady, PayloadTooLarge, QueueFull
 from tests.app.conftest import batch_policy
 
@@ -64,7 +65,7 @@ def make(infer: object, **policy: object) -> DynamicBatcher:
 async def test_each_request_gets_its_own_rows_back_in_order() -> None:
     infer = Recorder()
     batcher = make(infer, max_queue_delay_s=10.0, max_batch_size=6)
-    futures = [batcher.submit(rows(i, i + 0.5)) for i in range(3)]  # 6 rows fill the batch
+    futures = [await batcher.run_or_queue(rows(i, i + 0.5)) for i in range(3)]  # 6 rows fill the batch
     results = await asyncio.gather(*futures)
     for i, out in enumerate(results):
         np.testing.assert_array_equal(out["y"].ravel(), [2 * i, 2 * i + 1])
@@ -76,8 +77,8 @@ async def test_batches_never_exceed_max_batch_size_and_large_requests_are_split(
     gate = threading.Event()
     infer = Recorder(gate)
     batcher = make(infer, max_batch_size=4)
-    big = batcher.submit(rows(*range(10)))
-    small = batcher.submit(rows(100))
+    big = await batcher.run_or_queue(rows(*range(10)))
+    small = await batcher.run_or_queue(rows(100))
     gate.set()
     out_big, out_small = await asyncio.gather(big, small)
     np.testing.assert_array_equal(out_big["y"].ravel(), np.arange(10) * 2)
@@ -91,7 +92,7 @@ async def test_an_idle_model_runs_a_request_at_once_whatever_the_delay() -> None
     batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=64, max_queue_delay_s=3600.0),
                              on_batch=records.append)
     batcher.start()
-    out = await asyncio.wait_for(batcher.submit(rows(1)), 10)  # an hour's delay is not waited out
+    out = await asyncio.wait_for(await batcher.run_or_queue(rows(1)), 10)  # an hour's delay is not waited out
     np.testing.assert_array_equal(out["y"], [[2]])
     await batcher.stop()
     assert [(r.rows, r.trigger) for r in records] == [(1, "idle")]
@@ -105,10 +106,10 @@ async def test_while_a_batch_runs_the_next_one_waits_for_company_until_full_or_d
                                                       max_inflight_batches=3, inference_threads=3),
                              on_batch=records.append)
     batcher.start()
-    first = batcher.submit(rows(0))
+    first = await batcher.run_or_queue(rows(0))
     await infer.wait_entered()  # running: the model is not idle any more
-    full = [batcher.submit(rows(i)) for i in (1, 2, 3)]  # a whole batch: no waiting
-    lone = batcher.submit(rows(4))  # waits for company until its delay is up
+    full = [await batcher.run_or_queue(rows(i)) for i in (1, 2, 3)]  # a whole batch: no waiting
+    lone = await batcher.run_or_queue(rows(4))  # waits for company until its delay is up
     for _ in range(500):  # all three in the model (the gate is shut): bounded, not a guess
         if len(infer.batches) == 3:
             break
@@ -128,9 +129,9 @@ async def test_a_batch_waiting_for_company_runs_as_soon_as_the_model_goes_idle()
     batcher = DynamicBatcher("m", infer, batch_policy(max_batch_size=8, max_queue_delay_s=3600.0,
                                                       max_inflight_batches=2), on_batch=records.append)
     batcher.start()
-    first = batcher.submit(rows(0))
+    first = await batcher.run_or_queue(rows(0))
     await infer.wait_entered()
-    second = batcher.submit(rows(1))  # would wait an hour for company while `first` runs
+    second = await batcher.run_or_queue(rows(1))  # would wait an hour for company while `first` runs
     gate.set()  # `first` ends: the model is idle, so `second` goes now
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     await batcher.stop()
@@ -142,7 +143,7 @@ async def test_without_idle_dispatch_a_lone_request_waits_for_company() -> None:
     batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=64, max_queue_delay_s=0.05,
                                                            idle_dispatch=False), on_batch=records.append)
     batcher.start()
-    await batcher.submit(rows(1))
+    await (await batcher.run_or_queue(rows(1)))
     await batcher.stop()
     assert [(r.rows, r.trigger) for r in records] == [(1, "due")]
     assert records[0].queue_waits_s[0] >= 0.04
@@ -152,9 +153,9 @@ async def test_requests_queued_while_a_batch_runs_form_the_next_batch() -> None:
     gate = threading.Event()
     infer = Recorder(gate)
     batcher = make(infer, max_batch_size=8)
-    first = batcher.submit(rows(0))
+    first = await batcher.run_or_queue(rows(0))
     await infer.wait_entered()  # the first batch is blocked inside the model
-    later = [batcher.submit(rows(i)) for i in range(1, 6)]
+    later = [await batcher.run_or_queue(rows(i)) for i in range(1, 6)]
     gate.set()
     await asyncio.gather(first, *later)
     assert [len(b) for b in infer.batches] == [1, 5]
@@ -189,7 +190,7 @@ async def test_one_inference_thread_runs_in_flight_batches_one_after_another() -
     gate = threading.Event()
     infer = ThreadTracker(gate, expected_at_once=1)
     batcher = make(infer, max_batch_size=1, max_inflight_batches=2, inference_threads=1)
-    futures = [batcher.submit(rows(i)) for i in range(4)]
+    futures = [await batcher.run_or_queue(rows(i)) for i in range(4)]
     assert await asyncio.to_thread(infer.all_in.wait, 5)
     # Two batches are handed over (one running, one ready behind it); two rows still queue.
     await until(lambda: batcher.inflight_batches == 2)
@@ -207,7 +208,7 @@ async def test_two_inference_threads_run_two_batches_at_once() -> None:
     gate = threading.Event()
     infer = ThreadTracker(gate, expected_at_once=2)
     batcher = make(infer, max_batch_size=1, max_inflight_batches=2, inference_threads=2)
-    futures = [batcher.submit(rows(i)) for i in range(2)]
+    futures = [await batcher.run_or_queue(rows(i)) for i in range(2)]
     assert await asyncio.to_thread(infer.all_in.wait, 5), "two batches never ran at once"
     gate.set()
     await asyncio.gather(*futures)
@@ -218,8 +219,8 @@ async def test_two_inference_threads_run_two_batches_at_once() -> None:
 async def test_a_failing_batch_fails_only_its_own_requests() -> None:
     infer = Recorder(fail_when=-1.0)
     batcher = make(infer, max_batch_size=2)
-    bad = [batcher.submit(rows(-1)), batcher.submit(rows(1))]  # one batch, poisoned
-    good = [batcher.submit(rows(2)), batcher.submit(rows(3))]  # the next batch
+    bad = [await batcher.run_or_queue(rows(-1)), await batcher.run_or_queue(rows(1))]  # one batch, poisoned
+    good = [await batcher.run_or_queue(rows(2)), await batcher.run_or_queue(rows(3))]  # the next batch
     results = await asyncio.gather(*bad, *good, return_exceptions=True)
     assert all(isinstance(r, InferenceFailed) for r in results[:2])
     assert "poisoned batch" in str(results[0])
@@ -230,7 +231,7 @@ async def test_a_failing_batch_fails_only_its_own_requests() -> None:
 
 async def test_a_model_returning_the_wrong_number_of_rows_fails_that_batch() -> None:
     batcher = make(lambda inputs: {"y": inputs["x"][:1]}, max_batch_size=2, max_queue_delay_s=10.0)
-    results = await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(2)), return_exceptions=True)
+    results = await asyncio.gather(await batcher.run_or_queue(rows(1)), await batcher.run_or_queue(rows(2)), return_exceptions=True)
     assert all(isinstance(r, InferenceFailed) and "returned 1 rows" in str(r) for r in results)
     await batcher.stop()
 
@@ -239,10 +240,10 @@ async def test_cancelled_waiting_request_is_dropped_before_it_runs() -> None:
     gate = threading.Event()
     infer = Recorder(gate)
     batcher = make(infer, max_batch_size=1)
-    running = batcher.submit(rows(1))
+    running = await batcher.run_or_queue(rows(1))
     await infer.wait_entered()
-    cancelled = batcher.submit(rows(99))
-    kept = batcher.submit(rows(3))
+    cancelled = await batcher.run_or_queue(rows(99))
+    kept = await batcher.run_or_queue(rows(3))
     cancelled.cancel()
     gate.set()
     await asyncio.gather(running, kept)
@@ -255,12 +256,12 @@ async def test_cancelled_waiting_request_is_dropped_before_it_runs() -> None:
 async def test_queue_full_is_refused_with_retry_after_and_oversized_requests_with_413() -> None:
     gate = threading.Event()
     batcher = make(Recorder(gate), max_batch_size=1, max_queue_size=3, retry_after_s=7)
-    futures = [batcher.submit(rows(i)) for i in range(3)]
+    futures = [await batcher.run_or_queue(rows(i)) for i in range(3)]
     with pytest.raises(QueueFull) as err:
-        batcher.submit(rows(1, 2, 3))
+        await batcher.run_or_queue(rows(1, 2, 3))
     assert err.value.headers == {"Retry-After": "7"}
     with pytest.raises(PayloadTooLarge, match="queues at most 3"):
-        batcher.submit(rows(1, 2, 3, 4))
+        await batcher.run_or_queue(rows(1, 2, 3, 4))
     gate.set()
     await asyncio.gather(*futures)
     await batcher.stop()
@@ -282,9 +283,9 @@ async def test_length_grouping_batches_similar_lengths_together() -> None:
     def text(n: int) -> dict[str, np.ndarray]:
         return {"ids": np.ones((1, n), np.int64), "lengths": np.array([n])}
 
-    first = batcher.submit(text(3))
+    first = await batcher.run_or_queue(text(3))
     assert await asyncio.to_thread(entered.wait, 5)  # the first batch holds the gate; the rest queue up
-    queued = [batcher.submit(text(n)) for n in (40, 4, 41, 5)]
+    queued = [await batcher.run_or_queue(text(n)) for n in (40, 4, 41, 5)]
     gate.set()
     results = await asyncio.gather(first, *queued)
     assert [r["y"].tolist() for r in results] == [[3], [40], [4], [41], [5]]
@@ -296,7 +297,7 @@ async def test_length_grouping_batches_similar_lengths_together() -> None:
 async def test_stop_finishes_queued_work() -> None:
     infer = Recorder()
     batcher = make(infer, max_batch_size=2, max_queue_delay_s=0.5)
-    future = batcher.submit(rows(5))
+    future = await batcher.run_or_queue(rows(5))
     await batcher.stop()
     np.testing.assert_array_equal(future.result()["y"], [[10]])
 
@@ -305,14 +306,14 @@ async def test_stop_waits_for_a_running_batch_then_refuses_new_requests() -> Non
     gate = threading.Event()
     infer = Recorder(gate)
     batcher = make(infer)
-    future = batcher.submit(rows(5))
+    future = await batcher.run_or_queue(rows(5))
     await infer.wait_entered()
     stopping = asyncio.ensure_future(batcher.stop())
     await asyncio.sleep(0)  # let stop() start waiting
     assert not stopping.done()
     assert not future.done()
     with pytest.raises(ModelNotReady):
-        batcher.submit(rows(6))
+        await batcher.run_or_queue(rows(6))
     gate.set()
     await stopping
     np.testing.assert_array_equal(future.result()["y"], [[10]])
@@ -322,9 +323,9 @@ async def test_stop_fails_what_is_still_queued_after_its_timeout() -> None:
     gate = threading.Event()
     infer = Recorder(gate)
     batcher = make(infer, max_batch_size=1)
-    running = batcher.submit(rows(1))
+    running = await batcher.run_or_queue(rows(1))
     await infer.wait_entered()
-    stuck = batcher.submit(rows(2))
+    stuck = await batcher.run_or_queue(rows(2))
     stopping = asyncio.ensure_future(batcher.stop(timeout_s=0.01))
     # The timeout passes while the gate is shut: the queued request fails with 503 ...
     with pytest.raises(ModelNotReady, match="shutting down"):
@@ -340,7 +341,7 @@ async def test_on_batch_reports_rows_and_queue_waits() -> None:
     batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=3, max_queue_delay_s=10.0),
                              on_batch=records.append)
     batcher.start()
-    await asyncio.gather(batcher.submit(rows(1, 2)), batcher.submit(rows(3)))
+    await asyncio.gather(await batcher.run_or_queue(rows(1, 2)), await batcher.run_or_queue(rows(3)))
     await batcher.stop()
     assert [(r.rows, len(r.queue_waits_s), r.ok) for r in records] == [(3, 2, True)]
 
@@ -364,21 +365,21 @@ async def test_an_idle_models_small_batch_runs_on_the_loop_and_others_in_a_threa
     for inline_rows, request_rows, on_loop in ((1, 1, True), (1, 2, False), (0, 1, False)):
         threads.clear()
         batcher = make(infer, inline_rows=inline_rows)
-        await batcher.submit(rows(*range(request_rows)), alone=True)
+        await (await batcher.run_or_queue(rows(*range(request_rows))))
         await batcher.stop()
         assert (threads == [here]) is on_loop, (inline_rows, request_rows)
 
 
-async def test_a_request_not_alone_goes_through_the_queue_even_when_idle() -> None:
+async def test_a_request_arriving_beside_others_goes_through_the_queue_even_when_idle() -> None:
     """Under load every request would find the model idle between inline runs: only one
-    that is alone skips the queue, so that load is still batched."""
+    that no other is waiting beside skips the queue, so that load is still batched."""
     batcher = make(Recorder(), inline_rows=1)
-    alone = batcher.submit(rows(1), alone=True)
-    assert alone.done()  # answered within submit(): no queue, no turn of the event loop
-    queued = batcher.submit(rows(2), alone=False)
-    assert not queued.done()
-    assert batcher.queued_rows == 1
-    np.testing.assert_array_equal((await queued)["y"], [[4]])
+    alone = await batcher.run_or_queue(rows(1))
+    assert alone.done()  # answered inline: no queue, no batch-forming turn
+    first, second = await asyncio.gather(batcher.run_or_queue(rows(2)), batcher.run_or_queue(rows(3)))
+    assert not first.done() and not second.done()  # both arrived in one turn: queued
+    np.testing.assert_array_equal((await first)["y"], [[4]])
+    np.testing.assert_array_equal((await second)["y"], [[6]])
     await batcher.stop()
 
 
@@ -393,3 +394,35 @@ async def test_run_or_queue_runs_a_lone_request_at_once_and_batches_a_crowd() ->
     await batcher.stop()
     assert [r.rows for r in sorted(records, key=lambda r: r.batch_id)][0] == 1
     assert max(r.rows for r in records[1:]) > 1  # the crowd was batched, not run one by one inline
+
+
+# rows at hand, batches running, requests or rows waiting besides, idle_dispatch -> decision
+DECISIONS = [
+    (1, 0, 0, True, Decision.INLINE),  # alone, small, idle: run on the loop
+    (2, 0, 0, True, Decision.RUN),  # idle but over inline_rows: a thread, at once
+    (1, 0, 1, True, Decision.RUN),  # idle, but another waits beside it: not inline
+    (1, 1, 0, True, Decision.WAIT),  # a batch runs: the next one fills behind it
+    (3, 2, 5, True, Decision.WAIT),
+    (8, 1, 0, True, Decision.RUN),  # full: nothing to wait for
+    (9, 1, 0, True, Decision.RUN),
+    (1, 0, 0, False, Decision.WAIT),  # told to always wait for company
+    (8, 0, 0, False, Decision.RUN),  # ... unless the batch is full
+]
+
+
+@pytest.mark.parametrize(("rows_at_hand", "running", "waiting", "idle_dispatch", "expected"), DECISIONS)
+def test_decide(rows_at_hand: int, running: int, waiting: int, idle_dispatch: bool, expected: Decision) -> None:
+    policy = batch_policy(max_batch_size=8, inline_rows=1, idle_dispatch=idle_dispatch)
+    assert decide(policy, rows_at_hand, running, waiting) is expected
+
+
+def test_decide_never_runs_inline_with_inline_rows_0() -> None:
+    policy = batch_policy(max_batch_size=8, inline_rows=0)
+    assert decide(policy, 1, 0, 0) is Decision.RUN
+
+
+@pytest.mark.parametrize(("rows_at_hand", "decision", "expected"), [
+    (8, Decision.RUN, "full"), (8, Decision.INLINE, "full"), (3, Decision.RUN, "idle"),
+    (1, Decision.INLINE, "idle"), (3, Decision.WAIT, "due")])
+def test_trigger_says_why_a_batch_ran(rows_at_hand: int, decision: Decision, expected: str) -> None:
+    assert trigger(batch_policy(max_batch_size=8), rows_at_hand, decision) == expected

@@ -35,7 +35,7 @@ async def test_a_dead_batch_former_is_restarted_and_queued_requests_are_served()
 
     batcher._queue.wait_for_batch = dies_once  # type: ignore[method-assign]
     batcher.start()
-    out = await asyncio.wait_for(batcher.submit(rows(3)), 5)
+    out = await asyncio.wait_for(await batcher.run_or_queue(rows(3)), 5)
     np.testing.assert_array_equal(out["y"], [[6]])
     assert [str(e) for e in restarts] == ["bug in the batch former"]
     await batcher.stop()

@@ -61,7 +61,7 @@ async def test_batches_run_in_threads_below_the_event_loops_priority() -> None:
 
     batcher = DynamicBatcher("m", infer, batch_policy(inference_niceness=4))
     batcher.start()
-    await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 1), np.float32)}) for _ in range(3)))
+    await asyncio.gather(*[await batcher.run_or_queue({"x": np.zeros((1, 1), np.float32)}) for _ in range(3)])
     await batcher.stop()
     assert niceness
     assert all(n == min(19, _nice_of_this_thread() + 4) for n in niceness)
