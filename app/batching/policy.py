@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 GROUPING_WINDOW = 256
 """BatchPolicy.grouping_window as the service sets it: no setting exposes it."""
 
