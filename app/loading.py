@@ -90,7 +90,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
                              length_of=_sequence_length(manifest), on_batch=record,
                              on_batch_start=health.batch_started, on_hang_up=on_hang_up)
-    model = ServedModel(manifest, folder, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
+    model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
     if settings.warmup:
         try:
             model.warm_up()

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,6 +23,7 @@ from app.http.hot_routes import fast_dispatch_possible
 from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import health, metrics, model_repository, v1, v2
+from app.http.services import Services
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
@@ -41,50 +43,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; nothing is read or loaded until its lifespan starts."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, object]]:
+    async def lifespan(app: _OrtServe) -> AsyncIterator[Mapping[str, object]]:
         resolved = settings or Settings()
         if settings is None:  # started as `uvicorn app.main:app`: nobody configured logging
             configure_logging(resolved.log_format, resolved.log_level)
-        app.state.settings = resolved
-        app.state.draining = False
         admin = resolved.admin_secret()
-        app.state.admin_token = admin.encode() if admin else None
-        app.state.api_keys = [key.encode() for key in resolved.api_secrets()]
-        app.state.budget = RequestBudget(resolved)
-        app.state.offload = Offload(resolved.decode_threads)
+        api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,
                               resolved.workers)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch (%s for large batches), %d CPUs usable",
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())
-        repository = ModelRepository(resolved, options, app.state.metrics)
+        repository = ModelRepository(resolved, options, app.metrics)
         failures = await repository.start()
         if failures and resolved.strict_models:
             await repository.stop()
-            raise RuntimeError("--strict-models: refusing to start: " + "; ".join(failures))
-        app.state.repository = repository
+            raise StrictModelsRefused(failures)
         settle_heap()
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
         for failure in failures:
             logger.error("not served: %s", failure)
-        metrics = app.state.metrics
         worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(
-            metrics.registry, resolved.metrics_dir, failures=metrics.metrics_snapshot_failures)
-        app.state.worker_metrics = worker_metrics
+            app.metrics.registry, resolved.metrics_dir, failures=app.metrics.metrics_snapshot_failures)
+        services = app.services = Services(
+            settings=resolved, repository=repository, metrics=app.metrics, budget=RequestBudget(resolved),
+            offload=Offload(resolved.decode_threads), api_keys=api_keys,
+            admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
         background = start_background_tasks(repository, resolved, worker_metrics)
-        delay_sigterm(lambda: setattr(app.state, "draining", True), resolved.drain_delay_s)
+        delay_sigterm(services.start_draining, resolved.drain_delay_s)
         try:
             # uvicorn hands this state to every connection it makes: how the HTTP limits reach them
             yield {LIMITS_STATE: HttpLimits.from_settings(resolved)}
         finally:
-            app.state.draining = True
+            services.start_draining()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await repository.stop()
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()
-            app.state.offload.shutdown()
+            services.offload.shutdown()
             logger.info("stopped")
 
     app = _OrtServe(
@@ -93,13 +91,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
     )
-    app.state.metrics = Metrics()
     for module in (v1, v2, health, model_repository, metrics):
         app.include_router(module.router)
     install_error_handlers(app)
-    add_body_schemas(app)
+    add_body_schemas(app, app.repository)
     add_docs_pages(app)
     return app
+
+
+class StrictModelsRefused(RuntimeError):
+    """--strict-models and a model failed to load: the server does not start."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("--strict-models: refusing to start: " + "; ".join(failures))
+        self.failures = failures
 
 
 def start_background_tasks(repository: ModelRepository, settings: Settings,
@@ -137,6 +142,15 @@ class _OrtServe(FastAPI):
     """
 
     _front: ASGIApp | None = None
+    services: Services | None = None
+    """What the routes need (app/http/services.py): built by the lifespan."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.metrics = Metrics()  # before the lifespan: the middleware counts every request
+
+    def repository(self) -> ModelRepository | None:
+        return self.services.repository if self.services is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._front is None:
@@ -150,10 +164,10 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
-        return RequestContext(inner, self.state.metrics, self._serves)
+        return RequestContext(inner, self.metrics, self._serves)
 
     def _serves(self, model: str) -> bool:
-        repository = getattr(self.state, "repository", None)
+        repository = self.repository()
         return repository is not None and repository.serves(model)
 
 

@@ -35,7 +35,7 @@ from app.manifest import (
 from app.observability.metrics import Metrics
 from app.observability.stats import ModelStats
 from app.runtime import OrtOptions
-from app.served_model import ServedModel
+from app.served_model import Lease, ServedModel
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,9 +118,10 @@ class ModelRepository:
 
     # --- requests -------------------------------------------------------------------
 
-    def acquire(self, name: str, version: str | None = None) -> ServedModel:
-        """The model a request should use, held until the request calls `release()` on it."""
-        return self.get(name, version).acquire()
+    def lease(self, name: str, version: str | None = None) -> Lease:
+        """`async with repository.lease(name, version) as model`: the model a request should
+        use, held until the block ends."""
+        return self.get(name, version).lease()
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         model = self._newest.get(name) if version is None else self._served.get(name, {}).get(version)

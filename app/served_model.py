@@ -8,7 +8,6 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -18,14 +17,13 @@ from app.deadlines import Deadlines
 from app.errors import DeadlineExceeded
 from app.manifest import Manifest, TensorSpec
 from app.observability.stats import ModelStats
-from app.runtime import OrtModel
+from app.runtime import CUDA, OrtModel
 from app.supervision import BatchHealth
 
 
 @dataclass(eq=False)
 class ServedModel:
     manifest: Manifest
-    directory: Path
     variant: str
     session: OrtModel
     batcher: DynamicBatcher
@@ -57,14 +55,26 @@ class ServedModel:
     def ready(self) -> bool:
         return self.health.healthy
 
-    def acquire(self) -> ServedModel:
-        """Hold the model for one request (release it when answered): a model being replaced
-        is unloaded only once no request holds it, so none that found it fails."""
+    @property
+    def device(self) -> str:
+        """Where its batches run: "GPU" or "CPU" (Triton's instance kinds)."""
+        return "GPU" if self.session.providers[0] == CUDA else "CPU"
+
+    @functools.cached_property
+    def outputs_fixed(self) -> bool:
+        """Whether every output's shape is known but for the batch axis: then an answer's
+        size before computing it is its size after."""
+        return all(-1 not in spec.shape[1:] for spec in self.manifest.outputs)
+
+    def lease(self) -> Lease:
+        """`async with model.lease() as model`: held for one request, until it is answered.
+        A model being replaced is unloaded only once no request holds it, so none that
+        found it fails."""
         self.leases += 1
         self._unleased.clear()
-        return self
+        return Lease(self)
 
-    def release(self) -> None:
+    def _release(self) -> None:
         self.leases -= 1
         if not self.leases:
             self._unleased.set()
@@ -115,6 +125,22 @@ class ServedModel:
 
     def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
         return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}
+
+
+class Lease:
+    """A request's hold on a model (ServedModel.lease), let go when the block ends however
+    it ends. A class, not a generator context manager: it is on every request's path."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    async def __aenter__(self) -> ServedModel:
+        return self.model
+
+    async def __aexit__(self, *_: object) -> None:
+        self.model._release()
 
 
 def _expire(name: str, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float) -> None:

@@ -20,6 +20,7 @@ from app.deadlines import Deadlines
 from app.errors import InvalidInput, PayloadTooLarge, QueueFull, RequestTimeout
 from app.http.responses import header
 from app.offload import HEAVY_BODY_BYTES
+from app.protocol.values import positive_timeout
 from app.settings import Settings
 from app.tuning import return_free_memory
 
@@ -165,20 +166,6 @@ class RequestBudget:
 
 def _keep_memory() -> None:
     """trim_memory off: the allocator keeps what it has."""
-
-
-def positive_timeout(value: object, what: str, unit_s: float) -> float:
-    """A client's timeout in seconds, from a positive number of `unit_s` units (a JSON
-    number, or text holding one as a header does; true or a list is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidInput(f"{what} must be a positive number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{what} must be a positive number, got {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise InvalidInput(f"{what} must be a positive number, got {value!r}")
-    return number * unit_s
 
 
 def client_gone(request: Request) -> Callable[[], bool] | None:

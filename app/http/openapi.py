@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.http.routes import v2
+from app.repository import ModelRepository
 
 
-def add_body_schemas(app: FastAPI) -> None:
+def add_body_schemas(app: FastAPI, repository: Callable[[], ModelRepository | None]) -> None:
     """Routes read raw bodies (for speed and for binary tensors), so their request schemas
     are added to the OpenAPI components by hand."""
     original = app.openapi
@@ -21,7 +23,7 @@ def add_body_schemas(app: FastAPI) -> None:
         # The repository API's admin token (and the inference endpoints' API keys, where set)
         schema.setdefault("components", {})["securitySchemes"] = {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
         _drop_unreachable_validation_errors(schema)
-        _served_version_examples(schema, getattr(app.state, "repository", None))
+        _served_version_examples(schema, repository())
         components = schema["components"].setdefault("schemas", {})
         for model in v2.OPENAPI_MODELS:
             generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -47,7 +49,7 @@ def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
         schemas.pop(name, None)
 
 
-def _served_version_examples(schema: dict[str, Any], repository: Any) -> None:
+def _served_version_examples(schema: dict[str, Any], repository: ModelRepository | None) -> None:
     """A `version` path parameter's example is a version the example model serves now (when
     the document is first asked for), so that "Try it out" gets an answer, not a 404."""
     if repository is None:

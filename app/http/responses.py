@@ -42,5 +42,15 @@ class JSONResponse(Response):
             self.raw_headers = [length, _JSON_TYPE]
 
 
+class JSONBytes(JSONResponse):
+    """JSON already encoded (by the inference path), with the same headers."""
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+
+
 _JSON_TYPE = (b"content-type", b"application/json")
 

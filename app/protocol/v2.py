@@ -10,9 +10,11 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.codecs import Codec
 from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, to_little_endian_bytes
+from app.protocol.values import json_object, positive_timeout
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
 
@@ -93,17 +95,6 @@ class MetadataServerResponse(_Sent):
 
 class ErrorResponse(_Sent):
     error: str
-
-
-def json_object(data: bytes, expected: str) -> dict[str, Any]:
-    """A JSON object from bytes: 400 if it is not JSON, 422 if it is not an object."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise UnprocessableInput(f"request body must be a JSON object {expected}")
-    return value
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, BinaryReader]:
@@ -289,3 +280,44 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+class V2Exchange:
+    """One V2 request (JSON, or Triton's binary tensors) through the inference path
+    (app/inference.py `Exchange`). The request is kept for its answer (the outputs asked
+    for, binary or not, its id) without its input data."""
+
+    __slots__ = ("binary_header",)
+
+    def __init__(self, binary_header: str | None) -> None:
+        self.binary_header = binary_header  # Inference-Header-Content-Length: a binary body's JSON part
+
+    def parse(self, body: bytes) -> tuple[InferenceRequest, BinaryReader]:
+        return parse_request(body, self.binary_header)
+
+    def heavy(self, parsed: tuple[InferenceRequest, BinaryReader], codec: Codec) -> bool:
+        return False  # tensors are bounded by the body: a small body decodes quickly
+
+    def decode(self, parsed: tuple[InferenceRequest, BinaryReader], manifest: Manifest, codec: Codec
+               ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+        """The request checked whole against the model: nothing bad reaches its batch."""
+        request, binary = parsed
+        codec.check_shapes({item.name: item.shape for item in request.inputs})
+        inputs = decode_inputs(request, binary, manifest)
+        codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
+        check_requested_outputs(request, manifest)
+        for item in request.inputs:
+            item.data = None  # the JSON lists go now; the answer needs none of them
+        return request, inputs
+
+    def timeout_s(self, request: InferenceRequest) -> float | None:
+        requested = (request.parameters or {}).get("timeout")
+        return None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
+
+    def answer_bytes(self, request: InferenceRequest, manifest: Manifest, rows: int,
+                     outputs: dict[str, np.ndarray] | None = None) -> int:
+        return response_bytes(request, manifest, rows, outputs)
+
+    def answer(self, request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
+               ) -> tuple[bytes, int | None]:
+        return encode_response(request, manifest, outputs)

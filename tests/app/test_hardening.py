@@ -116,7 +116,7 @@ async def test_queued_requests_of_clients_that_hung_up_are_never_computed() -> N
     # inline_rows=0: the gated model must block a thread, not the event loop.
     async with live_server(max_inflight_batches=1, max_queue_delay_ms=0, inline_rows=0) as (server, app):
         port = server.config.port
-        model = app.state.repository.get("fashion-cnn")
+        model = app.services.repository.get("fashion-cnn")
         gate, seen_rows = threading.Event(), []
         real_run = model.session.run
 
@@ -160,7 +160,7 @@ async def test_queued_requests_of_clients_that_hung_up_are_never_computed() -> N
             if model.batcher.queued_rows == 0:
                 break
             await asyncio.sleep(0.01)
-        metrics = app.state.metrics
+        metrics = app.metrics
         dropped = metrics.requests_dropped.labels("fashion-cnn", "client_gone")._value.get()
     assert seen_rows == [1]  # none of the 20 was computed
     assert dropped == 20
@@ -209,7 +209,7 @@ async def test_heavy_hostile_requests_are_decoded_off_the_event_loop(case: str, 
     """Behaviour, not a wall-clock bound (which a busy CI machine breaks): the work that
     grows with a hostile body runs on the decode threads, never on the event loop's thread.
     `python -m load_tests.hostile` measures liveness latency while these run."""
-    from app.http.routes import v1, v2
+    from app.protocol import v1, v2
 
     steps: list[tuple[str, str]] = []
 
@@ -219,11 +219,12 @@ async def test_heavy_hostile_requests_are_decoded_off_the_event_loop(case: str, 
             return real(*args)
         return wrapped
 
-    monkeypatch.setattr(v2, "_decode", spy("v2 decode", v2._decode))
-    monkeypatch.setattr(v1, "_instances", spy("v1 parse", v1._instances))
+    monkeypatch.setattr(v2, "parse_request", spy("v2 parse", v2.parse_request))
+    monkeypatch.setattr(v2, "decode_inputs", spy("v2 decode", v2.decode_inputs))
+    monkeypatch.setattr(v1, "parse_instances", spy("v1 parse", v1.parse_instances))
     path, body, headers = HOSTILE_REQUESTS[case]()
     async with serving() as client:
-        for model in client._transport.app.state.repository.all():  # type: ignore[attr-defined]
+        for model in client._transport.app.services.repository.all():  # type: ignore[attr-defined]
             monkeypatch.setattr(model.codec, "instances_to_inputs", spy("v1 decode", model.codec.instances_to_inputs))
         loop_thread = threading.current_thread().name
         response = await client.post(path, content=body, headers=headers)

@@ -300,7 +300,7 @@ async def test_replacing_versions_under_load_fails_no_request(model_root: Path) 
 
 async def test_an_unloaded_version_is_freed(model_root: Path) -> None:
     async with serving(model_dir=model_root, **explicit(load_model=["*"])) as client:
-        app_state = client._transport.app.state  # type: ignore[attr-defined]
+        app_state = client._transport.app.services  # type: ignore[attr-defined]
         old = weakref.ref(app_state.repository.get("fashion-cnn"))
         session = weakref.ref(old().session)  # type: ignore[union-attr]
         base = model_root / "fashion-cnn" / fashion_version(model_root)

@@ -69,7 +69,7 @@ async def test_bad_names_are_a_400_on_every_client_path_before_any_file_is_read(
         unknown, _ = await exchange(port, "POST", "/v2/models/no-such-model/infer", v2_body)
         no_version, _ = await exchange(port, "POST", "/v2/models/fashion-cnn/versions/99/infer", v2_body)
         scanned_by_clients = list(scanned)
-        assert app.state.repository.names() == ["fashion-cnn", "sst2-lstm"]
+        assert app.services.repository.names() == ["fashion-cnn", "sst2-lstm"]
         _, index = await exchange(port, "POST", "/v2/repository/index", b"", TOKEN)
     assert scanned_by_clients == ["no-such-model"]  # the only client path that read the disk had a good name
     assert (missing, unknown, no_version) == (404, 404, 404)

@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.http.routes import v1, v2
+from app import inference
+from app.protocol import v1, v2
 from tests.app.conftest import sample_images, serving
 
 
@@ -38,7 +39,7 @@ async def test_an_output_named_twice_is_a_400_and_nothing_runs() -> None:
         repeated = await client.post("/v2/models/fashion-cnn/infer",
                                      json=v2_images(1, [{"name": "logits"}] * 50_000))
         once = await client.post("/v2/models/fashion-cnn/infer", json=v2_images(1, [{"name": "logits"}]))
-        computed = client._transport.app.state.repository.get("fashion-cnn").stats.inference_count  # type: ignore[attr-defined]
+        computed = client._transport.app.services.repository.get("fashion-cnn").stats.inference_count  # type: ignore[attr-defined]
     assert repeated.status_code == 400
     assert "['logits'] are requested more than once" in repeated.json()["error"]
     assert once.status_code == 200, once.text
@@ -53,7 +54,7 @@ async def test_answers_larger_than_max_response_bytes_are_a_413_before_they_are_
         v1_rows = await client.post("/v1/models/fashion-cnn:predict",
                                     json={"instances": [image.tolist() for image in sample_images(64)]})
         small = await client.post("/v2/models/fashion-cnn/infer", json=v2_images(2))
-        computed = client._transport.app.state.repository.get("fashion-cnn").stats.inference_count  # type: ignore[attr-defined]
+        computed = client._transport.app.services.repository.get("fashion-cnn").stats.inference_count  # type: ignore[attr-defined]
     assert as_json.status_code == 413
     error = as_json.json()["error"]
     assert "64 rows" in error
@@ -73,10 +74,9 @@ async def test_large_answers_are_encoded_off_the_event_loop(monkeypatch: pytest.
             return real(*args)
         return wrapped
 
-    monkeypatch.setattr(v2, "HEAVY_BODY_BYTES", 1000)
-    monkeypatch.setattr(v1, "HEAVY_BODY_BYTES", 1000)
+    monkeypatch.setattr(inference, "HEAVY_BODY_BYTES", 1000)
     monkeypatch.setattr(v2, "encode_response", spy("v2", v2.encode_response))
-    monkeypatch.setattr(v1, "_answer", spy("v1", v1._answer))
+    monkeypatch.setattr(v1, "predictions", spy("v1", v1.predictions))
     async with serving() as client:
         loop_thread = threading.current_thread().name
         small = await client.post("/v2/models/fashion-cnn/infer", json=v2_images(1))
@@ -132,7 +132,7 @@ async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_
 
     async with serving(max_body_bytes=len(body) + 1000, max_large_bodies_bytes=len(body) + 1000) as client:
         app = client._transport.app  # type: ignore[attr-defined]
-        large = app.state.budget.large_bodies
+        large = app.services.budget.large_bodies
         large._trim = lambda: trims.append(large.held)
         first = asyncio.ensure_future(client.post("/v2/models/fashion-cnn/infer", content=held_back(),
                                                   headers={"content-length": str(len(body))}))

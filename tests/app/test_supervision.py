@@ -73,7 +73,7 @@ async def test_a_failing_model_answers_503_at_once_after_the_threshold(model_roo
     from tests.app.conftest import serving
 
     async with serving(model_dir=model_root, failure_threshold=2, failure_cooldown_s=60) as client:
-        model = client._transport.app.state.repository.get("sst2-lstm")  # type: ignore[attr-defined]
+        model = client._transport.app.services.repository.get("sst2-lstm")  # type: ignore[attr-defined]
         broken = threading.Event()
         real_run = model.session.run
 

@@ -1,4 +1,4 @@
-"""What the routes share: the running app's repository and settings, access checks,
+"""What the routes share: access checks, what the inference path is told of a request,
 documented errors."""
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from typing import Annotated, Any
 from fastapi import Path, Request
 
 from app.errors import Forbidden, Unauthorized
-from app.http.budget import RequestBudget
+from app.http.budget import client_gone
 from app.http.responses import header
-from app.offload import Offload
+from app.http.services import Services, services
+from app.inference import Call
 from app.protocol.v2 import ErrorResponse
-from app.repository import ModelRepository
-from app.settings import Settings
 
 _MEANINGS = {
     400: "The input is malformed or does not fit the model (names, types, shapes, values); "
@@ -48,22 +47,6 @@ Version = Annotated[str, Path(description="One of the model's served versions (i
 """Path parameters, documented once; the OpenAPI document fills in a served version (openapi.py)."""
 
 
-def repository(request: Request) -> ModelRepository:
-    return request.app.state.repository
-
-
-def settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def budget(request: Request) -> RequestBudget:
-    return request.app.state.budget
-
-
-def offload(request: Request) -> Offload:
-    return request.app.state.offload
-
-
 def bearer_token(request: Request) -> str | None:
     value = header(request, b"authorization")
     if value is None:
@@ -83,7 +66,7 @@ def matches_any(token: str | None, secrets: list[bytes]) -> bool:
 
 def authorize(request: Request) -> None:
     """The inference endpoints' API key check; nothing to do unless keys are configured."""
-    keys: list[bytes] = request.app.state.api_keys
+    keys = services(request).api_keys
     if keys and not matches_any(bearer_token(request), keys):
         raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
 
@@ -91,13 +74,25 @@ def authorize(request: Request) -> None:
 def authorize_admin(request: Request, *, changes: bool) -> None:
     """The repository API's check: off without an admin token, 401 for a wrong or missing
     token, 403 for load and unload where the control mode does not allow them."""
-    token: bytes | None = request.app.state.admin_token
+    token = services(request).admin_token
     if token is None:
         raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
                         "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
     if not matches_any(bearer_token(request), [token]):
         raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
-    mode = settings(request).model_control_mode
+    mode = services(request).settings.model_control_mode
     if changes and mode != "explicit":
         raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
                         f"mode; this server runs in {mode!r} mode")
+
+
+def call_of(request: Request, found: Services, requested_s: float | None = None) -> Call:
+    """What the inference path (app/inference.py) is told of this request: its deadline
+    (the timeout the protocol asks for, else `requested_s`, at most the server's), the
+    answer's limit, and whether its client is still there."""
+    budget = found.budget
+
+    def deadline(asked_s: float | None) -> tuple[float, float]:
+        return budget.deadline(request, asked_s if asked_s is not None else requested_s)
+
+    return Call(found.offload, deadline, budget.check_response, client_gone(request))

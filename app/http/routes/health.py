@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app import __version__
+from app.http.services import services
 from app.protocol.v2 import MetadataServerResponse
 
 router = APIRouter(tags=["health"])
@@ -27,9 +28,8 @@ async def live() -> Response:
             responses={200: {"description": "ready"},
                        503: {"description": "still loading, a model that should be served is not, or shutting down"}})
 async def ready(request: Request) -> Response:
-    repository = getattr(request.app.state, "repository", None)
-    ok = repository is not None and repository.ready and not request.app.state.draining
-    return Response(status_code=200 if ok else 503)
+    found = services(request)
+    return Response(status_code=200 if found.repository.ready and not found.draining else 503)
 
 
 @router.get("/v2", response_model=MetadataServerResponse, summary="Server metadata",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.http.services import services
+
 router = APIRouter(tags=["health"])
 
 
@@ -14,6 +16,7 @@ router = APIRouter(tags=["health"])
                         "with several worker processes, all of them (process figures labelled by worker).",
             responses={200: {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def prometheus_metrics(request: Request) -> Response:
-    workers = getattr(request.app.state, "worker_metrics", None)  # several worker processes: all of them
-    body = workers.exposition() if workers is not None else generate_latest(request.app.state.metrics.registry)
+    found = services(request)
+    workers = found.worker_metrics  # several worker processes: all of them
+    body = workers.exposition() if workers is not None else generate_latest(found.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

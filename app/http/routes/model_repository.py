@@ -12,8 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.http.responses import JSONResponse
-from app.http.routes.common import ModelName, authorize_admin, budget, errors, repository
-from app.protocol.v2 import ErrorResponse, json_object
+from app.http.routes.common import ModelName, authorize_admin, errors
+from app.http.services import services
+from app.protocol.v2 import ErrorResponse
+from app.protocol.values import json_object
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -29,7 +31,7 @@ _BEARER: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
 
 async def _options(request: Request) -> dict[str, Any]:
     """The JSON body Triton's clients send (optional): its `parameters`, or the index's `ready`."""
-    body = await budget(request).read_body(request)
+    body = await services(request).budget.read_body(request)
     return json_object(body, "(or empty)") if body.strip() else {}
 
 
@@ -40,7 +42,7 @@ async def _options(request: Request) -> dict[str, Any]:
 async def repository_index(request: Request) -> Response:
     authorize_admin(request, changes=False)
     options = await _options(request)
-    entries = await repository(request).index()
+    entries = await services(request).repository.index()
     if options.get("ready"):
         entries = [e for e in entries if e["state"] == "READY"]
     return JSONResponse(entries)
@@ -53,14 +55,14 @@ async def repository_index(request: Request) -> Response:
                          "that fails leaves the previous one serving (400, with the reason).",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
-    return await _change(request, repository(request).load, name)
+    return await _change(request, services(request).repository.load, name)
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
              description="Every version stops taking requests, finishes those it has, then unloads.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def unload_model(request: Request, name: ModelName) -> Response:
-    return await _change(request, repository(request).unload, name)
+    return await _change(request, services(request).repository.unload, name)
 
 
 async def _change(request: Request, change: Callable[[str], Awaitable[object]], name: str) -> Response:

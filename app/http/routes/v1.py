@@ -6,15 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.codecs import predictions, predictions_bytes_bound
-from app.errors import InvalidInput, MethodNotAllowed, UnprocessableInput
-from app.http.budget import client_gone
+from app.errors import MethodNotAllowed
 from app.http.examples import V1_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
-from app.http.responses import JSONResponse
-from app.http.routes.common import ModelName, authorize, budget, errors, offload, repository
-from app.offload import HEAVY_BODY_BYTES
-from app.protocol.v2 import json_object
+from app.http.responses import JSONBytes, JSONResponse
+from app.http.routes.common import ModelName, authorize, call_of, errors
+from app.http.services import services
+from app.inference import run_inference
+from app.protocol.v1 import V1
 from app.served_model import ServedModel
 
 router = APIRouter(tags=["v1"])
@@ -45,7 +44,7 @@ def _describe(model: ServedModel) -> dict[str, Any]:
             description="Per served model: name, version, task, labels, what one instance of its predict "
                         "request is, the ONNX variant served, inputs, preprocessing and max batch size.")
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"models": [_describe(m) for m in repository(request).all()]})
+    return JSONResponse({"models": [_describe(m) for m in services(request).repository.all()]})
 
 
 @router.get("/v1/models/{name}", responses=errors(404, 405, 503), summary="One model's description",
@@ -53,48 +52,16 @@ async def list_models(request: Request) -> Response:
 async def describe_model(request: Request, name: ModelName) -> Response:
     if name.endswith(":predict"):  # the predict route's path, asked with GET
         raise MethodNotAllowed(f"{request.url.path} takes POST with a JSON body {{\"instances\": [...]}}", "POST")
-    return JSONResponse(_describe(repository(request).get(name)))
+    return JSONResponse(_describe(services(request).repository.get(name)))
 
 
 async def v1_predict(request: Request, name: ModelName) -> Response:
+    found = services(request)
     authorize(request)
-    limits = budget(request)
-    due, timeout = limits.deadline(request, limits.requested_timeout_s(request))
-    model = repository(request).acquire(name)
-    try:
-        body = await limits.read_body(request)
-        heavy = len(body) > HEAVY_BODY_BYTES
-        instances = await offload(request).run(_instances, body) if heavy else _instances(body)
-        codec = model.codec
-        if heavy or codec.heavy(instances):
-            inputs = await offload(request).run(codec.instances_to_inputs, instances)
-        else:
-            inputs = codec.instances_to_inputs(instances)
-        rows = len(next(iter(inputs.values())))
-        size = predictions_bytes_bound(rows, model.manifest.labels)
-        limits.check_response(size, rows)
-        del body, instances
-        outputs = await model.infer(inputs, due, timeout, client_gone(request))
-    finally:
-        model.release()
-    del inputs
-    if size > HEAVY_BODY_BYTES:
-        return await offload(request).run(_answer, outputs, model)
-    return _answer(outputs, model)
-
-
-def _answer(outputs: dict[str, Any], model: ServedModel) -> JSONResponse:
-    return JSONResponse({"predictions": predictions(outputs, model.manifest.labels),
-                         "model_name": model.name, "model_version": model.version})
-
-
-def _instances(body: bytes) -> list[Any]:
-    instances = json_object(body, '{"instances": [...]}').get("instances")
-    if not isinstance(instances, list):
-        raise UnprocessableInput('request body must be a JSON object {"instances": [...]}')
-    if not instances:
-        raise InvalidInput("'instances' is empty: send at least one instance")
-    return instances
+    call = call_of(request, found, found.budget.requested_timeout_s(request))
+    async with found.repository.lease(name) as model:
+        answer = await run_inference(model, await found.budget.read_body(request), V1, call)
+    return JSONBytes(answer)
 
 
 HOT_ROUTES = [

@@ -4,77 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from app.http.budget import client_gone, positive_timeout
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, header
-from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize, budget, offload, repository
-from app.offload import HEAVY_BODY_BYTES
+from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize, call_of
+from app.http.services import services
+from app.inference import run_inference
+from app.protocol import triton
 from app.protocol.binary import HEADER_LENGTH
-from app.protocol.v2 import (
-    InferenceRequest,
-    InferenceResponse,
-    MetadataModelResponse,
-    check_requested_outputs,
-    declared_exactly,
-    decode_inputs,
-    encode_response,
-    parse_request,
-    response_bytes,
-)
-from app.runtime import CUDA
+from app.protocol.v2 import InferenceRequest, InferenceResponse, MetadataModelResponse, V2Exchange
 from app.served_model import ServedModel
 
 router = APIRouter(tags=["v2"])
-PLATFORM = "onnxruntime_onnx"
-
-
-def _triton_shape(shape: list[int]) -> list[int]:
-    """One value per item ([-1]) is [-1, 1] to Triton's tools (dims [1] reshaped to []);
-    the server takes [N] and [N, 1] alike."""
-    return [-1, 1] if shape == [-1] else shape
 
 
 def _metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
-    m = model.manifest
-    return {
-        "name": m.name, "versions": versions, "platform": PLATFORM,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _triton_shape(t.shape)} for t in m.inputs],
-        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
-        "parameters": {"variant": model.variant, "providers": model.session.providers, "task": m.task,
-                       "labels": m.labels},
-    }
+    return triton.model_metadata(model.manifest, versions, model.variant, model.session.providers)
 
 
 def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any]:
-    """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0."""
-    m, policy = model.manifest, model.batcher.policy
-    kind = "KIND_GPU" if model.session.providers[0] == CUDA else "KIND_CPU"
-
-    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
-        out = []
-        for t in specs:
-            entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{t.datatype}",
-                                     "dims": _triton_shape(t.shape)[1:]}
-            if t.shape == [-1]:
-                entry["reshape"] = {"shape": []}
-            out.append(entry)
-        return out
-
-    return {
-        "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",
-        "version_policy": version_policy,
-        "max_batch_size": policy.max_batch_size,
-        "input": tensors(m.inputs), "output": tensors(m.outputs),
-        "dynamic_batching": {"max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
-                             "preferred_batch_size": [policy.max_batch_size]},
-        # Triton's instances are what runs batches concurrently: here, the inference threads
-        "instance_group": [{"name": m.name, "kind": kind, "count": policy.concurrent_batches}],
-        "parameters": {"variant": {"string_value": model.variant}},
-    }
+    policy = model.batcher.policy
+    return triton.model_config(model.manifest, variant=model.variant, device=model.device,
+                               max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
+                               concurrent_batches=policy.concurrent_batches, version_policy=version_policy)
 
 
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
@@ -82,7 +36,7 @@ def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any
             description="Triton's statistics extension: per served model version, request and batch counts "
                         "and the time spent queued, preparing inputs, computing and answering.")
 async def all_stats(request: Request) -> Response:
-    return JSONResponse({"model_stats": [m.stats.as_triton(m.name, m.version) for m in repository(request).all()]})
+    return JSONResponse({"model_stats": [m.stats.as_triton(m.name, m.version) for m in services(request).repository.all()]})
 
 
 _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, datatypes, shapes with -1 for "
@@ -94,14 +48,14 @@ _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, 
             summary="Model metadata: inputs, outputs, platform, variant and provider",
             description=_METADATA_DESCRIPTION + " `versions` lists every served version.")
 async def model_metadata(request: Request, name: ModelName) -> Response:
-    models = repository(request)
+    models = services(request).repository
     return JSONResponse(_metadata(models.get(name), models.versions_of(name)))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse, responses=MODEL_ERRORS,
             summary="Metadata of one model version", description=_METADATA_DESCRIPTION)
 async def version_metadata(request: Request, name: ModelName, version: Version) -> Response:
-    model = repository(request).get(name, version)
+    model = services(request).repository.get(name, version)
     return JSONResponse(_metadata(model, [model.version]))
 
 
@@ -111,14 +65,14 @@ _READY_DESCRIPTION = "200 with an empty body when it serves requests; 404 or 503
 @router.get("/v2/models/{name}/ready", responses=MODEL_ERRORS, summary="Model readiness",
             description=_READY_DESCRIPTION)
 async def model_ready(request: Request, name: ModelName) -> Response:
-    repository(request).get(name)  # raises 404 / 503
+    services(request).repository.get(name)  # raises 404 / 503
     return Response(status_code=200)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", responses=MODEL_ERRORS, summary="Model version readiness",
             description=_READY_DESCRIPTION)
 async def version_ready(request: Request, name: ModelName, version: Version) -> Response:
-    repository(request).get(name, version)
+    services(request).repository.get(name, version)
     return Response(status_code=200)
 
 
@@ -130,21 +84,21 @@ _CONFIG_DESCRIPTION = ("Triton's model configuration, as its tools (perf_analyze
 @router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, summary="Triton model configuration",
             description=_CONFIG_DESCRIPTION)
 async def model_config(request: Request, name: ModelName) -> Response:
-    models = repository(request)
+    models = services(request).repository
     return JSONResponse(_config(models.get(name), models.policy_of(name).as_triton()))
 
 
 @router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS,
             summary="Triton model configuration of one version", description=_CONFIG_DESCRIPTION)
 async def version_config(request: Request, name: ModelName, version: Version) -> Response:
-    models = repository(request)
+    models = services(request).repository
     return JSONResponse(_config(models.get(name, version), models.policy_of(name).as_triton()))
 
 
 @router.get("/v2/models/{name}/stats", responses=MODEL_ERRORS, summary="Triton statistics of one model",
             description="Triton's statistics of every served version of the model (see /v2/models/stats).")
 async def model_stats(request: Request, name: ModelName) -> Response:
-    models = repository(request)
+    models = services(request).repository
     models.get(name)  # 404 / 503 when it is not served
     return JSONResponse({"model_stats": [stats.as_triton(name, v) for v, stats in models.stats_of(name)]})
 
@@ -153,7 +107,7 @@ async def model_stats(request: Request, name: ModelName) -> Response:
             summary="Triton statistics of one model version",
             description="Triton's statistics of one served version (see /v2/models/stats).")
 async def version_stats(request: Request, name: ModelName, version: Version) -> Response:
-    model = repository(request).get(name, version)
+    model = services(request).repository.get(name, version)
     return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
 
 
@@ -184,50 +138,16 @@ async def v2_infer_version(request: Request, name: ModelName, version: Version) 
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
+    found = services(request)
     authorize(request)
-    limits = budget(request)
-    model = repository(request).acquire(name, version)
-    try:
-        body = await limits.read_body(request)
-        binary_header = header(request, HEADER_LENGTH)
-        if len(body) > HEAVY_BODY_BYTES:
-            infer_request, inputs = await offload(request).run(_decode, body, binary_header, model)
-        else:
-            infer_request, inputs = _decode(body, binary_header, model)
-        rows = len(next(iter(inputs.values())))
-        size = response_bytes(infer_request, model.manifest, rows)
-        limits.check_response(size, rows)
-        requested = (infer_request.parameters or {}).get("timeout")
-        timeout_s = None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
-        due, timeout = limits.deadline(request, timeout_s)
-        outputs = await model.infer(inputs, due, timeout, client_gone(request))
-    finally:
-        model.release()
-    del body, inputs  # the request's bytes and tensors go before the answer is made
-    for item in infer_request.inputs:
-        item.data = None
-    if not declared_exactly(model.manifest):  # dynamic output axes are known only now
-        size = response_bytes(infer_request, model.manifest, rows, outputs)
-        limits.check_response(size, rows)
-    if size > HEAVY_BODY_BYTES:  # as large bodies are decoded: off the event loop
-        content, header_length = await offload(request).run(encode_response, infer_request, model.manifest, outputs)
-    else:
-        content, header_length = encode_response(infer_request, model.manifest, outputs)
+    exchange = V2Exchange(header(request, HEADER_LENGTH))
+    async with found.repository.lease(name, version) as model:
+        content, header_length = await run_inference(model, await found.budget.read_body(request), exchange,
+                                                     call_of(request, found))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(header_length)})
-
-
-def _decode(body: bytes, binary_header: str | None, model: ServedModel
-            ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
-    """The request checked whole against the model: nothing bad reaches its batch."""
-    infer_request, binary = parse_request(body, binary_header)
-    model.codec.check_shapes({item.name: item.shape for item in infer_request.inputs})
-    inputs = decode_inputs(infer_request, binary, model.manifest)
-    model.codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
-    check_requested_outputs(infer_request, model.manifest)
-    return infer_request, inputs
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)

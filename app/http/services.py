@@ -1,0 +1,47 @@
+"""What the routes need of the running service, in one typed object the lifespan builds
+(app/main.py) and the routes are handed through `services(request)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from app.errors import ModelNotReady
+from app.http.budget import RequestBudget
+from app.observability.metrics import Metrics
+from app.observability.workers import WorkerMetrics
+from app.offload import Offload
+from app.repository import ModelRepository
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    repository: ModelRepository
+    metrics: Metrics
+    budget: RequestBudget
+    """Request bodies, answers and deadlines: what one request may cost."""
+    offload: Offload
+    """Threads for decoding and encoding too heavy for the event loop."""
+    api_keys: list[bytes]
+    """Accepted by the inference endpoints; empty: no key needed."""
+    admin_token: bytes | None
+    """The repository API's token; None: the API is off."""
+    worker_metrics: WorkerMetrics | None = None
+    """With several worker processes: every worker's metrics, for /metrics."""
+    draining: bool = False
+    """Set on SIGTERM (and at shutdown): readiness answers 503 from then on."""
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+
+def services(request: Request) -> Services:
+    """The running service's (app/main.py sets them on the app it builds); 503 before its
+    lifespan has built them."""
+    found: Services | None = request.app.services
+    if found is None:
+        raise ModelNotReady("the server is still starting")
+    return found

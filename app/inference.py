@@ -1,0 +1,94 @@
+"""The one inference path: a request's body decoded against a model, run through its
+batcher, and its answer encoded, with one rule for what runs off the event loop. V1 and V2
+(and any later protocol) differ only in their `Exchange`; the transport (app/http) reads
+the body and holds the model's lease around this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from app.codecs import Codec
+from app.manifest import Manifest
+from app.offload import HEAVY_BODY_BYTES, Offload
+from app.served_model import ServedModel
+
+Answer = TypeVar("Answer", covariant=True)
+
+
+class Exchange(Protocol[Answer]):
+    """What one protocol does with a request. `parse` reads the body; `decode` makes the
+    model's input tensors, checked whole, and returns what the answer needs of the
+    request (`kept`); the rest of the request is dropped before the model runs."""
+
+    def parse(self, body: bytes) -> Any: ...
+
+    def heavy(self, parsed: Any, codec: Codec) -> bool:
+        """Whether decoding is too much work for the event loop although the body is small."""
+        ...
+
+    def decode(self, parsed: Any, manifest: Manifest, codec: Codec) -> tuple[Any, dict[str, np.ndarray]]: ...
+
+    def timeout_s(self, kept: Any) -> float | None:
+        """The timeout the request itself asks for, in seconds (None: none)."""
+        ...
+
+    def answer_bytes(self, kept: Any, manifest: Manifest, rows: int,
+                     outputs: dict[str, np.ndarray] | None = None) -> int:
+        """The most bytes the answer takes: before computing from the declared shapes, then
+        (where an output's shape is dynamic) exactly from the computed `outputs`."""
+        ...
+
+    def answer(self, kept: Any, manifest: Manifest, outputs: dict[str, np.ndarray]) -> Answer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What the transport tells the inference path about one request."""
+
+    offload: Offload
+    deadline: Callable[[float | None], tuple[float, float]]
+    """The request's (due as time.monotonic(), timeout in seconds), given the timeout the
+    protocol asks for (None: the transport's own, or the server's)."""
+    check_answer: Callable[[int, int], None]
+    """Refuses (raises) an answer of at most so many bytes for so many rows, over the limit."""
+    client_gone: Callable[[], bool] | None = None
+
+
+async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answer], call: Call) -> Answer:
+    """Decode, infer, encode. Off the event loop: decoding a body over HEAVY_BODY_BYTES (its
+    parse and tensors in one hop) or one the exchange calls heavy, and encoding an answer
+    that large. The body, the parsed request and the inputs are dropped as soon as they
+    are used, before the answer is built."""
+    manifest, codec, offload = model.manifest, model.codec, call.offload
+    if len(body) > HEAVY_BODY_BYTES:
+        kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
+    else:
+        parsed = exchange.parse(body)
+        if exchange.heavy(parsed, codec):
+            kept, inputs = await offload.run(exchange.decode, parsed, manifest, codec)
+        else:
+            kept, inputs = exchange.decode(parsed, manifest, codec)
+        del parsed
+    del body
+    rows = len(next(iter(inputs.values())))
+    size = exchange.answer_bytes(kept, manifest, rows)
+    call.check_answer(size, rows)
+    due, timeout = call.deadline(exchange.timeout_s(kept))
+    outputs = await model.infer(inputs, due, timeout, call.client_gone)
+    del inputs
+    if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
+        size = exchange.answer_bytes(kept, manifest, rows, outputs)
+        call.check_answer(size, rows)
+    if size > HEAVY_BODY_BYTES:  # as large bodies are decoded
+        return await offload.run(exchange.answer, kept, manifest, outputs)
+    return exchange.answer(kept, manifest, outputs)
+
+
+def _decode(exchange: Exchange[Any], body: bytes, manifest: Manifest, codec: Codec
+            ) -> tuple[Any, dict[str, np.ndarray]]:
+    return exchange.decode(exchange.parse(body), manifest, codec)
