@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,20 @@ def manifest_fingerprint(folder: Path) -> str:
         return ""
 
 
-def load_version(folder: Path, settings: Settings, ort: OrtOptions,
-                 on_batch: Callable[[BatchRecord], None] | None = None,
-                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> ServedModel:
+@dataclass(frozen=True)
+class Hooks:
+    """What the service is told of a loaded version's batcher (app/repository/loader.py
+    counts them in its metrics)."""
+
+    on_batch: Callable[[BatchRecord], None] | None = None
+    """Each batch that ran, after the version's own health and statistics saw it."""
+    on_hang_up: Callable[[PendingRequest], None] | None = None
+    """Each request dropped because its client hung up."""
+    on_restart: Callable[[BaseException], None] | None = None
+    """Each time the batch-forming task died and was restarted."""
+
+
+def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks = Hooks()) -> ServedModel:
     """Read, verify, load and (if the settings say so) warm up one version; not started."""
     fingerprint = manifest_fingerprint(folder)
     try:
@@ -84,12 +95,13 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions,
     def record(batch: BatchRecord) -> None:
         health.batch_ended(batch.batch_id, batch.ok, batch.error)
         stats.record_batch(batch)
-        if on_batch is not None:
-            on_batch(batch)
+        if hooks.on_batch is not None:
+            hooks.on_batch(batch)
 
     batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
                              length_of=_sequence_length(manifest), on_batch=record,
-                             on_batch_start=health.batch_started, on_hang_up=on_hang_up)
+                             on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
+                             on_restart=hooks.on_restart)
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
     if settings.warmup:
         try:

@@ -30,7 +30,7 @@ LAYERS: dict[str, set[str]] = {
                          "app.observability", "app.runtime", "app.supervision"},
     "app.loading": {"app.batching", "app.codecs", "app.manifest", "app.observability", "app.preprocess",
                     "app.runtime", "app.served_model", "app.settings", "app.supervision"},
-    "app.repository": {"app.errors", "app.loading", "app.manifest", "app.observability", "app.runtime",
+    "app.repository": {"app.repository", "app.errors", "app.loading", "app.manifest", "app.observability", "app.runtime",
                        "app.served_model", "app.settings"},
     "app.inference": {"app.codecs", "app.manifest", "app.offload", "app.served_model"},
     "app.http": {"*"},

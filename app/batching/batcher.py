@@ -44,7 +44,7 @@ class DynamicBatcher:
         self._infer = infer
         self._on_batch = on_batch
         self._on_batch_start = on_batch_start
-        self.on_restart = on_restart
+        self._on_restart = on_restart
         self._queue = BatchQueue(name, policy, group_by_length=length_of is not None, on_hang_up=on_hang_up)
         self._runner: BatchRunner | None = None
         self._forming: asyncio.Task[None] | None = None
@@ -85,8 +85,8 @@ class DynamicBatcher:
         delay = min(1.0, 0.01 * 2 ** (self._restarts - 1))
         logger.error("model %s: the batch-forming task died (%s: %s); restarting it in %g s", self.name,
                      type(error).__name__, error, delay, exc_info=error)
-        if self.on_restart:
-            self.on_restart(error)
+        if self._on_restart:
+            self._on_restart(error)
         if self._runner is not None:
             asyncio.get_running_loop().call_later(delay, self._restart)
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.repository import ModelRepository
+from app.repository.disk import ModelFolders
 from tests.app.conftest import copy_model, serving
 from tests.app.test_hardening import live_server
 from tests.app.test_lifecycle import TOKEN, explicit
@@ -37,13 +37,13 @@ async def exchange(port: int, method: str, path: str, body: bytes = b"", token: 
 async def test_bad_names_are_a_400_on_every_client_path_before_any_file_is_read(
         model_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scanned: list[str] = []
-    real_scan = ModelRepository._scan
+    real_scan = ModelFolders._scan
 
-    def recording_scan(self: ModelRepository, name: str) -> Any:
+    def recording_scan(self: ModelFolders, name: str) -> Any:
         scanned.append(name)
         return real_scan(self, name)
 
-    monkeypatch.setattr(ModelRepository, "_scan", recording_scan)
+    monkeypatch.setattr(ModelFolders, "_scan", recording_scan)
     v2_body = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]})
     async with live_server(model_dir=model_root, **explicit(load_model=["*"])) as (server, app):
         port = server.config.port

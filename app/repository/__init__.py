@@ -1,0 +1,8 @@
+"""The model repository (repository.py) and its parts, one job each."""
+
+from app.repository.errors import LoadFailed, RepositoryUnreadable
+from app.repository.names import check_name, parse_version
+from app.repository.repository import ModelRepository
+from app.repository.states import State
+
+__all__ = ["LoadFailed", "ModelRepository", "RepositoryUnreadable", "State", "check_name", "parse_version"]

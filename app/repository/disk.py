@@ -1,0 +1,152 @@
+"""What is on disk: the model folders under the model directory and each one's version
+folders, read in worker threads (never on the event loop), with what a load needs.
+
+A model is a folder `<model_dir>/<name>/` of version folders `<version>/`; a folder whose
+name no client could ask for is left out, and a link that leaves its folder is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from app.errors import InvalidInput
+from app.loading import manifest_fingerprint
+from app.manifest import MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
+from app.repository.errors import LoadFailed, RepositoryUnreadable
+from app.repository.names import check_name
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Signature = tuple[tuple[str, int, int], ...]
+"""Every file of a model's folder with its size and modification time: a change means a reload."""
+
+
+@dataclass
+class FolderScan:
+    """One model's folder as read from disk."""
+
+    signature: Signature
+    folders: dict[int, Path]
+    refused: dict[int, str]
+    """Version folders that are not served, with why (a duplicate number, a link out)."""
+    policy: VersionPolicy
+    """The newest readable manifest's version policy, else the server's."""
+    fingerprints: dict[int, str]
+
+
+class ModelFolders:
+    def __init__(self, root: Path, default_policy: VersionPolicy) -> None:
+        self.root = root
+        self.default_policy = default_policy
+        self.found: set[str] = set()  # model folders found by the last listing
+        self._misnamed: set[str] = set()  # folders whose name no model can have, warned about once
+
+    async def names(self) -> list[str]:
+        """The model folders' names, sorted; a logged 503 when the model directory cannot be read."""
+        try:
+            names = await asyncio.to_thread(self._names)
+        except OSError as e:
+            logger.error("the model folder %s cannot be read: %s", self.root, e)
+            raise RepositoryUnreadable(f"the model folder cannot be read: {e.strerror or e}") from e
+        self.found = set(names)
+        return names
+
+    async def scan(self, name: str) -> FolderScan:
+        """Everything a load reads from the model's folder before loading."""
+        return await self._off_loop(self._scan, name)
+
+    async def versions(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
+        """The model's version folders by number, and those refused with why."""
+        return await self._off_loop(self._version_folders, name)
+
+    async def signature(self, name: str) -> Signature:
+        return await self._off_loop(self._signature, name)
+
+    # --- in a worker thread ------------------------------------------------------------
+
+    def _names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model directory {self.root} does not exist")
+        names = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                check_name(path.name)
+            except InvalidInput as e:
+                if path.name not in self._misnamed:
+                    self._misnamed.add(path.name)
+                    logger.warning("model folder %s is not served: %s", path, e.message)
+                continue
+            names.append(path.name)
+        return sorted(names)
+
+    def _scan(self, name: str) -> FolderScan:
+        folders, refused = self._version_folders(name)
+        return FolderScan(self._signature(name), folders, refused, self._newest_policy(folders),
+                          {number: manifest_fingerprint(path) for number, path in folders.items()})
+
+    async def _off_loop(self, read: Callable[[str], T], name: str) -> T:
+        """`read(name)` of one model's folder in a worker thread; OSError a logged 503."""
+        try:
+            return await asyncio.to_thread(read, name)
+        except OSError as e:
+            logger.error("model %s: its folder cannot be read: %s", name, e)
+            raise RepositoryUnreadable(f"model {name!r}: its folder cannot be read: {e.strerror or e}") from e
+
+    def _model_folder(self, name: str) -> Path:
+        """The model's folder; 400 where it is a link that leaves the model directory."""
+        folder = self.root / name
+        if folder.is_symlink() and not folder.resolve().is_relative_to(self.root.resolve()):
+            raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
+                             "it is not served")
+        return folder
+
+    def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
+        found: dict[int, Path] = {}
+        refused: dict[int, str] = {}
+        folder = self._model_folder(name)
+        inside = folder.resolve()
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_dir() or not path.name.isascii() or not path.name.isdigit():
+                continue
+            if len(path.name) > MAX_VERSION_DIGITS:
+                continue  # no client could name it (parse_version)
+            number = int(path.name)
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                refused[number] = "a link that leaves the model's folder"
+                continue
+            if number in found:  # "01" and "1" are one version: serve neither
+                refused[number] = f"duplicate: folders {found[number].name!r} and {path.name!r} are both version {number}"
+                continue
+            found[number] = path
+        for number in refused:
+            found.pop(number, None)
+        return found, refused
+
+    def _signature(self, name: str) -> Signature:
+        entries = []
+        for path in sorted((self.root / name).rglob("*")):
+            try:
+                info = path.stat()
+            except OSError:  # removed while scanning: the next scan sees it gone
+                continue
+            if stat.S_ISREG(info.st_mode):
+                entries.append((str(path.relative_to(self.root)), info.st_size, info.st_mtime_ns))
+        return tuple(entries)
+
+    def _newest_policy(self, folders: dict[int, Path]) -> VersionPolicy:
+        for number in sorted(folders, reverse=True):
+            try:
+                manifest = load_manifest(folders[number], verify_files=False)
+            except ManifestError:
+                continue
+            return manifest.version_policy or self.default_policy
+        return self.default_policy

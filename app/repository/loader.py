@@ -1,0 +1,57 @@
+"""Bringing one version into service and taking it out: loaded and warmed up in a worker
+thread, its batcher started and watched; drained, stopped and forgotten by the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from app.loading import Hooks, LoadError, load_version
+from app.observability.metrics import Metrics
+from app.repository.states import State, VersionStates
+from app.runtime import OrtOptions
+from app.served_model import ServedModel
+from app.settings import Settings
+
+
+class VersionLoader:
+    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics, states: VersionStates) -> None:
+        self.settings = settings
+        self.ort = ort
+        self.metrics = metrics
+        self.states = states
+
+    async def load(self, name: str, version: int, folder: Path) -> ServedModel:
+        """The version loaded, warmed up and taking requests; LoadError (its state then
+        UNAVAILABLE with the reason) if it cannot be."""
+        self.states.set(name, version, State.LOADING)
+        started = time.monotonic()
+        metrics = self.metrics
+        hung_up, restarts = metrics.requests_dropped.labels(name, "client_gone"), metrics.batcher_restarts.labels(name)
+        hooks = Hooks(on_batch=metrics.batch_observer(name), on_hang_up=lambda _: hung_up.inc(),
+                      on_restart=lambda _: restarts.inc())
+        try:
+            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort, hooks)
+        except LoadError as e:
+            metrics.model_loads.labels(name, "failed").inc()
+            metrics.model_load_failures.labels(name, e.kind).inc()
+            self.states.set(name, version, State.UNAVAILABLE, e.message, level=logging.ERROR)
+            raise
+        metrics.model_load_seconds.labels(name).observe(time.monotonic() - started)
+        metrics.model_loads.labels(name, "ok").inc()
+        model.batcher.start()
+        metrics.watch_queue(name, model, lambda: model.batcher.queued_rows)
+        return model
+
+    async def retire(self, model: ServedModel) -> None:
+        """Once no request holds it, finish its queued and running requests, then unload it."""
+        await model.retire(self.settings.shutdown_grace_s)
+        self.metrics.unwatch_queue(model.name, model)
+        for gauge in (self.metrics.model_stalled, self.metrics.model_breaker_open):
+            try:
+                gauge.remove(model.name, model.version)
+            except KeyError:
+                pass
+        self.metrics.model_unloads.labels(model.name).inc()
