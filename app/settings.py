@@ -38,18 +38,54 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
     return values
 
 
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "The server": ("host", "port", "workers", "metrics_dir", "log_format", "log_level", "access_log",),
+    "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
+                                                    "repository_poll_s", "version_policy", "strict_models",
+                                                    "warmup",),
+    "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file",),
+    "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows",),
+    "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
+                             "inline_rows", "max_inflight_batches", "inference_threads", "inference_niceness",
+                             "max_queue_size", "max_queue_bytes", "retry_after_s",),
+    "Deadlines, health and shutdown": ("request_timeout_s", "inference_timeout_s", "failure_threshold",
+                                       "failure_cooldown_s", "drain_delay_s", "shutdown_grace_s",),
+    "What one request may cost": ("max_body_bytes", "body_timeout_s", "max_large_bodies_bytes",
+                                  "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
+                                  "image_formats", "decode_threads",),
+    "Connections": ("max_connections", "max_header_bytes", "max_header_count", "header_timeout_s",
+                    "keep_alive_s",),
+}
+"""Every setting under its heading, in the order of the class: the README's table and
+`--help` group them so (tests/app/test_cli.py checks each is listed once, in order)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ORTSERVE_", extra="forbid", frozen=True, use_attribute_docstrings=True
     )
 
+    # --- The server ---
     host: str = "127.0.0.1"
     """Address to bind. The default serves this machine only; use 0.0.0.0 inside a container."""
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on."""
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes; each loads every model and batches on its own, and /metrics
+    answers for all of them (metrics_dir)."""
+    metrics_dir: Path | None = None
+    """Where each worker writes its metrics every second for /metrics to merge, whichever
+    worker answers; with workers above 1, a temporary folder unless set."""
+    log_format: Literal["text", "json"] = "text"
+    """text for people, json for log collectors."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe log records written."""
+    access_log: bool = False
+    """uvicorn's per-request access log (costly at high request rates)."""
+
+    # --- Models and their lifecycle (Triton's names) ---
     model_dir: Path = Path("models")
     """Folder holding NAME/VERSION/manifest.json for each model served."""
-    # --- model lifecycle (Triton's names) ---
     model_control_mode: Literal["none", "explicit", "poll"] = "none"
     """none: load every model at start, no load/unload API. explicit: load the --load-model
     models at start, then only through the repository API. poll: load every model at start
@@ -64,6 +100,10 @@ class Settings(BaseSettings):
     strict_models: bool = False
     """Refuse to start when any model fails to load (by default the others serve and the
     failed one is UNAVAILABLE with its reason)."""
+    warmup: bool = True
+    """Run each model once per batch-size bucket before reporting ready."""
+
+    # --- Access ---
     admin_token: SecretStr | None = None
     """Bearer token for the repository API (index, load, unload); the API is off without one."""
     admin_token_file: Path | None = None
@@ -72,20 +112,8 @@ class Settings(BaseSettings):
     """Bearer tokens accepted by the inference endpoints; empty: no key needed."""
     api_keys_file: Path | None = None
     """A file of API keys, one per line; read at start."""
-    workers: int = Field(default=1, ge=1)
-    """uvicorn worker processes; each loads every model and batches on its own, and /metrics
-    answers for all of them (metrics_dir)."""
-    metrics_dir: Path | None = None
-    """Where each worker writes its metrics every second for /metrics to merge, whichever
-    worker answers; with workers above 1, a temporary folder unless set."""
 
-    log_format: Literal["text", "json"] = "text"
-    """text for people, json for log collectors."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Least severe log records written."""
-    access_log: bool = False
-    """uvicorn's per-request access log (costly at high request rates)."""
-
+    # --- ONNX Runtime ---
     providers: Annotated[list[str] | Literal["auto"], NoDecode] = "auto"
     """ONNX Runtime execution providers in order of preference, as a JSON list or
     comma-separated (CUDAExecutionProvider,CPUExecutionProvider). auto: CUDA then CPU
@@ -98,12 +126,13 @@ class Settings(BaseSettings):
     """ORT threads per inference; 0 sizes it from the CPUs this process may use (the
     container's CPU quota, not the host's cores): all but one per worker process, kept for
     its event loop, shared among every worker's inference threads."""
-
     wide_batch_rows: int | None = Field(default=None, ge=0)
     """With intra_op_threads 0 on CPU, batches of at least this many rows run on a second
     ONNX Runtime session that also has the event loop's core. Unset: measured per model at
     warm-up, the smallest batch from which that session is at least halfway to its ideal
     speedup (none without warm-up); 0: never."""
+
+    # --- Batching (per model) ---
     max_batch_size: int | None = Field(default=None, ge=1)
     """Overrides every model's max_batch_size; 1 turns batching off."""
     max_large_batch_size: int = Field(default=128, ge=1)
@@ -133,6 +162,12 @@ class Settings(BaseSettings):
     CPU; 0 runs them at the same priority."""
     max_queue_size: int = Field(default=4096, ge=1)
     """Items (not requests) waiting per model before new requests get 503."""
+    max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Bytes of model input queued per model before new requests get 503 (beside max_queue_size)."""
+    retry_after_s: int = Field(default=1, ge=0)
+    """Retry-After sent with 503 when a queue is full."""
+
+    # --- Deadlines, health and shutdown ---
     request_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline from arrival to answer; past it the request gets 504."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
@@ -141,22 +176,39 @@ class Settings(BaseSettings):
     """Failed batches in a row after which a model answers 503 at once for failure_cooldown_s."""
     failure_cooldown_s: float = Field(default=10.0, ge=0)
     """How long a model whose batches keep failing is given a rest before it is tried again."""
+    drain_delay_s: float = Field(default=0.0, ge=0)
+    """On SIGTERM, how long readiness answers 503 while requests are still accepted, so a
+    load balancer stops sending new ones before the listener closes; 0 closes it at once."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""
+
+    # --- What one request may cost ---
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
-    max_large_bodies_bytes: int | None = Field(default=None, gt=0)
-    """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
-    that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
-    trim_memory: bool = True
-    """Once no large body is held, return the heap's free pages to the system (glibc's
-    malloc_trim), so the resident size comes back after a burst of large requests."""
-    max_response_bytes: int | None = Field(default=None, gt=0)
-    """Requests whose answer could be larger (their rows times the outputs they ask for, as
-    JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
-    max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    """Bytes of model input queued per model before new requests get 503 (beside max_queue_size)."""
     body_timeout_s: float = Field(default=30.0, gt=0)
     """A request body not received in full this long after the request arrived gets 408
     and its connection is closed (slow or stalled clients)."""
+    max_large_bodies_bytes: int | None = Field(default=None, gt=0)
+    """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
+    that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
+    max_response_bytes: int | None = Field(default=None, gt=0)
+    """Requests whose answer could be larger (their rows times the outputs they ask for, as
+    JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
+    trim_memory: bool = True
+    """Once no large body is held, return the heap's free pages to the system (glibc's
+    malloc_trim), so the resident size comes back after a burst of large requests."""
+    max_text_chars: int = Field(default=2048, ge=1)
+    """Characters of a text kept before normalisation and tokenisation; the rest is cut
+    (a model reads at most its max_length tokens anyway)."""
+    max_image_pixels: int = Field(default=4_000_000, ge=1)
+    """Images claiming more pixels (width x height) are refused before they are decoded."""
+    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG"])
+    """Image formats accepted in base64 instances (Pillow's format names)."""
+    decode_threads: int = Field(default=2, ge=1)
+    """Threads that decode images and large bodies, off the event loop: at most this many
+    requests decode at once, the others wait their turn."""
+
+    # --- Connections ---
     max_connections: int | None = Field(default=None, ge=1)
     """Open connections per worker. At the limit, a new connection closes the longest idle one
     (no request running on it); only when every one runs a request does it get 503. Unset:
@@ -171,26 +223,6 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(default=5.0, gt=0)
     """A connection with no request running, new or between requests, is closed after this
     long without a byte."""
-    drain_delay_s: float = Field(default=0.0, ge=0)
-    """On SIGTERM, how long readiness answers 503 while requests are still accepted, so a
-    load balancer stops sending new ones before the listener closes; 0 closes it at once."""
-    # --- what one request may cost ---
-    max_text_chars: int = Field(default=2048, ge=1)
-    """Characters of a text kept before normalisation and tokenisation; the rest is cut
-    (a model reads at most its max_length tokens anyway)."""
-    max_image_pixels: int = Field(default=4_000_000, ge=1)
-    """Images claiming more pixels (width x height) are refused before they are decoded."""
-    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG"])
-    """Image formats accepted in base64 instances (Pillow's format names)."""
-    decode_threads: int = Field(default=2, ge=1)
-    """Threads that decode images and large bodies, off the event loop: at most this many
-    requests decode at once, the others wait their turn."""
-    retry_after_s: int = Field(default=1, ge=0)
-    """Retry-After sent with 503 when a queue is full."""
-    warmup: bool = True
-    """Run each model once per batch-size bucket before reporting ready."""
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -287,7 +319,10 @@ def markdown_table() -> str:
     """The README's configuration table, made from the fields and their docstrings (the
     same text `python -m app --help` prints), so that the two cannot disagree."""
     lines = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    heading = {names[0]: title for title, names in SECTIONS.items()}
     for name, field in Settings.model_fields.items():
+        if name in heading:
+            lines.append(f"| **{heading[name]}** | | | | |")
         flag = f"--{name.replace('_', '-')}"
         if field.annotation is bool:
             flag += f" / --no-{name.replace('_', '-')}"

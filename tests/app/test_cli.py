@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.__main__ import parse_settings
-from app.settings import Settings, documented_default, markdown_table
+from app.settings import SECTIONS, Settings, documented_default, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +89,8 @@ def test_a_missing_model_folder_says_where_it_looked_and_how_to_point_elsewhere(
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "models") in result.stderr
     assert "--model-dir" in result.stderr
+
+
+def test_every_setting_is_in_one_section_in_the_order_of_the_class() -> None:
+    listed = [name for names in SECTIONS.values() for name in names]
+    assert listed == list(Settings.model_fields), "app/settings.py SECTIONS and the class's fields differ"
