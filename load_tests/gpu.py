@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+import app.datasets as data
 from app.manifest import ImagePreprocessing, TextPreprocessing
 from app.preprocess import Tokenizer, normalize_pixels
 from app.runtime import OrtModel, ort_options
@@ -38,7 +39,6 @@ from load_tests.client import Payload, closed_loop
 from load_tests.raw_ort import items_per_s
 from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import Sample, Summary, histogram_totals, summarize
-from training import data
 
 NAIVE = "load_tests.naive:app"
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+import app.datasets as data
 from app.codecs import ImageCodec, InputLimits
 from app.errors import InvalidInput
 from app.manifest import ImagePreprocessing, latest_version, load_manifest
 from app.preprocess import decode_base64_image, normalize_pixels
 from load_tests.server import ROOT
-from training import data
 
 
 def product_photo(image: np.ndarray) -> str:

@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import orjson
 
+import app.datasets as data
 from load_tests.server import ROOT, ServerProcess
-from training import data
 
 BATCH = 64
 

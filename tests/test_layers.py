@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,13 @@ import pytest
 from tests.conftest import ROOT
 
 # Each layer of app/ and the app modules (or packages) it may import; anything not listed is
-# out of bounds. "*" is any app module. Third-party imports are checked separately below.
+# out of bounds. Third-party imports are checked separately below. docs/architecture.md
+# lists the rules of app.http and app.main in words: test_the_architecture_page_agrees.
 LAYERS: dict[str, set[str]] = {
     "app.settings": {"app.manifest"},
     "app.errors": set(),
     "app.manifest": set(),
+    "app.datasets": set(),
     "app.tuning": set(),
     "app.deadlines": set(),
     "app.offload": set(),
@@ -33,8 +36,10 @@ LAYERS: dict[str, set[str]] = {
     "app.repository": {"app.repository", "app.errors", "app.loading", "app.manifest", "app.observability", "app.runtime",
                        "app.served_model", "app.settings"},
     "app.inference": {"app.codecs", "app.manifest", "app.offload", "app.served_model"},
-    "app.http": {"*"},
-    "app.main": {"*"},
+    "app.http": {"app.http", "app.deadlines", "app.errors", "app.inference", "app.observability", "app.offload",
+                 "app.protocol", "app.repository", "app.served_model", "app.settings", "app.tuning"},
+    "app.main": {"app.http", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
+                 "app.shutdown", "app.tuning"},
     "app.__main__": {"app.http", "app.main", "app.observability", "app.settings"},
     "app": set(),
 }
@@ -70,7 +75,7 @@ def test_app_modules_import_only_their_lower_layers(module: str, path: Path) -> 
     allowed = LAYERS[layer_of(module)]
     for name in imports(path):
         top = name.split(".")[0]
-        if top == "app" and name != "app" and "*" not in allowed:
+        if top == "app" and name != "app":
             assert layer_of(name) in allowed, f"{module} imports {name}"
         if top in WEB_FRAMEWORKS:
             assert layer_of(module) in {"app.http", "app.main", "app.__main__"}, f"{module} imports {name}"
@@ -79,10 +84,33 @@ def test_app_modules_import_only_their_lower_layers(module: str, path: Path) -> 
 
 @pytest.mark.parametrize("package", ["training", "load_tests"])
 def test_training_and_load_tests_use_only_the_shared_app_modules(package: str) -> None:
-    shared = {"app.manifest", "app.preprocess", "app.runtime"}
+    shared = {"app.manifest", "app.preprocess", "app.runtime", "app.datasets"}
     if package == "load_tests":  # measures what the service does to an input, with its own codec
         shared |= {"app.codecs", "app.errors"}
     for module, path in modules(package):
         for name in imports(path):
             if name.split(".")[0] == "app":
                 assert name in shared, f"{module} imports {name}"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+@pytest.mark.parametrize("layer", ["app.http", "app.main"])
+def test_the_architecture_page_agrees(layer: str) -> None:
+    """The page says in words what each of these layers may import; so does LAYERS."""
+    page = ARCHITECTURE.read_text()
+    found = re.search(rf"`{re.escape(layer)}` may import: ([^.]*)\.", page)
+    assert found is not None, f"docs/architecture.md no longer says what {layer} may import"
+    listed = {"app." + word.strip() for word in re.sub(r"\(and itself\)", "", found.group(1)).replace("\n", " ")
+              .split(",") if word.strip()}
+    assert listed == LAYERS[layer] - {layer}, f"docs/architecture.md and tests/test_layers.py differ on {layer}"
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """Each module of app/ appears in the page's map by its file name."""
+    page = ARCHITECTURE.read_text()
+    for module, path in modules("app"):
+        if path.name == "__init__.py":
+            continue
+        assert re.search(rf"\b{re.escape(path.name)}\b", page), f"docs/architecture.md does not mention {module}"
