@@ -18,6 +18,7 @@ import numpy as np
 from app.errors import InvalidInput
 from app.manifest import RESERVED_PREFIX, ImagePreprocessing, Manifest, TextPreprocessing
 from app.preprocess import (
+    MAX_TEXT_CHARS,
     ImageLimits,
     PreprocessError,
     Tokenizer,
@@ -35,7 +36,7 @@ HEAVY_TEXT_CHARS = 32_768
 class InputLimits:
     """What one instance may cost to decode (the server's settings)."""
 
-    max_text_chars: int = 2048
+    max_text_chars: int = MAX_TEXT_CHARS
     image: ImageLimits = ImageLimits()
 
 

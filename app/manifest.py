@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 MAX_NAME_LENGTH = 128

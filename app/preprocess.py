@@ -89,9 +89,15 @@ def _pixel_table(scale: float, mean: float, std: float) -> np.ndarray:
     return table
 
 
+MAX_TEXT_CHARS = 2048
+"""Characters of a text kept before normalisation and tokenisation, unless told otherwise
+(the max_text_chars setting)."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an encoded image may be: decoded only if it passes both."""
+    """What an encoded image may be: decoded only if it passes both. These defaults are
+    the max_image_pixels and image_formats settings' too."""
 
     max_pixels: int = 4_000_000
     """A few KB of PNG can claim gigapixels: refused from the header, before decoding."""

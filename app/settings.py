@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.manifest import VersionPolicy
+from app.preprocess import MAX_TEXT_CHARS, ImageLimits
 
 
 class SecretError(ValueError):
@@ -197,12 +198,12 @@ class Settings(BaseSettings):
     trim_memory: bool = True
     """Once no large body is held, return the heap's free pages to the system (glibc's
     malloc_trim), so the resident size comes back after a burst of large requests."""
-    max_text_chars: int = Field(default=2048, ge=1)
+    max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1)
     """Characters of a text kept before normalisation and tokenisation; the rest is cut
     (a model reads at most its max_length tokens anyway)."""
-    max_image_pixels: int = Field(default=4_000_000, ge=1)
+    max_image_pixels: int = Field(default=ImageLimits.max_pixels, ge=1)
     """Images claiming more pixels (width x height) are refused before they are decoded."""
-    image_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG"])
+    image_formats: list[str] = Field(default_factory=lambda: list(ImageLimits.formats))
     """Image formats accepted in base64 instances (Pillow's format names)."""
     decode_threads: int = Field(default=2, ge=1)
     """Threads that decode images and large bodies, off the event loop: at most this many

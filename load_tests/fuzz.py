@@ -1,5 +1,5 @@
 """schemathesis against the OpenAPI document of a real server: every operation, generated
-requests, the invariants tests/app/test_fuzz.py asserts (never a 5xx, every 4xx JSON with a
+requests, the invariants tests/app/http/test_fuzz.py asserts (never a 5xx, every 4xx JSON with a
 message), and here the slowest answer per operation, printed as a table. Timings are a
 figure to read, never a test's bound: CI machines are shared and noisy.
 

@@ -65,7 +65,7 @@ HOSTILE_REQUESTS: dict[str, Callable[[], Request]] = {
     "base64 images at the pixel limit": lambda: ("/v1/models/fashion-cnn:predict", _big_png_instances(), JSON_HEADERS),
 }
 """Requests whose decoding grows with the body: each must be decoded off the event loop
-(tests/app/test_hardening.py checks where; this suite measures liveness meanwhile)."""
+(tests/app/http/test_hardening.py checks where; this suite measures liveness meanwhile)."""
 
 
 @dataclass

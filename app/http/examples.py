@@ -1,5 +1,5 @@
 """Request examples of the OpenAPI document: complete, so that Swagger UI's "Try it out"
-sends them as they are and gets an answer (tests/app/test_openapi.py runs each one)."""
+sends them as they are and gets an answer (tests/app/http/test_openapi.py runs each one)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def header(request: Request, name: bytes) -> str | None:
 class JSONResponse(Response):
     """JSON encoded by orjson (numpy arrays included), with its headers built directly:
     Starlette's general header handling is a measurable cost on the event loop per
-    response (docs/benchmarks.md). tests/app/test_responses.py checks the bytes and
+    response (docs/benchmarks.md). tests/app/http/test_responses.py checks the bytes and
     headers equal Starlette's JSONResponse for the same content."""
 
     media_type = "application/json"

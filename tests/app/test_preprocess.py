@@ -177,6 +177,6 @@ def test_only_the_allowed_formats_are_decoded() -> None:
 
 @pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"])
 def test_a_damaged_header_is_a_preprocess_error(data: bytes) -> None:
-    """Found by the fuzz tests (tests/app/test_fuzz.py): a truncated PNG header raised OSError."""
+    """Found by the fuzz tests (tests/app/http/test_fuzz.py): a truncated PNG header raised OSError."""
     with pytest.raises(PreprocessError, match="cannot decode image"):
         decode_image(data, IMAGE)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from app.http import connections
-from tests.app.test_hardening import live_server
+from tests.app.http.test_hardening import live_server
 
 
 async def read_all(reader: asyncio.StreamReader, limit_s: float = 20) -> bytes:

@@ -14,8 +14,8 @@ import pytest
 
 from app.repository.disk import ModelFolders
 from tests.app.conftest import copy_model, serving
-from tests.app.test_hardening import live_server
-from tests.app.test_lifecycle import TOKEN, explicit
+from tests.app.http.test_hardening import live_server
+from tests.app.repository.test_lifecycle import TOKEN, explicit
 
 # As they travel in a request line: dots, their encodings, NUL, a backslash, a path, 5,000 characters.
 BAD_NAMES = ["..", "%2e%2e", "%2E%2E", ".", "a%00b", "a%5Cb", "a%0A", "Fashion-CNN", "x" * 5000]

@@ -1,0 +1,95 @@
+"""One version folder to a ServedModel, or a LoadError with its kind; and the one place
+manifest and settings make a batching policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.batching import BatchRecord
+from app.loading import Hooks, LoadError, batch_policy, load_version
+from app.manifest import load_manifest
+from app.runtime import ort_options
+from app.settings import Settings
+from tests.app.conftest import copy_model
+from tests.conftest import model_folder
+
+ORT = ort_options(["CPUExecutionProvider"], 1, 1)
+
+
+def settings(**overrides: object) -> Settings:
+    return Settings(**({"warmup": False} | overrides))  # type: ignore[arg-type]
+
+
+def test_a_version_loads_not_started_with_what_its_manifest_says() -> None:
+    folder = model_folder("fashion-cnn")
+    manifest = load_manifest(folder)
+    model = load_version(folder, settings(), ORT)
+    assert model.name == "fashion-cnn"
+    assert model.version == str(manifest.version)
+    assert model.variant == manifest.preferred_variant.get("cpu", "int8")
+    assert model.device == "CPU"
+    assert model.outputs_fixed
+    assert model.batcher.policy.max_batch_size == manifest.batching.max_batch_size
+    assert model.batcher.inflight_batches == 0  # not started: the repository starts it
+
+
+def served_file_changed(folder: Path) -> None:
+    manifest = load_manifest(folder)
+    (folder / manifest.variants[manifest.preferred_variant.get("cpu", "int8")].file).write_bytes(b"changed")
+
+
+@pytest.mark.parametrize(("fault", "kind"), [
+    (lambda f: (f / "manifest.json").write_text("{"), "manifest"),
+    (served_file_changed, "integrity"),
+])
+def test_a_version_that_cannot_be_served_is_a_load_error_of_its_kind(tmp_path: Path, fault, kind) -> None:  # type: ignore[no-untyped-def]
+    folder = copy_model(tmp_path, "fashion-cnn", 1)
+    fault(folder)
+    with pytest.raises(LoadError) as caught:
+        load_version(folder, settings(), ORT)
+    assert caught.value.kind == kind
+
+
+async def test_the_hooks_hear_of_each_batch() -> None:
+    folder = model_folder("fashion-cnn")
+    records: list[BatchRecord] = []
+    model = load_version(folder, settings(), ORT, Hooks(on_batch=records.append))
+    model.batcher.start()
+    spec = model.manifest.inputs[0]
+    rows = np.zeros((3, *spec.shape[1:]), dtype=np.float32)
+    outputs = await (await model.batcher.run_or_queue({spec.name: rows}))
+    await model.batcher.stop()
+    assert len(next(iter(outputs.values()))) == 3
+    assert [record.rows for record in records] == [3]
+
+
+def test_settings_override_the_manifests_batching_and_batching_off_splits_every_row() -> None:
+    manifest = load_manifest(model_folder("sst2-lstm"))
+    own = batch_policy(settings(), manifest)
+    assert own.max_batch_size == manifest.batching.max_batch_size
+    assert own.max_queue_delay_s == pytest.approx(manifest.batching.max_queue_delay_ms / 1000)
+    told = batch_policy(settings(max_batch_size=4, max_queue_delay_ms=7), manifest)
+    assert (told.max_batch_size, told.max_queue_delay_s) == (4, pytest.approx(0.007))
+    off = batch_policy(settings(max_batch_size=1), manifest)
+    assert (off.max_batch_size, off.max_large_batch_size) == (1, 1)
+
+
+def test_every_setting_a_policy_takes_reaches_it() -> None:
+    manifest = load_manifest(model_folder("fashion-cnn"))
+    values = {"max_inflight_batches": 3, "idle_dispatch": False, "inline_rows": 2, "inference_threads": 2,
+              "max_queue_size": 99, "max_queue_bytes": 12345, "retry_after_s": 7, "inference_niceness": 3,
+              "max_large_batch_size": 64}
+    policy = batch_policy(settings(**values), manifest)
+    assert {name: getattr(policy, name) for name in values} == values
+
+
+def test_a_manifest_written_again_changes_its_fingerprint(tmp_path: Path) -> None:
+    folder = copy_model(tmp_path, "fashion-cnn", 1)
+    before = load_version(folder, settings(), ORT).fingerprint
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=4))  # the same facts, other bytes
+    assert load_version(folder, settings(), ORT).fingerprint != before

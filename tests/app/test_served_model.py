@@ -1,0 +1,76 @@
+"""One loaded version as requests use it: leases, retirement, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from app.errors import DeadlineExceeded
+from app.loading import load_version
+from app.runtime import ort_options
+from app.served_model import ServedModel
+from app.settings import Settings
+from tests.conftest import model_folder
+
+
+def started(name: str = "fashion-cnn") -> ServedModel:
+    model = load_version(model_folder(name), Settings(warmup=False), ort_options(["CPUExecutionProvider"], 1, 1))
+    model.batcher.start()
+    return model
+
+
+def one_row(model: ServedModel) -> dict[str, np.ndarray]:
+    spec = model.manifest.inputs[0]
+    return {spec.name: np.zeros((1, *spec.shape[1:]), dtype=np.float32)}
+
+
+async def test_a_model_retires_only_once_no_request_holds_it() -> None:
+    model = started()
+    lease = model.lease()
+    async with lease as held:
+        assert held is model
+        assert model.leases == 1
+        retiring = asyncio.ensure_future(model.retire(grace_s=30))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not retiring.done()  # held: the request that found it is still served
+        outputs = await held.infer(one_row(model), time.monotonic() + 10, 10)
+        assert len(next(iter(outputs.values()))) == 1
+    await asyncio.wait_for(retiring, 10)
+    assert model.leases == 0
+
+
+async def test_a_lease_is_let_go_when_its_block_fails() -> None:
+    model = started()
+    with pytest.raises(RuntimeError):
+        async with model.lease():
+            raise RuntimeError("the request failed")
+    assert model.leases == 0
+    await model.retire(grace_s=1)
+
+
+async def test_a_request_past_its_deadline_is_not_queued() -> None:
+    model = started()
+    with pytest.raises(DeadlineExceeded, match="spent before it could be queued"):
+        await model.infer(one_row(model), time.monotonic() - 1, 1)
+    assert model.batcher.queued_rows == 0
+    await model.retire(grace_s=1)
+
+
+def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
+    model = load_version(model_folder("fashion-cnn"), Settings(warmup=False, max_large_batch_size=20),
+                         ort_options(["CPUExecutionProvider"], 1, 1))
+    sizes: list[int] = []
+    real_run = model.session.run
+
+    def counting(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(len(next(iter(inputs.values()))))
+        return real_run(inputs)
+
+    model.session.run = counting  # type: ignore[method-assign]
+    model.warm_up()
+    largest = max(model.batcher.policy.max_batch_size, 20)
+    assert sizes[: sizes.index(largest) + 1] == [n for n in (1, 2, 4, 8, 16) if n < largest] + [largest]
