@@ -19,9 +19,11 @@ $(VENV)/.serve: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e .
 	touch $@
 
-# Training and test tools on top (torch's version pinned by constraints.txt; its build: TORCH_INDEX).
+# Training and test tools on top (torch's version pinned by constraints.txt; its build: TORCH_INDEX),
+# and KServe's SDK wheel, not installed: tests/deploy/kserve_sdk.py reads KServe's API from it.
 $(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e '.[train,dev]'
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps kserve==0.14.1 -d $(VENV)/kserve-sdk
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve
