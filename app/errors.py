@@ -98,3 +98,12 @@ class InferenceFailed(ServingError):
     """The model itself failed on a validated batch: a server-side fault."""
 
     status_code = 500
+
+
+class StrictModelsRefused(RuntimeError):
+    """--strict-models and a model failed to load: the server does not start. The log shows
+    its message alone, not the traceback the framework would print (app/observability/log.py)."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("--strict-models: refusing to start: " + "; ".join(failures))
+        self.failures = failures

@@ -110,9 +110,13 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
             raise LoadError("warmup", f"{folder}: warm-up failed: {type(e).__name__}: {e}") from e
     if session.wide is not None:
         measured = ", ".join(f"{rows}: {speedup:.2f}x" for rows, speedup in session.speedups.items())
-        logger.info("%s v%s: batches of %s run with %d ORT threads instead of %d%s", manifest.name, manifest.version,
-                    f"{session.wide_from_rows}+ rows" if session.wide_from_rows else "no size",
-                    session.wide_threads, session.threads, f" (measured speedups {measured})" if measured else "")
+        measured = f" (measured speedups {measured})" if measured else ""
+        if session.wide_from_rows:
+            logger.info("%s v%s: batches of %d+ rows run with %d ORT threads instead of %d%s", manifest.name,
+                        manifest.version, session.wide_from_rows, session.wide_threads, session.threads, measured)
+        else:
+            logger.info("%s v%s: every batch runs with %d ORT thread(s): %d threads paid at no batch size%s",
+                        manifest.name, manifest.version, session.threads, session.wide_threads, measured)
     return model
 
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
+from app.errors import StrictModelsRefused
 from app.http.budget import RequestBudget
 from app.http.connections import LIMITS_STATE, HttpLimits
 from app.http.docs_pages import add_docs_pages
@@ -97,14 +98,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_body_schemas(app, app.repository)
     add_docs_pages(app)
     return app
-
-
-class StrictModelsRefused(RuntimeError):
-    """--strict-models and a model failed to load: the server does not start."""
-
-    def __init__(self, failures: list[str]) -> None:
-        super().__init__("--strict-models: refusing to start: " + "; ".join(failures))
-        self.failures = failures
 
 
 def start_background_tasks(repository: ModelRepository, settings: Settings,

@@ -8,6 +8,8 @@ Scenario names say protocol and model: v1-fashion-cnn is fashion-cnn through the
 endpoint, v2-binary-fashion-cnn-32 is 32 images per V2 request in Triton's binary tensors;
 ceiling-* and naive-* are the comparison apps (load_tests/ceiling.py, load_tests/naive.py).
 
+    python -m load_tests.bench --readme              # and write README.md's results table
+
 Closed-loop runs use wrk when it is installed (`apt-get install wrk`; load_tests/wrk.py
 says why), else the asyncio client; --client picks one. Open-loop runs use the asyncio
 client. Writes <out>/results.json, <out>/results.md and PNG plots; prints the table.
@@ -19,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -241,6 +246,55 @@ def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str,
     return "\n".join(lines) + "\n"
 
 
+README_START = "<!-- bench results: written by `python -m load_tests.bench --readme`"
+README_END = "<!-- end of bench results -->"
+
+
+def readme_results(rows: list[Row], raw: list[dict[str, Any]], comparisons: list[tuple[str, str]],
+                   paired: list[dict[str, Any]], provenance: str) -> str:
+    """The README's one results table: every row, raw ONNX Runtime, the ratios and the
+    paired runs, under the line that says when, at which commit and how it was measured."""
+    lines = [provenance, "", "| scenario | clients | items/request | req/s | items/s | p50 ms | p99 ms | mean batch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        clients = str(r.concurrency) if r.concurrency else f"{r.extra.get('offered_rate_per_s', 0):g}/s offered"
+        batch = "-" if r.mean_batch_size is None else f"{r.mean_batch_size:.1f}"
+        lines.append(f"| {r.scenario} | {clients} | {r.items_per_request} | {r.requests_per_s:,.0f} | "
+                     f"{r.items_per_s:,.0f} | {r.summary['p50_ms']:.2f} | {r.summary['p99_ms']:.2f} | {batch} |")
+    lines += ["", "| raw ONNX Runtime, fashion-cnn (no HTTP) | threads | batch | images/s |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['items_per_s']:,.0f} |" for r in raw]
+    lines += ["", "| comparison (this run) | ratio |", "|---|---|"] + [f"| {a} | {b} |" for a, b in comparisons]
+    for p in paired:
+        per_round = ", ".join(f"{r['requests_ratio']:.2f}" for r in p["rounds"])
+        lines.append(f"| {p['label']}, paired rounds at c{p['concurrency']} (req/s: {per_round}) | "
+                     f"{p['median_requests_ratio']:.2f} (p99 {p['median_p99_ratio']:.2f}) |")
+    return "\n".join(lines)
+
+
+def write_readme_results(readme: Path, block: str) -> None:
+    """Replace what lies between the README's two markers with `block`."""
+    text = readme.read_text()
+    start = text.index(README_START)
+    body_start = text.index("\n", start) + 1
+    end = text.index(README_END, body_start)
+    readme.write_text(text[:body_start] + block + "\n" + text[end:])
+
+
+def provenance_line(argv: list[str], client: str, duration_s: float) -> str:
+    """When, at which commit (with -dirty for uncommitted changes) and how a run was made."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    cpus = len(os.sched_getaffinity(0))
+    command = " ".join(["python -m load_tests.bench", *argv])
+    processor = platform.processor() or platform.machine()
+    return (f"Measured {time.strftime('%Y-%m-%d')} at commit {commit} on {cpus} CPUs ({processor}), "
+            f"`{command}`: {client} closed loop, {duration_s:g} s per run.")
+
+
 def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> list[tuple[str, str]]:
     def get(name: str, conc: int) -> Row | None:
         return next((r for r in rows if r.scenario == name and r.concurrency == conc), None)
@@ -320,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternating rounds of each paired comparison (0: none)")
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
                         help="closed-loop load generator; auto: wrk if installed")
+    parser.add_argument("--readme", action="store_true",
+                        help="also write the results table into README.md, with the date and commit")
     args = parser.parse_args(argv)
     client = ("wrk" if wrk.available() else "aiohttp") if args.client == "auto" else args.client
     if client == "wrk" and not wrk.available():
@@ -343,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
          "raw_ort": raw, "ratios": comparisons, "paired": paired}, indent=2))
     (args.out / "results.md").write_text(table)
     plots(rows, args.out)
+    if args.readme:
+        shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--readme"]
+        write_readme_results(ROOT / "README.md", readme_results(rows, raw, comparisons, paired,
+                                                                provenance_line(shown, client, duration)))
     print()
     print(table)
     return 0

@@ -14,6 +14,8 @@ import csv
 import json
 import random
 import struct
+import time
+import urllib.request
 from pathlib import Path
 
 from locust import HttpUser, LoadTestShape, between, events, task
@@ -116,6 +118,24 @@ class StepLoad(LoadTestShape):
         if steps * self.step_users > self.max_users + self.step_users:
             return None
         return min(steps * self.step_users, self.max_users), self.step_users
+
+
+READY_WAIT_S = 180
+
+
+@events.test_start.add_listener
+def _wait_until_ready(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Start the load once the server answers ready (bounded: a compose stack starts Locust
+    beside a server that may still be loading its models), so no request fails for that."""
+    host = environment.host
+    deadline = time.monotonic() + READY_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{host}/v2/health/ready", timeout=2):  # noqa: S310 (the host given)
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"{host} was not ready within {READY_WAIT_S} s")
 
 
 @events.quitting.add_listener

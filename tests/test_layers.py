@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "app.runtime": {"app.manifest"},
     "app.batching": {"app.batching", "app.errors", "app.tuning"},
     "app.protocol": {"app.protocol", "app.codecs", "app.errors", "app.manifest"},
-    "app.observability": {"app.observability", "app.batching"},
+    "app.observability": {"app.observability", "app.batching", "app.errors"},
     "app.supervision": {"app.errors"},
     "app.served_model": {"app.batching", "app.codecs", "app.deadlines", "app.errors", "app.manifest",
                          "app.observability", "app.runtime", "app.supervision"},

@@ -8,12 +8,30 @@ import sys
 
 import orjson
 
+from app.errors import StrictModelsRefused
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        return True
+
+
+_REFUSED = f"{StrictModelsRefused.__module__}.{StrictModelsRefused.__qualname__}: "
+
+
+class _RefusalWithoutTraceback(logging.Filter):
+    """A start the service refuses on purpose (--strict-models) is one line with its reason:
+    Starlette hands uvicorn the whole traceback as the startup failure's message, which
+    would print the reason twice inside forty lines of framework frames."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and isinstance(record.msg, str) and record.msg.startswith("Traceback"):
+            last = record.msg.rstrip().rsplit("\n", 1)[-1]
+            if last.startswith(_REFUSED):
+                record.msg, record.args, record.exc_info = last[len(_REFUSED):], None, None
         return True
 
 
@@ -39,6 +57,7 @@ def configure_logging(log_format: str, level: str) -> dict[str, object]:
     """Configure the root logger; returns the dict for uvicorn's log_config too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_RefusalWithoutTraceback())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -94,3 +94,13 @@ def test_a_missing_model_folder_says_where_it_looked_and_how_to_point_elsewhere(
 def test_every_setting_is_in_one_section_in_the_order_of_the_class() -> None:
     listed = [name for names in SECTIONS.values() for name in names]
     assert listed == list(Settings.model_fields), "app/settings.py SECTIONS and the class's fields differ"
+
+
+def test_strict_models_refuses_in_one_line_without_a_traceback(model_root: Path) -> None:
+    served = model_root / "fashion-cnn" / max((p.name for p in (model_root / "fashion-cnn").iterdir()), key=int)
+    (served / "manifest.json").write_text("{")
+    result = run_app("--strict-models", "--model-dir", str(model_root), "--port", "0")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("refusing to start") == 1, result.stderr
+    assert "--strict-models: refusing to start: model 'fashion-cnn'" in result.stderr

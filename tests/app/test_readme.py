@@ -100,6 +100,12 @@ def test_each_readme_request_gets_the_answer_it_shows(example: Example, server: 
     answer = json.dumps(json.loads(body), separators=(",", ":")) if body else ""
     for pair in re.findall(r'"\w+":"[^"]*"', example.expected):
         assert pair in answer, f"README shows {pair}; the server answered {answer[:500]}"
+    if example.expected.startswith("[{"):  # a list: each object shown is one of the answer's, whole
+        entries = [json.dumps(e, separators=(",", ":")) for e in json.loads(body)]
+        for shown in re.findall(r"\{[^{}]*\}", example.expected):
+            pairs = re.findall(r'"\w+":"[^"]*"', shown)
+            assert any(all(p in entry for p in pairs) for entry in entries), (
+                f"README shows {shown}; no entry of the answer has all of it: {entries}")
 
 
 @pytest.mark.parametrize("script", python_examples(README.read_text()))
