@@ -38,7 +38,7 @@ LAYERS: dict[str, set[str]] = {
     "app.inference": {"app.codecs", "app.manifest", "app.offload", "app.served_model"},
     "app.http": {"app.http", "app.deadlines", "app.errors", "app.inference", "app.observability", "app.offload",
                  "app.protocol", "app.repository", "app.served_model", "app.settings", "app.tuning"},
-    "app.main": {"app.http", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
+    "app.main": {"app.http", "app.errors", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
                  "app.shutdown", "app.tuning"},
     "app.__main__": {"app.http", "app.main", "app.observability", "app.settings"},
     "app": set(),
