@@ -7,7 +7,6 @@ the body and holds the model's lease around this.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -46,25 +45,30 @@ class Exchange(Protocol[Answer]):
     def answer(self, kept: Any, manifest: Manifest, outputs: dict[str, np.ndarray]) -> Answer: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """What the transport tells the inference path about one request."""
+class Limits(Protocol):
+    """What a request may cost, as the transport enforces it (app/http/budget.py)."""
 
-    offload: Offload
-    deadline: Callable[[float | None], tuple[float, float]]
-    """The request's (due as time.monotonic(), timeout in seconds), given the timeout the
-    protocol asks for (None: the transport's own, or the server's)."""
-    check_answer: Callable[[int, int], None]
-    """Refuses (raises) an answer of at most so many bytes for so many rows, over the limit."""
-    client_gone: Callable[[], bool] | None = None
+    def deadline_from(self, arrived: float, requested_s: float | None) -> tuple[float, float]:
+        """(due as time.monotonic(), timeout in seconds) for a request that arrived at
+        `arrived` and asks for `requested_s` (None: the server's timeout)."""
+        ...
+
+    def check_response(self, size_bound: int, rows: int) -> None:
+        """Raise for an answer that could take more than the limit."""
+        ...
 
 
-async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answer], call: Call) -> Answer:
-    """Decode, infer, encode. Off the event loop: decoding a body over HEAVY_BODY_BYTES (its
-    parse and tensors in one hop) or one the exchange calls heavy, and encoding an answer
-    that large. The body, the parsed request and the inputs are dropped as soon as they
-    are used, before the answer is built."""
-    manifest, codec, offload = model.manifest, model.codec, call.offload
+async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answer], limits: Limits,
+                        offload: Offload, arrived: float, timeout_s: float | None = None,
+                        client_gone: Callable[[], bool] | None = None) -> Answer:
+    """Decode, infer, encode one request that arrived at `arrived` (time.monotonic()).
+    Its deadline: the timeout the protocol asks for, else `timeout_s` (the transport's, a
+    header say), at most the server's. Off the event loop: decoding a body over
+    HEAVY_BODY_BYTES (its parse and tensors in one hop) or one the exchange calls heavy,
+    and encoding an answer that large. The body, the parsed request and the inputs are
+    dropped as soon as they are used, before the answer is built. Plain arguments, no
+    object per request: this is every request's path."""
+    manifest, codec = model.manifest, model.codec
     if len(body) > HEAVY_BODY_BYTES:
         kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
     else:
@@ -77,13 +81,14 @@ async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answ
     del body
     rows = len(next(iter(inputs.values())))
     size = exchange.answer_bytes(kept, manifest, rows)
-    call.check_answer(size, rows)
-    due, timeout = call.deadline(exchange.timeout_s(kept))
-    outputs = await model.infer(inputs, due, timeout, call.client_gone)
+    limits.check_response(size, rows)
+    asked = exchange.timeout_s(kept)
+    due, timeout = limits.deadline_from(arrived, asked if asked is not None else timeout_s)
+    outputs = await model.infer(inputs, due, timeout, client_gone)
     del inputs
     if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
         size = exchange.answer_bytes(kept, manifest, rows, outputs)
-        call.check_answer(size, rows)
+        limits.check_response(size, rows)
     if size > HEAVY_BODY_BYTES:  # as large bodies are decoded
         return await offload.run(exchange.answer, kept, manifest, outputs)
     return exchange.answer(kept, manifest, outputs)

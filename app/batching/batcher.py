@@ -124,9 +124,8 @@ class DynamicBatcher:
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
-        length = self.length_of(inputs) if self.length_of else 0
-        request = PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
-        if self._decide(request.rows) is Decision.INLINE:
+        rows = len(next(iter(inputs.values())))
+        if self._decide(rows) is Decision.INLINE:
             self._arriving += 1
             try:
                 await asyncio.sleep(0)
@@ -134,12 +133,20 @@ class DynamicBatcher:
                 self._arriving -= 1
             if not self._accepting:
                 raise ModelNotReady(f"model {self.name!r} is not accepting requests")
-            if self._decide(request.rows, self._arriving) is Decision.INLINE:
+            if self._decide(rows, self._arriving) is Decision.INLINE:
                 assert self._runner is not None  # set while accepting
-                self._runner.run_inline([Chunk(request, 0, request.rows)])
+                request = self._pending(inputs, client_gone)
+                self._runner.run_inline([Chunk(request, 0, rows)])
                 return request.future
+        request = self._pending(inputs, client_gone)
         self._queue.put(request)
         return request.future
+
+    def _pending(self, inputs: Tensors, client_gone: Callable[[], bool] | None) -> PendingRequest:
+        """The request as queued, made only now: its wait for company (max_queue_delay_s)
+        counts from here, not from before the turn of the loop it may have taken."""
+        length = self.length_of(inputs) if self.length_of else 0
+        return PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
 
     def _decide(self, rows: int, arriving: int = 0) -> Decision:
         """`decide` for the rows at hand, with what runs and what waits now."""

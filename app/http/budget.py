@@ -101,10 +101,10 @@ class RequestBudget:
         arrived: float | None = request.scope.get(ARRIVED)
         return arrived if arrived is not None else time.monotonic()
 
-    def deadline(self, request: Request, requested_s: float | None = None) -> tuple[float, float]:
+    def deadline_from(self, arrived: float, requested_s: float | None = None) -> tuple[float, float]:
         """(due as time.monotonic(), timeout in seconds): the client's, at most the server's."""
         timeout = self.max_timeout_s if requested_s is None else min(requested_s, self.max_timeout_s)
-        return self.arrived(request) + timeout, timeout
+        return arrived + timeout, timeout
 
     @staticmethod
     def requested_timeout_s(request: Request) -> float | None:

@@ -13,7 +13,7 @@ import pytest
 
 from app import inference
 from app.errors import PayloadTooLarge
-from app.inference import Call, run_inference
+from app.inference import run_inference
 from app.offload import Offload
 from app.protocol.v1 import V1
 from app.protocol.v2 import V2Exchange
@@ -23,26 +23,25 @@ from tests.app.test_served_model import started
 
 
 class Recorded:
-    """A Call that records what the path asked of it."""
+    """Limits that record what the path asked of them."""
 
     def __init__(self, limit: int = 1 << 30) -> None:
         self.offload = Offload(1)
         self.limit = limit
         self.asked_timeouts: list[float | None] = []
         self.checked: list[tuple[int, int]] = []
-        self.threads: list[str] = []
 
-    def call(self) -> Call:
-        def deadline(asked: float | None) -> tuple[float, float]:
-            self.asked_timeouts.append(asked)
-            return time.monotonic() + 10, 10.0
+    def deadline_from(self, arrived: float, requested_s: float | None) -> tuple[float, float]:
+        self.asked_timeouts.append(requested_s)
+        return arrived + 10, 10.0
 
-        def check(size: int, rows: int) -> None:
-            self.checked.append((size, rows))
-            if size > self.limit:
-                raise PayloadTooLarge("too large")
+    def check_response(self, size_bound: int, rows: int) -> None:
+        self.checked.append((size_bound, rows))
+        if size_bound > self.limit:
+            raise PayloadTooLarge("too large")
 
-        return Call(self.offload, deadline, check)
+    async def run(self, model: ServedModel, body: bytes, exchange: Any, timeout_s: float | None = None) -> Any:
+        return await run_inference(model, body, exchange, self, self.offload, time.monotonic(), timeout_s)
 
 
 def v2_body(model: ServedModel, rows: int, **extra: Any) -> bytes:
@@ -56,15 +55,16 @@ async def test_v1_and_v2_answer_through_one_path() -> None:
     model = started()
     recorded = Recorded()
     images = sample_images(2)
-    v1 = orjson.loads(await run_inference(model, orjson.dumps({"instances": [i.tolist() for i in images]}), V1,
-                                          recorded.call()))
-    content, header_length = await run_inference(model, v2_body(model, 2, parameters={"timeout": 5_000_000}),
-                                                 V2Exchange(None), recorded.call())
+    v1 = orjson.loads(await recorded.run(model, orjson.dumps({"instances": [i.tolist() for i in images]}), V1,
+                                         timeout_s=3.0))
+    content, header_length = await recorded.run(model, v2_body(model, 2, parameters={"timeout": 5_000_000}),
+                                                V2Exchange(None), timeout_s=3.0)
     v2 = orjson.loads(content)
     assert header_length is None
     logits = np.array(v2["outputs"][0]["data"]).reshape(v2["outputs"][0]["shape"])
     assert [p["label"] for p in v1["predictions"]] == [model.manifest.labels[i] for i in logits.argmax(axis=1)]
-    assert recorded.asked_timeouts == [None, pytest.approx(5.0)]  # V2's parameters.timeout, in seconds
+    # V1's from the transport (a header); V2's own parameters.timeout, in seconds, before the transport's
+    assert recorded.asked_timeouts == [3.0, pytest.approx(5.0)]
     assert [rows for _, rows in recorded.checked] == [2, 2]
     await model.retire(grace_s=1)
 
@@ -73,7 +73,7 @@ async def test_an_answer_over_the_limit_is_refused_before_the_model_runs() -> No
     model = started()
     recorded = Recorded(limit=100)
     with pytest.raises(PayloadTooLarge):
-        await run_inference(model, v2_body(model, 4), V2Exchange(None), recorded.call())
+        await recorded.run(model, v2_body(model, 4), V2Exchange(None))
     assert model.stats.inference_count == 0
     await model.retire(grace_s=1)
 
@@ -91,10 +91,10 @@ async def test_large_bodies_and_heavy_content_decode_off_the_loop(monkeypatch: p
     monkeypatch.setattr(model.codec, "instances_to_inputs", spy)
     image = sample_images(1)[0]
     loop = threading.current_thread().name
-    await run_inference(model, orjson.dumps({"instances": [image.tolist()]}), V1, recorded.call())
-    await run_inference(model, orjson.dumps({"instances": [{"b64": b64_png(image)}]}), V1, recorded.call())
+    await recorded.run(model, orjson.dumps({"instances": [image.tolist()]}), V1)
+    await recorded.run(model, orjson.dumps({"instances": [{"b64": b64_png(image)}]}), V1)
     monkeypatch.setattr(inference, "HEAVY_BODY_BYTES", 100)
-    await run_inference(model, orjson.dumps({"instances": [image.tolist()]}), V1, recorded.call())
+    await recorded.run(model, orjson.dumps({"instances": [image.tolist()]}), V1)
     assert seen[0] == loop  # pixels in a small body: on the loop
     assert seen[1].startswith("decode")  # an encoded image: off it
     assert seen[2].startswith("decode")  # a large body: off it

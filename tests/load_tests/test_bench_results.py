@@ -6,7 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from load_tests.bench import README_END, README_START, Row, provenance_line, readme_results, write_readme_results
+from load_tests.bench import (
+    README_END,
+    README_START,
+    Row,
+    provenance_line,
+    readme_results,
+    write_readme_results,
+)
 from tests.conftest import ROOT
 
 

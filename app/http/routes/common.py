@@ -1,5 +1,4 @@
-"""What the routes share: access checks, what the inference path is told of a request,
-documented errors."""
+"""What the routes share: access checks, documented errors, path parameters."""
 
 from __future__ import annotations
 
@@ -9,10 +8,8 @@ from typing import Annotated, Any
 from fastapi import Path, Request
 
 from app.errors import Forbidden, Unauthorized
-from app.http.budget import client_gone
 from app.http.responses import header
 from app.http.services import Services, services
-from app.inference import Call
 from app.protocol.v2 import ErrorResponse
 
 _MEANINGS = {
@@ -64,9 +61,9 @@ def matches_any(token: str | None, secrets: list[bytes]) -> bool:
     return found and token is not None
 
 
-def authorize(request: Request) -> None:
+def authorize(request: Request, found: Services) -> None:
     """The inference endpoints' API key check; nothing to do unless keys are configured."""
-    keys = services(request).api_keys
+    keys = found.api_keys
     if keys and not matches_any(bearer_token(request), keys):
         raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
 
@@ -84,15 +81,3 @@ def authorize_admin(request: Request, *, changes: bool) -> None:
     if changes and mode != "explicit":
         raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
                         f"mode; this server runs in {mode!r} mode")
-
-
-def call_of(request: Request, found: Services, requested_s: float | None = None) -> Call:
-    """What the inference path (app/inference.py) is told of this request: its deadline
-    (the timeout the protocol asks for, else `requested_s`, at most the server's), the
-    answer's limit, and whether its client is still there."""
-    budget = found.budget
-
-    def deadline(asked_s: float | None) -> tuple[float, float]:
-        return budget.deadline(request, asked_s if asked_s is not None else requested_s)
-
-    return Call(found.offload, deadline, budget.check_response, client_gone(request))

@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.errors import MethodNotAllowed
+from app.http.budget import client_gone
 from app.http.examples import V1_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONBytes, JSONResponse
-from app.http.routes.common import ModelName, authorize, call_of, errors
+from app.http.routes.common import ModelName, authorize, errors
 from app.http.services import services
 from app.inference import run_inference
 from app.protocol.v1 import V1
@@ -57,10 +58,12 @@ async def describe_model(request: Request, name: ModelName) -> Response:
 
 async def v1_predict(request: Request, name: ModelName) -> Response:
     found = services(request)
-    authorize(request)
-    call = call_of(request, found, found.budget.requested_timeout_s(request))
+    authorize(request, found)
+    budget = found.budget
+    timeout_s = budget.requested_timeout_s(request)  # V1 asks with a header
     async with found.repository.lease(name) as model:
-        answer = await run_inference(model, await found.budget.read_body(request), V1, call)
+        answer = await run_inference(model, await budget.read_body(request), V1, budget, found.offload,
+                                     budget.arrived(request), timeout_s, client_gone(request))
     return JSONBytes(answer)
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from app.http.budget import client_gone
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONResponse, header
-from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize, call_of
+from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize
 from app.http.services import services
 from app.inference import run_inference
 from app.protocol import triton
@@ -139,11 +140,12 @@ async def v2_infer_version(request: Request, name: ModelName, version: Version) 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     found = services(request)
-    authorize(request)
-    exchange = V2Exchange(header(request, HEADER_LENGTH))
+    authorize(request, found)
+    budget, exchange = found.budget, V2Exchange(header(request, HEADER_LENGTH))
     async with found.repository.lease(name, version) as model:
-        content, header_length = await run_inference(model, await found.budget.read_body(request), exchange,
-                                                     call_of(request, found))
+        content, header_length = await run_inference(model, await budget.read_body(request), exchange, budget,
+                                                     found.offload, budget.arrived(request),
+                                                     client_gone=client_gone(request))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream",
