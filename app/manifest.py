@@ -299,8 +299,3 @@ def version_folders(model_root: Path) -> Iterator[Path]:
 def latest_version(model_root: Path) -> Path | None:
     """The highest version folder of one model; versions compare as numbers (10 > 9)."""
     return max(version_folders(model_root), key=lambda p: int(p.name), default=None)
-
-
-def newest(versions: Iterable[str]) -> str:
-    """The newest of version names, compared as numbers."""
-    return max(versions, key=int)

@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in scenarios() if not args.only or s.name in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    # Read before the run: the commit measured is the one checked out when it started.
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--readme"]
+    provenance = provenance_line(shown, client, duration)
     raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
     rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration, client)]
     comparisons = ratios(rows, raw, served_cpu_variant(args.model_dir))
@@ -400,9 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(table)
     plots(rows, args.out)
     if args.readme:
-        shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--readme"]
-        write_readme_results(ROOT / "README.md", readme_results(rows, raw, comparisons, paired,
-                                                                provenance_line(shown, client, duration)))
+        write_readme_results(ROOT / "README.md", readme_results(rows, raw, comparisons, paired, provenance))
     print()
     print(table)
     return 0
