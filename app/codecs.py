@@ -207,11 +207,37 @@ class TextCodec:
             raise InvalidInput(f"{self.ids_name!r} must hold ids in [0, {vocab})")
 
 
+class TensorCodec:
+    """A tensors model's (a drop-in): no instances to decode, V2 tensors only, checked
+    against the graph's declared shapes by the protocol."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.name = manifest.name
+
+    def describe_instance(self) -> str:
+        return f"none: this model takes tensors, through the V2 protocol (POST /v2/models/{self.name}/infer)"
+
+    def heavy(self, instances: list[Any]) -> bool:
+        return False
+
+    def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
+        raise InvalidInput(f"model {self.name!r} takes tensors, not instances: send them with the V2 protocol "
+                           f"(POST /v2/models/{self.name}/infer; GET /v2/models/{self.name} lists its inputs)")
+
+    def check_shapes(self, shapes: Mapping[str, list[int]]) -> None:
+        return None
+
+    def check_tensors(self, inputs: dict[str, np.ndarray]) -> None:
+        return None
+
+
 def make_codec(manifest: Manifest, files: Mapping[str, bytes], limits: InputLimits = InputLimits()) -> Codec:
     """The codec of the manifest's task; `files` are the model's extra files, already verified."""
     if manifest.task == "image-classification":
         return ImageCodec(manifest, limits)
-    return TextCodec(manifest, files, limits)
+    if manifest.task == "text-classification":
+        return TextCodec(manifest, files, limits)
+    return TensorCodec(manifest)
 
 
 PROBABILITIES = RESERVED_PREFIX + "probabilities"

@@ -18,7 +18,17 @@ from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
 from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
-from app.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, read_verified, sha256_of_bytes
+from app.graph import DROP_IN_FILE, GraphError, check_batches, complete
+from app.manifest import (
+    MANIFEST_FILE,
+    TENSORS_TASK,
+    Manifest,
+    ManifestError,
+    Variant,
+    load_manifest,
+    read_verified,
+    sha256_of_bytes,
+)
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
 from app.runtime import OrtModel, OrtOptions, choose_variant
@@ -39,11 +49,17 @@ class LoadError(Exception):
 
 
 def manifest_fingerprint(folder: Path) -> str:
-    """The manifest as it is on disk now: a change means the version must be reloaded."""
+    """The manifest as it is on disk now (a drop-in's model.onnx: its size and time): a
+    change means the version must be reloaded."""
     try:
         return sha256_of_bytes((folder / MANIFEST_FILE).read_bytes())
     except OSError:
+        pass
+    try:
+        info = (folder / DROP_IN_FILE).stat()
+    except OSError:
         return ""
+    return f"{DROP_IN_FILE}:{info.st_size}:{info.st_mtime_ns}"
 
 
 @dataclass(frozen=True)
@@ -60,26 +76,15 @@ class Hooks:
 
 
 def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks = Hooks()) -> ServedModel:
-    """Read, verify, load and (if the settings say so) warm up one version; not started."""
+    """Read, verify, load and (if the settings say so) warm up one version; not started. A
+    folder with a `model.onnx` and no manifest is a drop-in: its configuration is completed
+    from the graph (app/graph.py), and it has no digest to check its file against."""
     fingerprint = manifest_fingerprint(folder)
-    try:
-        manifest = load_manifest(folder, verify_files=False)
-    except ManifestError as e:
-        raise LoadError("manifest", str(e)) from e
-    try:
-        variant = choose_variant(manifest, ort.providers, settings.variant)
-    except ValueError as e:
-        raise LoadError("variant", str(e)) from e
-    try:  # only the variant served is read now; the others when (if) they are loaded
-        model_bytes = read_verified(folder, manifest.variants[variant].file, manifest.variants[variant].sha256)
-        extras = {file: read_verified(folder, file, digest.sha256) for file, digest in manifest.extra_files.items()}
-    except ManifestError as e:
-        raise LoadError("integrity", str(e)) from e
-    try:
-        session = OrtModel(model_bytes, replace(ort, wide_batch_rows=settings.wide_batch_rows))
-    except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
-        raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {manifest.variants[variant].file}: "
-                                       f"{type(e).__name__}: {e}") from e
+    options = replace(ort, wide_batch_rows=settings.wide_batch_rows)
+    if not (folder / MANIFEST_FILE).exists() and (folder / DROP_IN_FILE).exists():
+        manifest, variant, session, extras = _drop_in(folder, options)
+    else:
+        manifest, variant, session, extras = _with_manifest(folder, settings, options)
     try:
         codec = make_codec(manifest, extras, input_limits(settings))
     except (ValueError, KeyError, UnicodeDecodeError) as e:
@@ -88,9 +93,11 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                          settings.failure_cooldown_s, settings.inference_timeout_s)
     logits = manifest.outputs[0].name
     stats = ModelStats()
+    classifies = manifest.task != TENSORS_TASK
 
     def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return classify_batch(session.run(inputs), logits)
+        outputs = session.run(inputs)
+        return classify_batch(outputs, logits) if classifies else outputs
 
     def record(batch: BatchRecord) -> None:
         health.batch_ended(batch.batch_id, batch.ok, batch.error)
@@ -102,7 +109,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                              length_of=_sequence_length(manifest), on_batch=record,
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart)
-    model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint)
+    model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
+                        verified=(folder / MANIFEST_FILE).exists())
     if settings.warmup:
         try:
             model.warm_up()
@@ -118,6 +126,50 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
             logger.info("%s v%s: every batch runs with %d ORT thread(s): %d threads paid at no batch size%s",
                         manifest.name, manifest.version, session.threads, session.wide_threads, measured)
     return model
+
+
+def _with_manifest(folder: Path, settings: Settings, options: OrtOptions
+                   ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
+    try:
+        manifest = load_manifest(folder, verify_files=False)
+    except ManifestError as e:
+        raise LoadError("manifest", str(e)) from e
+    try:
+        variant = choose_variant(manifest, options.providers, settings.variant)
+    except ValueError as e:
+        raise LoadError("variant", str(e)) from e
+    try:  # only the variant served is read now; the others when (if) they are loaded
+        model_bytes = read_verified(folder, manifest.variants[variant].file, manifest.variants[variant].sha256)
+        extras = {file: read_verified(folder, file, digest.sha256) for file, digest in manifest.extra_files.items()}
+    except ManifestError as e:
+        raise LoadError("integrity", str(e)) from e
+    return manifest, variant, _session(folder, manifest.variants[variant].file, model_bytes, options), extras
+
+
+def _drop_in(folder: Path, options: OrtOptions) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
+    """A bare model.onnx: read once, loaded, its configuration completed from the graph and
+    its first axis checked to be a batch axis."""
+    try:
+        model_bytes = (folder / DROP_IN_FILE).read_bytes()
+    except OSError as e:
+        raise LoadError("integrity", f"{folder}: {DROP_IN_FILE} cannot be read: {e}") from e
+    session = _session(folder, DROP_IN_FILE, model_bytes, options)
+    try:
+        manifest = complete(session.session, folder.parent.name, int(folder.name), model_bytes,
+                            sha256_of_bytes(model_bytes))
+    except (GraphError, ValueError) as e:
+        raise LoadError("graph", f"{folder}: {DROP_IN_FILE} cannot be served as it is: {e}") from e
+    why_not = check_batches(session.session, manifest)
+    if why_not is not None:
+        raise LoadError("graph", f"{folder}: {DROP_IN_FILE} cannot be served as it is: {why_not}")
+    return manifest, "fp32", session, {}
+
+
+def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -> OrtModel:
+    try:
+        return OrtModel(model_bytes, options)
+    except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
+        raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {file}: {type(e).__name__}: {e}") from e
 
 
 def input_limits(settings: Settings) -> InputLimits:

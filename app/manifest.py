@@ -27,13 +27,22 @@ MAX_VERSION_DIGITS = 18  # a version is a number of at most this many digits: it
 DATATYPES: dict[str, str] = {
     "BOOL": "bool",
     "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
     "INT8": "int8",
+    "INT16": "int16",
     "INT32": "int32",
     "INT64": "int64",
     "FP16": "float16",
     "FP32": "float32",
     "FP64": "float64",
 }
+
+CLASSIFICATION_TASKS = ("image-classification", "text-classification")
+TENSORS_TASK: Literal["tensors"] = "tensors"
+"""A model served as it is, tensors in and tensors out (V2 only): a drop-in `model.onnx`
+whose configuration is completed from its graph (app/graph.py)."""
 
 Variant = Literal["fp32", "int8", "fp16"]
 
@@ -180,12 +189,14 @@ class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=MODEL_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
     version: int = Field(gt=0)
-    task: Literal["image-classification", "text-classification"]
+    task: Literal["image-classification", "text-classification", "tensors"]
     description: str = ""
-    labels: list[str] = Field(min_length=2)
+    labels: list[str] = Field(default_factory=list)
+    """A classifier's classes, in the order of its first output's last axis (two at least)."""
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None = None
+    """How raw instances become the model's input (classification tasks); None for tensors."""
     variants: dict[Variant, VariantFile] = Field(min_length=1)
     extra_files: dict[str, FileDigest] = Field(default_factory=dict)
     """Every other file the service reads for this model (e.g. the vocabulary), with its digest."""
@@ -210,6 +221,12 @@ class Manifest(_Strict):
         missing = {v for v in self.preferred_variant.values() if v not in self.variants}
         if missing:
             raise ValueError(f"preferred_variant names variants {sorted(missing)} that are not listed")
+        if self.task == TENSORS_TASK:
+            if self.preprocessing is not None:
+                raise ValueError("a tensors model takes no preprocessing: its clients send tensors")
+            return self
+        if self.preprocessing is None or len(self.labels) < 2:
+            raise ValueError(f"a {self.task} model needs its preprocessing and at least two labels")
         logits = self.outputs[0]
         if logits.shape[-1] != len(self.labels):
             raise ValueError(

@@ -32,6 +32,8 @@ class ServedModel:
     stats: ModelStats = field(default_factory=ModelStats)
     fingerprint: str = ""
     """What its manifest was when it was loaded (app/repository.py reloads on a change)."""
+    verified: bool = True
+    """Its files were checked against digests (a manifest's); False for a drop-in model.onnx."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 

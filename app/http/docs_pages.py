@@ -8,7 +8,7 @@ from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
@@ -18,6 +18,11 @@ ASSETS = files("fastapi_offline") / "static"
 def add_docs_pages(app: FastAPI) -> None:
     """Mount the assets and the two pages; the app must be made with docs_url=None and redoc_url=None."""
     app.mount(ASSETS_URL, StaticFiles(directory=str(ASSETS)), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def home(request: Request) -> RedirectResponse:
+        """A person who opens the server's address is sent to its API documentation."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs", status_code=307)
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

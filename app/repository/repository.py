@@ -110,7 +110,7 @@ class ModelRepository:
         """Every model that should be served is serving, and healthy."""
         return all(any(m.ready for m in self.routes.versions(name).values()) for name in self._wanted)
 
-    async def index(self) -> list[dict[str, str]]:
+    async def index(self) -> list[dict[str, str | bool]]:
         """Every model version on disk or served, with its state and reason (Triton's index)."""
         entries = self.states.all()
         for name in await self.disk.names():
@@ -123,7 +123,9 @@ class ModelRepository:
                 entries.setdefault((name, number), _NOT_LOADED)
             for number, why in refused.items():
                 entries[(name, number)] = VersionStatus(State.UNAVAILABLE, why)
+        unverified = {(m.name, m.manifest.version) for m in self.all() if not m.verified}
         return [{"name": n, "version": str(v), "state": str(s.state), "reason": s.reason}
+                | ({"verified": False} if (n, v) in unverified else {})  # a drop-in: no digest to check
                 for (n, v), s in sorted(entries.items())]
 
     # --- changes --------------------------------------------------------------------

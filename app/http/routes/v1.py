@@ -37,7 +37,7 @@ def _describe(model: ServedModel) -> dict[str, Any]:
     m = model.manifest
     return {"name": m.name, "version": model.version, "task": m.task, "labels": m.labels,
             "instance": model.codec.describe_instance(), "variant": model.variant,
-            "inputs": [t.model_dump() for t in m.inputs], "preprocessing": m.preprocessing.model_dump(),
+            "inputs": [t.model_dump() for t in m.inputs], "preprocessing": m.preprocessing.model_dump() if m.preprocessing else None,
             "max_batch_size": model.batcher.policy.max_batch_size}
 
 
