@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,12 +82,32 @@ def test_the_readme_has_examples_to_check() -> None:
     assert python_examples(README.read_text())
 
 
+MODEL_WRITER = "# writes models/"
+
+
+def model_writers(text: str) -> list[str]:
+    """Python blocks that write a model of their own into models/ ("Serve your own model")."""
+    return [block for language, block in fenced_blocks(text) if language == "python" and block.startswith(MODEL_WRITER)]
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """The README's examples include the repository API: explicit mode, the example token."""
-    with ServerProcess(["--model-dir", str(ROOT / "models"), "--model-control-mode", "explicit",
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The README's examples include the repository API (explicit mode, the example token)
+    and a model of the reader's own: the shipped models are copied, and each model-writing
+    block runs as written in the copy's folder, as a reader runs it in the repository."""
+    home = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "models", home / "models")
+    for script in model_writers(README.read_text()):
+        result = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    with ServerProcess(["--model-dir", str(home / "models"), "--model-control-mode", "explicit",
                         "--load-model", "*"], env={"ORTSERVE_ADMIN_TOKEN": ADMIN_TOKEN}) as running:
         yield running
+
+
+def test_the_readme_shows_how_to_serve_a_model_of_ones_own() -> None:
+    assert model_writers(README.read_text()), "README.md lost its 'Serve your own model' example"
+    assert any("/v2/models/my-mlp/infer" in e.command for e in EXAMPLES)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.command.split("\n")[0][:70] for e in EXAMPLES])
