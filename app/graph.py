@@ -29,6 +29,10 @@ ORT_TYPES = {f"tensor({numpy})": v2 for v2, numpy in DATATYPES.items() if v2 != 
     "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(bool)": "BOOL"}
 DROP_IN_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0)
 """A drop-in model's batching until a manifest or the settings say otherwise."""
+UNPADDED_BATCHING = BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0.0)
+"""A drop-in with a dynamic axis besides the first: requests of other lengths would be
+zero-padded to the longest in their batch, which only a model that masks its padding (as
+the shipped LSTM does, with its lengths input) answers alike; so each row runs alone."""
 _SIZE_OF_DYNAMIC_AXES = 3  # the length given to a dynamic non-batch axis in the generated inputs
 
 
@@ -43,10 +47,12 @@ def complete(session: ort.InferenceSession, name: str, version: int, model: byte
     outputs = [_spec(node, "output") for node in session.get_outputs()]
     if not inputs:
         raise GraphError("the graph has no inputs")
+    padded = any(-1 in spec.shape[1:] for spec in inputs)
     return Manifest(name=name, version=version, task=TENSORS_TASK, inputs=inputs, outputs=outputs,
                     description=f"{name}: a drop-in {DROP_IN_FILE}, its configuration completed from the graph",
                     variants={"fp32": VariantFile(file=DROP_IN_FILE, sha256=sha256, size_bytes=len(model))},
-                    preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=DROP_IN_BATCHING)
+                    preferred_variant={"cpu": "fp32", "cuda": "fp32"},
+                    batching=UNPADDED_BATCHING if padded else DROP_IN_BATCHING)
 
 
 def _spec(node: Any, kind: str) -> TensorSpec:

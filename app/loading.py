@@ -200,7 +200,10 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
 
 
 def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
-    """For models with a variable-length input, a function giving a request's padded length."""
+    """For models with a variable-length input, a function giving a request's padded length
+    (classifiers only: a tensors model is never padded, app/graph.py UNPADDED_BATCHING)."""
+    if manifest.task == TENSORS_TASK:
+        return None
     for spec in manifest.inputs:
         if len(spec.shape) >= 2 and spec.shape[1] == -1:
             name = spec.name

@@ -180,3 +180,27 @@ async def test_the_servers_address_points_a_person_to_the_docs() -> None:
     assert answer.headers["location"] == "/docs"
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+def averaged_over_a_sequence() -> onnx.GraphProto:
+    """x [n, length] -> the mean of each row: a dynamic axis besides the first, on which
+    zero padding would change the answer."""
+    return helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0)], "averaged",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "length"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["n"])])
+
+
+async def test_requests_of_other_lengths_are_never_padded_together(tmp_path: Path) -> None:
+    """Zero padding would change what a model that does not mask it answers: a drop-in
+    with a dynamic axis besides the first runs each row alone (max_batch_size 1)."""
+    import asyncio
+
+    save(tmp_path, "averaged", averaged_over_a_sequence())
+    short, long = np.ones((1, 2), np.float32), np.full((1, 5), -1.0, np.float32)
+    async with serving(model_dir=tmp_path) as client:
+        config = (await client.get("/v2/models/averaged/config")).json()
+        answers = await asyncio.gather(*(
+            client.post("/v2/models/averaged/infer", json=v2({"x": x}, {"x": "FP32"})) for x in [short, long] * 8))
+    assert config["max_batch_size"] == 1
+    assert [a.json()["outputs"][0]["data"] for a in answers] == [[1.0], [-1.0]] * 8
