@@ -21,6 +21,9 @@ FILES=(-f docker-compose.yml -f docker-compose.replicas.yml)
 compose() { (cd "$WORK/stack" && GRAFANA_ADMIN_PASSWORD=unused LB_PORT=$LB_PORT "$BIN/podman-compose" -p "$PROJECT" "${FILES[@]}" "$@"); }
 cleanup() {
   [ -d "$WORK/stack" ] && compose down -t 45 >/dev/null 2>&1 || true
+  # podman-compose's down knows only the first container of a scaled service: the others
+  # would go on running after the check.
+  podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f -t 5 >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
