@@ -103,3 +103,33 @@ def check_batches(session: ort.InferenceSession, manifest: Manifest) -> str | No
             return (f"output {name!r} for a batch of 2 differs from the two rows run alone: the first axis is "
                     "not a batch axis (models that do not batch are not served yet)")
     return None
+
+
+def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str]:
+    """Where a manifest's tensors and the graph it describes differ: names, datatypes,
+    ranks and fixed dimensions (a -1 the graph fixes promises clients what the model
+    cannot take). Empty where they agree."""
+    found = []
+    for kind, specs, nodes in (("input", manifest.inputs, session.get_inputs()),
+                               ("output", manifest.outputs, session.get_outputs())):
+        graph = {node.name: node for node in nodes}
+        for spec in specs:
+            node = graph.get(spec.name)
+            if node is None:
+                found.append(f"{kind} {spec.name!r} is not in the graph, whose {kind}s are {sorted(graph)}")
+                continue
+            datatype = ORT_TYPES.get(node.type, node.type)
+            if datatype != spec.datatype:
+                found.append(f"{kind} {spec.name!r} is {datatype} in the graph, {spec.datatype} in the manifest")
+            if len(node.shape) != len(spec.shape):
+                found.append(f"{kind} {spec.name!r} has rank {len(node.shape)} in the graph ({node.shape}), "
+                             f"{len(spec.shape)} in the manifest ({spec.shape})")
+                continue
+            for axis, (dim, declared) in enumerate(zip(node.shape, spec.shape, strict=True)):
+                if isinstance(dim, int) and dim > 0 and declared != dim:
+                    found.append(f"{kind} {spec.name!r} axis {axis} is {dim} in the graph, {declared} in the manifest")
+        if kind == "input":
+            undeclared = sorted(set(graph) - {spec.name for spec in specs})
+            if undeclared:
+                found.append(f"graph inputs {undeclared} are not declared in the manifest")
+    return found

@@ -18,7 +18,7 @@ from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
 from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
-from app.graph import DROP_IN_FILE, GraphError, check_batches, complete
+from app.graph import DROP_IN_FILE, GraphError, check_batches, complete, disagreements
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
@@ -143,7 +143,12 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions
         extras = {file: read_verified(folder, file, digest.sha256) for file, digest in manifest.extra_files.items()}
     except ManifestError as e:
         raise LoadError("integrity", str(e)) from e
-    return manifest, variant, _session(folder, manifest.variants[variant].file, model_bytes, options), extras
+    file = manifest.variants[variant].file
+    session = _session(folder, file, model_bytes, options)
+    problems = disagreements(session.session, manifest)
+    if problems:  # else requests would fail in their batch, or warm-up would, or neither until a client tried
+        raise LoadError("manifest", f"{folder}: the manifest does not match the graph of {file}: " + "; ".join(problems))
+    return manifest, variant, session, extras
 
 
 def _drop_in(folder: Path, options: OrtOptions) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:

@@ -93,3 +93,40 @@ def test_a_manifest_written_again_changes_its_fingerprint(tmp_path: Path) -> Non
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=4))  # the same facts, other bytes
     assert load_version(folder, settings(), ORT).fingerprint != before
+
+
+def manifest_with(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    folder = copy_model(tmp_path, "fashion-cnn", 1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda m: m["inputs"][0].update(name="image"), "input 'image' is not in the graph, whose inputs are ['pixels']"),
+    (lambda m: m["inputs"][0].update(shape=[-1, 784]), "input 'pixels' has rank 4 in the graph"),
+    (lambda m: m["inputs"][0].update(datatype="FP64"), "input 'pixels' is FP32 in the graph, FP64 in the manifest"),
+    (lambda m: m["inputs"][0].update(shape=[-1, 1, 28, -1]), "input 'pixels' axis 3 is 28 in the graph, -1"),
+    (lambda m: m["outputs"][0].update(name="scores"), "output 'scores' is not in the graph"),
+])
+def test_a_manifest_that_does_not_match_its_graph_is_refused_at_load_even_without_warm_up(
+        tmp_path: Path, change, reason: str) -> None:  # type: ignore[no-untyped-def]
+    folder = manifest_with(tmp_path, change)
+    with pytest.raises(LoadError) as caught:
+        load_version(folder, settings(warmup=False), ORT)
+    assert caught.value.kind == "manifest"
+    assert reason in caught.value.message
+
+
+def test_a_warm_up_that_fails_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.runtime import OrtModel
+
+    def failing(self: OrtModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(OrtModel, "run", failing)
+    with pytest.raises(LoadError) as caught:
+        load_version(model_folder("fashion-cnn"), settings(warmup=True), ORT)
+    assert caught.value.kind == "warmup"
+    assert "warm-up failed: RuntimeError: out of memory" in caught.value.message

@@ -201,8 +201,9 @@ def wrong_name(folder: Path) -> None:
     _write_manifest(folder, manifest)
 
 
-def fails_warm_up(folder: Path) -> None:
-    """A manifest whose input name the graph does not have: loads, then fails to run."""
+def disagrees_with_the_graph(folder: Path) -> None:
+    """A manifest whose input name the graph does not have: refused at load, before warm-up
+    (or, without warm-up, the first client) could find out."""
     manifest = _manifest(folder)
     manifest["inputs"][0]["name"] = "image"
     _write_manifest(folder, manifest)
@@ -214,7 +215,7 @@ def duplicate_version(folder: Path) -> None:
 
 FAULTS = {missing_file: "is missing", checksum_mismatch: "does not match the manifest",
           corrupt_onnx: "ONNX Runtime cannot load", invalid_manifest: "not valid JSON",
-          wrong_name: "names model 'another-name'", fails_warm_up: "warm-up failed",
+          wrong_name: "names model 'another-name'", disagrees_with_the_graph: "input 'image' is not in the graph",
           duplicate_version: "duplicate"}
 
 
