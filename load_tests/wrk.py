@@ -55,19 +55,23 @@ def closed_loop(base_url: str, payload: Payload, concurrency: int, duration_s: f
         before = cpu_seconds(resource.RUSAGE_CHILDREN)
         result = _run(script, url, concurrency, duration_s)
         cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - before
+    return summary_of(result, payload.items), cpu
+
+
+def summary_of(result: dict[str, int], items_per_request: int) -> Summary:
+    """The Summary of one wrk run's WRK_SUMMARY report (microseconds, error counts by kind)."""
     errors = {k: result[k] for k in ("connect", "read", "write", "timeout") if result[k]}
     if result["non_2xx"]:
         errors["non-2xx"] = result["non_2xx"]
     # wrk counts by kind, so one request can be both non-2xx and a read error (an error
     # answer, then a closed connection): successes are counted low rather than high.
     ok = max(0, result["requests"] - sum(errors.values()))
-    summary = Summary(
+    return Summary(
         requests=result["requests"], ok=ok, errors=errors,
-        duration_s=result["duration_us"] / 1e6, items_per_request=payload.items,
+        duration_s=result["duration_us"] / 1e6, items_per_request=items_per_request,
         p50_ms=result["p50_us"] / 1000, p90_ms=result["p90_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         max_ms=result["max_us"] / 1000,
     )
-    return summary, cpu
 
 
 def _run(script: Path, url: str, concurrency: int, seconds: float) -> dict[str, int]:
