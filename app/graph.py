@@ -24,9 +24,10 @@ from app.manifest import (
 )
 
 DROP_IN_FILE = "model.onnx"
-# ONNX Runtime's type names and the V2 datatype of each (strings are not served yet).
-ORT_TYPES = {f"tensor({numpy})": v2 for v2, numpy in DATATYPES.items() if v2 != "BOOL"} | {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(bool)": "BOOL"}
+# ONNX Runtime's type names and the V2 datatype of each (strings are not served yet): ORT
+# says numpy's names but for these two.
+_ORT_NAMES = {"float32": "float", "float64": "double"}
+ORT_TYPES = {f"tensor({_ORT_NAMES.get(numpy, numpy)})": v2 for v2, numpy in DATATYPES.items()}
 DROP_IN_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0)
 """A drop-in model's batching until a manifest or the settings say otherwise."""
 UNPADDED_BATCHING = BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0.0)

@@ -81,7 +81,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     from the graph (app/graph.py), and it has no digest to check its file against."""
     fingerprint = manifest_fingerprint(folder)
     options = replace(ort, wide_batch_rows=settings.wide_batch_rows)
-    if not (folder / MANIFEST_FILE).exists() and (folder / DROP_IN_FILE).exists():
+    drop_in = not (folder / MANIFEST_FILE).exists() and (folder / DROP_IN_FILE).exists()
+    if drop_in:
         manifest, variant, session, extras = _drop_in(folder, options)
     else:
         manifest, variant, session, extras = _with_manifest(folder, settings, options)
@@ -110,7 +111,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart)
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
-                        verified=(folder / MANIFEST_FILE).exists())
+                        verified=not drop_in)
     if settings.warmup:
         try:
             model.warm_up()

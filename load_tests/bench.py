@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     # Read before the run: the commit measured is the one checked out when it started.
     shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--readme"]
-    provenance = provenance_line(shown, client, duration)
+    provenance = provenance_line(shown, client, duration) if args.readme else ""
     raw = raw_throughput(args.model_dir, seconds=1.0 if args.quick else 3.0)
     rows = [row for s in chosen for row in run_scenario(s, args.model_dir, duration, client)]
     comparisons = ratios(rows, raw, served_cpu_variant(args.model_dir))

@@ -71,13 +71,14 @@ def authorize(request: Request, found: Services) -> None:
 def authorize_admin(request: Request, *, changes: bool) -> None:
     """The repository API's check: off without an admin token, 401 for a wrong or missing
     token, 403 for load and unload where the control mode does not allow them."""
-    token = services(request).admin_token
+    found = services(request)
+    token = found.admin_token
     if token is None:
         raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
                         "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
     if not matches_any(bearer_token(request), [token]):
         raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
-    mode = services(request).settings.model_control_mode
+    mode = found.settings.model_control_mode
     if changes and mode != "explicit":
         raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
                         f"mode; this server runs in {mode!r} mode")
