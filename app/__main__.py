@@ -1,5 +1,6 @@
 """`python -m app [--flags]`: run the service with uvicorn. Flags mirror ORTSERVE_* variables;
-boolean ones are `--flag` / `--no-flag`."""
+boolean ones are `--flag` / `--no-flag`. `python -m app import` and `check` are the model
+tools (app/model_tools.py)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ from app.observability.workers import clear_snapshots
 from app.settings import SecretError, Settings
 
 PROG = "python -m app"
-USAGE = f"usage: {PROG} [--flags]  (each flag is also an ORTSERVE_* variable; {PROG} --help lists them)"
+USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR]  (each flag is also an "
+         f"ORTSERVE_* variable; {PROG} --help lists them)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("import", "check"):  # the model tools: app/model_tools.py
+        from app.model_tools import main as model_tools
+
+        sys.exit(model_tools(argv))
+    settings = parse_settings(argv)
     problem = preflight(settings)
     if problem:
         _usage_error(problem)

@@ -245,16 +245,20 @@ PREDICTED = RESERVED_PREFIX + "predicted"
 """The outputs that `classify_batch` puts beside a classifier's logits."""
 
 
-def classify_batch(outputs: dict[str, np.ndarray], logits_name: str) -> dict[str, np.ndarray]:
-    """Adds the predicted class (argmax of the logits) and the softmax probabilities,
-    rounded to 6 places, to a batch's outputs.
+def classify_batch(outputs: dict[str, np.ndarray], logits_name: str, softmax: bool = True) -> dict[str, np.ndarray]:
+    """Adds the predicted class (argmax of the scores) and the probabilities, rounded to 6
+    places, to a batch's outputs: softmax of logits, or the scores where they are already
+    probabilities (the manifest's `scores`).
 
     Called in the worker thread once per batch: one vectorised pass there instead of a
     handful of small numpy calls per request on the event loop, which is the bottleneck.
     """
     logits = outputs[logits_name].astype(np.float64)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    outputs[PROBABILITIES] = (e / e.sum(axis=1, keepdims=True)).round(6)
+    if softmax:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        outputs[PROBABILITIES] = (e / e.sum(axis=1, keepdims=True)).round(6)
+    else:
+        outputs[PROBABILITIES] = logits.round(6)
     outputs[PREDICTED] = logits.argmax(axis=1)
     return outputs
 

@@ -22,6 +22,12 @@ class InvalidInput(ServingError):
     status_code = 400
 
 
+class ModelRefusedInput(InvalidInput):
+    """The model itself refused a request's values (ONNX Runtime's INVALID_ARGUMENT on a
+    request that passed every declared check: an index out of a table's range, say). The
+    client's mistake: a 400 for that request alone, never a fault of the model's."""
+
+
 class UnprocessableInput(InvalidInput):
     status_code = 422
 

@@ -1,10 +1,7 @@
-"""A drop-in model's configuration, completed from its ONNX graph: `models/<name>/<version>/
-model.onnx` with no manifest is served tensors in, tensors out (the V2 protocol), as
-Triton completes a model configuration it was not given.
-
-Whether the first axis is a batch axis is decided, not guessed: it must be dynamic on
-every input and output, and a batch of two rows must give what the two rows give alone
-(`check_batches`, run at load on generated inputs).
+"""What an ONNX graph says of itself, for completing a configuration it was not given
+(app/completion.py): its tensors, whether its first axis is a batch axis (decided by
+running it, not guessed), whether its first output looks like probabilities, and where a
+declared configuration disagrees with it.
 """
 
 from __future__ import annotations
@@ -14,46 +11,36 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from app.manifest import (
-    DATATYPES,
-    TENSORS_TASK,
-    BatchingDefaults,
-    Manifest,
-    TensorSpec,
-    VariantFile,
-)
+from app.manifest import DATATYPES, Manifest, TensorSpec
 
 DROP_IN_FILE = "model.onnx"
-# ONNX Runtime's type names and the V2 datatype of each (strings are not served yet): ORT
-# says numpy's names but for these two.
-_ORT_NAMES = {"float32": "float", "float64": "double"}
+# ONNX Runtime's type names and the V2 datatype of each: ORT says numpy's names but for these.
+_ORT_NAMES = {"float32": "float", "float64": "double", "object": "string"}
 ORT_TYPES = {f"tensor({_ORT_NAMES.get(numpy, numpy)})": v2 for v2, numpy in DATATYPES.items()}
-DROP_IN_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0)
-"""A drop-in model's batching until a manifest or the settings say otherwise."""
-UNPADDED_BATCHING = BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0.0)
-"""A drop-in with a dynamic axis besides the first: requests of other lengths would be
-zero-padded to the longest in their batch, which only a model that masks its padding (as
-the shipped LSTM does, with its lengths input) answers alike; so each row runs alone."""
 _SIZE_OF_DYNAMIC_AXES = 3  # the length given to a dynamic non-batch axis in the generated inputs
 
 
 class GraphError(ValueError):
-    """A graph this server cannot serve as a drop-in, with why."""
+    """A graph this server cannot serve, with why."""
 
 
-def complete(session: ort.InferenceSession, name: str, version: int, model: bytes, sha256: str) -> Manifest:
-    """The manifest a drop-in model would have: its tensors from the graph, the V2-only
-    tensors task, the default batching. GraphError where it cannot be served so."""
+def graph_tensors(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs and outputs as declared: -1 for every dynamic or symbolic axis."""
     inputs = [_spec(node, "input") for node in session.get_inputs()]
     outputs = [_spec(node, "output") for node in session.get_outputs()]
     if not inputs:
         raise GraphError("the graph has no inputs")
-    padded = any(-1 in spec.shape[1:] for spec in inputs)
-    return Manifest(name=name, version=version, task=TENSORS_TASK, inputs=inputs, outputs=outputs,
-                    description=f"{name}: a drop-in {DROP_IN_FILE}, its configuration completed from the graph",
-                    variants={"fp32": VariantFile(file=DROP_IN_FILE, sha256=sha256, size_bytes=len(model))},
-                    preferred_variant={"cpu": "fp32", "cuda": "fp32"},
-                    batching=UNPADDED_BATCHING if padded else DROP_IN_BATCHING)
+    return inputs, outputs
+
+
+def first_axis_dynamic(specs: list[TensorSpec]) -> str | None:
+    """None where every tensor has a dynamic first axis (it may be a batch axis), else why not."""
+    for spec in specs:
+        if not spec.shape:
+            return f"{spec.name!r} is a scalar"
+        if spec.shape[0] != -1:
+            return f"{spec.name!r} has a fixed first axis of {spec.shape[0]}"
+    return None
 
 
 def _spec(node: Any, kind: str) -> TensorSpec:
@@ -62,28 +49,27 @@ def _spec(node: Any, kind: str) -> TensorSpec:
         raise GraphError(f"{kind} {node.name!r} is a {node.type}, which is not served (V2 datatypes: "
                          f"{sorted(set(ORT_TYPES.values()))})")
     shape = [d if isinstance(d, int) and d > 0 else -1 for d in node.shape]
-    if not shape:
-        raise GraphError(f"{kind} {node.name!r} is a scalar: a batched model's tensors have a first, batch axis")
-    if shape[0] != -1:
-        raise GraphError(f"{kind} {node.name!r} has a fixed first axis of {shape[0]}: the model does not batch, "
-                         "and models that do not batch (Triton's max_batch_size 0) are not served yet")
     return TensorSpec(name=node.name, datatype=datatype, shape=shape)
 
 
 def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of `rows` rows for a check: small values (integers 0 and 1, which any index or
-    count input accepts), every dynamic axis but the first of a fixed small length."""
+    """Inputs of `rows` rows for a check (a model that does not batch: as declared, rows
+    ignored): small values (integers 1 and 2, which an index, a count or a length accepts),
+    every dynamic axis but the first of a fixed small length."""
     rng = np.random.default_rng(seed)
     out = {}
     for spec in manifest.inputs:
-        shape = [rows] + [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.shape[1:]]
+        dims = [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.item_shape(manifest.batches)]
+        shape = [rows, *dims] if manifest.batches else dims
         dtype = np.dtype(spec.numpy_dtype)
-        if dtype.kind == "f":
+        if dtype.kind == "O":
+            out[spec.name] = np.array([str(v) for v in rng.integers(0, 2, shape).ravel()], dtype=object).reshape(shape)
+        elif dtype.kind == "f":
             out[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":
             out[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+            out[spec.name] = rng.integers(1, 3, shape).astype(dtype)
     return out
 
 
@@ -99,11 +85,43 @@ def check_batches(session: ort.InferenceSession, manifest: Manifest) -> str | No
         return f"it failed on generated inputs of 1 and 2 rows: {type(e).__name__}: {e}"
     for n, name in enumerate(names):
         joined = np.concatenate([alone[0][n], alone[1][n]])
-        if together[n].shape != joined.shape or not np.allclose(together[n], joined, rtol=1e-4, atol=1e-5,
-                                                                equal_nan=True):
-            return (f"output {name!r} for a batch of 2 differs from the two rows run alone: the first axis is "
-                    "not a batch axis (models that do not batch are not served yet)")
+        if together[n].shape != joined.shape or not _close(together[n], joined):
+            return f"output {name!r} for a batch of 2 differs from the two rows run alone"
     return None
+
+
+BATCH_TOLERANCE = 0.05
+"""How far a row's outputs may move with its batch-mate, as a fraction of the output's
+largest magnitude. Not zero: dynamic quantization (ONNX Runtime's quantize_dynamic) scales
+each batch's activations by its own range, which moves the shipped int8 LSTM's outputs by
+up to 1% of theirs; a first axis that is not a batch axis moves them by their whole range."""
+
+
+def _close(together: np.ndarray, alone: np.ndarray) -> bool:
+    if together.dtype.kind in "OUSb" or alone.dtype.kind in "OUSb":
+        return bool((together == alone).all())
+    a, b = together.astype(np.float64), alone.astype(np.float64)
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return False
+    finite = np.isfinite(b)
+    if not np.array_equal(a[~finite], b[~finite]):
+        return False
+    scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
+    return bool(np.abs(a[finite] - b[finite]).max(initial=0.0) <= 1e-5 + BATCH_TOLERANCE * scale)
+
+
+def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest) -> bool:
+    """Whether the first output is probabilities (non-negative, each row summing to 1, as a
+    final Softmax makes them) on generated inputs: then softmax is not applied again."""
+    output = manifest.outputs[0].name
+    try:
+        (scores,) = session.run([output], generated_inputs(manifest, 4, seed=1))
+    except Exception:  # ORT's own exception types; a model that fails here fails its warm-up too
+        return False
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f" or scores.ndim < 1 or not scores.size:
+        return False
+    return bool((scores >= 0).all() and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str]:

@@ -18,7 +18,8 @@ from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
 from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
-from app.graph import DROP_IN_FILE, GraphError, check_batches, complete, disagreements
+from app.completion import complete
+from app.graph import GraphError, disagreements
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
@@ -29,6 +30,7 @@ from app.manifest import (
     read_verified,
     sha256_of_bytes,
 )
+from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_files, read_facts
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
 from app.runtime import OrtModel, OrtOptions, choose_variant
@@ -49,17 +51,26 @@ class LoadError(Exception):
 
 
 def manifest_fingerprint(folder: Path) -> str:
-    """The manifest as it is on disk now (a drop-in's model.onnx: its size and time): a
-    change means the version must be reloaded."""
+    """The manifest as it is on disk now (without one: the configuration files' contents and
+    each model file's size and time): a change means the version must be reloaded."""
     try:
         return sha256_of_bytes((folder / MANIFEST_FILE).read_bytes())
     except OSError:
         pass
+    parts = []
     try:
-        info = (folder / DROP_IN_FILE).stat()
+        for path in facts_files(folder):
+            parts.append(f"{path.name}:{sha256_of_bytes(path.read_bytes())}")
+        for path in sorted(folder.glob("*.onnx")):
+            info = path.stat()
+            parts.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
     except OSError:
         return ""
-    return f"{DROP_IN_FILE}:{info.st_size}:{info.st_mtime_ns}"
+    return "|".join(parts)
+
+
+def has_manifest(folder: Path) -> bool:
+    return (folder / MANIFEST_FILE).exists()
 
 
 @dataclass(frozen=True)
@@ -75,17 +86,22 @@ class Hooks:
     """Each time the batch-forming task died and was restarted."""
 
 
-def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks = Hooks()) -> ServedModel:
+def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks = Hooks(),
+                 override: ModelFacts | None = None) -> ServedModel:
     """Read, verify, load and (if the settings say so) warm up one version; not started. A
-    folder with a `model.onnx` and no manifest is a drop-in: its configuration is completed
-    from the graph (app/graph.py), and it has no digest to check its file against."""
-    fingerprint = manifest_fingerprint(folder)
+    folder without a manifest has its configuration completed from the graph and whatever
+    config.json or config.pbtxt say (app/completion.py); it has no digest to check its file
+    against. `override` (a load request's configuration) goes on top of either."""
+    fingerprint = manifest_fingerprint(folder) + (override.model_dump_json() if override else "")
     options = replace(ort, wide_batch_rows=settings.wide_batch_rows)
-    drop_in = not (folder / MANIFEST_FILE).exists() and (folder / DROP_IN_FILE).exists()
+    drop_in = not has_manifest(folder)
     if drop_in:
-        manifest, variant, session, extras = _drop_in(folder, options)
+        manifest, variant, session, extras, facts = _completed(folder, settings, options, override)
     else:
         manifest, variant, session, extras = _with_manifest(folder, settings, options)
+        facts = override or NO_FACTS
+        if override is not None:
+            manifest = _overridden(folder, manifest, override)
     try:
         codec = make_codec(manifest, extras, input_limits(settings))
     except (ValueError, KeyError, UnicodeDecodeError) as e:
@@ -95,13 +111,23 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     logits = manifest.outputs[0].name
     stats = ModelStats()
     classifies = manifest.task != TENSORS_TASK
+    softmax = manifest.scores == "logits"
 
     def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = session.run(inputs)
-        return classify_batch(outputs, logits) if classifies else outputs
+        return classify_batch(outputs, logits, softmax) if classifies else outputs
+
+    if not manifest.batches:
+        # Each request is one item of a batch of one (app/protocol/v2.py adds the axis): the
+        # model is given the tensors as the client sent them.
+        def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = session.run({name: array[0] for name, array in inputs.items()})
+            return {name: array[np.newaxis] for name, array in outputs.items()}
 
     def record(batch: BatchRecord) -> None:
-        health.batch_ended(batch.batch_id, batch.ok, batch.error)
+        # A request's value the model refused is the client's mistake: it does not count
+        # toward the breaker (nor does it clear a run of real failures).
+        health.batch_ended(batch.batch_id, batch.ok or batch.refused, batch.error, counts=not batch.refused)
         stats.record_batch(batch)
         if hooks.on_batch is not None:
             hooks.on_batch(batch)
@@ -111,7 +137,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart)
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
-                        verified=not drop_in)
+                        verified=not drop_in, told_by=facts.source, ignored=facts.ignored)
     if settings.warmup:
         try:
             model.warm_up()
@@ -152,24 +178,51 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions
     return manifest, variant, session, extras
 
 
-def _drop_in(folder: Path, options: OrtOptions) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
-    """A bare model.onnx: read once, loaded, its configuration completed from the graph and
-    its first axis checked to be a batch axis."""
+def _completed(folder: Path, settings: Settings, options: OrtOptions, override: ModelFacts | None
+               ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes], ModelFacts]:
+    """A model file without a manifest: read once, loaded, its configuration completed."""
     try:
-        model_bytes = (folder / DROP_IN_FILE).read_bytes()
+        facts = read_facts(folder)
+        if override is not None:
+            facts = override.over(facts)
+    except FactsError as e:
+        raise LoadError("config", str(e)) from e
+    file = facts.model_file
+    path = folder / file
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise LoadError("config", f"{folder}: model file {file!r} lies outside the version's folder")
+    try:
+        model_bytes = path.read_bytes()
     except OSError as e:
-        raise LoadError("integrity", f"{folder}: {DROP_IN_FILE} cannot be read: {e}") from e
-    session = _session(folder, DROP_IN_FILE, model_bytes, options)
+        raise LoadError("integrity", f"{folder}: {file} cannot be read: {e}") from e
+    session = _session(folder, file, model_bytes, options)
     try:
-        manifest = complete(session.session, folder.parent.name, int(folder.name), model_bytes,
-                            sha256_of_bytes(model_bytes))
+        manifest, extras = complete(session.session, folder, facts, model_bytes, measure=settings.warmup,
+                                    run=session.run)
     except (GraphError, ValueError) as e:
-        raise LoadError("graph", f"{folder}: {DROP_IN_FILE} cannot be served as it is: {e}") from e
-    why_not = check_batches(session.session, manifest)
-    if why_not is not None:
-        raise LoadError("graph", f"{folder}: {DROP_IN_FILE} cannot be served as it is: {why_not}")
-    return manifest, "fp32", session, {}
+        raise LoadError("graph", f"{folder}: {file} cannot be served: {e}") from e
+    if facts.ignored:
+        logger.warning("%s v%s: %s: fields ignored: %s", manifest.name, manifest.version, facts.source,
+                       "; ".join(f"{k} ({why})" for k, why in facts.ignored.items()))
+    return manifest, "fp32", session, extras, facts
 
+
+def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manifest:
+    """A load's configuration on a manifest's model: its batching and version policy; the
+    tensors it names must be the manifest's."""
+    for kind, declared, own in (("inputs", override.inputs, manifest.inputs), ("outputs", override.outputs, manifest.outputs)):
+        if declared is not None and declared != own:
+            raise LoadError("config", f"{folder}: the load's configuration declares {kind} "
+                                      f"{[t.model_dump() for t in declared]}, the manifest {[t.model_dump() for t in own]}")
+    update: dict[str, object] = {}
+    if override.batching is not None:
+        given = {k: v for k, v in override.batching.model_dump().items() if v is not None}
+        if given.get("max_batch_size") == 0 and manifest.batches:
+            raise LoadError("config", f"{folder}: max_batch_size 0: this model's manifest says it batches")
+        update["batching"] = manifest.batching.model_copy(update=given | {"reason": "given by the load request"})
+    if override.version_policy is not None:
+        update["version_policy"] = override.version_policy
+    return manifest.model_copy(update=update)
 
 def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -> OrtModel:
     try:
@@ -189,6 +242,8 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
     s, own = settings, manifest.batching
     delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else own.max_queue_delay_ms
     max_batch_size = s.max_batch_size or own.max_batch_size
+    if not manifest.batches:  # no batch axis: each request runs alone, whatever the settings say
+        max_batch_size, delay_ms = 1, 0.0
     return BatchPolicy(
         max_batch_size=max_batch_size,
         max_large_batch_size=s.max_large_batch_size if max_batch_size > 1 else 1,  # 1: batching off, every row alone

@@ -37,6 +37,7 @@ DATATYPES: dict[str, str] = {
     "FP16": "float16",
     "FP32": "float32",
     "FP64": "float64",
+    "BYTES": "object",  # string tensors: numpy object arrays of str (ORT's tensor(string)) or bytes
 }
 
 CLASSIFICATION_TASKS = ("image-classification", "text-classification")
@@ -62,8 +63,9 @@ RESERVED_PREFIX = "ortserve."
 class TensorSpec(_Strict):
     name: str = Field(min_length=1)
     datatype: str = Field(json_schema_extra={"enum": list(DATATYPES)})
-    shape: list[int] = Field(min_length=1)
-    """Dimensions, -1 for a dynamic axis. The first axis is the batch axis."""
+    shape: list[int]
+    """Dimensions, -1 for a dynamic axis. The first axis is the batch axis where the model
+    batches (then it is -1); a model that does not batch has its shapes as declared."""
 
     @field_validator("datatype")
     @classmethod
@@ -74,8 +76,6 @@ class TensorSpec(_Strict):
 
     @model_validator(mode="after")
     def _dims_are_valid(self) -> TensorSpec:
-        if self.shape[0] != -1:
-            raise ValueError(f"tensor {self.name!r}: the first (batch) axis must be -1")
         if any(d == 0 or d < -1 for d in self.shape):
             raise ValueError(f"tensor {self.name!r}: dimensions must be positive or -1")
         if self.name.startswith(RESERVED_PREFIX):
@@ -85,6 +85,10 @@ class TensorSpec(_Strict):
     @property
     def numpy_dtype(self) -> str:
         return DATATYPES[self.datatype]
+
+    def item_shape(self, batches: bool) -> list[int]:
+        """One request item's dimensions: all but the batch axis where the model batches."""
+        return self.shape[1:] if batches else self.shape
 
 
 class ImagePreprocessing(_Strict):
@@ -179,10 +183,17 @@ class VersionPolicy(_Strict):
 
 class BatchingDefaults(_Strict):
     """The model's own batching; the server's settings can override both for every model.
-    Chosen at build time (training/config.py), where the model's costs are measured."""
+    Chosen at build time (training/config.py), or measured at load or import
+    (app/batch_sizing.py), where the model's costs are known."""
 
-    max_batch_size: int = Field(gt=0)
+    max_batch_size: int = Field(ge=0)
+    """0: the model does not batch (Triton's meaning): each request runs alone, its tensors
+    shaped as declared, with no batch axis."""
     max_queue_delay_ms: float = Field(ge=0)
+    reason: str = ""
+    """How this was chosen, or why the model does not batch (shown in /config)."""
+    cost_per_item_ms: dict[int, float] = Field(default_factory=dict)
+    """What one item cost at each batch size, where it was measured."""
 
 
 class Manifest(_Strict):
@@ -192,7 +203,10 @@ class Manifest(_Strict):
     task: Literal["image-classification", "text-classification", "tensors"]
     description: str = ""
     labels: list[str] = Field(default_factory=list)
-    """A classifier's classes, in the order of its first output's last axis (two at least)."""
+    """The classes of the first output's last axis: two at least for a classifier; for a
+    tensors model optional (then V2's classification extension can name them)."""
+    scores: Literal["logits", "probabilities"] = "logits"
+    """What the first output holds: softmax makes probabilities only of logits."""
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocessing: Preprocessing | None = None
@@ -221,19 +235,52 @@ class Manifest(_Strict):
         missing = {v for v in self.preferred_variant.values() if v not in self.variants}
         if missing:
             raise ValueError(f"preferred_variant names variants {sorted(missing)} that are not listed")
+        if self.batches:
+            unbatched = [t.name for t in self.inputs + self.outputs if not t.shape or t.shape[0] != -1]
+            if unbatched:
+                raise ValueError(f"tensors {unbatched}: the first (batch) axis must be -1 where the model batches "
+                                 "(max_batch_size 0 says it does not)")
         if self.task == TENSORS_TASK:
             if self.preprocessing is not None:
                 raise ValueError("a tensors model takes no preprocessing: its clients send tensors")
-            return self
-        if self.preprocessing is None or len(self.labels) < 2:
+        elif self.preprocessing is None or len(self.labels) < 2:
             raise ValueError(f"a {self.task} model needs its preprocessing and at least two labels")
+        elif not self.batches:
+            raise ValueError(f"a {self.task} model batches: its tensors have a first, batch axis")
+        problem = self._task_inputs_problem()
+        if problem:
+            raise ValueError(problem)
         logits = self.outputs[0]
-        if logits.shape[-1] != len(self.labels):
+        if self.labels and (not logits.shape or logits.shape[-1] != len(self.labels)):
             raise ValueError(
-                f"output {logits.name!r} has {logits.shape[-1]} classes "
+                f"output {logits.name!r} has {logits.shape[-1] if logits.shape else 'no'} classes "
                 f"but {len(self.labels)} labels are listed"
             )
         return self
+
+    def _task_inputs_problem(self) -> str | None:
+        """Where a classification task's preprocessing makes tensors its graph does not take
+        (a 4-feature MLP declared a 1x4 image would fail every request): why, else None."""
+        p = self.preprocessing
+        if isinstance(p, ImagePreprocessing):
+            want = [-1, p.channels, p.height, p.width]
+            if len(self.inputs) != 1 or self.inputs[0].datatype != "FP32" or len(self.inputs[0].shape) != 4 or any(
+                    d not in (-1, w) for d, w in zip(self.inputs[0].shape, want, strict=True)):
+                return (f"an image-classification model with this preprocessing takes one FP32 input of shape {want}; "
+                        f"declared: {[(t.name, t.datatype, t.shape) for t in self.inputs]}")
+        if isinstance(p, TextPreprocessing):
+            shapes = [(t.datatype, len(t.shape)) for t in self.inputs]
+            if shapes != [("INT64", 2), ("INT64", 1)]:
+                return ("a text-classification model takes two INT64 inputs, token ids [-1, -1] and lengths [-1]; "
+                        f"declared: {[(t.name, t.datatype, t.shape) for t in self.inputs]}")
+        if self.task != TENSORS_TASK and len(self.outputs[0].shape) != 2:
+            return f"a classifier's first output is [-1, classes]; declared: {self.outputs[0].shape}"
+        return None
+
+    @property
+    def batches(self) -> bool:
+        """Whether requests are batched along a first axis (Triton's max_batch_size > 0)."""
+        return self.batching.max_batch_size > 0
 
 
 def sha256_of(path: Path) -> str:

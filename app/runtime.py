@@ -17,7 +17,9 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from app.errors import ModelRefusedInput
 from app.manifest import Manifest, Variant
 
 logger = logging.getLogger(__name__)
@@ -196,8 +198,13 @@ class OrtModel:
         return self.session
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = len(next(iter(inputs.values())))
-        values = self.session_for(rows).run(self.output_names, inputs)
+        rows = len(next(iter(inputs.values()))) if inputs else 1
+        try:
+            values = self.session_for(rows).run(self.output_names, inputs)
+        except InvalidArgument as e:
+            # Shapes and types were checked against the graph before: what is left is a value
+            # the model refuses, which is the request's (app/batching/runner.py isolates it).
+            raise ModelRefusedInput(f"the model refused the input: {str(e).removeprefix('[ONNXRuntimeError] : 2 : ')}") from e
         return dict(zip(self.output_names, values, strict=True))
 
     def calibrate(self, make_inputs: Callable[[int], dict[str, np.ndarray]], sizes: Sequence[int],

@@ -34,6 +34,10 @@ class ServedModel:
     """What its manifest was when it was loaded (app/repository.py reloads on a change)."""
     verified: bool = True
     """Its files were checked against digests (a manifest's); False for a drop-in model.onnx."""
+    told_by: str = ""
+    """The configuration files (or load request) that said what the graph did not."""
+    ignored: dict[str, str] = field(default_factory=dict)
+    """Fields of a Triton configuration this server does not use, with why."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 
@@ -64,9 +68,10 @@ class ServedModel:
 
     @functools.cached_property
     def outputs_fixed(self) -> bool:
-        """Whether every output's shape is known but for the batch axis: then an answer's
-        size before computing it is its size after."""
-        return all(-1 not in spec.shape[1:] for spec in self.manifest.outputs)
+        """Whether every output's shape is known but for the batch axis, and of fixed-size
+        elements: then an answer's size before computing it is its size after."""
+        batches = self.manifest.batches
+        return all(-1 not in spec.item_shape(batches) and spec.datatype != "BYTES" for spec in self.manifest.outputs)
 
     def lease(self) -> Lease:
         """`async with model.lease() as model`: held for one request, until it is answered.
@@ -114,6 +119,9 @@ class ServedModel:
         so the first real requests (and on CUDA every batch shape bucket) do not pay for
         first-run set-up; and measure from which size the wide session pays, where it is
         to be measured (app/runtime.py `OrtModel.calibrate`)."""
+        if not self.manifest.batches:  # one request's tensors as declared, no batch axis
+            self.session.run({spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
+            return
         policy = self.batcher.policy
         largest = max(policy.max_batch_size, policy.max_large_batch_size)
         sizes, size = [], 1
@@ -149,7 +157,10 @@ def _expire(name: str, future: asyncio.Future[dict[str, np.ndarray]], timeout_s:
     future.set_exception(DeadlineExceeded(f"model {name!r} did not answer within {timeout_s:g} s"))
 
 
-def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
-    shape = [rows] + [8 if d == -1 else d for d in spec.shape[1:]]
+def _dummy(spec: TensorSpec, rows: int, batches: bool = True) -> np.ndarray:
+    dims = [8 if d == -1 else d for d in spec.item_shape(batches)]
+    shape = [rows, *dims] if batches else dims
+    if spec.datatype == "BYTES":
+        return np.full(shape, "1", dtype=object)
     fill = 0 if spec.numpy_dtype.startswith("float") else 1  # ids and lengths of 1 are valid
     return np.full(shape, fill, dtype=spec.numpy_dtype)

@@ -50,8 +50,12 @@ class BatchHealth:
     def batch_started(self, batch_id: int) -> None:
         self._running_since[batch_id] = time.monotonic()
 
-    def batch_ended(self, batch_id: int, ok: bool, error: str = "") -> None:
+    def batch_ended(self, batch_id: int, ok: bool, error: str = "", counts: bool = True) -> None:
+        """`counts`: False where the batch says nothing of the model's health (a request's
+        input the model refused)."""
         self._running_since.pop(batch_id, None)
+        if not counts:
+            return
         if ok:
             self.consecutive_failures = 0
             self.open_until = 0.0

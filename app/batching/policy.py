@@ -61,3 +61,4 @@ class BatchRecord:
     batch_id: int = 0  # as given to on_batch_start
     error: str = ""  # why it failed
     trigger: str = ""  # why it ran when it did: idle (nothing was running), full, or due
+    refused: bool = False  # the model refused a request's input: the client's mistake, not a fault

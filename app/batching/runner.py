@@ -19,7 +19,7 @@ from app.batching.collate import concatenate_padded
 from app.batching.decision import Decision
 from app.batching.policy import BatchPolicy, BatchRecord
 from app.batching.request import Chunk
-from app.errors import InferenceFailed
+from app.errors import InferenceFailed, ModelRefusedInput
 from app.tuning import lower_thread_priority
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class BatchRunner:
         `decide` says of an idle model's small request as it arrives."""
         run = _BatchRun(self, batch, next(self._batch_ids))
         try:
-            run.finish(self.infer(run.collate()))
+            run.finish(run.compute(self.infer))
         except Exception as error:
             run.fail(error)
         finally:
@@ -96,11 +96,10 @@ class BatchRunner:
     async def _execute(self, batch: list[Chunk], decision: Decision, trigger: str) -> None:
         run = _BatchRun(self, batch, next(self._batch_ids))
         try:
-            inputs = run.collate()
             if decision is Decision.INLINE:
-                outputs = self.infer(inputs)
+                outputs = run.compute(self.infer)
             else:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, inputs)
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, run.compute, self.infer)
             run.finish(outputs)
         except Exception as error:
             run.fail(error)
@@ -118,7 +117,9 @@ class _BatchRun:
         self.started = self.collated = self.computed = time.monotonic()
         self.waits = [self.started - c.request.enqueued_at for c in batch]
         self.rows = sum(c.rows for c in batch)
-        self.ok, self.failure_text = False, ""
+        self.ok, self.failure_text, self.refused = False, "", False
+        self.alone: list[dict[str, np.ndarray] | ModelRefusedInput] | None = None
+        """Each request's own outcome, where the batch was run a request at a time."""
         if runner.on_batch_start:
             runner.on_batch_start(self.batch_id)
 
@@ -127,8 +128,29 @@ class _BatchRun:
         self.collated = time.monotonic()
         return inputs
 
+    def compute(self, infer: InferFn) -> dict[str, np.ndarray]:
+        """The batch's outputs. Where the model refuses a value of one of several requests,
+        each is run alone: the one it refuses gets that 400, the others their answers."""
+        inputs = self.collate()
+        try:
+            return infer(inputs)
+        except ModelRefusedInput:
+            if len(self.batch) == 1:
+                raise
+        alone: list[dict[str, np.ndarray] | ModelRefusedInput] = []
+        for chunk in self.batch:
+            try:
+                alone.append(infer(chunk.tensors()))
+            except ModelRefusedInput as refused:
+                alone.append(refused)
+        self.alone = alone
+        return {}
+
     def finish(self, outputs: dict[str, np.ndarray]) -> None:
         self.computed = time.monotonic()
+        if self.alone is not None:
+            self._finish_alone(self.alone)
+            return
         for name, value in outputs.items():
             if len(value) != self.rows:  # one output row per input row, or the batch failed
                 raise InferenceFailed(f"model {self.runner.name!r} returned {len(value)} rows of "
@@ -139,10 +161,27 @@ class _BatchRun:
             chunk.request.deliver(chunk.start, {k: v[offset : offset + chunk.rows] for k, v in outputs.items()})
             offset += chunk.rows
 
+    def _finish_alone(self, outcomes: list[dict[str, np.ndarray] | ModelRefusedInput]) -> None:
+        for chunk, outcome in zip(self.batch, outcomes, strict=True):
+            if isinstance(outcome, ModelRefusedInput):
+                chunk.request.fail(outcome)
+            else:
+                chunk.request.deliver(chunk.start, outcome)
+        self.ok = all(not isinstance(o, ModelRefusedInput) for o in outcomes)
+        self.refused = not self.ok
+        self.failure_text = "" if self.ok else "the model refused a request's input"
+
     def fail(self, error: Exception) -> None:
-        """The batch's requests, and only they, fail with it."""
+        """The batch's requests, and only they, fail with it: a value the model refused is
+        the request's mistake (a 400), anything else the model's (a 500)."""
         self.ok = False
         name = self.runner.name
+        if isinstance(error, ModelRefusedInput):
+            self.refused, self.failure_text = True, error.message
+            logger.info("model %s refused a request's input: %s", name, error.message)
+            for chunk in self.batch:
+                chunk.request.fail(error)
+            return
         logger.error("batch of %d rows failed for model %s", self.rows, name, exc_info=error)
         failure = error if isinstance(error, InferenceFailed) else InferenceFailed(
             f"model {name!r} failed on a batch: {type(error).__name__}: {error}")
@@ -156,4 +195,4 @@ class _BatchRun:
             computed = self.computed if self.ok else done
             self.runner.on_batch(BatchRecord(self.rows, self.waits, computed - self.collated, self.ok,
                                              self.collated - self.started, done - computed, self.batch_id,
-                                             self.failure_text, trigger))
+                                             self.failure_text, trigger, self.refused))

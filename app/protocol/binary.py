@@ -48,6 +48,34 @@ class BinaryReader:
         self.offset += size
         return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
 
+    def read_strings(self, name: str, size: int, shape: list[int]) -> np.ndarray:
+        """A BYTES input: `shape`'s count of elements, each a 4-byte little-endian length and
+        that many bytes (Triton's form), as UTF-8 strings (ONNX Runtime's string tensors)."""
+        if size < 0 or self.offset + size > len(self.data):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                               f"({len(self.data) - self.offset} bytes left)")
+        chunk, at = self.data[self.offset : self.offset + size], 0
+        count = math.prod(shape)
+        if count > size // 4:  # each element takes 4 bytes at least: refused before any is read
+            raise InvalidInput(f"input {name!r}: shape {shape} needs {count} strings; {size} bytes hold at most "
+                               f"{size // 4}")
+        values = []
+        for n in range(count):
+            if at + 4 > size:
+                raise InvalidInput(f"input {name!r}: its binary data ends within string {n} of {count}")
+            length = int.from_bytes(chunk[at : at + 4], "little")
+            if at + 4 + length > size:
+                raise InvalidInput(f"input {name!r}: string {n} runs past its binary_data_size")
+            try:
+                values.append(bytes(chunk[at + 4 : at + 4 + length]).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {name!r}: string {n} is not UTF-8 (this model's strings are text)") from None
+            at += 4 + length
+        if at != size:
+            raise InvalidInput(f"input {name!r}: {size - at} bytes of binary_data_size follow its {count} strings")
+        self.offset += size
+        return np.array(values, dtype=object).reshape(shape)
+
     def check_consumed(self) -> None:
         if self.offset != len(self.data):
             raise InvalidInput(f"{len(self.data) - self.offset} bytes of binary data are not claimed by any input")

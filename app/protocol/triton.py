@@ -10,10 +10,10 @@ from app.manifest import Manifest, TensorSpec
 PLATFORM = "onnxruntime_onnx"
 
 
-def triton_shape(shape: list[int]) -> list[int]:
+def triton_shape(shape: list[int], batches: bool = True) -> list[int]:
     """One value per item ([-1]) is [-1, 1] to Triton's tools (dims [1] reshaped to []);
-    the server takes [N] and [N, 1] alike."""
-    return [-1, 1] if shape == [-1] else shape
+    the server takes [N] and [N, 1] alike. A model that does not batch: as declared."""
+    return [-1, 1] if batches and shape == [-1] else shape
 
 
 def model_metadata(manifest: Manifest, versions: list[str], variant: str, providers: list[str]) -> dict[str, Any]:
@@ -21,34 +21,54 @@ def model_metadata(manifest: Manifest, versions: list[str], variant: str, provid
     m = manifest
     return {
         "name": m.name, "versions": versions, "platform": PLATFORM,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": triton_shape(t.shape)} for t in m.inputs],
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": triton_shape(t.shape, m.batches)}
+                   for t in m.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
         "parameters": {"variant": variant, "providers": providers, "task": m.task, "labels": m.labels},
     }
 
 
 def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_size: int, max_queue_delay_s: float,
-                 concurrent_batches: int, version_policy: dict[str, Any]) -> dict[str, Any]:
-    """Triton's model configuration; dims leave out the batch axis since max_batch_size > 0.
-    `device` is "CPU" or "GPU"; `concurrent_batches` are what Triton calls instances."""
+                 concurrent_batches: int, version_policy: dict[str, Any], told_by: str = "",
+                 ignored: dict[str, str] | None = None, verified: bool = True) -> dict[str, Any]:
+    """Triton's model configuration; dims leave out the batch axis where max_batch_size > 0
+    (0: the model does not batch, dims as declared). `device` is "CPU" or "GPU";
+    `concurrent_batches` are what Triton calls instances. Its parameters say what Triton's
+    fields cannot: how the batching was chosen (with the measured figures), what the
+    configuration was completed from, and the Triton fields ignored."""
     m = manifest
-    return {
+    config: dict[str, Any] = {
         "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",
         "version_policy": version_policy,
-        "max_batch_size": max_batch_size,
-        "input": _config_tensors(m.inputs), "output": _config_tensors(m.outputs),
-        "dynamic_batching": {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
-                             "preferred_batch_size": [max_batch_size]},
-        "instance_group": [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}],
-        "parameters": {"variant": {"string_value": variant}},
+        "max_batch_size": max_batch_size if m.batches else 0,
+        "input": _config_tensors(m.inputs, m.batches), "output": _config_tensors(m.outputs, m.batches),
     }
+    if m.batches:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
+                                      "preferred_batch_size": [max_batch_size]}
+    config["instance_group"] = [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}]
+    parameters = {"variant": variant, "task": m.task, "scores": m.scores, "verified": str(verified).lower(),
+                  "configuration": "the manifest" if verified else f"the graph{' + ' + told_by if told_by else ''}",
+                  "batching": m.batching.reason or "given by the manifest"}
+    if m.batching.cost_per_item_ms:
+        parameters["cost_per_item_ms"] = ", ".join(f"{n}: {c:g}" for n, c in m.batching.cost_per_item_ms.items())
+    if ignored:
+        parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
+    if m.labels:
+        parameters["labels"] = ",".join(m.labels)
+    if m.description:
+        parameters["description"] = m.description
+    config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
+    return config
 
 
-def _config_tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, Any]]:
     out = []
     for t in specs:
-        entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": triton_shape(t.shape)[1:]}
-        if t.shape == [-1]:
+        dims = triton_shape(t.shape)[1:] if batches else t.shape
+        entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
+                                 "dims": dims}
+        if batches and t.shape == [-1]:
             entry["reshape"] = {"shape": []}
         out.append(entry)
     return out

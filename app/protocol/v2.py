@@ -124,7 +124,7 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     arrays = {}
     for item in request.inputs:
         spec = expected[item.name]
-        shape = _checked_shape(item, spec)
+        shape = _checked_shape(item, spec, manifest.batches)
         dtype = np.dtype(spec.numpy_dtype)
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
@@ -132,10 +132,14 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
                 raise InvalidInput(f"input {item.name!r} has both 'data' and binary_data_size")
             if not isinstance(size, int):
                 raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer")
-            arrays[item.name] = binary.read(item.name, size, dtype, shape)
+            arrays[item.name] = (binary.read_strings(item.name, size, shape) if dtype.kind == "O"
+                                 else binary.read(item.name, size, dtype, shape))
         else:
             arrays[item.name] = _from_json(item, shape, dtype)
     binary.check_consumed()
+    if not manifest.batches:
+        # One request is one item, given to the model as sent (app/loading.py takes the axis off).
+        return {name: array[np.newaxis] for name, array in arrays.items()}
     rows = {len(a) for a in arrays.values()}
     if len(rows) != 1:
         raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
@@ -144,12 +148,12 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     return arrays
 
 
-def _checked_shape(item: RequestInput, spec: TensorSpec) -> list[int]:
+def _checked_shape(item: RequestInput, spec: TensorSpec, batches: bool) -> list[int]:
     """The shape the input's data has, checked against the model's; the request is left as sent."""
     if item.datatype != spec.datatype:
         raise InvalidInput(f"input {item.name!r} must have datatype {spec.datatype}, got {item.datatype}")
     shape = item.shape
-    if spec.shape == [-1] and len(shape) == 2 and shape[1] == 1:
+    if batches and spec.shape == [-1] and len(shape) == 2 and shape[1] == 1:
         # One value per item sent as [N, 1], as Triton clients do for dims [1] + reshape [].
         shape = shape[:1]
     ok = len(shape) == len(spec.shape) and all(
@@ -163,7 +167,9 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
     if item.data is None:
         raise InvalidInput(f"input {item.name!r} has no 'data' (and no binary_data_size)")
     try:
-        if dtype.kind in "iu":
+        if dtype.kind == "O":
+            array = _strings(item)
+        elif dtype.kind in "iu":
             array = _integers(item, dtype)
         else:
             array = np.asarray(item.data, dtype=dtype)
@@ -174,6 +180,14 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
         raise InvalidInput(f"input {item.name!r}: shape {item.shape} needs {needed} "
                            f"values, data has {array.size}")
     return array.reshape(shape)
+
+
+def _strings(item: RequestInput) -> np.ndarray:
+    """BYTES data in JSON: strings (nested as the shape, or flat)."""
+    flat = np.asarray(item.data, dtype=object).ravel()
+    if not all(type(v) is str for v in flat):
+        raise InvalidInput(f"input {item.name!r} has datatype BYTES: its data must be strings")
+    return flat
 
 
 def _integers(item: RequestInput, dtype: np.dtype) -> np.ndarray:
@@ -199,6 +213,15 @@ def _integers(item: RequestInput, dtype: np.dtype) -> np.ndarray:
     return array.astype(dtype)
 
 
+def classification_of(request: InferenceRequest, name: str) -> int | None:
+    """Triton's classification extension: `parameters.classification: k` on an output asks
+    for its k highest scores as "score:index:label" strings instead of the scores."""
+    for out in request.outputs or []:
+        if out.name == name and out.parameters and "classification" in out.parameters:
+            return out.parameters["classification"]
+    return None
+
+
 def wants_binary(request: InferenceRequest, name: str) -> bool:
     for out in request.outputs or []:
         if out.name == name and out.parameters and "binary_data" in out.parameters:
@@ -215,6 +238,21 @@ def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> No
     repeated = sorted(name for name, count in Counter(asked).items() if count > 1)
     if repeated:  # each repeat would be encoded again: a small request asking for a huge answer
         raise InvalidInput(f"outputs {repeated} are requested more than once; name each output at most once")
+    specs = {o.name: o for o in manifest.outputs}
+    for name in asked:
+        k = classification_of(request, name)
+        if k is None:
+            continue
+        spec = specs[name]
+        classes = spec.shape[-1] if spec.shape else 0
+        if type(k) is not int or k < 1:
+            raise InvalidInput(f"output {name!r}: parameters.classification must be a whole number of classes, "
+                               f"at least 1; got {k!r}")
+        if spec.datatype == "BYTES" or len(spec.item_shape(manifest.batches)) != 1 or classes == 0:
+            raise InvalidInput(f"output {name!r} of shape {spec.shape} is not one score per class: "
+                               "it cannot be classified")
+        if classes != -1 and k > classes:
+            raise InvalidInput(f"output {name!r}: parameters.classification {k} is more than its {classes} classes")
 
 
 # Upper bounds of one element's bytes in a JSON response ("-1.2345678901234567e-308," and the
@@ -243,32 +281,55 @@ def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
     specs = {spec.name: spec for spec in manifest.outputs}
     total = _ENTRY_BYTES
     for name in answered_outputs(request, manifest):
+        binary = wants_binary(request, name)
+        k = classification_of(request, name) if request.outputs else None
+        if k is not None:  # "score:index:label": a float, an index, the longest label escaped
+            longest_label = max((len(label.encode()) for label in manifest.labels), default=0)
+            total += _ENTRY_BYTES + rows * k * (25 + 21 + 6 * longest_label + 6)
+            continue
         if outputs is None:
             spec = specs[name]
-            dtype, elements = np.dtype(spec.numpy_dtype), rows * math.prod(max(d, 1) for d in spec.shape[1:])
+            dtype = np.dtype(spec.numpy_dtype)
+            elements = rows * math.prod(max(d, 1) for d in spec.item_shape(manifest.batches))
+            per_element = _STRING_GUESS if dtype.kind == "O" else _element_bytes(dtype, binary)
+            total += _ENTRY_BYTES + elements * per_element
+        elif outputs[name].dtype.kind == "O":
+            total += _ENTRY_BYTES + sum(_string_bytes(v, binary) for v in outputs[name].flat)
         else:
-            dtype, elements = outputs[name].dtype, outputs[name].size
-        total += _ENTRY_BYTES + elements * _element_bytes(dtype, wants_binary(request, name))
+            total += _ENTRY_BYTES + outputs[name].size * _element_bytes(outputs[name].dtype, binary)
     return total
 
 
-def declared_exactly(manifest: Manifest) -> bool:
-    """Whether every output's shape is known but for the batch axis: then the answer's size
-    before computing it is its size after."""
-    return all(-1 not in spec.shape[1:] for spec in manifest.outputs)
+_STRING_GUESS = 16
+"""A string output element's bytes before it is computed: a guess, checked exactly after."""
+
+
+def _string_bytes(value: object, binary: bool) -> int:
+    size = len(_utf8(value))
+    return 4 + size if binary else 6 * size + 3  # binary: its length prefix; JSON: worst-case escapes
+
+
+def _utf8(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
                     ) -> tuple[bytes, int | None]:
     """(body, JSON header length if any output is binary, else None)."""
     entries, blobs = [], []
+    first = manifest.outputs[0].name
     for name in answered_outputs(request, manifest):
-        array = outputs[name]
+        array = outputs[name] if manifest.batches else outputs[name][0]  # no batch axis: as the model gave it
+        k = classification_of(request, name) if request.outputs else None
+        if k is not None:
+            array = classified(array, k, manifest.labels if name == first else [])
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
         if wants_binary(request, name):
-            blob = to_little_endian_bytes(array)
+            blob = strings_to_bytes(array) if array.dtype.kind == "O" else to_little_endian_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif array.dtype.kind == "O":
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.flat]
         else:
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
@@ -280,6 +341,27 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def classified(scores: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """The k highest scores of each row as Triton writes them: "score:index:label" (or
+    "score:index" without labels), highest first, the score with six decimals."""
+    k = min(k, scores.shape[-1])
+    top = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    values = np.take_along_axis(scores, top, axis=-1)
+    text = [f"{v:f}:{i}:{labels[i]}" if i < len(labels) else f"{v:f}:{i}"
+            for v, i in zip(values.ravel().tolist(), top.ravel().tolist(), strict=True)]
+    return np.array(text, dtype=object).reshape(top.shape)
+
+
+def strings_to_bytes(array: np.ndarray) -> bytes:
+    """Triton's binary form of a BYTES tensor: each element's 4-byte little-endian length, then its bytes."""
+    parts = []
+    for value in array.flat:
+        data = _utf8(value)
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
 
 
 class V2Exchange:

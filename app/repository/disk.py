@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import InvalidInput
-from app.loading import manifest_fingerprint
+from app.loading import has_manifest, manifest_fingerprint
 from app.manifest import MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
+from app.model_facts import FactsError, read_facts
 from app.repository.errors import LoadFailed, RepositoryUnreadable
 from app.repository.names import check_name
 
@@ -37,7 +38,7 @@ class FolderScan:
     refused: dict[int, str]
     """Version folders that are not served, with why (a duplicate number, a link out)."""
     policy: VersionPolicy
-    """The newest readable manifest's version policy, else the server's."""
+    """The newest readable version's policy (manifest or configuration), else the server's."""
     fingerprints: dict[int, str]
 
 
@@ -143,10 +144,15 @@ class ModelFolders:
         return tuple(entries)
 
     def _newest_policy(self, folders: dict[int, Path]) -> VersionPolicy:
+        """The newest readable version's policy: its manifest's, else its configuration's
+        (config.json, config.pbtxt), else the server's."""
         for number in sorted(folders, reverse=True):
             try:
-                manifest = load_manifest(folders[number], verify_files=False)
-            except ManifestError:
+                if has_manifest(folders[number]):
+                    policy = load_manifest(folders[number], verify_files=False).version_policy
+                else:
+                    policy = read_facts(folders[number]).version_policy
+            except (ManifestError, FactsError):
                 continue
-            return manifest.version_policy or self.default_policy
+            return policy or self.default_policy
         return self.default_policy

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from app.loading import Hooks, LoadError, load_version
+from app.model_facts import ModelFacts
 from app.observability.metrics import Metrics
 from app.repository.states import State, VersionStates
 from app.runtime import OrtOptions
@@ -23,9 +24,9 @@ class VersionLoader:
         self.metrics = metrics
         self.states = states
 
-    async def load(self, name: str, version: int, folder: Path) -> ServedModel:
+    async def load(self, name: str, version: int, folder: Path, override: ModelFacts | None = None) -> ServedModel:
         """The version loaded, warmed up and taking requests; LoadError (its state then
-        UNAVAILABLE with the reason) if it cannot be."""
+        UNAVAILABLE with the reason) if it cannot be. `override`: a load request's configuration."""
         self.states.set(name, version, State.LOADING)
         started = time.monotonic()
         metrics = self.metrics
@@ -33,7 +34,7 @@ class VersionLoader:
         hooks = Hooks(on_batch=metrics.batch_observer(name), on_hang_up=lambda _: hung_up.inc(),
                       on_restart=lambda _: restarts.inc())
         try:
-            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort, hooks)
+            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort, hooks, override)
         except LoadError as e:
             metrics.model_loads.labels(name, "failed").inc()
             metrics.model_load_failures.labels(name, e.kind).inc()

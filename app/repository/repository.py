@@ -20,6 +20,7 @@ import logging
 from app.errors import ModelNotFound, ModelNotReady, ServingError
 from app.loading import LoadError
 from app.manifest import VersionPolicy
+from app.model_facts import ModelFacts
 from app.observability.metrics import Metrics
 from app.observability.stats import ModelStats
 from app.repository.disk import ModelFolders, Signature
@@ -48,6 +49,7 @@ class ModelRepository:
         self._wanted: set[str] = set()  # models that should be served: readiness waits for them
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, Signature] = {}  # each folder as last read
+        self._overrides: dict[str, ModelFacts] = {}  # a load request's configuration, until the next load
 
     # --- requests -------------------------------------------------------------------
 
@@ -113,16 +115,25 @@ class ModelRepository:
     async def index(self) -> list[dict[str, str | bool]]:
         """Every model version on disk or served, with its state and reason (Triton's index)."""
         entries = self.states.all()
+        on_disk: set[tuple[str, int]] = set()
+        unread: set[str] = set()
         for name in await self.disk.names():
             try:
                 folders, refused = await self.disk.versions(name)
             except (LoadFailed, RepositoryUnreadable) as e:  # logged; the others are still listed
                 logger.warning("index: %s", e.message)
+                unread.add(name)
                 continue
             for number in folders:
                 entries.setdefault((name, number), _NOT_LOADED)
             for number, why in refused.items():
                 entries[(name, number)] = VersionStatus(State.UNAVAILABLE, why)
+            on_disk.update((name, number) for number in (*folders, *refused))
+        # A version whose folder is gone is listed only while it still serves (until the
+        # next load or poll unloads it), not as it last was.
+        for key in [k for k in entries if k not in on_disk and k[0] not in unread]:
+            if self.routes.find(key[0], key[1]) is None:
+                del entries[key]
         unverified = {(m.name, m.manifest.version) for m in self.all() if not m.verified}
         return [{"name": n, "version": str(v), "state": str(s.state), "reason": s.reason}
                 | ({"verified": False} if (n, v) in unverified else {})  # a drop-in: no digest to check
@@ -148,12 +159,21 @@ class ModelRepository:
                 failures.append(e.message)
         return failures
 
-    async def load(self, name: str) -> list[str]:
+    async def load(self, name: str, override: ModelFacts | None = None) -> list[str]:
         """Read the model's folder again and serve what its version policy selects: new
         versions are loaded and warmed up beside the serving ones, then traffic switches;
         versions no longer selected, or replaced, are drained and unloaded. Returns the
-        versions served after the change."""
+        versions served after the change. `override` (Triton's `parameters.config`) goes
+        on top of what the folder says, for this load and the polls until the next load."""
         check_name(name)
+        if override is None:
+            self._overrides.pop(name, None)
+        else:
+            self._overrides[name] = override
+        return await self._load(name)
+
+    async def _load(self, name: str) -> list[str]:
+        override = self._overrides.get(name)
         async with self._lock(name):
             scan = await self.disk.scan(name)
             if not scan.folders and not scan.refused:
@@ -164,18 +184,19 @@ class ModelRepository:
             for number, why in scan.refused.items():
                 self.metrics.model_load_failures.labels(name, "duplicate").inc()
                 self.states.set(name, number, State.UNAVAILABLE, why, level=logging.ERROR)
-            policy = self._policies[name] = scan.policy
+            policy = self._policies[name] = override.version_policy if override and override.version_policy else scan.policy
             targets = policy.select(scan.folders)
             current = self.routes.versions(name)
             failures: dict[int, str] = dict(scan.refused)
             loaded: dict[int, ServedModel] = {}
             for version in targets:
                 existing = current.get(version)
-                if existing is not None and existing.fingerprint == scan.fingerprints[version]:
+                fingerprint = scan.fingerprints[version] + (override.model_dump_json() if override else "")
+                if existing is not None and existing.fingerprint == fingerprint:
                     loaded[version] = existing  # unchanged: keeps serving as it is
                     continue
                 try:
-                    loaded[version] = await self.loader.load(name, version, scan.folders[version])
+                    loaded[version] = await self.loader.load(name, version, scan.folders[version], override)
                 except LoadError as e:
                     failures[version] = e.message
             # Versions that failed are made up for by the ones serving now, newest first,
@@ -217,7 +238,7 @@ class ModelRepository:
                 continue
             if self._seen.get(name) != signature:
                 try:
-                    await self.load(name)
+                    await self._load(name)
                 except ServingError as e:
                     logger.error("poll: %s", e.message)
         for name in sorted(set(self.routes.names()) - on_disk):

@@ -9,58 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tests.app.conftest import serving
+from tests.app.onnx_models import (
+    averaged_over_a_sequence,
+    centred_over_the_batch,
+    mlp,
+    reference,
+    save,
+    two_in_two_out,
+)
 
 TOKEN = "drop-in-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def save(model_dir: Path, name: str, graph: onnx.GraphProto) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.checker.check_model(model)
-    folder = model_dir / name / "1"
-    folder.mkdir(parents=True)
-    onnx.save(model, folder / "model.onnx")
-    return folder / "model.onnx"
-
-
-def mlp(first_axis: int | str = "batch") -> onnx.GraphProto:
-    """4 features -> 3 scores: the seeds' multilayer perceptron, one layer deep."""
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
-    return helper.make_graph(
-        [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["scores"])],
-        "mlp", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [first_axis, 4])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [first_axis, 3])], [weights, bias])
-
-
-def two_in_two_out() -> onnx.GraphProto:
-    """INT64 ids and a BOOL mask in; the masked ids (INT64) and each row's count (INT64) out."""
-    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
-    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
-    return helper.make_graph(
-        [helper.make_node("Where", ["mask", "ids", "zero"], ["masked"]),
-         helper.make_node("Cast", ["mask"], ["ones"], to=TensorProto.INT64),
-         helper.make_node("ReduceSum", ["ones", "axes"], ["count"], keepdims=0)],
-        "masking", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 5]),
-                    helper.make_tensor_value_info("mask", TensorProto.BOOL, ["n", 5])],
-        [helper.make_tensor_value_info("masked", TensorProto.INT64, ["n", 5]),
-         helper.make_tensor_value_info("count", TensorProto.INT64, ["n"])], [zero, axes])
-
-
-def centred_over_the_batch() -> onnx.GraphProto:
-    """x minus its mean over the first axis: dynamic first axis, but not a batch axis."""
-    return helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
-         helper.make_node("Sub", ["x", "mean"], ["y"])],
-        "centred", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])])
 
 
 @pytest.fixture
@@ -78,12 +40,6 @@ def v2(inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> dict[str, An
                        for k, v in inputs.items()]}
 
 
-def reference(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs), strict=True))
-
-
 async def test_a_drop_in_mlp_answers_what_onnx_runtime_answers(drop_ins: Path) -> None:
     features = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
     want = reference(drop_ins / "mlp" / "1" / "model.onnx", {"features": features})["scores"]
@@ -98,7 +54,8 @@ async def test_a_drop_in_mlp_answers_what_onnx_runtime_answers(drop_ins: Path) -
     np.testing.assert_allclose(np.array(out["data"]).reshape(5, 3), want, rtol=1e-6, atol=1e-6)
     assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
     assert metadata["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}]
-    assert config["max_batch_size"] == 16
+    assert config["max_batch_size"] > 1  # measured at load: app/batch_sizing.py
+    assert config["parameters"]["batching"]["string_value"].startswith("measured: cost per item at batch sizes 1:")
     assert config["input"] == [{"name": "features", "data_type": "TYPE_FP32", "dims": [4]}]
     assert config["output"] == [{"name": "scores", "data_type": "TYPE_FP32", "dims": [3]}]
 
@@ -118,21 +75,39 @@ async def test_int64_and_bool_tensors_in_and_two_outputs_out(drop_ins: Path) -> 
     np.testing.assert_array_equal(outputs["count"]["data"], want["count"])
 
 
-async def test_models_that_do_not_batch_are_unavailable_with_why_and_the_others_serve(drop_ins: Path) -> None:
+async def test_models_that_do_not_batch_run_a_request_at_a_time_with_shapes_as_declared(drop_ins: Path) -> None:
+    """Triton's max_batch_size 0: a fixed first axis, or one that the check at load shows is
+    not a batch axis; each request is given to the model whole, and /config says why."""
+    x = np.array([[1.0, 2.0], [3.0, 5.0], [-4.0, 0.5]], np.float32)
+    want = reference(drop_ins / "centred" / "1" / "model.onnx", {"x": x})["y"]
     async with serving(model_dir=drop_ins, admin_token=TOKEN) as client:
         index = (await client.post("/v2/repository/index", headers=ADMIN)).json()
-        fixed = await client.post("/v2/models/fixed-batch/infer", json={"inputs": []})
+        centred = await client.post("/v2/models/centred/infer", json=v2({"x": x}, {"x": "FP32"}))
+        fixed = await client.post("/v2/models/fixed-batch/infer",
+                                  json=v2({"features": np.ones((1, 4), np.float32)}, {"features": "FP32"}))
+        two_rows = await client.post("/v2/models/fixed-batch/infer",
+                                     json=v2({"features": np.ones((2, 4), np.float32)}, {"features": "FP32"}))
+        configs = {name: (await client.get(f"/v2/models/{name}/config")).json() for name in ("centred", "fixed-batch")}
+        metadata = (await client.get("/v2/models/fixed-batch")).json()
         served = await client.post("/v1/models/sst2-lstm:predict", json={"instances": ["a fine film"]})
     entries = {e["name"]: e for e in index}
-    assert entries["mlp"]["state"] == "READY"
     assert entries["mlp"]["verified"] is False  # a drop-in has no digest to check
     assert "verified" not in entries["fashion-cnn"]
-    assert entries["fixed-batch"]["state"] == "UNAVAILABLE"
-    assert "fixed first axis of 1" in entries["fixed-batch"]["reason"]
-    assert entries["centred"]["state"] == "UNAVAILABLE"
-    assert "not a batch axis" in entries["centred"]["reason"]
-    assert fixed.status_code == 503
-    assert "fixed first axis" in fixed.json()["error"]
+    assert {entries[n]["state"] for n in ("mlp", "fixed-batch", "centred")} == {"READY"}
+    assert centred.status_code == 200, centred.text
+    (out,) = centred.json()["outputs"]
+    assert out["shape"] == [3, 2]  # the whole tensor, centred over its three rows together
+    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 2), want, rtol=1e-6)
+    assert fixed.status_code == 200
+    assert fixed.json()["outputs"][0]["shape"] == [1, 3]
+    assert two_rows.status_code == 400
+    assert "must have shape [1, 4]" in two_rows.json()["error"]
+    assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [1, 4]}]
+    for name, why in (("centred", "differs from the two rows run alone"), ("fixed-batch", "fixed first axis of 1")):
+        assert configs[name]["max_batch_size"] == 0
+        assert "dynamic_batching" not in configs[name]
+        assert why in configs[name]["parameters"]["batching"]["string_value"]
+    assert configs["fixed-batch"]["input"] == [{"name": "features", "data_type": "TYPE_FP32", "dims": [1, 4]}]
     assert served.status_code == 200
 
 
@@ -168,7 +143,7 @@ def test_tritonclient_with_binary_tensors_against_a_drop_in(tmp_path: Path) -> N
         x.set_data_from_numpy(features, binary_data=True)
         result = client.infer("mlp", [x], outputs=[triton.InferRequestedOutput("scores", binary_data=True)])
         assert client.is_model_ready("mlp")
-        assert client.get_model_config("mlp")["max_batch_size"] == 16
+        assert client.get_model_config("mlp")["max_batch_size"] > 1
     np.testing.assert_allclose(result.as_numpy("scores"), want, rtol=1e-6, atol=1e-6)
 
 
@@ -180,15 +155,6 @@ async def test_the_servers_address_points_a_person_to_the_docs() -> None:
     assert answer.headers["location"] == "/docs"
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
-
-
-def averaged_over_a_sequence() -> onnx.GraphProto:
-    """x [n, length] -> the mean of each row: a dynamic axis besides the first, on which
-    zero padding would change the answer."""
-    return helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0)], "averaged",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "length"])],
-        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["n"])])
 
 
 async def test_requests_of_other_lengths_are_never_padded_together(tmp_path: Path) -> None:
@@ -203,4 +169,29 @@ async def test_requests_of_other_lengths_are_never_padded_together(tmp_path: Pat
         answers = await asyncio.gather(*(
             client.post("/v2/models/averaged/infer", json=v2({"x": x}, {"x": "FP32"})) for x in [short, long] * 8))
     assert config["max_batch_size"] == 1
+    assert "zero-padded" in config["parameters"]["batching"]["string_value"]
     assert [a.json()["outputs"][0]["data"] for a in answers] == [[1.0], [-1.0]] * 8
+
+
+async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_others_serve(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    save(tmp_path, "mlp", mlp())
+    (tmp_path / "corrupt" / "1").mkdir(parents=True)
+    (tmp_path / "corrupt" / "1" / "model.onnx").write_bytes(b"\x08\x07not a graph")
+    constant = helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0])
+    save(tmp_path, "no-inputs", helper.make_graph(
+        [helper.make_node("Constant", [], ["one"], value=constant)], "constant", [],
+        [helper.make_tensor_value_info("one", TensorProto.FLOAT, [1])]))
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+        served = await client.post("/v2/models/mlp/infer",
+                                   json=v2({"features": np.ones((1, 4), np.float32)}, {"features": "FP32"}))
+        refused = await client.post("/v2/models/corrupt/infer", json={"inputs": []})
+    assert index["mlp"]["state"] == "READY"
+    assert index["corrupt"]["state"] == "UNAVAILABLE"
+    assert "ONNX Runtime cannot load model.onnx" in index["corrupt"]["reason"]
+    assert index["no-inputs"]["state"] == "UNAVAILABLE"
+    assert "the graph has no inputs" in index["no-inputs"]["reason"]
+    assert served.status_code == 200
+    assert refused.status_code == 503

@@ -105,8 +105,12 @@ def manifest_with(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize(("change", "reason"), [
     (lambda m: m["inputs"][0].update(name="image"), "input 'image' is not in the graph, whose inputs are ['pixels']"),
-    (lambda m: m["inputs"][0].update(shape=[-1, 784]), "input 'pixels' has rank 4 in the graph"),
-    (lambda m: m["inputs"][0].update(datatype="FP64"), "input 'pixels' is FP32 in the graph, FP64 in the manifest"),
+    # as a tensors model: a classifier's own check (below) finds these before the graph is read
+    (lambda m: (m.update(task="tensors", preprocessing=None), m["inputs"][0].update(shape=[-1, 784])),
+     "input 'pixels' has rank 4 in the graph"),
+    (lambda m: (m.update(task="tensors", preprocessing=None), m["inputs"][0].update(datatype="FP64")),
+     "input 'pixels' is FP32 in the graph, FP64 in the manifest"),
+    (lambda m: m["inputs"][0].update(shape=[-1, 784]), "takes one FP32 input of shape [-1, 1, 28, 28]"),
     (lambda m: m["inputs"][0].update(shape=[-1, 1, 28, -1]), "input 'pixels' axis 3 is 28 in the graph, -1"),
     (lambda m: m["outputs"][0].update(name="scores"), "output 'scores' is not in the graph"),
 ])

@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from app.errors import InvalidInput
 from app.http.responses import JSONResponse
 from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
+from app.model_facts import FactsError, ModelFacts, from_triton_json
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
 
@@ -52,10 +54,34 @@ async def repository_index(request: Request) -> Response:
              description="Reads the model's folder again and serves the versions its version policy selects: "
                          "new versions load and warm up beside the serving ones, traffic switches at once, "
                          "and versions no longer selected finish their requests, then unload. A version "
-                         "that fails leaves the previous one serving (400, with the reason).",
+                         "that fails leaves the previous one serving (400, with the reason). "
+                         "`{\"parameters\": {\"config\": \"<Triton model configuration as JSON>\"}}` applies "
+                         "that configuration on top of the folder's for this load (max_batch_size, "
+                         "dynamic_batching, version_policy, input, output, default_model_filename); any other "
+                         "field is a 400 that names it.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
-    return await _change(request, services(request).repository.load, name)
+    authorize_admin(request, changes=True)
+    options = await _options(request)
+    override = _override(options, name)
+    await services(request).repository.load(name, override)
+    return Response(status_code=200)
+
+
+def _override(options: dict[str, Any], name: str) -> ModelFacts | None:
+    """Triton's `parameters.config`: a model configuration in JSON, as a string."""
+    parameters = options.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("parameters must be an object")
+    config = parameters.get("config")
+    if config is None:
+        return None
+    if not isinstance(config, str):
+        raise InvalidInput("parameters.config must be a string holding the model configuration as JSON")
+    try:
+        return from_triton_json(config, name, "parameters.config")
+    except FactsError as e:
+        raise InvalidInput(str(e)) from e
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",

@@ -29,7 +29,8 @@ def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any
     policy = model.batcher.policy
     return triton.model_config(model.manifest, variant=model.variant, device=model.device,
                                max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
-                               concurrent_batches=policy.concurrent_batches, version_policy=version_policy)
+                               concurrent_batches=policy.concurrent_batches, version_policy=version_policy,
+                               told_by=model.told_by, ignored=model.ignored, verified=model.verified)
 
 
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.

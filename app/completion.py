@@ -1,0 +1,153 @@
+"""A model without a manifest, completed into one: the graph gives its tensors, the facts
+(app/model_facts.py: config.json, Triton's config.pbtxt, a load's override) give what they
+say, and what neither says is decided by running the model: whether its first axis is a
+batch axis, its batching (app/batch_sizing.py), whether its scores are probabilities.
+
+The manifest made here is the one the rest of the server reads, exactly as if it had been
+written by hand, and `python -m app import` writes it to disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from app.batch_sizing import choose, measure_costs
+from app.graph import (
+    GraphError,
+    check_batches,
+    disagreements,
+    first_axis_dynamic,
+    generated_inputs,
+    graph_tensors,
+    looks_like_probabilities,
+)
+from app.manifest import (
+    TENSORS_TASK,
+    BatchingDefaults,
+    FileDigest,
+    Manifest,
+    TextPreprocessing,
+    VariantFile,
+    sha256_of_bytes,
+)
+from app.model_facts import ModelFacts
+
+UNMEASURED_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0,
+                                       reason="not measured (warm-up is off): the default of 16 rows, 2 ms")
+"""A batching model's batching where it is not measured and nothing else says."""
+UNPADDED_BATCHING_REASON = (
+    "a dynamic axis besides the first: requests of other lengths would be zero-padded to the longest "
+    "in their batch, which only a model that masks its padding answers alike; so each request runs alone")
+# What each task's inputs must be, for messages when a graph does not fit a task.
+_TASK_INPUTS = {"image-classification": "one FP32 input of shape [-1, C, H, W]",
+                "text-classification": "two INT64 inputs, token ids [-1, -1] and lengths [-1]"}
+
+
+def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, model_bytes: bytes, *,
+             measure: bool, run: Callable[[dict[str, np.ndarray]], object] | None = None
+             ) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest of the model in `folder` (`<name>/<version>/`), and the extra files it
+    reads (a text model's vocabulary), already read. GraphError (ValueError) says why it
+    cannot be served. `run` times batches where batching is measured (the serving session)."""
+    inputs, outputs = graph_tensors(session)
+    task = facts.task or TENSORS_TASK
+    # A configuration that lists outputs serves those (Triton's does, too); its tensors must
+    # agree with the graph's, which is checked below, once the batch axis is settled.
+    declared_in, declared_out = facts.inputs or inputs, facts.outputs or outputs
+    given = facts.batching.max_batch_size if facts.batching is not None else None
+    if given is not None and facts.inputs is not None:
+        why_not = None  # shapes declared with or without a batch axis, as max_batch_size says
+    else:
+        why_not = first_axis_dynamic(declared_in + declared_out)
+    batches = given != 0 and why_not is None
+    extras = _extra_files(folder, facts)
+    vocabulary = {file: FileDigest(sha256=sha256_of_bytes(data), size_bytes=max(len(data), 1))
+                  for file, data in extras.items()}
+
+    def manifest(batching: BatchingDefaults) -> Manifest:
+        try:
+            return Manifest(
+                name=folder.parent.name, version=int(folder.name), task=task,
+                description=facts.description or _description(folder, facts),
+                labels=facts.labels or [], scores=facts.scores or "logits", inputs=declared_in, outputs=declared_out,
+                preprocessing=facts.preprocessing, extra_files=vocabulary, version_policy=facts.version_policy,
+                variants={"fp32": VariantFile(file=facts.model_file, sha256=sha256_of_bytes(model_bytes),
+                                              size_bytes=len(model_bytes))},
+                preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=batching)
+        except ValidationError as e:
+            where = f" ({_TASK_INPUTS[task]})" if task in _TASK_INPUTS else ""
+            raise GraphError(f"it does not make a {task} model{where}: " + "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from e
+
+    if not batches:
+        reason = (f"max_batch_size 0 in {facts.source}" if given == 0 else
+                  f"it does not batch: {why_not}" if why_not else "its declared shapes have no batch axis")
+        candidate = manifest(BatchingDefaults(max_batch_size=0, max_queue_delay_ms=0, reason=reason))
+    else:
+        candidate = manifest(BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0))
+        problems = disagreements(session, candidate)
+        if problems:
+            raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
+        broken = check_batches(session, candidate)
+        if broken is not None:
+            if given:  # told it batches: a configuration that is wrong is refused, not second-guessed
+                raise GraphError(f"{facts.source} says it batches, but {broken}")
+            candidate = manifest(BatchingDefaults(
+                max_batch_size=0, max_queue_delay_ms=0, reason=f"it does not batch: {broken}, so the first "
+                "axis is not a batch axis"))
+        else:
+            candidate = manifest(_batching(facts, candidate, measure, run or (lambda x: session.run(None, x))))
+    problems = disagreements(session, candidate)
+    if problems:
+        raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
+    if candidate.labels and facts.scores is None and looks_like_probabilities(session, candidate):
+        candidate = candidate.model_copy(update={"scores": "probabilities"})
+    return candidate, extras
+
+
+def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
+              run: Callable[[dict[str, np.ndarray]], object]) -> BatchingDefaults:
+    given = facts.batching
+    if given is not None and given.max_batch_size is not None and given.max_queue_delay_ms is not None:
+        return BatchingDefaults(max_batch_size=given.max_batch_size, max_queue_delay_ms=given.max_queue_delay_ms,
+                                reason=f"given by {facts.source}")
+    if task_pads(manifest):
+        return BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0, reason=UNPADDED_BATCHING_REASON)
+    if measure:
+        chosen = choose(measure_costs(run, lambda rows: generated_inputs(manifest, rows)))
+    else:
+        chosen = UNMEASURED_BATCHING
+    if given is not None:  # one of the two given: it wins, the other is measured
+        chosen = chosen.model_copy(update={k: v for k, v in given.model_dump().items() if v is not None}
+                                   | {"reason": f"{chosen.reason}; {sorted(given.model_fields_set)} given by "
+                                                f"{facts.source}"})
+    return chosen
+
+
+def task_pads(manifest: Manifest) -> bool:
+    """A tensors model with a dynamic axis besides the first: its requests are never padded
+    to each other's lengths, so each runs alone (a text classifier masks its padding)."""
+    return manifest.task == TENSORS_TASK and any(-1 in t.shape[1:] for t in manifest.inputs)
+
+
+def _extra_files(folder: Path, facts: ModelFacts) -> dict[str, bytes]:
+    if not isinstance(facts.preprocessing, TextPreprocessing):
+        return {}
+    file = facts.preprocessing.vocabulary_file
+    path = folder / file
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise GraphError(f"the vocabulary file {file!r} lies outside the version's folder")
+    try:
+        return {file: path.read_bytes()}
+    except OSError as e:
+        raise GraphError(f"the vocabulary file {file!r} cannot be read: {e}") from e
+
+
+def _description(folder: Path, facts: ModelFacts) -> str:
+    told = f" and {facts.source}" if facts.source else ""
+    return f"{folder.parent.name}: {facts.model_file}, its configuration completed from the graph{told}"

@@ -1,0 +1,262 @@
+"""What a model folder says about a model besides its graph, where it has no manifest: a
+`config.json` of a few optional fields, or Triton's `config.pbtxt`, or a configuration
+given with a load request (Triton's `parameters.config`). The server completes the rest
+from the graph (app/completion.py).
+
+Triton's text format is parsed with protobuf against Triton's own schema (the
+`model_config.proto` that tritonclient ships); the fields this server does not use are
+named, never silently dropped: those that change what a model computes or how its
+requests are grouped are refused, the rest are listed as ignored (in the log and in the
+model's /config).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf import json_format, text_format
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tritonclient.grpc import model_config_pb2
+
+from app.graph import DROP_IN_FILE
+from app.manifest import Preprocessing, TensorSpec, VersionPolicy
+
+CONFIG_JSON = "config.json"
+CONFIG_PBTXT = "config.pbtxt"
+PLATFORMS = {"onnxruntime_onnx"}
+BACKENDS = {"onnxruntime"}
+
+# Triton fields by what this server does with them. Anything not named here is refused:
+# a field added to Triton's schema later is not served as if it were absent.
+_HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
+             "version_policy", "default_model_filename"}
+_IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
+            "optimization": "ONNX Runtime's options are the server's settings",
+            "model_warmup": "every model is warmed up on generated inputs",
+            "parameters": "backend parameters", "response_cache": "no response cache",
+            "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
+            "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
+            "runtime": "the ONNX Runtime backend is built in"}
+_HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size"}
+_IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own requests",
+                     "priority_levels": "no priorities", "default_priority_level": "no priorities",
+                     "default_queue_policy": "the server's queue limits apply",
+                     "priority_queue_policy": "no priorities"}
+_TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
+
+
+class FactsError(ValueError):
+    """A configuration that cannot be served, with the file (or request) and why."""
+
+
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingFacts(_Facts):
+    max_batch_size: int | None = Field(default=None, ge=0)
+    """0: the model does not batch; 1: each request alone; None: measured at load."""
+    max_queue_delay_ms: float | None = Field(default=None, ge=0)
+
+
+class ModelFacts(_Facts):
+    """Everything optional: what is left out is completed from the graph or measured.
+    This is the schema of `config.json`."""
+
+    task: Literal["image-classification", "text-classification", "tensors"] | None = None
+    description: str | None = None
+    labels: list[str] | None = None
+    """The classes of the first output's last axis."""
+    labels_file: str | None = None
+    """Or a file beside this one with one label per line (Triton's label_filename)."""
+    scores: Literal["logits", "probabilities"] | None = None
+    preprocessing: Preprocessing | None = None
+    """A classification task's (its vocabulary file, for text, beside the model)."""
+    version_policy: VersionPolicy | None = None
+    batching: BatchingFacts | None = None
+    inputs: list[TensorSpec] | None = None
+    """Declared tensors (config.pbtxt's): checked against the graph, which must agree."""
+    outputs: list[TensorSpec] | None = None
+    model_file: str = DROP_IN_FILE
+    source: str = Field(default="", exclude=True)
+    """Where these facts came from, for messages and /config."""
+    ignored: dict[str, str] = Field(default_factory=dict, exclude=True)
+    """Fields of a Triton configuration this server does not use, with why."""
+
+    def over(self, base: ModelFacts) -> ModelFacts:
+        """These facts on top of `base`: each field set here wins."""
+        given = {name: getattr(self, name) for name in self.model_fields_set - {"source", "ignored"}}
+        merged = base.model_copy(update=given)
+        sources = " + ".join(s for s in (base.source, self.source) if s)
+        return merged.model_copy(update={"source": sources, "ignored": base.ignored | self.ignored})
+
+
+NO_FACTS = ModelFacts()
+
+
+def read_facts(version_folder: Path) -> ModelFacts:
+    """A version's facts: Triton's config.pbtxt in the model's folder, then config.json in
+    the model's folder and in the version's, each on top of the one before."""
+    facts = NO_FACTS
+    model_folder = version_folder.parent
+    pbtxt = model_folder / CONFIG_PBTXT
+    if pbtxt.is_file():
+        facts = from_triton_text(_read(pbtxt), model_folder.name, str(pbtxt))
+    for folder in (model_folder, version_folder):
+        path = folder / CONFIG_JSON
+        if path.is_file():
+            facts = _from_json_file(path, folder).over(facts)
+    return facts
+
+
+def facts_files(version_folder: Path) -> list[Path]:
+    """The files `read_facts` reads for this version, where they exist."""
+    candidates = [version_folder.parent / CONFIG_PBTXT, version_folder.parent / CONFIG_JSON,
+                  version_folder / CONFIG_JSON]
+    return [p for p in candidates if p.is_file()]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FactsError(f"{path}: cannot be read: {e}") from e
+
+
+def _from_json_file(path: Path, folder: Path) -> ModelFacts:
+    try:
+        raw = json.loads(_read(path))
+        facts = ModelFacts.model_validate(raw)
+    except json.JSONDecodeError as e:
+        raise FactsError(f"{path}: not valid JSON: {e}") from e
+    except ValidationError as e:
+        raise FactsError(f"{path}: {_describe(e)}") from e
+    if facts.labels_file is not None:
+        facts = facts.model_copy(update={"labels": read_labels(folder, facts.labels_file, path), "labels_file": None})
+    return facts.model_copy(update={"source": str(path)})
+
+
+def read_labels(folder: Path, file: str, named_in: Path | str) -> list[str]:
+    """One label per line of `folder/file`, which must lie in `folder`."""
+    path = folder / file
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise FactsError(f"{named_in}: labels file {file!r} lies outside the model's folder")
+    labels = [line.strip() for line in _read(path).splitlines() if line.strip()]
+    if not labels:
+        raise FactsError(f"{path}: no labels in it (one per line)")
+    return labels
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5])
+
+
+def from_triton_text(text: str, folder_name: str, source: str) -> ModelFacts:
+    """Triton's config.pbtxt, as facts: FactsError for what cannot be served."""
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise FactsError(f"{source}: not a Triton model configuration: {e}") from e
+    return from_triton(config, folder_name, source, Path(source).parent)
+
+
+def from_triton_json(text: str, folder_name: str, source: str) -> ModelFacts:
+    """A configuration in Triton's JSON form (a load request's `parameters.config`); here
+    every field must be one that is used: an override must not be half applied."""
+    config = model_config_pb2.ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as e:
+        raise FactsError(f"{source}: not a Triton model configuration: {e}") from e
+    facts = from_triton(config, folder_name, source, None)
+    if facts.ignored:
+        raise FactsError(f"{source}: fields {sorted(facts.ignored)} are not supported in a load's configuration "
+                         "(they would be ignored); supported: " + ", ".join(sorted(_HONOURED - {"name"})))
+    return facts
+
+
+def _set_fields(message: Message) -> set[str]:
+    return {field.name for field, _ in message.ListFields()}
+
+
+def from_triton(config: Any, folder_name: str, source: str, folder: Path | None) -> ModelFacts:
+    fields = _set_fields(config)
+    refused = sorted(fields - _HONOURED - set(_IGNORED))
+    if refused:
+        raise FactsError(f"{source}: fields {refused} are not supported (this server serves ONNX models with "
+                         "dynamic batching: no sequence batching, ensembles or batch inputs)")
+    if config.name and config.name != folder_name:
+        raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
+    if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
+        raise FactsError(f"{source}: platform {config.platform!r} / backend {config.backend!r}: only ONNX models "
+                         "are served (platform onnxruntime_onnx, backend onnxruntime)")
+    ignored = {name: why for name, why in _IGNORED.items() if name in fields}
+    batches = config.max_batch_size > 0
+    inputs = [_tensor(t, batches, source, ignored) for t in config.input] or None
+    outputs = [_tensor(t, batches, source, ignored) for t in config.output] or None
+    labels = None
+    for t in config.output:
+        if t.label_filename:
+            if t.name != config.output[0].name:
+                ignored[f"output.{t.name}.label_filename"] = "labels are read for the first output only"
+            elif folder is None:
+                raise FactsError(f"{source}: label_filename needs the model's folder; list the labels instead")
+            else:
+                labels = read_labels(folder, t.label_filename, source)
+    batching = _batching(config, fields, ignored)
+    policy = _version_policy(config) if "version_policy" in fields else None
+    given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
+             "outputs": outputs, "model_file": config.default_model_filename or None}
+    # Only what the configuration says is set: facts on top of others replace only that.
+    return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
+
+
+def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) -> TensorSpec:
+    refused = sorted(_set_fields(tensor) - _TENSOR_FIELDS)
+    if refused:
+        raise FactsError(f"{source}: tensor {tensor.name!r}: fields {refused} are not supported")
+    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+    datatype = {"STRING": "BYTES"}.get(datatype, datatype)
+    dims = list(tensor.dims)
+    if tensor.HasField("reshape"):
+        if not (dims == [1] and list(tensor.reshape.shape) == [] and batches):
+            raise FactsError(f"{source}: tensor {tensor.name!r}: reshape {list(tensor.reshape.shape)} of dims {dims} "
+                             "is not supported (only dims [1] reshaped to [], one value per item)")
+        dims = []
+    for name in ("format", "optional"):
+        if name in _set_fields(tensor):
+            ignored[f"{tensor.name}.{name}"] = "every input is required; no layout conversion"
+    try:
+        return TensorSpec(name=tensor.name, datatype=datatype, shape=[-1, *dims] if batches else dims)
+    except ValidationError as e:
+        raise FactsError(f"{source}: tensor {tensor.name!r}: {_describe(e)}") from e
+
+
+def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts:
+    """Triton's batching as ours: max_batch_size 0 does not batch; without dynamic_batching
+    each request runs as it comes (Triton's default scheduler); with it, batches reach the
+    largest preferred size (else max_batch_size) after at most the queue delay."""
+    if config.max_batch_size == 0:
+        return BatchingFacts(max_batch_size=0, max_queue_delay_ms=0)
+    if "dynamic_batching" not in fields:
+        return BatchingFacts(max_batch_size=1, max_queue_delay_ms=0)
+    dynamic = config.dynamic_batching
+    for name in sorted(_set_fields(dynamic) - _HONOURED_BATCHING):
+        ignored[f"dynamic_batching.{name}"] = _IGNORED_BATCHING.get(name, "not used")
+    preferred = [n for n in dynamic.preferred_batch_size if 0 < n <= config.max_batch_size]
+    return BatchingFacts(max_batch_size=max(preferred, default=config.max_batch_size),
+                         max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000)
+
+
+def _version_policy(config: Any) -> VersionPolicy:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy(kind="all")
+    if choice == "specific":
+        return VersionPolicy(kind="specific", versions=list(policy.specific.versions))
+    return VersionPolicy(kind="latest", num_versions=policy.latest.num_versions or 1)

@@ -1,0 +1,191 @@
+"""`python -m app import` and `python -m app check`: bringing a user's ONNX file into the
+model repository with a manifest, and validating a whole repository offline, as a
+user's CI would, without serving it.
+
+Both load each model exactly as the server does (app/loading.py), so what they accept
+the server serves and what they refuse it would mark UNAVAILABLE, with the same reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, get_args
+
+import onnxruntime
+
+from app.completion import complete
+from app.errors import InvalidInput
+from app.graph import DROP_IN_FILE, GraphError
+from app.loading import LoadError, load_version
+from app.manifest import MANIFEST_FILE, Manifest, write_manifest
+from app.model_facts import FactsError, ModelFacts, read_facts, read_labels
+from app.repository.names import check_name
+from app.runtime import OrtModel, OrtOptions, ort_options
+from app.settings import Settings
+
+PROG = "python -m app"
+TASKS = get_args(Manifest.model_fields["task"].annotation)
+
+
+def main(argv: list[str]) -> int:
+    """`import ...` or `check ...`: the exit status."""
+    command, rest = argv[0], argv[1:]
+    return {"import": import_model, "check": check_repository}[command](rest)
+
+
+def import_model(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} import", description=(
+        "Copy an ONNX model into the model repository as a new version, with a manifest: the sha256 of "
+        "the file, its tensors completed from the graph, and the batching measured now."))
+    parser.add_argument("model", type=Path, help="the .onnx file")
+    parser.add_argument("--name", required=True, help="the model's name (its folder under --model-dir)")
+    parser.add_argument("--model-dir", type=Path, default=Settings.model_fields["model_dir"].default)
+    parser.add_argument("--labels", type=Path, help="a file of class labels, one per line, for the first output")
+    parser.add_argument("--task", choices=TASKS, help="image- or text-classification makes the V1 task "
+                        "endpoints apply (give the preprocessing in --config); default: tensors")
+    parser.add_argument("--config", type=Path, help="a config.json of further facts (preprocessing, "
+                        "description, batching, version_policy, scores)")
+    parser.add_argument("--description")
+    args = parser.parse_args(argv)
+    try:
+        check_name(args.name)
+    except InvalidInput as e:
+        parser.error(e.message)
+    if not args.model.is_file():
+        parser.error(f"{args.model}: no such file")
+    try:
+        facts = _facts(args)
+        manifest, folder = _import(args.model, args.model_dir, args.name, facts)
+    except (FactsError, GraphError, OSError, ValueError) as e:
+        print(f"{PROG} import: {args.model}: {e}", file=sys.stderr)
+        return 1
+    _print_decisions(manifest, folder)
+    return 0
+
+
+def _facts(args: argparse.Namespace) -> ModelFacts:
+    facts = ModelFacts()
+    if args.config is not None:
+        path = args.config
+        try:
+            facts = ModelFacts.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise FactsError(f"{path}: {e}") from e
+        if facts.labels_file is not None:
+            facts = facts.model_copy(update={"labels": read_labels(path.parent, facts.labels_file, path),
+                                             "labels_file": None})
+    given: dict[str, Any] = {"source": str(args.config or "the command line")}
+    if args.labels is not None:
+        given["labels"] = read_labels(args.labels.parent, args.labels.name, "--labels")
+    if args.task is not None:
+        given["task"] = args.task
+    if args.description is not None:
+        given["description"] = args.description
+    return ModelFacts(**given).over(facts) if len(given) > 1 else facts.model_copy(update=given)
+
+
+def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts) -> tuple[Manifest, Path]:
+    """Build the new version in a hidden folder beside the others, then rename it into
+    place: a server polling the repository never sees half a version."""
+    model_root = model_dir / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    versions = [int(p.name) for p in model_root.iterdir() if p.is_dir() and p.name.isdigit()]
+    version = max(versions, default=0) + 1
+    staging = Path(tempfile.mkdtemp(prefix=f".import-{version}-", dir=model_root))
+    try:
+        shutil.copyfile(source, staging / DROP_IN_FILE)
+        facts = facts.model_copy(update={"model_file": DROP_IN_FILE})
+        vocabulary = getattr(facts.preprocessing, "vocabulary_file", None)
+        if vocabulary is not None:
+            config_dir = Path(facts.source).parent if facts.source.endswith(".json") else source.parent
+            shutil.copyfile(config_dir / vocabulary, staging / vocabulary)
+        model_bytes = (staging / DROP_IN_FILE).read_bytes()
+        settings = Settings()
+        options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
+        try:
+            session = OrtModel(model_bytes, options)
+        except Exception as e:  # ORT's own exception types for a corrupt or unsupported graph
+            raise GraphError(f"ONNX Runtime cannot load it: {type(e).__name__}: {e}") from e
+        # The final folder's name: completion reads the model's name and version from it.
+        named = staging.parent / str(version)
+        manifest, _ = complete(session.session, named, facts, model_bytes, measure=True, run=session.run)
+        manifest = manifest.model_copy(update={
+            "description": facts.description or f"{name}: imported from {source.name}",
+            "packages": {"onnxruntime": onnxruntime.__version__}})
+        write_manifest(staging, Manifest.model_validate(manifest.model_dump()))
+        staging.rename(named)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest, named
+
+
+def _print_decisions(manifest: Manifest, folder: Path) -> None:
+    print(f"imported {manifest.name} version {manifest.version} into {folder}")
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            print(f"  {kind} {spec.name}: {spec.datatype} {spec.shape}")
+    print(f"  task: {manifest.task}" + (f", {len(manifest.labels)} labels, scores are {manifest.scores}"
+                                        if manifest.labels else ""))
+    b = manifest.batching
+    if b.max_batch_size == 0:
+        print(f"  batching: none ({b.reason})")
+    else:
+        print(f"  batching: max_batch_size {b.max_batch_size}, max_queue_delay_ms {b.max_queue_delay_ms} ({b.reason})")
+    print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
+
+
+def check_repository(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} check", description=(
+        "Load every version of every model in a model repository as the server would (files, digests, "
+        "configuration against the graph, warm-up) without serving; print each problem with its folder. "
+        "Exit status 1 if there is any."))
+    parser.add_argument("model_dir", nargs="?", type=Path, default=Settings.model_fields["model_dir"].default)
+    args = parser.parse_args(argv)
+    root: Path = args.model_dir
+    if not root.is_dir():
+        print(f"{root}: not a folder", file=sys.stderr)
+        return 1
+    settings = Settings(model_dir=root)
+    options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
+    problems = checked = 0
+    for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            check_name(model_root.name)
+        except InvalidInput as e:
+            print(f"{model_root}: not served: {e.message}")
+            problems += 1
+            continue
+        versions = sorted((p for p in model_root.iterdir() if p.is_dir() and p.name.isdigit()),
+                          key=lambda p: int(p.name))
+        if not versions:
+            print(f"{model_root}: no version folders (expected {model_root.name}/<version>/)")
+            problems += 1
+        for folder in versions:
+            checked += 1
+            problem = _check_version(folder, settings, options)
+            if problem:
+                print(problem)
+                problems += 1
+    print(f"{checked} version(s) checked, {problems} problem(s)")
+    return 1 if problems else 0
+
+
+def _check_version(folder: Path, settings: Settings, options: OrtOptions) -> str | None:
+    try:
+        read_facts(folder)
+        model = load_version(folder, settings, options)
+    except FactsError as e:
+        return f"{folder}: {e}"
+    except LoadError as e:
+        return e.message if str(folder) in e.message else f"{folder}: {e.message}"
+    b = model.manifest.batching
+    batching = "does not batch" if not b.max_batch_size else f"batches up to {model.batcher.policy.max_batch_size}"
+    print(f"{folder}: ok ({model.manifest.task}, {batching}"
+          f"{'' if model.verified else ', no digest to check (add one with import)'})")
+    return None

@@ -1,0 +1,124 @@
+"""Small ONNX models made with onnx.helper for the tests of serving a user's own model:
+nothing is downloaded, and each is what a user might bring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT, INT64, BOOL, STRING = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL, TensorProto.STRING
+
+
+def save(model_dir: Path, name: str, graph: onnx.GraphProto, version: int = 1, opset: int = 17,
+         file: str = "model.onnx") -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    onnx.checker.check_model(model)
+    folder = model_dir / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / file)
+    return folder / file
+
+
+def reference(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What ONNX Runtime answers in-process: what the server must answer too."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def _weights(name: str, shape: tuple[int, ...], seed: int = 0) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+
+def mlp(first_axis: int | str = "batch") -> onnx.GraphProto:
+    """4 features -> 3 scores: the seeds' multilayer perceptron, one layer deep."""
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["scores"])],
+        "mlp", [helper.make_tensor_value_info("features", FLOAT, [first_axis, 4])],
+        [helper.make_tensor_value_info("scores", FLOAT, [first_axis, 3])], [_weights("w", (4, 3)), _weights("b", (3,))])
+
+
+def mlp_with_softmax() -> onnx.GraphProto:
+    """The MLP with a final Softmax: its scores are probabilities already."""
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        "mlp_softmax", [helper.make_tensor_value_info("features", FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probabilities", FLOAT, ["batch", 3])],
+        [_weights("w", (4, 3)), _weights("b", (3,))])
+
+
+def conv() -> onnx.GraphProto:
+    """An 8x8 greyscale image -> 2 channel means after a 3x3 convolution and a ReLU."""
+    return helper.make_graph(
+        [helper.make_node("Conv", ["pixels", "kernel"], ["maps"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["maps"], ["relu"]),
+         helper.make_node("ReduceMean", ["relu"], ["scores"], axes=[2, 3], keepdims=0)],
+        "conv", [helper.make_tensor_value_info("pixels", FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("scores", FLOAT, ["n", 2])], [_weights("kernel", (2, 1, 3, 3), seed=4)])
+
+
+def lstm(hidden: int = 5) -> onnx.GraphProto:
+    """A sequence of 3-feature steps, batch first, the sequence axis dynamic -> the LSTM's
+    last hidden state (ORT's LSTM is time first: transposed in and out)."""
+    return helper.make_graph(
+        [helper.make_node("Transpose", ["steps"], ["time_first"], perm=[1, 0, 2]),
+         helper.make_node("LSTM", ["time_first", "W", "R"], ["", "state"], hidden_size=hidden),
+         helper.make_node("Transpose", ["state"], ["last"], perm=[1, 0, 2])],
+        "lstm", [helper.make_tensor_value_info("steps", FLOAT, ["n", "time", 3])],
+        [helper.make_tensor_value_info("last", FLOAT, ["n", 1, hidden])],
+        [_weights("W", (1, 4 * hidden, 3), seed=5), _weights("R", (1, 4 * hidden, hidden), seed=6)])
+
+
+def two_in_two_out() -> onnx.GraphProto:
+    """INT64 ids and a BOOL mask in; the masked ids (INT64) and each row's count (INT64) out."""
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    return helper.make_graph(
+        [helper.make_node("Where", ["mask", "ids", "zero"], ["masked"]),
+         helper.make_node("Cast", ["mask"], ["ones"], to=INT64),
+         helper.make_node("ReduceSum", ["ones", "axes"], ["count"], keepdims=0)],
+        "masking", [helper.make_tensor_value_info("ids", INT64, ["n", 5]),
+                    helper.make_tensor_value_info("mask", BOOL, ["n", 5])],
+        [helper.make_tensor_value_info("masked", INT64, ["n", 5]),
+         helper.make_tensor_value_info("count", INT64, ["n"])], [zero, axes])
+
+
+def yes_or_no() -> onnx.GraphProto:
+    """Strings in; the strings again and whether each is "yes" out (Equal on strings: opset 19)."""
+    yes = helper.make_tensor("yes", STRING, [], [b"yes"])
+    return helper.make_graph(
+        [helper.make_node("Identity", ["words"], ["echo"]), helper.make_node("Equal", ["words", "yes"], ["is_yes"])],
+        "yes_or_no", [helper.make_tensor_value_info("words", STRING, ["n", 2])],
+        [helper.make_tensor_value_info("echo", STRING, ["n", 2]), helper.make_tensor_value_info("is_yes", BOOL, ["n", 2])],
+        [yes])
+
+
+def embedding(rows: int = 10) -> onnx.GraphProto:
+    """INT64 ids -> rows of a 10-row table: an id out of the table is the client's mistake."""
+    return helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)], "embedding",
+        [helper.make_tensor_value_info("ids", INT64, ["n"])],
+        [helper.make_tensor_value_info("vectors", FLOAT, ["n", 2])], [_weights("table", (rows, 2), seed=7)])
+
+
+def centred_over_the_batch() -> onnx.GraphProto:
+    """x minus its mean over the first axis: dynamic first axis, but not a batch axis."""
+    return helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+         helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "centred", [helper.make_tensor_value_info("x", FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("y", FLOAT, ["n", 2])])
+
+
+def averaged_over_a_sequence() -> onnx.GraphProto:
+    """x [n, length] -> the mean of each row: a dynamic axis besides the first, on which
+    zero padding would change the answer."""
+    return helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0)], "averaged",
+        [helper.make_tensor_value_info("x", FLOAT, ["n", "length"])],
+        [helper.make_tensor_value_info("mean", FLOAT, ["n"])])

@@ -1,0 +1,266 @@
+"""What a model folder may say beside its ONNX file, and what the server does with it: a
+config.json of a few fields (labels, a task, batching, a version policy), Triton's
+config.pbtxt (honoured, with the fields it ignores named and the ones it cannot serve
+refused), and a load request's configuration override."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.model_facts import FactsError, from_triton_json, from_triton_text
+from tests.app.conftest import serving
+from tests.app.onnx_models import conv, embedding, mlp, mlp_with_softmax, reference, save
+
+TOKEN = "facts-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+LABELS = ["cat", "dog", "owl"]
+
+
+def features(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 4)).astype(np.float32)
+
+
+def v2(name: str, array: np.ndarray, datatype: str = "FP32", **request: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
+                        "data": array.ravel().tolist()}], **request}
+
+
+def config_json(folder: Path, **facts: Any) -> None:
+    (folder / "config.json").write_text(json.dumps(facts))
+
+
+async def test_labels_in_config_json_answer_tritons_classification_extension(tmp_path: Path) -> None:
+    path = save(tmp_path, "mlp", mlp())
+    config_json(path.parent.parent, labels=LABELS, description="three animals")
+    x = features(2)
+    scores = reference(path, {"features": x})["scores"]
+    ask = [{"name": "scores", "parameters": {"classification": 2}}]
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/mlp/infer", json=v2("features", x, outputs=ask))
+        too_many = await client.post("/v2/models/mlp/infer", json=v2("features", x, outputs=[
+            {"name": "scores", "parameters": {"classification": 4}}]))
+        metadata = (await client.get("/v2/models/mlp")).json()
+        config = (await client.get("/v2/models/mlp/config")).json()
+    assert answer.status_code == 200, answer.text
+    (out,) = answer.json()["outputs"]
+    assert (out["datatype"], out["shape"]) == ("BYTES", [2, 2])
+    for row, strings in zip(scores, np.array(out["data"]).reshape(2, 2), strict=True):
+        best = np.argsort(-row)[:2]
+        assert list(strings) == [f"{row[i]:f}:{i}:{LABELS[i]}" for i in best]
+    assert too_many.status_code == 400
+    assert "more than its 3 classes" in too_many.json()["error"]
+    assert metadata["parameters"]["labels"] == LABELS
+    parameters = config["parameters"]
+    assert parameters["labels"]["string_value"] == "cat,dog,owl"
+    assert parameters["configuration"]["string_value"].endswith("mlp/config.json")
+
+
+async def test_batching_in_config_json_overrides_the_measurement(tmp_path: Path) -> None:
+    config_json(save(tmp_path, "given", mlp()).parent.parent, batching={"max_batch_size": 4})
+    config_json(save(tmp_path, "none", mlp()).parent, batching={"max_batch_size": 0}, description="one at a time")
+    async with serving(model_dir=tmp_path) as client:
+        given = (await client.get("/v2/models/given/config")).json()
+        none = (await client.get("/v2/models/none/config")).json()
+        answer = await client.post("/v2/models/none/infer", json=v2("features", features(3)))
+    assert given["max_batch_size"] == 4
+    assert "['max_batch_size'] given by" in given["parameters"]["batching"]["string_value"]
+    assert none["max_batch_size"] == 0
+    assert none["input"] == [{"name": "features", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert none["parameters"]["description"]["string_value"] == "one at a time"
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [3, 3]
+
+
+async def test_a_task_in_config_json_makes_the_v1_endpoint_and_its_preprocessing_apply(tmp_path: Path) -> None:
+    path = save(tmp_path, "shapes", conv())
+    config_json(path.parent, task="image-classification", labels=["dark", "light"],
+                preprocessing={"kind": "image", "height": 8, "width": 8, "scale": 1 / 255, "mean": 0.0, "std": 1.0})
+    image = np.random.default_rng(1).integers(0, 256, (8, 8))
+    image[0, :] = image[-1, :] = image[:, 0] = image[:, -1] = 0  # a dark border, as the model was trained on
+    want = reference(path, {"pixels": (image / 255).astype(np.float32).reshape(1, 1, 8, 8)})["scores"][0]
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v1/models/shapes:predict", json={"instances": [image.tolist()]})
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["predictions"]
+    assert prediction["label"] == ["dark", "light"][int(np.argmax(want))]
+    e = np.exp(want - want.max())
+    np.testing.assert_allclose(prediction["probabilities"], e / e.sum(), atol=1e-5)
+
+
+async def test_probabilities_are_not_softmaxed_again(tmp_path: Path) -> None:
+    """A graph that ends in a Softmax is seen to give probabilities (completed from the
+    graph, where config.json does not say); the logits of the MLP are not."""
+    path = save(tmp_path, "animals", mlp_with_softmax())
+    config_json(path.parent, labels=LABELS)
+    config_json(save(tmp_path, "mlp", mlp()).parent, labels=LABELS)
+    async with serving(model_dir=tmp_path) as client:
+        animals = (await client.get("/v2/models/animals/config")).json()
+        plain = (await client.get("/v2/models/mlp/config")).json()
+    assert animals["parameters"]["scores"]["string_value"] == "probabilities"
+    assert plain["parameters"]["scores"]["string_value"] == "logits"
+
+
+async def test_a_wrong_task_for_the_graph_is_unavailable_with_why(tmp_path: Path) -> None:
+    """The 4-feature MLP declared a 1x4 "image": refused at load, not a 500 per request."""
+    path = save(tmp_path, "mlp", mlp())
+    config_json(path.parent, task="image-classification", labels=LABELS,
+                preprocessing={"kind": "image", "height": 1, "width": 4, "scale": 1.0, "mean": 0.0, "std": 1.0})
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    (entry,) = index
+    assert entry["state"] == "UNAVAILABLE"
+    assert "image" in entry["reason"]
+
+
+PBTXT = """
+name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "scores" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "labels.txt" } ]
+dynamic_batching { max_queue_delay_microseconds: 500 preferred_batch_size: [ 4, 8 ] preserve_ordering: true }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+version_policy: { all { } }
+default_model_filename: "mlp.onnx"
+"""
+
+
+def triton_repository(root: Path) -> Path:
+    """Two models as Triton lays them out: config.pbtxt beside the version folders."""
+    save(root, "mlp", mlp(), file="mlp.onnx")
+    save(root, "mlp", mlp(), version=2, file="mlp.onnx")
+    (root / "mlp" / "config.pbtxt").write_text(PBTXT)
+    (root / "mlp" / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    save(root, "lookup", embedding())
+    (root / "lookup" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "ids" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+        'output [ { name: "vectors" data_type: TYPE_FP32 dims: [ -1, 2 ] } ]\n')
+    return root
+
+
+async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> None:
+    root = triton_repository(tmp_path)
+    async with serving(model_dir=root) as client:
+        mlp_config = (await client.get("/v2/models/mlp/config")).json()
+        versions = (await client.get("/v2/models/mlp")).json()["versions"]
+        lookup_config = (await client.get("/v2/models/lookup/config")).json()
+        looked_up = await client.post("/v2/models/lookup/infer", json=v2("ids", np.array([3, 1]), "INT64"))
+    assert mlp_config["max_batch_size"] == 8  # the largest preferred size, within max_batch_size
+    assert mlp_config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert mlp_config["version_policy"] == {"all": {}}
+    assert versions == ["1", "2"]
+    parameters = {k: v["string_value"] for k, v in mlp_config["parameters"].items()}
+    assert parameters["labels"] == "cat,dog,owl"
+    assert "instance_group" in parameters["ignored"]
+    assert "dynamic_batching.preserve_ordering" in parameters["ignored"]
+    assert parameters["batching"].endswith("config.pbtxt")
+    assert lookup_config["max_batch_size"] == 0
+    assert lookup_config["input"] == [{"name": "ids", "data_type": "TYPE_INT64", "dims": [-1]}]
+    assert looked_up.status_code == 200, looked_up.text
+    assert looked_up.json()["outputs"][0]["shape"] == [2, 2]
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ('platform: "tensorrt_plan"', "only ONNX models are served"),
+    ('backend: "python"', "only ONNX models are served"),
+    ("max_batch_size: 4 sequence_batching { }", "['sequence_batching'] are not supported"),
+    ('name: "other"', "names model 'other' but lies in folder 'mlp'"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 5 ] } ]',
+     "axis 1 is 4 in the graph, 5 in the manifest"),
+    ('max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]', "'x' is not in the graph"),
+    ("max_batch_size: 4 bogus_field: 1", "not a Triton model configuration"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 2 ] reshape { shape: [ 2, 1 ] } } ]',
+     "reshape [2, 1] of dims [2] is not supported"),
+])
+async def test_what_a_triton_configuration_asks_that_cannot_be_served_is_refused_with_why(
+        tmp_path: Path, text: str, why: str) -> None:
+    save(tmp_path, "mlp", mlp())
+    (tmp_path / "mlp" / "config.pbtxt").write_text(text)
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    (entry,) = index
+    assert entry["state"] == "UNAVAILABLE"
+    assert why in entry["reason"]
+
+
+def test_the_triton_text_is_read_with_tritons_own_schema() -> None:
+    facts = from_triton_text(PBTXT.replace(' label_filename: "labels.txt"', ""), "mlp", "mlp/config.pbtxt")
+    assert facts.batching is not None
+    assert (facts.batching.max_batch_size, facts.batching.max_queue_delay_ms) == (8, 0.5)
+    assert facts.model_file == "mlp.onnx"
+    assert [t.shape for t in facts.inputs or []] == [[-1, 4]]
+    with pytest.raises(FactsError, match="instance_group"):  # an override is applied whole or refused
+        from_triton_json('{"instance_group": [{"count": 2}]}', "mlp", "parameters.config")
+
+
+async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Path) -> None:
+    save(tmp_path, "mlp", mlp())
+    override = json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 1000}})
+    async with serving(model_dir=tmp_path, admin_token=TOKEN, model_control_mode="explicit",
+                       load_model=["mlp"]) as client:
+        before = (await client.get("/v2/models/mlp/config")).json()
+        loaded = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
+                                   json={"parameters": {"config": override}})
+        during = (await client.get("/v2/models/mlp/config")).json()
+        refused = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
+                                    json={"parameters": {"config": '{"instance_group": [{"count": 2}]}'}})
+        not_json = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
+                                     json={"parameters": {"config": "{max_batch_size: 4"}})
+        plain = await client.post("/v2/repository/models/mlp/load", headers=ADMIN)
+        after = (await client.get("/v2/models/mlp/config")).json()
+    assert loaded.status_code == 200, loaded.text
+    assert during["max_batch_size"] == 4
+    assert during["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    assert refused.status_code == 400
+    assert "['instance_group'] are not supported in a load's configuration" in refused.json()["error"]
+    assert not_json.status_code == 400
+    assert "not a Triton model configuration" in not_json.json()["error"]
+    assert plain.status_code == 200
+    assert after["max_batch_size"] == before["max_batch_size"]  # the next load reads the folder again
+
+
+async def test_a_value_the_model_refuses_is_that_requests_400_and_never_opens_the_breaker(tmp_path: Path) -> None:
+    """An id outside the embedding's table passes every declared check; ONNX Runtime refuses
+    it. The request gets a 400; requests batched with it get their answers; and however
+    often it happens the model stays healthy."""
+    import asyncio
+
+    path = save(tmp_path, "lookup", embedding())
+    good = np.array([1, 2], np.int64)
+    want = reference(path, {"ids": good})["vectors"]
+    async with serving(model_dir=tmp_path, failure_threshold=2, max_queue_delay_ms=20.0,
+                       idle_dispatch=False) as client:
+        answers = await asyncio.gather(*(client.post("/v2/models/lookup/infer", json=v2(
+            "ids", ids, "INT64")) for ids in [good, np.array([99], np.int64)] * 4))
+        after = await client.post("/v2/models/lookup/infer", json=v2("ids", good, "INT64"))
+        ready = await client.get("/v2/models/lookup/ready")
+        stats = (await client.get("/v2/models/lookup/stats")).json()
+    for answer in answers[0::2]:
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(2, 2), want, rtol=1e-6)
+    for answer in answers[1::2]:
+        assert answer.status_code == 400
+        assert "indices element out of data bounds" in answer.json()["error"]
+    assert after.status_code == 200
+    assert ready.status_code == 200
+    assert stats["model_stats"][0]["batch_stats"]  # they ran in batches, with each other
+
+
+async def test_the_index_stops_listing_a_deleted_version_at_once(tmp_path: Path) -> None:
+    import shutil
+
+    save(tmp_path, "mlp", mlp())
+    save(tmp_path, "mlp", mlp(), version=2)
+    (tmp_path / "mlp" / "config.json").write_text(json.dumps({"version_policy": {"kind": "latest"}}))
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        before = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+        shutil.rmtree(tmp_path / "mlp" / "1")
+        after = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    assert [(e["version"], e["state"]) for e in before] == [("1", "UNAVAILABLE"), ("2", "READY")]
+    assert [(e["version"], e["state"]) for e in after] == [("2", "READY")]

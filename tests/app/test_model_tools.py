@@ -1,0 +1,80 @@
+"""`python -m app import` and `python -m app check`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from app.manifest import load_manifest
+from load_tests.server import ROOT
+from tests.app.conftest import copy_model
+from tests.app.onnx_models import embedding, mlp, save
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=180, check=False)
+
+
+def test_import_writes_the_next_version_with_a_digest_and_the_measured_batching(tmp_path: Path) -> None:
+    source = save(tmp_path / "mine", "mlp", mlp())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nowl\n")
+    models = tmp_path / "models"
+    first = run("import", str(source), "--name", "animals", "--labels", str(labels), "--model-dir", str(models))
+    second = run("import", str(source), "--name", "animals", "--model-dir", str(models))
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "imported animals version 1" in first.stdout
+    assert "imported animals version 2" in second.stdout
+    assert "batching: max_batch_size" in first.stdout
+    assert "input features: FP32 [-1, 4]" in first.stdout
+    manifest = load_manifest(models / "animals" / "1")  # verifies the sha256 it recorded
+    assert manifest.labels == ["cat", "dog", "owl"]
+    assert manifest.task == "tensors"
+    assert manifest.batching.cost_per_item_ms
+    assert manifest.batching.reason.startswith("measured")
+    assert sorted(p.name for p in (models / "animals").iterdir()) == ["1", "2"]  # nothing half made left
+
+
+def test_import_refuses_what_cannot_be_served_and_leaves_nothing(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    models = tmp_path / "models"
+    done = run("import", str(broken), "--name", "broken", "--model-dir", str(models))
+    bad_name = run("import", str(broken), "--name", "../up", "--model-dir", str(models))
+    assert done.returncode == 1
+    assert "broken.onnx" in done.stderr
+    assert list((models / "broken").iterdir()) == []
+    assert bad_name.returncode == 2
+    assert "model name" in bad_name.stderr
+
+
+def test_check_passes_a_good_repository_and_lists_every_problem_of_a_bad_one(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    copy_model(good, "fashion-cnn", 3)
+    save(good, "lookup", embedding())
+    ok = run("check", str(good))
+    bad = tmp_path / "bad"
+    copy_model(bad, "fashion-cnn", 3)
+    manifest = bad / "fashion-cnn" / "3" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["variants"]["fp32"]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(raw))
+    save(bad, "lookup", embedding())
+    (bad / "lookup" / "config.pbtxt").write_text('platform: "tensorrt_plan"')
+    (bad / "corrupt" / "1").mkdir(parents=True)
+    (bad / "corrupt" / "1" / "model.onnx").write_bytes(b"\x00" * 64)
+    (bad / "Bad Name").mkdir()
+    failed = run("check", str(bad))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "2 version(s) checked, 0 problem(s)" in ok.stdout
+    assert failed.returncode == 1
+    lines = failed.stdout.splitlines()
+    assert any("fashion-cnn/3" in line and "sha256" in line for line in lines), failed.stdout
+    assert any("lookup/config.pbtxt" in line and "only ONNX models" in line for line in lines), failed.stdout
+    assert any("corrupt/1" in line and "ONNX Runtime cannot load" in line for line in lines), failed.stdout
+    assert any("Bad Name" in line for line in lines), failed.stdout
+    assert "4 problem(s)" in failed.stdout
