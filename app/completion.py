@@ -41,8 +41,8 @@ UNMEASURED_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0
                                        reason="not measured (warm-up is off): the default of 16 rows, 2 ms")
 """A batching model's batching where it is not measured and nothing else says."""
 UNPADDED_BATCHING_REASON = (
-    "a dynamic axis besides the first: requests of other lengths would be zero-padded to the longest "
-    "in their batch, which only a model that masks its padding answers alike; so each request runs alone")
+    "a dynamic axis besides the first: a request batches only with requests of its shapes, since "
+    "zero-padding other lengths to the longest would change what a model that does not mask its padding answers")
 # What each task's inputs must be, for messages when a graph does not fit a task.
 _TASK_INPUTS = {"image-classification": "one FP32 input of shape [-1, C, H, W]",
                 "text-classification": "two INT64 inputs, token ids [-1, -1] and lengths [-1]"}
@@ -116,8 +116,6 @@ def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
     if given is not None and given.max_batch_size is not None and given.max_queue_delay_ms is not None:
         return BatchingDefaults(max_batch_size=given.max_batch_size, max_queue_delay_ms=given.max_queue_delay_ms,
                                 reason=f"given by {facts.source}")
-    if task_pads(manifest):
-        return BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0, reason=UNPADDED_BATCHING_REASON)
     if measure:
         chosen = choose(measure_costs(run, lambda rows: generated_inputs(manifest, rows)))
     else:
@@ -126,13 +124,16 @@ def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
         chosen = chosen.model_copy(update={k: v for k, v in given.model_dump().items() if v is not None}
                                    | {"reason": f"{chosen.reason}; {sorted(given.model_fields_set)} given by "
                                                 f"{facts.source}"})
+    if pads_unmasked(manifest):
+        chosen = chosen.model_copy(update={"reason": f"{chosen.reason}; {UNPADDED_BATCHING_REASON}"})
     return chosen
 
 
-def task_pads(manifest: Manifest) -> bool:
-    """A tensors model with a dynamic axis besides the first: its requests are never padded
-    to each other's lengths, so each runs alone (a text classifier masks its padding)."""
-    return manifest.task == TENSORS_TASK and any(-1 in t.shape[1:] for t in manifest.inputs)
+def pads_unmasked(manifest: Manifest) -> bool:
+    """A tensors model with a dynamic axis besides the first: its requests are batched only
+    with requests of the same shapes, never zero-padded to each other's lengths (a text
+    classifier is: it masks its padding with its lengths input)."""
+    return manifest.task == TENSORS_TASK and manifest.batches and any(-1 in t.shape[1:] for t in manifest.inputs)
 
 
 def _extra_files(folder: Path, facts: ModelFacts) -> dict[str, bytes]:

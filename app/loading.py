@@ -18,7 +18,7 @@ from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
 from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
-from app.completion import complete
+from app.completion import complete, pads_unmasked
 from app.graph import GraphError, disagreements
 from app.manifest import (
     MANIFEST_FILE,
@@ -135,7 +135,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
                              length_of=_sequence_length(manifest), on_batch=record,
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
-                             on_restart=hooks.on_restart)
+                             on_restart=hooks.on_restart, exact_shapes=pads_unmasked(manifest))
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
                         verified=not drop_in, told_by=facts.source, ignored=facts.ignored)
     if settings.warmup:
@@ -193,6 +193,8 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
         raise LoadError("config", f"{folder}: model file {file!r} lies outside the version's folder")
     try:
         model_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise LoadError("integrity", f"{folder}: no {MANIFEST_FILE} and no {file}: nothing to serve") from None
     except OSError as e:
         raise LoadError("integrity", f"{folder}: {file} cannot be read: {e}") from e
     session = _session(folder, file, model_bytes, options)
@@ -223,6 +225,7 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
     if override.version_policy is not None:
         update["version_policy"] = override.version_policy
     return manifest.model_copy(update=update)
+
 
 def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -> OrtModel:
     try:
@@ -262,7 +265,7 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
 
 def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
     """For models with a variable-length input, a function giving a request's padded length
-    (classifiers only: a tensors model is never padded, app/graph.py UNPADDED_BATCHING)."""
+    (classifiers only: a tensors model is never padded, app/completion.py `pads_unmasked`)."""
     if manifest.task == TENSORS_TASK:
         return None
     for spec in manifest.inputs:

@@ -34,10 +34,11 @@ class DynamicBatcher:
                  on_batch: Callable[[BatchRecord], None] | None = None,
                  on_batch_start: Callable[[int], None] | None = None,
                  on_restart: Callable[[BaseException], None] | None = None,
-                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> None:
+                 on_hang_up: Callable[[PendingRequest], None] | None = None, exact_shapes: bool = False) -> None:
         """`length_of`, when given, is a request's padded sequence length: queued requests
-        of similar length are batched together (text models). `on_restart` hears of each
-        time the batch-forming task died and was restarted."""
+        of similar length are batched together (text models). `exact_shapes`: requests are
+        batched only with others of the same shapes, never padded. `on_restart` hears of
+        each time the batch-forming task died and was restarted."""
         self.name = name
         self.policy = policy
         self.length_of = length_of
@@ -45,7 +46,8 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._on_batch_start = on_batch_start
         self._on_restart = on_restart
-        self._queue = BatchQueue(name, policy, group_by_length=length_of is not None, on_hang_up=on_hang_up)
+        self._queue = BatchQueue(name, policy, group_by_length=length_of is not None, on_hang_up=on_hang_up,
+                                 exact_shapes=exact_shapes)
         self._runner: BatchRunner | None = None
         self._forming: asyncio.Task[None] | None = None
         self._accepting = False

@@ -18,10 +18,13 @@ from app.errors import PayloadTooLarge, QueueFull
 
 class BatchQueue:
     def __init__(self, name: str, policy: BatchPolicy, group_by_length: bool,
-                 on_hang_up: Callable[[PendingRequest], None] | None = None) -> None:
+                 on_hang_up: Callable[[PendingRequest], None] | None = None, exact_shapes: bool = False) -> None:
         self.name = name
         self.policy = policy
         self.group_by_length = group_by_length
+        self.exact_shapes = exact_shapes
+        """Batch a request only with requests whose tensors have its shapes but for the first
+        axis: for models whose padding is not masked (app/completion.py `pads_unmasked`)."""
         self.on_hang_up = on_hang_up  # told of each request dropped because its client hung up
         self._chunks: deque[Chunk] = deque()
         self._rows = 0
@@ -140,6 +143,10 @@ class BatchQueue:
 
     def _candidates(self) -> Sequence[int]:
         """Queue positions in the order a batch takes them."""
+        if self.exact_shapes and len(self._chunks) > 1:
+            window = min(len(self._chunks), self.policy.grouping_window + 1)
+            head = _item_shapes(self._chunks[0])
+            return [0, *(i for i in range(1, window) if _item_shapes(self._chunks[i]) == head)]
         if not self.group_by_length or len(self._chunks) <= 1:
             return range(len(self._chunks))
         window = min(len(self._chunks), self.policy.grouping_window + 1)
@@ -178,3 +185,7 @@ class BatchQueue:
         if not self._chunks:
             self._arrived.clear()
             self._empty.set()
+
+
+def _item_shapes(chunk: Chunk) -> tuple[tuple[int, ...], ...]:
+    return tuple(array.shape[1:] for array in chunk.request.inputs.values())

@@ -98,6 +98,19 @@ def yes_or_no() -> onnx.GraphProto:
         [yes])
 
 
+def half_and_bytes() -> onnx.GraphProto:
+    """FP16 doubled, and UINT8 pixels as FP64 fractions: datatypes of other widths."""
+    scale = numpy_helper.from_array(np.array(1 / 255, dtype=np.float64), "scale")
+    return helper.make_graph(
+        [helper.make_node("Add", ["half", "half"], ["doubled"]),
+         helper.make_node("Cast", ["pixels"], ["wide"], to=TensorProto.DOUBLE),
+         helper.make_node("Mul", ["wide", "scale"], ["fractions"])],
+        "typed", [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n", 3]),
+                  helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", 4])],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT16, ["n", 3]),
+         helper.make_tensor_value_info("fractions", TensorProto.DOUBLE, ["n", 4])], [scale])
+
+
 def embedding(rows: int = 10) -> onnx.GraphProto:
     """INT64 ids -> rows of a 10-row table: an id out of the table is the client's mistake."""
     return helper.make_graph(

@@ -42,14 +42,17 @@ def _floats(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
 CASES = {
     "mlp": Case(models.mlp, lambda rng: {"features": _floats(5, 4)(rng)}, lambda n: n > 1),
     "conv": Case(models.conv, lambda rng: {"pixels": _floats(3, 1, 8, 8)(rng)}, lambda n: n > 1),
-    # a dynamic sequence axis: requests of other lengths are not padded together, each runs alone
-    "lstm": Case(models.lstm, lambda rng: {"steps": _floats(2, 6, 3)(rng)}, lambda n: n == 1,
+    # a dynamic sequence axis: requests batch only with others of their length, never padded
+    "lstm": Case(models.lstm, lambda rng: {"steps": _floats(2, 6, 3)(rng)}, lambda n: n > 1,
                  perf_shapes=("steps:4,3",)),
     "masking": Case(models.two_in_two_out, lambda rng: {
         "ids": rng.integers(0, 100, (3, 5)).astype(np.int64), "mask": rng.integers(0, 2, (3, 5)).astype(bool)},
         lambda n: n > 1),
     "fixed-batch": Case(lambda: models.mlp(first_axis=1), lambda rng: {"features": _floats(1, 4)(rng)},
                         lambda n: n == 0),
+    "typed": Case(models.half_and_bytes, lambda rng: {
+        "half": rng.standard_normal((2, 3)).astype(np.float16), "pixels": rng.integers(0, 256, (2, 4)).astype(np.uint8)},
+        lambda n: n > 1),
     "strings": Case(models.yes_or_no, lambda rng: {"words": np.array([["yes", "no"], ["né", "yes"]], dtype=object)},
                     lambda n: n > 1, opset=19),
 }
@@ -132,7 +135,8 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
                 assert declared[node.name]["dims"] == (shape[1:] if batches else shape)
             onnx_type = node.type.removeprefix("tensor(").removesuffix(")")
             assert declared[node.name]["data_type"] == {
-                "float": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "string": "TYPE_STRING"}[onnx_type]
+                "float": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "string": "TYPE_STRING",
+                "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "double": "TYPE_FP64"}[onnx_type]
     parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
     assert parameters["verified"] == "false"
     assert parameters["configuration"] == "the graph"

@@ -72,6 +72,16 @@ async def test_length_grouping_takes_the_oldest_and_its_nearest_lengths() -> Non
     assert [c.request.length for c in rest] == [50, 49]
 
 
+async def test_exact_shapes_batch_only_requests_of_the_same_shapes() -> None:
+    """A model whose padding is not masked: a batch never mixes lengths (never padded)."""
+    queue = BatchQueue("t", batch_policy(max_batch_size=4), group_by_length=False, exact_shapes=True)
+    widths = (2, 5, 2, 5, 2)
+    for width in widths:
+        queue.put(PendingRequest({"x": np.zeros((1, width))}, 0, asyncio.get_running_loop()))
+    taken = [[c.request.inputs["x"].shape[1] for c in await queue.wait_for_batch()] for _ in range(2)]
+    assert taken == [[2, 2, 2], [5, 5]]
+
+
 async def test_wait_empty_returns_once_everything_is_taken() -> None:
     queue = BatchQueue("m", batch_policy(max_batch_size=2), group_by_length=False)
     await asyncio.wait_for(queue.wait_empty(), 1)  # empty from the start
