@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import urllib.request
 from contextlib import ExitStack
@@ -25,6 +24,7 @@ from app.model_facts import CONFIG_JSON
 from load_tests import samples, wrk
 from load_tests.client import JSON, Payload
 from load_tests.server import ROOT, ServerProcess
+from load_tests.stats import ratio_cells
 
 MODELS = ("fashion-cnn", "sst2-lstm")
 
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c64['tuned'].requests_per_s:,.0f} req/s = {throughput[-1]:.3f}; c1 p50 "
                       f"{c1['auto'].p50_ms:.2f} / {c1['tuned'].p50_ms:.2f} ms = {latency[-1]:.3f}", flush=True)
             lines.append(f"| {name} | {batching_of(tuned, name)} | {batching_of(auto, name)} | "
-                         f"{', '.join(f'{r:.2f}' for r in throughput)} | {statistics.median(throughput):.3f} | "
-                         f"{', '.join(f'{r:.2f}' for r in latency)} | {statistics.median(latency):.3f} |")
+                         f"{ratio_cells(throughput)} | {ratio_cells(latency)} |")
     print("\n" + "\n".join(lines))
     return 0
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 import resource
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+
+def ratio_cells(ratios: Sequence[float]) -> str:
+    """Two cells of a paired-rounds table: each round's ratio, and their median."""
+    return f"{', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.3f}"
+
 
 NOT_SENT = -1  # open loop: the client had max_outstanding requests open and skipped this one
 

@@ -12,13 +12,13 @@ models/, bound to 127.0.0.1; every run stops by itself. Needs wrk (apt-get insta
 from __future__ import annotations
 
 import argparse
-import statistics
 from contextlib import ExitStack
 from pathlib import Path
 
 from load_tests import samples, wrk
 from load_tests.client import JSON, Payload
 from load_tests.server import ROOT, ServerProcess
+from load_tests.stats import ratio_cells
 
 
 def payloads(model_dir: Path) -> dict[str, Payload]:
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} round {i + 1}: {got['this'].requests_per_s:,.0f} / {got['base'].requests_per_s:,.0f} "
                       f"req/s = {ratios[-1]:.3f}; p99 {got['this'].p99_ms:.1f} / {got['base'].p99_ms:.1f} ms",
                       flush=True)
-            lines.append(f"| {name} c{args.concurrency} | {', '.join(f'{r:.2f}' for r in ratios)} | "
-                         f"{statistics.median(ratios):.3f} | {', '.join(f'{r:.2f}' for r in p99s)} | "
-                         f"{statistics.median(p99s):.3f} |")
+            lines.append(f"| {name} c{args.concurrency} | {ratio_cells(ratios)} | {ratio_cells(p99s)} |")
     print("\n" + "\n".join(lines))
     return 0
 

@@ -182,7 +182,8 @@ class _BatchRun:
         name = self.runner.name
         if isinstance(error, ModelRefusedInput):
             self.refused, self.failure_text = True, error.message
-            logger.info("model %s refused a request's input: %s", name, error.message)
+            # a client's 400: at debug, not info, where a client could flood the log with them
+            logger.debug("model %s refused a request's input: %s", name, error.message)
             for chunk in self.batch:
                 chunk.request.fail(error)
             return
