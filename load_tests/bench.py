@@ -333,9 +333,13 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> l
     return out
 
 
-def plots(rows: list[Row], out: Path) -> None:
-    import matplotlib
-
+def plots(rows: list[Row], out: Path) -> bool:
+    """throughput_latency.png in `out`; False, and nothing written, where matplotlib is not
+    installed (the serving install has no plotting: the tables are the results)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -352,6 +356,7 @@ def plots(rows: list[Row], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "throughput_latency.png", dpi=80)
     plt.close(fig)
+    return True
 
 
 def served_cpu_variant(model_dir: Path) -> str:
@@ -401,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
          "rows": [asdict(r) for r in rows],
          "raw_ort": raw, "ratios": comparisons, "paired": paired}, indent=2))
     (args.out / "results.md").write_text(table)
-    plots(rows, args.out)
+    if not plots(rows, args.out):
+        print("plots skipped: matplotlib is not installed (pip install matplotlib); the tables are complete")
     if args.readme:
         write_readme_results(ROOT / "README.md", readme_results(rows, raw, comparisons, paired, provenance))
     print()

@@ -4,6 +4,7 @@ counts errors. Not a speed test: nothing here asserts a rate."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,12 @@ def test_the_gpu_scripts_client_spreads_the_load_over_processes(server: ServerPr
     assert summary.ok == summary.requests > 0
     assert not summary.errors
     assert summary.duration_s == 0.5  # each process measured the same window; samples summed
+
+
+def test_the_benchmark_runs_on_the_serving_install_without_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving install has no matplotlib: plots are skipped, not a crash at the end."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert bench.plots([], tmp_path) is False
+    assert list(tmp_path.iterdir()) == []
