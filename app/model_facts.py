@@ -236,11 +236,13 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
         raise FactsError(f"{source}: tensor {tensor.name!r}: {_describe(e)}") from e
 
 
-def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts:
+def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts | None:
     """Triton's batching as ours: max_batch_size 0 does not batch; without dynamic_batching
     each request runs as it comes (Triton's default scheduler); with it, batches reach the
     largest preferred size (else max_batch_size) after at most the queue delay."""
     if config.max_batch_size == 0:
+        if not config.input:  # unset (proto3 cannot tell it from 0): completed from the graph, as
+            return None       # Triton's auto-complete does; with inputs declared, their dims are whole
         return BatchingFacts(max_batch_size=0, max_queue_delay_ms=0)
     if "dynamic_batching" not in fields:
         return BatchingFacts(max_batch_size=1, max_queue_delay_ms=0)

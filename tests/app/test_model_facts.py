@@ -201,6 +201,7 @@ def test_the_triton_text_is_read_with_tritons_own_schema() -> None:
 
 async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Path) -> None:
     save(tmp_path, "mlp", mlp())
+    config_json(tmp_path / "mlp", batching={"max_batch_size": 2, "max_queue_delay_ms": 1.0})  # not measured: fixed
     override = json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 1000}})
     async with serving(model_dir=tmp_path, admin_token=TOKEN, model_control_mode="explicit",
                        load_model=["mlp"]) as client:
@@ -214,6 +215,9 @@ async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Pa
                                      json={"parameters": {"config": "{max_batch_size: 4"}})
         plain = await client.post("/v2/repository/models/mlp/load", headers=ADMIN)
         after = (await client.get("/v2/models/mlp/config")).json()
+        policy_only = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
+                                        json={"parameters": {"config": '{"version_policy": {"all": {}}}'}})
+        only_policy = (await client.get("/v2/models/mlp/config")).json()
     assert loaded.status_code == 200, loaded.text
     assert during["max_batch_size"] == 4
     assert during["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
@@ -222,7 +226,10 @@ async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Pa
     assert not_json.status_code == 400
     assert "not a Triton model configuration" in not_json.json()["error"]
     assert plain.status_code == 200
-    assert after["max_batch_size"] == before["max_batch_size"]  # the next load reads the folder again
+    assert before["max_batch_size"] == after["max_batch_size"] == 2  # the next load reads the folder again
+    assert policy_only.status_code == 200, policy_only.text
+    assert only_policy["version_policy"] == {"all": {}}
+    assert only_policy["max_batch_size"] == 2  # the override gives no batching: the folder's holds
 
 
 async def test_a_value_the_model_refuses_is_that_requests_400_and_never_opens_the_breaker(tmp_path: Path) -> None:
