@@ -43,9 +43,6 @@ UNMEASURED_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0
 UNPADDED_BATCHING_REASON = (
     "a dynamic axis besides the first: a request batches only with requests of its shapes, since "
     "zero-padding other lengths to the longest would change what a model that does not mask its padding answers")
-# What each task's inputs must be, for messages when a graph does not fit a task.
-_TASK_INPUTS = {"image-classification": "one FP32 input of shape [-1, C, H, W]",
-                "text-classification": "two INT64 inputs, token ids [-1, -1] and lengths [-1]"}
 
 
 def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, model_bytes: bytes, *,
@@ -80,8 +77,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                                               size_bytes=len(model_bytes))},
                 preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=batching)
         except ValidationError as e:
-            where = f" ({_TASK_INPUTS[task]})" if task in _TASK_INPUTS else ""
-            raise GraphError(f"it does not make a {task} model{where}: " + "; ".join(
+            raise GraphError(f"it does not make a {task} model: " + "; ".join(
                 f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from e
 
     if not batches:
@@ -90,9 +86,11 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
         candidate = manifest(BatchingDefaults(max_batch_size=0, max_queue_delay_ms=0, reason=reason))
     else:
         candidate = manifest(BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0))
-        problems = disagreements(session, candidate)
-        if problems:
-            raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
+    # Checked once: the candidates below differ in their batching only, never in their tensors.
+    problems = disagreements(session, candidate)
+    if problems:
+        raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
+    if batches:
         broken = check_batches(session, candidate)
         if broken is not None:
             if given:  # told it batches: a configuration that is wrong is refused, not second-guessed
@@ -102,9 +100,6 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                 "axis is not a batch axis"))
         else:
             candidate = manifest(_batching(facts, candidate, measure, run or (lambda x: session.run(None, x))))
-    problems = disagreements(session, candidate)
-    if problems:
-        raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
     if candidate.labels and facts.scores is None and looks_like_probabilities(session, candidate):
         candidate = candidate.model_copy(update={"scores": "probabilities"})
     return candidate, extras

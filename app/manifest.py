@@ -40,6 +40,20 @@ DATATYPES: dict[str, str] = {
     "BYTES": "object",  # string tensors: numpy object arrays of str (ORT's tensor(string)) or bytes
 }
 
+_TRITON_NAMES = {"BYTES": "STRING"}  # Triton's model configuration names V2's BYTES "TYPE_STRING"
+
+
+def triton_type(datatype: str) -> str:
+    """A V2 datatype as Triton's model configuration writes it: FP32 -> TYPE_FP32, BYTES -> TYPE_STRING."""
+    return "TYPE_" + _TRITON_NAMES.get(datatype, datatype)
+
+
+def from_triton_type(name: str) -> str:
+    """Triton's TYPE_... name as a V2 datatype (the inverse of `triton_type`)."""
+    bare = name.removeprefix("TYPE_")
+    return next((v2 for v2, triton in _TRITON_NAMES.items() if triton == bare), bare)
+
+
 CLASSIFICATION_TASKS = ("image-classification", "text-classification")
 TENSORS_TASK: Literal["tensors"] = "tensors"
 """A model served as it is, tensors in and tensors out (V2 only): a drop-in `model.onnx`

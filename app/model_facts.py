@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2
 
 from app.graph import DROP_IN_FILE
-from app.manifest import Preprocessing, TensorSpec, VersionPolicy
+from app.manifest import Preprocessing, TensorSpec, VersionPolicy, from_triton_type
 
 CONFIG_JSON = "config.json"
 CONFIG_PBTXT = "config.pbtxt"
@@ -101,19 +101,16 @@ def read_facts(version_folder: Path) -> ModelFacts:
     """A version's facts: Triton's config.pbtxt in the model's folder, then config.json in
     the model's folder and in the version's, each on top of the one before."""
     facts = NO_FACTS
-    model_folder = version_folder.parent
-    pbtxt = model_folder / CONFIG_PBTXT
-    if pbtxt.is_file():
-        facts = from_triton_text(_read(pbtxt), model_folder.name, str(pbtxt))
-    for folder in (model_folder, version_folder):
-        path = folder / CONFIG_JSON
-        if path.is_file():
-            facts = _from_json_file(path, folder).over(facts)
+    for path in facts_files(version_folder):
+        if path.name == CONFIG_PBTXT:
+            facts = from_triton_text(_read(path), path.parent.name, str(path))
+        else:
+            facts = facts_from_json(path).over(facts)
     return facts
 
 
 def facts_files(version_folder: Path) -> list[Path]:
-    """The files `read_facts` reads for this version, where they exist."""
+    """The files `read_facts` reads for this version, in the order it reads them, where they exist."""
     candidates = [version_folder.parent / CONFIG_PBTXT, version_folder.parent / CONFIG_JSON,
                   version_folder / CONFIG_JSON]
     return [p for p in candidates if p.is_file()]
@@ -126,7 +123,8 @@ def _read(path: Path) -> str:
         raise FactsError(f"{path}: cannot be read: {e}") from e
 
 
-def _from_json_file(path: Path, folder: Path) -> ModelFacts:
+def facts_from_json(path: Path) -> ModelFacts:
+    """A config.json's facts, its labels file (a path beside it) read."""
     try:
         raw = json.loads(_read(path))
         facts = ModelFacts.model_validate(raw)
@@ -135,7 +133,8 @@ def _from_json_file(path: Path, folder: Path) -> ModelFacts:
     except ValidationError as e:
         raise FactsError(f"{path}: {_describe(e)}") from e
     if facts.labels_file is not None:
-        facts = facts.model_copy(update={"labels": read_labels(folder, facts.labels_file, path), "labels_file": None})
+        facts = facts.model_copy(update={"labels": read_labels(path.parent, facts.labels_file, path),
+                                         "labels_file": None})
     return facts.model_copy(update={"source": str(path)})
 
 
@@ -219,8 +218,7 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
     refused = sorted(_set_fields(tensor) - _TENSOR_FIELDS)
     if refused:
         raise FactsError(f"{source}: tensor {tensor.name!r}: fields {refused} are not supported")
-    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
-    datatype = {"STRING": "BYTES"}.get(datatype, datatype)
+    datatype = from_triton_type(model_config_pb2.DataType.Name(tensor.data_type))
     dims = list(tensor.dims)
     if tensor.HasField("reshape"):
         if not (dims == [1] and list(tensor.reshape.shape) == [] and batches):

@@ -9,7 +9,6 @@ the server serves and what they refuse it would mark UNAVAILABLE, with the same 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from app.errors import InvalidInput
 from app.graph import DROP_IN_FILE, GraphError
 from app.loading import LoadError, load_version
 from app.manifest import MANIFEST_FILE, Manifest, write_manifest
-from app.model_facts import FactsError, ModelFacts, read_facts, read_labels
+from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_from_json, read_labels
 from app.repository.names import check_name
 from app.runtime import OrtModel, OrtOptions, ort_options
 from app.settings import Settings
@@ -60,7 +59,8 @@ def import_model(argv: list[str]) -> int:
         parser.error(f"{args.model}: no such file")
     try:
         facts = _facts(args)
-        manifest, folder = _import(args.model, args.model_dir, args.name, facts)
+        beside = args.config.parent if args.config is not None else args.model.parent
+        manifest, folder = _import(args.model, args.model_dir, args.name, facts, beside)
     except (FactsError, GraphError, OSError, ValueError) as e:
         print(f"{PROG} import: {args.model}: {e}", file=sys.stderr)
         return 1
@@ -69,27 +69,15 @@ def import_model(argv: list[str]) -> int:
 
 
 def _facts(args: argparse.Namespace) -> ModelFacts:
-    facts = ModelFacts()
-    if args.config is not None:
-        path = args.config
-        try:
-            facts = ModelFacts.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            raise FactsError(f"{path}: {e}") from e
-        if facts.labels_file is not None:
-            facts = facts.model_copy(update={"labels": read_labels(path.parent, facts.labels_file, path),
-                                             "labels_file": None})
-    given: dict[str, Any] = {"source": str(args.config or "the command line")}
-    if args.labels is not None:
-        given["labels"] = read_labels(args.labels.parent, args.labels.name, "--labels")
-    if args.task is not None:
-        given["task"] = args.task
-    if args.description is not None:
-        given["description"] = args.description
-    return ModelFacts(**given).over(facts) if len(given) > 1 else facts.model_copy(update=given)
+    """--config's facts (read as the server reads a config.json), the other flags on top."""
+    facts = facts_from_json(args.config) if args.config is not None else NO_FACTS
+    labels = read_labels(args.labels.parent, args.labels.name, "--labels") if args.labels is not None else None
+    flags: dict[str, Any] = {k: v for k, v in {"labels": labels, "task": args.task,
+                                                "description": args.description}.items() if v is not None}
+    return ModelFacts(**flags, source="the command line").over(facts) if flags else facts
 
 
-def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts) -> tuple[Manifest, Path]:
+def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside: Path) -> tuple[Manifest, Path]:
     """Build the new version in a hidden folder beside the others, then rename it into
     place: a server polling the repository never sees half a version."""
     model_root = model_dir / name
@@ -101,9 +89,8 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts) -> tupl
         shutil.copyfile(source, staging / DROP_IN_FILE)
         facts = facts.model_copy(update={"model_file": DROP_IN_FILE})
         vocabulary = getattr(facts.preprocessing, "vocabulary_file", None)
-        if vocabulary is not None:
-            config_dir = Path(facts.source).parent if facts.source.endswith(".json") else source.parent
-            shutil.copyfile(config_dir / vocabulary, staging / vocabulary)
+        if vocabulary is not None:  # a text model's: beside its config.json (`beside`)
+            shutil.copyfile(beside / vocabulary, staging / vocabulary)
         model_bytes = (staging / DROP_IN_FILE).read_bytes()
         settings = Settings()
         options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
@@ -117,7 +104,7 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts) -> tupl
         manifest = manifest.model_copy(update={
             "description": facts.description or f"{name}: imported from {source.name}",
             "packages": {"onnxruntime": onnxruntime.__version__}})
-        write_manifest(staging, Manifest.model_validate(manifest.model_dump()))
+        write_manifest(staging, manifest)
         staging.rename(named)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -178,10 +165,7 @@ def check_repository(argv: list[str]) -> int:
 
 def _check_version(folder: Path, settings: Settings, options: OrtOptions) -> str | None:
     try:
-        read_facts(folder)
-        model = load_version(folder, settings, options)
-    except FactsError as e:
-        return f"{folder}: {e}"
+        model = load_version(folder, settings, options)  # configuration files included: LoadError "config"
     except LoadError as e:
         return e.message if str(folder) in e.message else f"{folder}: {e.message}"
     b = model.manifest.batching

@@ -83,3 +83,18 @@ class BinaryReader:
 
 def to_little_endian_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def strings_to_bytes(array: np.ndarray) -> bytes:
+    """Triton's binary form of a BYTES tensor: each element's 4-byte little-endian length, then its bytes."""
+    parts = []
+    for value in array.flat:
+        data = utf8(value)
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def utf8(value: object) -> bytes:
+    """A BYTES element as bytes: ORT gives strings, a client's binary input gives bytes."""
+    return value if isinstance(value, bytes) else str(value).encode()

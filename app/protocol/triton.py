@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.manifest import Manifest, TensorSpec
+from app.manifest import Manifest, TensorSpec, triton_type
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -66,8 +66,7 @@ def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, An
     out = []
     for t in specs:
         dims = triton_shape(t.shape)[1:] if batches else t.shape
-        entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-                                 "dims": dims}
+        entry: dict[str, Any] = {"name": t.name, "data_type": triton_type(t.datatype), "dims": dims}
         if batches and t.shape == [-1]:
             entry["reshape"] = {"shape": []}
         out.append(entry)

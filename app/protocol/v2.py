@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.codecs import Codec
 from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
-from app.protocol.binary import BinaryReader, split_body, to_little_endian_bytes
+from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
 from app.protocol.values import json_object, positive_timeout
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
@@ -305,12 +305,9 @@ _STRING_GUESS = 16
 
 
 def _string_bytes(value: object, binary: bool) -> int:
-    size = len(_utf8(value))
+    size = len(utf8(value))
     return 4 + size if binary else 6 * size + 3  # binary: its length prefix; JSON: worst-case escapes
 
-
-def _utf8(value: object) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
@@ -352,16 +349,6 @@ def classified(scores: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
     text = [f"{v:f}:{i}:{labels[i]}" if i < len(labels) else f"{v:f}:{i}"
             for v, i in zip(values.ravel().tolist(), top.ravel().tolist(), strict=True)]
     return np.array(text, dtype=object).reshape(top.shape)
-
-
-def strings_to_bytes(array: np.ndarray) -> bytes:
-    """Triton's binary form of a BYTES tensor: each element's 4-byte little-endian length, then its bytes."""
-    parts = []
-    for value in array.flat:
-        data = _utf8(value)
-        parts.append(len(data).to_bytes(4, "little"))
-        parts.append(data)
-    return b"".join(parts)
 
 
 class V2Exchange:

@@ -61,11 +61,8 @@ async def repository_index(request: Request) -> Response:
                          "field is a 400 that names it.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
-    authorize_admin(request, changes=True)
-    options = await _options(request)
-    override = _override(options, name)
-    await services(request).repository.load(name, override)
-    return Response(status_code=200)
+    repository = services(request).repository
+    return await _change(request, lambda options: repository.load(name, _override(options, name)))
 
 
 def _override(options: dict[str, Any], name: str) -> ModelFacts | None:
@@ -88,13 +85,13 @@ def _override(options: dict[str, Any], name: str) -> ModelFacts | None:
              description="Every version stops taking requests, finishes those it has, then unloads.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def unload_model(request: Request, name: ModelName) -> Response:
-    return await _change(request, services(request).repository.unload, name)
+    repository = services(request).repository
+    return await _change(request, lambda _: repository.unload(name))
 
 
-async def _change(request: Request, change: Callable[[str], Awaitable[object]], name: str) -> Response:
-    """Load or unload: the admin check, the (optional) body read, then the change."""
+async def _change(request: Request, change: Callable[[dict[str, Any]], Awaitable[object]]) -> Response:
+    """Load or unload: the admin check, the (optional) body read, then the change, given the body."""
     authorize_admin(request, changes=True)
-    await _options(request)
-    await change(name)
+    await change(await _options(request))
     return Response(status_code=200)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,10 +57,20 @@ async def until(condition: Callable[[], bool], turns: int = 1000) -> None:
     raise AssertionError("condition never held")
 
 
-def make(infer: object, **policy: object) -> DynamicBatcher:
-    batcher = DynamicBatcher("m", infer, batch_policy(**policy))  # type: ignore[arg-type]
+def make(infer: object, on_batch: Callable[[BatchRecord], None] | None = None, **policy: object) -> DynamicBatcher:
+    batcher = DynamicBatcher("m", infer, batch_policy(**policy), on_batch=on_batch)  # type: ignore[arg-type]
     batcher.start()
     return batcher
+
+
+async def running_behind_a_gate(**policy: object) -> tuple[Recorder, threading.Event, DynamicBatcher, Any]:
+    """A batcher whose first request (1 row) is running, held in the model until the gate opens."""
+    gate = threading.Event()
+    infer = Recorder(gate)
+    batcher = make(infer, **policy)
+    running = await batcher.run_or_queue(rows(1))
+    await infer.wait_entered()
+    return infer, gate, batcher, running
 
 
 async def test_each_request_gets_its_own_rows_back_in_order() -> None:
@@ -87,11 +98,14 @@ async def test_batches_never_exceed_max_batch_size_and_large_requests_are_split(
     await batcher.stop()
 
 
-async def test_an_idle_model_runs_a_request_at_once_whatever_the_delay() -> None:
+def recorded(**policy: Any) -> tuple[DynamicBatcher, list[BatchRecord]]:
+    """A started batcher of the doubling Recorder model, and the records of its batches."""
     records: list[BatchRecord] = []
-    batcher = DynamicBatcher("m", Recorder(), batch_policy(max_batch_size=64, max_queue_delay_s=3600.0),
-                             on_batch=records.append)
-    batcher.start()
+    return make(Recorder(), on_batch=records.append, **policy), records
+
+
+async def test_an_idle_model_runs_a_request_at_once_whatever_the_delay() -> None:
+    batcher, records = recorded(max_batch_size=64, max_queue_delay_s=3600.0)
     out = await asyncio.wait_for(await batcher.run_or_queue(rows(1)), 10)  # an hour's delay is not waited out
     np.testing.assert_array_equal(out["y"], [[2]])
     await batcher.stop()
@@ -237,11 +251,7 @@ async def test_a_model_returning_the_wrong_number_of_rows_fails_that_batch() -> 
 
 
 async def test_cancelled_waiting_request_is_dropped_before_it_runs() -> None:
-    gate = threading.Event()
-    infer = Recorder(gate)
-    batcher = make(infer, max_batch_size=1)
-    running = await batcher.run_or_queue(rows(1))
-    await infer.wait_entered()
+    infer, gate, batcher, running = await running_behind_a_gate(max_batch_size=1)
     cancelled = await batcher.run_or_queue(rows(99))
     kept = await batcher.run_or_queue(rows(3))
     cancelled.cancel()
@@ -320,11 +330,7 @@ async def test_stop_waits_for_a_running_batch_then_refuses_new_requests() -> Non
 
 
 async def test_stop_fails_what_is_still_queued_after_its_timeout() -> None:
-    gate = threading.Event()
-    infer = Recorder(gate)
-    batcher = make(infer, max_batch_size=1)
-    running = await batcher.run_or_queue(rows(1))
-    await infer.wait_entered()
+    infer, gate, batcher, running = await running_behind_a_gate(max_batch_size=1)
     stuck = await batcher.run_or_queue(rows(2))
     stopping = asyncio.ensure_future(batcher.stop(timeout_s=0.01))
     # The timeout passes while the gate is shut: the queued request fails with 503 ...
@@ -385,10 +391,7 @@ async def test_a_request_arriving_beside_others_goes_through_the_queue_even_when
 
 
 async def test_run_or_queue_runs_a_lone_request_at_once_and_batches_a_crowd() -> None:
-    records: list[BatchRecord] = []
-    batcher = DynamicBatcher("m", Recorder(), batch_policy(inline_rows=1, max_batch_size=64),
-                             on_batch=records.append)
-    batcher.start()
+    batcher, records = recorded(inline_rows=1, max_batch_size=64)
     await (await batcher.run_or_queue(rows(1)))  # alone: one batch of one
     crowd = await asyncio.gather(*(batcher.run_or_queue(rows(i)) for i in range(10)))  # arrive together
     await asyncio.gather(*crowd)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from app.errors import InvalidInput
-from app.protocol.binary import BinaryReader
-from app.protocol.v2 import classified, strings_to_bytes
+from app.protocol.binary import BinaryReader, strings_to_bytes
+from app.protocol.v2 import classified
 
 
 def test_strings_round_trip_through_the_binary_form() -> None:
