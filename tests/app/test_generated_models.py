@@ -150,7 +150,7 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
 
 def _perf_analyzer() -> str | None:
     """Triton's perf_analyzer: $ORTSERVE_PERF_ANALYZER, else the shared tools' copy. CI
-    sets the variable, and there a missing tool fails rather than skips."""
+    sets the variable, and fails if it cannot set the tool up: there these tests always run."""
     given = os.environ.get("ORTSERVE_PERF_ANALYZER")
     if given:
         return given
@@ -162,7 +162,8 @@ def _perf_analyzer() -> str | None:
 def test_perf_analyzer_runs_against_it_with_its_random_inputs(running: ServerProcess, name: str) -> None:
     tool = _perf_analyzer()
     if tool is None:
-        pytest.skip("perf_analyzer not found (../shared/tools/perf_analyzer as root, or ORTSERVE_PERF_ANALYZER)")
+        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
+                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
     command = [tool, "-m", name, "-u", running.url.removeprefix("http://"), "-i", "http",
                "--concurrency-range", "2", "--measurement-interval", "500", "--stability-percentage", "100",
                "--max-trials", "3"]
