@@ -100,12 +100,19 @@ def preflight(settings: Settings) -> str | None:
     if not model_dir.is_dir():
         return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "
                 "repository root, or point to the models with --model-dir DIR or ORTSERVE_MODEL_DIR")
-    try:
-        with socket.create_server((settings.host, settings.port), reuse_port=False) as probe:
-            probe.close()
-    except OSError as e:
-        reason = "address already in use (is another server running?)" if e.errno == errno.EADDRINUSE else e.strerror
-        return f"cannot listen on {settings.host}:{settings.port}: {reason}; choose another with --port or ORTSERVE_PORT"
+    ports = [(settings.port, "--port or ORTSERVE_PORT")]
+    if settings.grpc:
+        if settings.grpc_port == settings.port:
+            return (f"the gRPC port is the HTTP port ({settings.port}): choose another with --grpc-port or "
+                    "ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc")
+        ports.append((settings.grpc_port, "--grpc-port or ORTSERVE_GRPC_PORT (or --no-grpc)"))
+    for port, flags in ports:
+        try:
+            with socket.create_server((settings.host, port), reuse_port=False) as probe:
+                probe.close()
+        except OSError as e:
+            reason = "address already in use (is another server running?)" if e.errno == errno.EADDRINUSE else e.strerror
+            return f"cannot listen on {settings.host}:{port}: {reason}; choose another with {flags}"
     return None
 
 

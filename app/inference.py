@@ -24,7 +24,9 @@ class Exchange(Protocol[Answer]):
     model's input tensors, checked whole, and returns what the answer needs of the
     request (`kept`); the rest of the request is dropped before the model runs."""
 
-    def parse(self, body: bytes) -> Any: ...
+    def parse(self, body: Any) -> Any:
+        """The request from its body: bytes over HTTP, the transport's message over gRPC."""
+        ...
 
     def heavy(self, parsed: Any, codec: Codec) -> bool:
         """Whether decoding is too much work for the event loop although the body is small."""
@@ -58,18 +60,19 @@ class Limits(Protocol):
         ...
 
 
-async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answer], limits: Limits,
+async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer], limits: Limits,
                         offload: Offload, arrived: float, timeout_s: float | None = None,
-                        client_gone: Callable[[], bool] | None = None) -> Answer:
+                        client_gone: Callable[[], bool] | None = None, body_bytes: int | None = None) -> Answer:
     """Decode, infer, encode one request that arrived at `arrived` (time.monotonic()).
     Its deadline: the timeout the protocol asks for, else `timeout_s` (the transport's, a
     header say), at most the server's. Off the event loop: decoding a body over
     HEAVY_BODY_BYTES (its parse and tensors in one hop) or one the exchange calls heavy,
     and encoding an answer that large. The body, the parsed request and the inputs are
     dropped as soon as they are used, before the answer is built. Plain arguments, no
-    object per request: this is every request's path."""
+    object per request: this is every request's path. `body_bytes`: the size of a body that is
+    not bytes (a gRPC message, parsed by the transport)."""
     manifest, codec = model.manifest, model.codec
-    if len(body) > HEAVY_BODY_BYTES:
+    if (len(body) if body_bytes is None else body_bytes) > HEAVY_BODY_BYTES:
         kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
     else:
         parsed = exchange.parse(body)
@@ -94,6 +97,6 @@ async def run_inference(model: ServedModel, body: bytes, exchange: Exchange[Answ
     return exchange.answer(kept, manifest, outputs)
 
 
-def _decode(exchange: Exchange[Any], body: bytes, manifest: Manifest, codec: Codec
+def _decode(exchange: Exchange[Any], body: Any, manifest: Manifest, codec: Codec
             ) -> tuple[Any, dict[str, np.ndarray]]:
     return exchange.decode(exchange.parse(body), manifest, codec)

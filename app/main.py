@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.errors import StrictModelsRefused
+from app.grpc.server import GrpcServer
+from app.grpc.service import InferenceService
 from app.http.budget import RequestBudget
 from app.http.connections import LIMITS_STATE, HttpLimits
 from app.http.docs_pages import add_docs_pages
@@ -70,8 +72,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=resolved, repository=repository, metrics=app.metrics, budget=RequestBudget(resolved),
             offload=Offload(resolved.decode_threads), api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
+        grpc_server = None
+        if resolved.grpc:
+            grpc_server = GrpcServer(InferenceService(services), resolved)
+            try:
+                await grpc_server.start()
+            except OSError:
+                await repository.stop()
+                raise
         background = start_background_tasks(repository, resolved, worker_metrics)
-        delay_sigterm(services.start_draining, resolved.drain_delay_s)
+        # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
+        delay_sigterm(services.start_draining, resolved.drain_delay_s,
+                      closing=grpc_server.begin_stop if grpc_server is not None else None)
         try:
             # uvicorn hands this state to every connection it makes: how the HTTP limits reach them
             yield {LIMITS_STATE: HttpLimits.from_settings(resolved)}
@@ -80,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if grpc_server is not None:  # its accepted calls finish before the models go
+                await grpc_server.stop()
             await repository.stop()
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()

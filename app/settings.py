@@ -40,7 +40,7 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "The server": ("host", "port", "workers", "metrics_dir", "log_format", "log_level", "access_log",),
+    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "log_format", "log_level", "access_log",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
@@ -55,7 +55,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                   "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
                                   "image_formats", "decode_threads",),
     "Connections": ("max_connections", "max_header_bytes", "max_header_count", "header_timeout_s",
-                    "keep_alive_s",),
+                    "keep_alive_s", "max_grpc_calls",),
 }
 """Every setting under its heading, in the order of the class: the README's table and
 `--help` group them so (tests/app/test_cli.py checks each is listed once, in order)."""
@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     """Address to bind. The default serves this machine only; use 0.0.0.0 inside a container."""
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on."""
+    grpc: bool = True
+    """Serve the KServe V2 protocol over gRPC as well (inference.GRPCInferenceService, with
+    the standard health service and server reflection) on grpc_port."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the gRPC service (Triton's default), on the same host address."""
     workers: int = Field(default=1, ge=1)
     """uvicorn worker processes; each loads every model and batches on its own, and /metrics
     answers for all of them (metrics_dir)."""
@@ -224,6 +229,8 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(default=5.0, gt=0)
     """A connection with no request running, new or between requests, is closed after this
     long without a byte."""
+    max_grpc_calls: int = Field(default=4096, ge=1)
+    """gRPC calls handled at once per worker; beyond it a new call gets RESOURCE_EXHAUSTED."""
 
     @field_validator("providers", mode="before")
     @classmethod

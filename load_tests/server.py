@@ -32,7 +32,11 @@ class ServerProcess:
         `checkout`: the source tree whose `app` runs (another git worktree, to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        # The gRPC service's port, free as the HTTP one: through the environment, which a
+        # checkout from before gRPC (load_tests/versions.py) ignores.
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        self.env = {**os.environ, "ORTSERVE_GRPC_PORT": str(self.grpc_port), **(env or {})}
         if asgi:
             self.command = [sys.executable, "-m", "uvicorn", asgi, "--host", "127.0.0.1",
                             "--port", str(self.port), "--no-access-log", "--loop", "uvloop", "--http", "httptools",

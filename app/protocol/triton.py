@@ -8,6 +8,9 @@ from typing import Any
 from app.manifest import Manifest, TensorSpec, triton_type
 
 PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "ortserve"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+"""The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
 
 
 def triton_shape(shape: list[int], batches: bool = True) -> list[int]:

@@ -314,12 +314,7 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
                     ) -> tuple[bytes, int | None]:
     """(body, JSON header length if any output is binary, else None)."""
     entries, blobs = [], []
-    first = manifest.outputs[0].name
-    for name in answered_outputs(request, manifest):
-        array = outputs[name] if manifest.batches else outputs[name][0]  # no batch axis: as the model gave it
-        k = classification_of(request, name) if request.outputs else None
-        if k is not None:
-            array = classified(array, k, manifest.labels if name == first else [])
+    for name, array in answered_arrays(request, manifest, outputs):
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
         if wants_binary(request, name):
             blob = strings_to_bytes(array) if array.dtype.kind == "O" else to_little_endian_bytes(array)
@@ -338,6 +333,20 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def answered_arrays(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
+                    ) -> list[tuple[str, np.ndarray]]:
+    """The answer's tensors, by name, as they are sent: a model that does not batch as it
+    gave them (no batch axis), classified where the request asks for it."""
+    answered, first = [], manifest.outputs[0].name
+    for name in answered_outputs(request, manifest):
+        array = outputs[name] if manifest.batches else outputs[name][0]
+        k = classification_of(request, name) if request.outputs else None
+        if k is not None:
+            array = classified(array, k, manifest.labels if name == first else [])
+        answered.append((name, array))
+    return answered
 
 
 def classified(scores: np.ndarray, k: int, labels: list[str]) -> np.ndarray:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.errors import ModelNotFound, ModelNotReady, ServingError
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from app.loading import LoadError
 from app.manifest import VersionPolicy
-from app.model_facts import ModelFacts
+from app.model_facts import FactsError, ModelFacts, from_triton_json
 from app.observability.metrics import Metrics
 from app.observability.stats import ModelStats
 from app.repository.disk import ModelFolders, Signature
@@ -34,6 +34,19 @@ from app.served_model import Lease, ServedModel
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def load_override(config: object, name: str) -> ModelFacts | None:
+    """Triton's `config` parameter of a load request (HTTP's `parameters.config`, gRPC's
+    `parameters["config"]`): a model configuration in JSON, as a string; None when absent."""
+    if config is None:
+        return None
+    if not isinstance(config, str):
+        raise InvalidInput("parameters.config must be a string holding the model configuration as JSON")
+    try:
+        return from_triton_json(config, name, "parameters.config")
+    except FactsError as e:
+        raise InvalidInput(str(e)) from e
 
 
 class ModelRepository:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import Path, Request
 
-from app.errors import Forbidden, Unauthorized
+from app.access import check_admin, check_api_key
 from app.http.responses import header
 from app.http.services import Services, services
 from app.protocol.v2 import ErrorResponse
@@ -44,41 +43,14 @@ Version = Annotated[str, Path(description="One of the model's served versions (i
 """Path parameters, documented once; the OpenAPI document fills in a served version (openapi.py)."""
 
 
-def bearer_token(request: Request) -> str | None:
-    value = header(request, b"authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-def matches_any(token: str | None, secrets: list[bytes]) -> bool:
-    """Constant-time comparison with every secret (no early exit on the first match)."""
-    given = (token or "").encode("utf-8", "surrogateescape")
-    found = False
-    for secret in secrets:
-        found |= hmac.compare_digest(given, secret)
-    return found and token is not None
-
-
 def authorize(request: Request, found: Services) -> None:
-    """The inference endpoints' API key check; nothing to do unless keys are configured."""
-    keys = found.api_keys
-    if keys and not matches_any(bearer_token(request), keys):
-        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+    """The inference endpoints' API key check (app/access.py)."""
+    check_api_key(header(request, b"authorization"), found.api_keys)
 
 
 def authorize_admin(request: Request, *, changes: bool) -> None:
-    """The repository API's check: off without an admin token, 401 for a wrong or missing
-    token, 403 for load and unload where the control mode does not allow them."""
+    """The repository API's check (app/access.py): 403 while it is off or for a change the
+    control mode does not allow, 401 for a wrong or missing token."""
     found = services(request)
-    token = found.admin_token
-    if token is None:
-        raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
-                        "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
-    if not matches_any(bearer_token(request), [token]):
-        raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
-    mode = found.settings.model_control_mode
-    if changes and mode != "explicit":
-        raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
-                        f"mode; this server runs in {mode!r} mode")
+    check_admin(header(request, b"authorization"), found.admin_token, found.settings.model_control_mode,
+                changes=changes)

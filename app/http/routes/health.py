@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, Response
 
 from app import __version__
 from app.http.services import services
+from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2 import MetadataServerResponse
 
 router = APIRouter(tags=["health"])
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
 @router.get("/v2/health/live", summary="Liveness: the process answers", response_class=Response,
@@ -35,4 +35,4 @@ async def ready(request: Request) -> Response:
 @router.get("/v2", response_model=MetadataServerResponse, summary="Server metadata",
             description="The server's name, version and the protocol extensions it supports (Triton's names).")
 async def server_metadata() -> MetadataServerResponse:
-    return MetadataServerResponse(name="ortserve", version=__version__, extensions=EXTENSIONS)
+    return MetadataServerResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)

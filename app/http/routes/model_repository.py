@@ -15,9 +15,10 @@ from app.errors import InvalidInput
 from app.http.responses import JSONResponse
 from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
-from app.model_facts import FactsError, ModelFacts, from_triton_json
+from app.model_facts import ModelFacts
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
+from app.repository import load_override
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -66,19 +67,10 @@ async def load_model(request: Request, name: ModelName) -> Response:
 
 
 def _override(options: dict[str, Any], name: str) -> ModelFacts | None:
-    """Triton's `parameters.config`: a model configuration in JSON, as a string."""
     parameters = options.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("parameters must be an object")
-    config = parameters.get("config")
-    if config is None:
-        return None
-    if not isinstance(config, str):
-        raise InvalidInput("parameters.config must be a string holding the model configuration as JSON")
-    try:
-        return from_triton_json(config, name, "parameters.config")
-    except FactsError as e:
-        raise InvalidInput(str(e)) from e
+    return load_override(parameters.get("config"), name)
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",

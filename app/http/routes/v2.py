@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
+from app import model_views
 from app.http.budget import client_gone
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
@@ -13,24 +12,10 @@ from app.http.responses import JSONResponse, header
 from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize
 from app.http.services import services
 from app.inference import run_inference
-from app.protocol import triton
 from app.protocol.binary import HEADER_LENGTH
 from app.protocol.v2 import InferenceRequest, InferenceResponse, MetadataModelResponse, V2Exchange
-from app.served_model import ServedModel
 
 router = APIRouter(tags=["v2"])
-
-
-def _metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
-    return triton.model_metadata(model.manifest, versions, model.variant, model.session.providers)
-
-
-def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any]:
-    policy = model.batcher.policy
-    return triton.model_config(model.manifest, variant=model.variant, device=model.device,
-                               max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
-                               concurrent_batches=policy.concurrent_batches, version_policy=version_policy,
-                               told_by=model.told_by, ignored=model.ignored, verified=model.verified)
 
 
 # Registered before /v2/models/{name}, which would otherwise take "stats" for a model name.
@@ -38,7 +23,7 @@ def _config(model: ServedModel, version_policy: dict[str, Any]) -> dict[str, Any
             description="Triton's statistics extension: per served model version, request and batch counts "
                         "and the time spent queued, preparing inputs, computing and answering.")
 async def all_stats(request: Request) -> Response:
-    return JSONResponse({"model_stats": [m.stats.as_triton(m.name, m.version) for m in services(request).repository.all()]})
+    return JSONResponse({"model_stats": model_views.statistics(services(request).repository)})
 
 
 _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, datatypes, shapes with -1 for "
@@ -51,14 +36,14 @@ _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, 
             description=_METADATA_DESCRIPTION + " `versions` lists every served version.")
 async def model_metadata(request: Request, name: ModelName) -> Response:
     models = services(request).repository
-    return JSONResponse(_metadata(models.get(name), models.versions_of(name)))
+    return JSONResponse(model_views.metadata(models.get(name), models.versions_of(name)))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse, responses=MODEL_ERRORS,
             summary="Metadata of one model version", description=_METADATA_DESCRIPTION)
 async def version_metadata(request: Request, name: ModelName, version: Version) -> Response:
     model = services(request).repository.get(name, version)
-    return JSONResponse(_metadata(model, [model.version]))
+    return JSONResponse(model_views.metadata(model, [model.version]))
 
 
 _READY_DESCRIPTION = "200 with an empty body when it serves requests; 404 or 503 (with the reason) when not."
@@ -86,31 +71,26 @@ _CONFIG_DESCRIPTION = ("Triton's model configuration, as its tools (perf_analyze
 @router.get("/v2/models/{name}/config", responses=MODEL_ERRORS, summary="Triton model configuration",
             description=_CONFIG_DESCRIPTION)
 async def model_config(request: Request, name: ModelName) -> Response:
-    models = services(request).repository
-    return JSONResponse(_config(models.get(name), models.policy_of(name).as_triton()))
+    return JSONResponse(model_views.config(services(request).repository, name))
 
 
 @router.get("/v2/models/{name}/versions/{version}/config", responses=MODEL_ERRORS,
             summary="Triton model configuration of one version", description=_CONFIG_DESCRIPTION)
 async def version_config(request: Request, name: ModelName, version: Version) -> Response:
-    models = services(request).repository
-    return JSONResponse(_config(models.get(name, version), models.policy_of(name).as_triton()))
+    return JSONResponse(model_views.config(services(request).repository, name, version))
 
 
 @router.get("/v2/models/{name}/stats", responses=MODEL_ERRORS, summary="Triton statistics of one model",
             description="Triton's statistics of every served version of the model (see /v2/models/stats).")
 async def model_stats(request: Request, name: ModelName) -> Response:
-    models = services(request).repository
-    models.get(name)  # 404 / 503 when it is not served
-    return JSONResponse({"model_stats": [stats.as_triton(name, v) for v, stats in models.stats_of(name)]})
+    return JSONResponse({"model_stats": model_views.statistics(services(request).repository, name)})
 
 
 @router.get("/v2/models/{name}/versions/{version}/stats", responses=MODEL_ERRORS,
             summary="Triton statistics of one model version",
             description="Triton's statistics of one served version (see /v2/models/stats).")
 async def version_stats(request: Request, name: ModelName, version: Version) -> Response:
-    model = services(request).repository.get(name, version)
-    return JSONResponse({"model_stats": [model.stats.as_triton(model.name, model.version)]})
+    return JSONResponse({"model_stats": model_views.statistics(services(request).repository, name, version)})
 
 
 _INFER_DOC = {

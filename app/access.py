@@ -1,0 +1,45 @@
+"""Who may call what: the API keys of the inference calls and the admin token of the
+repository API, one set of rules for every transport (app/http reads the `Authorization`
+header, app/grpc the `authorization` metadata; both hand its value here)."""
+
+from __future__ import annotations
+
+import hmac
+
+from app.errors import Forbidden, Unauthorized
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value; None for any other scheme."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def matches_any(token: str | None, secrets: list[bytes]) -> bool:
+    """Constant-time comparison with every secret (no early exit on the first match)."""
+    given = (token or "").encode("utf-8", "surrogateescape")
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given, secret)
+    return found and token is not None
+
+
+def check_api_key(authorization: str | None, keys: list[bytes]) -> None:
+    """The inference calls' check; nothing to do unless keys are configured."""
+    if keys and not matches_any(bearer_token(authorization), keys):
+        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+
+
+def check_admin(authorization: str | None, token: bytes | None, control_mode: str, *, changes: bool) -> None:
+    """The repository API's check: off without an admin token, Unauthorized for a wrong or
+    missing token, Forbidden for load and unload where the control mode does not allow them."""
+    if token is None:
+        raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
+                        "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
+    if not matches_any(bearer_token(authorization), [token]):
+        raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
+    if changes and control_mode != "explicit":
+        raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
+                        f"mode; this server runs in {control_mode!r} mode")

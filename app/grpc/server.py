@@ -1,0 +1,123 @@
+"""The gRPC server: the V2 inference service (service.py), the standard health service and
+server reflection, on `grpc_port` and on the event loop that serves HTTP.
+
+Health answers from the same readiness as /v2/health/ready (every model that should serve
+does, and no drain): Check reads it on each call; Watch streams its changes, polled every
+HEALTH_POLL_S. On SIGTERM it turns NOT_SERVING with HTTP's readiness; when HTTP's listener
+closes, so does this server (`begin_stop`): calls already accepted have shutdown_grace_s
+to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from app.grpc.service import SERVICE, InferenceService
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 0.5
+IDLE_CONNECTION_S = 300
+"""A connection with no call for this long is closed (the client reconnects when it next
+calls): idle connections must not pile up, yet gRPC clients keep theirs for many calls."""
+SEND_SLACK_BYTES = 1 << 20
+"""Room above max_response_bytes for a message's framing: answers are bounded before they are
+computed (app/inference.py), so this limit only catches what that bound missed."""
+
+
+class _Health(health_aio.HealthServicer):
+    """grpc.health.v1.Health whose Check reads readiness at the time of the call."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        super().__init__()
+        self._ready = ready
+
+    def status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        return health_pb2.HealthCheckResponse.SERVING if self._ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+                    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r} here")
+        return health_pb2.HealthCheckResponse(status=self.status())
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    def __init__(self, service: InferenceService, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self._server: grpc.aio.Server | None = None
+        self._health = _Health(service.ready)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.max_body_bytes),
+            ("grpc.max_send_message_length", s.response_limit_bytes + SEND_SLACK_BYTES),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
+            # gRPC shares a port between processes unless told not to: with one worker a
+            # second server must fail on a taken port, not serve half its calls; with
+            # several, each worker binds the port and the kernel spreads the connections.
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_grpc_calls)
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        where = address(s.host, s.grpc_port)
+        try:
+            server.add_insecure_port(where)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen for gRPC on {where} ({e}); choose another port with --grpc-port "
+                          "or ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc") from None
+        await server.start()
+        self._server = server
+        await self._sync_health()
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="grpc-health"))
+        logger.info("gRPC (KServe V2, health, reflection) on %s", where)
+
+    async def _sync_health(self) -> None:
+        status = self._health.status()
+        for service in ("", SERVICE):
+            await self._health.set(service, status)
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_POLL_S)
+            await self._sync_health()
+
+    def begin_stop(self) -> None:
+        """Stop taking calls now; those accepted have shutdown_grace_s to finish (then they
+        are cancelled). Called as HTTP's listener closes; `stop` waits for it."""
+        if self._server is None or self._stopping is not None:
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._stopping = asyncio.create_task(self._stop(self._server), name="grpc-stop")
+
+    async def _stop(self, server: grpc.aio.Server) -> None:
+        await self._health.enter_graceful_shutdown()
+        await server.stop(self.settings.shutdown_grace_s)
+        logger.info("gRPC stopped")
+
+    async def stop(self) -> None:
+        self.begin_stop()
+        if self._stopping is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stopping

@@ -1,0 +1,264 @@
+"""`inference.GRPCInferenceService`: the KServe V2 protocol over gRPC, on the same
+repository, batchers, deadlines, admission bounds and metrics as the HTTP routes.
+
+Every call is one coroutine on the event loop that also serves HTTP (grpc.aio). ModelInfer
+takes the message's bytes as they arrived and goes down the one inference path
+(app/inference.py) with the gRPC exchange (app/protocol/v2_grpc.py); the other calls answer
+from the same views of the repository as HTTP (app/model_views.py). Errors are the HTTP
+path's, under gRPC's codes (app/grpc/status.py). The service's calls that Triton has and
+this server does not (streaming, shared memory, trace and log settings) answer
+UNIMPLEMENTED, as grpc does for any method no handler serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import service_pb2 as pb
+
+from app import __version__, model_views
+from app.access import check_admin, check_api_key
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
+from app.grpc.status import code_of
+from app.inference import Limits, run_inference
+from app.observability.metrics import Metrics
+from app.offload import HEAVY_BODY_BYTES, Offload
+from app.protocol.triton import EXTENSIONS, SERVER_NAME
+from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
+from app.repository import ModelRepository, load_override
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+"""inference.GRPCInferenceService: KServe's and Triton's name alike."""
+
+
+class LargeBodies(Protocol):
+    """The bound on large bodies held at once (app/http/budget.py `LargeBodies`)."""
+
+    def take(self, scope: MutableMapping[str, Any], size: int) -> None: ...
+
+    def release(self, scope: MutableMapping[str, Any]) -> None: ...
+
+
+class Budget(Limits, Protocol):
+    large_bodies: LargeBodies
+
+
+class Serving(Protocol):
+    """What the calls need of the running service: the HTTP routes' services
+    (app/http/services.py), which app/main.py hands over."""
+
+    settings: Settings
+    repository: ModelRepository
+    metrics: Metrics
+    budget: Budget
+    offload: Offload
+    api_keys: list[bytes]
+    admin_token: bytes | None
+    draining: bool
+
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class InferenceService:
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        self._collectors: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._models_seen: set[str] = set()
+
+    def ready(self) -> bool:
+        """The readiness of /v2/health/ready: every model that should serve does, and no drain."""
+        return self.serving.repository.ready and not self.serving.draining
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        by_name = lambda request: request.name  # noqa: E731
+        calls: dict[str, tuple[Behaviour, Callable[[Any], Any], Callable[[Any], str]]] = {
+            "ServerLive": (self._server_live, pb.ServerLiveRequest.FromString, lambda _: ""),
+            "ServerReady": (self._server_ready, pb.ServerReadyRequest.FromString, lambda _: ""),
+            "ModelReady": (self._model_ready, pb.ModelReadyRequest.FromString, by_name),
+            "ServerMetadata": (self._server_metadata, pb.ServerMetadataRequest.FromString, lambda _: ""),
+            "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest.FromString, by_name),
+            "ModelInfer": (self._model_infer, _read_infer, _infer_model),
+            "ModelConfig": (self._model_config, pb.ModelConfigRequest.FromString, by_name),
+            "ModelStatistics": (self._model_statistics, pb.ModelStatisticsRequest.FromString, by_name),
+            "RepositoryIndex": (self._repository_index, pb.RepositoryIndexRequest.FromString, lambda _: ""),
+            "RepositoryModelLoad": (self._repository_load, pb.RepositoryModelLoadRequest.FromString,
+                                    lambda request: request.model_name),
+            "RepositoryModelUnload": (self._repository_unload, pb.RepositoryModelUnloadRequest.FromString,
+                                      lambda request: request.model_name),
+        }
+        handlers = {}
+        for method, (behaviour, read, model_of) in calls.items():
+            # ModelInfer's answer is serialized already (app/protocol/v2_grpc.py); the others' here.
+            write = None if method == "ModelInfer" else _serialize
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                self._call(method, behaviour, model_of), request_deserializer=read, response_serializer=write)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _call(self, method: str, behaviour: Behaviour, model_of: Callable[[Any], str]) -> Behaviour:
+        """One call: its behaviour, its error as a status, and its metrics (as HTTP's, with
+        the endpoint `grpc.<Method>` and the code's name as the status)."""
+        endpoint = f"grpc.{method}"
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                return await behaviour(request, context)
+            except ServingError as e:
+                code, message = code_of(e), e.message
+                if isinstance(e, QueueFull):
+                    context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
+                elif e.status_code >= 500 and e.status_code not in (503, 504):
+                    logger.error("server error: %s", e.message)
+            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:  # nobody expected it: logged with its traceback, answered without internals
+                logger.exception("unhandled error in %s", endpoint)
+                code, message = grpc.StatusCode.INTERNAL, "internal server error"
+            finally:
+                self._record(model_of(request), endpoint, code, time.perf_counter() - started)
+            await context.abort(code, message)
+
+        return call
+
+    def _record(self, model: str, endpoint: str, code: grpc.StatusCode, seconds: float) -> None:
+        # As app/http/middleware.py: only a model that exists is a label value.
+        if model and model not in self._models_seen:
+            if self.serving.repository.serves(model):
+                self._models_seen.add(model)
+            else:
+                model = ""
+        key = (model, endpoint, code.name)
+        found = self._collectors.get(key)
+        if found is None:
+            metrics = self.serving.metrics
+            found = (metrics.requests.labels(model, endpoint, code.name),
+                     metrics.request_latency.labels(model, endpoint))
+            self._collectors[key] = found
+        found[0].inc()
+        found[1].observe(seconds)
+
+    # --- health and metadata ------------------------------------------------------------
+
+    async def _server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready())
+
+    async def _model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        """A yes or no, as Triton answers it: false for a model not served or not known."""
+        try:
+            self.serving.repository.get(request.name, request.version or None)
+        except (ModelNotFound, ModelNotReady):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def _server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+    async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        repository = self.serving.repository
+        model = repository.get(request.name, request.version or None)
+        versions = [model.version] if request.version else repository.versions_of(request.name)
+        found = model_views.metadata(model, versions)
+        found.pop("parameters")  # the gRPC message has no field for them; HTTP's metadata has
+        return json_format.ParseDict(found, pb.ModelMetadataResponse())
+
+    async def _model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        found = model_views.config(self.serving.repository, request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(found, model_config_pb2.ModelConfig()))
+
+    async def _model_statistics(self, request: pb.ModelStatisticsRequest, context: Any
+                                ) -> pb.ModelStatisticsResponse:
+        found = model_views.statistics(self.serving.repository, request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[json_format.ParseDict(s, pb.ModelStatistics()) for s in found])
+
+    # --- inference ------------------------------------------------------------------------
+
+    async def _model_infer(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
+                           context: grpc.aio.ServicerContext) -> bytes:
+        arrived = time.monotonic()
+        body, message = request
+        serving = self.serving
+        check_api_key(_authorization(context), serving.api_keys)
+        if isinstance(message, InvalidInput):
+            raise message
+        held: dict[str, Any] = {}  # large-body bytes this call holds, given back when it ends
+        if len(body) > HEAVY_BODY_BYTES:
+            serving.budget.large_bodies.take(held, len(body))
+        try:
+            async with serving.repository.lease(message.model_name, message.model_version or None) as model:
+                return await run_inference(model, message, GrpcExchange(context.time_remaining()), serving.budget,
+                                           serving.offload, arrived, client_gone=context.cancelled,
+                                           body_bytes=len(body))
+        finally:
+            serving.budget.large_bodies.release(held)
+
+    # --- the model repository -------------------------------------------------------------
+
+    def _check_admin(self, context: grpc.aio.ServicerContext, *, changes: bool) -> None:
+        serving = self.serving
+        check_admin(_authorization(context), serving.admin_token, serving.settings.model_control_mode,
+                    changes=changes)
+
+    async def _repository_index(self, request: pb.RepositoryIndexRequest, context: Any
+                                ) -> pb.RepositoryIndexResponse:
+        self._check_admin(context, changes=False)
+        entries = await self.serving.repository.index()
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=e["name"], version=e["version"], state=e["state"],
+                                                  reason=e["reason"])
+            for e in entries if not request.ready or e["state"] == "READY"])
+
+    async def _repository_load(self, request: pb.RepositoryModelLoadRequest, context: Any
+                               ) -> pb.RepositoryModelLoadResponse:
+        self._check_admin(context, changes=True)
+        config = parameter_values(request.parameters).get("config")
+        await self.serving.repository.load(request.model_name, load_override(config, request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    async def _repository_unload(self, request: pb.RepositoryModelUnloadRequest, context: Any
+                                 ) -> pb.RepositoryModelUnloadResponse:
+        self._check_admin(context, changes=True)
+        await self.serving.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _read_infer(body: bytes) -> tuple[bytes, pb.ModelInferRequest | InvalidInput]:
+    """ModelInfer's request as grpc hands it over: its bytes (their size decides what runs off
+    the loop) and the message, or why it is not one (the call answers INVALID_ARGUMENT then;
+    grpc would answer a deserializer's exception with INTERNAL)."""
+    try:
+        return body, parse_infer_request(body)
+    except InvalidInput as e:
+        return body, e
+
+
+def _infer_model(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> str:
+    message = request[1]
+    return "" if isinstance(message, InvalidInput) else message.model_name
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The `authorization` metadata, as the HTTP header (`Bearer <key>`)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None

@@ -1,0 +1,158 @@
+"""The V2 protocol over gRPC: the `inference.GRPCInferenceService` messages (Triton's
+grpc_service.proto, a superset of KServe's, as tritonclient ships them generated) through
+the inference path (app/inference.py `Exchange`).
+
+A ModelInferRequest becomes the request the HTTP path decodes (app/protocol/v2.py), so
+every check and every message about a bad input are the HTTP path's. Tensors in
+`raw_input_contents` are numpy views on the message's bytes; the typed `contents` fields
+are read as the JSON lists are. Outputs go back in `raw_output_contents`, as Triton's gRPC
+server sends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2 as pb
+
+from app.errors import InvalidInput
+from app.manifest import Manifest
+from app.protocol.binary import BinaryReader, strings_to_bytes, to_little_endian_bytes
+from app.protocol.v2 import (
+    NUMPY_TO_V2,
+    InferenceRequest,
+    RequestInput,
+    RequestOutput,
+    V2Exchange,
+    answered_arrays,
+)
+
+TYPED_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+"""Where each datatype's values go in InferTensorContents; FP16 and BF16 have no field there
+(raw_input_contents only)."""
+
+
+def parse_infer_request(body: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(body)
+    except DecodeError as e:
+        raise InvalidInput(f"the message is not a ModelInferRequest ({e})") from None
+
+
+def parameter_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A protobuf parameter map (InferParameter, ModelRepositoryParameter) as plain values."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
+class RawInputs(BinaryReader):
+    """`raw_input_contents`: one tensor's bytes per input, in the order of the inputs (the
+    order app/protocol/v2.py reads binary inputs in)."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        super().__init__(memoryview(b""))
+        self._pieces = iter(pieces)
+
+    def read(self, name: str, size: int, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+        return BinaryReader(memoryview(next(self._pieces))).read(name, size, dtype, shape)
+
+    def read_strings(self, name: str, size: int, shape: list[int]) -> np.ndarray:
+        return BinaryReader(memoryview(next(self._pieces))).read_strings(name, size, shape)
+
+    def check_consumed(self) -> None:
+        pass  # one piece per input, counted when the request was read
+
+
+def to_request(message: pb.ModelInferRequest) -> tuple[InferenceRequest, RawInputs]:
+    """The request as app/protocol/v2.py decodes it (not validated again: the message's
+    types are protobuf's), with its raw tensors. Outputs are always raw, so the answer's size
+    is bounded as binary."""
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs: with "
+                           "raw contents, every input's data is there, one tensor per input in input order")
+    inputs = []
+    for i, tensor in enumerate(message.inputs):
+        parameters = parameter_values(tensor.parameters)
+        data: Any = None
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents")
+            parameters["binary_data_size"] = len(raw[i])
+        else:
+            data = _typed_values(tensor)
+        inputs.append(RequestInput.model_construct(name=tensor.name, shape=list(tensor.shape),
+                                                   datatype=tensor.datatype, parameters=parameters, data=data))
+    outputs = [RequestOutput.model_construct(name=o.name, parameters=_output_parameters(o)) for o in message.outputs]
+    parameters = parameter_values(message.parameters) | {"binary_data_output": True}
+    request = InferenceRequest.model_construct(id=message.id or None, parameters=parameters, inputs=inputs,
+                                               outputs=outputs or None)
+    return request, RawInputs(raw)
+
+
+def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor) -> Any:
+    field = TYPED_CONTENTS.get(tensor.datatype)
+    if field is None:
+        return None  # the datatype is checked against the model's first, with its own message
+    values = getattr(tensor.contents, field)
+    if field != "bytes_contents":
+        return values
+    try:
+        return [value.decode("utf-8") for value in values]  # the model's strings are text
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {tensor.name!r}: a string of contents.bytes_contents is not UTF-8") from None
+
+
+def _output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> dict[str, Any] | None:
+    """What the answer reads of an output's parameters: Triton's `classification` (outputs
+    are raw whatever `binary_data` says)."""
+    values = parameter_values(output.parameters)
+    return {"classification": values["classification"]} if "classification" in values else None
+
+
+def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]) -> bytes:
+    """The serialized ModelInferResponse: the outputs' shapes in `outputs`, their data in
+    `raw_output_contents`."""
+    response = pb.ModelInferResponse(model_name=manifest.name, model_version=str(manifest.version),
+                                     id=request.id or "")
+    for name, array in answered_arrays(request, manifest, outputs):
+        response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype.name], shape=array.shape)
+        response.raw_output_contents.append(strings_to_bytes(array) if array.dtype.kind == "O"
+                                            else to_little_endian_bytes(array))
+    return response.SerializeToString()
+
+
+class GrpcExchange(V2Exchange):
+    """One ModelInfer call through the inference path: decoded and checked as a V2 request
+    is, with the call's gRPC deadline as its timeout (the shorter of it and the request's
+    `timeout` parameter), answered as a serialized ModelInferResponse."""
+
+    __slots__ = ("deadline_s",)
+
+    def __init__(self, deadline_s: float | None) -> None:
+        super().__init__(None)
+        self.deadline_s = deadline_s  # seconds left of the call's deadline when it arrived (None: none)
+
+    def parse(self, body: pb.ModelInferRequest) -> tuple[InferenceRequest, BinaryReader]:  # type: ignore[override]
+        return to_request(body)
+
+    def timeout_s(self, request: InferenceRequest) -> float | None:
+        asked = super().timeout_s(request)
+        if asked is None or self.deadline_s is None:
+            return self.deadline_s if asked is None else asked
+        return min(asked, self.deadline_s)
+
+    def answer(self, request: InferenceRequest, manifest: Manifest,  # type: ignore[override]
+               outputs: dict[str, np.ndarray]) -> bytes:
+        return encode_response(request, manifest, outputs)
