@@ -102,7 +102,7 @@ def preflight(settings: Settings) -> str | None:
                 "repository root, or point to the models with --model-dir DIR or ORTSERVE_MODEL_DIR")
     ports = [(settings.port, "--port or ORTSERVE_PORT")]
     if settings.grpc:
-        if settings.grpc_port == settings.port:
+        if settings.grpc_port == settings.port != 0:
             return (f"the gRPC port is the HTTP port ({settings.port}): choose another with --grpc-port or "
                     "ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc")
         ports.append((settings.grpc_port, "--grpc-port or ORTSERVE_GRPC_PORT (or --no-grpc)"))

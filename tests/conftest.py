@@ -13,6 +13,10 @@ from app.manifest import latest_version
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
+# Every server a test starts serves gRPC (on by default) on a port the system chooses, not
+# Triton's 8001: many run at once, and this machine may hold 8001. Tests that talk gRPC give
+# their server a free port of their own (load_tests/server.py does for each ServerProcess).
+os.environ.setdefault("ORTSERVE_GRPC_PORT", "0")
 
 
 def model_folder(name: str) -> Path:

@@ -61,6 +61,7 @@ class GrpcServer:
         self.service = service
         self.settings = settings
         self._server: grpc.aio.Server | None = None
+        self.port = settings.grpc_port
         self._health = _Health(service.ready)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -82,7 +83,7 @@ class GrpcServer:
         reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         where = address(s.host, s.grpc_port)
         try:
-            server.add_insecure_port(where)
+            self.port = server.add_insecure_port(where)  # grpc_port 0: the one the system chose
         except RuntimeError as e:
             raise OSError(f"cannot listen for gRPC on {where} ({e}); choose another port with --grpc-port "
                           "or ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc") from None
@@ -90,7 +91,7 @@ class GrpcServer:
         self._server = server
         await self._sync_health()
         self._tasks.append(asyncio.create_task(self._watch_health(), name="grpc-health"))
-        logger.info("gRPC (KServe V2, health, reflection) on %s", where)
+        logger.info("gRPC (KServe V2, health, reflection) on %s", address(s.host, self.port))
 
     async def _sync_health(self) -> None:
         status = self._health.status()
