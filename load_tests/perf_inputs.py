@@ -37,6 +37,16 @@ def sst2(model_dir: Path, n: int) -> dict:
     return {"data": data}
 
 
+def write(model_dir: Path, out: Path, n: int) -> dict[str, Path]:
+    """Each shipped model's input file, by model name."""
+    written = {}
+    for name, build in (("fashion-cnn", fashion), ("sst2-lstm", sst2)):
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(build(model_dir, n)))
+        written[name] = path
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
@@ -44,9 +54,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=32)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, build in (("fashion-cnn", fashion), ("sst2-lstm", sst2)):
-        path = args.out / f"{name}.json"
-        path.write_text(json.dumps(build(args.model_dir, args.n)))
+    for path in write(args.model_dir, args.out, args.n).values():
         print(path)
 
 

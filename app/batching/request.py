@@ -40,7 +40,12 @@ class PendingRequest:
 
     def abandoned(self) -> bool:
         """Nothing to compute for: answered already (a deadline, a failure in another batch)
-        or its client hung up, in which case it is failed now and marked `hung_up`."""
+        or its client hung up, in which case it is failed now and marked `hung_up`. A future
+        cancelled is a caller cancelled: its client went away (a gRPC call's cancellation
+        cancels the call's task, and with it the future it awaits)."""
+        if self.future.cancelled():
+            self.hung_up = True
+            return True
         if self.future.done():
             return True
         if self.client_gone is not None and self.client_gone():

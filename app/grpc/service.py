@@ -50,21 +50,30 @@ class LargeBodies(Protocol):
 
 
 class Budget(Limits, Protocol):
-    large_bodies: LargeBodies
+    @property
+    def large_bodies(self) -> LargeBodies: ...
 
 
 class Serving(Protocol):
-    """What the calls need of the running service: the HTTP routes' services
+    """What the calls need of the running service (read only): the HTTP routes' services
     (app/http/services.py), which app/main.py hands over."""
 
-    settings: Settings
-    repository: ModelRepository
-    metrics: Metrics
-    budget: Budget
-    offload: Offload
-    api_keys: list[bytes]
-    admin_token: bytes | None
-    draining: bool
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def repository(self) -> ModelRepository: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def offload(self) -> Offload: ...
+    @property
+    def api_keys(self) -> list[bytes]: ...
+    @property
+    def admin_token(self) -> bytes | None: ...
+    @property
+    def draining(self) -> bool: ...
 
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

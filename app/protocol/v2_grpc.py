@@ -144,7 +144,7 @@ class GrpcExchange(V2Exchange):
         super().__init__(None)
         self.deadline_s = deadline_s  # seconds left of the call's deadline when it arrived (None: none)
 
-    def parse(self, body: pb.ModelInferRequest) -> tuple[InferenceRequest, BinaryReader]:  # type: ignore[override]
+    def parse(self, body: pb.ModelInferRequest) -> tuple[InferenceRequest, BinaryReader]:
         return to_request(body)
 
     def timeout_s(self, request: InferenceRequest) -> float | None:

@@ -26,7 +26,7 @@ from app.manifest import load_manifest
 from app.protocol.v2 import ErrorResponse, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 from app.runtime import session_options
 from app.settings import Settings
-from load_tests.server import ServerProcess
+from load_tests.server import ServerProcess, free_port
 from tests.conftest import MODELS, model_folder
 
 # Every V2 answer is checked against the protocol type it claims to be (strictly: no
@@ -136,3 +136,16 @@ def model_root(tmp_path: Path) -> Path:
     for name in ("fashion-cnn", "sst2-lstm"):
         copy_model(root, name, int(model_folder(name).name))
     return root
+
+
+@asynccontextmanager
+async def serving_grpc(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any, FastAPI]]:
+    """`serving` with its gRPC service on a free loopback port: (HTTP client, a
+    GRPCInferenceService stub on a grpc.aio channel, the app)."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    port, apps = free_port(), []
+    async with serving(apps.append, grpc_port=port, **overrides) as client:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield client, service_pb2_grpc.GRPCInferenceServiceStub(channel), apps[0]

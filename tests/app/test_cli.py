@@ -83,6 +83,22 @@ def test_a_port_in_use_is_refused_before_any_model_loads() -> None:
     assert "LOADING" not in result.stderr  # nothing was loaded or warmed first
 
 
+def test_a_grpc_port_in_use_is_refused_too() -> None:
+    """gRPC would share a taken port silently (SO_REUSEPORT); one server must not."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_app("--port", "0", "--grpc-port", port)
+        same = run_app("--port", "8000", "--grpc-port", "8000")
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+    assert "--grpc-port or ORTSERVE_GRPC_PORT (or --no-grpc)" in result.stderr
+    assert same.returncode == 2
+    assert "the gRPC port is the HTTP port" in same.stderr
+    assert "LOADING" not in result.stderr
+
+
 def test_a_missing_model_folder_says_where_it_looked_and_how_to_point_elsewhere(tmp_path: Path) -> None:
     result = run_app("--port", "0", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     assert result.returncode == 2

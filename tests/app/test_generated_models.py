@@ -6,7 +6,6 @@ makes each a version with a manifest that serves the same answers."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
+from load_tests import perf_analyzer
 from load_tests.server import ROOT, ServerProcess
 from tests.app import onnx_models as models
 
@@ -148,19 +148,9 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
         assert parameters["cost_per_item_ms"]
 
 
-def _perf_analyzer() -> str | None:
-    """Triton's perf_analyzer: $ORTSERVE_PERF_ANALYZER, else the shared tools' copy. CI
-    sets the variable, and fails if it cannot set the tool up: there these tests always run."""
-    given = os.environ.get("ORTSERVE_PERF_ANALYZER")
-    if given:
-        return given
-    shared = ROOT.parent / "shared" / "tools" / "perf_analyzer"
-    return str(shared) if shared.exists() and os.geteuid() == 0 else None
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_perf_analyzer_runs_against_it_with_its_random_inputs(running: ServerProcess, name: str) -> None:
-    tool = _perf_analyzer()
+    tool = perf_analyzer.find()
     if tool is None:
         pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
                     "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")

@@ -4,6 +4,8 @@ call, answers identical to HTTP binary's, and the same error text under gRPC's c
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,8 +22,10 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from app.preprocess import Tokenizer, normalize_pixels
+from load_tests import perf_analyzer, perf_inputs
 from load_tests.server import ServerProcess
 from tests.app.conftest import sample_images
+from tests.app.test_server import wait_queued
 from tests.conftest import MODELS, model_folder
 
 pytestmark = pytest.mark.server
@@ -74,7 +78,8 @@ MODEL_INPUTS = {"fashion-cnn": lambda: {"pixels": pixels(5)},
 
 def test_health_metadata_config_and_statistics_match_http(server: ServerProcess) -> None:
     http, grpc_client = clients(server)
-    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.is_server_live()
+    assert grpc_client.is_server_ready()
     assert grpc_client.is_model_ready("fashion-cnn")
     assert grpc_client.is_model_ready("sst2-lstm", model_folder("sst2-lstm").name)
     assert not grpc_client.is_model_ready("missing")  # as Triton answers: a no, not an error
@@ -90,7 +95,8 @@ def test_health_metadata_config_and_statistics_match_http(server: ServerProcess)
         assert config == json_format.MessageToDict(as_message, preserving_proto_field_name=True)
     grpc_client.infer("fashion-cnn", inputs_for(triton_grpc, {"pixels": pixels(2)}))
     stats = grpc_client.get_inference_statistics("fashion-cnn", as_json=True)["model_stats"]
-    assert [s["name"] for s in stats] == ["fashion-cnn"] and int(stats[0]["inference_count"]) >= 2
+    assert [s["name"] for s in stats] == ["fashion-cnn"]
+    assert int(stats[0]["inference_count"]) >= 2
     everything = grpc_client.get_inference_statistics(as_json=True)["model_stats"]
     assert {s["name"] for s in everything} == {"fashion-cnn", "sst2-lstm"}
 
@@ -241,6 +247,66 @@ def test_the_asyncio_client(server: ServerProcess) -> None:
             return ready, np.stack([r.as_numpy("logits") for r in results]), metadata
 
     ready, logits, metadata = asyncio.run(use())
-    assert ready and metadata["name"] == "fashion-cnn"
+    assert ready
+    assert metadata["name"] == "fashion-cnn"
     assert logits.shape == (8, 3, 10)
     assert (logits == logits[0]).all()  # the same request gets the same answer, batched or not
+
+
+def test_sigterm_finishes_accepted_calls_then_stops_taking_new_ones() -> None:
+    """gRPC drains with HTTP: health NOT_SERVING at once, the listener closed after the drain
+    delay, every call accepted before answered, and the process exits 0."""
+    # Batches wait 2 s for company (even when idle), so the calls sit queued when the signal comes.
+    args = ["--model-dir", str(MODELS), "--max-queue-delay-ms", "2000", "--max-batch-size", "256",
+            "--no-idle-dispatch", "--drain-delay-s", "0.5", "--log-level", "info"]
+    with ServerProcess(args) as running:
+        assert running.process is not None
+        channel = grpc.insecure_channel(running.grpc_target)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[pixels(1).tobytes()])
+        request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+        calls = [stub.ModelInfer.future(request, timeout=30) for _ in range(16)]
+        wait_queued(running, "fashion-cnn", 16)  # all accepted, none answered yet
+        running.process.send_signal(signal.SIGTERM)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        time.sleep(1.0)  # past the drain delay: the listener is closed
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(running.grpc_target)).ModelInfer(request, timeout=5)
+        answers = [call.result() for call in calls]
+        assert running.process.wait(30) == 0, running.log.read_text()
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [list(a.outputs[0].shape) for a in answers] == [[1, 10]] * 16
+    assert "gRPC stopped" in running.log.read_text()
+
+
+def test_every_worker_serves_grpc_on_the_shared_port() -> None:
+    with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--log-level", "info"]) as running:
+        request = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[pixels(1).tobytes()])
+        request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+        answers = []
+        for _ in range(12):  # a connection each: the kernel spreads them over the workers
+            with grpc.insecure_channel(running.grpc_target) as channel:
+                answers.append(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10))
+        log = running.log.read_text()
+    assert [list(a.outputs[0].shape) for a in answers] == [[1, 10]] * 12
+    assert log.count("gRPC (KServe V2, health, reflection) on") == 2, log
+
+
+@pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, name: str, protocol: str) -> None:
+    """Triton's load tester, unchanged, with the input files README's example writes."""
+    tool = perf_analyzer.find()
+    if tool is None:
+        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
+                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
+    folder, seen_as = perf_analyzer.input_folder(tool)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = perf_inputs.write(MODELS, folder, 8)
+    target = server.grpc_target if protocol == "grpc" else f"127.0.0.1:{server.port}"
+    done = perf_analyzer.run(tool, name, target, protocol, 4, "--input-data", f"{seen_as}/{written[name].name}",
+                             "--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert perf_analyzer.figures(done.stdout)["infer_per_s"] > 0, done.stdout
+    assert "error" not in done.stdout.lower(), done.stdout

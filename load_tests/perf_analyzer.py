@@ -1,0 +1,55 @@
+"""Triton's perf_analyzer, found and run against the service (HTTP or gRPC).
+
+Where it comes from: $ORTSERVE_PERF_ANALYZER, else ../shared/tools/perf_analyzer, which
+runs the `perf-analyzer` wheel (glibc 2.38 or newer) inside a Debian trixie root folder
+(chroot, so as root). Inside that folder the tool sees only the folder's files: its
+`--input-data` files must lie there, and are named by their path inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from load_tests.server import ROOT
+
+SHARED = ROOT.parent / "shared" / "tools" / "perf_analyzer"
+CHROOT = Path(os.environ.get("PERF_ANALYZER_ROOT", "/var/tmp/perf-analyzer-trixie"))
+
+
+def find() -> str | None:
+    given = os.environ.get("ORTSERVE_PERF_ANALYZER")
+    if given:
+        return given
+    return str(SHARED) if SHARED.exists() and os.geteuid() == 0 else None
+
+
+def input_folder(tool: str) -> tuple[Path, str]:
+    """(where to write --input-data files, how the tool names that folder)."""
+    if Path(tool).resolve() == SHARED.resolve():
+        folder = CHROOT / "tmp" / "ortserve-inputs"
+        return folder, "/tmp/ortserve-inputs"
+    folder = Path("/tmp/ortserve-inputs")
+    return folder, str(folder)
+
+
+def run(tool: str, model: str, target: str, protocol: str, concurrency: int, *options: str,
+        timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """One perf_analyzer measurement; `target` is host:port (HTTP's or gRPC's)."""
+    command = [tool, "-m", model, "-u", target, "-i", protocol, "--concurrency-range", str(concurrency), *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def figures(stdout: str) -> dict[str, float]:
+    """Throughput (infer/s) and latency percentiles (ms) of perf_analyzer's report."""
+    found: dict[str, float] = {}
+    throughput = re.findall(r"Throughput: ([\d.]+) infer/sec", stdout)
+    if throughput:
+        found["infer_per_s"] = float(throughput[-1])
+    for name in ("p50", "p90", "p99"):
+        values = re.findall(rf"{name} latency: (\d+) usec", stdout)
+        if values:
+            found[f"{name}_ms"] = int(values[-1]) / 1000
+    return found

@@ -1,0 +1,187 @@
+"""The gRPC service in-process (its server on the lifespan's event loop, as in production):
+access, the repository API, deadlines, admission, cancelled calls and the drain, each under
+the code gRPC clients expect, with the HTTP path's message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+
+from app.manifest import load_manifest
+from app.preprocess import normalize_pixels
+from tests.app.conftest import sample_images, serving_grpc
+from tests.conftest import model_folder
+
+TOKEN = "admin-secret"
+
+
+def image_request(n: int = 1, model: str = "fashion-cnn") -> pb.ModelInferRequest:
+    spec = load_manifest(model_folder("fashion-cnn")).preprocessing
+    x = normalize_pixels(sample_images(n), spec)  # type: ignore[arg-type]
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="pixels", datatype="FP32", shape=x.shape)
+    return request
+
+
+def text_request(rows: int, timeout_us: int | None = None) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="sst2-lstm", raw_input_contents=[
+        np.full((rows, 1), 5, np.int64).tobytes(), np.ones(rows, np.int64).tobytes()])
+    request.inputs.add(name="token_ids", datatype="INT64", shape=[rows, 1])
+    request.inputs.add(name="lengths", datatype="INT64", shape=[rows])
+    if timeout_us is not None:
+        request.parameters["timeout"].int64_param = timeout_us
+    return request
+
+
+async def failure(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_api_keys_guard_inference_as_over_http() -> None:
+    async with serving_grpc(api_keys=["key-1"]) as (http, stub, _):
+        missing = await failure(stub.ModelInfer(image_request()))
+        wrong = await failure(stub.ModelInfer(image_request(), metadata=bearer("key-2")))
+        answered = await stub.ModelInfer(image_request(), metadata=bearer("key-1"))
+        metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="fashion-cnn"))  # open, as over HTTP
+        over_http = await http.post("/v2/models/fashion-cnn/infer", json={"inputs": []})
+    assert missing.code() == wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert missing.details() == over_http.json()["error"]
+    assert list(answered.outputs[0].shape) == [1, 10]
+    assert metadata.name == "fashion-cnn"
+
+
+async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_root: Path) -> None:
+    async with serving_grpc(model_dir=model_root, model_control_mode="explicit", load_model=["fashion-cnn"],
+                            admin_token=TOKEN) as (_, stub, _):
+        admin = bearer(TOKEN)
+        index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=admin)
+        states = {m.name: m.state for m in index.models}
+        not_loaded = await failure(stub.ModelInfer(text_request(1)))
+        await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="sst2-lstm"), metadata=admin)
+        loaded = await stub.ModelReady(pb.ModelReadyRequest(name="sst2-lstm"))
+        answered = await stub.ModelInfer(text_request(2))
+        config = {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 1000}}
+        load = pb.RepositoryModelLoadRequest(model_name="sst2-lstm")
+        load.parameters["config"].string_param = json.dumps(config)
+        await stub.RepositoryModelLoad(load, metadata=admin)
+        reconfigured = await stub.ModelConfig(pb.ModelConfigRequest(name="sst2-lstm"))
+        load.parameters["config"].string_param = json.dumps({"max_batch_size": 4, "sequence_batching": {}})
+        refused = await failure(stub.RepositoryModelLoad(load, metadata=admin))
+        ready_only = await stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), metadata=admin)
+        await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="sst2-lstm"), metadata=admin)
+        unloaded = await stub.ModelReady(pb.ModelReadyRequest(name="sst2-lstm"))
+        no_token = await failure(stub.RepositoryIndex(pb.RepositoryIndexRequest()))
+    assert states["fashion-cnn"] == "READY"
+    assert "sst2-lstm" in states
+    assert not_loaded.code() == grpc.StatusCode.UNAVAILABLE
+    assert "is not loaded" in not_loaded.details()
+    assert loaded.ready
+    assert not unloaded.ready
+    assert list(answered.outputs[0].shape) == [2, 2]
+    assert reconfigured.config.max_batch_size == 4
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sequence_batching" in refused.details()
+    assert {m.name for m in ready_only.models} == {"fashion-cnn", "sst2-lstm"}
+    assert all(m.state == "READY" for m in ready_only.models)
+    assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_repository_api_is_permission_denied_when_off_or_not_explicit() -> None:
+    async with serving_grpc() as (_, stub, _):
+        off = await failure(stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=bearer(TOKEN)))
+    async with serving_grpc(admin_token=TOKEN) as (_, stub, _):
+        wrong_mode = await failure(stub.RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name="fashion-cnn"), metadata=bearer(TOKEN)))
+        index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=bearer(TOKEN))
+    assert off.code() == wrong_mode.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "the repository API is off" in off.details()
+    assert "only in the explicit model control mode" in wrong_mode.details()
+    assert {m.name for m in index.models} == {"fashion-cnn", "sst2-lstm"}
+
+
+async def test_deadlines_come_from_the_call_clamped_by_the_server() -> None:
+    # Batches wait 300 ms for company (even when idle): a call with less time to live expires there.
+    async with serving_grpc(max_queue_delay_ms=300, max_batch_size=64, request_timeout_s=0.08,
+                            idle_dispatch=False) as (http, stub, _):
+        clamped = await failure(stub.ModelInfer(text_request(1), timeout=30))
+        asked = await failure(stub.ModelInfer(text_request(1, timeout_us=30_000), timeout=30))
+        over_http = await http.post("/v2/models/sst2-lstm/infer", json={
+            "inputs": [{"name": "token_ids", "shape": [1, 1], "datatype": "INT64", "data": [5]},
+                       {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [1]}]})
+    async with serving_grpc(max_queue_delay_ms=300, max_batch_size=64, idle_dispatch=False) as (_, stub, _):
+        own = await failure(stub.ModelInfer(text_request(1), timeout=0.05))
+    assert clamped.code() == asked.code() == own.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert clamped.details() == over_http.json()["error"]
+    assert "within 0.08 s" in clamped.details()  # no more than the server's own limit
+    assert "within 0.03 s" in asked.details()  # the request's own timeout parameter, as over HTTP
+
+
+async def test_a_full_queue_is_resource_exhausted_with_retry_after_and_loses_nothing() -> None:
+    async with serving_grpc(max_queue_size=4, retry_after_s=3, max_queue_delay_ms=300, max_batch_size=64,
+                            idle_dispatch=False) as (http, stub, _):
+        queued = [asyncio.ensure_future(stub.ModelInfer(text_request(1))) for _ in range(3)]
+        while 'ortserve_queue_depth{model="sst2-lstm"} 3.0' not in (await http.get("/metrics")).text:
+            await asyncio.sleep(0.005)
+        call = stub.ModelInfer(text_request(2))
+        full = await failure(call)
+        trailing = dict(await call.trailing_metadata())
+        answered = await asyncio.gather(*queued)
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "has 3 items (48 bytes) queued (limits 4 items" in full.details()
+    assert trailing["retry-after"] == "3"
+    assert [list(a.outputs[0].shape) for a in answered] == [[1, 2]] * 3
+
+
+async def test_a_message_over_max_body_bytes_is_refused_by_size() -> None:
+    async with serving_grpc(max_body_bytes=1000) as (_, stub, _):
+        refused = await failure(stub.ModelInfer(image_request()))  # 3,136 bytes of pixels
+        small = await stub.ModelInfer(text_request(1))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert list(small.outputs[0].shape) == [1, 2]
+
+
+async def test_a_cancelled_calls_rows_are_dropped_before_they_run() -> None:
+    async with serving_grpc(max_queue_delay_ms=300, max_batch_size=64, idle_dispatch=False) as (http, stub, _):
+        call = stub.ModelInfer(text_request(3))
+        while 'ortserve_queue_depth{model="sst2-lstm"} 3.0' not in (await http.get("/metrics")).text:
+            await asyncio.sleep(0.005)
+        call.cancel()
+        dropped = 'ortserve_requests_dropped_total{model="sst2-lstm",reason="client_gone"} 1.0'
+        while dropped not in (await http.get("/metrics")).text:  # once the batch forms, 300 ms on
+            await asyncio.sleep(0.02)
+        stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="sst2-lstm"))
+    assert call.cancelled()
+    assert stats.model_stats[0].inference_count == 0  # its rows never ran
+
+
+async def test_health_turns_not_serving_with_readiness_during_the_drain() -> None:
+    async with serving_grpc() as (http, stub, app):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.services.settings.grpc_port}")
+        channel_health = health_pb2_grpc.HealthStub(channel)
+        before = await channel_health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"))
+        app.services.start_draining()  # what SIGTERM does first
+        after = await channel_health.Check(health_pb2.HealthCheckRequest(service=""))
+        ready = await stub.ServerReady(pb.ServerReadyRequest())
+        live = await stub.ServerLive(pb.ServerLiveRequest())
+        http_ready = await http.get("/v2/health/ready")
+        still_answers = await stub.ModelInfer(image_request())  # accepted until the listener closes
+        await channel.close()
+    assert before.status == health_pb2.HealthCheckResponse.SERVING
+    assert after.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not ready.ready
+    assert live.live
+    assert http_ready.status_code == 503
+    assert list(still_answers.outputs[0].shape) == [1, 10]
