@@ -49,9 +49,11 @@ WORKDIR /srv
 COPY --chown=ortserve:ortserve models /srv/models
 ENV ORTSERVE_HOST=0.0.0.0 \
     ORTSERVE_PORT=8000 \
+    ORTSERVE_GRPC_PORT=8001 \
     ORTSERVE_MODEL_DIR=/srv/models
 USER 10001:10001
-EXPOSE 8000
+# HTTP (REST, KServe V2 / Triton) and gRPC (KServe V2 GRPCInferenceService, health, reflection).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('ORTSERVE_PORT', '8000') + '/v2/health/ready', timeout=2)"]
 # uvicorn drains in-flight requests on SIGTERM (up to ORTSERVE_SHUTDOWN_GRACE_S).

@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 NAME=ortserve-smoke-$$
 PORT=${SMOKE_PORT:-18000}
+GRPC_PORT=${SMOKE_GRPC_PORT:-18001}
 # shellcheck source=deploy/podman_env.sh
 source deploy/podman_env.sh
 
@@ -47,7 +48,7 @@ log "run and wait for the healthcheck"
 # As the compose file runs it: read-only root, no capabilities, no privilege gain, limits.
 # (Both ulimits are named: given one, podman fills in the other with a limit that this
 # machine's runc may not set for a process without capabilities.)
-podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" \
+podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" \
   --read-only --tmpfs /tmp:size=64m,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
   --pids-limit 256 --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 \
   -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 -e ORTSERVE_IDLE_DISPATCH=false \
@@ -60,8 +61,16 @@ podman healthcheck run "$NAME" >/dev/null || { podman logs "$NAME"; exit 1; }
 echo healthy
 
 log "predictions, then SIGTERM while requests are queued"
-SMOKE_URL="http://127.0.0.1:$PORT" CONTAINER="$NAME" "$PY" - <<'EOF'
+SMOKE_URL="http://127.0.0.1:$PORT" SMOKE_GRPC="127.0.0.1:$GRPC_PORT" CONTAINER="$NAME" "$PY" - <<'EOF'
 import json, os, subprocess, threading, time, urllib.request
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+from pathlib import Path
+from app.manifest import latest_version, load_manifest
+from app.preprocess import normalize_pixels
 
 url, name = os.environ["SMOKE_URL"], os.environ["CONTAINER"]
 samples = json.load(open("load_tests/samples/fashion_test_images.json"))
@@ -81,6 +90,20 @@ status, body = post("/v1/models/sst2-lstm:predict",
                     {"instances": ["a moving , beautifully acted film .", "a dull , tedious mess ."]})
 assert [p["label"] for p in body["predictions"]] == ["positive", "negative"], body
 print("sst2-lstm:", [p["label"] for p in body["predictions"]])
+
+# gRPC on the image's second port: health, then the same images over KServe V2 gRPC.
+with grpc.insecure_channel(os.environ["SMOKE_GRPC"]) as channel:
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+    manifest = load_manifest(latest_version(Path("models/fashion-cnn")))
+    raw = normalize_pixels(np.asarray(images, np.uint8), manifest.preprocessing)  # as the V1 route does
+    request = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[raw.tobytes()])
+    request.inputs.add(name="pixels", datatype="FP32", shape=raw.shape)
+    answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    logits = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(list(answer.outputs[0].shape))
+right = int((logits.argmax(1) == np.asarray(samples["labels"][:32])).sum())
+assert right >= 26, right
+print(f"gRPC: health SERVING; fashion-cnn {right}/32 test images right")
 
 results = []
 def one():
@@ -124,7 +147,7 @@ git ls-files -z | xargs -0 cp --parents -t "$WORK/stack"
 cd "$WORK/stack"
 printf '[engine]\nruntime = "runc"\n' >"$WORK/compose-containers.conf"
 COMPOSE_UP=1
-CONTAINERS_CONF=$WORK/compose-containers.conf GRAFANA_ADMIN_PASSWORD=smoke-$$ ORTSERVE_PORT=$PORT \
+CONTAINERS_CONF=$WORK/compose-containers.conf GRAFANA_ADMIN_PASSWORD=smoke-$$ ORTSERVE_PORT=$PORT ORTSERVE_GRPC_PORT=$GRPC_PORT \
   timeout 600 "$BIN/podman-compose" up -d --build >"$WORK/compose-up.log" 2>&1 ||
   { tail -40 "$WORK/compose-up.log"; exit 1; }
 running=$(podman ps --filter label=io.podman.compose.project=ortserve --format '{{.Names}}' | sort | tr '\n' ' ')

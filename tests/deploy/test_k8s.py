@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.settings import Settings
 from tests.deploy import kserve_sdk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,9 @@ def test_the_deployment_matches_the_services_health_and_drain_settings() -> None
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness over gRPC's standard health service, on the port the service serves gRPC on.
+    assert container["readinessProbe"]["grpc"]["port"] == Settings.model_fields["grpc_port"].default
+    assert {"name": "grpc", "containerPort": 8001} in container["ports"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     env = env_of(container)
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
@@ -109,6 +112,8 @@ KUBERNETES_HOLDERS = {
     "V1Container": lambda c: {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
                               "spec": {"containers": [c]}},
     "V1ObjectMeta": lambda m: {"apiVersion": "v1", "kind": "ConfigMap", "metadata": m},
+    "V1ContainerPort": lambda p: {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+                                  "spec": {"containers": [{"name": "check", "image": "check", "ports": [p]}]}},
 }
 
 
@@ -141,3 +146,21 @@ def test_the_inference_service_names_the_runtime_and_a_format_it_serves() -> Non
     assert env["ORTSERVE_MODEL_DIR"] == "/mnt/models"  # where KServe's storage initializer puts storageUri
     port = runtime["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert env["ORTSERVE_PORT"] == str(port)
+
+
+def test_the_service_publishes_grpc_as_http2() -> None:
+    service = one(built("base"), "Service")
+    (grpc_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port["targetPort"] == "grpc"
+    assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_the_grpc_inference_service_routes_to_the_runtimes_grpc_port() -> None:
+    runtime = yaml.safe_load((KSERVE / "cluster-serving-runtime.yaml").read_text())
+    service = yaml.safe_load((KSERVE / "inference-service-grpc.yaml").read_text())
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2"
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    (port,) = model["ports"]
+    assert port["name"] == "h2c"  # what makes KServe (Knative) route HTTP/2 to it
+    assert env_of(runtime["spec"]["containers"][0])["ORTSERVE_GRPC_PORT"] == str(port["containerPort"])
