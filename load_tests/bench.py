@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from load_tests import samples, wrk
+from load_tests import protocols, samples, wrk
 from load_tests.client import JSON, Payload, closed_loop, open_loop
 from load_tests.raw_ort import raw_throughput
 from load_tests.server import ROOT, ServerProcess
@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternating rounds of each paired comparison (0: none)")
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
                         help="closed-loop load generator; auto: wrk if installed")
+    parser.add_argument("--protocols", action="store_true",
+                        help="also HTTP binary against gRPC with perf_analyzer (load_tests/protocols.py)")
     parser.add_argument("--readme", action="store_true",
                         help="also write the results table into README.md, with the date and commit")
     args = parser.parse_args(argv)
@@ -412,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         write_readme_results(ROOT / "README.md", readme_results(rows, raw, comparisons, paired, provenance))
     print()
     print(table)
+    if args.protocols:
+        print("\nHTTP binary and gRPC, perf_analyzer, fashion-cnn (load_tests/protocols.py):", flush=True)
+        protocol_rows = protocols.run(args.model_dir, max(rounds, 1), 1000 if args.quick else 3000)
+        (args.out / "protocols.json").write_text(json.dumps(protocol_rows, indent=2))
+        (args.out / "protocols.md").write_text(protocols.markdown(protocol_rows) + "\n")
+        print(protocols.markdown(protocol_rows))
     return 0
 
 

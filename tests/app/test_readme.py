@@ -25,6 +25,7 @@ from load_tests.server import ServerProcess
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 EXAMPLE_ADDRESS = "127.0.0.1:8000"
+EXAMPLE_GRPC_ADDRESS = "127.0.0.1:8001"
 ADMIN_TOKEN = "change-me"  # the README's example token
 
 
@@ -71,7 +72,14 @@ def shell_examples(text: str) -> list[Example]:
 
 
 def python_examples(text: str) -> list[str]:
-    return [block for language, block in fenced_blocks(text) if language == "python" and EXAMPLE_ADDRESS in block]
+    return [block for language, block in fenced_blocks(text)
+            if language == "python" and (EXAMPLE_ADDRESS in block or EXAMPLE_GRPC_ADDRESS in block)]
+
+
+def perf_analyzer_examples(text: str) -> list[str]:
+    """The README's perf_analyzer commands (the shared tool's), and the line writing their inputs."""
+    return [line for language, block in fenced_blocks(text) if language == "sh" for line in block.splitlines()
+            if line.startswith(("../shared/tools/perf_analyzer ", "python -m load_tests.perf_inputs "))]
 
 
 EXAMPLES = shell_examples(README.read_text())
@@ -132,8 +140,33 @@ def test_each_readme_request_gets_the_answer_it_shows(example: Example, server: 
 @pytest.mark.parametrize("script", python_examples(README.read_text()))
 def test_each_readme_python_example_runs(script: str, server: ServerProcess) -> None:
     pytest.importorskip("tritonclient.http", reason="the README's client example needs tritonclient[http]")
-    code = script.replace(EXAMPLE_ADDRESS, server.url.removeprefix("http://"))
+    code = script.replace(EXAMPLE_ADDRESS, server.url.removeprefix("http://")).replace(
+        EXAMPLE_GRPC_ADDRESS, server.grpc_target)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     shown = [m.group(1) for m in re.finditer(r"print\(.*\)\s+# (.+)$", script, re.M)]
     assert result.stdout.split("\n")[: len(shown)] == shown
+
+
+def test_the_perf_analyzer_example_runs_as_written_over_both_protocols(server: ServerProcess) -> None:
+    """Only the addresses change (and the measurement is shortened: its window and trials)."""
+    from load_tests import perf_analyzer
+
+    commands = perf_analyzer_examples(README.read_text())
+    assert [c.split()[0] for c in commands] == ["python", "../shared/tools/perf_analyzer",
+                                                "../shared/tools/perf_analyzer"]
+    tool = perf_analyzer.find()
+    shared = tool is not None and Path(tool).resolve() == perf_analyzer.SHARED.resolve()
+    if not shared or perf_analyzer.CHROOT != Path("/var/tmp/perf-analyzer-trixie"):
+        pytest.skip("the README's example is the shared perf_analyzer's (../shared/tools, as root); .ci/run sets it up")
+    protocols = []
+    for command in commands:
+        command = command.replace(EXAMPLE_ADDRESS, f"127.0.0.1:{server.port}").replace(
+            EXAMPLE_GRPC_ADDRESS, server.grpc_target).replace("python ", f"{sys.executable} ", 1)
+        if "perf_analyzer" in command:
+            command += " --measurement-interval 500 --stability-percentage 100 --max-trials 3"
+            protocols.append(command.split(" -i ")[1].split()[0])
+        done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Unsupported type" not in done.stdout + done.stderr
+    assert protocols == ["http", "grpc"]

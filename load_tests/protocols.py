@@ -1,0 +1,98 @@
+"""HTTP binary tensors against gRPC, on one server, with Triton's perf_analyzer driving both
+(its C++ client: the load generator costs the same for either protocol).
+
+fashion-cnn, one real test image per request and 32 per request (`-b 32`), at c1, c16 and
+c64; each cell measured in alternating rounds (HTTP, then gRPC), the ratio per round and its
+median reported, so that a noisy machine moves both alike.
+
+    python -m load_tests.protocols [--rounds 3] [--interval-ms 3000]
+    python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from load_tests import perf_analyzer, perf_inputs
+from load_tests.server import ROOT, ServerProcess
+
+CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
+"""(images per request, concurrency)."""
+MODEL = "fashion-cnn"
+
+
+def measure(tool: str, target: str, protocol: str, data: str, images: int, concurrency: int,
+            interval_ms: int) -> dict[str, float]:
+    done = perf_analyzer.run(tool, MODEL, target, protocol, concurrency, "-b", str(images), "--input-data", data,
+                             "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
+                             "--max-trials", "6")
+    found = perf_analyzer.figures(done.stdout)
+    if "infer_per_s" not in found:
+        raise RuntimeError(f"perf_analyzer -i {protocol} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return found
+
+
+def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None) -> list[dict[str, Any]]:
+    tool = perf_analyzer.find()
+    if tool is None:
+        raise SystemExit("perf_analyzer is not here: ../shared/tools/perf_analyzer (as root) or ORTSERVE_PERF_ANALYZER")
+    folder, seen_as = perf_analyzer.input_folder(tool)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
+    rows = []
+    with ServerProcess(["--model-dir", str(model_dir), *(server_args or [])]) as server:
+        targets = {"http": f"127.0.0.1:{server.port}", "grpc": server.grpc_target}
+        for images, concurrency in CELLS:
+            runs: dict[str, list[dict[str, float]]] = {"http": [], "grpc": []}
+            for _ in range(rounds):
+                for protocol in ("http", "grpc"):
+                    runs[protocol].append(measure(tool, targets[protocol], protocol, data, images, concurrency,
+                                                  interval_ms))
+            ratios = [g["infer_per_s"] / h["infer_per_s"] for h, g in zip(runs["http"], runs["grpc"], strict=True)]
+            row = {"images": images, "concurrency": concurrency, "rounds": rounds, "grpc_over_http": ratios,
+                   "median_ratio": statistics.median(ratios)}
+            for protocol, measured in runs.items():
+                row[protocol] = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+            rows.append(row)
+            print(line(row), flush=True)
+    return rows
+
+
+HEADER = ("| images/request | conc | HTTP binary images/s | gRPC images/s | gRPC / HTTP per round | median | "
+          "HTTP p50 ms | gRPC p50 ms | HTTP p99 ms | gRPC p99 ms |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def line(row: dict[str, Any]) -> str:
+    h, g = row["http"], row["grpc"]
+    per_round = ", ".join(f"{r:.2f}" for r in row["grpc_over_http"])
+    return (f"| {row['images']} | {row['concurrency']} | {h['infer_per_s']:,.0f} | {g['infer_per_s']:,.0f} | "
+            f"{per_round} | **{row['median_ratio']:.2f}** | {h.get('p50_ms', 0):.2f} | {g.get('p50_ms', 0):.2f} | "
+            f"{h.get('p99_ms', 0):.2f} | {g.get('p99_ms', 0):.2f} |")
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    return "\n".join([HEADER, *(line(r) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load_tests.protocols", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    args = parser.parse_args(argv)
+    print(HEADER, flush=True)
+    rows = run(args.model_dir, args.rounds, args.interval_ms)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "protocols.md").write_text(markdown(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
