@@ -282,6 +282,11 @@ def test_sigterm_finishes_accepted_calls_then_stops_taking_new_ones() -> None:
 
 def test_every_worker_serves_grpc_on_the_shared_port() -> None:
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--log-level", "info"]) as running:
+        started = "gRPC (KServe V2, health, reflection) on"
+        for _ in range(600):  # ready means one worker is; the other may still be warming up
+            if running.log.read_text().count(started) == 2:
+                break
+            time.sleep(0.1)
         request = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[pixels(1).tobytes()])
         request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
         answers = []
@@ -290,7 +295,7 @@ def test_every_worker_serves_grpc_on_the_shared_port() -> None:
                 answers.append(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10))
         log = running.log.read_text()
     assert [list(a.outputs[0].shape) for a in answers] == [[1, 10]] * 12
-    assert log.count("gRPC (KServe V2, health, reflection) on") == 2, log
+    assert log.count(started) == 2, log
 
 
 @pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
