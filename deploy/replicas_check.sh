@@ -13,12 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 LB_PORT=${LB_PORT:-18080}
+LB_GRPC_PORT=${LB_GRPC_PORT:-18081}
 PROJECT=ortserve-lb
 LOAD_SECONDS=${LOAD_SECONDS:-60}
 # shellcheck source=deploy/podman_env.sh
 source deploy/podman_env.sh
 FILES=(-f docker-compose.yml -f docker-compose.replicas.yml)
-compose() { (cd "$WORK/stack" && GRAFANA_ADMIN_PASSWORD=unused LB_PORT=$LB_PORT "$BIN/podman-compose" -p "$PROJECT" "${FILES[@]}" "$@"); }
+compose() { (cd "$WORK/stack" && GRAFANA_ADMIN_PASSWORD=unused LB_PORT=$LB_PORT LB_GRPC_PORT=$LB_GRPC_PORT "$BIN/podman-compose" -p "$PROJECT" "${FILES[@]}" "$@"); }
 cleanup() {
   [ -d "$WORK/stack" ] && compose down -t 45 >/dev/null 2>&1 || true
   # podman-compose's down knows only the first container of a scaled service: the others
@@ -81,6 +82,31 @@ for _ in $(seq 1 60); do
 done
 [ "$targets" = 2 ] || { echo "Prometheus sees $targets replicas up, not 2" >&2; exit 1; }
 echo "Prometheus: up == 1 for both replicas"
+
+log "gRPC through HAProxy (HTTP/2 to the replicas, balanced per call)"
+if TARGET="127.0.0.1:$LB_GRPC_PORT" "$PY" - <<'PYEOF'
+import os
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+
+with grpc.insecure_channel(os.environ["TARGET"]) as channel:
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+    request = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[np.zeros((1, 1, 28, 28), np.float32).tobytes()])
+    request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    shapes = {tuple(stub.ModelInfer(request, timeout=10).outputs[0].shape) for _ in range(40)}
+    assert shapes == {(1, 10)}, shapes
+print("gRPC through HAProxy: health SERVING, 40 calls answered on one connection")
+PYEOF
+then :; else
+  podman ps -q --filter "label=io.podman.compose.project=$PROJECT" --filter "label=io.podman.compose.service=lb" |
+    xargs -r podman logs 2>&1 | tail -20
+  exit 1
+fi
 
 log "rolling restart under load"
 mkdir -p "$ROOT/bench-results"
