@@ -202,7 +202,8 @@ class InferenceService:
         arrived = time.monotonic()
         body, message = request
         serving = self.serving
-        check_api_key(_authorization(context), serving.api_keys)
+        if serving.api_keys:  # reading the metadata costs on every call; without keys nothing is checked
+            check_api_key(_authorization(context), serving.api_keys)
         if isinstance(message, InvalidInput):
             raise message
         held: dict[str, Any] = {}  # large-body bytes this call holds, given back when it ends
