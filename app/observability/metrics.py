@@ -34,7 +34,8 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("ortserve_requests", "HTTP requests answered",
+        self.requests = Counter("ortserve_requests", "Requests answered: HTTP by status; gRPC calls as endpoint "
+                                "grpc.<Method>, by code name",
                                 ["model", "endpoint", "status"], registry=r)
         self.request_latency = LoopHistogram("ortserve_request_latency_seconds",
                                              "Arrival to response, per request", ["model", "endpoint"],
