@@ -86,6 +86,10 @@ def cnn_v1_32(model_dir: Path) -> Payload:
     return Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 32), JSON, items=32)
 
 
+def v2_json_1(model_dir: Path) -> Payload:
+    return Payload("/v2/models/fashion-cnn/infer", samples.v2_json(1, model_dir), JSON)
+
+
 def v2_json_32(model_dir: Path) -> Payload:
     return Payload("/v2/models/fashion-cnn/infer", samples.v2_json(32, model_dir), JSON, items=32)
 
@@ -110,6 +114,8 @@ def scenarios() -> list[Scenario]:
         Scenario("v1-fashion-cnn-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
         Scenario("v1-sst2-lstm", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
         Scenario("v1-sst2-lstm-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
+        Scenario("ceiling-v2", [], v2_json_1, [1, 16, 64], asgi=CEILING, note="V2 JSON, parse-only FastAPI endpoint"),
+        Scenario("v2-json-fashion-cnn", [], v2_json_1, [1, 16, 64], "fashion-cnn", note="V2 JSON, 1 image/request"),
         Scenario("v2-json-fashion-cnn-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
         Scenario("v2-binary-fashion-cnn-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
         Scenario("v2-binary-fashion-cnn-32-int8", ["--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
@@ -133,6 +139,7 @@ class Pairing:
 def pairings(chosen: list[Scenario]) -> list[Pairing]:
     by_name = {s.name: s for s in chosen}
     wanted = [("v1-fashion-cnn / ceiling", "v1-fashion-cnn", "ceiling-v1"),
+              ("v2-json-fashion-cnn / ceiling", "v2-json-fashion-cnn", "ceiling-v2"),
               ("v1-sst2-lstm batching on / off", "v1-sst2-lstm", "v1-sst2-lstm-nobatch")]
     return [Pairing(label, by_name[a], by_name[b], 64) for label, a, b in wanted if a in by_name and b in by_name]
 

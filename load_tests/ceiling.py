@@ -22,6 +22,19 @@ async def parse_only(request: Request, name: str) -> Response:
     return Response(_ANSWER, media_type="application/json")
 
 
+_V2_ANSWER = orjson.dumps({"model_name": "x", "model_version": "1", "outputs": [
+    {"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": [0.0] * 10}]})
+
+
+@app.post("/v2/models/{name}/infer")
+async def parse_only_v2(request: Request, name: str) -> Response:
+    """The V2 JSON ceiling: the body parsed, its inputs looked at, an answer of a V2 answer's size."""
+    body = orjson.loads(await request.body())
+    if not body.get("inputs"):
+        return Response(b'{"error": "no inputs"}', status_code=400, media_type="application/json")
+    return Response(_V2_ANSWER, media_type="application/json")
+
+
 @app.get("/v2/health/ready")
 async def ready() -> Response:
     return Response(status_code=200)

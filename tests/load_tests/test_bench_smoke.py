@@ -158,3 +158,18 @@ def test_the_benchmark_runs_on_the_serving_install_without_plots(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert bench.plots([], tmp_path) is False
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_v2_ceiling_parses_the_services_v2_body_and_answers_as_large() -> None:
+    """The V2 JSON ceiling reads the same body the v2-json scenario sends the service."""
+    import httpx
+
+    from load_tests import ceiling
+
+    body = bench.v2_json_1(MODELS).body
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ceiling.app), base_url="http://t") as client:
+        answered = await client.post("/v2/models/fashion-cnn/infer", content=body)
+        empty = await client.post("/v2/models/fashion-cnn/infer", content=b'{"inputs": []}')
+    assert answered.status_code == 200
+    assert answered.json()["outputs"][0]["shape"] == [1, 10]
+    assert empty.status_code == 400
