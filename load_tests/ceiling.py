@@ -14,25 +14,27 @@ app = FastAPI()
 _ANSWER = orjson.dumps({"predictions": [{"label": "x", "index": 0, "probabilities": [1.0]}]})
 
 
-@app.post("/v1/models/{name}:predict")
-async def parse_only(request: Request, name: str) -> Response:
-    body = orjson.loads(await request.body())
-    if not body.get("instances"):
-        return Response(b'{"error": "no instances"}', status_code=400, media_type="application/json")
-    return Response(_ANSWER, media_type="application/json")
-
-
 _V2_ANSWER = orjson.dumps({"model_name": "x", "model_version": "1", "outputs": [
     {"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": [0.0] * 10}]})
 
 
+async def _parse_only(request: Request, items: str, answer: bytes) -> Response:
+    """The body parsed, its list of items looked at, a fixed answer of the service's size."""
+    body = orjson.loads(await request.body())
+    if not body.get(items):
+        return Response(b'{"error": "no %s"}' % items.encode(), status_code=400, media_type="application/json")
+    return Response(answer, media_type="application/json")
+
+
+@app.post("/v1/models/{name}:predict")
+async def parse_only(request: Request, name: str) -> Response:
+    return await _parse_only(request, "instances", _ANSWER)
+
+
 @app.post("/v2/models/{name}/infer")
 async def parse_only_v2(request: Request, name: str) -> Response:
-    """The V2 JSON ceiling: the body parsed, its inputs looked at, an answer of a V2 answer's size."""
-    body = orjson.loads(await request.body())
-    if not body.get("inputs"):
-        return Response(b'{"error": "no inputs"}', status_code=400, media_type="application/json")
-    return Response(_V2_ANSWER, media_type="application/json")
+    """The V2 JSON ceiling."""
+    return await _parse_only(request, "inputs", _V2_ANSWER)
 
 
 @app.get("/v2/health/ready")
