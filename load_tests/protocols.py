@@ -1,9 +1,10 @@
-"""HTTP binary tensors against gRPC, on one server, with Triton's perf_analyzer driving both
-(its C++ client: the load generator costs the same for either protocol).
+"""HTTP binary tensors against gRPC (unary calls, and a stream: perf_analyzer's
+`--streaming`, ModelStreamInfer), on one server, with Triton's perf_analyzer driving all three
+(its C++ client: the load generator costs alike for each).
 
 fashion-cnn, one real test image per request and 32 per request (`-b 32`), at c1, c16 and
-c64; each cell measured in alternating rounds (HTTP, then gRPC), the ratio per round and its
-median reported, so that a noisy machine moves both alike.
+c64; each cell measured in alternating rounds (HTTP, gRPC, gRPC stream), the ratios to HTTP
+per round and their medians reported, so that a noisy machine moves all alike.
 
     python -m load_tests.protocols [--rounds 3] [--interval-ms 3000]
     python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
@@ -25,9 +26,14 @@ CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
 MODEL = "fashion-cnn"
 
 
+PROTOCOLS = ("http", "grpc", "grpc-stream")
+
+
 def measure(tool: str, target: str, protocol: str, data: str, images: int, concurrency: int,
             interval_ms: int) -> dict[str, float]:
-    done = perf_analyzer.run(tool, MODEL, target, protocol, concurrency, "-b", str(images), "--input-data", data,
+    streaming = ["--streaming"] if protocol == "grpc-stream" else []
+    done = perf_analyzer.run(tool, MODEL, target, protocol.removesuffix("-stream"), concurrency, *streaming,
+                             "-b", str(images), "--input-data", data,
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
                              "--max-trials", "6")
     found = perf_analyzer.figures(done.stdout)
@@ -45,16 +51,19 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
     rows = []
     with ServerProcess(["--model-dir", str(model_dir), *(server_args or [])]) as server:
-        targets = {"http": f"127.0.0.1:{server.port}", "grpc": server.grpc_target}
+        targets = {"http": f"127.0.0.1:{server.port}", "grpc": server.grpc_target,
+                   "grpc-stream": server.grpc_target}
         for images, concurrency in CELLS:
-            runs: dict[str, list[dict[str, float]]] = {"http": [], "grpc": []}
+            runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROTOCOLS}
             for _ in range(rounds):
-                for protocol in ("http", "grpc"):
+                for protocol in PROTOCOLS:
                     runs[protocol].append(measure(tool, targets[protocol], protocol, data, images, concurrency,
                                                   interval_ms))
-            ratios = [g["infer_per_s"] / h["infer_per_s"] for h, g in zip(runs["http"], runs["grpc"], strict=True)]
-            row = {"images": images, "concurrency": concurrency, "rounds": rounds, "grpc_over_http": ratios,
-                   "median_ratio": statistics.median(ratios)}
+            row: dict[str, Any] = {"images": images, "concurrency": concurrency, "rounds": rounds}
+            for protocol in PROTOCOLS[1:]:
+                ratios = [g["infer_per_s"] / h["infer_per_s"] for h, g in zip(runs["http"], runs[protocol], strict=True)]
+                row[f"{protocol}_over_http"] = ratios
+                row[f"{protocol}_median_ratio"] = statistics.median(ratios)
             for protocol, measured in runs.items():
                 row[protocol] = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
             rows.append(row)
@@ -62,16 +71,24 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     return rows
 
 
-HEADER = ("| images/request | conc | HTTP binary images/s | gRPC images/s | gRPC / HTTP per round | median | "
-          "HTTP p50 ms | gRPC p50 ms | HTTP p99 ms | gRPC p99 ms |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| images/request | conc | HTTP binary images/s | gRPC | gRPC stream | gRPC / HTTP per round | median | "
+          "stream / HTTP per round | median | p50 ms HTTP, gRPC, stream | p99 ms HTTP, gRPC, stream |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def line(row: dict[str, Any]) -> str:
-    h, g = row["http"], row["grpc"]
-    per_round = ", ".join(f"{r:.2f}" for r in row["grpc_over_http"])
+    h, g, st = row["http"], row["grpc"], row["grpc-stream"]
+
+    def rounds(protocol: str) -> str:
+        return ", ".join(f"{r:.2f}" for r in row[f"{protocol}_over_http"])
+
+    def each(key: str) -> str:
+        return " / ".join(f"{m.get(key, 0):.2f}" for m in (h, g, st))
+
     return (f"| {row['images']} | {row['concurrency']} | {h['infer_per_s']:,.0f} | {g['infer_per_s']:,.0f} | "
-            f"{per_round} | **{row['median_ratio']:.2f}** | {h.get('p50_ms', 0):.2f} | {g.get('p50_ms', 0):.2f} | "
-            f"{h.get('p99_ms', 0):.2f} | {g.get('p99_ms', 0):.2f} |")
+            f"{st['infer_per_s']:,.0f} | {rounds('grpc')} | **{row['grpc_median_ratio']:.2f}** | "
+            f"{rounds('grpc-stream')} | **{row['grpc-stream_median_ratio']:.2f}** | {each('p50_ms')} | "
+            f"{each('p99_ms')} |")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

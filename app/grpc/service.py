@@ -6,7 +6,7 @@ takes the message's bytes as they arrived and goes down the one inference path
 (app/inference.py) with the gRPC exchange (app/protocol/v2_grpc.py); the other calls answer
 from the same views of the repository as HTTP (app/model_views.py). Errors are the HTTP
 path's, under gRPC's codes (app/grpc/status.py). The service's calls that Triton has and
-this server does not (streaming, shared memory, trace and log settings) answer
+this server does not (shared memory, trace and log settings) answer
 UNIMPLEMENTED, as grpc does for any method no handler serves.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import grpc
@@ -112,6 +112,9 @@ class InferenceService:
             write = None if method == "ModelInfer" else _serialize
             handlers[method] = grpc.unary_unary_rpc_method_handler(
                 self._call(method, behaviour, model_of), request_deserializer=read, response_serializer=write)
+        # Answers on the stream are serialized where they are made.
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer, request_deserializer=_read_infer, response_serializer=None)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _call(self, method: str, behaviour: Behaviour, model_of: Callable[[Any], str]) -> Behaviour:
@@ -199,11 +202,20 @@ class InferenceService:
 
     async def _model_infer(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                            context: grpc.aio.ServicerContext) -> bytes:
+        self._check_key(context)
+        return await self._infer_one(request, context)
+
+    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+        keys = self.serving.api_keys
+        if keys:  # reading the metadata costs on every call; without keys nothing is checked
+            check_api_key(_authorization(context), keys)
+
+    async def _infer_one(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
+                         context: grpc.aio.ServicerContext) -> bytes:
+        """One request through the inference path: its serialized ModelInferResponse."""
         arrived = time.monotonic()
         body, message = request
         serving = self.serving
-        if serving.api_keys:  # reading the metadata costs on every call; without keys nothing is checked
-            check_api_key(_authorization(context), serving.api_keys)
         if isinstance(message, InvalidInput):
             raise message
         held: dict[str, Any] = {}  # large-body bytes this call holds, given back when it ends
@@ -216,6 +228,56 @@ class InferenceService:
                                            body_bytes=len(body))
         finally:
             serving.budget.large_bodies.release(held)
+
+    async def model_stream_infer(self, requests: AsyncIterator[tuple[bytes, pb.ModelInferRequest | InvalidInput]],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Triton's streaming inference: every request on the stream runs as it arrives, beside
+        the others (so they batch together), and is answered as it completes, in any order, by
+        its `id`. A request that fails is answered with its error message (the stream goes on),
+        as Triton answers it; the key is checked once, for the stream."""
+        try:
+            self._check_key(context)
+        except ServingError as e:
+            await context.abort(code_of(e), e.message)
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> None:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            message = request[1]
+            try:
+                body = await self._infer_one(request, context)
+                reply = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse.FromString(body))
+            except ServingError as e:
+                code = code_of(e)
+                reply = _stream_error(message, e.message)
+            except Exception:  # logged with its traceback, answered without internals
+                logger.exception("unhandled error in grpc.ModelStreamInfer")
+                code = grpc.StatusCode.INTERNAL
+                reply = _stream_error(message, "internal server error")
+            finally:
+                self._record(_infer_model(request), "grpc.ModelStreamInfer", code, time.perf_counter() - started)
+            answers.put_nowait(reply.SerializeToString())
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)  # the stream's end, however reading ended
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+            await reader  # a failure to read the stream is the call's
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     # --- the model repository -------------------------------------------------------------
 
@@ -260,6 +322,14 @@ def _read_infer(body: bytes) -> tuple[bytes, pb.ModelInferRequest | InvalidInput
 def _infer_model(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> str:
     message = request[1]
     return "" if isinstance(message, InvalidInput) else message.model_name
+
+
+def _stream_error(message: pb.ModelInferRequest | InvalidInput, text: str) -> pb.ModelStreamInferResponse:
+    """A failed request's answer on the stream: its message, and its id to match it by."""
+    if isinstance(message, InvalidInput):
+        return pb.ModelStreamInferResponse(error_message=text)
+    return pb.ModelStreamInferResponse(error_message=text, infer_response=pb.ModelInferResponse(
+        id=message.id, model_name=message.model_name))
 
 
 def _serialize(message: Any) -> bytes:

@@ -46,6 +46,12 @@ async def failure(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
     return raised.value
 
 
+async def _first(call):  # type: ignore[no-untyped-def]
+    async for answer in call:
+        return answer
+    return None
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -56,8 +62,9 @@ async def test_api_keys_guard_inference_as_over_http() -> None:
         wrong = await failure(stub.ModelInfer(image_request(), metadata=bearer("key-2")))
         answered = await stub.ModelInfer(image_request(), metadata=bearer("key-1"))
         metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="fashion-cnn"))  # open, as over HTTP
+        stream = await failure(_first(stub.ModelStreamInfer(iter([image_request()]))))
         over_http = await http.post("/v2/models/fashion-cnn/infer", json={"inputs": []})
-    assert missing.code() == wrong.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert missing.code() == wrong.code() == stream.code() == grpc.StatusCode.UNAUTHENTICATED
     assert missing.details() == over_http.json()["error"]
     assert list(answered.outputs[0].shape) == [1, 10]
     assert metadata.name == "fashion-cnn"

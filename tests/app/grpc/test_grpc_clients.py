@@ -4,6 +4,7 @@ call, answers identical to HTTP binary's, and the same error text under gRPC's c
 from __future__ import annotations
 
 import asyncio
+import queue
 import signal
 import time
 from collections.abc import Iterator
@@ -298,8 +299,33 @@ def test_every_worker_serves_grpc_on_the_shared_port() -> None:
     assert log.count(started) == 2, log
 
 
+def test_streaming_answers_every_request_by_id_and_a_bad_one_with_its_error(server: ServerProcess) -> None:
+    """Triton's ModelStreamInfer, through tritonclient's stream: answers as they complete, by
+    id; a bad request's error comes on the stream (the HTTP 400's text) and the stream goes on."""
+    http, grpc_client = clients(server)
+    answers: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    inputs = {i: pixels(2, seed=i) for i in range(6)}
+    for i, x in inputs.items():
+        grpc_client.async_stream_infer("fashion-cnn", inputs_for(triton_grpc, {"pixels": x}), request_id=str(i))
+    bad = {"pixels": np.zeros((1, 5), np.float32)}
+    grpc_client.async_stream_infer("fashion-cnn", inputs_for(triton_grpc, bad), request_id="bad")
+    got = [answers.get(timeout=30) for _ in range(7)]
+    grpc_client.stop_stream()
+    results = {r.get_response().id: r.as_numpy("logits") for r, e in got if e is None}
+    errors = [e.message() for r, e in got if e is not None]
+    assert sorted(results) == [str(i) for i in inputs]
+    for i, x in inputs.items():
+        unary = grpc_client.infer("fashion-cnn", inputs_for(triton_grpc, {"pixels": x})).as_numpy("logits")
+        np.testing.assert_array_equal(results[str(i)], unary)
+    assert errors == [_http_error(lambda: http.infer("fashion-cnn", inputs_for(triton_http, bad)))]
+    metrics = server.metrics()
+    assert 'ortserve_requests_total{endpoint="grpc.ModelStreamInfer",model="fashion-cnn",status="OK"}' in metrics
+    assert 'endpoint="grpc.ModelStreamInfer",model="fashion-cnn",status="INVALID_ARGUMENT"' in metrics
+
+
 @pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("protocol", ["grpc", "grpc-stream", "http"])
 def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, name: str, protocol: str) -> None:
     """Triton's load tester, unchanged, with the input files README's example writes."""
     tool = perf_analyzer.find()
@@ -309,8 +335,10 @@ def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, n
     folder, seen_as = perf_analyzer.input_folder(tool)
     folder.mkdir(parents=True, exist_ok=True)
     written = perf_inputs.write(MODELS, folder, 8)
-    target = server.grpc_target if protocol == "grpc" else f"127.0.0.1:{server.port}"
-    done = perf_analyzer.run(tool, name, target, protocol, 4, "--input-data", f"{seen_as}/{written[name].name}",
+    target = f"127.0.0.1:{server.port}" if protocol == "http" else server.grpc_target
+    streaming = ["--streaming"] if protocol == "grpc-stream" else []
+    done = perf_analyzer.run(tool, name, target, protocol.removesuffix("-stream"), 4, *streaming,
+                             "--input-data", f"{seen_as}/{written[name].name}",
                              "--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "3")
     assert done.returncode == 0, done.stdout + done.stderr
     assert perf_analyzer.figures(done.stdout)["infer_per_s"] > 0, done.stdout
