@@ -230,7 +230,8 @@ class Settings(BaseSettings):
     """A connection with no request running, new or between requests, is closed after this
     long without a byte."""
     max_grpc_calls: int = Field(default=4096, ge=1)
-    """gRPC calls handled at once per worker; beyond it a new call gets RESOURCE_EXHAUSTED."""
+    """gRPC calls handled at once per worker; beyond it a new call gets RESOURCE_EXHAUSTED. Also
+    the requests of one stream run at once; beyond, the stream is read as they are answered."""
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -241,6 +241,9 @@ class InferenceService:
             await context.abort(code_of(e), e.message)
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        # At most max_grpc_calls of a stream's requests at once: beyond, the stream is not read
+        # (HTTP/2 flow control holds the client back) until one is answered.
+        slots = asyncio.Semaphore(self.serving.settings.max_grpc_calls)
 
         async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> None:
             started, code = time.perf_counter(), grpc.StatusCode.OK
@@ -256,12 +259,14 @@ class InferenceService:
                 code = grpc.StatusCode.INTERNAL
                 reply = _stream_error(message, "internal server error")
             finally:
+                slots.release()
                 self._record(_infer_model(request), "grpc.ModelStreamInfer", code, time.perf_counter() - started)
             answers.put_nowait(reply.SerializeToString())
 
         async def read() -> None:
             try:
                 async for request in requests:
+                    await slots.acquire()
                     task = asyncio.create_task(answer(request))
                     running.add(task)
                     task.add_done_callback(running.discard)

@@ -192,3 +192,26 @@ async def test_health_turns_not_serving_with_readiness_during_the_drain() -> Non
     assert live.live
     assert http_ready.status_code == 503
     assert list(still_answers.outputs[0].shape) == [1, 10]
+
+
+async def test_a_stream_runs_at_most_max_grpc_calls_of_its_requests_at_once() -> None:
+    """Batches wait 1 s for company: with room for two requests, a stream of five has two
+    queued while that batch waits (not five), and every one is still answered."""
+    async with serving_grpc(max_grpc_calls=2, max_queue_delay_ms=1000, max_batch_size=64,
+                            idle_dispatch=False) as (http, stub, _):
+        requests = [text_request(1) for _ in range(5)]
+        for number, request in enumerate(requests):
+            request.id = str(number)
+
+        async def answers() -> list[str]:
+            return [reply.infer_response.id async for reply in stub.ModelStreamInfer(iter(requests))]
+
+        reading = asyncio.ensure_future(answers())
+        queued = 'ortserve_queue_depth{model="sst2-lstm"} 2.0'
+        while queued not in (await http.get("/metrics")).text:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # the batch still waits for company: nothing more was read
+        held = (await http.get("/metrics")).text
+        answered = await reading
+    assert queued in held
+    assert sorted(answered) == ["0", "1", "2", "3", "4"]
