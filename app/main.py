@@ -28,7 +28,7 @@ from app.http.openapi import add_body_schemas
 from app.http.routes import health, metrics, model_repository, v1, v2
 from app.http.services import Services
 from app.observability.log import configure_logging
-from app.observability.metrics import Metrics
+from app.observability.metrics import Metrics, RequestSeries
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
         grpc_server = None
         if resolved.grpc:
-            grpc_server = GrpcServer(InferenceService(services), resolved)
+            grpc_server = GrpcServer(InferenceService(services, app.request_series), resolved)
             try:
                 await grpc_server.start()
             except OSError:
@@ -155,6 +155,7 @@ class _OrtServe(FastAPI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.metrics = Metrics()  # before the lifespan: the middleware counts every request
+        self.request_series = RequestSeries(self.metrics, self._serves)  # HTTP's requests and gRPC's calls
 
     def repository(self) -> ModelRepository | None:
         return self.services.repository if self.services is not None else None
@@ -171,7 +172,7 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
-        return RequestContext(inner, self.metrics, self._serves)
+        return RequestContext(inner, self.request_series)
 
     def _serves(self, model: str) -> bool:
         repository = self.repository()

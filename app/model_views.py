@@ -8,10 +8,13 @@ from typing import Any
 
 from app.protocol import triton
 from app.repository import ModelRepository
-from app.served_model import ServedModel
 
 
-def metadata(model: ServedModel, versions: list[str]) -> dict[str, Any]:
+def metadata(repository: ModelRepository, name: str, version: str | None = None) -> dict[str, Any]:
+    """The V2 model metadata of the newest served version, listing every served version (or of
+    `version`, listing that one)."""
+    model = repository.get(name, version)
+    versions = [model.version] if version else repository.versions_of(name)
     return triton.model_metadata(model.manifest, versions, model.variant, model.session.providers)
 
 

@@ -13,7 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from load_tests.server import ROOT
+from load_tests.server import ROOT, ServerProcess
 
 SHARED = ROOT.parent / "shared" / "tools" / "perf_analyzer"
 CHROOT = Path(os.environ.get("PERF_ANALYZER_ROOT", "/var/tmp/perf-analyzer-trixie"))
@@ -35,10 +35,21 @@ def input_folder(tool: str) -> tuple[Path, str]:
     return folder, str(folder)
 
 
-def run(tool: str, model: str, target: str, protocol: str, concurrency: int, *options: str,
+PROTOCOLS = ("http", "grpc", "grpc-stream")
+"""HTTP (binary tensors), unary gRPC calls, and a gRPC stream (`--streaming`: ModelStreamInfer)."""
+
+
+def target(server: ServerProcess, protocol: str) -> str:
+    """host:port of the server for `protocol`."""
+    return f"127.0.0.1:{server.port}" if protocol == "http" else server.grpc_target
+
+
+def run(tool: str, model: str, server: ServerProcess, protocol: str, concurrency: int, *options: str,
         timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    """One perf_analyzer measurement; `target` is host:port (HTTP's or gRPC's)."""
-    command = [tool, "-m", model, "-u", target, "-i", protocol, "--concurrency-range", str(concurrency), *options]
+    """One perf_analyzer measurement of `server` over one of PROTOCOLS."""
+    streaming = ["--streaming"] if protocol == "grpc-stream" else []
+    command = [tool, "-m", model, "-u", target(server, protocol), "-i", protocol.removesuffix("-stream"),
+               "--concurrency-range", str(concurrency), *streaming, *options]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from load_tests import perf_analyzer, perf_inputs
+from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
 
 CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
@@ -26,14 +27,9 @@ CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
 MODEL = "fashion-cnn"
 
 
-PROTOCOLS = ("http", "grpc", "grpc-stream")
-
-
-def measure(tool: str, target: str, protocol: str, data: str, images: int, concurrency: int,
+def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: int, concurrency: int,
             interval_ms: int) -> dict[str, float]:
-    streaming = ["--streaming"] if protocol == "grpc-stream" else []
-    done = perf_analyzer.run(tool, MODEL, target, protocol.removesuffix("-stream"), concurrency, *streaming,
-                             "-b", str(images), "--input-data", data,
+    done = perf_analyzer.run(tool, MODEL, server, protocol, concurrency, "-b", str(images), "--input-data", data,
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
                              "--max-trials", "6")
     found = perf_analyzer.figures(done.stdout)
@@ -51,13 +47,11 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
     rows = []
     with ServerProcess(["--model-dir", str(model_dir), *(server_args or [])]) as server:
-        targets = {"http": f"127.0.0.1:{server.port}", "grpc": server.grpc_target,
-                   "grpc-stream": server.grpc_target}
         for images, concurrency in CELLS:
             runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROTOCOLS}
             for _ in range(rounds):
                 for protocol in PROTOCOLS:
-                    runs[protocol].append(measure(tool, targets[protocol], protocol, data, images, concurrency,
+                    runs[protocol].append(measure(tool, server, protocol, data, images, concurrency,
                                                   interval_ms))
             row: dict[str, Any] = {"images": images, "concurrency": concurrency, "rounds": rounds}
             for protocol in PROTOCOLS[1:]:

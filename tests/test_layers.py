@@ -44,7 +44,7 @@ LAYERS: dict[str, set[str]] = {
                         "app.repository", "app.runtime", "app.settings"},
     "app.inference": {"app.codecs", "app.manifest", "app.offload", "app.served_model"},
     "app.access": {"app.errors"},
-    "app.model_views": {"app.protocol", "app.repository", "app.served_model"},
+    "app.model_views": {"app.protocol", "app.repository"},
     "app.grpc": {"app.grpc", "app.access", "app.errors", "app.inference", "app.model_views", "app.observability",
                  "app.offload", "app.protocol", "app.repository", "app.settings"},
     "app.http": {"app.http", "app.access", "app.deadlines", "app.errors", "app.inference", "app.model_facts",

@@ -28,7 +28,7 @@ from app.access import check_admin, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
-from app.observability.metrics import Metrics
+from app.observability.metrics import RequestSeries
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
@@ -63,8 +63,6 @@ class Serving(Protocol):
     @property
     def repository(self) -> ModelRepository: ...
     @property
-    def metrics(self) -> Metrics: ...
-    @property
     def budget(self) -> Budget: ...
     @property
     def offload(self) -> Offload: ...
@@ -80,10 +78,9 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class InferenceService:
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, series: RequestSeries) -> None:
         self.serving = serving
-        self._collectors: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._models_seen: set[str] = set()
+        self.series = series  # the requests' metrics, shared with HTTP (app/observability/metrics.py)
 
     def ready(self) -> bool:
         """The readiness of /v2/health/ready: every model that should serve does, and no drain."""
@@ -127,40 +124,18 @@ class InferenceService:
             code, message = grpc.StatusCode.OK, ""
             try:
                 return await behaviour(request, context)
-            except ServingError as e:
-                code, message = code_of(e), e.message
-                if isinstance(e, QueueFull):
-                    context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
-                elif e.status_code >= 500 and e.status_code not in (503, 504):
-                    logger.error("server error: %s", e.message)
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception:  # nobody expected it: logged with its traceback, answered without internals
-                logger.exception("unhandled error in %s", endpoint)
-                code, message = grpc.StatusCode.INTERNAL, "internal server error"
+            except Exception as e:
+                code, message = _failure(e, endpoint)
+                if isinstance(e, QueueFull):
+                    context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
             finally:
-                self._record(model_of(request), endpoint, code, time.perf_counter() - started)
+                self.series.record(model_of(request), endpoint, code.name, time.perf_counter() - started)
             await context.abort(code, message)
 
         return call
-
-    def _record(self, model: str, endpoint: str, code: grpc.StatusCode, seconds: float) -> None:
-        # As app/http/middleware.py: only a model that exists is a label value.
-        if model and model not in self._models_seen:
-            if self.serving.repository.serves(model):
-                self._models_seen.add(model)
-            else:
-                model = ""
-        key = (model, endpoint, code.name)
-        found = self._collectors.get(key)
-        if found is None:
-            metrics = self.serving.metrics
-            found = (metrics.requests.labels(model, endpoint, code.name),
-                     metrics.request_latency.labels(model, endpoint))
-            self._collectors[key] = found
-        found[0].inc()
-        found[1].observe(seconds)
 
     # --- health and metadata ------------------------------------------------------------
 
@@ -182,10 +157,7 @@ class InferenceService:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
     async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        repository = self.serving.repository
-        model = repository.get(request.name, request.version or None)
-        versions = [model.version] if request.version else repository.versions_of(request.name)
-        found = model_views.metadata(model, versions)
+        found = model_views.metadata(self.serving.repository, request.name, request.version or None)
         found.pop("parameters")  # the gRPC message has no field for them; HTTP's metadata has
         return json_format.ParseDict(found, pb.ModelMetadataResponse())
 
@@ -203,7 +175,7 @@ class InferenceService:
     async def _model_infer(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                            context: grpc.aio.ServicerContext) -> bytes:
         self._check_key(context)
-        return await self._infer_one(request, context)
+        return await self._infer_one(request, context, streamed=False)
 
     def _check_key(self, context: grpc.aio.ServicerContext) -> None:
         keys = self.serving.api_keys
@@ -211,8 +183,8 @@ class InferenceService:
             check_api_key(_authorization(context), keys)
 
     async def _infer_one(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                         context: grpc.aio.ServicerContext) -> bytes:
-        """One request through the inference path: its serialized ModelInferResponse."""
+                         context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
+        """One request through the inference path: its answer serialized (GrpcExchange)."""
         arrived = time.monotonic()
         body, message = request
         serving = self.serving
@@ -223,7 +195,7 @@ class InferenceService:
             serving.budget.large_bodies.take(held, len(body))
         try:
             async with serving.repository.lease(message.model_name, message.model_version or None) as model:
-                return await run_inference(model, message, GrpcExchange(context.time_remaining()), serving.budget,
+                return await run_inference(model, message, GrpcExchange(context.time_remaining(), streamed), serving.budget,
                                            serving.offload, arrived, client_gone=context.cancelled,
                                            body_bytes=len(body))
         finally:
@@ -249,19 +221,15 @@ class InferenceService:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             message = request[1]
             try:
-                body = await self._infer_one(request, context)
-                reply = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse.FromString(body))
-            except ServingError as e:
-                code = code_of(e)
-                reply = _stream_error(message, e.message)
-            except Exception:  # logged with its traceback, answered without internals
-                logger.exception("unhandled error in grpc.ModelStreamInfer")
-                code = grpc.StatusCode.INTERNAL
-                reply = _stream_error(message, "internal server error")
+                reply = await self._infer_one(request, context, streamed=True)
+            except Exception as e:
+                code, text = _failure(e, "grpc.ModelStreamInfer")
+                reply = _stream_error(message, text).SerializeToString()
             finally:
                 slots.release()
-                self._record(_infer_model(request), "grpc.ModelStreamInfer", code, time.perf_counter() - started)
-            answers.put_nowait(reply.SerializeToString())
+                self.series.record(_infer_model(request), "grpc.ModelStreamInfer", code.name,
+                                   time.perf_counter() - started)
+            answers.put_nowait(reply)
 
         async def read() -> None:
             try:
@@ -327,6 +295,17 @@ def _read_infer(body: bytes) -> tuple[bytes, pb.ModelInferRequest | InvalidInput
 def _infer_model(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> str:
     message = request[1]
     return "" if isinstance(message, InvalidInput) else message.model_name
+
+
+def _failure(error: Exception, endpoint: str) -> tuple[grpc.StatusCode, str]:
+    """An error as the status and message a client gets, for a call or a stream's request.
+    Server faults are logged; what nobody expected with its traceback, answered without internals."""
+    if isinstance(error, ServingError):
+        if error.status_code >= 500 and error.status_code not in (503, 504):
+            logger.error("server error: %s", error.message)
+        return code_of(error), error.message
+    logger.error("unhandled error in %s", endpoint, exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal server error"
 
 
 def _stream_error(message: pb.ModelInferRequest | InvalidInput, text: str) -> pb.ModelStreamInferResponse:

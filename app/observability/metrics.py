@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -110,3 +111,33 @@ class Metrics:
     def set_state(self, model: str, version: str, state: str) -> None:
         for each in MODEL_STATES:
             self.model_state.labels(model, version, each).set(1 if each == state else 0)
+
+
+class RequestSeries:
+    """Requests answered and their latency, by model, endpoint and status, for every transport
+    (app/http/middleware.py per HTTP request, app/grpc/service.py per gRPC call).
+
+    Only a model that exists is a label value: a client's string (an unknown model, any name
+    on a wrong method) would grow the series without bound. The labelled children are
+    cached: `labels()` takes a lock and builds a key on every call."""
+
+    def __init__(self, metrics: Metrics, model_exists: Callable[[str], bool]) -> None:
+        self.metrics = metrics
+        self.model_exists = model_exists
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._models_seen: set[str] = set()
+
+    def record(self, model: str, endpoint: str, status: str, seconds: float) -> None:
+        if model and model not in self._models_seen:
+            if self.model_exists(model):
+                self._models_seen.add(model)  # a model once served stays a valid label
+            else:
+                model = ""
+        key = (model, endpoint, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (self.metrics.requests.labels(model, endpoint, status),
+                     self.metrics.request_latency.labels(model, endpoint))
+            self._children[key] = found
+        found[0].inc()
+        found[1].observe(seconds)

@@ -121,28 +121,30 @@ def _output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) 
     return {"classification": values["classification"]} if "classification" in values else None
 
 
-def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]) -> bytes:
-    """The serialized ModelInferResponse: the outputs' shapes in `outputs`, their data in
-    `raw_output_contents`."""
+def response_message(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
+                     ) -> pb.ModelInferResponse:
+    """The ModelInferResponse: the outputs' shapes in `outputs`, their data in `raw_output_contents`."""
     response = pb.ModelInferResponse(model_name=manifest.name, model_version=str(manifest.version),
                                      id=request.id or "")
     for name, array in answered_arrays(request, manifest, outputs):
         response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype.name], shape=array.shape)
         response.raw_output_contents.append(strings_to_bytes(array) if array.dtype.kind == "O"
                                             else to_little_endian_bytes(array))
-    return response.SerializeToString()
+    return response
 
 
 class GrpcExchange(V2Exchange):
     """One ModelInfer call through the inference path: decoded and checked as a V2 request
     is, with the call's gRPC deadline as its timeout (the shorter of it and the request's
-    `timeout` parameter), answered as a serialized ModelInferResponse."""
+    `timeout` parameter), answered serialized (where large, off the loop, as HTTP's answers):
+    a ModelInferResponse, or on a stream the ModelStreamInferResponse that holds it."""
 
-    __slots__ = ("deadline_s",)
+    __slots__ = ("deadline_s", "streamed")
 
-    def __init__(self, deadline_s: float | None) -> None:
+    def __init__(self, deadline_s: float | None, streamed: bool = False) -> None:
         super().__init__(None)
         self.deadline_s = deadline_s  # seconds left of the call's deadline when it arrived (None: none)
+        self.streamed = streamed
 
     def parse(self, body: pb.ModelInferRequest) -> tuple[InferenceRequest, BinaryReader]:
         return to_request(body)
@@ -155,4 +157,7 @@ class GrpcExchange(V2Exchange):
 
     def answer(self, request: InferenceRequest, manifest: Manifest,  # type: ignore[override]
                outputs: dict[str, np.ndarray]) -> bytes:
-        return encode_response(request, manifest, outputs)
+        message = response_message(request, manifest, outputs)
+        if self.streamed:
+            return pb.ModelStreamInferResponse(infer_response=message).SerializeToString()
+        return message.SerializeToString()

@@ -149,17 +149,11 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_perf_analyzer_runs_against_it_with_its_random_inputs(running: ServerProcess, name: str) -> None:
-    tool = perf_analyzer.find()
-    if tool is None:
-        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
-                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
-    command = [tool, "-m", name, "-u", running.url.removeprefix("http://"), "-i", "http",
-               "--concurrency-range", "2", "--measurement-interval", "500", "--stability-percentage", "100",
-               "--max-trials", "3"]
-    for shape in CASES[name].perf_shapes:
-        command += ["--shape", shape]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+def test_perf_analyzer_runs_against_it_with_its_random_inputs(running: ServerProcess, name: str,
+                                                              perf_analyzer_tool: str) -> None:
+    shapes = [option for shape in CASES[name].perf_shapes for option in ("--shape", shape)]
+    done = perf_analyzer.run(perf_analyzer_tool, name, running, "http", 2, "--measurement-interval", "500",
+                             "--stability-percentage", "100", "--max-trials", "3", *shapes)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "throughput:" in done.stdout, done.stdout
     assert "error" not in done.stdout.lower(), done.stdout

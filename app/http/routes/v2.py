@@ -35,15 +35,13 @@ _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, 
             summary="Model metadata: inputs, outputs, platform, variant and provider",
             description=_METADATA_DESCRIPTION + " `versions` lists every served version.")
 async def model_metadata(request: Request, name: ModelName) -> Response:
-    models = services(request).repository
-    return JSONResponse(model_views.metadata(models.get(name), models.versions_of(name)))
+    return JSONResponse(model_views.metadata(services(request).repository, name))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=MetadataModelResponse, responses=MODEL_ERRORS,
             summary="Metadata of one model version", description=_METADATA_DESCRIPTION)
 async def version_metadata(request: Request, name: ModelName, version: Version) -> Response:
-    model = services(request).repository.get(name, version)
-    return JSONResponse(model_views.metadata(model, [model.version]))
+    return JSONResponse(model_views.metadata(services(request).repository, name, version))
 
 
 _READY_DESCRIPTION = "200 with an empty body when it serves requests; 404 or 503 (with the reason) when not."

@@ -325,19 +325,14 @@ def test_streaming_answers_every_request_by_id_and_a_bad_one_with_its_error(serv
 
 
 @pytest.mark.parametrize("name", ["fashion-cnn", "sst2-lstm"])
-@pytest.mark.parametrize("protocol", ["grpc", "grpc-stream", "http"])
-def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, name: str, protocol: str) -> None:
+@pytest.mark.parametrize("protocol", perf_analyzer.PROTOCOLS)
+def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, name: str, protocol: str,
+                                                        perf_analyzer_tool: str) -> None:
     """Triton's load tester, unchanged, with the input files README's example writes."""
-    tool = perf_analyzer.find()
-    if tool is None:
-        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
-                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
-    folder, seen_as = perf_analyzer.input_folder(tool)
+    folder, seen_as = perf_analyzer.input_folder(perf_analyzer_tool)
     folder.mkdir(parents=True, exist_ok=True)
     written = perf_inputs.write(MODELS, folder, 8)
-    target = f"127.0.0.1:{server.port}" if protocol == "http" else server.grpc_target
-    streaming = ["--streaming"] if protocol == "grpc-stream" else []
-    done = perf_analyzer.run(tool, name, target, protocol.removesuffix("-stream"), 4, *streaming,
+    done = perf_analyzer.run(perf_analyzer_tool, name, server, protocol, 4,
                              "--input-data", f"{seen_as}/{written[name].name}",
                              "--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "3")
     assert done.returncode == 0, done.stdout + done.stderr
