@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: run test lint typecheck train bench smoke-container clean
+.PHONY: run test lint typecheck train bench triton-peer smoke-container clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ train: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m load_tests.bench
+
+# Triton, the benchmarks' peer (load_tests/triton_peer.py): PyTriton in a venv of its own. Its
+# Python backend stub links the system's libpython3.11, so the venv's Python must be that one.
+TRITON_BASE_PYTHON ?= /usr/bin/python3.11
+.venv-triton/bin/python:
+	$(TRITON_BASE_PYTHON) -m venv .venv-triton
+	.venv-triton/bin/python -m pip install -q --disable-pip-version-check nvidia-pytriton==0.7.0 onnxruntime
+
+triton-peer: .venv-triton/bin/python
 
 smoke-container:
 	bash deploy/smoke_container.sh

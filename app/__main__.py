@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,13 +19,13 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import uvicorn
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
 from app.http.connections import uvicorn_options
-from app.main import create_app
 from app.observability.log import configure_logging
 from app.observability.workers import clear_snapshots
+from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
 
 PROG = "python -m app"
@@ -51,21 +52,41 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
     # place before it: with Python's default, a drained server would still exit 143.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    if settings.workers == 1:
+    auto, workers = settings.workers == "auto", worker_count(settings.workers)
+    settings = settings.model_copy(update={"workers": workers})
+    if workers == 1:
+        from app.main import create_app  # not before: a supervising parent has no use for the app
+
         uvicorn.run(create_app(settings), **common)
         return
-    if settings.metrics_dir is None:  # the workers' metrics meet here (app/observability/workers.py)
-        folder = Path(tempfile.mkdtemp(prefix="ortserve-metrics-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        settings = settings.model_copy(update={"metrics_dir": folder})
-    else:
-        clear_snapshots(settings.metrics_dir)  # counters of an earlier run are not this one's
+    settings = _shared_folders(settings)
     # Worker processes import app.main:app and build their Settings from the environment,
-    # so hand the resolved settings (flags included) on through it.
+    # so hand the resolved settings (flags included, workers counted) on through it.
     for name, value in settings.model_dump().items():
         if value is not None:
             os.environ[f"ORTSERVE_{name.upper()}"] = _as_env(value)
-    uvicorn.run("app.main:app", workers=settings.workers, **common)
+    logging.getLogger("app").info("starting %d worker processes%s", workers,
+                                  " (workers auto: one per usable CPU)" if auto else "")
+    uvicorn.run("app.main:app", workers=workers, **common)
+
+
+def _shared_folders(settings: Settings) -> Settings:
+    """The folders the workers share: their metrics (app/observability/workers.py) and the
+    repository's changes (app/repository/shared.py). A temporary one, removed at exit, for
+    each not set; one that is set is cleared of an earlier run's files."""
+    update: dict[str, Path] = {}
+    temporary: Path | None = None
+    for name in ("metrics_dir", "control_dir"):
+        if getattr(settings, name) is None:
+            temporary = temporary or Path(tempfile.mkdtemp(prefix="ortserve-workers-"))
+            update[name] = temporary / name.removesuffix("_dir")
+    if temporary is not None:
+        atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    if settings.metrics_dir is not None:
+        clear_snapshots(settings.metrics_dir)  # counters of an earlier run are not this one's
+    if settings.control_dir is not None:
+        clear_control_folder(settings.control_dir)
+    return settings.model_copy(update=update)
 
 
 def parse_settings(argv: list[str]) -> Settings:
@@ -126,8 +147,13 @@ def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
 
 
 def _as_env(value: object) -> str:
+    """A setting as its ORTSERVE_* variable: secrets (the admin token, API keys) as they were given."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
     if isinstance(value, str | Path | int | float | bool):
         return str(value)
+    if isinstance(value, list):
+        value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
     return json.dumps(value)  # lists: pydantic-settings parses complex values as JSON
 
 

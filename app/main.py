@@ -32,6 +32,7 @@ from app.observability.metrics import Metrics, RequestSeries
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
+from app.repository.shared import FOLLOW_S, RepositoryChanges, SharedRepository
 from app.runtime import available_cpus, ort_options
 from app.settings import Settings
 from app.shutdown import delay_sigterm
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin = resolved.admin_secret()
         api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,
-                              resolved.workers)
+                              resolved.worker_processes)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch (%s for large batches), %d CPUs usable",
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())
@@ -62,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if failures and resolved.strict_models:
             await repository.stop()
             raise StrictModelsRefused(failures)
+        changes = RepositoryChanges(repository) if resolved.control_dir is None else SharedRepository(
+            repository, resolved.control_dir, resolved.worker_processes)
+        await changes.start()  # what the repository API changed in the other workers, before answering
         settle_heap()
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")
         for failure in failures:
@@ -69,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(
             app.metrics.registry, resolved.metrics_dir, failures=app.metrics.metrics_snapshot_failures)
         services = app.services = Services(
-            settings=resolved, repository=repository, metrics=app.metrics, budget=RequestBudget(resolved),
+            settings=resolved, repository=repository, changes=changes, metrics=app.metrics, budget=RequestBudget(resolved),
             offload=Offload(resolved.decode_threads), api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
         grpc_server = None
@@ -78,9 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 await grpc_server.start()
             except OSError:
+                changes.stop()
                 await repository.stop()
                 raise
-        background = start_background_tasks(repository, resolved, worker_metrics)
+        background = start_background_tasks(repository, resolved, worker_metrics, changes)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             if grpc_server is not None:  # its accepted calls finish before the models go
                 await grpc_server.stop()
+            changes.stop()
             await repository.stop()
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()
@@ -115,15 +121,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def start_background_tasks(repository: ModelRepository, settings: Settings,
-                           worker_metrics: WorkerMetrics | None = None) -> list[asyncio.Task[None]]:
+                           worker_metrics: WorkerMetrics | None = None,
+                           changes: RepositoryChanges | None = None) -> list[asyncio.Task[None]]:
     """The watchdog of stalled batches, in poll mode the repository scanner, and with
-    several workers this one's metrics snapshot."""
+    several workers this one's metrics snapshot and its following of the others' changes."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
         tasks.append(asyncio.create_task(_every(settings.repository_poll_s, repository.poll), name="poller"))
     if worker_metrics is not None:
         tasks.append(asyncio.create_task(_every(SNAPSHOT_S, worker_metrics.write_snapshot), name="metrics"))
+    if isinstance(changes, SharedRepository):
+        tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
     return tasks
 
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -21,33 +19,12 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from app.errors import ModelRefusedInput
 from app.manifest import Manifest, Variant
+from app.processes import available_cpus
 
 logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: the cgroup quota (a container's --cpus) if any,
-    else the affinity mask. os.cpu_count() would report the host's cores."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_cpu_quota()
-    return max(1, min(count, math.ceil(quota))) if quota else count
-
-
-def _cgroup_cpu_quota() -> float | None:
-    try:  # cgroup v2
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota_us / period_us if quota_us > 0 else None
-    except (OSError, ValueError):
-        return None
 
 
 def choose_providers(requested: Sequence[str] | None) -> list[str]:

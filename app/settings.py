@@ -40,7 +40,7 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "log_format", "log_level", "access_log",),
+    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "control_dir", "log_format", "log_level", "access_log",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
@@ -76,12 +76,17 @@ class Settings(BaseSettings):
     the standard health service and server reflection) on grpc_port."""
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """TCP port of the gRPC service (Triton's default), on the same host address."""
-    workers: int = Field(default=1, ge=1)
-    """uvicorn worker processes; each loads every model and batches on its own, and /metrics
-    answers for all of them (metrics_dir)."""
+    workers: int | Literal["auto"] = "auto"
+    """Worker processes, each with its own event loop and a session per model (memory: models
+    x workers). auto: one per CPU this process may use (the container's CPU quota and the
+    affinity mask, not the host's cores); 1: one process. Every worker serves one repository
+    (control_dir) and /metrics answers for all of them (metrics_dir)."""
     metrics_dir: Path | None = None
     """Where each worker writes its metrics every second for /metrics to merge, whichever
     worker answers; with workers above 1, a temporary folder unless set."""
+    control_dir: Path | None = None
+    """Where the workers share the repository API's changes and their readiness, so that a
+    load or unload reaches every worker; with workers above 1, a temporary folder unless set."""
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -274,11 +279,28 @@ class Settings(BaseSettings):
                              f"max_body_bytes ({self.max_body_bytes}): else no body that large is ever read")
         return self
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_counted(cls, value: object) -> object:
+        """One message for a bad value, not one per member of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError("must be auto or a number of processes, 1 or more")
+
     @field_validator("version_policy")
     @classmethod
     def _policy_parses(cls, value: str) -> str:
         VersionPolicy.parse(value)
         return value
+
+    @property
+    def worker_processes(self) -> int:
+        """How many worker processes this server has: `python -m app` resolves auto before it
+        starts them (app/__main__.py); a process that reads auto itself (a bare `uvicorn
+        app.main:app`, an app built in-process) is the only one."""
+        return 1 if self.workers == "auto" else self.workers
 
     @property
     def large_bodies_limit_bytes(self) -> int:

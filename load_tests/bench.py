@@ -52,11 +52,13 @@ class Scenario:
     asgi: str | None = None  # another server than the service (the ceiling, the naive one)
     rate_per_s: float | None = None  # open loop when set
     note: str = ""
+    command: list[str] | None = None  # another server altogether (Triton: load_tests/triton_peer.py)
+    ready_path: str = "/v2/health/ready"
 
     @property
     def peer(self) -> bool:
         """Not the service: no /metrics to read."""
-        return self.asgi is not None
+        return self.asgi is not None or self.command is not None
 
 
 @dataclass
@@ -99,27 +101,49 @@ def v2_binary_32(model_dir: Path) -> Payload:
     return Payload("/v2/models/fashion-cnn/infer", body, headers, items=32)
 
 
-def scenarios() -> list[Scenario]:
-    off = ["--max-batch-size", "1"]
+TRITON_PYTHON = Path(os.environ.get("TRITON_PYTHON", ROOT / ".venv-triton" / "bin" / "python"))
+"""The interpreter of PyTriton's own venv (`make triton-peer`; load_tests/triton_peer.py)."""
+
+
+def triton(payload: Callable[[Path], Payload], concurrency: list[int], name: str, note: str,
+           python: Path, model_dir: Path) -> Scenario:
+    command = [str(python), str(ROOT / "load_tests" / "triton_peer.py"), "--model-dir", str(model_dir)]
+    return Scenario(name, [], payload, concurrency, command=command, ready_path="/v2/models/fashion-cnn/ready",
+                    note=note)
+
+
+def scenarios(triton_python: Path = TRITON_PYTHON, model_dir: Path = ROOT / "models") -> list[Scenario]:
+    """The service's scenarios run one worker process unless named `-auto` (the default,
+    workers auto: one per CPU) or `-2workers`, so that their figures compare with earlier runs."""
+    one = ["--workers", "1"]
+    off = [*one, "--max-batch-size", "1"]
     return [
         Scenario("ceiling-v1", [], cnn_v1, [1, 16, 64], asgi=CEILING, note="parse-only FastAPI endpoint"),
         Scenario("naive-v1-fashion-cnn", [], cnn_v1, [1, 16, 64], asgi=NAIVE,
-                 note="FastAPI + one ORT run per request"),
-        Scenario("v1-fashion-cnn", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
+                 note="FastAPI + one ORT call per request"),
+        Scenario("v1-fashion-cnn", one, cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
+        Scenario("v1-fashion-cnn-auto", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="defaults: workers auto"),
         Scenario("ceiling-v1-32", [], cnn_v1_32, [16], asgi=CEILING, note="32 images/request, parse only"),
         Scenario("naive-v1-fashion-cnn-32", [], cnn_v1_32, [16], asgi=NAIVE, note="32 images/request"),
-        Scenario("v1-fashion-cnn-32", [], cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("v1-fashion-cnn-32", one, cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
         Scenario("v1-fashion-cnn-nobatch", off, cnn_v1, [64], "fashion-cnn", note="batching off"),
-        Scenario("v1-fashion-cnn-int8", ["--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
+        Scenario("v1-fashion-cnn-int8", [*one, "--variant", "int8"], cnn_v1, [64], "fashion-cnn"),
         Scenario("v1-fashion-cnn-2workers", ["--workers", "2"], cnn_v1, [64], "fashion-cnn"),
-        Scenario("v1-sst2-lstm", [], lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
+        Scenario("v1-sst2-lstm", one, lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
         Scenario("v1-sst2-lstm-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
         Scenario("ceiling-v2", [], v2_json_1, [1, 16, 64], asgi=CEILING, note="V2 JSON, parse-only FastAPI endpoint"),
-        Scenario("v2-json-fashion-cnn", [], v2_json_1, [1, 16, 64], "fashion-cnn", note="V2 JSON, 1 image/request"),
-        Scenario("v2-json-fashion-cnn-32", [], v2_json_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("v2-binary-fashion-cnn-32", [], v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
-        Scenario("v2-binary-fashion-cnn-32-int8", ["--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
-        Scenario("v1-fashion-cnn-open-800rps", [], cnn_v1, [0], "fashion-cnn", rate_per_s=800,
+        triton(v2_json_1, [1, 16, 64], "triton-v2-json", "V2 JSON, Triton via PyTriton (load_tests/triton_peer.py)",
+               triton_python, model_dir),
+        Scenario("v2-json-fashion-cnn", one, v2_json_1, [1, 16, 64], "fashion-cnn", note="V2 JSON, 1 image/request"),
+        Scenario("v2-json-fashion-cnn-auto", [], v2_json_1, [1, 16, 64], "fashion-cnn",
+                 note="V2 JSON, defaults: workers auto"),
+        triton(v2_json_32, [16, 64], "triton-v2-json-32", "32 images/request, Triton", triton_python, model_dir),
+        Scenario("v2-json-fashion-cnn-32", one, v2_json_32, [16, 64], "fashion-cnn", note="32 images/request"),
+        Scenario("v2-json-fashion-cnn-32-auto", [], v2_json_32, [16, 64], "fashion-cnn",
+                 note="32 images/request, defaults: workers auto"),
+        Scenario("v2-binary-fashion-cnn-32", one, v2_binary_32, [16], "fashion-cnn", note="32 images/request"),
+        Scenario("v2-binary-fashion-cnn-32-int8", [*one, "--variant", "int8"], v2_binary_32, [16], "fashion-cnn"),
+        Scenario("v1-fashion-cnn-open-800rps", one, cnn_v1, [0], "fashion-cnn", rate_per_s=800,
                  note="open loop, fixed arrival rate"),
     ]
 
@@ -140,6 +164,9 @@ def pairings(chosen: list[Scenario]) -> list[Pairing]:
     by_name = {s.name: s for s in chosen}
     wanted = [("v1-fashion-cnn / ceiling", "v1-fashion-cnn", "ceiling-v1"),
               ("v2-json-fashion-cnn / ceiling", "v2-json-fashion-cnn", "ceiling-v2"),
+              ("v2-json-fashion-cnn-auto / ceiling", "v2-json-fashion-cnn-auto", "ceiling-v2"),
+              ("v2-json-fashion-cnn-32-auto / triton", "v2-json-fashion-cnn-32-auto", "triton-v2-json-32"),
+              ("v2-json-fashion-cnn-32 / triton", "v2-json-fashion-cnn-32", "triton-v2-json-32"),
               ("v1-sst2-lstm batching on / off", "v1-sst2-lstm", "v1-sst2-lstm-nobatch")]
     return [Pairing(label, by_name[a], by_name[b], 64) for label, a, b in wanted if a in by_name and b in by_name]
 
@@ -203,6 +230,8 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
 
 
 def _server(s: Scenario, model_dir: Path) -> ServerProcess:
+    if s.command:
+        return ServerProcess([], command=s.command, ready_path=s.ready_path, ready_timeout_s=180)
     return ServerProcess(["--model-dir", str(model_dir), *s.server_args], asgi=s.asgi,
                          env={"NAIVE_MODEL_DIR": str(model_dir)})
 
@@ -328,6 +357,19 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> l
     add("v1-fashion-cnn int8 / fp32 (served), c64", get("v1-fashion-cnn-int8", 64), cnn)
     add("v1-fashion-cnn 2 workers / 1, c64", get("v1-fashion-cnn-2workers", 64), cnn)
     add("V2 binary / JSON, 32 img, c16", get("v2-binary-fashion-cnn-32", 16), get("v2-json-fashion-cnn-32", 16))
+    # Every core by default (issue 25): the defaults against one worker, the ceiling and Triton.
+    auto_c1, naive_c1 = get("v1-fashion-cnn-auto", 1), get("naive-v1-fashion-cnn", 1)
+    if auto_c1 and naive_c1 and naive_c1.summary["p50_ms"]:
+        out.append(("v1-fashion-cnn-auto / naive, p50 at c1",
+                    f"{auto_c1.summary['p50_ms'] / naive_c1.summary['p50_ms']:.2f}"))
+    for c in (1, 16, 64):
+        add(f"V2 JSON auto / 1 worker, c{c}", get("v2-json-fashion-cnn-auto", c), get("v2-json-fashion-cnn", c))
+        add(f"V2 JSON auto / ceiling, c{c}", get("v2-json-fashion-cnn-auto", c), get("ceiling-v2", c))
+        add(f"V2 JSON auto / Triton, c{c}", get("v2-json-fashion-cnn-auto", c), get("triton-v2-json", c))
+        add(f"V2 JSON 1 worker / Triton, c{c}", get("v2-json-fashion-cnn", c), get("triton-v2-json", c))
+    for c in (16, 64):
+        add(f"V2 JSON 32 img auto / Triton, c{c}", get("v2-json-fashion-cnn-32-auto", c), get("triton-v2-json-32", c))
+        add(f"V2 JSON 32 img 1 worker / Triton, c{c}", get("v2-json-fashion-cnn-32", c), get("triton-v2-json-32", c))
     add("V2 binary int8 / fp32 (served), 32 img, c16", get("v2-binary-fashion-cnn-32-int8", 16),
         get("v2-binary-fashion-cnn-32", 16))
     for name, variant in (("v2-binary-fashion-cnn-32", served_variant), ("v2-binary-fashion-cnn-32-int8", "int8")):
@@ -388,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="closed-loop load generator; auto: wrk if installed")
     parser.add_argument("--protocols", action="store_true",
                         help="also HTTP binary against gRPC with perf_analyzer (load_tests/protocols.py)")
+    parser.add_argument("--triton-python", type=Path, default=TRITON_PYTHON,
+                        help="the Python of a venv with nvidia-pytriton and onnxruntime, for the triton-* "
+                             "scenarios (default: .venv-triton/bin/python, or $TRITON_PYTHON)")
     parser.add_argument("--readme", action="store_true",
                         help="also write the results table into README.md, with the date and commit")
     args = parser.parse_args(argv)
@@ -396,7 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (apt-get install wrk)")
     print(f"closed-loop client: {client}", flush=True)
     duration = 2.0 if args.quick else args.duration
-    chosen = [s for s in scenarios() if not args.only or s.name in args.only]
+    chosen = [s for s in scenarios(args.triton_python, args.model_dir) if not args.only or s.name in args.only]
+    if any(s.command for s in chosen) and not args.triton_python.exists():
+        print(f"triton-* scenarios left out: no PyTriton interpreter at {args.triton_python} (make triton-peer, "
+              "or --triton-python PATH)", flush=True)
+        chosen = [s for s in chosen if not s.command]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # Read before the run: the commit measured is the one checked out when it started.

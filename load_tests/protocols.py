@@ -46,7 +46,9 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     folder.mkdir(parents=True, exist_ok=True)
     data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
     rows = []
-    with ServerProcess(["--model-dir", str(model_dir), *(server_args or [])]) as server:
+    # One worker: a gRPC client's calls share one connection, so one worker, while HTTP's
+    # connections would spread over all of them; one process compares the transports alone.
+    with ServerProcess(["--model-dir", str(model_dir), "--workers", "1", *(server_args or [])]) as server:
         for images, concurrency in CELLS:
             runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROTOCOLS}
             for _ in range(rounds):

@@ -27,9 +27,12 @@ class ServerProcess:
     """`python -m app ARGS` (or the ceiling app) as a context manager; loopback only."""
 
     def __init__(self, args: list[str], *, asgi: str | None = None, ready_timeout_s: float = 90,
-                 checkout: Path = ROOT, env: dict[str, str] | None = None) -> None:
+                 checkout: Path = ROOT, env: dict[str, str] | None = None, command: list[str] | None = None,
+                 ready_path: str = "/v2/health/ready") -> None:
         """`asgi`: another app to serve instead of the service (`module:app`, e.g. the ceiling);
-        `checkout`: the source tree whose `app` runs (another git worktree, to compare versions)."""
+        `command`: another server altogether (a peer such as load_tests/triton_peer.py), given
+        `--port N`; `ready_path`: what answers 200 once it serves; `checkout`: the source tree
+        whose `app` runs (another git worktree, to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # The gRPC service's port, free as the HTTP one: through the environment, which a
@@ -37,7 +40,9 @@ class ServerProcess:
         self.grpc_port = free_port()
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.env = {**os.environ, "ORTSERVE_GRPC_PORT": str(self.grpc_port), **(env or {})}
-        if asgi:
+        if command:
+            self.command = [*command, "--port", str(self.port)]
+        elif asgi:
             self.command = [sys.executable, "-m", "uvicorn", asgi, "--host", "127.0.0.1",
                             "--port", str(self.port), "--no-access-log", "--loop", "uvloop", "--http", "httptools",
                             "--log-level", "warning"]
@@ -45,6 +50,7 @@ class ServerProcess:
             self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port),
                             "--log-level", "warning", *args]
         self.ready_timeout_s = ready_timeout_s
+        self.ready_path = ready_path
         self.checkout = checkout
         self.log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,7 +64,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {' '.join(self.command)}\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=DEFAULT_SCENARIOS,
                         metavar="SCENARIO", help=f"scenarios (default {' '.join(DEFAULT_SCENARIOS)}; also "
                                                  "v2-binary-fashion-cnn-32: 32 images per request)")
+    parser.add_argument("--workers", default="1", help="worker processes of both servers (default 1)")
     args = parser.parse_args(argv)
     if not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
-    server_args = ["--model-dir", str(args.model_dir.resolve())]
+    # The same worker count on both sides: a checkout from before workers auto ran one.
+    server_args = ["--model-dir", str(args.model_dir.resolve()), "--workers", args.workers]
     with ExitStack() as stack:
         base = stack.enter_context(ServerProcess(server_args, checkout=args.base.resolve()))
         new = stack.enter_context(ServerProcess(server_args))

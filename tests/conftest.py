@@ -17,6 +17,10 @@ MODELS = Path(os.environ.get("TESTS_MODEL_DIR", ROOT / "models"))
 # Triton's 8001: many run at once, and this machine may hold 8001. Tests that talk gRPC give
 # their server a free port of their own (load_tests/server.py does for each ServerProcess).
 os.environ.setdefault("ORTSERVE_GRPC_PORT", "0")
+# One worker process per server unless a test asks for more (workers auto starts one per CPU:
+# tests/app/test_workers.py checks that default): dozens of servers start in a run, and most
+# tests look at one process's counters.
+os.environ.setdefault("ORTSERVE_WORKERS", "1")
 
 
 def model_folder(name: str) -> Path:

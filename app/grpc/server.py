@@ -75,7 +75,7 @@ class GrpcServer:
             # gRPC shares a port between processes unless told not to: with one worker a
             # second server must fail on a taken port, not serve half its calls; with
             # several, each worker binds the port and the kernel spreads the connections.
-            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            ("grpc.so_reuseport", 1 if s.worker_processes > 1 else 0),
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_grpc_calls)
         server.add_generic_rpc_handlers((self.service.handler(),))

@@ -32,7 +32,8 @@ from app.observability.metrics import RequestSeries
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
-from app.repository import ModelRepository, load_override
+from app.repository import ModelRepository
+from app.repository.shared import RepositoryChanges
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class Serving(Protocol):
     @property
     def admin_token(self) -> bytes | None: ...
     @property
-    def draining(self) -> bool: ...
+    def changes(self) -> RepositoryChanges: ...
+
+    def ready(self) -> bool: ...
 
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -83,8 +86,8 @@ class InferenceService:
         self.series = series  # the requests' metrics, shared with HTTP (app/observability/metrics.py)
 
     def ready(self) -> bool:
-        """The readiness of /v2/health/ready: every model that should serve does, and no drain."""
-        return self.serving.repository.ready and not self.serving.draining
+        """The readiness of /v2/health/ready (app/http/services.py)."""
+        return self.serving.ready()
 
     def handler(self) -> grpc.GenericRpcHandler:
         by_name = lambda request: request.name  # noqa: E731
@@ -272,13 +275,13 @@ class InferenceService:
                                ) -> pb.RepositoryModelLoadResponse:
         self._check_admin(context, changes=True)
         config = parameter_values(request.parameters).get("config")
-        await self.serving.repository.load(request.model_name, load_override(config, request.model_name))
+        await self.serving.changes.load(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
 
     async def _repository_unload(self, request: pb.RepositoryModelUnloadRequest, context: Any
                                  ) -> pb.RepositoryModelUnloadResponse:
         self._check_admin(context, changes=True)
-        await self.serving.repository.unload(request.model_name)
+        await self.serving.changes.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

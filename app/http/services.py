@@ -13,6 +13,7 @@ from app.observability.metrics import Metrics
 from app.observability.workers import WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
+from app.repository.shared import RepositoryChanges
 from app.settings import Settings
 
 
@@ -29,6 +30,8 @@ class Services:
     """Accepted by the inference endpoints; empty: no key needed."""
     admin_token: bytes | None
     """The repository API's token; None: the API is off."""
+    changes: RepositoryChanges
+    """The repository API's load and unload, made in every worker (app/repository/shared.py)."""
     worker_metrics: WorkerMetrics | None = None
     """With several worker processes: every worker's metrics, for /metrics."""
     draining: bool = False
@@ -36,6 +39,11 @@ class Services:
 
     def start_draining(self) -> None:
         self.draining = True
+
+    def ready(self) -> bool:
+        """/v2/health/ready's (and gRPC's ServerReady): every model that should be served is
+        serving, in every worker, and this one is not draining."""
+        return not self.draining and self.changes.ready()
 
 
 def services(request: Request) -> Services:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from app.manifest import load_manifest
-from app.runtime import CPU, CUDA, available_cpus, choose_providers, choose_variant, ort_options
+from app.processes import available_cpus, worker_count
+from app.runtime import CPU, CUDA, choose_providers, choose_variant, ort_options
 from tests.conftest import model_folder
 
 
@@ -55,6 +56,19 @@ def test_available_cpus_is_positive_and_bounded() -> None:
     import os
 
     assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(("affinity", "quota", "expected"), [({0, 1, 2, 3}, None, 4), ({0, 1, 2, 3}, 1.5, 2),
+                                                           ({2}, None, 1), ({0, 1, 2, 3, 4, 5, 6, 7}, 0.5, 1)])
+def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch, affinity: set[int],
+                                            quota: float | None, expected: int) -> None:
+    """The affinity mask and the cgroup's CPU quota (a container's --cpus, rounded up) bound it."""
+    import app.processes
+
+    monkeypatch.setattr(app.processes.os, "sched_getaffinity", lambda pid: affinity)
+    monkeypatch.setattr(app.processes, "_cgroup_cpu_quota", lambda: quota)
+    assert worker_count("auto") == expected
+    assert worker_count(3) == 3  # a number is kept
 
 
 @pytest.mark.parametrize(("cpus", "inference_threads", "expected"), [(1, 1, 1), (2, 1, 1), (8, 1, 7), (8, 2, 3)])

@@ -23,13 +23,12 @@ async def live() -> Response:
 @router.get("/v2/health/ready", summary="Readiness: every model that should be served is serving",
             response_class=Response,
             description="200 with an empty body once every model the control mode and version policy select "
-                        "is serving; 503 while loading, while one of them is not served, and while draining "
+                        "is serving, in every worker process; 503 while loading, while one of them is not served, and while draining "
                         "on SIGTERM. /v2/models/{name}/ready tells which model is not.",
             responses={200: {"description": "ready"},
                        503: {"description": "still loading, a model that should be served is not, or shutting down"}})
 async def ready(request: Request) -> Response:
-    found = services(request)
-    return Response(status_code=200 if found.repository.ready and not found.draining else 503)
+    return Response(status_code=200 if services(request).ready() else 503)
 
 
 @router.get("/v2", response_model=MetadataServerResponse, summary="Server metadata",

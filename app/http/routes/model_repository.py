@@ -15,10 +15,8 @@ from app.errors import InvalidInput
 from app.http.responses import JSONResponse
 from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
-from app.model_facts import ModelFacts
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
-from app.repository import load_override
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -62,23 +60,24 @@ async def repository_index(request: Request) -> Response:
                          "field is a 400 that names it.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
-    repository = services(request).repository
-    return await _change(request, lambda options: repository.load(name, _override(options, name)))
+    changes = services(request).changes
+    return await _change(request, lambda options: changes.load(name, _config(options)))
 
 
-def _override(options: dict[str, Any], name: str) -> ModelFacts | None:
+def _config(options: dict[str, Any]) -> object:
+    """The load's `parameters.config` (checked by the repository's `load_override`)."""
     parameters = options.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("parameters must be an object")
-    return load_override(parameters.get("config"), name)
+    return parameters.get("config")
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
              description="Every version stops taking requests, finishes those it has, then unloads.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def unload_model(request: Request, name: ModelName) -> Response:
-    repository = services(request).repository
-    return await _change(request, lambda _: repository.unload(name))
+    changes = services(request).changes
+    return await _change(request, lambda _: changes.unload(name))
 
 
 async def _change(request: Request, change: Callable[[dict[str, Any]], Awaitable[object]]) -> Response:

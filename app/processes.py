@@ -1,0 +1,58 @@
+"""The worker processes of one server: how many `workers auto` starts, and the control
+folder they share (its layout; app/repository/shared.py reads and writes it).
+
+Kept free of onnxruntime and the app: `python -m app`'s parent process reads it before it
+starts the workers, and stays small for it (it only supervises them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+LEDGER = "changes.json"
+"""The repository API's changes, for every worker to apply."""
+LOCK = "changes.lock"
+REPORTS = "workers"
+"""Each worker's report, `<pid>.json`."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the cgroup quota (a container's --cpus) if any,
+    else the affinity mask. os.cpu_count() would report the host's cores."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota))) if quota else count
+
+
+def worker_count(workers: int | Literal["auto"]) -> int:
+    """The worker processes to start: auto is one per usable CPU, each with its own event
+    loop (the loop, parsing every request, is what one process runs out of first)."""
+    return available_cpus() if workers == "auto" else workers
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def clear_control_folder(folder: Path) -> None:
+    """Before the workers start: the ledger and reports of an earlier run are not this one's."""
+    for path in (folder / LEDGER, folder / LOCK):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        for report in (folder / REPORTS).iterdir():
+            report.unlink()

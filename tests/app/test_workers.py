@@ -1,0 +1,131 @@
+"""Worker processes as `python -m app` starts them: one per usable CPU by default, and one
+repository for all of them (a load under load reaches every worker without a failed request;
+a worker restarted after a crash serves what the repository API last asked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tritonclient.grpc as grpcclient
+
+from app.processes import available_cpus
+from load_tests import samples
+from load_tests.server import ServerProcess, _children
+from tests.app.conftest import copy_model
+from tests.conftest import MODELS
+
+MODEL = "fashion-cnn"
+TOKEN = "s3cret-admin"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+BODY = samples.v2_json(1, MODELS)
+
+
+def reports(folder: Path) -> dict[int, dict[str, Any]]:
+    """Each live worker's report (app/repository/shared.py), by pid."""
+    found = {}
+    for path in (folder / "workers").glob("*.json"):
+        try:
+            found[int(path.stem)] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced
+    return found
+
+
+def worker_pids(parent: int) -> set[int]:
+    """uvicorn's worker processes (multiprocessing's spawned children; not its resource tracker)."""
+    found = set()
+    for pid in _children(parent):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not so after {timeout_s} s")
+
+
+def test_workers_auto_starts_one_per_usable_cpu(tmp_path: Path) -> None:
+    """The default, as a user gets it (the test suite's servers otherwise run one worker)."""
+    with ServerProcess(["--model-dir", str(copy_model(tmp_path / "models", MODEL, 1).parent.parent),
+                        "--no-warmup"], env={"ORTSERVE_WORKERS": "auto"}) as server:
+        assert server.process is not None
+        # One CPU: uvicorn serves in its own process (no supervisor, no workers).
+        assert (len(worker_pids(server.process.pid)) or 1) == available_cpus()
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_a_load_under_load_reaches_every_worker_and_a_restarted_worker_follows(tmp_path: Path) -> None:
+    root, control = tmp_path / "models", tmp_path / "control"
+    copy_model(root, MODEL, 1)
+    args = ["--model-dir", str(root), "--workers", "2", "--model-control-mode", "explicit", "--load-model", MODEL,
+            "--admin-token", TOKEN, "--control-dir", str(control), "--no-warmup"]
+    with ServerProcess(args) as server:
+        workers = wait_for(lambda: len(reports(control)) == 2 and reports(control))
+        assert {tuple(r["serving"][MODEL]) for r in workers.values()} == {("1",)}
+
+        # Requests on fresh connections (the kernel spreads them over both workers) while
+        # version 2 is loaded through the API.
+        answers: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def send() -> None:
+            while not stop.is_set():
+                response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=BODY, timeout=30)
+                answers[str(response.status_code) if response.status_code != 200 else
+                        "v" + response.json()["model_version"]] += 1
+
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        try:
+            wait_for(lambda: answers.total() > 20)
+            copy_model(root, MODEL, 2)
+            loaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", headers=ADMIN, timeout=120)
+            assert loaded.status_code == 200, loaded.text
+            # The call answered once every worker serves version 2: none answers version 1 now.
+            served_after = answers.total()
+            wait_for(lambda: answers.total() > served_after + 40)
+        finally:
+            stop.set()
+            for sender in senders:
+                sender.join()
+        assert set(answers) <= {"v1", "v2"}, answers  # not one failed request
+        assert {tuple(r["serving"][MODEL]) for r in reports(control).values()} == {("2",)}
+        after = Counter(httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=BODY).json()["model_version"]
+                        for _ in range(40))
+        assert after == {"2": 40}
+
+        # Unloaded through one worker: both stop serving it. Then one worker dies; uvicorn
+        # starts another, which loads its --load-model set and then applies the unload.
+        unloaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", headers=ADMIN, timeout=60)
+        assert unloaded.status_code == 200, unloaded.text
+        assert [r["serving"] for r in reports(control).values()] == [{}, {}]
+        victim = sorted(reports(control))[0]
+        os.kill(victim, signal.SIGKILL)
+        assert server.process is not None
+        replaced = wait_for(lambda: (found := reports(control)) and victim not in found and len(found) == 2 and found)
+        assert [r["serving"] for r in replaced.values()] == [{}, {}]
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        assert worker_pids(server.process.pid) == set(replaced)
+
+        # The gRPC repository call goes the same way.
+        with grpcclient.InferenceServerClient(server.grpc_target) as client:
+            client.load_model(MODEL, headers={"authorization": f"Bearer {TOKEN}"})
+        assert {tuple(r["serving"][MODEL]) for r in reports(control).values()} == {("2",)}
