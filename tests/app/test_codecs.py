@@ -95,3 +95,14 @@ def test_the_predictions_bound_holds_for_the_longest_labels() -> None:
     outputs = classify_batch({"logits": logits}, "logits")
     encoded = orjson.dumps({"predictions": predictions(outputs, labels), "model_name": "m", "model_version": "1"})
     assert len(encoded) <= predictions_bytes_bound(rows, labels)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_raw_image_tensors_with_nan_or_infinity_are_refused_and_large_finite_ones_are_not(bad: float) -> None:
+    manifest, codec = codec_of("fashion-cnn")
+    name = manifest.inputs[0].name
+    huge = np.full((2, 1, 28, 28), 3e38, dtype=np.float32)  # finite, but their sum overflows
+    codec.check_tensors({name: huge})
+    huge[1, 0, 5, 5] = bad
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        codec.check_tensors({name: huge})
