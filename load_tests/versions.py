@@ -25,7 +25,10 @@ def payloads(model_dir: Path) -> dict[str, Payload]:
     body, headers = samples.v2_binary(32, model_dir)
     return {"v1-fashion-cnn": Payload("/v1/models/fashion-cnn:predict", samples.v1_images(model_dir, 1), JSON),
             "v1-sst2-lstm": Payload("/v1/models/sst2-lstm:predict", samples.v1_texts(1), JSON),
-            "v2-binary-fashion-cnn-32": Payload("/v2/models/fashion-cnn/infer", body, headers, items=32)}
+            "v2-binary-fashion-cnn-32": Payload("/v2/models/fashion-cnn/infer", body, headers, items=32),
+            "v2-json-fashion-cnn": Payload("/v2/models/fashion-cnn/infer", samples.v2_json(1, model_dir), JSON),
+            "v2-json-fashion-cnn-32": Payload("/v2/models/fashion-cnn/infer", samples.v2_json(32, model_dir), JSON,
+                                              items=32)}
 
 
 DEFAULT_SCENARIOS = ["v1-fashion-cnn", "v1-sst2-lstm"]
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", nargs="+", default=DEFAULT_SCENARIOS,
                         metavar="SCENARIO", help=f"scenarios (default {' '.join(DEFAULT_SCENARIOS)}; also "
-                                                 "v2-binary-fashion-cnn-32: 32 images per request)")
+                                                 "v2-binary-fashion-cnn-32, v2-json-fashion-cnn and "
+                                                 "v2-json-fashion-cnn-32)")
     parser.add_argument("--workers", default="1", help="worker processes of both servers (default 1)")
     args = parser.parse_args(argv)
     if not wrk.available():

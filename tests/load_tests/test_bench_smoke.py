@@ -173,3 +173,26 @@ async def test_the_v2_ceiling_parses_the_services_v2_body_and_answers_as_large()
     assert answered.status_code == 200
     assert answered.json()["outputs"][0]["shape"] == [1, 10]
     assert empty.status_code == 400
+
+
+def test_the_triton_scenarios_are_left_out_without_pytriton(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """PyTriton lives in a venv of its own (make triton-peer): without it the runner says so
+    and measures the rest, here nothing but raw ONNX Runtime."""
+    assert bench.main(["--quick", "--rounds", "0", "--only", "triton-v2-json", "--out", str(tmp_path),
+                       "--triton-python", str(tmp_path / "no-such-python"), "--client", "aiohttp"]) == 0
+    out = capsys.readouterr().out
+    assert "triton-* scenarios left out: no PyTriton interpreter" in out
+    assert "triton-v2-json" not in (tmp_path / "results.md").read_text()
+    triton = next(s for s in bench.scenarios(tmp_path / "python") if s.name == "triton-v2-json")
+    assert triton.peer
+    assert triton.command is not None
+    assert triton.command[:2] == [str(tmp_path / "python"), str(bench.ROOT / "load_tests" / "triton_peer.py")]
+
+
+def test_asgi_cost_sends_the_v2_body_to_both_apps() -> None:
+    from load_tests import asgi_cost
+
+    figures = asyncio.run(asgi_cost.measure(MODELS, requests=20, images=1, profile=False))
+    assert set(figures) == {"ceiling", "service"}
+    assert all(us > 0 for us in figures.values())

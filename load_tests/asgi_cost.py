@@ -1,0 +1,100 @@
+"""What one request costs the event loop, without the network: the same V2 JSON body sent
+N times in a row straight to the ASGI callable of the parse-only ceiling and of the service
+(one worker, in this process), microseconds per request. With --profile, cProfile's
+table of the service's run (its times inflated by the profiler; the order is what counts).
+
+    python -m load_tests.asgi_cost [--requests 5000] [--images 1] [--profile]
+
+A sequential loop: the service answers each request inline on the loop (an idle model runs a
+one-row batch there), so its figure includes ONNX Runtime's run of that batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+from load_tests import samples
+from load_tests.server import ROOT
+
+PATH = "/v2/models/fashion-cnn/infer"
+
+
+async def _call(app: Any, body: bytes) -> None:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": PATH, "raw_path": PATH.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays: nothing more arrives
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    if sent[0]["status"] != 200:
+        raise SystemExit(f"{PATH} answered {sent[0]['status']}: {sent[1].get('body', b'')[:200]!r}")
+
+
+async def _per_request_us(app: Any, body: bytes, requests: int, profile: cProfile.Profile | None = None) -> float:
+    for _ in range(min(300, requests)):  # warm: caches, the allocator, the first batches
+        await _call(app, body)
+    if profile is not None:
+        profile.enable()
+    started = time.perf_counter()
+    for _ in range(requests):
+        await _call(app, body)
+    elapsed = time.perf_counter() - started
+    if profile is not None:
+        profile.disable()
+    return elapsed / requests * 1e6
+
+
+async def measure(model_dir: Path, requests: int, images: int, profile: bool) -> dict[str, float]:
+    from app.main import create_app
+    from app.settings import Settings
+    from load_tests.ceiling import app as ceiling
+
+    body = samples.v2_json(images, model_dir)
+    figures = {"ceiling": await _per_request_us(ceiling, body, requests)}
+    service = create_app(Settings(model_dir=model_dir, workers=1, grpc=False, log_level="warning"))
+    profiler = cProfile.Profile() if profile else None
+    async with service.router.lifespan_context(service):
+        figures["service"] = await _per_request_us(service, body, requests, profiler)
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load_tests.asgi_cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--images", type=int, default=1, help="images per request")
+    parser.add_argument("--profile", action="store_true", help="also print cProfile's table of the service")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(measure(args.model_dir, args.requests, args.images, args.profile))
+    print(f"| server | µs per request ({args.images} image(s), V2 JSON, {args.requests} in a row) |")
+    print("|---|---|")
+    for name, us in figures.items():
+        print(f"| {name} | {us:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
