@@ -50,7 +50,8 @@ COPY --chown=ortserve:ortserve models /srv/models
 ENV ORTSERVE_HOST=0.0.0.0 \
     ORTSERVE_PORT=8000 \
     ORTSERVE_GRPC_PORT=8001 \
-    ORTSERVE_MODEL_DIR=/srv/models
+    ORTSERVE_MODEL_DIR=/srv/models \
+    ORTSERVE_ACCESS_LOG=true
 USER 10001:10001
 # HTTP (REST, KServe V2 / Triton) and gRPC (KServe V2 GRPCInferenceService, health, reflection).
 EXPOSE 8000 8001

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     log_config = configure_logging(settings.log_format, settings.log_level)
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": log_config,
-        "access_log": settings.access_log, "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        "access_log": False,  # the service's own (app/observability/access.py), not uvicorn's
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py
     }
     # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in

@@ -27,6 +27,7 @@ from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import health, metrics, model_repository, v1, v2
 from app.http.services import Services
+from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
@@ -85,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 changes.stop()
                 await repository.stop()
                 raise
+        if resolved.access_log:
+            app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample)
+            app.access_log.start()
         background = start_background_tasks(repository, resolved, worker_metrics, changes)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
@@ -104,6 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()
             services.offload.shutdown()
+            if app.access_log is not None:  # every line of the drained requests written
+                app.access_log.stop()
+                app.access_log = None
             logger.info("stopped")
 
     app = _OrtServe(
@@ -160,6 +167,8 @@ class _OrtServe(FastAPI):
     _front: ASGIApp | None = None
     services: Services | None = None
     """What the routes need (app/http/services.py): built by the lifespan."""
+    access_log: AccessLog | None = None
+    """One line per request (app/observability/access.py), where the settings turn it on."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -181,7 +190,7 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
-        return RequestContext(inner, self.request_series)
+        return RequestContext(inner, self.request_series, self)
 
     def _serves(self, model: str) -> bool:
         repository = self.repository()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.batching import DynamicBatcher
+from app.batching.request import request_timing
 from app.codecs import Codec
 from app.deadlines import Deadlines
 from app.errors import DeadlineExceeded
@@ -103,6 +104,9 @@ class ServedModel:
         if started >= due:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
                                    "could be queued")
+        timing = request_timing.get()
+        if timing is not None:  # the access log's: which model version answered
+            timing.model, timing.version = self.name, self.version
         future = await self.batcher.run_or_queue(inputs, client_gone)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)

@@ -40,7 +40,7 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "control_dir", "log_format", "log_level", "access_log",),
+    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
@@ -92,7 +92,13 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe log records written."""
     access_log: bool = False
-    """uvicorn's per-request access log (costly at high request rates)."""
+    """One structured line per request (JSON with log_format json): method, route, status,
+    model and version, bytes in and out, total/queue/compute ms, the batch it rode in (id,
+    rows, why it ran), request and trace ids, client address. Written by a thread of its
+    own, off the event loop; on in the container image."""
+    access_log_sample: float = Field(default=1.0, gt=0, le=1)
+    """With access_log: the fraction of successful requests logged, for very high rates
+    (every 4xx and 5xx is logged)."""
 
     # --- Models and their lifecycle (Triton's names) ---
     model_dir: Path = Path("models")

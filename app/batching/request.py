@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,12 +15,40 @@ from app.errors import ClientGone
 Tensors = Mapping[str, np.ndarray]
 
 
+@dataclass(slots=True)
+class RequestTiming:
+    """Where one request's time went and which batch it rode in, for its access-log line:
+    set as `request_timing` by the transport (only when something will read it), filled by
+    the served model (its name and version) and by the runner as the request's batch ends.
+    A request split over several batches keeps the last one's id and size, and its waits
+    and compute times added up."""
+
+    model: str = ""
+    version: str = ""
+    batch_id: int = 0
+    batch_rows: int = 0
+    batches: int = 0
+    trigger: str = ""  # why its batch ran when it did: idle, full or due
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+    def rode(self, batch_id: int, rows: int, trigger: str, waited_s: float, compute_s: float) -> None:
+        self.batch_id, self.batch_rows, self.trigger = batch_id, rows, trigger
+        self.batches += 1
+        self.queue_s += waited_s
+        self.compute_s += compute_s
+
+
+request_timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)
+"""The timing of the request this task serves; None (the default): nobody reads it."""
+
+
 class PendingRequest:
     """N rows of named arrays waiting for their outputs, which may come back in several
     batches (a request larger than a batch is split)."""
 
     __slots__ = ("client_gone", "enqueued_at", "future", "hung_up", "inputs", "length", "missing", "parts",
-                 "row_bytes", "rows")
+                 "row_bytes", "rows", "timing")
 
     def __init__(self, inputs: Tensors, length: int, loop: asyncio.AbstractEventLoop,
                  client_gone: Callable[[], bool] | None = None) -> None:
@@ -33,6 +62,7 @@ class PendingRequest:
         self.missing = self.rows
         self.enqueued_at = time.monotonic()
         self.length = length  # the padded sequence length, for length grouping (0: none)
+        self.timing = request_timing.get()  # the transport's, where it logs the request
 
     @property
     def bytes(self) -> float:

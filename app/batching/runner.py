@@ -195,9 +195,13 @@ class _BatchRun:
             chunk.request.fail(failure)
 
     def record(self, trigger: str) -> None:
+        done = time.monotonic()
+        computed = self.computed if self.ok else done
+        for chunk, waited in zip(self.batch, self.waits, strict=True):
+            timing = chunk.request.timing
+            if timing is not None:  # before the request's task resumes: its future's callbacks wait their turn
+                timing.rode(self.batch_id, self.rows, trigger, waited, computed - self.collated)
         if self.runner.on_batch:
-            done = time.monotonic()
-            computed = self.computed if self.ok else done
             self.runner.on_batch(BatchRecord(self.rows, self.waits, computed - self.collated, self.ok,
                                              self.collated - self.started, done - computed, self.batch_id,
                                              self.failure_text, trigger, self.refused))

@@ -35,6 +35,7 @@ class FastPath:
                 if match is Match.FULL:
                     scope.update(child)
                     scope["app"] = self.owner
+                    scope["route"] = route  # as Starlette's router sets it: the access log reads its template
                     await self._serve(route.endpoint, scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -8,20 +8,28 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.budget import ARRIVED, RELEASE
+from app.observability.access import AccessLog, RequestTiming, request_timing, trace_id
 from app.observability.log import request_id
 from app.observability.metrics import RequestSeries
 
 _REQUEST_ID = b"x-request-id"
 
 
+class AccessLogHolder(Protocol):
+    access_log: AccessLog | None
+    """Set by the lifespan where the access log is on."""
+
+
 class RequestContext:
-    def __init__(self, app: ASGIApp, series: RequestSeries) -> None:
+    def __init__(self, app: ASGIApp, series: RequestSeries, owner: AccessLogHolder | None = None) -> None:
         self.app = app
         self.series = series
+        self.owner = owner  # whose access log (the app's, once its lifespan has started)
         # Ids are a random per-process prefix and a counter: unique across processes and
         # replicas, at a fraction of uuid4's cost per request.
         self._prefix = secrets.token_hex(8)
@@ -37,6 +45,13 @@ class RequestContext:
         rid = rid[:128] if rid else f"{self._prefix}{next(self._counter):08x}"
         token = request_id.set(rid)
         status = 500
+        access = self.owner.access_log if self.owner is not None else None
+        if access is not None:
+            try:
+                await self._logged(access, scope, receive, send, rid, started)
+            finally:
+                request_id.reset(token)
+            return
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -49,12 +64,58 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
-            release = scope.get(RELEASE)
-            if release is not None:  # large-body bytes this request held
-                release(scope)
-            endpoint = scope.get("endpoint")
-            if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
-                # A mount (the docs assets) is an object, not a function: its class names it.
-                name = getattr(endpoint, "__name__", type(endpoint).__name__)
-                model = scope.get("path_params", {}).get("name", "")
-                self.series.record(model, name, str(status), time.perf_counter() - started)
+            self._done(scope, status, started)
+
+    async def _logged(self, access: AccessLog, scope: Scope, receive: Receive, send: Send, rid: str,
+                      started: float) -> None:
+        """The request as __call__ serves it, counting its bytes and timing it for its
+        access-log line (a path of its own: the one without the log pays none of it)."""
+        timing = RequestTiming()
+        timing_token = request_timing.set(timing)
+        status, bytes_in, bytes_out = 500, 0, 0
+
+        async def counted_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            bytes_in += len(message.get("body", b""))
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, bytes_out
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
+            else:
+                bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, send_with_id)
+        finally:
+            request_timing.reset(timing_token)
+            self._done(scope, status, started)
+            route = scope.get("route")
+            client = scope.get("client")
+            headers = dict(scope["headers"])
+            access.write({
+                "method": scope["method"], "route": getattr(route, "path", None) or scope["path"][:256],
+                "status": status, "model": timing.model or scope.get("path_params", {}).get("name", "")[:128] or None,
+                "version": timing.version or None, "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "total_ms": round((time.perf_counter() - started) * 1000, 3),
+                "queue_ms": round(timing.queue_s * 1000, 3) if timing.batches else None,
+                "compute_ms": round(timing.compute_s * 1000, 3) if timing.batches else None,
+                "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None,
+                "batches": timing.batches or None, "trigger": timing.trigger or None, "request_id": rid,
+                "trace_id": trace_id(headers.get(b"traceparent")), "client": client[0] if client else None})
+
+    def _done(self, scope: Scope, status: int, started: float) -> None:
+        """After any request: the large-body bytes it held, and its metrics."""
+        release = scope.get(RELEASE)
+        if release is not None:  # large-body bytes this request held
+            release(scope)
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:  # routed requests only: unknown paths would explode label cardinality
+            # A mount (the docs assets) is an object, not a function: its class names it.
+            name = getattr(endpoint, "__name__", type(endpoint).__name__)
+            model = scope.get("path_params", {}).get("name", "")
+            self.series.record(model, name, str(status), time.perf_counter() - started)

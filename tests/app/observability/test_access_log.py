@@ -1,0 +1,187 @@
+"""The access log: one line per request with what it cost and the batch it rode in."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.observability.access import FIELDS, AccessLog, trace_id
+from load_tests import samples
+from tests.app.conftest import sample_images, serving
+from tests.conftest import MODELS, model_folder
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+VERSION = model_folder("fashion-cnn").name
+
+
+class Captured:
+    """The app's access log, swapped for one that writes into a buffer."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+        self.app: FastAPI | None = None
+        self.log = AccessLog("json", stream=self.buffer)
+
+    def install(self, app: FastAPI, log_format: str = "json", sample: float = 1.0) -> None:
+        self.app = app
+        running = app.access_log  # type: ignore[attr-defined]
+        assert running is not None, "access_log on: the lifespan starts one"
+        running.stop()
+        self.log = AccessLog(log_format, sample, stream=self.buffer)
+        app.access_log = self.log  # type: ignore[attr-defined]
+        self.log.start()
+
+    def lines(self) -> list[str]:
+        self.log.stop()  # every queued line written (the lifespan's end may have stopped it already)
+        return self.buffer.getvalue().splitlines()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+
+@pytest.fixture
+def captured() -> Captured:
+    return Captured()
+
+
+def v2_images(n: int) -> bytes:
+    return samples.v2_json(n, MODELS)
+
+
+async def test_each_request_gets_one_json_line_with_its_route_model_batch_and_ids(captured: Captured) -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, access_log=True, log_format="json") as client:
+        captured.install(apps[0])
+        one = await client.post("/v2/models/fashion-cnn/infer", content=v2_images(1),
+                                headers={"traceparent": TRACEPARENT, "content-type": "application/json"})
+        v1 = await client.post("/v1/models/fashion-cnn:predict",
+                               json={"instances": [sample_images(1)[0].tolist()]})
+        missing = await client.get("/v2/models/nope")
+        nowhere = await client.get("/nowhere")
+    assert [r.status_code for r in (one, v1, missing, nowhere)] == [200, 200, 404, 404]
+    entries = captured.entries()
+    assert len(entries) == 4
+    first = entries[0]
+    assert first["logger"] == "ortserve.access"
+    assert set(FIELDS) <= set(first)
+    assert first | {"total_ms": 0, "queue_ms": 0, "compute_ms": 0, "batch_id": 0, "time": ""} == first | {
+        "method": "POST", "route": "/v2/models/{name}/infer", "status": 200, "model": "fashion-cnn",
+        "version": VERSION, "bytes_in": len(v2_images(1)), "bytes_out": len(one.content), "batch_rows": 1,
+        "batches": 1, "trigger": "idle", "request_id": one.headers["x-request-id"], "trace_id": TRACE,
+        "client": "127.0.0.1", "total_ms": 0, "queue_ms": 0, "compute_ms": 0, "batch_id": 0, "time": ""}
+    assert first["total_ms"] >= first["compute_ms"] > 0
+    assert first["queue_ms"] >= 0
+    assert entries[1]["route"] == "/v1/models/{name}:predict"
+    assert entries[1]["batch_rows"] == 1
+    assert entries[1]["request_id"] == v1.headers["x-request-id"]
+    assert (entries[2]["route"], entries[2]["status"], entries[2]["model"], entries[2]["batch_id"]) == (
+        "/v2/models/{name}", 404, "nope", None)
+    assert (entries[3]["route"], entries[3]["model"], entries[3]["trace_id"]) == ("/nowhere", None, None)
+
+
+async def test_requests_batched_together_name_the_same_batch_of_as_many_rows(captured: Captured) -> None:
+    apps: list[FastAPI] = []
+    body = v2_images(1)
+    async with serving(apps.append, access_log=True, max_queue_delay_ms=20, idle_dispatch=False) as client:
+        captured.install(apps[0])
+        answers = await asyncio.gather(*(client.post("/v2/models/fashion-cnn/infer", content=body)
+                                         for _ in range(12)))
+        split = await client.post("/v2/models/fashion-cnn/infer", content=v2_images(200))
+    assert all(a.status_code == 200 for a in answers)
+    assert split.status_code == 200
+    entries = captured.entries()
+    singles = entries[:12]
+    by_batch: dict[int, list[dict[str, Any]]] = {}
+    for entry in singles:
+        by_batch.setdefault(entry["batch_id"], []).append(entry)
+    assert len(by_batch) < 12  # some rode together
+    for riders in by_batch.values():
+        assert {e["batch_rows"] for e in riders} == {len(riders)}  # one row each: the batch is its riders
+        assert {e["trigger"] for e in riders} <= {"full", "due", "idle"}
+    assert entries[12]["batches"] == 2  # 200 rows: more than one batch (max_large_batch_size 128) carried it
+    assert entries[12]["bytes_in"] == len(v2_images(200))
+
+
+async def test_the_text_form_is_one_line_per_request_whatever_the_path_holds(captured: Captured) -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, access_log=True) as client:
+        captured.install(apps[0], log_format="text")
+        await client.get("/a%0Aforged%20line=1")
+        await client.post("/v2/models/fashion-cnn/infer", content=v2_images(1))
+    lines = captured.lines()
+    assert len(lines) == 2
+    assert 'route="/a\\nforged line=1" status=404' in lines[0]
+    assert "route=/v2/models/{name}/infer status=200 model=fashion-cnn" in lines[1]
+    assert "batch_rows=1 batches=1 trigger=idle" in lines[1]
+
+
+async def test_the_access_log_is_off_by_default() -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append) as client:
+        assert (await client.get("/v2/health/live")).status_code == 200
+        assert apps[0].access_log is None  # type: ignore[attr-defined]
+
+
+def test_sampling_keeps_a_fraction_of_successes_and_every_error() -> None:
+    buffer = io.StringIO()
+    draws = iter([0.1, 0.9, 0.3])  # an error draws nothing
+    log = AccessLog("json", sample=0.5, stream=buffer, draw=lambda: next(draws))
+    log.start()
+    for status in (200, 200, 503, 200):
+        log.write({"method": "GET", "route": "/x", "status": status})
+    log.stop()
+    assert [json.loads(line)["status"] for line in buffer.getvalue().splitlines()] == [200, 503, 200]
+
+
+def test_lines_are_formatted_and_written_off_the_calling_thread() -> None:
+    writers: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writers.append(threading.current_thread().name)
+            return super().write(text)
+
+    log = AccessLog("json", stream=Stream())
+    log.start()
+    log.write({"method": "GET", "route": "/x", "status": 200})
+    log.stop()
+    assert writers
+    assert threading.current_thread().name not in writers
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (TRACEPARENT.encode(), TRACE),
+    (TRACEPARENT.upper().encode(), None),  # the standard's hex is lower case
+    (f"00-{'0' * 32}-00f067aa0ba902b7-01".encode(), None),  # all zeros: invalid
+    (b"00-4bf92f35-00f067aa0ba902b7-01", None),
+    (f"00-{TRACE[:-1]}_-00f067aa0ba902b7-01".encode(), None),
+    (None, None),
+])
+def test_the_trace_id_comes_from_a_valid_traceparent_only(header: bytes | None, expected: str | None) -> None:
+    assert trace_id(header) == expected
+
+
+async def test_a_logged_request_is_answered_as_an_unlogged_one(captured: Captured) -> None:
+    """The logged path wraps receive and send: bodies, statuses and headers stay as they are."""
+    body = v2_images(3)
+    async with serving() as plain:
+        unlogged = await plain.post("/v2/models/fashion-cnn/infer", content=body)
+    apps: list[FastAPI] = []
+    async with serving(apps.append, access_log=True) as client:
+        captured.install(apps[0])
+        logged = await client.post("/v2/models/fashion-cnn/infer", content=body)
+        too_big = await client.post("/v2/models/fashion-cnn/infer", content=b"{" * 100, headers={
+            "content-type": "application/json"})
+    assert logged.status_code == unlogged.status_code == 200
+    assert logged.json() == unlogged.json()
+    assert too_big.status_code == 400
+    assert [e["status"] for e in captured.entries()] == [200, 400]
+    assert isinstance(httpx.Headers(logged.headers)["x-request-id"], str)
