@@ -48,6 +48,21 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """A running process (not a zombie its parent has yet to reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 def clear_control_folder(folder: Path) -> None:
     """Before the workers start: the ledger and reports of an earlier run are not this one's."""
     for path in (folder / LEDGER, folder / LOCK):

@@ -32,7 +32,7 @@ LAYERS: dict[str, set[str]] = {
     "app.completion": {"app.batch_sizing", "app.graph", "app.manifest", "app.model_facts"},
     "app.batching": {"app.batching", "app.errors", "app.tuning"},
     "app.protocol": {"app.protocol", "app.codecs", "app.errors", "app.manifest"},
-    "app.observability": {"app.observability", "app.batching", "app.errors"},
+    "app.observability": {"app.observability", "app.batching", "app.errors", "app.processes"},
     "app.supervision": {"app.errors"},
     "app.served_model": {"app.batching", "app.codecs", "app.deadlines", "app.errors", "app.manifest",
                          "app.observability", "app.runtime", "app.supervision"},

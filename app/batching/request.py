@@ -31,6 +31,8 @@ class RequestTiming:
     trigger: str = ""  # why its batch ran when it did: idle, full or due
     queue_s: float = 0.0
     compute_s: float = 0.0
+    bytes_in: int = 0  # the body's and the answer's bytes, counted by the transport
+    bytes_out: int = 0
 
     def rode(self, batch_id: int, rows: int, trigger: str, waited_s: float, compute_s: float) -> None:
         self.batch_id, self.batch_rows, self.trigger = batch_id, rows, trigger

@@ -44,20 +44,21 @@ class RequestContext:
         rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
         rid = rid[:128] if rid else f"{self._prefix}{next(self._counter):08x}"
         token = request_id.set(rid)
-        status = 500
         access = self.owner.access_log if self.owner is not None else None
-        if access is not None:
-            try:
-                await self._logged(access, scope, receive, send, rid, started)
-            finally:
-                request_id.reset(token)
-            return
+        timing = None
+        if access is not None:  # what its line says is gathered as it is served
+            timing = RequestTiming()
+            timing_token = request_timing.set(timing)
+            receive = _counted(receive, timing)
+        status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
+            elif timing is not None:
+                timing.bytes_out += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -65,48 +66,9 @@ class RequestContext:
         finally:
             request_id.reset(token)
             self._done(scope, status, started)
-
-    async def _logged(self, access: AccessLog, scope: Scope, receive: Receive, send: Send, rid: str,
-                      started: float) -> None:
-        """The request as __call__ serves it, counting its bytes and timing it for its
-        access-log line (a path of its own: the one without the log pays none of it)."""
-        timing = RequestTiming()
-        timing_token = request_timing.set(timing)
-        status, bytes_in, bytes_out = 500, 0, 0
-
-        async def counted_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            bytes_in += len(message.get("body", b""))
-            return message
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
-            else:
-                bytes_out += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, send_with_id)
-        finally:
-            request_timing.reset(timing_token)
-            self._done(scope, status, started)
-            route = scope.get("route")
-            client = scope.get("client")
-            headers = dict(scope["headers"])
-            access.write({
-                "method": scope["method"], "route": getattr(route, "path", None) or scope["path"][:256],
-                "status": status, "model": timing.model or scope.get("path_params", {}).get("name", "")[:128] or None,
-                "version": timing.version or None, "bytes_in": bytes_in, "bytes_out": bytes_out,
-                "total_ms": round((time.perf_counter() - started) * 1000, 3),
-                "queue_ms": round(timing.queue_s * 1000, 3) if timing.batches else None,
-                "compute_ms": round(timing.compute_s * 1000, 3) if timing.batches else None,
-                "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None,
-                "batches": timing.batches or None, "trigger": timing.trigger or None, "request_id": rid,
-                "trace_id": trace_id(headers.get(b"traceparent")), "client": client[0] if client else None})
+            if access is not None and timing is not None:
+                request_timing.reset(timing_token)
+                access.write(_line(scope, status, timing, rid, started))
 
     def _done(self, scope: Scope, status: int, started: float) -> None:
         """After any request: the large-body bytes it held, and its metrics."""
@@ -119,3 +81,29 @@ class RequestContext:
             name = getattr(endpoint, "__name__", type(endpoint).__name__)
             model = scope.get("path_params", {}).get("name", "")
             self.series.record(model, name, str(status), time.perf_counter() - started)
+
+
+def _counted(receive: Receive, timing: RequestTiming) -> Receive:
+    """`receive`, adding up the body bytes it hands over."""
+    async def counted() -> Message:
+        message = await receive()
+        timing.bytes_in += len(message.get("body", b""))
+        return message
+
+    return counted
+
+
+def _line(scope: Scope, status: int, timing: RequestTiming, rid: str, started: float) -> dict[str, object]:
+    """A request's access-log fields (app/observability/access.py FIELDS)."""
+    route, client = scope.get("route"), scope.get("client")
+    ran = timing.batches > 0
+    return {
+        "method": scope["method"], "route": getattr(route, "path", None) or scope["path"][:256],
+        "status": status, "model": timing.model or scope.get("path_params", {}).get("name", "")[:128] or None,
+        "version": timing.version or None, "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out,
+        "total_ms": round((time.perf_counter() - started) * 1000, 3),
+        "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
+        "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
+        "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None,
+        "batches": timing.batches or None, "trigger": timing.trigger or None, "request_id": rid,
+        "trace_id": trace_id(dict(scope["headers"]).get(b"traceparent")), "client": client[0] if client else None}

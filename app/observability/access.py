@@ -69,14 +69,18 @@ class AccessLog:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(formatter(log_format))
         self._listener = QueueListener(self._queue, handler)
+        self._running = False
 
     def start(self) -> None:
         self._listener.start()
+        self._running = True
 
     def stop(self) -> None:
-        """Every line queued is written first. Once: a second call does nothing."""
-        if self._listener._thread is not None:  # QueueListener.stop fails when not running
+        """Every line queued is written first. Once: a second call does nothing (QueueListener's
+        own stop fails when it is not running)."""
+        if self._running:
             self._listener.stop()
+            self._running = False
 
     def write(self, fields: dict[str, Any]) -> None:
         """Queue one request's line (on the event loop: no formatting here)."""

@@ -38,6 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
+from app.processes import alive
+
 PER_PROCESS = ("process_", "python_")
 SUMMED_GAUGES = frozenset({"ortserve_queue_depth"})
 SNAPSHOT_S = 1.0
@@ -113,7 +115,7 @@ class WorkerMetrics:
                 pid = _pid_of(path)
                 if pid is None or pid == self.pid:
                     continue
-                if not _alive(pid):  # died without retiring its snapshot
+                if not alive(pid):  # died without retiring its snapshot
                     path, gone = _retire(path), True
             text = _read(path)
             if text is None:
@@ -194,13 +196,3 @@ class _Merged(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

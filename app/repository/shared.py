@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
-from app.processes import LEDGER, LOCK, REPORTS
+from app.processes import LEDGER, LOCK, REPORTS, alive
 from app.repository.errors import LoadFailed
 from app.repository.repository import ModelRepository, load_override
 
@@ -256,7 +256,7 @@ class SharedRepository(RepositoryChanges):
                 continue
             if pid == self.pid:
                 continue
-            if not _alive(pid):
+            if not alive(pid):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
@@ -288,21 +288,6 @@ def _outcome(report: _Report, generation: int) -> str | None:
         if applied == generation:
             return why
     return None
-
-
-def _alive(pid: int) -> bool:
-    """A running process (not a zombie its parent has yet to reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def _write_atomically(path: Path, text: str) -> None:
