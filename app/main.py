@@ -30,6 +30,7 @@ from app.http.services import Services
 from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
+from app.observability.tracing import Tracing, otlp_endpoint
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -77,9 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=resolved, repository=repository, changes=changes, metrics=app.metrics, budget=RequestBudget(resolved),
             offload=Offload(resolved.decode_threads), api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
+        endpoint = otlp_endpoint(resolved.otlp_endpoint)
+        if resolved.tracing or endpoint is not None:
+            app.tracing = Tracing(resolved.trace_sample, endpoint)
         grpc_server = None
         if resolved.grpc:
-            grpc_server = GrpcServer(InferenceService(services, app.request_series), resolved)
+            grpc_server = GrpcServer(InferenceService(services, app.request_series, app.tracing), resolved)
             try:
                 await grpc_server.start()
             except OSError:
@@ -111,6 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.access_log is not None:  # every line of the drained requests written
                 app.access_log.stop()
                 app.access_log = None
+            if app.tracing is not None:  # the drained requests' spans sent
+                app.tracing.shutdown()
+                app.tracing = None
             logger.info("stopped")
 
     app = _OrtServe(
@@ -169,6 +176,8 @@ class _OrtServe(FastAPI):
     """What the routes need (app/http/services.py): built by the lifespan."""
     access_log: AccessLog | None = None
     """One line per request (app/observability/access.py), where the settings turn it on."""
+    tracing: Tracing | None = None
+    """Request traces (app/observability/tracing.py), where the settings turn them on."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -105,8 +105,8 @@ class ServedModel:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
                                    "could be queued")
         timing = request_timing.get()
-        if timing is not None:  # the access log's: which model version answered
-            timing.model, timing.version = self.name, self.version
+        if timing is not None:  # the access log's and the trace's: which model version answered, and when
+            timing.model, timing.version, timing.queued = self.name, self.version, started
         future = await self.batcher.run_or_queue(inputs, client_gone)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)
@@ -114,6 +114,8 @@ class ServedModel:
         try:
             outputs = await future
             ok = True
+            if timing is not None:
+                timing.answered = time.monotonic()
             return outputs
         finally:
             self.stats.record_request(time.monotonic() - started, ok)

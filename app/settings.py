@@ -41,6 +41,7 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
+    "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
@@ -99,6 +100,22 @@ class Settings(BaseSettings):
     access_log_sample: float = Field(default=1.0, gt=0, le=1)
     """With access_log: the fraction of successful requests logged, for very high rates
     (every 4xx and 5xx is logged)."""
+
+    # --- Traces and the console ---
+    tracing: bool = False
+    """OpenTelemetry traces: a span per request (HTTP and gRPC) with its body read, decode,
+    queue wait, compute (the batch's span, shared and linked) and encode; a caller's W3C
+    traceparent is continued; the trace id is answered in x-trace-id. On by itself where an
+    OTLP endpoint is set. Kept in memory for the console's slow requests."""
+    trace_sample: float = Field(default=1.0, ge=0, le=1)
+    """The fraction of new traces recorded (a caller's sampled trace always is);
+    OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, where set, decide instead."""
+    otlp_endpoint: str | None = None
+    """Where spans are sent over OTLP/HTTP (the `otlp` extra); OTEL_EXPORTER_OTLP_ENDPOINT
+    where unset. None and no variable: traces stay in memory."""
+    console: bool = True
+    """GET /console: a page to try the served models and watch the server live (behind the
+    API keys where some are set)."""
 
     # --- Models and their lifecycle (Triton's names) ---
     model_dir: Path = Path("models")

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,12 +16,29 @@ Tensors = Mapping[str, np.ndarray]
 
 
 @dataclass(slots=True)
+class BatchMoments:
+    """One batch as a trace shows it: its id, size, why it ran, and when (time.monotonic())
+    it started, had its inputs gathered and had its outputs."""
+
+    batch_id: int
+    rows: int
+    requests: int
+    trigger: str
+    started: float
+    collated: float
+    computed: float
+
+
+@dataclass(slots=True)
 class RequestTiming:
-    """Where one request's time went and which batch it rode in, for its access-log line:
-    set as `request_timing` by the transport (only when something will read it), filled by
-    the served model (its name and version) and by the runner as the request's batch ends.
-    A request split over several batches keeps the last one's id and size, and its waits
-    and compute times added up."""
+    """Where one request's time went and which batch it rode in, for its access-log line and
+    its trace: set as `request_timing` by the transport (only when something will read it),
+    filled by the served model (its name and version, when it was queued and answered) and
+    by the runner as the request's batch ends. A request split over several batches keeps
+    the last one's id and size, and its waits and compute times added up.
+
+    The moments are time.monotonic(); `arrived_ns` is the arrival in epoch nanoseconds,
+    which a trace's spans are dated in."""
 
     model: str = ""
     version: str = ""
@@ -33,12 +50,28 @@ class RequestTiming:
     compute_s: float = 0.0
     bytes_in: int = 0  # the body's and the answer's bytes, counted by the transport
     bytes_out: int = 0
+    traced: bool = False  # whether a trace reads the moments below (the batches' own included)
+    arrived: float = 0.0
+    arrived_ns: int = 0
+    body_done: float = 0.0
+    queued: float = 0.0
+    answered: float = 0.0
+    response_started: float = 0.0
+    first_collated: float = 0.0
+    last_computed: float = 0.0
+    batch_spans: list[BatchMoments] = field(default_factory=list)
+    trace_id: str = ""
 
-    def rode(self, batch_id: int, rows: int, trigger: str, waited_s: float, compute_s: float) -> None:
-        self.batch_id, self.batch_rows, self.trigger = batch_id, rows, trigger
+    def rode(self, batch: BatchMoments, waited_s: float) -> None:
+        self.batch_id, self.batch_rows, self.trigger = batch.batch_id, batch.rows, batch.trigger
         self.batches += 1
         self.queue_s += waited_s
-        self.compute_s += compute_s
+        self.compute_s += batch.computed - batch.collated
+        if self.traced:
+            if not self.first_collated:
+                self.first_collated = batch.collated
+            self.last_computed = batch.computed
+            self.batch_spans.append(batch)
 
 
 request_timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)

@@ -18,7 +18,7 @@ import numpy as np
 from app.batching.collate import concatenate_padded
 from app.batching.decision import Decision
 from app.batching.policy import BatchPolicy, BatchRecord
-from app.batching.request import Chunk
+from app.batching.request import BatchMoments, Chunk
 from app.errors import InferenceFailed, ModelRefusedInput
 from app.tuning import lower_thread_priority
 
@@ -197,10 +197,14 @@ class _BatchRun:
     def record(self, trigger: str) -> None:
         done = time.monotonic()
         computed = self.computed if self.ok else done
+        moments = None
         for chunk, waited in zip(self.batch, self.waits, strict=True):
             timing = chunk.request.timing
             if timing is not None:  # before the request's task resumes: its future's callbacks wait their turn
-                timing.rode(self.batch_id, self.rows, trigger, waited, computed - self.collated)
+                if moments is None:
+                    moments = BatchMoments(self.batch_id, self.rows, len(self.batch), trigger, self.started,
+                                           self.collated, computed)
+                timing.rode(moments, waited)
         if self.runner.on_batch:
             self.runner.on_batch(BatchRecord(self.rows, self.waits, computed - self.collated, self.ok,
                                              self.collated - self.started, done - computed, self.batch_id,

@@ -28,7 +28,9 @@ from app.access import check_admin, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
+from app.observability.access import RequestTiming, request_timing
 from app.observability.metrics import RequestSeries
+from app.observability.tracing import Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
@@ -81,9 +83,10 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class InferenceService:
-    def __init__(self, serving: Serving, series: RequestSeries) -> None:
+    def __init__(self, serving: Serving, series: RequestSeries, tracing: Tracing | None = None) -> None:
         self.serving = serving
         self.series = series  # the requests' metrics, shared with HTTP (app/observability/metrics.py)
+        self.tracing = tracing  # requests' traces, as HTTP's (app/observability/tracing.py), where on
 
     def ready(self) -> bool:
         """The readiness of /v2/health/ready (app/http/services.py)."""
@@ -188,7 +191,42 @@ class InferenceService:
     async def _infer_one(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                          context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
         """One request through the inference path: its answer serialized (GrpcExchange)."""
+        if self.tracing is not None:
+            return await self._traced(self.tracing, request, context, streamed=streamed)
+        return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
+
+    async def _traced(self, tracing: Tracing, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
+                      context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
+        """`_infer_one` with its span: the caller's `traceparent` metadata continued, the
+        trace id answered in `x-trace-id` metadata (unary calls: a stream's answers have none)."""
         arrived = time.monotonic()
+        timing = RequestTiming(arrived=arrived, arrived_ns=time.time_ns(), traced=True, body_done=arrived,
+                               bytes_in=len(request[0]))
+        token = request_timing.set(timing)
+        metadata = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate")}
+        method = "ModelStreamInfer" if streamed else "ModelInfer"
+        span = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")), _text(metadata.get("tracestate")),
+                             timing)
+        code = grpc.StatusCode.OK.name
+        try:
+            if not streamed:
+                await context.send_initial_metadata((("x-trace-id", timing.trace_id),))
+            answer = await self._infer_untraced(request, context, streamed=streamed, arrived=arrived)
+            timing.bytes_out = len(answer)
+            return answer
+        except Exception as e:
+            code = _failure(e, f"grpc.{method}")[0].name
+            raise
+        finally:
+            request_timing.reset(token)
+            if span is not None:
+                message = request[1]
+                tracing.finish(span, timing, f"grpc {method}", code, {
+                    "model": timing.model or getattr(message, "model_name", None), "version": timing.version or None,
+                    "rpc.system": "grpc", "rpc.method": method})
+
+    async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
+                              context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float) -> bytes:
         body, message = request
         serving = self.serving
         if isinstance(message, InvalidInput):
@@ -317,6 +355,10 @@ def _stream_error(message: pb.ModelInferRequest | InvalidInput, text: str) -> pb
         return pb.ModelStreamInferResponse(error_message=text)
     return pb.ModelStreamInferResponse(error_message=text, infer_response=pb.ModelInferResponse(
         id=message.id, model_name=message.model_name))
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _serialize(message: Any) -> bytes:

@@ -16,20 +16,24 @@ from app.http.budget import ARRIVED, RELEASE
 from app.observability.access import AccessLog, RequestTiming, request_timing, trace_id
 from app.observability.log import request_id
 from app.observability.metrics import RequestSeries
+from app.observability.tracing import Tracing
 
 _REQUEST_ID = b"x-request-id"
+_TRACE_ID = b"x-trace-id"  # where traces are on: the request's trace id (the caller's, where it sent one)
 
 
 class AccessLogHolder(Protocol):
     access_log: AccessLog | None
     """Set by the lifespan where the access log is on."""
+    tracing: Tracing | None
+    """Set by the lifespan where traces are on."""
 
 
 class RequestContext:
     def __init__(self, app: ASGIApp, series: RequestSeries, owner: AccessLogHolder | None = None) -> None:
         self.app = app
         self.series = series
-        self.owner = owner  # whose access log (the app's, once its lifespan has started)
+        self.owner = owner  # whose access log and tracer (the app's, once its lifespan has started)
         # Ids are a random per-process prefix and a counter: unique across processes and
         # replicas, at a fraction of uuid4's cost per request.
         self._prefix = secrets.token_hex(8)
@@ -40,23 +44,35 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        scope[ARRIVED] = time.monotonic()  # where the request's deadlines count from
+        arrived = scope[ARRIVED] = time.monotonic()  # where the request's deadlines count from
         rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _REQUEST_ID), None)
         rid = rid[:128] if rid else f"{self._prefix}{next(self._counter):08x}"
         token = request_id.set(rid)
-        access = self.owner.access_log if self.owner is not None else None
-        timing = None
-        if access is not None:  # what its line says is gathered as it is served
-            timing = RequestTiming()
+        owner = self.owner
+        access = owner.access_log if owner is not None else None
+        tracing = owner.tracing if owner is not None else None
+        timing = span = None
+        extra: list[tuple[bytes, bytes]] = [(_REQUEST_ID, rid.encode("latin-1"))]
+        if access is not None or tracing is not None:  # what its line and trace say is gathered as it is served
+            timing = RequestTiming(arrived=arrived)
             timing_token = request_timing.set(timing)
             receive = _counted(receive, timing)
+            if tracing is not None:
+                timing.traced, timing.arrived_ns = True, time.time_ns()
+                headers = dict(scope["headers"])
+                parent, state = headers.get(b"traceparent"), headers.get(b"tracestate")
+                span = tracing.start(scope["method"], parent.decode("latin-1") if parent else None,
+                                     state.decode("latin-1") if state else None, timing)
+                extra.append((_TRACE_ID, timing.trace_id.encode("ascii")))
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
+                message["headers"] = [*message.get("headers", []), *extra]
+                if timing is not None:
+                    timing.response_started = time.monotonic()
             elif timing is not None:
                 timing.bytes_out += len(message.get("body", b""))
             await send(message)
@@ -66,9 +82,16 @@ class RequestContext:
         finally:
             request_id.reset(token)
             self._done(scope, status, started)
-            if access is not None and timing is not None:
+            if timing is not None:
                 request_timing.reset(timing_token)
-                access.write(_line(scope, status, timing, rid, started))
+                line = _line(scope, status, timing, rid, started)
+                if access is not None:
+                    access.write(line)
+                if span is not None and tracing is not None:
+                    tracing.finish(span, timing, f"{line['method']} {line['route']}", status,
+                                   {"model": line["model"], "version": line["version"], "request_id": rid,
+                                    "client": line["client"], "http.request.method": line["method"],
+                                    "http.response.status_code": status})
 
     def _done(self, scope: Scope, status: int, started: float) -> None:
         """After any request: the large-body bytes it held, and its metrics."""
@@ -88,6 +111,8 @@ def _counted(receive: Receive, timing: RequestTiming) -> Receive:
     async def counted() -> Message:
         message = await receive()
         timing.bytes_in += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            timing.body_done = time.monotonic()
         return message
 
     return counted
@@ -106,4 +131,4 @@ def _line(scope: Scope, status: int, timing: RequestTiming, rid: str, started: f
         "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
         "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None,
         "batches": timing.batches or None, "trigger": timing.trigger or None, "request_id": rid,
-        "trace_id": trace_id(dict(scope["headers"]).get(b"traceparent")), "client": client[0] if client else None}
+        "trace_id": timing.trace_id or trace_id(dict(scope["headers"]).get(b"traceparent")), "client": client[0] if client else None}

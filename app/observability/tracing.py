@@ -1,0 +1,228 @@
+"""Request traces (OpenTelemetry): a span per request, with where its time went and the
+batch it rode in.
+
+A request's span starts as it arrives, as a child of the W3C `traceparent` a client sent
+(HTTP header or gRPC metadata). Its children are made as it ends, from the moments its
+`RequestTiming` recorded on the way (app/batching/request.py): reading the body, decoding
+it, waiting in the queue, the batch's compute, and encoding the answer. Made afterwards,
+with their start and end times, so serving a request adds a few clock reads and nothing
+of OpenTelemetry's until it is answered.
+
+The batch is one span, shared: made by the first traced request of the batch to end, as a
+child of that request's span (so a sampled request's trace always holds it), with its
+rows, requests and why it ran (idle, full, due); every other traced request's compute span
+links to it. Where a request is split over batches its compute span links to each.
+
+Sampling: `trace_sample` (parent-based: a sampled caller's trace is always continued),
+unless OpenTelemetry's own `OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) say
+otherwise; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the service. Spans go
+to an OTLP collector where an endpoint is set (`otlp_endpoint`, or
+`OTEL_EXPORTER_OTLP_ENDPOINT`; the `otlp` extra), and always to `RecentTraces`, the
+bounded ring the console's slow-request view reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from app.batching.request import BatchMoments, RequestTiming
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ATTRIBUTE = "ortserve.request"
+"""Set on every request's span: how RecentTraces tells a request from its children."""
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def otlp_endpoint(configured: str | None) -> str | None:
+    """Where spans are sent: the setting, else OpenTelemetry's standard variables."""
+    return (configured or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+
+
+@dataclass
+class TraceRecord:
+    """One traced request as the console shows it: its span and its children's, each as
+    (name, start ms from the request's start, duration ms, attributes)."""
+
+    trace_id: str
+    name: str
+    duration_ms: float
+    ended_at: float  # time.time()
+    attributes: dict[str, Any]
+    spans: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RecentTraces(SpanProcessor):
+    """The last `keep` traced requests with their spans, in memory (the console's view of
+    slow requests). A request's children end before it (Tracing.finish), so they are
+    gathered by trace id and the request's own span closes the entry."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.records: deque[TraceRecord] = deque(maxlen=keep)
+        self._children: OrderedDict[tuple[int, int], list[ReadableSpan]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None:
+            return
+        with self._lock:
+            attributes = dict(span.attributes or {})
+            if not attributes.get(REQUEST_ATTRIBUTE):
+                parent = span.parent
+                if parent is not None:
+                    self._children.setdefault((parent.trace_id, parent.span_id), []).append(span)
+                    while len(self._children) > 4 * (self.records.maxlen or 1):  # parents that never end
+                        self._children.popitem(last=False)
+                return
+            children = self._children.pop((context.trace_id, context.span_id), [])
+        start = span.start_time or 0
+        self.records.append(TraceRecord(
+            trace_id=format(context.trace_id, "032x"), name=span.name,
+            duration_ms=((span.end_time or start) - start) / 1e6, ended_at=time.time(),
+            attributes={k: v for k, v in attributes.items() if k != REQUEST_ATTRIBUTE},
+            spans=[{"name": child.name, "start_ms": ((child.start_time or start) - start) / 1e6,
+                    "duration_ms": ((child.end_time or 0) - (child.start_time or 0)) / 1e6,
+                    "attributes": dict(child.attributes or {})}
+                   for child in sorted(children, key=lambda c: c.start_time or 0)]))
+
+    def slowest(self, count: int) -> list[TraceRecord]:
+        with self._lock:
+            records = list(self.records)
+        return sorted(records, key=lambda r: r.duration_ms, reverse=True)[:count]
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class Tracing:
+    """The service's tracer: requests' spans started and finished, batches' spans shared."""
+
+    def __init__(self, sample: float = 1.0, endpoint: str | None = None,
+                 exporters: Iterable[SpanExporter] = (), keep: int = 256) -> None:
+        """`exporters`: more destinations, each fed as its spans end (tests: the SDK's
+        in-memory exporter)."""
+        self.recent = RecentTraces(keep)
+        self.provider = TracerProvider(sampler=_sampler(sample),
+                                       resource=Resource.create({"service.name": "ortserve"}))
+        self.provider.add_span_processor(self.recent)
+        for exporter in exporters:
+            self.provider.add_span_processor(SimpleSpanProcessor(exporter))
+        if endpoint is not None:
+            self.provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+            logger.info("traces go to %s over OTLP/HTTP", endpoint)
+        self.tracer = self.provider.get_tracer("ortserve")
+        # Batches already traced, by (model, version, batch id): their span, for the links of
+        # the other requests that rode in them. Bounded: a batch's requests end within moments.
+        self._batches: OrderedDict[tuple[str, str, int], SpanContext] = OrderedDict()
+
+    def shutdown(self) -> None:
+        """Spans still queued for the collector are sent first."""
+        self.provider.shutdown()
+
+    def start(self, name: str, traceparent: str | None, tracestate: str | None, timing: RequestTiming,
+              kind: SpanKind = SpanKind.SERVER) -> Span | None:
+        """A request's span, its parent the caller's trace context where one was sent; None
+        where it is not sampled (nothing more is recorded for it)."""
+        parent: Context | None = None
+        if traceparent is not None:
+            carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
+            parent = _PROPAGATOR.extract(carrier)
+        span = self.tracer.start_span(name, context=parent, kind=kind, start_time=_ns(timing, timing.arrived))
+        timing.trace_id = format(span.get_span_context().trace_id, "032x")
+        if not span.is_recording():
+            return None
+        return span  # type: ignore[return-value]  # a recording span is the SDK's Span
+
+    def finish(self, span: Span, timing: RequestTiming, route: str, status: int | str,
+               attributes: dict[str, Any]) -> None:
+        """The request's children from its recorded moments, then the request's span."""
+        span.update_name(route)
+        context = trace.set_span_in_context(span)
+        ended = time.monotonic()
+        body_done = timing.body_done or timing.arrived
+        queued = timing.queued or body_done
+        self._child("read body", timing, timing.arrived, body_done, context, {"bytes": timing.bytes_in})
+        if timing.queued:
+            self._child("decode", timing, body_done, queued, context)
+        if timing.batches:
+            self._child("queue", timing, queued, timing.first_collated, context, {"queue_ms": timing.queue_s * 1000})
+            links = [Link(self._batch(span, timing, batch)) for batch in timing.batch_spans]
+            self._child("compute", timing, timing.first_collated, timing.last_computed, context,
+                        {"batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,
+                         "batches": timing.batches}, links)
+        if timing.answered:
+            self._child("encode", timing, timing.answered, timing.response_started or ended, context,
+                        {"bytes": timing.bytes_out})
+        span.set_attributes({REQUEST_ATTRIBUTE: True, "status": str(status), "route": route,
+                             **{k: v for k, v in attributes.items() if v is not None}})
+        if isinstance(status, int) and status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
+        span.end(_ns(timing, ended))
+
+    def _child(self, name: str, timing: RequestTiming, start: float, end: float, context: Context,
+               attributes: dict[str, Any] | None = None, links: list[Link] | None = None) -> None:
+        child = self.tracer.start_span(name, context=context, start_time=_ns(timing, start), attributes=attributes,
+                                       links=links)
+        child.end(_ns(timing, max(start, end)))
+
+    def _batch(self, request_span: Span, timing: RequestTiming, batch: BatchMoments) -> SpanContext:
+        """The batch's span: made the first time one of its requests ends, found after."""
+        key = (timing.model, timing.version, batch.batch_id)
+        found = self._batches.get(key)
+        if found is not None:
+            return found
+        span = self.tracer.start_span("batch", context=trace.set_span_in_context(request_span),
+                                      start_time=_ns(timing, batch.started), kind=SpanKind.INTERNAL, attributes={
+                                          "model": timing.model, "version": timing.version, "batch.id": batch.batch_id,
+                                          "batch.rows": batch.rows, "batch.requests": batch.requests,
+                                          "batch.trigger": batch.trigger,
+                                          "batch.collate_ms": (batch.collated - batch.started) * 1000})
+        span.end(_ns(timing, batch.computed))
+        self._batches[key] = span.get_span_context()
+        while len(self._batches) > 4096:
+            self._batches.popitem(last=False)
+        return self._batches[key]
+
+
+def _ns(timing: RequestTiming, moment: float) -> int:
+    """A time.monotonic() moment of this request as the epoch nanoseconds spans take."""
+    return timing.arrived_ns + int((moment - timing.arrived) * 1e9)
+
+
+def _sampler(ratio: float) -> Sampler | None:
+    """None where OpenTelemetry's variable chooses: the SDK reads it itself."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(TraceIdRatioBased(ratio))
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as missing:
+        raise RuntimeError("traces to an OTLP endpoint need the exporter: pip install 'ortserve[otlp]' "
+                           "(opentelemetry-exporter-otlp-proto-http)") from missing
+    if not endpoint.rstrip("/").endswith("/v1/traces"):  # the base address, as OTEL_EXPORTER_OTLP_ENDPOINT is
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint)

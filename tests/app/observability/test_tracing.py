@@ -1,0 +1,178 @@
+"""Request traces: one request's spans, their parents, the shared batch span and its links,
+the caller's trace continued, sampling, gRPC metadata (the SDK's in-memory exporter)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from app.observability.tracing import Tracing
+from load_tests import samples
+from tests.app.conftest import serving, serving_grpc
+from tests.conftest import MODELS, model_folder
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+VERSION = model_folder("fashion-cnn").name
+
+
+class Recorded:
+    """The spans the app's tracer ends, kept by the SDK's in-memory exporter."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+
+    def install(self, app: FastAPI) -> None:
+        tracing = app.tracing  # type: ignore[attr-defined]
+        assert tracing is not None, "tracing on: the lifespan makes the tracer"
+        tracing.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def requests(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.kind is SpanKind.SERVER]
+
+    def children(self, parent: ReadableSpan) -> dict[str, ReadableSpan]:
+        assert parent.context is not None
+        return {s.name: s for s in self.spans()
+                if s.parent is not None and s.parent.span_id == parent.context.span_id}
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    return Recorded()
+
+
+async def test_a_request_has_its_phases_as_children_and_its_batch_linked(recorded: Recorded) -> None:
+    apps: list[FastAPI] = []
+    body = samples.v2_json(1, MODELS)
+    async with serving(apps.append, tracing=True) as client:
+        recorded.install(apps[0])
+        answer = await client.post("/v2/models/fashion-cnn/infer", content=body,
+                                   headers={"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01"})
+    assert answer.status_code == 200
+    assert answer.headers["x-trace-id"] == TRACE  # the caller's trace, continued
+    [request] = recorded.requests()
+    assert request.name == "POST /v2/models/{name}/infer"
+    assert request.context is not None
+    assert format(request.context.trace_id, "032x") == TRACE
+    assert request.parent is not None
+    assert format(request.parent.span_id, "016x") == CALLER_SPAN
+    attributes = dict(request.attributes or {})
+    assert (attributes["model"], attributes["version"], attributes["http.response.status_code"]) == (
+        "fashion-cnn", VERSION, 200)
+    assert attributes["request_id"] == answer.headers["x-request-id"]
+    children = recorded.children(request)
+    assert set(children) == {"read body", "decode", "queue", "compute", "encode", "batch"}
+    assert dict(children["read body"].attributes or {})["bytes"] == len(body)
+    order = [children[n] for n in ("read body", "decode", "queue", "compute", "encode")]
+    for before, after in zip(order, order[1:], strict=False):  # one after another, inside the request
+        assert before.end_time is not None
+        assert after.start_time is not None
+        assert before.end_time <= after.start_time
+    assert request.start_time is not None
+    assert request.end_time is not None
+    assert request.start_time <= order[0].start_time <= order[-1].end_time <= request.end_time  # type: ignore[operator]
+    batch, compute = children["batch"], children["compute"]
+    assert dict(batch.attributes or {}) | {"batch.collate_ms": 0} == {
+        "model": "fashion-cnn", "version": VERSION, "batch.id": dict(compute.attributes or {})["batch.id"],
+        "batch.rows": 1, "batch.requests": 1, "batch.trigger": "idle", "batch.collate_ms": 0}
+    assert [link.context.span_id for link in compute.links] == [batch.context.span_id]  # type: ignore[union-attr]
+
+
+async def test_requests_in_one_batch_share_its_span(recorded: Recorded) -> None:
+    apps: list[FastAPI] = []
+    body = samples.v2_json(1, MODELS)
+    async with serving(apps.append, tracing=True, max_queue_delay_ms=30, idle_dispatch=False) as client:
+        recorded.install(apps[0])
+        answers = await asyncio.gather(*(client.post("/v2/models/fashion-cnn/infer", content=body) for _ in range(8)))
+    assert all(a.status_code == 200 for a in answers)
+    requests = recorded.requests()
+    assert len(requests) == 8
+    assert len({r.context.trace_id for r in requests}) == 8  # type: ignore[union-attr]  # each its own trace
+    batches = {s.context.span_id: s for s in recorded.spans() if s.name == "batch"}  # type: ignore[union-attr]
+    computes = [s for s in recorded.spans() if s.name == "compute"]
+    linked = [c.links[0].context.span_id for c in computes]
+    assert set(linked) == set(batches)  # every compute links to a batch span that exists
+    assert len(batches) < 8  # some rode together, and share one span
+    for span_id, batch in batches.items():
+        riders = linked.count(span_id)
+        assert dict(batch.attributes or {})["batch.requests"] == riders
+        assert dict(batch.attributes or {})["batch.rows"] == riders
+
+
+async def test_a_split_request_links_every_batch_it_took(recorded: Recorded) -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, tracing=True) as client:
+        recorded.install(apps[0])
+        answer = await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(200, MODELS))
+    assert answer.status_code == 200
+    [compute] = [s for s in recorded.spans() if s.name == "compute"]
+    assert dict(compute.attributes or {})["batches"] == 2
+    assert len({link.context.span_id for link in compute.links}) == 2
+
+
+async def test_errors_and_unsampled_requests() -> None:
+    apps: list[FastAPI] = []
+    recorded = Recorded()
+    async with serving(apps.append, tracing=True, trace_sample=0.0) as client:
+        recorded.install(apps[0])
+        unsampled = await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(1, MODELS))
+        # a caller's sampled trace is continued whatever the ratio (parent-based)
+        continued = await client.get("/v2/models/nope", headers={"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01"})
+    assert unsampled.status_code == 200
+    assert len(unsampled.headers["x-trace-id"]) == 32
+    [request] = recorded.requests()
+    assert format(request.context.trace_id, "032x") == TRACE  # type: ignore[union-attr]
+    assert dict(request.attributes or {})["http.response.status_code"] == 404
+    assert request.name == "GET /v2/models/{name}"
+    assert continued.status_code == 404
+
+
+async def test_tracing_is_off_by_default() -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append) as client:
+        answer = await client.get("/v2/health/live")
+    assert apps[0].tracing is None  # type: ignore[attr-defined]
+    assert "x-trace-id" not in answer.headers
+
+
+async def test_the_console_ring_keeps_the_slowest_with_their_spans() -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, tracing=True) as client:
+        for n in (1, 64, 1):
+            await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(n, MODELS))
+        tracing: Tracing = apps[0].tracing  # type: ignore[attr-defined]
+        records = tracing.recent.slowest(10)
+    assert len(records) == 3
+    assert records[0].duration_ms >= records[1].duration_ms >= records[2].duration_ms
+    names = [s["name"] for s in records[0].spans]
+    assert names[:2] == ["read body", "decode"]
+    assert {"queue", "compute", "encode", "batch"} <= set(names)
+    assert all(0 <= s["start_ms"] <= records[0].duration_ms for s in records[0].spans)
+
+
+async def test_grpc_calls_continue_the_callers_trace_from_metadata(recorded: Recorded) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    async with serving_grpc(tracing=True) as (_, stub, app):
+        recorded.install(app)
+        request = pb.ModelInferRequest(model_name="fashion-cnn")
+        image = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+        image.contents.fp32_contents.extend([0.5] * 784)
+        call = stub.ModelInfer(request, metadata=(("traceparent", f"00-{TRACE}-{CALLER_SPAN}-01"),))
+        await call
+        initial = dict(await call.initial_metadata())
+    assert initial["x-trace-id"] == TRACE
+    [span] = recorded.requests()
+    assert span.name == "grpc ModelInfer"
+    assert format(span.context.trace_id, "032x") == TRACE  # type: ignore[union-attr]
+    assert dict(span.attributes or {})["model"] == "fashion-cnn"
+    assert {"decode", "queue", "compute", "encode", "batch"} <= set(recorded.children(span))
