@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: run test lint typecheck train bench triton-peer smoke-container clean
+.PHONY: run test lint typecheck train bench triton-peer smoke-container screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ run: $(VENV)/.serve
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+# The console's screenshots in the README, as its browser test takes them (needs chromium).
+screenshots: $(VENV)/.dev
+	ORTSERVE_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/app/console/test_console_browser.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check app training load_tests tests

@@ -4,6 +4,8 @@ header, app/grpc the `authorization` metadata; both hand its value here)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 
 from app.errors import Forbidden, Unauthorized
@@ -17,6 +19,22 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+def api_key(authorization: str | None) -> str | None:
+    """The key of `Authorization: Bearer <key>`, or the password of `Basic <user:key>`: what a
+    browser sends once a person has typed the key into its sign-in prompt (the console's
+    pages ask with `WWW-Authenticate: Basic`), so the page's own calls carry it too."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return bearer_token(authorization)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
+
+
 def matches_any(token: str | None, secrets: list[bytes]) -> bool:
     """Constant-time comparison with every secret (no early exit on the first match)."""
     given = (token or "").encode("utf-8", "surrogateescape")
@@ -28,7 +46,7 @@ def matches_any(token: str | None, secrets: list[bytes]) -> bool:
 
 def check_api_key(authorization: str | None, keys: list[bytes]) -> None:
     """The inference calls' check; nothing to do unless keys are configured."""
-    if keys and not matches_any(bearer_token(authorization), keys):
+    if keys and not matches_any(api_key(authorization), keys):
         raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
 
 

@@ -72,8 +72,14 @@ class ClientGone(ServingError):
     status_code = 499
 
 
-class ModelNotFound(ServingError):
+class NotFound(ServingError):
+    """Nothing at this path (a file the console does not have, the console while it is off)."""
+
     status_code = 404
+
+
+class ModelNotFound(NotFound):
+    pass
 
 
 class ModelNotReady(ServingError):

@@ -25,7 +25,7 @@ from app.http.fastpath import FastPath
 from app.http.hot_routes import fast_dispatch_possible
 from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
-from app.http.routes import health, metrics, model_repository, v1, v2
+from app.http.routes import console, health, metrics, model_repository, v1, v2
 from app.http.services import Services
 from app.observability.access import AccessLog
 from app.observability.log import configure_logging
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
     )
-    for module in (v1, v2, health, model_repository, metrics):
+    for module in (v1, v2, health, model_repository, metrics, console):
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app, app.repository)

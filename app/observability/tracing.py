@@ -70,8 +70,8 @@ class TraceRecord:
 
 
 class RecentTraces(SpanProcessor):
-    """The last `keep` traced requests with their spans, in memory (the console's view of
-    slow requests). A request's children end before it (Tracing.finish), so they are
+    """The last `keep` traced requests for a model with their spans, in memory (the console's
+    view of slow requests). A request's children end before it (Tracing.finish), so they are
     gathered by trace id and the request's own span closes the entry."""
 
     def __init__(self, keep: int = 256) -> None:
@@ -93,6 +93,8 @@ class RecentTraces(SpanProcessor):
                         self._children.popitem(last=False)
                 return
             children = self._children.pop((context.trace_id, context.span_id), [])
+        if not attributes.get("model"):  # slow requests worth a look name a model: not the console's own
+            return
         start = span.start_time or 0
         self.records.append(TraceRecord(
             trace_id=format(context.trace_id, "032x"), name=span.name,
@@ -162,7 +164,8 @@ class Tracing:
         ended = time.monotonic()
         body_done = timing.body_done or timing.arrived
         queued = timing.queued or body_done
-        self._child("read body", timing, timing.arrived, body_done, context, {"bytes": timing.bytes_in})
+        if timing.body_done:  # (a GET's body is never read)
+            self._child("read body", timing, timing.arrived, body_done, context, {"bytes": timing.bytes_in})
         if timing.queued:
             self._child("decode", timing, body_done, queued, context)
         if timing.batches:
@@ -174,6 +177,8 @@ class Tracing:
         if timing.answered:
             self._child("encode", timing, timing.answered, timing.response_started or ended, context,
                         {"bytes": timing.bytes_out})
+        if timing.response_started:  # the answer's bytes handed to the connection
+            self._child("send", timing, timing.response_started, ended, context)
         span.set_attributes({REQUEST_ATTRIBUTE: True, "status": str(status), "route": route,
                              **{k: v for k, v in attributes.items() if v is not None}})
         if isinstance(status, int) and status >= 500:

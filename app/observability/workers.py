@@ -103,6 +103,12 @@ class WorkerMetrics:
     def exposition(self) -> bytes:
         """Every worker's metrics, merged: this one's as of now, the others' as last written,
         and the counters of those that are gone."""
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Merged(self.families()))
+        return generate_latest(merged)
+
+    def families(self) -> list[Metric]:
+        """What `exposition` writes, as metric families (the console's summary reads them)."""
         snapshots = {self.pid: self.write_snapshot().decode()}
         retired: list[str] = []
         try:
@@ -124,9 +130,7 @@ class WorkerMetrics:
                 retired.append(text)
             elif pid is not None:
                 snapshots[pid] = text
-        merged = CollectorRegistry(auto_describe=False)
-        merged.register(_Merged(merge(snapshots, retired)))
-        return generate_latest(merged)
+        return merge(snapshots, retired)
 
 
 def clear_snapshots(folder: Path) -> None:

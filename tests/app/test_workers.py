@@ -111,6 +111,12 @@ def test_a_load_under_load_reaches_every_worker_and_a_restarted_worker_follows(t
         after = Counter(httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=BODY).json()["model_version"]
                         for _ in range(40))
         assert after == {"2": 40}
+        # The console's figures are every worker's (the /metrics merge), not the answering one's.
+        sent = answers.total() + 40
+        summary = wait_for(lambda: (found := httpx.get(f"{server.url}/console/summary").json())
+                           and found["models"][MODEL]["requests"] >= sent and found)
+        assert summary["workers"] == 2
+        assert summary["models"][MODEL]["errors"] == 0
 
         # Unloaded through one worker: both stop serving it. Then one worker dies; uvicorn
         # starts another, which loads its --load-model set and then applies the unload.

@@ -70,9 +70,9 @@ async def test_a_request_has_its_phases_as_children_and_its_batch_linked(recorde
         "fashion-cnn", VERSION, 200)
     assert attributes["request_id"] == answer.headers["x-request-id"]
     children = recorded.children(request)
-    assert set(children) == {"read body", "decode", "queue", "compute", "encode", "batch"}
+    assert set(children) == {"read body", "decode", "queue", "compute", "encode", "send", "batch"}
     assert dict(children["read body"].attributes or {})["bytes"] == len(body)
-    order = [children[n] for n in ("read body", "decode", "queue", "compute", "encode")]
+    order = [children[n] for n in ("read body", "decode", "queue", "compute", "encode", "send")]
     for before, after in zip(order, order[1:], strict=False):  # one after another, inside the request
         assert before.end_time is not None
         assert after.start_time is not None
