@@ -91,6 +91,13 @@ status, body = post("/v1/models/sst2-lstm:predict",
 assert [p["label"] for p in body["predictions"]] == ["positive", "negative"], body
 print("sst2-lstm:", [p["label"] for p in body["predictions"]])
 
+# The console's files are package data: in the installed (not editable) package of the image.
+page = urllib.request.urlopen(url + "/console").read().decode()
+script = urllib.request.urlopen(url + "/console/assets/console.js").read()
+image = urllib.request.urlopen(url + "/console/assets/samples/bag.png").read()
+assert "console/assets/console.js" in page and len(script) > 1000 and image.startswith(b"\x89PNG"), page[:200]
+print("console: page, script and test images served from the installed package")
+
 # gRPC on the image's second port: health, then the same images over KServe V2 gRPC.
 with grpc.insecure_channel(os.environ["SMOKE_GRPC"]) as channel:
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)

@@ -3,7 +3,7 @@ N times in a row straight to the ASGI callable of the parse-only ceiling and of 
 (one worker, in this process), microseconds per request. With --profile, cProfile's
 table of the service's run (its times inflated by the profiler; the order is what counts).
 
-    python -m load_tests.asgi_cost [--requests 5000] [--images 1] [--profile]
+    python -m load_tests.asgi_cost [--requests 5000] [--images 1] [--profile] [--setting tracing=true]
 
 A sequential loop: the service answers each request inline on the loop (an idle model runs a
 one-row batch there), so its figure includes ONNX Runtime's run of that batch.
@@ -64,14 +64,16 @@ async def _per_request_us(app: Any, body: bytes, requests: int, profile: cProfil
     return elapsed / requests * 1e6
 
 
-async def measure(model_dir: Path, requests: int, images: int, profile: bool) -> dict[str, float]:
+async def measure(model_dir: Path, requests: int, images: int, profile: bool,
+                  settings: dict[str, str] | None = None) -> dict[str, float]:
     from app.main import create_app
     from app.settings import Settings
     from load_tests.ceiling import app as ceiling
 
     body = samples.v2_json(images, model_dir)
     figures = {"ceiling": await _per_request_us(ceiling, body, requests)}
-    service = create_app(Settings(model_dir=model_dir, workers=1, grpc=False, log_level="warning"))
+    service = create_app(Settings(**{"model_dir": model_dir, "workers": 1, "grpc": False, "log_level": "warning",
+                                     **(settings or {})}))
     profiler = cProfile.Profile() if profile else None
     async with service.router.lifespan_context(service):
         figures["service"] = await _per_request_us(service, body, requests, profiler)
@@ -87,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--images", type=int, default=1, help="images per request")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's table of the service")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the service (e.g. tracing=true, trace_sample=0.1); repeatable")
     args = parser.parse_args(argv)
-    figures = asyncio.run(measure(args.model_dir, args.requests, args.images, args.profile))
+    settings = dict(item.split("=", 1) for item in args.setting)
+    figures = asyncio.run(measure(args.model_dir, args.requests, args.images, args.profile, settings))
     print(f"| server | µs per request ({args.images} image(s), V2 JSON, {args.requests} in a row) |")
     print("|---|---|")
     for name, us in figures.items():

@@ -192,18 +192,20 @@ class InferenceService:
                          context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
         """One request through the inference path: its answer serialized (GrpcExchange)."""
         if self.tracing is not None:
-            return await self._traced(self.tracing, request, context, streamed=streamed)
+            metadata = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate")}
+            parent = metadata.get("traceparent")
+            if self.tracing.sampled(parent.encode("latin-1") if isinstance(parent, str) else parent):
+                return await self._traced(self.tracing, request, context, metadata, streamed=streamed)
         return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
 
     async def _traced(self, tracing: Tracing, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                      context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
+                      context: grpc.aio.ServicerContext, metadata: dict[str, str | bytes], *, streamed: bool) -> bytes:
         """`_infer_one` with its span: the caller's `traceparent` metadata continued, the
         trace id answered in `x-trace-id` metadata (unary calls: a stream's answers have none)."""
         arrived = time.monotonic()
         timing = RequestTiming(arrived=arrived, arrived_ns=time.time_ns(), traced=True, body_done=arrived,
                                bytes_in=len(request[0]))
         token = request_timing.set(timing)
-        metadata = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate")}
         method = "ModelStreamInfer" if streamed else "ModelInfer"
         span = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")), _text(metadata.get("tracestate")),
                              timing)

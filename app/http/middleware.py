@@ -19,10 +19,12 @@ from app.observability.metrics import RequestSeries
 from app.observability.tracing import Tracing
 
 _REQUEST_ID = b"x-request-id"
-_TRACE_ID = b"x-trace-id"  # where traces are on: the request's trace id (the caller's, where it sent one)
+_TRACE_ID = b"x-trace-id"  # a traced request's trace id (the caller's, where it sent one)
 
 
-class AccessLogHolder(Protocol):
+class Observers(Protocol):
+    """Who watches requests: the app, once its lifespan has started."""
+
     access_log: AccessLog | None
     """Set by the lifespan where the access log is on."""
     tracing: Tracing | None
@@ -30,7 +32,7 @@ class AccessLogHolder(Protocol):
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, series: RequestSeries, owner: AccessLogHolder | None = None) -> None:
+    def __init__(self, app: ASGIApp, series: RequestSeries, owner: Observers | None = None) -> None:
         self.app = app
         self.series = series
         self.owner = owner  # whose access log and tracer (the app's, once its lifespan has started)
@@ -51,28 +53,31 @@ class RequestContext:
         owner = self.owner
         access = owner.access_log if owner is not None else None
         tracing = owner.tracing if owner is not None else None
-        timing = span = None
-        extra: list[tuple[bytes, bytes]] = [(_REQUEST_ID, rid.encode("latin-1"))]
-        if access is not None or tracing is not None:  # what its line and trace say is gathered as it is served
+        timing = span = parent = None
+        traced = False
+        if tracing is not None:  # decided first: an unsampled request costs a random number
+            parent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+            traced = tracing.sampled(parent)
+        if access is not None or traced:  # what its line and trace say is gathered as it is served
             timing = RequestTiming(arrived=arrived)
             timing_token = request_timing.set(timing)
             receive = _counted(receive, timing)
-            if tracing is not None:
+            if tracing is not None and traced:
                 timing.traced, timing.arrived_ns = True, time.time_ns()
-                headers = dict(scope["headers"])
-                parent, state = headers.get(b"traceparent"), headers.get(b"tracestate")
+                state = next((v for k, v in scope["headers"] if k == b"tracestate"), None)
                 span = tracing.start(scope["method"], parent.decode("latin-1") if parent else None,
                                      state.decode("latin-1") if state else None, timing)
-                extra.append((_TRACE_ID, timing.trace_id.encode("ascii")))
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
                 if timing is not None:
                     timing.response_started = time.monotonic()
+                    if timing.trace_id:
+                        headers.append((_TRACE_ID, timing.trace_id.encode("ascii")))
             elif timing is not None:
                 timing.bytes_out += len(message.get("body", b""))
             await send(message)

@@ -20,6 +20,7 @@ import queue
 import random
 import re
 import sys
+import time
 from collections.abc import Callable
 from logging.handlers import QueueListener
 from typing import Any
@@ -65,10 +66,10 @@ class AccessLog:
         self.json = log_format == "json"
         self.sample = sample
         self._draw = draw
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        handler = logging.StreamHandler(stream or sys.stderr)
+        self._queue: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
+        handler = _UnflushedStream(stream or sys.stderr)
         handler.setFormatter(formatter(log_format))
-        self._listener = QueueListener(self._queue, handler)
+        self._listener = _Writer(self._queue, handler, self.json)
         self._running = False
 
     def start(self) -> None:
@@ -83,16 +84,51 @@ class AccessLog:
             self._running = False
 
     def write(self, fields: dict[str, Any]) -> None:
-        """Queue one request's line (on the event loop: no formatting here)."""
+        """Queue one request's line: on the event loop, only the queueing (the log record is
+        made, formatted and written by the writing thread)."""
         if self.sample < 1.0 and fields["status"] < 400 and self._draw() >= self.sample:
             return
-        if self.json:
+        self._queue.put_nowait((time.time(), fields))
+
+
+class _UnflushedStream(logging.StreamHandler):
+    """Writes without flushing each line: _Writer flushes once the queue is empty, so a burst
+    of requests is one write to the stream rather than one per line."""
+
+    def flush(self) -> None:
+        pass
+
+    def flush_now(self) -> None:
+        super().flush()
+
+
+class _Writer(QueueListener):
+    """The writing thread: each queued (time, fields) made a log record, formatted, written."""
+
+    def __init__(self, lines: queue.SimpleQueue[tuple[float, dict[str, Any]]], handler: _UnflushedStream,
+                 as_json: bool) -> None:
+        super().__init__(lines, handler)
+        self.lines, self.stream, self.as_json = lines, handler, as_json
+
+    def prepare(self, item: Any) -> logging.LogRecord:
+        created, fields = item
+        if self.as_json:
             message: object = f"{fields['method']} {fields['route']} {fields['status']}"
         else:
             message = _Line(fields)
         record = logging.LogRecord(LOGGER, logging.INFO, __file__, 0, message, None, None)
+        record.created, record.msecs = created, (created % 1) * 1000
         record.fields = {name: fields.get(name) for name in FIELDS}
-        self._queue.put_nowait(record)
+        return record
+
+    def handle(self, record: Any) -> None:
+        super().handle(record)
+        if self.lines.empty():
+            self.stream.flush_now()
+
+    def stop(self) -> None:
+        super().stop()
+        self.stream.flush_now()  # the lines before the stop's sentinel
 
 
 def trace_id(traceparent: bytes | None) -> str | None:

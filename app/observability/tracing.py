@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -37,11 +37,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.batching.request import BatchMoments, RequestTiming
+from app.observability.access import trace_id
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class TraceRecord:
     trace_id: str
     name: str
     duration_ms: float
-    ended_at: float  # time.time()
+    ended_at: float  # epoch seconds
     attributes: dict[str, Any]
     spans: list[dict[str, Any]] = field(default_factory=list)
 
@@ -72,49 +73,56 @@ class TraceRecord:
 class RecentTraces(SpanProcessor):
     """The last `keep` traced requests for a model with their spans, in memory (the console's
     view of slow requests). A request's children end before it (Tracing.finish), so they are
-    gathered by trace id and the request's own span closes the entry."""
+    gathered by their parent and the request's own span closes the entry. Spans end on the
+    event loop, one at a time: no lock; what the console shows is built only when asked."""
 
     def __init__(self, keep: int = 256) -> None:
-        self.records: deque[TraceRecord] = deque(maxlen=keep)
-        self._children: OrderedDict[tuple[int, int], list[ReadableSpan]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.keep = keep
+        self._records: deque[tuple[ReadableSpan, list[ReadableSpan]]] = deque(maxlen=keep)
+        self._children: dict[tuple[int, int], list[ReadableSpan]] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        if REQUEST_ATTRIBUTE not in attributes:
+            parent = span.parent
+            if parent is not None:
+                key = (parent.trace_id, parent.span_id)
+                found = self._children.get(key)
+                if found is None:
+                    if len(self._children) >= 4 * self.keep:  # parents that never end (another's spans)
+                        del self._children[next(iter(self._children))]
+                    self._children[key] = [span]
+                else:
+                    found.append(span)
+            return
         context = span.context
-        if context is None:
-            return
-        with self._lock:
-            attributes = dict(span.attributes or {})
-            if not attributes.get(REQUEST_ATTRIBUTE):
-                parent = span.parent
-                if parent is not None:
-                    self._children.setdefault((parent.trace_id, parent.span_id), []).append(span)
-                    while len(self._children) > 4 * (self.records.maxlen or 1):  # parents that never end
-                        self._children.popitem(last=False)
-                return
-            children = self._children.pop((context.trace_id, context.span_id), [])
-        if not attributes.get("model"):  # slow requests worth a look name a model: not the console's own
-            return
-        start = span.start_time or 0
-        self.records.append(TraceRecord(
-            trace_id=format(context.trace_id, "032x"), name=span.name,
-            duration_ms=((span.end_time or start) - start) / 1e6, ended_at=time.time(),
-            attributes={k: v for k, v in attributes.items() if k != REQUEST_ATTRIBUTE},
-            spans=[{"name": child.name, "start_ms": ((child.start_time or start) - start) / 1e6,
-                    "duration_ms": ((child.end_time or 0) - (child.start_time or 0)) / 1e6,
-                    "attributes": dict(child.attributes or {})}
-                   for child in sorted(children, key=lambda c: c.start_time or 0)]))
+        children = self._children.pop((context.trace_id, context.span_id), []) if context is not None else []
+        if attributes.get("model"):  # slow requests worth a look name a model: not the console's own calls
+            self._records.append((span, children))
 
     def slowest(self, count: int) -> list[TraceRecord]:
-        with self._lock:
-            records = list(self.records)
-        return sorted(records, key=lambda r: r.duration_ms, reverse=True)[:count]
+        chosen = sorted(self._records, key=lambda r: (r[0].end_time or 0) - (r[0].start_time or 0),
+                        reverse=True)[:count]
+        return [_record(span, children) for span, children in chosen]
 
     def shutdown(self) -> None:
         pass
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _record(span: ReadableSpan, children: list[ReadableSpan]) -> TraceRecord:
+    start = span.start_time or 0
+    context = span.context
+    return TraceRecord(
+        trace_id=format(context.trace_id if context is not None else 0, "032x"), name=span.name,
+        duration_ms=((span.end_time or start) - start) / 1e6, ended_at=(span.end_time or start) / 1e9,
+        attributes={k: v for k, v in (span.attributes or {}).items() if k != REQUEST_ATTRIBUTE},
+        spans=[{"name": child.name, "start_ms": ((child.start_time or start) - start) / 1e6,
+                "duration_ms": ((child.end_time or 0) - (child.start_time or 0)) / 1e6,
+                "attributes": dict(child.attributes or {})}
+               for child in sorted(children, key=lambda c: c.start_time or 0)])
 
 
 class Tracing:
@@ -125,8 +133,15 @@ class Tracing:
         """`exporters`: more destinations, each fed as its spans end (tests: the SDK's
         in-memory exporter)."""
         self.recent = RecentTraces(keep)
-        self.provider = TracerProvider(sampler=_sampler(sample),
-                                       resource=Resource.create({"service.name": "ortserve"}))
+        # The ratio is applied here, per request, before anything of OpenTelemetry's runs (an
+        # unsampled request costs one random number); the SDK then records what it is given,
+        # or follows the caller's flag. Where OTEL_TRACES_SAMPLER names a sampler, the SDK's
+        # decides for every request instead.
+        self.ratio = sample
+        self.sdk_samples = bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+        self._draw = random.random
+        sampler = None if self.sdk_samples else ParentBased(ALWAYS_ON)
+        self.provider = TracerProvider(sampler=sampler, resource=_resource())
         self.provider.add_span_processor(self.recent)
         for exporter in exporters:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -141,6 +156,16 @@ class Tracing:
     def shutdown(self) -> None:
         """Spans still queued for the collector are sent first."""
         self.provider.shutdown()
+
+    def sampled(self, traceparent: bytes | None) -> bool:
+        """Whether to trace this request: the caller's flag where it sent a valid traceparent
+        (parent-based, as OpenTelemetry's default), else `ratio` of requests."""
+        if self.sdk_samples:
+            return True  # (start's span says)
+        if trace_id(traceparent) is not None:
+            assert traceparent is not None
+            return traceparent[53:55] in _SAMPLED_FLAGS
+        return self.ratio >= 1.0 or self._draw() < self.ratio
 
     def start(self, name: str, traceparent: str | None, tracestate: str | None, timing: RequestTiming,
               kind: SpanKind = SpanKind.SERVER) -> Span | None:
@@ -177,10 +202,13 @@ class Tracing:
         if timing.answered:
             self._child("encode", timing, timing.answered, timing.response_started or ended, context,
                         {"bytes": timing.bytes_out})
-        if timing.response_started:  # the answer's bytes handed to the connection
-            self._child("send", timing, timing.response_started, ended, context)
-        span.set_attributes({REQUEST_ATTRIBUTE: True, "status": str(status), "route": route,
-                             **{k: v for k, v in attributes.items() if v is not None}})
+        # After encode, handing the answer to the connection: an attribute, not one more span
+        # (each span costs the event loop tens of microseconds).
+        values: dict[str, Any] = {REQUEST_ATTRIBUTE: True, "status": str(status), "route": route}
+        if timing.response_started:
+            values["send_ms"] = (ended - timing.response_started) * 1000
+        values.update((k, v) for k, v in attributes.items() if v is not None)
+        span.set_attributes(values)
         if isinstance(status, int) and status >= 500:
             span.set_status(trace.StatusCode.ERROR)
         span.end(_ns(timing, ended))
@@ -215,11 +243,15 @@ def _ns(timing: RequestTiming, moment: float) -> int:
     return timing.arrived_ns + int((moment - timing.arrived) * 1e9)
 
 
-def _sampler(ratio: float) -> Sampler | None:
-    """None where OpenTelemetry's variable chooses: the SDK reads it itself."""
-    if os.environ.get("OTEL_TRACES_SAMPLER"):
-        return None
-    return ParentBased(TraceIdRatioBased(ratio))
+def _resource() -> Resource:
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, where they name the service; else ortserve."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "ortserve"}))
+    return resource
+
+
+_SAMPLED_FLAGS = {f"{flags:02x}".encode() for flags in range(256) if flags & 1}
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:

@@ -1,5 +1,5 @@
 """The console: one page, served by the service, to try the served models and watch the
-server live (docs/console.md).
+server live (README, "See what it does").
 
 Static files shipped in the package (app/http/static/console), no build step and nothing
 from a CDN, so it works offline and in an air-gapped cluster. The page talks to the same

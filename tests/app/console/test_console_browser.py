@@ -22,6 +22,7 @@ import pytest
 
 from load_tests import samples
 from load_tests.server import ServerProcess
+from tests.app.onnx_models import mlp, save
 from tests.conftest import MODELS, ROOT
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,8 +34,12 @@ WAIT_MS = 20_000  # a busy CI machine: generous waits, never a timed assertion
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with ServerProcess(["--model-dir", str(MODELS), "--no-warmup", "--tracing"]) as running:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shipped models and a drop-in ONNX file of a user's own (a tensors model)."""
+    home = tmp_path_factory.mktemp("console") / "models"
+    shutil.copytree(MODELS, home)
+    save(home, "my-mlp", mlp())
+    with ServerProcess(["--model-dir", str(home), "--no-warmup", "--tracing"]) as running:
         yield running
 
 
@@ -93,6 +98,26 @@ def test_trying_the_models_labels_an_image_and_a_sentence(server: ServerProcess,
     page.locator("#text").fill("")
     page.locator("#text").press_sequentially("dull, tedious and far too long", delay=20)
     console.label("negative")
+    assert console.errors == []
+
+
+def test_a_model_of_ones_own_gets_a_tensor_editor_prefilled_from_its_metadata(server: ServerProcess,
+                                                                               browser: object) -> None:
+    console = Console(browser, server.url)
+    page = console.page
+    page.select_option("#model", "my-mlp")
+    editor = page.get_by_label("Request body (KServe V2 JSON), prefilled from the model's metadata")
+    expect(editor).to_be_visible()
+    expect(editor).to_have_value(re.compile(r'"datatype": ?"FP32"'))
+    expect(page.get_by_label("Version", exact=True)).to_be_enabled()
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#status")).to_have_text("Answered.", timeout=WAIT_MS)
+    expect(page.locator("#outputs")).to_contain_text("FP32 [1, ")
+    expect(page.locator("#answer-version")).to_have_text("1")
+    editor.fill('{"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1], "data": [1]}]}')
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#status")).to_contain_text("Error 400", timeout=WAIT_MS)
+    console.errors = [e for e in console.errors if "400" not in e]  # the browser reports the refused call
     assert console.errors == []
 
 

@@ -1,4 +1,4 @@
-// The console's one script (docs/console.md): no framework, no build step, nothing fetched
+// The console's one script (README, "See what it does"): no framework, no build step, nothing fetched
 // but this service's own endpoints, the public ones a client uses. Paths are relative to
 // /console, so the page works behind a proxy's path prefix too.
 "use strict";
