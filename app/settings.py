@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     traceparent is continued; the trace id is answered in x-trace-id. On by itself where an
     OTLP endpoint is set. Kept in memory for the console's slow requests."""
     trace_sample: float = Field(default=1.0, ge=0, le=1)
-    """The fraction of new traces recorded (a caller's sampled trace always is);
-    OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, where set, decide instead."""
+    """The fraction of requests traced, drawn per request (a caller's traceparent flag decides
+    for its request instead); OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, where set,
+    decide instead. Below 1 for high rates: docs/benchmarks.md has what tracing costs."""
     otlp_endpoint: str | None = None
     """Where spans are sent over OTLP/HTTP (the `otlp` extra); OTEL_EXPORTER_OTLP_ENDPOINT
     where unset. None and no variable: traces stay in memory."""

@@ -6,14 +6,16 @@ why it ran (idle, full, due), how many batches a split request took, the request
 W3C trace id a client sent in `traceparent`, and the client's address. In JSON with
 `log_format json` (its fields at the top level), `key=value` pairs otherwise.
 
-The event loop only puts a record on a queue; a thread of its own formats and writes it
-(logging's QueueListener), so neither the JSON encoding nor a slow stderr holds requests
-up. With `access_log_sample` below 1 only that fraction of successful requests is written;
+The event loop keeps each request's fields; every HANDOVER_S it formats those it kept and
+hands them as one text to a thread of its own, which writes it (logging's QueueListener),
+so a slow or blocked stderr never holds requests up, and the formatting, done in bulk
+outside any request, never holds the GIL against the loop. With `access_log_sample` below 1 only that fraction of successful requests is written;
 every request answered 4xx or 5xx is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -31,6 +33,8 @@ from app.observability.log import formatter
 __all__ = ["AccessLog", "RequestTiming", "request_timing", "trace_id"]
 
 LOGGER = "ortserve.access"
+HANDOVER_S = 0.05
+"""How long the event loop keeps lines before handing them to the writing thread at once."""
 FIELDS = ("method", "route", "status", "model", "version", "bytes_in", "bytes_out", "total_ms", "queue_ms",
           "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "request_id", "trace_id", "client")
 """Every line's fields, in this order (an unknown one is null in JSON, left out in text)."""
@@ -66,10 +70,11 @@ class AccessLog:
         self.json = log_format == "json"
         self.sample = sample
         self._draw = draw
-        self._queue: queue.SimpleQueue[tuple[float, dict[str, Any]]] = queue.SimpleQueue()
-        handler = _UnflushedStream(stream or sys.stderr)
-        handler.setFormatter(formatter(log_format))
-        self._listener = _Writer(self._queue, handler, self.json)
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self._handover: asyncio.TimerHandle | None = None
+        self._format = formatter(log_format).format
+        self._listener = _Writer(self._queue, stream or sys.stderr)
         self._running = False
 
     def start(self) -> None:
@@ -77,42 +82,41 @@ class AccessLog:
         self._running = True
 
     def stop(self) -> None:
-        """Every line queued is written first. Once: a second call does nothing (QueueListener's
+        """Every line kept is written first. Once: a second call does nothing (QueueListener's
         own stop fails when it is not running)."""
+        if self._handover is not None:
+            self._handover.cancel()
+        self._hand_over()
         if self._running:
             self._listener.stop()
             self._running = False
 
     def write(self, fields: dict[str, Any]) -> None:
-        """Queue one request's line: on the event loop, only the queueing (the log record is
-        made, formatted and written by the writing thread)."""
+        """Keep one request's line. Every HANDOVER_S the lines kept are formatted, on the loop,
+        and handed to the writing thread as one text: a thread woken and formatting per line
+        took a quarter of the throughput at c64 (docs/benchmarks.md)."""
         if self.sample < 1.0 and fields["status"] < 400 and self._draw() >= self.sample:
             return
-        self._queue.put_nowait((time.time(), fields))
+        self._pending.append((time.time(), fields))
+        if self._handover is None:
+            try:
+                self._handover = asyncio.get_running_loop().call_later(HANDOVER_S, self._hand_over)
+            except RuntimeError:  # not on a loop (a thread of its own, a test): at once
+                self._hand_over()
 
+    def _hand_over(self) -> None:
+        """The kept lines, formatted here and written by the thread: formatting is Python's
+        work and the GIL's whichever thread does it, and a thread formatting holds the GIL
+        for its whole switch interval each time the loop lets go of it (in a socket call, in
+        ONNX Runtime's run), so the loop would wait on it; writing lets go of the GIL."""
+        self._handover = None
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._queue.put_nowait("".join(self._format(self._record(created, fields)) + "\n"
+                                           for created, fields in lines))
 
-class _UnflushedStream(logging.StreamHandler):
-    """Writes without flushing each line: _Writer flushes once the queue is empty, so a burst
-    of requests is one write to the stream rather than one per line."""
-
-    def flush(self) -> None:
-        pass
-
-    def flush_now(self) -> None:
-        super().flush()
-
-
-class _Writer(QueueListener):
-    """The writing thread: each queued (time, fields) made a log record, formatted, written."""
-
-    def __init__(self, lines: queue.SimpleQueue[tuple[float, dict[str, Any]]], handler: _UnflushedStream,
-                 as_json: bool) -> None:
-        super().__init__(lines, handler)
-        self.lines, self.stream, self.as_json = lines, handler, as_json
-
-    def prepare(self, item: Any) -> logging.LogRecord:
-        created, fields = item
-        if self.as_json:
+    def _record(self, created: float, fields: dict[str, Any]) -> logging.LogRecord:
+        if self.json:
             message: object = f"{fields['method']} {fields['route']} {fields['status']}"
         else:
             message = _Line(fields)
@@ -121,14 +125,21 @@ class _Writer(QueueListener):
         record.fields = {name: fields.get(name) for name in FIELDS}
         return record
 
-    def handle(self, record: Any) -> None:
-        super().handle(record)
-        if self.lines.empty():
-            self.stream.flush_now()
 
-    def stop(self) -> None:
-        super().stop()
-        self.stream.flush_now()  # the lines before the stop's sentinel
+class _Writer(QueueListener):
+    """The writing thread: each handed-over text written and flushed, one write per
+    handover. (QueueListener for its thread, its queue and its stop that drains the queue.)"""
+
+    def __init__(self, texts: queue.SimpleQueue[str], stream: Any) -> None:
+        super().__init__(texts)
+        self.stream = stream
+
+    def handle(self, record: Any) -> None:
+        try:
+            self.stream.write(record)
+            self.stream.flush()
+        except (OSError, ValueError):  # the stream closed or broken: lines are lost, requests are not
+            pass
 
 
 def trace_id(traceparent: bytes | None) -> str | None:

@@ -5,17 +5,19 @@ A request's span starts as it arrives, as a child of the W3C `traceparent` a cli
 (HTTP header or gRPC metadata). Its children are made as it ends, from the moments its
 `RequestTiming` recorded on the way (app/batching/request.py): reading the body, decoding
 it, waiting in the queue, the batch's compute, and encoding the answer. Made afterwards,
-with their start and end times, so serving a request adds a few clock reads and nothing
-of OpenTelemetry's until it is answered.
+with their start and end times, so serving the request adds only a few clock reads; making
+the spans is what tracing costs (docs/benchmarks.md, "Traces and the access log").
 
 The batch is one span, shared: made by the first traced request of the batch to end, as a
 child of that request's span (so a sampled request's trace always holds it), with its
 rows, requests and why it ran (idle, full, due); every other traced request's compute span
 links to it. Where a request is split over batches its compute span links to each.
 
-Sampling: `trace_sample` (parent-based: a sampled caller's trace is always continued),
-unless OpenTelemetry's own `OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) say
-otherwise; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the service. Spans go
+Sampling: `trace_sample` of requests, drawn per request before anything of OpenTelemetry's
+runs, so an unsampled request costs one random number; a caller's `traceparent` flag
+decides for its request instead (parent-based, as OpenTelemetry's default sampler). Where
+`OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) name a sampler, the SDK's decides for
+every request. `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the service. Spans go
 to an OTLP collector where an endpoint is set (`otlp_endpoint`, or
 `OTEL_EXPORTER_OTLP_ENDPOINT`; the `otlp` extra), and always to `RecentTraces`, the
 bounded ring the console's slow-request view reads.

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.observability.access import FIELDS, AccessLog, trace_id
+from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
 from load_tests import samples
 from tests.app.conftest import sample_images, serving
 from tests.conftest import MODELS, model_folder
@@ -141,7 +141,7 @@ def test_sampling_keeps_a_fraction_of_successes_and_every_error() -> None:
     assert [json.loads(line)["status"] for line in buffer.getvalue().splitlines()] == [200, 503, 200]
 
 
-def test_lines_are_formatted_and_written_off_the_calling_thread() -> None:
+def test_lines_are_written_off_the_calling_thread() -> None:
     writers: list[str] = []
 
     class Stream(io.StringIO):
@@ -185,3 +185,21 @@ async def test_a_logged_request_is_answered_as_an_unlogged_one(captured: Capture
     assert too_big.status_code == 400
     assert [e["status"] for e in captured.entries()] == [200, 400]
     assert isinstance(httpx.Headers(logged.headers)["x-request-id"], str)
+
+
+async def test_a_burst_on_the_loop_is_one_write() -> None:
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    log = AccessLog("json", stream=Stream())
+    log.start()
+    for n in range(50):
+        log.write({"method": "GET", "route": f"/x/{n}", "status": 200})
+    await asyncio.sleep(HANDOVER_S * 4)
+    log.stop()
+    assert len(writes) == 1
+    assert [json.loads(line)["route"] for line in writes[0].splitlines()] == [f"/x/{n}" for n in range(50)]
