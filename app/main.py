@@ -81,18 +81,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
         if resolved.tracing or endpoint is not None:
             app.tracing = Tracing(resolved.trace_sample, endpoint)
+        if resolved.access_log:
+            app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample)
+            app.access_log.start()
         grpc_server = None
         if resolved.grpc:
-            grpc_server = GrpcServer(InferenceService(services, app.request_series, app.tracing), resolved)
+            grpc_server = GrpcServer(InferenceService(services, app.request_series, app), resolved)
             try:
                 await grpc_server.start()
             except OSError:
                 changes.stop()
                 await repository.stop()
+                if app.access_log is not None:
+                    app.access_log.stop()
                 raise
-        if resolved.access_log:
-            app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample)
-            app.access_log.start()
         background = start_background_tasks(repository, resolved, worker_metrics, changes)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,

@@ -28,9 +28,9 @@ from app.access import check_admin, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
-from app.observability.access import RequestTiming, request_timing
+from app.observability.access import AccessLog, RequestTiming, request_timing
 from app.observability.metrics import RequestSeries
-from app.observability.tracing import Tracing
+from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
@@ -83,10 +83,10 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class InferenceService:
-    def __init__(self, serving: Serving, series: RequestSeries, tracing: Tracing | None = None) -> None:
+    def __init__(self, serving: Serving, series: RequestSeries, observers: Observers | None = None) -> None:
         self.serving = serving
         self.series = series  # the requests' metrics, shared with HTTP (app/observability/metrics.py)
-        self.tracing = tracing  # requests' traces, as HTTP's (app/observability/tracing.py), where on
+        self.observers = observers  # the access log and the tracer, HTTP's (the app's), where on
 
     def ready(self) -> bool:
         """The readiness of /v2/health/ready (app/http/services.py)."""
@@ -191,41 +191,57 @@ class InferenceService:
     async def _infer_one(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                          context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
         """One request through the inference path: its answer serialized (GrpcExchange)."""
-        if self.tracing is not None:
-            metadata = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate")}
+        observers = self.observers
+        tracing = observers.tracing if observers is not None else None
+        access = observers.access_log if observers is not None else None
+        metadata: dict[str, str | bytes] = {}
+        traced = False
+        if tracing is not None:  # decided first, as HTTP's: an unsampled call costs a random number
+            metadata = {k: v for k, v in context.invocation_metadata() or () if k in _OBSERVED_METADATA}
             parent = metadata.get("traceparent")
-            if self.tracing.sampled(parent.encode("latin-1") if isinstance(parent, str) else parent):
-                return await self._traced(self.tracing, request, context, metadata, streamed=streamed)
+            traced = tracing.sampled(parent.encode("latin-1") if isinstance(parent, str) else parent)
+        if traced or access is not None:
+            return await self._observed(tracing if traced else None, access, request, context, metadata,
+                                        streamed=streamed)
         return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
 
-    async def _traced(self, tracing: Tracing, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                      context: grpc.aio.ServicerContext, metadata: dict[str, str | bytes], *, streamed: bool) -> bytes:
-        """`_infer_one` with its span: the caller's `traceparent` metadata continued, the
-        trace id answered in `x-trace-id` metadata (unary calls: a stream's answers have none)."""
-        arrived = time.monotonic()
-        timing = RequestTiming(arrived=arrived, arrived_ns=time.time_ns(), traced=True, body_done=arrived,
-                               bytes_in=len(request[0]))
+    async def _observed(self, tracing: Tracing | None, access: AccessLog | None,
+                        request: tuple[bytes, pb.ModelInferRequest | InvalidInput], context: grpc.aio.ServicerContext,
+                        metadata: dict[str, str | bytes], *, streamed: bool) -> bytes:
+        """`_infer_one` with its span, where traced (the caller's `traceparent` metadata
+        continued, the trace id answered in `x-trace-id` metadata: unary calls only, a
+        stream's answers have none), and its access-log line, where the log is on."""
+        arrived, started = time.monotonic(), time.perf_counter()
+        timing = RequestTiming(arrived=arrived, body_done=arrived, bytes_in=len(request[0]))
         token = request_timing.set(timing)
         method = "ModelStreamInfer" if streamed else "ModelInfer"
-        span = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")), _text(metadata.get("tracestate")),
-                             timing)
+        span = None
+        if tracing is not None:
+            timing.traced, timing.arrived_ns = True, time.time_ns()
+            span = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")),
+                                 _text(metadata.get("tracestate")), timing)
         code = grpc.StatusCode.OK.name
         try:
-            if not streamed:
+            if span is not None and not streamed:
                 await context.send_initial_metadata((("x-trace-id", timing.trace_id),))
             answer = await self._infer_untraced(request, context, streamed=streamed, arrived=arrived)
             timing.bytes_out = len(answer)
             return answer
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED.name
+            raise
         except Exception as e:
             code = _failure(e, f"grpc.{method}")[0].name
             raise
         finally:
             request_timing.reset(token)
-            if span is not None:
-                message = request[1]
+            model = timing.model or getattr(request[1], "model_name", "")[:128] or None
+            if span is not None and tracing is not None:
                 tracing.finish(span, timing, f"grpc {method}", code, {
-                    "model": timing.model or getattr(message, "model_name", None), "version": timing.version or None,
-                    "rpc.system": "grpc", "rpc.method": method})
+                    "model": model, "version": timing.version or None, "rpc.system": "grpc", "rpc.method": method})
+            if access is not None:
+                access.write(_line(method, code, model, timing, _text(metadata.get("x-request-id")) or
+                                   _request_id(context), context.peer(), started))
 
     async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                               context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float) -> bytes:
@@ -357,6 +373,32 @@ def _stream_error(message: pb.ModelInferRequest | InvalidInput, text: str) -> pb
         return pb.ModelStreamInferResponse(error_message=text)
     return pb.ModelStreamInferResponse(error_message=text, infer_response=pb.ModelInferResponse(
         id=message.id, model_name=message.model_name))
+
+
+_OBSERVED_METADATA = ("traceparent", "tracestate")
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return (value if isinstance(value, str) else value.decode("latin-1"))[:128]
+    return None
+
+
+def _line(method: str, code: str, model: str | None, timing: RequestTiming, rid: str | None, peer: str | None,
+          started: float) -> dict[str, object]:
+    """A call's access-log line, with HTTP's fields (app/observability/access.py FIELDS):
+    method `grpc`, the route the RPC's name, the status its code's name."""
+    ran = timing.batches > 0
+    client = peer.split(":")[1] if peer and peer.count(":") >= 2 else peer  # "ipv4:127.0.0.1:5555"
+    return {
+        "method": "grpc", "route": method, "status": code, "model": model, "version": timing.version or None,
+        "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out,
+        "total_ms": round((time.perf_counter() - started) * 1000, 3),
+        "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
+        "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
+        "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None, "batches": timing.batches or None,
+        "trigger": timing.trigger or None, "request_id": rid, "trace_id": timing.trace_id or None, "client": client}
 
 
 def _text(value: str | bytes | None) -> str | None:

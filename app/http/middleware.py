@@ -8,27 +8,17 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.budget import ARRIVED, RELEASE
-from app.observability.access import AccessLog, RequestTiming, request_timing, trace_id
+from app.observability.access import RequestTiming, request_timing, trace_id
 from app.observability.log import request_id
 from app.observability.metrics import RequestSeries
-from app.observability.tracing import Tracing
+from app.observability.tracing import Observers
 
 _REQUEST_ID = b"x-request-id"
 _TRACE_ID = b"x-trace-id"  # a traced request's trace id (the caller's, where it sent one)
-
-
-class Observers(Protocol):
-    """Who watches requests: the app, once its lifespan has started."""
-
-    access_log: AccessLog | None
-    """Set by the lifespan where the access log is on."""
-    tracing: Tracing | None
-    """Set by the lifespan where traces are on."""
 
 
 class RequestContext:

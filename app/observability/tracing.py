@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -44,7 +44,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.batching.request import BatchMoments, RequestTiming
-from app.observability.access import trace_id
+from app.observability.access import AccessLog, trace_id
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ def otlp_endpoint(configured: str | None) -> str | None:
     """Where spans are sent: the setting, else OpenTelemetry's standard variables."""
     return (configured or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+
+
+class Observers(Protocol):
+    """Who watches requests, HTTP's and gRPC's: the app, once its lifespan has set them."""
+
+    access_log: AccessLog | None
+    tracing: Tracing | None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
 from load_tests import samples
-from tests.app.conftest import sample_images, serving
+from tests.app.conftest import sample_images, serving, serving_grpc
 from tests.conftest import MODELS, model_folder
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -203,3 +203,25 @@ async def test_a_burst_on_the_loop_is_one_write() -> None:
     log.stop()
     assert len(writes) == 1
     assert [json.loads(line)["route"] for line in writes[0].splitlines()] == [f"/x/{n}" for n in range(50)]
+
+
+async def test_grpc_inference_calls_get_their_lines_too(captured: Captured) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    async with serving_grpc(access_log=True) as (_, stub, app):
+        captured.install(app)
+        request = pb.ModelInferRequest(model_name="fashion-cnn")
+        pixels = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+        pixels.contents.fp32_contents.extend([0.5] * 784)
+        await stub.ModelInfer(request, metadata=(("x-request-id", "grpc-call-1"),))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="nope"))
+    ok, missing = captured.entries()
+    assert ok | {"total_ms": 0, "queue_ms": 0, "compute_ms": 0, "batch_id": 0, "time": "", "bytes_out": 0} == ok | {
+        "method": "grpc", "route": "ModelInfer", "status": "OK", "model": "fashion-cnn", "version": VERSION,
+        "bytes_in": request.ByteSize(), "batch_rows": 1, "batches": 1, "trigger": "idle",
+        "request_id": "grpc-call-1", "client": "127.0.0.1", "total_ms": 0, "queue_ms": 0, "compute_ms": 0,
+        "batch_id": 0, "time": "", "bytes_out": 0}
+    assert ok["bytes_out"] > 0
+    assert (missing["status"], missing["model"], missing["batch_id"]) == ("NOT_FOUND", "nope", None)
