@@ -151,6 +151,16 @@ def model_root(tmp_path: Path) -> Path:
     return root
 
 
+def grpc_image_request(model: str = "fashion-cnn") -> Any:
+    """A ModelInferRequest of one grey 28x28 image, as fashion-cnn's pixels input takes it."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    pixels = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+    pixels.contents.fp32_contents.extend([0.5] * 784)
+    return request
+
+
 @asynccontextmanager
 async def serving_grpc(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any, FastAPI]]:
     """`serving` with its gRPC service on a free loopback port: (HTTP client, a

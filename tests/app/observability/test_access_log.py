@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
 from load_tests import samples
-from tests.app.conftest import sample_images, serving, serving_grpc
+from tests.app.conftest import grpc_image_request, sample_images, serving, serving_grpc
 from tests.conftest import MODELS, model_folder
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -207,16 +207,13 @@ async def test_a_burst_on_the_loop_is_one_write() -> None:
 
 async def test_grpc_inference_calls_get_their_lines_too(captured: Captured) -> None:
     import grpc
-    from tritonclient.grpc import service_pb2 as pb
 
     async with serving_grpc(access_log=True) as (_, stub, app):
         captured.install(app)
-        request = pb.ModelInferRequest(model_name="fashion-cnn")
-        pixels = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
-        pixels.contents.fp32_contents.extend([0.5] * 784)
+        request = grpc_image_request()
         await stub.ModelInfer(request, metadata=(("x-request-id", "grpc-call-1"),))
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.ModelInfer(pb.ModelInferRequest(model_name="nope"))
+            await stub.ModelInfer(grpc_image_request("nope"))
     ok, missing = captured.entries()
     assert ok | {"total_ms": 0, "queue_ms": 0, "compute_ms": 0, "batch_id": 0, "time": "", "bytes_out": 0} == ok | {
         "method": "grpc", "route": "ModelInfer", "status": "OK", "model": "fashion-cnn", "version": VERSION,

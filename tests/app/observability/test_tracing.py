@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from app.observability.tracing import Tracing
 from load_tests import samples
-from tests.app.conftest import serving, serving_grpc
+from tests.app.conftest import grpc_image_request, serving, serving_grpc
 from tests.conftest import MODELS, model_folder
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -164,14 +164,9 @@ async def test_the_console_ring_keeps_the_slowest_with_their_spans() -> None:
 
 
 async def test_grpc_calls_continue_the_callers_trace_from_metadata(recorded: Recorded) -> None:
-    from tritonclient.grpc import service_pb2 as pb
-
     async with serving_grpc(tracing=True) as (_, stub, app):
         recorded.install(app)
-        request = pb.ModelInferRequest(model_name="fashion-cnn")
-        image = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
-        image.contents.fp32_contents.extend([0.5] * 784)
-        call = stub.ModelInfer(request, metadata=(("traceparent", f"00-{TRACE}-{CALLER_SPAN}-01"),))
+        call = stub.ModelInfer(grpc_image_request(), metadata=(("traceparent", f"00-{TRACE}-{CALLER_SPAN}-01"),))
         await call
         initial = dict(await call.initial_metadata())
     assert initial["x-trace-id"] == TRACE
