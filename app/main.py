@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await repository.stop()
                 if app.access_log is not None:
                     app.access_log.stop()
+                if app.tracing is not None:
+                    app.tracing.shutdown()
                 raise
         background = start_background_tasks(repository, resolved, worker_metrics, changes)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).

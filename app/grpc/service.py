@@ -390,7 +390,7 @@ def _line(method: str, code: str, model: str | None, timing: RequestTiming, rid:
     """A call's access-log line, with HTTP's fields (app/observability/access.py FIELDS):
     method `grpc`, the route the RPC's name, the status its code's name."""
     ran = timing.batches > 0
-    client = peer.split(":")[1] if peer and peer.count(":") >= 2 else peer  # "ipv4:127.0.0.1:5555"
+    client = peer.partition(":")[2].rpartition(":")[0] or peer if peer else None  # "ipv4:127.0.0.1:5555"
     return {
         "method": "grpc", "route": method, "status": code, "model": model, "version": timing.version or None,
         "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out,

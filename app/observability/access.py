@@ -9,8 +9,9 @@ W3C trace id a client sent in `traceparent`, and the client's address. In JSON w
 The event loop keeps each request's fields; every HANDOVER_S it formats those it kept and
 hands them as one text to a thread of its own, which writes it (logging's QueueListener),
 so a slow or blocked stderr never holds requests up, and the formatting, done in bulk
-outside any request, never holds the GIL against the loop. With `access_log_sample` below 1 only that fraction of successful requests is written;
-every request answered 4xx or 5xx is.
+outside any request, never holds the GIL against the loop. With `access_log_sample` below
+1 only that fraction of successful requests is written; every request answered 4xx or 5xx
+(every gRPC call not OK) is.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class AccessLog:
         """Keep one request's line. Every HANDOVER_S the lines kept are formatted, on the loop,
         and handed to the writing thread as one text: a thread woken and formatting per line
         took a quarter of the throughput at c64 (docs/benchmarks.md)."""
-        if self.sample < 1.0 and fields["status"] < 400 and self._draw() >= self.sample:
+        if self.sample < 1.0 and not _failed(fields["status"]) and self._draw() >= self.sample:
             return
         self._pending.append((time.time(), fields))
         if self._handover is None:
@@ -124,6 +125,11 @@ class AccessLog:
         record.created, record.msecs = created, (created % 1) * 1000
         record.fields = {name: fields.get(name) for name in FIELDS}
         return record
+
+
+def _failed(status: int | str) -> bool:
+    """An HTTP status of 400 or more, or a gRPC code other than OK."""
+    return status >= 400 if isinstance(status, int) else status != "OK"
 
 
 class _Writer(QueueListener):

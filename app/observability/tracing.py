@@ -54,9 +54,14 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def otlp_endpoint(configured: str | None) -> str | None:
-    """Where spans are sent: the setting, else OpenTelemetry's standard variables."""
-    return (configured or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+    """The URL spans are posted to: the setting's, else OpenTelemetry's standard variables'
+    (the traces one as it is; the setting and the general one are a collector's base address,
+    which /v1/traces is added to, as the OTLP/HTTP specification says)."""
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = configured or (None if traces else os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if base:
+        return base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+    return traces or None
 
 
 class Observers(Protocol):
@@ -269,6 +274,4 @@ def _otlp_exporter(endpoint: str) -> SpanExporter:
     except ImportError as missing:
         raise RuntimeError("traces to an OTLP endpoint need the exporter: pip install 'ortserve[otlp]' "
                            "(opentelemetry-exporter-otlp-proto-http)") from missing
-    if not endpoint.rstrip("/").endswith("/v1/traces"):  # the base address, as OTEL_EXPORTER_OTLP_ENDPOINT is
-        endpoint = endpoint.rstrip("/") + "/v1/traces"
     return OTLPSpanExporter(endpoint=endpoint)

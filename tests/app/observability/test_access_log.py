@@ -132,13 +132,13 @@ async def test_the_access_log_is_off_by_default() -> None:
 
 def test_sampling_keeps_a_fraction_of_successes_and_every_error() -> None:
     buffer = io.StringIO()
-    draws = iter([0.1, 0.9, 0.3])  # an error draws nothing
+    draws = iter([0.1, 0.9, 0.3, 0.8])  # an error draws nothing
     log = AccessLog("json", sample=0.5, stream=buffer, draw=lambda: next(draws))
     log.start()
-    for status in (200, 200, 503, 200):
+    for status in (200, 200, 503, 200, "UNAVAILABLE", "OK"):  # HTTP statuses, then gRPC codes
         log.write({"method": "GET", "route": "/x", "status": status})
     log.stop()
-    assert [json.loads(line)["status"] for line in buffer.getvalue().splitlines()] == [200, 503, 200]
+    assert [json.loads(line)["status"] for line in buffer.getvalue().splitlines()] == [200, 503, 200, "UNAVAILABLE"]
 
 
 def test_lines_are_written_off_the_calling_thread() -> None:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from app.observability.tracing import Tracing
+from app.observability.tracing import Tracing, otlp_endpoint
 from load_tests import samples
 from tests.app.conftest import grpc_image_request, serving, serving_grpc
 from tests.conftest import MODELS, model_folder
@@ -255,3 +255,15 @@ async def test_a_caller_that_does_not_sample_is_not_traced() -> None:
                                    headers={"traceparent": f"00-{TRACE}-{CALLER_SPAN}-00"})
     assert answer.status_code == 200
     assert recorded.spans() == []
+
+
+def test_the_otlp_endpoint_from_the_setting_or_opentelemetrys_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert otlp_endpoint(None) is None
+    assert otlp_endpoint("http://collector:4318") == "http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318/")
+    assert otlp_endpoint(None) == "http://base:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
+    assert otlp_endpoint(None) == "http://traces:4318/custom"  # the signal's own: as it is
+    assert otlp_endpoint("http://set:4318/v1/traces") == "http://set:4318/v1/traces"  # the setting first
