@@ -57,9 +57,7 @@ class RequestTiming:
     queued: float = 0.0
     answered: float = 0.0
     response_started: float = 0.0
-    first_collated: float = 0.0
-    last_computed: float = 0.0
-    batch_spans: list[BatchMoments] = field(default_factory=list)
+    batch_spans: list[BatchMoments] = field(default_factory=list)  # (traced only) each batch it rode in
     trace_id: str = ""
 
     def rode(self, batch: BatchMoments, waited_s: float) -> None:
@@ -68,9 +66,6 @@ class RequestTiming:
         self.queue_s += waited_s
         self.compute_s += batch.computed - batch.collated
         if self.traced:
-            if not self.first_collated:
-                self.first_collated = batch.collated
-            self.last_computed = batch.computed
             self.batch_spans.append(batch)
 
 

@@ -28,7 +28,7 @@ from app.access import check_admin, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
-from app.observability.access import AccessLog, RequestTiming, request_timing
+from app.observability.access import AccessLog, RequestTiming, line, request_timing
 from app.observability.metrics import RequestSeries
 from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
@@ -196,10 +196,10 @@ class InferenceService:
         access = observers.access_log if observers is not None else None
         metadata: dict[str, str | bytes] = {}
         traced = False
-        if tracing is not None:  # decided first, as HTTP's: an unsampled call costs a random number
+        if tracing is not None or access is not None:  # what the trace and the line read, once
             metadata = {k: v for k, v in context.invocation_metadata() or () if k in _OBSERVED_METADATA}
-            parent = metadata.get("traceparent")
-            traced = tracing.sampled(parent.encode("latin-1") if isinstance(parent, str) else parent)
+        if tracing is not None:  # decided first, as HTTP's: an unsampled call costs a random number
+            traced = tracing.sampled(_bytes(metadata.get("traceparent")))
         if traced or access is not None:
             return await self._observed(tracing if traced else None, access, request, context, metadata,
                                         streamed=streamed)
@@ -240,8 +240,12 @@ class InferenceService:
                 tracing.finish(span, timing, f"grpc {method}", code, {
                     "model": model, "version": timing.version or None, "rpc.system": "grpc", "rpc.method": method})
             if access is not None:
-                access.write(_line(method, code, model, timing, _text(metadata.get("x-request-id")) or
-                                   _request_id(context), context.peer(), started))
+                peer = context.peer()  # "ipv4:127.0.0.1:5555"
+                client = peer.partition(":")[2].rpartition(":")[0] or peer if peer else None
+                rid = _text(metadata.get("x-request-id"))
+                # the route the RPC's name, the status the code's name
+                access.write(line("grpc", method, code, model, timing, rid[:128] if rid else None,
+                                  _bytes(metadata.get("traceparent")), client, time.perf_counter() - started))
 
     async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                               context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float) -> bytes:
@@ -375,34 +379,15 @@ def _stream_error(message: pb.ModelInferRequest | InvalidInput, text: str) -> pb
         id=message.id, model_name=message.model_name))
 
 
-_OBSERVED_METADATA = ("traceparent", "tracestate")
-
-
-def _request_id(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id":
-            return (value if isinstance(value, str) else value.decode("latin-1"))[:128]
-    return None
-
-
-def _line(method: str, code: str, model: str | None, timing: RequestTiming, rid: str | None, peer: str | None,
-          started: float) -> dict[str, object]:
-    """A call's access-log line, with HTTP's fields (app/observability/access.py FIELDS):
-    method `grpc`, the route the RPC's name, the status its code's name."""
-    ran = timing.batches > 0
-    client = peer.partition(":")[2].rpartition(":")[0] or peer if peer else None  # "ipv4:127.0.0.1:5555"
-    return {
-        "method": "grpc", "route": method, "status": code, "model": model, "version": timing.version or None,
-        "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out,
-        "total_ms": round((time.perf_counter() - started) * 1000, 3),
-        "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
-        "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
-        "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None, "batches": timing.batches or None,
-        "trigger": timing.trigger or None, "request_id": rid, "trace_id": timing.trace_id or None, "client": client}
+_OBSERVED_METADATA = ("traceparent", "tracestate", "x-request-id")
 
 
 def _text(value: str | bytes | None) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode("latin-1") if isinstance(value, str) else value
 
 
 def _serialize(message: Any) -> bytes:

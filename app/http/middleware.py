@@ -12,7 +12,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.budget import ARRIVED, RELEASE
-from app.observability.access import RequestTiming, request_timing, trace_id
+from app.observability.access import RequestTiming, line, request_timing
 from app.observability.log import request_id
 from app.observability.metrics import RequestSeries
 from app.observability.tracing import Observers
@@ -45,8 +45,9 @@ class RequestContext:
         tracing = owner.tracing if owner is not None else None
         timing = span = parent = None
         traced = False
-        if tracing is not None:  # decided first: an unsampled request costs a random number
+        if access is not None or tracing is not None:  # the caller's trace context, read once
             parent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+        if tracing is not None:  # decided first: an unsampled request costs a random number
             traced = tracing.sampled(parent)
         if access is not None or traced:  # what its line and trace say is gathered as it is served
             timing = RequestTiming(arrived=arrived)
@@ -79,7 +80,7 @@ class RequestContext:
             self._done(scope, status, started)
             if timing is not None:
                 request_timing.reset(timing_token)
-                line = _line(scope, status, timing, rid, started)
+                line = _line(scope, status, timing, rid, started, parent)
                 if access is not None:
                     access.write(line)
                 if span is not None and tracing is not None:
@@ -113,17 +114,10 @@ def _counted(receive: Receive, timing: RequestTiming) -> Receive:
     return counted
 
 
-def _line(scope: Scope, status: int, timing: RequestTiming, rid: str, started: float) -> dict[str, object]:
-    """A request's access-log fields (app/observability/access.py FIELDS)."""
+def _line(scope: Scope, status: int, timing: RequestTiming, rid: str, started: float,
+          traceparent: bytes | None) -> dict[str, object]:
+    """A request's access-log fields (app/observability/access.py `line`)."""
     route, client = scope.get("route"), scope.get("client")
-    ran = timing.batches > 0
-    return {
-        "method": scope["method"], "route": getattr(route, "path", None) or scope["path"][:256],
-        "status": status, "model": timing.model or scope.get("path_params", {}).get("name", "")[:128] or None,
-        "version": timing.version or None, "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out,
-        "total_ms": round((time.perf_counter() - started) * 1000, 3),
-        "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
-        "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
-        "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None,
-        "batches": timing.batches or None, "trigger": timing.trigger or None, "request_id": rid,
-        "trace_id": timing.trace_id or trace_id(dict(scope["headers"]).get(b"traceparent")), "client": client[0] if client else None}
+    model = timing.model or scope.get("path_params", {}).get("name", "")[:128] or None
+    return line(scope["method"], getattr(route, "path", None) or scope["path"][:256], status, model, timing, rid,
+                traceparent, client[0] if client else None, time.perf_counter() - started)

@@ -31,7 +31,7 @@ from typing import Any
 from app.batching.request import RequestTiming, request_timing
 from app.observability.log import formatter
 
-__all__ = ["AccessLog", "RequestTiming", "request_timing", "trace_id"]
+__all__ = ["AccessLog", "RequestTiming", "line", "request_timing", "trace_id"]
 
 LOGGER = "ortserve.access"
 HANDOVER_S = 0.05
@@ -125,6 +125,21 @@ class AccessLog:
         record.created, record.msecs = created, (created % 1) * 1000
         record.fields = {name: fields.get(name) for name in FIELDS}
         return record
+
+
+def line(method: str, route: str, status: int | str, model: str | None, timing: RequestTiming,
+         request_id: str | None, traceparent: bytes | None, client: str | None, total_s: float) -> dict[str, Any]:
+    """One request's fields (FIELDS), for every transport: the batch facts from its timing;
+    its trace id the trace's where traced, else the one its caller sent."""
+    ran = timing.batches > 0
+    return {
+        "method": method, "route": route, "status": status, "model": model, "version": timing.version or None,
+        "bytes_in": timing.bytes_in, "bytes_out": timing.bytes_out, "total_ms": round(total_s * 1000, 3),
+        "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
+        "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
+        "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None, "batches": timing.batches or None,
+        "trigger": timing.trigger or None, "request_id": request_id,
+        "trace_id": timing.trace_id or trace_id(traceparent), "client": client}
 
 
 def _failed(status: int | str) -> bool:

@@ -30,7 +30,6 @@ import os
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +37,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -119,11 +118,6 @@ class RecentTraces(SpanProcessor):
                         reverse=True)[:count]
         return [_record(span, children) for span, children in chosen]
 
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def _record(span: ReadableSpan, children: list[ReadableSpan]) -> TraceRecord:
@@ -142,10 +136,7 @@ def _record(span: ReadableSpan, children: list[ReadableSpan]) -> TraceRecord:
 class Tracing:
     """The service's tracer: requests' spans started and finished, batches' spans shared."""
 
-    def __init__(self, sample: float = 1.0, endpoint: str | None = None,
-                 exporters: Iterable[SpanExporter] = (), keep: int = 256) -> None:
-        """`exporters`: more destinations, each fed as its spans end (tests: the SDK's
-        in-memory exporter)."""
+    def __init__(self, sample: float = 1.0, endpoint: str | None = None, keep: int = 256) -> None:
         self.recent = RecentTraces(keep)
         # The ratio is applied here, per request, before anything of OpenTelemetry's runs (an
         # unsampled request costs one random number); the SDK then records what it is given,
@@ -157,8 +148,6 @@ class Tracing:
         sampler = None if self.sdk_samples else ParentBased(ALWAYS_ON)
         self.provider = TracerProvider(sampler=sampler, resource=_resource())
         self.provider.add_span_processor(self.recent)
-        for exporter in exporters:
-            self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         if endpoint is not None:
             self.provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
             logger.info("traces go to %s over OTLP/HTTP", endpoint)
@@ -207,10 +196,11 @@ class Tracing:
             self._child("read body", timing, timing.arrived, body_done, context, {"bytes": timing.bytes_in})
         if timing.queued:
             self._child("decode", timing, body_done, queued, context)
-        if timing.batches:
-            self._child("queue", timing, queued, timing.first_collated, context, {"queue_ms": timing.queue_s * 1000})
+        if timing.batch_spans:
+            first, last = timing.batch_spans[0], timing.batch_spans[-1]
+            self._child("queue", timing, queued, first.collated, context, {"queue_ms": timing.queue_s * 1000})
             links = [Link(self._batch(span, timing, batch)) for batch in timing.batch_spans]
-            self._child("compute", timing, timing.first_collated, timing.last_computed, context,
+            self._child("compute", timing, first.collated, last.computed, context,
                         {"batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,
                          "batches": timing.batches}, links)
         if timing.answered:

@@ -30,10 +30,12 @@ router = APIRouter(tags=["console"])
 STATIC = files("app.http") / "static" / "console"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
-_ASSETS = {entry.name: entry for entry in STATIC.iterdir() if entry.is_file()} | {
+_FILES = {entry.name: entry for entry in STATIC.iterdir() if entry.is_file()} | {
     f"samples/{entry.name}": entry for entry in (STATIC / "samples").iterdir() if entry.is_file()}
-"""Every file the console may be asked for, found once: a request names one of these or
-gets 404 (no path of a client's reaches the file system)."""
+_ASSETS = {name: (entry.read_bytes(), _TYPES.get("." + name.rpartition(".")[2], "application/octet-stream"))
+           for name, entry in _FILES.items()}
+"""Every file the console may be asked for, read once (27 KB in all), with its type: a
+request names one of these or gets 404 (no path of a client's reaches the file system)."""
 _HEADERS = {"cache-control": "no-cache", "x-content-type-options": "nosniff",
             # scripts and styles of its own only; images drawn and uploaded are data: URLs
             "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
@@ -62,12 +64,11 @@ def _open(request: Request) -> Services:
 
 
 def _asset(name: str) -> Response:
-    entry = _ASSETS.get(name)
-    if entry is None:
+    found = _ASSETS.get(name)
+    if found is None:
         raise NotFound(f"the console has no file {name[:100]!r}")
-    suffix = "." + entry.name.rpartition(".")[2]
-    return Response(entry.read_bytes(), media_type=_TYPES.get(suffix, "application/octet-stream"),
-                    headers=_HEADERS)
+    body, media_type = found
+    return Response(body, media_type=media_type, headers=_HEADERS)
 
 
 @router.get("/console", include_in_schema=False)
