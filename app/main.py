@@ -27,6 +27,7 @@ from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
 from app.http.services import Services
+from app.keep_awake import KeepAwake, window_from_setting
 from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
@@ -97,6 +98,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if app.tracing is not None:
                     app.tracing.shutdown()
                 raise
+        awake_s = window_from_setting(resolved.keep_awake_ms)
+        if awake_s:
+            try:
+                awake = KeepAwake(awake_s)
+                awake.start()
+                app.keep_awake = awake
+            except OSError as e:  # it only shortens wake-ups: serve without it
+                logger.warning("serving without the keep-awake helper: %s", e)
         background = start_background_tasks(repository, resolved, worker_metrics, changes)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
@@ -122,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.tracing is not None:  # the drained requests' spans sent
                 app.tracing.shutdown()
                 app.tracing = None
+            if app.keep_awake is not None:
+                app.keep_awake.stop()
+                app.keep_awake = None
             logger.info("stopped")
 
     app = _OrtServe(
@@ -182,6 +194,8 @@ class _OrtServe(FastAPI):
     """One line per request (app/observability/access.py), where the settings turn it on."""
     tracing: Tracing | None = None
     """Request traces (app/observability/tracing.py), where the settings turn them on."""
+    keep_awake: KeepAwake | None = None
+    """Keeps a CPU awake between requests (app/keep_awake.py), where the settings leave it on."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -24,7 +24,7 @@ def available_cpus() -> int:
     """CPUs this process may really use: the cgroup quota (a container's --cpus) if any,
     else the affinity mask. os.cpu_count() would report the host's cores."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_quota()
     return max(1, min(count, math.ceil(quota))) if quota else count
 
 
@@ -34,7 +34,8 @@ def worker_count(workers: int | Literal["auto"]) -> int:
     return available_cpus() if workers == "auto" else workers
 
 
-def _cgroup_cpu_quota() -> float | None:
+def cgroup_cpu_quota() -> float | None:
+    """The CPUs' worth of time the cgroup may use (a container's --cpus); None: no quota."""
     try:  # cgroup v2
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         return None if quota == "max" else int(quota) / int(period)

@@ -46,7 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
     "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file",),
-    "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows",),
+    "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
     "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
                              "inline_rows", "max_inflight_batches", "inference_threads", "inference_niceness",
                              "max_queue_size", "max_queue_bytes", "retry_after_s",),
@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     ONNX Runtime session that also has the event loop's core. Unset: measured per model at
     warm-up, the smallest batch from which that session is at least halfway to its ideal
     speedup (none without warm-up); 0: never."""
+    keep_awake_ms: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
+    """When a worker is down to one request in flight (as a lone request arrives, as the
+    last is answered), a helper process at idle CPU priority keeps a CPU busy this long, so
+    that the client's read of the answer and the next request do not wait for an idle CPU
+    to wake (on a VM that wake costs tens to hundreds of µs each time). It uses only CPU
+    time nothing else wants, but that time shows as CPU use. auto: 2 ms, except under a CPU
+    quota (a container's --cpus), whose time it would draw from; 0: off."""
 
     # --- Batching (per model) ---
     max_batch_size: int | None = Field(default=None, ge=1)

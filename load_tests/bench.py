@@ -123,6 +123,8 @@ def scenarios(triton_python: Path = TRITON_PYTHON, model_dir: Path = ROOT / "mod
                  note="FastAPI + one ORT call per request"),
         Scenario("v1-fashion-cnn", one, cnn_v1, [1, 16, 64], "fashion-cnn", note="1 image/request, batching on"),
         Scenario("v1-fashion-cnn-auto", [], cnn_v1, [1, 16, 64], "fashion-cnn", note="defaults: workers auto"),
+        Scenario("v1-fashion-cnn-auto-awake-off", ["--keep-awake-ms", "0"], cnn_v1, [1, 16, 64], "fashion-cnn",
+                 note="workers auto, no CPU kept awake between requests"),
         Scenario("ceiling-v1-32", [], cnn_v1_32, [16], asgi=CEILING, note="32 images/request, parse only"),
         Scenario("naive-v1-fashion-cnn-32", [], cnn_v1_32, [16], asgi=NAIVE, note="32 images/request"),
         Scenario("v1-fashion-cnn-32", one, cnn_v1_32, [16], "fashion-cnn", note="32 images/request"),
@@ -143,6 +145,8 @@ def scenarios(triton_python: Path = TRITON_PYTHON, model_dir: Path = ROOT / "mod
                  "fashion-cnn", note="V2 JSON, one request in ten traced"),
         Scenario("v2-json-fashion-cnn-auto", [], v2_json_1, [1, 16, 64], "fashion-cnn",
                  note="V2 JSON, defaults: workers auto"),
+        Scenario("v2-json-fashion-cnn-auto-awake-off", ["--keep-awake-ms", "0"], v2_json_1, [1, 16, 64], "fashion-cnn",
+                 note="V2 JSON, workers auto, no CPU kept awake between requests"),
         triton(v2_json_32, [16, 64], "triton-v2-json-32", "32 images/request, Triton", triton_python, model_dir),
         Scenario("v2-json-fashion-cnn-32", one, v2_json_32, [16, 64], "fashion-cnn", note="32 images/request"),
         Scenario("v2-json-fashion-cnn-32-auto", [], v2_json_32, [16, 64], "fashion-cnn",
@@ -171,6 +175,14 @@ class Pairing:
 def pairings(chosen: list[Scenario]) -> list[Pairing]:
     by_name = {s.name: s for s in chosen}
     wanted = [("v1-fashion-cnn / ceiling", "v1-fashion-cnn", "ceiling-v1"),
+              ("v1-fashion-cnn-auto / naive, c1", "v1-fashion-cnn-auto", "naive-v1-fashion-cnn", 1),
+              ("v1-fashion-cnn-auto-awake-off / naive, c1", "v1-fashion-cnn-auto-awake-off", "naive-v1-fashion-cnn", 1),
+              ("v1-fashion-cnn-auto keep-awake on / off, c1", "v1-fashion-cnn-auto", "v1-fashion-cnn-auto-awake-off", 1),
+              ("v1-fashion-cnn-auto keep-awake on / off, c16", "v1-fashion-cnn-auto", "v1-fashion-cnn-auto-awake-off",
+               16),
+              ("v1-fashion-cnn-auto keep-awake on / off", "v1-fashion-cnn-auto", "v1-fashion-cnn-auto-awake-off"),
+              ("v2-json-fashion-cnn-auto keep-awake on / off", "v2-json-fashion-cnn-auto",
+               "v2-json-fashion-cnn-auto-awake-off"),
               ("v2-json-fashion-cnn / ceiling", "v2-json-fashion-cnn", "ceiling-v2"),
               ("v2-json-fashion-cnn-auto / ceiling", "v2-json-fashion-cnn-auto", "ceiling-v2"),
               ("v2-json-fashion-cnn access log on / off", "v2-json-fashion-cnn-access-log", "v2-json-fashion-cnn"),
@@ -181,7 +193,8 @@ def pairings(chosen: list[Scenario]) -> list[Pairing]:
               ("v2-json-fashion-cnn-32-auto 512-row / 128-row batches", "v2-json-fashion-cnn-32-auto-512",
                "v2-json-fashion-cnn-32-auto"),
               ("v1-sst2-lstm batching on / off", "v1-sst2-lstm", "v1-sst2-lstm-nobatch")]
-    return [Pairing(label, by_name[a], by_name[b], 64) for label, a, b in wanted if a in by_name and b in by_name]
+    return [Pairing(label, by_name[a], by_name[b], *concurrency or (64,))
+            for label, a, b, *concurrency in wanted if a in by_name and b in by_name]
 
 
 def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, client: str) -> dict[str, Any]:
@@ -196,11 +209,13 @@ def run_pairing(p: Pairing, model_dir: Path, duration_s: float, rounds: int, cli
             top, bottom = measured["numerator"], measured["denominator"]
             results.append({"numerator": asdict(top), "denominator": asdict(bottom),
                             "requests_ratio": top.requests_per_s / bottom.requests_per_s,
-                            "p99_ratio": top.p99_ms / bottom.p99_ms})
+                            "p50_ratio": top.p50_ms / bottom.p50_ms, "p99_ratio": top.p99_ms / bottom.p99_ms})
             print(f"{p.label} round {i + 1}: {top.requests_per_s:,.0f} / {bottom.requests_per_s:,.0f} req/s "
-                  f"= {results[-1]['requests_ratio']:.2f}; p99 {top.p99_ms:.1f} / {bottom.p99_ms:.1f} ms", flush=True)
+                  f"= {results[-1]['requests_ratio']:.2f}; p50 {top.p50_ms:.2f} / {bottom.p50_ms:.2f} ms; "
+                  f"p99 {top.p99_ms:.1f} / {bottom.p99_ms:.1f} ms", flush=True)
     return {"label": p.label, "concurrency": p.concurrency, "rounds": results,
             "median_requests_ratio": statistics.median(r["requests_ratio"] for r in results),
+            "median_p50_ratio": statistics.median(r["p50_ratio"] for r in results),
             "median_p99_ratio": statistics.median(r["p99_ratio"] for r in results)}
 
 
@@ -284,14 +299,16 @@ def markdown(rows: list[Row], raw: list[dict[str, Any]], ratios: list[tuple[str,
     lines += [f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['items_per_s']:,.0f} |" for r in raw]
     lines += ["", "| comparison | ratio |", "|---|---|"] + [f"| {a} | {b} |" for a, b in ratios]
     if paired:
-        lines += ["", "Paired runs (both servers up, alternating rounds), concurrency 64:", "",
-                  "| comparison | req/s ratio per round | median | p99 ratio per round | median |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "Paired runs (both servers up, alternating rounds), concurrency 64 unless named:", "",
+                  "| comparison | req/s ratio per round | median | p50 ratio per round | median "
+                  "| p99 ratio per round | median |",
+                  "|---|---|---|---|---|---|---|"]
         for p in paired:
             per_round = ", ".join(f"{r['requests_ratio']:.2f}" for r in p["rounds"])
+            p50s = ", ".join(f"{r['p50_ratio']:.2f}" for r in p["rounds"])
             p99s = ", ".join(f"{r['p99_ratio']:.2f}" for r in p["rounds"])
-            lines.append(f"| {p['label']} | {per_round} | {p['median_requests_ratio']:.2f} | {p99s} | "
-                         f"{p['median_p99_ratio']:.2f} |")
+            lines.append(f"| {p['label']} | {per_round} | {p['median_requests_ratio']:.2f} | {p50s} | "
+                         f"{p['median_p50_ratio']:.2f} | {p99s} | {p['median_p99_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -192,6 +192,19 @@ class InferenceService:
                          context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
         """One request through the inference path: its answer serialized (GrpcExchange)."""
         observers = self.observers
+        awake = observers.keep_awake if observers is not None else None
+        if awake is None:
+            return await self._infer_heard(request, context, streamed=streamed)
+        awake.began()
+        try:
+            return await self._infer_heard(request, context, streamed=streamed)
+        finally:
+            awake.ended()
+
+    async def _infer_heard(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
+                           context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
+        """`_infer_one` traced and logged where those are on."""
+        observers = self.observers
         tracing = observers.tracing if observers is not None else None
         access = observers.access_log if observers is not None else None
         metadata: dict[str, str | bytes] = {}

@@ -43,6 +43,9 @@ class RequestContext:
         owner = self.owner
         access = owner.access_log if owner is not None else None
         tracing = owner.tracing if owner is not None else None
+        awake = owner.keep_awake if owner is not None else None
+        if awake is not None:
+            awake.began()
         timing = span = parent = None
         traced = False
         if access is not None or tracing is not None:  # the caller's trace context, read once
@@ -76,6 +79,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if awake is not None:
+                awake.ended()
             request_id.reset(token)
             self._done(scope, status, started)
             if timing is not None:

@@ -64,10 +64,21 @@ def otlp_endpoint(configured: str | None) -> str | None:
 
 
 class Observers(Protocol):
-    """Who watches requests, HTTP's and gRPC's: the app, once its lifespan has set them."""
+    """Who hears of every request, HTTP's and gRPC's: the app, once its lifespan has set them."""
 
     access_log: AccessLog | None
     tracing: Tracing | None
+
+    @property
+    def keep_awake(self) -> Awake | None: ...
+
+
+class Awake(Protocol):
+    """app/keep_awake.py `KeepAwake`: told as each request starts and as it ends."""
+
+    def began(self) -> None: ...
+
+    def ended(self) -> None: ...
 
 
 @dataclass

@@ -66,7 +66,7 @@ def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch, aff
     import app.processes
 
     monkeypatch.setattr(app.processes.os, "sched_getaffinity", lambda pid: affinity)
-    monkeypatch.setattr(app.processes, "_cgroup_cpu_quota", lambda: quota)
+    monkeypatch.setattr(app.processes, "cgroup_cpu_quota", lambda: quota)
     assert worker_count("auto") == expected
     assert worker_count(3) == 3  # a number is kept
 

@@ -1,0 +1,181 @@
+"""Keeping a CPU awake between one request and the next, at low load.
+
+On a virtual machine an idle vCPU halts, and waking it (for the next request's packet, or
+for the client's thread that reads the answer) costs tens to hundreds of microseconds each
+time: on this project's 2-core KVM machine one request after another took 1.5 times as
+long as a plain per-request FastAPI endpoint's (docs/benchmarks.md, "One request at a
+time"). That endpoint is helped by ONNX Runtime's default thread pool, which spins some
+60 ms after every run; this server turns ORT's spinning off (app/runtime.py), because at
+load it takes the CPU the event loop needs.
+
+Instead a helper process spins for `window_s` whenever the server is down to one request
+in flight: as a lone request arrives and as the last one is answered (`began`, `ended`);
+a second request in flight stops it, as the server's own threads keep the CPUs busy from
+there. It runs under SCHED_IDLE (nice 19 where that is refused), so any other thread takes
+its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
+thread finds an awake CPU. The event loop's side is a counter and, at those moments, one
+write to shared memory (plus one to a pipe when the helper sleeps).
+
+A separate interpreter, not a thread: a spinning thread would contend with the event loop
+for the GIL. It reads only the standard library, and exits when the pipe closes (the
+server stopped, or died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import BinaryIO
+
+from app.processes import cgroup_cpu_quota
+
+logger = logging.getLogger(__name__)
+
+AUTO_WINDOW_S = 0.002
+"""auto's window: longer than a client's turn between an answer and its next request on
+loopback (0.1-0.5 ms with wrk here), short enough that a request now and then costs little."""
+
+_DEADLINE = struct.Struct("d")
+"""Offset 0: until when (time.monotonic(), shared by every process) the helper spins."""
+_ASLEEP = 8
+"""Offset 8: 1 while the helper sleeps on the pipe (then a touch writes to the pipe)."""
+_SIZE = 16
+SLEEP_CHECK_S = 1.0
+"""The sleeping helper looks at the deadline at least this often: a wake-up that raced its
+falling asleep is then late, never lost."""
+
+
+def window_from_setting(setting: float | str) -> float:
+    """The `keep_awake_ms` setting in seconds (0: off). auto is off under a CPU quota: the
+    helper's spinning would count against the time the workers may use."""
+    if setting == "auto":
+        return 0.0 if cgroup_cpu_quota() is not None else AUTO_WINDOW_S
+    return float(setting) / 1000
+
+
+def _shared_file() -> BinaryIO:
+    """Memory the helper maps too: a memfd where Linux has one (no file system needed: a
+    read-only root is fine), else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return os.fdopen(os.memfd_create("ortserve-keep-awake"), "r+b")
+    return tempfile.TemporaryFile()
+
+
+class KeepAwake:
+    """The server's side: start the helper, tell it of each request, stop it. Called on
+    the event loop only (HTTP's middleware and gRPC's inference calls)."""
+
+    def __init__(self, window_s: float, sleep_check_s: float = SLEEP_CHECK_S) -> None:
+        self.window_s = window_s
+        self.sleep_check_s = sleep_check_s
+        self._file = _shared_file()
+        self._file.truncate(_SIZE)
+        self._shared = mmap.mmap(self._file.fileno(), _SIZE)
+        self._wake_read, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)  # the event loop never waits on the helper
+        self._process: subprocess.Popen[bytes] | None = None
+        self._in_flight = 0  # requests between began and ended, HTTP's and gRPC's
+
+    def start(self) -> None:
+        fds = (self._file.fileno(), self._wake_read)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "app.keep_awake", str(fds[0]), str(fds[1]), repr(self.sleep_check_s)],
+            pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        os.close(self._wake_read)  # the helper holds it now; ours would keep its pipe open
+        logger.info("keep-awake helper (pid %d) spins %.1f ms when one request is in flight", self._process.pid,
+                    self.window_s * 1000)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def spins_until(self) -> float:
+        """The helper's deadline (time.monotonic()); 0: told to stop spinning."""
+        return _DEADLINE.unpack_from(self._shared, 0)[0]
+
+    @property
+    def helper_asleep(self) -> bool:
+        return bool(self._shared[_ASLEEP])
+
+    def began(self) -> None:
+        """A request arrived: a lone one keeps a CPU awake for the wake-ups it causes; a
+        second in flight stops the spinning (the server is busy: the helper would only
+        take turns from its threads)."""
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._spin_until(time.monotonic() + self.window_s)
+        elif self._in_flight == 2:
+            _DEADLINE.pack_into(self._shared, 0, 0.0)
+
+    def ended(self) -> None:
+        """A request was answered: the last in flight keeps a CPU awake for the next to arrive."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._spin_until(time.monotonic() + self.window_s)
+
+    def _spin_until(self, deadline: float) -> None:
+        shared = self._shared
+        _DEADLINE.pack_into(shared, 0, deadline)
+        if shared[_ASLEEP]:
+            shared[_ASLEEP] = 0
+            # a full pipe: woken already; a closed one: the helper is gone (nothing to keep)
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self._wake, b"\0")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._wake)  # the helper reads the end of the pipe and exits
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._shared.close()
+        self._file.close()
+
+
+def _spin(shared: mmap.mmap, wake: int, sleep_check_s: float) -> None:
+    deadline = _DEADLINE.unpack_from
+    while True:
+        while time.monotonic() < deadline(shared, 0)[0]:
+            pass  # the work: being a running thread on some CPU
+        shared[_ASLEEP] = 1
+        if time.monotonic() < deadline(shared, 0)[0]:  # touched while falling asleep
+            shared[_ASLEEP] = 0
+            continue
+        ready, _, _ = select.select([wake], [], [], sleep_check_s)
+        if ready and not os.read(wake, 4096):
+            return  # the server closed the pipe: it is gone or stopping
+        shared[_ASLEEP] = 0
+
+
+def main(argv: list[str]) -> int:
+    shared_fd, wake, sleep_check_s = int(argv[0]), int(argv[1]), float(argv[2])
+    # SCHED_IDLE: runs only on a CPU nothing else wants, and gives it up at once
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        os.nice(19)  # where SCHED_IDLE is refused or missing
+    shared = mmap.mmap(shared_fd, _SIZE)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole group: the server stops it
+        _spin(shared, wake, sleep_check_s)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
