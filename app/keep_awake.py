@@ -2,9 +2,9 @@
 
 On a virtual machine an idle vCPU halts, and waking it (for the next request's packet, or
 for the client's thread that reads the answer) costs tens to hundreds of microseconds each
-time: on this project's 2-core KVM machine one request after another took 1.5 times as
-long as a plain per-request FastAPI endpoint's (docs/benchmarks.md, "One request at a
-time"). That endpoint is helped by ONNX Runtime's default thread pool, which spins some
+time: on this project's 2-core KVM machine one client's requests took 1.2-1.5 times as
+long (p50) as a plain per-request FastAPI endpoint's in most runs (docs/benchmarks.md, "One
+request at a time"). That endpoint is helped by ONNX Runtime's default thread pool, which spins some
 60 ms after every run; this server turns ORT's spinning off (app/runtime.py), because at
 load it takes the CPU the event loop needs.
 
@@ -40,13 +40,14 @@ from app.processes import cgroup_cpu_quota
 logger = logging.getLogger(__name__)
 
 AUTO_WINDOW_S = 0.002
-"""auto's window: longer than a client's turn between an answer and its next request on
-loopback (0.1-0.5 ms with wrk here), short enough that a request now and then costs little."""
+"""auto's window: room for a client that takes a moment between an answer and its next
+request, yet little CPU for a request now and then. With wrk, which asks again at once,
+0.5, 2 and 5 ms measured alike at c1 (0.74-0.89 ms per request)."""
 
 _DEADLINE = struct.Struct("d")
 """Offset 0: until when (time.monotonic(), shared by every process) the helper spins."""
 _ASLEEP = 8
-"""Offset 8: 1 while the helper sleeps on the pipe (then a touch writes to the pipe)."""
+"""Offset 8: 1 while the helper sleeps on the pipe (then the server writes to the pipe to wake it)."""
 _SIZE = 16
 SLEEP_CHECK_S = 1.0
 """The sleeping helper looks at the deadline at least this often: a wake-up that raced its
@@ -85,12 +86,25 @@ class KeepAwake:
         self._process: subprocess.Popen[bytes] | None = None
         self._in_flight = 0  # requests between began and ended, HTTP's and gRPC's
 
+    @classmethod
+    def started(cls, window_s: float) -> KeepAwake:
+        """A KeepAwake with its helper running; OSError (and nothing left open) where it
+        cannot be made (no file descriptors, no process to spare)."""
+        awake = cls(window_s)
+        try:
+            awake.start()
+        except OSError:
+            awake.stop()
+            raise
+        return awake
+
     def start(self) -> None:
         fds = (self._file.fileno(), self._wake_read)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "app.keep_awake", str(fds[0]), str(fds[1]), repr(self.sleep_check_s)],
             pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
         os.close(self._wake_read)  # the helper holds it now; ours would keep its pipe open
+        self._wake_read = -1
         logger.info("keep-awake helper (pid %d) spins %.1f ms when one request is in flight", self._process.pid,
                     self.window_s * 1000)
 
@@ -139,6 +153,8 @@ class KeepAwake:
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._wake)  # the helper reads the end of the pipe and exits
+        if self._wake_read >= 0:  # never started
+            os.close(self._wake_read)
         if self._process is not None:
             try:
                 self._process.wait(timeout=2)
@@ -155,7 +171,7 @@ def _spin(shared: mmap.mmap, wake: int, sleep_check_s: float) -> None:
         while time.monotonic() < deadline(shared, 0)[0]:
             pass  # the work: being a running thread on some CPU
         shared[_ASLEEP] = 1
-        if time.monotonic() < deadline(shared, 0)[0]:  # touched while falling asleep
+        if time.monotonic() < deadline(shared, 0)[0]:  # told to spin while falling asleep
             shared[_ASLEEP] = 0
             continue
         ready, _, _ = select.select([wake], [], [], sleep_check_s)

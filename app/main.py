@@ -101,9 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         awake_s = window_from_setting(resolved.keep_awake_ms)
         if awake_s:
             try:
-                awake = KeepAwake(awake_s)
-                awake.start()
-                app.keep_awake = awake
+                app.keep_awake = KeepAwake.started(awake_s)
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
         background = start_background_tasks(repository, resolved, worker_metrics, changes)

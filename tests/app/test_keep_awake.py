@@ -134,6 +134,18 @@ async def test_every_http_request_and_grpc_inference_call_is_counted_in_and_out(
     assert not alive(helper)  # the lifespan stopped it
 
 
+async def test_a_helper_that_cannot_start_leaves_the_server_serving(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(app.keep_awake.subprocess, "Popen", no_process)
+    async with serving_grpc(keep_awake_ms=1) as (client, _, served):
+        assert served.keep_awake is None
+        assert (await client.get("/v2/health/ready")).status_code == 200
+    assert "serving without the keep-awake helper: Resource temporarily unavailable" in caplog.text
+
+
 async def test_off_starts_no_helper() -> None:
     async with serving_grpc(keep_awake_ms=0) as (client, _, served):
         assert served.keep_awake is None
