@@ -215,10 +215,7 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
-        return RequestContext(inner, self.request_series, self, draining=self._draining)
-
-    def _draining(self) -> bool:
-        return self.services is not None and self.services.draining
+        return RequestContext(inner, self.request_series, self)
 
     def _serves(self, model: str) -> bool:
         repository = self.repository()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,20 +19,13 @@ from app.observability.tracing import Observers
 
 _REQUEST_ID = b"x-request-id"
 _TRACE_ID = b"x-trace-id"  # a traced request's trace id (the caller's, where it sent one)
-_CLOSE = (b"connection", b"close")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, series: RequestSeries, owner: Observers | None = None,
-                 draining: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, app: ASGIApp, series: RequestSeries, owner: Observers | None = None) -> None:
         self.app = app
         self.series = series
         self.owner = owner  # whose access log and tracer (the app's, once its lifespan has started)
-        # While the server drains (SIGTERM, before its listener closes), every answer says
-        # Connection: close: a client's next request opens a new connection, which the load
-        # balancer sends elsewhere, instead of reusing this one until it is closed under a
-        # request already on its way (a reset the client cannot tell from a lost answer).
-        self.draining = draining
         # Ids are a random per-process prefix and a counter: unique across processes and
         # replicas, at a fraction of uuid4's cost per request.
         self._prefix = secrets.token_hex(8)
@@ -76,8 +68,6 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message["headers"] = [*message.get("headers", []), (_REQUEST_ID, rid.encode("latin-1"))]
-                if self.draining():
-                    headers.append(_CLOSE)
                 if timing is not None:
                     timing.response_started = time.monotonic()
                     if timing.trace_id:
