@@ -6,7 +6,7 @@ fashion-cnn, one real test image per request and 32 per request (`-b 32`), at c1
 c64; each cell measured in alternating rounds (HTTP, gRPC, gRPC stream), the ratios to HTTP
 per round and their medians reported, so that a noisy machine moves all alike.
 
-    python -m load_tests.protocols [--rounds 3] [--interval-ms 3000]
+    python -m load_tests.protocols [--rounds 3] [--interval-ms 3000] [--images 32]
     python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
 """
 
@@ -38,7 +38,8 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
     return found
 
 
-def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None) -> list[dict[str, Any]]:
+def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None,
+        cells: list[tuple[int, int]] = CELLS) -> list[dict[str, Any]]:
     tool = perf_analyzer.find()
     if tool is None:
         raise SystemExit("perf_analyzer is not here: ../shared/tools/perf_analyzer (as root) or ORTSERVE_PERF_ANALYZER")
@@ -49,10 +50,11 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     # One worker: a gRPC client's calls share one connection, so one worker, while HTTP's
     # connections would spread over all of them; one process compares the transports alone.
     with ServerProcess(["--model-dir", str(model_dir), "--workers", "1", *(server_args or [])]) as server:
-        for images, concurrency in CELLS:
+        for images, concurrency in cells:
             runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROTOCOLS}
-            for _ in range(rounds):
-                for protocol in PROTOCOLS:
+            for number in range(rounds):
+                # each round the other way round: neither transport always goes first
+                for protocol in PROTOCOLS if number % 2 == 0 else PROTOCOLS[::-1]:
                     runs[protocol].append(measure(tool, server, protocol, data, images, concurrency,
                                                   interval_ms))
             row: dict[str, Any] = {"images": images, "concurrency": concurrency, "rounds": rounds}
@@ -98,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    parser.add_argument("--images", type=int, choices=sorted({i for i, _ in CELLS}),
+                        help="only the cells of this many images per request")
     args = parser.parse_args(argv)
     print(HEADER, flush=True)
-    rows = run(args.model_dir, args.rounds, args.interval_ms)
+    cells = [cell for cell in CELLS if args.images in (None, cell[0])]
+    rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")
