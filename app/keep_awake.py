@@ -131,7 +131,7 @@ class KeepAwake:
         take turns from its threads)."""
         self._in_flight += 1
         if self._in_flight == 1:
-            self._spin_until(time.monotonic() + self.window_s)
+            self._spin()
         elif self._in_flight == 2:
             _DEADLINE.pack_into(self._shared, 0, 0.0)
 
@@ -139,11 +139,12 @@ class KeepAwake:
         """A request was answered: the last in flight keeps a CPU awake for the next to arrive."""
         self._in_flight -= 1
         if self._in_flight == 0:
-            self._spin_until(time.monotonic() + self.window_s)
+            self._spin()
 
-    def _spin_until(self, deadline: float) -> None:
+    def _spin(self) -> None:
+        """The helper spins until window_s from now (woken first where it sleeps)."""
         shared = self._shared
-        _DEADLINE.pack_into(shared, 0, deadline)
+        _DEADLINE.pack_into(shared, 0, time.monotonic() + self.window_s)
         if shared[_ASLEEP]:
             shared[_ASLEEP] = 0
             # a full pipe: woken already; a closed one: the helper is gone (nothing to keep)

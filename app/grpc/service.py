@@ -192,31 +192,25 @@ class InferenceService:
                          context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
         """One request through the inference path: its answer serialized (GrpcExchange)."""
         observers = self.observers
-        awake = observers.keep_awake if observers is not None else None
-        if awake is None:
-            return await self._infer_heard(request, context, streamed=streamed)
-        awake.began()
-        try:
-            return await self._infer_heard(request, context, streamed=streamed)
-        finally:
-            awake.ended()
-
-    async def _infer_heard(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                           context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
-        """`_infer_one` traced and logged where those are on."""
-        observers = self.observers
         tracing = observers.tracing if observers is not None else None
         access = observers.access_log if observers is not None else None
+        awake = observers.keep_awake if observers is not None else None
         metadata: dict[str, str | bytes] = {}
         traced = False
         if tracing is not None or access is not None:  # what the trace and the line read, once
             metadata = {k: v for k, v in context.invocation_metadata() or () if k in _OBSERVED_METADATA}
         if tracing is not None:  # decided first, as HTTP's: an unsampled call costs a random number
             traced = tracing.sampled(_bytes(metadata.get("traceparent")))
-        if traced or access is not None:
-            return await self._observed(tracing if traced else None, access, request, context, metadata,
-                                        streamed=streamed)
-        return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
+        if awake is not None:
+            awake.began()
+        try:
+            if traced or access is not None:
+                return await self._observed(tracing if traced else None, access, request, context, metadata,
+                                            streamed=streamed)
+            return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
+        finally:
+            if awake is not None:
+                awake.ended()
 
     async def _observed(self, tracing: Tracing | None, access: AccessLog | None,
                         request: tuple[bytes, pb.ModelInferRequest | InvalidInput], context: grpc.aio.ServicerContext,

@@ -17,6 +17,10 @@ from typing import Any
 from prometheus_client import Metric
 
 _OK = ("2", "3", "OK")  # HTTP statuses below 400; gRPC's OK
+_ADDED = {"ortserve_request_latency_seconds_count": "latency_count", "ortserve_request_latency_seconds_sum": "latency_sum",
+          "ortserve_batch_size_count": "batches", "ortserve_batch_size_sum": "batch_rows",
+          "ortserve_queue_depth": "queue_depth"}
+"""Samples added up as they are, each under its figure's name."""
 
 
 def summarize(families: Iterable[Metric], workers: int = 1) -> dict[str, Any]:
@@ -40,16 +44,8 @@ def summarize(families: Iterable[Metric], workers: int = 1) -> dict[str, Any]:
                 buckets = model(name)["latency"]
                 bound = sample.labels["le"]
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-            elif sample.name == "ortserve_request_latency_seconds_count":
-                model(name)["latency_count"] += sample.value
-            elif sample.name == "ortserve_request_latency_seconds_sum":
-                model(name)["latency_sum"] += sample.value
-            elif sample.name == "ortserve_batch_size_count":
-                model(name)["batches"] += sample.value
-            elif sample.name == "ortserve_batch_size_sum":
-                model(name)["batch_rows"] += sample.value
-            elif sample.name == "ortserve_queue_depth":
-                model(name)["queue_depth"] += sample.value
+            elif (key := _ADDED.get(sample.name)) is not None:
+                model(name)[key] += sample.value
     for figures in models.values():
         # [upper bound in seconds (null: +Inf), requests at or below it], in order
         figures["latency"] = sorted(([None if float(le) == math.inf else float(le), count]

@@ -130,7 +130,6 @@ class RecentTraces(SpanProcessor):
         return [_record(span, children) for span, children in chosen]
 
 
-
 def _record(span: ReadableSpan, children: list[ReadableSpan]) -> TraceRecord:
     start = span.start_time or 0
     context = span.context
