@@ -126,7 +126,9 @@ class RequestBudget:
         if declared is not None and int(declared) > HEAVY_BODY_BYTES:
             counted = int(declared)
             self.large_bodies.take(request.scope, counted)
-        task = asyncio.current_task()
+        # A body that arrived whole with its headers (most small ones) is read without
+        # waiting: no timer to set and clear for it.
+        task = None if _arrived_whole(request) else asyncio.current_task()
         read = _BodyRead(task) if task is not None else None
         if read is not None:
             self._body_timer.watch(read, self.arrived(request) + self.body_timeout_s, self.body_timeout_s)
@@ -166,6 +168,14 @@ class RequestBudget:
 
 def _keep_memory() -> None:
     """trim_memory off: the allocator keeps what it has."""
+
+
+def _arrived_whole(request: Request) -> bool:
+    """Whether uvicorn's request cycle already holds the whole body, so that reading it
+    cannot wait on the client (false where the server cannot tell: then the timer runs)."""
+    cycle = getattr(request.receive, "__self__", None)
+    event = getattr(cycle, "message_event", None)
+    return getattr(cycle, "more_body", True) is False and event is not None and event.is_set()
 
 
 def client_gone(request: Request) -> Callable[[], bool] | None:

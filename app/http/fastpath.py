@@ -20,6 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http.hot_routes import Endpoint, HotRoute
 
+MATCHES_KEPT = 1024
+"""Paths whose match FastPath remembers; past this it forgets them all and starts again."""
+
 
 class FastPath:
     def __init__(self, app: ASGIApp, routes: Sequence[HotRoute], owner: Starlette) -> None:
@@ -28,17 +31,37 @@ class FastPath:
         self.routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in routes]
         self.owner = owner  # what request.app is for the hot routes, and whose handlers render errors
 
+        # Each (method, path) is matched once: the same few paths come again and again, and
+        # a scan of every route's pattern costs more than the lookup. Bounded, as clients
+        # choose the paths.
+        self._matched: dict[tuple[str, str, str], tuple[Route, dict[str, object]] | None] = {}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    scope["app"] = self.owner
-                    scope["route"] = route  # as Starlette's router sets it: the access log reads its template
-                    await self._serve(route.endpoint, scope, receive, send)
-                    return
+            key = (scope["method"], scope["path"], scope.get("root_path", ""))
+            try:
+                found = self._matched[key]
+            except KeyError:
+                found = self._match(scope)
+                if len(self._matched) >= MATCHES_KEPT:
+                    self._matched.clear()
+                self._matched[key] = found
+            if found is not None:
+                route, params = found
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = {**scope.get("path_params", {}), **params}
+                scope["app"] = self.owner
+                scope["route"] = route  # as Starlette's router sets it: the access log reads its template
+                await self._serve(route.endpoint, scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _match(self, scope: Scope) -> tuple[Route, dict[str, object]] | None:
+        for route in self.routes:
+            match, child = route.matches({**scope, "path_params": {}})
+            if match is Match.FULL:
+                return route, child["path_params"]
+        return None
 
     async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)

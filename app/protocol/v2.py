@@ -17,6 +17,15 @@ from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_l
 from app.protocol.values import json_object, positive_timeout
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
+# Keyed by the dtype itself: `dtype.name` is a Python-level property that costs a few µs,
+# more than the rest of an output's entry (docs/benchmarks.md, "The V2 JSON path again").
+_V2_BY_DTYPE = {np.dtype(v): k for k, v in DATATYPES.items()}
+
+
+def v2_datatype(dtype: np.dtype) -> str:
+    """The V2 datatype name of a numpy dtype (non-native byte orders by their name)."""
+    found = _V2_BY_DTYPE.get(dtype)
+    return found if found is not None else NUMPY_TO_V2[dtype.name]
 
 
 class _Open(BaseModel):
@@ -241,6 +250,8 @@ def wants_binary(request: InferenceRequest, name: str) -> bool:
 
 
 def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
+    if not request.outputs:
+        return  # every output, unclassified: nothing to check
     known = [o.name for o in manifest.outputs]
     asked = [o.name for o in request.outputs or []]
     unknown = [name for name in asked if name not in known]
@@ -326,7 +337,7 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
     """(body, JSON header length if any output is binary, else None)."""
     entries, blobs = [], []
     for name, array in answered_arrays(request, manifest, outputs):
-        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
         if wants_binary(request, name):
             blob = strings_to_bytes(array) if array.dtype.kind == "O" else to_little_endian_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}

@@ -22,12 +22,12 @@ from app.errors import InvalidInput
 from app.manifest import Manifest
 from app.protocol.binary import BinaryReader, strings_to_bytes, to_little_endian_bytes
 from app.protocol.v2 import (
-    NUMPY_TO_V2,
     InferenceRequest,
     RequestInput,
     RequestOutput,
     V2Exchange,
     answered_arrays,
+    v2_datatype,
 )
 
 TYPED_CONTENTS = {
@@ -127,7 +127,7 @@ def response_message(request: InferenceRequest, manifest: Manifest, outputs: dic
     response = pb.ModelInferResponse(model_name=manifest.name, model_version=str(manifest.version),
                                      id=request.id or "")
     for name, array in answered_arrays(request, manifest, outputs):
-        response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype.name], shape=array.shape)
+        response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=array.shape)
         response.raw_output_contents.append(strings_to_bytes(array) if array.dtype.kind == "O"
                                             else to_little_endian_bytes(array))
     return response

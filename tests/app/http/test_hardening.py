@@ -182,6 +182,40 @@ async def test_a_body_that_arrives_too_slowly_gets_408_and_the_connection_closes
     assert waited >= 0.2
 
 
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP answer on a kept-alive connection: its head, and its body by Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return head + await reader.readexactly(length)
+
+
+async def test_only_a_body_still_arriving_is_timed() -> None:
+    """A body that came whole with its head is read without waiting, so without a timer;
+    one still arriving is watched (the test above: its 408)."""
+    async with live_server(body_timeout_s=10) as (server, app):
+        watched: list[float] = []
+        timer = app.services.budget._body_timer
+        watch = timer.watch
+        timer.watch = lambda item, due, timeout_s: (watched.append(timeout_s), watch(item, due, timeout_s))[1]
+        body = orjson.dumps({"instances": ["a fine film"]})
+        request = raw_request("/v1/models/sst2-lstm:predict", body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(request)  # head and body in one write: they arrive together
+        await writer.drain()
+        whole = await asyncio.wait_for(_answer(reader), 10)
+        assert whole.startswith(b"HTTP/1.1 200"), whole[:100]
+        assert watched == []
+        writer.write(request[:-5])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head and most of the body are in: the server waits for the rest
+        writer.write(request[-5:])
+        await writer.drain()
+        split = await asyncio.wait_for(_answer(reader), 10)
+        writer.close()
+    assert split.startswith(b"HTTP/1.1 200"), split[:100]
+    assert watched == [10]
+
+
 async def test_connections_beyond_the_limit_get_503() -> None:
     async with live_server(max_connections=3, body_timeout_s=10) as (server, _):
         port = server.config.port

@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from app.errors import InvalidInput
+from app.http import fastpath
 from app.http.routes import v1, v2
 from app.main import HOT_ROUTES, create_app
 from app.settings import Settings
@@ -95,3 +96,34 @@ async def test_client_strings_on_templated_routes_never_become_metric_labels() -
     assert not any("client-" in s for s in second)
     assert first == second  # 50 more such requests added no series
     assert any('status="405"' in s for s in second)  # they were counted, without the name
+
+
+async def test_remembered_route_matches_keep_each_paths_own_parameters_and_stay_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "MATCHES_KEPT", 4)
+    kept: list[int] = []
+    original = fastpath.FastPath._match
+
+    def counting(self: fastpath.FastPath, scope: dict[str, object]) -> object:
+        kept.append(len(self._matched))
+        return original(self, scope)
+
+    monkeypatch.setattr(fastpath.FastPath, "_match", counting)
+    body = {"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    async with serving() as client:
+        for _ in range(2):  # the second round finds its paths forgotten and matches them again
+            for i in range(6):
+                missing = await client.post(f"/v2/models/model-{i}/infer", json=body)
+                assert missing.status_code == 404
+                assert f"'model-{i}'" in missing.json()["error"]  # this request's name, not a remembered one's
+                # the same path by another method goes on to the framework, every time
+                assert (await client.get(f"/v2/models/model-{i}/infer")).status_code == 405
+            served = await client.post("/v2/models/fashion-cnn/infer", json=body)
+            assert served.status_code == 200, served.text
+            assert served.json()["model_name"] == "fashion-cnn"
+        again = len(kept)
+        for _ in range(3):  # a remembered path is not matched again
+            assert (await client.post("/v2/models/fashion-cnn/infer", json=body)).status_code == 200
+    assert len(kept) == again
+    assert max(kept) <= 4  # never more remembered than the bound
+    assert len(kept) == 2 * 13  # each (method, path) matched once per round: forgotten only past the bound
