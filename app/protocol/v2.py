@@ -20,6 +20,7 @@ NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
 # Keyed by the dtype itself: `dtype.name` is a Python-level property that costs a few µs,
 # more than the rest of an output's entry (docs/benchmarks.md, "The V2 JSON path again").
 _V2_BY_DTYPE = {np.dtype(v): k for k, v in DATATYPES.items()}
+_DTYPE_OF = {k: np.dtype(v) for k, v in DATATYPES.items()}  # np.dtype(str) parses its argument each time
 
 
 def v2_datatype(dtype: np.dtype) -> str:
@@ -134,7 +135,7 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     for item in request.inputs:
         spec = expected[item.name]
         shape = _checked_shape(item, spec, manifest.batches)
-        dtype = np.dtype(spec.numpy_dtype)
+        dtype = _DTYPE_OF[spec.datatype]
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
             if item.data is not None:
@@ -311,7 +312,7 @@ def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
             continue
         if outputs is None:
             spec = specs[name]
-            dtype = np.dtype(spec.numpy_dtype)
+            dtype = _DTYPE_OF[spec.datatype]
             elements = rows * math.prod(max(d, 1) for d in spec.item_shape(manifest.batches))
             per_element = _STRING_GUESS if dtype.kind == "O" else _element_bytes(dtype, binary)
             total += _ENTRY_BYTES + elements * per_element

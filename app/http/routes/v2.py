@@ -8,7 +8,7 @@ from app import model_views
 from app.http.budget import client_gone
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
-from app.http.responses import JSONResponse, header
+from app.http.responses import JSONBytes, JSONResponse, header
 from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize
 from app.http.services import services
 from app.inference import run_inference
@@ -126,7 +126,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                                                      found.offload, budget.arrived(request),
                                                      client_gone=client_gone(request))
     if header_length is None:
-        return Response(content, media_type="application/json")
+        return JSONBytes(content)
     return Response(content, media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
