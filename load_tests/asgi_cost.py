@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import os
 import pstats
 import time
 from pathlib import Path
@@ -73,10 +72,9 @@ async def _per_request_us(app: Any, body: bytes, requests: int, concurrency: int
     for _ in range(waves):
         await wave()
     elapsed = time.thread_time() - started
-    requests = waves * concurrency
     if profile is not None:
         profile.disable()
-    return elapsed / requests * 1e6
+    return elapsed / (waves * concurrency) * 1e6
 
 
 async def measure(model_dir: Path, requests: int, images: int, profile: bool,
@@ -93,7 +91,7 @@ async def measure(model_dir: Path, requests: int, images: int, profile: bool,
     async with service.router.lifespan_context(service):
         figures["service"] = await _per_request_us(service, body, requests, concurrency, profiler)
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats(os.environ.get("ORTSERVE_PROFILE_SORT", "tottime")).print_stats(int(os.environ.get("ORTSERVE_PROFILE_ROWS", "30")))
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     return figures
 
 

@@ -44,6 +44,12 @@ def target(server: ServerProcess, protocol: str) -> str:
     return f"127.0.0.1:{server.port}" if protocol == "http" else server.grpc_target
 
 
+QUICK_CHECK = ("--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "10")
+"""Options for a run that checks the tool works against the service, not a measurement:
+short windows, any spread accepted, and enough of them to settle on a busy machine (three
+were not once in CI: "Failed to obtain stable measurement")."""
+
+
 def run(tool: str, model: str, server: ServerProcess, protocol: str, concurrency: int, *options: str,
         timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     """One perf_analyzer measurement of `server` over one of PROTOCOLS."""

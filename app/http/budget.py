@@ -170,10 +170,16 @@ def _keep_memory() -> None:
     """trim_memory off: the allocator keeps what it has."""
 
 
+def _uvicorn_cycle(request: Request) -> Any:
+    """uvicorn's request cycle, whose `receive` the request reads (None behind a wrapper or
+    another server): what it knows of the connection costs nothing to ask."""
+    return getattr(request.receive, "__self__", None)
+
+
 def _arrived_whole(request: Request) -> bool:
     """Whether uvicorn's request cycle already holds the whole body, so that reading it
     cannot wait on the client (false where the server cannot tell: then the timer runs)."""
-    cycle = getattr(request.receive, "__self__", None)
+    cycle = _uvicorn_cycle(request)
     event = getattr(cycle, "message_event", None)
     return getattr(cycle, "more_body", True) is False and event is not None and event.is_set()
 
@@ -181,7 +187,7 @@ def _arrived_whole(request: Request) -> bool:
 def client_gone(request: Request) -> Callable[[], bool] | None:
     """A check of whether the client has hung up, where the server can tell without a
     task per request: uvicorn's request cycle keeps a `disconnected` flag."""
-    cycle = getattr(request.receive, "__self__", None)
+    cycle = _uvicorn_cycle(request)
     if cycle is None or not hasattr(cycle, "disconnected"):
         return None
     return lambda: bool(cycle.disconnected)

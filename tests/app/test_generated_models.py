@@ -152,8 +152,7 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
 def test_perf_analyzer_runs_against_it_with_its_random_inputs(running: ServerProcess, name: str,
                                                               perf_analyzer_tool: str) -> None:
     shapes = [option for shape in CASES[name].perf_shapes for option in ("--shape", shape)]
-    done = perf_analyzer.run(perf_analyzer_tool, name, running, "http", 2, "--measurement-interval", "500",
-                             "--stability-percentage", "100", "--max-trials", "10", *shapes)
+    done = perf_analyzer.run(perf_analyzer_tool, name, running, "http", 2, *perf_analyzer.QUICK_CHECK, *shapes)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "throughput:" in done.stdout, done.stdout
     assert "error" not in done.stdout.lower(), done.stdout

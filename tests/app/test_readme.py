@@ -164,7 +164,7 @@ def test_the_perf_analyzer_example_runs_as_written_over_both_protocols(server: S
         command = command.replace(EXAMPLE_ADDRESS, f"127.0.0.1:{server.port}").replace(
             EXAMPLE_GRPC_ADDRESS, server.grpc_target).replace("python ", f"{sys.executable} ", 1)
         if "perf_analyzer" in command:
-            command += " --measurement-interval 500 --stability-percentage 100 --max-trials 3"
+            command += " " + " ".join(perf_analyzer.QUICK_CHECK)
             protocols.append(command.split(" -i ")[1].split()[0])
         done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr

@@ -333,8 +333,7 @@ def test_perf_analyzer_runs_against_both_shipped_models(server: ServerProcess, n
     folder.mkdir(parents=True, exist_ok=True)
     written = perf_inputs.write(MODELS, folder, 8)
     done = perf_analyzer.run(perf_analyzer_tool, name, server, protocol, 4,
-                             "--input-data", f"{seen_as}/{written[name].name}",
-                             "--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "10")
+                             "--input-data", f"{seen_as}/{written[name].name}", *perf_analyzer.QUICK_CHECK)
     assert done.returncode == 0, done.stdout + done.stderr
     assert perf_analyzer.figures(done.stdout)["infer_per_s"] > 0, done.stdout
     assert "error" not in done.stdout.lower(), done.stdout

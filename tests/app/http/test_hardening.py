@@ -196,7 +196,12 @@ async def test_only_a_body_still_arriving_is_timed() -> None:
         watched: list[float] = []
         timer = app.services.budget._body_timer
         watch = timer.watch
-        timer.watch = lambda item, due, timeout_s: (watched.append(timeout_s), watch(item, due, timeout_s))[1]
+
+        def watching(item: Any, due: float, timeout_s: float) -> None:
+            watched.append(timeout_s)
+            watch(item, due, timeout_s)
+
+        timer.watch = watching
         body = orjson.dumps({"instances": ["a fine film"]})
         request = raw_request("/v1/models/sst2-lstm:predict", body)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
