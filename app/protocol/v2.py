@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from typing import Any
 
@@ -192,13 +193,23 @@ def _from_json(item: RequestInput, shape: list[int], dtype: np.dtype) -> np.ndar
     return array.reshape(shape)
 
 
+_PACKED = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+"""struct's code for a float dtype in native byte order, as np.frombuffer reads it back."""
+
+
 def _floats(data: Any, dtype: np.dtype) -> np.ndarray:
-    """A flat list of numbers is read in one pass (np.fromiter: a fifth less time than
-    np.asarray, which first looks for nesting); anything else as np.asarray reads it."""
+    """A flat list of numbers is read in one pass: FP32 and FP64 packed by struct (each value
+    converted in C as numpy casts it, without numpy's iterator protocol: 4.4 against 10.1 µs
+    for np.fromiter on 784 floats, docs/benchmarks.md), other float types by np.fromiter (a
+    fifth less time than np.asarray, which first looks for nesting); anything else as
+    np.asarray reads it, which also words the error."""
     if type(data) is list and data and type(data[0]) is float:
+        code = _PACKED.get(dtype)
         try:
+            if code is not None:
+                return np.frombuffer(struct.pack(f"{len(data)}{code}", *data), dtype=dtype)
             return np.fromiter(data, dtype=dtype, count=len(data))
-        except (ValueError, TypeError):
+        except (struct.error, ValueError, TypeError, OverflowError):
             pass  # a nested list or a non-number further on: np.asarray says which
     return np.asarray(data, dtype=dtype)
 

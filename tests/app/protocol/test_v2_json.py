@@ -1,0 +1,62 @@
+"""V2 JSON tensors: a flat list of floats becomes exactly the tensor numpy makes of it,
+whichever way it is read (app/protocol/v2.py `_floats`), and a list that is not all numbers
+is still the 400 that says so, wherever the bad value sits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.protocol.v2 import _floats
+from tests.app.conftest import sample_images, serving
+
+_NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**53), 2**53), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.floats(allow_nan=False, allow_infinity=False), rest=st.lists(_NUMBERS, max_size=40),
+       dtype=st.sampled_from(["float32", "float64", "float16"]))
+def test_a_flat_list_of_numbers_reads_bit_for_bit_as_numpy_casts_it(first: float, rest: list[Any],
+                                                                    dtype: str) -> None:
+    data = [first, *rest]
+    with np.errstate(over="ignore"):  # a value beyond the type's range is inf either way
+        want = np.asarray(data, dtype=dtype)
+        got = _floats(data, np.dtype(dtype))
+    assert got.dtype == want.dtype
+    assert got.tobytes() == want.tobytes()  # signed zeros, subnormals, rounding, overflow to inf
+
+
+def _pixels_body(data: list[Any]) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": data}]})
+
+
+@pytest.mark.parametrize(("last", "message"), [
+    ("a", "data is not a list of FP32 numbers"),
+    ([0.5], "data is not a list of FP32 numbers"),
+    ({"x": 1}, "data is not a list of FP32 numbers"),
+    (None, "holds NaN or infinite values"),  # numpy reads null as NaN
+    (1e39, "holds NaN or infinite values"),  # finite in JSON, beyond FP32
+])
+async def test_a_bad_value_after_good_floats_is_a_400_that_says_what(last: Any, message: str) -> None:
+    async with serving() as client:
+        response = await client.post("/v2/models/fashion-cnn/infer", content=_pixels_body([0.25] * 783 + [last]))
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+async def test_json_floats_answer_as_the_same_pixels_in_binary() -> None:
+    pixels = (sample_images(3).astype(np.float32) / 255 - 0.3) / 0.35
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [3, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": pixels.nbytes}}]})
+    async with serving() as client:
+        as_json = await client.post("/v2/models/fashion-cnn/infer", content=orjson.dumps({"inputs": [
+            {"name": "pixels", "shape": [3, 1, 28, 28], "datatype": "FP32", "data": pixels.ravel().tolist()}]}))
+        as_binary = await client.post("/v2/models/fashion-cnn/infer", content=header + pixels.astype("<f4").tobytes(),
+                                      headers={"Inference-Header-Content-Length": str(len(header))})
+    assert as_json.status_code == as_binary.status_code == 200, (as_json.text, as_binary.text)
+    assert as_json.json()["outputs"] == as_binary.json()["outputs"]
