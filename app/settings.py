@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(default=None, ge=1)
     """Overrides every model's max_batch_size; 1 turns batching off."""
     max_large_batch_size: int = Field(default=128, ge=1)
-    """Requests of more than a model's max_batch_size rows are batched with each other, not
+    """Requests of at least a model's max_batch_size rows are batched with each other, not
     with smaller ones, up to this many rows: they leave the event loop little work per row,
     so their batches can be large (and wide). At most max_batch_size, or with batching off
     (max_batch_size 1): split like any other."""

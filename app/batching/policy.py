@@ -35,7 +35,7 @@ class BatchPolicy:
     """An idle model's batch of at most this many rows runs on the event loop itself,
     without the hand-off to an inference thread and back; 0: never."""
     max_large_batch_size: int
-    """Requests of more than max_batch_size rows are batched with each other, never with
+    """Requests of at least max_batch_size rows are batched with each other, never with
     smaller ones, up to this many rows (split beyond it); at most max_batch_size: they
     are split into batches of max_batch_size like any other."""
     grouping_window: int

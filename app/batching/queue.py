@@ -105,7 +105,7 @@ class BatchQueue:
     def _take(self) -> list[Chunk]:
         """Up to max_batch_size rows, oldest first; with length grouping, the oldest chunk
         plus the queued chunks closest to its length. A chunk that does not fit is split:
-        its rest stays queued in place. When the oldest chunk is large (more than
+        its rest stays queued in place. When the oldest chunk is large (at least
         max_batch_size rows), the batch takes large chunks only, up to max_large_batch_size."""
         self._drop_abandoned_head()
         batch: list[Chunk] = []
@@ -137,9 +137,10 @@ class BatchQueue:
 
     def _is_large(self, chunk: Chunk) -> bool:
         """Few large requests leave the event loop little to do per row, so they may batch
-        beyond max_batch_size (and run on the wide session, app/runtime.py)."""
+        beyond max_batch_size (and run on the wide session, app/runtime.py). A request that
+        fills a batch by itself is one of them: alone, it would run as a batch of one."""
         most = self.policy.max_batch_size
-        return most < chunk.rows and most < self.policy.max_large_batch_size
+        return most <= chunk.rows and most < self.policy.max_large_batch_size
 
     def _candidates(self) -> Sequence[int]:
         """Queue positions in the order a batch takes them."""
