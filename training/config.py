@@ -99,7 +99,7 @@ class CNNConfig(_ModelConfig):
     # Serving defaults written into the manifest. On CPU, ORT's cost per item stops
     # falling at about 8 images (one thread), but each batch costs the event loop its
     # forming, hand-off and delivery: at 64 concurrent single-image requests, batches of 32
-    # answered 1.07x (V2 JSON) and 1.09x (V1) what batches of 16 did, paired; 64 let one
+    # answered 1.05-1.07x (V2 JSON) and 1.05-1.09x (V1) what batches of 16 did, paired; 64 let one
     # batch take every request in flight and left the loop idle (docs/benchmarks.md).
     max_batch_size: int = 32
     max_queue_delay_ms: float = 2.0
