@@ -62,7 +62,8 @@ class Limits(Protocol):
 
 async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer], limits: Limits,
                         offload: Offload, arrived: float, timeout_s: float | None = None,
-                        client_gone: Callable[[], bool] | None = None, body_bytes: int | None = None) -> Answer:
+                        client_gone: Callable[[], bool] | None = None, body_bytes: int | None = None,
+                        others_on_the_way: bool = False) -> Answer:
     """Decode, infer, encode one request that arrived at `arrived` (time.monotonic()).
     Its deadline: the timeout the protocol asks for, else `timeout_s` (the transport's, a
     header say), at most the server's. Off the event loop: decoding a body over
@@ -70,7 +71,8 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     and encoding an answer that large. The body, the parsed request and the inputs are
     dropped as soon as they are used, before the answer is built. Plain arguments, no
     object per request: this is every request's path. `body_bytes`: the size of a body that is
-    not bytes (a gRPC message, parsed by the transport)."""
+    not bytes (a gRPC message, parsed by the transport). `others_on_the_way`: for a transport
+    whose requests reach the model one at a time rather than together (ServedModel.infer)."""
     manifest, codec = model.manifest, model.codec
     if (len(body) if body_bytes is None else body_bytes) > HEAVY_BODY_BYTES:
         kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
@@ -87,7 +89,7 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     limits.check_response(size, rows)
     asked = exchange.timeout_s(kept)
     due, timeout = limits.deadline_from(arrived, asked if asked is not None else timeout_s)
-    outputs = await model.infer(inputs, due, timeout, client_gone)
+    outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way)
     del inputs
     if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
         size = exchange.answer_bytes(kept, manifest, rows, outputs)

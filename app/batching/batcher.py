@@ -53,6 +53,7 @@ class DynamicBatcher:
         self._accepting = False
         self._restarts = 0  # in a row: reset once a batch is formed again
         self._arriving = 0  # requests in run_or_queue's turn of the loop
+        self._on_the_way = 0  # as the last request to arrive was told (run_or_queue)
 
     @property
     def queued_rows(self) -> int:
@@ -113,20 +114,24 @@ class DynamicBatcher:
         if self._runner is not None:
             self._runner.shutdown()
 
-    async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None
-                           ) -> asyncio.Future[dict[str, np.ndarray]]:
+    async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None,
+                           on_the_way: int = 0) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request of N rows, or run it at once where `decide` says inline; the
         future resolves to its N rows of outputs.
 
         Before running inline it lets the requests that have already arrived catch up (one
         turn of the loop): under load they are waiting beside it, so it is queued and
-        batched with them; alone, it is answered without waiting for anyone. Cancelling the
-        future (a deadline) drops the request's rows that have not run yet; so does
-        `client_gone()` turning true (checked when batches are formed).
+        batched with them; alone, it is answered without waiting for anyone. `on_the_way`:
+        other requests for this model that the caller knows of and the queue does not yet
+        (being read or decoded). While there are any, no batch runs inline, here or when
+        the queue's next batch is launched: it would hold the event loop that reads them.
+        Cancelling the future (a deadline) drops the request's rows that have not run yet;
+        so does `client_gone()` turning true (checked when batches are formed).
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
         rows = len(next(iter(inputs.values())))
+        self._on_the_way = on_the_way
         if self._decide(rows) is Decision.INLINE:
             self._arriving += 1
             try:
@@ -153,7 +158,7 @@ class DynamicBatcher:
     def _decide(self, rows: int, arriving: int = 0) -> Decision:
         """`decide` for the rows at hand, with what runs and what waits now."""
         running = self._runner.inflight if self._runner is not None else 0
-        return decide(self.policy, rows, running, self._queue.rows + arriving)
+        return decide(self.policy, rows, running, self._queue.rows + arriving + self._on_the_way)
 
     async def _drained(self) -> None:
         assert self._runner is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -74,3 +75,30 @@ def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
     model.warm_up()
     largest = max(model.batcher.policy.max_batch_size, 20)
     assert sizes[: sizes.index(largest) + 1] == [n for n in (1, 2, 4, 8, 16) if n < largest] + [largest]
+
+
+async def test_other_holders_keep_a_lone_batch_off_the_loop_when_asked() -> None:
+    """A transport whose requests arrive one at a time (gRPC's unary calls) counts the model's
+    other holders as on their way: the batch then runs on the inference thread, not inline."""
+    model = started()
+    ran_on: list[int] = []
+    run = model.batcher._infer
+
+    def spy(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ran_on.append(threading.get_ident())
+        return run(inputs)
+
+    model.batcher._infer = model.batcher._runner.infer = spy
+    here = threading.get_ident()
+    async with model.lease(), model.lease() as held:  # another request holds it too
+        await held.infer(one_row(model), time.monotonic() + 10, 10)
+        assert ran_on == [here]  # not asked: inline, as HTTP's requests run
+        ran_on.clear()
+        await held.infer(one_row(model), time.monotonic() + 10, 10, others_on_the_way=True)
+        assert ran_on
+        assert here not in ran_on
+    ran_on.clear()
+    async with model.lease() as alone:
+        await alone.infer(one_row(model), time.monotonic() + 10, 10, others_on_the_way=True)
+        assert ran_on == [here]  # nobody else holds it: inline
+    await model.retire(grace_s=1)

@@ -376,6 +376,27 @@ async def test_an_idle_models_small_batch_runs_on_the_loop_and_others_in_a_threa
         assert (threads == [here]) is on_loop, (inline_rows, request_rows)
 
 
+async def test_no_batch_runs_on_the_loop_while_other_requests_are_on_their_way() -> None:
+    """gRPC's unary calls reach an idle model one at a time; told that others are on their
+    way, neither the request nor the batch the queue launches for it runs on the loop, and
+    once nobody is on the way a lone request runs there again."""
+    threads: list[int] = []
+
+    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"]}
+
+    here = threading.get_ident()
+    batcher = make(infer, inline_rows=1)
+    await (await batcher.run_or_queue(rows(1), on_the_way=3))
+    assert threads
+    assert here not in threads
+    threads.clear()
+    await (await batcher.run_or_queue(rows(1), on_the_way=0))
+    assert threads == [here]
+    await batcher.stop()
+
+
 async def test_a_request_arriving_beside_others_goes_through_the_queue_even_when_idle() -> None:
     """Under load every request would find the model idle between inline runs: only one
     that no other is waiting beside skips the queue, so that load is still batched."""
