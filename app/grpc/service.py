@@ -266,9 +266,9 @@ class InferenceService:
         try:
             async with serving.repository.lease(message.model_name, message.model_version or None) as model:
                 # Unary calls reach the model one per pass of grpc.aio's loop, each finding it
-                # idle: run inline one by one, they held the loop that reads the next (1.10x
-                # calls/s at c64 without; HTTP's requests arrive together and measured 0.94-0.99
-                # with it: docs/benchmarks.md, "gRPC unary calls").
+                # idle: run inline one by one, they held the loop that reads the next (without,
+                # 1.10-1.20x the calls/s at c16 and c64; HTTP's requests arrive together and
+                # measured 0.94-0.99 with the rule: docs/benchmarks.md, "gRPC unary calls").
                 return await run_inference(model, message, GrpcExchange(context.time_remaining(), streamed), serving.budget,
                                            serving.offload, arrived, client_gone=context.cancelled,
                                            body_bytes=len(body), others_on_the_way=not streamed)
