@@ -485,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     if client == "wrk" and not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
     print(f"closed-loop client: {client}", flush=True)
+    if args.client == "auto" and client == "aiohttp":
+        # Measured: on 2 cores it took a core and gave the service 0.56 of the ceiling, where
+        # wrk gave 0.79 in the same hour (docs/benchmarks.md, 2026-12-05).
+        print("warning: wrk is not installed (apt-get install wrk): the asyncio client shares the CPUs with "
+              "the server and uses far more of them than wrk, so the service's figures come out low", file=sys.stderr,
+              flush=True)
     duration = 2.0 if args.quick else args.duration
     chosen = [s for s in scenarios(args.triton_python, args.model_dir) if not args.only or s.name in args.only]
     if any(s.command for s in chosen) and not args.triton_python.exists():

@@ -196,3 +196,25 @@ def test_asgi_cost_sends_the_v2_body_to_both_apps() -> None:
     figures = asyncio.run(asgi_cost.measure(MODELS, requests=20, images=1, profile=False))
     assert set(figures) == {"ceiling", "service"}
     assert all(us > 0 for us in figures.values())
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_without_wrk_the_runner_warns_that_its_figures_come_out_low(monkeypatch: pytest.MonkeyPatch, capsys,  # type: ignore[no-untyped-def]
+                                                                   installed: bool) -> None:
+    class Stop(Exception):
+        pass
+
+    listed = bench.scenarios
+
+    def stop(*chosen_for: object) -> list[bench.Scenario]:
+        if chosen_for:  # choosing the run's scenarios: the client was chosen and said before
+            raise Stop
+        return listed()  # the names --only offers
+
+    monkeypatch.setattr(bench.wrk, "available", lambda: installed)
+    monkeypatch.setattr(bench, "scenarios", stop)
+    with pytest.raises(Stop):
+        bench.main(["--quick"])
+    said = capsys.readouterr()
+    assert f"closed-loop client: {'wrk' if installed else 'aiohttp'}" in said.out
+    assert ("wrk is not installed" in said.err) is not installed
