@@ -82,13 +82,15 @@ async def test_other_holders_keep_a_lone_batch_off_the_loop_when_asked() -> None
     other holders as on their way: the batch then runs on the inference thread, not inline."""
     model = started()
     ran_on: list[int] = []
-    run = model.batcher._infer
+    runner = model.batcher._runner
+    assert runner is not None
+    run = runner.infer
 
     def spy(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ran_on.append(threading.get_ident())
         return run(inputs)
 
-    model.batcher._infer = model.batcher._runner.infer = spy
+    runner.infer = spy  # the started batcher's runner runs every batch, inline or on its thread
     here = threading.get_ident()
     async with model.lease(), model.lease() as held:  # another request holds it too
         await held.infer(one_row(model), time.monotonic() + 10, 10)
