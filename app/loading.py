@@ -113,14 +113,22 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     classifies = manifest.task != TENSORS_TASK
     softmax = manifest.scores == "logits"
 
-    def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = session.run(inputs)
+    policy = batch_policy(settings, manifest)
+
+    def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
+        # The wide session takes the event loop's core: only for batches of large requests
+        # (at least max_batch_size rows each on average, as the queue calls them large),
+        # which leave the loop little to parse. 32 one-image requests in a 32-row batch
+        # ran wide before, and the loop parsing them lost its core for it
+        # (docs/benchmarks.md, "Batches handed back in one callback").
+        rows = len(next(iter(inputs.values())))
+        outputs = session.run(inputs, may_go_wide=rows >= requests * policy.max_batch_size)
         return classify_batch(outputs, logits, softmax) if classifies else outputs
 
     if not manifest.batches:
         # Each request is one item of a batch of one (app/protocol/v2.py adds the axis): the
         # model is given the tensors as the client sent them.
-        def run_batch(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
             outputs = session.run({name: array[0] for name, array in inputs.items()})
             return {name: array[np.newaxis] for name, array in outputs.items()}
 
@@ -132,7 +140,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
         if hooks.on_batch is not None:
             hooks.on_batch(batch)
 
-    batcher = DynamicBatcher(manifest.name, run_batch, batch_policy(settings, manifest),
+    batcher = DynamicBatcher(manifest.name, run_batch, policy,
                              length_of=_sequence_length(manifest), on_batch=record,
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart, exact_shapes=pads_unmasked(manifest))

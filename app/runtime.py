@@ -169,15 +169,17 @@ class OrtModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def session_for(self, rows: int) -> ort.InferenceSession:
-        if self.wide is not None and self.wide_from_rows is not None and rows >= self.wide_from_rows:
+    def session_for(self, rows: int, may_go_wide: bool = True) -> ort.InferenceSession:
+        if may_go_wide and self.wide is not None and self.wide_from_rows is not None and rows >= self.wide_from_rows:
             return self.wide
         return self.session
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
+        """The outputs; on the wide session where the batch is large enough and the caller
+        lets it (app/loading.py keeps batches of many small requests off it)."""
         rows = len(next(iter(inputs.values()))) if inputs else 1
         try:
-            values = self.session_for(rows).run(self.output_names, inputs)
+            values = self.session_for(rows, may_go_wide).run(self.output_names, inputs)
         except InvalidArgument as e:
             # Shapes and types were checked against the graph before: what is left is a value
             # the model refuses, which is the request's (app/batching/runner.py isolates it).

@@ -3,6 +3,7 @@ manifest and settings make a batching policy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -67,6 +68,33 @@ async def test_the_hooks_hear_of_each_batch() -> None:
     assert [record.rows for record in records] == [3]
 
 
+async def test_only_batches_of_large_requests_run_on_the_wide_session() -> None:
+    """The wide session has the event loop's core: 32 one-image requests (32 bodies to parse)
+    stay narrow however many rows they make; one 32-image request goes wide."""
+    from app.runtime import OrtOptions
+
+    model = load_version(model_folder("fashion-cnn"), settings(wide_batch_rows=8, max_batch_size=32,
+                                                               max_queue_delay_ms=10_000.0),
+                         OrtOptions(["CPUExecutionProvider"], 1, 2))
+    assert model.session.wide is not None and model.session.wide_from_rows == 8
+    used: list[str] = []
+    for name in ("session", "wide"):
+        real = getattr(model.session, name).run
+        setattr(getattr(model.session, name), "run",
+                lambda names, feed, real=real, name=name: used.append(name) or real(names, feed))
+    model.batcher.start()
+    spec = model.manifest.inputs[0]
+
+    def images(n: int) -> dict[str, np.ndarray]:
+        return {spec.name: np.zeros((n, *spec.shape[1:]), dtype=np.float32)}
+
+    small = await asyncio.gather(*(model.batcher.run_or_queue(images(1)) for _ in range(32)))  # a full batch
+    await asyncio.gather(*small)
+    await (await model.batcher.run_or_queue(images(32)))
+    await model.batcher.stop()
+    assert used == ["session", "wide"]
+
+
 def test_settings_override_the_manifests_batching_and_batching_off_splits_every_row() -> None:
     manifest = load_manifest(model_folder("sst2-lstm"))
     own = batch_policy(settings(), manifest)
@@ -126,7 +154,7 @@ def test_a_manifest_that_does_not_match_its_graph_is_refused_at_load_even_withou
 def test_a_warm_up_that_fails_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.runtime import OrtModel
 
-    def failing(self: OrtModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def failing(self: OrtModel, inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(OrtModel, "run", failing)

@@ -142,6 +142,21 @@ def test_batches_from_the_threshold_run_on_the_wide_session(fashion_bytes: bytes
     assert OrtModel(fashion_bytes, OrtOptions([CPU], 2, 2)).wide is None  # no more threads: no second session
 
 
+def test_a_batch_the_caller_keeps_narrow_runs_narrow(fashion_bytes: bytes) -> None:
+    from app.runtime import OrtModel, OrtOptions
+
+    model = OrtModel(fashion_bytes, OrtOptions([CPU], 1, 2))
+    model.wide_from_rows = 32
+    assert model.session_for(128, may_go_wide=False) is model.session
+    used: list[object] = []
+    for session in (model.session, model.wide):
+        real = session.run
+        session.run = lambda names, feed, real=real, session=session: used.append(session) or real(names, feed)
+    model.run(_images(32), may_go_wide=False)
+    model.run(_images(32))
+    assert used == [model.session, model.wide]
+
+
 def test_calibration_sets_the_threshold_from_measured_speedups(fashion_bytes: bytes,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Both sessions timed on a fake clock: the narrow one takes a unit per row, the wide one

@@ -67,9 +67,9 @@ def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
     sizes: list[int] = []
     real_run = model.session.run
 
-    def counting(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def counting(inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
         sizes.append(len(next(iter(inputs.values()))))
-        return real_run(inputs)
+        return real_run(inputs, may_go_wide)
 
     model.session.run = counting  # type: ignore[method-assign]
     model.warm_up()
@@ -86,9 +86,9 @@ async def test_other_holders_keep_a_lone_batch_off_the_loop_when_asked() -> None
     assert runner is not None
     run = runner.infer
 
-    def spy(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def spy(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         ran_on.append(threading.get_ident())
-        return run(inputs)
+        return run(inputs, requests)
 
     runner.infer = spy  # the started batcher's runner runs every batch, inline or on its thread
     here = threading.get_ident()

@@ -22,7 +22,7 @@ def rows(value: float) -> dict[str, np.ndarray]:
 
 async def test_a_dead_batch_former_is_restarted_and_queued_requests_are_served() -> None:
     restarts: list[BaseException] = []
-    batcher = DynamicBatcher("m", lambda inputs: {"y": inputs["x"] * 2}, batch_policy(), on_restart=restarts.append)
+    batcher = DynamicBatcher("m", lambda inputs, requests: {"y": inputs["x"] * 2}, batch_policy(), on_restart=restarts.append)
     original = batcher._queue.wait_for_batch
     calls = 0
 
@@ -77,10 +77,10 @@ async def test_a_failing_model_answers_503_at_once_after_the_threshold(model_roo
         broken = threading.Event()
         real_run = model.session.run
 
-        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def run(inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
             if broken.is_set():
                 raise RuntimeError("device lost")
-            return real_run(inputs)
+            return real_run(inputs, may_go_wide)
 
         model.session.run = run
         broken.set()

@@ -55,7 +55,7 @@ def test_lower_thread_priority_changes_only_the_calling_thread() -> None:
 async def test_batches_run_in_threads_below_the_event_loops_priority() -> None:
     niceness: list[int] = []
 
-    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         niceness.append(_nice_of_this_thread())
         return {"y": inputs["x"]}
 

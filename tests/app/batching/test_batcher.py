@@ -29,7 +29,7 @@ class Recorder:
         self.fail_when = fail_when
         self.entered = threading.Event()
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         x = inputs["x"]
         self.batches.append(x.copy())
         self.entered.set()
@@ -187,7 +187,7 @@ class ThreadTracker:
         self.all_in = threading.Event()  # set when `expected_at_once` batches run together
         self.expected_at_once = expected_at_once
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         with self._lock:
             self.threads.append(threading.get_ident())
             self.running += 1
@@ -244,7 +244,7 @@ async def test_a_failing_batch_fails_only_its_own_requests() -> None:
 
 
 async def test_a_model_returning_the_wrong_number_of_rows_fails_that_batch() -> None:
-    batcher = make(lambda inputs: {"y": inputs["x"][:1]}, max_batch_size=2, max_queue_delay_s=10.0)
+    batcher = make(lambda inputs, requests: {"y": inputs["x"][:1]}, max_batch_size=2, max_queue_delay_s=10.0)
     results = await asyncio.gather(await batcher.run_or_queue(rows(1)), await batcher.run_or_queue(rows(2)), return_exceptions=True)
     assert all(isinstance(r, InferenceFailed) and "returned 1 rows" in str(r) for r in results)
     await batcher.stop()
@@ -281,7 +281,7 @@ async def test_length_grouping_batches_similar_lengths_together() -> None:
     gate, entered = threading.Event(), threading.Event()
     seen_widths: list[list[int]] = []
 
-    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         entered.set()
         assert gate.wait(5)
         seen_widths.append(inputs["lengths"].tolist())
@@ -363,7 +363,7 @@ def test_concatenate_padded_pads_the_sequence_axis_with_zeros() -> None:
 async def test_an_idle_models_small_batch_runs_on_the_loop_and_others_in_a_thread() -> None:
     threads: list[int] = []
 
-    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         threads.append(threading.get_ident())
         return {"y": inputs["x"]}
 
@@ -382,7 +382,7 @@ async def test_no_batch_runs_on_the_loop_while_other_requests_are_on_their_way()
     once nobody is on the way a lone request runs there again."""
     threads: list[int] = []
 
-    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         threads.append(threading.get_ident())
         return {"y": inputs["x"]}
 
@@ -400,15 +400,15 @@ async def test_no_batch_runs_on_the_loop_while_other_requests_are_on_their_way()
 async def test_a_request_arriving_beside_others_goes_through_the_queue_even_when_idle() -> None:
     """Under load every request would find the model idle between inline runs: only one
     that no other is waiting beside skips the queue, so that load is still batched."""
-    batcher = make(Recorder(), inline_rows=1)
+    recorder = Recorder()
+    batcher = make(recorder, inline_rows=1)
     alone = await batcher.run_or_queue(rows(1))
     assert alone.done()  # answered inline: no queue, no batch-forming turn
     first, second = await asyncio.gather(batcher.run_or_queue(rows(2)), batcher.run_or_queue(rows(3)))
-    assert not first.done()
-    assert not second.done()
     np.testing.assert_array_equal((await first)["y"], [[4]])
     np.testing.assert_array_equal((await second)["y"], [[6]])
     await batcher.stop()
+    assert [batch.ravel().tolist() for batch in recorder.batches] == [[1], [2, 3]]  # queued, then batched together
 
 
 async def test_run_or_queue_runs_a_lone_request_at_once_and_batches_a_crowd() -> None:
@@ -451,3 +451,42 @@ def test_decide_never_runs_inline_with_inline_rows_0() -> None:
     (1, Decision.INLINE, "idle"), (3, Decision.WAIT, "due")])
 def test_trigger_says_why_a_batch_ran(rows_at_hand: int, decision: Decision, expected: str) -> None:
     assert trigger(batch_policy(max_batch_size=8), rows_at_hand, decision) == expected
+
+
+async def test_the_model_hears_how_many_requests_a_batch_holds() -> None:
+    """What the runtime uses to keep batches of many small requests off its wide session."""
+    seen: list[tuple[int, int]] = []
+
+    def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
+        seen.append((len(inputs["x"]), requests))
+        return {"y": inputs["x"]}
+
+    gate = threading.Event()
+    blocker = Recorder(gate)
+    batcher = make(lambda inputs, requests: blocker(inputs, requests) if not gate.is_set() else infer(inputs, requests),
+                   max_batch_size=8)
+    held = await batcher.run_or_queue(rows(0))
+    await blocker.wait_entered()
+    crowd = await asyncio.gather(*(batcher.run_or_queue(rows(i, i)) for i in range(1, 4)))  # 3 requests, 6 rows
+    gate.set()
+    await asyncio.gather(held, *crowd)
+    big = await batcher.run_or_queue(rows(*range(5)))  # one request of 5 rows
+    await big
+    await batcher.stop()
+    assert seen == [(6, 3), (5, 1)]
+
+
+async def test_a_handed_over_batch_that_never_ran_fails_when_the_threads_shut_down() -> None:
+    """A batch waiting for the inference thread when its threads are let go (a drain that ran
+    out of time) is answered 503 and gives its slot back; the running one still answers."""
+    infer, gate, batcher, running = await running_behind_a_gate(max_batch_size=1, max_inflight_batches=2)
+    waiting = await batcher.run_or_queue(rows(2))
+    await until(lambda: batcher.inflight_batches == 2)  # handed over, behind the running batch
+    assert batcher._runner is not None
+    batcher._runner.shutdown()
+    with pytest.raises(ModelNotReady, match="shutting down"):
+        await asyncio.wait_for(waiting, 5)  # not left hanging
+    assert batcher.inflight_batches == 1
+    gate.set()
+    np.testing.assert_array_equal((await running)["y"], [[2]])
+    await until(lambda: batcher.inflight_batches == 0)

@@ -120,10 +120,10 @@ async def test_queued_requests_of_clients_that_hung_up_are_never_computed() -> N
         gate, seen_rows = threading.Event(), []
         real_run = model.session.run
 
-        def gated_run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def gated_run(inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
             seen_rows.append(len(next(iter(inputs.values()))))
             assert gate.wait(10)
-            return real_run(inputs)
+            return real_run(inputs, may_go_wide)
 
         model.session.run = gated_run
         body = orjson.dumps({"instances": [sample_images(1)[0].tolist()]})
