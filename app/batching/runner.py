@@ -80,13 +80,13 @@ class BatchRunner:
         task.add_done_callback(self._finished)
 
     def _hand_over(self, batch: list[Chunk], trigger: str) -> None:
-        """Collate the batch here, on the loop, and give it to an inference thread.
-        Collated on the loop, while the thread may still run the batch before: in the
-        thread the copy would add to the one inference thread's every batch (4.5% of the
-        throughput of 32-image requests at c16, docs/benchmarks.md)."""
+        """Collate the batch here, on the loop, and give it to an inference thread. On the
+        loop, while the thread may still run the batch before: in the thread the copy
+        would add to the one inference thread's every batch (4.5% of the throughput of
+        32-image requests at c16, docs/benchmarks.md)."""
         loop = asyncio.get_running_loop()
         run = _BatchRun(self, batch, next(self._batch_ids))
-        self._on_threads += 1
+        self._on_threads += 1  # counted from here: `_back` takes it off, whatever happens
         try:
             inputs = run.collate()
             work = self._executor.submit(self._compute, loop, run, inputs, trigger)

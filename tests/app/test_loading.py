@@ -76,12 +76,12 @@ async def test_only_batches_of_large_requests_run_on_the_wide_session() -> None:
     model = load_version(model_folder("fashion-cnn"), settings(wide_batch_rows=8, max_batch_size=32,
                                                                max_queue_delay_ms=10_000.0),
                          OrtOptions(["CPUExecutionProvider"], 1, 2))
-    assert model.session.wide is not None and model.session.wide_from_rows == 8
+    assert model.session.wide is not None
+    assert model.session.wide_from_rows == 8
     used: list[str] = []
     for name in ("session", "wide"):
-        real = getattr(model.session, name).run
-        setattr(getattr(model.session, name), "run",
-                lambda names, feed, real=real, name=name: used.append(name) or real(names, feed))
+        session = getattr(model.session, name)
+        session.run = lambda names, feed, real=session.run, name=name: used.append(name) or real(names, feed)
     model.batcher.start()
     spec = model.manifest.inputs[0]
 
