@@ -92,7 +92,8 @@ async def test_only_batches_of_large_requests_run_on_the_wide_session() -> None:
     await asyncio.gather(*small)
     await (await model.batcher.run_or_queue(images(32)))
     await model.batcher.stop()
-    assert used == ["session", "wide"]
+    assert used[-1] == "wide"  # the 32-image request
+    assert set(used[:-1]) == {"session"}  # the one-image requests, in one batch or more
 
 
 def test_settings_override_the_manifests_batching_and_batching_off_splits_every_row() -> None:

@@ -456,24 +456,23 @@ def test_trigger_says_why_a_batch_ran(rows_at_hand: int, decision: Decision, exp
 async def test_the_model_hears_how_many_requests_a_batch_holds() -> None:
     """What the runtime uses to keep batches of many small requests off its wide session."""
     seen: list[tuple[int, int]] = []
+    gate, entered = threading.Event(), threading.Event()
 
     def infer(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         seen.append((len(inputs["x"]), requests))
+        entered.set()
+        assert gate.wait(5), "test gate never opened"
         return {"y": inputs["x"]}
 
-    gate = threading.Event()
-    blocker = Recorder(gate)
-    batcher = make(lambda inputs, requests: blocker(inputs, requests) if not gate.is_set() else infer(inputs, requests),
-                   max_batch_size=8)
-    held = await batcher.run_or_queue(rows(0))
-    await blocker.wait_entered()
+    batcher = make(infer, max_batch_size=8)
+    held = await batcher.run_or_queue(rows(0))  # runs, and waits in the model for the gate
+    assert await asyncio.to_thread(entered.wait, 5)
     crowd = await asyncio.gather(*(batcher.run_or_queue(rows(i, i)) for i in range(1, 4)))  # 3 requests, 6 rows
     gate.set()
     await asyncio.gather(held, *crowd)
-    big = await batcher.run_or_queue(rows(*range(5)))  # one request of 5 rows
-    await big
+    await (await batcher.run_or_queue(rows(*range(5))))  # one request of 5 rows
     await batcher.stop()
-    assert seen == [(6, 3), (5, 1)]
+    assert seen == [(1, 1), (6, 3), (5, 1)]
 
 
 async def test_a_handed_over_batch_that_never_ran_fails_when_the_threads_shut_down() -> None:
