@@ -33,7 +33,7 @@ from app.manifest import (
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_files, read_facts
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
-from app.runtime import OrtModel, OrtOptions, choose_variant
+from app.runtime import OrtModel, OrtOptions, choose_variant, of_large_requests
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.supervision import BatchHealth
@@ -116,13 +116,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     policy = batch_policy(settings, manifest)
 
     def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
-        # The wide session takes the event loop's core: only for batches of large requests
-        # (at least max_batch_size rows each on average, as the queue calls them large),
-        # which leave the loop little to parse. 32 one-image requests in a 32-row batch
-        # ran wide before, and the loop parsing them lost its core for it
-        # (docs/benchmarks.md, "Batches handed back in one callback").
         rows = len(next(iter(inputs.values())))
-        outputs = session.run(inputs, may_go_wide=rows >= requests * policy.max_batch_size)
+        outputs = session.run(inputs, may_go_wide=of_large_requests(rows, requests, policy.max_batch_size))
         return classify_batch(outputs, logits, softmax) if classifies else outputs
 
     if not manifest.batches:

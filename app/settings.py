@@ -162,8 +162,9 @@ class Settings(BaseSettings):
     container's CPU quota, not the host's cores): all but one per worker process, kept for
     its event loop, shared among every worker's inference threads."""
     wide_batch_rows: int | None = Field(default=None, ge=0)
-    """With intra_op_threads 0 on CPU, batches of at least this many rows per request run on
-    a second ONNX Runtime session that also has the event loop's core. Unset: measured per model at
+    """With intra_op_threads 0 on CPU, batches of at least this many rows, of large requests
+    (max_batch_size rows or more each, on average), run on a second ONNX Runtime session
+    that also has the event loop's core. Unset: measured per model at
     warm-up, the smallest batch from which that session is at least halfway to its ideal
     speedup (none without warm-up); 0: never."""
     keep_awake_ms: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
