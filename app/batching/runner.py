@@ -151,23 +151,22 @@ class BatchRunner:
     def run_inline(self, batch: list[Chunk]) -> None:
         """Run a batch right here, on the event loop, without a slot or a task: what
         `decide` says of an idle model's small request as it arrives."""
-        run = _BatchRun(self, batch, next(self._batch_ids))
-        try:
-            run.finish(run.compute(self.infer, run.collate()))
-        except Exception as error:
-            run.fail(error)
-        finally:
-            run.record("idle")
+        self._run_here(batch, "idle")
 
     async def _execute(self, batch: list[Chunk], trigger: str) -> None:
         """A batch the decision put on the loop, in its own task (the batch former's turn ends first)."""
+        try:
+            self._run_here(batch, trigger)
+        finally:
+            self._slots.release()
+
+    def _run_here(self, batch: list[Chunk], trigger: str) -> None:
         run = _BatchRun(self, batch, next(self._batch_ids))
         try:
             run.finish(run.compute(self.infer, run.collate()))
         except Exception as error:
             run.fail(error)
         finally:
-            self._slots.release()
             run.record(trigger)
 
 
