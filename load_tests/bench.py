@@ -474,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto",
                         help="closed-loop load generator; auto: wrk if installed")
     parser.add_argument("--protocols", action="store_true",
-                        help="also HTTP binary against gRPC with perf_analyzer (load_tests/protocols.py)")
+                        help="also HTTP binary against gRPC, and grpc.aio's ceiling, with perf_analyzer "
+                             "(load_tests/protocols.py --ceiling)")
     parser.add_argument("--triton-python", type=Path, default=TRITON_PYTHON,
                         help="the Python of a venv with nvidia-pytriton and onnxruntime, for the triton-* "
                              "scenarios (default: .venv-triton/bin/python, or $TRITON_PYTHON)")
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.protocols:
         print("\nHTTP binary and gRPC, perf_analyzer, fashion-cnn (load_tests/protocols.py):", flush=True)
-        protocol_rows = protocols.run(args.model_dir, max(rounds, 1), 1000 if args.quick else 3000)
+        protocol_rows = protocols.run(args.model_dir, max(rounds, 1), 1000 if args.quick else 3000, ceiling=True)
         (args.out / "protocols.json").write_text(json.dumps(protocol_rows, indent=2))
         (args.out / "protocols.md").write_text(protocols.markdown(protocol_rows) + "\n")
         print(protocols.markdown(protocol_rows))

@@ -6,7 +6,11 @@ fashion-cnn, one real test image per request and 32 per request (`-b 32`), at c1
 c64; each cell measured in alternating rounds (HTTP, gRPC, gRPC stream), the ratios to HTTP
 per round and their medians reported, so that a noisy machine moves all alike.
 
-    python -m load_tests.protocols [--rounds 3] [--interval-ms 3000] [--images 32]
+`--ceiling` adds grpc.aio's own ceiling to the rounds (load_tests/grpc_ceiling.py: the same
+stack answering each call with no inference at all), unary and stream, each over the
+service's HTTP: what no gRPC service on grpc.aio could pass on this machine.
+
+    python -m load_tests.protocols [--rounds 3] [--interval-ms 3000] [--images 32] [--concurrency 64] [--ceiling]
     python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
 """
 
@@ -14,10 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
+from tritonclient.grpc import service_pb2 as pb
+
+from app.grpc.service import SERVICE
 from load_tests import perf_analyzer, perf_inputs
 from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
@@ -27,19 +39,66 @@ CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
 MODEL = "fashion-cnn"
 
 
+CEILINGS = ("grpc-ceiling", "grpc-stream-ceiling")
+"""grpc.aio's ceiling over unary calls and over a stream (load_tests/grpc_ceiling.py)."""
+
+
+def grpc_ceiling(service: ServerProcess) -> ServerProcess:
+    """The gRPC ceiling, copying the model's facts from the running service; its gRPC on its `port`."""
+    ceiling = ServerProcess([], command=[sys.executable, "-m", "load_tests.grpc_ceiling", "--like", service.grpc_target],
+                            ready=_grpc_serves)
+    ceiling.grpc_target = f"127.0.0.1:{ceiling.port}"  # gRPC only: perf_analyzer.target reads this
+    return ceiling
+
+
+def _grpc_serves(server: ServerProcess) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=1)
+        except grpc.FutureTimeoutError:
+            return False
+    return True
+
+
 def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: int, concurrency: int,
-            interval_ms: int) -> dict[str, float]:
+            interval_ms: int, *options: str) -> dict[str, float]:
+    """perf_analyzer's figures, and the CPU the server and the client (perf_analyzer) spent per
+    request over the whole run (its warm-up windows too, as the requests counted)."""
+    answered, server_cpu = images_answered(server), server.cpu_seconds()
+    client_cpu = _children_cpu_seconds()
     done = perf_analyzer.run(tool, MODEL, server, protocol, concurrency, "-b", str(images), "--input-data", data,
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
-                             "--max-trials", "6")
+                             "--max-trials", "6", *options)
+    client_cpu = _children_cpu_seconds() - client_cpu
+    requests = (images_answered(server) - answered) / images
+    server_cpu = server.cpu_seconds() - server_cpu
     found = perf_analyzer.figures(done.stdout)
-    if "infer_per_s" not in found:
+    if "infer_per_s" not in found or requests <= 0:
         raise RuntimeError(f"perf_analyzer -i {protocol} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    found["server_us_per_request"] = server_cpu / requests * 1e6
+    found["client_us_per_request"] = client_cpu / requests * 1e6
     return found
 
 
+def images_answered(server: ServerProcess) -> int:
+    """Rows the model answered so far (its statistics' inference_count): the service's and the
+    ceiling's alike, over gRPC."""
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        statistics = channel.unary_unary(f"/{SERVICE}/ModelStatistics",
+                                         request_serializer=pb.ModelStatisticsRequest.SerializeToString,
+                                         response_deserializer=pb.ModelStatisticsResponse.FromString)
+        found = statistics(pb.ModelStatisticsRequest(name=MODEL), timeout=10)
+    return sum(stats.inference_count for stats in found.model_stats)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of this process's finished children: perf_analyzer's, once a run has returned."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None,
-        cells: list[tuple[int, int]] = CELLS) -> list[dict[str, Any]]:
+        cells: list[tuple[int, int]] = CELLS, ceiling: bool = False) -> list[dict[str, Any]]:
     tool = perf_analyzer.find()
     if tool is None:
         raise SystemExit("perf_analyzer is not here: ../shared/tools/perf_analyzer (as root) or ORTSERVE_PERF_ANALYZER")
@@ -49,23 +108,34 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     rows = []
     # One worker: a gRPC client's calls share one connection, so one worker, while HTTP's
     # connections would spread over all of them; one process compares the transports alone.
-    with ServerProcess(["--model-dir", str(model_dir), "--workers", "1", *(server_args or [])]) as server:
+    with ExitStack() as stack:
+        server = stack.enter_context(ServerProcess(["--model-dir", str(model_dir), "--workers", "1",
+                                                    *(server_args or [])]))
+        # (name, server, perf_analyzer's protocol, its options) for every transport measured each round
+        transports: list[tuple[str, ServerProcess, str, tuple[str, ...]]] = [(p, server, p, ()) for p in PROTOCOLS]
+        if ceiling:
+            bare = stack.enter_context(grpc_ceiling(server))
+            # the version named: perf_analyzer finds none by itself in the ceiling's statistics
+            version = ("-x", httpx.get(f"{server.url}/v2/models/{MODEL}").json()["versions"][-1])
+            transports += [(name, bare, protocol, version) for name, protocol in zip(CEILINGS, PROTOCOLS[1:], strict=True)]
         for images, concurrency in cells:
-            runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROTOCOLS}
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in transports}
             for number in range(rounds):
                 # each round the other way round: neither transport always goes first
-                for protocol in PROTOCOLS if number % 2 == 0 else PROTOCOLS[::-1]:
-                    runs[protocol].append(measure(tool, server, protocol, data, images, concurrency,
-                                                  interval_ms))
+                for name, target, protocol, options in transports if number % 2 == 0 else transports[::-1]:
+                    runs[name].append(measure(tool, target, protocol, data, images, concurrency, interval_ms,
+                                              *options))
             row: dict[str, Any] = {"images": images, "concurrency": concurrency, "rounds": rounds}
-            for protocol in PROTOCOLS[1:]:
-                ratios = [g["infer_per_s"] / h["infer_per_s"] for h, g in zip(runs["http"], runs[protocol], strict=True)]
-                row[f"{protocol}_over_http"] = ratios
-                row[f"{protocol}_median_ratio"] = statistics.median(ratios)
-            for protocol, measured in runs.items():
-                row[protocol] = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+            for name in list(runs)[1:]:
+                ratios = [g["infer_per_s"] / h["infer_per_s"] for h, g in zip(runs["http"], runs[name], strict=True)]
+                row[f"{name}_over_http"] = ratios
+                row[f"{name}_median_ratio"] = statistics.median(ratios)
+            for name, measured in runs.items():
+                row[name] = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
             rows.append(row)
             print(line(row), flush=True)
+            if ceiling:
+                print(ceiling_line(row), flush=True)
     return rows
 
 
@@ -89,8 +159,35 @@ def line(row: dict[str, Any]) -> str:
             f"{each('p99_ms')} |")
 
 
+CEILING_HEADER = ("| images/request | conc | HTTP binary images/s (service) | gRPC ceiling | ceiling / HTTP per round | "
+                  "median | stream ceiling | stream ceiling / HTTP per round | median |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def ceiling_line(row: dict[str, Any]) -> str:
+    cells = [f"| {row['images']} | {row['concurrency']} | {row['http']['infer_per_s']:,.0f} "]
+    for name in CEILINGS:
+        rounds = ", ".join(f"{r:.2f}" for r in row[f"{name}_over_http"])
+        cells.append(f"| {row[name]['infer_per_s']:,.0f} | {rounds} | **{row[f'{name}_median_ratio']:.2f}** ")
+    return "".join(cells) + "|"
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    """CPU per request (one call, or one message on a stream), server / client (perf_analyzer), µs."""
+    names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
+    header = ("| images/request | conc | " + " | ".join(f"{n} server / client" for n in names) + " |\n|---|---|"
+              + "---|" * len(names))
+    lines = [f"| {r['images']} | {r['concurrency']} | " + " | ".join(
+        f"{r[n]['server_us_per_request']:,.0f} / {r[n]['client_us_per_request']:,.0f}" for n in names) + " |"
+        for r in rows]
+    return "\n".join([header, *lines])
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    return "\n".join([HEADER, *(line(r) for r in rows)])
+    tables = [HEADER, *(line(r) for r in rows)]
+    if rows and CEILINGS[0] in rows[0]:
+        tables += ["", CEILING_HEADER, *(ceiling_line(r) for r in rows)]
+    tables += ["", "CPU per request, µs, server / client (perf_analyzer), medians of the rounds:", "", cpu_table(rows)]
+    return "\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,15 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="measure grpc.aio's own ceiling (load_tests/grpc_ceiling.py) in the same rounds")
     parser.add_argument("--images", type=int, choices=sorted({i for i, _ in CELLS}),
                         help="only the cells of this many images per request")
+    parser.add_argument("--concurrency", type=int, choices=sorted({c for _, c in CELLS}),
+                        help="only the cells at this concurrency")
     args = parser.parse_args(argv)
     print(HEADER, flush=True)
-    cells = [cell for cell in CELLS if args.images in (None, cell[0])]
-    rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells)
+    cells = [cell for cell in CELLS if args.images in (None, cell[0]) and args.concurrency in (None, cell[1])]
+    rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells, ceiling=args.ceiling)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")
+    print("\nCPU per request, µs, server / client (perf_analyzer), medians of the rounds:\n\n" + cpu_table(rows))
     return 0
 
 

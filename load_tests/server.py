@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -28,10 +29,12 @@ class ServerProcess:
 
     def __init__(self, args: list[str], *, asgi: str | None = None, ready_timeout_s: float = 90,
                  checkout: Path = ROOT, env: dict[str, str] | None = None, command: list[str] | None = None,
-                 ready_path: str = "/v2/health/ready") -> None:
+                 ready_path: str = "/v2/health/ready", ready: Callable[[ServerProcess], bool] | None = None
+                 ) -> None:
         """`asgi`: another app to serve instead of the service (`module:app`, e.g. the ceiling);
         `command`: another server altogether (a peer such as load_tests/triton_peer.py), given
-        `--port N`; `ready_path`: what answers 200 once it serves; `checkout`: the source tree
+        `--port N`; `ready_path`: what answers 200 once it serves (or `ready`, whether it
+        serves, for a server without HTTP); `checkout`: the source tree
         whose `app` runs (another git worktree, to compare versions)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,6 +54,7 @@ class ServerProcess:
                             "--log-level", "warning", *args]
         self.ready_timeout_s = ready_timeout_s
         self.ready_path = ready_path
+        self.ready = ready or _http_ready
         self.checkout = checkout
         self.log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,11 +67,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {' '.join(self.command)}\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if self.ready(self):
+                return self
             time.sleep(0.2)
         self.__exit__(None, None, None)
         raise TimeoutError(f"server not ready after {self.ready_timeout_s}s:\n{self.log.read_text()}")
@@ -97,6 +98,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _http_ready(server: ServerProcess) -> bool:
+    try:
+        return httpx.get(f"{server.url}{server.ready_path}", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _children(pid: int) -> list[int]:

@@ -218,3 +218,41 @@ def test_without_wrk_the_runner_warns_that_its_figures_come_out_low(monkeypatch:
     said = capsys.readouterr()
     assert f"closed-loop client: {'wrk' if installed else 'aiohttp'}" in said.out
     assert ("wrk is not installed" in said.err) is not installed
+
+
+def test_the_grpc_ceiling_answers_as_large_as_the_service_and_with_its_facts(server: ServerProcess) -> None:
+    """load_tests/grpc_ceiling.py copies the model's facts from the running service and
+    answers every request with the service's output, in name, type and shape (no values)."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    from load_tests import protocols
+
+    pixels = np.zeros((3, 1, 28, 28), np.float32)
+    with protocols.grpc_ceiling(server) as bare:
+        service, ceiling = (triton.InferenceServerClient(s.grpc_target) for s in (server, bare))
+        for call in ("get_server_metadata", "get_model_config"):
+            args = () if call == "get_server_metadata" else ("fashion-cnn",)
+            assert getattr(ceiling, call)(*args) == getattr(service, call)(*args)
+        assert ceiling.get_model_metadata("fashion-cnn") == service.get_model_metadata("fashion-cnn")
+
+        request = triton.InferInput("pixels", list(pixels.shape), "FP32")
+        request.set_data_from_numpy(pixels)
+        want = service.infer("fashion-cnn", [request]).as_numpy("logits")
+        got = ceiling.infer("fashion-cnn", [request]).as_numpy("logits")
+        assert got.shape == want.shape == (3, 10)
+        assert got.dtype == want.dtype
+
+        answers: queue.Queue[object] = queue.Queue()
+        ceiling.start_stream(callback=lambda result, error: answers.put(error or result))
+        ceiling.async_stream_infer("fashion-cnn", [request], request_id="seven")
+        streamed = answers.get(timeout=30)
+        ceiling.stop_stream()
+        assert isinstance(streamed, triton.InferResult)
+        assert streamed.get_response().id == "seven"
+        assert streamed.as_numpy("logits").shape == (3, 10)
+        # perf_analyzer reads the statistics around each window: they count what was answered
+        stats = ceiling.get_inference_statistics("fashion-cnn").model_stats[0]
+        assert stats.inference_count >= 6
