@@ -136,6 +136,9 @@ def scenarios(triton_python: Path = TRITON_PYTHON, model_dir: Path = ROOT / "mod
         Scenario("v1-sst2-lstm", one, lstm_v1, [1, 16, 64], "sst2-lstm", note="1 sentence/request"),
         Scenario("v1-sst2-lstm-nobatch", off, lstm_v1, [64], "sst2-lstm", note="batching off"),
         Scenario("ceiling-v2", [], v2_json_1, [1, 16, 64], asgi=CEILING, note="V2 JSON, parse-only FastAPI endpoint"),
+        Scenario("ceiling-v2-2proc", ["--workers", "2"], v2_json_1, [64], asgi=CEILING,
+                 note="V2 JSON, parse only, two uvicorn worker processes: what every core gives a server "
+                      "that does nothing else"),
         triton(v2_json_1, [1, 16, 64], "triton-v2-json", "V2 JSON, Triton via PyTriton (load_tests/triton_peer.py)",
                triton_python, model_dir),
         Scenario("v2-json-fashion-cnn", one, v2_json_1, [1, 16, 64], "fashion-cnn", note="V2 JSON, 1 image/request"),
@@ -195,6 +198,7 @@ def pairings(chosen: list[Scenario]) -> list[Pairing]:
               ("v2-json-fashion-cnn-auto manifest's batches / 16 rows", "v2-json-fashion-cnn-auto",
                "v2-json-fashion-cnn-auto-batch16"),
               ("v2-json-fashion-cnn-auto / ceiling", "v2-json-fashion-cnn-auto", "ceiling-v2"),
+              ("ceiling-v2 two processes / one", "ceiling-v2-2proc", "ceiling-v2"),
               ("v2-json-fashion-cnn access log on / off", "v2-json-fashion-cnn-access-log", "v2-json-fashion-cnn"),
               ("v2-json-fashion-cnn traced / not", "v2-json-fashion-cnn-traced", "v2-json-fashion-cnn"),
               ("v2-json-fashion-cnn traced 10% / not", "v2-json-fashion-cnn-traced-10pct", "v2-json-fashion-cnn"),
@@ -270,8 +274,9 @@ def run_scenario(s: Scenario, model_dir: Path, duration_s: float, client: str) -
 def _server(s: Scenario, model_dir: Path) -> ServerProcess:
     if s.command:
         return ServerProcess([], command=s.command, ready_path=s.ready_path, ready_timeout_s=180)
-    return ServerProcess(["--model-dir", str(model_dir), *s.server_args], asgi=s.asgi,
-                         env={"NAIVE_MODEL_DIR": str(model_dir)})
+    if s.asgi:  # a comparison app: its server_args are uvicorn's, its model dir from the environment
+        return ServerProcess(s.server_args, asgi=s.asgi, env={"NAIVE_MODEL_DIR": str(model_dir)})
+    return ServerProcess(["--model-dir", str(model_dir), *s.server_args])
 
 
 def _delta_mean(before: str, after: str, name: str, model: str) -> float | None:
@@ -405,6 +410,7 @@ def ratios(rows: list[Row], raw: list[dict[str, Any]], served_variant: str) -> l
     for c in (1, 16, 64):
         add(f"V2 JSON auto / 1 worker, c{c}", get("v2-json-fashion-cnn-auto", c), get("v2-json-fashion-cnn", c))
         add(f"V2 JSON auto / ceiling, c{c}", get("v2-json-fashion-cnn-auto", c), get("ceiling-v2", c))
+        add(f"V2 JSON ceiling, two processes / one, c{c}", get("ceiling-v2-2proc", c), get("ceiling-v2", c))
         add(f"V2 JSON auto / Triton, c{c}", get("v2-json-fashion-cnn-auto", c), get("triton-v2-json", c))
         add(f"V2 JSON 1 worker / Triton, c{c}", get("v2-json-fashion-cnn", c), get("triton-v2-json", c))
     for c in (16, 64):

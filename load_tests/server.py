@@ -48,7 +48,7 @@ class ServerProcess:
         elif asgi:
             self.command = [sys.executable, "-m", "uvicorn", asgi, "--host", "127.0.0.1",
                             "--port", str(self.port), "--no-access-log", "--loop", "uvloop", "--http", "httptools",
-                            "--log-level", "warning"]
+                            "--log-level", "warning", *args]  # uvicorn's own options (--workers 2)
         else:
             self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port),
                             "--log-level", "warning", *args]
