@@ -23,7 +23,8 @@ import numpy as np
 import uvloop
 from tritonclient.grpc import service_pb2 as pb
 
-from app.grpc.service import SERVICE
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+"""inference.GRPCInferenceService, as the proto names it (load_tests reads no serving module)."""
 
 
 def copy_of(target: str, model: str) -> dict[str, Any]:

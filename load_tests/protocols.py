@@ -29,8 +29,8 @@ import grpc
 import httpx
 from tritonclient.grpc import service_pb2 as pb
 
-from app.grpc.service import SERVICE
 from load_tests import perf_analyzer, perf_inputs
+from load_tests.grpc_ceiling import SERVICE
 from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
 
