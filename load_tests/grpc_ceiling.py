@@ -40,7 +40,8 @@ def copy_of(target: str, model: str) -> dict[str, Any]:
 
 
 class Answers:
-    """The service's answer to a request of n rows, in size and shape (zeros), made once per n."""
+    """The service's answer to a request of n rows, in size and shape (zeros), made once per n.
+    Outputs are taken as 4-byte values (FP32, as both shipped models answer)."""
 
     def __init__(self, metadata: pb.ModelMetadataResponse) -> None:
         self.metadata = metadata
@@ -60,7 +61,6 @@ class Answers:
 
 def handler(copied: dict[str, Any]) -> grpc.GenericRpcHandler:
     answers = Answers(copied["ModelMetadata"])
-
     answered = {"requests": 0, "rows": 0}
 
     def answer(request: pb.ModelInferRequest) -> bytes:

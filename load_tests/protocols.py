@@ -115,7 +115,8 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
         transports: list[tuple[str, ServerProcess, str, tuple[str, ...]]] = [(p, server, p, ()) for p in PROTOCOLS]
         if ceiling:
             bare = stack.enter_context(grpc_ceiling(server))
-            # the version named: perf_analyzer finds none by itself in the ceiling's statistics
+            # the version named: without it perf_analyzer stops with "failed to find the requested
+            # model version" against the ceiling (not against the service; why, not found)
             version = ("-x", httpx.get(f"{server.url}/v2/models/{MODEL}").json()["versions"][-1])
             transports += [(name, bare, protocol, version) for name, protocol in zip(CEILINGS, PROTOCOLS[1:], strict=True)]
         for images, concurrency in cells:

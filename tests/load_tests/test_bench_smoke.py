@@ -256,3 +256,23 @@ def test_the_grpc_ceiling_answers_as_large_as_the_service_and_with_its_facts(ser
         # perf_analyzer reads the statistics around each window: they count what was answered
         stats = ceiling.get_inference_statistics("fashion-cnn").model_stats[0]
         assert stats.inference_count >= 6
+
+
+def test_the_protocols_report_puts_each_transport_and_ceiling_beside_http() -> None:
+    from load_tests import protocols
+
+    def figures(rate: float, server_us: float) -> dict[str, float]:
+        return {"infer_per_s": rate, "p50_ms": 1.0, "p99_ms": 2.0, "server_us_per_request": server_us,
+                "client_us_per_request": 100.0}
+
+    row = {"images": 1, "concurrency": 64, "rounds": 1, "http": figures(5000, 200), "grpc": figures(2000, 600),
+           "grpc-stream": figures(4500, 280), "grpc-ceiling": figures(4400, 245),
+           "grpc-stream-ceiling": figures(9000, 95)}
+    for name in ("grpc", "grpc-stream", *protocols.CEILINGS):
+        row[f"{name}_over_http"] = [row[name]["infer_per_s"] / 5000]
+        row[f"{name}_median_ratio"] = row[name]["infer_per_s"] / 5000
+    report = protocols.markdown([row])
+    assert "| 1 | 64 | 5,000 | 4,400 | 0.88 | **0.88** | 9,000 | 1.80 | **1.80** |" in report
+    assert "| 1 | 64 | 200 / 100 | 600 / 100 | 280 / 100 | 245 / 100 | 95 / 100 |" in report
+    del row["grpc-ceiling"], row["grpc-stream-ceiling"]
+    assert "ceiling" not in protocols.markdown([row])
