@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import tritonclient.grpc as triton
 import uvloop
 from tritonclient.grpc import service_pb2 as pb
 
@@ -29,14 +30,12 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 def copy_of(target: str, model: str) -> dict[str, Any]:
     """The service's answers at `target` to the calls made before measuring, by method."""
-    asked = {"ServerMetadata": (pb.ServerMetadataRequest(), pb.ServerMetadataResponse),
-             "ModelMetadata": (pb.ModelMetadataRequest(name=model), pb.ModelMetadataResponse),
-             "ModelConfig": (pb.ModelConfigRequest(name=model), pb.ModelConfigResponse),
-             "ModelStatistics": (pb.ModelStatisticsRequest(name=model), pb.ModelStatisticsResponse)}
-    with grpc.insecure_channel(target) as channel:
-        return {method: channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,
-                                            response_deserializer=kind.FromString)(request, timeout=10)
-                for method, (request, kind) in asked.items()}
+    service = triton.InferenceServerClient(target)
+    try:
+        return {"ServerMetadata": service.get_server_metadata(), "ModelMetadata": service.get_model_metadata(model),
+                "ModelConfig": service.get_model_config(model), "ModelStatistics": service.get_inference_statistics(model)}
+    finally:
+        service.close()
 
 
 class Answers:

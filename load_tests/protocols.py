@@ -27,10 +27,9 @@ from typing import Any
 
 import grpc
 import httpx
-from tritonclient.grpc import service_pb2 as pb
+import tritonclient.grpc as triton
 
 from load_tests import perf_analyzer, perf_inputs
-from load_tests.grpc_ceiling import SERVICE
 from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
 
@@ -83,12 +82,11 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
 def images_answered(server: ServerProcess) -> int:
     """Rows the model answered so far (its statistics' inference_count): the service's and the
     ceiling's alike, over gRPC."""
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        statistics = channel.unary_unary(f"/{SERVICE}/ModelStatistics",
-                                         request_serializer=pb.ModelStatisticsRequest.SerializeToString,
-                                         response_deserializer=pb.ModelStatisticsResponse.FromString)
-        found = statistics(pb.ModelStatisticsRequest(name=MODEL), timeout=10)
-    return sum(stats.inference_count for stats in found.model_stats)
+    client = triton.InferenceServerClient(server.grpc_target)
+    try:
+        return sum(stats.inference_count for stats in client.get_inference_statistics(MODEL).model_stats)
+    finally:
+        client.close()
 
 
 def _children_cpu_seconds() -> float:

@@ -237,15 +237,12 @@ class _BatchRun:
         the request's mistake (a 400), anything else the model's (a 500)."""
         self.ok = False
         name = self.runner.name
-        if isinstance(error, ModelRefusedInput):
-            self.refused, self.failure_text = True, error.message
-            # a client's 400: at debug, not info, where a client could flood the log with them
-            logger.debug("model %s refused a request's input: %s", name, error.message)
-            for chunk in self.batch:
-                chunk.request.fail(error)
-            return
-        if isinstance(error, ModelNotReady):  # let go before it ran (BatchRunner.shutdown): a 503, no fault
-            self.failure_text = error.message
+        # No fault of the model: a value it refused (the request's 400), or a batch let go
+        # before it ran (BatchRunner.shutdown, a 503). Each request gets the error as it is.
+        if isinstance(error, (ModelRefusedInput, ModelNotReady)):
+            self.refused, self.failure_text = isinstance(error, ModelRefusedInput), error.message
+            if self.refused:  # a client's 400: at debug, not info, where a client could flood the log with them
+                logger.debug("model %s refused a request's input: %s", name, error.message)
             for chunk in self.batch:
                 chunk.request.fail(error)
             return
