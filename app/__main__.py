@@ -5,6 +5,7 @@ tools (app/model_tools.py)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import json
 import logging
@@ -21,7 +22,9 @@ from typing import Any, NoReturn
 import uvicorn
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
+from uvicorn.supervisors import Multiprocess
 
+from app import listeners
 from app.http.connections import uvicorn_options
 from app.observability.log import configure_logging
 from app.observability.workers import clear_snapshots
@@ -68,7 +71,25 @@ def main(argv: list[str] | None = None) -> None:
             os.environ[f"ORTSERVE_{name.upper()}"] = _as_env(value)
     logging.getLogger("app").info("starting %d worker processes%s", workers,
                                   " (workers auto: one per usable CPU)" if auto else "")
-    uvicorn.run("app.main:app", workers=workers, **common)
+    if not listeners.PER_WORKER:
+        uvicorn.run("app.main:app", workers=workers, **common)
+        return
+    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common))
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """uvicorn.run's workers, each listening on a socket of its own (app/listeners.py)."""
+    try:
+        held = listeners.bind(config.host, config.port)
+    except OSError as e:
+        _usage_error(f"cannot listen on {config.host}:{config.port}: {e.strerror}")
+    with held:
+        port = held.getsockname()[1]
+        logging.getLogger("app").info("listening on http://%s:%d (a socket per worker: the kernel spreads "
+                                      "connections across them)", config.host, port)
+        worker_socket = listeners.WorkerSocket(config.host, port)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[worker_socket]).run()  # type: ignore[list-item]  # bound in each worker
 
 
 def _shared_folders(settings: Settings) -> Settings:

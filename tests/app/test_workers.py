@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -137,3 +138,55 @@ def test_a_load_under_load_reaches_every_worker_and_a_restarted_worker_follows(t
         with grpcclient.InferenceServerClient(server.grpc_target) as client:
             client.load_model(MODEL, headers={"authorization": f"Bearer {TOKEN}"})
         assert {tuple(r["serving"][MODEL]) for r in reports(control).values()} == {("2",)}
+
+
+def tcp_sockets_by_inode() -> dict[int, tuple[int, str]]:
+    """Every IPv4 TCP socket: (local port, state: 0A listening, 01 established), by inode."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        found[int(fields[9])] = (int(fields[1].split(":")[1], 16), fields[3])
+    return found
+
+
+def sockets_of(pid: int, port: int) -> tuple[set[int], int]:
+    """A process's TCP sockets on `port`: the listening ones (by inode), and how many connections."""
+    tcp, listening, connected = tcp_sockets_by_inode(), set(), 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inode = int(target[8:-1])
+            local_port, state = tcp.get(inode, (0, ""))
+            if local_port == port and state == "0A":
+                listening.add(inode)
+            elif local_port == port and state == "01":
+                connected += 1
+    return listening, connected
+
+
+def test_a_burst_of_connections_is_spread_across_the_workers(tmp_path: Path) -> None:
+    """Each worker listens on a socket of its own (app/listeners.py), so the kernel spreads
+    connections by their addresses. On one shared socket the first worker awake accepted
+    nearly every connection of a burst (62 and 63 of wrk's 64 in two of six runs)."""
+    with ServerProcess(["--model-dir", str(copy_model(tmp_path / "models", MODEL, 1).parent.parent),
+                        "--workers", "2", "--no-warmup"]) as server:
+        assert server.process is not None
+        workers = wait_for(lambda: len(found := worker_pids(server.process.pid)) == 2 and found)
+        connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
+        try:
+            for connection in connections:  # each answered: accepted by a worker
+                connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+            for connection in connections:
+                assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+            held = {pid: sockets_of(pid, server.port) for pid in workers}
+        finally:
+            for connection in connections:
+                connection.close()
+    listening = [inodes for inodes, _ in held.values()]
+    assert all(len(inodes) == 1 for inodes in listening), held
+    assert listening[0] != listening[1], held  # each its own
+    assert sum(connected for _, connected in held.values()) == 64, held
+    assert all(connected >= 16 for _, connected in held.values()), held  # binomial(64, 1/2): < 16 once in 10^5

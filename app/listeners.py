@@ -1,0 +1,52 @@
+"""The HTTP port of several worker processes: a listening socket per worker, so the kernel
+spreads new connections evenly across them.
+
+uvicorn's workers share the one socket its parent binds: each new connection wakes every
+worker, and whichever accepts first takes it, often in a run (uvloop accepts all that wait).
+A burst of connections, a client or load balancer opening its pool, lands mostly on one
+worker: 62 and 63 of wrk's 64 in two of six runs here, which left one event loop doing
+the work of two (docs/benchmarks.md, "A listening socket per worker"). With a socket per
+worker, each bound to the address with SO_REUSEPORT, Linux picks the worker for each
+connection from a hash of its addresses, as for the workers' gRPC port (app/grpc/server.py).
+
+The parent binds one as well and never listens on it: it holds the address while workers
+come and go (no other program can take it: SO_REUSEPORT binds only join sockets of the
+same user that set it too), and resolves port 0 to one port for every worker. uvicorn
+hands each worker the sockets it is given by pickling them (spawn); a `WorkerSocket`
+unpickles as a socket newly bound in that worker.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+PER_WORKER = hasattr(socket, "SO_REUSEPORT")
+"""Where SO_REUSEPORT is missing, the workers share uvicorn's socket as before."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT, not yet listening (uvicorn's
+    server listens on it, with its backlog)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True)
+class WorkerSocket:
+    """Stands in uvicorn's list of sockets for the one each worker binds as it starts."""
+
+    host: str
+    port: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return bind, (self.host, self.port)
