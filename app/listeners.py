@@ -19,11 +19,13 @@ unpickles as a socket newly bound in that worker.
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-PER_WORKER = hasattr(socket, "SO_REUSEPORT")
-"""Where SO_REUSEPORT is missing, the workers share uvicorn's socket as before."""
+PER_WORKER = sys.platform == "linux"
+"""Linux spreads a port's connections over its SO_REUSEPORT sockets; elsewhere (macOS gives
+them all to one) the workers share uvicorn's socket as before."""
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -258,8 +258,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 class _OneWriteCycle(RequestResponseCycle):
     """uvicorn's request cycle, sending a response's head with its first body part in one
     write. uvloop writes to the socket at each write() call, and uvicorn writes the head
-    as it is started: two system calls and two packets per answer (and two reads for the
-    client), a tenth of the event loop's time per request on single images.
+    as it is started: two system calls and two packets per answer, and two reads for the
+    client (about 4 µs of the server's and 4 of the client's CPU per answer, which is what
+    the machine is short of with every core busy: docs/benchmarks.md, "an answer in one write").
 
     The head is held only while its start message is handled; the next body message writes
     it (a HEAD answer, which has no body, releases it), and so does a streamed answer
