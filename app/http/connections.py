@@ -105,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingered = 0
         self._linger_until = 0.0
         self._linger_bytes = 0
+        self._holding: _CycleTransport | None = None  # a request cycle's head held for its body
 
     # --- connections --------------------------------------------------------------
 
@@ -217,8 +218,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.resume_reading()  # uvicorn pauses reading while a body waits to be read
             self._close_lingering(LINGER_BODY_BYTES)
 
+    def send_400_response(self, msg: str) -> None:  # a request uvicorn's parser refused
+        self._release_held()
+        super().send_400_response(msg)
+
+    def _release_held(self) -> None:
+        """What a request cycle holds leaves before anything the connection writes itself (a
+        pipelined request refused while the answer before it waits for its body)."""
+        if self._holding is not None:
+            self._holding.release()
+
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with the service's JSON error, then close the connection."""
+        self._release_held()
         self._refused = True
         if self.cycle is None or not self.cycle.response_complete:
             self.cycle = _Refused()  # type: ignore[assignment]  # uvicorn's callbacks drop what the parser still gives
@@ -289,7 +301,8 @@ class _CycleTransport:
     close while the request's body is still arriving lingers (a 408, a 413 or a 503 to a
     request that said Connection: close), so the client reads the answer first, and that a
     write it is told to hold waits for the next one (_OneWriteCycle) and leaves with it in
-    one system call. Held bytes always leave before any written later, and before a close."""
+    one system call. Held bytes always leave before any written later, the connection's own
+    refusals included (`_release_held`), and before a close."""
 
     __slots__ = ("_protocol", "_transport", "is_closing", "_holding", "_held")
 
@@ -306,10 +319,12 @@ class _CycleTransport:
     def write(self, data: bytes) -> None:
         if self._held is not None:
             held, self._held = self._held, None
+            self._protocol._holding = None
             self._transport.writelines((held, data))  # one writev
         elif self._holding and data:
             self._holding = False
             self._held = data
+            self._protocol._holding = self
         else:
             self._transport.write(data)
 
@@ -317,7 +332,9 @@ class _CycleTransport:
         self._holding = False
         if self._held is not None:
             held, self._held = self._held, None
-            self._transport.write(held)
+            self._protocol._holding = None
+            if not self._transport.is_closing():  # closed meanwhile: the head goes with the rest
+                self._transport.write(held)
 
     def close(self) -> None:
         self.release()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -270,33 +272,76 @@ async def test_each_answer_leaves_in_one_write_its_head_with_its_body() -> None:
     assert recorded.writes == answers  # one write each, and nothing else written
 
 
-async def test_a_streamed_answer_sends_its_head_before_its_first_part() -> None:
-    """Holding the head for the body must not hold a stream's: the client sees it while the
-    app has yet to produce anything."""
-    first_part_may_go = asyncio.Event()
-
-    async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await first_part_may_go.wait()
-        await send({"type": "http.response.body", "body": b"part", "more_body": False})
-
-    config = uvicorn.Config(streaming_app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning",
+@asynccontextmanager
+async def plain_server(app: Any) -> AsyncIterator[int]:
+    """uvicorn with the service's protocol (and its default limits) serving a bare ASGI app; its port."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning",
                             http=connections.PROTOCOL, loop="uvloop")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
             await asyncio.sleep(0.02)
-        reader, writer = await asyncio.open_connection("127.0.0.1", config.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-        first_part_may_go.set()
-        rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 20)
-        writer.close()
+        yield config.port
     finally:
-        first_part_may_go.set()
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+def answer_after(event: asyncio.Event, headers: list[tuple[bytes, bytes]], started: asyncio.Event | None = None
+                 ) -> Any:
+    """An ASGI app that starts its answer (then sets `started`), waits for `event`, then
+    sends its body, b"part"."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if started is not None:
+            started.set()
+        await event.wait()
+        await send({"type": "http.response.body", "body": b"part", "more_body": False})
+
+    return app
+
+
+async def test_a_streamed_answer_sends_its_head_before_its_first_part() -> None:
+    """Holding the head for the body must not hold a stream's: the client sees it while the
+    app has yet to produce anything."""
+    first_part_may_go = asyncio.Event()
+    try:
+        async with plain_server(answer_after(first_part_may_go, [(b"content-type", b"text/plain")])) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+            first_part_may_go.set()
+            rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 20)
+            writer.close()
+    finally:
+        first_part_may_go.set()
     assert head.startswith(b"HTTP/1.1 200")
     assert b"transfer-encoding: chunked" in head
     assert rest == b"4\r\npart\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("refused", [
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", b"HTTP/1.1 431"),  # ours
+    (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 400"),  # uvicorn's parser
+])
+async def test_a_held_head_leaves_before_the_refusal_of_the_request_piped_behind_it(
+        refused: tuple[bytes, bytes]) -> None:
+    """A pipelined request refused by the connection itself (431, or uvicorn's 400) while the
+    answer before it holds its head (its app awaiting, between head and body): the client
+    reads that head first, then the refusal, in the order the requests were sent."""
+    request, status = refused
+    head_held, body_may_go = asyncio.Event(), asyncio.Event()
+    try:
+        async with plain_server(answer_after(body_may_go, [(b"content-length", b"4")], head_held)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            await asyncio.wait_for(head_held.wait(), 20)  # the server is in this process
+            writer.write(request)
+            received = await read_all(reader)
+            writer.close()
+            body_may_go.set()  # the server waits for its apps as it stops
+    finally:
+        body_may_go.set()
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert status in received, received[:400]
