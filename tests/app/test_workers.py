@@ -140,17 +140,18 @@ def test_a_load_under_load_reaches_every_worker_and_a_restarted_worker_follows(t
         assert {tuple(r["serving"][MODEL]) for r in reports(control).values()} == {("2",)}
 
 
-def tcp_sockets_by_inode() -> dict[int, tuple[int, str]]:
-    """Every IPv4 TCP socket: (local port, state: 0A listening, 01 established), by inode."""
+def tcp_sockets_by_inode() -> dict[int, tuple[int, int, str]]:
+    """Every IPv4 TCP socket: (local port, remote port, state: 0A listening, 01 established), by inode."""
     found = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        found[int(fields[9])] = (int(fields[1].split(":")[1], 16), fields[3])
+        found[int(fields[9])] = (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3])
     return found
 
 
-def sockets_of(pid: int, port: int) -> tuple[set[int], int]:
-    """A process's TCP sockets on `port`: the listening ones (by inode), and how many connections."""
+def sockets_of(pid: int, port: int, clients: set[int]) -> tuple[set[int], int]:
+    """A process's TCP sockets on `port`: the listening ones (by inode), and how many of its
+    connections come from the `clients` ports."""
     tcp, listening, connected = tcp_sockets_by_inode(), set(), 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -159,10 +160,10 @@ def sockets_of(pid: int, port: int) -> tuple[set[int], int]:
             continue
         if target.startswith("socket:["):
             inode = int(target[8:-1])
-            local_port, state = tcp.get(inode, (0, ""))
+            local_port, remote_port, state = tcp.get(inode, (0, 0, ""))
             if local_port == port and state == "0A":
                 listening.add(inode)
-            elif local_port == port and state == "01":
+            elif local_port == port and state == "01" and remote_port in clients:
                 connected += 1
     return listening, connected
 
@@ -181,7 +182,8 @@ def test_a_burst_of_connections_is_spread_across_the_workers(tmp_path: Path) -> 
                 connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
             for connection in connections:
                 assert connection.recv(65536).startswith(b"HTTP/1.1 200")
-            held = {pid: sockets_of(pid, server.port) for pid in workers}
+            clients = {connection.getsockname()[1] for connection in connections}
+            held = {pid: sockets_of(pid, server.port, clients) for pid in workers}
         finally:
             for connection in connections:
                 connection.close()
