@@ -25,6 +25,8 @@ protocol and enforces, per connection:
 
 The limits reach each connection through the lifespan's state (`LIMITS_STATE`), which
 uvicorn hands to every protocol it creates.
+
+Beside the limits, each answer's head leaves with its body in one write (`_OneWriteCycle`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ import asyncio
 import functools
 import resource
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from app.settings import Settings
+
+if TYPE_CHECKING:  # uvicorn's names for the ASGI types its protocol is typed with
+    from uvicorn._types import ASGI3Application, ASGISendEvent
 
 LIMITS_STATE = "ortserve.http_limits"
 PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
