@@ -25,8 +25,6 @@ protocol and enforces, per connection:
 
 The limits reach each connection through the lifespan's state (`LIMITS_STATE`), which
 uvicorn hands to every protocol it creates.
-
-Beside the limits, each answer's head leaves with its body in one write (`_OneWriteCycle`).
 """
 
 from __future__ import annotations
@@ -35,15 +33,12 @@ import asyncio
 import functools
 import resource
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.settings import Settings
-
-if TYPE_CHECKING:  # uvicorn's names for the ASGI types its protocol is typed with
-    from uvicorn._types import ASGI3Application, ASGISendEvent
 
 LIMITS_STATE = "ortserve.http_limits"
 PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
@@ -109,7 +104,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingered = 0
         self._linger_until = 0.0
         self._linger_bytes = 0
-        self._holding: _CycleTransport | None = None  # a request cycle's head held for its body
 
     # --- connections --------------------------------------------------------------
 
@@ -166,6 +160,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 # the rest could trickle in for ever. Closed, lingering so the answer is read.
                 self._close_unread()
                 return
+            if type(cycle.transport) is not _CycleTransport:  # the cycle's own closes must linger too
+                cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
         if self.scope is not self._complete_head:  # a head still incomplete after this data: counted, timed
             if self._counted_head is not self.scope:  # a new one: uvicorn makes a scope as a head begins
                 self._counted_head, self._head_bytes = self.scope, 0
@@ -176,13 +172,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
         elif self.idle and self.timeout_keep_alive_task is None:
             self._arm_idle_timer()  # bytes that began no request (blank lines): still idle
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        # Every request cycle, the pipelined ones too, starts here: each gets its response
-        # written in one piece and its closes lingering (_CycleTransport).
-        cycle.__class__ = _OneWriteCycle
-        cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
-        super()._start_asgi_task(cycle, app)
 
     def on_headers_complete(self) -> None:
         # The checks cost nothing per header: a head that arrived within one read of at most
@@ -222,19 +211,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.resume_reading()  # uvicorn pauses reading while a body waits to be read
             self._close_lingering(LINGER_BODY_BYTES)
 
-    def send_400_response(self, msg: str) -> None:  # a request uvicorn's parser refused
-        self._release_held()
-        super().send_400_response(msg)
-
-    def _release_held(self) -> None:
-        """What a request cycle holds leaves before anything the connection writes itself (a
-        pipelined request refused while the answer before it waits for its body)."""
-        if self._holding is not None:
-            self._holding.release()
-
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with the service's JSON error, then close the connection."""
-        self._release_held()
         self._refused = True
         if self.cycle is None or not self.cycle.response_complete:
             self.cycle = _Refused()  # type: ignore[assignment]  # uvicorn's callbacks drop what the parser still gives
@@ -271,77 +249,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(min(quiet_since, self._linger_until) - now, self._linger_or_close)
 
 
-class _OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request cycle, sending a response's head with its first body part in one
-    write. uvloop writes to the socket at each write() call, and uvicorn writes the head
-    as it is started: two system calls and two packets per answer, and two reads for the
-    client (about 4 µs of the server's and 4 of the client's CPU per answer, which is what
-    the machine is short of with every core busy: docs/benchmarks.md, "an answer in one write").
-
-    The head is held only while its start message is handled; the next body message writes
-    it (a HEAD answer, which has no body, releases it), and so does a streamed answer
-    (no content-length) at once, so a stream's head never waits for its first part."""
-
-    async def send(self, message: ASGISendEvent) -> None:
-        transport = cast(_CycleTransport, self.transport)  # always, from _start_asgi_task
-        if message["type"] == "http.response.start" and not self.response_started:
-            transport.hold_next()
-            try:
-                await super().send(message)
-            except BaseException:
-                transport.release()
-                raise
-            if self.chunked_encoding or self.disconnected:
-                transport.release()
-            return
-        try:
-            await super().send(message)
-        finally:
-            transport.release()
-
-
 class _CycleTransport:
     """What uvicorn's request cycle writes to: the connection's transport, except that a
     close while the request's body is still arriving lingers (a 408, a 413 or a 503 to a
-    request that said Connection: close), so the client reads the answer first, and that a
-    write it is told to hold waits for the next one (_OneWriteCycle) and leaves with it in
-    one system call. Held bytes always leave before any written later, the connection's own
-    refusals included (`_release_held`), and before a close."""
+    request that said Connection: close), so the client reads the answer first."""
 
-    __slots__ = ("_protocol", "_transport", "is_closing", "_holding", "_held")
+    __slots__ = ("_protocol", "_transport", "write", "is_closing")
 
     def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
+        self.write = self._transport.write
         self.is_closing = self._transport.is_closing
-        self._holding = False
-        self._held: bytes | None = None
-
-    def hold_next(self) -> None:
-        self._holding = True
-
-    def write(self, data: bytes) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._protocol._holding = None
-            self._transport.writelines((held, data))  # one writev
-        elif self._holding and data:
-            self._holding = False
-            self._held = data
-            self._protocol._holding = self
-        else:
-            self._transport.write(data)
-
-    def release(self) -> None:
-        self._holding = False
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._protocol._holding = None
-            if not self._transport.is_closing():  # closed meanwhile: the head goes with the rest
-                self._transport.write(held)
 
     def close(self) -> None:
-        self.release()
         cycle = self._protocol.cycle
         if cycle is not None and cycle.more_body:
             self._protocol._close_unread()

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 
 from app.http import connections
-from load_tests.server import free_port
-from tests.app.conftest import sample_images
-from tests.app.http.test_hardening import live_server, raw_request
+from tests.app.http.test_hardening import live_server
 
 
 async def read_all(reader: asyncio.StreamReader, limit_s: float = 20) -> bytes:
@@ -203,145 +197,3 @@ async def test_an_answer_sent_before_its_body_arrived_is_read_by_the_client_befo
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
         assert b"exceeds the limit of 1000000 bytes" in answer
-
-
-# --- an answer in one write ---------------------------------------------------------------
-
-class _RecordedTransport:
-    """A connection's transport that records what is written to it, call by call."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-        self._transport.write(data)
-
-    def writelines(self, parts: Any) -> None:
-        parts = [bytes(p) for p in parts]
-        self.writes.append(b"".join(parts))
-        self._transport.writelines(parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-async def _recorded_connection(server: uvicorn.Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
-                                                                 _RecordedTransport]:
-    before = set(server.server_state.connections)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
-    for _ in range(200):
-        new = set(server.server_state.connections) - before
-        if new:
-            break
-        await asyncio.sleep(0.01)
-    (protocol,) = new
-    protocol.transport = recorded = _RecordedTransport(protocol.transport)
-    return reader, writer, recorded
-
-
-async def read_answer(reader: asyncio.StreamReader) -> bytes:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return head + await asyncio.wait_for(reader.readexactly(length), 20)
-
-
-async def test_each_answer_leaves_in_one_write_its_head_with_its_body() -> None:
-    """uvloop sends at each write: uvicorn's head, then body, were two system calls and two
-    packets per answer. Every kind of answer, read whole by the client, left in one write."""
-    body = orjson.dumps({"instances": [sample_images(1)[0].tolist()]})
-    async with live_server() as (server, _):
-        reader, writer, recorded = await _recorded_connection(server)
-        answers = []
-        for request in (b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n",
-                        raw_request("/v1/models/fashion-cnn:predict", body),
-                        raw_request("/v1/models/no-such-model:predict", body),  # an error answer
-                        b"GET /docs-assets/favicon.png HTTP/1.1\r\nHost: t\r\n\r\n",  # a file, read in a thread
-                        b"HEAD /docs-assets/favicon.png HTTP/1.1\r\nHost: t\r\n\r\n"):  # a head, no body
-            writer.write(request)
-            if request.startswith(b"HEAD"):
-                answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20))
-            else:
-                answers.append(await read_answer(reader))
-        writer.close()
-    assert [a.split(b"\r\n")[0] for a in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK",
-                                                      b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
-    assert b"\x89PNG" in answers[3]
-    assert b'"predictions"' in answers[1]
-    assert recorded.writes == answers  # one write each, and nothing else written
-
-
-@asynccontextmanager
-async def plain_server(app: Any) -> AsyncIterator[int]:
-    """uvicorn with the service's protocol (and its default limits) serving a bare ASGI app; its port."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning",
-                            http=connections.PROTOCOL, loop="uvloop")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.02)
-        yield config.port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
-def answer_after(event: asyncio.Event, headers: list[tuple[bytes, bytes]], started: asyncio.Event | None = None
-                 ) -> Any:
-    """An ASGI app that starts its answer (then sets `started`), waits for `event`, then
-    sends its body, b"part"."""
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if started is not None:
-            started.set()
-        await event.wait()
-        await send({"type": "http.response.body", "body": b"part", "more_body": False})
-
-    return app
-
-
-async def test_a_streamed_answer_sends_its_head_before_its_first_part() -> None:
-    """Holding the head for the body must not hold a stream's: the client sees it while the
-    app has yet to produce anything."""
-    first_part_may_go = asyncio.Event()
-    try:
-        async with plain_server(answer_after(first_part_may_go, [(b"content-type", b"text/plain")])) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-            first_part_may_go.set()
-            rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 20)
-            writer.close()
-    finally:
-        first_part_may_go.set()
-    assert head.startswith(b"HTTP/1.1 200")
-    assert b"transfer-encoding: chunked" in head
-    assert rest == b"4\r\npart\r\n0\r\n\r\n"
-
-
-@pytest.mark.parametrize("refused", [
-    (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", b"HTTP/1.1 431"),  # ours
-    (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 400"),  # uvicorn's parser
-])
-async def test_a_held_head_leaves_before_the_refusal_of_the_request_piped_behind_it(
-        refused: tuple[bytes, bytes]) -> None:
-    """A pipelined request refused by the connection itself (431, or uvicorn's 400) while the
-    answer before it holds its head (its app awaiting, between head and body): the client
-    reads that head first, then the refusal, in the order the requests were sent."""
-    request, status = refused
-    head_held, body_may_go = asyncio.Event(), asyncio.Event()
-    try:
-        async with plain_server(answer_after(body_may_go, [(b"content-length", b"4")], head_held)) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            await asyncio.wait_for(head_held.wait(), 20)  # the server is in this process
-            writer.write(request)
-            received = await read_all(reader)
-            writer.close()
-            body_may_go.set()  # the server waits for its apps as it stops
-    finally:
-        body_may_go.set()
-    assert received.startswith(b"HTTP/1.1 200"), received[:200]
-    assert status in received, received[:400]
