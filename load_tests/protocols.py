@@ -170,6 +170,9 @@ def ceiling_line(row: dict[str, Any]) -> str:
     return "".join(cells) + "|"
 
 
+CPU_TITLE = "CPU per request, µs, server / client (perf_analyzer), medians of the rounds:"
+
+
 def cpu_table(rows: list[dict[str, Any]]) -> str:
     """CPU per request (one call, or one message on a stream), server / client (perf_analyzer), µs."""
     names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
@@ -185,7 +188,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     tables = [HEADER, *(line(r) for r in rows)]
     if rows and CEILINGS[0] in rows[0]:
         tables += ["", CEILING_HEADER, *(ceiling_line(r) for r in rows)]
-    tables += ["", "CPU per request, µs, server / client (perf_analyzer), medians of the rounds:", "", cpu_table(rows)]
+    tables += ["", CPU_TITLE, "", cpu_table(rows)]
     return "\n".join(tables)
 
 
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")
-    print("\nCPU per request, µs, server / client (perf_analyzer), medians of the rounds:\n\n" + cpu_table(rows))
+    print(f"\n{CPU_TITLE}\n\n{cpu_table(rows)}")
     return 0
 
 

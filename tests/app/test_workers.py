@@ -149,10 +149,10 @@ def tcp_sockets_by_inode() -> dict[int, tuple[int, int, str]]:
     return found
 
 
-def sockets_of(pid: int, port: int, clients: set[int]) -> tuple[set[int], int]:
-    """A process's TCP sockets on `port`: the listening ones (by inode), and how many of its
-    connections come from the `clients` ports."""
-    tcp, listening, connected = tcp_sockets_by_inode(), set(), 0
+def sockets_of(pid: int, port: int, clients: set[int], tcp: dict[int, tuple[int, int, str]]) -> tuple[set[int], int]:
+    """A process's TCP sockets on `port` (`tcp`: tcp_sockets_by_inode): the listening ones (by
+    inode), and how many of its connections come from the `clients` ports."""
+    listening, connected = set(), 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             target = os.readlink(fd)
@@ -183,7 +183,8 @@ def test_a_burst_of_connections_is_spread_across_the_workers(tmp_path: Path) -> 
             for connection in connections:
                 assert connection.recv(65536).startswith(b"HTTP/1.1 200")
             clients = {connection.getsockname()[1] for connection in connections}
-            held = {pid: sockets_of(pid, server.port, clients) for pid in workers}
+            tcp = tcp_sockets_by_inode()
+            held = {pid: sockets_of(pid, server.port, clients, tcp) for pid in workers}
         finally:
             for connection in connections:
                 connection.close()
