@@ -33,7 +33,7 @@ from app.manifest import (
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_files, read_facts
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
-from app.runtime import OrtModel, OrtOptions, choose_variant, of_large_requests
+from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.supervision import BatchHealth
@@ -117,7 +117,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
 
     def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
-        outputs = session.run(inputs, may_go_wide=of_large_requests(rows, requests, policy.max_batch_size))
+        outputs = session.run(inputs, may_go_wide=policy.large(rows, requests))
         return classify_batch(outputs, logits, softmax) if classifies else outputs
 
     if not manifest.batches:

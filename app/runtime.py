@@ -120,15 +120,6 @@ def wide_threshold(speedups: dict[int, float], required: float) -> int | None:
     return threshold
 
 
-def of_large_requests(rows: int, requests: int, max_batch_size: int) -> bool:
-    """Whether a batch may run on the wide session, which takes the event loop's core: only
-    a batch of large requests (at least max_batch_size rows each on average, as the queue
-    calls them large), which leave the loop little to parse. 32 one-image requests in a
-    32-row batch ran wide before, and the loop parsing them lost its core for it
-    (docs/benchmarks.md, "Batches handed back in one callback")."""
-    return rows >= requests * max_batch_size
-
-
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -42,6 +42,15 @@ class BatchPolicy:
     """How many queued chunks the length grouping looks at beyond the oldest one: bounds its
     cost per batch, and how far a request can be overtaken."""
 
+    def large(self, rows: int, requests: int = 1) -> bool:
+        """Whether `requests` requests of `rows` rows in all are large: at least max_batch_size
+        rows each on average. Few large requests leave the event loop little to parse per row,
+        so they are batched beyond max_batch_size (app/batching/queue.py) and may run on the
+        wide session, which takes the loop's core (app/loading.py). 32 one-image requests in a
+        32-row batch ran wide before, and the loop parsing them lost its core for it
+        (docs/benchmarks.md, "Batches handed back in one callback")."""
+        return rows >= requests * self.max_batch_size
+
     @property
     def concurrent_batches(self) -> int:
         """Batches that run at the same time: one per inference thread, at most the in-flight ones."""

@@ -136,11 +136,10 @@ class BatchQueue:
         return batch
 
     def _is_large(self, chunk: Chunk) -> bool:
-        """Few large requests leave the event loop little to do per row, so they may batch
-        beyond max_batch_size (and run on the wide session, app/runtime.py). A request that
-        fills a batch by itself is one of them: alone, it would run as a batch of one."""
-        most = self.policy.max_batch_size
-        return most <= chunk.rows and most < self.policy.max_large_batch_size
+        """A request that fills a batch by itself (BatchPolicy.large), where large requests
+        batch beyond max_batch_size: alone, it would run as a batch of one."""
+        policy = self.policy
+        return policy.large(chunk.rows) and policy.max_batch_size < policy.max_large_batch_size
 
     def _candidates(self) -> Sequence[int]:
         """Queue positions in the order a batch takes them."""

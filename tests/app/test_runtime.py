@@ -142,15 +142,6 @@ def test_batches_from_the_threshold_run_on_the_wide_session(fashion_bytes: bytes
     assert OrtModel(fashion_bytes, OrtOptions([CPU], 2, 2)).wide is None  # no more threads: no second session
 
 
-def test_a_batch_is_of_large_requests_where_they_average_a_full_batch() -> None:
-    from app.runtime import of_large_requests
-
-    assert of_large_requests(32, 1, 32)  # one 32-image request
-    assert of_large_requests(128, 4, 32)  # four of them
-    assert not of_large_requests(32, 32, 32)  # 32 one-image requests
-    assert not of_large_requests(100, 4, 32)  # three large ones and a small one
-
-
 def test_a_batch_the_caller_keeps_narrow_runs_narrow(fashion_bytes: bytes) -> None:
     from app.runtime import OrtModel, OrtOptions
 

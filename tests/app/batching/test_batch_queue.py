@@ -166,3 +166,12 @@ async def test_without_a_larger_limit_large_requests_are_split_as_before() -> No
     queue.put(big2)
     assert [(c.request, c.rows) for c in await queue.wait_for_batch()] == [(big1, 4)]
     assert [(c.request, c.rows) for c in await queue.wait_for_batch()] == [(big1, 2), (big2, 2)]
+
+
+def test_requests_are_large_where_they_average_a_full_batch() -> None:
+    policy = batch_policy(max_batch_size=32)
+    assert policy.large(32)  # one 32-image request
+    assert policy.large(128, 4)  # four of them
+    assert not policy.large(31)
+    assert not policy.large(32, 32)  # 32 one-image requests
+    assert not policy.large(100, 4)  # three large ones and a small one
