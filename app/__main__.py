@@ -71,10 +71,27 @@ def main(argv: list[str] | None = None) -> None:
             os.environ[f"ORTSERVE_{name.upper()}"] = _as_env(value)
     logging.getLogger("app").info("starting %d worker processes%s", workers,
                                   " (workers auto: one per usable CPU)" if auto else "")
-    if not listeners.PER_WORKER:
+    own_http_socket = listeners.PER_WORKER and settings.reuse_port
+    _note_queues_of_own_sockets(settings, own_http_socket)
+    if not own_http_socket:
         uvicorn.run("app.main:app", workers=workers, **common)
         return
     _run_workers(uvicorn.Config("app.main:app", workers=workers, **common))
+
+
+def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> None:
+    """Where each worker listens on a socket of its own, say once whether a worker that
+    exits loses the connections waiting in its socket's queue (app/listeners.py)."""
+    ports = [name for name, own in (("HTTP", own_http_socket), ("gRPC", settings.grpc)) if own]
+    moves = listeners.queue_moves_on_exit()
+    if not ports or moves or not sys.platform.startswith("linux"):
+        return
+    why = ("net.ipv4.tcp_migrate_req is 0" if moves is False
+           else "this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+)")
+    logging.getLogger("app").info(
+        "each worker listens on %s sockets of its own and %s: a worker that exits resets the "
+        "connections still waiting in its socket's queue (set it to 1 and the kernel hands them to "
+        "another worker; --no-reuse-port shares one HTTP socket)", " and ".join(ports), why)
 
 
 def _run_workers(config: uvicorn.Config) -> None:

@@ -9,6 +9,12 @@ the work of two (docs/benchmarks.md, "A listening socket per worker"). With a so
 worker, each bound to the address with SO_REUSEPORT, Linux picks the worker for each
 connection from a hash of its addresses, as for the workers' gRPC port (app/grpc/server.py).
 
+The cost: a worker that exits (a crash, a restart) closes its socket, and the kernel resets
+the connections still waiting in that socket's queue, where a shared socket would have kept
+them for the other workers; net.ipv4.tcp_migrate_req = 1 (Linux 5.14+) makes the kernel hand
+them to another socket of the port instead. Measured in docs/benchmarks.md ("A worker's
+queue when it dies"); `reuse_port` off keeps one shared socket.
+
 The parent binds one as well and never listens on it: it holds the address while workers
 come and go (no other program can take it: SO_REUSEPORT binds only join sockets of the
 same user that set it too), and resolves port 0 to one port for every worker. uvicorn
@@ -21,11 +27,24 @@ from __future__ import annotations
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PER_WORKER = sys.platform == "linux"
 """Linux spreads a port's connections over its SO_REUSEPORT sockets; elsewhere (macOS gives
 them all to one) the workers share uvicorn's socket as before."""
+
+MIGRATE_SETTING = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def queue_moves_on_exit(setting: Path = MIGRATE_SETTING) -> bool | None:
+    """Whether the kernel hands the connections waiting in a closing listening socket's queue
+    to another socket of its SO_REUSEPORT group (net.ipv4.tcp_migrate_req, per network
+    namespace); None where it has no such setting (before Linux 5.14, not Linux)."""
+    try:
+        return setting.read_text().strip() != "0"
+    except OSError:
+        return None
 
 
 def bind(host: str, port: int) -> socket.socket:

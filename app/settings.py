@@ -40,7 +40,7 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "The server": ("host", "port", "grpc", "grpc_port", "workers", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
+    "The server": ("host", "port", "grpc", "grpc_port", "workers", "reuse_port", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
     "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     x workers). auto: one per CPU this process may use (the container's CPU quota and the
     affinity mask, not the host's cores); 1: one process. Every worker serves one repository
     (control_dir) and /metrics answers for all of them (metrics_dir)."""
+    reuse_port: bool = True
+    """With workers above 1, on Linux: each worker listens on the HTTP port with a socket of
+    its own (SO_REUSEPORT), and the kernel spreads new connections evenly across them. Off:
+    they share one socket, and whichever worker wakes first takes the connections waiting,
+    often all of a burst. A worker that exits resets the connections still waiting in its own
+    socket's queue unless the kernel's net.ipv4.tcp_migrate_req is 1 (Linux 5.14+), which
+    hands them to another worker; a shared socket keeps them for the others. The gRPC port
+    always has a socket per worker."""
     metrics_dir: Path | None = None
     """Where each worker writes its metrics every second for /metrics to merge, whichever
     worker answers; with workers above 1, a temporary folder unless set."""

@@ -43,12 +43,7 @@ def closed_loop(base_url: str, payload: Payload, concurrency: int, duration_s: f
     """(summary of the measured run, CPU seconds wrk used). One wrk thread: at these rates it
     is far from busy, and a second would take CPU from the server."""
     with tempfile.TemporaryDirectory(prefix="wrk-") as folder:
-        body = Path(folder) / "body"
-        body.write_bytes(payload.body)
-        # JSON string literals of ASCII text are Lua string literals too
-        headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in payload.headers.items())
-        script = Path(folder) / "post.lua"
-        script.write_text(_SCRIPT % {"body": json.dumps(str(body)), "headers": headers})
+        script = write_script(payload, Path(folder))
         url = base_url + payload.path
         if warmup_s > 0:
             _run(script, url, concurrency, warmup_s)
@@ -56,6 +51,17 @@ def closed_loop(base_url: str, payload: Payload, concurrency: int, duration_s: f
         result = _run(script, url, concurrency, duration_s)
         cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - before
     return summary_of(result, payload.items), cpu
+
+
+def write_script(payload: Payload, folder: Path) -> Path:
+    """wrk's Lua for the payload, and its body, written into `folder`."""
+    body = folder / "body"
+    body.write_bytes(payload.body)
+    # JSON string literals of ASCII text are Lua string literals too
+    headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in payload.headers.items())
+    script = folder / "post.lua"
+    script.write_text(_SCRIPT % {"body": json.dumps(str(body)), "headers": headers})
+    return script
 
 
 def summary_of(result: dict[str, int], items_per_request: int) -> Summary:
@@ -74,13 +80,25 @@ def summary_of(result: dict[str, int], items_per_request: int) -> Summary:
     )
 
 
-def _run(script: Path, url: str, concurrency: int, seconds: float) -> dict[str, int]:
+def start(script: Path, url: str, concurrency: int, seconds: float) -> subprocess.Popen[str]:
+    """wrk running `script` against `url`; its report is `result_of` it."""
     # --timeout well past any deadline of the server, so slow answers count as latency
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
                "-s", str(script), url]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result_of(wrk: subprocess.Popen[str], timeout_s: float) -> dict[str, int]:
+    """What a wrk run started by `start` reported (its WRK_SUMMARY line), once it ends."""
+    out, err = wrk.communicate(timeout=timeout_s)
+    if wrk.returncode != 0:
+        raise subprocess.CalledProcessError(wrk.returncode, wrk.args, out, err)
     line = next((x for x in out.splitlines() if x.startswith("WRK_SUMMARY ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
     values: dict[str, int] = json.loads(line.removeprefix("WRK_SUMMARY "))
     return values
+
+
+def _run(script: Path, url: str, concurrency: int, seconds: float) -> dict[str, int]:
+    return result_of(start(script, url, concurrency, seconds), seconds + 60)

@@ -276,3 +276,17 @@ def test_the_protocols_report_puts_each_transport_and_ceiling_beside_http() -> N
     assert "| 1 | 64 | 200 / 100 | 600 / 100 | 280 / 100 | 245 / 100 | 95 / 100 |" in report
     del row["grpc-ceiling"], row["grpc-stream-ceiling"]
     assert "ceiling" not in protocols.markdown([row])
+
+
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
+def test_the_worker_crash_tool_kills_a_worker_under_load_with_each_listening(capsys: pytest.CaptureFixture[str]) -> None:
+    from load_tests import worker_crash
+
+    assert worker_crash.main(["--rounds", "1", "--duration", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "net.ipv4.tcp_migrate_req = " in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| socket") or line.startswith("| one")]
+    assert [row[0] for row in rows] == ["| socket per worker", "| one shared socket"]
+    for row in rows:
+        assert int(row[1].replace(",", "")) > 0  # wrk was answered, before and after the kill
+        assert row[2].split(" ")[0].isdigit()  # what failed, counted
