@@ -223,9 +223,14 @@ class SharedRepository(RepositoryChanges):
 
     def ready(self) -> bool:
         """This worker's models are ready, and so are every other worker's: all `workers` of
-        them reporting (one still starting, or restarting after a crash, is not ready yet)."""
+        them reporting (one still starting, or restarting after a crash, is not ready yet).
+        The reports are read as asked, not as last followed: every worker then answers from
+        the same files, so a probe spread over the workers cannot get 200 from one that has
+        read a new worker's report and 503 from one that has not yet (a readiness probe is
+        rare; reading a few small files is nothing beside it)."""
         if not self.repository.ready:
             return False
+        self._read_peers()
         return len(self._peers) >= self.workers - 1 and all(p.ready for p in self._peers.values())
 
     def _write_report(self) -> None:

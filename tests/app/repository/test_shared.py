@@ -108,6 +108,17 @@ async def test_readiness_needs_every_worker_reporting_and_ready(one_version: Pat
         assert not first.ready()  # gone (its report removed as it stopped)
 
 
+async def test_readiness_reads_the_reports_as_it_is_asked(one_version: Path, tmp_path: Path) -> None:
+    """Not as last followed: every worker answers from the same files, so a probe spread over
+    the workers does not get 200 from one and 503 from another that has not looked yet."""
+    folder = tmp_path / "control"
+    async with running(worker(one_version, folder, os.getpid()), following=False) as first:
+        assert not first.ready()
+        async with running(worker(one_version, folder, os.getppid()), following=False):
+            assert first.ready()  # no follow step between: the new report read as asked
+        assert not first.ready()  # its report removed as it stopped
+
+
 async def test_a_change_that_fails_in_another_worker_names_the_worker_and_why(
         one_version: Path, tmp_path: Path) -> None:
     folder, other = tmp_path / "control", tmp_path / "other"
