@@ -84,7 +84,7 @@ def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> No
     exits loses the connections waiting in its socket's queue (app/listeners.py)."""
     ports = [name for name, own in (("HTTP", own_http_socket), ("gRPC", settings.grpc)) if own]
     moves = listeners.queue_moves_on_exit()
-    if not ports or moves or not sys.platform.startswith("linux"):
+    if not ports or moves or not listeners.PER_WORKER:  # elsewhere the kernel has no such setting
         return
     why = ("net.ipv4.tcp_migrate_req is 0" if moves is False
            else "this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+)")

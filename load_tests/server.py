@@ -89,6 +89,19 @@ class ServerProcess:
                 continue
         return total
 
+    def worker_pids(self) -> set[int]:
+        """uvicorn's worker processes (multiprocessing's spawned children; not its resource
+        tracker); none where one process serves."""
+        assert self.process is not None
+        found = set()
+        for pid in _children(self.process.pid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(pid)
+            except OSError:
+                continue
+        return found
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from load_tests import samples, wrk
 from load_tests.client import Payload
-from load_tests.server import ROOT, ServerProcess, _children
+from load_tests.server import ROOT, ServerProcess
 
 CONCURRENCY = 64
 SETUPS = {"socket per worker": ["--reuse-port"], "one shared socket": ["--no-reuse-port"]}
@@ -38,23 +38,10 @@ def kernel_setting() -> str:
         return "absent"
 
 
-def workers_of(server: ServerProcess) -> list[int]:
-    """The worker processes (uvicorn's spawned children, not multiprocessing's resource tracker)."""
-    assert server.process is not None
-    found = []
-    for pid in _children(server.process.pid):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def one_round(args: list[str], payload: Payload, duration_s: float, script: Path) -> dict[str, int]:
     with ServerProcess(["--workers", "2", "--no-grpc", *args]) as server:
         deadline = time.monotonic() + 60
-        while len(workers := workers_of(server)) < 2 and time.monotonic() < deadline:
+        while len(workers := sorted(server.worker_pids())) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         load = wrk.start(script, server.url + payload.path, CONCURRENCY, duration_s)
         time.sleep(duration_s / 3)

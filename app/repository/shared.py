@@ -113,7 +113,6 @@ class SharedRepository(RepositoryChanges):
         self.reports = folder / REPORTS
         self._own = _Report(self.pid)
         self._written = ""
-        self._peers: dict[int, _Report] = {}
         self._ledger_seen: tuple[int, int, int] | None = None
         self._failures: dict[str, tuple[int, ServingError | None]] = {}  # the last change of each model here
         self._applying = asyncio.Lock()
@@ -123,14 +122,13 @@ class SharedRepository(RepositoryChanges):
     async def start(self) -> None:
         self.reports.mkdir(parents=True, exist_ok=True)
         await self._catch_up()
-        self._read_peers()
 
     async def follow(self) -> None:
         seen = self._ledger_signature()
         if seen != self._ledger_seen:
             await self._catch_up()
         self._write_report()  # readiness changes without a change (a breaker, a stall)
-        self._read_peers()
+        self._peer_reports()  # removes the reports of workers gone, whether or not anyone asks
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -195,8 +193,8 @@ class SharedRepository(RepositoryChanges):
         of the change's model (None: it succeeded)."""
         deadline = time.monotonic() + SETTLE_S
         while True:
-            self._read_peers()
-            behind = [p for p in self._peers.values() if p.generation < generation]
+            peers = self._peer_reports()
+            behind = [p for p in peers.values() if p.generation < generation]
             if not behind:
                 break
             if time.monotonic() > deadline:
@@ -205,7 +203,7 @@ class SharedRepository(RepositoryChanges):
                     f"{', '.join(str(p.pid) for p in behind)} had not applied it after {SETTLE_S:g} s; "
                     "they apply it when they can, and /v2/health/ready answers 503 until every worker is ready")
             await asyncio.sleep(FOLLOW_S / 2)
-        return {p.pid: _outcome(p, generation) for p in self._peers.values()}
+        return {p.pid: _outcome(p, generation) for p in peers.values()}
 
     def _record(self, name: str, change: dict[str, Any]) -> int:
         """Add the change to the ledger, under its lock; its generation."""
@@ -230,8 +228,8 @@ class SharedRepository(RepositoryChanges):
         rare; reading a few small files is nothing beside it)."""
         if not self.repository.ready:
             return False
-        self._read_peers()
-        return len(self._peers) >= self.workers - 1 and all(p.ready for p in self._peers.values())
+        peers = self._peer_reports()
+        return len(peers) >= self.workers - 1 and all(p.ready for p in peers.values())
 
     def _write_report(self) -> None:
         own = self._own
@@ -247,7 +245,7 @@ class SharedRepository(RepositoryChanges):
         except OSError as e:
             logger.warning("cannot write this worker's report to %s: %s", self.reports, e)
 
-    def _read_peers(self) -> None:
+    def _peer_reports(self) -> dict[int, _Report]:
         """The other live workers' reports; those of workers gone are removed."""
         peers: dict[int, _Report] = {}
         try:
@@ -268,8 +266,8 @@ class SharedRepository(RepositoryChanges):
             try:
                 peers[pid] = _Report.parse(path.read_text())
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # being replaced: read at the next step
-        self._peers = peers
+                continue  # being replaced: left out of this reading
+        return peers
 
     def _read_ledger(self) -> dict[str, Any]:
         try:

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 
 from app.processes import available_cpus
 from load_tests import samples
-from load_tests.server import ServerProcess, _children
+from load_tests.server import ServerProcess
 from tests.app.conftest import copy_model
 from tests.conftest import MODELS
 
@@ -40,18 +40,6 @@ def reports(folder: Path) -> dict[int, dict[str, Any]]:
     return found
 
 
-def worker_pids(parent: int) -> set[int]:
-    """uvicorn's worker processes (multiprocessing's spawned children; not its resource tracker)."""
-    found = set()
-    for pid in _children(parent):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.add(pid)
-        except OSError:
-            continue
-    return found
-
-
 def wait_for(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -68,7 +56,7 @@ def test_workers_auto_starts_one_per_usable_cpu(tmp_path: Path) -> None:
                         "--no-warmup"], env={"ORTSERVE_WORKERS": "auto"}) as server:
         assert server.process is not None
         # One CPU: uvicorn serves in its own process (no supervisor, no workers).
-        assert (len(worker_pids(server.process.pid)) or 1) == available_cpus()
+        assert (len(server.worker_pids()) or 1) == available_cpus()
         # The first 200 came from one worker; every worker reads the others' reports as it is
         # asked, so on fresh connections, which the kernel spreads over all of them, each
         # answers 200 at once (when each read them only every FOLLOW_S, the last to start
@@ -136,7 +124,7 @@ def test_a_load_under_load_reaches_every_worker_and_a_restarted_worker_follows(t
         # Ready again once the surviving worker has read the new one's report (it looks every
         # FOLLOW_S): asked at once, it may still count one worker short and rightly say 503.
         wait_for(lambda: httpx.get(f"{server.url}/v2/health/ready").status_code == 200)
-        assert worker_pids(server.process.pid) == set(replaced)
+        assert server.worker_pids() == set(replaced)
 
         # The gRPC repository call goes the same way.
         with grpcclient.InferenceServerClient(server.grpc_target) as client:
@@ -178,7 +166,7 @@ def sockets_after_a_burst(args: list[str], tmp_path: Path) -> dict[int, tuple[se
     with ServerProcess(["--model-dir", str(copy_model(tmp_path / "models", MODEL, 1).parent.parent),
                         "--workers", "2", "--no-warmup", *args]) as server:
         assert server.process is not None
-        workers = wait_for(lambda: len(found := worker_pids(server.process.pid)) == 2 and found)
+        workers = wait_for(lambda: len(found := server.worker_pids()) == 2 and found)
         connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
         try:
             for connection in connections:  # each answered: accepted by a worker
