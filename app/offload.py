@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from app.tuning import name_os_thread
+
 T = TypeVar("T")
 
 HEAVY_BODY_BYTES = 256 * 1024
@@ -22,7 +24,7 @@ HEAVY_BODY_BYTES = 256 * 1024
 
 class Offload:
     def __init__(self, threads: int) -> None:
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=name_os_thread)
 
     async def run(self, work: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)

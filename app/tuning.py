@@ -38,6 +38,29 @@ def settle_heap(young_threshold: int = YOUNG_GENERATION_THRESHOLD) -> None:
     gc.set_threshold(young_threshold, middle, oldest)
 
 
+def name_os_thread() -> None:
+    """Give the calling thread its Python name in the system as well (its first 15 bytes,
+    the kernel's limit), where `top -H`, `ps -L` and /proc/<pid>/task/*/comm show it: a
+    thread pool's threads are otherwise all "python", and CPU time by thread (the
+    inference threads against the event loop, load_tests/server.py) could not tell them
+    apart. Linux only; elsewhere, or where /proc is not writable, this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    name = threading.current_thread().name.encode("ascii", "replace")[:15]
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "wb") as comm:
+            comm.write(name)
+    except OSError:
+        pass
+
+
+def start_inference_thread(niceness: int) -> None:
+    """An inference thread's start (the initializer of app/batching/runner.py's pool): named,
+    and below the event loop's priority."""
+    name_os_thread()
+    lower_thread_priority(niceness)
+
+
 def lower_thread_priority(niceness: int) -> None:
     """Run the calling thread `niceness` steps below its current CPU scheduling priority.
 

@@ -63,7 +63,7 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
             interval_ms: int, *options: str) -> dict[str, float]:
     """perf_analyzer's figures, and the CPU the server and the client (perf_analyzer) spent per
     request over the whole run (its warm-up windows too, as the requests counted)."""
-    answered, server_cpu = images_answered(server), server.cpu_seconds()
+    answered, server_cpu, threads = images_answered(server), server.cpu_seconds(), server.cpu_by_thread()
     client_cpu = _children_cpu_seconds()
     done = perf_analyzer.run(tool, MODEL, server, protocol, concurrency, "-b", str(images), "--input-data", data,
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
@@ -71,12 +71,19 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
     client_cpu = _children_cpu_seconds() - client_cpu
     requests = (images_answered(server) - answered) / images
     server_cpu = server.cpu_seconds() - server_cpu
+    threads = {name: seconds - threads.get(name, 0.0) for name, seconds in server.cpu_by_thread().items()}
     found = perf_analyzer.figures(done.stdout)
     if "infer_per_s" not in found or requests <= 0:
         raise RuntimeError(f"perf_analyzer -i {protocol} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     found["server_us_per_request"] = server_cpu / requests * 1e6
     found["client_us_per_request"] = client_cpu / requests * 1e6
+    for name, seconds in threads.items():
+        found[f"{THREAD_KEY}{name}"] = seconds / requests * 1e6
     return found
+
+
+THREAD_KEY = "server_us_per_request_in_"
+"""The server's CPU per request in one group of its threads (ServerProcess.cpu_by_thread)."""
 
 
 def images_answered(server: ServerProcess) -> int:
@@ -130,7 +137,8 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
                 row[f"{name}_over_http"] = ratios
                 row[f"{name}_median_ratio"] = statistics.median(ratios)
             for name, measured in runs.items():
-                row[name] = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+                keys = {key for m in measured for key in m}  # a thread group may show in some rounds only
+                row[name] = {key: statistics.median(m.get(key, 0.0) for m in measured) for key in keys}
             rows.append(row)
             print(line(row), flush=True)
             if ceiling:
@@ -184,11 +192,28 @@ def cpu_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([header, *lines])
 
 
+THREADS_TITLE = ("The server's CPU per request by thread, µs, medians of the rounds (loop: the event loop; "
+                 "infer: the model's inference threads; event_engine: gRPC core's; python: threads not named, "
+                 "ONNX Runtime's pools and grpc.aio's poller among them):")
+
+
+def threads_table(rows: list[dict[str, Any]]) -> str:
+    """Where each transport's server CPU goes: the µs per request of each group of threads."""
+    names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
+    groups = sorted({key.removeprefix(THREAD_KEY) for r in rows for n in names for key in r[n]
+                     if key.startswith(THREAD_KEY)})
+    header = ("| images/request | conc | transport | " + " | ".join(groups) + " |\n|---|---|---|"
+              + "---|" * len(groups))
+    lines = [f"| {r['images']} | {r['concurrency']} | {n} | " + " | ".join(
+        f"{r[n].get(THREAD_KEY + g, 0.0):,.0f}" for g in groups) + " |" for r in rows for n in names]
+    return "\n".join([header, *lines])
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     tables = [HEADER, *(line(r) for r in rows)]
     if rows and CEILINGS[0] in rows[0]:
         tables += ["", CEILING_HEADER, *(ceiling_line(r) for r in rows)]
-    tables += ["", CPU_TITLE, "", cpu_table(rows)]
+    tables += ["", CPU_TITLE, "", cpu_table(rows), "", THREADS_TITLE, "", threads_table(rows)]
     return "\n".join(tables)
 
 
@@ -212,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")
-    print(f"\n{CPU_TITLE}\n\n{cpu_table(rows)}")
+    print(f"\n{CPU_TITLE}\n\n{cpu_table(rows)}\n\n{THREADS_TITLE}\n\n{threads_table(rows)}")
     return 0
 
 

@@ -89,6 +89,29 @@ class ServerProcess:
                 continue
         return total
 
+    def cpu_by_thread(self) -> dict[str, float]:
+        """User + system CPU seconds so far of the server's processes (workers and their
+        helpers too), by thread: "loop" the main thread of the server or of each worker (with
+        workers, the supervising parent's is "supervisor"), "helpers" every thread of other
+        child processes (keep-awake), and the rest by the name the system has for them,
+        their numbers cut off ("infer-fashion-c" for a model's inference threads,
+        app/tuning.py; "decode"; "event_engine" for gRPC core's; "python" for threads no
+        one named: ONNX Runtime's own pools, grpc.aio's poller)."""
+        assert self.process is not None
+        workers = self.worker_pids()
+        top = self.process.pid
+        by_thread: dict[str, float] = {}
+        for pid in _descendants(top):
+            for tid, name, seconds in _threads(pid):
+                if pid != top and pid not in workers:
+                    group = "helpers"
+                elif tid == pid:
+                    group = "supervisor" if pid == top and workers else "loop"
+                else:
+                    group = name.rstrip("0123456789").rstrip("_-") or name
+                by_thread[group] = by_thread.get(group, 0.0) + seconds
+        return by_thread
+
     def worker_pids(self) -> set[int]:
         """uvicorn's worker processes (multiprocessing's spawned children; not its resource
         tracker); none where one process serves."""
@@ -118,6 +141,32 @@ def _http_ready(server: ServerProcess) -> bool:
         return httpx.get(f"{server.url}{server.ready_path}", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found = [pid]
+    for child in _children(pid):
+        found += _descendants(child)
+    return found
+
+
+def _threads(pid: int) -> list[tuple[int, str, float]]:
+    """(thread id, its name in the system, its user + system CPU seconds) of each thread of `pid`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        found.append((int(tid), name, (int(fields[11]) + int(fields[12])) / ticks))
+    return found
 
 
 def _children(pid: int) -> list[int]:

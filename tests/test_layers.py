@@ -20,7 +20,7 @@ LAYERS: dict[str, set[str]] = {
     "app.datasets": set(),
     "app.tuning": set(),
     "app.deadlines": set(),
-    "app.offload": set(),
+    "app.offload": {"app.tuning"},
     "app.shutdown": set(),
     "app.processes": set(),
     "app.keep_awake": {"app.processes"},

@@ -27,7 +27,7 @@ from app.batching.decision import Decision
 from app.batching.policy import BatchPolicy, BatchRecord
 from app.batching.request import BatchMoments, Chunk
 from app.errors import InferenceFailed, ModelNotReady, ModelRefusedInput
-from app.tuning import lower_thread_priority
+from app.tuning import start_inference_thread
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class BatchRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = ThreadPoolExecutor(policy.concurrent_batches, thread_name_prefix=f"infer-{name}",
-                                            initializer=lower_thread_priority,
+                                            initializer=start_inference_thread,
                                             initargs=(policy.inference_niceness,))
 
     @property

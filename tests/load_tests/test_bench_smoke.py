@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
 from load_tests import bench, samples, wrk
@@ -271,11 +272,35 @@ def test_the_protocols_report_puts_each_transport_and_ceiling_beside_http() -> N
     for name in ("grpc", "grpc-stream", *protocols.CEILINGS):
         row[f"{name}_over_http"] = [row[name]["infer_per_s"] / 5000]
         row[f"{name}_median_ratio"] = row[name]["infer_per_s"] / 5000
+    row["http"] |= {f"{protocols.THREAD_KEY}loop": 120.0, f"{protocols.THREAD_KEY}infer-fashion-c": 50.0}
+    row["grpc-stream"] |= {f"{protocols.THREAD_KEY}loop": 170.0, f"{protocols.THREAD_KEY}event_engine": 30.0}
     report = protocols.markdown([row])
     assert "| 1 | 64 | 5,000 | 4,400 | 0.88 | **0.88** | 9,000 | 1.80 | **1.80** |" in report
     assert "| 1 | 64 | 200 / 100 | 600 / 100 | 280 / 100 | 245 / 100 | 95 / 100 |" in report
+    # by thread: a column per group any transport used, 0 where one did not
+    assert "| images/request | conc | transport | event_engine | infer-fashion-c | loop |" in report
+    assert "| 1 | 64 | http | 0 | 50 | 120 |" in report
+    assert "| 1 | 64 | grpc-stream | 30 | 0 | 170 |" in report
     del row["grpc-ceiling"], row["grpc-stream-ceiling"]
     assert "ceiling" not in protocols.markdown([row])
+
+
+def test_the_servers_cpu_by_thread_tells_the_event_loops_from_the_inference_threads(server: ServerProcess) -> None:
+    """ServerProcess.cpu_by_thread: the workers' event loops, the model's inference threads
+    (named by app/tuning.py), the supervising parent and the helpers, apart."""
+    body, headers = samples.v2_binary(32, MODELS)  # a full batch: run on an inference thread, never inline
+    before = server.cpu_by_thread()
+    with httpx.Client(timeout=30) as client:
+        for _ in range(100):
+            assert client.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
+                               headers=headers).status_code == 200
+    after = server.cpu_by_thread()
+    used = {group: seconds - before.get(group, 0.0) for group, seconds in after.items()}
+    assert used["loop"] > 0
+    assert used["infer-fashion-c"] > 0  # "infer-fashion-cnn_0" and its siblings, cut to the system's 15 bytes
+    assert ("supervisor" in after) == bool(server.worker_pids())
+    # every process's threads are counted: at least what /proc says of the server and its workers
+    assert sum(after.values()) >= server.cpu_seconds() - 0.05
 
 
 @pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
