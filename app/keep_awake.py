@@ -11,7 +11,11 @@ load it takes the CPU the event loop needs.
 Instead a helper process spins for `window_s` whenever the server is down to one request
 in flight: as a lone request arrives and as the last one is answered (`began`, `ended`);
 a second request in flight stops it, as the server's own threads keep the CPUs busy from
-there. It runs under SCHED_IDLE (nice 19 where that is refused), so any other thread takes
+there, and keeps it stopped for BUSY_HOLD_S after the last time two were in flight: many
+clients' gRPC calls reach the loop one at a time, each often answered before the next is
+read, and counted one by one they looked like a lone client's all the while (the helper
+spun at c16 and c64 and cost unary calls 7-17% of their rate: docs/benchmarks.md,
+"Threads apart"). It runs under SCHED_IDLE (nice 19 where that is refused), so any other thread takes
 its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
 thread finds an awake CPU. The event loop's side is a counter and, at those moments, one
 write to shared memory (plus one to a pipe when the helper sleeps).
@@ -44,6 +48,11 @@ AUTO_WINDOW_S = 0.002
 request, yet little CPU for a request now and then. With wrk, which asks again at once,
 0.5, 2 and 5 ms measured alike at c1 (0.74-0.89 ms per request)."""
 
+BUSY_HOLD_S = 0.05
+"""After two requests were in flight, how long the server counts as busy, not down to a
+lone client: longer than any gap between the calls of clients kept waiting, far shorter than a
+lone client's pause that would matter."""
+
 _DEADLINE = struct.Struct("d")
 """Offset 0: until when (time.monotonic(), shared by every process) the helper spins."""
 _ASLEEP = 8
@@ -75,9 +84,12 @@ class KeepAwake:
     """The server's side: start the helper, tell it of each request, stop it. Called on
     the event loop only (HTTP's middleware and gRPC's inference calls)."""
 
-    def __init__(self, window_s: float, sleep_check_s: float = SLEEP_CHECK_S) -> None:
+    def __init__(self, window_s: float, sleep_check_s: float = SLEEP_CHECK_S,
+                 busy_hold_s: float = BUSY_HOLD_S) -> None:
         self.window_s = window_s
         self.sleep_check_s = sleep_check_s
+        self.busy_hold_s = busy_hold_s
+        self._busy_until = 0.0  # time.monotonic() until which the server counts as busy
         self._file = _shared_file()
         self._file.truncate(_SIZE)
         self._shared = mmap.mmap(self._file.fileno(), _SIZE)
@@ -128,17 +140,22 @@ class KeepAwake:
     def began(self) -> None:
         """A request arrived: a lone one keeps a CPU awake for the wake-ups it causes; a
         second in flight stops the spinning (the server is busy: the helper would only
-        take turns from its threads)."""
+        take turns from its threads), and the server counts as busy for busy_hold_s."""
         self._in_flight += 1
         if self._in_flight == 1:
-            self._spin()
+            if time.monotonic() >= self._busy_until:
+                self._spin()
         elif self._in_flight == 2:
+            self._busy_until = time.monotonic() + self.busy_hold_s
             _DEADLINE.pack_into(self._shared, 0, 0.0)
 
     def ended(self) -> None:
-        """A request was answered: the last in flight keeps a CPU awake for the next to arrive."""
+        """A request was answered: the last in flight keeps a CPU awake for the next to
+        arrive, unless two were in flight within busy_hold_s."""
         self._in_flight -= 1
-        if self._in_flight == 0:
+        if self._in_flight == 1:
+            self._busy_until = time.monotonic() + self.busy_hold_s
+        elif self._in_flight == 0 and time.monotonic() >= self._busy_until:
             self._spin()
 
     def _spin(self) -> None:

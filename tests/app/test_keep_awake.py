@@ -57,7 +57,7 @@ def test_the_setting_takes_auto_or_milliseconds_not_below_zero() -> None:
 
 
 def test_a_lone_request_spins_a_second_in_flight_stops_it_and_the_last_answered_spins_again() -> None:
-    awake = KeepAwake(10.0)  # the helper need not run: this is what the server tells it
+    awake = KeepAwake(10.0, busy_hold_s=0.0)  # the helper need not run: this is what the server tells it
     try:
         before = time.monotonic()
         awake.began()
@@ -73,6 +73,36 @@ def test_a_lone_request_spins_a_second_in_flight_stops_it_and_the_last_answered_
         assert awake.in_flight == 0
     finally:
         awake.stop()
+
+
+def test_after_two_in_flight_the_server_counts_as_busy_for_the_hold_not_as_a_lone_client() -> None:
+    """Calls that reach the loop one at a time (gRPC's, from many clients) leave one or none
+    in flight between them; once two were in flight, neither the last answered nor the next
+    lone arrival spins the helper until busy_hold_s has passed with at most one in flight."""
+    for hold in (3600.0, 0.05):  # the first never passes during the test, the second does
+        awake = KeepAwake(10.0, busy_hold_s=hold)
+        try:
+            awake.began()
+            assert awake.spins_until > 0  # a lone client, as ever
+            awake.began()
+            assert awake.spins_until == 0.0
+            awake.ended()
+            awake.ended()
+            if hold > 1:
+                assert awake.spins_until == 0.0  # down to none, but two were in flight just now
+                awake.began()
+                assert awake.spins_until == 0.0  # the next call alone: still the busy server's
+                awake.ended()
+                assert awake.spins_until == 0.0
+            else:
+                time.sleep(2 * hold)  # the hold passes with none in flight: a lone client again
+                before = time.monotonic()
+                awake.began()
+                assert awake.spins_until >= before + 10.0
+                awake.ended()
+            assert awake.in_flight == 0
+        finally:
+            awake.stop()
 
 
 def test_the_helper_runs_at_idle_priority_sleeps_is_woken_and_leaves_when_stopped() -> None:
