@@ -15,8 +15,8 @@ there, and keeps it stopped for BUSY_HOLD_S after the last time two were in flig
 clients' gRPC calls reach the loop one at a time, each often answered before the next is
 read, and counted one by one they looked like a lone client's all the while (the helper
 spun at c16 and c64 and cost unary calls 7-17% of their rate: docs/benchmarks.md,
-"Threads apart"). It runs under SCHED_IDLE (nice 19 where that is refused), so any other thread takes
-its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
+"Threads apart"). It runs under SCHED_IDLE (nice 19 where that is refused), so any other
+thread takes its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
 thread finds an awake CPU. The event loop's side is a counter and, at those moments, one
 write to shared memory (plus one to a pipe when the helper sleeps).
 

@@ -200,8 +200,9 @@ THREADS_TITLE = ("The server's CPU per request by thread, µs, medians of the ro
 def threads_table(rows: list[dict[str, Any]]) -> str:
     """Where each transport's server CPU goes: the µs per request of each group of threads."""
     names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
-    groups = sorted({key.removeprefix(THREAD_KEY) for r in rows for n in names for key in r[n]
-                     if key.startswith(THREAD_KEY)})
+    # the groups that used a µs per request somewhere (gRPC core's timer thread and the like do not)
+    groups = sorted({key.removeprefix(THREAD_KEY) for r in rows for n in names for key, us in r[n].items()
+                     if key.startswith(THREAD_KEY) and us >= 0.5})
     header = ("| images/request | conc | transport | " + " | ".join(groups) + " |\n|---|---|---|"
               + "---|" * len(groups))
     lines = [f"| {r['images']} | {r['concurrency']} | {n} | " + " | ".join(

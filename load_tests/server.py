@@ -96,13 +96,15 @@ class ServerProcess:
         child processes (keep-awake), and the rest by the name the system has for them,
         their numbers cut off ("infer-fashion-c" for a model's inference threads,
         app/tuning.py; "decode"; "event_engine" for gRPC core's; "python" for threads no
-        one named: ONNX Runtime's own pools, grpc.aio's poller)."""
+        one named: ONNX Runtime's own pools, grpc.aio's poller). A process's threads that have
+        ended are "exited": /proc counts them in the process, no longer by thread."""
         assert self.process is not None
         workers = self.worker_pids()
         top = self.process.pid
         by_thread: dict[str, float] = {}
         for pid in _descendants(top):
-            for tid, name, seconds in _threads(pid):
+            threads = _threads(pid)
+            for tid, name, seconds in threads:
                 if pid != top and pid not in workers:
                     group = "helpers"
                 elif tid == pid:
@@ -110,6 +112,9 @@ class ServerProcess:
                 else:
                     group = name.rstrip("0123456789").rstrip("_-") or name
                 by_thread[group] = by_thread.get(group, 0.0) + seconds
+            exited = _cpu_of(f"/proc/{pid}/stat") - sum(seconds for _, _, seconds in threads)
+            if exited > 0:
+                by_thread["exited"] = by_thread.get("exited", 0.0) + exited
         return by_thread
 
     def worker_pids(self) -> set[int]:
@@ -153,7 +158,6 @@ def _descendants(pid: int) -> list[int]:
 
 def _threads(pid: int) -> list[tuple[int, str, float]]:
     """(thread id, its name in the system, its user + system CPU seconds) of each thread of `pid`."""
-    ticks = os.sysconf("SC_CLK_TCK")
     found = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -164,9 +168,21 @@ def _threads(pid: int) -> list[tuple[int, str, float]]:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue  # the thread ended meanwhile
-        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        found.append((int(tid), name, (int(fields[11]) + int(fields[12])) / ticks))
+        found.append((int(tid), stat[stat.index("(") + 1 : stat.rindex(")")], _cpu_in(stat)))
     return found
+
+
+def _cpu_of(stat_path: str) -> float:
+    """User + system CPU seconds in a /proc stat file (0 where it is gone)."""
+    try:
+        return _cpu_in(Path(stat_path).read_text())
+    except OSError:
+        return 0.0
+
+
+def _cpu_in(stat: str) -> float:
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:

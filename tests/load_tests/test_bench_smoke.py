@@ -273,7 +273,8 @@ def test_the_protocols_report_puts_each_transport_and_ceiling_beside_http() -> N
         row[f"{name}_over_http"] = [row[name]["infer_per_s"] / 5000]
         row[f"{name}_median_ratio"] = row[name]["infer_per_s"] / 5000
     row["http"] |= {f"{protocols.THREAD_KEY}loop": 120.0, f"{protocols.THREAD_KEY}infer-fashion-c": 50.0}
-    row["grpc-stream"] |= {f"{protocols.THREAD_KEY}loop": 170.0, f"{protocols.THREAD_KEY}event_engine": 30.0}
+    row["grpc-stream"] |= {f"{protocols.THREAD_KEY}loop": 170.0, f"{protocols.THREAD_KEY}event_engine": 30.0,
+                           f"{protocols.THREAD_KEY}grpc_global_tim": 0.1}  # too little to show
     report = protocols.markdown([row])
     assert "| 1 | 64 | 5,000 | 4,400 | 0.88 | **0.88** | 9,000 | 1.80 | **1.80** |" in report
     assert "| 1 | 64 | 200 / 100 | 600 / 100 | 280 / 100 | 245 / 100 | 95 / 100 |" in report
