@@ -15,7 +15,8 @@ there, and keeps it stopped for BUSY_HOLD_S after the last time two were in flig
 clients' gRPC calls reach the loop one at a time, each often answered before the next is
 read, and counted one by one they looked like a lone client's all the while (the helper
 spun at c16 and c64 and cost unary calls 7-17% of their rate: docs/benchmarks.md,
-"Threads apart"). It runs under SCHED_IDLE (nice 19 where that is refused), so any other
+"Threads apart"). gRPC calls count as in flight but never start it: a lone gRPC client's
+calls measured fewer per second with it, with a longer p90. It runs under SCHED_IDLE (nice 19 where that is refused), so any other
 thread takes its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
 thread finds an awake CPU. The event loop's side is a counter and, at those moments, one
 write to shared memory (plus one to a pipe when the helper sleeps).
@@ -137,25 +138,28 @@ class KeepAwake:
     def helper_asleep(self) -> bool:
         return bool(self._shared[_ASLEEP])
 
-    def began(self) -> None:
+    def began(self, spins: bool = True) -> None:
         """A request arrived: a lone one keeps a CPU awake for the wake-ups it causes; a
         second in flight stops the spinning (the server is busy: the helper would only
-        take turns from its threads), and the server counts as busy for busy_hold_s."""
+        take turns from its threads), and the server counts as busy for busy_hold_s.
+        `spins` False: counted, but never the one that starts the helper (gRPC's calls:
+        their own threads wake for each call, and a lone gRPC client measured slower with
+        the helper spinning beside them, docs/benchmarks.md, "Threads apart")."""
         self._in_flight += 1
         if self._in_flight == 1:
-            if time.monotonic() >= self._busy_until:
+            if spins and time.monotonic() >= self._busy_until:
                 self._spin()
         elif self._in_flight == 2:
             self._busy_until = time.monotonic() + self.busy_hold_s
             _DEADLINE.pack_into(self._shared, 0, 0.0)
 
-    def ended(self) -> None:
+    def ended(self, spins: bool = True) -> None:
         """A request was answered: the last in flight keeps a CPU awake for the next to
-        arrive, unless two were in flight within busy_hold_s."""
+        arrive, unless two were in flight within busy_hold_s (`spins`: as for `began`)."""
         self._in_flight -= 1
         if self._in_flight == 1:
             self._busy_until = time.monotonic() + self.busy_hold_s
-        elif self._in_flight == 0 and time.monotonic() >= self._busy_until:
+        elif self._in_flight == 0 and spins and time.monotonic() >= self._busy_until:
             self._spin()
 
     def _spin(self) -> None:

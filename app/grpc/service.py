@@ -201,8 +201,8 @@ class InferenceService:
             metadata = {k: v for k, v in context.invocation_metadata() or () if k in _OBSERVED_METADATA}
         if tracing is not None:  # decided first, as HTTP's: an unsampled call costs a random number
             traced = tracing.sampled(_bytes(metadata.get("traceparent")))
-        if awake is not None:
-            awake.began()
+        if awake is not None:  # counted as HTTP's requests are, but never what spins the helper
+            awake.began(spins=False)
         try:
             if traced or access is not None:
                 return await self._observed(tracing if traced else None, access, request, context, metadata,
@@ -210,7 +210,7 @@ class InferenceService:
             return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
         finally:
             if awake is not None:
-                awake.ended()
+                awake.ended(spins=False)
 
     async def _observed(self, tracing: Tracing | None, access: AccessLog | None,
                         request: tuple[bytes, pb.ModelInferRequest | InvalidInput], context: grpc.aio.ServicerContext,

@@ -74,11 +74,12 @@ class Observers(Protocol):
 
 
 class Awake(Protocol):
-    """app/keep_awake.py `KeepAwake`: told as each request starts and as it ends."""
+    """app/keep_awake.py `KeepAwake`: told as each request starts and as it ends (`spins`
+    False: counted, never what starts the helper)."""
 
-    def began(self) -> None: ...
+    def began(self, spins: bool = True) -> None: ...
 
-    def ended(self) -> None: ...
+    def ended(self, spins: bool = True) -> None: ...
 
 
 @dataclass

@@ -105,6 +105,27 @@ def test_after_two_in_flight_the_server_counts_as_busy_for_the_hold_not_as_a_lon
             awake.stop()
 
 
+def test_a_call_that_does_not_spin_is_counted_but_never_starts_the_helper() -> None:
+    """gRPC's calls: alone they leave the helper still; beside an HTTP request they make two
+    in flight, which stops it as any second request does."""
+    awake = KeepAwake(10.0, busy_hold_s=0.0)
+    try:
+        awake.began(spins=False)
+        awake.ended(spins=False)
+        assert awake.spins_until == 0.0  # never told to spin
+        awake.began()  # an HTTP request alone: spins
+        assert awake.spins_until > 0
+        awake.began(spins=False)  # a gRPC call beside it: two in flight
+        assert awake.spins_until == 0.0
+        assert awake.in_flight == 2
+        awake.ended()
+        awake.ended(spins=False)  # the last answered is a gRPC call: no spin
+        assert awake.spins_until == 0.0
+        assert awake.in_flight == 0
+    finally:
+        awake.stop()
+
+
 def test_the_helper_runs_at_idle_priority_sleeps_is_woken_and_leaves_when_stopped() -> None:
     # It looks at the deadline only when woken (an hour between checks otherwise): seeing it
     # fall asleep again after a request means the request's write to the pipe woke it.
@@ -146,10 +167,10 @@ async def test_every_http_request_and_grpc_inference_call_is_counted_in_and_out(
         assert helper is not None
         assert alive(helper)
 
-        def counted(name: str, method: Callable[[], None]) -> Callable[[], None]:
-            def call() -> None:
-                calls.append(name)
-                method()
+        def counted(name: str, method: Callable[..., None]) -> Callable[..., None]:
+            def call(spins: bool = True) -> None:
+                calls.append(f"{name}{'' if spins else ' (no spin)'}")
+                method(spins)
             return call
 
         awake.began = counted("began", awake.began)  # type: ignore[method-assign]
@@ -157,10 +178,11 @@ async def test_every_http_request_and_grpc_inference_call_is_counted_in_and_out(
         pixels = sample_images(1)[0].tolist()
         assert (await client.post("/v1/models/fashion-cnn:predict", json={"instances": [pixels]})).status_code == 200
         assert (await client.get("/v2/models/nope")).status_code == 404  # errors end too
+        assert awake.spins_until > 0  # the last HTTP request answered
         await stub.ModelInfer(grpc_image_request())
-        assert calls == ["began", "ended"] * 3
+        # gRPC calls are counted, but never start the helper
+        assert calls == ["began", "ended"] * 2 + ["began (no spin)", "ended (no spin)"]
         assert awake.in_flight == 0
-        assert awake.spins_until > 0
     assert not alive(helper)  # the lifespan stopped it
 
 
