@@ -63,7 +63,7 @@ class Limits(Protocol):
 async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer], limits: Limits,
                         offload: Offload, arrived: float, timeout_s: float | None = None,
                         client_gone: Callable[[], bool] | None = None, body_bytes: int | None = None,
-                        others_on_the_way: bool = False) -> Answer:
+                        others_on_the_way: bool = False, in_flight_beside: int = 0) -> Answer:
     """Decode, infer, encode one request that arrived at `arrived` (time.monotonic()).
     Its deadline: the timeout the protocol asks for, else `timeout_s` (the transport's, a
     header say), at most the server's. Off the event loop: decoding a body over
@@ -72,7 +72,8 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     dropped as soon as they are used, before the answer is built. Plain arguments, no
     object per request: this is every request's path. `body_bytes`: the size of a body that is
     not bytes (a gRPC message, parsed by the transport). `others_on_the_way`: for a transport
-    whose requests reach the model one at a time rather than together (ServedModel.infer)."""
+    whose requests reach the model one at a time rather than together; `in_flight_beside`: the
+    client's other requests the transport knows are in flight (both: ServedModel.infer)."""
     manifest, codec = model.manifest, model.codec
     if (len(body) if body_bytes is None else body_bytes) > HEAVY_BODY_BYTES:
         kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
@@ -89,7 +90,7 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     limits.check_response(size, rows)
     asked = exchange.timeout_s(kept)
     due, timeout = limits.deadline_from(arrived, asked if asked is not None else timeout_s)
-    outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way)
+    outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way, in_flight_beside)
     del inputs
     if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
         size = exchange.answer_bytes(kept, manifest, rows, outputs)

@@ -98,11 +98,13 @@ class ServedModel:
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
                     client_gone: Callable[[], bool] | None = None,
-                    others_on_the_way: bool = False) -> dict[str, np.ndarray]:
+                    others_on_the_way: bool = False, in_flight_beside: int = 0) -> dict[str, np.ndarray]:
         """Queue and await one request's (already validated) rows; at `due` (time.monotonic(),
         counted from the request's arrival) the request gets 504. `others_on_the_way`: the
         other requests holding this model count as on their way to its queue, so that no
-        batch runs inline, on the event loop, while there are any (DynamicBatcher.run_or_queue)."""
+        batch runs inline, on the event loop, while there are any (DynamicBatcher.run_or_queue).
+        `in_flight_beside`: requests the transport knows its client has in flight beside this
+        one (a gRPC stream's earlier messages not answered yet), counted the same way."""
         started = time.monotonic()
         if started >= due:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
@@ -110,7 +112,7 @@ class ServedModel:
         timing = request_timing.get()
         if timing is not None:  # the access log's and the trace's: which model version answered, and when
             timing.model, timing.version, timing.queued = self.name, self.version, started
-        on_the_way = max(0, self.leases - 1) if others_on_the_way else 0
+        on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
         future = await self.batcher.run_or_queue(inputs, client_gone, on_the_way)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)

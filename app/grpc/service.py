@@ -189,8 +189,9 @@ class InferenceService:
             check_api_key(_authorization(context), keys)
 
     async def _infer_one(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                         context: grpc.aio.ServicerContext, *, streamed: bool) -> bytes:
-        """One request through the inference path: its answer serialized (GrpcExchange)."""
+                         context: grpc.aio.ServicerContext, *, streamed: bool, unanswered: int = 0) -> bytes:
+        """One request through the inference path: its answer serialized (GrpcExchange).
+        `unanswered`: on a stream, its messages read before this one and not yet answered."""
         observers = self.observers
         tracing = observers.tracing if observers is not None else None
         access = observers.access_log if observers is not None else None
@@ -206,15 +207,16 @@ class InferenceService:
         try:
             if traced or access is not None:
                 return await self._observed(tracing if traced else None, access, request, context, metadata,
-                                            streamed=streamed)
-            return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic())
+                                            streamed=streamed, unanswered=unanswered)
+            return await self._infer_untraced(request, context, streamed=streamed, arrived=time.monotonic(),
+                                              unanswered=unanswered)
         finally:
             if awake is not None:
                 awake.ended(spins=False)
 
     async def _observed(self, tracing: Tracing | None, access: AccessLog | None,
                         request: tuple[bytes, pb.ModelInferRequest | InvalidInput], context: grpc.aio.ServicerContext,
-                        metadata: dict[str, str | bytes], *, streamed: bool) -> bytes:
+                        metadata: dict[str, str | bytes], *, streamed: bool, unanswered: int) -> bytes:
         """`_infer_one` with its span, where traced (the caller's `traceparent` metadata
         continued, the trace id answered in `x-trace-id` metadata: unary calls only, a
         stream's answers have none), and its access-log line, where the log is on."""
@@ -231,7 +233,8 @@ class InferenceService:
         try:
             if span is not None and not streamed:
                 await context.send_initial_metadata((("x-trace-id", timing.trace_id),))
-            answer = await self._infer_untraced(request, context, streamed=streamed, arrived=arrived)
+            answer = await self._infer_untraced(request, context, streamed=streamed, arrived=arrived,
+                                                unanswered=unanswered)
             timing.bytes_out = len(answer)
             return answer
         except asyncio.CancelledError:
@@ -255,7 +258,8 @@ class InferenceService:
                                   _bytes(metadata.get("traceparent")), client, time.perf_counter() - started))
 
     async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
-                              context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float) -> bytes:
+                              context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float,
+                              unanswered: int = 0) -> bytes:
         body, message = request
         serving = self.serving
         if isinstance(message, InvalidInput):
@@ -269,9 +273,13 @@ class InferenceService:
                 # idle: run inline one by one, they held the loop that reads the next (without,
                 # 1.10-1.20x the calls/s at c16 and c64; HTTP's requests arrive together and
                 # measured 0.94-0.99 with the rule: docs/benchmarks.md, "gRPC unary calls").
+                # A stream's messages likewise, one read at a time: where its client has earlier
+                # ones still unanswered, they count as on the way, or a busy stream ran each
+                # alone on the loop (docs/benchmarks.md, "One stream, many requests").
                 return await run_inference(model, message, GrpcExchange(context.time_remaining(), streamed), serving.budget,
                                            serving.offload, arrived, client_gone=context.cancelled,
-                                           body_bytes=len(body), others_on_the_way=not streamed)
+                                           body_bytes=len(body), others_on_the_way=not streamed,
+                                           in_flight_beside=unanswered)
         finally:
             serving.budget.large_bodies.release(held)
 
@@ -287,15 +295,16 @@ class InferenceService:
             await context.abort(code_of(e), e.message)
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        unanswered = 0  # messages read and not yet answered on the wire: the client's concurrency here
         # At most max_grpc_calls of a stream's requests at once: beyond, the stream is not read
         # (HTTP/2 flow control holds the client back) until one is answered.
         slots = asyncio.Semaphore(self.serving.settings.max_grpc_calls)
 
-        async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput]) -> None:
+        async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput], earlier: int) -> None:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             message = request[1]
             try:
-                reply = await self._infer_one(request, context, streamed=True)
+                reply = await self._infer_one(request, context, streamed=True, unanswered=earlier)
             except Exception as e:
                 code, text = _failure(e, "grpc.ModelStreamInfer")
                 reply = _stream_error(message, text).SerializeToString()
@@ -306,10 +315,12 @@ class InferenceService:
             answers.put_nowait(reply)
 
         async def read() -> None:
+            nonlocal unanswered
             try:
                 async for request in requests:
                     await slots.acquire()
-                    task = asyncio.create_task(answer(request))
+                    task = asyncio.create_task(answer(request, unanswered))
+                    unanswered += 1
                     running.add(task)
                     task.add_done_callback(running.discard)
                 await asyncio.gather(*running)
@@ -319,7 +330,8 @@ class InferenceService:
         reader = asyncio.create_task(read())
         try:
             while (reply := await answers.get()) is not None:
-                yield reply
+                yield reply  # resumed once grpc has taken it
+                unanswered -= 1
             await reader  # a failure to read the stream is the call's
         finally:
             reader.cancel()

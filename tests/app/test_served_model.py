@@ -103,4 +103,10 @@ async def test_other_holders_keep_a_lone_batch_off_the_loop_when_asked() -> None
     async with model.lease() as alone:
         await alone.infer(one_row(model), time.monotonic() + 10, 10, others_on_the_way=True)
         assert ran_on == [here]  # nobody else holds it: inline
+        ran_on.clear()
+        # the transport knows its client has another in flight (a gRPC stream's earlier
+        # message, answered by the model but not yet on the wire): off the loop too
+        await alone.infer(one_row(model), time.monotonic() + 10, 10, in_flight_beside=1)
+        assert ran_on
+        assert here not in ran_on
     await model.retire(grace_s=1)

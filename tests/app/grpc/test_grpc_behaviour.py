@@ -215,3 +215,51 @@ async def test_a_stream_runs_at_most_max_grpc_calls_of_its_requests_at_once() ->
         answered = await reading
     assert queued in held
     assert sorted(answered) == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_streams_messages_count_its_earlier_ones_still_unanswered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream is read a message at a time: each reaches the model alone, finds it idle, and
+    would run inline on the loop, one by one, however many its client has in flight. Each
+    message carries how many of the stream's earlier ones are read but not yet answered on
+    the wire, which keeps its batch off the loop (ServedModel.infer `in_flight_beside`)."""
+    import app.grpc.service
+    from app.grpc.service import InferenceService, _read_infer
+
+    seen: list[int] = []
+    run = app.grpc.service.run_inference
+
+    async def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["in_flight_beside"])  # type: ignore[arg-type]
+        return await run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.grpc.service, "run_inference", spy)
+
+    class Context:  # what the stream's handler reads of grpc.aio's context
+        def time_remaining(self) -> None:
+            return None
+
+        def cancelled(self) -> bool:
+            return False
+
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    async with serving_grpc() as (_, _, served):
+        service = InferenceService(served.services, served.request_series, served)
+        body = image_request().SerializeToString()
+        sixth = asyncio.Event()
+
+        async def requests():  # type: ignore[no-untyped-def]
+            for _ in range(5):  # five sent at once, as a client with five in flight
+                yield _read_infer(body)
+            await sixth.wait()  # the sixth once every answer went out: alone again
+            yield _read_infer(body)
+
+        replies = []
+        async for reply in service.model_stream_infer(requests(), Context()):  # type: ignore[arg-type]
+            replies.append(pb.ModelStreamInferResponse.FromString(reply))
+            if len(replies) == 5:
+                sixth.set()
+    assert len(replies) == 6
+    assert not any(r.error_message for r in replies)
+    assert seen == [0, 1, 2, 3, 4, 0]
