@@ -292,10 +292,12 @@ def test_sigterm_turns_readiness_503_before_any_connection_is_refused() -> None:
                 except httpx.ConnectError:
                     events.append((time.monotonic(), "refused"))
                     return
-                except httpx.ReadError:
-                    # Reset: a connection the kernel had queued for a worker whose listening
-                    # socket the drain closed before accepting it (app/listeners.py): never
-                    # read, so no accepted request; it may come only once readiness said 503.
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # Closed by the drain before the request on it was read: reset, where the
+                    # kernel had queued the connection for a worker whose listening socket closed
+                    # (app/listeners.py), or closed as idle while the request was on its way
+                    # (every keep-alive server's race at shutdown). No accepted request, and it
+                    # may come only once readiness said 503.
                     events.append((time.monotonic(), "reset"))
                     return
 
