@@ -83,8 +83,10 @@ def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> No
     """Where each worker listens on a socket of its own, say once whether a worker that
     exits loses the connections waiting in its socket's queue (app/listeners.py)."""
     ports = [name for name, own in (("HTTP", own_http_socket), ("gRPC", settings.grpc)) if own]
+    if not ports or not listeners.PER_WORKER:  # elsewhere the kernel has no such setting
+        return
     moves = listeners.queue_moves_on_exit()
-    if not ports or moves or not listeners.PER_WORKER:  # elsewhere the kernel has no such setting
+    if moves:
         return
     why = ("net.ipv4.tcp_migrate_req is 0" if moves is False
            else "this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+)")

@@ -178,8 +178,9 @@ class Settings(BaseSettings):
     keep_awake_ms: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     """When a worker is down to one request in flight (as a lone HTTP request arrives, as the
     last is answered; not within 50 ms of two in flight; gRPC calls count as in flight but
-    never start it), a helper process at idle CPU priority keeps a CPU busy this long, so that the client's read of the answer and the
-    next request do not wait for an idle CPU to wake (on a VM that wake costs tens to hundreds of µs each time). It uses only CPU
+    never start it), a helper process at idle CPU priority keeps a CPU busy this long, so
+    that the client's read of the answer and the next request do not wait for an idle CPU
+    to wake (on a VM that wake costs tens to hundreds of µs each time). It uses only CPU
     time nothing else wants, but that time shows as CPU use. auto: 2 ms, except under a CPU
     quota (a container's --cpus), whose time it would draw from; 0: off."""
 

@@ -79,15 +79,7 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and its children (workers), from /proc."""
         assert self.process is not None
-        total = 0.0
-        ticks = 100.0
-        for pid in [self.process.pid, *_children(self.process.pid)]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / ticks
-            except (OSError, IndexError, ValueError):
-                continue
-        return total
+        return sum(_cpu_of(f"/proc/{pid}/stat") for pid in [self.process.pid, *_children(self.process.pid)])
 
     def cpu_by_thread(self) -> dict[str, float]:
         """User + system CPU seconds so far of the server's processes (workers and their

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.listeners import queue_moves_on_exit
 from load_tests import samples, wrk
 from load_tests.client import Payload
 from load_tests.server import ROOT, ServerProcess
@@ -32,10 +33,8 @@ SETUPS = {"socket per worker": ["--reuse-port"], "one shared socket": ["--no-reu
 
 
 def kernel_setting() -> str:
-    try:
-        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
-    except OSError:
-        return "absent"
+    """net.ipv4.tcp_migrate_req as the service reads it (app/listeners.py)."""
+    return {True: "1", False: "0", None: "absent"}[queue_moves_on_exit()]
 
 
 def one_round(args: list[str], payload: Payload, duration_s: float, script: Path) -> dict[str, int]:
