@@ -121,6 +121,12 @@ def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) ->
 def test_two_workers_answer_one_exposition_counting_every_request() -> None:
     body = {"instances": sample_images(1).tolist()}
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup"]) as server:
+        # Ready means one worker answers; on a busy machine the other may still be starting.
+        for _ in range(300):
+            if len(set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}',
+                                  httpx.get(server.url + "/metrics", timeout=30).text))) == 2:
+                break
+            time.sleep(0.2)
         with httpx.Client(base_url=server.url, timeout=30) as client:
             answered = [client.post("/v1/models/fashion-cnn:predict", json=body).status_code for _ in range(40)]
             assert answered == [200] * 40
