@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import queue
 import random
 import re
@@ -28,8 +27,10 @@ from collections.abc import Callable
 from logging.handlers import QueueListener
 from typing import Any
 
+import orjson
+
 from app.batching.request import RequestTiming, request_timing
-from app.observability.log import formatter
+from app.observability.log import JSON_TIME, TEXT_TIME
 
 __all__ = ["AccessLog", "RequestTiming", "line", "request_timing", "trace_id"]
 
@@ -41,17 +42,10 @@ FIELDS = ("method", "route", "status", "model", "version", "bytes_in", "bytes_ou
 """Every line's fields, in this order (an unknown one is null in JSON, left out in text)."""
 
 
-class _Line:
-    """A text line's message, built in the writing thread (str() is called there)."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-
-    def __str__(self) -> str:
-        return " ".join(f"{name}={_text(self.fields.get(name))}" for name in FIELDS
-                        if self.fields.get(name) not in (None, ""))
+def _message(fields: dict[str, Any]) -> str:
+    """A text line's message: `name=value` for each field set, in FIELDS' order."""
+    return " ".join([f"{name}={_text(value)}" for name in FIELDS if (value := fields.get(name)) is not None
+                     and value != ""])
 
 
 def _text(value: object) -> str:
@@ -59,9 +53,30 @@ def _text(value: object) -> str:
     space, a quote, an equals sign or a control character, so one request is one line even
     when a client's path decodes to a newline."""
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    if not text.isprintable() or any(c in text for c in ' "='):
+    if not text.isprintable() or " " in text or '"' in text or "=" in text:
         return json.dumps(text)
     return text
+
+
+class _Stamps:
+    """The time at the start of a line, as the service's other log lines have it
+    (app/observability/log.py's formatters: logging's asctime, `2026-12-05 17:20:14,226`,
+    in text; seconds only in JSON). The date and time to the second is made once for every
+    line of that second, not per line as logging does (tests/app/observability/
+    test_access_log.py compares the lines with what logging itself writes)."""
+
+    __slots__ = ("_second", "_made", "_format")
+
+    def __init__(self, date_format: str) -> None:
+        self._second = -1
+        self._made = ""
+        self._format = date_format
+
+    def of(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._made = second, time.strftime(self._format, time.localtime(created))
+        return self._made
 
 
 class AccessLog:
@@ -74,7 +89,7 @@ class AccessLog:
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._pending: list[tuple[float, dict[str, Any]]] = []
         self._handover: asyncio.TimerHandle | None = None
-        self._format = formatter(log_format).format
+        self._stamps = _Stamps(JSON_TIME if self.json else TEXT_TIME)
         self._listener = _Writer(self._queue, stream or sys.stderr)
         self._running = False
 
@@ -113,18 +128,20 @@ class AccessLog:
         self._handover = None
         if self._pending:
             lines, self._pending = self._pending, []
-            self._queue.put_nowait("".join(self._format(self._record(created, fields)) + "\n"
-                                           for created, fields in lines))
+            made = self._json_line if self.json else self._text_line
+            self._queue.put_nowait("".join([made(created, fields) for created, fields in lines]))
 
-    def _record(self, created: float, fields: dict[str, Any]) -> logging.LogRecord:
-        if self.json:
-            message: object = f"{fields['method']} {fields['route']} {fields['status']}"
-        else:
-            message = _Line(fields)
-        record = logging.LogRecord(LOGGER, logging.INFO, __file__, 0, message, None, None)
-        record.created, record.msecs = created, (created % 1) * 1000
-        record.fields = {name: fields.get(name) for name in FIELDS}
-        return record
+    def _text_line(self, created: float, fields: dict[str, Any]) -> str:
+        # logging's TEXT_FORMAT, `%(asctime)s %(levelname)s %(name)s: %(message)s`, with its
+        # asctime's milliseconds (`,%03d`)
+        return f"{self._stamps.of(created)},{int((created % 1) * 1000):03d} INFO {LOGGER}: {_message(fields)}\n"
+
+    def _json_line(self, created: float, fields: dict[str, Any]) -> str:
+        # JsonFormatter's entry: time, level, logger, message, then the fields
+        entry: dict[str, Any] = {"time": self._stamps.of(created), "level": "info", "logger": LOGGER,
+                                 "message": f"{fields['method']} {fields['route']} {fields['status']}"}
+        entry.update({name: fields.get(name) for name in FIELDS})
+        return orjson.dumps(entry).decode() + "\n"
 
 
 def line(method: str, route: str, status: int | str, model: str | None, timing: RequestTiming,

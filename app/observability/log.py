@@ -38,7 +38,7 @@ class _RefusalWithoutTraceback(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self.formatTime(record, JSON_TIME),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -59,6 +59,10 @@ def formatter(log_format: str) -> logging.Formatter:
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_TIME = logging.Formatter.default_time_format
+"""asctime's date and time in text lines (logging's own; its milliseconds follow, `,%03d`)."""
+JSON_TIME = "%Y-%m-%dT%H:%M:%S"
+"""The `time` of JSON lines."""
 
 
 def configure_logging(log_format: str, level: str) -> dict[str, object]:

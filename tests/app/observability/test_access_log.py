@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import threading
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
+from app.observability.access import LOGGER as ACCESS_LOGGER
+from app.observability.log import formatter
 from load_tests import samples
 from tests.app.conftest import grpc_image_request, sample_images, serving, serving_grpc
 from tests.conftest import MODELS, model_folder
@@ -121,6 +124,47 @@ async def test_the_text_form_is_one_line_per_request_whatever_the_path_holds(cap
     assert 'route="/a\\nforged line=1" status=404' in lines[0]
     assert "route=/v2/models/{name}/infer status=200 model=fashion-cnn" in lines[1]
     assert "batch_rows=1 batches=1 trigger=idle" in lines[1]
+
+
+EXAMPLE = {"method": "POST", "route": "/v2/models/{name}/infer", "status": 200, "model": "fashion-cnn",
+           "version": "3", "bytes_in": 3153, "bytes_out": 180, "total_ms": 1.2345, "queue_ms": 0.0, "compute_ms": 2.5,
+           "batch_id": 77, "batch_rows": 17, "batches": 1, "trigger": "full", "request_id": "",
+           "trace_id": None, "client": "127.0.0.1:4242"}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_line_reads_as_logging_itself_would_write_it(log_format: str) -> None:
+    """Lines are made without logging's records (a third of the time per line), so their
+    start (time, level, logger) must stay what the service's formatters write for its other
+    lines: here against those formatters, over times that cross seconds, go back, and sit a
+    hair under the next second."""
+    buffer = io.StringIO()
+    log = AccessLog(log_format, stream=buffer)
+    log.start()
+    times = [1_764_950_400.0, 1_764_950_400.4999, 1_764_950_400.9999, 1_764_950_401.0, 1_764_950_399.25,
+             1_780_000_000.5]
+    weird = {**EXAMPLE, "route": 'a "b"=c\td ü', "status": "INVALID_ARGUMENT", "model": None}
+    written = [(t, EXAMPLE) for t in times] + [(times[0], weird)]
+    log._pending = [(t, dict(fields)) for t, fields in written]  # as `write` keeps them, with these times
+    log.stop()
+    got = buffer.getvalue().splitlines()
+    assert len(got) == len(written)
+    form = formatter(log_format)
+    for line, (created, fields) in zip(got, written, strict=True):
+        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "MESSAGE", None, None)
+        record.created, record.msecs = created, (created % 1) * 1000
+        if log_format == "json":
+            record.msg = f"{fields['method']} {fields['route']} {fields['status']}"
+            record.fields = {name: fields.get(name) for name in FIELDS}
+            assert json.loads(line) == json.loads(form.format(record))
+            assert list(json.loads(line))[:4] == ["time", "level", "logger", "message"]
+        else:
+            start, _, message = form.format(record).partition("MESSAGE")
+            assert line.startswith(start), (line, start)
+    if log_format == "text":  # each value as is, or quoted where it holds a space, quote, = or control
+        assert got[-1].partition(": ")[2] == ('method=POST route="a \\"b\\"=c\\td \\u00fc" status=INVALID_ARGUMENT version=3 '
+                        "bytes_in=3153 bytes_out=180 total_ms=1.234 queue_ms=0.000 compute_ms=2.500 batch_id=77 "
+                        "batch_rows=17 batches=1 trigger=full client=127.0.0.1:4242")
 
 
 async def test_the_access_log_is_off_by_default() -> None:
