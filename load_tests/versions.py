@@ -47,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  "v2-binary-fashion-cnn-32, v2-json-fashion-cnn and "
                                                  "v2-json-fashion-cnn-32)")
     parser.add_argument("--workers", default="1", help="worker processes of both servers (default 1)")
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="a flag both servers get, with `=`: --server-flag=--access-log (repeatable)")
     args = parser.parse_args(argv)
     if not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
     # The same worker count on both sides: a checkout from before workers auto ran one.
-    server_args = ["--model-dir", str(args.model_dir.resolve()), "--workers", args.workers]
+    server_args = ["--model-dir", str(args.model_dir.resolve()), "--workers", args.workers, *args.server_flag]
     with ExitStack() as stack:
         base = stack.enter_context(ServerProcess(server_args, checkout=args.base.resolve()))
         new = stack.enter_context(ServerProcess(server_args))

@@ -97,18 +97,29 @@ def test_pairing_alternates_rounds_and_takes_medians() -> None:
 
 
 @pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
-def test_versions_compares_two_checkouts_round_by_round(capsys: pytest.CaptureFixture[str]) -> None:
+def test_versions_compares_two_checkouts_round_by_round(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from load_tests import versions
     from tests.conftest import ROOT
 
+    logs: list[str] = []
+
+    class Recorded(ServerProcess):  # each server's log, read as it stops
+        def __exit__(self, *exc: object) -> None:
+            super().__exit__(*exc)  # type: ignore[arg-type]
+            logs.append(self.log.read_text())
+
+    monkeypatch.setattr(versions, "ServerProcess", Recorded)
     assert versions.main(["--base", str(ROOT), "--model-dir", str(MODELS), "--rounds", "1",
-                          "--duration", "0.5", "--concurrency", "4"]) == 0
+                          "--duration", "0.5", "--concurrency", "4", "--server-flag=--access-log"]) == 0
     table = capsys.readouterr().out.split("\n\n")[-1]
     rows = [line for line in table.splitlines() if line.startswith("| v1-")]
     assert [row.split(" | ")[0] for row in rows] == ["| v1-fashion-cnn c4", "| v1-sst2-lstm c4"]
     for row in rows:
         ratio = float(row.split(" | ")[2])
         assert 0 < ratio < 100  # both servers answered (same code: the ratio is noise around 1)
+    assert len(logs) == 2
+    assert all("ortserve.access: method=POST route=/v1/models/{name}:predict status=200" in log for log in logs)
 
 
 def test_the_naive_server_answers_the_same_body_with_the_same_labels(server: ServerProcess) -> None:
