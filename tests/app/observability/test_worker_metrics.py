@@ -121,7 +121,8 @@ def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) ->
 def test_two_workers_answer_one_exposition_counting_every_request() -> None:
     body = {"instances": sample_images(1).tolist()}
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup"]) as server:
-        # Ready means one worker answers; on a busy machine the other may still be starting.
+        # Readiness counts a worker once its models are ready; its first metrics snapshot
+        # comes after that, and on a busy machine after the requests below.
         for _ in range(300):
             if len(set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}',
                                   httpx.get(server.url + "/metrics", timeout=30).text))) == 2:
