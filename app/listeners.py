@@ -62,6 +62,31 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+_OWN: list[socket.socket] = []
+"""The sockets this worker bound for itself (as it unpickled its WorkerSocket)."""
+
+
+def _bind_own(host: str, port: int) -> socket.socket:
+    sock = bind(host, port)
+    _OWN.append(sock)
+    return sock
+
+
+def accepting() -> bool:
+    """Whether this worker's own sockets listen (are in the kernel's group for the port):
+    from the moment its server starts until it closes them. A worker's models are ready a
+    moment before that, so its readiness report asks this too (app/repository/shared.py):
+    ready then means every worker takes connections. True where it has none of its own (it
+    shares the parent's socket, which listens before any worker starts)."""
+    for sock in _OWN:
+        try:
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return False
+        except OSError:  # closed (the server has stopped)
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class WorkerSocket:
     """Stands in uvicorn's list of sockets for the one each worker binds as it starts."""
@@ -70,4 +95,4 @@ class WorkerSocket:
     port: int
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return bind, (self.host, self.port)
+        return _bind_own, (self.host, self.port)

@@ -28,6 +28,7 @@ from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
 from app.http.services import Services
 from app.keep_awake import KeepAwake, window_from_setting
+from app.listeners import accepting
 from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await repository.stop()
             raise StrictModelsRefused(failures)
         changes = RepositoryChanges(repository) if resolved.control_dir is None else SharedRepository(
-            repository, resolved.control_dir, resolved.worker_processes)
+            repository, resolved.control_dir, resolved.worker_processes, accepting=accepting)
         await changes.start()  # what the repository API changed in the other workers, before answering
         settle_heap()
         logger.info("ready: serving %s", ", ".join(f"{m.name} v{m.version}" for m in repository.all()) or "nothing")

@@ -23,6 +23,7 @@ LAYERS: dict[str, set[str]] = {
     "app.offload": {"app.tuning"},
     "app.shutdown": set(),
     "app.processes": set(),
+    "app.listeners": set(),
     "app.keep_awake": {"app.processes"},
     "app.preprocess": {"app.manifest"},
     "app.codecs": {"app.errors", "app.manifest", "app.preprocess"},
@@ -52,9 +53,10 @@ LAYERS: dict[str, set[str]] = {
     "app.http": {"app.http", "app.access", "app.deadlines", "app.errors", "app.inference", "app.model_facts",
                  "app.model_views", "app.observability", "app.offload", "app.protocol", "app.repository",
                  "app.served_model", "app.settings", "app.tuning"},
-    "app.main": {"app.http", "app.errors", "app.grpc", "app.keep_awake", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
+    "app.main": {"app.http", "app.errors", "app.grpc", "app.keep_awake", "app.listeners", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
                  "app.shutdown", "app.tuning"},
-    "app.__main__": {"app.http", "app.main", "app.model_tools", "app.observability", "app.processes", "app.settings"},
+    "app.__main__": {"app.http", "app.listeners", "app.main", "app.model_tools", "app.observability", "app.processes",
+                     "app.settings"},
     "app": set(),
 }
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}

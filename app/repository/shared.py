@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,12 @@ class _Report:
 class SharedRepository(RepositoryChanges):
     """The repository API's changes across the `workers` processes that share `folder`."""
 
-    def __init__(self, repository: ModelRepository, folder: Path, workers: int, pid: int | None = None) -> None:
+    def __init__(self, repository: ModelRepository, folder: Path, workers: int, pid: int | None = None,
+                 accepting: Callable[[], bool] = lambda: True) -> None:
+        """`accepting`: whether this worker takes connections yet (app/listeners.py), which
+        its report's readiness waits for as well as its models."""
         super().__init__(repository)
+        self._accepting = accepting
         self.folder = folder
         self.workers = workers
         self.pid = pid or os.getpid()
@@ -233,7 +238,7 @@ class SharedRepository(RepositoryChanges):
 
     def _write_report(self) -> None:
         own = self._own
-        own.ready = self.repository.ready
+        own.ready = self.repository.ready and self._accepting()
         own.serving = {name: self.repository.versions_of(name) for name in self.repository.names()}
         text = own.as_json()
         if text == self._written:

@@ -55,3 +55,20 @@ def test_nothing_is_said_where_the_queue_moves_or_the_socket_is_shared(notes: py
     monkeypatch.setattr(listeners, "queue_moves_on_exit", lambda: False)
     entry._note_queues_of_own_sockets(Settings(grpc=False), own_http_socket=False)  # one shared HTTP socket, no gRPC
     assert notes.messages == []
+
+
+def test_a_worker_accepts_once_its_own_socket_listens_and_not_after_it_closes() -> None:
+    """app/main.py hands `accepting` to the worker's readiness report (app/repository/shared.py)."""
+    import pickle
+
+    sock = pickle.loads(pickle.dumps(listeners.WorkerSocket("127.0.0.1", 0)))  # as uvicorn's worker gets it
+    try:
+        assert sock in listeners._OWN
+        assert not listeners.accepting()  # bound, not listening: the kernel gives it no connection
+        sock.listen()
+        assert listeners.accepting()
+    finally:
+        sock.close()
+        assert not listeners.accepting()  # its server stopped
+        listeners._OWN.remove(sock)
+    assert listeners.accepting()  # none of its own: the parent's shared socket listens already

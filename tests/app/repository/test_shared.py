@@ -9,7 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -36,10 +36,11 @@ def third_pid() -> Iterator[int]:
     child.wait()
 
 
-def worker(root: Path, folder: Path, pid: int, workers: int = 2) -> SharedRepository:
+def worker(root: Path, folder: Path, pid: int, workers: int = 2,
+           accepting: Callable[[], bool] = lambda: True) -> SharedRepository:
     settings = Settings(model_dir=root, model_control_mode="explicit", load_model=[MODEL], warmup=False)
     repository = ModelRepository(settings, ort_options(None, 1, 1), Metrics())
-    return SharedRepository(repository, folder, workers, pid=pid)
+    return SharedRepository(repository, folder, workers, pid=pid, accepting=accepting)
 
 
 @asynccontextmanager
@@ -106,6 +107,25 @@ async def test_readiness_needs_every_worker_reporting_and_ready(one_version: Pat
             assert first.ready()
         await first.follow()
         assert not first.ready()  # gone (its report removed as it stopped)
+
+
+async def test_a_worker_counts_as_ready_only_once_it_takes_connections(one_version: Path, tmp_path: Path) -> None:
+    """A worker's models are ready a moment before its server listens on its socket; until
+    it does, the kernel gives it no connection, and its report does not say ready (a burst
+    sent in that moment all went to the other worker: tests/app/test_workers.py)."""
+    folder = tmp_path / "control"
+    listening = False
+    async with running(worker(one_version, folder, os.getpid()), following=False) as first:
+        async with running(worker(one_version, folder, os.getppid(), accepting=lambda: listening),
+                           following=False) as second:
+            assert second.repository.ready
+            assert not first.ready()  # its models are ready, its socket not yet listening
+            listening = True
+            await second.follow()  # its next report, FOLLOW_S later in a running worker
+            assert first.ready()
+            listening = False  # its server has stopped (closed its socket)
+            await second.follow()
+            assert not first.ready()
 
 
 async def test_readiness_reads_the_reports_as_it_is_asked(one_version: Path, tmp_path: Path) -> None:
