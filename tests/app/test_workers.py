@@ -167,9 +167,9 @@ def sockets_after_a_burst(args: list[str], tmp_path: Path) -> dict[int, tuple[se
                         "--workers", "2", "--no-warmup", *args]) as server:
         assert server.process is not None
         workers = wait_for(lambda: len(found := server.worker_pids()) == 2 and found)
-        # Readiness counts a worker once its models are ready, a moment before its socket
-        # listens (joins the kernel's group); a burst sent in that moment all goes to the
-        # other (CI, on a busy machine: 64 and 0).
+        # Readiness waits for each worker's socket to listen (app/listeners.py `accepting`);
+        # seen here directly too: a burst sent before the second socket joins the kernel's
+        # group all goes to the first (CI, when readiness did not wait for it: 64 and 0).
         wait_for(lambda: all(sockets_of(pid, server.port, set(), tcp_sockets_by_inode())[0]
                              for pid in workers))
         connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
