@@ -8,18 +8,19 @@ request at a time"). That endpoint is helped by ONNX Runtime's default thread po
 60 ms after every run; this server turns ORT's spinning off (app/runtime.py), because at
 load it takes the CPU the event loop needs.
 
-Instead a helper process spins for `window_s` whenever the server is down to one request
-in flight: as a lone request arrives and as the last one is answered (`began`, `ended`);
-a second request in flight stops it, as the server's own threads keep the CPUs busy from
+Instead a helper process spins for `window_s` whenever the server is down to one request in
+flight: as a lone request arrives and as the last one is answered (`began`, `ended`); a
+second request in flight stops it, as the server's own threads keep the CPUs busy from
 there, and keeps it stopped for BUSY_HOLD_S after the last time two were in flight: many
 clients' gRPC calls reach the loop one at a time, each often answered before the next is
-read, and counted one by one they looked like a lone client's all the while (the helper
-spun at c16 and c64 and cost unary calls 7-17% of their rate: docs/benchmarks.md,
-"Threads apart"). gRPC calls count as in flight but never start it: a lone gRPC client's
-calls measured fewer per second with it, with a longer p90. It runs under SCHED_IDLE (nice 19 where that is refused), so any other
-thread takes its CPU at once: it only uses time nobody else wants, and what it buys is that a woken
-thread finds an awake CPU. The event loop's side is a counter and, at those moments, one
-write to shared memory (plus one to a pipe when the helper sleeps).
+read, and counted one by one they looked like a lone client's all the while (the helper spun
+at c16 and c64 and cost unary calls 7-17% of their rate: docs/benchmarks.md, "Threads
+apart"). gRPC calls count as in flight but never start it: a lone gRPC client's calls
+measured fewer per second with it, with a longer p90. It runs under SCHED_IDLE (nice 19
+where that is refused), so any other thread takes its CPU at once: it only uses time nobody
+else wants, and what it buys is that a woken thread finds an awake CPU. The event loop's
+side is a counter and, at those moments, one write to shared memory (plus one to a pipe when
+the helper sleeps).
 
 A separate interpreter, not a thread: a spinning thread would contend with the event loop
 for the GIL. It reads only the standard library, and exits when the pipe closes (the

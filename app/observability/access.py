@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from app.batching.request import RequestTiming, request_timing
-from app.observability.log import JSON_TIME, TEXT_TIME
+from app.observability.log import JSON_TIME, TEXT_TIME, json_entry
 
 __all__ = ["AccessLog", "RequestTiming", "line", "request_timing", "trace_id"]
 
@@ -137,9 +137,8 @@ class AccessLog:
         return f"{self._stamps.of(created)},{int((created % 1) * 1000):03d} INFO {LOGGER}: {_message(fields)}\n"
 
     def _json_line(self, created: float, fields: dict[str, Any]) -> str:
-        # JsonFormatter's entry: time, level, logger, message, then the fields
-        entry: dict[str, Any] = {"time": self._stamps.of(created), "level": "info", "logger": LOGGER,
-                                 "message": f"{fields['method']} {fields['route']} {fields['status']}"}
+        entry = json_entry(self._stamps.of(created), "info", LOGGER,
+                           f"{fields['method']} {fields['route']} {fields['status']}")
         entry.update({name: fields.get(name) for name in FIELDS})
         return orjson.dumps(entry).decode() + "\n"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from typing import Any
 
 import orjson
 
@@ -35,14 +36,16 @@ class _RefusalWithoutTraceback(logging.Filter):
         return True
 
 
+def json_entry(time: str, level: str, logger: str, message: str) -> dict[str, Any]:
+    """A JSON log line's first keys, in order: every JSON line's (JsonFormatter's, and the
+    access log's, which makes its lines without logging's records)."""
+    return {"time": time, "level": level, "logger": logger, "message": message}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, JSON_TIME),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        entry = json_entry(self.formatTime(record, JSON_TIME), record.levelname.lower(), record.name,
+                           record.getMessage())
         if getattr(record, "request_id", None):
             entry["request_id"] = record.request_id  # type: ignore[attr-defined]
         fields = getattr(record, "fields", None)  # structured events: logger.info(..., extra={"fields": {...}})

@@ -166,12 +166,10 @@ def sockets_after_a_burst(args: list[str], tmp_path: Path) -> dict[int, tuple[se
     with ServerProcess(["--model-dir", str(copy_model(tmp_path / "models", MODEL, 1).parent.parent),
                         "--workers", "2", "--no-warmup", *args]) as server:
         assert server.process is not None
+        # Ready (ServerProcess waits for it) means every worker's socket listens (app/listeners.py
+        # `accepting`): a burst sent before the second joined the kernel's group all went to the
+        # first (CI, when readiness counted a worker's models only: 64 and 0).
         workers = wait_for(lambda: len(found := server.worker_pids()) == 2 and found)
-        # Readiness waits for each worker's socket to listen (app/listeners.py `accepting`);
-        # seen here directly too: a burst sent before the second socket joins the kernel's
-        # group all goes to the first (CI, when readiness did not wait for it: 64 and 0).
-        wait_for(lambda: all(sockets_of(pid, server.port, set(), tcp_sockets_by_inode())[0]
-                             for pid in workers))
         connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
         try:
             for connection in connections:  # each answered: accepted by a worker
