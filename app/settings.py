@@ -111,17 +111,17 @@ class Settings(BaseSettings):
 
     # --- Traces and the console ---
     tracing: bool = False
-    """OpenTelemetry traces: a span per request (HTTP and gRPC) with its body read, decode,
-    queue wait, compute (the batch's span, shared and linked) and encode; a caller's W3C
-    traceparent is continued; the trace id is answered in x-trace-id. On by itself where an
-    OTLP endpoint is set. Kept in memory for the console's slow requests."""
+    """Request traces (HTTP and gRPC): body read, decode, queue wait, compute (the batch's,
+    shared and linked) and encode; a caller's W3C traceparent is continued; the trace id is
+    answered in x-trace-id. Kept in memory for the console's slow requests; sent as
+    OpenTelemetry spans where an OTLP endpoint is set (which also turns tracing on)."""
     trace_sample: float = Field(default=1.0, ge=0, le=1)
     """The fraction of requests traced, drawn per request (a caller's traceparent flag decides
     for its request instead); OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, where set,
     decide instead. Below 1 for high rates: docs/benchmarks.md has what tracing costs."""
     otlp_endpoint: str | None = None
     """Where spans are sent over OTLP/HTTP (the `otlp` extra); OTEL_EXPORTER_OTLP_ENDPOINT
-    where unset. None and no variable: traces stay in memory."""
+    where unset. None and no variable: traces stay in memory, and no span is made."""
     console: bool = True
     """GET /console: a page to try the served models and watch the server live (behind the
     API keys where some are set)."""

@@ -217,21 +217,21 @@ class InferenceService:
     async def _observed(self, tracing: Tracing | None, access: AccessLog | None,
                         request: tuple[bytes, pb.ModelInferRequest | InvalidInput], context: grpc.aio.ServicerContext,
                         metadata: dict[str, str | bytes], *, streamed: bool, unanswered: int) -> bytes:
-        """`_infer_one` with its span, where traced (the caller's `traceparent` metadata
+        """`_infer_one` with its trace, where traced (the caller's `traceparent` metadata
         continued, the trace id answered in `x-trace-id` metadata: unary calls only, a
         stream's answers have none), and its access-log line, where the log is on."""
         arrived, started = time.monotonic(), time.perf_counter()
         timing = RequestTiming(arrived=arrived, body_done=arrived, bytes_in=len(request[0]))
         token = request_timing.set(timing)
         method = "ModelStreamInfer" if streamed else "ModelInfer"
-        span = None
+        traced = None
         if tracing is not None:
             timing.traced, timing.arrived_ns = True, time.time_ns()
-            span = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")),
+            traced = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")),
                                  _text(metadata.get("tracestate")), timing)
         code = grpc.StatusCode.OK.name
         try:
-            if span is not None and not streamed:
+            if traced is not None and not streamed:
                 await context.send_initial_metadata((("x-trace-id", timing.trace_id),))
             answer = await self._infer_untraced(request, context, streamed=streamed, arrived=arrived,
                                                 unanswered=unanswered)
@@ -246,8 +246,8 @@ class InferenceService:
         finally:
             request_timing.reset(token)
             model = timing.model or getattr(request[1], "model_name", "")[:128] or None
-            if span is not None and tracing is not None:
-                tracing.finish(span, timing, f"grpc {method}", code, {
+            if traced is not None and tracing is not None:
+                tracing.finish(traced, timing, f"grpc {method}", code, {
                     "model": model, "version": timing.version or None, "rpc.system": "grpc", "rpc.method": method})
             if access is not None:
                 peer = context.peer()  # "ipv4:127.0.0.1:5555"

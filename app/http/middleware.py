@@ -46,7 +46,7 @@ class RequestContext:
         awake = owner.keep_awake if owner is not None else None
         if awake is not None:
             awake.began()
-        timing = span = parent = None
+        timing = traced_request = parent = None
         traced = False
         if access is not None or tracing is not None:  # the caller's trace context, read once
             parent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
@@ -59,8 +59,8 @@ class RequestContext:
             if tracing is not None and traced:
                 timing.traced, timing.arrived_ns = True, time.time_ns()
                 state = next((v for k, v in scope["headers"] if k == b"tracestate"), None)
-                span = tracing.start(scope["method"], parent.decode("latin-1") if parent else None,
-                                     state.decode("latin-1") if state else None, timing)
+                traced_request = tracing.start(scope["method"], parent.decode("latin-1") if parent else None,
+                                               state.decode("latin-1") if state else None, timing)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -88,8 +88,8 @@ class RequestContext:
                 line = _line(scope, status, timing, rid, started, parent)
                 if access is not None:
                     access.write(line)
-                if span is not None and tracing is not None:
-                    tracing.finish(span, timing, f"{line['method']} {line['route']}", status,
+                if traced_request is not None and tracing is not None:
+                    tracing.finish(traced_request, timing, f"{line['method']} {line['route']}", status,
                                    {"model": line["model"], "version": line["version"], "request_id": rid,
                                     "client": line["client"], "http.request.method": line["method"],
                                     "http.response.status_code": status})

@@ -1,26 +1,30 @@
-"""Request traces (OpenTelemetry): a span per request, with where its time went and the
-batch it rode in.
+"""Request traces: a trace per request, with where its time went and the batch it rode in,
+in the console and, where something takes them, as OpenTelemetry spans.
 
-A request's span starts as it arrives, as a child of the W3C `traceparent` a client sent
-(HTTP header or gRPC metadata). Its children are made as it ends, from the moments its
+A request's trace starts as it arrives, in the W3C `traceparent` trace a client sent (HTTP
+header or gRPC metadata). Its phases are made as it ends, from the moments its
 `RequestTiming` recorded on the way (app/batching/request.py): reading the body, decoding
-it, waiting in the queue, the batch's compute, and encoding the answer. Made afterwards,
-with their start and end times, so serving the request adds only a few clock reads; making
-the spans is what tracing costs (docs/benchmarks.md, "Traces and the access log").
+it, waiting in the queue, the batch's compute, and encoding the answer. So serving the
+request adds only a few clock reads; what is made of them is what tracing costs.
+
+The phases go to `RecentTraces`, the bounded ring the console's slow-request view reads,
+as they are: no span is made for it. OpenTelemetry's spans, six or so per request at tens
+of microseconds each, are made only where something takes them: an OTLP collector
+(`otlp_endpoint`, or `OTEL_EXPORTER_OTLP_ENDPOINT`; the `otlp` extra), or a processor given
+to `Tracing.export_to` (docs/benchmarks.md, "Traces without the SDK's spans"). There, the
+request's span is a child of the caller's and its phases are its children.
 
 The batch is one span, shared: made by the first traced request of the batch to end, as a
 child of that request's span (so a sampled request's trace always holds it), with its
 rows, requests and why it ran (idle, full, due); every other traced request's compute span
 links to it. Where a request is split over batches its compute span links to each.
 
-Sampling: `trace_sample` of requests, drawn per request before anything of OpenTelemetry's
-runs, so an unsampled request costs one random number; a caller's `traceparent` flag
-decides for its request instead (parent-based, as OpenTelemetry's default sampler). Where
+Sampling: `trace_sample` of requests, drawn per request before anything else runs, so an
+unsampled request costs one random number; a caller's `traceparent` flag decides for its
+request instead (parent-based, as OpenTelemetry's default sampler). Where
 `OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) name a sampler, the SDK's decides for
-every request. `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the service. Spans go
-to an OTLP collector where an endpoint is set (`otlp_endpoint`, or
-`OTEL_EXPORTER_OTLP_ENDPOINT`; the `otlp` extra), and always to `RecentTraces`, the
-bounded ring the console's slow-request view reads.
+every request (spans are made then). `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
+name the service.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind
@@ -47,8 +51,6 @@ from app.observability.access import AccessLog, trace_id
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ATTRIBUTE = "ortserve.request"
-"""Set on every request's span: how RecentTraces tells a request from its children."""
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -95,57 +97,57 @@ class TraceRecord:
     spans: list[dict[str, Any]] = field(default_factory=list)
 
 
-class RecentTraces(SpanProcessor):
-    """The last `keep` traced requests for a model with their spans, in memory (the console's
-    view of slow requests). A request's children end before it (Tracing.finish), so they are
-    gathered by their parent and the request's own span closes the entry. Spans end on the
-    event loop, one at a time: no lock; what the console shows is built only when asked."""
+Phase = tuple[str, float, float, dict[str, Any]]
+"""A part of a request's time as its trace shows it: (name, start, end as time.monotonic(),
+attributes)."""
+
+
+@dataclass(slots=True)
+class Traced:
+    """A request being traced: its trace id, and its OpenTelemetry span where spans are made."""
+
+    trace_id: int
+    span: Span | None = None
+
+
+class RecentTraces:
+    """The last `keep` traced requests that named a model, in memory (the console's view of
+    slow requests): each as the moments it recorded, kept as they are; what the console shows
+    is built only when asked. Written on the event loop, one request at a time: no lock."""
 
     def __init__(self, keep: int = 256) -> None:
         self.keep = keep
-        self._records: deque[tuple[ReadableSpan, list[ReadableSpan]]] = deque(maxlen=keep)
-        self._children: dict[tuple[int, int], list[ReadableSpan]] = {}
+        # (trace id, route, arrived_ns, arrived, ended, attributes, phases) per request
+        self._records: deque[tuple[int, str, int, float, float, dict[str, Any], list[Phase]]] = deque(maxlen=keep)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        attributes = span.attributes or {}
-        if REQUEST_ATTRIBUTE not in attributes:
-            parent = span.parent
-            if parent is not None:
-                key = (parent.trace_id, parent.span_id)
-                found = self._children.get(key)
-                if found is None:
-                    if len(self._children) >= 4 * self.keep:  # parents that never end (another's spans)
-                        del self._children[next(iter(self._children))]
-                    self._children[key] = [span]
-                else:
-                    found.append(span)
-            return
-        context = span.context
-        children = self._children.pop((context.trace_id, context.span_id), []) if context is not None else []
-        if attributes.get("model"):  # slow requests worth a look name a model: not the console's own calls
-            self._records.append((span, children))
+    def add(self, trace_id: int, route: str, timing: RequestTiming, ended: float, attributes: dict[str, Any],
+            phases: list[Phase]) -> None:
+        self._records.append((trace_id, route, timing.arrived_ns, timing.arrived, ended, attributes, phases))
 
     def slowest(self, count: int) -> list[TraceRecord]:
-        chosen = sorted(self._records, key=lambda r: (r[0].end_time or 0) - (r[0].start_time or 0),
-                        reverse=True)[:count]
-        return [_record(span, children) for span, children in chosen]
+        chosen = sorted(self._records, key=lambda r: r[4] - r[3], reverse=True)[:count]
+        return [_record(*entry) for entry in chosen]
 
 
-def _record(span: ReadableSpan, children: list[ReadableSpan]) -> TraceRecord:
-    start = span.start_time or 0
-    context = span.context
+def _record(trace_id: int, route: str, arrived_ns: int, arrived: float, ended: float, attributes: dict[str, Any],
+            phases: list[Phase]) -> TraceRecord:
     return TraceRecord(
-        trace_id=format(context.trace_id if context is not None else 0, "032x"), name=span.name,
-        duration_ms=((span.end_time or start) - start) / 1e6, ended_at=(span.end_time or start) / 1e9,
-        attributes={k: v for k, v in (span.attributes or {}).items() if k != REQUEST_ATTRIBUTE},
-        spans=[{"name": child.name, "start_ms": ((child.start_time or start) - start) / 1e6,
-                "duration_ms": ((child.end_time or 0) - (child.start_time or 0)) / 1e6,
-                "attributes": dict(child.attributes or {})}
-               for child in sorted(children, key=lambda c: c.start_time or 0)])
+        trace_id=format(trace_id, "032x"), name=route, duration_ms=(ended - arrived) * 1000,
+        ended_at=(arrived_ns + (ended - arrived) * 1e9) / 1e9, attributes=dict(attributes),
+        spans=[{"name": name, "start_ms": (start - arrived) * 1000, "duration_ms": (end - start) * 1000,
+                "attributes": dict(values)}
+               for name, start, end, values in sorted(phases, key=lambda p: p[1])])
 
 
 class Tracing:
-    """The service's tracer: requests' spans started and finished, batches' spans shared."""
+    """The service's tracer: requests' traces started and finished, batches' spans shared.
+
+    Every traced request that names a model goes to `recent` (the console), made from the
+    moments it recorded: no OpenTelemetry span for that, which costs the event loop tens of
+    microseconds each (six per request; docs/benchmarks.md, "Traces without the SDK's
+    spans"). OpenTelemetry's spans are made only where something takes them, `exporting`: an
+    OTLP endpoint, a processor given to `export_to`, or OTEL_TRACES_SAMPLER (the SDK decides
+    which requests are traced then)."""
 
     def __init__(self, sample: float = 1.0, endpoint: str | None = None, keep: int = 256) -> None:
         self.recent = RecentTraces(keep)
@@ -155,17 +157,24 @@ class Tracing:
         # decides for every request instead.
         self.ratio = sample
         self.sdk_samples = bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+        self.exporting = self.sdk_samples
         self._draw = random.random
+        self._new_trace_id = lambda: random.getrandbits(128) or 1  # as the SDK's own ids (0 is invalid)
         sampler = None if self.sdk_samples else ParentBased(ALWAYS_ON)
         self.provider = TracerProvider(sampler=sampler, resource=_resource())
-        self.provider.add_span_processor(self.recent)
         if endpoint is not None:
-            self.provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+            self.export_to(BatchSpanProcessor(_otlp_exporter(endpoint)))
             logger.info("traces go to %s over OTLP/HTTP", endpoint)
         self.tracer = self.provider.get_tracer("ortserve")
-        # Batches already traced, by (model, version, batch id): their span, for the links of
-        # the other requests that rode in them. Bounded: a batch's requests end within moments.
-        self._batches: OrderedDict[tuple[str, str, int], SpanContext] = OrderedDict()
+        # Batches already traced, by (model, version, batch id): their span where spans are
+        # made (for the links of the other requests that rode in them), else None. The first
+        # traced request of a batch to end holds it. Bounded: a batch's requests end within moments.
+        self._batches: OrderedDict[tuple[str, str, int], SpanContext | None] = OrderedDict()
+
+    def export_to(self, processor: SpanProcessor) -> None:
+        """Make OpenTelemetry spans from here on, and hand them to `processor` as they end."""
+        self.provider.add_span_processor(processor)
+        self.exporting = True
 
     def shutdown(self) -> None:
         """Spans still queued for the collector are sent first."""
@@ -182,75 +191,107 @@ class Tracing:
         return self.ratio >= 1.0 or self._draw() < self.ratio
 
     def start(self, name: str, traceparent: str | None, tracestate: str | None, timing: RequestTiming,
-              kind: SpanKind = SpanKind.SERVER) -> Span | None:
-        """A request's span, its parent the caller's trace context where one was sent; None
-        where it is not sampled (nothing more is recorded for it)."""
+              kind: SpanKind = SpanKind.SERVER) -> Traced | None:
+        """A request's trace, in the caller's trace where one was sent; None where the SDK's
+        sampler says not to record it (nothing more is recorded for it)."""
+        if not self.exporting:
+            caller = trace_id(traceparent.encode("latin-1")) if traceparent is not None else None
+            traced = Traced(int(caller, 16) if caller is not None else self._new_trace_id())
+            timing.trace_id = format(traced.trace_id, "032x")
+            return traced
         parent: Context | None = None
         if traceparent is not None:
             carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
             parent = _PROPAGATOR.extract(carrier)
         span = self.tracer.start_span(name, context=parent, kind=kind, start_time=_ns(timing, timing.arrived))
-        timing.trace_id = format(span.get_span_context().trace_id, "032x")
+        context = span.get_span_context()
+        timing.trace_id = format(context.trace_id, "032x")
         if not span.is_recording():
             return None
-        return span  # type: ignore[return-value]  # a recording span is the SDK's Span
+        return Traced(context.trace_id, span)  # type: ignore[arg-type]  # a recording span is the SDK's Span
 
-    def finish(self, span: Span, timing: RequestTiming, route: str, status: int | str,
+    def finish(self, traced: Traced, timing: RequestTiming, route: str, status: int | str,
                attributes: dict[str, Any]) -> None:
-        """The request's children from its recorded moments, then the request's span."""
-        span.update_name(route)
-        context = trace.set_span_in_context(span)
+        """The request's phases from its recorded moments, to the console and, where spans are
+        made, as the request span's children."""
+        span = traced.span
+        model = attributes.get("model")
+        if span is None and not model:
+            return  # the console keeps requests for a model; nothing else takes this one
         ended = time.monotonic()
-        body_done = timing.body_done or timing.arrived
-        queued = timing.queued or body_done
-        if timing.body_done:  # (a GET's body is never read)
-            self._child("read body", timing, timing.arrived, body_done, context, {"bytes": timing.bytes_in})
-        if timing.queued:
-            self._child("decode", timing, body_done, queued, context)
-        if timing.batch_spans:
-            first, last = timing.batch_spans[0], timing.batch_spans[-1]
-            self._child("queue", timing, queued, first.collated, context, {"queue_ms": timing.queue_s * 1000})
-            links = [Link(self._batch(span, timing, batch)) for batch in timing.batch_spans]
-            self._child("compute", timing, first.collated, last.computed, context,
-                        {"batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,
-                         "batches": timing.batches}, links)
-        if timing.answered:
-            self._child("encode", timing, timing.answered, timing.response_started or ended, context,
-                        {"bytes": timing.bytes_out})
-        # After encode, handing the answer to the connection: an attribute, not one more span
-        # (each span costs the event loop tens of microseconds).
-        values: dict[str, Any] = {REQUEST_ATTRIBUTE: True, "status": str(status), "route": route}
-        if timing.response_started:
+        values: dict[str, Any] = {"status": str(status), "route": route}
+        if timing.response_started:  # handing the answer to the connection: an attribute, not a span
             values["send_ms"] = (ended - timing.response_started) * 1000
         values.update((k, v) for k, v in attributes.items() if v is not None)
+        phases = _phases(timing, ended)
+        # The batches this request is the first traced one of to end: their span is its child.
+        first = [batch for batch in timing.batch_spans if self._first_of(timing, batch)]
+        if span is not None:
+            self._export(span, timing, route, status, values, phases, first, ended)
+        if model:
+            phases += [("batch", batch.started, batch.computed, _batch_attributes(timing, batch)) for batch in first]
+            self.recent.add(traced.trace_id, route, timing, ended, values, phases)
+
+    def _first_of(self, timing: RequestTiming, batch: BatchMoments) -> bool:
+        key = (timing.model, timing.version, batch.batch_id)
+        if key in self._batches:
+            return False
+        self._batches[key] = None  # its span's context once made (`_export`)
+        while len(self._batches) > 4096:
+            self._batches.popitem(last=False)
+        return True
+
+    def _export(self, span: Span, timing: RequestTiming, route: str, status: int | str, values: dict[str, Any],
+                phases: list[Phase], first: list[BatchMoments], ended: float) -> None:
+        """The request's span, its phases and the batches it was first of as its children, and
+        its compute phase linked to every batch it rode in."""
+        span.update_name(route)
+        context = trace.set_span_in_context(span)
+        for batch in first:
+            made = self.tracer.start_span("batch", context=context, start_time=_ns(timing, batch.started),
+                                          kind=SpanKind.INTERNAL, attributes=_batch_attributes(timing, batch))
+            made.end(_ns(timing, batch.computed))
+            self._batches[(timing.model, timing.version, batch.batch_id)] = made.get_span_context()
+        for name, start, end, attributes in phases:
+            links = None
+            if name == "compute":
+                found = (self._batches.get((timing.model, timing.version, b.batch_id)) for b in timing.batch_spans)
+                links = [Link(c) for c in found if c is not None]
+            child = self.tracer.start_span(name, context=context, start_time=_ns(timing, start),
+                                           attributes=attributes or None, links=links)
+            child.end(_ns(timing, end))
         span.set_attributes(values)
         if isinstance(status, int) and status >= 500:
             span.set_status(trace.StatusCode.ERROR)
         span.end(_ns(timing, ended))
 
-    def _child(self, name: str, timing: RequestTiming, start: float, end: float, context: Context,
-               attributes: dict[str, Any] | None = None, links: list[Link] | None = None) -> None:
-        child = self.tracer.start_span(name, context=context, start_time=_ns(timing, start), attributes=attributes,
-                                       links=links)
-        child.end(_ns(timing, max(start, end)))
 
-    def _batch(self, request_span: Span, timing: RequestTiming, batch: BatchMoments) -> SpanContext:
-        """The batch's span: made the first time one of its requests ends, found after."""
-        key = (timing.model, timing.version, batch.batch_id)
-        found = self._batches.get(key)
-        if found is not None:
-            return found
-        span = self.tracer.start_span("batch", context=trace.set_span_in_context(request_span),
-                                      start_time=_ns(timing, batch.started), kind=SpanKind.INTERNAL, attributes={
-                                          "model": timing.model, "version": timing.version, "batch.id": batch.batch_id,
-                                          "batch.rows": batch.rows, "batch.requests": batch.requests,
-                                          "batch.trigger": batch.trigger,
-                                          "batch.collate_ms": (batch.collated - batch.started) * 1000})
-        span.end(_ns(timing, batch.computed))
-        self._batches[key] = span.get_span_context()
-        while len(self._batches) > 4096:
-            self._batches.popitem(last=False)
-        return self._batches[key]
+def _phases(timing: RequestTiming, ended: float) -> list[Phase]:
+    """Where the request's time went, from the moments it recorded (a GET's body is never
+    read; a request refused before the model has no queue or compute)."""
+    body_done = timing.body_done or timing.arrived
+    queued = timing.queued or body_done
+    phases: list[Phase] = []
+    if timing.body_done:
+        phases.append(("read body", timing.arrived, body_done, {"bytes": timing.bytes_in}))
+    if timing.queued:
+        phases.append(("decode", body_done, max(body_done, queued), {}))
+    if timing.batch_spans:
+        first, last = timing.batch_spans[0], timing.batch_spans[-1]
+        phases.append(("queue", queued, max(queued, first.collated), {"queue_ms": timing.queue_s * 1000}))
+        phases.append(("compute", first.collated, max(first.collated, last.computed), {
+            "batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,
+            "batches": timing.batches}))
+    if timing.answered:
+        encoded = timing.response_started or ended
+        phases.append(("encode", timing.answered, max(timing.answered, encoded), {"bytes": timing.bytes_out}))
+    return phases
+
+
+def _batch_attributes(timing: RequestTiming, batch: BatchMoments) -> dict[str, Any]:
+    return {"model": timing.model, "version": timing.version, "batch.id": batch.batch_id, "batch.rows": batch.rows,
+            "batch.requests": batch.requests, "batch.trigger": batch.trigger,
+            "batch.collate_ms": (batch.collated - batch.started) * 1000}
 
 
 def _ns(timing: RequestTiming, moment: float) -> int:

@@ -1,5 +1,6 @@
 """Request traces: one request's spans, their parents, the shared batch span and its links,
-the caller's trace continued, sampling, gRPC metadata (the SDK's in-memory exporter)."""
+the caller's trace continued, sampling, gRPC metadata (the SDK's in-memory exporter); the
+console's ring, fed without spans where nothing takes them."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Recorded:
     def install(self, app: FastAPI) -> None:
         tracing = app.tracing  # type: ignore[attr-defined]
         assert tracing is not None, "tracing on: the lifespan makes the tracer"
-        tracing.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        tracing.export_to(SimpleSpanProcessor(self.exporter))
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -151,21 +152,72 @@ async def test_tracing_is_off_by_default() -> None:
 async def test_the_console_ring_keeps_the_slowest_with_their_spans() -> None:
     apps: list[FastAPI] = []
     async with serving(apps.append, tracing=True) as client:
-        for n in (1, 64, 1):
-            await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(n, MODELS))
         tracing: Tracing = apps[0].tracing  # type: ignore[attr-defined]
+        # Nothing takes OpenTelemetry's spans here: the console's ring is fed without them.
+        ended: list[ReadableSpan] = []
+        tracing.provider.add_span_processor(_Ended(ended))
+        answers = [await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(n, MODELS),
+                                     headers=headers)
+                   for n, headers in ((1, {}), (64, {"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01"}), (1, {}))]
+        await client.get("/v2/health/ready")  # no model named: not kept
         records = tracing.recent.slowest(10)
+    assert not tracing.exporting
+    assert ended == []
     assert len(records) == 3
     assert records[0].duration_ms >= records[1].duration_ms >= records[2].duration_ms
-    names = [s["name"] for s in records[0].spans]
-    assert names[:2] == ["read body", "decode"]
-    assert {"queue", "compute", "encode", "batch"} <= set(names)
+    assert {r.trace_id for r in records} == {a.headers["x-trace-id"] for a in answers}
+    assert len({r.trace_id for r in records}) == 3
+    continued = next(r for r in records if r.trace_id == TRACE)  # the 64 images, in the caller's trace
+    assert continued.name == "POST /v2/models/{name}/infer"
+    assert (continued.attributes["model"], continued.attributes["version"], continued.attributes["status"]) == (
+        "fashion-cnn", VERSION, "200")
+    spans = {s["name"]: s for s in continued.spans}
+    assert [s["name"] for s in continued.spans][:2] == ["read body", "decode"]
+    assert {"queue", "compute", "encode", "batch"} <= set(spans)
+    assert spans["batch"]["attributes"]["batch.id"] == spans["compute"]["attributes"]["batch.id"]
+    assert spans["batch"]["attributes"]["batch.rows"] == 64
+    assert spans["read body"]["attributes"]["bytes"] == len(samples.v2_json(64, MODELS))
     # Order, not a time bound: the spans come sorted by start, the first from the request's own
     # start, none before it (each is made from moments the request recorded while it ran).
-    starts = [s["start_ms"] for s in records[0].spans]
+    starts = [s["start_ms"] for s in continued.spans]
     assert starts == sorted(starts)
     assert starts[0] == 0.0
-    assert all(s["duration_ms"] >= 0 for s in records[0].spans)
+    assert all(s["duration_ms"] >= 0 for s in continued.spans)
+    assert all(s["start_ms"] + s["duration_ms"] <= continued.duration_ms + 1e-6 for s in continued.spans)
+
+
+async def test_exported_spans_and_the_console_tell_the_same_request(recorded: Recorded) -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, tracing=True) as client:
+        recorded.install(apps[0])
+        answer = await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(1, MODELS))
+        [record] = apps[0].tracing.recent.slowest(10)  # type: ignore[attr-defined]
+    [request] = recorded.requests()
+    assert format(request.context.trace_id, "032x") == record.trace_id == answer.headers["x-trace-id"]  # type: ignore[union-attr]
+    assert request.start_time is not None
+    assert request.end_time is not None
+    assert record.duration_ms == pytest.approx((request.end_time - request.start_time) / 1e6, abs=0.01)
+    children = recorded.children(request)
+    assert {s["name"] for s in record.spans} == set(children)
+    for shown in record.spans:
+        span = children[shown["name"]]
+        assert span.start_time is not None
+        assert span.end_time is not None
+        assert shown["duration_ms"] == pytest.approx((span.end_time - span.start_time) / 1e6, abs=0.01)
+        assert shown["attributes"] == dict(span.attributes or {})
+    assert record.attributes == dict(request.attributes or {})
+
+
+class _Ended(SimpleSpanProcessor):
+    """Every span that ends, whatever else takes it."""
+
+    def __init__(self, into: list[ReadableSpan]) -> None:
+        exporter = InMemorySpanExporter()
+        super().__init__(exporter)
+        self._into = into
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._into.append(span)
 
 
 async def test_grpc_calls_continue_the_callers_trace_from_metadata(recorded: Recorded) -> None:
