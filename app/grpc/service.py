@@ -228,7 +228,7 @@ class InferenceService:
         if tracing is not None:
             timing.traced, timing.arrived_ns = True, time.time_ns()
             traced = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")),
-                                 _text(metadata.get("tracestate")), timing)
+                                   _text(metadata.get("tracestate")), timing)
         code = grpc.StatusCode.OK.name
         try:
             if traced is not None and not streamed:

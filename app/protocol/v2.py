@@ -110,12 +110,16 @@ class ErrorResponse(_Sent):
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, BinaryReader]:
     json_part, binary = split_body(body, header_length)
-    raw = json_object(json_part, "with an 'inputs' list")
+    return validated_request(json_object(json_part, "with an 'inputs' list")), BinaryReader(binary)
+
+
+def validated_request(raw: dict[str, Any]) -> InferenceRequest:
+    """The request's JSON object (or a gRPC message's fields as one) as an InferenceRequest,
+    or the same 422 for the same mistake whichever transport brought it."""
     try:
-        request = InferenceRequest.model_validate(raw)
+        return InferenceRequest.model_validate(raw)
     except ValidationError as e:
         raise UnprocessableInput(_describe(e)) from e
-    return request, BinaryReader(binary)
 
 
 def _describe(error: ValidationError) -> str:

@@ -165,6 +165,7 @@ BAD_REQUESTS = {
     "unknown output": ("fashion-cnn", {"pixels": np.zeros((1, 1, 28, 28), np.float32)}, "probabilities"),
     "non-finite pixels": ("fashion-cnn", {"pixels": np.full((1, 1, 28, 28), np.nan, np.float32)}, None),
     "lengths disagree": ("sst2-lstm", {"token_ids": np.ones((2, 3), np.int64), "lengths": np.ones(3, np.int64)}, None),
+    "no inputs": ("fashion-cnn", {}, None),
 }
 
 
