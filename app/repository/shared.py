@@ -230,8 +230,12 @@ class SharedRepository(RepositoryChanges):
         The reports are read as asked, not as last followed: every worker then answers from
         the same files, so a probe spread over the workers cannot get 200 from one that has
         read a new worker's report and 503 from one that has not yet (a readiness probe is
-        rare; reading a few small files is nothing beside it)."""
-        if not self.repository.ready:
+        rare; reading a few small files is nothing beside it). This worker's own report is
+        brought up to date first, and it judges itself by it as the others do: one that
+        answered 200 while its report, written every FOLLOW_S, still said its socket was not
+        listening had the next probe, on another worker, answer 503."""
+        self._write_report()
+        if not self._own.ready:
             return False
         peers = self._peer_reports()
         return len(peers) >= self.workers - 1 and all(p.ready for p in peers.values())

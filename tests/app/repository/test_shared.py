@@ -128,6 +128,21 @@ async def test_a_worker_counts_as_ready_only_once_it_takes_connections(one_versi
             assert not first.ready()
 
 
+async def test_a_worker_that_says_ready_has_told_the_others(one_version: Path, tmp_path: Path) -> None:
+    """A probe answered 200 by one worker and the next by another agree at once, without a
+    follow step between: the one that said ready had written so in its report (before, its
+    report lagged up to FOLLOW_S behind what it answered, and the next probe got 503)."""
+    folder = tmp_path / "control"
+    listening = False
+    async with running(worker(one_version, folder, os.getpid()), following=False) as first:
+        async with running(worker(one_version, folder, os.getppid(), accepting=lambda: listening),
+                           following=False) as second:
+            assert not second.ready()  # models ready, socket not listening yet: not ready itself either
+            listening = True
+            assert second.ready()  # no follow step: its report is written as it answers
+            assert first.ready()
+
+
 async def test_readiness_reads_the_reports_as_it_is_asked(one_version: Path, tmp_path: Path) -> None:
     """Not as last followed: every worker answers from the same files, so a probe spread over
     the workers does not get 200 from one and 503 from another that has not looked yet."""
