@@ -233,7 +233,7 @@ class Tracing:
             self.recent.add(traced.trace_id, route, timing, ended, values, phases)
 
     def _first_of(self, timing: RequestTiming, batch: BatchMoments) -> bool:
-        key = (timing.model, timing.version, batch.batch_id)
+        key = _batch_key(timing, batch)
         if key in self._batches:
             return False
         self._batches[key] = None  # its span's context once made (`_export`)
@@ -251,11 +251,11 @@ class Tracing:
             made = self.tracer.start_span("batch", context=context, start_time=_ns(timing, batch.started),
                                           kind=SpanKind.INTERNAL, attributes=_batch_attributes(timing, batch))
             made.end(_ns(timing, batch.computed))
-            self._batches[(timing.model, timing.version, batch.batch_id)] = made.get_span_context()
+            self._batches[_batch_key(timing, batch)] = made.get_span_context()
         for name, start, end, attributes in phases:
             links = None
             if name == "compute":
-                found = (self._batches.get((timing.model, timing.version, b.batch_id)) for b in timing.batch_spans)
+                found = (self._batches.get(_batch_key(timing, b)) for b in timing.batch_spans)
                 links = [Link(c) for c in found if c is not None]
             child = self.tracer.start_span(name, context=context, start_time=_ns(timing, start),
                                            attributes=attributes or None, links=links)
@@ -286,6 +286,11 @@ def _phases(timing: RequestTiming, ended: float) -> list[Phase]:
         encoded = timing.response_started or ended
         phases.append(("encode", timing.answered, max(timing.answered, encoded), {"bytes": timing.bytes_out}))
     return phases
+
+
+def _batch_key(timing: RequestTiming, batch: BatchMoments) -> tuple[str, str, int]:
+    """A batch among every model's: batch ids count per model version."""
+    return timing.model, timing.version, batch.batch_id
 
 
 def _batch_attributes(timing: RequestTiming, batch: BatchMoments) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -100,6 +101,18 @@ def sample_images(n: int, seed: int = 0) -> np.ndarray:
         h, w = rng.integers(10, 18, size=2)
         images[i, top : top + h, left : left + w] = rng.integers(80, 255)
     return images
+
+
+def wait_for(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+    """What `check()` returns once it is truthy; a failure after `timeout_s` (a bound on
+    waiting for a server's state, not a measure of its speed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not so after {timeout_s} s")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import tritonclient.grpc as grpcclient
 from app.processes import available_cpus
 from load_tests import samples
 from load_tests.server import ServerProcess
-from tests.app.conftest import copy_model
+from tests.app.conftest import copy_model, wait_for
 from tests.conftest import MODELS
 
 MODEL = "fashion-cnn"
@@ -38,16 +37,6 @@ def reports(folder: Path) -> dict[int, dict[str, Any]]:
         except (OSError, ValueError):
             continue  # being replaced
     return found
-
-
-def wait_for(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"not so after {timeout_s} s")
 
 
 def test_workers_auto_starts_one_per_usable_cpu(tmp_path: Path) -> None:

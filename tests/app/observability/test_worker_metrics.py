@@ -16,7 +16,7 @@ from app.observability.loop_histogram import LoopHistogram
 from app.observability.metrics import Metrics
 from app.observability.workers import WorkerMetrics
 from load_tests.server import ServerProcess
-from tests.app.conftest import sample_images
+from tests.app.conftest import sample_images, wait_for
 from tests.conftest import MODELS
 
 
@@ -121,13 +121,10 @@ def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) ->
 def test_two_workers_answer_one_exposition_counting_every_request() -> None:
     body = {"instances": sample_images(1).tolist()}
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup"]) as server:
-        # Readiness counts a worker once its models are ready; its first metrics snapshot
-        # comes after that, and on a busy machine after the requests below.
-        for _ in range(300):
-            if len(set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}',
-                                  httpx.get(server.url + "/metrics", timeout=30).text))) == 2:
-                break
-            time.sleep(0.2)
+        # A worker's first metrics snapshot comes after it is ready, and on a busy machine
+        # after the requests below: wait until the merge names both.
+        wait_for(lambda: len(set(re.findall(r'process_resident_memory_bytes\{worker="(\d+)"\}',
+                                            httpx.get(server.url + "/metrics", timeout=30).text))) == 2)
         with httpx.Client(base_url=server.url, timeout=30) as client:
             answered = [client.post("/v1/models/fashion-cnn:predict", json=body).status_code for _ in range(40)]
             assert answered == [200] * 40
