@@ -160,6 +160,20 @@ async def test_a_message_over_max_body_bytes_is_refused_by_size() -> None:
     assert list(small.outputs[0].shape) == [1, 2]
 
 
+async def test_a_compressed_message_is_bounded_by_its_size_unpacked() -> None:
+    """A gzip message of a few KB that unpacks past max_body_bytes is refused, not unpacked
+    whole into memory (gRPC core counts the decompressed bytes against the limit); a
+    compressed request within it is served as any other."""
+    zeros = pb.ModelInferRequest(model_name="fashion-cnn", raw_input_contents=[bytes(3136 * 1000)])
+    zeros.inputs.add(name="pixels", datatype="FP32", shape=[1000, 1, 28, 28])
+    async with serving_grpc(max_body_bytes=100_000) as (_, stub, _):
+        refused = await failure(stub.ModelInfer(zeros, compression=grpc.Compression.Gzip))
+        served = await stub.ModelInfer(image_request(), compression=grpc.Compression.Gzip)
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in refused.details()
+    assert list(served.outputs[0].shape) == [1, 10]
+
+
 async def test_a_cancelled_calls_rows_are_dropped_before_they_run() -> None:
     async with serving_grpc(max_queue_delay_ms=300, max_batch_size=64, idle_dispatch=False) as (http, stub, _):
         call = stub.ModelInfer(text_request(3))
