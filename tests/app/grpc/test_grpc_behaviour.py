@@ -160,6 +160,15 @@ async def test_a_message_over_max_body_bytes_is_refused_by_size() -> None:
     assert list(small.outputs[0].shape) == [1, 2]
 
 
+async def test_a_negative_dimension_is_invalid_argument_saying_so() -> None:
+    request = image_request()
+    request.inputs[0].shape[0] = -1  # "any" in a model's shape; a request sends sizes
+    async with serving_grpc() as (_, stub, _):
+        refused = await failure(stub.ModelInfer(request))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'pixels': shape [-1, 1, 28, 28] has a negative dimension" in refused.details()
+
+
 async def test_a_compressed_message_is_bounded_by_its_size_unpacked() -> None:
     """A gzip message of a few KB that unpacks past max_body_bytes is refused, not unpacked
     whole into memory (gRPC core counts the decompressed bytes against the limit); a

@@ -67,6 +67,8 @@ async def test_shapes_whose_element_count_overflows_are_a_400(shape: list[int]) 
     for response in (as_json, as_binary):
         assert response.status_code == 400, response.text
         assert "pixels" in response.json()["error"]
+        if min(shape) < 0:  # said as what it is, not as a count of -784 values
+            assert "has a negative dimension" in response.json()["error"]
 
 
 async def test_image_limits_are_settings() -> None:
