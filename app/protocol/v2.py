@@ -168,7 +168,7 @@ def _checked_shape(item: RequestInput, spec: TensorSpec, batches: bool) -> list[
     if item.datatype != spec.datatype:
         raise InvalidInput(f"input {item.name!r} must have datatype {spec.datatype}, got {item.datatype}")
     shape = item.shape
-    if any(d < 0 for d in shape):  # -1 means "any" in a model's shape, never in a request's
+    if shape and min(shape) < 0:  # -1 means "any" in a model's shape, never in a request's
         raise InvalidInput(f"input {item.name!r}: shape {item.shape} has a negative dimension; a request's "
                            "dimensions are the sizes it sends, 0 or more")
     if batches and spec.shape == [-1] and len(shape) == 2 and shape[1] == 1:
