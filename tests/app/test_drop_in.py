@@ -75,6 +75,18 @@ async def test_int64_and_bool_tensors_in_and_two_outputs_out(drop_ins: Path) -> 
     np.testing.assert_array_equal(outputs["count"]["data"], want["count"])
 
 
+@pytest.mark.parametrize("mask", [["true"] * 5, ["false"] * 5, [1, 0, 1, 0, 1], [0.5] * 5, [True] * 4 + [1]])
+async def test_bool_data_is_json_true_or_false(drop_ins: Path, mask: list[Any]) -> None:
+    """numpy would read each of these as booleans ("false" as True): the client meant something
+    the server cannot know, so it says what BOOL data is."""
+    ids = {"name": "ids", "shape": [1, 5], "datatype": "INT64", "data": [1, 2, 3, 4, 5]}
+    async with serving(model_dir=drop_ins) as client:
+        answer = await client.post("/v2/models/masking/infer", json={"inputs": [
+            ids, {"name": "mask", "shape": [1, 5], "datatype": "BOOL", "data": mask}]})
+    assert answer.status_code == 400, answer.text
+    assert "input 'mask': data is not a list of BOOL values (BOOL values go as JSON true or false)" in answer.json()["error"]
+
+
 async def test_models_that_do_not_batch_run_a_request_at_a_time_with_shapes_as_declared(drop_ins: Path) -> None:
     """Triton's max_batch_size 0: a fixed first axis, or one that the check at load shows is
     not a batch axis; each request is given to the model whole, and /config says why."""

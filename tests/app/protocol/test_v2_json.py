@@ -1,6 +1,7 @@
-"""V2 JSON tensors: a flat list of floats becomes exactly the tensor numpy makes of it,
+"""V2 JSON tensors: a flat list of numbers becomes exactly the tensor numpy makes of it,
 whichever way it is read (app/protocol/v2.py `_floats`), and a list that is not all numbers
-is still the 400 that says so, wherever the bad value sits."""
+(a string of digits included, which numpy would read as its number) is the 400 that says
+so, wherever the bad value sits."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.intege
 
 
 @settings(max_examples=300, deadline=None)
-@given(first=st.floats(allow_nan=False, allow_infinity=False), rest=st.lists(_NUMBERS, max_size=40),
+@given(first=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70)),
+       rest=st.lists(_NUMBERS, max_size=40),
        dtype=st.sampled_from(["float32", "float64", "float16"]))
 def test_a_flat_list_of_numbers_reads_bit_for_bit_as_numpy_casts_it(first: float, rest: list[Any],
                                                                     dtype: str) -> None:
@@ -35,8 +37,17 @@ def _pixels_body(data: list[Any]) -> bytes:
     return orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": data}]})
 
 
+@pytest.mark.parametrize("data", [["1"] * 3, [0.5, "1", 2.0], [1, 2, "3"], [[0.5], ["1"]], [True, "1"]])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_a_string_is_not_read_as_the_number_it_spells(data: list[Any], dtype: str) -> None:
+    assert np.asarray(data, dtype=dtype).size == len(data)  # numpy reads every one as a number
+    with pytest.raises(TypeError, match="a string among them"):
+        _floats(data, np.dtype(dtype))
+
+
 @pytest.mark.parametrize(("last", "message"), [
     ("a", "data is not a list of FP32 numbers"),
+    ("1", "data is not a list of FP32 numbers (a string among them"),
     ([0.5], "data is not a list of FP32 numbers"),
     ({"x": 1}, "data is not a list of FP32 numbers"),
     (None, "holds NaN or infinite values"),  # numpy reads null as NaN
