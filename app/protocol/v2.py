@@ -145,8 +145,9 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
         if size is not None:
             if item.data is not None:
                 raise InvalidInput(f"input {item.name!r} has both 'data' and binary_data_size")
-            if not isinstance(size, int):
-                raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer")
+            if type(size) is not int or size < 0:  # not a bool either: True is no size
+                raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer of bytes, 0 or "
+                                   f"more; got {size!r}")
             arrays[item.name] = (binary.read_strings(item.name, size, shape) if dtype.kind == "O"
                                  else binary.read(item.name, size, dtype, shape))
         else:

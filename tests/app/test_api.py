@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from typing import Any
 
 import numpy as np
 import orjson
@@ -277,6 +278,17 @@ async def test_v2_bad_requests_say_what_is_wrong(body: bytes, status: int, messa
         response = await client.post("/v2/models/fashion-cnn/infer", content=body)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("size", [-3136, True, 3136.0, "3136"])
+async def test_a_binary_data_size_that_is_no_count_of_bytes_is_a_400_that_says_so(size: Any) -> None:
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": size}}]})
+    async with serving() as client:
+        response = await client.post("/v2/models/fashion-cnn/infer", content=header + b"\0" * 3136,
+                                     headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400, response.text
+    assert f"binary_data_size must be an integer of bytes, 0 or more; got {size!r}" in response.json()["error"]
 
 
 async def test_v2_binary_errors_and_non_finite_values() -> None:
