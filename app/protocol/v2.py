@@ -141,7 +141,10 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
         spec = expected[item.name]
         shape = _checked_shape(item, spec, manifest.batches)
         dtype = _DTYPE_OF[spec.datatype]
-        size = (item.parameters or {}).get("binary_data_size")
+        parameters = item.parameters or {}
+        if SHARED_MEMORY in parameters:
+            raise InvalidInput(_no_shared_memory("input", item.name))
+        size = parameters.get("binary_data_size")
         if size is not None:
             if item.data is not None:
                 raise InvalidInput(f"input {item.name!r} has both 'data' and binary_data_size")
@@ -297,9 +300,23 @@ def wants_binary(request: InferenceRequest, name: str) -> bool:
     return bool((request.parameters or {}).get("binary_data_output", False))
 
 
+SHARED_MEMORY = "shared_memory_region"
+"""Triton's shared-memory extension names a region for a tensor's data in its parameters."""
+
+
+def _no_shared_memory(kind: str, name: str) -> str:
+    # Served anyway, an input would be read from the request and an output left unwritten in
+    # a region the client then reads: refused, and said why.
+    return (f"{kind} {name!r} names a shared memory region: this server has no shared memory "
+            "extension; send the tensor in the request and read it from the answer")
+
+
 def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
     if not request.outputs:
         return  # every output, unclassified: nothing to check
+    for out in request.outputs:
+        if out.parameters and SHARED_MEMORY in out.parameters:
+            raise InvalidInput(_no_shared_memory("output", out.name))
     known = [o.name for o in manifest.outputs]
     asked = [o.name for o in request.outputs or []]
     unknown = [name for name in asked if name not in known]

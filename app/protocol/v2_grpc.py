@@ -22,6 +22,7 @@ from app.errors import InvalidInput
 from app.manifest import Manifest
 from app.protocol.binary import BinaryReader, strings_to_bytes, to_little_endian_bytes
 from app.protocol.v2 import (
+    SHARED_MEMORY,
     InferenceRequest,
     V2Exchange,
     answered_arrays,
@@ -117,9 +118,13 @@ def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor) -> Any:
 
 def _output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> dict[str, Any] | None:
     """What the answer reads of an output's parameters: Triton's `classification` (outputs
-    are raw whatever `binary_data` says)."""
+    are raw whatever `binary_data` says), and a shared memory region, which is refused."""
     values = parameter_values(output.parameters)
-    return {"classification": values["classification"]} if "classification" in values else None
+    kept = {name: values[name] for name in _OUTPUT_PARAMETERS if name in values}
+    return kept or None
+
+
+_OUTPUT_PARAMETERS = ("classification", SHARED_MEMORY)
 
 
 def response_message(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]

@@ -169,6 +169,24 @@ async def test_a_negative_dimension_is_invalid_argument_saying_so() -> None:
     assert "input 'pixels': shape [-1, 1, 28, 28] has a negative dimension" in refused.details()
 
 
+async def test_tensors_in_shared_memory_are_refused_saying_why() -> None:
+    """Triton's shared-memory extension is not served: a tensor that names a region would
+    otherwise be read from the request (an input) or left unwritten in the region (an output)."""
+    on_input, on_output = image_request(), image_request()
+    on_input.inputs[0].parameters["shared_memory_region"].string_param = "input_region"
+    on_output.outputs.add(name="logits").parameters["shared_memory_region"].string_param = "output_region"
+    async with serving_grpc() as (client, stub, _):
+        refused = [await failure(stub.ModelInfer(on_input)), await failure(stub.ModelInfer(on_output))]
+        over_http = await client.post("/v2/models/fashion-cnn/infer", json={
+            "inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
+            "outputs": [{"name": "logits", "parameters": {"shared_memory_region": "output_region"}}]})
+    assert [r.code() for r in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert "input 'pixels' names a shared memory region" in refused[0].details()
+    assert "output 'logits' names a shared memory region" in refused[1].details()
+    assert over_http.status_code == 400
+    assert over_http.json()["error"] == refused[1].details()
+
+
 async def test_a_compressed_message_is_bounded_by_its_size_unpacked() -> None:
     """A gzip message of a few KB that unpacks past max_body_bytes is refused, not unpacked
     whole into memory (gRPC core counts the decompressed bytes against the limit); a
