@@ -300,6 +300,14 @@ def wants_binary(request: InferenceRequest, name: str) -> bool:
     return bool((request.parameters or {}).get("binary_data_output", False))
 
 
+def _check_flag(parameters: dict[str, Any] | None, name: str, what: str) -> None:
+    """A yes-or-no parameter is JSON true or false: read as Python reads truth, "false" and
+    0.5 would both mean yes."""
+    value = (parameters or {}).get(name)
+    if value is not None and type(value) is not bool:
+        raise InvalidInput(f"{what} must be true or false, got {value!r}")
+
+
 SHARED_MEMORY = "shared_memory_region"
 """Triton's shared-memory extension names a region for a tensor's data in its parameters."""
 
@@ -312,11 +320,14 @@ def _no_shared_memory(kind: str, name: str) -> str:
 
 
 def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
+    _check_flag(request.parameters, "binary_data_output", "parameters.binary_data_output")
     if not request.outputs:
         return  # every output, unclassified: nothing to check
     for out in request.outputs:
-        if out.parameters and SHARED_MEMORY in out.parameters:
-            raise InvalidInput(_no_shared_memory("output", out.name))
+        if out.parameters:
+            if SHARED_MEMORY in out.parameters:
+                raise InvalidInput(_no_shared_memory("output", out.name))
+            _check_flag(out.parameters, "binary_data", f"output {out.name!r}: parameters.binary_data")
     known = [o.name for o in manifest.outputs]
     asked = [o.name for o in request.outputs or []]
     unknown = [name for name in asked if name not in known]

@@ -280,6 +280,27 @@ async def test_v2_bad_requests_say_what_is_wrong(body: bytes, status: int, messa
     assert message in response.json()["error"]
 
 
+@pytest.mark.parametrize(("where", "value"), [("output", "false"), ("output", 0), ("request", "no"), ("request", 1)])
+async def test_binary_flags_are_true_or_false(where: str, value: Any) -> None:
+    """`"binary_data": "false"` read as Python reads truth would answer binary tensors."""
+    body = v2_pixels(sample_images(1))
+    if where == "output":
+        body["outputs"] = [{"name": "logits", "parameters": {"binary_data": value}}]
+        what = "output 'logits': parameters.binary_data"
+    else:
+        body["parameters"] = {"binary_data_output": value}
+        what = "parameters.binary_data_output"
+    async with serving() as client:
+        refused = await client.post("/v2/models/fashion-cnn/infer", json=body)
+        body["outputs"] = [{"name": "logits", "parameters": {"binary_data": False}}]
+        body["parameters"] = {"binary_data_output": False}
+        as_json = await client.post("/v2/models/fashion-cnn/infer", json=body)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == f"{what} must be true or false, got {value!r}"
+    assert as_json.status_code == 200
+    assert len(as_json.json()["outputs"][0]["data"]) == 10
+
+
 @pytest.mark.parametrize("size", [-3136, True, 3136.0, "3136"])
 async def test_a_binary_data_size_that_is_no_count_of_bytes_is_a_400_that_says_so(size: Any) -> None:
     header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
