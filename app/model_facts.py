@@ -193,6 +193,8 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
         raise FactsError(f"{source}: platform {config.platform!r} / backend {config.backend!r}: only ONNX models "
                          "are served (platform onnxruntime_onnx, backend onnxruntime)")
+    if config.max_batch_size < 0:  # read as "no dynamic batching", it would serve a row at a time silently
+        raise FactsError(f"{source}: max_batch_size {config.max_batch_size}: it must be 0 (no batch axis) or more")
     ignored = {name: why for name, why in _IGNORED.items() if name in fields}
     batches = config.max_batch_size > 0
     inputs = [_tensor(t, batches, source, ignored) for t in config.input] or None

@@ -135,7 +135,7 @@ class ServedModel:
             self.session.run({spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
             return
         policy = self.batcher.policy
-        largest = max(policy.max_batch_size, policy.max_large_batch_size)
+        largest = min(max(policy.max_batch_size, policy.max_large_batch_size), self._most_rows_queued())
         sizes, size = [], 1
         while size < largest:
             sizes.append(size)
@@ -144,6 +144,15 @@ class ServedModel:
         for n in sizes:
             self.session.run(self._dummy_batch(n))
         self.session.calibrate(self._dummy_batch, sizes)
+
+    def _most_rows_queued(self) -> int:
+        """The most rows a batch can hold: what the queue takes (app/batching/queue.py), in
+        items and in bytes. A configuration's max_batch_size may be far beyond it (a Triton
+        config's 100000, say): warming up at that size would take the memory of a batch that
+        can never form."""
+        policy = self.batcher.policy
+        row_bytes = max(1, sum(a.nbytes for a in self._dummy_batch(1).values()))
+        return max(1, min(policy.max_queue_size, policy.max_queue_bytes // row_bytes))
 
     def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
         return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}

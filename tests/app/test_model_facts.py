@@ -175,6 +175,7 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
      "axis 1 is 4 in the graph, 5 in the manifest"),
     ('max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]', "'x' is not in the graph"),
     ("max_batch_size: 4 bogus_field: 1", "not a Triton model configuration"),
+    ("max_batch_size: -3 dynamic_batching { }", "max_batch_size -3: it must be 0 (no batch axis) or more"),
     ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 2 ] reshape { shape: [ 2, 1 ] } } ]',
      "reshape [2, 1] of dims [2] is not supported"),
 ])

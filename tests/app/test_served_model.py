@@ -77,6 +77,25 @@ def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
     assert sizes[: sizes.index(largest) + 1] == [n for n in (1, 2, 4, 8, 16) if n < largest] + [largest]
 
 
+@pytest.mark.parametrize(("queue", "most"), [({"max_queue_size": 100}, 100),
+                                            ({"max_queue_bytes": 3136 * 50}, 50)])
+def test_warm_up_stops_at_the_largest_batch_the_queue_can_hold(queue: dict[str, int], most: int) -> None:
+    """A max_batch_size beyond what the queue takes (in items or in bytes) is warmed up to
+    what can form, not to its own size (which would allocate a batch that never comes)."""
+    model = load_version(model_folder("fashion-cnn"), Settings(warmup=False, max_batch_size=1000, **queue),
+                         ort_options(["CPUExecutionProvider"], 1, 1))
+    sizes: list[int] = []
+    real_run = model.session.run
+
+    def counting(inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
+        sizes.append(len(next(iter(inputs.values()))))
+        return real_run(inputs, may_go_wide)
+
+    model.session.run = counting  # type: ignore[method-assign]
+    model.warm_up()
+    assert sizes == [n for n in (1, 2, 4, 8, 16, 32, 64) if n < most] + [most]
+
+
 async def test_other_holders_keep_a_lone_batch_off_the_loop_when_asked() -> None:
     """A transport whose requests arrive one at a time (gRPC's unary calls) counts the model's
     other holders as on their way: the batch then runs on the inference thread, not inline."""
