@@ -111,3 +111,25 @@ def _refusal(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferReque
     except grpc.RpcError as error:
         return error.code(), error.details()
     return None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(requests=st.lists(infer_requests(), min_size=1, max_size=5))
+def test_a_stream_answers_every_message_with_a_result_or_its_error(stub: pb_grpc.GRPCInferenceServiceStub,
+                                                                   requests: list[pb.ModelInferRequest]) -> None:
+    """On a stream each message's mistake is its own answer (error_message), and the stream
+    goes on: as many answers as messages, then the good one last."""
+    for n, request in enumerate(requests):
+        request.id = f"m{n}"
+    sent = [*requests, _good()]
+    sent[-1].id = "good"
+    answers = list(stub.ModelStreamInfer(iter(sent), timeout=CALL_S))
+    assert len(answers) == len(sent)
+    good = [a for a in answers if a.infer_response.id == "good"]
+    assert len(good) == 1
+    assert not good[0].error_message
+    assert list(good[0].infer_response.outputs[0].shape) == [1, 10]
+    for answer in answers:
+        assert answer.error_message or answer.infer_response.outputs, answer
+        assert "internal server error" not in answer.error_message, answer
