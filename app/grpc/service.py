@@ -34,7 +34,7 @@ from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.triton import EXTENSIONS, SERVER_NAME
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
-from app.repository import ModelRepository
+from app.repository import ModelRepository, load_config
 from app.repository.shared import RepositoryChanges
 from app.settings import Settings
 
@@ -357,7 +357,7 @@ class InferenceService:
     async def _repository_load(self, request: pb.RepositoryModelLoadRequest, context: Any
                                ) -> pb.RepositoryModelLoadResponse:
         self._check_admin(context, changes=True)
-        config = parameter_values(request.parameters).get("config")
+        config = load_config(parameter_values(request.parameters))
         await self.serving.changes.load(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
 

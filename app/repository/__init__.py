@@ -2,7 +2,7 @@
 
 from app.repository.errors import LoadFailed, RepositoryUnreadable
 from app.repository.names import check_name, parse_version
-from app.repository.repository import ModelRepository, load_override
+from app.repository.repository import ModelRepository, load_config, load_override
 from app.repository.states import State
 
-__all__ = ["LoadFailed", "ModelRepository", "RepositoryUnreadable", "State", "check_name", "load_override", "parse_version"]
+__all__ = ["LoadFailed", "ModelRepository", "RepositoryUnreadable", "State", "check_name", "load_config", "load_override", "parse_version"]

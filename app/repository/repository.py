@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from app.loading import LoadError
@@ -34,6 +35,18 @@ from app.served_model import Lease, ServedModel
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def load_config(parameters: Mapping[str, object]) -> object:
+    """The `config` of a load request's parameters (HTTP's object, gRPC's map as plain values).
+    Triton's `file:<path>` parameters, which replace a model's files for that load, are
+    refused: files are read from the model's folder only, and a load that passed over them
+    would serve the old files to a caller who believes it sent new ones."""
+    files = sorted(key for key in parameters if key.startswith("file:"))
+    if files:
+        raise InvalidInput(f"parameters {files[:5]}: file overrides are not supported; put the files in the "
+                           "model's folder in the model directory, then load it")
+    return parameters.get("config")
 
 
 def load_override(config: object, name: str) -> ModelFacts | None:

@@ -17,6 +17,7 @@ from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
+from app.repository import load_config
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -69,7 +70,7 @@ def _config(options: dict[str, Any]) -> object:
     parameters = options.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("parameters must be an object")
-    return parameters.get("config")
+    return load_config(parameters)
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",

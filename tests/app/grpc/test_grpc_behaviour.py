@@ -87,6 +87,9 @@ async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_r
         reconfigured = await stub.ModelConfig(pb.ModelConfigRequest(name="sst2-lstm"))
         load.parameters["config"].string_param = json.dumps({"max_batch_size": 4, "sequence_batching": {}})
         refused = await failure(stub.RepositoryModelLoad(load, metadata=admin))
+        with_file = pb.RepositoryModelLoadRequest(model_name="sst2-lstm")
+        with_file.parameters["file:1/model.onnx"].bytes_param = b"\x08\x07"
+        no_files = await failure(stub.RepositoryModelLoad(with_file, metadata=admin))
         ready_only = await stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), metadata=admin)
         await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="sst2-lstm"), metadata=admin)
         unloaded = await stub.ModelReady(pb.ModelReadyRequest(name="sst2-lstm"))
@@ -101,6 +104,8 @@ async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_r
     assert reconfigured.config.max_batch_size == 4
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sequence_batching" in refused.details()
+    assert no_files.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters ['file:1/model.onnx']: file overrides are not supported" in no_files.details()
     assert {m.name for m in ready_only.models} == {"fashion-cnn", "sst2-lstm"}
     assert all(m.state == "READY" for m in ready_only.models)
     assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED
