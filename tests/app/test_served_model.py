@@ -61,9 +61,9 @@ async def test_a_request_past_its_deadline_is_not_queued() -> None:
     await model.retire(grace_s=1)
 
 
-def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
-    model = load_version(model_folder("fashion-cnn"), Settings(warmup=False, max_large_batch_size=20),
-                         ort_options(["CPUExecutionProvider"], 1, 1))
+def warmed_up_sizes(settings: Settings) -> tuple[ServedModel, list[int]]:
+    """fashion-cnn loaded with `settings`, and the batch sizes its warm-up ran, in order."""
+    model = load_version(model_folder("fashion-cnn"), settings, ort_options(["CPUExecutionProvider"], 1, 1))
     sizes: list[int] = []
     real_run = model.session.run
 
@@ -73,6 +73,11 @@ def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
 
     model.session.run = counting  # type: ignore[method-assign]
     model.warm_up()
+    return model, sizes
+
+
+def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
+    model, sizes = warmed_up_sizes(Settings(warmup=False, max_large_batch_size=20))
     largest = max(model.batcher.policy.max_batch_size, 20)
     assert sizes[: sizes.index(largest) + 1] == [n for n in (1, 2, 4, 8, 16) if n < largest] + [largest]
 
@@ -82,17 +87,7 @@ def test_warm_up_runs_every_batch_size_the_batcher_forms() -> None:
 def test_warm_up_stops_at_the_largest_batch_the_queue_can_hold(queue: dict[str, int], most: int) -> None:
     """A max_batch_size beyond what the queue takes (in items or in bytes) is warmed up to
     what can form, not to its own size (which would allocate a batch that never comes)."""
-    model = load_version(model_folder("fashion-cnn"), Settings(warmup=False, max_batch_size=1000, **queue),
-                         ort_options(["CPUExecutionProvider"], 1, 1))
-    sizes: list[int] = []
-    real_run = model.session.run
-
-    def counting(inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
-        sizes.append(len(next(iter(inputs.values()))))
-        return real_run(inputs, may_go_wide)
-
-    model.session.run = counting  # type: ignore[method-assign]
-    model.warm_up()
+    _, sizes = warmed_up_sizes(Settings(warmup=False, max_batch_size=1000, **queue))
     assert sizes == [n for n in (1, 2, 4, 8, 16, 32, 64) if n < most] + [most]
 
 
