@@ -214,11 +214,11 @@ _PACKED = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 
 def _floats(data: Any, dtype: np.dtype) -> np.ndarray:
     """A flat list of numbers (floats, or integers as pixel values often are) is read in one
-    pass: FP32 and FP64 packed by struct (each value
-    converted in C as numpy casts it, without numpy's iterator protocol: 4.4 against 10.1 µs
-    for np.fromiter on 784 floats, docs/benchmarks.md), other float types by np.fromiter (a
-    fifth less time than np.asarray, which first looks for nesting); anything else as
-    np.asarray reads it, which also words the error."""
+    pass: FP32 and FP64 packed by struct (each value converted in C as numpy casts it,
+    without numpy's iterator protocol: 4.4 against 10.1 µs for np.fromiter on 784 floats,
+    docs/benchmarks.md), other float types by np.fromiter (a fifth less time than np.asarray,
+    which first looks for nesting); anything else as np.asarray reads it, which also words
+    the error."""
     if type(data) is list and data and type(data[0]) in _NUMBER_TYPES:
         code = _PACKED.get(dtype)
         try:
