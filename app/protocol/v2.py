@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from app.codecs import Codec
 from app.errors import InvalidInput, UnprocessableInput
@@ -36,7 +36,7 @@ class _Open(BaseModel):
 
 class RequestInput(_Open):
     name: str
-    shape: list[int]
+    shape: list[StrictInt]  # JSON integers: not "1", true or 1.0, which lax validation would take
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = None

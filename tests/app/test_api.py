@@ -301,6 +301,16 @@ async def test_binary_flags_are_true_or_false(where: str, value: Any) -> None:
     assert len(as_json.json()["outputs"][0]["data"]) == 10
 
 
+@pytest.mark.parametrize("first", ["1", True, 1.0])
+async def test_a_shape_is_json_integers(first: Any) -> None:
+    """Lax validation would read "1", true and 1.0 as 1."""
+    body = {"inputs": [{"name": "pixels", "shape": [first, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    async with serving() as client:
+        response = await client.post("/v2/models/fashion-cnn/infer", json=body)
+    assert response.status_code == 422, response.text
+    assert "inputs.0.shape.0: Input should be a valid integer" in response.json()["error"]
+
+
 @pytest.mark.parametrize("size", [-3136, True, 3136.0, "3136"])
 async def test_a_binary_data_size_that_is_no_count_of_bytes_is_a_400_that_says_so(size: Any) -> None:
     header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
