@@ -219,29 +219,42 @@ def _floats(data: Any, dtype: np.dtype) -> np.ndarray:
     docs/benchmarks.md), other float types by np.fromiter (a fifth less time than np.asarray,
     which first looks for nesting); anything else as np.asarray reads it, which also words
     the error."""
-    if type(data) is list and data and type(data[0]) in _NUMBER_TYPES:
-        code = _PACKED.get(dtype)
-        try:
-            if code is not None:  # struct takes numbers only: a string fails it
-                return np.frombuffer(struct.pack(f"{len(data)}{code}", *data), dtype=dtype)
-            if str not in set(map(type, data)):  # np.fromiter would read "1" as 1.0
-                return np.fromiter(data, dtype=dtype, count=len(data))
-        except (struct.error, ValueError, TypeError, OverflowError):
-            pass  # a nested list or a non-number further on: np.asarray says which
-    _refuse_text(data)
+    if type(data) is list and data:
+        first = type(data[0])
+        if first is list:
+            return _nested_floats(data, dtype)
+        if first in _NUMBER_TYPES:
+            code = _PACKED.get(dtype)
+            try:
+                if code is not None:  # struct takes numbers only: a string fails it
+                    return np.frombuffer(struct.pack(f"{len(data)}{code}", *data), dtype=dtype)
+                if str not in set(map(type, data)):  # np.fromiter would read "1" as 1.0
+                    return np.fromiter(data, dtype=dtype, count=len(data))
+            except (struct.error, ValueError, TypeError, OverflowError):
+                pass  # a list or a non-number further on: np.asarray says which
+        if str in set(map(type, data)):
+            raise TypeError(_TEXT)
     return np.asarray(data, dtype=dtype)
 
 
-def _refuse_text(data: Any) -> None:
-    """numpy reads a string of digits as the number it spells ("1" as 1.0): a JSON string
-    where a number belongs is the client's mistake, and said as such. Flat lists (the usual
-    case, numbers other than floats) are looked at by type; nested ones by what numpy makes
-    of them, where any string makes the whole array text."""
-    if type(data) is not list:
-        return  # a scalar or an object: np.asarray's own error says what it is
-    kinds = set(map(type, data))
-    if str in kinds or (list in kinds and np.asarray(data).dtype.kind in "US"):
-        raise TypeError("a string among them: numbers go as JSON numbers")
+_TEXT = "a string among them: numbers go as JSON numbers"
+"""numpy reads a string of digits as the number it spells ("1" as 1.0): a JSON string where a
+number belongs is the client's mistake, and said as such."""
+
+
+def _nested_floats(data: list[Any], dtype: np.dtype) -> np.ndarray:
+    """Rows of numbers (nested as the shape), converted once: numpy makes the whole array text
+    where any value is a string, which is how one is found without a walk through the rows.
+    Each value ends up as numpy's direct conversion makes it: a Python int by way of a double,
+    as a float is (an int64 array cast straight to FP32 would round some large ints once
+    instead of twice, and differ from the same values sent flat)."""
+    array = np.asarray(data)
+    kind = array.dtype.kind
+    if kind in "US" or (kind == "O" and any(type(v) is str for v in array.flat)):
+        raise TypeError(_TEXT)
+    if kind == "O":  # a null among them, or an integer past 64 bits: numpy converts each itself
+        return np.asarray(data, dtype=dtype)
+    return (array if kind == "f" else array.astype(np.float64)).astype(dtype)
 
 
 def _booleans(data: Any) -> np.ndarray:

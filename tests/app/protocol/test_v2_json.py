@@ -37,10 +37,24 @@ def _pixels_body(data: list[Any]) -> bytes:
     return orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": data}]})
 
 
-@pytest.mark.parametrize("data", [["1"] * 3, [0.5, "1", 2.0], [1, 2, "3"], [[0.5], ["1"]], [True, "1"]])
+@settings(max_examples=300, deadline=None)
+@given(rows=st.integers(1, 4), width=st.integers(1, 6), data=st.data(),
+       dtype=st.sampled_from(["float32", "float64", "float16"]))
+def test_rows_of_numbers_read_as_the_same_values_sent_flat(rows: int, width: int, data: st.DataObject,
+                                                           dtype: str) -> None:
+    numbers = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70))
+    flat = data.draw(st.lists(numbers, min_size=rows * width, max_size=rows * width))
+    nested = [flat[r * width:(r + 1) * width] for r in range(rows)]
+    with np.errstate(over="ignore"):
+        got, want = _floats(nested, np.dtype(dtype)), _floats(flat, np.dtype(dtype))
+    assert got.shape == (rows, width)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("data", [["1"] * 3, [None, "1", 0.5], [[None, "1"]], [0.5, "1", 2.0], [1, 2, "3"], [[0.5], ["1"]], [True, "1"]])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_a_string_is_not_read_as_the_number_it_spells(data: list[Any], dtype: str) -> None:
-    assert np.asarray(data, dtype=dtype).size == len(data)  # numpy reads every one as a number
+    np.asarray(data, dtype=dtype)  # numpy reads every one as a number, and raises nothing
     with pytest.raises(TypeError, match="a string among them"):
         _floats(data, np.dtype(dtype))
 
