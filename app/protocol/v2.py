@@ -217,8 +217,9 @@ def _floats(data: Any, dtype: np.dtype) -> np.ndarray:
     pass: FP32 and FP64 packed by struct (each value converted in C as numpy casts it,
     without numpy's iterator protocol: 4.4 against 10.1 µs for np.fromiter on 784 floats,
     docs/benchmarks.md), other float types by np.fromiter (a fifth less time than np.asarray,
-    which first looks for nesting); anything else as np.asarray reads it, which also words
-    the error."""
+    which first looks for nesting). Rows nested as the shape are read whole (`_nested_floats`);
+    a string anywhere is refused (_TEXT); anything else as np.asarray reads it, which also
+    words the error."""
     if type(data) is list and data:
         first = type(data[0])
         if first is list:
