@@ -311,6 +311,9 @@ def test_sigterm_turns_readiness_503_before_any_connection_is_refused() -> None:
             except httpx.ConnectError:
                 events.append((time.monotonic(), "refused"))
                 return
+            except (httpx.ReadError, httpx.RemoteProtocolError):  # as the load's connections, above
+                events.append((time.monotonic(), "reset"))
+                return
             time.sleep(0.02)
 
     with ServerProcess(["--model-dir", str(MODELS), "--drain-delay-s", "1.0"]) as server:
