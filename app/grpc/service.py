@@ -227,8 +227,8 @@ class InferenceService:
         traced = None
         if tracing is not None:
             timing.traced, timing.arrived_ns = True, time.time_ns()
-            traced = tracing.start(f"grpc {method}", _text(metadata.get("traceparent")),
-                                   _text(metadata.get("tracestate")), timing)
+            traced = tracing.start(f"grpc {method}", _bytes(metadata.get("traceparent")),
+                                   _bytes(metadata.get("tracestate")), timing)
         code = grpc.StatusCode.OK.name
         try:
             if traced is not None and not streamed:

@@ -58,9 +58,8 @@ class RequestContext:
             receive = _counted(receive, timing)
             if tracing is not None and traced:
                 timing.traced, timing.arrived_ns = True, time.time_ns()
-                state = next((v for k, v in scope["headers"] if k == b"tracestate"), None)
-                traced_request = tracing.start(scope["method"], parent.decode("latin-1") if parent else None,
-                                               state.decode("latin-1") if state else None, timing)
+                state = next((v for k, v in scope["headers"] if k == b"tracestate"), None) if tracing.exporting else None
+                traced_request = tracing.start(scope["method"], parent, state, timing)
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -190,18 +190,20 @@ class Tracing:
             return traceparent[53:55] in _SAMPLED_FLAGS
         return self.ratio >= 1.0 or self._draw() < self.ratio
 
-    def start(self, name: str, traceparent: str | None, tracestate: str | None, timing: RequestTiming,
+    def start(self, name: str, traceparent: bytes | None, tracestate: bytes | None, timing: RequestTiming,
               kind: SpanKind = SpanKind.SERVER) -> Traced | None:
-        """A request's trace, in the caller's trace where one was sent; None where the SDK's
-        sampler says not to record it (nothing more is recorded for it)."""
+        """A request's trace, in the caller's trace where one was sent (the header's or the
+        metadata's bytes, as they came; `tracestate` is read only where spans are made); None
+        where the SDK's sampler says not to record it (nothing more is recorded for it)."""
         if not self.exporting:
-            caller = trace_id(traceparent.encode("latin-1")) if traceparent is not None else None
+            caller = trace_id(traceparent)
             traced = Traced(int(caller, 16) if caller is not None else self._new_trace_id())
             timing.trace_id = format(traced.trace_id, "032x")
             return traced
         parent: Context | None = None
         if traceparent is not None:
-            carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
+            carrier = {"traceparent": traceparent.decode("latin-1"),
+                       **({"tracestate": tracestate.decode("latin-1")} if tracestate else {})}
             parent = _PROPAGATOR.extract(carrier)
         span = self.tracer.start_span(name, context=parent, kind=kind, start_time=_ns(timing, timing.arrived))
         context = span.get_span_context()

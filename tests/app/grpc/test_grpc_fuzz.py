@@ -98,9 +98,11 @@ def test_any_message_is_answered_or_refused_as_the_clients_mistake(stub: pb_grpc
         code, details = refused
         assert code not in SERVER_FAULTS, (code, details, request)
         assert details, (code, request)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the request's own timeout, else a hang
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The server's answer to the request's own timeout, naming it; the client's
+            # deadline (a hang) says "Deadline Exceeded" and names none.
             assert asked_s is not None, (details, request)
-            assert 0 < asked_s < CALL_S, (details, request)
+            assert f"{asked_s:g} s" in details, (details, request)
     assert list(stub.ModelInfer(_good(), timeout=CALL_S).outputs[0].shape) == [1, 10]
 
 
