@@ -19,10 +19,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """(JSON header, binary remainder) of a request body."""
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        n = int(header_length)
-    except ValueError:
-        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    # Digits only: int() would also read " 12 ", "+12", "1_2" and other scripts' digits.
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise InvalidInput(f"Inference-Header-Content-Length must be a count of bytes (digits), got {header_length!r}")
+    n = int(header_length)
     if not 0 < n <= len(body):
         raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
     view = memoryview(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -320,6 +321,24 @@ async def test_a_binary_data_size_that_is_no_count_of_bytes_is_a_400_that_says_s
                                      headers={"Inference-Header-Content-Length": str(len(header))})
     assert response.status_code == 400, response.text
     assert f"binary_data_size must be an integer of bytes, 0 or more; got {size!r}" in response.json()["error"]
+
+
+@pytest.mark.parametrize("spelled", [
+    lambda n: f" {n} ", lambda n: f"+{n}", lambda n: f"{n}.0", lambda n: hex(n), lambda n: f"{n // 10}_{n % 10}",
+    lambda n: "", lambda n: f"-{n}"], ids=["spaces", "plus", "decimal", "hex", "underscore", "empty", "minus"])
+async def test_a_header_length_that_is_not_plain_digits_is_a_400(spelled: Callable[[int], str]) -> None:
+    """int() reads all of these as a number; a count of bytes is ASCII digits only."""
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 3136}}]})
+    body = header + b"\0" * 3136
+    async with serving() as client:
+        response = await client.post("/v2/models/fashion-cnn/infer", content=body,
+                                     headers={"Inference-Header-Content-Length": spelled(len(header)).encode()})
+        plain = await client.post("/v2/models/fashion-cnn/infer", content=body,
+                                  headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400, response.text
+    assert "Inference-Header-Content-Length must be a count of bytes (digits)" in response.json()["error"]
+    assert plain.status_code == 200, plain.text
 
 
 async def test_v2_binary_errors_and_non_finite_values() -> None:
