@@ -277,7 +277,8 @@ class Settings(BaseSettings):
     long without a byte."""
     max_grpc_calls: int = Field(default=4096, ge=1)
     """gRPC calls handled at once per worker; beyond it a new call gets RESOURCE_EXHAUSTED. Also
-    the requests of one stream run at once; beyond, the stream is read as they are answered."""
+    the requests of one stream read and not yet answered on the wire; beyond, or while the
+    stream's unwritten answers pass max_response_bytes, it is read as its client takes answers."""
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -296,11 +296,18 @@ class InferenceService:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
         unanswered = 0  # messages read and not yet answered on the wire: the client's concurrency here
-        # At most max_grpc_calls of a stream's requests at once: beyond, the stream is not read
-        # (HTTP/2 flow control holds the client back) until one is answered.
+        # A message holds its slot until its answer is on the wire, not only until it is made:
+        # a client that writes and never reads would otherwise have every answer kept here.
+        # At most max_grpc_calls of a stream's messages are read and unanswered, and no more is
+        # read while its answers waiting to be written pass one largest answer's worth; beyond
+        # either, the stream is not read (HTTP/2 flow control holds the client back).
         slots = asyncio.Semaphore(self.serving.settings.max_grpc_calls)
+        most_waiting, waiting_bytes = self.serving.settings.response_limit_bytes, 0
+        room = asyncio.Event()
+        room.set()
 
         async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput], earlier: int) -> None:
+            nonlocal waiting_bytes
             started, code = time.perf_counter(), grpc.StatusCode.OK
             message = request[1]
             try:
@@ -309,15 +316,18 @@ class InferenceService:
                 code, text = _failure(e, "grpc.ModelStreamInfer")
                 reply = _stream_error(message, text).SerializeToString()
             finally:
-                slots.release()
                 self.series.record(_infer_model(request), "grpc.ModelStreamInfer", code.name,
                                    time.perf_counter() - started)
             answers.put_nowait(reply)
+            waiting_bytes += len(reply)
+            if waiting_bytes >= most_waiting:
+                room.clear()
 
         async def read() -> None:
             nonlocal unanswered
             try:
                 async for request in requests:
+                    await room.wait()
                     await slots.acquire()
                     task = asyncio.create_task(answer(request, unanswered))
                     unanswered += 1
@@ -332,6 +342,10 @@ class InferenceService:
             while (reply := await answers.get()) is not None:
                 yield reply  # resumed once grpc has taken it
                 unanswered -= 1
+                waiting_bytes -= len(reply)
+                if waiting_bytes < most_waiting:
+                    room.set()
+                slots.release()
             await reader  # a failure to read the stream is the call's
         finally:
             reader.cancel()
