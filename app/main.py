@@ -88,7 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.access_log.start()
         grpc_server = None
         if resolved.grpc:
-            grpc_server = GrpcServer(InferenceService(services, app.request_series, app), resolved)
+            closed = app.metrics.grpc_calls_closed
+            grpc_server = GrpcServer(InferenceService(services, app.request_series, app), resolved,
+                                     lambda reason: closed.labels(reason).inc())
+            app.grpc_server = grpc_server
             try:
                 await grpc_server.start()
             except OSError:
@@ -195,6 +198,8 @@ class _OrtServe(FastAPI):
     """Request traces (app/observability/tracing.py), where the settings turn them on."""
     keep_awake: KeepAwake | None = None
     """Keeps a CPU awake between requests (app/keep_awake.py), where the settings leave it on."""
+    grpc_server: GrpcServer | None = None
+    """The gRPC service's server (app/grpc/server.py), where the settings turn it on."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

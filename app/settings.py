@@ -239,7 +239,8 @@ class Settings(BaseSettings):
     """Larger request bodies get 413."""
     body_timeout_s: float = Field(default=30.0, gt=0)
     """A request body not received in full this long after the request arrived gets 408
-    and its connection is closed (slow or stalled clients)."""
+    and its connection is closed (slow or stalled clients); a gRPC unary call's message,
+    DEADLINE_EXCEEDED."""
     max_large_bodies_bytes: int | None = Field(default=None, gt=0)
     """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
     that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
@@ -276,7 +277,9 @@ class Settings(BaseSettings):
     """A connection with no request running, new or between requests, is closed after this
     long without a byte."""
     max_grpc_calls: int = Field(default=4096, ge=1)
-    """gRPC calls handled at once per worker; beyond it a new call gets RESOURCE_EXHAUSTED. Also
+    """gRPC calls open at once per worker. At the limit a new call closes the one that has waited
+    longest with nothing to do (an idle stream, a unary call whose message has not come:
+    UNAVAILABLE); only when every call is working is it refused, RESOURCE_EXHAUSTED. Also
     the requests of one stream read and not yet answered on the wire; beyond, or while the
     stream's unwritten answers pass max_response_bytes, it is read as its client takes answers."""
 

@@ -21,6 +21,7 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from app.grpc.calls import CallBook, CallGuard
 from app.grpc.service import SERVICE, InferenceService
 from app.settings import Settings
 
@@ -57,7 +58,9 @@ def address(host: str, port: int) -> str:
 
 
 class GrpcServer:
-    def __init__(self, service: InferenceService, settings: Settings) -> None:
+    def __init__(self, service: InferenceService, settings: Settings,
+                 closed: Callable[[str], None] = lambda reason: None) -> None:
+        """`closed(reason)`: each call the guard closes or refuses (app/grpc/calls.py), for the metrics."""
         self.service = service
         self.settings = settings
         self._server: grpc.aio.Server | None = None
@@ -65,6 +68,7 @@ class GrpcServer:
         self._health = _Health(service.ready)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Task[None] | None = None
+        self.calls = CallBook(settings.max_grpc_calls, settings.body_timeout_s, closed)
 
     async def start(self) -> None:
         s = self.settings
@@ -77,7 +81,9 @@ class GrpcServer:
             # several, each worker binds the port and the kernel spreads the connections.
             ("grpc.so_reuseport", 1 if s.worker_processes > 1 else 0),
         ]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_grpc_calls)
+        # max_grpc_calls is the guard's to count (app/grpc/calls.py), not grpc.aio's: grpc.aio's
+        # counted idle streams and calls with no message alike, until no call could start.
+        server = grpc.aio.server(options=options, interceptors=[CallGuard(self.calls)])
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
@@ -91,6 +97,7 @@ class GrpcServer:
         self._server = server
         await self._sync_health()
         self._tasks.append(asyncio.create_task(self._watch_health(), name="grpc-health"))
+        self._tasks.append(asyncio.create_task(self._close_late_calls(), name="grpc-late-calls"))
         logger.info("gRPC (KServe V2, health, reflection) on %s", address(s.host, self.port))
 
     async def _sync_health(self) -> None:
@@ -102,6 +109,11 @@ class GrpcServer:
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
             await self._sync_health()
+
+    async def _close_late_calls(self) -> None:
+        while True:
+            await asyncio.sleep(self.calls.sweep_every_s())
+            self.calls.close_late()
 
     def begin_stop(self) -> None:
         """Stop taking calls now; those accepted have shutdown_grace_s to finish (then they

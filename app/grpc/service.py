@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from app import __version__, model_views
 from app.access import check_admin, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
+from app.grpc.calls import CURRENT_CALL, explain_closing
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
 from app.observability.access import AccessLog, RequestTiming, line, request_timing
@@ -305,6 +306,7 @@ class InferenceService:
         most_waiting, waiting_bytes = self.serving.settings.response_limit_bytes, 0
         room = asyncio.Event()
         room.set()
+        call = CURRENT_CALL.get()  # the guard's (app/grpc/calls.py): told when the stream is working
 
         async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput], earlier: int) -> None:
             nonlocal waiting_bytes
@@ -331,6 +333,8 @@ class InferenceService:
                     await slots.acquire()
                     task = asyncio.create_task(answer(request, unanswered))
                     unanswered += 1
+                    if call is not None:
+                        call.took()
                     running.add(task)
                     task.add_done_callback(running.discard)
                 await asyncio.gather(*running)
@@ -346,7 +350,12 @@ class InferenceService:
                 if waiting_bytes < most_waiting:
                     room.set()
                 slots.release()
+                if call is not None:
+                    call.answered()
             await reader  # a failure to read the stream is the call's
+        except asyncio.CancelledError:
+            await explain_closing(context)  # closed by the guard (it says why), or the client left
+            raise
         finally:
             reader.cancel()
             for task in list(running):

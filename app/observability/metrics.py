@@ -57,6 +57,11 @@ class Metrics:
         self.metrics_snapshot_failures = Counter(
             "ortserve_metrics_snapshot_failures", "Times this worker could not write its metrics snapshot for "
             "the others (workers above 1; the folder unwritable or gone)", registry=r)
+        self.grpc_calls_closed = Counter(
+            "ortserve_grpc_calls_closed", "gRPC calls ended or refused for their place (app/grpc/calls.py): "
+            "make_room (waited with nothing to do when a new call needed the place), message_late (a unary "
+            "call's message not in within body_timeout_s), refused (at max_grpc_calls, every call working)",
+            ["reason"], registry=r)
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "
                                         "the client hung up)", ["model", "reason"], registry=r)

@@ -1,0 +1,234 @@
+"""Every gRPC call, from its first frame: how many there are, and what one that does nothing holds.
+
+grpc.aio's own limit (`maximum_concurrent_rpcs`) counts a call from its start to its end,
+whatever it does meanwhile. A stream opened and left idle, or a unary call whose message
+never comes (any client can open one through a generic stub), held its place for ever, and
+max_grpc_calls of them had every other call refused RESOURCE_EXHAUSTED, the health checks
+that Kubernetes' gRPC readiness probe makes and ServerLive included (measured: 8 idle
+streams at `--max-grpc-calls 8`; ServerLive still refused 30 s later). So `CallGuard`, an
+interceptor, takes every call of every service (inference, health, reflection) from its
+start, and:
+
+- a unary call's message must arrive within body_timeout_s, as an HTTP body must
+  (DEADLINE_EXCEEDED otherwise);
+- a call is *waiting* while it has nothing to do: a unary call before its message, a stream
+  whose every message read has been answered (a health Watch between changes too). At
+  max_grpc_calls, a new call closes the call that has waited longest (UNAVAILABLE, which
+  clients retry), as HTTP closes its longest idle connection at max_connections
+  (app/http/connections.py); only when every call is working is the new one refused,
+  RESOURCE_EXHAUSTED.
+
+Unary calls are served as stream-unary ones for this: grpc.aio reads a unary call's message
+before any code of ours runs, with no time limit, and a call cancelled there is never
+answered (its client waits on). That costs a unary call about 4% of its rate at c64
+(docs/benchmarks.md); streams are handed over as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+
+class _Call:
+    """One call in the book: its task (closing a call cancels it), whether it is working,
+    since when it has not been, and why it is being closed, if it is."""
+
+    __slots__ = ("busy", "closing", "message_due", "task", "waiting_since")
+
+    def __init__(self, task: asyncio.Task[Any] | None, message_due: float | None) -> None:
+        self.task = task
+        self.busy = 0  # messages read and not yet answered
+        self.waiting_since = time.monotonic()
+        self.message_due = message_due  # a unary call's: when its message must be in (None: in, or a stream)
+        self.closing: tuple[grpc.StatusCode, str] | None = None
+
+    def close(self, code: grpc.StatusCode, why: str) -> None:
+        if self.closing is None and self.task is not None:
+            self.closing = (code, why)
+            self.task.cancel()
+
+    def took(self) -> None:
+        """A message read: the call is working until it is answered."""
+        self.busy += 1
+        self.message_due = None
+
+    def answered(self) -> None:
+        self.busy -= 1
+        if self.busy <= 0:
+            self.busy = 0
+            self.waiting_since = time.monotonic()
+
+
+class CallBook:
+    """The calls open now, against max_grpc_calls."""
+
+    def __init__(self, limit: int, message_timeout_s: float,
+                 closed: Callable[[str], None] = lambda reason: None) -> None:
+        """`closed(reason)`: each call closed or refused for its place (make_room,
+        message_late, refused), for the metrics."""
+        self.limit = limit
+        self.message_timeout_s = message_timeout_s
+        self.closed = closed
+        self._calls: set[_Call] = set()
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def open(self, unary: bool) -> _Call:
+        """A new call's place (in the running task); at the limit, the longest-waiting call
+        is closed to make it. `_Refused` when every call is working."""
+        if len(self._calls) >= self.limit:
+            waiting = [c for c in self._calls if not c.busy]
+            if not waiting:
+                self.closed("refused")
+                raise _Refused(f"the server is handling max_grpc_calls ({self.limit}) calls, each of them working; "
+                               "try again shortly")
+            oldest = min(waiting, key=lambda c: c.waiting_since)
+            self._calls.discard(oldest)
+            self.closed("make_room")
+            oldest.close(grpc.StatusCode.UNAVAILABLE,
+                         f"this call was closed while it waited with nothing to do: the server was at "
+                         f"max_grpc_calls ({self.limit}) and a new call needed its place; call again")
+        call = _Call(asyncio.current_task(), time.monotonic() + self.message_timeout_s if unary else None)
+        self._calls.add(call)
+        return call
+
+    def leave(self, call: _Call, _: object = None) -> None:
+        self._calls.discard(call)
+
+    def close_late(self) -> None:
+        """Close the unary calls whose message is past due (GrpcServer runs this every
+        SWEEP_S: one sweep, not a timer per call, which cost the unary path more)."""
+        now = time.monotonic()
+        for call in [c for c in self._calls if c.message_due is not None and c.message_due <= now]:
+            self.closed("message_late")
+            call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
+                       f"the request's message did not arrive within body_timeout_s ({self.message_timeout_s:g} s)")
+
+    def sweep_every_s(self) -> float:
+        return min(1.0, self.message_timeout_s / 4)
+
+
+class _Refused(Exception):
+    pass
+
+
+CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("grpc_call", default=None)
+"""The call being handled, in its task: a stream's handler marks its messages taken and
+answered on it (ModelStreamInfer does, app/grpc/service.py)."""
+
+
+async def explain_closing(context: grpc.aio.ServicerContext) -> None:
+    """In a handler that was cancelled: where the guard closed its call (to make room, or its
+    message late), end it with the reason; where the client went away, do nothing."""
+    call = CURRENT_CALL.get()
+    if call is not None and call.closing is not None:
+        code, why = call.closing
+        logger.info("gRPC call closed: %s", why)
+        await context.abort(code, why)
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    """Every call through the book. A call's place is taken here, as grpc.aio looks up its
+    handler and before it reads a byte of the message, in the call's task, and given back
+    when that task ends. Streams are handed over as they are (a wrapper would cost each
+    message two more generator steps); their handlers say when they are working
+    (`CURRENT_CALL`), and a stream whose handler does not (health's Watch, reflection)
+    counts as waiting throughout."""
+
+    def __init__(self, book: CallBook) -> None:
+        self.book = book
+        self._as_streams: dict[str, tuple[Any, Any]] = {}  # method -> (its handler, that handler reading its message)
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # no such method: grpc answers UNIMPLEMENTED
+        try:
+            call = self.book.open(unary=not handler.request_streaming)
+        except _Refused as e:
+            return grpc.stream_unary_rpc_method_handler(partial(_refuse, str(e)))
+        CURRENT_CALL.set(call)
+        if call.task is not None:
+            call.task.add_done_callback(partial(self.book.leave, call))
+        if handler.request_streaming:
+            return handler
+        cached = self._as_streams.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, _reading_its_message(handler))
+            self._as_streams[details.method] = cached
+        return cached[1]
+
+
+def _reading_its_message(handler: Any) -> Any:
+    """A unary-request handler as a stream-request one that reads its one message itself."""
+    read, write = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        behaviour = handler.unary_unary
+
+        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(await _message(context), context)
+            except asyncio.CancelledError:
+                await explain_closing(context)
+                raise
+
+        return grpc.stream_unary_rpc_method_handler(unary, read, write)
+    behaviour = handler.unary_stream
+    if inspect.isasyncgenfunction(behaviour):
+        async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                request = await _message(context)
+                _waits()  # a server stream waits between its answers: closable then
+                async for answer in behaviour(request, context):
+                    yield answer
+            except asyncio.CancelledError:
+                await explain_closing(context)
+                raise
+
+        return grpc.stream_stream_rpc_method_handler(answers, read, write)
+
+    async def writes(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        try:  # a handler that writes its answers itself (health's Watch does)
+            request = await _message(context)
+            _waits()
+            await behaviour(request, context)
+        except asyncio.CancelledError:
+            await explain_closing(context)
+            raise
+
+    return grpc.stream_stream_rpc_method_handler(writes, read, write)
+
+
+async def _message(context: grpc.aio.ServicerContext) -> Any:
+    """A unary call's one message (`CallBook.close_late` ends the wait at body_timeout_s)."""
+    request = await context.read()  # not the request iterator: one generator step less per call
+    if request is grpc.aio.EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.took()
+    return request
+
+
+def _waits() -> None:
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.answered()
+
+
+async def _refuse(why: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    context.set_trailing_metadata((("retry-after", "1"),))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)

@@ -1,0 +1,155 @@
+"""Calls that hold a place and do nothing (app/grpc/calls.py): idle streams and unary calls
+whose message never comes are closed when a new call needs their place, or when the message
+is late; calls at work are never closed for it, and beyond them a new call is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from tests.app.conftest import serving_grpc
+from tests.app.grpc.test_grpc_behaviour import text_request
+
+LIVE = "/inference.GRPCInferenceService/ServerLive"
+
+
+async def _nothing() -> AsyncIterator[Any]:
+    """A client that opens a call and never sends a message."""
+    await asyncio.Event().wait()
+    yield None  # never reached
+
+
+def _live_without_its_message(channel: grpc.aio.Channel) -> Any:
+    """ServerLive opened through a generic stub that can leave out the message."""
+    call = channel.stream_unary(LIVE, request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                response_deserializer=pb.ServerLiveResponse.FromString)
+    return call(_nothing())
+
+
+async def _status(call: Any) -> grpc.aio.AioRpcError:
+    """How a call ended: a stream's first read, a unary call's answer, raises its status."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await (call.read() if isinstance(call, grpc.aio.StreamStreamCall) else call)
+    return raised.value
+
+
+class _Served:
+    """The running service's gRPC: a stub, the health service's, a channel, and its call book."""
+
+    def __init__(self, channel: grpc.aio.Channel, http: Any, app: Any) -> None:
+        self.channel, self.http = channel, http
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+        self.book = app.grpc_server.calls
+
+    async def calls_open(self, count: int) -> None:
+        """Until the server counts `count` calls open (each takes its place on arrival)."""
+        while len(self.book) < count:
+            await asyncio.sleep(0.01)
+
+    async def closed(self, reason: str) -> float:
+        found = re.search(rf'ortserve_grpc_calls_closed_total{{reason="{reason}"}} (\S+)',
+                          (await self.http.get("/metrics")).text)
+        return float(found.group(1)) if found else 0.0
+
+
+@asynccontextmanager
+async def _served(**overrides: Any) -> AsyncIterator[_Served]:
+    async with serving_grpc(**overrides) as (http, _, app):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_server.port}") as channel:
+            yield _Served(channel, http, app)
+
+
+async def test_idle_streams_at_the_limit_make_room_oldest_first_and_health_is_answered() -> None:
+    """Four idle streams fill max_grpc_calls 4: a health check closes the one that has waited
+    longest and is answered; a fifth stream fills the place again, and ServerLive closes the
+    next oldest. Streams in use stay (the later ones, and the fifth)."""
+    async with _served(max_grpc_calls=4) as served:
+        streams = []
+        for _ in range(4):
+            streams.append(served.stub.ModelStreamInfer(_nothing()))
+            await served.calls_open(len(streams))  # in order: the first is the oldest
+        checked = await served.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        first = await _status(streams[0])
+        streams.append(served.stub.ModelStreamInfer(_nothing()))
+        await served.calls_open(4)
+        live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        second = await _status(streams[1])
+        made_room = await served.closed("make_room")
+        still_open = [not stream.done() for stream in streams[2:]]
+        for stream in streams[2:]:
+            stream.cancel()
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert live.live
+    for closed in (first, second):
+        assert closed.code() == grpc.StatusCode.UNAVAILABLE
+        assert "closed while it waited with nothing to do" in closed.details()
+        assert "max_grpc_calls (4)" in closed.details()
+    assert made_room == 2
+    assert still_open == [True, True, True]
+
+
+async def test_calls_at_work_are_not_closed_and_beyond_them_a_new_call_is_refused() -> None:
+    """Two streams each with a request waiting in the batcher (batches wait 3 s for company):
+    at max_grpc_calls 2 a new call is refused RESOURCE_EXHAUSTED with retry-after, and both
+    streams are answered."""
+    async with _served(max_grpc_calls=2, max_queue_delay_ms=3000, max_batch_size=64,
+                       idle_dispatch=False) as served:
+        async def one_request(number: int) -> AsyncIterator[pb.ModelInferRequest]:
+            request = text_request(1)
+            request.id = str(number)
+            yield request
+            await asyncio.Event().wait()  # the stream stays open after its request
+
+        streams = [served.stub.ModelStreamInfer(one_request(n)) for n in range(2)]
+        queued = 'ortserve_queue_depth{model="sst2-lstm"} 2.0'
+        while queued not in (await served.http.get("/metrics")).text:
+            await asyncio.sleep(0.01)
+        refused = await _status(served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5))
+        answers = [await stream.read() for stream in streams]
+        refusals = await served.closed("refused")
+        for stream in streams:
+            stream.cancel()
+    assert refusals == 1
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_grpc_calls (2) calls, each of them working" in refused.details()
+    assert ("retry-after", "1") in tuple(refused.trailing_metadata() or ())
+    assert sorted(a.infer_response.id for a in answers) == ["0", "1"]
+    assert all(not a.error_message for a in answers)
+
+
+async def test_a_unary_call_whose_message_does_not_come_ends_at_body_timeout() -> None:
+    async with _served(body_timeout_s=0.3) as served:
+        late = await _status(_live_without_its_message(served.channel))
+        live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        counted = await served.closed("message_late")
+    assert counted == 1
+    assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert late.details() == "the request's message did not arrive within body_timeout_s (0.3 s)"
+    assert live.live
+
+
+async def test_unary_calls_without_their_message_make_room_at_the_limit() -> None:
+    """Three calls waiting for messages that never come fill max_grpc_calls 3 (their
+    body_timeout_s far off): a model's inference is answered all the same."""
+    async with _served(max_grpc_calls=3, body_timeout_s=600) as served:
+        waiting = []
+        for _ in range(3):
+            waiting.append(_live_without_its_message(served.channel))
+            await served.calls_open(len(waiting))
+        answered = await served.stub.ModelInfer(text_request(2), timeout=5)
+        oldest = await _status(waiting[0])
+        for call in waiting[1:]:
+            call.cancel()
+    assert list(answered.outputs[0].shape) == [2, 2]
+    assert oldest.code() == grpc.StatusCode.UNAVAILABLE
+    assert "closed while it waited with nothing to do" in oldest.details()
