@@ -20,8 +20,9 @@ start, and:
 
 Unary calls are served as stream-unary ones for this: grpc.aio reads a unary call's message
 before any code of ours runs, with no time limit, and a call cancelled there is never
-answered (its client waits on). That costs a unary call about 4% of its rate at c64
-(docs/benchmarks.md); streams are handed over as they are.
+answered (its client waits on). Late messages are found by one sweep a second, not a timer
+per call: with a timer the unary path lost 4-6% of its rate at c64, with the sweep nothing
+measurable (docs/benchmarks.md, "Calls that hold a place"); streams are handed over as they are.
 """
 
 from __future__ import annotations
