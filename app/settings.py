@@ -55,7 +55,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "What one request may cost": ("max_body_bytes", "body_timeout_s", "max_large_bodies_bytes",
                                   "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
                                   "image_formats", "decode_threads",),
-    "Connections": ("max_connections", "max_header_bytes", "max_header_count", "header_timeout_s",
+    "Connections": ("max_connections", "max_grpc_connections", "max_header_bytes", "max_header_count", "header_timeout_s",
                     "keep_alive_s", "max_grpc_calls",),
 }
 """Every setting under its heading, in the order of the class: the README's table and
@@ -263,16 +263,21 @@ class Settings(BaseSettings):
 
     # --- Connections ---
     max_connections: int | None = Field(default=None, ge=1)
-    """Open connections per worker. At the limit, a new connection closes the longest idle one
-    (no request running on it); only when every one runs a request does it get 503. Unset:
-    the process's open-file limit less 128 (model files, logs, metrics)."""
+    """Open HTTP connections per worker. At the limit, a new connection closes the longest idle
+    one (no request running on it); only when every one runs a request does it get 503. Unset:
+    the process's open-file limit less 128 (model files, logs, metrics) and less
+    max_grpc_connections."""
+    max_grpc_connections: int | None = Field(default=None, ge=1)
+    """Open gRPC connections per worker; beyond, a new one is closed as it arrives (a gRPC
+    client keeps one connection for many calls). Unset: a quarter of the open-file limit less
+    128. Its own bound, so that gRPC connections cannot use up the descriptors HTTP needs."""
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     """A request's line and headers together; larger heads get 431 and the connection closes."""
     max_header_count: int = Field(default=100, ge=1)
     """Headers per request; more get 431 and the connection closes."""
     header_timeout_s: float = Field(default=5.0, gt=0)
     """From a request's first byte, its line and headers must arrive within this, else 408
-    and the connection closes (slowloris)."""
+    and the connection closes (slowloris); a gRPC connection's HTTP/2 handshake likewise."""
     keep_alive_s: float = Field(default=5.0, gt=0)
     """A connection with no request running, new or between requests, is closed after this
     long without a byte."""

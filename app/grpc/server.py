@@ -21,6 +21,7 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from app.descriptors import connection_limits
 from app.grpc.calls import CallBook, CallGuard
 from app.grpc.service import SERVICE, InferenceService
 from app.settings import Settings
@@ -72,10 +73,15 @@ class GrpcServer:
 
     async def start(self) -> None:
         s = self.settings
+        _, grpc_connections = connection_limits(s.max_connections, s.max_grpc_connections, grpc=True)
         options = [
             ("grpc.max_receive_message_length", s.max_body_bytes),
             ("grpc.max_send_message_length", s.response_limit_bytes + SEND_SLACK_BYTES),
             ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
+            # Connections have their own bound (app/descriptors.py: they must not use up the
+            # descriptors HTTP needs), and an HTTP/2 handshake the time HTTP gives a head.
+            ("grpc.max_allowed_incoming_connections", grpc_connections),
+            ("grpc.server_handshake_timeout_ms", int(s.header_timeout_s * 1000)),
             # gRPC shares a port between processes unless told not to: with one worker a
             # second server must fail on a taken port, not serve half its calls; with
             # several, each worker binds the port and the kernel spreads the connections.

@@ -18,8 +18,9 @@ protocol and enforces, per connection:
   after `keep_alive_s` without a byte (uvicorn's keep-alive timer, armed on connect too);
 - **unread bodies**: an answer sent before its request's body has fully arrived closes the
   connection, so a body dripped to a route that ignores it cannot hold it open for ever;
-- **connections**: at `max_connections` (by default the open-file limit less a reserve,
-  so accept never fails for want of descriptors), a new connection closes the longest
+- **connections**: at `max_connections` (by default the open-file limit less a reserve and
+  gRPC's share, app/descriptors.py, so accept never fails for want of descriptors), a new
+  connection closes the longest
   idle one (no request running on it); only when every one is running a request is the
   new one answered 503. Idle or slow connections cannot keep liveness out.
 
@@ -31,13 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import resource
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app.descriptors import connection_limits
 from app.settings import Settings
 
 LIMITS_STATE = "ortserve.http_limits"
@@ -52,17 +53,6 @@ before it arrived (LINGER_HEAD_BYTES after a refused head), before the connectio
 closing with unread bytes makes the kernel reset the connection, and the client would lose
 the answer it has not read yet (nginx's lingering close, with its lingering_timeout and
 lingering_time)."""
-FD_RESERVE = 128
-"""Descriptors kept for what is not a connection: model files, logs, metrics, the listener."""
-
-
-def default_max_connections() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(16, soft - FD_RESERVE)
-
-
 @dataclass(frozen=True)
 class HttpLimits:
     max_header_bytes: int
@@ -72,8 +62,8 @@ class HttpLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
-        return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s,
-                   settings.max_connections or default_max_connections())
+        http, _ = connection_limits(settings.max_connections, settings.max_grpc_connections, settings.grpc)
+        return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s, http)
 
 
 @functools.cache

@@ -50,6 +50,7 @@ class _Served:
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
         self.book = app.grpc_server.calls
+        self.port = app.grpc_server.port
 
     async def calls_open(self, count: int) -> None:
         """Until the server counts `count` calls open (each takes its place on arrival)."""
@@ -153,3 +154,42 @@ async def test_unary_calls_without_their_message_make_room_at_the_limit() -> Non
     assert list(answered.outputs[0].shape) == [2, 2]
     assert oldest.code() == grpc.StatusCode.UNAVAILABLE
     assert "closed while it waited with nothing to do" in oldest.details()
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+"""HTTP/2's client preface and an empty SETTINGS frame: a gRPC connection, no call on it."""
+
+
+async def test_grpc_connections_beyond_their_bound_are_closed_and_http_is_answered() -> None:
+    """Two idle gRPC connections fill max_grpc_connections 2 (their own bound, so that they
+    cannot use up the descriptors HTTP needs): a third client cannot connect, HTTP answers,
+    and once one of the two goes the client's call is answered."""
+    async with _served(max_grpc_connections=2) as served:
+        port = served.port
+        held = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(PREFACE)
+            held.append((reader, writer))
+        await asyncio.sleep(0.2)  # both accepted before the client below tries
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            shut_out = await _status(stub.ServerLive(pb.ServerLiveRequest(), timeout=2))
+            http = await served.http.get("/v2/health/live")
+            held[0][1].close()
+            live = await stub.ServerLive(pb.ServerLiveRequest(), timeout=30, wait_for_ready=True)
+        for _, writer in held[1:]:
+            writer.close()
+    assert shut_out.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert http.status_code == 200
+    assert live.live
+
+
+async def test_a_connection_that_never_says_http2_is_closed_after_header_timeout_s() -> None:
+    async with _served(header_timeout_s=0.3) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        said = await asyncio.wait_for(reader.read(), 30)  # to the end: the server closed it
+        closed = reader.at_eof()
+        writer.close()
+    assert closed
+    assert b"handshake timeout" in said  # gRPC's GOAWAY says why (grpc's default waits 120 s)

@@ -9,7 +9,9 @@ import resource
 import orjson
 import pytest
 
-from app.http import connections
+from app import descriptors
+from app.http.connections import HttpLimits
+from app.settings import Settings
 from tests.app.http.test_hardening import live_server
 
 
@@ -175,11 +177,17 @@ async def test_when_every_connection_runs_a_request_a_new_one_gets_503() -> None
     assert b"every connection is busy" in answer
 
 
-def test_the_default_connection_limit_follows_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_connection_limits_share_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP's and gRPC's connections with the reserve fit the limit: gRPC a quarter, HTTP the rest."""
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    assert connections.default_max_connections() == 1024 - connections.FD_RESERVE
+    budget = 1024 - descriptors.RESERVE
+    assert descriptors.connection_limits(None, None, grpc=True) == (budget - budget // 4, budget // 4)
+    assert descriptors.connection_limits(None, None, grpc=False) == (budget, 0)
+    assert descriptors.connection_limits(None, 100, grpc=True) == (budget - 100, 100)
+    assert descriptors.connection_limits(500, None, grpc=True) == (500, budget // 4)
+    assert HttpLimits.from_settings(Settings(grpc=True)).max_connections == budget - budget // 4
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert connections.default_max_connections() == (1 << 20) - connections.FD_RESERVE
+    assert sum(descriptors.connection_limits(None, None, grpc=True)) == (1 << 20) - descriptors.RESERVE
 
 
 async def test_an_answer_sent_before_its_body_arrived_is_read_by_the_client_before_the_close() -> None:
