@@ -170,8 +170,8 @@ async def test_grpc_connections_beyond_their_bound_are_closed_and_http_is_answer
         for _ in range(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(PREFACE)
+            assert await reader.read(9), "refused"  # the server's SETTINGS: it took this connection
             held.append((reader, writer))
-        await asyncio.sleep(0.2)  # both accepted before the client below tries
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             shut_out = await _status(stub.ServerLive(pb.ServerLiveRequest(), timeout=2))
