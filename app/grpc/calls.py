@@ -110,7 +110,7 @@ class CallBook:
 
     def close_late(self) -> None:
         """Close the unary calls whose message is past due (GrpcServer runs this every
-        SWEEP_S: one sweep, not a timer per call, which cost the unary path more)."""
+        `sweep_every_s`: one sweep, not a timer per call, which cost the unary path more)."""
         now = time.monotonic()
         for call in [c for c in self._calls if c.message_due is not None and c.message_due <= now]:
             self.closed("message_late")
@@ -143,14 +143,17 @@ async def explain_closing(context: grpc.aio.ServicerContext) -> None:
 class CallGuard(grpc.aio.ServerInterceptor):
     """Every call through the book. A call's place is taken here, as grpc.aio looks up its
     handler and before it reads a byte of the message, in the call's task, and given back
-    when that task ends. Streams are handed over as they are (a wrapper would cost each
-    message two more generator steps); their handlers say when they are working
-    (`CURRENT_CALL`), and a stream whose handler does not (health's Watch, reflection)
-    counts as waiting throughout."""
+    when that task ends. ModelStreamInfer is handed over as it is (a wrapper would cost each
+    message two more generator steps): its handler says when it is working (`CURRENT_CALL`)
+    and why it was closed; other streams (reflection's, health's Watch) are wrapped to say
+    why, and count as waiting throughout."""
 
-    def __init__(self, book: CallBook) -> None:
+    def __init__(self, book: CallBook, explained: frozenset[str] = frozenset()) -> None:
+        """`explained`: the streaming methods whose handlers end a closed call with its reason
+        themselves (`explain_closing`); other streams are wrapped to."""
         self.book = book
-        self._as_streams: dict[str, tuple[Any, Any]] = {}  # method -> (its handler, that handler reading its message)
+        self.explained = explained
+        self._guarded: dict[str, tuple[Any, Any]] = {}  # method -> (its handler, that handler as served)
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
@@ -164,13 +167,51 @@ class CallGuard(grpc.aio.ServerInterceptor):
         CURRENT_CALL.set(call)
         if call.task is not None:
             call.task.add_done_callback(partial(self.book.leave, call))
-        if handler.request_streaming:
+        if details.method in self.explained:
             return handler
-        cached = self._as_streams.get(details.method)
+        cached = self._guarded.get(details.method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, _reading_its_message(handler))
-            self._as_streams[details.method] = cached
+            guarded = _explaining_closing(handler) if handler.request_streaming else _reading_its_message(handler)
+            cached = (handler, guarded)
+            self._guarded[details.method] = cached
         return cached[1]
+
+
+def _explaining_closing(handler: Any) -> Any:
+    """A stream-request handler that says why its call was closed (reflection's): cancelled
+    with no status, its client would wait on."""
+    read, write = handler.request_deserializer, handler.response_serializer
+    if handler.stream_unary is not None:
+        one = handler.stream_unary
+
+        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await one(requests, context)
+            except asyncio.CancelledError:
+                await explain_closing(context)
+                raise
+
+        return grpc.stream_unary_rpc_method_handler(unary, read, write)
+    many = handler.stream_stream
+    if inspect.isasyncgenfunction(many):
+        async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for answer in many(requests, context):
+                    yield answer
+            except asyncio.CancelledError:
+                await explain_closing(context)
+                raise
+
+        return grpc.stream_stream_rpc_method_handler(answers, read, write)
+
+    async def writes(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        try:
+            await many(requests, context)
+        except asyncio.CancelledError:
+            await explain_closing(context)
+            raise
+
+    return grpc.stream_stream_rpc_method_handler(writes, read, write)
 
 
 def _reading_its_message(handler: Any) -> Any:

@@ -89,7 +89,8 @@ class GrpcServer:
         ]
         # max_grpc_calls is the guard's to count (app/grpc/calls.py), not grpc.aio's: grpc.aio's
         # counted idle streams and calls with no message alike, until no call could start.
-        server = grpc.aio.server(options=options, interceptors=[CallGuard(self.calls)])
+        guard = CallGuard(self.calls, explained=frozenset({f"/{SERVICE}/ModelStreamInfer"}))
+        server = grpc.aio.server(options=options, interceptors=[guard])
         server.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

@@ -99,6 +99,25 @@ async def test_idle_streams_at_the_limit_make_room_oldest_first_and_health_is_an
     assert still_open == [True, True, True]
 
 
+async def test_an_idle_stream_of_another_service_is_closed_with_its_reason() -> None:
+    """Reflection's streams are not the service's: closed to make room, they say why too
+    (cancelled without a status, their client waited on)."""
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    async with _served(max_grpc_calls=2) as served:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+        streams = []
+        for _ in range(2):
+            streams.append(reflection.ServerReflectionInfo(_nothing()))
+            await served.calls_open(len(streams))
+        live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        closed = await _status(streams[0])
+        streams[1].cancel()
+    assert live.live
+    assert closed.code() == grpc.StatusCode.UNAVAILABLE
+    assert "closed while it waited with nothing to do" in closed.details()
+
+
 async def test_calls_at_work_are_not_closed_and_beyond_them_a_new_call_is_refused() -> None:
     """Two streams each with a request waiting in the batcher (batches wait 3 s for company):
     at max_grpc_calls 2 a new call is refused RESOURCE_EXHAUSTED with retry-after, and both
