@@ -19,7 +19,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """(JSON header, binary remainder) of a request body."""
     if header_length is None:
         return body, memoryview(b"")
-    # Digits only: int() would also read " 12 ", "+12", "1_2" and other scripts' digits.
+    # Digits only: int() would also read " 12 ", "+12" and "1_2".
     if not (header_length.isascii() and header_length.isdigit()):
         raise InvalidInput(f"Inference-Header-Content-Length must be a count of bytes (digits), got {header_length!r}")
     n = int(header_length)
