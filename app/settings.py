@@ -55,7 +55,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "What one request may cost": ("max_body_bytes", "body_timeout_s", "max_large_bodies_bytes",
                                   "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
                                   "image_formats", "decode_threads",),
-    "Connections": ("max_connections", "max_grpc_connections", "max_header_bytes", "max_header_count", "header_timeout_s",
+    "Connections": ("max_connections", "max_grpc_connections", "max_header_bytes", "max_header_count", "send_timeout_s", "header_timeout_s",
                     "keep_alive_s", "max_grpc_calls",),
 }
 """Every setting under its heading, in the order of the class: the README's table and
@@ -275,6 +275,9 @@ class Settings(BaseSettings):
     """A request's line and headers together; larger heads get 431 and the connection closes."""
     max_header_count: int = Field(default=100, ge=1)
     """Headers per request; more get 431 and the connection closes."""
+    send_timeout_s: float = Field(default=60.0, gt=0)
+    """An HTTP answer its client takes none of for this long (the server's write buffer full
+    and not shrinking) closes the connection, as nginx's send_timeout."""
     header_timeout_s: float = Field(default=5.0, gt=0)
     """From a request's first byte, its line and headers must arrive within this, else 408
     and the connection closes (slowloris); a gRPC connection's HTTP/2 handshake likewise."""

@@ -18,6 +18,10 @@ protocol and enforces, per connection:
   after `keep_alive_s` without a byte (uvicorn's keep-alive timer, armed on connect too);
 - **unread bodies**: an answer sent before its request's body has fully arrived closes the
   connection, so a body dripped to a route that ignores it cannot hold it open for ever;
+- **answers not taken**: an answer its client takes none of for `send_timeout_s` (the
+  write buffer above its high-water mark and not shrinking) closes the connection, as
+  nginx's send_timeout: ten clients that asked for 16 MB answers and read nothing held 180
+  MB and their connections for as long as they stayed (measured; no limit ended them);
 - **connections**: at `max_connections` (by default the open-file limit less a reserve and
   gRPC's share, app/descriptors.py, so accept never fails for want of descriptors), a new
   connection closes the longest
@@ -31,7 +35,11 @@ uvicorn hands to every protocol it creates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +48,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.descriptors import connection_limits
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 LIMITS_STATE = "ortserve.http_limits"
 PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
@@ -59,11 +69,13 @@ class HttpLimits:
     max_header_count: int
     header_timeout_s: float
     max_connections: int
+    send_timeout_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         http, _ = connection_limits(settings.max_connections, settings.max_grpc_connections, settings.grpc)
-        return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s, http)
+        return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s, http,
+                   settings.send_timeout_s)
 
 
 @functools.cache
@@ -90,6 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # raw bytes of the head being counted, in earlier reads
         self._chunk_bytes = 0  # bytes of the read being parsed
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._lingered = 0
         self._linger_until = 0.0
@@ -128,7 +141,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_send_timer()
         super().connection_lost(exc)
+
+    # --- an answer its client does not take ---------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The write buffer is over its high-water mark: from here, the client must take
+        some of it every send_timeout_s."""
+        super().pause_writing()
+        self._cancel_send_timer()
+        self._watch_sending(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._cancel_send_timer()
+        super().resume_writing()
+
+    def _watch_sending(self, left: int) -> None:
+        self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._check_sending, left)
+
+    def _check_sending(self, left_before: int) -> None:
+        left = self.transport.get_write_buffer_size()
+        if left < left_before:
+            self._watch_sending(left)  # slow, but taking it
+            return
+        self._send_timer = None
+        logger.info("closed a connection whose client took none of its answer for send_timeout_s (%g s)",
+                    self.limits.send_timeout_s)
+        # A reset, not a close: close() would wait to write what the client does not read, and
+        # a closed socket still holds it in the kernel (the connection orphaned, not gone).
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     # --- a request's head -----------------------------------------------------------
 

@@ -135,3 +135,12 @@ def averaged_over_a_sequence() -> onnx.GraphProto:
         [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0)], "averaged",
         [helper.make_tensor_value_info("x", FLOAT, ["n", "length"])],
         [helper.make_tensor_value_info("mean", FLOAT, ["n"])])
+
+
+def widen(width: int) -> onnx.GraphProto:
+    """x (n, 1) -> y (n, width), x repeated: a small request with a large answer."""
+    return helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])], "widen",
+        [helper.make_tensor_value_info("x", FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", FLOAT, ["n", width])],
+        [numpy_helper.from_array(np.array([1, width], np.int64), "shape")])

@@ -269,16 +269,9 @@ async def test_a_stream_whose_client_does_not_read_holds_a_bounded_number_of_ans
     max_grpc_calls messages, instead of running every message and keeping every answer
     (1,500 answers of 1 MB were 1.5-1.9 GB resident before). Once the client reads, every
     message is answered."""
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.app.onnx_models import save, widen
 
-    from tests.app.onnx_models import save
-
-    widths = 65536  # 256 KiB of FP32 per answer, from 4 bytes in
-    save(tmp_path, "widen", helper.make_graph(
-        [helper.make_node("Expand", ["x", "shape"], ["y"])], "widen",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", widths])],
-        [numpy_helper.from_array(np.array([1, widths], np.int64), "shape")]))
+    save(tmp_path, "widen", widen(65536))  # 256 KiB of FP32 per answer, from 4 bytes in
     sent = 60
     async with serving_grpc(model_dir=tmp_path, max_grpc_calls=4, max_response_bytes=1 << 20) as (_, stub, _):
         call = stub.ModelStreamInfer()

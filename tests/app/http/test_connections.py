@@ -4,7 +4,10 @@ against a real uvicorn with the service's protocol (app/http/connections.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,7 +15,15 @@ import pytest
 from app import descriptors
 from app.http.connections import HttpLimits
 from app.settings import Settings
-from tests.app.http.test_hardening import live_server
+from tests.app.http.test_hardening import live_server, raw_request
+from tests.app.onnx_models import save, widen
+
+
+def _get(port: int, path: str) -> bytes:
+    """One GET on a fresh blocking socket: the answer's first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        return sock.recv(4096)
 
 
 async def read_all(reader: asyncio.StreamReader, limit_s: float = 20) -> bytes:
@@ -205,3 +216,54 @@ async def test_an_answer_sent_before_its_body_arrived_is_read_by_the_client_befo
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
         assert b"exceeds the limit of 1000000 bytes" in answer
+
+
+def _widen_request(rows: int) -> bytes:
+    """A V2 request for `rows` rows of the widen model's answer, as binary tensors."""
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [rows, 1], "datatype": "FP32", "data": [1.0] * rows}],
+                         "parameters": {"binary_data_output": True}})
+    return raw_request("/v2/models/widen/infer", body)
+
+
+async def test_a_client_that_takes_none_of_its_answer_is_cut_off_after_send_timeout_s(tmp_path: Path) -> None:
+    """16 MB asked for and nothing read: more than the sockets hold, so the answer waits in
+    the server's write buffer; after send_timeout_s without progress the connection is reset
+    and the answer let go (it was held for as long as the client stayed)."""
+    save(tmp_path, "widen", widen(1 << 18))  # 1 MiB of FP32 per row
+    async with live_server(model_dir=tmp_path, send_timeout_s=0.5) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(_widen_request(16))
+
+        async def all_gone() -> None:
+            while server.server_state.connections:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(all_gone(), 30)
+        got = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 20):
+                got += len(chunk)
+        writer.close()
+        live = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: _get(server.config.port, "/v2/health/live"))
+    assert got < 16 << 20
+    assert live.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(tmp_path: Path) -> None:
+    """Slow is not stalled: 8 MB read 512 KiB at a time every 0.1 s, with send_timeout_s 2."""
+    save(tmp_path, "widen", widen(1 << 18))
+    async with live_server(model_dir=tmp_path, send_timeout_s=2) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(_widen_request(8))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        got = 0
+        while got < length:
+            chunk = await asyncio.wait_for(reader.read(1 << 19), 20)
+            assert chunk, f"closed after {got} of {length} bytes"
+            got += len(chunk)
+            await asyncio.sleep(0.1)
+        writer.close()
+    assert length > 8 << 20
+    assert got == length
