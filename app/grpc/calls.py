@@ -171,70 +171,35 @@ class CallGuard(grpc.aio.ServerInterceptor):
             return handler
         cached = self._guarded.get(details.method)
         if cached is None or cached[0] is not handler:
-            guarded = _explaining_closing(handler) if handler.request_streaming else _reading_its_message(handler)
-            cached = (handler, guarded)
+            cached = (handler, _guarded(handler))
             self._guarded[details.method] = cached
         return cached[1]
 
 
-def _explaining_closing(handler: Any) -> Any:
-    """A stream-request handler that says why its call was closed (reflection's): cancelled
-    with no status, its client would wait on."""
+def _guarded(handler: Any) -> Any:
+    """`handler` as served: one that reads a unary request's message itself (grpc.aio would
+    read it before any code of ours, with no time limit), and ends a call the guard closed
+    with its reason (cancelled with no status, its client would wait on). Every kind of
+    handler becomes a stream-request one for this."""
     read, write = handler.request_deserializer, handler.response_serializer
-    if handler.stream_unary is not None:
-        one = handler.stream_unary
-
+    if handler.request_streaming:
+        behaviour, first = handler.stream_unary or handler.stream_stream, _the_stream
+    else:
+        behaviour = handler.unary_unary or handler.unary_stream
+        first = _its_message_then_waits if handler.response_streaming else _message
+    if not handler.response_streaming:
         async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await one(requests, context)
+                return await behaviour(await first(requests, context), context)
             except asyncio.CancelledError:
                 await explain_closing(context)
                 raise
 
         return grpc.stream_unary_rpc_method_handler(unary, read, write)
-    many = handler.stream_stream
-    if inspect.isasyncgenfunction(many):
-        async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                async for answer in many(requests, context):
-                    yield answer
-            except asyncio.CancelledError:
-                await explain_closing(context)
-                raise
-
-        return grpc.stream_stream_rpc_method_handler(answers, read, write)
-
-    async def writes(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        try:
-            await many(requests, context)
-        except asyncio.CancelledError:
-            await explain_closing(context)
-            raise
-
-    return grpc.stream_stream_rpc_method_handler(writes, read, write)
-
-
-def _reading_its_message(handler: Any) -> Any:
-    """A unary-request handler as a stream-request one that reads its one message itself."""
-    read, write = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        behaviour = handler.unary_unary
-
-        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await behaviour(await _message(context), context)
-            except asyncio.CancelledError:
-                await explain_closing(context)
-                raise
-
-        return grpc.stream_unary_rpc_method_handler(unary, read, write)
-    behaviour = handler.unary_stream
     if inspect.isasyncgenfunction(behaviour):
         async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                request = await _message(context)
-                _waits()  # a server stream waits between its answers: closable then
-                async for answer in behaviour(request, context):
+                async for answer in behaviour(await first(requests, context), context):
                     yield answer
             except asyncio.CancelledError:
                 await explain_closing(context)
@@ -244,9 +209,7 @@ def _reading_its_message(handler: Any) -> Any:
 
     async def writes(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
         try:  # a handler that writes its answers itself (health's Watch does)
-            request = await _message(context)
-            _waits()
-            await behaviour(request, context)
+            await behaviour(await first(requests, context), context)
         except asyncio.CancelledError:
             await explain_closing(context)
             raise
@@ -254,7 +217,20 @@ def _reading_its_message(handler: Any) -> Any:
     return grpc.stream_stream_rpc_method_handler(writes, read, write)
 
 
-async def _message(context: grpc.aio.ServicerContext) -> Any:
+async def _the_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    return requests
+
+
+async def _its_message_then_waits(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    """A server stream's request: after it, the call waits between its answers (closable then)."""
+    request = await _message(requests, context)
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.answered()
+    return request
+
+
+async def _message(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
     """A unary call's one message (`CallBook.close_late` ends the wait at body_timeout_s)."""
     request = await context.read()  # not the request iterator: one generator step less per call
     if request is grpc.aio.EOF:
@@ -263,12 +239,6 @@ async def _message(context: grpc.aio.ServicerContext) -> Any:
     if call is not None:
         call.took()
     return request
-
-
-def _waits() -> None:
-    call = CURRENT_CALL.get()
-    if call is not None:
-        call.answered()
 
 
 async def _refuse(why: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
