@@ -224,17 +224,19 @@ def _floats(data: Any, dtype: np.dtype) -> np.ndarray:
         first = type(data[0])
         if first is list:
             return _nested_floats(data, dtype)
-        if first in _NUMBER_TYPES:
-            code = _PACKED.get(dtype)
-            try:
-                if code is not None:  # struct takes numbers only: a string fails it
-                    return np.frombuffer(struct.pack(f"{len(data)}{code}", *data), dtype=dtype)
-                if str not in set(map(type, data)):  # np.fromiter would read "1" as 1.0
-                    return np.fromiter(data, dtype=dtype, count=len(data))
+        code = _PACKED.get(dtype) if first in _NUMBER_TYPES else None
+        if code is not None:
+            try:  # struct takes numbers only: a string fails it
+                return np.frombuffer(struct.pack(f"{len(data)}{code}", *data), dtype=dtype)
             except (struct.error, ValueError, TypeError, OverflowError):
                 pass  # a list or a non-number further on: np.asarray says which
-        if str in set(map(type, data)):
+        if str in set(map(type, data)):  # numpy would read "1" as 1.0
             raise TypeError(_TEXT)
+        if first in _NUMBER_TYPES and code is None:
+            try:
+                return np.fromiter(data, dtype=dtype, count=len(data))
+            except (ValueError, TypeError, OverflowError):
+                pass
     return np.asarray(data, dtype=dtype)
 
 

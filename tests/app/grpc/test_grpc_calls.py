@@ -11,13 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from tests.app.conftest import serving_grpc
-from tests.app.grpc.test_grpc_behaviour import text_request
+from tests.app.grpc.test_grpc_behaviour import failure, text_request
 
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 
@@ -33,13 +32,6 @@ def _live_without_its_message(channel: grpc.aio.Channel) -> Any:
     call = channel.stream_unary(LIVE, request_serializer=pb.ServerLiveRequest.SerializeToString,
                                 response_deserializer=pb.ServerLiveResponse.FromString)
     return call(_nothing())
-
-
-async def _status(call: Any) -> grpc.aio.AioRpcError:
-    """How a call ended: a stream's first read, a unary call's answer, raises its status."""
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await (call.read() if isinstance(call, grpc.aio.StreamStreamCall) else call)
-    return raised.value
 
 
 class _Served:
@@ -80,11 +72,11 @@ async def test_idle_streams_at_the_limit_make_room_oldest_first_and_health_is_an
             streams.append(served.stub.ModelStreamInfer(_nothing()))
             await served.calls_open(len(streams))  # in order: the first is the oldest
         checked = await served.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        first = await _status(streams[0])
+        first = await failure(streams[0].read())
         streams.append(served.stub.ModelStreamInfer(_nothing()))
         await served.calls_open(4)
         live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
-        second = await _status(streams[1])
+        second = await failure(streams[1].read())
         made_room = await served.closed("make_room")
         still_open = [not stream.done() for stream in streams[2:]]
         for stream in streams[2:]:
@@ -111,7 +103,7 @@ async def test_an_idle_stream_of_another_service_is_closed_with_its_reason() -> 
             streams.append(reflection.ServerReflectionInfo(_nothing()))
             await served.calls_open(len(streams))
         live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
-        closed = await _status(streams[0])
+        closed = await failure(streams[0].read())
         streams[1].cancel()
     assert live.live
     assert closed.code() == grpc.StatusCode.UNAVAILABLE
@@ -134,7 +126,7 @@ async def test_calls_at_work_are_not_closed_and_beyond_them_a_new_call_is_refuse
         queued = 'ortserve_queue_depth{model="sst2-lstm"} 2.0'
         while queued not in (await served.http.get("/metrics")).text:
             await asyncio.sleep(0.01)
-        refused = await _status(served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5))
+        refused = await failure(served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5))
         answers = [await stream.read() for stream in streams]
         refusals = await served.closed("refused")
         for stream in streams:
@@ -149,7 +141,7 @@ async def test_calls_at_work_are_not_closed_and_beyond_them_a_new_call_is_refuse
 
 async def test_a_unary_call_whose_message_does_not_come_ends_at_body_timeout() -> None:
     async with _served(body_timeout_s=0.3) as served:
-        late = await _status(_live_without_its_message(served.channel))
+        late = await failure(_live_without_its_message(served.channel))
         live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
         counted = await served.closed("message_late")
     assert counted == 1
@@ -167,7 +159,7 @@ async def test_unary_calls_without_their_message_make_room_at_the_limit() -> Non
             waiting.append(_live_without_its_message(served.channel))
             await served.calls_open(len(waiting))
         answered = await served.stub.ModelInfer(text_request(2), timeout=5)
-        oldest = await _status(waiting[0])
+        oldest = await failure(waiting[0])
         for call in waiting[1:]:
             call.cancel()
     assert list(answered.outputs[0].shape) == [2, 2]
@@ -193,7 +185,7 @@ async def test_grpc_connections_beyond_their_bound_are_closed_and_http_is_answer
             held.append((reader, writer))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            shut_out = await _status(stub.ServerLive(pb.ServerLiveRequest(), timeout=2))
+            shut_out = await failure(stub.ServerLive(pb.ServerLiveRequest(), timeout=2))
             http = await served.http.get("/v2/health/live")
             held[0][1].close()
             live = await stub.ServerLive(pb.ServerLiveRequest(), timeout=30, wait_for_ready=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
-import socket
 from pathlib import Path
 
 import orjson
@@ -17,13 +16,6 @@ from app.http.connections import HttpLimits
 from app.settings import Settings
 from tests.app.http.test_hardening import live_server, raw_request
 from tests.app.onnx_models import save, widen
-
-
-def _get(port: int, path: str) -> bytes:
-    """One GET on a fresh blocking socket: the answer's first bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
-        return sock.recv(4096)
 
 
 async def read_all(reader: asyncio.StreamReader, limit_s: float = 20) -> bytes:
@@ -244,8 +236,10 @@ async def test_a_client_that_takes_none_of_its_answer_is_cut_off_after_send_time
             while chunk := await asyncio.wait_for(reader.read(1 << 20), 20):
                 got += len(chunk)
         writer.close()
-        live = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: _get(server.config.port, "/v2/health/live"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        live = await read_all(reader)
+        writer.close()
     assert got < 16 << 20
     assert live.startswith(b"HTTP/1.1 200")
 
