@@ -26,8 +26,8 @@ from uvicorn.supervisors import Multiprocess
 
 from app import listeners
 from app.http.connections import uvicorn_options
+from app.observability import snapshots, worker_stats, workers
 from app.observability.log import configure_logging
-from app.observability.workers import clear_snapshots
 from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
 
@@ -124,7 +124,8 @@ def _shared_folders(settings: Settings) -> Settings:
     if temporary is not None:
         atexit.register(shutil.rmtree, temporary, ignore_errors=True)
     if settings.metrics_dir is not None:
-        clear_snapshots(settings.metrics_dir)  # counters of an earlier run are not this one's
+        # counters of an earlier run are not this one's
+        snapshots.clear(settings.metrics_dir, (workers.SUFFIX, worker_stats.SUFFIX))
     if settings.control_dir is not None:
         clear_control_folder(settings.control_dir)
     return settings.model_copy(update=update)

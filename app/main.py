@@ -33,6 +33,7 @@ from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
 from app.observability.tracing import Tracing, otlp_endpoint
+from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -76,10 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.error("not served: %s", failure)
         worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(
             app.metrics.registry, resolved.metrics_dir, failures=app.metrics.metrics_snapshot_failures)
+        worker_stats = None if resolved.metrics_dir is None else WorkerStats(resolved.metrics_dir)
         services = app.services = Services(
             settings=resolved, repository=repository, changes=changes, metrics=app.metrics, budget=RequestBudget(resolved),
             offload=Offload(resolved.decode_threads), api_keys=api_keys,
-            admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics)
+            admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
+            worker_stats=worker_stats)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
         if resolved.tracing or endpoint is not None:
             app.tracing = Tracing(resolved.trace_sample, endpoint)
@@ -108,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.keep_awake = KeepAwake.started(awake_s)
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
-        background = start_background_tasks(repository, resolved, worker_metrics, changes)
+        background = start_background_tasks(repository, resolved, worker_metrics, changes, services)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -123,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:  # its accepted calls finish before the models go
                 await grpc_server.stop()
             changes.stop()
+            services.share_statistics(last=True)  # before the models go, with them their figures
             await repository.stop()
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()
@@ -154,15 +158,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def start_background_tasks(repository: ModelRepository, settings: Settings,
                            worker_metrics: WorkerMetrics | None = None,
-                           changes: RepositoryChanges | None = None) -> list[asyncio.Task[None]]:
+                           changes: RepositoryChanges | None = None,
+                           services: Services | None = None) -> list[asyncio.Task[None]]:
     """The watchdog of stalled batches, in poll mode the repository scanner, and with
-    several workers this one's metrics snapshot and its following of the others' changes."""
+    several workers this one's metrics and statistics snapshots and its following of the
+    others' changes."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
         tasks.append(asyncio.create_task(_every(settings.repository_poll_s, repository.poll), name="poller"))
     if worker_metrics is not None:
         tasks.append(asyncio.create_task(_every(SNAPSHOT_S, worker_metrics.write_snapshot), name="metrics"))
+    if services is not None and services.worker_stats is not None:
+        tasks.append(asyncio.create_task(_every(STATS_SNAPSHOT_S, services.share_statistics), name="statistics"))
     if isinstance(changes, SharedRepository):
         tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
     return tasks

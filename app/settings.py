@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     hands them to another worker; a shared socket keeps them for the others. The gRPC port
     always has a socket per worker."""
     metrics_dir: Path | None = None
-    """Where each worker writes its metrics every second for /metrics to merge, whichever
-    worker answers; with workers above 1, a temporary folder unless set."""
+    """Where each worker writes its metrics and its Triton statistics for the others to add
+    up, so that /metrics and the statistics calls answer for every worker, whichever
+    answers; with workers above 1, a temporary folder unless set."""
     control_dir: Path | None = None
     """Where the workers share the repository API's changes and their readiness, so that a
     load or unload reaches every worker; with workers above 1, a temporary folder unless set."""

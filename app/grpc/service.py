@@ -79,6 +79,10 @@ class Serving(Protocol):
 
     def ready(self) -> bool: ...
 
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics of the model (app/model_views.py), every worker's summed."""
+        ...
+
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -174,7 +178,7 @@ class InferenceService:
 
     async def _model_statistics(self, request: pb.ModelStatisticsRequest, context: Any
                                 ) -> pb.ModelStatisticsResponse:
-        found = model_views.statistics(self.serving.repository, request.name, request.version)
+        found = self.serving.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[json_format.ParseDict(s, pb.ModelStatistics()) for s in found])
 
     # --- inference ------------------------------------------------------------------------

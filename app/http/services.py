@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 
+from app import model_views
 from app.errors import ModelNotReady
 from app.http.budget import RequestBudget
 from app.observability.metrics import Metrics
+from app.observability.worker_stats import WorkerStats
 from app.observability.workers import WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -34,6 +37,8 @@ class Services:
     """The repository API's load and unload, made in every worker (app/repository/shared.py)."""
     worker_metrics: WorkerMetrics | None = None
     """With several worker processes: every worker's metrics, for /metrics."""
+    worker_stats: WorkerStats | None = None
+    """With several worker processes: every worker's statistics, for the statistics calls."""
     draining: bool = False
     """Set on SIGTERM (and at shutdown): readiness answers 503 from then on."""
 
@@ -44,6 +49,22 @@ class Services:
         """/v2/health/ready's (and gRPC's ServerReady): every model that should be served is
         serving, in every worker, and this one is not draining."""
         return not self.draining and self.changes.ready()
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics (app/model_views.py), every worker's figures summed."""
+        summed = self.worker_stats.summed if self.worker_stats is not None else None
+        return model_views.statistics(self.repository, name, version, summed)
+
+    def share_statistics(self, last: bool = False) -> None:
+        """With several workers: this one's statistics written for the others to add (every
+        STATS_SNAPSHOT_S; `last`: at exit, where they stay once the worker is gone)."""
+        if self.worker_stats is None:
+            return
+        own = model_views.statistics(self.repository)
+        if last:
+            self.worker_stats.retire(own)
+        else:
+            self.worker_stats.write(own)
 
 
 def services(request: Request) -> Services:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -38,12 +37,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from app.processes import alive
+from app.observability.snapshots import Snapshots
 
 PER_PROCESS = ("process_", "python_")
 SUMMED_GAUGES = frozenset({"ortserve_queue_depth"})
 SNAPSHOT_S = 1.0
-RETIRED = "retired-"
+SUFFIX = ".prom"
 KEPT_WHEN_RETIRED = frozenset({"counter", "histogram", "summary"})
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,8 @@ class WorkerMetrics:
         self.registry = registry
         self.folder = folder
         self.pid = pid or os.getpid()
-        self.path = folder / f"{self.pid}.prom"
+        self.files = Snapshots(folder, SUFFIX, self.pid)
+        self.path = self.files.path
         self.failures = failures
         self._failing = False
         with contextlib.suppress(OSError):  # else the first snapshot reports it
@@ -68,11 +68,11 @@ class WorkerMetrics:
         whether or not it could be written."""
         text = generate_latest(self.registry)
         try:
-            self._write(text)
+            self.files.write(text)
         except OSError:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
-                self._write(text)
+                self.files.write(text)
             except OSError as e:
                 self._report(e)
                 return text
@@ -80,11 +80,6 @@ class WorkerMetrics:
             self._failing = False
             logger.info("metrics snapshots are written to %s again", self.folder)
         return text
-
-    def _write(self, text: bytes) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_bytes(text)
-        temporary.replace(self.path)  # readers never see half a file
 
     def _report(self, error: OSError) -> None:
         if self.failures is not None:
@@ -97,8 +92,8 @@ class WorkerMetrics:
     def retire_snapshot(self) -> None:
         """At exit: the last figures stay in the merge, so counters never go backwards."""
         with contextlib.suppress(OSError):
-            self._write(generate_latest(self.registry))
-        _retire(self.path)
+            self.files.write(generate_latest(self.registry))
+        self.files.retire()
 
     def exposition(self) -> bytes:
         """Every worker's metrics, merged: this one's as of now, the others' as last written,
@@ -109,58 +104,9 @@ class WorkerMetrics:
 
     def families(self) -> list[Metric]:
         """What `exposition` writes, as metric families (the console's summary reads them)."""
-        snapshots = {self.pid: self.write_snapshot().decode()}
-        retired: list[str] = []
-        try:
-            paths = sorted(self.folder.glob("*.prom"))
-        except OSError:
-            paths = []
-        for path in paths:
-            gone, pid = path.name.startswith(RETIRED), None
-            if not gone:
-                pid = _pid_of(path)
-                if pid is None or pid == self.pid:
-                    continue
-                if not alive(pid):  # died without retiring its snapshot
-                    path, gone = _retire(path), True
-            text = _read(path)
-            if text is None:
-                continue
-            if gone:
-                retired.append(text)
-            elif pid is not None:
-                snapshots[pid] = text
-        return merge(snapshots, retired)
-
-
-def clear_snapshots(folder: Path) -> None:
-    """Before the workers start: a folder kept from an earlier run holds nothing of this one."""
-    for path in folder.glob("*.prom"):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _retire(path: Path) -> Path:
-    """A worker's snapshot renamed to a retired one, or the name another worker gave it first."""
-    target = path.with_name(f"{RETIRED}{path.stem}-{time.time_ns()}.prom")
-    try:
-        path.replace(target)
-    except OSError:
-        renamed = sorted(path.parent.glob(f"{RETIRED}{path.stem}-*.prom"))
-        return renamed[-1] if renamed else target  # (gone with the folder: nothing to read)
-    return target
-
-
-def _pid_of(path: Path) -> int | None:
-    """The worker a live snapshot `<pid>.prom` belongs to; None for any other file."""
-    return int(path.stem) if path.stem.isdigit() else None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:  # removed between glob and read
-        return None
+        own = self.write_snapshot().decode()
+        others = self.files.others()
+        return merge({self.pid: own, **others.live}, others.retired)
 
 
 def merge(snapshots: dict[int, str], retired: Iterable[str] = ()) -> list[Metric]:

@@ -23,7 +23,7 @@ router = APIRouter(tags=["v2"])
             description="Triton's statistics extension: per served model version, request and batch counts "
                         "and the time spent queued, preparing inputs, computing and answering.")
 async def all_stats(request: Request) -> Response:
-    return JSONResponse({"model_stats": model_views.statistics(services(request).repository)})
+    return JSONResponse({"model_stats": services(request).statistics()})
 
 
 _METADATA_DESCRIPTION = ("The V2 model metadata: its inputs and outputs (names, datatypes, shapes with -1 for "
@@ -81,14 +81,14 @@ async def version_config(request: Request, name: ModelName, version: Version) ->
 @router.get("/v2/models/{name}/stats", responses=MODEL_ERRORS, summary="Triton statistics of one model",
             description="Triton's statistics of every served version of the model (see /v2/models/stats).")
 async def model_stats(request: Request, name: ModelName) -> Response:
-    return JSONResponse({"model_stats": model_views.statistics(services(request).repository, name)})
+    return JSONResponse({"model_stats": services(request).statistics(name)})
 
 
 @router.get("/v2/models/{name}/versions/{version}/stats", responses=MODEL_ERRORS,
             summary="Triton statistics of one model version",
             description="Triton's statistics of one served version (see /v2/models/stats).")
 async def version_stats(request: Request, name: ModelName, version: Version) -> Response:
-    return JSONResponse({"model_stats": model_views.statistics(services(request).repository, name, version)})
+    return JSONResponse({"model_stats": services(request).statistics(name, version)})
 
 
 _INFER_DOC = {

@@ -1,0 +1,104 @@
+"""Files each worker process writes for the others to read, in a folder they share: its
+metrics (workers.py) and its Triton statistics (worker_stats.py).
+
+A worker's file is `<pid><suffix>`, written whole (a reader never sees half a file). When
+the worker exits, or another finds it dead, the file is renamed `retired-<pid>-<ns><suffix>`
+(one atomic rename, by whichever worker sees it first) and stays: what a worker counted
+stays counted after it is gone, so totals never go backwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.processes import alive
+
+RETIRED = "retired-"
+
+
+@dataclass
+class Others:
+    """What the other workers wrote: the live ones' files by pid, the retired ones' texts."""
+
+    live: dict[int, str] = field(default_factory=dict)
+    retired: list[str] = field(default_factory=list)
+
+
+class Snapshots:
+    """One worker's file of one kind (`suffix`), and everyone else's of that kind."""
+
+    def __init__(self, folder: Path, suffix: str, pid: int) -> None:
+        self.folder = folder
+        self.suffix = suffix
+        self.pid = pid
+        self.path = folder / f"{pid}{suffix}"
+
+    def write(self, data: bytes) -> None:
+        """This worker's file, replaced whole; OSError where the folder cannot take it."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_bytes(data)
+        temporary.replace(self.path)
+
+    def retire(self) -> None:
+        """At exit: the file stays, as a retired worker's."""
+        _retire(self.path, self.suffix)
+
+    def others(self) -> Others:
+        """Every other worker's file as last written, and the retired workers' files (a live
+        worker's file whose process is gone is retired on the way)."""
+        found = Others()
+        try:
+            paths = sorted(self.folder.glob(f"*{self.suffix}"))
+        except OSError:
+            return found
+        for path in paths:
+            gone, pid = path.name.startswith(RETIRED), None
+            if not gone:
+                pid = self._pid_of(path)
+                if pid is None or pid == self.pid:
+                    continue
+                if not alive(pid):  # died without retiring its file
+                    path, gone = _retire(path, self.suffix), True
+            text = _read(path)
+            if text is None:
+                continue
+            if gone:
+                found.retired.append(text)
+            elif pid is not None:
+                found.live[pid] = text
+        return found
+
+    def _pid_of(self, path: Path) -> int | None:
+        """The worker a live file `<pid><suffix>` belongs to; None for any other file."""
+        stem = path.name.removesuffix(self.suffix)
+        return int(stem) if stem.isdigit() else None
+
+
+def clear(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """Before the workers start: a folder kept from an earlier run holds nothing of this one."""
+    for suffix in suffixes:
+        for path in folder.glob(f"*{suffix}"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _retire(path: Path, suffix: str) -> Path:
+    """A worker's file renamed to a retired one, or the name another worker gave it first."""
+    pid = path.name.removesuffix(suffix)
+    target = path.with_name(f"{RETIRED}{pid}-{time.time_ns()}{suffix}")
+    try:
+        path.replace(target)
+    except OSError:
+        renamed = sorted(path.parent.glob(f"{RETIRED}{pid}-*{suffix}"))
+        return renamed[-1] if renamed else target  # (gone with the folder: nothing to read)
+    return target
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:  # removed between glob and read
+        return None
