@@ -11,6 +11,7 @@ stack answering each call with no inference at all), unary and stream, each over
 service's HTTP: what no gRPC service on grpc.aio could pass on this machine.
 
     python -m load_tests.protocols [--rounds 3] [--interval-ms 3000] [--images 32] [--concurrency 64] [--ceiling]
+                                   [--workers auto]
     python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
 """
 
@@ -21,6 +22,7 @@ import json
 import resource
 import statistics
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
 
 CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
+STATISTICS_SETTLE_S = 0.5
+"""Waited after a run before the model's statistics are read: with several workers, each
+writes its figures for the others every 0.2 s (app/observability/worker_stats.py)."""
 """(images per request, concurrency)."""
 MODEL = "fashion-cnn"
 
@@ -69,8 +74,9 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "30",
                              "--max-trials", "6", *options)
     client_cpu = _children_cpu_seconds() - client_cpu
-    requests = (images_answered(server) - answered) / images
     server_cpu = server.cpu_seconds() - server_cpu
+    time.sleep(STATISTICS_SETTLE_S)
+    requests = (images_answered(server) - answered) / images
     threads = {name: seconds - threads.get(name, 0.0) for name, seconds in server.cpu_by_thread().items()}
     found = perf_analyzer.figures(done.stdout)
     if "infer_per_s" not in found or requests <= 0:
@@ -103,7 +109,7 @@ def _children_cpu_seconds() -> float:
 
 
 def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None,
-        cells: list[tuple[int, int]] = CELLS, ceiling: bool = False) -> list[dict[str, Any]]:
+        cells: list[tuple[int, int]] = CELLS, ceiling: bool = False, workers: str = "1") -> list[dict[str, Any]]:
     tool = perf_analyzer.find()
     if tool is None:
         raise SystemExit("perf_analyzer is not here: ../shared/tools/perf_analyzer (as root) or ORTSERVE_PERF_ANALYZER")
@@ -111,10 +117,12 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
     folder.mkdir(parents=True, exist_ok=True)
     data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
     rows = []
-    # One worker: a gRPC client's calls share one connection, so one worker, while HTTP's
-    # connections would spread over all of them; one process compares the transports alone.
+    # One worker by default: one process compares the transports alone. With several, each
+    # client's connections land where the kernel puts them (perf_analyzer's gRPC calls share
+    # few connections, HTTP's are one per concurrent request), and the model's statistics,
+    # which count the images answered, are every worker's summed.
     with ExitStack() as stack:
-        server = stack.enter_context(ServerProcess(["--model-dir", str(model_dir), "--workers", "1",
+        server = stack.enter_context(ServerProcess(["--model-dir", str(model_dir), "--workers", workers,
                                                     *(server_args or [])]))
         # (name, server, perf_analyzer's protocol, its options) for every transport measured each round
         transports: list[tuple[str, ServerProcess, str, tuple[str, ...]]] = [(p, server, p, ()) for p in PROTOCOLS]
@@ -227,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure grpc.aio's own ceiling (load_tests/grpc_ceiling.py) in the same rounds")
+    parser.add_argument("--workers", default="1", help="the server's worker processes (auto: the default of "
+                        "python -m app, one per usable CPU)")
     parser.add_argument("--images", type=int, choices=sorted({i for i, _ in CELLS}),
                         help="only the cells of this many images per request")
     parser.add_argument("--concurrency", type=int, choices=sorted({c for _, c in CELLS}),
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(HEADER, flush=True)
     cells = [cell for cell in CELLS if args.images in (None, cell[0]) and args.concurrency in (None, cell[1])]
-    rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells, ceiling=args.ceiling)
+    rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells, ceiling=args.ceiling,
+               workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")
