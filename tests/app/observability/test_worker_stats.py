@@ -16,9 +16,10 @@ import tritonclient.grpc as grpcclient
 
 from app.batching import BatchRecord
 from app.observability.stats import ModelStats
-from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats, sum_of
+from app.observability.worker_stats import WorkerStats, sum_of
 from load_tests import samples
 from load_tests.server import ServerProcess
+from tests.app.conftest import wait_for
 from tests.conftest import MODELS
 
 
@@ -128,7 +129,13 @@ def test_two_workers_answer_statistics_counting_every_request_over_http_and_grpc
             answered = httpx.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
                                   headers={"content-type": "application/json"}, timeout=30)
             assert answered.status_code == 200, answered.text
-        time.sleep(STATS_SNAPSHOT_S * 5)  # every worker has written its figures since
+
+        def counted() -> int:  # on a fresh connection: either worker answers
+            found = httpx.get(f"{server.url}/v2/models/fashion-cnn/stats", timeout=30).json()["model_stats"]
+            return sum(int(v["inference_count"]) for v in found)
+
+        # every worker writes its figures each STATS_SNAPSHOT_S; on a busy machine, later
+        wait_for(lambda: [counted() for _ in range(4)] == [40] * 4)
         over_http = [httpx.get(f"{server.url}/v2/models/fashion-cnn/stats", timeout=30).json()["model_stats"]
                      for _ in range(8)]
         over_grpc = []
