@@ -26,7 +26,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app import listeners
 from app.http.connections import uvicorn_options
-from app.observability import snapshots, worker_stats, workers
+from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
 from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
@@ -125,7 +125,7 @@ def _shared_folders(settings: Settings) -> Settings:
         atexit.register(shutil.rmtree, temporary, ignore_errors=True)
     if settings.metrics_dir is not None:
         # counters of an earlier run are not this one's
-        snapshots.clear(settings.metrics_dir, (workers.SUFFIX, worker_stats.SUFFIX))
+        snapshots.clear(settings.metrics_dir, (workers.SUFFIX, worker_stats.SUFFIX, worker_traces.SUFFIX))
     if settings.control_dir is not None:
         clear_control_folder(settings.control_dir)
     return settings.model_copy(update=update)

@@ -34,6 +34,7 @@ from app.observability.log import configure_logging
 from app.observability.metrics import Metrics, RequestSeries
 from app.observability.tracing import Tracing, otlp_endpoint
 from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
+from app.observability.worker_traces import SHOWN, TRACES_SNAPSHOT_S, WorkerTraces
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -78,11 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_metrics = None if resolved.metrics_dir is None else WorkerMetrics(
             app.metrics.registry, resolved.metrics_dir, failures=app.metrics.metrics_snapshot_failures)
         worker_stats = None if resolved.metrics_dir is None else WorkerStats(resolved.metrics_dir)
+        worker_traces = None if resolved.metrics_dir is None else WorkerTraces(resolved.metrics_dir)
         services = app.services = Services(
             settings=resolved, repository=repository, changes=changes, metrics=app.metrics, budget=RequestBudget(resolved),
             offload=Offload(resolved.decode_threads), api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
-            worker_stats=worker_stats)
+            worker_stats=worker_stats, worker_traces=worker_traces)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
         if resolved.tracing or endpoint is not None:
             app.tracing = Tracing(resolved.trace_sample, endpoint)
@@ -112,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
         background = start_background_tasks(repository, resolved, worker_metrics, changes, services)
+        if worker_traces is not None and app.tracing is not None:
+            background.append(asyncio.create_task(_every(TRACES_SNAPSHOT_S, partial(
+                _publish_traces, app.tracing, worker_traces)), name="traces"))
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -174,6 +179,11 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
     if isinstance(changes, SharedRepository):
         tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
     return tasks
+
+
+def _publish_traces(tracing: Tracing, workers: WorkerTraces) -> None:
+    """This worker's slowest recent traces, for the console of whichever worker answers."""
+    workers.write([vars(record) for record in tracing.recent.slowest(SHOWN)])
 
 
 async def _every(seconds: float, step: Callable[[], object]) -> None:

@@ -13,6 +13,7 @@ from app.errors import ModelNotReady
 from app.http.budget import RequestBudget
 from app.observability.metrics import Metrics
 from app.observability.worker_stats import WorkerStats
+from app.observability.worker_traces import WorkerTraces
 from app.observability.workers import WorkerMetrics
 from app.offload import Offload
 from app.repository import ModelRepository
@@ -39,6 +40,8 @@ class Services:
     """With several worker processes: every worker's metrics, for /metrics."""
     worker_stats: WorkerStats | None = None
     """With several worker processes: every worker's statistics, for the statistics calls."""
+    worker_traces: WorkerTraces | None = None
+    """With several worker processes: every worker's slowest recent traces, for the console."""
     draining: bool = False
     """Set on SIGTERM (and at shutdown): readiness answers 503 from then on."""
 

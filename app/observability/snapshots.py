@@ -10,13 +10,18 @@ stays counted after it is gone, so totals never go backwards.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.processes import alive
 
 RETIRED = "retired-"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,3 +107,58 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:  # removed between glob and read
         return None
+
+
+class Published:
+    """A worker's figures of one kind as JSON, for the others: written when they changed since
+    last written, the folder made again where it was removed, a failure logged once per spell
+    of failures (the figures are tried again each time)."""
+
+    def __init__(self, folder: Path, suffix: str, pid: int, what: str) -> None:
+        self.files = Snapshots(folder, suffix, pid)
+        self.what = what  # for the log: "statistics", "traces"
+        self._written: bytes | None = None
+        self._failing = False
+        with contextlib.suppress(OSError):  # else publishing reports it
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, figures: object) -> None:
+        data = json.dumps(figures, separators=(",", ":"), default=str).encode()
+        if data == self._written:
+            return
+        try:
+            try:
+                self.files.write(data)
+            except OSError:
+                self.files.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
+                self.files.write(data)
+        except OSError as e:
+            if not self._failing:
+                self._failing = True
+                logger.warning("cannot write this worker's %s to %s (%s): other workers answer without its "
+                               "figures until it can", self.what, self.files.folder, e)
+            return
+        self._failing = False
+        self._written = data
+
+    def retire(self, figures: object) -> None:
+        """At exit: the last figures stay, as a retired worker's."""
+        self._written = None
+        self.publish(figures)
+        self.files.retire()
+
+    def others(self) -> tuple[list[object], list[object]]:
+        """What the live other workers published, and the retired ones: the JSON of each file
+        (a file that is not JSON is skipped: no worker wrote it whole)."""
+        found = self.files.others()
+        return _parsed(found.live.values()), _parsed(found.retired)
+
+
+def _parsed(texts: Iterable[str]) -> list[object]:
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(json.loads(text))
+        except ValueError:
+            continue
+    return parsed

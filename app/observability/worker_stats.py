@@ -17,79 +17,42 @@ backwards when a worker is replaced.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from app.observability.snapshots import Snapshots
+from app.observability.snapshots import Published
 
 SUFFIX = ".stats.json"
 STATS_SNAPSHOT_S = 0.2
 Statistics = dict[str, Any]
 """One model version's, as Triton's statistics extension writes them (ModelStats.as_triton)."""
 
-logger = logging.getLogger(__name__)
-
 
 class WorkerStats:
-    """This worker's statistics file, and every worker's statistics summed."""
+    """This worker's statistics for the others, and every worker's statistics summed."""
 
     def __init__(self, folder: Path, pid: int | None = None) -> None:
-        self.files = Snapshots(folder, SUFFIX, pid or os.getpid())
-        self._written: bytes | None = None
-        self._failing = False
-        with contextlib.suppress(OSError):  # else writing reports it
-            folder.mkdir(parents=True, exist_ok=True)
+        self.published = Published(folder, SUFFIX, pid or os.getpid(), "statistics")
+        self.files = self.published.files
 
     def write(self, own: list[Statistics]) -> None:
         """This worker's statistics for the others, where they changed since last written."""
-        data = json.dumps(own, separators=(",", ":")).encode()
-        if data == self._written:
-            return
-        try:
-            self._write(data)
-        except OSError as e:
-            if not self._failing:  # once per spell of failures, not five times a second
-                self._failing = True
-                logger.warning("cannot write this worker's statistics to %s (%s): statistics answered by "
-                               "other workers miss its figures until it can", self.files.folder, e)
-            return
-        self._failing = False
-        self._written = data
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.files.write(data)
-        except OSError:
-            self.files.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
-            self.files.write(data)
+        self.published.publish(own)
 
     def retire(self, own: list[Statistics]) -> None:
         """At exit: the last figures stay in every sum."""
-        self._written = None
-        self.write(own)
-        self.files.retire()
+        self.published.retire(own)
 
     def summed(self, own: list[Statistics]) -> list[Statistics]:
         """`own` (this worker's, as of now), each with the other workers' figures for the same
         model version added, those of workers that are gone included."""
-        others = self.files.others()
-        theirs = [entry for text in [*others.live.values(), *others.retired] for entry in _entries(text)]
+        live, retired = self.published.others()
+        theirs = [e for entries in [*live, *retired] if isinstance(entries, list) for e in entries if isinstance(e, dict)]
         return [sum_of(mine, [t for t in theirs if (t.get("name"), t.get("version")) == (mine["name"], mine["version"])])
                 for mine in own]
-
-
-def _entries(text: str) -> list[Statistics]:
-    """A worker's file's entries; nothing from a file that is not what a worker writes."""
-    try:
-        entries = json.loads(text)
-    except ValueError:
-        return []
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 def sum_of(mine: Statistics, theirs: Iterable[Statistics]) -> Statistics:

@@ -24,6 +24,7 @@ from app.errors import NotFound, Unauthorized
 from app.http.responses import JSONResponse, header
 from app.http.services import Services, services
 from app.observability.summary import summarize
+from app.observability.worker_traces import SHOWN
 
 router = APIRouter(tags=["console"])
 
@@ -96,13 +97,15 @@ async def console_summary(request: Request) -> Response:
 
 
 @router.get("/console/traces", summary="The slowest recent traced requests, with their spans",
-            description="From the in-memory ring of recently traced requests (tracing on) of the worker that "
-                        "answers: the slowest first, each with its spans' start and duration in ms.")
+            description="From the in-memory rings of recently traced requests (tracing on), with several worker "
+                        "processes every worker's: the slowest first, each with its spans' start and duration in ms.")
 async def console_traces(request: Request) -> Response:
     found = _open(request)
     tracing = request.app.tracing
     body: dict[str, Any] = {"tracing": tracing is not None, "sample": found.settings.trace_sample,
                             "traces": []}
     if tracing is not None:
-        body["traces"] = [vars(record) for record in tracing.recent.slowest(10)]
+        own = [vars(record) for record in tracing.recent.slowest(SHOWN)]
+        workers = found.worker_traces  # several worker processes: the slowest of all of them
+        body["traces"] = workers.slowest(own, SHOWN) if workers is not None else own
     return JSONResponse(body)

@@ -92,7 +92,7 @@ def test_figures_are_written_again_only_when_they_changed(tmp_path: Path) -> Non
 
 def test_an_unwritable_folder_is_reported_once_and_the_sum_still_answers(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "app.observability.worker_stats")
+    caplog.set_level(logging.WARNING, "app.observability.snapshots")
     folder = tmp_path / "metrics"
     worker = WorkerStats(folder, pid=os.getpid())
     shutil.rmtree(folder)

@@ -363,7 +363,7 @@
     const { response, body } = await call("console/traces");
     if (!response.ok) return;
     $("traces-note").textContent = body.tracing
-      ? `The slowest of this worker's recent traced requests (sampling ${body.sample}); choose one to see where its time went.`
+      ? `The slowest recent traced requests, of every worker process (sampling ${body.sample}); choose one to see where its time went.`
       : "Tracing is off: start the server with --tracing (ORTSERVE_TRACING=true) to see slow requests' spans.";
     state.traces = body.traces;
     $("traces").querySelector("tbody").replaceChildren(...body.traces.map((t, i) => {
