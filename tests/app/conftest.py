@@ -27,6 +27,7 @@ from app.manifest import load_manifest
 from app.protocol.v2 import ErrorResponse, InferenceResponse, MetadataModelResponse, MetadataServerResponse
 from app.runtime import session_options
 from app.settings import Settings
+from load_tests import samples
 from load_tests.server import ServerProcess, free_port
 from tests.conftest import MODELS, model_folder
 
@@ -185,3 +186,15 @@ async def serving_grpc(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClien
     async with serving(apps.append, grpc_port=port, **overrides) as client:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield client, service_pb2_grpc.GRPCInferenceServiceStub(channel), apps[0]
+
+
+def answered_by_both_workers(server: ServerProcess, requests: int) -> None:
+    """`requests` V2 JSON single images, each on a connection of its own, sent once both of a
+    two-worker server's workers serve: the kernel spreads them over the two."""
+    # ready means one worker is; both must serve for the requests to spread
+    wait_for(lambda: server.log.read_text().count("gRPC (KServe V2, health, reflection) on") == 2)
+    body = samples.v2_json(1, MODELS)
+    for _ in range(requests):
+        answered = httpx.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
+                              headers={"content-type": "application/json"}, timeout=30)
+        assert answered.status_code == 200, answered.text

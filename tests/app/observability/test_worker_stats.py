@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -17,9 +16,8 @@ import tritonclient.grpc as grpcclient
 from app.batching import BatchRecord
 from app.observability.stats import ModelStats
 from app.observability.worker_stats import WorkerStats, sum_of
-from load_tests import samples
 from load_tests.server import ServerProcess
-from tests.app.conftest import wait_for
+from tests.app.conftest import answered_by_both_workers, wait_for
 from tests.conftest import MODELS
 
 
@@ -118,17 +116,8 @@ def test_the_sum_reads_nothing_from_a_file_no_worker_wrote(tmp_path: Path) -> No
 def test_two_workers_answer_statistics_counting_every_request_over_http_and_grpc() -> None:
     """perf_analyzer reads these at each end of a measurement; from one worker alone they
     counted half the requests its client sent to two."""
-    body = samples.v2_json(1, MODELS)
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup", "--log-level", "info"]) as server:
-        started = "gRPC (KServe V2, health, reflection) on"
-        for _ in range(600):  # ready means one worker is; both must serve for the requests to spread
-            if server.log.read_text().count(started) == 2:
-                break
-            time.sleep(0.1)
-        for _ in range(40):  # a connection each: the kernel spreads them over the workers
-            answered = httpx.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
-                                  headers={"content-type": "application/json"}, timeout=30)
-            assert answered.status_code == 200, answered.text
+        answered_by_both_workers(server, 40)
 
         def counted() -> int:  # on a fresh connection: either worker answers
             found = httpx.get(f"{server.url}/v2/models/fashion-cnn/stats", timeout=30).json()["model_stats"]

@@ -4,15 +4,13 @@ gone, and two real workers answering /console/traces alike."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
 
 from app.observability.worker_traces import SHOWN, WorkerTraces
-from load_tests import samples
 from load_tests.server import ServerProcess
-from tests.app.conftest import wait_for
+from tests.app.conftest import answered_by_both_workers, wait_for
 from tests.conftest import MODELS
 
 
@@ -44,17 +42,9 @@ def test_what_no_worker_wrote_is_skipped(tmp_path: Path) -> None:
 def test_two_workers_show_the_same_slowest_traces_whichever_answers() -> None:
     """Each worker kept its own: the console showed one worker's on each refresh, a different
     set as the connection landed on one or the other."""
-    body = samples.v2_json(1, MODELS)
     with ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-warmup", "--tracing",
                         "--log-level", "info"]) as server:
-        for _ in range(600):  # ready means one worker is; both must serve for the requests to spread
-            if server.log.read_text().count("gRPC (KServe V2, health, reflection) on") == 2:
-                break
-            time.sleep(0.1)
-        for _ in range(40):  # a connection each: the kernel spreads them over the workers
-            answered = httpx.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
-                                  headers={"content-type": "application/json"}, timeout=30)
-            assert answered.status_code == 200, answered.text
+        answered_by_both_workers(server, 40)
 
         def shown() -> tuple[str, ...]:  # on a fresh connection: either worker answers
             found = httpx.get(f"{server.url}/console/traces", timeout=30).json()["traces"]
