@@ -214,9 +214,10 @@ class Settings(BaseSettings):
     oversubscribed cores the loop that parses requests and feeds the batches keeps its
     CPU; 0 runs them at the same priority."""
     max_queue_size: int = Field(default=4096, ge=1)
-    """Items (not requests) waiting per model before new requests get 503."""
+    """Items (not requests) waiting per model, in each worker, before new requests get 503."""
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    """Bytes of model input queued per model before new requests get 503 (beside max_queue_size)."""
+    """Bytes of model input queued per model, in each worker, before new requests get 503
+    (beside max_queue_size): with N workers, the queues may hold N times this."""
     retry_after_s: int = Field(default=1, ge=0)
     """Retry-After sent with 503 when a queue is full."""
 
@@ -243,8 +244,8 @@ class Settings(BaseSettings):
     and its connection is closed (slow or stalled clients); a gRPC unary call's message,
     DEADLINE_EXCEEDED."""
     max_large_bodies_bytes: int | None = Field(default=None, gt=0)
-    """Bytes of large request bodies (over 256 KiB each) being read or served at once; a request
-    that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
+    """Bytes of large request bodies (over 256 KiB each) being read or served at once, in each
+    worker; a request that would pass it gets 503 with Retry-After. Unset: 4 x max_body_bytes."""
     max_response_bytes: int | None = Field(default=None, gt=0)
     """Requests whose answer could be larger (their rows times the outputs they ask for, as
     JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
