@@ -10,12 +10,13 @@ stays counted after it is gone, so totals never go backwards.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from app.processes import alive
 
@@ -123,7 +124,7 @@ class Published:
             folder.mkdir(parents=True, exist_ok=True)
 
     def publish(self, figures: object) -> None:
-        data = json.dumps(figures, separators=(",", ":"), default=str).encode()
+        data = orjson.dumps(figures, default=str)  # orjson: a tenth of json's time for statistics
         if data == self._written:
             return
         try:
@@ -158,7 +159,7 @@ def _parsed(texts: Iterable[str]) -> list[object]:
     parsed = []
     for text in texts:
         try:
-            parsed.append(json.loads(text))
-        except ValueError:
+            parsed.append(orjson.loads(text))
+        except orjson.JSONDecodeError:
             continue
     return parsed

@@ -17,11 +17,12 @@ backwards when a worker is replaced.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from app.observability.snapshots import Published
 
@@ -58,7 +59,7 @@ class WorkerStats:
 def sum_of(mine: Statistics, theirs: Iterable[Statistics]) -> Statistics:
     """One model version's statistics, `mine` with each of `theirs` added (a new dict: neither
     is changed)."""
-    total = json.loads(json.dumps(mine))
+    total = orjson.loads(orjson.dumps(mine))
     for other in theirs:
         total["inference_count"] += other["inference_count"]
         total["execution_count"] += other["execution_count"]
@@ -69,7 +70,7 @@ def sum_of(mine: Statistics, theirs: Iterable[Statistics]) -> Statistics:
         for batch in other["batch_stats"]:
             into = sizes.get(batch["batch_size"])
             if into is None:
-                sizes[batch["batch_size"]] = json.loads(json.dumps(batch))
+                sizes[batch["batch_size"]] = orjson.loads(orjson.dumps(batch))
                 continue
             for part in ("compute_input", "compute_infer", "compute_output"):
                 _add(into[part], batch[part])
