@@ -52,9 +52,9 @@ class Snapshots:
         """At exit: the file stays, as a retired worker's."""
         _retire(self.path, self.suffix)
 
-    def others(self) -> Others:
-        """Every other worker's file as last written, and the retired workers' files (a live
-        worker's file whose process is gone is retired on the way)."""
+    def others(self, retired: bool = True) -> Others:
+        """Every other worker's file as last written, and (`retired`) the retired workers'
+        files (a live worker's file whose process is gone is retired on the way)."""
         found = Others()
         try:
             paths = sorted(self.folder.glob(f"*{self.suffix}"))
@@ -62,13 +62,15 @@ class Snapshots:
             return found
         for path in paths:
             gone, pid = path.name.startswith(RETIRED), None
+            if gone and not retired:
+                continue
             if not gone:
                 pid = self._pid_of(path)
                 if pid is None or pid == self.pid:
                     continue
                 if not alive(pid):  # died without retiring its file
                     path, gone = _retire(path, self.suffix), True
-            text = _read(path)
+            text = _read(path) if retired or not gone else None
             if text is None:
                 continue
             if gone:
@@ -148,10 +150,10 @@ class Published:
         self.publish(figures)
         self.files.retire()
 
-    def others(self) -> tuple[list[object], list[object]]:
-        """What the live other workers published, and the retired ones: the JSON of each file
-        (a file that is not JSON is skipped: no worker wrote it whole)."""
-        found = self.files.others()
+    def others(self, retired: bool = True) -> tuple[list[object], list[object]]:
+        """What the live other workers published, and (`retired`) the retired ones: the JSON of
+        each file (a file that is not JSON is skipped: no worker wrote it whole)."""
+        found = self.files.others(retired)
         return _parsed(found.live.values()), _parsed(found.retired)
 
 

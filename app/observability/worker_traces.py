@@ -35,7 +35,7 @@ class WorkerTraces:
 
     def slowest(self, own: list[Trace], count: int = SHOWN) -> list[Trace]:
         """The `count` slowest of `own` (this worker's, as of now) and the live other workers'."""
-        live, _ = self.published.others()
+        live, _ = self.published.others(retired=False)  # a gone worker's traces go with it
         theirs = [t for traces in live if isinstance(traces, list) for t in traces
                   if isinstance(t, dict) and isinstance(t.get("duration_ms"), (int, float))]
         return sorted([*own, *theirs], key=lambda t: t["duration_ms"], reverse=True)[:count]
