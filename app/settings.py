@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     """Worker processes, each with its own event loop and a session per model (memory: models
     x workers). auto: one per CPU this process may use (the container's CPU quota and the
     affinity mask, not the host's cores); 1: one process. Every worker serves one repository
-    (control_dir) and /metrics answers for all of them (metrics_dir)."""
+    (control_dir); /metrics, the statistics calls and the console answer for all of them
+    (metrics_dir)."""
     reuse_port: bool = True
     """With workers above 1, on Linux: each worker listens on the HTTP port with a socket of
     its own (SO_REUSEPORT), and the kernel spreads new connections evenly across them. Off:
