@@ -12,7 +12,9 @@ beside perf_analyzer's measurement windows (seconds), whose two ends lag alike.
 
 A worker that exits or dies leaves its last figures behind (snapshots.py), and they stay in
 every sum, as its metrics stay in /metrics: the counts perf_analyzer subtracts never go
-backwards when a worker is replaced.
+backwards when a worker is replaced. They stay across a reload of the version too, where
+Triton starts a reloaded version's figures from zero (the live workers here do): a gone
+worker's figures carry no mark of which load of the version they counted.
 """
 
 from __future__ import annotations
