@@ -1,10 +1,12 @@
 """Files each worker process writes for the others to read, in a folder they share: its
-metrics (workers.py) and its Triton statistics (worker_stats.py).
+metrics (workers.py), its Triton statistics (worker_stats.py) and its slowest recent traces
+(worker_traces.py).
 
 A worker's file is `<pid><suffix>`, written whole (a reader never sees half a file). When
 the worker exits, or another finds it dead, the file is renamed `retired-<pid>-<ns><suffix>`
 (one atomic rename, by whichever worker sees it first) and stays: what a worker counted
-stays counted after it is gone, so totals never go backwards.
+stays counted after it is gone, so totals never go backwards (its traces are not read again).
+`Published` is the JSON kind: written only when it changed, a failure logged once.
 """
 
 from __future__ import annotations
