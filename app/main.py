@@ -113,10 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.keep_awake = KeepAwake.started(awake_s)
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
-        background = start_background_tasks(repository, resolved, worker_metrics, changes, services)
-        if worker_traces is not None and app.tracing is not None:
-            background.append(asyncio.create_task(_every(TRACES_SNAPSHOT_S, partial(
-                _publish_traces, app.tracing, worker_traces)), name="traces"))
+        background = start_background_tasks(repository, resolved, worker_metrics, changes, services, app.tracing)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -164,10 +161,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def start_background_tasks(repository: ModelRepository, settings: Settings,
                            worker_metrics: WorkerMetrics | None = None,
                            changes: RepositoryChanges | None = None,
-                           services: Services | None = None) -> list[asyncio.Task[None]]:
+                           services: Services | None = None, tracing: Tracing | None = None
+                           ) -> list[asyncio.Task[None]]:
     """The watchdog of stalled batches, in poll mode the repository scanner, and with
-    several workers this one's metrics and statistics snapshots and its following of the
-    others' changes."""
+    several workers this one's metrics, statistics and (tracing on) slowest traces for the
+    others, and its following of the others' changes."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
@@ -176,6 +174,9 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
         tasks.append(asyncio.create_task(_every(SNAPSHOT_S, worker_metrics.write_snapshot), name="metrics"))
     if services is not None and services.worker_stats is not None:
         tasks.append(asyncio.create_task(_every(STATS_SNAPSHOT_S, services.share_statistics), name="statistics"))
+    if services is not None and services.worker_traces is not None and tracing is not None:
+        tasks.append(asyncio.create_task(_every(TRACES_SNAPSHOT_S, partial(
+            _publish_traces, tracing, services.worker_traces)), name="traces"))
     if isinstance(changes, SharedRepository):
         tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
     return tasks

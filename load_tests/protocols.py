@@ -36,10 +36,10 @@ from load_tests.perf_analyzer import PROTOCOLS
 from load_tests.server import ROOT, ServerProcess
 
 CELLS = [(1, 1), (1, 16), (1, 64), (32, 1), (32, 16), (32, 64)]
+"""(images per request, concurrency)."""
 STATISTICS_SETTLE_S = 0.5
 """Waited after a run before the model's statistics are read: with several workers, each
 writes its figures for the others every 0.2 s (app/observability/worker_stats.py)."""
-"""(images per request, concurrency)."""
 MODEL = "fashion-cnn"
 
 
@@ -75,9 +75,9 @@ def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: 
                              "--max-trials", "6", *options)
     client_cpu = _children_cpu_seconds() - client_cpu
     server_cpu = server.cpu_seconds() - server_cpu
+    threads = {name: seconds - threads.get(name, 0.0) for name, seconds in server.cpu_by_thread().items()}
     time.sleep(STATISTICS_SETTLE_S)
     requests = (images_answered(server) - answered) / images
-    threads = {name: seconds - threads.get(name, 0.0) for name, seconds in server.cpu_by_thread().items()}
     found = perf_analyzer.figures(done.stdout)
     if "infer_per_s" not in found or requests <= 0:
         raise RuntimeError(f"perf_analyzer -i {protocol} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
