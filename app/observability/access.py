@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import random
 import re
+import select
 import sys
 import time
 from collections.abc import Callable
@@ -165,7 +167,14 @@ def _failed(status: int | str) -> bool:
 
 class _Writer(QueueListener):
     """The writing thread: each handed-over text written and flushed, one write per
-    handover. (QueueListener for its thread, its queue and its stop that drains the queue.)"""
+    handover. (QueueListener for its thread, its queue and its stop that drains the queue.)
+
+    Where the stream is a file descriptor (stderr), the text goes out in writes of whole
+    lines of at most PIPE_BUF bytes each, which a pipe takes whole: under Docker or
+    Kubernetes stderr is a pipe that every worker process writes to, and one larger write
+    is split wherever the reader falls behind, with another worker's lines in between
+    (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,768 of 39,195 lines torn;
+    docs/benchmarks.md)."""
 
     def __init__(self, texts: queue.SimpleQueue[str], stream: Any) -> None:
         super().__init__(texts)
@@ -173,10 +182,43 @@ class _Writer(QueueListener):
 
     def handle(self, record: Any) -> None:
         try:
-            self.stream.write(record)
-            self.stream.flush()
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+            fd = None
+        try:
+            if fd is None:
+                self.stream.write(record)
+                self.stream.flush()
+                return
+            self.stream.flush()  # what others wrote through the stream goes first
+            data = record.encode(getattr(self.stream, "encoding", None) or "utf-8", "backslashreplace")
+            for chunk in whole_lines(data, select.PIPE_BUF):
+                _write_all(fd, chunk)
         except (OSError, ValueError):  # the stream closed or broken: lines are lost, requests are not
             pass
+
+
+def whole_lines(data: bytes, limit: int) -> list[bytes]:
+    """`data` cut at line ends into pieces of at most `limit` bytes (a line longer than that
+    is a piece of its own)."""
+    pieces, start, size = [], 0, len(data)
+    while size - start > limit:
+        cut = data.rfind(b"\n", start, start + limit)
+        if cut < 0:  # one line past the limit: whole, alone
+            cut = data.find(b"\n", start + limit)
+            if cut < 0:
+                break
+        pieces.append(data[start:cut + 1])
+        start = cut + 1
+    if start < size:
+        pieces.append(data[start:])
+    return pieces
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def trace_id(traceparent: bytes | None) -> str | None:

