@@ -173,7 +173,7 @@ class _Writer(QueueListener):
     lines of at most PIPE_BUF bytes each, which a pipe takes whole: under Docker or
     Kubernetes stderr is a pipe that every worker process writes to, and one larger write
     is split wherever the reader falls behind, with another worker's lines in between
-    (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,768 of 39,195 lines torn;
+    (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,598 of 36,759 lines torn;
     docs/benchmarks.md)."""
 
     def __init__(self, texts: queue.SimpleQueue[str], stream: Any) -> None:
