@@ -301,12 +301,12 @@ class InferenceService:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
         unanswered = 0  # messages read and not yet answered on the wire: the client's concurrency here
-        # A message holds its slot until its answer is on the wire, not only until it is made:
+        # A message counts as unanswered until its answer is on the wire, not only until it is made:
         # a client that writes and never reads would otherwise have every answer kept here.
         # At most max_grpc_calls of a stream's messages are read and unanswered, and no more is
         # read while its answers waiting to be written pass one largest answer's worth; beyond
-        # either, the stream is not read (HTTP/2 flow control holds the client back).
-        slots = asyncio.Semaphore(self.serving.settings.max_grpc_calls)
+        # either, the stream is not read (HTTP/2 flow control holds the client back): `room`.
+        most_unanswered = self.serving.settings.max_grpc_calls
         most_waiting, waiting_bytes = self.serving.settings.response_limit_bytes, 0
         room = asyncio.Event()
         room.set()
@@ -334,9 +334,10 @@ class InferenceService:
             try:
                 async for request in requests:
                     await room.wait()
-                    await slots.acquire()
                     task = asyncio.create_task(answer(request, unanswered))
                     unanswered += 1
+                    if unanswered >= most_unanswered:
+                        room.clear()
                     if call is not None:
                         call.took()
                     running.add(task)
@@ -351,9 +352,8 @@ class InferenceService:
                 yield reply  # resumed once grpc has taken it
                 unanswered -= 1
                 waiting_bytes -= len(reply)
-                if waiting_bytes < most_waiting:
+                if unanswered < most_unanswered and waiting_bytes < most_waiting:
                     room.set()
-                slots.release()
                 if call is not None:
                     call.answered()
             await reader  # a failure to read the stream is the call's

@@ -69,7 +69,7 @@ class HttpLimits:
     max_header_count: int
     header_timeout_s: float
     max_connections: int
-    send_timeout_s: float = 60.0
+    send_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:

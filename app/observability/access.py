@@ -179,21 +179,21 @@ class _Writer(QueueListener):
     def __init__(self, texts: queue.SimpleQueue[str], stream: Any) -> None:
         super().__init__(texts)
         self.stream = stream
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+            self.fd = None
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
 
     def handle(self, record: Any) -> None:
         try:
-            fd = self.stream.fileno()
-        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
-            fd = None
-        try:
-            if fd is None:
+            if self.fd is None:
                 self.stream.write(record)
                 self.stream.flush()
                 return
             self.stream.flush()  # what others wrote through the stream goes first
-            data = record.encode(getattr(self.stream, "encoding", None) or "utf-8", "backslashreplace")
-            for chunk in whole_lines(data, select.PIPE_BUF):
-                _write_all(fd, chunk)
+            for chunk in whole_lines(record.encode(self.encoding, "backslashreplace"), select.PIPE_BUF):
+                _write_all(self.fd, chunk)
         except (OSError, ValueError):  # the stream closed or broken: lines are lost, requests are not
             pass
 

@@ -45,7 +45,15 @@ class Snapshots:
         self.path = folder / f"{pid}{suffix}"
 
     def write(self, data: bytes) -> None:
-        """This worker's file, replaced whole; OSError where the folder cannot take it."""
+        """This worker's file, replaced whole, the folder made again where it was removed;
+        OSError where the folder cannot take it."""
+        try:
+            self._replace(data)
+        except OSError:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._replace(data)
+
+    def _replace(self, data: bytes) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_bytes(data)
         temporary.replace(self.path)
@@ -63,21 +71,21 @@ class Snapshots:
         except OSError:
             return found
         for path in paths:
-            gone, pid = path.name.startswith(RETIRED), None
-            if gone and not retired:
-                continue
-            if not gone:
+            pid = None  # stays None for a retired worker's file
+            if not path.name.startswith(RETIRED):
                 pid = self._pid_of(path)
                 if pid is None or pid == self.pid:
                     continue
                 if not alive(pid):  # died without retiring its file
-                    path, gone = _retire(path, self.suffix), True
-            text = _read(path) if retired or not gone else None
+                    path, pid = _retire(path, self.suffix), None
+            if pid is None and not retired:
+                continue
+            text = _read(path)
             if text is None:
                 continue
-            if gone:
+            if pid is None:
                 found.retired.append(text)
-            elif pid is not None:
+            else:
                 found.live[pid] = text
         return found
 
@@ -116,8 +124,8 @@ def _read(path: Path) -> str | None:
 
 class Published:
     """A worker's figures of one kind as JSON, for the others: written when they changed since
-    last written, the folder made again where it was removed, a failure logged once per spell
-    of failures (the figures are tried again each time)."""
+    last written, a failure logged once per spell of failures (the figures are tried again
+    each time)."""
 
     def __init__(self, folder: Path, suffix: str, pid: int, what: str) -> None:
         self.files = Snapshots(folder, suffix, pid)
@@ -132,11 +140,7 @@ class Published:
         if data == self._written:
             return
         try:
-            try:
-                self.files.write(data)
-            except OSError:
-                self.files.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
-                self.files.write(data)
+            self.files.write(data)
         except OSError as e:
             if not self._failing:
                 self._failing = True

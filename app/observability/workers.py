@@ -68,14 +68,10 @@ class WorkerMetrics:
         whether or not it could be written."""
         text = generate_latest(self.registry)
         try:
-            self.files.write(text)
-        except OSError:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)  # removed: made again
-                self.files.write(text)
-            except OSError as e:
-                self._report(e)
-                return text
+            self.files.write(text)  # the folder made again where it was removed
+        except OSError as e:
+            self._report(e)
+            return text
         if self._failing:
             self._failing = False
             logger.info("metrics snapshots are written to %s again", self.folder)
