@@ -56,7 +56,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                   "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
                                   "image_formats", "decode_threads",),
     "Connections": ("max_connections", "max_grpc_connections", "max_header_bytes", "max_header_count", "send_timeout_s", "header_timeout_s",
-                    "keep_alive_s", "max_grpc_calls",),
+                    "keep_alive_s", "max_grpc_calls", "max_grpc_calls_per_connection",),
 }
 """Every setting under its heading, in the order of the class: the README's table and
 `--help` group them so (tests/app/test_cli.py checks each is listed once, in order)."""
@@ -280,7 +280,9 @@ class Settings(BaseSettings):
     """Headers per request; more get 431 and the connection closes."""
     send_timeout_s: float = Field(default=60.0, gt=0)
     """An HTTP answer its client takes none of for this long (the server's write buffer full
-    and not shrinking) closes the connection, as nginx's send_timeout."""
+    and not shrinking) closes the connection, as nginx's send_timeout. A gRPC answer not on
+    the wire within this long of being made gives its call's place back (see
+    max_grpc_calls_per_connection)."""
     header_timeout_s: float = Field(default=5.0, gt=0)
     """From a request's first byte, its line and headers must arrive within this, else 408
     and the connection closes (slowloris); a gRPC connection's HTTP/2 handshake likewise."""
@@ -293,6 +295,12 @@ class Settings(BaseSettings):
     UNAVAILABLE); only when every call is working is it refused, RESOURCE_EXHAUSTED. Also
     the requests of one stream read and not yet answered on the wire; beyond, or while the
     stream's unwritten answers pass max_response_bytes, it is read as its client takes answers."""
+    max_grpc_calls_per_connection: int = Field(default=128, ge=1)
+    """gRPC calls open at once on one connection (HTTP/2's MAX_CONCURRENT_STREAMS, as nginx's
+    128); a client's further calls wait on its side for one to end. What bounds the answers a
+    client that takes none can leave in gRPC's hands: a call whose answer is not taken within
+    send_timeout_s gives its place back, but its answer stays with gRPC until the client reads
+    it or its connection ends (grpc's Python API cannot end one call)."""
 
     @field_validator("providers", mode="before")
     @classmethod

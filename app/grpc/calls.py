@@ -11,6 +11,12 @@ start, and:
 
 - a unary call's message must arrive within body_timeout_s, as an HTTP body must
   (DEADLINE_EXCEEDED otherwise);
+- an answer must be on the wire within send_timeout_s of being handed to gRPC: a client can
+  stop taking answers (an HTTP/2 window it never opens), and the call then stayed "working",
+  its answer held, for as long as the connection lasted: max_grpc_calls of them and every
+  new call was refused (measured: 8 such calls at `--max-grpc-calls 8`, ServerLive refused
+  20 s later). Closing the call (RST_STREAM) frees its place and its answer, as HTTP resets a
+  connection whose client takes none of its answer for send_timeout_s;
 - a call is *waiting* while it has nothing to do: a unary call before its message, a stream
   whose every message read has been answered (a health Watch between changes too). At
   max_grpc_calls, a new call closes the call that has waited longest (UNAVAILABLE, which
@@ -45,13 +51,15 @@ class _Call:
     """One call in the book: its task (closing a call cancels it), whether it is working,
     since when it has not been, and why it is being closed, if it is."""
 
-    __slots__ = ("busy", "closing", "message_due", "task", "waiting_since")
+    __slots__ = ("answer_due", "answer_timeout_s", "busy", "closing", "message_due", "task", "waiting_since")
 
-    def __init__(self, task: asyncio.Task[Any] | None, message_due: float | None) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None, message_due: float | None, answer_timeout_s: float) -> None:
         self.task = task
         self.busy = 0  # messages read and not yet answered
         self.waiting_since = time.monotonic()
         self.message_due = message_due  # a unary call's: when its message must be in (None: in, or a stream)
+        self.answer_timeout_s = answer_timeout_s
+        self.answer_due: float | None = None  # when the answer handed to gRPC must be on the wire
         self.closing: tuple[grpc.StatusCode, str] | None = None
 
     def close(self, code: grpc.StatusCode, why: str) -> None:
@@ -64,7 +72,16 @@ class _Call:
         self.busy += 1
         self.message_due = None
 
+    def handing(self) -> None:
+        """An answer handed to gRPC: on the wire within answer_timeout_s, or the call is closed."""
+        self.answer_due = time.monotonic() + self.answer_timeout_s
+
+    def handed(self) -> None:
+        self.answer_due = None
+
     def answered(self) -> None:
+        """A stream's message answered: its answer is on the wire."""
+        self.answer_due = None
         self.busy -= 1
         if self.busy <= 0:
             self.busy = 0
@@ -74,12 +91,13 @@ class _Call:
 class CallBook:
     """The calls open now, against max_grpc_calls."""
 
-    def __init__(self, limit: int, message_timeout_s: float,
+    def __init__(self, limit: int, message_timeout_s: float, answer_timeout_s: float,
                  closed: Callable[[str], None] = lambda reason: None) -> None:
         """`closed(reason)`: each call closed or refused for its place (make_room,
-        message_late, refused), for the metrics."""
+        message_late, answer_late, refused), for the metrics."""
         self.limit = limit
         self.message_timeout_s = message_timeout_s
+        self.answer_timeout_s = answer_timeout_s
         self.closed = closed
         self._calls: set[_Call] = set()
 
@@ -101,7 +119,8 @@ class CallBook:
             oldest.close(grpc.StatusCode.UNAVAILABLE,
                          f"this call was closed while it waited with nothing to do: the server was at "
                          f"max_grpc_calls ({self.limit}) and a new call needed its place; call again")
-        call = _Call(asyncio.current_task(), time.monotonic() + self.message_timeout_s if unary else None)
+        call = _Call(asyncio.current_task(), time.monotonic() + self.message_timeout_s if unary else None,
+                     self.answer_timeout_s)
         self._calls.add(call)
         return call
 
@@ -109,16 +128,24 @@ class CallBook:
         self._calls.discard(call)
 
     def close_late(self) -> None:
-        """Close the unary calls whose message is past due (GrpcServer runs this every
-        `sweep_every_s`: one sweep, not a timer per call, which cost the unary path more)."""
+        """Close the unary calls whose message is past due, and the calls whose answer is not
+        on the wire in time (GrpcServer runs this every `sweep_every_s`: one sweep, not a
+        timer per call, which cost the unary path more)."""
         now = time.monotonic()
         for call in [c for c in self._calls if c.message_due is not None and c.message_due <= now]:
             self.closed("message_late")
             call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
                        f"the request's message did not arrive within body_timeout_s ({self.message_timeout_s:g} s)")
+        for call in [c for c in self._calls if c.answer_due is not None and c.answer_due <= now]:
+            # Its client takes no answer, so no status would reach it: the call is reset.
+            self.closed("answer_late")
+            logger.info("gRPC call closed: its client took no answer within send_timeout_s (%g s)",
+                        self.answer_timeout_s)
+            call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
+                       f"the answer was not taken within send_timeout_s ({self.answer_timeout_s:g} s)")
 
     def sweep_every_s(self) -> float:
-        return min(1.0, self.message_timeout_s / 4)
+        return min(1.0, self.message_timeout_s / 4, self.answer_timeout_s / 4)
 
 
 class _Refused(Exception):
@@ -190,17 +217,26 @@ def _guarded(handler: Any) -> Any:
     if not handler.response_streaming:
         async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await behaviour(await first(requests, context), context)
+                answer = await behaviour(await first(requests, context), context)
             except asyncio.CancelledError:
                 await explain_closing(context)
                 raise
+            call = CURRENT_CALL.get()
+            if call is not None:
+                call.handing()  # grpc writes it once this returns; the call ends when it is on the wire
+            return answer
 
         return grpc.stream_unary_rpc_method_handler(unary, read, write)
     if inspect.isasyncgenfunction(behaviour):
         async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = CURRENT_CALL.get()
             try:
                 async for answer in behaviour(await first(requests, context), context):
-                    yield answer
+                    if call is not None:
+                        call.handing()
+                    yield answer  # resumed once grpc has written it
+                    if call is not None:
+                        call.handed()
             except asyncio.CancelledError:
                 await explain_closing(context)
                 raise

@@ -69,7 +69,7 @@ class GrpcServer:
         self._health = _Health(service.ready)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Task[None] | None = None
-        self.calls = CallBook(settings.max_grpc_calls, settings.body_timeout_s, closed)
+        self.calls = CallBook(settings.max_grpc_calls, settings.body_timeout_s, settings.send_timeout_s, closed)
 
     async def start(self) -> None:
         s = self.settings
@@ -81,6 +81,7 @@ class GrpcServer:
             # Connections have their own bound (app/descriptors.py: they must not use up the
             # descriptors HTTP needs), and an HTTP/2 handshake the time HTTP gives a head.
             ("grpc.max_allowed_incoming_connections", grpc_connections),
+            ("grpc.max_concurrent_streams", s.max_grpc_calls_per_connection),
             ("grpc.server_handshake_timeout_ms", int(s.header_timeout_s * 1000)),
             # gRPC shares a port between processes unless told not to: with one worker a
             # second server must fail on a taken port, not serve half its calls; with

@@ -349,6 +349,8 @@ class InferenceService:
         reader = asyncio.create_task(read())
         try:
             while (reply := await answers.get()) is not None:
+                if call is not None:
+                    call.handing()  # on the wire within send_timeout_s, or the call is closed
                 yield reply  # resumed once grpc has taken it
                 unanswered -= 1
                 waiting_bytes -= len(reply)

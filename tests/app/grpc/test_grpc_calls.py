@@ -204,3 +204,128 @@ async def test_a_connection_that_never_says_http2_is_closed_after_header_timeout
         writer.close()
     assert closed
     assert b"handshake timeout" in said  # gRPC's GOAWAY says why (grpc's default waits 120 s)
+
+
+class _UnreadClient:
+    """A gRPC client over raw HTTP/2 (h2) that takes no answer: its streams' flow-control
+    window is 0, so the server cannot send an answer's bytes until it is opened."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        import h2.settings
+
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        self.events: list[Any] = []
+
+    @classmethod
+    async def to(cls, port: int) -> _UnreadClient:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        await client.flush()
+        return client
+
+    async def flush(self) -> None:
+        self.writer.write(self.conn.data_to_send())
+        await self.writer.drain()
+
+    async def call(self, method: str, *messages: bytes, end: bool = True) -> int:
+        """A call with these request messages (gRPC-framed here); its stream's id."""
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                        (":path", f"/inference.GRPCInferenceService/{method}"),
+                                        (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
+                                        ("te", "trailers")])
+        framed = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in messages)
+        self.conn.send_data(stream, framed, end_stream=end)
+        await self.flush()
+        return stream
+
+    async def open_window(self, stream: int) -> None:
+        self.conn.increment_flow_control_window(1 << 20, stream_id=stream)
+        await self.flush()
+
+    async def receive(self) -> None:
+        """What the server has sent since (waiting for some), as h2's events."""
+        data = await asyncio.wait_for(self.reader.read(65536), 30)
+        assert data, "the server closed the connection"
+        self.events.extend(self.conn.receive_data(data))
+        await self.flush()  # h2 acknowledges settings and pings
+
+    async def until(self, kind: str, stream: int) -> Any:
+        """The first event of h2's `kind` (StreamEnded, DataReceived, ...) on `stream`."""
+        while True:
+            for event in self.events:
+                if type(event).__name__ == kind and getattr(event, "stream_id", None) == stream:
+                    return event
+            await self.receive()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _until_closed(served: _Served, reason: str, count: int) -> None:
+    while await served.closed(reason) < count:
+        await asyncio.sleep(0.05)
+
+
+async def test_unary_calls_whose_client_takes_no_answer_give_their_place_back_after_send_timeout_s() -> None:
+    """Four ModelInfer calls from a client that takes no answer fill max_grpc_calls 4, all of
+    them working (their answers made and handed to gRPC): before, every new call was refused
+    for as long as the connection lasted. After send_timeout_s each gives its place back and
+    a new call is answered. Their answers stay with gRPC (its Python API cannot end one call),
+    so the connection may hold no more than max_grpc_calls_per_connection of them."""
+    async with _served(max_grpc_calls=4, max_grpc_calls_per_connection=4, send_timeout_s=0.5) as served:
+        client = await _UnreadClient.to(served.port)
+        for _ in range(4):
+            await client.call("ModelInfer", text_request(1).SerializeToString())
+        await served.calls_open(4)
+        await asyncio.wait_for(_until_closed(served, "answer_late", 4), 30)
+        while len(served.book):
+            await asyncio.sleep(0.01)
+        live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        await client.receive()
+        advertised = client.conn.remote_settings.max_concurrent_streams
+        held = client.conn.open_outbound_streams
+        client.close()
+    assert live.live
+    assert advertised == 4  # HTTP/2's MAX_CONCURRENT_STREAMS: the connection can open no fifth call
+    assert held == 4
+
+
+async def test_a_stream_whose_client_takes_no_answer_gives_its_place_back_after_send_timeout_s() -> None:
+    async with _served(send_timeout_s=0.5) as served:
+        client = await _UnreadClient.to(served.port)
+        request = text_request(1)
+        messages = []
+        for number in range(3):
+            request.id = str(number)
+            messages.append(request.SerializeToString())
+        await client.call("ModelStreamInfer", *messages, end=False)  # the client stays
+        await served.calls_open(1)
+        await asyncio.wait_for(_until_closed(served, "answer_late", 1), 30)
+        while len(served.book):
+            await asyncio.sleep(0.01)
+        client.close()
+
+
+async def test_a_client_that_opens_its_window_late_but_in_time_gets_its_answer() -> None:
+    """The bound is on an answer never taken, not on a client that takes it a little late."""
+    async with _served(send_timeout_s=3) as served:
+        client = await _UnreadClient.to(served.port)
+        stream = await client.call("ModelInfer", text_request(2).SerializeToString())
+        await served.calls_open(1)
+        await asyncio.sleep(0.3)  # the answer is made and waits on the window
+        await client.open_window(stream)
+        ended = await client.until("StreamEnded", stream)
+        trailers = next(e for e in client.events if type(e).__name__ == "TrailersReceived")
+        answer = b"".join(e.data for e in client.events if type(e).__name__ == "DataReceived")
+        client.close()
+        closed = await served.closed("answer_late")
+    assert ended.stream_id == stream
+    assert (b"grpc-status", b"0") in trailers.headers
+    reply = pb.ModelInferResponse.FromString(answer[5:])
+    assert list(reply.outputs[0].shape) == [2, 2]
+    assert closed == 0
