@@ -11,12 +11,15 @@ start, and:
 
 - a unary call's message must arrive within body_timeout_s, as an HTTP body must
   (DEADLINE_EXCEEDED otherwise);
-- an answer must be on the wire within send_timeout_s of being handed to gRPC: a client can
-  stop taking answers (an HTTP/2 window it never opens), and the call then stayed "working",
-  its answer held, for as long as the connection lasted: max_grpc_calls of them and every
-  new call was refused (measured: 8 such calls at `--max-grpc-calls 8`, ServerLive refused
-  20 s later). Closing the call (RST_STREAM) frees its place and its answer, as HTTP resets a
-  connection whose client takes none of its answer for send_timeout_s;
+- an answer must be on the wire within send_timeout_s of being handed to gRPC, else the call
+  is closed and gives its place back (as HTTP resets a connection whose client takes none of
+  its answer): a client can take no answers (an HTTP/2 window it never opens), and such calls
+  stayed "working" for as long as the connection lasted; max_grpc_calls of them and every
+  new call was refused (measured: at the defaults, 4,200 on one connection, ServerLive
+  refused 20 s later). The answer itself stays with gRPC core until the client reads it or
+  leaves: grpc's Python API cannot end one server call, and resetting the connection would
+  end other clients' calls behind an HTTP/2 proxy. max_grpc_calls_per_connection (HTTP/2's
+  stream limit, app/grpc/server.py) bounds how many one connection leaves there;
 - a call is *waiting* while it has nothing to do: a unary call before its message, a stream
   whose every message read has been answered (a health Watch between changes too). At
   max_grpc_calls, a new call closes the call that has waited longest (UNAVAILABLE, which
@@ -137,7 +140,8 @@ class CallBook:
             call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
                        f"the request's message did not arrive within body_timeout_s ({self.message_timeout_s:g} s)")
         for call in [c for c in self._calls if c.answer_due is not None and c.answer_due <= now]:
-            # Its client takes no answer, so no status would reach it: the call is reset.
+            # Its client takes no answer, so the status would not reach it either: the place is
+            # what closing gives back (and a stream's work still running).
             self.closed("answer_late")
             logger.info("gRPC call closed: its client took no answer within send_timeout_s (%g s)",
                         self.answer_timeout_s)

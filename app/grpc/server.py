@@ -81,6 +81,8 @@ class GrpcServer:
             # Connections have their own bound (app/descriptors.py: they must not use up the
             # descriptors HTTP needs), and an HTTP/2 handshake the time HTTP gives a head.
             ("grpc.max_allowed_incoming_connections", grpc_connections),
+            # HTTP/2's stream limit (core's default: none): also what bounds the answers a client
+            # that takes none leaves with core on one connection (app/grpc/calls.py).
             ("grpc.max_concurrent_streams", s.max_grpc_calls_per_connection),
             ("grpc.server_handshake_timeout_ms", int(s.header_timeout_s * 1000)),
             # gRPC shares a port between processes unless told not to: with one worker a
