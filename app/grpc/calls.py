@@ -135,11 +135,12 @@ class CallBook:
         on the wire in time (GrpcServer runs this every `sweep_every_s`: one sweep, not a
         timer per call, which cost the unary path more)."""
         now = time.monotonic()
-        for call in [c for c in self._calls if c.message_due is not None and c.message_due <= now]:
+        not_closing = [c for c in self._calls if c.closing is None]  # a closed call is on its way out: counted once
+        for call in [c for c in not_closing if c.message_due is not None and c.message_due <= now]:
             self.closed("message_late")
             call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
                        f"the request's message did not arrive within body_timeout_s ({self.message_timeout_s:g} s)")
-        for call in [c for c in self._calls if c.answer_due is not None and c.answer_due <= now]:
+        for call in [c for c in not_closing if c.answer_due is not None and c.answer_due <= now]:
             # Its client takes no answer, so the status would not reach it either: the place is
             # what closing gives back (and a stream's work still running).
             self.closed("answer_late")

@@ -308,7 +308,11 @@ async def test_a_stream_whose_client_takes_no_answer_gives_its_place_back_after_
         await asyncio.wait_for(_until_closed(served, "answer_late", 1), 30)
         while len(served.book):
             await asyncio.sleep(0.01)
+        live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        closed = await served.closed("answer_late")
         client.close()
+    assert live.live
+    assert closed == 1  # one stream, closed once, whatever its three answers
 
 
 async def test_a_client_that_opens_its_window_late_but_in_time_gets_its_answer() -> None:
