@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
-from app.observability.log import JsonFormatter, _RequestIdFilter, request_id
+import pytest
+
+from app.observability.log import JsonFormatter, _RequestIdFilter, configure_logging, request_id
 
 
 def test_json_lines_carry_the_request_id() -> None:
@@ -47,3 +50,47 @@ async def test_each_model_state_change_is_one_structured_log_line(model_root, ca
     assert json.loads(line) | {"time": ""} == {
         "time": "", "level": "info", "logger": "app.repository", "message": f"model sst2-lstm version {v}: LOADING",
         "event": "model_state", "model": "sst2-lstm", "version": v, "state": "LOADING", "reason": ""}
+
+
+def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str) -> list[str]:
+    """The lines the server's logging (configure_logging) writes for grpc.aio's two records:
+    a write that failed as the client left (ExecuteBatchError), and a handler's own error."""
+    from grpc._cython.cygrpc import ExecuteBatchError
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")  # grpc.aio's server logs under this name
+    try:
+        configure_logging(log_format, level)
+        try:
+            raise ExecuteBatchError('Failed "execute_batch"')
+        except ExecuteBatchError:
+            grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]"
+                               % "/inference.GRPCInferenceService/ModelInfer")  # as grpc formats it
+        try:
+            raise ValueError("a fault")
+        except ValueError:
+            grpc_log.exception("Unexpected [ValueError] raised by servicer method [/inference.GRPCInferenceService/ModelInfer]")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+    return stream.getvalue().splitlines()
+
+
+def test_a_grpc_client_that_left_mid_answer_is_one_info_line_and_other_grpc_errors_keep_their_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    left, fault = (json.loads(line) for line in _logged_by_grpc(monkeypatch, "json", "info"))
+    assert left == {"time": left["time"], "level": "info", "logger": "grpc._cython.cygrpc",
+                    "message": "gRPC call ended before its answer was sent (its client left): "
+                               "[/inference.GRPCInferenceService/ModelInfer]"}
+    assert fault["level"] == "error"
+    assert "ValueError: a fault" in fault["exception"]
+
+
+def test_a_grpc_client_that_left_is_not_logged_below_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _logged_by_grpc(monkeypatch, "text", "warning")
+    assert not any("ExecuteBatchError" in line or "its client left" in line for line in lines)
+    assert "ERROR grpc._cython.cygrpc: Unexpected [ValueError]" in lines[0]
+    assert "Traceback" in "\n".join(lines)
