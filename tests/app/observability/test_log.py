@@ -67,8 +67,8 @@ def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str
         try:
             raise ExecuteBatchError('Failed "execute_batch"')
         except ExecuteBatchError:
-            grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]"
-                               % "/inference.GRPCInferenceService/ModelInfer")  # as grpc formats it
+            method = "/inference.GRPCInferenceService/ModelInfer"
+            grpc_log.exception(f"ExecuteBatchError raised in core by servicer method [{method}]")  # formatted, as grpc does
         try:
             raise ValueError("a fault")
         except ValueError:
