@@ -280,9 +280,9 @@ class Settings(BaseSettings):
     """Headers per request; more get 431 and the connection closes."""
     send_timeout_s: float = Field(default=60.0, gt=0)
     """An HTTP answer its client takes none of for this long (the server's write buffer full
-    and not shrinking) closes the connection, as nginx's send_timeout. A gRPC answer not on
-    the wire within this long of being made gives its call's place back (see
-    max_grpc_calls_per_connection)."""
+    and not shrinking) closes the connection, as nginx's send_timeout. A gRPC call whose answer
+    its client has not taken this long after it was made counts as waiting (see
+    max_grpc_calls)."""
     header_timeout_s: float = Field(default=5.0, gt=0)
     """From a request's first byte, its line and headers must arrive within this, else 408
     and the connection closes (slowloris); a gRPC connection's HTTP/2 handshake likewise."""
@@ -291,16 +291,17 @@ class Settings(BaseSettings):
     long without a byte."""
     max_grpc_calls: int = Field(default=4096, ge=1)
     """gRPC calls open at once per worker. At the limit a new call closes the one that has waited
-    longest with nothing to do (an idle stream, a unary call whose message has not come:
-    UNAVAILABLE); only when every call is working is it refused, RESOURCE_EXHAUSTED. Also
+    longest with nothing to do (an idle stream, a unary call whose message has not come, a call
+    whose answer its client has not taken within send_timeout_s: UNAVAILABLE); only when every
+    call is working is it refused, RESOURCE_EXHAUSTED. Also
     the requests of one stream read and not yet answered on the wire; beyond, or while the
     stream's unwritten answers pass max_response_bytes, it is read as its client takes answers."""
     max_grpc_calls_per_connection: int = Field(default=128, ge=1)
     """gRPC calls open at once on one connection (HTTP/2's MAX_CONCURRENT_STREAMS, as nginx's
     128); a client's further calls wait on its side for one to end. What bounds the answers a
-    client that takes none can leave in gRPC's hands: a call whose answer is not taken within
-    send_timeout_s gives its place back, but its answer stays with gRPC until the client reads
-    it or its connection ends (grpc's Python API cannot end one call)."""
+    client that takes none can leave in gRPC's hands: such a call may be closed to make room
+    (max_grpc_calls), but its answer stays with gRPC until the client reads it or its
+    connection ends (grpc's Python API cannot end one call)."""
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -11,21 +11,23 @@ start, and:
 
 - a unary call's message must arrive within body_timeout_s, as an HTTP body must
   (DEADLINE_EXCEEDED otherwise);
-- an answer must be on the wire within send_timeout_s of being handed to gRPC, else the call
-  is closed and gives its place back (as HTTP resets a connection whose client takes none of
-  its answer): a client can take no answers (an HTTP/2 window it never opens), and such calls
-  stayed "working" for as long as the connection lasted; max_grpc_calls of them and every
-  new call was refused (measured: at the defaults, 4,200 on one connection, ServerLive
-  refused 20 s later). The answer itself stays with gRPC core until the client reads it or
-  leaves: grpc's Python API cannot end one server call, and resetting the connection would
-  end other clients' calls behind an HTTP/2 proxy. max_grpc_calls_per_connection (HTTP/2's
-  stream limit, app/grpc/server.py) bounds how many one connection leaves there;
 - a call is *waiting* while it has nothing to do: a unary call before its message, a stream
-  whose every message read has been answered (a health Watch between changes too). At
-  max_grpc_calls, a new call closes the call that has waited longest (UNAVAILABLE, which
-  clients retry), as HTTP closes its longest idle connection at max_connections
-  (app/http/connections.py); only when every call is working is the new one refused,
-  RESOURCE_EXHAUSTED.
+  whose every message read has been answered (a health Watch between changes too); and a
+  call whose answer, handed to gRPC, its client has not taken within send_timeout_s (an
+  HTTP/2 window it never opens). At max_grpc_calls, a new call closes the call that has
+  waited longest (UNAVAILABLE, which clients retry), as HTTP closes its longest idle
+  connection at max_connections (app/http/connections.py); only when every call is working
+  is the new one refused, RESOURCE_EXHAUSTED.
+
+Calls whose answers nobody takes counted as working, and max_grpc_calls of them had every new
+call refused for as long as their connection lasted (measured: at the defaults, 4,200 on one
+connection, ServerLive refused 20 s later). Closed only when a place is needed, a client that
+reads slowly (an answer taking longer than send_timeout_s) is still served in full while
+there is room. What closing cannot do is end the call in gRPC core: grpc's Python API has no
+way to, so its answer stays there until the client reads it or leaves (resetting the
+connection instead would end other clients' calls behind an HTTP/2 proxy);
+max_grpc_calls_per_connection (HTTP/2's stream limit, app/grpc/server.py) bounds how many
+one connection leaves there.
 
 Unary calls are served as stream-unary ones for this: grpc.aio reads a unary call's message
 before any code of ours runs, with no time limit, and a call cancelled there is never
@@ -54,15 +56,14 @@ class _Call:
     """One call in the book: its task (closing a call cancels it), whether it is working,
     since when it has not been, and why it is being closed, if it is."""
 
-    __slots__ = ("answer_due", "answer_timeout_s", "busy", "closing", "message_due", "task", "waiting_since")
+    __slots__ = ("busy", "closing", "handed_at", "message_due", "task", "waiting_since")
 
-    def __init__(self, task: asyncio.Task[Any] | None, message_due: float | None, answer_timeout_s: float) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None, message_due: float | None) -> None:
         self.task = task
         self.busy = 0  # messages read and not yet answered
         self.waiting_since = time.monotonic()
         self.message_due = message_due  # a unary call's: when its message must be in (None: in, or a stream)
-        self.answer_timeout_s = answer_timeout_s
-        self.answer_due: float | None = None  # when the answer handed to gRPC must be on the wire
+        self.handed_at: float | None = None  # when the answer gRPC is writing was handed to it
         self.closing: tuple[grpc.StatusCode, str] | None = None
 
     def close(self, code: grpc.StatusCode, why: str) -> None:
@@ -75,16 +76,25 @@ class _Call:
         self.busy += 1
         self.message_due = None
 
+    def idle_since(self, late: float) -> float | None:
+        """Since when the call has waited on nothing the server can do (None while it works):
+        it has nothing to do, or its client has not taken an answer handed over before `late`."""
+        if not self.busy:
+            return self.waiting_since
+        if self.handed_at is not None and self.handed_at <= late:
+            return self.handed_at
+        return None
+
     def handing(self) -> None:
-        """An answer handed to gRPC: on the wire within answer_timeout_s, or the call is closed."""
-        self.answer_due = time.monotonic() + self.answer_timeout_s
+        """An answer handed to gRPC, to be written as its client takes it."""
+        self.handed_at = time.monotonic()
 
     def handed(self) -> None:
-        self.answer_due = None
+        self.handed_at = None
 
     def answered(self) -> None:
         """A stream's message answered: its answer is on the wire."""
-        self.answer_due = None
+        self.handed_at = None
         self.busy -= 1
         if self.busy <= 0:
             self.busy = 0
@@ -97,7 +107,7 @@ class CallBook:
     def __init__(self, limit: int, message_timeout_s: float, answer_timeout_s: float,
                  closed: Callable[[str], None] = lambda reason: None) -> None:
         """`closed(reason)`: each call closed or refused for its place (make_room,
-        message_late, answer_late, refused), for the metrics."""
+        answer_late, message_late, refused), for the metrics."""
         self.limit = limit
         self.message_timeout_s = message_timeout_s
         self.answer_timeout_s = answer_timeout_s
@@ -111,46 +121,48 @@ class CallBook:
         """A new call's place (in the running task); at the limit, the longest-waiting call
         is closed to make it. `_Refused` when every call is working."""
         if len(self._calls) >= self.limit:
-            waiting = [c for c in self._calls if not c.busy]
-            if not waiting:
-                self.closed("refused")
-                raise _Refused(f"the server is handling max_grpc_calls ({self.limit}) calls, each of them working; "
-                               "try again shortly")
-            oldest = min(waiting, key=lambda c: c.waiting_since)
-            self._calls.discard(oldest)
-            self.closed("make_room")
-            oldest.close(grpc.StatusCode.UNAVAILABLE,
-                         f"this call was closed while it waited with nothing to do: the server was at "
-                         f"max_grpc_calls ({self.limit}) and a new call needed its place; call again")
-        call = _Call(asyncio.current_task(), time.monotonic() + self.message_timeout_s if unary else None,
-                     self.answer_timeout_s)
+            self._make_room()
+        call = _Call(asyncio.current_task(), time.monotonic() + self.message_timeout_s if unary else None)
         self._calls.add(call)
         return call
+
+    def _make_room(self) -> None:
+        """Close the call that has waited longest: with nothing to do, or on a client that
+        takes no answer."""
+        late = time.monotonic() - self.answer_timeout_s
+        waiting = [(since, c) for c in self._calls if (since := c.idle_since(late)) is not None]
+        if not waiting:
+            self.closed("refused")
+            raise _Refused(f"the server is handling max_grpc_calls ({self.limit}) calls, each of them working; "
+                           "try again shortly")
+        _, oldest = min(waiting, key=lambda since_call: since_call[0])
+        self._calls.discard(oldest)
+        if not oldest.busy:
+            self.closed("make_room")
+            why = "this call was closed while it waited with nothing to do"
+        else:  # its client would not see this either: it takes nothing
+            self.closed("answer_late")
+            why = f"this call was closed as its answer was not taken within send_timeout_s ({self.answer_timeout_s:g} s)"
+            logger.info("gRPC call closed: its client took no answer within send_timeout_s (%g s) and a new call "
+                        "needed its place", self.answer_timeout_s)
+        oldest.close(grpc.StatusCode.UNAVAILABLE,
+                     f"{why}: the server was at max_grpc_calls ({self.limit}) and a new call needed its place; "
+                     "call again")
 
     def leave(self, call: _Call, _: object = None) -> None:
         self._calls.discard(call)
 
     def close_late(self) -> None:
-        """Close the unary calls whose message is past due, and the calls whose answer is not
-        on the wire in time (GrpcServer runs this every `sweep_every_s`: one sweep, not a
-        timer per call, which cost the unary path more)."""
+        """Close the unary calls whose message is past due (GrpcServer runs this every
+        `sweep_every_s`: one sweep, not a timer per call, which cost the unary path more)."""
         now = time.monotonic()
-        not_closing = [c for c in self._calls if c.closing is None]  # a closed call is on its way out: counted once
-        for call in [c for c in not_closing if c.message_due is not None and c.message_due <= now]:
-            self.closed("message_late")
+        for call in [c for c in self._calls if c.closing is None and c.message_due is not None and c.message_due <= now]:
+            self.closed("message_late")  # once: a call being closed is on its way out
             call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
                        f"the request's message did not arrive within body_timeout_s ({self.message_timeout_s:g} s)")
-        for call in [c for c in not_closing if c.answer_due is not None and c.answer_due <= now]:
-            # Its client takes no answer, so the status would not reach it either: the place is
-            # what closing gives back (and a stream's work still running).
-            self.closed("answer_late")
-            logger.info("gRPC call closed: its client took no answer within send_timeout_s (%g s)",
-                        self.answer_timeout_s)
-            call.close(grpc.StatusCode.DEADLINE_EXCEEDED,
-                       f"the answer was not taken within send_timeout_s ({self.answer_timeout_s:g} s)")
 
     def sweep_every_s(self) -> float:
-        return min(1.0, self.message_timeout_s / 4, self.answer_timeout_s / 4)
+        return min(1.0, self.message_timeout_s / 4)
 
 
 class _Refused(Exception):
@@ -228,7 +240,7 @@ def _guarded(handler: Any) -> Any:
                 raise
             call = CURRENT_CALL.get()
             if call is not None:
-                call.handing()  # grpc writes it once this returns; the call ends when it is on the wire
+                call.handing()  # grpc writes it once this returns; the call ends once it is on the wire
             return answer
 
         return grpc.stream_unary_rpc_method_handler(unary, read, write)

@@ -350,7 +350,7 @@ class InferenceService:
         try:
             while (reply := await answers.get()) is not None:
                 if call is not None:
-                    call.handing()  # on the wire within send_timeout_s, or the call is closed
+                    call.handing()  # not taken within send_timeout_s, the call may be closed for room
                 yield reply  # resumed once grpc has taken it
                 unanswered -= 1
                 waiting_bytes -= len(reply)

@@ -60,8 +60,8 @@ class Metrics:
         self.grpc_calls_closed = Counter(
             "ortserve_grpc_calls_closed", "gRPC calls ended or refused for their place (app/grpc/calls.py): "
             "make_room (waited with nothing to do when a new call needed the place), message_late (a unary "
-            "call's message not in within body_timeout_s), answer_late (an answer not taken whole within "
-            "send_timeout_s), refused (at max_grpc_calls, every call working)",
+            "call's message not in within body_timeout_s), answer_late (its answer not taken "
+            "within send_timeout_s, when a new call needed the place), refused (at max_grpc_calls, every call working)",
             ["reason"], registry=r)
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "

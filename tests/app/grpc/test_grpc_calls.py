@@ -266,37 +266,41 @@ class _UnreadClient:
         self.writer.close()
 
 
-async def _until_closed(served: _Served, reason: str, count: int) -> None:
-    while await served.closed(reason) < count:
-        await asyncio.sleep(0.05)
+async def _answers_handed(served: _Served, count: int) -> None:
+    """Until `count` calls have an answer handed to gRPC and not yet taken."""
+    while sum(c.handed_at is not None for c in served.book._calls) < count:
+        await asyncio.sleep(0.01)
 
 
-async def test_unary_calls_whose_client_takes_no_answer_give_their_place_back_after_send_timeout_s() -> None:
-    """Four ModelInfer calls from a client that takes no answer fill max_grpc_calls 4, all of
-    them working (their answers made and handed to gRPC): before, every new call was refused
-    for as long as the connection lasted. After send_timeout_s each gives its place back and
-    a new call is answered. Their answers stay with gRPC (its Python API cannot end one call),
-    so the connection may hold no more than max_grpc_calls_per_connection of them."""
+async def test_unary_calls_whose_client_takes_no_answer_make_room_after_send_timeout_s() -> None:
+    """Four ModelInfer calls from a client that takes no answer fill max_grpc_calls 4, each of
+    them working (its answer made and handed to gRPC): before, every new call was refused for
+    as long as the connection lasted. Once their answers are send_timeout_s old, a new call
+    closes the oldest and is answered. Their answers stay with gRPC (its Python API cannot end
+    one call), so the connection may hold no more than max_grpc_calls_per_connection."""
     async with _served(max_grpc_calls=4, max_grpc_calls_per_connection=4, send_timeout_s=0.5) as served:
         client = await _UnreadClient.to(served.port)
         for _ in range(4):
             await client.call("ModelInfer", text_request(1).SerializeToString())
         await served.calls_open(4)
-        await asyncio.wait_for(_until_closed(served, "answer_late", 4), 30)
-        while len(served.book):
-            await asyncio.sleep(0.01)
+        await _answers_handed(served, 4)
+        await asyncio.sleep(0.6)  # past send_timeout_s
         live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        again = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        closed, made_room = await served.closed("answer_late"), await served.closed("make_room")
         await client.receive()
         advertised = client.conn.remote_settings.max_concurrent_streams
         held = client.conn.open_outbound_streams
         client.close()
     assert live.live
+    assert again.live
+    assert (closed, made_room) == (1, 0)  # the second call found the place the first had made
     assert advertised == 4  # HTTP/2's MAX_CONCURRENT_STREAMS: the connection can open no fifth call
     assert held == 4
 
 
-async def test_a_stream_whose_client_takes_no_answer_gives_its_place_back_after_send_timeout_s() -> None:
-    async with _served(send_timeout_s=0.5) as served:
+async def test_a_stream_whose_client_takes_no_answer_makes_room_after_send_timeout_s() -> None:
+    async with _served(max_grpc_calls=1, send_timeout_s=0.5) as served:
         client = await _UnreadClient.to(served.port)
         request = text_request(1)
         messages = []
@@ -305,14 +309,41 @@ async def test_a_stream_whose_client_takes_no_answer_gives_its_place_back_after_
             messages.append(request.SerializeToString())
         await client.call("ModelStreamInfer", *messages, end=False)  # the client stays
         await served.calls_open(1)
-        await asyncio.wait_for(_until_closed(served, "answer_late", 1), 30)
-        while len(served.book):
-            await asyncio.sleep(0.01)
+        await _answers_handed(served, 1)
+        refused = await failure(served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5))
+        await asyncio.sleep(0.6)
         live = await served.stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
         closed = await served.closed("answer_late")
         client.close()
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # before send_timeout_s it is working
     assert live.live
-    assert closed == 1  # one stream, closed once, whatever its three answers
+    assert closed == 1
+
+
+async def test_a_stream_read_late_while_there_is_room_gets_every_answer() -> None:
+    """An answer not taken within send_timeout_s only makes its call closable: with places to
+    spare, a client that reads late gets all its answers and the stream's end."""
+    async with _served(send_timeout_s=0.2) as served:
+        client = await _UnreadClient.to(served.port)
+        request = text_request(1)
+        messages = []
+        for number in range(3):
+            request.id = str(number)
+            messages.append(request.SerializeToString())
+        stream = await client.call("ModelStreamInfer", *messages)
+        await _answers_handed(served, 1)
+        await asyncio.sleep(0.5)  # past send_timeout_s
+        await client.open_window(stream)
+        await client.until("StreamEnded", stream)
+        data = b"".join(e.data for e in client.events if type(e).__name__ == "DataReceived")
+        client.close()
+    answers = []
+    while data:
+        size = int.from_bytes(data[1:5], "big")
+        answers.append(pb.ModelStreamInferResponse.FromString(data[5:5 + size]))
+        data = data[5 + size:]
+    assert sorted(a.infer_response.id for a in answers) == ["0", "1", "2"]
+    assert all(not a.error_message for a in answers)
 
 
 async def test_a_client_that_opens_its_window_late_but_in_time_gets_its_answer() -> None:
