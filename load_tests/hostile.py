@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 import orjson
 
+from load_tests.h2_client import RawGrpcClient
 from load_tests.server import ROOT, ServerProcess
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -274,6 +275,39 @@ class Suite:
                        f"{dict(sorted(statuses.items()))}; liveness worst {worst:.0f} ms; RSS {before:.0f} -> peak "
                        f"{peak:.0f} -> {after:.0f} MB 3 s later", after < before + 100 and "500" not in statuses)
 
+    async def grpc_answers_not_taken(self) -> Outcome:
+        """One connection whose client takes no answer opens as many ModelInfer calls as the
+        server lets it (up to 4,200, past max_grpc_calls); other clients meanwhile."""
+        client = await RawGrpcClient.to(self.server.grpc_port)
+        await client.receive()  # the server's settings: its stream limit
+        opened = 0
+        while opened < 4200 and client.room():
+            await client.call("ModelInfer", _grpc_image())
+            opened += 1
+        live, health = await _grpc_live(self.server.grpc_target)
+        client.close()
+        return Outcome("one connection stops at max_grpc_calls_per_connection (128); others answered",
+                       f"{opened} calls opened on it; then ServerLive {live}, health {health}",
+                       opened <= 128 and live == "OK" and health == "SERVING")
+
+    async def grpc_rapid_reset(self) -> Outcome:
+        """HTTP/2's rapid reset: calls opened and reset at once, 5 s, from a process of its own
+        (so as not to slow this one's probes), on one connection; liveness meanwhile."""
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"import asyncio, load_tests.hostile as h; asyncio.run(h.reset_calls({self.server.grpc_port}, 5))",
+            cwd=ROOT, stdout=subprocess.PIPE)
+        await asyncio.sleep(1)
+        live, health = await _grpc_live(self.server.grpc_target)  # while it goes on
+        said: list[bytes] = []
+
+        async def the_rest() -> None:
+            said.append((await attacker.communicate())[0])
+
+        worst, _ = await _probe(self.server.url, the_rest())
+        return Outcome("HTTP and gRPC answer meanwhile", f"{said[0].decode().strip()}; meanwhile ServerLive {live}, "
+                       f"health {health}, HTTP liveness worst {worst:.0f} ms",
+                       live == "OK" and health == "SERVING" and attacker.returncode == 0)
+
     async def heavy_decoding(self) -> Outcome:
         worst_all = []
         for name, build in HOSTILE_REQUESTS.items():
@@ -284,6 +318,53 @@ class Suite:
             worst_all.append(f"{name.split()[0]} {worst:.0f}")
         return Outcome("liveness answers meanwhile (wall-clock, for the record)", "worst ms: " + ", ".join(worst_all),
                        True)
+
+
+def _grpc_image() -> bytes:
+    """ModelInfer's message for one fashion-cnn image (zeros), serialized."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="fashion-cnn",
+                                   raw_input_contents=[np.zeros((1, 1, 28, 28), np.float32).tobytes()])
+    request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+    return request.SerializeToString()
+
+
+async def _grpc_live(target: str) -> tuple[str, str]:
+    """(ServerLive's status code name, the health check's status name) from a client of its own."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            await service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10)
+            live = "OK"
+        except grpc.aio.AioRpcError as e:
+            live = e.code().name
+        try:
+            checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            health = health_pb2.HealthCheckResponse.ServingStatus.Name(checked.status)
+        except grpc.aio.AioRpcError as e:
+            health = e.code().name
+    return live, health
+
+
+async def reset_calls(port: int, seconds: float) -> None:
+    """The rapid-reset client (grpc_rapid_reset runs it in a process of its own): calls opened
+    and reset at once on one connection for `seconds`; prints how many."""
+    client = await RawGrpcClient.to(port, window=65535)
+    stop, count = time.monotonic() + seconds, 0
+    while time.monotonic() < stop:
+        await client.reset_at_once("ServerLive", 100)
+        count += 100
+        try:
+            await client.receive(timeout_s=0.001)
+        except TimeoutError:
+            pass
+    client.close()
+    print(f"{count:,} calls reset at once")
 
 
 async def _probe(url: str, work: Awaitable[object], sample: Callable[[], float] | None = None
@@ -320,9 +401,14 @@ async def _concurrently(jobs: list[Awaitable[bytes]]) -> list[bytes]:
 
 
 def _rss_mb(server: ServerProcess) -> float:
+    """Resident MB of the server's serving processes: the process, and its workers where it
+    has some (the default, `--workers auto`: the process itself then only supervises)."""
     assert server.process is not None
-    text = Path(f"/proc/{server.process.pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+    total = 0
+    for pid in [server.process.pid, *server.worker_pids()]:
+        text = Path(f"/proc/{pid}/status").read_text()
+        total += int(re.search(r"VmRSS:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+    return total / 1024
 
 
 def metrics_cases() -> dict[str, Outcome]:

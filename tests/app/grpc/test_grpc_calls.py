@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from load_tests.h2_client import RawGrpcClient
 from tests.app.conftest import serving_grpc
 from tests.app.grpc.test_grpc_behaviour import failure, text_request
 
@@ -206,66 +207,6 @@ async def test_a_connection_that_never_says_http2_is_closed_after_header_timeout
     assert b"handshake timeout" in said  # gRPC's GOAWAY says why (grpc's default waits 120 s)
 
 
-class _UnreadClient:
-    """A gRPC client over raw HTTP/2 (h2) that takes no answer: its streams' flow-control
-    window is 0, so the server cannot send an answer's bytes until it is opened."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        import h2.config
-        import h2.connection
-        import h2.settings
-
-        self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        self.events: list[Any] = []
-
-    @classmethod
-    async def to(cls, port: int) -> _UnreadClient:
-        client = cls(*await asyncio.open_connection("127.0.0.1", port))
-        await client.flush()
-        return client
-
-    async def flush(self) -> None:
-        self.writer.write(self.conn.data_to_send())
-        await self.writer.drain()
-
-    async def call(self, method: str, *messages: bytes, end: bool = True) -> int:
-        """A call with these request messages (gRPC-framed here); its stream's id."""
-        stream = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
-                                        (":path", f"/inference.GRPCInferenceService/{method}"),
-                                        (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
-                                        ("te", "trailers")])
-        framed = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in messages)
-        self.conn.send_data(stream, framed, end_stream=end)
-        await self.flush()
-        return stream
-
-    async def open_window(self, stream: int) -> None:
-        self.conn.increment_flow_control_window(1 << 20, stream_id=stream)
-        await self.flush()
-
-    async def receive(self) -> None:
-        """What the server has sent since (waiting for some), as h2's events."""
-        data = await asyncio.wait_for(self.reader.read(65536), 30)
-        assert data, "the server closed the connection"
-        self.events.extend(self.conn.receive_data(data))
-        await self.flush()  # h2 acknowledges settings and pings
-
-    async def until(self, kind: str, stream: int) -> Any:
-        """The first event of h2's `kind` (StreamEnded, DataReceived, ...) on `stream`."""
-        while True:
-            for event in self.events:
-                if type(event).__name__ == kind and getattr(event, "stream_id", None) == stream:
-                    return event
-            await self.receive()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def _answers_handed(served: _Served, count: int) -> None:
     """Until `count` calls have an answer handed to gRPC and not yet taken."""
     while sum(c.handed_at is not None for c in served.book._calls) < count:
@@ -279,7 +220,7 @@ async def test_unary_calls_whose_client_takes_no_answer_make_room_after_send_tim
     closes the oldest and is answered. Their answers stay with gRPC (its Python API cannot end
     one call), so the connection may hold no more than max_grpc_calls_per_connection."""
     async with _served(max_grpc_calls=4, max_grpc_calls_per_connection=4, send_timeout_s=0.5) as served:
-        client = await _UnreadClient.to(served.port)
+        client = await RawGrpcClient.to(served.port)
         for _ in range(4):
             await client.call("ModelInfer", text_request(1).SerializeToString())
         await served.calls_open(4)
@@ -301,7 +242,7 @@ async def test_unary_calls_whose_client_takes_no_answer_make_room_after_send_tim
 
 async def test_a_stream_whose_client_takes_no_answer_makes_room_after_send_timeout_s() -> None:
     async with _served(max_grpc_calls=1, send_timeout_s=0.5) as served:
-        client = await _UnreadClient.to(served.port)
+        client = await RawGrpcClient.to(served.port)
         request = text_request(1)
         messages = []
         for number in range(3):
@@ -324,7 +265,7 @@ async def test_a_stream_read_late_while_there_is_room_gets_every_answer() -> Non
     """An answer not taken within send_timeout_s only makes its call closable: with places to
     spare, a client that reads late gets all its answers and the stream's end."""
     async with _served(send_timeout_s=0.2) as served:
-        client = await _UnreadClient.to(served.port)
+        client = await RawGrpcClient.to(served.port)
         request = text_request(1)
         messages = []
         for number in range(3):
@@ -349,7 +290,7 @@ async def test_a_stream_read_late_while_there_is_room_gets_every_answer() -> Non
 async def test_a_client_that_opens_its_window_late_but_in_time_gets_its_answer() -> None:
     """The bound is on an answer never taken, not on a client that takes it a little late."""
     async with _served(send_timeout_s=3) as served:
-        client = await _UnreadClient.to(served.port)
+        client = await RawGrpcClient.to(served.port)
         stream = await client.call("ModelInfer", text_request(2).SerializeToString())
         await served.calls_open(1)
         await asyncio.sleep(0.3)  # the answer is made and waits on the window
