@@ -301,7 +301,8 @@ class Settings(BaseSettings):
     128); a client's further calls wait on its side for one to end. What bounds the answers a
     client that takes none can leave in gRPC's hands: such a call may be closed to make room
     (max_grpc_calls), but its answer stays with gRPC until the client reads it or its
-    connection ends (grpc's Python API cannot end one call)."""
+    connection ends (grpc's Python API cannot end one call). Behind an HTTP/2 proxy keep it at
+    or above the proxy's own (HAProxy's 100): a proxy opens streams before this reaches it."""
 
     @field_validator("providers", mode="before")
     @classmethod
