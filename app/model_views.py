@@ -4,7 +4,6 @@ from the repository, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from app.protocol import triton
@@ -30,18 +29,10 @@ def config(repository: ModelRepository, name: str, version: str | None = None) -
                                told_by=model.told_by, ignored=model.ignored, verified=model.verified)
 
 
-def statistics(repository: ModelRepository, name: str = "", version: str = "",
-               with_others: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
-               ) -> list[dict[str, Any]]:
+def statistics(repository: ModelRepository, name: str = "", version: str = "") -> list[dict[str, Any]]:
     """Triton's statistics: of every served version of every model (no name), of one model's
     served versions, or of one version; an unknown or unserved model raises as `get` does.
-    `with_others`: with several workers, this worker's figures with the others' added
-    (app/observability/worker_stats.py `WorkerStats.summed`)."""
-    found = _own_statistics(repository, name, version)
-    return with_others(found) if with_others is not None else found
-
-
-def _own_statistics(repository: ModelRepository, name: str, version: str) -> list[dict[str, Any]]:
+    This worker's figures (app/http/services.py adds the other workers')."""
     if not name:
         return [m.stats.as_triton(m.name, m.version) for m in repository.all()]
     if version:

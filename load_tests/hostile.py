@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import h2.exceptions
 import httpx
 import numpy as np
 import orjson
@@ -354,8 +355,6 @@ async def _grpc_live(target: str) -> tuple[str, str]:
 async def reset_calls(port: int, seconds: float) -> None:
     """The rapid-reset client (grpc_rapid_reset runs it in a process of its own): calls opened
     and reset at once on one connection for `seconds`; prints how many."""
-    import h2.exceptions
-
     client = await RawGrpcClient.to(port, window=65535)
     stop, count, ended = time.monotonic() + seconds, 0, ""
     while time.monotonic() < stop:

@@ -55,8 +55,8 @@ class Services:
 
     def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics (app/model_views.py), every worker's figures summed."""
-        summed = self.worker_stats.summed if self.worker_stats is not None else None
-        return model_views.statistics(self.repository, name, version, summed)
+        own = model_views.statistics(self.repository, name, version)
+        return self.worker_stats.summed(own) if self.worker_stats is not None else own
 
     def share_statistics(self, last: bool = False) -> None:
         """With several workers: this one's statistics written for the others to add (every

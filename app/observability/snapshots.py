@@ -43,6 +43,8 @@ class Snapshots:
         self.suffix = suffix
         self.pid = pid
         self.path = folder / f"{pid}{suffix}"
+        with contextlib.suppress(OSError):  # else the first write reports it
+            folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, data: bytes) -> None:
         """This worker's file, replaced whole, the folder made again where it was removed;
@@ -132,8 +134,6 @@ class Published:
         self.what = what  # for the log: "statistics", "traces"
         self._written: bytes | None = None
         self._failing = False
-        with contextlib.suppress(OSError):  # else publishing reports it
-            folder.mkdir(parents=True, exist_ok=True)
 
     def publish(self, figures: object) -> None:
         data = orjson.dumps(figures, default=str)  # orjson: a tenth of json's time for statistics

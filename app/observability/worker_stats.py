@@ -39,7 +39,6 @@ class WorkerStats:
 
     def __init__(self, folder: Path, pid: int | None = None) -> None:
         self.published = Published(folder, SUFFIX, pid or os.getpid(), "statistics")
-        self.files = self.published.files
 
     def write(self, own: list[Statistics]) -> None:
         """This worker's statistics for the others, where they changed since last written."""
@@ -53,9 +52,12 @@ class WorkerStats:
         """`own` (this worker's, as of now), each with the other workers' figures for the same
         model version added, those of workers that are gone included."""
         live, retired = self.published.others()
-        theirs = [e for entries in [*live, *retired] if isinstance(entries, list) for e in entries if isinstance(e, dict)]
-        return [sum_of(mine, [t for t in theirs if (t.get("name"), t.get("version")) == (mine["name"], mine["version"])])
-                for mine in own]
+        theirs: dict[tuple[object, object], list[Statistics]] = {}  # by model version, gathered once
+        for entries in [*live, *retired]:
+            for entry in entries if isinstance(entries, list) else ():
+                if isinstance(entry, dict):
+                    theirs.setdefault((entry.get("name"), entry.get("version")), []).append(entry)
+        return [sum_of(mine, theirs.get((mine["name"], mine["version"]), [])) for mine in own]
 
 
 def sum_of(mine: Statistics, theirs: Iterable[Statistics]) -> Statistics:

@@ -54,14 +54,9 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, folder: Path, pid: int | None = None,
                  failures: Counter | None = None) -> None:
         self.registry = registry
-        self.folder = folder
-        self.pid = pid or os.getpid()
-        self.files = Snapshots(folder, SUFFIX, self.pid)
-        self.path = self.files.path
+        self.files = Snapshots(folder, SUFFIX, pid or os.getpid())
         self.failures = failures
         self._failing = False
-        with contextlib.suppress(OSError):  # else the first snapshot reports it
-            folder.mkdir(parents=True, exist_ok=True)
 
     def write_snapshot(self) -> bytes:
         """This worker's exposition, written for the others to read; returned for this one
@@ -74,7 +69,7 @@ class WorkerMetrics:
             return text
         if self._failing:
             self._failing = False
-            logger.info("metrics snapshots are written to %s again", self.folder)
+            logger.info("metrics snapshots are written to %s again", self.files.folder)
         return text
 
     def _report(self, error: OSError) -> None:
@@ -83,7 +78,7 @@ class WorkerMetrics:
         if not self._failing:  # once, not every second
             self._failing = True
             logger.error("cannot write this worker's metrics snapshot to %s (%s): /metrics of other workers "
-                         "will miss its figures until it can", self.folder, error)
+                         "will miss its figures until it can", self.files.folder, error)
 
     def retire_snapshot(self) -> None:
         """At exit: the last figures stay in the merge, so counters never go backwards."""
@@ -102,7 +97,7 @@ class WorkerMetrics:
         """What `exposition` writes, as metric families (the console's summary reads them)."""
         own = self.write_snapshot().decode()
         others = self.files.others()
-        return merge({self.pid: own, **others.live}, others.retired)
+        return merge({self.files.pid: own, **others.live}, others.retired)
 
 
 def merge(snapshots: dict[int, str], retired: Iterable[str] = ()) -> list[Metric]:

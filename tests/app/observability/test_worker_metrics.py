@@ -90,7 +90,7 @@ def test_an_unwritable_or_removed_folder_is_reported_once_and_metrics_keep_answe
     shutil.rmtree(folder)  # removed: made again
     assert samples(worker.exposition())[("ortserve_requests_total", (("endpoint", "v1_predict"), ("model", "m"),
                                                                      ("status", "200")))] == 4
-    assert worker.path.exists()
+    assert worker.files.path.exists()
     shutil.rmtree(folder)
     folder.write_text("not a folder")  # cannot be made again: reported, once
     for _ in range(5):
@@ -101,7 +101,7 @@ def test_an_unwritable_or_removed_folder_is_reported_once_and_metrics_keep_answe
     folder.unlink()
     worker.write_snapshot()
     assert "written to" in caplog.text
-    assert worker.path.exists()
+    assert worker.files.path.exists()
 
 
 def test_one_workers_metrics_come_through_the_merge_unchanged(tmp_path: Path) -> None:

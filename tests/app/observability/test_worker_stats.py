@@ -80,12 +80,12 @@ def test_figures_are_written_again_only_when_they_changed(tmp_path: Path) -> Non
     worker = WorkerStats(tmp_path, pid=os.getpid())
     figures = [stats_of((4, 0.002, 1)).as_triton("m", "1")]
     worker.write(figures)
-    worker.files.path.write_text("[]")  # were it written again, this would be replaced
+    worker.published.files.path.write_text("[]")  # were it written again, this would be replaced
     worker.write(figures)
-    assert worker.files.path.read_text() == "[]"
+    assert worker.published.files.path.read_text() == "[]"
     figures[0]["inference_count"] += 1
     worker.write(figures)
-    assert json.loads(worker.files.path.read_text())[0]["inference_count"] == 5
+    assert json.loads(worker.published.files.path.read_text())[0]["inference_count"] == 5
 
 
 def test_an_unwritable_folder_is_reported_once_and_the_sum_still_answers(
@@ -103,7 +103,7 @@ def test_an_unwritable_folder_is_reported_once_and_the_sum_still_answers(
     assert worker.summed(figures)[0]["inference_count"] == 2  # its own figures, at least
     folder.unlink()
     worker.write(figures)
-    assert json.loads(worker.files.path.read_text())[0]["inference_count"] == 2
+    assert json.loads(worker.published.files.path.read_text())[0]["inference_count"] == 2
 
 
 def test_the_sum_reads_nothing_from_a_file_no_worker_wrote(tmp_path: Path) -> None:
