@@ -122,9 +122,10 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
 
     if not manifest.batches:
         # Each request is one item of a batch of one (app/protocol/v2.py adds the axis): the
-        # model is given the tensors as the client sent them.
+        # model is given the tensors as the client sent them ([0, ...]: a scalar stays an array,
+        # where [0] would make it a numpy scalar, which ORT refuses).
         def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
-            outputs = session.run({name: array[0] for name, array in inputs.items()})
+            outputs = session.run({name: array[0, ...] for name, array in inputs.items()})
             return {name: array[np.newaxis] for name, array in outputs.items()}
 
     def record(batch: BatchRecord) -> None:
@@ -232,7 +233,7 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
 
 def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -> OrtModel:
     try:
-        return OrtModel(model_bytes, options)
+        return OrtModel(model_bytes, options, folder)
     except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
         raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {file}: {type(e).__name__}: {e}") from e
 

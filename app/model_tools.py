@@ -95,8 +95,13 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
         settings = Settings()
         options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
         try:
-            session = OrtModel(model_bytes, options)
+            session = OrtModel(model_bytes, options, staging)
         except Exception as e:  # ORT's own exception types for a corrupt or unsupported graph
+            if _loads_beside(model_bytes, source.parent, options):
+                raise GraphError(
+                    "its tensors are kept in external data files beside it, which import does not copy or digest; "
+                    f"serve it as a drop-in instead: {DROP_IN_FILE} and those files in <model-dir>/{name}/<version>/"
+                ) from e
             raise GraphError(f"ONNX Runtime cannot load it: {type(e).__name__}: {e}") from e
         # The final folder's name: completion reads the model's name and version from it.
         named = staging.parent / str(version)
@@ -110,6 +115,16 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest, named
+
+
+def _loads_beside(model_bytes: bytes, folder: Path, options: OrtOptions) -> bool:
+    """Whether the model loads with its own folder's files: then what it lacked alone in the
+    new version's folder is external data."""
+    try:
+        OrtModel(model_bytes, options, folder)
+    except Exception:  # as above: whatever ORT raises, it does not load there either
+        return False
+    return True
 
 
 def _print_decisions(manifest: Manifest, folder: Path) -> None:

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -120,7 +121,9 @@ def wide_threshold(speedups: dict[int, float], required: float) -> int | None:
     return threshold
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, folder: Path | None = None) -> ort.SessionOptions:
+    """`folder`: where the model's external data files lie (a model made from bytes has no
+    path of its own, and ONNX Runtime would look for them in the working directory)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -130,6 +133,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     # the next requests; on a few cores that costs more than the wake-up latency saved.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    if folder is not None:
+        # Weights kept beside the graph (ONNX's external data: every graph over 2 GB, and many
+        # exporters' output) are read from here; ONNX Runtime refuses a path that leaves it.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     return options
 
 
@@ -148,18 +155,20 @@ class OrtModel:
 
     Made from the model's bytes, not its path: the caller hands over bytes it has checked
     (app/manifest.py `read_verified`), so the file cannot change between check and use.
+    Tensors the graph keeps in external data files are read from `folder`, the version's.
     With `options.wide_threads` (CPU), a second session of the same bytes runs the batches
     of at least `wide_from_rows` rows, once `calibrate` has measured where that pays."""
 
-    def __init__(self, model: bytes, options: OrtOptions) -> None:
+    def __init__(self, model: bytes, options: OrtOptions, folder: Path | None = None) -> None:
         providers = [(p, provider_options(p)) for p in options.providers]
-        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads), providers=providers)
+        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads, folder),
+                                            providers=providers)
         self.threads = options.intra_op_threads
         self.wide: ort.InferenceSession | None = None
         self.wide_threads = 0
         wanted = options.wide_batch_rows != 0 and options.wide_threads > options.intra_op_threads
         if wanted and options.providers[0] == CPU:
-            self.wide = ort.InferenceSession(model, session_options(options.wide_threads), providers=providers)
+            self.wide = ort.InferenceSession(model, session_options(options.wide_threads, folder), providers=providers)
             self.wide_threads = options.wide_threads
         self.measure_threshold = options.wide_batch_rows is None
         # None: every batch runs on the narrow session (until `calibrate` has measured)
@@ -177,7 +186,8 @@ class OrtModel:
     def run(self, inputs: dict[str, np.ndarray], may_go_wide: bool = True) -> dict[str, np.ndarray]:
         """The outputs; on the wide session where the batch is large enough and the caller
         lets it (app/loading.py keeps batches of many small requests off it)."""
-        rows = len(next(iter(inputs.values()))) if inputs else 1
+        first = next(iter(inputs.values()), None)
+        rows = len(first) if first is not None and first.ndim else 1  # a scalar input: a model that does not batch
         try:
             values = self.session_for(rows, may_go_wide).run(self.output_names, inputs)
         except InvalidArgument as e:

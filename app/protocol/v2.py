@@ -455,7 +455,7 @@ def answered_arrays(request: InferenceRequest, manifest: Manifest, outputs: dict
     gave them (no batch axis), classified where the request asks for it."""
     answered, first = [], manifest.outputs[0].name
     for name in answered_outputs(request, manifest):
-        array = outputs[name] if manifest.batches else outputs[name][0]
+        array = outputs[name] if manifest.batches else outputs[name][0, ...]
         k = classification_of(request, name) if request.outputs else None
         if k is not None:
             array = classified(array, k, manifest.labels if name == first else [])

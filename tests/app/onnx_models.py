@@ -14,12 +14,18 @@ FLOAT, INT64, BOOL, STRING = TensorProto.FLOAT, TensorProto.INT64, TensorProto.B
 
 
 def save(model_dir: Path, name: str, graph: onnx.GraphProto, version: int = 1, opset: int = 17,
-         file: str = "model.onnx") -> Path:
+         file: str = "model.onnx", external_data: str | None = None) -> Path:
+    """`external_data`: the file beside the graph that its weights go to, as exporters
+    write graphs over 2 GB (ONNX's external data)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     onnx.checker.check_model(model)
     folder = model_dir / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / file)
+    if external_data is None:
+        onnx.save(model, folder / file)
+    else:
+        onnx.save(model, folder / file, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=external_data, size_threshold=0)
     return folder / file
 
 
@@ -40,6 +46,13 @@ def mlp(first_axis: int | str = "batch") -> onnx.GraphProto:
         [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["scores"])],
         "mlp", [helper.make_tensor_value_info("features", FLOAT, [first_axis, 4])],
         [helper.make_tensor_value_info("scores", FLOAT, [first_axis, 3])], [_weights("w", (4, 3)), _weights("b", (3,))])
+
+
+def squared() -> onnx.GraphProto:
+    """One scalar in, its square out: rank-0 tensors, so a model that does not batch."""
+    return helper.make_graph([helper.make_node("Mul", ["t", "t"], ["squared"])], "squared",
+                             [helper.make_tensor_value_info("t", FLOAT, [])],
+                             [helper.make_tensor_value_info("squared", FLOAT, [])])
 
 
 def mlp_with_softmax() -> onnx.GraphProto:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.app.conftest import serving
@@ -18,6 +19,7 @@ from tests.app.onnx_models import (
     mlp,
     reference,
     save,
+    squared,
     two_in_two_out,
 )
 
@@ -208,3 +210,48 @@ async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_
     assert "the graph has no inputs" in index["no-inputs"]["reason"]
     assert served.status_code == 200
     assert refused.status_code == 503
+
+
+async def test_a_model_of_scalars_takes_and_gives_rank_0_tensors(tmp_path: Path) -> None:
+    """A scalar input is no batch axis: the model runs a request at a time, given the scalar
+    as sent (once a 500: ORT refused the numpy scalar the batch's first row had become)."""
+    save(tmp_path, "squared", squared())
+    request = {"inputs": [{"name": "t", "shape": [], "datatype": "FP32", "data": [3.0]}]}
+    async with serving(model_dir=tmp_path) as client:
+        metadata = (await client.get("/v2/models/squared")).json()
+        as_json = await client.post("/v2/models/squared/infer", json=request)
+        as_binary = await client.post("/v2/models/squared/infer", json={
+            **request, "outputs": [{"name": "squared", "parameters": {"binary_data": True}}]})
+        with_a_row = await client.post("/v2/models/squared/infer", json={
+            "inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [3.0]}]})
+    assert metadata["inputs"] == [{"name": "t", "datatype": "FP32", "shape": []}]
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["outputs"] == [{"name": "squared", "datatype": "FP32", "shape": [], "data": [9.0]}]
+    assert as_binary.status_code == 200, as_binary.text
+    header_length = int(as_binary.headers["inference-header-content-length"])
+    assert np.frombuffer(as_binary.content[header_length:], "<f4").tolist() == [9.0]
+    assert with_a_row.status_code == 400
+    assert "must have shape []" in with_a_row.json()["error"]
+
+
+async def test_weights_in_an_external_data_file_beside_the_graph_are_read_from_its_folder(tmp_path: Path) -> None:
+    """ONNX's external data (every graph over 2 GB; many exporters write it for smaller ones):
+    read from the version's folder, wherever the server runs; a path out of it is refused."""
+    path = save(tmp_path, "external", mlp(), external_data="weights.bin")
+    escaping = save(tmp_path, "escaping", mlp(), external_data="weights.bin")
+    (escaping.parent / "weights.bin").rename(escaping.parent.parent / "weights.bin")  # the model's folder
+    model = onnx.load(escaping, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(model, escaping)
+    features = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    want = reference(path, {"features": features})["scores"]
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+        answer = await client.post("/v2/models/external/infer", json=v2({"features": features}, {"features": "FP32"}))
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(3, 3), want, rtol=1e-6)
+    assert index["escaping"]["state"] == "UNAVAILABLE"
+    assert "escapes" in index["escaping"]["reason"]

@@ -52,6 +52,18 @@ def test_import_refuses_what_cannot_be_served_and_leaves_nothing(tmp_path: Path)
     assert "model name" in bad_name.stderr
 
 
+def test_import_of_a_model_with_external_data_says_to_serve_it_as_a_drop_in(tmp_path: Path) -> None:
+    """Import copies and digests the graph alone; a graph whose weights lie in files beside
+    it is refused with what to do instead, and nothing is left behind."""
+    source = save(tmp_path / "mine", "mlp", mlp(), external_data="weights.bin")
+    models = tmp_path / "models"
+    done = run("import", str(source), "--name", "mlp", "--model-dir", str(models))
+    assert done.returncode == 1
+    assert "kept in external data files beside it" in done.stderr
+    assert "serve it as a drop-in instead" in done.stderr
+    assert list((models / "mlp").iterdir()) == []
+
+
 def test_check_passes_a_good_repository_and_lists_every_problem_of_a_bad_one(tmp_path: Path) -> None:
     good = tmp_path / "good"
     copy_model(good, "fashion-cnn", 3)
