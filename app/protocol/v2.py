@@ -15,7 +15,7 @@ from app.codecs import Codec
 from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
-from app.protocol.values import json_object, positive_timeout
+from app.protocol.values import dumps_with_non_finite, json_object, positive_timeout
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
 # Keyed by the dtype itself: `dtype.name` is a Python-level property that costs a few µs,
@@ -444,6 +444,8 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
         response["id"] = request.id
     response["outputs"] = entries
     header = orjson.dumps(response)
+    if b"null" in header:  # from a NaN or an infinity (or text that says null: encoded alike again)
+        header = dumps_with_non_finite(response)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

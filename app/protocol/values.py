@@ -1,7 +1,9 @@
-"""What every protocol reads alike from a client: a JSON object, and a timeout."""
+"""What every protocol reads alike from a client: a JSON object, and a timeout; and the
+JSON of an answer whose numbers JSON has no words for."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -14,11 +16,35 @@ def json_object(data: bytes, expected: str) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+        value = _with_non_finite_numbers(data, e)
     if not isinstance(value, dict):
         raise UnprocessableInput(f"request body must be a JSON object {expected}")
     return value
 
+
+
+NON_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+"""The words Triton reads and writes for the floats JSON cannot spell (as Python's json
+does): its clients send them in float tensors, and expect them back."""
+
+
+def _with_non_finite_numbers(data: bytes, error: orjson.JSONDecodeError) -> Any:
+    """orjson stops at NaN and Infinity; where it stopped at one of them, the standard
+    library's parser, which reads them, reads the body. Any other mistake is the 400."""
+    if not bytes(data[error.pos:error.pos + 9]).startswith(NON_FINITE):
+        raise InvalidInput(f"request body is not valid JSON: {error}") from error
+    try:
+        value = json.loads(bytes(data))
+        orjson.dumps(value)  # what orjson refuses that json takes (a lone surrogate) stays refused
+    except (ValueError, TypeError, RecursionError) as e:  # TypeError: orjson's; RecursionError: json's depth
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+    return value
+
+
+def dumps_with_non_finite(value: Any) -> bytes:
+    """`value` as JSON with NaN, Infinity and -Infinity written as such (orjson writes them
+    as null, which a client would read as a missing value, or as NaN for an infinity)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode()
 
 
 def positive_timeout(value: object, what: str, unit_s: float) -> float:

@@ -55,6 +55,16 @@ def squared() -> onnx.GraphProto:
                              [helper.make_tensor_value_info("squared", FLOAT, [])])
 
 
+def widened() -> onnx.GraphProto:
+    """FP32 in, the same values as FP64 and FP16 out (FP16 overflows to infinity past 65504)."""
+    return helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE),
+         helper.make_node("Cast", ["x"], ["half"], to=TensorProto.FLOAT16)], "widened",
+        [helper.make_tensor_value_info("x", FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("wide", TensorProto.DOUBLE, ["batch", 2]),
+         helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["batch", 2])])
+
+
 def mlp_with_softmax() -> onnx.GraphProto:
     """The MLP with a final Softmax: its scores are probabilities already."""
     return helper.make_graph(

@@ -5,11 +5,13 @@ here with onnx.helper; nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import orjson
 import pytest
 
 from tests.app.conftest import serving
@@ -21,6 +23,7 @@ from tests.app.onnx_models import (
     save,
     squared,
     two_in_two_out,
+    widened,
 )
 
 TOKEN = "drop-in-token"
@@ -255,3 +258,30 @@ async def test_weights_in_an_external_data_file_beside_the_graph_are_read_from_i
     np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(3, 3), want, rtol=1e-6)
     assert index["escaping"]["state"] == "UNAVAILABLE"
     assert "escapes" in index["escaping"]["reason"]
+
+
+async def test_nan_and_infinities_go_in_and_come_back_as_triton_writes_them(tmp_path: Path) -> None:
+    """JSON has no words for them; Triton reads and writes NaN, Infinity and -Infinity (as
+    Python's json does), and its clients send them so. orjson wrote null, which a client
+    reads as a missing value, or as NaN where the model said infinity."""
+    save(tmp_path, "widened", widened())
+    body = (b'{"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", '
+            b'"data": [NaN, -Infinity, Infinity, 1.5, 1e30, 2]}]}')
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/widened/infer", content=body)
+        lowercase = await client.post("/v2/models/widened/infer", content=body.replace(b"NaN", b"nan"))
+        finite = await client.post("/v2/models/widened/infer", json=v2({"x": np.ones((1, 2), np.float32)},
+                                                                          {"x": "FP32"}))
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o["data"] for o in json.loads(answer.text)["outputs"]}
+    for name in ("wide", "half"):
+        assert math.isnan(outputs[name][0])
+        assert outputs[name][1:4] == [-math.inf, math.inf, 1.5]
+    assert outputs["wide"][4] == float(np.float32(1e30))
+    assert outputs["half"][4] == math.inf  # past FP16's range
+    assert b"Infinity" in answer.content
+    assert b"null" not in answer.content
+    assert lowercase.status_code == 400
+    assert "request body is not valid JSON" in lowercase.json()["error"]
+    assert finite.status_code == 200
+    assert orjson.loads(finite.content)["outputs"][0]["data"] == [1.0, 1.0]  # strict JSON when it can be

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.errors import InvalidInput
 from app.protocol.v2 import _floats
+from app.protocol.values import dumps_with_non_finite, json_object
 from tests.app.conftest import sample_images, serving
 
 _NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**53), 2**53), st.booleans())
@@ -85,3 +87,24 @@ async def test_json_floats_answer_as_the_same_pixels_in_binary() -> None:
                                       headers={"Inference-Header-Content-Length": str(len(header))})
     assert as_json.status_code == as_binary.status_code == 200, (as_json.text, as_binary.text)
     assert as_json.json()["outputs"] == as_binary.json()["outputs"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"a": [NaN, 1', "Expecting ',' delimiter"),  # the rest of the body still has to be JSON
+    (b'{"a": [NaN, "\\ud800"]}', "surrogates not allowed"),  # as orjson refuses it without a NaN
+    (b'{"a": ' + b"[" * 1000 + b"NaN" + b"]" * 1000 + b"}", "maximum recursion depth"),
+    (b'{"a": [nan]}', "expected 'null'"),  # only the words Triton writes
+])
+def test_a_body_with_nan_or_infinity_is_otherwise_held_to_json(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match="request body is not valid JSON") as refused:
+        json_object(body, "")
+    assert message in refused.value.message
+
+
+def test_nan_and_infinities_read_and_written_as_triton_does() -> None:
+    read = json_object(b'{"data": [NaN, Infinity, -Infinity, 1.5], "text": "null"}', "")
+    assert np.isnan(read["data"][0])
+    assert read["data"][1:] == [np.inf, -np.inf, 1.5]
+    written = dumps_with_non_finite(read)
+    assert written == b'{"data":[NaN,Infinity,-Infinity,1.5],"text":"null"}'
+    assert dumps_with_non_finite({"label": "sch\u00f6n"}) == orjson.dumps({"label": "sch\u00f6n"})  # UTF-8, as orjson
