@@ -43,11 +43,17 @@ def first_axis_dynamic(specs: list[TensorSpec]) -> str | None:
     return None
 
 
+_ZIPMAP_HINT = ("; a sequence of maps is what scikit-learn classifiers converted by skl2onnx give by "
+                "default (ZipMap): convert with options={'zipmap': False} for a tensor of probabilities")
+"""V2 has tensors only, as Triton's ONNX Runtime backend; the commonest such graph, and its remedy."""
+
+
 def _spec(node: Any, kind: str) -> TensorSpec:
     datatype = ORT_TYPES.get(node.type)
     if datatype is None:
+        hint = _ZIPMAP_HINT if node.type.startswith("seq(map(") else ""
         raise GraphError(f"{kind} {node.name!r} is a {node.type}, which is not served (V2 datatypes: "
-                         f"{sorted(set(ORT_TYPES.values()))})")
+                         f"{sorted(set(ORT_TYPES.values()))}){hint}")
     shape = [d if isinstance(d, int) and d > 0 else -1 for d in node.shape]
     return TensorSpec(name=node.name, datatype=datatype, shape=shape)
 

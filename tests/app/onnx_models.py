@@ -13,11 +13,16 @@ from onnx import TensorProto, helper, numpy_helper
 FLOAT, INT64, BOOL, STRING = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL, TensorProto.STRING
 
 
+ML_OPSET = helper.make_opsetid("ai.onnx.ml", 3)
+"""The domain of scikit-learn's converted operators (ZipMap)."""
+
+
 def save(model_dir: Path, name: str, graph: onnx.GraphProto, version: int = 1, opset: int = 17,
-         file: str = "model.onnx", external_data: str | None = None) -> Path:
+         file: str = "model.onnx", external_data: str | None = None,
+         other_opsets: tuple[onnx.OperatorSetIdProto, ...] = ()) -> Path:
     """`external_data`: the file beside the graph that its weights go to, as exporters
     write graphs over 2 GB (ONNX's external data)."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *other_opsets], ir_version=9)
     onnx.checker.check_model(model)
     folder = model_dir / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,6 +58,21 @@ def squared() -> onnx.GraphProto:
     return helper.make_graph([helper.make_node("Mul", ["t", "t"], ["squared"])], "squared",
                              [helper.make_tensor_value_info("t", FLOAT, [])],
                              [helper.make_tensor_value_info("squared", FLOAT, [])])
+
+
+def zipmapped() -> onnx.GraphProto:
+    """A scikit-learn classifier as skl2onnx converts it by default: a label tensor, and the
+    probabilities as a sequence of {class: probability} maps (ZipMap), which V2 cannot carry."""
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]), helper.make_node("Softmax", ["scores"], ["probabilities"]),
+         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+         helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
+                          classlabels_int64s=[0, 1, 2])], "zipmapped",
+        [helper.make_tensor_value_info("x", FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("label", INT64, ["batch"]),
+         helper.make_value_info("output_probability", helper.make_sequence_type_proto(
+             helper.make_map_type_proto(INT64, helper.make_tensor_type_proto(FLOAT, []))))],
+        [_weights("w", (4, 3))])
 
 
 def widened() -> onnx.GraphProto:

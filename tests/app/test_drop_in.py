@@ -16,6 +16,7 @@ import pytest
 
 from tests.app.conftest import serving
 from tests.app.onnx_models import (
+    ML_OPSET,
     averaged_over_a_sequence,
     centred_over_the_batch,
     mlp,
@@ -24,6 +25,7 @@ from tests.app.onnx_models import (
     squared,
     two_in_two_out,
     widened,
+    zipmapped,
 )
 
 TOKEN = "drop-in-token"
@@ -201,6 +203,7 @@ async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_
     save(tmp_path, "no-inputs", helper.make_graph(
         [helper.make_node("Constant", [], ["one"], value=constant)], "constant", [],
         [helper.make_tensor_value_info("one", TensorProto.FLOAT, [1])]))
+    save(tmp_path, "zipmapped", zipmapped(), other_opsets=(ML_OPSET,))
     async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
         index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
         served = await client.post("/v2/models/mlp/infer",
@@ -211,6 +214,9 @@ async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_
     assert "ONNX Runtime cannot load model.onnx" in index["corrupt"]["reason"]
     assert index["no-inputs"]["state"] == "UNAVAILABLE"
     assert "the graph has no inputs" in index["no-inputs"]["reason"]
+    assert index["zipmapped"]["state"] == "UNAVAILABLE"
+    assert "output 'output_probability' is a seq(map(int64,tensor(float)))" in index["zipmapped"]["reason"]
+    assert "options={'zipmap': False}" in index["zipmapped"]["reason"]  # what to do about it
     assert served.status_code == 200
     assert refused.status_code == 503
 
