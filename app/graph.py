@@ -90,6 +90,12 @@ def check_batches(session: ort.InferenceSession, manifest: Manifest) -> str | No
     except Exception as e:  # ORT's own exception types: a graph that cannot run on such inputs
         return f"it failed on generated inputs of 1 and 2 rows: {type(e).__name__}: {e}"
     for n, name in enumerate(names):
+        # A row per input row first: an output flattened across the batch ([N, 4] -> [4N])
+        # joins up alike, and the batcher could not hand each request its rows.
+        for outputs, rows in ((alone[0], 1), (together, 2)):
+            if np.ndim(outputs[n]) == 0 or len(outputs[n]) != rows:
+                return (f"output {name!r} has shape {list(np.shape(outputs[n]))} for {rows} input row(s): "
+                        "its first axis is not one row per input row")
         joined = np.concatenate([alone[0][n], alone[1][n]])
         if together[n].shape != joined.shape or not _close(together[n], joined):
             return f"output {name!r} for a batch of 2 differs from the two rows run alone"

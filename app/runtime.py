@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    EngineError,
+    EPFail,
+    Fail,
+    InvalidArgument,
+    NotImplemented,
+    RuntimeException,
+)
 
 from app.errors import ModelRefusedInput
 from app.manifest import Manifest, Variant
@@ -121,6 +129,15 @@ def wide_threshold(speedups: dict[int, float], required: float) -> int | None:
     return threshold
 
 
+_RUN_FAILURES = (Fail, RuntimeException, EngineError, EPFail, NotImplemented)
+"""What ONNX Runtime raises for a run that failed (InvalidArgument apart)."""
+
+
+def _ort_message(error: Exception) -> str:
+    """ORT's message without its code prefix ("[ONNXRuntimeError] : 1 : FAIL : ")."""
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (\w+ : )?", "", str(error))
+
+
 def session_options(threads: int, folder: Path | None = None) -> ort.SessionOptions:
     """`folder`: where the model's external data files lie (a model made from bytes has no
     path of its own, and ONNX Runtime would look for them in the working directory)."""
@@ -132,7 +149,9 @@ def session_options(threads: int, folder: Path | None = None) -> ort.SessionOpti
     # Spinning worker threads would steal the CPU that the event loop needs to parse
     # the next requests; on a few cores that costs more than the wake-up latency saved.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    # FATAL only: a run that fails raises, and the server logs it (a client's 400 at debug);
+    # ORT's own ERROR line for each would let a client fill the log with bad values.
+    options.log_severity_level = 4
     if folder is not None:
         # Weights kept beside the graph (ONNX's external data: every graph over 2 GB, and many
         # exporters' output) are read from here; ONNX Runtime refuses a path that leaves it.
@@ -174,6 +193,9 @@ class OrtModel:
         # None: every batch runs on the narrow session (until `calibrate` has measured)
         self.wide_from_rows: int | None = options.wide_batch_rows or None
         self.speedups: dict[int, float] = {}  # batch rows -> narrow time / wide time, as measured
+        self.known_good: dict[str, np.ndarray] | None = None
+        """Inputs the model has answered (its warm-up's): where a run fails, whether it still
+        answers these says whose fault the failure was."""
         self.providers = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -193,8 +215,24 @@ class OrtModel:
         except InvalidArgument as e:
             # Shapes and types were checked against the graph before: what is left is a value
             # the model refuses, which is the request's (app/batching/runner.py isolates it).
-            raise ModelRefusedInput(f"the model refused the input: {str(e).removeprefix('[ONNXRuntimeError] : 2 : ')}") from e
+            raise ModelRefusedInput(f"the model refused the input: {_ort_message(e)}") from e
+        except _RUN_FAILURES as e:
+            # Kernels report a value they cannot take (TopK's k past the axis, a shape a
+            # Reshape cannot make, an allocation too large) as a failure of their own. If the
+            # model still answers what it answered before, the input was at fault: the
+            # request's 400, which does not count toward the failure breaker, so a client
+            # sending such values cannot make the model rest for everyone.
+            if self.known_good is None or not self._answers(self.known_good):
+                raise
+            raise ModelRefusedInput(f"the model failed on the input: {_ort_message(e)}") from e
         return dict(zip(self.output_names, values, strict=True))
+
+    def _answers(self, inputs: dict[str, np.ndarray]) -> bool:
+        try:
+            self.session.run(self.output_names, inputs)
+        except Exception:  # whatever ORT raises: it does not answer now
+            return False
+        return True
 
     def calibrate(self, make_inputs: Callable[[int], dict[str, np.ndarray]], sizes: Sequence[int],
                   repeats: int = 5) -> None:

@@ -132,7 +132,9 @@ class ServedModel:
         first-run set-up; and measure from which size the wide session pays, where it is
         to be measured (app/runtime.py `OrtModel.calibrate`)."""
         if not self.manifest.batches:  # one request's tensors as declared, no batch axis
-            self.session.run({spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
+            inputs = {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs}
+            self.session.run(inputs)
+            self.session.known_good = inputs
             return
         policy = self.batcher.policy
         largest = min(max(policy.max_batch_size, policy.max_large_batch_size), self._most_rows_queued())
@@ -143,6 +145,7 @@ class ServedModel:
         sizes.append(largest)
         for n in sizes:
             self.session.run(self._dummy_batch(n))
+        self.session.known_good = self._dummy_batch(1)
         self.session.calibrate(self._dummy_batch, sizes)
 
     def _most_rows_queued(self) -> int:

@@ -75,6 +75,32 @@ def zipmapped() -> onnx.GraphProto:
         [_weights("w", (4, 3))])
 
 
+def flattened() -> onnx.GraphProto:
+    """[n, 4] -> [4n]: a dynamic first axis everywhere, and two rows' outputs join up as the
+    batch's, but an output row is not an input row: not a batch axis."""
+    return helper.make_graph(
+        [helper.make_node("Reshape", ["x", "flat"], ["values"])], "flattened",
+        [helper.make_tensor_value_info("x", FLOAT, ["n", 4])], [helper.make_tensor_value_info("values", FLOAT, ["m"])],
+        [numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+
+
+def top_k() -> onnx.GraphProto:
+    """The k largest of 5 scores, k sent with the request: k past 5 fails in ORT's kernel
+    (a FAIL of its own, not the INVALID_ARGUMENT a Gather past its table gives)."""
+    return helper.make_graph(
+        [helper.make_node("TopK", ["scores", "k"], ["values", "indices"], axis=1)], "top_k",
+        [helper.make_tensor_value_info("scores", FLOAT, ["n", 5]), helper.make_tensor_value_info("k", INT64, [1])],
+        [helper.make_tensor_value_info("values", FLOAT, ["n", "k"]), helper.make_tensor_value_info("indices", INT64, ["n", "k"])])
+
+
+def parsed_numbers() -> onnx.GraphProto:
+    """Numbers as text -> FP32, a row at a time, so it batches; text that is no number
+    fails ORT's Cast kernel (a RUNTIME_EXCEPTION) and the batch with it."""
+    return helper.make_graph(
+        [helper.make_node("Cast", ["text"], ["number"], to=TensorProto.FLOAT)], "parsed_numbers",
+        [helper.make_tensor_value_info("text", STRING, ["n", 1])], [helper.make_tensor_value_info("number", FLOAT, ["n", 1])])
+
+
 def widened() -> onnx.GraphProto:
     """FP32 in, the same values as FP64 and FP16 out (FP16 overflows to infinity past 65504)."""
     return helper.make_graph(

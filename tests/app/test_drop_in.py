@@ -4,6 +4,7 @@ here with onnx.helper; nothing is downloaded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -19,10 +20,13 @@ from tests.app.onnx_models import (
     ML_OPSET,
     averaged_over_a_sequence,
     centred_over_the_batch,
+    flattened,
     mlp,
+    parsed_numbers,
     reference,
     save,
     squared,
+    top_k,
     two_in_two_out,
     widened,
     zipmapped,
@@ -291,3 +295,52 @@ async def test_nan_and_infinities_go_in_and_come_back_as_triton_writes_them(tmp_
     assert "request body is not valid JSON" in lowercase.json()["error"]
     assert finite.status_code == 200
     assert orjson.loads(finite.content)["outputs"][0]["data"] == [1.0, 1.0]  # strict JSON when it can be
+
+
+async def test_an_output_that_is_not_a_row_per_input_row_is_no_batch_axis(tmp_path: Path) -> None:
+    """Two rows' flattened outputs join up as the pair's does; served as a batch, every
+    request was a 500 ("returned 4 rows of 'values' for a batch of 1")."""
+    save(tmp_path, "flattened", flattened())
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    async with serving(model_dir=tmp_path) as client:
+        config = (await client.get("/v2/models/flattened/config")).json()
+        answers = await asyncio.gather(*[
+            client.post("/v2/models/flattened/infer", json=v2({"x": x + i}, {"x": "FP32"})) for i in range(8)])
+    assert config["max_batch_size"] == 0
+    assert "its first axis is not one row per input row" in config["parameters"]["batching"]["string_value"]
+    for i, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == (x + i).ravel().tolist()
+
+
+async def test_a_kernel_failing_on_a_requests_values_is_that_requests_400(tmp_path: Path) -> None:
+    """ORT's kernels report some bad values as failures of their own (FAIL, RUNTIME_EXCEPTION).
+    Where the model still answers its warm-up's inputs right after, the request was at fault:
+    a 400 that does not count toward the failure breaker (once: 500s, and after
+    failure_threshold of them the model rested, a 503 for everyone), and a request batched
+    with it is answered."""
+    save(tmp_path, "top-k", top_k())
+    save(tmp_path, "parsed", parsed_numbers())
+    scores = {"name": "scores", "shape": [1, 5], "datatype": "FP32", "data": [5, 1, 4, 2, 3]}
+
+    def k(value: int) -> dict[str, Any]:
+        return {"inputs": [scores, {"name": "k", "shape": [1], "datatype": "INT64", "data": [value]}]}
+
+    def text(value: str) -> dict[str, Any]:
+        return {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [value]}]}
+
+    async with serving(model_dir=tmp_path, failure_threshold=2, failure_cooldown_s=60) as client:
+        too_many = [await client.post("/v2/models/top-k/infer", json=k(9)) for _ in range(4)]
+        good = await client.post("/v2/models/top-k/infer", json=k(2))
+        batched = await asyncio.gather(*[client.post("/v2/models/parsed/infer", json=text(value))
+                                         for value in ["1.5", "x", "-2", "not a number"] * 4])
+        still = await client.post("/v2/models/parsed/infer", json=text("7"))
+    for refused in too_many:
+        assert refused.status_code == 400, refused.text
+        assert "the model failed on the input" in refused.json()["error"]
+        assert "k argument [9] should not be greater than" in refused.json()["error"]
+    assert good.status_code == 200, good.text
+    assert good.json()["outputs"][0]["data"] == [5.0, 4.0]
+    assert [a.status_code for a in batched] == [200, 400, 200, 400] * 4
+    assert [a.json()["outputs"][0]["data"] for a in batched[::2]] == [[1.5], [-2.0]] * 4
+    assert still.status_code == 200
