@@ -71,3 +71,11 @@ class BatchRecord:
     error: str = ""  # why it failed
     trigger: str = ""  # why it ran when it did: idle (nothing was running), full, or due
     refused: bool = False  # the model refused a request's input: the client's mistake, not a fault
+    partly_answered: int | None = None
+    """Rows answered where some were and some not (a batch run a request at a time)."""
+
+    @property
+    def answered_rows(self) -> int:
+        if self.partly_answered is not None:
+            return self.partly_answered
+        return self.rows if self.ok else 0

@@ -180,6 +180,7 @@ class _BatchRun:
         self.waits = [self.started - c.request.enqueued_at for c in batch]
         self.rows = sum(c.rows for c in batch)
         self.ok, self.failure_text, self.refused = False, "", False
+        self.partly_answered: int | None = None
         self.alone: list[dict[str, np.ndarray] | ModelRefusedInput] | None = None
         """Each request's own outcome, where the batch was run a request at a time."""
         if runner.on_batch_start:
@@ -230,6 +231,9 @@ class _BatchRun:
                 chunk.request.deliver(chunk.start, outcome)
         self.ok = all(not isinstance(o, ModelRefusedInput) for o in outcomes)
         self.refused = not self.ok
+        if self.refused:
+            self.partly_answered = sum(chunk.rows for chunk, outcome in zip(self.batch, outcomes, strict=True)
+                                       if not isinstance(outcome, ModelRefusedInput))
         self.failure_text = "" if self.ok else "the model refused a request's input"
 
     def fail(self, error: Exception) -> None:
@@ -267,4 +271,4 @@ class _BatchRun:
         if self.runner.on_batch:
             self.runner.on_batch(BatchRecord(self.rows, self.waits, computed - self.collated, self.ok,
                                              self.collated - self.started, done - computed, self.batch_id,
-                                             self.failure_text, trigger, self.refused))
+                                             self.failure_text, trigger, self.refused, self.partly_answered))

@@ -47,7 +47,8 @@ class Metrics:
                                           ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = LoopHistogram("ortserve_batch_size", "Items per executed batch", ["model"],
                                         buckets=BATCH_BUCKETS, registry=r)
-        self.batch_failures = Counter("ortserve_batch_failures", "Batches the model failed on",
+        self.batch_failures = Counter("ortserve_batch_failures", "Batches the model failed on (not those where it "
+                                      "refused a request's input: that request's 400)",
                                       ["model"], registry=r)
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
@@ -97,9 +98,8 @@ class Metrics:
                 queue_time.observe(wait)
             compute.observe(record.compute_s)
             size.observe(record.rows)
-            if record.ok:
-                items.inc(record.rows)
-            else:
+            items.inc(record.answered_rows)
+            if not record.ok and not record.refused:  # a refused input is the client's 400, no fault
                 failures.inc()
 
         return observe

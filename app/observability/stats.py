@@ -55,8 +55,8 @@ class ModelStats:
         per_batch = self.batches[record.rows]
         for duration, seconds in zip(per_batch, (record.input_s, record.compute_s, record.output_s), strict=True):
             duration.add(seconds)
-        if record.ok:
-            self.inference_count += record.rows
+        if record.answered_rows:
+            self.inference_count += record.answered_rows
             self.last_inference_ms = int(time.time() * 1000)
 
     def record_request(self, seconds: float, ok: bool) -> None:

@@ -335,6 +335,8 @@ async def test_a_kernel_failing_on_a_requests_values_is_that_requests_400(tmp_pa
         batched = await asyncio.gather(*[client.post("/v2/models/parsed/infer", json=text(value))
                                          for value in ["1.5", "x", "-2", "not a number"] * 4])
         still = await client.post("/v2/models/parsed/infer", json=text("7"))
+        stats = (await client.get("/v2/models/parsed/stats")).json()["model_stats"][0]
+        metrics = (await client.get("/metrics")).text
     for refused in too_many:
         assert refused.status_code == 400, refused.text
         assert "the model failed on the input" in refused.json()["error"]
@@ -344,3 +346,7 @@ async def test_a_kernel_failing_on_a_requests_values_is_that_requests_400(tmp_pa
     assert [a.status_code for a in batched] == [200, 400, 200, 400] * 4
     assert [a.json()["outputs"][0]["data"] for a in batched[::2]] == [[1.5], [-2.0]] * 4
     assert still.status_code == 200
+    assert stats["inference_count"] == 9  # the rows answered, those of a batch run a request at a time too
+    assert stats["inference_stats"]["fail"]["count"] == 8
+    assert 'ortserve_inference_items_total{model="parsed"} 9.0' in metrics
+    assert 'ortserve_batch_failures_total{model="parsed"} 0.0' in metrics  # a client's 400s: no fault
