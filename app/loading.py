@@ -52,18 +52,21 @@ class LoadError(Exception):
 
 def manifest_fingerprint(folder: Path) -> str:
     """The manifest as it is on disk now (without one: the configuration files' contents and
-    each model file's size and time): a change means the version must be reloaded."""
+    the size and time of every other file in the version's folder, the graph's external data
+    among them): a change means the version must be reloaded."""
     try:
         return sha256_of_bytes((folder / MANIFEST_FILE).read_bytes())
     except OSError:
         pass
     parts = []
     try:
-        for path in facts_files(folder):
+        facts = facts_files(folder)
+        for path in facts:
             parts.append(f"{path.name}:{sha256_of_bytes(path.read_bytes())}")
-        for path in sorted(folder.glob("*.onnx")):
-            info = path.stat()
-            parts.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path not in facts and not path.name.startswith("."):
+                info = path.stat()
+                parts.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
     except OSError:
         return ""
     return "|".join(parts)

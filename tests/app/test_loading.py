@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.batching import BatchRecord
-from app.loading import Hooks, LoadError, batch_policy, load_version
+from app.loading import Hooks, LoadError, batch_policy, load_version, manifest_fingerprint
 from app.manifest import load_manifest
 from app.runtime import ort_options
 from app.settings import Settings
 from tests.app.conftest import copy_model
+from tests.app.onnx_models import mlp, save
 from tests.conftest import model_folder
 
 ORT = ort_options(["CPUExecutionProvider"], 1, 1)
@@ -122,6 +124,20 @@ def test_a_manifest_written_again_changes_its_fingerprint(tmp_path: Path) -> Non
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=4))  # the same facts, other bytes
     assert load_version(folder, settings(), ORT).fingerprint != before
+
+
+def test_a_drop_ins_external_data_written_again_changes_its_fingerprint(tmp_path: Path) -> None:
+    """Poll mode reloads a version whose fingerprint changed: new weights beside an
+    unchanged graph are a new model."""
+    path = save(tmp_path, "mlp", mlp(), external_data="weights.bin")
+    before = manifest_fingerprint(path.parent)
+    weights = path.parent / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[::-1])
+    os.utime(weights, ns=(1, 1))  # a time of its own, however coarse the file system's clock
+    after = manifest_fingerprint(path.parent)
+    assert after != before
+    (path.parent / ".weights.bin.swp").write_text("a dot file, as an editor leaves")
+    assert manifest_fingerprint(path.parent) == after
 
 
 def manifest_with(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
