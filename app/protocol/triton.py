@@ -15,8 +15,19 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "
 
 def triton_shape(shape: list[int], batches: bool = True) -> list[int]:
     """One value per item ([-1]) is [-1, 1] to Triton's tools (dims [1] reshaped to []);
-    the server takes [N] and [N, 1] alike. A model that does not batch: as declared."""
-    return [-1, 1] if batches and shape == [-1] else shape
+    the server takes [N] and [N, 1] alike. A scalar of a model that does not batch is [1]
+    (Triton's dims cannot be empty: perf_analyzer cannot set an empty shape); the server
+    takes [] and [1] alike. Anything else as declared."""
+    if batches and shape == [-1]:
+        return [-1, 1]
+    if not batches and shape == []:
+        return [1]
+    return shape
+
+
+def _reshaped(shape: list[int], batches: bool) -> bool:
+    """Whether Triton's configuration gives `shape` as dims [1] reshaped to []."""
+    return shape == ([-1] if batches else [])
 
 
 def model_metadata(manifest: Manifest, versions: list[str], variant: str, providers: list[str]) -> dict[str, Any]:
@@ -68,9 +79,9 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
 def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, Any]]:
     out = []
     for t in specs:
-        dims = triton_shape(t.shape)[1:] if batches else t.shape
+        dims = triton_shape(t.shape)[1:] if batches else triton_shape(t.shape, batches=False)
         entry: dict[str, Any] = {"name": t.name, "data_type": triton_type(t.datatype), "dims": dims}
-        if batches and t.shape == [-1]:
+        if _reshaped(t.shape, batches):
             entry["reshape"] = {"shape": []}
         out.append(entry)
     return out

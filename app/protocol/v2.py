@@ -178,6 +178,8 @@ def _checked_shape(item: RequestInput, spec: TensorSpec, batches: bool) -> list[
     if batches and spec.shape == [-1] and len(shape) == 2 and shape[1] == 1:
         # One value per item sent as [N, 1], as Triton clients do for dims [1] + reshape [].
         shape = shape[:1]
+    elif not batches and spec.shape == [] and shape == [1]:
+        shape = []  # a scalar sent as [1], as Triton's metadata gives it (app/protocol/triton.py)
     ok = len(shape) == len(spec.shape) and all(
         (want == -1 and got >= 0) or got == want for got, want in zip(shape, spec.shape, strict=True))
     if not ok:

@@ -235,16 +235,19 @@ async def test_a_model_of_scalars_takes_and_gives_rank_0_tensors(tmp_path: Path)
         as_json = await client.post("/v2/models/squared/infer", json=request)
         as_binary = await client.post("/v2/models/squared/infer", json={
             **request, "outputs": [{"name": "squared", "parameters": {"binary_data": True}}]})
-        with_a_row = await client.post("/v2/models/squared/infer", json={
+        as_triton_gives_it = await client.post("/v2/models/squared/infer", json={
             "inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [3.0]}]})
-    assert metadata["inputs"] == [{"name": "t", "datatype": "FP32", "shape": []}]
+        two = await client.post("/v2/models/squared/infer", json={
+            "inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [3.0, 4.0]}]})
+    assert metadata["inputs"] == [{"name": "t", "datatype": "FP32", "shape": [1]}]  # Triton's dims [1] reshaped to []
     assert as_json.status_code == 200, as_json.text
     assert as_json.json()["outputs"] == [{"name": "squared", "datatype": "FP32", "shape": [], "data": [9.0]}]
     assert as_binary.status_code == 200, as_binary.text
     header_length = int(as_binary.headers["inference-header-content-length"])
     assert np.frombuffer(as_binary.content[header_length:], "<f4").tolist() == [9.0]
-    assert with_a_row.status_code == 400
-    assert "must have shape []" in with_a_row.json()["error"]
+    assert as_triton_gives_it.json()["outputs"] == as_json.json()["outputs"]
+    assert two.status_code == 400
+    assert "must have shape []" in two.json()["error"]
 
 
 async def test_weights_in_an_external_data_file_beside_the_graph_are_read_from_its_folder(tmp_path: Path) -> None:

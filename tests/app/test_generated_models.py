@@ -53,6 +53,8 @@ CASES = {
     "typed": Case(models.half_and_bytes, lambda rng: {
         "half": rng.standard_normal((2, 3)).astype(np.float16), "pixels": rng.integers(0, 256, (2, 4)).astype(np.uint8)},
         lambda n: n > 1),
+    # rank 0: Triton's dims [1] reshaped to [] in the configuration, so perf_analyzer can send it
+    "scalar": Case(models.squared, lambda rng: {"t": np.array(rng.standard_normal(), np.float32)}, lambda n: n == 0),
     "strings": Case(models.yes_or_no, lambda rng: {"words": np.array([["yes", "no"], ["né", "yes"]], dtype=object)},
                     lambda n: n > 1, opset=19),
 }
@@ -129,7 +131,7 @@ def test_the_configuration_is_completed_from_the_graph(running: ServerProcess, r
         assert sorted(declared) == sorted(n.name for n in nodes)
         for node in nodes:
             shape = [d if isinstance(d, int) else -1 for d in node.shape]
-            if batches and shape == [-1]:  # one value per item: Triton's dims [1] reshaped to []
+            if (batches and shape == [-1]) or (not batches and shape == []):  # Triton's dims [1] reshaped to []
                 assert (declared[node.name]["dims"], declared[node.name]["reshape"]) == ([1], {"shape": []})
             else:
                 assert declared[node.name]["dims"] == (shape[1:] if batches else shape)
