@@ -223,9 +223,9 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
     datatype = from_triton_type(model_config_pb2.DataType.Name(tensor.data_type))
     dims = list(tensor.dims)
     if tensor.HasField("reshape"):
-        if not (dims == [1] and list(tensor.reshape.shape) == [] and batches):
+        if not (dims == [1] and list(tensor.reshape.shape) == []):
             raise FactsError(f"{source}: tensor {tensor.name!r}: reshape {list(tensor.reshape.shape)} of dims {dims} "
-                             "is not supported (only dims [1] reshaped to [], one value per item)")
+                             "is not supported (only dims [1] reshaped to []: one value per item, or a scalar)")
         dims = []
     for name in ("format", "optional"):
         if name in _set_fields(tensor):

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
 
 from app.model_facts import FactsError, from_triton_json, from_triton_text
 from tests.app.conftest import serving
-from tests.app.onnx_models import conv, embedding, mlp, mlp_with_softmax, reference, save
+from tests.app.onnx_models import conv, embedding, mlp, mlp_with_softmax, reference, save, squared
 
 TOKEN = "facts-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -188,6 +190,25 @@ async def test_what_a_triton_configuration_asks_that_cannot_be_served_is_refused
     (entry,) = index
     assert entry["state"] == "UNAVAILABLE"
     assert why in entry["reason"]
+
+
+async def test_a_scalar_models_configuration_read_back_as_its_config_pbtxt_serves_it(tmp_path: Path) -> None:
+    """What /config says of a scalar (dims [1] reshaped to [], as Triton writes one) is a
+    configuration Triton's repository layout may carry: it declares the same model."""
+    save(tmp_path, "squared", squared())
+    async with serving(model_dir=tmp_path) as client:
+        config = (await client.get("/v2/models/squared/config")).json()
+    assert config["input"] == [{"name": "t", "data_type": "TYPE_FP32", "dims": [1], "reshape": {"shape": []}}]
+    declared = {k: config[k] for k in ("platform", "max_batch_size", "input", "output")}
+    (tmp_path / "squared" / "config.pbtxt").write_text(text_format.MessageToString(json_format.Parse(
+        json.dumps(declared), model_config_pb2.ModelConfig())))
+    async with serving(model_dir=tmp_path) as client:
+        again = (await client.get("/v2/models/squared/config")).json()
+        answer = await client.post("/v2/models/squared/infer", json=v2("t", np.array(3.0, np.float32), "FP32"))
+    assert again["parameters"]["configuration"]["string_value"].endswith("config.pbtxt")
+    assert again["input"] == config["input"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [9.0]
 
 
 def test_the_triton_text_is_read_with_tritons_own_schema() -> None:
