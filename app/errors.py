@@ -24,8 +24,15 @@ class InvalidInput(ServingError):
 
 class ModelRefusedInput(InvalidInput):
     """The model itself refused a request's values (ONNX Runtime's INVALID_ARGUMENT on a
-    request that passed every declared check: an index out of a table's range, say). The
-    client's mistake: a 400 for that request alone, never a fault of the model's."""
+    request that passed every declared check: an index out of a table's range, say; or a
+    kernel's failure where the model still answers its warm-up inputs). The client's
+    mistake: a 400 for that request alone, never a fault of the model's."""
+
+
+class ParseElsewhere(InvalidInput):
+    """A body too slow to parse on the event loop (NaN or Infinity in a mid-sized body:
+    app/protocol/values.py). The inference path (app/inference.py) parses it on a decode
+    thread; to any other caller, the 400 it is."""
 
 
 class UnprocessableInput(InvalidInput):

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from app.codecs import Codec
+from app.errors import ParseElsewhere
 from app.manifest import Manifest
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.served_model import ServedModel
@@ -78,12 +79,16 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     if (len(body) if body_bytes is None else body_bytes) > HEAVY_BODY_BYTES:
         kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
     else:
-        parsed = exchange.parse(body)
-        if exchange.heavy(parsed, codec):
-            kept, inputs = await offload.run(exchange.decode, parsed, manifest, codec)
+        try:
+            parsed = exchange.parse(body)
+        except ParseElsewhere:  # NaN or Infinity in a mid-sized body: a slow parse, as a large body's
+            kept, inputs = await offload.run(_decode, exchange, body, manifest, codec)
         else:
-            kept, inputs = exchange.decode(parsed, manifest, codec)
-        del parsed
+            if exchange.heavy(parsed, codec):
+                kept, inputs = await offload.run(exchange.decode, parsed, manifest, codec)
+            else:
+                kept, inputs = exchange.decode(parsed, manifest, codec)
+            del parsed
     del body
     rows = len(next(iter(inputs.values())))
     size = exchange.answer_bytes(kept, manifest, rows)

@@ -46,7 +46,7 @@ LAYERS: dict[str, set[str]] = {
                        "app.observability", "app.processes", "app.runtime", "app.served_model", "app.settings"},
     "app.model_tools": {"app.completion", "app.errors", "app.graph", "app.loading", "app.manifest", "app.model_facts",
                         "app.repository", "app.runtime", "app.settings"},
-    "app.inference": {"app.codecs", "app.manifest", "app.offload", "app.served_model"},
+    "app.inference": {"app.codecs", "app.errors", "app.manifest", "app.offload", "app.served_model"},
     "app.access": {"app.errors"},
     "app.model_views": {"app.protocol", "app.repository"},
     "app.grpc": {"app.grpc", "app.access", "app.descriptors", "app.errors", "app.inference", "app.model_views", "app.observability",

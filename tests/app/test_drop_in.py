@@ -283,6 +283,10 @@ async def test_nan_and_infinities_go_in_and_come_back_as_triton_writes_them(tmp_
     async with serving(model_dir=tmp_path) as client:
         answer = await client.post("/v2/models/widened/infer", content=body)
         lowercase = await client.post("/v2/models/widened/infer", content=body.replace(b"NaN", b"nan"))
+        rows = 4000  # a body of over 16 KB: parsed on a decode thread (app/protocol/values.py)
+        mid_sized = await client.post("/v2/models/widened/infer", content=(
+            b'{"inputs": [{"name": "x", "shape": [%d, 2], "datatype": "FP32", "data": [NaN, Infinity%s]}]}'
+            % (rows, b", 0.5" * (2 * rows - 2))))
         finite = await client.post("/v2/models/widened/infer", json=v2({"x": np.ones((1, 2), np.float32)},
                                                                           {"x": "FP32"}))
     assert answer.status_code == 200, answer.text
@@ -294,6 +298,10 @@ async def test_nan_and_infinities_go_in_and_come_back_as_triton_writes_them(tmp_
     assert outputs["half"][4] == math.inf  # past FP16's range
     assert b"Infinity" in answer.content
     assert b"null" not in answer.content
+    assert mid_sized.status_code == 200, mid_sized.text
+    half = json.loads(mid_sized.text)["outputs"][1]["data"]
+    assert math.isnan(half[0])
+    assert half[1:] == [math.inf] + [0.5] * (2 * rows - 2)
     assert lowercase.status_code == 400
     assert "request body is not valid JSON" in lowercase.json()["error"]
     assert finite.status_code == 200
