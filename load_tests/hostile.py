@@ -309,6 +309,27 @@ class Suite:
                        f"health {health}, HTTP liveness worst {worst:.0f} ms",
                        live == "OK" and health == "SERVING" and attacker.returncode == 0)
 
+    async def nan_bodies(self) -> Outcome:
+        """V2 bodies of 20 images with a NaN at the front: orjson refuses NaN, and the
+        standard library's parser, which reads it, takes 14 times as long; 400 of them, 16 at
+        a time (each is then fashion-cnn's 400: an image holds no NaN), liveness meanwhile."""
+        body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [20, 1, 28, 28], "datatype": "FP32",
+                                         "data": [0] * (20 * 784)}]}).replace(b'"data":[0', b'"data":[NaN', 1)
+        statuses: Counter[int] = Counter()
+
+        def flood() -> None:
+            with self.http() as client:
+                for _ in range(25):
+                    statuses[client.post("/v2/models/fashion-cnn/infer", content=body,
+                                         headers=JSON_HEADERS).status_code] += 1
+
+        async def sixteen() -> None:
+            await asyncio.gather(*[asyncio.to_thread(flood) for _ in range(16)])
+
+        worst, _ = await _probe(self.server.url, sixteen())
+        return Outcome(f"400 each ({len(body):,} bytes: parsed off the loop); liveness answers meanwhile",
+                       f"{dict(statuses)}; liveness worst {worst:.0f} ms", set(statuses) == {400})
+
     async def heavy_decoding(self) -> Outcome:
         worst_all = []
         for name, build in HOSTILE_REQUESTS.items():
