@@ -69,14 +69,22 @@ class ImageCodec:
 
     def describe_instance(self) -> str:
         s = self.spec
+        encoded = '{"b64": "<base64 PNG or JPEG>"}'
+        if s.channels == 3:
+            return (f"a {s.height}x{s.width} RGB image as raw pixel values 0-255 (rows of [r, g, b] pixels, "
+                    f"{s.height}x{s.width}x3, or one flat list of {s.height * s.width * 3}; greyscale "
+                    f"{s.height}x{s.width} is repeated in each channel), or {encoded}; other sizes are resized, "
+                    "greyscale becomes RGB, transparency is composited onto black")
+        inverted = {"dark": "an image on a light background is inverted to match the model's dark one",
+                    "light": "an image on a dark background is inverted to match the model's light one",
+                    "any": "none is inverted"}[s.background]
         return (f"a {s.height}x{s.width} array of raw pixel values 0-255 (rows of columns, or one flat "
-                f"list of {s.height * s.width}), or {{\"b64\": \"<base64 PNG or JPEG>\"}}; other sizes are "
-                "resized, colour is converted to greyscale, and an image on a light background "
-                "is inverted to match the model's dark one")
+                f"list of {s.height * s.width}), or {encoded}; other sizes are resized, colour is converted "
+                f"to greyscale, and {inverted}")
 
     def instances_to_inputs(self, instances: list[Any]) -> dict[str, np.ndarray]:
         pixels = np.stack([self._one(i, n) for n, i in enumerate(instances)]) if any(
-            not isinstance(i, list) for i in instances) else self._as_pixels(instances, 0)
+            not isinstance(i, list) for i in instances) else self._raw(instances, 0)
         try:
             return {self.input_name: normalize_pixels(match_background(pixels, self.spec), self.spec)}
         except PreprocessError as e:
@@ -89,8 +97,35 @@ class ImageCodec:
             except PreprocessError as e:
                 raise InvalidInput(f"instance {index}: {e}") from e
         if isinstance(instance, list):
-            return self._as_pixels([instance], index)[0]
+            return self._raw([instance], index)[0]
         raise InvalidInput(f"instance {index}: expected {self.describe_instance()}; got {_received(instance)}")
+
+    def _raw(self, images: list[Any], first_index: int) -> np.ndarray:
+        """Raw pixel instances as the model's channels have them: (N, H, W) or (N, 3, H, W)."""
+        return self._as_pixels(images, first_index) if self.spec.channels == 1 else self._as_rgb(images, first_index)
+
+    def _as_rgb(self, images: list[Any], first_index: int) -> np.ndarray:
+        """Raw RGB instances -> (N, 3, H, W): rows of [r, g, b] pixels (H x W x 3, as images are
+        laid out), or one flat row-major list of H*W*3; greyscale (H x W, or H*W values) is
+        repeated in each channel, as a greyscale PNG decoded for this model is."""
+        h, w = self.spec.height, self.spec.width
+        pixels = np.empty((len(images), 3, h, w), np.float32)
+        for n, image in enumerate(images):
+            received = _received(image)
+            if received in (f"{h}x{w}x3 list", f"{h * w * 3} list"):
+                layout: tuple[int, ...] = (h, w, 3)
+            elif received in (f"{h}x{w} list", f"{h * w} list"):
+                layout = (h, w, 1)
+            else:
+                raise InvalidInput(f"instance {first_index + n}: expected {self.describe_instance()}; got {received}")
+            values = np.array(image)
+            if values.dtype.kind not in "iuf":  # numpy would read "1" as 1 and True as 1
+                kinds = {"b": "booleans", "U": "strings"}.get(values.dtype.kind, "nulls or lists of other lengths")
+                raise InvalidInput(f"instance {first_index + n}: pixel values must be numbers 0-255; got {kinds} "
+                                   "among them")
+            pixels[n] = values.astype(np.float32).reshape(layout).transpose(2, 0, 1)  # (1, h, w) fills all three
+        _refuse_unit_scale(pixels, first_index)
+        return pixels
 
     def _as_pixels(self, images: list[Any], first_index: int) -> np.ndarray:
         """Nested lists -> (N, H, W) pixels: uint8 when every value is an integer 0-255, as

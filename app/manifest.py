@@ -106,19 +106,39 @@ class TensorSpec(_Strict):
 
 
 class ImagePreprocessing(_Strict):
-    """Pixels p in [0, 255] become ((p * scale) - mean) / std, shaped (C, H, W)."""
+    """Pixels p in [0, 255] become ((p * scale) - mean) / std, shaped (C, H, W); with three
+    channels (RGB, in that order) mean and std may be one value each or one per channel
+    (ImageNet's [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225] with scale 1/255)."""
 
     kind: Literal["image"] = "image"
     height: int = Field(gt=0)
     width: int = Field(gt=0)
     channels: Literal[1, 3] = 1
     scale: float = Field(gt=0)
-    mean: float
-    std: float = Field(gt=0)
+    mean: float | list[float]
+    std: float | list[float]
     resize: Literal["bilinear", "nearest"] = "bilinear"
-    background: Literal["dark", "light"] = "dark"
-    """The training images' background. A served image whose border is on the other side
-    of mid-grey (a product photo: a dark object on white) is inverted before scaling."""
+    background: Literal["dark", "light", "any"] = "dark"
+    """The training images' background, for greyscale models. A served image whose border is
+    on the other side of mid-grey (a product photo: a dark object on white) is inverted
+    before scaling; "any" inverts none. Colour images are never inverted."""
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> ImagePreprocessing:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != self.channels:
+                raise ValueError(f"{name} has {len(value)} values for {self.channels} channel(s): give one, or one "
+                                 "per channel")
+        stds = self.std if isinstance(self.std, list) else [self.std]
+        if not all(v > 0 for v in stds):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+    def per_channel(self, name: Literal["mean", "std"]) -> tuple[float, ...]:
+        """mean or std as one value per channel."""
+        value = getattr(self, name)
+        return tuple(value) if isinstance(value, list) else (value,) * self.channels
 
 
 class TextPreprocessing(_Strict):

@@ -41,14 +41,24 @@ def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
         x = x[:, None, :, :]
     expected = (spec.channels, spec.height, spec.width)
     if x.ndim != 4 or x.shape[1:] != expected:
-        raise PreprocessError(f"pixels must have shape (N, {spec.height}, {spec.width}), got {x.shape}")
-    if x.dtype == np.uint8:
-        # One table look-up per pixel: a single numpy call, which matters on the request path.
-        return _pixel_table(spec.scale, spec.mean, spec.std).take(x)
+        want = f"(N, {spec.height}, {spec.width})" if spec.channels == 1 else f"(N, {', '.join(map(str, expected))})"
+        raise PreprocessError(f"pixels must have shape {want}, got {x.shape}")
     # One min and one max: NaN fails both comparisons, so it is caught here too.
-    if x.size and not (x.min() >= 0 and x.max() <= 255):
+    if x.dtype != np.uint8 and x.size and not (x.min() >= 0 and x.max() <= 255):
         raise PreprocessError("pixels must be finite numbers in [0, 255]")
-    return _scaled(x, spec.scale, spec.mean, spec.std)
+    if not isinstance(spec.mean, list) and not isinstance(spec.std, list):  # every channel alike
+        if x.dtype == np.uint8:
+            # One table look-up per pixel: a single numpy call, which matters on the request path.
+            return _pixel_table(spec.scale, spec.mean, spec.std).take(x)
+        return _scaled(x, spec.scale, spec.mean, spec.std)
+    mean, std = spec.per_channel("mean"), spec.per_channel("std")
+    channel = np.arange(spec.channels).reshape(-1, 1, 1)  # broadcast over (N, C, H, W)
+    if x.dtype == np.uint8:
+        tables = np.stack([_pixel_table(spec.scale, m, s) for m, s in zip(mean, std, strict=True)])
+        return tables[channel, x]
+    factor = np.array([spec.scale / s for s in std], np.float32).reshape(-1, 1, 1)
+    offset = np.array([-m / s for m, s in zip(mean, std, strict=True)], np.float32).reshape(-1, 1, 1)
+    return x * factor + offset
 
 
 def match_background(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
@@ -60,7 +70,7 @@ def match_background(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
     rows and columns are background in both, so their mean tells the two apart.
     """
     x = pixels
-    if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 2:
+    if spec.background == "any" or x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 2:  # (N, C, H, W): colour
         return pixels
     h, w = x.shape[1:]
     # First and last rows and columns, as strided views (no copies): two numpy calls, not

@@ -121,14 +121,15 @@ def mlp_with_softmax() -> onnx.GraphProto:
         [_weights("w", (4, 3)), _weights("b", (3,))])
 
 
-def conv() -> onnx.GraphProto:
-    """An 8x8 greyscale image -> 2 channel means after a 3x3 convolution and a ReLU."""
+def conv(channels: int = 1) -> onnx.GraphProto:
+    """An 8x8 image (greyscale, or RGB with channels=3) -> 2 channel means after a 3x3
+    convolution and a ReLU."""
     return helper.make_graph(
         [helper.make_node("Conv", ["pixels", "kernel"], ["maps"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["maps"], ["relu"]),
          helper.make_node("ReduceMean", ["relu"], ["scores"], axes=[2, 3], keepdims=0)],
-        "conv", [helper.make_tensor_value_info("pixels", FLOAT, ["n", 1, 8, 8])],
-        [helper.make_tensor_value_info("scores", FLOAT, ["n", 2])], [_weights("kernel", (2, 1, 3, 3), seed=4)])
+        "conv", [helper.make_tensor_value_info("pixels", FLOAT, ["n", channels, 8, 8])],
+        [helper.make_tensor_value_info("scores", FLOAT, ["n", 2])], [_weights("kernel", (2, channels, 3, 3), seed=4)])
 
 
 def lstm(hidden: int = 5) -> onnx.GraphProto:

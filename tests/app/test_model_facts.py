@@ -94,6 +94,92 @@ async def test_a_task_in_config_json_makes_the_v1_endpoint_and_its_preprocessing
     np.testing.assert_allclose(prediction["probabilities"], e / e.sum(), atol=1e-5)
 
 
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max())
+    return e / e.sum()
+
+
+async def test_an_rgb_model_takes_raw_pixels_and_pngs_normalized_per_channel(tmp_path: Path) -> None:
+    """A colour classifier as torchvision's are: RGB, ImageNet's mean and std per channel.
+    Raw pixels go as an image is laid out (rows of [r, g, b]) or flat; a PNG of the same
+    pixels answers the same; greyscale is repeated in each channel; once, raw colour
+    pixels were refused ("expected 8x8 pixel values; got 8x8x3 list")."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    path = save(tmp_path, "colours", conv(channels=3))
+    config_json(path.parent, task="image-classification", labels=["cool", "warm"],
+                preprocessing={"kind": "image", "height": 8, "width": 8, "channels": 3, "scale": 1 / 255, **IMAGENET})
+    rgb = np.random.default_rng(3).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    grey = rgb[:, :, 0]
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+
+    def expected(hwc: np.ndarray) -> np.ndarray:
+        x = (hwc / 255 - np.array(IMAGENET["mean"])) / np.array(IMAGENET["std"])
+        return _softmax(reference(path, {"pixels": x.transpose(2, 0, 1)[None].astype(np.float32)})["scores"][0])
+
+    async with serving(model_dir=tmp_path) as client:
+        answers = [await client.post("/v1/models/colours:predict", json={"instances": [instance]}) for instance in (
+            rgb.tolist(), rgb.ravel().tolist(), {"b64": base64.b64encode(png.getvalue()).decode()}, grey.tolist())]
+        channels_first = await client.post("/v1/models/colours:predict", json={"instances": [rgb.transpose(2, 0, 1).tolist()]})
+        described = (await client.get("/v1/models/colours")).json()["instance"]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+    for answer in answers[:3]:
+        np.testing.assert_allclose(answer.json()["predictions"][0]["probabilities"], expected(rgb), atol=1e-5)
+    np.testing.assert_allclose(answers[3].json()["predictions"][0]["probabilities"],
+                               expected(np.repeat(grey[:, :, None], 3, axis=2)), atol=1e-5)
+    assert channels_first.status_code == 400
+    assert "rows of [r, g, b] pixels, 8x8x3" in channels_first.json()["error"]
+    assert "got 3x8x8 list" in channels_first.json()["error"]
+    assert described.startswith("a 8x8 RGB image")
+
+
+@pytest.mark.parametrize(("preprocessing", "why"), [
+    ({"channels": 3, "mean": [0.5, 0.5], "std": 0.5}, "mean has 2 values for 3 channel(s)"),
+    ({"channels": 1, "mean": 0.5, "std": [0.5, 0.5, 0.5]}, "std has 3 values for 1 channel(s)"),
+    ({"channels": 3, "mean": 0.5, "std": [0.5, 0.0, 0.5]}, "std must be positive"),
+])
+async def test_per_channel_values_that_do_not_fit_the_channels_are_refused_with_why(
+        tmp_path: Path, preprocessing: dict[str, Any], why: str) -> None:
+    path = save(tmp_path, "colours", conv(channels=preprocessing["channels"]))
+    config_json(path.parent, task="image-classification", labels=["cool", "warm"],
+                preprocessing={"kind": "image", "height": 8, "width": 8, "scale": 1 / 255, **preprocessing})
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        (entry,) = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    assert entry["state"] == "UNAVAILABLE"
+    assert why in entry["reason"]
+
+
+async def test_a_greyscale_model_on_any_background_inverts_no_image(tmp_path: Path) -> None:
+    """background "dark" (the default) inverts a light-bordered image, as Fashion-MNIST's
+    model needs; "any" leaves every image as sent (a model trained on both kinds)."""
+    image = np.full((8, 8), 230)
+    image[3:5, 3:5] = 20  # a dark object on white
+    want = {}
+    for background in ("dark", "any"):
+        path = save(tmp_path / background, "shapes", conv())
+        config_json(path.parent, task="image-classification", labels=["dark", "light"],
+                    preprocessing={"kind": "image", "height": 8, "width": 8, "scale": 1 / 255, "mean": 0.0, "std": 1.0,
+                                   "background": background})
+        fed = 255 - image if background == "dark" else image
+        want[background] = _softmax(reference(path, {"pixels": (fed / 255).astype(np.float32).reshape(1, 1, 8, 8)})
+                                    ["scores"][0])
+        async with serving(model_dir=tmp_path / background) as client:
+            answer = await client.post("/v1/models/shapes:predict", json={"instances": [image.tolist()]})
+            described = (await client.get("/v1/models/shapes")).json()["instance"]
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["predictions"][0]["probabilities"], want[background], atol=1e-5)
+        assert described.endswith("none is inverted") == (background == "any")
+    assert not np.allclose(want["dark"], want["any"])  # the two answers differ: the inversion is seen
+
+
 async def test_probabilities_are_not_softmaxed_again(tmp_path: Path) -> None:
     """A graph that ends in a Softmax is seen to give probabilities (completed from the
     graph, where config.json does not say); the logits of the MLP are not."""
