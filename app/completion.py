@@ -33,6 +33,7 @@ from app.manifest import (
     Manifest,
     TextPreprocessing,
     VariantFile,
+    outside,
     sha256_of_bytes,
 )
 from app.model_facts import ModelFacts
@@ -136,8 +137,8 @@ def _extra_files(folder: Path, facts: ModelFacts) -> dict[str, bytes]:
         return {}
     file = facts.preprocessing.vocabulary_file
     path = folder / file
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise GraphError(f"the vocabulary file {file!r} lies outside the version's folder")
+    if (leaves := outside(folder, file, "the version's folder")) is not None:
+        raise GraphError(f"the vocabulary file {file!r} {leaves}")
     try:
         return {file: path.read_bytes()}
     except OSError as e:

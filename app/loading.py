@@ -27,6 +27,7 @@ from app.manifest import (
     ManifestError,
     Variant,
     load_manifest,
+    outside,
     read_verified,
     sha256_of_bytes,
 )
@@ -196,8 +197,8 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
         raise LoadError("config", str(e)) from e
     file = facts.model_file
     path = folder / file
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise LoadError("config", f"{folder}: model file {file!r} lies outside the version's folder")
+    if (leaves := outside(folder, file, "the version's folder")) is not None:
+        raise LoadError("config", f"{folder}: model file {file!r} {leaves}")
     try:
         model_bytes = path.read_bytes()
     except FileNotFoundError:

@@ -360,12 +360,26 @@ def load_manifest(model_dir: Path, *, verify_files: bool = True) -> Manifest:
     return manifest
 
 
+def outside(folder: Path, file: str, where: str) -> str | None:
+    """None where `folder/file` lies in `folder`, else how it leaves it, for a message that
+    names the file: its name leads out, or it is reached through a link that does (a model
+    linked into a Hugging Face, DVC or git-annex cache, say). Links are followed only where
+    they stay in: the folder is the boundary that names are checked against."""
+    path = folder / file
+    if path.resolve().is_relative_to(folder.resolve()):
+        return None
+    name = Path(file)
+    if name.is_absolute() or ".." in name.parts:
+        return f"lies outside {where}"
+    return f"is a link that leads out of {where}; links out of it are not followed: copy the file in"
+
+
 def read_verified(model_dir: Path, file: str, sha256: str) -> bytes:
     """The bytes of `model_dir/file`, read once and checked against `sha256`: a caller that
     uses these bytes uses exactly what was checked, whatever happens to the file later."""
     path = model_dir / file
-    if not path.resolve().is_relative_to(model_dir.resolve()):
-        raise ManifestError(f"{model_dir}: file {file!r} lies outside the model's folder")
+    if (leaves := outside(model_dir, file, "the model's folder")) is not None:
+        raise ManifestError(f"{model_dir}: file {file!r} {leaves}")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2
 
 from app.graph import DROP_IN_FILE
-from app.manifest import Preprocessing, TensorSpec, VersionPolicy, from_triton_type
+from app.manifest import Preprocessing, TensorSpec, VersionPolicy, from_triton_type, outside
 
 CONFIG_JSON = "config.json"
 CONFIG_PBTXT = "config.pbtxt"
@@ -141,8 +141,8 @@ def facts_from_json(path: Path) -> ModelFacts:
 def read_labels(folder: Path, file: str, named_in: Path | str) -> list[str]:
     """One label per line of `folder/file`, which must lie in `folder`."""
     path = folder / file
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise FactsError(f"{named_in}: labels file {file!r} lies outside the model's folder")
+    if (leaves := outside(folder, file, "the model's folder")) is not None:
+        raise FactsError(f"{named_in}: labels file {file!r} {leaves}")
     labels = [line.strip() for line in _read(path).splitlines() if line.strip()]
     if not labels:
         raise FactsError(f"{path}: no labels in it (one per line)")

@@ -361,3 +361,26 @@ async def test_a_kernel_failing_on_a_requests_values_is_that_requests_400(tmp_pa
     assert stats["inference_stats"]["fail"]["count"] == 8
     assert 'ortserve_inference_items_total{model="parsed"} 9.0' in metrics
     assert 'ortserve_batch_failures_total{model="parsed"} 0.0' in metrics  # a client's 400s: no fault
+
+
+async def test_a_model_file_is_read_only_from_its_version_folder(tmp_path: Path) -> None:
+    """A name that leads out (config.json's model_file) or a link that does (a model linked
+    into a download cache) is not read, and the reason says which and what to do; a link
+    that stays in the folder is followed."""
+    elsewhere = save(tmp_path / "cache", "blobs", mlp())
+    save(tmp_path / "models", "named-out", mlp())
+    (tmp_path / "models" / "named-out" / "config.json").write_text(json.dumps({"model_file": "../../elsewhere.onnx"}))
+    for name, target in (("linked-out", elsewhere), ("linked-in", Path("real.onnx"))):
+        folder = tmp_path / "models" / name / "1"
+        folder.mkdir(parents=True)
+        if name == "linked-in":
+            (folder / "real.onnx").write_bytes(elsewhere.read_bytes())
+        (folder / "model.onnx").symlink_to(target)
+    async with serving(model_dir=tmp_path / "models", admin_token=TOKEN) as client:
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+    assert index["named-out"]["state"] == "UNAVAILABLE"
+    assert "model file '../../elsewhere.onnx' lies outside the version's folder" in index["named-out"]["reason"]
+    assert index["linked-out"]["state"] == "UNAVAILABLE"
+    assert ("model file 'model.onnx' is a link that leads out of the version's folder; links out of it are not "
+            "followed: copy the file in") in index["linked-out"]["reason"]
+    assert index["linked-in"]["state"] == "READY"
