@@ -118,12 +118,17 @@ class ImageCodec:
                 layout = (h, w, 1)
             else:
                 raise InvalidInput(f"instance {first_index + n}: expected {self.describe_instance()}; got {received}")
-            values = np.array(image)
+            try:
+                values = np.array(image)
+            except ValueError:  # a row or pixel of another length further on (numpy: "inhomogeneous")
+                raise InvalidInput(f"instance {first_index + n}: expected {self.describe_instance()}; got a "
+                                   f"{received[:-5]} list with rows or pixels of different lengths") from None
             if values.dtype.kind not in "iuf":  # numpy would read "1" as 1 and True as 1
-                kinds = {"b": "booleans", "U": "strings"}.get(values.dtype.kind, "nulls or lists of other lengths")
+                kinds = {"b": "booleans", "U": "strings"}.get(values.dtype.kind, "nulls or other values")
                 raise InvalidInput(f"instance {first_index + n}: pixel values must be numbers 0-255; got {kinds} "
                                    "among them")
-            pixels[n] = values.astype(np.float32).reshape(layout).transpose(2, 0, 1)  # (1, h, w) fills all three
+            with np.errstate(over="ignore"):  # past float32's range is inf, which the range check refuses
+                pixels[n] = values.astype(np.float32).reshape(layout).transpose(2, 0, 1)  # (1, h, w) fills all three
         _refuse_unit_scale(pixels, first_index)
         return pixels
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.codecs import (
     PREDICTED,
@@ -17,7 +21,7 @@ from app.codecs import (
     predictions_bytes_bound,
 )
 from app.errors import InvalidInput
-from app.manifest import Manifest, load_manifest, read_verified
+from app.manifest import ImagePreprocessing, Manifest, TensorSpec, load_manifest, read_verified
 from tests.app.conftest import b64_png, sample_images
 from tests.conftest import model_folder
 
@@ -106,3 +110,59 @@ def test_raw_image_tensors_with_nan_or_infinity_are_refused_and_large_finite_one
     huge[1, 0, 5, 5] = bad
     with pytest.raises(InvalidInput, match="NaN or infinite"):
         codec.check_tensors({name: huge})
+
+
+def _rgb_codec() -> Codec:
+    """A 4x4 RGB classifier's codec, ImageNet's normalisation per channel."""
+    manifest = Manifest(name="colours", version=1, task="image-classification", labels=["a", "b"],
+                        inputs=[TensorSpec(name="pixels", datatype="FP32", shape=[-1, 3, 4, 4])],
+                        outputs=[TensorSpec(name="scores", datatype="FP32", shape=[-1, 2])],
+                        preprocessing=ImagePreprocessing(height=4, width=4, channels=3, scale=1 / 255,
+                                                         mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+                        variants={"fp32": {"file": "model.onnx", "sha256": "0" * 64, "size_bytes": 1}},
+                        batching={"max_batch_size": 8, "max_queue_delay_ms": 1})
+    return make_codec(manifest, {}, InputLimits())
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-300, 300) | st.floats(allow_nan=False) | st.text(max_size=3),
+                     lambda children: st.lists(children, max_size=5), max_leaves=60)
+_PIXEL = st.integers(0, 255) | st.floats(0, 255)
+_RGB_ISH = st.lists(st.lists(st.lists(_PIXEL | _JSON, min_size=2, max_size=4), min_size=4, max_size=4),
+                    min_size=4, max_size=4)  # images that are nearly 4x4x3: a pixel of 2 or 4 values, a bad value
+
+
+
+
+def _with(image: list[Any], row: int, column: int, pixel: Any) -> list[Any]:
+    image[row][column] = pixel
+    return image
+
+
+_ONE_BAD_PIXEL = st.builds(_with, st.lists(st.lists(st.lists(_PIXEL, min_size=3, max_size=3), min_size=4, max_size=4),
+                                           min_size=4, max_size=4),
+                           st.integers(0, 3), st.integers(0, 3), _JSON)  # a good image but for one pixel anywhere
+
+
+@settings(max_examples=300, deadline=None)
+@given(instance=_JSON | _RGB_ISH | _ONE_BAD_PIXEL | st.lists(_PIXEL | _JSON, min_size=48, max_size=48))
+def test_any_instance_for_a_colour_model_is_pixels_or_a_400(instance: Any) -> None:
+    codec = _rgb_codec()
+    try:
+        pixels = codec.instances_to_inputs([instance])["pixels"]
+    except InvalidInput:
+        return
+    assert pixels.shape == (1, 3, 4, 4)
+    assert pixels.dtype == np.float32
+    assert np.isfinite(pixels).all()
+
+
+def test_a_colour_models_pixels_are_normalised_per_channel_however_they_are_sent() -> None:
+    codec = _rgb_codec()
+    rgb = np.random.default_rng(5).integers(0, 256, (4, 4, 3))
+    want = (rgb / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    for sent in (rgb.tolist(), rgb.ravel().tolist(), {"b64": b64_png(rgb.astype(np.uint8), "RGB")}):
+        got = codec.instances_to_inputs([sent])["pixels"][0]
+        np.testing.assert_allclose(got, want.transpose(2, 0, 1), atol=1e-5)
+    grey = codec.instances_to_inputs([rgb[:, :, 1].tolist()])["pixels"][0]
+    np.testing.assert_allclose(grey, ((rgb[:, :, 1:2] / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225])
+                               .transpose(2, 0, 1), atol=1e-5)
