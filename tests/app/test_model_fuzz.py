@@ -1,0 +1,194 @@
+"""Requests made from each served model's own metadata, near it and off it (other shapes,
+datatypes, values: NaN, numbers past a type's range, strings, nulls, nesting; inputs left out
+or added; binary outputs and classification asked for), against a real server holding the
+kinds of graph a user brings. Whatever is sent, the answer is below 500, and a 4xx says
+what is wrong: schemathesis (tests/app/http/test_fuzz.py) keeps to the OpenAPI document,
+which cannot know a model's tensors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from load_tests.server import ServerProcess
+from tests.app import onnx_models as models
+
+pytestmark = pytest.mark.server
+
+GRAPHS = {
+    "mlp": models.mlp(), "squared": models.squared(), "top-k": models.top_k(), "parsed": models.parsed_numbers(),
+    "flattened": models.flattened(), "widened": models.widened(), "embedding": models.embedding(),
+    "masking": models.two_in_two_out(), "lstm": models.lstm(), "typed": models.half_and_bytes(),
+    "averaged": models.averaged_over_a_sequence(), "centred": models.centred_over_the_batch(),
+}
+OPSETS = {"yes-or-no": 19}
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+             "BYTES"]
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for name, graph in GRAPHS.items():
+            models.save(root, name, graph)
+        models.save(root, "yes-or-no", models.yes_or_no(), opset=OPSETS["yes-or-no"])
+        with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
+                httpx.Client(base_url=server.url, timeout=60) as client:
+            metadata = {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no"]}
+            yield server, metadata
+
+
+_ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70),
+                 st.just(float("nan")), st.just(math.inf), st.lists(st.integers(0, 3), max_size=2))
+
+
+def _value(datatype: str, clean: bool) -> st.SearchStrategy[Any]:
+    near = {"BOOL": st.booleans(), "BYTES": st.text(max_size=6)}.get(datatype)
+    if near is None:
+        near = st.integers(-3, 12) if datatype.startswith(("INT", "UINT")) else st.floats(-1e3, 1e3)
+    return near if clean else st.one_of(near, near, near, _ODD)
+
+
+@st.composite
+def _tensor(draw: st.DrawFn, spec: dict[str, Any], clean: bool) -> dict[str, Any]:
+    """One input: its shape with each dynamic axis given a small size (or another shape),
+    its datatype (or another), that many values (or not), flat or nested. `clean`: as
+    declared, with values of its type (which a model may still refuse: an id past a table)."""
+    odd = (lambda: False) if clean else (lambda: draw(st.integers(0, 9)) == 0)
+    if odd():
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+    else:
+        shape = [draw(st.integers(1 if clean else 0, 4)) if d == -1 else d for d in spec["shape"]]
+    datatype = draw(st.sampled_from(DATATYPES)) if odd() else spec["datatype"]
+    count = draw(st.integers(0, 6)) if odd() else math.prod(shape)
+    data: Any = draw(st.lists(_value(datatype, clean), min_size=count, max_size=count))
+    if len(shape) > 1 and shape[0] and count == math.prod(shape) and draw(st.booleans()):
+        width = count // shape[0]
+        data = [data[i * width:(i + 1) * width] for i in range(shape[0])]  # rows, as some clients send
+    tensor = {"name": spec["name"], "shape": shape, "datatype": datatype, "data": data}
+    if not clean and draw(st.integers(0, 19)) == 0:
+        tensor["parameters"] = draw(st.dictionaries(st.sampled_from(["binary_data_size", "shared_memory_region"]),
+                                                    _ODD, max_size=1))
+    return tensor
+
+
+@st.composite
+def _request(draw: st.DrawFn, metadata: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = draw(st.sampled_from(sorted(metadata)))
+    clean = draw(st.booleans())
+    inputs = [draw(_tensor(spec, clean)) for spec in metadata[name]["inputs"]]
+    if not clean and inputs and draw(st.integers(0, 9)) == 0:
+        inputs.pop(draw(st.integers(0, len(inputs) - 1)))  # one left out
+    if not clean and draw(st.integers(0, 19)) == 0:
+        inputs.append(draw(_tensor({"name": "extra", "shape": [1], "datatype": "FP32"}, clean)))
+    body: dict[str, Any] = {"inputs": inputs}
+    if draw(st.integers(0, 4)) == 0:
+        outputs = [o["name"] for o in metadata[name]["outputs"]] + ["no-such-output"]
+        body["outputs"] = [{"name": draw(st.sampled_from(outputs)), "parameters": draw(st.dictionaries(
+            st.sampled_from(["binary_data", "classification"]), st.booleans() | st.integers(-1, 3) | _ODD,
+            max_size=2))}]
+    return name, body
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    """As Python's json writes it: NaN and the infinities as Triton's clients send them."""
+    import json
+
+    return json.dumps(body).encode()
+
+
+def test_any_request_made_from_a_models_metadata_is_answered_below_500(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    server, metadata = served
+    assert all("inputs" in m for m in metadata.values()), metadata  # every graph served
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(request=_request(metadata))
+        def check(request: tuple[str, dict[str, Any]]) -> None:
+            name, body = request
+            answer = client.post(f"/v2/models/{name}/infer", content=_json(body),
+                                 headers={"Content-Type": "application/json"})
+            assert answer.status_code < 500, (name, body, answer.status_code, answer.text[:300])
+            if answer.status_code >= 400:
+                assert answer.json()["error"], (name, body)
+
+        check()
+        # and the models still answer after all of it: no breaker opened by clients' mistakes
+        for name in metadata:
+            assert client.get(f"/v2/models/{name}/ready").status_code == 200, name
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Outputs alike: numbers within a float32's rounding of batching, NaN as NaN, the rest equal."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    return bool(a == b)
+
+
+_NUMPY = {"BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
+          "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+
+
+def _outputs(answer: httpx.Response) -> list[Any]:
+    """An answer's outputs, each [name, datatype, shape, values], whether sent as JSON or
+    as Triton's binary tensors."""
+    length = answer.headers.get("inference-header-content-length")
+    if length is None:
+        return [[o["name"], o["datatype"], o["shape"], o["data"]] for o in answer.json()["outputs"]]
+    import json
+
+    import numpy as np
+
+    header, offset, out = json.loads(answer.content[:int(length)]), int(length), []
+    for o in header["outputs"]:
+        size = (o.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out.append([o["name"], o["datatype"], o["shape"], o["data"]])
+            continue
+        blob = answer.content[offset:offset + size]
+        offset += size
+        values = blob if o["datatype"] == "BYTES" else np.frombuffer(blob, _NUMPY[o["datatype"]]).tolist()
+        out.append([o["name"], o["datatype"], o["shape"], values])
+    return out
+
+
+def test_requests_batched_together_are_answered_as_each_is_alone(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    """Eight requests for one model at once, good and bad mixed, so that they share batches
+    (a bad one makes its batch run a request at a time): each answer below 500, and each
+    200 the same as that request answers when sent alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, metadata = served
+
+    with httpx.Client(base_url=server.url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        def send(request: tuple[str, dict[str, Any]]) -> httpx.Response:
+            name, body = request
+            return client.post(f"/v2/models/{name}/infer", content=_json(body), headers={"Content-Type": "application/json"})
+
+        @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(name=st.sampled_from(sorted(metadata)), data=st.data())
+        def check(name: str, data: st.DataObject) -> None:
+            requests = data.draw(st.lists(_request({name: metadata[name]}), min_size=8, max_size=8))
+            together = list(pool.map(send, requests))
+            for request, answer in zip(requests, together, strict=True):
+                assert answer.status_code < 500, (request, answer.status_code, answer.text[:300])
+                if answer.status_code == 200:
+                    alone = send(request)
+                    assert alone.status_code == 200, (request, alone.text[:300])
+                    assert _close(_outputs(answer), _outputs(alone)), request
+
+        check()
