@@ -192,3 +192,77 @@ def test_requests_batched_together_are_answered_as_each_is_alone(
                     assert _close(_outputs(answer), _outputs(alone)), request
 
         check()
+
+
+@st.composite
+def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> Any:
+    """A ModelInfer message from a model's metadata: its tensors' bytes at the declared
+    size (any bit pattern: NaN, infinities, ids past a table), at another size, or typed
+    contents of the datatype's own field."""
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+
+    from app.protocol.v2_grpc import TYPED_CONTENTS
+
+    name = draw(st.sampled_from(sorted(metadata)))
+    request = pb.ModelInferRequest(model_name=name)
+    raw = draw(st.booleans())
+    for spec in metadata[name]["inputs"]:
+        shape = [draw(st.integers(0, 3)) if d == -1 else d for d in spec["shape"]]
+        datatype = spec["datatype"] if draw(st.integers(0, 9)) else draw(st.sampled_from(DATATYPES))
+        tensor = request.inputs.add(name=spec["name"], datatype=datatype, shape=shape)
+        count = math.prod(shape) if draw(st.integers(0, 4)) else draw(st.integers(0, 5))
+        if datatype == "BYTES":
+            strings = draw(st.lists(st.binary(max_size=5), min_size=count, max_size=count))
+            if raw:
+                request.raw_input_contents.append(b"".join(len(s).to_bytes(4, "little") + s for s in strings))
+            else:
+                tensor.contents.bytes_contents.extend(strings)
+        elif raw or datatype not in TYPED_CONTENTS:  # FP16 has no typed field: raw bytes only
+            size = count * np.dtype(_NUMPY[datatype]).itemsize
+            request.raw_input_contents.append(draw(st.binary(min_size=size, max_size=size)))
+        else:
+            values = np.frombuffer(draw(st.binary(min_size=count * 8, max_size=count * 8)), np.int64)
+            field = TYPED_CONTENTS[datatype]
+            kind = {"fp32_contents": np.float32, "fp64_contents": np.float64, "bool_contents": bool,
+                    "int_contents": np.int32, "uint_contents": np.uint32, "uint64_contents": np.uint64}.get(field, np.int64)
+            with np.errstate(all="ignore"):
+                typed = values.view(np.float64).astype(kind) if kind in (np.float32, np.float64) else values.astype(kind)
+            getattr(tensor.contents, field).extend(typed.tolist())
+    return request
+
+
+def _refusal(stub: Any, request: Any) -> tuple[Any, str] | None:
+    """(status code, details) of a refused call; None where it was answered."""
+    import grpc
+
+    try:
+        stub.ModelInfer(request, timeout=30)
+    except grpc.RpcError as error:
+        return error.code(), error.details()
+    return None
+
+
+def test_any_grpc_call_made_from_a_models_metadata_is_no_server_fault(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    """The same over gRPC: a result or a client's error code, never INTERNAL or UNKNOWN."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    server, metadata = served
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(request=_grpc_request(metadata))
+        def check(request: Any) -> None:
+            refused = _refusal(stub, request)
+            if refused is not None:
+                code, details = refused
+                assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (request, details)
+                assert details, request
+
+        check()
+        for name in metadata:
+            assert stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=30).ready, name
