@@ -266,3 +266,30 @@ def test_any_grpc_call_made_from_a_models_metadata_is_no_server_fault(
         check()
         for name in metadata:
             assert stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=30).ready, name
+
+
+def test_any_binary_tensor_request_made_from_a_models_metadata_is_answered_below_500(
+        served: tuple[ServerProcess, dict[str, Any]]) -> None:
+    """The same tensors' bytes as Triton's binary extension over HTTP: a JSON header of
+    Inference-Header-Content-Length bytes, then the tensors."""
+    from hypothesis import assume
+
+    server, metadata = served
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(request=_grpc_request(metadata), cut=st.integers(-2, 2))
+        def check(request: Any, cut: int) -> None:
+            assume(len(request.raw_input_contents) == len(request.inputs))  # raw bytes, not typed contents
+            header = _json({"inputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                 "parameters": {"binary_data_size": len(raw) + (cut if i == 0 else 0)}}
+                for i, (t, raw) in enumerate(zip(request.inputs, request.raw_input_contents, strict=True))]})
+            answer = client.post(f"/v2/models/{request.model_name}/infer",
+                                 content=header + b"".join(request.raw_input_contents),
+                                 headers={"Inference-Header-Content-Length": str(len(header)),
+                                          "Content-Type": "application/octet-stream"})
+            assert answer.status_code < 500, (request, answer.status_code, answer.text[:300])
+            if answer.status_code >= 400:
+                assert answer.json()["error"], request
+
+        check()
