@@ -7,16 +7,22 @@ which cannot know a model's tensors."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import httpx
+import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from app.protocol.v2_grpc import TYPED_CONTENTS
 from load_tests.server import ServerProcess
 from tests.app import onnx_models as models
 
@@ -28,24 +34,19 @@ GRAPHS = {
     "masking": models.two_in_two_out(), "lstm": models.lstm(), "typed": models.half_and_bytes(),
     "averaged": models.averaged_over_a_sequence(), "centred": models.centred_over_the_batch(),
 }
-OPSETS = {"yes-or-no": 19}
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
              "BYTES"]
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        for name, graph in GRAPHS.items():
-            models.save(root, name, graph)
-        models.save(root, "yes-or-no", models.yes_or_no(), opset=OPSETS["yes-or-no"])
-        with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
-                httpx.Client(base_url=server.url, timeout=60) as client:
-            metadata = {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no"]}
-            yield server, metadata
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("own-models")
+    for name, graph in GRAPHS.items():
+        models.save(root, name, graph)
+    models.save(root, "yes-or-no", models.yes_or_no(), opset=19)  # its string ops need opset 19
+    with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no"]}
 
 
 _ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70),
@@ -102,8 +103,6 @@ def _request(draw: st.DrawFn, metadata: dict[str, Any]) -> tuple[str, dict[str, 
 
 def _json(body: dict[str, Any]) -> bytes:
     """As Python's json writes it: NaN and the infinities as Triton's clients send them."""
-    import json
-
     return json.dumps(body).encode()
 
 
@@ -148,10 +147,6 @@ def _outputs(answer: httpx.Response) -> list[Any]:
     length = answer.headers.get("inference-header-content-length")
     if length is None:
         return [[o["name"], o["datatype"], o["shape"], o["data"]] for o in answer.json()["outputs"]]
-    import json
-
-    import numpy as np
-
     header, offset, out = json.loads(answer.content[:int(length)]), int(length), []
     for o in header["outputs"]:
         size = (o.get("parameters") or {}).get("binary_data_size")
@@ -170,8 +165,6 @@ def test_requests_batched_together_are_answered_as_each_is_alone(
     """Eight requests for one model at once, good and bad mixed, so that they share batches
     (a bad one makes its batch run a request at a time): each answer below 500, and each
     200 the same as that request answers when sent alone."""
-    from concurrent.futures import ThreadPoolExecutor
-
     server, metadata = served
 
     with httpx.Client(base_url=server.url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
@@ -195,15 +188,10 @@ def test_requests_batched_together_are_answered_as_each_is_alone(
 
 
 @st.composite
-def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> Any:
+def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> pb.ModelInferRequest:
     """A ModelInfer message from a model's metadata: its tensors' bytes at the declared
     size (any bit pattern: NaN, infinities, ids past a table), at another size, or typed
     contents of the datatype's own field."""
-    import numpy as np
-    from tritonclient.grpc import service_pb2 as pb
-
-    from app.protocol.v2_grpc import TYPED_CONTENTS
-
     name = draw(st.sampled_from(sorted(metadata)))
     request = pb.ModelInferRequest(model_name=name)
     raw = draw(st.booleans())
@@ -234,8 +222,6 @@ def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> Any:
 
 def _refusal(stub: Any, request: Any) -> tuple[Any, str] | None:
     """(status code, details) of a refused call; None where it was answered."""
-    import grpc
-
     try:
         stub.ModelInfer(request, timeout=30)
     except grpc.RpcError as error:
@@ -246,10 +232,6 @@ def _refusal(stub: Any, request: Any) -> tuple[Any, str] | None:
 def test_any_grpc_call_made_from_a_models_metadata_is_no_server_fault(
         served: tuple[ServerProcess, dict[str, Any]]) -> None:
     """The same over gRPC: a result or a client's error code, never INTERNAL or UNKNOWN."""
-    import grpc
-    from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.grpc import service_pb2_grpc as pb_grpc
-
     server, metadata = served
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -272,8 +254,6 @@ def test_any_binary_tensor_request_made_from_a_models_metadata_is_answered_below
         served: tuple[ServerProcess, dict[str, Any]]) -> None:
     """The same tensors' bytes as Triton's binary extension over HTTP: a JSON header of
     Inference-Header-Content-Length bytes, then the tensors."""
-    from hypothesis import assume
-
     server, metadata = served
     with httpx.Client(base_url=server.url, timeout=60) as client:
         @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
