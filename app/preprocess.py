@@ -51,14 +51,10 @@ def normalize_pixels(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
             # One table look-up per pixel: a single numpy call, which matters on the request path.
             return _pixel_table(spec.scale, spec.mean, spec.std).take(x)
         return _scaled(x, spec.scale, spec.mean, spec.std)
+    # Per channel: the multiply-add, uint8 pixels too (a look-up per channel, by fancy
+    # indexing, took six times as long for a 224x224 image: 441 against 71-76 µs).
     mean, std = spec.per_channel("mean"), spec.per_channel("std")
-    channel = np.arange(spec.channels).reshape(-1, 1, 1)  # broadcast over (N, C, H, W)
-    if x.dtype == np.uint8:
-        tables = np.stack([_pixel_table(spec.scale, m, s) for m, s in zip(mean, std, strict=True)])
-        return tables[channel, x]
-    factor = np.array([spec.scale / s for s in std], np.float32).reshape(-1, 1, 1)
-    offset = np.array([-m / s for m, s in zip(mean, std, strict=True)], np.float32).reshape(-1, 1, 1)
-    return x * factor + offset
+    return _scaled(x, spec.scale, np.reshape(mean, (-1, 1, 1)), np.reshape(std, (-1, 1, 1)))
 
 
 def match_background(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
@@ -85,9 +81,10 @@ def match_background(pixels: np.ndarray, spec: ImagePreprocessing) -> np.ndarray
     return out
 
 
-def _scaled(x: np.ndarray, scale: float, mean: float, std: float) -> np.ndarray:
-    """(p * scale - mean) / std folded into one multiply-add. float32 scalars keep the
-    result float32, from uint8 and float32 pixels alike."""
+def _scaled(x: np.ndarray, scale: float, mean: Any, std: Any) -> np.ndarray:
+    """(p * scale - mean) / std folded into one multiply-add; mean and std numbers, or arrays
+    that broadcast over the channel axis. float32 factors keep the result float32, from uint8
+    and float32 pixels alike."""
     return x * np.float32(scale / std) + np.float32(-mean / std)
 
 

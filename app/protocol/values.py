@@ -38,7 +38,7 @@ which a client could send again and again."""
 def _with_non_finite_numbers(data: bytes, error: orjson.JSONDecodeError) -> Any:
     """orjson stops at NaN and Infinity; where it stopped at one of them, the standard
     library's parser, which reads them, reads the body. Any other mistake is the 400."""
-    if not bytes(data[error.pos:error.pos + 9]).startswith(NON_FINITE):
+    if not bytes(data[error.pos:error.pos + len(b"-Infinity")]).startswith(NON_FINITE):
         raise InvalidInput(f"request body is not valid JSON: {error}") from error
     if len(data) > SLOW_PARSE_ON_LOOP_BYTES and _on_an_event_loop():
         raise ParseElsewhere(f"request body is not valid JSON here: NaN or Infinity in a body of over "

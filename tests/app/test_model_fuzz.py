@@ -21,7 +21,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.http import InferenceServerClient
 
+from app.manifest import DATATYPES
+from app.protocol.binary import strings_to_bytes
 from app.protocol.v2_grpc import TYPED_CONTENTS
 from load_tests.server import ServerProcess
 from tests.app import onnx_models as models
@@ -34,8 +37,7 @@ GRAPHS = {
     "masking": models.two_in_two_out(), "lstm": models.lstm(), "typed": models.half_and_bytes(),
     "averaged": models.averaged_over_a_sequence(), "centred": models.centred_over_the_batch(),
 }
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
-             "BYTES"]
+DATATYPE_NAMES = list(DATATYPES)  # V2's, as the server reads them
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def _tensor(draw: st.DrawFn, spec: dict[str, Any], clean: bool) -> dict[str, Any
         shape = draw(st.lists(st.integers(0, 4), max_size=3))
     else:
         shape = [draw(st.integers(1 if clean else 0, 4)) if d == -1 else d for d in spec["shape"]]
-    datatype = draw(st.sampled_from(DATATYPES)) if odd() else spec["datatype"]
+    datatype = draw(st.sampled_from(DATATYPE_NAMES)) if odd() else spec["datatype"]
     count = draw(st.integers(0, 6)) if odd() else math.prod(shape)
     data: Any = draw(st.lists(_value(datatype, clean), min_size=count, max_size=count))
     if len(shape) > 1 and shape[0] and count == math.prod(shape) and draw(st.booleans()):
@@ -137,27 +139,14 @@ def _close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-_NUMPY = {"BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
-          "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
-
-
 def _outputs(answer: httpx.Response) -> list[Any]:
-    """An answer's outputs, each [name, datatype, shape, values], whether sent as JSON or
-    as Triton's binary tensors."""
+    """An answer's outputs, each [name, datatype, shape, values], as tritonclient reads them
+    (JSON, or Triton's binary tensors after a JSON header)."""
     length = answer.headers.get("inference-header-content-length")
-    if length is None:
-        return [[o["name"], o["datatype"], o["shape"], o["data"]] for o in answer.json()["outputs"]]
-    header, offset, out = json.loads(answer.content[:int(length)]), int(length), []
-    for o in header["outputs"]:
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            out.append([o["name"], o["datatype"], o["shape"], o["data"]])
-            continue
-        blob = answer.content[offset:offset + size]
-        offset += size
-        values = blob if o["datatype"] == "BYTES" else np.frombuffer(blob, _NUMPY[o["datatype"]]).tolist()
-        out.append([o["name"], o["datatype"], o["shape"], values])
-    return out
+    result = InferenceServerClient.parse_response_body(answer.content,
+                                                       header_length=int(length) if length is not None else None)
+    return [[o["name"], o["datatype"], o["shape"], result.as_numpy(o["name"]).tolist()]
+            for o in result.get_response()["outputs"]]
 
 
 def test_requests_batched_together_are_answered_as_each_is_alone(
@@ -197,25 +186,24 @@ def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> pb.ModelInferReq
     raw = draw(st.booleans())
     for spec in metadata[name]["inputs"]:
         shape = [draw(st.integers(0, 3)) if d == -1 else d for d in spec["shape"]]
-        datatype = spec["datatype"] if draw(st.integers(0, 9)) else draw(st.sampled_from(DATATYPES))
+        datatype = spec["datatype"] if draw(st.integers(0, 9)) else draw(st.sampled_from(DATATYPE_NAMES))
         tensor = request.inputs.add(name=spec["name"], datatype=datatype, shape=shape)
         count = math.prod(shape) if draw(st.integers(0, 4)) else draw(st.integers(0, 5))
         if datatype == "BYTES":
             strings = draw(st.lists(st.binary(max_size=5), min_size=count, max_size=count))
             if raw:
-                request.raw_input_contents.append(b"".join(len(s).to_bytes(4, "little") + s for s in strings))
+                request.raw_input_contents.append(strings_to_bytes(np.array(strings, dtype=object)))
             else:
                 tensor.contents.bytes_contents.extend(strings)
         elif raw or datatype not in TYPED_CONTENTS:  # FP16 has no typed field: raw bytes only
-            size = count * np.dtype(_NUMPY[datatype]).itemsize
+            size = count * np.dtype(DATATYPES[datatype]).itemsize
             request.raw_input_contents.append(draw(st.binary(min_size=size, max_size=size)))
         else:
             values = np.frombuffer(draw(st.binary(min_size=count * 8, max_size=count * 8)), np.int64)
             field = TYPED_CONTENTS[datatype]
-            kind = {"fp32_contents": np.float32, "fp64_contents": np.float64, "bool_contents": bool,
-                    "int_contents": np.int32, "uint_contents": np.uint32, "uint64_contents": np.uint64}.get(field, np.int64)
+            dtype = np.dtype(DATATYPES[datatype])  # typed contents carry the datatype's values, floats any bits
             with np.errstate(all="ignore"):
-                typed = values.view(np.float64).astype(kind) if kind in (np.float32, np.float64) else values.astype(kind)
+                typed = (values.view(np.float64) if dtype.kind == "f" else values).astype(dtype)
             getattr(tensor.contents, field).extend(typed.tolist())
     return request
 
