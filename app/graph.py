@@ -65,7 +65,7 @@ def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, 
     rng = np.random.default_rng(seed)
     out = {}
     for spec in manifest.inputs:
-        dims = [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.item_shape(manifest.batches)]
+        dims = [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.graph_item_shape(manifest.batches)]
         shape = [rows, *dims] if manifest.batches else dims
         dtype = np.dtype(spec.numpy_dtype)
         if dtype.kind == "O":
@@ -133,13 +133,21 @@ def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest) 
     scores = np.asarray(scores)
     if scores.dtype.kind != "f" or scores.ndim < 1 or not scores.size:
         return False
+    spec = manifest.outputs[0]
+    if spec.reshape is not None:  # the classes are the last axis of what clients get
+        dims = spec.item_shape(manifest.batches)
+        try:
+            scores = scores.reshape(len(scores), *dims) if manifest.batches else scores.reshape(dims)
+        except ValueError:
+            return False
     return bool((scores >= 0).all() and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str]:
     """Where a manifest's tensors and the graph it describes differ: names, datatypes,
     ranks and fixed dimensions (a -1 the graph fixes promises clients what the model
-    cannot take). Empty where they agree."""
+    cannot take), compared with the graph's shapes (a tensor's `reshape`, where given).
+    Empty where they agree."""
     found = []
     for kind, specs, nodes in (("input", manifest.inputs, session.get_inputs()),
                                ("output", manifest.outputs, session.get_outputs())):
@@ -152,13 +160,15 @@ def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str
             datatype = ORT_TYPES.get(node.type, node.type)
             if datatype != spec.datatype:
                 found.append(f"{kind} {spec.name!r} is {datatype} in the graph, {spec.datatype} in the manifest")
-            if len(node.shape) != len(spec.shape):
+            shape = spec.graph_shape(manifest.batches)
+            said = "the manifest" if spec.reshape is None else "the manifest's reshape"
+            if len(node.shape) != len(shape):
                 found.append(f"{kind} {spec.name!r} has rank {len(node.shape)} in the graph ({node.shape}), "
-                             f"{len(spec.shape)} in the manifest ({spec.shape})")
+                             f"{len(shape)} in {said} ({shape})")
                 continue
-            for axis, (dim, declared) in enumerate(zip(node.shape, spec.shape, strict=True)):
+            for axis, (dim, declared) in enumerate(zip(node.shape, shape, strict=True)):
                 if isinstance(dim, int) and dim > 0 and declared != dim:
-                    found.append(f"{kind} {spec.name!r} axis {axis} is {dim} in the graph, {declared} in the manifest")
+                    found.append(f"{kind} {spec.name!r} axis {axis} is {dim} in the graph, {declared} in {said}")
         if kind == "input":
             undeclared = sorted(set(graph) - {spec.name for spec in specs})
             if undeclared:

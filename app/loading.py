@@ -34,6 +34,7 @@ from app.manifest import (
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_files, read_facts
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
+from app.reshaping import Reshaper
 from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.served_model import ServedModel
 from app.settings import Settings
@@ -119,9 +120,13 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
 
     policy = batch_policy(settings, manifest)
 
+    reshaper = Reshaper.for_manifest(manifest)  # the inputs come reshaped (ServedModel.infer), the outputs not
+
     def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
         outputs = session.run(inputs, may_go_wide=policy.large(rows, requests))
+        if reshaper is not None:
+            outputs = reshaper.to_clients(outputs)
         return classify_batch(outputs, logits, softmax) if classifies else outputs
 
     if not manifest.batches:
@@ -130,7 +135,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
         # where [0] would make it a numpy scalar, which ORT refuses).
         def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
             outputs = session.run({name: array[0, ...] for name, array in inputs.items()})
-            return {name: array[np.newaxis] for name, array in outputs.items()}
+            rows = {name: array[np.newaxis] for name, array in outputs.items()}
+            return reshaper.to_clients(rows) if reshaper is not None else rows
 
     def record(batch: BatchRecord) -> None:
         # A request's value the model refused is the client's mistake: it does not count

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -80,6 +81,10 @@ class TensorSpec(_Strict):
     shape: list[int]
     """Dimensions, -1 for a dynamic axis. The first axis is the batch axis where the model
     batches (then it is -1); a model that does not batch has its shapes as declared."""
+    reshape: list[int] | None = Field(default=None, exclude_if=lambda value: value is None)  # no "reshape": null
+    """An item's dimensions as the graph takes (an input) or gives (an output) them, where
+    they differ from what clients send and get (Triton's `reshape`: dims [1000] served for a
+    graph's [1000, 1, 1]); the same values in the same order. None: as `shape`."""
 
     @field_validator("datatype")
     @classmethod
@@ -90,8 +95,11 @@ class TensorSpec(_Strict):
 
     @model_validator(mode="after")
     def _dims_are_valid(self) -> TensorSpec:
-        if any(d == 0 or d < -1 for d in self.shape):
+        if any(d == 0 or d < -1 for d in self.shape + (self.reshape or [])):
             raise ValueError(f"tensor {self.name!r}: dimensions must be positive or -1")
+        if self.reshape is not None and self.reshape.count(-1) > 1:
+            raise ValueError(f"tensor {self.name!r}: reshape {self.reshape} has more than one -1: which of them "
+                             "takes how many values would be a guess")
         if self.name.startswith(RESERVED_PREFIX):
             raise ValueError(f"tensor {self.name!r}: names starting {RESERVED_PREFIX!r} are the service's own")
         return self
@@ -103,6 +111,36 @@ class TensorSpec(_Strict):
     def item_shape(self, batches: bool) -> list[int]:
         """One request item's dimensions: all but the batch axis where the model batches."""
         return self.shape[1:] if batches else self.shape
+
+    def graph_item_shape(self, batches: bool) -> list[int]:
+        """One item's dimensions as the graph has them (`reshape`, where given)."""
+        return self.reshape if self.reshape is not None else self.item_shape(batches)
+
+    def graph_shape(self, batches: bool) -> list[int]:
+        """The tensor's dimensions as the graph has them, batch axis included where it batches."""
+        return [-1, *self.graph_item_shape(batches)] if batches else self.graph_item_shape(batches)
+
+    def reshape_problem(self, batches: bool) -> str | None:
+        """Why `reshape` cannot hold an item's values (None where it can, or is not given).
+        Checked where the values' count is fixed on both sides; where a side has a dynamic
+        axis, a request whose values do not fit is refused when it comes."""
+        if self.reshape is None:
+            return None
+        item = self.item_shape(batches)
+        if item.count(-1) > 1:
+            return (f"tensor {self.name!r}: dims {item} have more than one -1, so the graph's values could not be "
+                    "given them")
+        values = math.prod(item)
+        fixed = math.prod(d for d in self.reshape if d != -1)  # the graph's values per step of its -1, if any
+        if -1 in item:
+            if -1 not in self.reshape:
+                return (f"tensor {self.name!r}: dims {item} hold any number of values, reshape {self.reshape} a "
+                        f"fixed {fixed}")
+        elif -1 not in self.reshape and values != fixed:
+            return f"tensor {self.name!r}: dims {item} hold {values} values, reshape {self.reshape} {fixed}"
+        elif values % fixed:
+            return f"tensor {self.name!r}: dims {item} hold {values} values, which reshape {self.reshape} cannot take"
+        return None
 
 
 class ImagePreprocessing(_Strict):
@@ -269,6 +307,9 @@ class Manifest(_Strict):
         missing = {v for v in self.preferred_variant.values() if v not in self.variants}
         if missing:
             raise ValueError(f"preferred_variant names variants {sorted(missing)} that are not listed")
+        reshapes = [p for t in self.inputs + self.outputs if (p := t.reshape_problem(self.batches))]
+        if reshapes:
+            raise ValueError("; ".join(reshapes))
         if self.batches:
             unbatched = [t.name for t in self.inputs + self.outputs if not t.shape or t.shape[0] != -1]
             if unbatched:

@@ -222,18 +222,24 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
         raise FactsError(f"{source}: tensor {tensor.name!r}: fields {refused} are not supported")
     datatype = from_triton_type(model_config_pb2.DataType.Name(tensor.data_type))
     dims = list(tensor.dims)
+    reshape: list[int] | None = None
     if tensor.HasField("reshape"):
-        if not (dims == [1] and list(tensor.reshape.shape) == []):
-            raise FactsError(f"{source}: tensor {tensor.name!r}: reshape {list(tensor.reshape.shape)} of dims {dims} "
-                             "is not supported (only dims [1] reshaped to []: one value per item, or a scalar)")
-        dims = []
+        reshape = list(tensor.reshape.shape)
+        if dims == [1] and reshape == []:  # one value per item, or a scalar: either shape is taken
+            dims, reshape = [], None
+        elif reshape == dims:
+            reshape = None
     for name in ("format", "optional"):
         if name in _set_fields(tensor):
             ignored[f"{tensor.name}.{name}"] = "every input is required; no layout conversion"
     try:
-        return TensorSpec(name=tensor.name, datatype=datatype, shape=[-1, *dims] if batches else dims)
+        spec = TensorSpec(name=tensor.name, datatype=datatype, shape=[-1, *dims] if batches else dims, reshape=reshape)
     except ValidationError as e:
         raise FactsError(f"{source}: tensor {tensor.name!r}: {_describe(e)}") from e
+    problem = spec.reshape_problem(batches)
+    if problem:
+        raise FactsError(f"{source}: {problem}")
+    return spec
 
 
 def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts | None:

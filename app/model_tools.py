@@ -131,7 +131,8 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
     print(f"imported {manifest.name} version {manifest.version} into {folder}")
     for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
-            print(f"  {kind} {spec.name}: {spec.datatype} {spec.shape}")
+            graph = f" (the graph's {spec.graph_shape(manifest.batches)})" if spec.reshape is not None else ""
+            print(f"  {kind} {spec.name}: {spec.datatype} {spec.shape}{graph}")
     print(f"  task: {manifest.task}" + (f", {len(manifest.labels)} labels, scores are {manifest.scores}"
                                         if manifest.labels else ""))
     b = manifest.batching

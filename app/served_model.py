@@ -18,6 +18,7 @@ from app.deadlines import Deadlines
 from app.errors import DeadlineExceeded
 from app.manifest import Manifest, TensorSpec
 from app.observability.stats import ModelStats
+from app.reshaping import Reshaper
 from app.runtime import CUDA, OrtModel
 from app.supervision import BatchHealth
 
@@ -49,6 +50,7 @@ class ServedModel:
         self.deadlines = Deadlines(functools.partial(_expire, self.name))
         self._unleased = asyncio.Event()
         self._unleased.set()
+        self.reshaper = Reshaper.for_manifest(self.manifest)
 
     @property
     def name(self) -> str:
@@ -112,6 +114,8 @@ class ServedModel:
         timing = request_timing.get()
         if timing is not None:  # the access log's and the trace's: which model version answered, and when
             timing.model, timing.version, timing.queued = self.name, self.version, started
+        if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
+            inputs = self.reshaper.to_graph(inputs)
         on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
         future = await self.batcher.run_or_queue(inputs, client_gone, on_the_way)
         # Not asyncio.wait_for: no extra task per request on the hot path.
@@ -182,7 +186,7 @@ def _expire(name: str, future: asyncio.Future[dict[str, np.ndarray]], timeout_s:
 
 
 def _dummy(spec: TensorSpec, rows: int, batches: bool = True) -> np.ndarray:
-    dims = [8 if d == -1 else d for d in spec.item_shape(batches)]
+    dims = [8 if d == -1 else d for d in spec.graph_item_shape(batches)]  # run as the graph takes it
     shape = [rows, *dims] if batches else dims
     if spec.datatype == "BYTES":
         return np.full(shape, "1", dtype=object)

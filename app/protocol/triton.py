@@ -83,5 +83,7 @@ def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, An
         entry: dict[str, Any] = {"name": t.name, "data_type": triton_type(t.datatype), "dims": dims}
         if _reshaped(t.shape, batches):
             entry["reshape"] = {"shape": []}
+        elif t.reshape is not None:
+            entry["reshape"] = {"shape": t.reshape}
         out.append(entry)
     return out

@@ -132,6 +132,16 @@ def conv(channels: int = 1) -> onnx.GraphProto:
         [helper.make_tensor_value_info("scores", FLOAT, ["n", 2])], [_weights("kernel", (2, channels, 3, 3), seed=4)])
 
 
+def pooled(first_axis: int | str = "n") -> onnx.GraphProto:
+    """An RGB 8x8 image -> 4 class scores shaped [n, 4, 1, 1], as a classifier whose last
+    layer is a 1x1 convolution gives them (DenseNet's, in Triton's quickstart repository)."""
+    return helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["data_0"], ["pooled"]),
+         helper.make_node("Conv", ["pooled", "kernel"], ["fc6_1"])],
+        "pooled", [helper.make_tensor_value_info("data_0", FLOAT, [first_axis, 3, 8, 8])],
+        [helper.make_tensor_value_info("fc6_1", FLOAT, [first_axis, 4, 1, 1])], [_weights("kernel", (4, 3, 1, 1), seed=7)])
+
+
 def lstm(hidden: int = 5) -> onnx.GraphProto:
     """A sequence of 3-feature steps, batch first, the sequence axis dynamic -> the LSTM's
     last hidden state (ORT's LSTM is time first: transposed in and out)."""

@@ -5,6 +5,7 @@ refused), and a load request's configuration override."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ from tritonclient.grpc import model_config_pb2
 
 from app.model_facts import FactsError, from_triton_json, from_triton_text
 from tests.app.conftest import serving
-from tests.app.onnx_models import conv, embedding, mlp, mlp_with_softmax, reference, save, squared
+from tests.app.onnx_models import (
+    conv,
+    embedding,
+    lstm,
+    mlp,
+    mlp_with_softmax,
+    pooled,
+    reference,
+    save,
+    squared,
+)
 
 TOKEN = "facts-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -264,8 +275,14 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
     ('max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]', "'x' is not in the graph"),
     ("max_batch_size: 4 bogus_field: 1", "not a Triton model configuration"),
     ("max_batch_size: -3 dynamic_batching { }", "max_batch_size -3: it must be 0 (no batch axis) or more"),
-    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 2 ] reshape { shape: [ 2, 1 ] } } ]',
-     "reshape [2, 1] of dims [2] is not supported"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 2, 1 ] } } ]',
+     "dims [4] hold 4 values, reshape [2, 1] 2"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ 4 ] } } ]',
+     "dims [-1] hold any number of values, reshape [4] a fixed 4"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ -1, -1 ] } } ]',
+     "more than one -1"),
+    ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 2, 2 ] } } ]',
+     "'features' has rank 2 in the graph (['batch', 4]), 3 in the manifest's reshape ([-1, 2, 2])"),
 ])
 async def test_what_a_triton_configuration_asks_that_cannot_be_served_is_refused_with_why(
         tmp_path: Path, text: str, why: str) -> None:
@@ -295,6 +312,99 @@ async def test_a_scalar_models_configuration_read_back_as_its_config_pbtxt_serve
     assert again["input"] == config["input"]
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == [9.0]
+
+
+QUICKSTART = """
+name: "densenet_onnx"
+platform: "onnxruntime_onnx"
+max_batch_size : 0
+input [ { name: "data_0" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 8, 8 ]
+          reshape { shape: [ 1, 3, 8, 8 ] } } ]
+output [ { name: "fc6_1" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 1, 4, 1, 1 ] }
+           label_filename: "densenet_labels.txt" } ]
+"""
+"""Triton's quickstart model (docs/examples/model_repository/densenet_onnx), 8x8 pixels and
+4 classes: clients send an image [3, 8, 8] and get its 4 scores; the graph takes [1, 3, 8, 8]
+and gives [1, 4, 1, 1]."""
+
+
+async def test_tritons_quickstart_repository_serves_with_its_reshapes(tmp_path: Path) -> None:
+    path = save(tmp_path, "densenet_onnx", pooled(1))
+    (tmp_path / "densenet_onnx" / "config.pbtxt").write_text(QUICKSTART)
+    (tmp_path / "densenet_onnx" / "densenet_labels.txt").write_text("\n".join(["a", "b", "c", "d"]) + "\n")
+    image = np.random.default_rng(3).standard_normal((3, 8, 8)).astype(np.float32)
+    scores = reference(path, {"data_0": image[np.newaxis]})["fc6_1"].reshape(4)
+    top = [f"{label}" for label in np.array(["a", "b", "c", "d"])[np.argsort(-scores)[:2]]]
+    async with serving(model_dir=tmp_path) as client:
+        metadata = (await client.get("/v2/models/densenet_onnx")).json()
+        config = (await client.get("/v2/models/densenet_onnx/config")).json()
+        answer = await client.post("/v2/models/densenet_onnx/infer", json=v2("data_0", image))
+        classified = await client.post("/v2/models/densenet_onnx/infer", json=v2("data_0", image, outputs=[
+            {"name": "fc6_1", "parameters": {"classification": 2}}]))
+        graph_shaped = await client.post("/v2/models/densenet_onnx/infer", json=v2("data_0", image[np.newaxis]))
+    assert metadata["inputs"] == [{"name": "data_0", "datatype": "FP32", "shape": [3, 8, 8]}]
+    assert metadata["outputs"] == [{"name": "fc6_1", "datatype": "FP32", "shape": [4]}]
+    assert config["input"][0]["reshape"] == {"shape": [1, 3, 8, 8]}
+    assert config["output"][0]["reshape"] == {"shape": [1, 4, 1, 1]}
+    assert answer.status_code == 200, answer.text
+    (out,) = answer.json()["outputs"]
+    assert out["shape"] == [4]
+    np.testing.assert_allclose(out["data"], scores, rtol=1e-6, atol=1e-6)
+    assert [s.split(":")[2] for s in classified.json()["outputs"][0]["data"]] == top
+    assert graph_shaped.status_code == 400  # clients send the configuration's dims, as to Triton
+    assert "must have shape [3, 8, 8]" in graph_shaped.json()["error"]
+
+    # /config read back as the model's config.pbtxt declares the same model
+    declared = {k: config[k] for k in ("platform", "max_batch_size", "input", "output")}
+    (tmp_path / "densenet_onnx" / "config.pbtxt").write_text(text_format.MessageToString(json_format.Parse(
+        json.dumps(declared), model_config_pb2.ModelConfig())))
+    async with serving(model_dir=tmp_path) as client:
+        again = (await client.get("/v2/models/densenet_onnx/config")).json()
+        answered = await client.post("/v2/models/densenet_onnx/infer", json=v2("data_0", image))
+    assert (again["input"], again["output"]) == (config["input"], config["output"])
+    assert answered.json()["outputs"][0]["data"] == out["data"]
+
+
+async def test_a_batching_models_reshaped_output_answers_each_request_its_rows(tmp_path: Path) -> None:
+    path = save(tmp_path, "pooled", pooled())
+    (tmp_path / "pooled" / "config.pbtxt").write_text(
+        'max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 20000 }\n'
+        'input [ { name: "data_0" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] } ]\n'
+        'output [ { name: "fc6_1" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 4, 1, 1 ] } } ]\n')
+    images = [np.random.default_rng(seed).standard_normal((rows, 3, 8, 8)).astype(np.float32)
+              for seed, rows in enumerate([1, 3, 2])]
+    async with serving(model_dir=tmp_path) as client:
+        answers = await asyncio.gather(*(client.post("/v2/models/pooled/infer", json=v2("data_0", x)) for x in images))
+        stats = (await client.get("/v2/models/pooled/stats")).json()["model_stats"][0]
+    assert stats["execution_count"] < 3  # batched together: the 20 ms wait gathered them
+    for x, answer in zip(images, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        (out,) = answer.json()["outputs"]
+        assert out["shape"] == [len(x), 4]
+        want = reference(path, {"data_0": x})["fc6_1"].reshape(len(x), 4)
+        np.testing.assert_allclose(np.array(out["data"]).reshape(len(x), 4), want, rtol=1e-5, atol=1e-6)
+
+
+async def test_a_reshape_with_a_dynamic_axis_refuses_an_item_that_does_not_fit(tmp_path: Path) -> None:
+    """Steps of 3 features sent flat: dims [-1] reshaped to the graph's [-1, 3]. A request
+    whose values are no whole number of steps is that request's 400."""
+    path = save(tmp_path, "lstm", lstm())
+    (tmp_path / "lstm" / "config.pbtxt").write_text(
+        'max_batch_size: 4\n'
+        'input [ { name: "steps" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ -1, 3 ] } } ]\n'
+        'output [ { name: "last" data_type: TYPE_FP32 dims: [ 1, 5 ] } ]\n')
+    flat = np.random.default_rng(5).standard_normal((2, 6)).astype(np.float32)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/lstm/infer", json=v2("steps", flat))
+        ragged = await client.post("/v2/models/lstm/infer", json=v2("steps", flat[:, :5]))
+        still = await client.post("/v2/models/lstm/infer", json=v2("steps", flat))
+    assert answer.status_code == 200, answer.text
+    want = reference(path, {"steps": flat.reshape(2, 2, 3)})["last"]
+    np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(2, 1, 5), want, rtol=1e-5,
+                               atol=1e-6)
+    assert ragged.status_code == 400
+    assert "does not make the graph's shape [-1, 3]: 5 values" in ragged.json()["error"]
+    assert still.status_code == 200  # the model was not at fault
 
 
 def test_the_triton_text_is_read_with_tritons_own_schema() -> None:

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from app.manifest import load_manifest
 from load_tests.server import ROOT
-from tests.app.conftest import copy_model
-from tests.app.onnx_models import embedding, mlp, save
+from tests.app.conftest import copy_model, serving
+from tests.app.onnx_models import embedding, mlp, pooled, reference, save
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,6 +39,34 @@ def test_import_writes_the_next_version_with_a_digest_and_the_measured_batching(
     assert manifest.batching.cost_per_item_ms
     assert manifest.batching.reason.startswith("measured")
     assert sorted(p.name for p in (models / "animals").iterdir()) == ["1", "2"]  # nothing half made left
+
+
+async def test_an_imported_models_reshapes_are_kept_in_its_manifest_and_served(tmp_path: Path) -> None:
+    """Triton's reshape said in the import's config.json: the manifest keeps it, `check`
+    checks it against the graph, and the server serves clients' shapes."""
+    source = save(tmp_path / "mine", "pooled", pooled(1))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "batching": {"max_batch_size": 0, "max_queue_delay_ms": 0},
+        "inputs": [{"name": "data_0", "datatype": "FP32", "shape": [3, 8, 8], "reshape": [1, 3, 8, 8]}],
+        "outputs": [{"name": "fc6_1", "datatype": "FP32", "shape": [4], "reshape": [1, 4, 1, 1]}]}))
+    models = tmp_path / "models"
+    imported = run("import", str(source), "--name", "pooled", "--config", str(config), "--model-dir", str(models))
+    checked = run("check", str(models))
+    assert imported.returncode == 0, imported.stderr
+    assert "input data_0: FP32 [3, 8, 8] (the graph's [1, 3, 8, 8])" in imported.stdout
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    manifest = load_manifest(models / "pooled" / "1")
+    assert [t.reshape for t in manifest.outputs] == [[1, 4, 1, 1]]
+    image = np.random.default_rng(2).standard_normal((3, 8, 8)).astype(np.float32)
+    async with serving(model_dir=models) as client:
+        answer = await client.post("/v2/models/pooled/infer", json={"inputs": [
+            {"name": "data_0", "shape": [3, 8, 8], "datatype": "FP32", "data": image.ravel().tolist()}]})
+    assert answer.status_code == 200, answer.text
+    (out,) = answer.json()["outputs"]
+    assert out["shape"] == [4]
+    np.testing.assert_allclose(out["data"], reference(source, {"data_0": image[np.newaxis]})["fc6_1"].ravel(),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_import_refuses_what_cannot_be_served_and_leaves_nothing(tmp_path: Path) -> None:
