@@ -37,6 +37,15 @@ GRAPHS = {
     "masking": models.two_in_two_out(), "lstm": models.lstm(), "typed": models.half_and_bytes(),
     "averaged": models.averaged_over_a_sequence(), "centred": models.centred_over_the_batch(),
 }
+RESHAPED = {
+    # Triton's reshape: clients' dims the graph's otherwise (its quickstart model's, and steps sent flat)
+    "pooled": (models.pooled(1), 'max_batch_size: 0\n'
+               'input [ { name: "data_0" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] reshape { shape: [ 1, 3, 8, 8 ] } } ]\n'
+               'output [ { name: "fc6_1" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 1, 4, 1, 1 ] } } ]\n'),
+    "stepped": (models.lstm(), 'max_batch_size: 4\n'
+                'input [ { name: "steps" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ -1, 3 ] } } ]\n'
+                'output [ { name: "last" data_type: TYPE_FP32 dims: [ 1, 5 ] } ]\n'),
+}
 DATATYPE_NAMES = list(DATATYPES)  # V2's, as the server reads them
 
 
@@ -46,9 +55,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     for name, graph in GRAPHS.items():
         models.save(root, name, graph)
     models.save(root, "yes-or-no", models.yes_or_no(), opset=19)  # its string ops need opset 19
+    for name, (graph, config) in RESHAPED.items():
+        models.save(root, name, graph)
+        (root / name / "config.pbtxt").write_text(config)
     with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
-        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no"]}
+        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no", *RESHAPED]}
 
 
 _ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70),
