@@ -30,6 +30,7 @@ from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
 from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
+from app.tls import tls_problem, uvicorn_tls
 
 PROG = "python -m app"
 USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR]  (each flag is also an "
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         from app.model_tools import main as model_tools
 
         sys.exit(model_tools(argv))
+    # gRPC core's own log: errors only. At its default it writes a line for each failed TLS
+    # handshake, and any client can open connections that fail one.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     settings = parse_settings(argv)
     problem = preflight(settings)
     if problem:
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         "access_log": False,  # the service's own (app/observability/access.py), not uvicorn's
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py
+        **uvicorn_tls(settings),  # HTTPS where the TLS settings say
     }
     # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
     # place before it: with Python's default, a drained server would still exit 143.
@@ -104,8 +109,9 @@ def _run_workers(config: uvicorn.Config) -> None:
         _usage_error(f"cannot listen on {config.host}:{config.port}: {e.strerror}")
     with held:
         port = held.getsockname()[1]
-        logging.getLogger("app").info("listening on http://%s:%d (a socket per worker: the kernel spreads "
-                                      "connections across them)", config.host, port)
+        logging.getLogger("app").info("listening on %s://%s:%d (a socket per worker: the kernel spreads "
+                                      "connections across them)", "https" if config.is_ssl else "http",
+                                      config.host, port)
         worker_socket = listeners.WorkerSocket(config.host, port)
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=[worker_socket]).run()  # type: ignore[list-item]  # bound in each worker
@@ -159,6 +165,9 @@ def preflight(settings: Settings) -> str | None:
         settings.api_secrets()
     except SecretError as e:
         return f"{e}: refusing to start"
+    problem = tls_problem(settings)
+    if problem:
+        return f"{problem}: refusing to start"
     model_dir = settings.model_dir.resolve()
     if not model_dir.is_dir():
         return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "

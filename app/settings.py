@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
     "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file",),
+    "TLS": ("tls_cert_file", "tls_key_file", "tls_client_ca_file",),
     "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
     "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
                              "inline_rows", "max_inflight_batches", "inference_threads", "inference_niceness",
@@ -157,6 +158,15 @@ class Settings(BaseSettings):
     """Bearer tokens accepted by the inference endpoints; empty: no key needed."""
     api_keys_file: Path | None = None
     """A file of API keys, one per line; read at start."""
+
+    # --- TLS ---
+    tls_cert_file: Path | None = None
+    """A PEM certificate (its chain after it) to serve HTTPS and gRPC over TLS, with
+    tls_key_file; without it both ports speak plain text (TLS ended in front of the server)."""
+    tls_key_file: Path | None = None
+    """The certificate's private key (PEM)."""
+    tls_client_ca_file: Path | None = None
+    """Mutual TLS: only clients whose certificate this CA (PEM) signed are served, on both ports."""
 
     # --- ONNX Runtime ---
     providers: Annotated[list[str] | Literal["auto"], NoDecode] = "auto"
@@ -343,6 +353,15 @@ class Settings(BaseSettings):
         if self.max_large_bodies_bytes is not None and self.max_large_bodies_bytes < self.max_body_bytes:
             raise ValueError(f"max_large_bodies_bytes ({self.max_large_bodies_bytes}) must be at least "
                              f"max_body_bytes ({self.max_body_bytes}): else no body that large is ever read")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_whole(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both, or neither for plain text")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file asks clients for certificates over TLS: give tls_cert_file and "
+                             "tls_key_file too")
         return self
 
     @field_validator("workers", mode="before")

@@ -25,6 +25,7 @@ from app.descriptors import connection_limits
 from app.grpc.calls import CallBook, CallGuard
 from app.grpc.service import SERVICE, InferenceService
 from app.settings import Settings
+from app.tls import tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,14 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         where = address(s.host, s.grpc_port)
+        tls = tls_files(s)
         try:
-            self.port = server.add_insecure_port(where)  # grpc_port 0: the one the system chose
+            if tls is None:
+                self.port = server.add_insecure_port(where)  # grpc_port 0: the one the system chose
+            else:  # the HTTPS port's certificate; with a client CA, mutual TLS as on HTTPS
+                credentials = grpc.ssl_server_credentials([(tls.key, tls.cert_chain)], root_certificates=tls.client_ca,
+                                                          require_client_auth=tls.client_ca is not None)
+                self.port = server.add_secure_port(where, credentials)
         except RuntimeError as e:
             raise OSError(f"cannot listen for gRPC on {where} ({e}); choose another port with --grpc-port "
                           "or ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc") from None
@@ -108,7 +115,8 @@ class GrpcServer:
         await self._sync_health()
         self._tasks.append(asyncio.create_task(self._watch_health(), name="grpc-health"))
         self._tasks.append(asyncio.create_task(self._close_late_calls(), name="grpc-late-calls"))
-        logger.info("gRPC (KServe V2, health, reflection) on %s", address(s.host, self.port))
+        logger.info("gRPC (KServe V2, health, reflection) on %s%s", address(s.host, self.port),
+                    "" if tls is None else " over TLS" + (", clients' certificates required" if tls.client_ca else ""))
 
     async def _sync_health(self) -> None:
         status = self._health.status()

@@ -1,0 +1,74 @@
+"""TLS on both ports from the same files (the settings' TLS section): uvicorn's options for
+HTTPS, and the files' bytes for gRPC's credentials (app/grpc/server.py).
+
+Checked before any model loads (`tls_problem`, from app/__main__.py's preflight): a key that
+is not the certificate's, a file that is not PEM or cannot be read stops the start with the
+file named, where it would otherwise surface as every client's failed handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_chain: bytes
+    key: bytes
+    client_ca: bytes | None
+    """Mutual TLS where given: the CA whose certificates clients must present."""
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    """The files' bytes; None where TLS is off. OSError where one cannot be read."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file
+    return TlsFiles(settings.tls_cert_file.read_bytes(), settings.tls_key_file.read_bytes(),
+                    ca.read_bytes() if ca is not None else None)
+
+
+def tls_problem(settings: Settings) -> str | None:
+    """Why the TLS files cannot serve (None where they can, or TLS is off): loaded as the
+    HTTPS server will load them."""
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None or key is None:
+        return None
+    for path, what in ((cert, "tls_cert_file"), (key, "tls_key_file"), (ca, "tls_client_ca_file")):
+        if path is not None and not path.is_file():
+            return f"{what} {path} is not a file"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        return (f"the certificate {cert} and key {key} do not load together ({_reason(e)}): both PEM, the key "
+                "the certificate's, not encrypted")
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as e:
+            return f"tls_client_ca_file {ca} holds no CA certificate in PEM ({_reason(e)})"
+    return None
+
+
+def uvicorn_tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for HTTPS (none where TLS is off)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    if settings.tls_client_ca_file is not None:
+        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
+def scheme(settings: Settings) -> str:
+    return "https" if settings.tls_cert_file is not None else "http"
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
+

@@ -1,0 +1,195 @@
+"""TLS on both ports from one certificate, and mutual TLS, against a real `python -m app`,
+through the clients users bring (httpx, tritonclient.grpc, gRPC's health checking); and TLS
+files that cannot serve refused before any model loads. Certificates are trustme's: a CA made
+for the test, never a file from the repository."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from load_tests import perf_analyzer, perf_inputs
+from load_tests.server import ROOT, ServerProcess
+from tests.app.conftest import sample_images
+from tests.conftest import MODELS
+
+pytestmark = pytest.mark.server
+
+
+class Certificates:
+    """A CA, the server's certificate for 127.0.0.1 and localhost, a client's certificate from
+    the same CA and one from a CA the server does not know, as PEM files in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.ca, stranger = trustme.CA(), trustme.CA()
+        served = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.cert, self.key, self.ca_file = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+        for i, blob in enumerate(served.cert_chain_pems):
+            blob.write_to_path(str(self.cert), append=i > 0)
+        served.private_key_pem.write_to_path(str(self.key))
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.client = self._write(self.ca.issue_cert("client@example.org"), folder / "client")
+        self.stranger = self._write(stranger.issue_cert("stranger@example.org"), folder / "stranger")
+
+    @staticmethod
+    def _write(issued: trustme.LeafCert, stem: Path) -> tuple[Path, Path]:
+        cert, key = stem.with_suffix(".pem"), stem.with_suffix(".key")
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        return cert, key
+
+    def context(self, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+        """What a client verifies the server with (and presents, where given)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if client is not None:
+            context.load_cert_chain(*client)
+        return context
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return Certificates(tmp_path_factory.mktemp("tls"))
+
+
+def tls_server(certificates: Certificates, *args: str, client: tuple[Path, Path] | None = None) -> ServerProcess:
+    def ready(server: ServerProcess) -> bool:
+        try:
+            return httpx.get(https(server) + "/v2/health/ready", verify=certificates.context(client)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return ServerProcess(["--model-dir", str(MODELS), "--tls-cert-file", str(certificates.cert), "--tls-key-file",
+                          str(certificates.key), *args], ready=ready)
+
+
+def https(server: ServerProcess) -> str:
+    return server.url.replace("http://", "https://")
+
+
+def v2_json(images: np.ndarray) -> dict[str, object]:
+    return {"inputs": [{"name": "pixels", "shape": list(images.shape), "datatype": "FP32",
+                        "data": images.ravel().tolist()}]}
+
+
+def grpc_client(server: ServerProcess, certificates: Certificates,
+                client: tuple[Path, Path] | None = None) -> triton_grpc.InferenceServerClient:
+    # The certificate names 127.0.0.1, which gRPC checks against the target's host.
+    kw = {"certificate_chain": str(client[0]), "private_key": str(client[1])} if client else {}
+    return triton_grpc.InferenceServerClient(server.grpc_target, ssl=True, root_certificates=str(certificates.ca_file),
+                                             **kw)
+
+
+def grpc_infer(client: triton_grpc.InferenceServerClient, images: np.ndarray) -> np.ndarray:
+    tensor = triton_grpc.InferInput("pixels", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    answer = client.infer("fashion-cnn", [tensor])
+    return answer.as_numpy(answer.get_response().outputs[0].name)
+
+
+@pytest.fixture(scope="module")
+def tls(certificates: Certificates) -> Iterator[ServerProcess]:
+    with tls_server(certificates, "--workers", "2") as running:  # each worker's own socket, over TLS
+        yield running
+
+
+def test_https_and_grpc_over_tls_answer_alike_and_plain_text_is_refused(
+        tls: ServerProcess, certificates: Certificates) -> None:
+    images = (sample_images(3) / 255).astype(np.float32).reshape(3, 1, 28, 28)
+    over_https = httpx.post(https(tls) + "/v2/models/fashion-cnn/infer", json=v2_json(images),
+                            verify=certificates.context())
+    assert over_https.status_code == 200, over_https.text
+    logits = np.array(over_https.json()["outputs"][0]["data"], dtype=np.float32).reshape(3, -1)
+    client = grpc_client(tls, certificates)
+    np.testing.assert_allclose(grpc_infer(client, images), logits, rtol=1e-5, atol=1e-5)
+    with grpc.secure_channel(tls.grpc_target, grpc.ssl_channel_credentials(certificates.ca_file.read_bytes())) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+    with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port: no answer
+        httpx.get(tls.url + "/v2/health/ready", timeout=10)
+    with pytest.raises(httpx.HTTPError):  # a certificate the client does not trust
+        httpx.get(https(tls) + "/v2/health/ready", timeout=10)
+    with grpc.insecure_channel(tls.grpc_target) as channel, pytest.raises(grpc.RpcError) as plain:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_runs_over_tls_with_its_own_options(tls: ServerProcess, certificates: Certificates,
+                                                           protocol: str, perf_analyzer_tool: str) -> None:
+    """Triton's load tester, unchanged: its --ssl-* options and the CA, an https:// URL for HTTP."""
+    folder, seen_as = perf_analyzer.input_folder(perf_analyzer_tool)
+    folder.mkdir(parents=True, exist_ok=True)  # the tool reads files inside its own root
+    shutil.copy(certificates.ca_file, folder / "tls-ca.pem")
+    data = perf_inputs.write(MODELS, folder, 8)["fashion-cnn"].name
+    if protocol == "http":
+        where = ["-u", f"https://127.0.0.1:{tls.port}", "--ssl-https-ca-certificates-file", f"{seen_as}/tls-ca.pem"]
+    else:
+        where = ["-u", tls.grpc_target, "--ssl-grpc-use-ssl", "true",
+                 "--ssl-grpc-root-certifications-file", f"{seen_as}/tls-ca.pem"]
+    done = subprocess.run([perf_analyzer_tool, "-m", "fashion-cnn", "-i", protocol, *where, "--concurrency-range", "4",
+                           "--input-data", f"{seen_as}/{data}", *perf_analyzer.QUICK_CHECK],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert perf_analyzer.figures(done.stdout)["infer_per_s"] > 0, done.stdout
+    assert "error" not in done.stdout.lower(), done.stdout
+
+
+def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certificates: Certificates) -> None:
+    images = (sample_images(1) / 255).astype(np.float32).reshape(1, 1, 28, 28)
+    with tls_server(certificates, "--workers", "1", "--tls-client-ca-file", str(certificates.ca_file),
+                    client=certificates.client) as server:
+        signed = httpx.post(https(server) + "/v2/models/fashion-cnn/infer", json=v2_json(images),
+                            verify=certificates.context(certificates.client))
+        refused = []
+        for client in (None, certificates.stranger):
+            try:
+                httpx.get(https(server) + "/v2/health/ready", verify=certificates.context(client), timeout=10)
+            except httpx.HTTPError as e:
+                refused.append(type(e).__name__)
+        over_grpc = grpc_infer(grpc_client(server, certificates, certificates.client), images)
+        grpc_refused = []
+        for client in (None, certificates.stranger):
+            try:
+                grpc_client(server, certificates, client).is_server_live(client_timeout=10)
+            except Exception as e:  # tritonclient's InferenceServerException
+                grpc_refused.append(str(e))
+    assert signed.status_code == 200, signed.text
+    np.testing.assert_allclose(over_grpc.ravel(), signed.json()["outputs"][0]["data"], rtol=1e-5, atol=1e-5)
+    assert len(refused) == 2  # no certificate, and one another CA signed
+    assert len(grpc_refused) == 2
+    assert all("UNAVAILABLE" in e for e in grpc_refused), grpc_refused
+
+
+def test_tls_files_that_cannot_serve_stop_the_start_with_why(certificates: Certificates, tmp_path: Path) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    other_key = certificates.stranger[1]
+    cases = [
+        (["--tls-cert-file", str(certificates.cert)], "tls_cert_file and tls_key_file go together"),
+        (["--tls-cert-file", str(certificates.cert), "--tls-key-file", str(other_key)],
+         f"the certificate {certificates.cert} and key {other_key} do not load together"),
+        (["--tls-cert-file", str(not_pem), "--tls-key-file", str(certificates.key)], "do not load together"),
+        (["--tls-cert-file", str(tmp_path / "absent.pem"), "--tls-key-file", str(certificates.key)],
+         "is not a file"),
+        (["--tls-cert-file", str(certificates.cert), "--tls-key-file", str(certificates.key),
+          "--tls-client-ca-file", str(not_pem)], f"tls_client_ca_file {not_pem} holds no CA certificate"),
+        (["--tls-client-ca-file", str(certificates.ca_file)], "give tls_cert_file and tls_key_file too"),
+    ]
+    for args, why in cases:
+        started = subprocess.run([sys.executable, "-m", "app", "--model-dir", str(MODELS), "--port", "0", *args],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert started.returncode == 2, (args, started.stderr[-500:])
+        assert why in started.stderr, (args, started.stderr[-500:])
