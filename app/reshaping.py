@@ -9,6 +9,8 @@ A reshape keeps the values and their order (numpy's reshape of the rows): no cop
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from app.errors import InferenceFailed, InvalidInput
@@ -34,29 +36,33 @@ class Reshaper:
         """A request's inputs (rows first: a model that does not batch has one) as the graph
         takes them. A dynamic axis can make a request's values too few or too many for the
         graph's shape: that request's 400."""
-        out = dict(inputs)
-        for name, (dims, graph_dims) in self.inputs.items():
-            array = out.get(name)
-            if array is None:
-                continue
-            try:
-                out[name] = array.reshape(len(array), *graph_dims)
-            except ValueError:
-                raise InvalidInput(f"input {name!r}: an item of shape {list(array.shape[1:])} (dims {dims}) does not "
-                                   f"make the graph's shape {graph_dims}: {array[0].size} values") from None
-        return out
+        return _rows_reshaped(inputs, self.inputs, lambda name, item, dims, graph_dims: InvalidInput(
+            f"input {name!r}: an item of shape {item} (dims {dims}) does not make the graph's shape {graph_dims}: "
+            f"{np.prod(item, dtype=int)} values"))
 
     def to_clients(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch's outputs (rows first) as clients get them. Values that do not make the
         declared dims are the model's fault, not the request's."""
-        out = dict(outputs)
-        for name, (graph_dims, dims) in self.outputs.items():
-            array = out.get(name)
-            if array is None:
-                continue
-            try:
-                out[name] = array.reshape(len(array), *dims)
-            except ValueError:
-                raise InferenceFailed(f"output {name!r}: the model gave items of shape {list(array.shape[1:])} "
-                                      f"(reshape {graph_dims}), which do not make its dims {dims}") from None
-        return out
+        return _rows_reshaped(outputs, self.outputs, lambda name, item, graph_dims, dims: InferenceFailed(
+            f"output {name!r}: the model gave items of shape {item} (reshape {graph_dims}), which do not make its "
+            f"dims {dims}"))
+
+
+_Refusal = Callable[[str, list[int], list[int], list[int]], Exception]
+"""(tensor name, an item's shape as it came, its declared shape, the shape wanted) -> the error."""
+
+
+def _rows_reshaped(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[list[int], list[int]]],
+                   refusal: _Refusal) -> dict[str, np.ndarray]:
+    """`arrays` with each one named in `shapes` (name -> (its declared item shape, the item
+    shape wanted)) given the wanted shape, row by row."""
+    out = dict(arrays)
+    for name, (declared, wanted) in shapes.items():
+        array = out.get(name)
+        if array is None:
+            continue
+        try:
+            out[name] = array.reshape(len(array), *wanted)
+        except ValueError:
+            raise refusal(name, list(array.shape[1:]), declared, wanted) from None
+    return out
