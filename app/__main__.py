@@ -30,7 +30,7 @@ from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
 from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
-from app.tls import tls_problem, uvicorn_tls
+from app.tls import scheme, tls_problem
 
 PROG = "python -m app"
 USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR]  (each flag is also an "
@@ -50,13 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     problem = preflight(settings)
     if problem:
         _usage_error(problem)
-    log_config = configure_logging(settings.log_format, settings.log_level)
+    log_config = configure_logging(settings.log_format, settings.log_level, https=scheme(settings) == "https")
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": log_config,
         "access_log": False,  # the service's own (app/observability/access.py), not uvicorn's
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py
-        **uvicorn_tls(settings),  # HTTPS where the TLS settings say
     }
     # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
     # place before it: with Python's default, a drained server would still exit 143.
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if not own_http_socket:
         uvicorn.run("app.main:app", workers=workers, **common)
         return
-    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common))
+    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), scheme(settings))
 
 
 def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> None:
@@ -101,7 +100,7 @@ def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> No
         "another worker; --no-reuse-port shares one HTTP socket)", " and ".join(ports), why)
 
 
-def _run_workers(config: uvicorn.Config) -> None:
+def _run_workers(config: uvicorn.Config, scheme: str) -> None:
     """uvicorn.run's workers, each listening on a socket of its own (app/listeners.py)."""
     try:
         held = listeners.bind(config.host, config.port)
@@ -110,8 +109,7 @@ def _run_workers(config: uvicorn.Config) -> None:
     with held:
         port = held.getsockname()[1]
         logging.getLogger("app").info("listening on %s://%s:%d (a socket per worker: the kernel spreads "
-                                      "connections across them)", "https" if config.is_ssl else "http",
-                                      config.host, port)
+                                      "connections across them)", scheme, config.host, port)
         worker_socket = listeners.WorkerSocket(config.host, port)
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=[worker_socket]).run()  # type: ignore[list-item]  # bound in each worker

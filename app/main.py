@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: _OrtServe) -> AsyncIterator[Mapping[str, object]]:
         resolved = settings or Settings()
         if settings is None:  # started as `uvicorn app.main:app`: nobody configured logging
-            configure_logging(resolved.log_format, resolved.log_level)
+            configure_logging(resolved.log_format, resolved.log_level, https=resolved.tls_cert_file is not None)
         admin = resolved.admin_secret()
         api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,

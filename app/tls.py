@@ -1,5 +1,6 @@
-"""TLS on both ports from the same files (the settings' TLS section): uvicorn's options for
-HTTPS, and the files' bytes for gRPC's credentials (app/grpc/server.py).
+"""TLS on both ports from the same files (the settings' TLS section): the context HTTPS's
+connections take (app/http/connections.py), and the files' bytes for gRPC's credentials
+(app/grpc/server.py).
 
 Checked before any model loads (`tls_problem`, from app/__main__.py's preflight): a key that
 is not the certificate's, a file that is not PEM or cannot be read stops the start with the
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from app.settings import Settings
 
@@ -55,14 +55,17 @@ def tls_problem(settings: Settings) -> str | None:
     return None
 
 
-def uvicorn_tls(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for HTTPS (none where TLS is off)."""
+def server_context(settings: Settings) -> ssl.SSLContext | None:
+    """HTTPS's context (None where TLS is off): the certificate, and with a client CA the
+    demand for a client certificate it signed."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return {}
-    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     if settings.tls_client_ca_file is not None:
-        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return options
+        context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def scheme(settings: Settings) -> str:

@@ -55,7 +55,7 @@ LAYERS: dict[str, set[str]] = {
                  "app.offload", "app.protocol", "app.repository", "app.settings", "app.tls"},
     "app.http": {"app.http", "app.access", "app.deadlines", "app.descriptors", "app.errors", "app.inference", "app.model_facts",
                  "app.model_views", "app.observability", "app.offload", "app.protocol", "app.repository",
-                 "app.served_model", "app.settings", "app.tuning"},
+                 "app.served_model", "app.settings", "app.tls", "app.tuning"},
     "app.main": {"app.http", "app.errors", "app.grpc", "app.keep_awake", "app.listeners", "app.observability", "app.offload", "app.repository", "app.runtime", "app.settings",
                  "app.shutdown", "app.tuning"},
     "app.__main__": {"app.http", "app.listeners", "app.main", "app.model_tools", "app.observability", "app.processes",

@@ -27,6 +27,10 @@ protocol and enforces, per connection:
   connection closes the longest
   idle one (no request running on it); only when every one is running a request is the
   new one answered 503. Idle or slow connections cannot keep liveness out.
+- **TLS handshakes** (where the server ends TLS, `http_protocol`): `header_timeout_s` to
+  finish, and counted toward `max_connections` meanwhile as idle connections. uvicorn's own
+  TLS gave each uvloop's 60 s, counted toward nothing, so silent connections could hold
+  descriptors beyond the limit.
 
 The limits reach each connection through the lifespan's state (`LIMITS_STATE`), which
 uvicorn hands to every protocol it creates.
@@ -35,24 +39,30 @@ uvicorn hands to every protocol it creates.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import functools
 import logging
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import uvloop
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from app.descriptors import connection_limits
 from app.settings import Settings
+from app.tls import server_context
 
 logger = logging.getLogger(__name__)
 
 LIMITS_STATE = "ortserve.http_limits"
-PROTOCOL = "app.http.connections:GuardedHttpToolsProtocol"
+PROTOCOL = "app.http.connections:http_protocol"
 LINGER_IDLE_S = 2.0
 LINGER_MAX_S = 30.0
 LINGER_BODY_BYTES = 64 << 20
@@ -70,12 +80,14 @@ class HttpLimits:
     header_timeout_s: float
     max_connections: int
     send_timeout_s: float
+    tls: ssl.SSLContext | None = None
+    """Where set, every connection is TLS, ended in front of its protocol (`_CountedHandshake`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         http, _ = connection_limits(settings.max_connections, settings.max_grpc_connections, settings.grpc)
         return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s, http,
-                   settings.send_timeout_s)
+                   settings.send_timeout_s, server_context(settings))
 
 
 @functools.cache
@@ -88,6 +100,46 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """What uvicorn is given for HTTP, wherever the service is started (python -m app, tests).
     The idle timeout is uvicorn's own keep-alive setting, which the protocol arms on connect too."""
     return {"http": PROTOCOL, "loop": "uvloop", "timeout_keep_alive": settings.keep_alive_s}
+
+
+def http_protocol(config: Config, server_state: ServerState, app_state: dict[str, Any],
+                  _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.BaseProtocol:
+    """uvicorn's protocol for each connection it accepts (its `http` option, PROTOCOL): the
+    guarded HTTP protocol, behind TLS where the limits carry a context."""
+    http = GuardedHttpToolsProtocol(config, server_state, app_state, _loop)
+    if http.limits.tls is None:
+        return http
+    kind: Any = _UvloopTls if isinstance(http.loop, uvloop.Loop) else _AsyncioTls  # the loop's own TLS protocol
+    tls = kind(http.loop, http, http.limits.tls, None, server_side=True,
+               ssl_handshake_timeout=http.limits.header_timeout_s)
+    tls.http = http
+    return tls
+
+
+class _CountedHandshake:
+    """TLS ended in front of a connection's HTTP protocol by the event loop's own TLS protocol
+    (uvloop's, which uvicorn's `ssl` options use), but under the HTTP limits: uvicorn's gave a
+    handshake uvloop's 60 s and counted it toward no limit. Here the handshake has
+    header_timeout_s, and while it lasts the connection counts toward max_connections as an
+    idle one (closed first to make room)."""
+
+    http: GuardedHttpToolsProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.http.handshaking(transport)  # type: ignore[arg-type]  # a stream's: it has abort()
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.http.handshake_lost()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class _UvloopTls(_CountedHandshake, uvloop.loop.SSLProtocol):  # type: ignore[name-defined]  # not in uvloop's stubs
+    pass
+
+
+class _AsyncioTls(_CountedHandshake, asyncio.sslproto.SSLProtocol):
+    pass
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -107,10 +159,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingered = 0
         self._linger_until = 0.0
         self._linger_bytes = 0
+        self._made = False  # connection_made: for TLS, once its handshake is done
 
     # --- connections --------------------------------------------------------------
 
+    def handshaking(self, transport: asyncio.Transport) -> None:
+        """A TLS connection before its handshake (`_CountedHandshake`): counted, and idle."""
+        self.transport = transport  # what a close to make room closes
+        self.connections.add(self)
+        self.last_active = self.loop.time()
+        if not self._room_for_one_more():  # every connection busy, and no TLS yet to answer 503 in
+            transport.abort()
+
+    def handshake_lost(self) -> None:
+        """The TLS connection ended; before its handshake was done, nothing else lets it go."""
+        if not self._made:
+            self.connections.discard(self)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._made = True
         super().connection_made(transport)
         self.last_active = self.loop.time()
         if not self._room_for_one_more():

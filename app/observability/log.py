@@ -57,6 +57,17 @@ class _ClientGoneWithoutTraceback(logging.Filter):
         return True
 
 
+class _UvicornRunningOnHttps(logging.Filter):
+    """uvicorn's "Uvicorn running on http://..." says https: uvicorn serves the port as plain
+    text and the server's own protocol ends TLS on each connection, under its limits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name == "uvicorn.error" and isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on")
+                and isinstance(record.args, tuple) and record.args[:1] == ("http",)):
+            record.args = ("https", *record.args[1:])
+        return True
+
+
 def json_entry(time: str, level: str, logger: str, message: str) -> dict[str, Any]:
     """A JSON log line's first keys, in order: every JSON line's (JsonFormatter's, and the
     access log's, which makes its lines without logging's records)."""
@@ -89,10 +100,13 @@ JSON_TIME = "%Y-%m-%dT%H:%M:%S"
 """The `time` of JSON lines."""
 
 
-def configure_logging(log_format: str, level: str) -> dict[str, object]:
-    """Configure the root logger; returns the dict for uvicorn's log_config too."""
+def configure_logging(log_format: str, level: str, https: bool = False) -> dict[str, object]:
+    """Configure the root logger; returns the dict for uvicorn's log_config too. `https`: the
+    server's own protocol ends TLS (app/http/connections.py), which uvicorn does not know."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
+    if https:
+        handler.addFilter(_UvicornRunningOnHttps())
     handler.addFilter(_RefusalWithoutTraceback())
     handler.addFilter(_ClientGoneWithoutTraceback())
     handler.setFormatter(formatter(log_format))

@@ -5,6 +5,7 @@ for the test, never a file from the repository."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -23,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_tests import perf_analyzer, perf_inputs
 from load_tests.server import ROOT, ServerProcess
 from tests.app.conftest import sample_images
+from tests.app.http.test_connections import closed_by_server, read_all
+from tests.app.http.test_hardening import live_server
 from tests.conftest import MODELS
 
 pytestmark = pytest.mark.server
@@ -70,8 +73,8 @@ def tls_server(certificates: Certificates, *args: str, client: tuple[Path, Path]
         except httpx.HTTPError:
             return False
 
-    return ServerProcess(["--model-dir", str(MODELS), "--tls-cert-file", str(certificates.cert), "--tls-key-file",
-                          str(certificates.key), *args], ready=ready)
+    return ServerProcess(["--model-dir", str(MODELS), "--log-level", "info", "--tls-cert-file", str(certificates.cert),
+                          "--tls-key-file", str(certificates.key), *args], ready=ready)
 
 
 def https(server: ServerProcess) -> str:
@@ -124,6 +127,7 @@ def test_https_and_grpc_over_tls_answer_alike_and_plain_text_is_refused(
     with grpc.insecure_channel(tls.grpc_target) as channel, pytest.raises(grpc.RpcError) as plain:
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"listening on https://127.0.0.1:{tls.port}" in tls.log.read_text()  # the workers' parent says so
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -167,10 +171,42 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
             except Exception as e:  # tritonclient's InferenceServerException
                 grpc_refused.append(str(e))
     assert signed.status_code == 200, signed.text
+    assert "Uvicorn running on https://" in server.log.read_text()  # TLS is the server's, not uvicorn's
     np.testing.assert_allclose(over_grpc.ravel(), signed.json()["outputs"][0]["data"], rtol=1e-5, atol=1e-5)
     assert len(refused) == 2  # no certificate, and one another CA signed
     assert len(grpc_refused) == 2
     assert all("UNAVAILABLE" in e for e in grpc_refused), grpc_refused
+
+
+async def test_tls_handshakes_count_toward_max_connections_and_end_at_header_timeout_s(
+        certificates: Certificates) -> None:
+    """A connection that never starts its handshake (uvicorn's own TLS gave it uvloop's 60 s,
+    uncounted): closed after header_timeout_s, and counted meanwhile, an idle connection that
+    makes room for a client that does speak TLS."""
+    tls = {"tls_cert_file": certificates.cert, "tls_key_file": certificates.key}
+
+    async def live(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        return await read_all(reader)
+
+    async with live_server(**tls, header_timeout_s=1) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        silent_closed = await closed_by_server(reader)  # within read_all's 20 s, not uvloop's 60
+        writer.close()
+    async with live_server(**tls, max_connections=10, header_timeout_s=60, keep_alive_s=60) as (server, _):
+        port = server.config.port
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]  # no handshake, ever
+        answers = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=certificates.context())
+            answers.append(await live(reader, writer))
+            writer.close()
+        open_now = len(server.server_state.connections)
+        for _, w in held:
+            w.close()
+    assert silent_closed
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    assert open_now <= 10
 
 
 def test_tls_files_that_cannot_serve_stop_the_start_with_why(certificates: Certificates, tmp_path: Path) -> None:
