@@ -43,10 +43,10 @@ def tls_problem(settings: Settings) -> str | None:
             return f"{what} {path} is not a file"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert, key)
+        _load_chain(context, settings)
     except (OSError, ssl.SSLError) as e:
         return (f"the certificate {cert} and key {key} do not load together ({_reason(e)}): both PEM, the key "
-                "the certificate's, not encrypted")
+                "the certificate's and not encrypted (the server has no passphrase to give it)")
     if ca is not None:
         try:
             context.load_verify_locations(cafile=str(ca))
@@ -61,11 +61,17 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    _load_chain(context, settings)
     if settings.tls_client_ca_file is not None:
         context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _load_chain(context: ssl.SSLContext, settings: Settings) -> None:
+    # An empty passphrase: an encrypted key fails at once, where OpenSSL would otherwise ask
+    # for one on the terminal and the start would wait for it.
+    context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file), password=lambda: b"")
 
 
 def scheme(settings: Settings) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import trustme
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from load_tests import perf_analyzer, perf_inputs
@@ -43,6 +44,10 @@ class Certificates:
             blob.write_to_path(str(self.cert), append=i > 0)
         served.private_key_pem.write_to_path(str(self.key))
         self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.encrypted_key = folder / "encrypted.key"  # as `openssl ec -aes256` writes one
+        self.encrypted_key.write_bytes(serialization.load_pem_private_key(served.private_key_pem.bytes(), None)
+                                       .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.BestAvailableEncryption(b"secret")))
         self.client = self._write(self.ca.issue_cert("client@example.org"), folder / "client")
         self.stranger = self._write(stranger.issue_cert("stranger@example.org"), folder / "stranger")
 
@@ -218,6 +223,8 @@ def test_tls_files_that_cannot_serve_stop_the_start_with_why(certificates: Certi
         (["--tls-cert-file", str(certificates.cert), "--tls-key-file", str(other_key)],
          f"the certificate {certificates.cert} and key {other_key} do not load together"),
         (["--tls-cert-file", str(not_pem), "--tls-key-file", str(certificates.key)], "do not load together"),
+        (["--tls-cert-file", str(certificates.cert), "--tls-key-file", str(certificates.encrypted_key)],
+         "not encrypted (the server has no passphrase to give it)"),
         (["--tls-cert-file", str(tmp_path / "absent.pem"), "--tls-key-file", str(certificates.key)],
          "is not a file"),
         (["--tls-cert-file", str(certificates.cert), "--tls-key-file", str(certificates.key),
