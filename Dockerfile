@@ -56,7 +56,7 @@ USER 10001:10001
 # HTTP (REST, KServe V2 / Triton) and gRPC (KServe V2 GRPCInferenceService, health, reflection).
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('ORTSERVE_PORT', '8000') + '/v2/health/ready', timeout=2)"]
+  CMD ["python3", "-m", "app.health_probe"]
 # uvicorn drains in-flight requests on SIGTERM (up to ORTSERVE_SHUTDOWN_GRACE_S).
 STOPSIGNAL SIGTERM
 CMD ["python3", "-m", "app"]

@@ -32,6 +32,7 @@ LAYERS: dict[str, set[str]] = {
     "app.graph": {"app.manifest"},
     "app.reshaping": {"app.errors", "app.manifest"},
     "app.tls": {"app.settings"},
+    "app.health_probe": set(),
     "app.batch_sizing": {"app.manifest"},
     "app.model_facts": {"app.graph", "app.manifest"},
     "app.completion": {"app.batch_sizing", "app.graph", "app.manifest", "app.model_facts"},

@@ -6,6 +6,7 @@ for the test, never a file from the repository."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app import health_probe
 from load_tests import perf_analyzer, perf_inputs
 from load_tests.server import ROOT, ServerProcess
 from tests.app.conftest import sample_images
@@ -135,6 +137,19 @@ def test_https_and_grpc_over_tls_answer_alike_and_plain_text_is_refused(
     assert f"listening on https://127.0.0.1:{tls.port}" in tls.log.read_text()  # the workers' parent says so
 
 
+def test_the_containers_health_probe_speaks_what_the_port_speaks(tls: ServerProcess, certificates: Certificates,
+                                                                 server: ServerProcess) -> None:
+    """app/health_probe.py (the image's HEALTHCHECK) reads the same variables as the server."""
+    over_tls = {"ORTSERVE_PORT": str(tls.port), "ORTSERVE_TLS_CERT_FILE": str(certificates.cert),
+                "ORTSERVE_TLS_KEY_FILE": str(certificates.key)}
+    assert health_probe.ready(over_tls)
+    assert not health_probe.ready({"ORTSERVE_PORT": str(tls.port)})  # plain text to a TLS port: refused
+    assert health_probe.ready({"ORTSERVE_PORT": str(server.port)})  # a plain server
+    probe = subprocess.run([sys.executable, "-m", "app.health_probe"], env={**os.environ, **over_tls}, cwd=ROOT,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert probe.returncode == 0, probe.stderr
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_runs_over_tls_with_its_own_options(tls: ServerProcess, certificates: Certificates,
                                                            protocol: str, perf_analyzer_tool: str) -> None:
@@ -169,6 +184,9 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
             except httpx.HTTPError as e:
                 refused.append(type(e).__name__)
         over_grpc = grpc_infer(grpc_client(server, certificates, certificates.client), images)
+        probe_ready = health_probe.ready({"ORTSERVE_PORT": str(server.port), "ORTSERVE_TLS_CERT_FILE": str(certificates.cert),
+                                          "ORTSERVE_TLS_KEY_FILE": str(certificates.key),
+                                          "ORTSERVE_TLS_CLIENT_CA_FILE": str(certificates.ca_file)})
         grpc_refused = []
         for client in (None, certificates.stranger):
             try:
@@ -177,6 +195,7 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
                 grpc_refused.append(str(e))
     assert signed.status_code == 200, signed.text
     assert "Uvicorn running on https://" in server.log.read_text()  # TLS is the server's, not uvicorn's
+    assert probe_ready  # the health probe presents the server's certificate, which the same CA signed
     np.testing.assert_allclose(over_grpc.ravel(), signed.json()["outputs"][0]["data"], rtol=1e-5, atol=1e-5)
     assert len(refused) == 2  # no certificate, and one another CA signed
     assert len(grpc_refused) == 2
