@@ -46,7 +46,7 @@ class Certificates:
             blob.write_to_path(str(self.cert), append=i > 0)
         served.private_key_pem.write_to_path(str(self.key))
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.encrypted_key = folder / "encrypted.key"  # as `openssl ec -aes256` writes one
+        self.encrypted_key = folder / "encrypted.key"  # the same key under a passphrase
         self.encrypted_key.write_bytes(serialization.load_pem_private_key(served.private_key_pem.bytes(), None)
                                        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.BestAvailableEncryption(b"secret")))
