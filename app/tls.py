@@ -5,14 +5,27 @@ connections take (app/http/connections.py), and the files' bytes for gRPC's cred
 Checked before any model loads (`tls_problem`, from app/__main__.py's preflight): a key that
 is not the certificate's, a file that is not PEM or cannot be read stops the start with the
 file named, where it would otherwise surface as every client's failed handshake.
+
+Renewed in place: certificates are rotated by rewriting their files (cert-manager's Secret
+volumes, certbot). New connections get the files' current certificate, looked at again at
+most every CHECK_EVERY_S (`RenewedFiles`); files that changed but do not load together are
+logged and the previous certificate goes on serving.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 1.0
+"""How often, at most, a new connection has the TLS files looked at again (a stat each)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,60 @@ def _load_chain(context: ssl.SSLContext, settings: Settings) -> None:
     # An empty passphrase: an encrypted key fails at once, where OpenSSL would otherwise ask
     # for one on the terminal and the start would wait for it.
     context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file), password=lambda: b"")
+
+
+class RenewedFiles:
+    """Whether the TLS files have changed since they were last read, looked at when asked but
+    no more than every CHECK_EVERY_S. A file is the same while its size, time and inode are
+    (a Secret volume swaps a symbolic link: the stat follows it)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.paths = [p for p in (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+                      if p is not None]
+        self.clock = clock
+        self._seen = self._stamp()
+        self._next = clock() + CHECK_EVERY_S
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in (p.stat() for p in self.paths))
+        except OSError:  # being replaced: looked at again next time
+            return None
+
+    def changed(self) -> bool:
+        now = self.clock()
+        if now < self._next:
+            return False
+        self._next = now + CHECK_EVERY_S
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        self._seen = stamp
+        return True
+
+
+class HttpsContext:
+    """The context HTTPS's new connections take: the files' current certificate."""
+
+    def __init__(self, settings: Settings, context: ssl.SSLContext) -> None:
+        self.settings = settings
+        self._context = context
+        self._renewed = RenewedFiles(settings)
+
+    def current(self) -> ssl.SSLContext:
+        if self._renewed.changed():
+            problem = tls_problem(self.settings)
+            if problem:
+                logger.error("the TLS files changed but %s: HTTPS goes on with the previous certificate", problem)
+            else:
+                self._context = server_context(self.settings) or self._context
+                logger.info("the TLS files changed: new HTTPS connections get the renewed certificate")
+        return self._context
+
+
+def https_context(settings: Settings) -> HttpsContext | None:
+    context = server_context(settings)
+    return HttpsContext(settings, context) if context is not None else None
 
 
 def scheme(settings: Settings) -> str:

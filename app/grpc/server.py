@@ -25,7 +25,7 @@ from app.descriptors import connection_limits
 from app.grpc.calls import CallBook, CallGuard
 from app.grpc.service import SERVICE, InferenceService
 from app.settings import Settings
-from app.tls import tls_files
+from app.tls import RenewedFiles, TlsFiles, tls_files, tls_problem
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,33 @@ class _Health(health_aio.HealthServicer):
 
 def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(files.key, files.cert_chain)], root_certificates=files.client_ca)
+
+
+class _RenewedCertificate:
+    """gRPC's side of app/tls.py's renewal: grpc core asks before each new connection's
+    handshake (on its own thread) whether the certificate changed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.renewed = RenewedFiles(settings)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            if not self.renewed.changed():
+                return None
+            problem = tls_problem(self.settings)
+            files = tls_files(self.settings) if problem is None else None
+        except Exception as e:  # grpc core's thread: whatever happens, the current certificate stays
+            problem, files = f"they could not be read ({e})", None
+        if files is None:
+            logger.error("the TLS files changed but %s: gRPC goes on with the previous certificate", problem)
+            return None
+        logger.info("the TLS files changed: new gRPC connections get the renewed certificate")
+        return _configuration(files)
 
 
 class GrpcServer:
@@ -103,9 +130,10 @@ class GrpcServer:
         try:
             if tls is None:
                 self.port = server.add_insecure_port(where)  # grpc_port 0: the one the system chose
-            else:  # the HTTPS port's certificate; with a client CA, mutual TLS as on HTTPS
-                credentials = grpc.ssl_server_credentials([(tls.key, tls.cert_chain)], root_certificates=tls.client_ca,
-                                                          require_client_auth=tls.client_ca is not None)
+            else:  # the HTTPS port's certificate, renewed as it is; with a client CA, mutual TLS as on HTTPS
+                renewed = _RenewedCertificate(s)
+                credentials = grpc.dynamic_ssl_server_credentials(_configuration(tls), renewed.fetch,
+                                                                  require_client_authentication=tls.client_ca is not None)
                 self.port = server.add_secure_port(where, credentials)
         except RuntimeError as e:
             raise OSError(f"cannot listen for gRPC on {where} ({e}); choose another port with --grpc-port "

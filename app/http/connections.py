@@ -44,7 +44,6 @@ import contextlib
 import functools
 import logging
 import socket
-import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,7 @@ from uvicorn.server import ServerState
 
 from app.descriptors import connection_limits
 from app.settings import Settings
-from app.tls import server_context
+from app.tls import HttpsContext, https_context
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +79,15 @@ class HttpLimits:
     header_timeout_s: float
     max_connections: int
     send_timeout_s: float
-    tls: ssl.SSLContext | None = None
-    """Where set, every connection is TLS, ended in front of its protocol (`_CountedHandshake`)."""
+    tls: HttpsContext | None = None
+    """Where set, every connection is TLS, ended in front of its protocol (`_CountedHandshake`)
+    with the certificate current when it arrives."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         http, _ = connection_limits(settings.max_connections, settings.max_grpc_connections, settings.grpc)
         return cls(settings.max_header_bytes, settings.max_header_count, settings.header_timeout_s, http,
-                   settings.send_timeout_s, server_context(settings))
+                   settings.send_timeout_s, https_context(settings))
 
 
 @functools.cache
@@ -110,7 +110,7 @@ def http_protocol(config: Config, server_state: ServerState, app_state: dict[str
     if http.limits.tls is None:
         return http
     kind: Any = _UvloopTls if isinstance(http.loop, uvloop.Loop) else _AsyncioTls  # the loop's own TLS protocol
-    tls = kind(http.loop, http, http.limits.tls, None, server_side=True,
+    tls = kind(http.loop, http, http.limits.tls.current(), None, server_side=True,
                ssl_handshake_timeout=http.limits.header_timeout_s)
     tls.http = http
     return tls

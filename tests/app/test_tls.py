@@ -11,7 +11,8 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -200,6 +201,69 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
     assert len(refused) == 2  # no certificate, and one another CA signed
     assert len(grpc_refused) == 2
     assert all("UNAVAILABLE" in e for e in grpc_refused), grpc_refused
+
+
+def _replace(path: Path, blob: trustme.Blob) -> None:
+    """As a renewal writes a file: whole, then moved over the old one."""
+    new = path.with_suffix(".new")
+    blob.write_to_path(str(new))
+    os.replace(new, path)
+
+
+def _served_until(attempt: Callable[[], bool], seconds: float = 30) -> bool:
+    """Whether `attempt` succeeds within `seconds`, tried every 0.2 s: the files are looked at
+    again at most every second, and only as a connection arrives."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if attempt():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_certificate_renewed_in_place_is_served_without_a_restart(tmp_path: Path) -> None:
+    """cert-manager and certbot rewrite the files: new connections, HTTPS and gRPC, get the new
+    certificate; files that changed but do not load together leave the old one serving."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old, new = old_ca.issue_cert("127.0.0.1"), new_ca.issue_cert("127.0.0.1")
+    _replace(cert, old.cert_chain_pems[0])
+    _replace(key, old.private_key_pem)
+    trusts = {}
+    for name, ca in (("old", old_ca), ("new", new_ca)):
+        trusts[name] = tmp_path / f"{name}-ca.pem"
+        ca.cert_pem.write_to_path(str(trusts[name]))
+
+    def https_ok(server: ServerProcess, trusted: str) -> bool:
+        try:
+            return httpx.get(https(server) + "/v2/health/live", timeout=10,
+                             verify=ssl.create_default_context(cafile=str(trusts[trusted]))).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def grpc_ok(server: ServerProcess, trusted: str) -> bool:
+        with grpc.secure_channel(server.grpc_target, grpc.ssl_channel_credentials(trusts[trusted].read_bytes())) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.RpcError:
+                return False
+            return True
+
+    with ServerProcess(["--model-dir", str(MODELS), "--workers", "1", "--log-level", "info", "--tls-cert-file",
+                        str(cert), "--tls-key-file", str(key)], ready=lambda server: https_ok(server, "old")) as server:
+        before = grpc_ok(server, "old")
+        _replace(key, new.private_key_pem)  # half a renewal: the key of a certificate not yet written
+        logged = _served_until(lambda: https_ok(server, "old") and grpc_ok(server, "old") and server.log.read_text()
+                               .count("the TLS files changed but") >= 2)
+        _replace(cert, new.cert_chain_pems[0])
+        renewed_https = _served_until(lambda: https_ok(server, "new"))
+        renewed_grpc = _served_until(lambda: grpc_ok(server, "new"))
+        old_refused = not https_ok(server, "old") and not grpc_ok(server, "old")
+    assert before
+    assert logged, server.log.read_text()[-2000:]  # both ports went on with the old certificate, and said why
+    assert renewed_https
+    assert renewed_grpc
+    assert old_refused
 
 
 async def test_tls_handshakes_count_toward_max_connections_and_end_at_header_timeout_s(
