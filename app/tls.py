@@ -128,10 +128,14 @@ class HttpsContext:
     def current(self) -> ssl.SSLContext:
         if self._renewed.changed():
             problem = tls_problem(self.settings)
+            if problem is None:
+                try:
+                    self._context = server_context(self.settings) or self._context
+                except (OSError, ssl.SSLError) as e:  # rewritten again since they were checked
+                    problem = f"they did not load ({_reason(e)})"
             if problem:
                 logger.error("the TLS files changed but %s: HTTPS goes on with the previous certificate", problem)
             else:
-                self._context = server_context(self.settings) or self._context
                 logger.info("the TLS files changed: new HTTPS connections get the renewed certificate")
         return self._context
 
