@@ -120,7 +120,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
 
     policy = batch_policy(settings, manifest)
 
-    reshaper = Reshaper.for_manifest(manifest)  # the inputs come reshaped (ServedModel.infer), the outputs not
+    reshaper = Reshaper.for_manifest(manifest)  # the model's inputs it reshapes, run_batch its outputs
 
     def run_batch(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
@@ -151,7 +151,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart, exact_shapes=pads_unmasked(manifest))
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
-                        verified=not drop_in, told_by=facts.source, ignored=facts.ignored)
+                        verified=not drop_in, told_by=facts.source, ignored=facts.ignored, reshaper=reshaper)
     if settings.warmup:
         try:
             model.warm_up()

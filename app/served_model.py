@@ -40,6 +40,8 @@ class ServedModel:
     """The configuration files (or load request) that said what the graph did not."""
     ignored: dict[str, str] = field(default_factory=dict)
     """Fields of a Triton configuration this server does not use, with why."""
+    reshaper: Reshaper | None = None
+    """Clients' shapes to the graph's, where the manifest tells them apart (app/reshaping.py)."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 
@@ -50,7 +52,6 @@ class ServedModel:
         self.deadlines = Deadlines(functools.partial(_expire, self.name))
         self._unleased = asyncio.Event()
         self._unleased.set()
-        self.reshaper = Reshaper.for_manifest(self.manifest)
 
     @property
     def name(self) -> str:

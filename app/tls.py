@@ -45,46 +45,43 @@ def tls_files(settings: Settings) -> TlsFiles | None:
                     ca.read_bytes() if ca is not None else None)
 
 
+class TlsError(ValueError):
+    """TLS files that cannot serve, with the file and why."""
+
+
 def tls_problem(settings: Settings) -> str | None:
-    """Why the TLS files cannot serve (None where they can, or TLS is off): loaded as the
-    HTTPS server will load them."""
-    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-    if cert is None or key is None:
-        return None
-    for path, what in ((cert, "tls_cert_file"), (key, "tls_key_file"), (ca, "tls_client_ca_file")):
-        if path is not None and not path.is_file():
-            return f"{what} {path} is not a file"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """Why the TLS files cannot serve (None where they can, or TLS is off)."""
     try:
-        _load_chain(context, settings)
-    except (OSError, ssl.SSLError) as e:
-        return (f"the certificate {cert} and key {key} do not load together ({_reason(e)}): both PEM, the key "
-                "the certificate's and not encrypted (the server has no passphrase to give it)")
-    if ca is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca))
-        except (OSError, ssl.SSLError) as e:
-            return f"tls_client_ca_file {ca} holds no CA certificate in PEM ({_reason(e)})"
+        server_context(settings)
+    except TlsError as e:
+        return str(e)
     return None
 
 
 def server_context(settings: Settings) -> ssl.SSLContext | None:
     """HTTPS's context (None where TLS is off): the certificate, and with a client CA the
-    demand for a client certificate it signed."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    demand for a client certificate it signed. TlsError where the files cannot serve."""
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None or key is None:
         return None
+    for path, what in ((cert, "tls_cert_file"), (key, "tls_key_file"), (ca, "tls_client_ca_file")):
+        if path is not None and not path.is_file():
+            raise TlsError(f"{what} {path} is not a file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_chain(context, settings)
-    if settings.tls_client_ca_file is not None:
-        context.load_verify_locations(cafile=str(settings.tls_client_ca_file))
+    try:
+        # An empty passphrase: an encrypted key fails at once, where OpenSSL would otherwise
+        # ask for one on the terminal and the start would wait for it.
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except (OSError, ssl.SSLError) as e:
+        raise TlsError(f"the certificate {cert} and key {key} do not load together ({_reason(e)}): both PEM, the "
+                       "key the certificate's and not encrypted (the server has no passphrase to give it)") from e
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise TlsError(f"tls_client_ca_file {ca} holds no CA certificate in PEM ({_reason(e)})") from e
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def _load_chain(context: ssl.SSLContext, settings: Settings) -> None:
-    # An empty passphrase: an encrypted key fails at once, where OpenSSL would otherwise ask
-    # for one on the terminal and the start would wait for it.
-    context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file), password=lambda: b"")
 
 
 class RenewedFiles:
@@ -127,14 +124,10 @@ class HttpsContext:
 
     def current(self) -> ssl.SSLContext:
         if self._renewed.changed():
-            problem = tls_problem(self.settings)
-            if problem is None:
-                try:
-                    self._context = server_context(self.settings) or self._context
-                except (OSError, ssl.SSLError) as e:  # rewritten again since they were checked
-                    problem = f"they did not load ({_reason(e)})"
-            if problem:
-                logger.error("the TLS files changed but %s: HTTPS goes on with the previous certificate", problem)
+            try:
+                self._context = server_context(self.settings) or self._context
+            except TlsError as e:
+                logger.error("the TLS files changed but %s: HTTPS goes on with the previous certificate", e)
             else:
                 logger.info("the TLS files changed: new HTTPS connections get the renewed certificate")
         return self._context
