@@ -1,10 +1,10 @@
 """Running batches: bounded in-flight slots, inference threads, and each request's rows back.
 
 ONNX Runtime releases the GIL, so batches run in a thread pool while the event loop goes
-on parsing requests. A failure fails that batch's requests only. The thread needs the GIL back
-to hand ONNX Runtime's outputs over, and under load it waits 1-1.5 ms a batch for it while the
-loop waits in turn for the thread's share: the loop's idle 6-8% at c64 (docs/benchmarks.md,
-"Where the model's thread meets the event loop").
+on parsing requests. A failure fails that batch's requests only. Under load the thread waits
+1-1.5 ms a batch for the GIL to hand ONNX Runtime's outputs back; the loop loses no work to
+that (a prototype with ONNX Runtime in a child process idled the loop as much:
+docs/benchmarks.md, "Where the model's thread meets the event loop").
 
 A batch for a thread is collated and handed over as it is launched, and its rows come
 back in one callback from that thread: no task and no awaited future in between. Under
