@@ -2,9 +2,9 @@
 
 ONNX Runtime releases the GIL, so batches run in a thread pool while the event loop goes
 on parsing requests. A failure fails that batch's requests only. Under load the thread waits
-1-1.5 ms a batch for the GIL to hand ONNX Runtime's outputs back; the loop loses no work to
-that (a prototype with ONNX Runtime in a child process idled the loop as much:
-docs/benchmarks.md, "Where the model's thread meets the event loop").
+1-1.5 ms a batch for the GIL to hand ONNX Runtime's outputs back; a prototype with ONNX
+Runtime in a child process instead left the loop as idle and no faster (docs/benchmarks.md,
+"Where the model's thread meets the event loop").
 
 A batch for a thread is collated and handed over as it is launched, and its rows come
 back in one callback from that thread: no task and no awaited future in between. Under
