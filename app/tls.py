@@ -19,10 +19,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+Made = TypeVar("Made")
 
 CHECK_EVERY_S = 1.0
 """How often, at most, a new connection has the TLS files looked at again (a stat each)."""
@@ -114,22 +117,39 @@ class RenewedFiles:
         return True
 
 
+class Renewal(Generic[Made]):
+    """What one port serves with, made from the TLS files (HTTPS's context, gRPC's certificate
+    configuration) and made again when they change. Files that changed but do not make it
+    are logged, and the port goes on with what it had."""
+
+    def __init__(self, settings: Settings, make: Callable[[Settings], Made], port: str) -> None:
+        self.settings = settings
+        self.make = make
+        self.port = port
+        self._files = RenewedFiles(settings)
+
+    def renewed(self) -> Made | None:
+        """What the files make now where they changed since last looked at; None otherwise."""
+        if not self._files.changed():
+            return None
+        try:
+            made = self.make(self.settings)
+        except (TlsError, OSError) as e:
+            logger.error("the TLS files changed but %s: %s goes on with the previous certificate", e, self.port)
+            return None
+        logger.info("the TLS files changed: new %s connections get the renewed certificate", self.port)
+        return made
+
+
 class HttpsContext:
     """The context HTTPS's new connections take: the files' current certificate."""
 
     def __init__(self, settings: Settings, context: ssl.SSLContext) -> None:
-        self.settings = settings
         self._context = context
-        self._renewed = RenewedFiles(settings)
+        self._renewal = Renewal(settings, server_context, "HTTPS")
 
     def current(self) -> ssl.SSLContext:
-        if self._renewed.changed():
-            try:
-                self._context = server_context(self.settings) or self._context
-            except TlsError as e:
-                logger.error("the TLS files changed but %s: HTTPS goes on with the previous certificate", e)
-            else:
-                logger.info("the TLS files changed: new HTTPS connections get the renewed certificate")
+        self._context = self._renewal.renewed() or self._context
         return self._context
 
 

@@ -25,7 +25,7 @@ from app.descriptors import connection_limits
 from app.grpc.calls import CallBook, CallGuard
 from app.grpc.service import SERVICE, InferenceService
 from app.settings import Settings
-from app.tls import RenewedFiles, TlsFiles, tls_files, tls_problem
+from app.tls import Renewal, TlsFiles, server_context, tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +63,27 @@ def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(files.key, files.cert_chain)], root_certificates=files.client_ca)
 
 
+def _checked_configuration(settings: Settings) -> grpc.ServerCertificateConfiguration:
+    """The files as gRPC's certificate, once they load together (TlsError where not)."""
+    server_context(settings)
+    files = tls_files(settings)
+    assert files is not None  # renewed only where TLS is on
+    return _configuration(files)
+
+
 class _RenewedCertificate:
     """gRPC's side of app/tls.py's renewal: grpc core asks before each new connection's
     handshake (on its own thread) whether the certificate changed."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.renewed = RenewedFiles(settings)
+        self.renewal = Renewal(settings, _checked_configuration, "gRPC")
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         try:
-            if not self.renewed.changed():
-                return None
-            problem = tls_problem(self.settings)
-            files = tls_files(self.settings) if problem is None else None
-        except Exception as e:  # grpc core's thread: whatever happens, the current certificate stays
-            problem, files = f"they could not be read ({e})", None
-        if files is None:
-            logger.error("the TLS files changed but %s: gRPC goes on with the previous certificate", problem)
+            return self.renewal.renewed()
+        except Exception:  # grpc core's thread: whatever happens, the current certificate stays
+            logger.exception("checking the TLS files for a renewal failed: gRPC goes on with the previous certificate")
             return None
-        logger.info("the TLS files changed: new gRPC connections get the renewed certificate")
-        return _configuration(files)
 
 
 class GrpcServer:
