@@ -25,6 +25,8 @@ from app.graph import (
     generated_inputs,
     graph_tensors,
     looks_like_probabilities,
+    shapeless_tensors,
+    with_ranks_run,
 )
 from app.manifest import (
     TENSORS_TASK,
@@ -41,6 +43,8 @@ from app.model_facts import ModelFacts
 UNMEASURED_BATCHING = BatchingDefaults(max_batch_size=16, max_queue_delay_ms=2.0,
                                        reason="not measured (warm-up is off): the default of 16 rows, 2 ms")
 """A batching model's batching where it is not measured and nothing else says."""
+DECLARE_SHAPES = ("shapes in the model's config.json (`inputs`, as a manifest lists them) or its config.pbtxt "
+                  "(`input` dims, with max_batch_size where the first axis is a batch axis)")
 UNPADDED_BATCHING_REASON = (
     "a dynamic axis besides the first: a request batches only with requests of its shapes, since "
     "zero-padding other lengths to the longest would change what a model that does not mask its padding answers")
@@ -53,11 +57,18 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
     reads (a text model's vocabulary), already read. GraphError (ValueError) says why it
     cannot be served. `run` times batches where batching is measured (the serving session)."""
     inputs, outputs = graph_tensors(session)
+    shapeless = shapeless_tensors(session, model_bytes)
     task = facts.task or TENSORS_TASK
     # A configuration that lists outputs serves those (Triton's does, too); its tensors must
     # agree with the graph's, which is checked below, once the batch axis is settled.
-    declared_in, declared_out = facts.inputs or inputs, facts.outputs or outputs
+    declared_in = facts.inputs or inputs
     given = facts.batching.max_batch_size if facts.batching is not None else None
+    unknown = sorted(spec.name for spec in declared_in if spec.name in shapeless and facts.inputs is None)
+    if unknown:  # its rank could be anything: a request's shape could not be checked before it runs
+        raise GraphError(f"inputs {unknown} declare no shape in the graph, not even a rank: declare the inputs' "
+                         f"{DECLARE_SHAPES}")
+    declared_out = facts.outputs or with_ranks_run(session, declared_in, bool(given) and facts.inputs is not None,
+                                                   outputs, shapeless)
     if given is not None and facts.inputs is not None:
         why_not = None  # shapes declared with or without a batch axis, as max_batch_size says
     else:
@@ -88,7 +99,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
     else:
         candidate = manifest(BatchingDefaults(max_batch_size=1, max_queue_delay_ms=0))
     # Checked once: the candidates below differ in their batching only, never in their tensors.
-    problems = disagreements(session, candidate)
+    problems = disagreements(session, candidate, shapeless)
     if problems:
         raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
     if batches:

@@ -1,7 +1,7 @@
 """What an ONNX graph says of itself, for completing a configuration it was not given
-(app/completion.py): its tensors, whether its first axis is a batch axis (decided by
-running it, not guessed), whether its first output looks like probabilities, and where a
-declared configuration disagrees with it.
+(app/completion.py): its tensors, which of them declare no shape at all, whether its first
+axis is a batch axis (decided by running it, not guessed), whether its first output looks
+like probabilities, and where a declared configuration disagrees with it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from google.protobuf import empty_pb2, unknown_fields
+from google.protobuf.message import DecodeError
 
 from app.manifest import DATATYPES, Manifest, TensorSpec
 
@@ -31,6 +33,41 @@ def graph_tensors(session: ort.InferenceSession) -> tuple[list[TensorSpec], list
     if not inputs:
         raise GraphError("the graph has no inputs")
     return inputs, outputs
+
+
+# Field numbers of onnx.proto (ONNX's wire format, frozen by its compatibility rules): the
+# path from a model to whether a graph input or output declares a shape.
+_MODEL_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT = 7, 11, 12
+_VALUE_INFO_NAME, _VALUE_INFO_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE = 1, 2, 1, 2
+
+
+def shapeless_tensors(session: ort.InferenceSession, model_bytes: bytes) -> frozenset[str]:
+    """The graph's input and output tensors of no known shape, not even a rank: ONNX Runtime
+    gives `[]` for these and for scalars alike, and the file tells them apart (a scalar has
+    a shape with no dimensions, these none, and ORT's shape inference found none either).
+    Read with protobuf's unknown fields (the serving install has no `onnx` package), and
+    only where ORT gives `[]`: it copies the graph's bytes once."""
+    empty = {node.name for node in [*session.get_inputs(), *session.get_outputs()] if not node.shape}
+    if not empty:
+        return frozenset()
+    try:
+        (graph,) = _fields(model_bytes, _MODEL_GRAPH) or [b""]
+        found = set()
+        for value_info in _fields(graph, _GRAPH_INPUT) + _fields(graph, _GRAPH_OUTPUT):
+            names = _fields(value_info, _VALUE_INFO_NAME)
+            tensor_types = [t for type_ in _fields(value_info, _VALUE_INFO_TYPE) for t in _fields(type_, _TYPE_TENSOR)]
+            if names and tensor_types and not any(_fields(t, _TENSOR_SHAPE) for t in tensor_types):
+                found.add(names[0].decode("utf-8", "replace"))
+    except (DecodeError, ValueError):  # ORT loaded it, so this is not expected: then nothing is told apart
+        return frozenset()
+    return frozenset(found & empty)
+
+
+def _fields(message: bytes, number: int) -> list[bytes]:
+    """The length-delimited fields `number` of a serialized message, in order."""
+    parsed = empty_pb2.Empty.FromString(message)
+    return [field.data for field in unknown_fields.UnknownFieldSet(parsed)
+            if field.field_number == number and isinstance(field.data, bytes)]
 
 
 def first_axis_dynamic(specs: list[TensorSpec]) -> str | None:
@@ -62,11 +99,15 @@ def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, 
     """Inputs of `rows` rows for a check (a model that does not batch: as declared, rows
     ignored): small values (integers 1 and 2, which an index, a count or a length accepts),
     every dynamic axis but the first of a fixed small length."""
+    return _generated(manifest.inputs, manifest.batches, rows, seed)
+
+
+def _generated(specs: list[TensorSpec], batches: bool, rows: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
-    for spec in manifest.inputs:
-        dims = [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.graph_item_shape(manifest.batches)]
-        shape = [rows, *dims] if manifest.batches else dims
+    for spec in specs:
+        dims = [_SIZE_OF_DYNAMIC_AXES if d == -1 else d for d in spec.graph_item_shape(batches)]
+        shape = [rows, *dims] if batches else dims
         dtype = np.dtype(spec.numpy_dtype)
         if dtype.kind == "O":
             out[spec.name] = np.array([str(v) for v in rng.integers(0, 2, shape).ravel()], dtype=object).reshape(shape)
@@ -77,6 +118,24 @@ def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, 
         else:
             out[spec.name] = rng.integers(1, 3, shape).astype(dtype)
     return out
+
+
+def with_ranks_run(session: ort.InferenceSession, inputs: list[TensorSpec], batches: bool,
+                   outputs: list[TensorSpec], shapeless: frozenset[str]) -> list[TensorSpec]:
+    """`outputs`, those that declare no shape given one of the rank they have when the model
+    runs (every axis dynamic: one run says no more)."""
+    unknown = [spec.name for spec in outputs if spec.name in shapeless]
+    if not unknown:
+        return outputs
+    try:
+        answered = session.run(unknown, _generated(inputs, batches, rows=2, seed=0))
+    except Exception as e:  # ORT's own exception types
+        raise GraphError(f"outputs {unknown} declare no shape in the graph, and the model failed on generated "
+                         f"inputs to show theirs ({type(e).__name__}: {e}): declare the outputs' shapes in the "
+                         "model's config.json (`outputs`) or its config.pbtxt (`output` dims)") from e
+    ranks = {name: np.ndim(value) for name, value in zip(unknown, answered, strict=True)}
+    return [spec.model_copy(update={"shape": [-1] * ranks[spec.name]}) if spec.name in ranks else spec
+            for spec in outputs]
 
 
 def check_batches(session: ort.InferenceSession, manifest: Manifest) -> str | None:
@@ -143,11 +202,13 @@ def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest) 
     return bool((scores >= 0).all() and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
 
 
-def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str]:
+def disagreements(session: ort.InferenceSession, manifest: Manifest,
+                  shapeless: frozenset[str] = frozenset()) -> list[str]:
     """Where a manifest's tensors and the graph it describes differ: names, datatypes,
     ranks and fixed dimensions (a -1 the graph fixes promises clients what the model
     cannot take), compared with the graph's shapes (a tensor's `reshape`, where given).
-    Empty where they agree."""
+    A tensor in `shapeless` has no shape to compare: the declared one stands, and a run
+    (the warm-up) is what checks it. Empty where they agree."""
     found = []
     for kind, specs, nodes in (("input", manifest.inputs, session.get_inputs()),
                                ("output", manifest.outputs, session.get_outputs())):
@@ -160,6 +221,8 @@ def disagreements(session: ort.InferenceSession, manifest: Manifest) -> list[str
             datatype = ORT_TYPES.get(node.type, node.type)
             if datatype != spec.datatype:
                 found.append(f"{kind} {spec.name!r} is {datatype} in the graph, {spec.datatype} in the manifest")
+            if spec.name in shapeless:
+                continue
             shape = spec.graph_shape(manifest.batches)
             said = "the manifest" if spec.reshape is None else "the manifest's reshape"
             if len(node.shape) != len(shape):

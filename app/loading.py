@@ -19,7 +19,7 @@ from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
 from app.completion import complete, pads_unmasked
-from app.graph import GraphError, disagreements
+from app.graph import GraphError, disagreements, shapeless_tensors
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
@@ -186,7 +186,7 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions
         raise LoadError("integrity", str(e)) from e
     file = manifest.variants[variant].file
     session = _session(folder, file, model_bytes, options)
-    problems = disagreements(session.session, manifest)
+    problems = disagreements(session.session, manifest, shapeless_tensors(session.session, model_bytes))
     if problems:  # else requests would fail in their batch, or warm-up would, or neither until a client tried
         raise LoadError("manifest", f"{folder}: the manifest does not match the graph of {file}: " + "; ".join(problems))
     return manifest, variant, session, extras

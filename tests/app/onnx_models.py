@@ -19,11 +19,13 @@ ML_OPSET = helper.make_opsetid("ai.onnx.ml", 3)
 
 def save(model_dir: Path, name: str, graph: onnx.GraphProto, version: int = 1, opset: int = 17,
          file: str = "model.onnx", external_data: str | None = None,
-         other_opsets: tuple[onnx.OperatorSetIdProto, ...] = ()) -> Path:
+         other_opsets: tuple[onnx.OperatorSetIdProto, ...] = (), checked: bool = True) -> Path:
     """`external_data`: the file beside the graph that its weights go to, as exporters
-    write graphs over 2 GB (ONNX's external data)."""
+    write graphs over 2 GB (ONNX's external data). `checked`: ONNX's checker passes it
+    (what ONNX Runtime loads is wider: tensors of the graph without a shape)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *other_opsets], ir_version=9)
-    onnx.checker.check_model(model)
+    if checked:
+        onnx.checker.check_model(model)
     folder = model_dir / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
     if external_data is None:
@@ -51,6 +53,16 @@ def mlp(first_axis: int | str = "batch") -> onnx.GraphProto:
         [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["scores"])],
         "mlp", [helper.make_tensor_value_info("features", FLOAT, [first_axis, 4])],
         [helper.make_tensor_value_info("scores", FLOAT, [first_axis, 3])], [_weights("w", (4, 3)), _weights("b", (3,))])
+
+
+def shapeless_mlp(inputs: bool = True) -> onnx.GraphProto:
+    """The multilayer perceptron with its output declaring no shape at all, not even a rank,
+    and its input too where `inputs`: ONNX Runtime loads it (and gives [] for these tensors,
+    as for a scalar), though ONNX's checker wants a shape on a graph's inputs and outputs."""
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["scores"])],
+        "mlp", [helper.make_tensor_value_info("features", FLOAT, None if inputs else ["batch", 4])],
+        [helper.make_tensor_value_info("scores", FLOAT, None)], [_weights("w", (4, 3)), _weights("b", (3,))])
 
 
 def squared() -> onnx.GraphProto:

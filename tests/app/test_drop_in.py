@@ -25,6 +25,7 @@ from tests.app.onnx_models import (
     parsed_numbers,
     reference,
     save,
+    shapeless_mlp,
     squared,
     top_k,
     two_in_two_out,
@@ -248,6 +249,74 @@ async def test_a_model_of_scalars_takes_and_gives_rank_0_tensors(tmp_path: Path)
     assert as_triton_gives_it.json()["outputs"] == as_json.json()["outputs"]
     assert two.status_code == 400
     assert "must have shape []" in two.json()["error"]
+
+
+SHAPES_DECLARED = """max_batch_size: 8
+dynamic_batching { }
+input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "scores" data_type: TYPE_FP32 dims: [ 3 ] } ]
+"""
+
+
+async def test_tensors_that_declare_no_shape_are_told_from_scalars(tmp_path: Path) -> None:
+    """ONNX Runtime gives [] for a tensor that declares no shape, as for a scalar; the file
+    tells them apart. An input without one is refused until its shape is declared (it was
+    served as a scalar, or failed its warm-up, and a declared shape was refused as "rank 0
+    in the graph"); an output without one has the shape ORT infers, else the rank it has
+    when the model runs."""
+    save(tmp_path, "undeclared", shapeless_mlp(), checked=False)
+    save(tmp_path, "declared", shapeless_mlp(), checked=False)
+    (tmp_path / "declared" / "config.pbtxt").write_text(SHAPES_DECLARED)
+    save(tmp_path, "inputs-declared", shapeless_mlp(), checked=False)
+    (tmp_path / "inputs-declared" / "config.pbtxt").write_text(SHAPES_DECLARED.split("output")[0])
+    save(tmp_path, "outputs-shapeless", shapeless_mlp(inputs=False), checked=False)
+    save(tmp_path, "squared", squared())
+    features = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    want = reference(tmp_path / "declared" / "1" / "model.onnx", {"features": features})["scores"]
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+        answers = {name: await client.post(f"/v2/models/{name}/infer",
+                                           json=v2({"features": features}, {"features": "FP32"}))
+                   for name in ("declared", "inputs-declared", "outputs-shapeless")}
+        configs = {name: (await client.get(f"/v2/models/{name}/config")).json()
+                   for name in ("declared", "inputs-declared", "outputs-shapeless", "squared")}
+    assert index["undeclared"]["state"] == "UNAVAILABLE"
+    assert "inputs ['features'] declare no shape in the graph, not even a rank" in index["undeclared"]["reason"]
+    assert "config.pbtxt" in index["undeclared"]["reason"]  # where to declare it
+    for name, answer in answers.items():
+        assert answer.status_code == 200, (name, answer.text)
+        (scores,) = answer.json()["outputs"]
+        assert scores["shape"] == [5, 3]
+        np.testing.assert_allclose(scores["data"], want.ravel(), rtol=1e-5, atol=1e-6)
+    assert configs["declared"]["max_batch_size"] == 8
+    assert [t["dims"] for t in configs["declared"]["input"] + configs["declared"]["output"]] == [[4], [3]]
+    assert [t["dims"] for t in configs["inputs-declared"]["output"]] == [[-1]]  # the run's rank 2, batch axis and 1
+    assert [t["dims"] for t in configs["outputs-shapeless"]["output"]] == [[3]]  # as ORT inferred it
+    assert configs["squared"]["max_batch_size"] == 0  # a scalar is still a scalar
+    assert [t["dims"] for t in configs["squared"]["input"]] == [[1]]
+
+
+def test_a_scalar_declared_with_dimensions_is_still_refused(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from app.graph import disagreements, shapeless_tensors
+    from app.manifest import Manifest
+
+    path = save(tmp_path, "squared", squared())
+    session = ort.InferenceSession(str(path))
+    shapeless = save(tmp_path, "shapeless", shapeless_mlp(), checked=False)
+    assert shapeless_tensors(session, path.read_bytes()) == frozenset()
+    assert shapeless_tensors(ort.InferenceSession(str(shapeless)), shapeless.read_bytes()) == {"features", "scores"}
+    manifest = Manifest.model_validate({
+        "name": "squared", "version": 1, "task": "tensors", "description": "a scalar declared as [4]",
+        "inputs": [{"name": "t", "datatype": "FP32", "shape": [4]}],
+        "outputs": [{"name": "squared", "datatype": "FP32", "shape": [4]}],
+        "variants": {"fp32": {"file": "model.onnx", "sha256": "0" * 64, "size_bytes": 1}},
+        "preferred_variant": {"cpu": "fp32", "cuda": "fp32"},
+        "batching": {"max_batch_size": 0, "max_queue_delay_ms": 0}})
+    assert disagreements(session, manifest, shapeless_tensors(session, path.read_bytes())) == [
+        "input 't' has rank 0 in the graph ([]), 1 in the manifest ([4])",
+        "output 'squared' has rank 0 in the graph ([]), 1 in the manifest ([4])"]
 
 
 async def test_weights_in_an_external_data_file_beside_the_graph_are_read_from_its_folder(tmp_path: Path) -> None:

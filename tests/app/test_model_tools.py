@@ -12,7 +12,7 @@ import numpy as np
 from app.manifest import load_manifest
 from load_tests.server import ROOT
 from tests.app.conftest import copy_model, serving
-from tests.app.onnx_models import embedding, mlp, pooled, reference, save
+from tests.app.onnx_models import embedding, mlp, pooled, reference, save, shapeless_mlp
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,6 +67,28 @@ async def test_an_imported_models_reshapes_are_kept_in_its_manifest_and_served(t
     assert out["shape"] == [4]
     np.testing.assert_allclose(out["data"], reference(source, {"data_0": image[np.newaxis]})["fc6_1"].ravel(),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_an_imported_graph_without_shapes_keeps_the_declared_ones(tmp_path: Path) -> None:
+    """A graph whose tensors declare no shape (ONNX Runtime gives [] as for a scalar): the
+    import's config.json declares them, the manifest keeps them, and `check` reads the
+    manifest against the graph without calling them rank 0."""
+    source = save(tmp_path / "mine", "mlp", shapeless_mlp(), checked=False)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "batching": {"max_batch_size": 8, "max_queue_delay_ms": 1},
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}]}))
+    models = tmp_path / "models"
+    refused = run("import", str(source), "--name", "mlp", "--model-dir", str(models))
+    imported = run("import", str(source), "--name", "mlp", "--config", str(config), "--model-dir", str(models))
+    checked = run("check", str(models))
+    assert refused.returncode == 1
+    assert "declare no shape in the graph" in refused.stderr
+    assert imported.returncode == 0, imported.stderr
+    assert "input features: FP32 [-1, 4]" in imported.stdout
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert [t.shape for t in load_manifest(models / "mlp" / "1").outputs] == [[-1, 3]]
 
 
 def test_import_refuses_what_cannot_be_served_and_leaves_nothing(tmp_path: Path) -> None:
