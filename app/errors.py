@@ -97,6 +97,12 @@ class PayloadTooLarge(ServingError):
     status_code = 413
 
 
+class UnsupportedMediaType(ServingError):
+    """A body in a form the server does not read (a Content-Encoding other than gzip or deflate)."""
+
+    status_code = 415
+
+
 class QueueFull(ServingError):
     status_code = 503
 

@@ -80,9 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.metrics.registry, resolved.metrics_dir, failures=app.metrics.metrics_snapshot_failures)
         worker_stats = None if resolved.metrics_dir is None else WorkerStats(resolved.metrics_dir)
         worker_traces = None if resolved.metrics_dir is None else WorkerTraces(resolved.metrics_dir)
+        offload = Offload(resolved.decode_threads)
         services = app.services = Services(
-            settings=resolved, repository=repository, changes=changes, metrics=app.metrics, budget=RequestBudget(resolved),
-            offload=Offload(resolved.decode_threads), api_keys=api_keys,
+            settings=resolved, repository=repository, changes=changes, metrics=app.metrics,
+            budget=RequestBudget(resolved, offload), offload=offload, api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
             worker_stats=worker_stats, worker_traces=worker_traces)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gzip
 import io
 import os
 import re
@@ -329,6 +330,28 @@ class Suite:
         worst, _ = await _probe(self.server.url, sixteen())
         return Outcome(f"400 each ({len(body):,} bytes: parsed off the loop); liveness answers meanwhile",
                        f"{dict(statuses)}; liveness worst {worst:.0f} ms", set(statuses) == {400})
+
+    async def compressed_bombs(self) -> Outcome:
+        """Bodies of 64 KB that unpack to 64 MB of zeros (Content-Encoding gzip, as
+        tritonclient compresses requests), 160 of them, 16 at a time: each a 413 once it
+        unpacks past max_body_bytes (16 MB), never held whole; liveness and memory meanwhile."""
+        body = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
+        statuses: Counter[int] = Counter()
+        before = _rss_mb(self.server)
+
+        def flood() -> None:
+            with self.http() as client:
+                for _ in range(10):
+                    statuses[client.post("/v2/models/fashion-cnn/infer", content=body,
+                                         headers={**JSON_HEADERS, "Content-Encoding": "gzip"}).status_code] += 1
+
+        async def sixteen() -> None:
+            await asyncio.gather(*[asyncio.to_thread(flood) for _ in range(16)])
+
+        worst, peak = await _probe(self.server.url, sixteen(), lambda: _rss_mb(self.server))
+        return Outcome(f"413 each ({len(body):,} bytes in, 64 MB unpacked); liveness answers; memory bounded",
+                       f"{dict(statuses)}; liveness worst {worst:.0f} ms; RSS {before:.0f} -> peak {peak:.0f} MB",
+                       set(statuses) == {413} and peak < before + 16 * 20 + 100)
 
     async def heavy_decoding(self) -> Outcome:
         worst_all = []

@@ -14,6 +14,7 @@ _BY_HTTP_STATUS = {
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # over a limit: gRPC's own code for a message too large
+    415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     499: grpc.StatusCode.CANCELLED,
     500: grpc.StatusCode.INTERNAL,

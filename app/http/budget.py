@@ -18,8 +18,9 @@ from starlette.requests import Request
 
 from app.deadlines import Deadlines
 from app.errors import InvalidInput, PayloadTooLarge, QueueFull, RequestTimeout
+from app.http.encodings import coding_of, unpacked
 from app.http.responses import header
-from app.offload import HEAVY_BODY_BYTES
+from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.values import positive_timeout
 from app.settings import Settings
 from app.tuning import return_free_memory
@@ -86,7 +87,8 @@ class LargeBodies:
 
 
 class RequestBudget:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, offload: Offload) -> None:
+        self._offload = offload  # unpacks compressed bodies: a small one can unpack to max_body_bytes
         trim = return_free_memory if settings.trim_memory else _keep_memory
         self.large_bodies = LargeBodies(settings.large_bodies_limit_bytes, settings.retry_after_s, trim)
         self.max_timeout_s = settings.request_timeout_s
@@ -114,7 +116,19 @@ class RequestBudget:
 
     async def read_body(self, request: Request) -> bytes:
         """The whole body, at most max_body_bytes (else 413), within body_timeout_s of the
-        request's arrival (else 408, and the connection is closed)."""
+        request's arrival (else 408, and the connection is closed); one sent compressed
+        (Content-Encoding gzip or deflate: app/http/encodings.py) unpacked, on a decode
+        thread, at most max_body_bytes unpacked too."""
+        coding = coding_of(header(request, b"content-encoding"))
+        body = await self._read(request)
+        if coding is None:
+            return body
+        body = await self._offload.run(unpacked, body, coding, self.max_body_bytes)
+        if len(body) > HEAVY_BODY_BYTES:  # held as a large body is, whatever it was packed
+            self.large_bodies.take(request.scope, max(len(body) - request.scope.get(_HELD, 0), 0))
+        return body
+
+    async def _read(self, request: Request) -> bytes:
         limit = self.max_body_bytes
         declared = header(request, b"content-length")
         if declared is not None:

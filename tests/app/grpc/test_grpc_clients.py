@@ -127,6 +127,23 @@ def test_the_same_request_over_http_binary_and_grpc_gives_identical_outputs(serv
     np.testing.assert_array_equal(classified, expected)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests_from_tritonclient_get_the_same_answers(server: ServerProcess, compression: str) -> None:
+    """tritonclient's request and response compression, over HTTP (JSON and binary tensors,
+    whose header length counts the unpacked body) and gRPC: the answers of plain requests."""
+    http, grpc_client = clients(server)
+    tensors = MODEL_INPUTS["fashion-cnn"]()
+    output = _manifest("fashion-cnn").outputs[0].name
+    plain = http.infer("fashion-cnn", inputs_for(triton_http, tensors)).as_numpy(output)
+    for binary in (False, True):
+        packed = http.infer("fashion-cnn", inputs_for(triton_http, tensors, binary_data=binary),
+                            outputs=[triton_http.InferRequestedOutput(output, binary_data=binary)],
+                            request_compression_algorithm=compression, response_compression_algorithm=compression)
+        np.testing.assert_array_equal(packed.as_numpy(output), plain)
+    over_grpc = grpc_client.infer("fashion-cnn", inputs_for(triton_grpc, tensors), compression_algorithm=compression)
+    np.testing.assert_array_equal(over_grpc.as_numpy(output), plain)
+
+
 def test_typed_contents_are_read_as_raw_ones_are(server: ServerProcess) -> None:
     x = pixels(2)
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_target))
