@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     access_log: bool = False
     """One structured line per request (JSON with log_format json): method, route, status,
     model and version, bytes in and out, total/queue/compute ms, the batch it rode in (id,
-    rows, why it ran), request and trace ids, client address; gRPC inference calls too.
+    rows, why it ran), request and trace ids, client address (and its certificate's subject
+    under mutual TLS); gRPC inference calls too.
     Formatted in bulk every 50 ms, written by a thread of its own; on in the container image."""
     access_log_sample: float = Field(default=1.0, gt=0, le=1)
     """With access_log: the fraction of successful requests logged, for very high rates

@@ -260,7 +260,16 @@ class InferenceService:
                 rid = _text(metadata.get("x-request-id"))
                 # the route the RPC's name, the status the code's name
                 access.write(line("grpc", method, code, model, timing, rid[:128] if rid else None,
-                                  _bytes(metadata.get("traceparent")), client, time.perf_counter() - started))
+                                  _bytes(metadata.get("traceparent")), client, time.perf_counter() - started,
+                                  self._client_cert(context)))
+
+    def _client_cert(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The subject of the certificate the client presented, under mutual TLS (gRPC core's
+        `x509_subject`, RFC 2253's form, as HTTP's access lines have it)."""
+        if self.serving.settings.tls_client_ca_file is None:
+            return None
+        subject = (context.auth_context() or {}).get("x509_subject")
+        return subject[0].decode("utf-8", "replace") if subject else None
 
     async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                               context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float,

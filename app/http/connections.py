@@ -30,7 +30,8 @@ protocol and enforces, per connection:
 - **TLS handshakes** (where the server ends TLS, `http_protocol`): `header_timeout_s` to
   finish, and counted toward `max_connections` meanwhile as idle connections. uvicorn's own
   TLS gave each uvloop's 60 s, counted toward nothing, so silent connections could hold
-  descriptors beyond the limit.
+  descriptors beyond the limit. What the handshake settled (the client's certificate under
+  mutual TLS) goes in each request's scope as ASGI's TLS extension (app/http/tls_scope.py).
 
 The limits reach each connection through the lifespan's state (`LIMITS_STATE`), which
 uvicorn hands to every protocol it creates.
@@ -55,6 +56,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.descriptors import connection_limits
+from app.http.tls_scope import tls_extension
 from app.settings import Settings
 from app.tls import HttpsContext, https_context
 
@@ -160,6 +162,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_until = 0.0
         self._linger_bytes = 0
         self._made = False  # connection_made: for TLS, once its handshake is done
+        self._tls: dict[str, Any] | None = None  # ASGI's TLS extension, for each request's scope
 
     # --- connections --------------------------------------------------------------
 
@@ -179,6 +182,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._made = True
         super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # behind our TLS: its handshake is done
+            self._tls = tls_extension(ssl_object)
         self.last_active = self.loop.time()
         if not self._room_for_one_more():
             self._refuse(503, "the server is at its connection limit and every connection is busy: try again")
@@ -288,6 +294,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._complete_head = self.scope
         if self._head_timer is not None:
             self._cancel_head_timer()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]  # ASGI types it loosely
         limits = self.limits
         earlier_reads = self._head_bytes if self._counted_head is self.scope else 0
         if len(self.headers) > limits.max_header_count:

@@ -121,7 +121,9 @@ def _counted(receive: Receive, timing: RequestTiming) -> Receive:
 def _line(scope: Scope, status: int, timing: RequestTiming, rid: str, started: float,
           traceparent: bytes | None) -> dict[str, object]:
     """A request's access-log fields (app/observability/access.py `line`)."""
-    route, client = scope.get("route"), scope.get("client")
+    route, client, extensions = scope.get("route"), scope.get("client"), scope.get("extensions")
     model = timing.model or scope.get("path_params", {}).get("name", "")[:128] or None
+    tls = extensions.get("tls") if extensions else None
     return line(scope["method"], getattr(route, "path", None) or scope["path"][:256], status, model, timing, rid,
-                traceparent, client[0] if client else None, time.perf_counter() - started)
+                traceparent, client[0] if client else None, time.perf_counter() - started,
+                tls.get("client_cert_name") if tls else None)

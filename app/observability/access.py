@@ -3,7 +3,8 @@
 Each line says method, route (its template: `/v2/models/{name}/infer`), status, model and
 version, bytes in and out, total, queue and compute milliseconds, the batch's id, rows and
 why it ran (idle, full, due), how many batches a split request took, the request id, the
-W3C trace id a client sent in `traceparent`, and the client's address. In JSON with
+W3C trace id a client sent in `traceparent`, the client's address, and under mutual TLS the
+subject of its certificate. In JSON with
 `log_format json` (its fields at the top level), `key=value` pairs otherwise.
 
 The event loop keeps each request's fields; every HANDOVER_S it formats those it kept and
@@ -40,7 +41,8 @@ LOGGER = "ortserve.access"
 HANDOVER_S = 0.05
 """How long the event loop keeps lines before handing them to the writing thread at once."""
 FIELDS = ("method", "route", "status", "model", "version", "bytes_in", "bytes_out", "total_ms", "queue_ms",
-          "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "request_id", "trace_id", "client")
+          "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "request_id", "trace_id", "client",
+          "client_cert")
 """Every line's fields, in this order (an unknown one is null in JSON, left out in text)."""
 
 
@@ -146,9 +148,11 @@ class AccessLog:
 
 
 def line(method: str, route: str, status: int | str, model: str | None, timing: RequestTiming,
-         request_id: str | None, traceparent: bytes | None, client: str | None, total_s: float) -> dict[str, Any]:
+         request_id: str | None, traceparent: bytes | None, client: str | None, total_s: float,
+         client_cert: str | None = None) -> dict[str, Any]:
     """One request's fields (FIELDS), for every transport: the batch facts from its timing;
-    its trace id the trace's where traced, else the one its caller sent."""
+    its trace id the trace's where traced, else the one its caller sent; `client_cert`: the
+    subject of the certificate the client presented (mutual TLS), as RFC 4514 writes it."""
     ran = timing.batches > 0
     return {
         "method": method, "route": route, "status": status, "model": model, "version": timing.version or None,
@@ -157,7 +161,7 @@ def line(method: str, route: str, status: int | str, model: str | None, timing: 
         "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
         "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None, "batches": timing.batches or None,
         "trigger": timing.trigger or None, "request_id": request_id,
-        "trace_id": timing.trace_id or trace_id(traceparent), "client": client}
+        "trace_id": timing.trace_id or trace_id(traceparent), "client": client, "client_cert": client_cert}
 
 
 def _failed(status: int | str) -> bool:

@@ -6,6 +6,7 @@ for the test, never a file from the repository."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import ssl
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import trustme
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -51,7 +53,8 @@ class Certificates:
         self.encrypted_key.write_bytes(serialization.load_pem_private_key(served.private_key_pem.bytes(), None)
                                        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.BestAvailableEncryption(b"secret")))
-        self.client = self._write(self.ca.issue_cert("client@example.org"), folder / "client")
+        self.client = self._write(self.ca.issue_cert("client@example.org", common_name="client@example.org"),
+                                  folder / "client")
         self.stranger = self._write(stranger.issue_cert("stranger@example.org"), folder / "stranger")
 
     @staticmethod
@@ -175,7 +178,7 @@ def test_perf_analyzer_runs_over_tls_with_its_own_options(tls: ServerProcess, ce
 def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certificates: Certificates) -> None:
     images = (sample_images(1) / 255).astype(np.float32).reshape(1, 1, 28, 28)
     with tls_server(certificates, "--workers", "1", "--tls-client-ca-file", str(certificates.ca_file),
-                    client=certificates.client) as server:
+                    "--access-log", client=certificates.client) as server:
         signed = httpx.post(https(server) + "/v2/models/fashion-cnn/infer", json=v2_json(images),
                             verify=certificates.context(certificates.client))
         refused = []
@@ -201,6 +204,12 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
     assert len(refused) == 2  # no certificate, and one another CA signed
     assert len(grpc_refused) == 2
     assert all("UNAVAILABLE" in e for e in grpc_refused), grpc_refused
+    # who called, in the access log's lines of both transports: the certificate's subject
+    subject = x509.load_pem_x509_certificate(certificates.client[0].read_bytes()).subject.rfc4514_string()
+    lines = [line for line in server.log.read_text().splitlines() if "ortserve.access" in line and "status=" in line]
+    said = f"client_cert={json.dumps(subject)}"  # quoted: trustme's organization has a space
+    assert any("route=/v2/models/{name}/infer" in line and said in line for line in lines), lines
+    assert any("method=grpc route=ModelInfer" in line and said in line for line in lines), lines
 
 
 def _replace(path: Path, blob: trustme.Blob) -> None:
