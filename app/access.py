@@ -53,11 +53,18 @@ def check_api_key(authorization: str | None, keys: list[bytes]) -> None:
 def check_admin(authorization: str | None, token: bytes | None, control_mode: str, *, changes: bool) -> None:
     """The repository API's check: off without an admin token, Unauthorized for a wrong or
     missing token, Forbidden for load and unload where the control mode does not allow them."""
-    if token is None:
-        raise Forbidden("the repository API is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
-                        "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
-    if not matches_any(bearer_token(authorization), [token]):
-        raise Unauthorized("the repository API needs the admin token: send 'Authorization: Bearer <token>'")
+    check_admin_token(authorization, token, "the repository API")
     if changes and control_mode != "explicit":
         raise Forbidden(f"models are loaded and unloaded through the API only in the explicit model control "
                         f"mode; this server runs in {control_mode!r} mode")
+
+
+def check_admin_token(authorization: str | None, token: bytes | None, what: str) -> None:
+    """The admin token's check, for `what` only an admin may do (the repository API, changing
+    the log's settings): Forbidden where no admin token is configured, Unauthorized for a
+    wrong or missing one."""
+    if token is None:
+        raise Forbidden(f"{what} is off: configure an admin token (ORTSERVE_ADMIN_TOKEN or "
+                        "ORTSERVE_ADMIN_TOKEN_FILE) to use it")
+    if not matches_any(bearer_token(authorization), [token]):
+        raise Unauthorized(f"{what} needs the admin token: send 'Authorization: Bearer <token>'")

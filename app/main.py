@@ -26,11 +26,13 @@ from app.http.hot_routes import fast_dispatch_possible
 from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
+from app.http.routes import log_settings as log_settings_routes
 from app.http.services import Services
 from app.keep_awake import KeepAwake, window_from_setting
 from app.listeners import accepting
 from app.observability.access import AccessLog
 from app.observability.log import configure_logging
+from app.observability.log_settings import LogSettings, SharedLogSettings
 from app.observability.metrics import Metrics, RequestSeries
 from app.observability.tracing import Tracing, otlp_endpoint
 from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
@@ -81,8 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_stats = None if resolved.metrics_dir is None else WorkerStats(resolved.metrics_dir)
         worker_traces = None if resolved.metrics_dir is None else WorkerTraces(resolved.metrics_dir)
         offload = Offload(resolved.decode_threads)
+        log_settings = SharedLogSettings(LogSettings.at_level(resolved.log_level, resolved.log_format),
+                                         resolved.control_dir)
         services = app.services = Services(
-            settings=resolved, repository=repository, changes=changes, metrics=app.metrics,
+            settings=resolved, repository=repository, changes=changes, log_settings=log_settings, metrics=app.metrics,
             budget=RequestBudget(resolved, offload), offload=offload, api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
             worker_stats=worker_stats, worker_traces=worker_traces)
@@ -151,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
     )
-    for module in (v1, v2, health, model_repository, metrics, console):
+    for module in (v1, v2, health, model_repository, log_settings_routes, metrics, console):
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app, app.repository)
@@ -180,6 +184,8 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
             _publish_traces, tracing, services.worker_traces)), name="traces"))
     if isinstance(changes, SharedRepository):
         tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
+    if services is not None and settings.control_dir is not None:
+        tasks.append(asyncio.create_task(_every(FOLLOW_S, services.log_settings.follow), name="log-settings"))
     return tasks
 
 

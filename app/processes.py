@@ -18,6 +18,9 @@ LEDGER = "changes.json"
 LOCK = "changes.lock"
 REPORTS = "workers"
 """Each worker's report, `<pid>.json`."""
+LOG_SETTINGS = "logging.json"
+"""The log's settings as last changed through the logging extension (app/observability/log_settings.py)."""
+LOG_SETTINGS_LOCK = "logging.lock"
 
 
 def available_cpus() -> int:
@@ -64,9 +67,17 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """A file of the control folder replaced in one rename: a reader sees it whole, new or old."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def clear_control_folder(folder: Path) -> None:
-    """Before the workers start: the ledger and reports of an earlier run are not this one's."""
-    for path in (folder / LEDGER, folder / LOCK):
+    """Before the workers start: the ledger, reports and log settings of an earlier run are
+    not this one's."""
+    for path in (folder / LEDGER, folder / LOCK, folder / LOG_SETTINGS, folder / LOG_SETTINGS_LOCK):
         with contextlib.suppress(OSError):
             path.unlink()
     with contextlib.suppress(OSError):

@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Least severe log records written."""
+    """Least severe log records written; changed while serving through Triton's logging
+    extension (POST /v2/logging, with the admin token)."""
     access_log: bool = False
     """One structured line per request (JSON with log_format json): method, route, status,
     model and version, bytes in and out, total/queue/compute ms, the batch it rode in (id,

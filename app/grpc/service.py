@@ -24,12 +24,13 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from app import __version__, model_views
-from app.access import check_admin, check_api_key
+from app.access import check_admin, check_admin_token, check_api_key
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.calls import CURRENT_CALL, explain_closing
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
 from app.observability.access import AccessLog, RequestTiming, line, request_timing
+from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import RequestSeries
 from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
@@ -76,6 +77,8 @@ class Serving(Protocol):
     def admin_token(self) -> bytes | None: ...
     @property
     def changes(self) -> RepositoryChanges: ...
+    @property
+    def log_settings(self) -> SharedLogSettings: ...
 
     def ready(self) -> bool: ...
 
@@ -113,6 +116,7 @@ class InferenceService:
                                     lambda request: request.model_name),
             "RepositoryModelUnload": (self._repository_unload, pb.RepositoryModelUnloadRequest.FromString,
                                       lambda request: request.model_name),
+            "LogSettings": (self._log_settings, pb.LogSettingsRequest.FromString, lambda _: ""),
         }
         handlers = {}
         for method, (behaviour, read, model_of) in calls.items():
@@ -404,6 +408,30 @@ class InferenceService:
         self._check_admin(context, changes=True)
         await self.serving.changes.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+    # --- the log's settings ---------------------------------------------------------------
+
+    async def _log_settings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        """Triton's logging extension (app/observability/log_settings.py): a request that
+        names no setting reads them; one that names any changes those, with the admin token."""
+        kept = self.serving.log_settings
+        settings = kept.current
+        if request.settings:
+            check_admin_token(_authorization(context), self.serving.admin_token, "changing the log settings")
+            asked = {}
+            for name, value in request.settings.items():
+                chosen = value.WhichOneof("parameter_choice")
+                if chosen is None:
+                    raise InvalidInput(f"log setting {name!r} has no value")
+                asked[name] = getattr(value, chosen)
+            settings = kept.change(asked)
+        answer = pb.LogSettingsResponse()
+        for name, value in settings.as_triton().items():
+            field = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else \
+                "string_param"
+            setattr(answer.settings[name], field, value)
+        return answer
 
 
 def _read_infer(body: bytes) -> tuple[bytes, pb.ModelInferRequest | InvalidInput]:

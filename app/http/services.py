@@ -11,6 +11,7 @@ from starlette.requests import Request
 from app import model_views
 from app.errors import ModelNotReady
 from app.http.budget import RequestBudget
+from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import Metrics
 from app.observability.worker_stats import WorkerStats
 from app.observability.worker_traces import WorkerTraces
@@ -36,6 +37,8 @@ class Services:
     """The repository API's token; None: the API is off."""
     changes: RepositoryChanges
     """The repository API's load and unload, made in every worker (app/repository/shared.py)."""
+    log_settings: SharedLogSettings
+    """Triton's logging extension: the log's settings, changed in every worker."""
     worker_metrics: WorkerMetrics | None = None
     """With several worker processes: every worker's metrics, for /metrics."""
     worker_stats: WorkerStats | None = None

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from app.errors import StrictModelsRefused
+from app.observability.log_settings import SWITCHES, LogSettings, apply
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -109,10 +110,11 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> dict[
         handler.addFilter(_UvicornRunningOnHttps())
     handler.addFilter(_RefusalWithoutTraceback())
     handler.addFilter(_ClientGoneWithoutTraceback())
+    handler.addFilter(SWITCHES)  # last: the filters above may change a record's level
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    apply(LogSettings.at_level(level, log_format))
     # uvicorn's loggers propagate to the root handler above instead of their own.
     return {"version": 1, "disable_existing_loggers": False,
             "loggers": {name: {"handlers": [], "propagate": True, "level": level.upper()}

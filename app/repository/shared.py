@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
-from app.processes import LEDGER, LOCK, REPORTS, alive
+from app.processes import LEDGER, LOCK, REPORTS, alive, write_atomically
 from app.repository.errors import LoadFailed
 from app.repository.repository import ModelRepository, load_override
 
@@ -219,7 +219,7 @@ class SharedRepository(RepositoryChanges):
             generation = ledger["generation"] + 1
             ledger["generation"] = generation
             ledger["models"][name] = {**change, "generation": generation}
-            _write_atomically(self.folder / LEDGER, json.dumps(ledger, sort_keys=True))
+            write_atomically(self.folder / LEDGER, json.dumps(ledger, sort_keys=True))
         return generation
 
     # --- what the workers say ----------------------------------------------------------------
@@ -249,7 +249,7 @@ class SharedRepository(RepositoryChanges):
             return
         try:
             self.reports.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.reports / f"{self.pid}.json", text)
+            write_atomically(self.reports / f"{self.pid}.json", text)
             self._written = text
         except OSError as e:
             logger.warning("cannot write this worker's report to %s: %s", self.reports, e)
@@ -300,9 +300,3 @@ def _outcome(report: _Report, generation: int) -> str | None:
         if applied == generation:
             return why
     return None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -1,0 +1,185 @@
+"""Triton's logging extension: the log's settings read and changed while the server runs
+(GET and POST /v2/logging, gRPC's LogSettings; tritonclient's `get_log_settings` and
+`update_log_settings`), in every worker.
+
+Triton's settings are a switch per severity (`log_info`, `log_warnings`, `log_errors`) and a
+verbose level; Python's logging has a threshold per logger. The root logger's threshold (and
+uvicorn's loggers') is the least severe switched on, and a filter on the one handler
+(app/observability/log.py) drops the severities switched off above it. A verbose level
+above 0 is DEBUG: this server has one verbose level. `log_file` and `log_format` stay what
+the server started with (lines go to stderr, a container's log, in `--log-format`); asking
+to change either is a 400, never ignored. The access log has its own switch
+(`--access-log`) and is not among these.
+
+With several workers the settings are written to the control folder (`LOG_SETTINGS`,
+replaced in one rename); each worker applies them when it sees the file change, looking
+every FOLLOW_S, and a worker that starts applies them before it answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from app.errors import InvalidInput
+from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK, write_atomically
+
+logger = logging.getLogger(__name__)
+
+_SWITCHES = {"log_info": "info", "log_warnings": "warnings", "log_errors": "errors"}
+_UINT32_MAX = 2**32 - 1
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    info: bool = True
+    warnings: bool = True
+    errors: bool = True
+    verbose_level: int = 0
+    log_format: str = "text"
+
+    @classmethod
+    def at_level(cls, level: str, log_format: str) -> LogSettings:
+        """The settings of a server started with `--log-level level`."""
+        return cls(info=level in ("debug", "info"), warnings=level != "error", errors=True,
+                   verbose_level=1 if level == "debug" else 0, log_format=log_format)
+
+    def as_triton(self) -> dict[str, str | bool | int]:
+        """Every setting, by Triton's names, as its GET /v2/logging answers them."""
+        return {"log_file": "", "log_info": self.info, "log_warnings": self.warnings, "log_errors": self.errors,
+                "log_verbose_level": self.verbose_level, "log_format": self.log_format}
+
+    def changed(self, asked: Mapping[str, object]) -> LogSettings:
+        """These settings with the ones `asked` names changed (Triton's names and types);
+        InvalidInput naming the first that cannot be, and nothing changed then."""
+        updates: dict[str, object] = {}
+        for name, value in asked.items():
+            if name in _SWITCHES:
+                if not isinstance(value, bool):
+                    raise InvalidInput(f"{name} must be true or false, got {value!r}")
+                updates[_SWITCHES[name]] = value
+            elif name == "log_verbose_level":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32_MAX:
+                    raise InvalidInput(f"log_verbose_level must be a whole number from 0 (above 0: debug lines), "
+                                       f"got {value!r}")
+                updates["verbose_level"] = value
+            elif name == "log_file":
+                if value != "":
+                    raise InvalidInput("log_file cannot be set: the server writes its log to stderr (a container's "
+                                       "log; redirect it to keep a file)")
+            elif name == "log_format":
+                if value != self.log_format:
+                    raise InvalidInput(f"log_format is {self.log_format!r}, chosen at start (--log-format text or "
+                                       f"json), and does not change while the server runs; got {value!r}")
+            else:
+                raise InvalidInput(f"unknown log setting {name!r}; the settings are {sorted(self.as_triton())}")
+        return replace(self, **updates)  # type: ignore[arg-type]  # names and types checked above
+
+    def threshold(self) -> int:
+        """The least severe level switched on (above CRITICAL where none is)."""
+        on = [level for level, switched in ((logging.DEBUG, self.verbose_level > 0), (logging.INFO, self.info),
+                                            (logging.WARNING, self.warnings), (logging.ERROR, self.errors))
+              if switched]
+        return min(on, default=logging.CRITICAL + 10)
+
+    def allows(self, level: int) -> bool:
+        """Whether a record of `level` is written (CRITICAL goes with the errors)."""
+        if level < logging.INFO:
+            return self.verbose_level > 0
+        if level < logging.WARNING:
+            return self.info
+        if level < logging.ERROR:
+            return self.warnings
+        return self.errors
+
+
+class SeveritySwitches(logging.Filter):
+    """On the log's handler: drops the severities switched off above the threshold (Triton's
+    switches are per severity: warnings off with info on is a setting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = LogSettings()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.settings.allows(record.levelno)
+
+
+SWITCHES = SeveritySwitches()
+"""The one filter, on the handler configure_logging makes (app/observability/log.py)."""
+
+
+def apply(settings: LogSettings) -> None:
+    """Into logging: the thresholds of the root logger and uvicorn's, and the handler's switches."""
+    SWITCHES.settings = settings
+    threshold = settings.threshold()
+    logging.getLogger().setLevel(threshold)
+    for name in _UVICORN_LOGGERS:
+        logging.getLogger(name).setLevel(threshold)
+
+
+class SharedLogSettings:
+    """This process's log settings, and with a control folder every worker's: a change is
+    written there for the others, and the others' changes are read from there (`follow`)."""
+
+    def __init__(self, initial: LogSettings, folder: Path | None = None) -> None:
+        self.current = initial
+        self._file = folder / LOG_SETTINGS if folder is not None else None
+        self._lock = folder / LOG_SETTINGS_LOCK if folder is not None else None
+        self._seen: tuple[int, int, int] | None = None
+        apply(initial)
+        self.follow()  # a worker that starts after a change applies it before it answers
+
+    def change(self, asked: Mapping[str, object]) -> LogSettings:
+        """The settings `asked` changes (Triton's names), applied here and, with a control
+        folder, written for every other worker; InvalidInput where one cannot be."""
+        if self._file is None or self._lock is None:
+            settings = self.current.changed(asked)
+        else:  # under the lock, on top of the latest: two workers' changes at once both hold
+            with self._lock.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write
+                self.follow()
+                settings = self.current.changed(asked)
+                write_atomically(self._file, json.dumps(settings.as_triton()))
+                self._seen = _stamp(self._file)
+        self._apply(settings)
+        return settings
+
+    def follow(self) -> None:
+        """Apply the settings another worker wrote, if they changed since last looked at."""
+        if self._file is None:
+            return
+        stamp = _stamp(self._file)
+        if stamp is None or stamp == self._seen:
+            return
+        self._seen = stamp
+        try:
+            written = json.loads(self._file.read_text())
+            settings = self.current.changed({k: v for k, v in written.items() if k != "log_format"})
+        except (OSError, ValueError) as e:  # InvalidInput is a ValueError: a file not written by a worker
+            logger.warning("the log settings in %s cannot be applied (%s); keeping %s", self._file, e,
+                           self.current.as_triton())
+            return
+        self._apply(settings)
+
+    def _apply(self, settings: LogSettings) -> None:
+        changed = settings != self.current
+        self.current = settings
+        apply(settings)
+        if changed:  # at WARNING: it shows unless warnings are what was switched off
+            logger.warning("worker %d: log settings now %s", os.getpid(), settings.as_triton())
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one write of the file from another: a rename makes a new inode."""
+    with contextlib.suppress(OSError):
+        found = path.stat()
+        return found.st_ino, found.st_mtime_ns, found.st_size
+    return None
