@@ -29,10 +29,31 @@ async def render_error(request: Request, exc: Exception) -> Response:
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
+            return JSONResponse({"error": no_endpoint(request.method, request.url.path)}, 404)
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
     # Nobody expected it: logged with its traceback, answered without internals.
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal server error"}, 500)
+
+
+_NOT_SERVED = {  # Triton's extensions a client may try, and what to do instead
+    "/v2/systemsharedmemory": "Triton's shared-memory extension is not served: send the tensors in the request "
+                              "(JSON or binary tensors)",
+    "/v2/cudasharedmemory": "Triton's shared-memory extension is not served: send the tensors in the request "
+                            "(JSON or binary tensors)",
+    "/v2/trace": "Triton's trace extension is not served: traces are W3C traceparent and OTLP (--tracing, "
+                 "--otlp-endpoint)",
+}
+
+
+def no_endpoint(method: str, path: str) -> str:
+    """The 404 for a path no route has: which, and where the endpoints are listed (a path a
+    client chose, cut short)."""
+    shown = path if len(path) <= 200 else path[:200] + "..."
+    hint = next((why for prefix, why in _NOT_SERVED.items() if path.startswith(prefix)), None)
+    return f"no endpoint {method} {shown}: " + (hint or "the server's endpoints are listed at /docs "
+                                                       "(OpenAPI: /openapi.json)")
 
 
 RENDERED = (ServingError, RequestValidationError, StarletteHTTPException, Exception)
