@@ -76,7 +76,13 @@ class LargeBodies:
     def release(self, scope: MutableMapping[str, Any]) -> None:
         size = scope.pop(_HELD, 0)
         self.held -= size
-        if size and self.held == 0 and not self._trim_pending:
+        if size:
+            self.freed()
+
+    def freed(self) -> None:
+        """Large bytes were let go (a body's, or one unpacked past the limit and refused,
+        which was never held): the heap's free pages go back once none is held."""
+        if self.held == 0 and not self._trim_pending:
             self._trim_pending = True
             asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_if_quiet)
 
@@ -123,7 +129,11 @@ class RequestBudget:
         body = await self._read(request)
         if coding is None:
             return body
-        body = await self._offload.run(unpacked, body, coding, self.max_body_bytes)
+        try:
+            body = await self._offload.run(unpacked, body, coding, self.max_body_bytes)
+        except PayloadTooLarge:  # up to max_body_bytes were unpacked, on a decode thread's heap
+            self.large_bodies.freed()
+            raise
         if len(body) > HEAVY_BODY_BYTES:  # held as a large body is, whatever it was packed
             self.large_bodies.take(request.scope, max(len(body) - request.scope.get(_HELD, 0), 0))
         return body

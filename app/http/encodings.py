@@ -58,6 +58,7 @@ def _unpack(body: bytes, window_bits: int, coding: str, limit: int) -> bytes:
         part = unpacker.decompress(rest, limit - size + 1)
         size += len(part)
         if size > limit:
+            del part, parts  # up to `limit` bytes: not kept alive by the exception's traceback
             raise PayloadTooLarge(f"the {coding} request body unpacks past the limit of {limit} bytes")
         if not unpacker.eof:
             raise InvalidInput(f"the {coding} request body ends before its compressed data does")
