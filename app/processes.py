@@ -1,5 +1,6 @@
 """The worker processes of one server: how many `workers auto` starts, and the control
-folder they share (its layout; app/repository/shared.py reads and writes it).
+folder they share (its layout; app/repository/shared.py and app/observability/log_settings.py
+read and write it).
 
 Kept free of onnxruntime and the app: `python -m app`'s parent process reads it before it
 starts the workers, and stays small for it (it only supervises them).

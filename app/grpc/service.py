@@ -409,7 +409,6 @@ class InferenceService:
         await self.serving.changes.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-
     # --- the log's settings ---------------------------------------------------------------
 
     async def _log_settings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:

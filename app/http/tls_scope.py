@@ -43,13 +43,11 @@ def distinguished_name(certificate: dict[str, Any] | None) -> str | None:
 
 
 def _escaped(value: str) -> str:
-    """RFC 4514, section 2.4: the characters that would end or change the name."""
-    escaped = "".join(f"\\{c}" if c in ',+"\\<>;' else "\\00" if c == "\0" else c for c in value)
-    if escaped.startswith((" ", "#")):
-        escaped = "\\" + escaped
-    if escaped.endswith(" ") and not escaped.endswith("\\ "):
-        escaped = escaped[:-1] + "\\ "
-    return escaped
+    """RFC 4514, section 2.4: the characters that would end or change the name, a space or
+    `#` first, a space last."""
+    last = len(value) - 1
+    return "".join("\\00" if c == "\0" else f"\\{c}" if c in ',+"\\<>;' or (i == 0 and c in " #") or
+                   (i == last and c == " ") else c for i, c in enumerate(value))
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,6 +23,7 @@ _OIDS = {"commonName": NameOID.COMMON_NAME, "organizationName": NameOID.ORGANIZA
     ((("countryName", "DE"),), (("organizationName", "Example"),), (("commonName", "client@example.org"),)),
     ((("commonName", 'a, "b" + <c>; d\\e=f'),),),
     ((("commonName", "#leading hash"),), (("organizationalUnitName", " leading and trailing space "),)),
+    ((("commonName", "a backslash, then a space\\ "),), (("organizationName", " "),)),
     ((("domainComponent", "org"),), (("domainComponent", "example"),),
      (("commonName", "one"), ("organizationalUnitName", "two"))),  # a multi-valued RDN
 ])
