@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Request
+from fastapi.responses import Response
 
 from app.access import check_admin, check_api_key
-from app.http.responses import header
+from app.http.encodings import answer_coding, packed
+from app.http.responses import JSONBytes, header
 from app.http.services import Services, services
 from app.protocol.v2 import ErrorResponse
 
@@ -55,3 +57,17 @@ def authorize_admin(request: Request, *, changes: bool) -> None:
     found = services(request)
     check_admin(header(request, b"authorization"), found.admin_token, found.settings.model_control_mode,
                 changes=changes)
+
+
+async def large_answer(request: Request, found: Services, content: bytes, media_type: str = "application/json",
+                       headers: dict[str, str] | None = None) -> Response:
+    """An inference answer over PACK_ANSWERS_FROM bytes (the routes send a smaller one as it
+    is, without this call), packed with gzip or deflate on a decode thread where the client
+    accepts that (app/http/encodings.py)."""
+    coding = answer_coding(header(request, b"accept-encoding"))
+    if coding is not None:
+        content = await found.offload.run(packed, content, coding)
+        headers = {**(headers or {}), "Content-Encoding": coding, "Vary": "Accept-Encoding"}
+    if headers is None:
+        return JSONBytes(content)
+    return Response(content, media_type=media_type, headers=headers)

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request, Response
 
 from app.errors import MethodNotAllowed
 from app.http.budget import client_gone
+from app.http.encodings import PACK_ANSWERS_FROM
 from app.http.examples import V1_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONBytes, JSONResponse
-from app.http.routes.common import ModelName, authorize, errors
+from app.http.routes.common import ModelName, authorize, errors, large_answer
 from app.http.services import services
 from app.inference import run_inference
 from app.protocol.v1 import V1
@@ -64,6 +65,8 @@ async def v1_predict(request: Request, name: ModelName) -> Response:
     async with found.repository.lease(name) as model:
         answer = await run_inference(model, await budget.read_body(request), V1, budget, found.offload,
                                      budget.arrived(request), timeout_s, client_gone(request))
+    if len(answer) > PACK_ANSWERS_FROM:
+        return await large_answer(request, found, answer)
     return JSONBytes(answer)
 
 

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request, Response
 
 from app import model_views
 from app.http.budget import client_gone
+from app.http.encodings import PACK_ANSWERS_FROM
 from app.http.examples import V2_EXAMPLES
 from app.http.hot_routes import HotRoute, add_hot_routes
 from app.http.responses import JSONBytes, JSONResponse, header
-from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize
+from app.http.routes.common import MODEL_ERRORS, ModelName, Version, authorize, large_answer
 from app.http.services import services
 from app.inference import run_inference
 from app.protocol.binary import HEADER_LENGTH
@@ -126,9 +127,13 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                                                      found.offload, budget.arrived(request),
                                                      client_gone=client_gone(request))
     if header_length is None:
+        if len(content) > PACK_ANSWERS_FROM:
+            return await large_answer(request, found, content)
         return JSONBytes(content)
-    return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length)})
+    headers = {"Inference-Header-Content-Length": str(header_length)}  # of the unpacked answer
+    if len(content) > PACK_ANSWERS_FROM:
+        return await large_answer(request, found, content, "application/octet-stream", headers)
+    return Response(content, media_type="application/octet-stream", headers=headers)
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)

@@ -142,6 +142,12 @@ def test_compressed_requests_from_tritonclient_get_the_same_answers(server: Serv
         np.testing.assert_array_equal(packed.as_numpy(output), plain)
     over_grpc = grpc_client.infer("fashion-cnn", inputs_for(triton_grpc, tensors), compression_algorithm=compression)
     np.testing.assert_array_equal(over_grpc.as_numpy(output), plain)
+    # an answer large enough to be packed (3,000 rows of JSON logits, ~300 KB)
+    many = {name: np.repeat(array, 3000 // len(array) + 1, axis=0)[:3000] for name, array in tensors.items()}
+    large = [http.infer("fashion-cnn", inputs_for(triton_http, many, binary_data=True),
+                        outputs=[triton_http.InferRequestedOutput(output, binary_data=False)],
+                        response_compression_algorithm=algorithm) for algorithm in (compression, None)]
+    np.testing.assert_array_equal(large[0].as_numpy(output), large[1].as_numpy(output))
 
 
 def test_typed_contents_are_read_as_raw_ones_are(server: ServerProcess) -> None:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.http.encodings import coding_of, unpacked
+from app.http.encodings import PACK_ANSWERS_FROM, answer_coding, coding_of, unpacked
 from app.offload import HEAVY_BODY_BYTES
 from load_tests import samples
 from tests.app.conftest import serving
@@ -102,3 +102,44 @@ async def test_compressed_bodies_through_every_route_that_reads_one() -> None:
     assert big.status_code == 200, big.text
     assert len(big.json()["outputs"][0]["data"]) == 128 * 10
     assert held == 0  # the unpacked large body given back once answered
+
+
+@pytest.mark.parametrize(("header", "coding"), [
+    (None, None), ("", None), ("identity", None), ("br", None), ("gzip", "gzip"), ("deflate", "deflate"),
+    ("br, deflate, gzip", "gzip"), ("GZIP;Q=0.5", "gzip"), ("gzip;q=0, deflate", "deflate"), ("gzip;q=0", None),
+    ("*", "gzip"), ("*;q=0", None), ("*, gzip;q=0", "deflate"), ("gzip;q=high", None),
+])
+def test_the_coding_an_answer_is_packed_in(header: str | None, coding: str | None) -> None:
+    assert answer_coding(header) == coding
+
+
+async def test_large_answers_are_packed_where_the_client_accepts_it() -> None:
+    """tritonclient's response_compression_algorithm asks with Accept-Encoding; Triton packs
+    its answers then. Here answers over PACK_ANSWERS_FROM are (JSON and binary tensors, whose
+    header length is the unpacked answer's), small ones go as they are."""
+    binary, headers = samples.v2_binary(7000, MODELS)  # 7,000 rows of logits: 280 KB as binary tensors
+    as_json = orjson.loads(binary[:int(headers["Inference-Header-Content-Length"])])
+    as_json["outputs"] = [{"name": "logits"}]
+    json_header = orjson.dumps(as_json)
+    json_answer = json_header + binary[int(headers["Inference-Header-Content-Length"]):]
+    json_headers = {**headers, "Inference-Header-Content-Length": str(len(json_header))}
+    async with serving(max_body_bytes=32 * 1024 * 1024, max_queue_size=8192) as client:
+        answers = {}
+        for name, body, sent in (("binary", binary, headers), ("json", json_answer, json_headers)):
+            for coding in ("gzip", "deflate", None):
+                accept = {"Accept-Encoding": coding} if coding else {"Accept-Encoding": "identity"}
+                answers[name, coding] = await client.post("/v2/models/fashion-cnn/infer", content=body,
+                                                          headers={**sent, **accept})
+        small = await client.post("/v2/models/fashion-cnn/infer", content=samples.v2_json(1, MODELS),
+                                  headers={"Accept-Encoding": "gzip"})
+    for (name, coding), answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        assert answer.headers.get("content-encoding") == coding, (name, coding)
+        assert answer.content == answers[name, None].content  # httpx unpacks: the same bytes
+        assert len(answer.content) > PACK_ANSWERS_FROM
+        if coding:
+            assert answer.headers["vary"] == "Accept-Encoding"
+            assert int(answer.headers["content-length"]) < len(answer.content) * 0.95
+    assert answers["binary", "gzip"].headers["inference-header-content-length"] == \
+        answers["binary", None].headers["inference-header-content-length"]
+    assert "content-encoding" not in small.headers
