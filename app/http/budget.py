@@ -125,22 +125,14 @@ class RequestBudget:
         request's arrival (else 408, and the connection is closed); one sent compressed
         (Content-Encoding gzip or deflate: app/http/encodings.py) unpacked, on a decode
         thread, at most max_body_bytes unpacked too."""
-        coding = coding_of(header(request, b"content-encoding"))
-        body = await self._read(request)
-        if coding is None:
-            return body
-        try:
-            body = await self._offload.run(unpacked, body, coding, self.max_body_bytes)
-        except PayloadTooLarge:  # up to max_body_bytes were unpacked, on a decode thread's heap
-            self.large_bodies.freed()
-            raise
-        if len(body) > HEAVY_BODY_BYTES:  # held as a large body is, whatever it was packed
-            self.large_bodies.take(request.scope, max(len(body) - request.scope.get(_HELD, 0), 0))
-        return body
-
-    async def _read(self, request: Request) -> bytes:
         limit = self.max_body_bytes
-        declared = header(request, b"content-length")
+        declared = encoding = None
+        for key, value in request.scope["headers"]:  # one pass for both: every request's path
+            if key == b"content-length" and declared is None:
+                declared = value.decode("latin-1")
+            elif key == b"content-encoding" and encoding is None:
+                encoding = value.decode("latin-1")
+        coding = coding_of(encoding) if encoding is not None else None
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length must be a number, got {declared!r}")
@@ -171,7 +163,7 @@ class RequestBudget:
                     self.large_bodies.take(request.scope, size - counted)
                     counted = size
                 if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    break
         except asyncio.CancelledError:
             if read is None or not read.expired:
                 raise
@@ -180,6 +172,18 @@ class RequestBudget:
         finally:
             if read is not None:
                 read.finished = True
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return body if coding is None else await self._unpacked(request, body, coding)
+
+    async def _unpacked(self, request: Request, body: bytes, coding: str) -> bytes:
+        try:
+            body = await self._offload.run(unpacked, body, coding, self.max_body_bytes)
+        except PayloadTooLarge:  # up to max_body_bytes were unpacked, on a decode thread's heap
+            self.large_bodies.freed()
+            raise
+        if len(body) > HEAVY_BODY_BYTES:  # held as a large body is, whatever it was packed
+            self.large_bodies.take(request.scope, max(len(body) - request.scope.get(_HELD, 0), 0))
+        return body
 
     def check_response(self, size_bound: int, rows: int) -> None:
         """413 for a request whose answer could exceed max_response_bytes: refused before any
