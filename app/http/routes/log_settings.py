@@ -31,7 +31,7 @@ async def get_log_settings(request: Request) -> Response:
 @router.post("/v2/logging", summary="Change the log's settings, in every worker",
              description="The settings the body names change (Triton's names and types), the others stay; the "
                          "answer is every setting. log_file and log_format cannot change while the server runs.",
-             responses=errors(400, 408, 413) | {
+             responses=errors(400, 408, 413, 422) | {
                  401: {"model": ErrorResponse, "description": "No admin token, or a wrong one."},
                  403: {"model": ErrorResponse, "description": "No admin token is configured."}},
              openapi_extra={"security": [{"HTTPBearer": []}], "requestBody": {"content": {"application/json": {
