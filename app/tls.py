@@ -10,6 +10,9 @@ Renewed in place: certificates are rotated by rewriting their files (cert-manage
 volumes, certbot). New connections get the files' current certificate, looked at again at
 most every CHECK_EVERY_S (`RenewedFiles`); files that changed but do not load together are
 logged and the previous certificate goes on serving.
+
+Who a client is, under mutual TLS: its certificate's subject, written as RFC 4514 writes a
+distinguished name, the same whichever port it called (the access log's `client_cert`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.settings import Settings
 
@@ -165,3 +168,48 @@ def scheme(settings: Settings) -> str:
 def _reason(error: Exception) -> str:
     return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
 
+
+# --- who a client is, by its certificate ------------------------------------------------
+
+_RFC_4514_TYPES = {"commonName": "CN", "localityName": "L", "stateOrProvinceName": "ST", "organizationName": "O",
+                   "organizationalUnitName": "OU", "countryName": "C", "streetAddress": "STREET",
+                   "domainComponent": "DC", "userId": "UID"}
+"""The attribute types RFC 4514 names (section 3); others go by the name Python's ssl gives."""
+
+
+def distinguished_name(certificate: dict[str, Any] | None) -> str | None:
+    """A certificate's subject (as ssl's `getpeercert()` gives it) as RFC 4514 writes a
+    distinguished name: the last attribute first, `CN=client,O=Example`."""
+    if not certificate or not certificate.get("subject"):
+        return None
+    return ",".join("+".join(f"{_RFC_4514_TYPES.get(kind, kind)}={_escaped(value)}" for kind, value in rdn)
+                    for rdn in reversed(certificate["subject"]))
+
+
+def _escaped(value: str) -> str:
+    """RFC 4514, section 2.4: the characters that would end or change the name, a space or
+    `#` first, a space last."""
+    last = len(value) - 1
+    return "".join("\\00" if c == "\0" else f"\\{c}" if c in ',+"\\<>;' or (i == 0 and c in " #") or
+                   (i == last and c == " ") else c for i, c in enumerate(value))
+
+
+def readable_subject(rfc_2253: str) -> str:
+    """gRPC core's `x509_subject` (OpenSSL's RFC 2253 form, which writes each byte of a
+    character outside ASCII as a `\\XX` escape) as `distinguished_name` writes the same
+    subject: those characters as they are, every other escape kept; one client, one name in
+    the access log whichever port it called."""
+    out, i = bytearray(), 0
+    while i < len(rfc_2253):
+        pair = rfc_2253[i + 1:i + 3]
+        if rfc_2253[i] == "\\" and len(pair) == 2 and all(c in "0123456789ABCDEFabcdef" for c in pair) \
+                and int(pair, 16) >= 0x80:
+            out.append(int(pair, 16))
+            i += 3
+        elif rfc_2253[i] == "\\" and i + 1 < len(rfc_2253):  # an escape kept whole
+            out += rfc_2253[i:i + 2].encode()
+            i += 2
+        else:
+            out += rfc_2253[i].encode()
+            i += 1
+    return out.decode("utf-8", "replace")

@@ -39,6 +39,7 @@ from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_req
 from app.repository import ModelRepository, load_config
 from app.repository.shared import RepositoryChanges
 from app.settings import Settings
+from app.tls import readable_subject
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +270,11 @@ class InferenceService:
 
     def _client_cert(self, context: grpc.aio.ServicerContext) -> str | None:
         """The subject of the certificate the client presented, under mutual TLS (gRPC core's
-        `x509_subject`, RFC 2253's form, as HTTP's access lines have it)."""
+        `x509_subject`, written as HTTP's access lines write it: app/tls.py)."""
         if self.serving.settings.tls_client_ca_file is None:
             return None
         subject = (context.auth_context() or {}).get("x509_subject")
-        return subject[0].decode("utf-8", "replace") if subject else None
+        return readable_subject(subject[0].decode("utf-8", "replace")) if subject else None
 
     async def _infer_untraced(self, request: tuple[bytes, pb.ModelInferRequest | InvalidInput],
                               context: grpc.aio.ServicerContext, *, streamed: bool, arrived: float,

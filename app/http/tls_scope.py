@@ -11,11 +11,9 @@ import functools
 import ssl
 from typing import Any
 
+from app.tls import distinguished_name
+
 _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
-_RFC_4514_TYPES = {"commonName": "CN", "localityName": "L", "stateOrProvinceName": "ST", "organizationName": "O",
-                   "organizationalUnitName": "OU", "countryName": "C", "streetAddress": "STREET",
-                   "domainComponent": "DC", "userId": "UID"}
-"""The attribute types RFC 4514 names (section 3); others go by the name Python's ssl gives."""
 
 
 def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
@@ -31,23 +29,6 @@ def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
         "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
         "cipher_suite": _suite_ids(ssl_object.context).get(cipher[0]) if cipher else None,
     }
-
-
-def distinguished_name(certificate: dict[str, Any] | None) -> str | None:
-    """A certificate's subject (as ssl's `getpeercert()` gives it) as RFC 4514 writes a
-    distinguished name: the last attribute first, `CN=client,O=Example`."""
-    if not certificate or not certificate.get("subject"):
-        return None
-    return ",".join("+".join(f"{_RFC_4514_TYPES.get(kind, kind)}={_escaped(value)}" for kind, value in rdn)
-                    for rdn in reversed(certificate["subject"]))
-
-
-def _escaped(value: str) -> str:
-    """RFC 4514, section 2.4: the characters that would end or change the name, a space or
-    `#` first, a space last."""
-    last = len(value) - 1
-    return "".join("\\00" if c == "\0" else f"\\{c}" if c in ',+"\\<>;' or (i == 0 and c in " #") or
-                   (i == last and c == " ") else c for i, c in enumerate(value))
 
 
 @functools.lru_cache(maxsize=8)

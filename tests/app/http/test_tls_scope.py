@@ -1,7 +1,7 @@
-"""ASGI's TLS extension: the client certificate's subject written as RFC 4514 writes a
+"""Who a client is under mutual TLS: its certificate's subject written as RFC 4514 writes a
 distinguished name, checked against cryptography's own writer (a test dependency; the
-server does without it). The extension in a running server's scopes, over a real mutual
-TLS handshake: tests/app/test_tls.py."""
+server does without it), the same from gRPC core's form, and ASGI's TLS extension over a
+real handshake. Both ports' access lines for one client: tests/app/test_tls.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from app.http.tls_scope import distinguished_name, tls_extension
+from app.http.tls_scope import tls_extension
+from app.tls import distinguished_name, readable_subject
 
 _OIDS = {"commonName": NameOID.COMMON_NAME, "organizationName": NameOID.ORGANIZATION_NAME,
          "organizationalUnitName": NameOID.ORGANIZATIONAL_UNIT_NAME, "countryName": NameOID.COUNTRY_NAME,
@@ -85,3 +86,14 @@ def test_the_extension_of_a_real_handshake(client_certificate: bool) -> None:
     else:
         assert tls["client_cert_name"] is None
         assert tls["client_cert_chain"] == []
+
+
+def test_grpc_cores_subject_reads_as_the_http_ports() -> None:
+    """What gRPC core gave for a client whose common name is `café, ünï` (OpenSSL's RFC 2253
+    form: each byte outside ASCII an escape), and the same subject from Python's ssl."""
+    from_grpc = "CN=caf\\C3\\A9\\, \\C3\\BCn\\C3\\AF,OU=Testing cert #1,O=trustme v1.2.1"
+    subject = ((("organizationName", "trustme v1.2.1"),), (("organizationalUnitName", "Testing cert #1"),),
+               (("commonName", "café, ünï"),))
+    assert readable_subject(from_grpc) == distinguished_name({"subject": subject}) == \
+        "CN=café\\, ünï,OU=Testing cert #1,O=trustme v1.2.1"
+    assert readable_subject("CN=a\\\\C3,O=\\#x\\0A") == "CN=a\\\\C3,O=\\#x\\0A"  # escapes of ASCII kept
