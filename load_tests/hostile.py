@@ -84,8 +84,8 @@ async def _send(port: int, data: bytes, *, read_s: float = 15) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     try:
-        return await asyncio.wait_for(reader.read(), read_s)
-    except (TimeoutError, OSError) as e:  # reset, broken pipe
+        return await asyncio.wait_for(_read_all(reader), read_s)
+    except (TimeoutError, OSError) as e:  # the connection never opened whole
         return f"<{type(e).__name__}>".encode()
     finally:
         writer.close()
@@ -134,8 +134,8 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
         while chunk := await reader.read(65536):
             chunks.append(chunk)
     except (ConnectionResetError, BrokenPipeError):
-        pass
-    return b"".join(chunks) or b"<reset>"
+        return b"".join(chunks) or b"<reset>"
+    return b"".join(chunks)
 
 
 # --- the cases -----------------------------------------------------------------------------
@@ -147,6 +147,16 @@ class Suite:
 
     def http(self, timeout: float = 60) -> httpx.Client:
         return httpx.Client(base_url=self.server.url, timeout=timeout)
+
+    async def _flood(self, body: bytes, headers: dict[str, str], each: int, statuses: Counter[int]) -> None:
+        """`body` to fashion-cnn's V2 endpoint from 16 clients at once, `each` times each; the
+        statuses counted in `statuses`."""
+        def one_client() -> None:
+            with self.http() as client:
+                for _ in range(each):
+                    statuses[client.post("/v2/models/fashion-cnn/infer", content=body, headers=headers).status_code] += 1
+
+        await asyncio.gather(*[asyncio.to_thread(one_client) for _ in range(16)])
 
     async def repeated_outputs(self) -> Outcome:
         body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
@@ -330,17 +340,7 @@ class Suite:
         body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [20, 1, 28, 28], "datatype": "FP32",
                                          "data": [0] * (20 * 784)}]}).replace(b'"data":[0', b'"data":[NaN', 1)
         statuses: Counter[int] = Counter()
-
-        def flood() -> None:
-            with self.http() as client:
-                for _ in range(25):
-                    statuses[client.post("/v2/models/fashion-cnn/infer", content=body,
-                                         headers=JSON_HEADERS).status_code] += 1
-
-        async def sixteen() -> None:
-            await asyncio.gather(*[asyncio.to_thread(flood) for _ in range(16)])
-
-        worst, _ = await _probe(self.server.url, sixteen())
+        worst, _ = await _probe(self.server.url, self._flood(body, JSON_HEADERS, 25, statuses))
         return Outcome(f"400 each ({len(body):,} bytes: parsed off the loop); liveness answers meanwhile",
                        f"{dict(statuses)}; liveness worst {worst:.0f} ms", set(statuses) == {400})
 
@@ -351,17 +351,8 @@ class Suite:
         body = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
         statuses: Counter[int] = Counter()
         before = _rss_mb(self.server)
-
-        def flood() -> None:
-            with self.http() as client:
-                for _ in range(10):
-                    statuses[client.post("/v2/models/fashion-cnn/infer", content=body,
-                                         headers={**JSON_HEADERS, "Content-Encoding": "gzip"}).status_code] += 1
-
-        async def sixteen() -> None:
-            await asyncio.gather(*[asyncio.to_thread(flood) for _ in range(16)])
-
-        worst, peak = await _probe(self.server.url, sixteen(), lambda: _rss_mb(self.server))
+        worst, peak = await _probe(self.server.url, self._flood(body, {**JSON_HEADERS, "Content-Encoding": "gzip"},
+                                                                10, statuses), lambda: _rss_mb(self.server))
         await asyncio.sleep(3)
         after = _rss_mb(self.server)
         return Outcome(f"413 each ({len(body):,} bytes in, 64 MB unpacked); liveness answers; memory bounded "

@@ -132,7 +132,6 @@ class SharedLogSettings:
     def __init__(self, initial: LogSettings, folder: Path | None = None) -> None:
         self.current = initial
         self._file = folder / LOG_SETTINGS if folder is not None else None
-        self._lock = folder / LOG_SETTINGS_LOCK if folder is not None else None
         self._seen: tuple[int, int, int] | None = None
         apply(initial)
         self.follow()  # a worker that starts after a change applies it before it answers
@@ -140,10 +139,10 @@ class SharedLogSettings:
     def change(self, asked: Mapping[str, object]) -> LogSettings:
         """The settings `asked` changes (Triton's names), applied here and, with a control
         folder, written for every other worker; InvalidInput where one cannot be."""
-        if self._file is None or self._lock is None:
+        if self._file is None:
             settings = self.current.changed(asked)
         else:  # under the lock, on top of the latest: two workers' changes at once both hold
-            with self._lock.open("a") as lock:
+            with self._file.with_name(LOG_SETTINGS_LOCK).open("a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write
                 self.follow()
                 settings = self.current.changed(asked)
@@ -162,7 +161,7 @@ class SharedLogSettings:
         self._seen = stamp
         try:
             written = json.loads(self._file.read_text())
-            settings = self.current.changed({k: v for k, v in written.items() if k != "log_format"})
+            settings = self.current.changed(written)  # every worker's log_format is the server's
         except (OSError, ValueError) as e:  # InvalidInput is a ValueError: a file not written by a worker
             logger.warning("the log settings in %s cannot be applied (%s); keeping %s", self._file, e,
                            self.current.as_triton())

@@ -59,15 +59,18 @@ def authorize_admin(request: Request, *, changes: bool) -> None:
                 changes=changes)
 
 
-async def large_answer(request: Request, found: Services, content: bytes, media_type: str = "application/json",
-                       headers: dict[str, str] | None = None) -> Response:
+async def large_answer(request: Request, found: Services, content: bytes,
+                       binary: dict[str, str] | None = None) -> Response:
     """An inference answer over PACK_ANSWERS_FROM bytes (the routes send a smaller one as it
     is, without this call), packed with gzip or deflate on a decode thread where the client
-    accepts that (app/http/encodings.py)."""
+    accepts that (app/http/encodings.py). `binary`: the headers of Triton's binary tensors,
+    for an answer that has them; else it is JSON."""
+    headers = dict(binary or {})
     coding = answer_coding(header(request, b"accept-encoding"))
     if coding is not None:
         content = await found.offload.run(packed, content, coding)
-        headers = {**(headers or {}), "Content-Encoding": coding, "Vary": "Accept-Encoding"}
-    if headers is None:
+        headers |= {"Content-Encoding": coding, "Vary": "Accept-Encoding"}
+    if not headers:
         return JSONBytes(content)
-    return Response(content, media_type=media_type, headers=headers)
+    return Response(content, media_type="application/json" if binary is None else "application/octet-stream",
+                    headers=headers)

@@ -126,14 +126,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         content, header_length = await run_inference(model, await budget.read_body(request), exchange, budget,
                                                      found.offload, budget.arrived(request),
                                                      client_gone=client_gone(request))
-    if header_length is None:
-        if len(content) > PACK_ANSWERS_FROM:
-            return await large_answer(request, found, content)
+    binary = None if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+    if len(content) > PACK_ANSWERS_FROM:  # the header length is the unpacked answer's
+        return await large_answer(request, found, content, binary)
+    if binary is None:
         return JSONBytes(content)
-    headers = {"Inference-Header-Content-Length": str(header_length)}  # of the unpacked answer
-    if len(content) > PACK_ANSWERS_FROM:
-        return await large_answer(request, found, content, "application/octet-stream", headers)
-    return Response(content, media_type="application/octet-stream", headers=headers)
+    return Response(content, media_type="application/octet-stream", headers=binary)
 
 
 OPENAPI_MODELS = (InferenceRequest, InferenceResponse)
