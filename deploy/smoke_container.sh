@@ -6,8 +6,8 @@
 #   3. runs it, waits for the HEALTHCHECK, sends a real prediction to each model and checks it;
 #   4. sends SIGTERM while requests are queued and checks every one of them is answered;
 #   5. runs the compose stack as the README says (podman-compose up -d --build) and checks
-#      that it starts without the load profile, Prometheus scrapes the service and the
-#      service answers; then tears everything down.
+#      that it starts without the load profile, Prometheus scrapes the service (Triton's
+#      metric names included) and the service answers; then tears everything down.
 # Everything binds 127.0.0.1. Run as root: bash deploy/smoke_container.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -172,5 +172,16 @@ done
 [ -n "${SCRAPED:-}" ] || { GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" logs; exit 1; }
 curl -fsS "http://127.0.0.1:$PORT/v1/models/sst2-lstm:predict" -d '{"instances": ["a fine film"]}' >/dev/null
 echo "the service answers on 127.0.0.1:$PORT"
+# Triton's metric names (counters written without _total), as a real Prometheus stores them.
+for _ in $(seq 1 60); do
+  if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=nv_inference_request_success%7Bmodel%3D%22sst2-lstm%22%7D" 2>/dev/null \
+       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) >= 1 else 1)' 2>/dev/null; then
+    echo "Prometheus has Triton's nv_inference_request_success for the request"
+    COUNTED=1
+    break
+  fi
+  sleep 1
+done
+[ -n "${COUNTED:-}" ] || { curl -fsS "http://127.0.0.1:$PORT/metrics" | grep nv_inference_request || true; exit 1; }
 cd "$ROOT"
 log "container smoke test passed"

@@ -1,5 +1,5 @@
 """Triton's statistics for every worker process: the sum, workers that are gone, and two real
-workers answering statistics calls over HTTP and gRPC."""
+workers answering statistics calls over HTTP and gRPC (and /metrics under Triton's names)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from app.observability.stats import ModelStats
 from app.observability.worker_stats import WorkerStats, sum_of
 from load_tests.server import ServerProcess
 from tests.app.conftest import answered_by_both_workers, wait_for
+from tests.app.observability.test_triton_metrics import nv_samples
 from tests.conftest import MODELS
 
 
@@ -127,6 +128,8 @@ def test_two_workers_answer_statistics_counting_every_request_over_http_and_grpc
         wait_for(lambda: [counted() for _ in range(4)] == [40] * 4)
         over_http = [httpx.get(f"{server.url}/v2/models/fashion-cnn/stats", timeout=30).json()["model_stats"]
                      for _ in range(8)]
+        # Triton's metric names for the same figures, from whichever worker answers the scrape
+        scraped = [nv_samples(httpx.get(f"{server.url}/metrics", timeout=30).text) for _ in range(8)]
         over_grpc = []
         for _ in range(8):
             client = grpcclient.InferenceServerClient(server.grpc_target)
@@ -137,3 +140,7 @@ def test_two_workers_answer_statistics_counting_every_request_over_http_and_grpc
     assert [sum(int(v["inference_count"]) for v in found) for found in over_http] == [40] * 8
     assert [sum(int(v["inference_count"]) for v in found) for found in over_grpc] == [40] * 8
     assert all(sum(int(v["inference_stats"]["success"]["count"]) for v in found) == 40 for found in over_http)
+    assert [sum(v for (family, model, _), v in found.items()
+                if (family, model) == ("nv_inference_request_success", "fashion-cnn")) for found in scraped] == [40] * 8
+    assert [sum(v for (family, model, _), v in found.items()
+                if (family, model) == ("nv_inference_count", "fashion-cnn")) for found in scraped] == [40] * 8
