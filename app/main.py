@@ -19,6 +19,7 @@ from app.grpc.server import GrpcServer
 from app.grpc.service import InferenceService
 from app.http.budget import RequestBudget
 from app.http.connections import LIMITS_STATE, HttpLimits
+from app.http.cross_origin import cross_origin
 from app.http.docs_pages import add_docs_pages
 from app.http.errors import install_error_handlers
 from app.http.fastpath import FastPath
@@ -207,12 +208,14 @@ async def _every(seconds: float, step: Callable[[], object]) -> None:
 
 class _OrtServe(FastAPI):
     """FastAPI with the hot routes dispatched in front of it (app/http/fastpath.py), and
-    request ids and metrics around both.
+    request ids and metrics around both; outermost, where cors_origins names any, the
+    answers to pages of other origins (app/http/cross_origin.py).
 
     In front of FastAPI itself, not only of its middleware: FastAPI's own `__call__` looks
     up the OpenTelemetry providers on every request, which the hot routes skip; they are
     covered by the service's own metrics and request ids instead. Every other route, and
-    the lifespan, goes through FastAPI. Built on the first call, once the app is set up.
+    the lifespan, goes through FastAPI. Built on the first request, once the lifespan has
+    set the app up.
     """
 
     _front: ASGIApp | None = None
@@ -237,6 +240,9 @@ class _OrtServe(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._front is None:
+            if scope["type"] == "lifespan":  # the front is built for requests, from what the lifespan set up
+                await FastAPI.__call__(self, scope, receive, send)
+                return
             self._front = self._build_front()
         await self._front(scope, receive, send)
 
@@ -247,7 +253,9 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
-        return RequestContext(inner, self.request_series, self)
+        front: ASGIApp = RequestContext(inner, self.request_series, self)
+        origins = self.services.settings.cors_origins if self.services is not None else []
+        return cross_origin(front, origins) if origins else front
 
     def _serves(self, model: str) -> bool:
         repository = self.repository()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,13 +40,18 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
     return values
 
 
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(?P<port>:[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+"""An origin as browsers write it (RFC 6454): scheme, host (a name or [IPv6]), a port only if not the default."""
+
+
 SECTIONS: dict[str, tuple[str, ...]] = {
     "The server": ("host", "port", "grpc", "grpc_port", "workers", "reuse_port", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
     "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup",),
-    "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file",),
+    "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins",),
     "TLS": ("tls_cert_file", "tls_key_file", "tls_client_ca_file",),
     "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
     "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
@@ -160,6 +166,9 @@ class Settings(BaseSettings):
     """Bearer tokens accepted by the inference endpoints; empty: no key needed."""
     api_keys_file: Path | None = None
     """A file of API keys, one per line; read at start."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web pages of these origins may call the API from a browser (CORS): each
+    `scheme://host[:port]`, comma-separated, or `*` for any; empty: none but the server's own."""
 
     # --- TLS ---
     tls_cert_file: Path | None = None
@@ -335,6 +344,36 @@ class Settings(BaseSettings):
     def provider_preference(self) -> list[str] | None:
         """The providers asked for; None: choose by what onnxruntime offers."""
         return None if self.providers == "auto" else list(self.providers)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_listed(cls, value: object) -> object:
+        """A JSON list or comma-separated origins, from a flag or the environment alike."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            value = value[0]  # the CLI hands a single value over as a one-item list
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, value: list[str]) -> list[str]:
+        """A browser's Origin header is matched as it is sent: lowercase, no path, no default
+        port written out; an origin that can never match is refused, not served silently."""
+        if "*" in value and len(value) > 1:
+            raise ValueError("'*' (any origin) is given alone")
+        for origin in value:
+            if origin == "*":
+                continue
+            match = _ORIGIN.fullmatch(origin)
+            if match is None or match["port"] == _DEFAULT_PORTS[match["scheme"]]:
+                raise ValueError(f"{origin!r} is not an origin as a browser sends it: scheme://host[:port], "
+                                 "lowercase, without a path or a trailing '/', the port only where it is not "
+                                 "the scheme's default (e.g. https://app.example.com)")
+        return value
 
     @field_validator("api_keys")
     @classmethod
