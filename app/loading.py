@@ -224,8 +224,8 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
 
 
 def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manifest:
-    """A load's configuration on a manifest's model: its batching and version policy; the
-    tensors it names must be the manifest's."""
+    """A load's configuration on a manifest's model: its batching, version policy and response
+    cache; the tensors it names must be the manifest's."""
     for kind, declared, own in (("inputs", override.inputs, manifest.inputs), ("outputs", override.outputs, manifest.outputs)):
         if declared is not None and declared != own:
             raise LoadError("config", f"{folder}: the load's configuration declares {kind} "
@@ -238,6 +238,8 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
         update["batching"] = manifest.batching.model_copy(update=given | {"reason": "given by the load request"})
     if override.version_policy is not None:
         update["version_policy"] = override.version_policy
+    if override.response_cache is not None:
+        update["response_cache"] = override.response_cache
     return manifest.model_copy(update=update)
 
 

@@ -290,6 +290,9 @@ class Manifest(_Strict):
     """Which versions of this model to serve, read from its newest version's manifest;
     None leaves it to the server's settings."""
     batching: BatchingDefaults
+    response_cache: bool = Field(default=False, exclude_if=lambda value: not value)
+    """Answers kept for inputs seen before (Triton's response_cache), in a cache of the server's
+    response_cache_bytes: for a deterministic model that gets the same inputs again."""
     preferred_variant: dict[Literal["cpu", "cuda"], Variant] = Field(default_factory=dict)
     """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
     training: dict[str, Any] = Field(default_factory=dict)

@@ -32,11 +32,11 @@ BACKENDS = {"onnxruntime"}
 # Triton fields by what this server does with them. Anything not named here is refused:
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
-             "version_policy", "default_model_filename"}
+             "version_policy", "default_model_filename", "response_cache"}
 _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
             "optimization": "ONNX Runtime's options are the server's settings",
             "model_warmup": "every model is warmed up on generated inputs",
-            "parameters": "backend parameters", "response_cache": "no response cache",
+            "parameters": "backend parameters",
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
@@ -77,6 +77,8 @@ class ModelFacts(_Facts):
     """A classification task's (its vocabulary file, for text, beside the model)."""
     version_policy: VersionPolicy | None = None
     batching: BatchingFacts | None = None
+    response_cache: bool | None = None
+    """Keep answers for inputs seen before (Triton's response_cache.enable)."""
     inputs: list[TensorSpec] | None = None
     """Declared tensors (config.pbtxt's): checked against the graph, which must agree."""
     outputs: list[TensorSpec] | None = None
@@ -210,8 +212,9 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
                 labels = read_labels(folder, t.label_filename, source)
     batching = _batching(config, fields, ignored)
     policy = _version_policy(config) if "version_policy" in fields else None
+    cache = config.response_cache.enable if "response_cache" in fields else None
     given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
-             "outputs": outputs, "model_file": config.default_model_filename or None}
+             "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache}
     # Only what the configuration says is set: facts on top of others replace only that.
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 

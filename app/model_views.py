@@ -26,7 +26,8 @@ def config(repository: ModelRepository, name: str, version: str | None = None) -
                                max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
                                concurrent_batches=policy.concurrent_batches,
                                version_policy=repository.policy_of(name).as_triton(),
-                               told_by=model.told_by, ignored=model.ignored, verified=model.verified)
+                               told_by=model.told_by, ignored=model.ignored, verified=model.verified,
+                               cached=model.cache is not None)
 
 
 def statistics(repository: ModelRepository, name: str = "", version: str = "") -> list[dict[str, Any]]:

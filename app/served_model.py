@@ -19,6 +19,7 @@ from app.errors import DeadlineExceeded
 from app.manifest import Manifest, TensorSpec
 from app.observability.stats import ModelStats
 from app.reshaping import Reshaper
+from app.response_cache import CachePart, Key
 from app.runtime import CUDA, OrtModel
 from app.supervision import BatchHealth
 
@@ -42,6 +43,8 @@ class ServedModel:
     """Fields of a Triton configuration this server does not use, with why."""
     reshaper: Reshaper | None = None
     """Clients' shapes to the graph's, where the manifest tells them apart (app/reshaping.py)."""
+    cache: CachePart | None = None
+    """Answers kept for repeated inputs, where the manifest asks for it (app/response_cache.py)."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 
@@ -98,6 +101,8 @@ class ServedModel:
             pass
         await self.batcher.stop(grace_s)
         self.deadlines.close()
+        if self.cache is not None:
+            self.cache.clear()
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
                     client_gone: Callable[[], bool] | None = None,
@@ -115,6 +120,16 @@ class ServedModel:
         timing = request_timing.get()
         if timing is not None:  # the access log's and the trace's: which model version answered, and when
             timing.model, timing.version, timing.queued = self.name, self.version, started
+        key = None
+        if self.cache is not None:
+            key = self.cache.key(inputs)
+            kept = self.cache.get(key) if key is not None else None
+            self.stats.record_cache_lookup(kept is not None, time.monotonic() - started)
+            if kept is not None:
+                if timing is not None:
+                    timing.answered = time.monotonic()
+                self.stats.record_request(time.monotonic() - started, True)
+                return kept
         if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
             inputs = self.reshaper.to_graph(inputs)
         on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
@@ -127,9 +142,18 @@ class ServedModel:
             ok = True
             if timing is not None:
                 timing.answered = time.monotonic()
+            if key is not None:
+                self._keep(key, outputs)
             return outputs
         finally:
             self.stats.record_request(time.monotonic() - started, ok)
+
+    def _keep(self, key: Key, outputs: dict[str, np.ndarray]) -> None:
+        """A miss's answer into the cache, the time it takes counted with the miss's (as Triton's)."""
+        assert self.cache is not None
+        began = time.monotonic()
+        self.cache.put(key, outputs)
+        self.stats.record_cache_insert(time.monotonic() - began)
 
     def warm_up(self) -> None:
         """Run once per power-of-two batch size up to the largest batch the batcher forms,

@@ -50,7 +50,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
-                                                    "warmup",),
+                                                    "warmup", "response_cache_bytes",),
     "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins",),
     "TLS": ("tls_cert_file", "tls_key_file", "tls_client_ca_file",),
     "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     failed one is UNAVAILABLE with its reason)."""
     warmup: bool = True
     """Run each model once per batch-size bucket before reporting ready."""
+    response_cache_bytes: int = Field(default=0, ge=0)
+    """Triton's response cache: each worker keeps up to this many bytes of answers for the
+    models whose configuration enables it (config.pbtxt `response_cache { enable: true }`,
+    config.json or a manifest's `"response_cache": true`), and answers a repeated input from
+    it without running the model; 0: no cache."""
 
     # --- Access ---
     admin_token: SecretStr | None = None

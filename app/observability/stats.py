@@ -40,6 +40,8 @@ class ModelStats:
     compute_input: _Duration = field(default_factory=_Duration)
     compute_infer: _Duration = field(default_factory=_Duration)
     compute_output: _Duration = field(default_factory=_Duration)
+    cache_hit: _Duration = field(default_factory=_Duration)
+    cache_miss: _Duration = field(default_factory=_Duration)
     batches: dict[int, tuple[_Duration, _Duration, _Duration]] = field(
         default_factory=lambda: defaultdict(lambda: (_Duration(), _Duration(), _Duration())))
 
@@ -62,8 +64,18 @@ class ModelStats:
     def record_request(self, seconds: float, ok: bool) -> None:
         (self.success if ok else self.fail).add(seconds)
 
+    def record_cache_lookup(self, hit: bool, seconds: float) -> None:
+        """A response cache lookup (app/response_cache.py): a hit is also a success, counted
+        by record_request, but runs no batch."""
+        (self.cache_hit if hit else self.cache_miss).add(seconds)
+        if hit:
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def record_cache_insert(self, seconds: float) -> None:
+        """A miss's answer kept: its time is the miss's, as Triton counts it."""
+        self.cache_miss.ns += int(seconds * 1e9)
+
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
-        zero = _Duration().as_dict()
         return {
             "name": name,
             "version": version,
@@ -77,8 +89,8 @@ class ModelStats:
                 "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
                 "compute_output": self.compute_output.as_dict(),
-                "cache_hit": zero,
-                "cache_miss": zero,
+                "cache_hit": self.cache_hit.as_dict(),
+                "cache_miss": self.cache_miss.as_dict(),
             },
             "batch_stats": [
                 {"batch_size": size, "compute_input": i.as_dict(), "compute_infer": c.as_dict(),

@@ -12,11 +12,12 @@ Written as text rather than through prometheus-client: Triton's counters are nam
 it writes, and a query or dashboard names the series exactly. The Prometheus text format
 allows a counter so named.
 
-Given: Triton's nine per-model counters (counts, and durations in microseconds). Not given:
-`nv_inference_pending_request_count` (the batchers' queues are `ortserve_queue_depth`, in
-rows), the failure counter's `reason` label (the statistics count failures, not why), the
-summaries (`ortserve_*_seconds` are histograms), the cache's (no response cache), and the GPU
-and CPU families (DCGM's and the host's, which node exporters give).
+Given: Triton's nine per-model inference counters (counts, and durations in microseconds)
+and its four per-model response cache counters (zero for a model without the cache). Not
+given: `nv_inference_pending_request_count` (the batchers' queues are `ortserve_queue_depth`,
+in rows), the failure counter's `reason` label (the statistics count failures, not why), the
+summaries (`ortserve_*_seconds` are histograms), and the GPU and CPU families (DCGM's and the
+host's, which node exporters give).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ FAMILIES: tuple[tuple[str, str, Callable[[Statistics], int]], ...] = (
      "counted with its batch's time, in microseconds", _microseconds("compute_infer")),
     ("nv_inference_compute_output_duration_us", "Total time requests' batches spent handing their outputs "
      "back, each request counted with its batch's time, in microseconds", _microseconds("compute_output")),
+    ("nv_cache_num_hits_per_model", "Requests answered from the response cache", _count("cache_hit")),
+    ("nv_cache_num_misses_per_model", "Requests the response cache did not hold (then answered by the model)",
+     _count("cache_miss")),
+    ("nv_cache_hit_duration_per_model", "Total time of the response cache's hits, in microseconds",
+     _microseconds("cache_hit")),
+    ("nv_cache_miss_duration_per_model", "Total time of the response cache's misses (the lookup, and keeping "
+     "the answer), in microseconds", _microseconds("cache_miss")),
 )
 
 

@@ -44,12 +44,13 @@ def model_metadata(manifest: Manifest, versions: list[str], variant: str, provid
 
 def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_size: int, max_queue_delay_s: float,
                  concurrent_batches: int, version_policy: dict[str, Any], told_by: str = "",
-                 ignored: dict[str, str] | None = None, verified: bool = True) -> dict[str, Any]:
+                 ignored: dict[str, str] | None = None, verified: bool = True, cached: bool = False) -> dict[str, Any]:
     """Triton's model configuration; dims leave out the batch axis where max_batch_size > 0
     (0: the model does not batch, dims as declared). `device` is "CPU" or "GPU";
     `concurrent_batches` are what Triton calls instances. Its parameters say what Triton's
     fields cannot: how the batching was chosen (with the measured figures), what the
-    configuration was completed from, and the Triton fields ignored."""
+    configuration was completed from, and the Triton fields ignored. `cached`: its answers
+    are kept in the server's response cache."""
     m = manifest
     config: dict[str, Any] = {
         "name": m.name, "platform": PLATFORM, "backend": "onnxruntime",
@@ -61,6 +62,8 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
                                       "preferred_batch_size": [max_batch_size]}
     config["instance_group"] = [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}]
+    if cached:
+        config["response_cache"] = {"enable": True}
     parameters = {"variant": variant, "task": m.task, "scores": m.scores, "verified": str(verified).lower(),
                   "configuration": "the manifest" if verified else f"the graph{' + ' + told_by if told_by else ''}",
                   "batching": m.batching.reason or "given by the manifest"}
@@ -68,6 +71,8 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["cost_per_item_ms"] = ", ".join(f"{n}: {c:g}" for n, c in m.batching.cost_per_item_ms.items())
     if ignored:
         parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
+    if m.response_cache and not cached:
+        parameters["response_cache"] = "enabled by the configuration, but the server has no cache (response_cache_bytes 0)"
     if m.labels:
         parameters["labels"] = ",".join(m.labels)
     if m.description:

@@ -1,5 +1,6 @@
 """Bringing one version into service and taking it out: loaded and warmed up in a worker
-thread, its batcher started and watched; drained, stopped and forgotten by the metrics."""
+thread, its batcher started and watched, its part of the response cache given; drained,
+stopped and forgotten by the metrics."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from app.loading import Hooks, LoadError, load_version
 from app.model_facts import ModelFacts
 from app.observability.metrics import Metrics
 from app.repository.states import State, VersionStates
+from app.response_cache import ResponseCache
 from app.runtime import OrtOptions
 from app.served_model import ServedModel
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class VersionLoader:
@@ -23,6 +27,8 @@ class VersionLoader:
         self.ort = ort
         self.metrics = metrics
         self.states = states
+        self.cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
+        """Answers kept for the versions whose manifest asks (one cache per worker)."""
 
     async def load(self, name: str, version: int, folder: Path, override: ModelFacts | None = None) -> ServedModel:
         """The version loaded, warmed up and taking requests; LoadError (its state then
@@ -42,6 +48,12 @@ class VersionLoader:
             raise
         metrics.model_load_seconds.labels(name).observe(time.monotonic() - started)
         metrics.model_loads.labels(name, "ok").inc()
+        if model.manifest.response_cache:
+            if self.cache is not None:
+                model.cache = self.cache.part()
+            else:
+                logger.warning("%s v%s asks for the response cache, but response_cache_bytes is 0: answering "
+                               "every request from the model", name, version)
         model.batcher.start()
         metrics.watch_queue(name, model, lambda: model.batcher.queued_rows)
         return model

@@ -13,7 +13,9 @@ from tests.app.conftest import serving
 TRITONS_COUNTERS = ["nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
                     "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
                     "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-                    "nv_inference_compute_output_duration_us"]
+                    "nv_inference_compute_output_duration_us", "nv_cache_num_hits_per_model",
+                    "nv_cache_num_misses_per_model", "nv_cache_hit_duration_per_model",
+                    "nv_cache_miss_duration_per_model"]
 _SAMPLE = re.compile(r'^(nv_\w+)\{model="((?:[^"\\]|\\.)*)",version="(\d+)"\} (\d+)$')
 
 
@@ -33,6 +35,10 @@ def test_the_statistics_are_written_under_tritons_names_as_counters_without_tota
     for seconds in (0.010, 0.011):
         stats.record_request(seconds, ok=True)
     stats.record_request(0.5, ok=False)
+    stats.record_cache_lookup(False, 0.000_002)
+    stats.record_cache_insert(0.000_003)
+    for _ in range(3):
+        stats.record_cache_lookup(True, 0.000_004)
 
     text = triton_metrics.exposition([stats.as_triton("m", "7"), ModelStats().as_triton("idle", "1")]).decode()
 
@@ -51,6 +57,10 @@ def test_the_statistics_are_written_under_tritons_names_as_counters_without_tota
         ("nv_inference_compute_input_duration_us", "m", "7"): 2 * 500 + 100,  # each request its batch's time
         ("nv_inference_compute_infer_duration_us", "m", "7"): 2 * 4_000 + 2_000,
         ("nv_inference_compute_output_duration_us", "m", "7"): 2 * 300 + 100,
+        ("nv_cache_num_hits_per_model", "m", "7"): 3,
+        ("nv_cache_num_misses_per_model", "m", "7"): 1,
+        ("nv_cache_hit_duration_per_model", "m", "7"): 12,
+        ("nv_cache_miss_duration_per_model", "m", "7"): 5,  # the lookup and the answer kept
     }
 
 
@@ -79,6 +89,8 @@ async def test_metrics_give_the_statistics_calls_figures_under_tritons_names() -
         for family, kind in [("request", "success"), ("queue", "queue"), ("compute_input", "compute_input"),
                              ("compute_infer", "compute_infer"), ("compute_output", "compute_output")]:
             assert found[(f"nv_inference_{family}_duration_us", *key)] == stats[kind]["ns"] // 1000
+        assert found[("nv_cache_num_hits_per_model", *key)] == stats["cache_hit"]["count"]
+        assert found[("nv_cache_miss_duration_per_model", *key)] == stats["cache_miss"]["ns"] // 1000
     sst2 = next(e["version"] for e in statistics if e["name"] == "sst2-lstm")
     fashion = next(e["version"] for e in statistics if e["name"] == "fashion-cnn")
     assert found[("nv_inference_request_success", "sst2-lstm", sst2)] == 3
