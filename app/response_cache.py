@@ -24,6 +24,13 @@ import numpy as np
 ENTRY_OVERHEAD_BYTES = 512
 """Counted per entry beside its outputs: the key, the dict and the arrays' headers."""
 
+_HELD_BYTES = 2047
+"""hashlib lets go of the GIL to digest 2,048 bytes or more at once (CPython's
+HASHLIB_GIL_MINSIZE). On the event loop that hands the GIL to a waiting inference thread and
+then waits to take it back, once per request: a cache that never hit cost a third of the
+loop's rate at c64 so (docs/benchmarks.md, "The response cache"). Digested in smaller pieces,
+the loop keeps it."""
+
 Key = tuple[int, bytes]
 """(the loaded version's part, digest of the inputs)."""
 
@@ -59,7 +66,7 @@ class ResponseCache:
             return
         kept = {}
         for name, array in outputs.items():
-            copy = np.array(array, copy=True, order="C")
+            copy = array.copy()  # C order, apart from the batch it may be a view of
             copy.flags.writeable = False  # shared by every request it answers
             kept[name] = copy
         self._remove(key)
@@ -93,7 +100,9 @@ class CachePart:
             if array.dtype.hasobject:
                 return None
             digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-            digest.update(np.ascontiguousarray(array).data)
+            data = np.ascontiguousarray(array).data.cast("B")
+            for start in range(0, len(data), _HELD_BYTES):
+                digest.update(data[start:start + _HELD_BYTES])
         return self.number, digest.digest()
 
     def get(self, key: Key) -> dict[str, np.ndarray] | None:
