@@ -327,3 +327,15 @@ def test_the_worker_crash_tool_kills_a_worker_under_load_with_each_listening(cap
     for row in rows:
         assert int(row[1].replace(",", "")) > 0  # wrk was answered, before and after the kill
         assert row[2].split(" ")[0].isdigit()  # what failed, counted
+
+
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (.ci/run installs it)")
+def test_the_response_cache_benchmark_measures_the_cases_it_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every input new in `misses`, all but the pool's first in `hits`: checked by the cached
+    server's own statistics, which the table reports (a first draft's inputs collided in FP32)."""
+    from load_tests import response_cache
+
+    assert response_cache.main(["--rounds", "1", "--duration", "1", "--pool", "4", "--concurrency", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "| misses | 0%-0% |" in table
+    assert "| hits | 100%-100% |" in table  # the pool's inputs were kept by the warm-up
