@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 
 from app.model_facts import from_triton_text
-from app.response_cache import ENTRY_OVERHEAD_BYTES, ResponseCache
+from app.response_cache import ARRAY_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES, ResponseCache
 from tests.app.conftest import serving, serving_grpc
 from tests.app.onnx_models import mlp, reference, save
 
@@ -56,14 +57,14 @@ def test_answers_are_kept_read_only_and_apart_from_the_batch_they_came_from() ->
     np.testing.assert_array_equal(kept["scores"], batch[2:4])
     assert not np.shares_memory(kept["scores"], batch)
     assert not kept["scores"].flags.writeable
-    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + 2 * 4 * 4
+    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + ARRAY_OVERHEAD_BYTES + 2 * 4 * 4
     part.put(key, {"scores": batch[2:4]})  # kept again: counted once
     assert len(cache) == 1
-    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + 2 * 4 * 4
+    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + ARRAY_OVERHEAD_BYTES + 2 * 4 * 4
 
 
 def test_the_least_recently_used_go_first_within_the_bytes_given() -> None:
-    entry = ENTRY_OVERHEAD_BYTES + 400
+    entry = ENTRY_OVERHEAD_BYTES + ARRAY_OVERHEAD_BYTES + 400
     cache = ResponseCache(3 * entry)
     part = cache.part()
     keys = [part.key({"x": features(seed)}) for seed in range(4)]
@@ -96,7 +97,7 @@ def test_a_part_cleared_leaves_the_others() -> None:
     kept = new.get(new_key)
     assert kept is not None
     np.testing.assert_array_equal(kept["y"], np.ones(3, np.float32))
-    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + 12
+    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + ARRAY_OVERHEAD_BYTES + 12
 
 
 def test_a_triton_configuration_enables_it() -> None:
@@ -229,3 +230,26 @@ async def test_a_load_of_a_shipped_model_can_enable_it_and_its_v1_answers_come_f
     assert after.json() == answers[0].json()
     assert plain["inference_stats"]["cache_hit"]["count"] == 0  # loaded without it: the model answered
     assert plain["execution_count"] == 1
+
+
+def test_what_python_holds_for_the_cache_stays_within_its_bytes() -> None:
+    """The allowance per entry and per array covers what the entries really take, so the
+    setting bounds the memory, not only the outputs' bytes."""
+    capacity = 1 << 20
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    outputs = {"logits": np.zeros((1, 10), np.float32), "probabilities": np.ones((1, 10), np.float32)}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = ResponseCache(capacity)
+        part = cache.part()
+        for i in range(20_000):  # many times what fits
+            x[0, 0, 0, 0] = i
+            key = part.key({"pixels": x})
+            assert key is not None
+            part.put(key, outputs)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert capacity * 0.9 <= cache.used_bytes <= capacity
+    assert held <= capacity * 1.05, f"{held:,} bytes held for a cache of {capacity:,}"
