@@ -3,19 +3,26 @@ configuration asks for it: a request whose inputs match an earlier one's, byte f
 answered with that one's outputs, without queueing or running the model.
 
 One cache per worker process, shared by its models, bounded by `response_cache_bytes` (the
-outputs' bytes and a fixed allowance per entry), least recently used out first. Each loaded
-version has a part of its own (`part`): a version loaded again from a changed file never
-answers from what the one before it kept, and an unloaded one's part is emptied. Within it a
-request is known by a digest of its inputs (names, types, shapes, bytes); BLAKE2b of 128
-bits, so two different inputs never meet in practice. Inputs or outputs of Python
-objects (BYTES tensors) are not cached: their bytes are not in one buffer to digest or count.
-What is kept is a compact, read-only copy, never a view into the batch the outputs came from
-(which would keep the whole batch alive, uncounted).
+inputs' and outputs' bytes and an allowance per entry and per array for what Python holds
+beside them), least recently used out first. Each loaded version has a part of its own
+(`part`): a version loaded again from a changed file never answers from what the one before
+it kept, and an unloaded one's part is emptied.
+
+A request is known by its inputs themselves (names, types, shapes and bytes, in one bytes
+object), not by a digest of them: a match is exact, so no two inputs can ever share an
+answer, and it is cheaper on the event loop. Python hashes the bytes once (SipHash, keyed per
+process), 0.8 µs for a Fashion-MNIST image against 4.3 for BLAKE2b, whose hashlib also lets
+go of the GIL for 2 KB or more, which on the loop handed the GIL to the inference thread and
+waited for it back on every request (docs/benchmarks.md, "The response cache"). The price is
+memory: an entry holds its inputs, counted in its size.
+
+Inputs or outputs of Python objects (BYTES tensors) are not cached: their bytes are not in
+one buffer to compare or count. What is kept is a compact, read-only copy of the outputs,
+never a view into the batch they came from (which would keep the whole batch alive, uncounted).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import OrderedDict
 
@@ -23,19 +30,13 @@ import numpy as np
 
 ENTRY_OVERHEAD_BYTES = 512
 ARRAY_OVERHEAD_BYTES = 128
-"""Counted per entry beside its outputs' bytes, and per output array: what Python holds for
-the key, the entry and each array's header (tracemalloc: 655 bytes for an entry of one
-10-float output, 1,156 for four; counted 680 and 1,184)."""
-
-_HELD_BYTES = 2047
-"""hashlib lets go of the GIL to digest 2,048 bytes or more at once (CPython's
-HASHLIB_GIL_MINSIZE). On the event loop that hands the GIL to a waiting inference thread and
-then waits to take it back, once per request: a cache that never hit cost a third of the
-loop's rate at c64 so (docs/benchmarks.md, "The response cache"). Digested in smaller pieces,
-the loop keeps it."""
+"""Counted per entry beside its inputs' and outputs' bytes, and per output array: what Python
+holds for the key, the entry and each array's header (tracemalloc, a Fashion-MNIST image's
+inputs: 3,798 bytes for an entry of one 10-float output, 4,265 for four; counted 3,842 and
+4,346)."""
 
 Key = tuple[int, bytes]
-"""(the loaded version's part, digest of the inputs)."""
+"""(the loaded version's part, the inputs' names, types, shapes and bytes)."""
 
 
 class ResponseCache:
@@ -62,16 +63,17 @@ class ResponseCache:
     def put(self, key: Key, outputs: dict[str, np.ndarray]) -> None:
         """Keep `outputs` for `key`, making room by dropping the least recently used; outputs
         larger than the whole cache, or of Python objects, are not kept."""
-        if any(array.dtype.hasobject for array in outputs.values()):
-            return
-        size = ENTRY_OVERHEAD_BYTES + sum(ARRAY_OVERHEAD_BYTES + array.nbytes for array in outputs.values())
-        if size > self.capacity_bytes:
-            return
+        size = ENTRY_OVERHEAD_BYTES + len(key[1])
         kept = {}
         for name, array in outputs.items():
+            if array.dtype.hasobject:
+                return
             copy = array.copy()  # C order, apart from the batch it may be a view of
             copy.flags.writeable = False  # shared by every request it answers
             kept[name] = copy
+            size += ARRAY_OVERHEAD_BYTES + copy.nbytes
+        if size > self.capacity_bytes:
+            return
         self._remove(key)
         while self._entries and self.used_bytes + size > self.capacity_bytes:
             self._remove(next(iter(self._entries)))
@@ -97,16 +99,15 @@ class CachePart:
 
     def key(self, inputs: dict[str, np.ndarray]) -> Key | None:
         """What identifies these inputs; None where they cannot be cached."""
-        digest = hashlib.blake2b(digest_size=16)
+        parts = []
         for name in sorted(inputs):
             array = inputs[name]
             if array.dtype.hasobject:
                 return None
-            digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-            data = np.ascontiguousarray(array).data.cast("B")
-            for start in range(0, len(data), _HELD_BYTES):
-                digest.update(data[start:start + _HELD_BYTES])
-        return self.number, digest.digest()
+            # dtype and shape fix the data's length: the joined parts cannot be read two ways
+            parts.append(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+            parts.append(array.tobytes())  # row-major whatever the array's layout
+        return self.number, b"".join(parts)
 
     def get(self, key: Key) -> dict[str, np.ndarray] | None:
         return self.cache.get(key)
