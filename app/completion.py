@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from app.batch_sizing import choose, measure_costs
 from app.graph import (
     GraphError,
+    InputMaker,
     check_batches,
     disagreements,
     first_axis_dynamic,
@@ -51,11 +52,13 @@ UNPADDED_BATCHING_REASON = (
 
 
 def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, model_bytes: bytes, *,
-             measure: bool, run: Callable[[dict[str, np.ndarray]], object] | None = None
-             ) -> tuple[Manifest, dict[str, bytes]]:
+             measure: bool, run: Callable[[dict[str, np.ndarray]], object] | None = None,
+             run_on: InputMaker | None = None) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest of the model in `folder` (`<name>/<version>/`), and the extra files it
     reads (a text model's vocabulary), already read. GraphError (ValueError) says why it
-    cannot be served. `run` times batches where batching is measured (the serving session)."""
+    cannot be served. `run` times batches where batching is measured (the serving session);
+    `run_on` makes what the model is run on to check and time it (a configuration's warm-up
+    sample, where it gives one; else generated inputs)."""
     inputs, outputs = graph_tensors(session)
     shapeless = shapeless_tensors(session, model_bytes)
     task = facts.task or TENSORS_TASK
@@ -104,7 +107,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
     if problems:
         raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
     if batches:
-        broken = check_batches(session, candidate)
+        broken = check_batches(session, candidate, run_on)
         if broken is not None:
             if given:  # told it batches: a configuration that is wrong is refused, not second-guessed
                 raise GraphError(f"{facts.source} says it batches, but {broken}")
@@ -112,20 +115,21 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                 max_batch_size=0, max_queue_delay_ms=0, reason=f"it does not batch: {broken}, so the first "
                 "axis is not a batch axis"))
         else:
-            candidate = manifest(_batching(facts, candidate, measure, run or (lambda x: session.run(None, x))))
-    if candidate.labels and facts.scores is None and looks_like_probabilities(session, candidate):
+            candidate = manifest(_batching(facts, candidate, measure, run or (lambda x: session.run(None, x)),
+                                           run_on))
+    if candidate.labels and facts.scores is None and looks_like_probabilities(session, candidate, run_on):
         candidate = candidate.model_copy(update={"scores": "probabilities"})
     return candidate, extras
 
 
 def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
-              run: Callable[[dict[str, np.ndarray]], object]) -> BatchingDefaults:
+              run: Callable[[dict[str, np.ndarray]], object], run_on: InputMaker | None) -> BatchingDefaults:
     given = facts.batching
     if given is not None and given.max_batch_size is not None and given.max_queue_delay_ms is not None:
         return BatchingDefaults(max_batch_size=given.max_batch_size, max_queue_delay_ms=given.max_queue_delay_ms,
                                 reason=f"given by {facts.source}")
     if measure:
-        chosen = choose(measure_costs(run, lambda rows: generated_inputs(manifest, rows)))
+        chosen = choose(measure_costs(run, lambda rows: (run_on or generated_inputs)(manifest, rows)))
     else:
         chosen = UNMEASURED_BATCHING
     if given is not None:  # one of the two given: it wins, the other is measured

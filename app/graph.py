@@ -6,6 +6,7 @@ like probabilities, and where a declared configuration disagrees with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,11 @@ def _spec(node: Any, kind: str) -> TensorSpec:
     return TensorSpec(name=node.name, datatype=datatype, shape=shape)
 
 
+InputMaker = Callable[[Manifest, int], dict[str, np.ndarray]]
+"""Inputs of so many rows for a model's checks: generated_inputs, or a configuration's
+warm-up sample (app/warmup_samples.py) where the model refuses generated ones."""
+
+
 def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of `rows` rows for a check (a model that does not batch: as declared, rows
     ignored): small values (integers 1 and 2, which an index, a count or a length accepts),
@@ -138,10 +144,10 @@ def with_ranks_run(session: ort.InferenceSession, inputs: list[TensorSpec], batc
             for spec in outputs]
 
 
-def check_batches(session: ort.InferenceSession, manifest: Manifest) -> str | None:
+def check_batches(session: ort.InferenceSession, manifest: Manifest, inputs: InputMaker | None = None) -> str | None:
     """None where a batch of two rows answers what each row answers alone (the first axis
-    is a batch axis), else why not."""
-    pair = generated_inputs(manifest, 2)
+    is a batch axis), else why not. On generated inputs, or `inputs`'."""
+    pair = (inputs or generated_inputs)(manifest, 2)
     names = [o.name for o in manifest.outputs]
     try:
         together = session.run(names, pair)
@@ -181,12 +187,15 @@ def _close(together: np.ndarray, alone: np.ndarray) -> bool:
     return bool(np.abs(a[finite] - b[finite]).max(initial=0.0) <= 1e-5 + BATCH_TOLERANCE * scale)
 
 
-def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest) -> bool:
+def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest,
+                             inputs: InputMaker | None = None) -> bool:
     """Whether the first output is probabilities (non-negative, each row summing to 1, as a
-    final Softmax makes them) on generated inputs: then softmax is not applied again."""
+    final Softmax makes them) on generated inputs (or `inputs`'): then softmax is not
+    applied again."""
     output = manifest.outputs[0].name
     try:
-        (scores,) = session.run([output], generated_inputs(manifest, 4, seed=1))
+        given = inputs(manifest, 4) if inputs is not None else generated_inputs(manifest, 4, seed=1)
+        (scores,) = session.run([output], given)
     except Exception:  # ORT's own exception types; a model that fails here fails its warm-up too
         return False
     scores = np.asarray(scores)

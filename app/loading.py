@@ -39,6 +39,7 @@ from app.runtime import OrtModel, OrtOptions, choose_variant
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.supervision import BatchHealth
+from app.warmup_samples import WarmupError, sample_arrays, sample_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,13 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                              length_of=_sequence_length(manifest), on_batch=record,
                              on_batch_start=health.batch_started, on_hang_up=hooks.on_hang_up,
                              on_restart=hooks.on_restart, exact_shapes=pads_unmasked(manifest))
+    try:
+        samples = [(sample_arrays(sample, manifest, folder.parent), sample.count) for sample in facts.warmup or []]
+    except WarmupError as e:
+        raise LoadError("config", f"{folder}: {e}") from e
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
-                        verified=not drop_in, told_by=facts.source, ignored=facts.ignored, reshaper=reshaper)
+                        verified=not drop_in, told_by=facts.source, ignored=facts.ignored, reshaper=reshaper,
+                        warmup_samples=samples)
     if settings.warmup:
         try:
             model.warm_up()
@@ -213,8 +219,9 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
         raise LoadError("integrity", f"{folder}: {file} cannot be read: {e}") from e
     session = _session(folder, file, model_bytes, options)
     try:
+        run_on = sample_inputs(facts.warmup[0], folder.parent) if facts.warmup else None
         manifest, extras = complete(session.session, folder, facts, model_bytes, measure=settings.warmup,
-                                    run=session.run)
+                                    run=session.run, run_on=run_on)
     except (GraphError, ValueError) as e:
         raise LoadError("graph", f"{folder}: {file} cannot be served: {e}") from e
     if facts.ignored:

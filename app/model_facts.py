@@ -32,10 +32,9 @@ BACKENDS = {"onnxruntime"}
 # Triton fields by what this server does with them. Anything not named here is refused:
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
-             "version_policy", "default_model_filename", "response_cache"}
+             "version_policy", "default_model_filename", "response_cache", "model_warmup"}
 _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
             "optimization": "ONNX Runtime's options are the server's settings",
-            "model_warmup": "every model is warmed up on generated inputs",
             "parameters": "backend parameters",
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
@@ -54,6 +53,26 @@ class FactsError(ValueError):
 
 class _Facts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WarmupInput(_Facts):
+    """One input of a warm-up sample: its values all zero, random, or read from a file of the
+    model's `warmup` folder (raw, row-major; BYTES as 4-byte little-endian lengths, each
+    followed by its bytes), as Triton's ModelWarmup.Input."""
+
+    datatype: str
+    dims: list[int]
+    data: Literal["zero", "random", "file"]
+    file: str | None = None
+
+
+class WarmupSample(_Facts):
+    """Triton's ModelWarmup: a request the model is warmed up with, instead of generated inputs."""
+
+    name: str = ""
+    batch_size: int = Field(default=1, ge=1)
+    inputs: dict[str, WarmupInput]
+    count: int = Field(default=1, ge=1)
 
 
 class BatchingFacts(_Facts):
@@ -79,6 +98,8 @@ class ModelFacts(_Facts):
     batching: BatchingFacts | None = None
     response_cache: bool | None = None
     """Keep answers for inputs seen before (Triton's response_cache.enable)."""
+    warmup: list[WarmupSample] | None = None
+    """Requests to warm the model up with (Triton's model_warmup); None: generated inputs."""
     inputs: list[TensorSpec] | None = None
     """Declared tensors (config.pbtxt's): checked against the graph, which must agree."""
     outputs: list[TensorSpec] | None = None
@@ -213,8 +234,10 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     batching = _batching(config, fields, ignored)
     policy = _version_policy(config) if "version_policy" in fields else None
     cache = config.response_cache.enable if "response_cache" in fields else None
+    warmup = [_warmup_sample(sample, source) for sample in config.model_warmup] or None
     given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
-             "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache}
+             "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache,
+             "warmup": warmup}
     # Only what the configuration says is set: facts on top of others replace only that.
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 
@@ -243,6 +266,28 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
     if problem:
         raise FactsError(f"{source}: {problem}")
     return spec
+
+
+_WARMUP_DATA: dict[str, Literal["zero", "random", "file"]] = {
+    "zero_data": "zero", "random_data": "random", "input_data_file": "file"}
+
+
+def _warmup_sample(sample: Any, source: str) -> WarmupSample:
+    inputs = {}
+    for name, given in sample.inputs.items():
+        kind = given.WhichOneof("input_data_type")
+        if kind is None:
+            raise FactsError(f"{source}: model_warmup {sample.name!r}, input {name!r}: says neither zero_data, "
+                             "random_data nor input_data_file")
+        data = _WARMUP_DATA[kind]
+        inputs[name] = WarmupInput(datatype=from_triton_type(model_config_pb2.DataType.Name(given.data_type)),
+                                   dims=list(given.dims), data=data,
+                                   file=given.input_data_file if data == "file" else None)
+    try:
+        return WarmupSample(name=sample.name, batch_size=max(1, sample.batch_size), inputs=inputs,
+                            count=max(1, sample.count))
+    except ValidationError as e:
+        raise FactsError(f"{source}: model_warmup {sample.name!r}: {_describe(e)}") from e
 
 
 def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts | None:

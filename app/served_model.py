@@ -22,6 +22,7 @@ from app.reshaping import Reshaper
 from app.response_cache import CachePart, Key
 from app.runtime import CUDA, OrtModel
 from app.supervision import BatchHealth
+from app.warmup_samples import rows_of
 
 
 @dataclass(eq=False)
@@ -45,6 +46,9 @@ class ServedModel:
     """Clients' shapes to the graph's, where the manifest tells them apart (app/reshaping.py)."""
     cache: CachePart | None = None
     """Answers kept for repeated inputs, where the manifest asks for it (app/response_cache.py)."""
+    warmup_samples: list[tuple[dict[str, np.ndarray], int]] = field(default_factory=list)
+    """Triton's model_warmup: requests (as the graph takes them) and how often each is run;
+    empty: warmed up on generated inputs (app/warmup_samples.py)."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 
@@ -159,9 +163,15 @@ class ServedModel:
         """Run once per power-of-two batch size up to the largest batch the batcher forms,
         so the first real requests (and on CUDA every batch shape bucket) do not pay for
         first-run set-up; and measure from which size the wide session pays, where it is
-        to be measured (app/runtime.py `OrtModel.calibrate`)."""
+        to be measured (app/runtime.py `OrtModel.calibrate`). Where the configuration gives
+        warm-up samples, each is run as often as it says, and the batches are made of the
+        first one's rows instead of generated ones."""
+        for inputs, count in self.warmup_samples:
+            for _ in range(count):
+                self.session.run(inputs)
         if not self.manifest.batches:  # one request's tensors as declared, no batch axis
-            inputs = {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs}
+            inputs = (self.warmup_samples[0][0] if self.warmup_samples else
+                      {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
             self.session.run(inputs)
             self.session.known_good = inputs
             return
@@ -187,6 +197,8 @@ class ServedModel:
         return max(1, min(policy.max_queue_size, policy.max_queue_bytes // row_bytes))
 
     def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
+        if self.warmup_samples:  # the first sample's rows, in turn
+            return rows_of(self.warmup_samples[0][0], rows)
         return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}
 
 

@@ -236,3 +236,22 @@ def widen(width: int) -> onnx.GraphProto:
         [helper.make_tensor_value_info("x", FLOAT, ["n", 1])],
         [helper.make_tensor_value_info("y", FLOAT, ["n", width])],
         [numpy_helper.from_array(np.array([1, width], np.int64), "shape")])
+
+
+def picked() -> onnx.GraphProto:
+    """Each row's value at its index (GatherElements over a 1-wide axis): only index 0 is
+    valid, so generated inputs (ids of 1 and 2) make the model fail, as an index, a k or a
+    shape input can in a user's model."""
+    return helper.make_graph(
+        [helper.make_node("GatherElements", ["values", "index"], ["picked"], axis=1)], "picked",
+        [helper.make_tensor_value_info("values", FLOAT, ["n", 1]), helper.make_tensor_value_info("index", INT64, ["n", 1])],
+        [helper.make_tensor_value_info("picked", FLOAT, ["n", 1])])
+
+
+def reshaped_by_input() -> onnx.GraphProto:
+    """Six values reshaped to the shape given as an input (no batch axis): a shape of 1s and
+    2s, as generated, does not hold six values."""
+    return helper.make_graph(
+        [helper.make_node("Reshape", ["values", "shape"], ["grid"])], "reshaped_by_input",
+        [helper.make_tensor_value_info("values", FLOAT, [6]), helper.make_tensor_value_info("shape", INT64, [2])],
+        [helper.make_tensor_value_info("grid", FLOAT, ["rows", "columns"])])
