@@ -71,6 +71,9 @@ def import_model(argv: list[str]) -> int:
 def _facts(args: argparse.Namespace) -> ModelFacts:
     """--config's facts (read as the server reads a config.json), the other flags on top."""
     facts = facts_from_json(args.config) if args.config is not None else NO_FACTS
+    if facts.warmup:  # a manifest has no place for them, nor the version for their files
+        raise FactsError(f"{args.config}: warm-up samples are not imported; serve the model as a drop-in (its file "
+                         "and config.json in <model-dir>/<name>/<version>/, the samples' files in <name>/warmup/)")
     labels = read_labels(args.labels.parent, args.labels.name, "--labels") if args.labels is not None else None
     flags: dict[str, Any] = {k: v for k, v in {"labels": labels, "task": args.task,
                                                 "description": args.description}.items() if v is not None}

@@ -116,6 +116,18 @@ def test_import_of_a_model_with_external_data_says_to_serve_it_as_a_drop_in(tmp_
     assert list((models / "mlp").iterdir()) == []
 
 
+def test_import_of_a_configuration_with_warmup_samples_says_to_serve_it_as_a_drop_in(tmp_path: Path) -> None:
+    source = save(tmp_path / "mine", "mlp", mlp())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"warmup": [{"inputs": {"features": {"datatype": "FP32", "dims": [4],
+                                                                      "data": "zero"}}}]}))
+    models = tmp_path / "models"
+    done = run("import", str(source), "--name", "mlp", "--model-dir", str(models), "--config", str(config))
+    assert done.returncode == 1
+    assert "warm-up samples are not imported; serve the model as a drop-in" in done.stderr
+    assert not (models / "mlp").exists() or list((models / "mlp").iterdir()) == []
+
+
 def test_check_passes_a_good_repository_and_lists_every_problem_of_a_bad_one(tmp_path: Path) -> None:
     good = tmp_path / "good"
     copy_model(good, "fashion-cnn", 3)

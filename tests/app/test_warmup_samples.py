@@ -4,6 +4,7 @@ served because of them, and samples that do not fit refused with why."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -165,3 +166,22 @@ async def test_a_sample_that_does_not_fit_makes_the_version_unavailable_with_why
     assert "model_warmup 'two by three', input 'shape': input_data_file" in why["error"]
     assert "cannot be read" in why["error"]
     assert other.status_code == 200
+
+
+async def test_a_loads_configuration_may_give_the_samples(model_root: Path) -> None:
+    """Triton's repository extension: `parameters.config` with model_warmup, in its JSON form."""
+    save(model_root, "picked", picked())
+    (model_root / "picked" / "config.pbtxt").write_text(PICKED)
+    override = {"model_warmup": [{"name": "index zero", "batch_size": 2, "inputs": {
+        "values": {"data_type": "TYPE_FP32", "dims": [1], "random_data": True},
+        "index": {"data_type": "TYPE_INT64", "dims": [1], "zero_data": True}}}]}
+    token = {"Authorization": "Bearer warm-token"}
+    async with serving(model_dir=model_root, admin_token="warm-token", model_control_mode="explicit") as client:
+        plain = await client.post("/v2/repository/models/picked/load", headers=token)
+        given = await client.post("/v2/repository/models/picked/load", headers=token,
+                                  json={"parameters": {"config": json.dumps(override)}})
+        ready = await client.get("/v2/models/picked/ready")
+    assert plain.status_code == 400
+    assert "generated inputs" in plain.json()["error"]
+    assert given.status_code == 200, given.text
+    assert ready.status_code == 200
