@@ -57,7 +57,7 @@ def test_answers_are_kept_read_only_and_apart_from_the_batch_they_came_from() ->
     np.testing.assert_array_equal(kept["scores"], batch[2:4])
     assert not np.shares_memory(kept["scores"], batch)
     assert not kept["scores"].flags.writeable
-    size = ENTRY_OVERHEAD_BYTES + len(key[1]) + ARRAY_OVERHEAD_BYTES + 2 * 4 * 4  # the inputs held too
+    size = ENTRY_OVERHEAD_BYTES + features(0).nbytes + ARRAY_OVERHEAD_BYTES + 2 * 4 * 4  # the inputs held too
     assert cache.used_bytes == size
     part.put(key, {"scores": batch[2:4]})  # kept again: counted once
     assert len(cache) == 1
@@ -65,8 +65,7 @@ def test_answers_are_kept_read_only_and_apart_from_the_batch_they_came_from() ->
 
 
 def test_the_least_recently_used_go_first_within_the_bytes_given() -> None:
-    inputs_bytes = len(f"x\0{features(0).dtype.str}\0{features(0).shape}\0".encode()) + features(0).nbytes
-    entry = ENTRY_OVERHEAD_BYTES + inputs_bytes + ARRAY_OVERHEAD_BYTES + 400
+    entry = ENTRY_OVERHEAD_BYTES + features(0).nbytes + ARRAY_OVERHEAD_BYTES + 400
     cache = ResponseCache(3 * entry)
     part = cache.part()
     keys = [part.key({"x": features(seed)}) for seed in range(4)]
@@ -99,7 +98,7 @@ def test_a_part_cleared_leaves_the_others() -> None:
     kept = new.get(new_key)
     assert kept is not None
     np.testing.assert_array_equal(kept["y"], np.ones(3, np.float32))
-    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + len(new_key[1]) + ARRAY_OVERHEAD_BYTES + 12
+    assert cache.used_bytes == ENTRY_OVERHEAD_BYTES + features(0).nbytes + ARRAY_OVERHEAD_BYTES + 12
 
 
 def test_a_triton_configuration_enables_it() -> None:
