@@ -24,6 +24,7 @@ never a view into the batch they came from (which would keep the whole batch ali
 from __future__ import annotations
 
 import itertools
+from array import array as machine_array
 from collections import OrderedDict
 
 import numpy as np
@@ -39,12 +40,19 @@ Key = tuple[object, ...]
 """(the loaded version's part, then each input's name, type, shape and bytes)."""
 
 
+MOST_SEEN_SLOTS = 1 << 16
+"""Inputs remembered, by hash, as seen once: a slot (8 bytes) per 64 bytes of the cache, a
+power of two from 1,024 to this (512 KB), beside what the cache holds."""
+
+
 class ResponseCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
         self._entries: OrderedDict[Key, tuple[dict[str, np.ndarray], int]] = OrderedDict()
         self._parts = itertools.count()
+        self.seen_slots = min(MOST_SEEN_SLOTS, 1 << max(10, (capacity_bytes // 64).bit_length() - 1))
+        self._seen = machine_array("q", bytes(8 * self.seen_slots))  # 64-bit hashes, unboxed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -61,8 +69,11 @@ class ResponseCache:
         return found[0]
 
     def put(self, key: Key, outputs: dict[str, np.ndarray]) -> None:
-        """Keep `outputs` for `key`, making room by dropping the least recently used; outputs
-        larger than the whole cache, or of Python objects, are not kept."""
+        """Keep `outputs` for `key` if its inputs were seen before, making room by dropping
+        the least recently used; outputs larger than the whole cache, or of Python objects,
+        are not kept."""
+        if not self._seen_before(key):
+            return
         size = ENTRY_OVERHEAD_BYTES + sum(len(part) for part in key if isinstance(part, bytes))
         kept = {}
         for name, array in outputs.items():
@@ -79,6 +90,20 @@ class ResponseCache:
             self._remove(next(iter(self._entries)))
         self._entries[key] = (kept, size)
         self.used_bytes += size
+
+    def _seen_before(self, key: Key) -> bool:
+        """Whether these inputs came before (since their slot was last taken by others), and
+        they are remembered now: an answer is kept the second time its inputs come. Keeping
+        one costs the event loop a copy, an insertion and an eviction, which a cache that
+        kept every miss paid for inputs that never came again (a fifth of the loop's rate at
+        c64 where none did); one remembered costs a slot (docs/benchmarks.md, "The response
+        cache")."""
+        digest = hash(key)
+        slot = digest & (self.seen_slots - 1)
+        if self._seen[slot] == digest:
+            return True
+        self._seen[slot] = digest
+        return False
 
     def clear(self, part: int) -> None:
         for key in [k for k in self._entries if k[0] == part]:
