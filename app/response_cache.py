@@ -13,8 +13,9 @@ not by a digest of them: a match is exact, so no two inputs can ever share an
 answer, and it is cheaper on the event loop. Python hashes the bytes once (SipHash, keyed per
 process), 0.8 µs for a Fashion-MNIST image against 4.3 for BLAKE2b, whose hashlib also lets
 go of the GIL for 2 KB or more, which on the loop handed the GIL to the inference thread and
-waited for it back on every request (docs/benchmarks.md, "The response cache"). The price is
-memory: an entry holds its inputs, counted in its size.
+waited for it back on every request (docs/benchmarks.md, "Triton's metrics, pages of other
+origins, the response cache, warm-up samples"). The price is memory: an entry holds its
+inputs, counted in its size.
 
 Inputs or outputs of Python objects (BYTES tensors) are not cached: their bytes are not in
 one buffer to compare or count. What is kept is a compact, read-only copy of the outputs,
@@ -97,7 +98,7 @@ class ResponseCache:
         one costs the event loop a copy, an insertion and an eviction, which a cache that
         kept every miss paid for inputs that never came again (a fifth of the loop's rate at
         c64 where none did); one remembered costs a slot (docs/benchmarks.md, "The response
-        cache")."""
+        cache, as shipped")."""
         digest = hash(key)
         slot = digest & (self.seen_slots - 1)
         if self._seen[slot] == digest:
