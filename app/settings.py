@@ -40,6 +40,19 @@ def _read_secret_file(path: Path, what: str) -> list[str]:
     return values
 
 
+def _listed(value: object) -> object:
+    """A list setting's value as a flag or a variable gives it: a JSON list, or comma-separated
+    names (the CLI hands a single value over as a one-item list); anything else as it is."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [name.strip() for name in text.split(",") if name.strip()]
+    return value
+
+
 _ORIGIN = re.compile(r"(?P<scheme>https?)://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(?P<port>:[0-9]{1,5})?")
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 """An origin as browsers write it (RFC 6454): scheme, host (a name or [IPv6]), a port only if not the default."""
@@ -334,16 +347,8 @@ class Settings(BaseSettings):
     @classmethod
     def _providers_listed(cls, value: object) -> object:
         """'auto', a JSON list or comma-separated names, from a flag or the environment alike."""
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            value = value[0]  # the CLI hands a single value over as a one-item list
-        if isinstance(value, str):
-            text = value.strip()
-            if text in ("auto", ""):
-                return "auto"
-            if text.startswith("["):
-                return json.loads(text)
-            return [name.strip() for name in text.split(",") if name.strip()]
-        return value
+        listed = _listed(value)
+        return "auto" if listed in ("auto", [], ["auto"]) else listed
 
     @property
     def provider_preference(self) -> list[str] | None:
@@ -354,14 +359,7 @@ class Settings(BaseSettings):
     @classmethod
     def _origins_listed(cls, value: object) -> object:
         """A JSON list or comma-separated origins, from a flag or the environment alike."""
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            value = value[0]  # the CLI hands a single value over as a one-item list
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
-        return value
+        return _listed(value)
 
     @field_validator("cors_origins")
     @classmethod

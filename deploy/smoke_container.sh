@@ -160,28 +160,26 @@ CONTAINERS_CONF=$WORK/compose-containers.conf GRAFANA_ADMIN_PASSWORD=smoke-$$ OR
 running=$(podman ps --filter label=io.podman.compose.project=ortserve --format '{{.Names}}' | sort | tr '\n' ' ')
 [ "$running" = "ortserve_grafana_1 ortserve_ortserve_1 ortserve_prometheus_1 " ] ||
   { echo "running: $running (locust belongs to the load profile only)"; exit 1; }
-for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22ortserve%22%7D" 2>/dev/null \
-       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and r[0]["value"][1]=="1" else 1)' 2>/dev/null; then
-    echo "Prometheus scrapes ortserve: up == 1"
-    SCRAPED=1
-    break
-  fi
-  sleep 1
-done
-[ -n "${SCRAPED:-}" ] || { GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" logs; exit 1; }
+# prometheus_reaches SECONDS QUERY: whether Prometheus answers the (URL-encoded) query with
+# a first value of at least 1 within SECONDS.
+prometheus_reaches() {
+  for _ in $(seq 1 "$1"); do
+    if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=$2" 2>/dev/null \
+         | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) >= 1 else 1)' 2>/dev/null; then
+      return 0
+    fi
+    sleep 1
+  done
+  return 1
+}
+prometheus_reaches 120 "up%7Bjob%3D%22ortserve%22%7D" ||
+  { GRAFANA_ADMIN_PASSWORD=x "$BIN/podman-compose" logs; exit 1; }
+echo "Prometheus scrapes ortserve: up == 1"
 curl -fsS "http://127.0.0.1:$PORT/v1/models/sst2-lstm:predict" -d '{"instances": ["a fine film"]}' >/dev/null
 echo "the service answers on 127.0.0.1:$PORT"
 # Triton's metric names (counters written without _total), as a real Prometheus stores them.
-for _ in $(seq 1 60); do
-  if curl -fsS "http://127.0.0.1:9090/api/v1/query?query=nv_inference_request_success%7Bmodel%3D%22sst2-lstm%22%7D" 2>/dev/null \
-       | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) >= 1 else 1)' 2>/dev/null; then
-    echo "Prometheus has Triton's nv_inference_request_success for the request"
-    COUNTED=1
-    break
-  fi
-  sleep 1
-done
-[ -n "${COUNTED:-}" ] || { curl -fsS "http://127.0.0.1:$PORT/metrics" | grep nv_inference_request || true; exit 1; }
+prometheus_reaches 60 "nv_inference_request_success%7Bmodel%3D%22sst2-lstm%22%7D" ||
+  { curl -fsS "http://127.0.0.1:$PORT/metrics" | grep nv_inference_request || true; exit 1; }
+echo "Prometheus has Triton's nv_inference_request_success for the request"
 cd "$ROOT"
 log "container smoke test passed"

@@ -35,7 +35,7 @@ PATH = f"/v2/models/{MODEL}/infer"
 RUN_INPUTS = 200_000
 """Counter values set aside for each run: more than a run sends (seconds at ~10,000 req/s)."""
 
-# One request per call: the body with its first pixel replaced by the counter, an integer
+# One request per call (and wrk.SUMMARY_LUA after it): the body with its first pixel replaced by the counter, an integer
 # (exact in FP32 up to 2**24: distinct inputs stay distinct); `pool` 0: never repeated.
 _SCRIPT = """
 local prefix, suffix = %(prefix)s, %(suffix)s
@@ -48,14 +48,6 @@ function request()
   if pool > 0 then n = counter %% pool end
   return wrk.format(nil, %(path)s, nil, prefix .. string.format("%%d", n) .. suffix)
 end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write("WRK_SUMMARY ", string.format(
-    '{"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "connect": %%d, "read": %%d, "write": %%d, '
-    .. '"timeout": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
 """
 
 
@@ -67,7 +59,7 @@ def script(folder: Path, body: bytes, pool: int, start: int) -> Path:
     comma = body.index(b",", head)
     path = folder / f"cache-{pool}-{start}.lua"
     path.write_text(_SCRIPT % {"prefix": json.dumps(body[:head].decode()), "suffix": json.dumps(body[comma:].decode()),
-                               "pool": pool, "start": start, "path": json.dumps(PATH)})
+                               "pool": pool, "start": start, "path": json.dumps(PATH)} + wrk.SUMMARY_LUA)
     return path
 
 

@@ -17,21 +17,26 @@ from pathlib import Path
 from load_tests.client import Payload
 from load_tests.stats import Summary, cpu_seconds
 
-# wrk runs this Lua: the request from the payload, and a JSON summary printed at the end.
-_SCRIPT = """
+# wrk runs this Lua: the request from the payload (formatted with its file and headers),
+# then SUMMARY_LUA.
+_REQUEST = """
 local f = assert(io.open(%(body)s, "rb")); local body = f:read("*a"); f:close()
 wrk.method = "POST"
 wrk.body = body
 %(headers)s
+"""
+
+SUMMARY_LUA = """
 function done(summary, latency, requests)
   local e = summary.errors
   io.write("WRK_SUMMARY ", string.format(
-    '{"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "connect": %%d, "read": %%d, "write": %%d, '
-    .. '"timeout": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    '{"requests": %d, "duration_us": %d, "non_2xx": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
+"""A JSON summary of the run printed at its end (WRK_SUMMARY, read by `result_of`), for any script."""
 
 
 def available() -> bool:
@@ -60,7 +65,7 @@ def write_script(payload: Payload, folder: Path) -> Path:
     # JSON string literals of ASCII text are Lua string literals too
     headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in payload.headers.items())
     script = folder / "post.lua"
-    script.write_text(_SCRIPT % {"body": json.dumps(str(body)), "headers": headers})
+    script.write_text(_REQUEST % {"body": json.dumps(str(body)), "headers": headers} + SUMMARY_LUA)
     return script
 
 

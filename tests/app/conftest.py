@@ -200,3 +200,19 @@ def answered_by_both_workers(server: ServerProcess, requests: int) -> None:
         answered = httpx.post(f"{server.url}/v2/models/fashion-cnn/infer", content=body,
                               headers={"content-type": "application/json"}, timeout=30)
         assert answered.status_code == 200, answered.text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Debian's chromium (.ci/run installs it; elsewhere: apt-get install chromium)."""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's headless chromium driven by Playwright (its own browser builds are never downloaded)."""
+    if CHROMIUM is None:
+        pytest.skip("needs chromium (apt-get install chromium; CI installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+    with sync_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        launched.close()

@@ -22,11 +22,11 @@ import pytest
 
 from load_tests import samples
 from load_tests.server import ServerProcess
+from tests.app.conftest import CHROMIUM
 from tests.app.onnx_models import mlp, save
 from tests.conftest import MODELS, ROOT
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="needs chromium (apt-get install chromium; CI installs it)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; CI installs it)")
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
 expect = playwright_api.expect
@@ -41,14 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     save(home, "my-mlp", mlp())
     with ServerProcess(["--model-dir", str(home), "--no-warmup", "--tracing"]) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=BROWSER, args=["--no-sandbox", "--disable-gpu"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -52,6 +52,12 @@ async def _first(call):  # type: ignore[no-untyped-def]
     return None
 
 
+async def _silent():  # type: ignore[no-untyped-def]
+    """A stream's requests that never come: the call ends, and this with it, on the server's word."""
+    await asyncio.Event().wait()
+    yield image_request()
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -62,7 +68,10 @@ async def test_api_keys_guard_inference_as_over_http() -> None:
         wrong = await failure(stub.ModelInfer(image_request(), metadata=bearer("key-2")))
         answered = await stub.ModelInfer(image_request(), metadata=bearer("key-1"))
         metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="fashion-cnn"))  # open, as over HTTP
-        stream = await failure(_first(stub.ModelStreamInfer(iter([image_request()]))))
+        # a stream is refused at its start, before any message: one that never sends (a message
+        # sent could lose the race with the refusal, and grpc's client then reports its own
+        # failed write, INTERNAL, instead of the server's code)
+        stream = await failure(_first(stub.ModelStreamInfer(_silent(), timeout=60)))
         over_http = await http.post("/v2/models/fashion-cnn/infer", json={"inputs": []})
     assert missing.code() == wrong.code() == stream.code() == grpc.StatusCode.UNAUTHENTICATED
     assert missing.details() == over_http.json()["error"]

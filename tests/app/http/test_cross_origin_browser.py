@@ -10,7 +10,6 @@ that calls 127.0.0.1; a page fulfilled by Playwright's routing has no address an
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,12 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from load_tests.server import ServerProcess
+from tests.app.conftest import CHROMIUM
 from tests.conftest import MODELS
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="needs chromium (apt-get install chromium; CI installs it)")
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; CI installs it)")
 
 KEY = "browser-page-key"
 
@@ -77,14 +74,6 @@ def server(pages: tuple[str, str]) -> Iterator[ServerProcess]:
     with ServerProcess(["--model-dir", str(MODELS), "--no-warmup", "--workers", "1", "--cors-origins", allowed],
                        env={"ORTSERVE_API_KEYS": f'["{KEY}"]'}) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=BROWSER, args=["--no-sandbox", "--disable-gpu"])
-        yield launched
-        launched.close()
 
 
 def page_of(browser: object, origin: str) -> object:
