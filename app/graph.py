@@ -144,10 +144,10 @@ def with_ranks_run(session: ort.InferenceSession, inputs: list[TensorSpec], batc
             for spec in outputs]
 
 
-def check_batches(session: ort.InferenceSession, manifest: Manifest, inputs: InputMaker | None = None) -> str | None:
+def check_batches(session: ort.InferenceSession, manifest: Manifest, run_on: InputMaker | None = None) -> str | None:
     """None where a batch of two rows answers what each row answers alone (the first axis
-    is a batch axis), else why not. On generated inputs, or `inputs`'."""
-    pair = (inputs or generated_inputs)(manifest, 2)
+    is a batch axis), else why not. Run on generated inputs, or on what `run_on` makes."""
+    pair = (run_on or generated_inputs)(manifest, 2)
     names = [o.name for o in manifest.outputs]
     try:
         together = session.run(names, pair)
@@ -188,13 +188,13 @@ def _close(together: np.ndarray, alone: np.ndarray) -> bool:
 
 
 def looks_like_probabilities(session: ort.InferenceSession, manifest: Manifest,
-                             inputs: InputMaker | None = None) -> bool:
+                             run_on: InputMaker | None = None) -> bool:
     """Whether the first output is probabilities (non-negative, each row summing to 1, as a
-    final Softmax makes them) on generated inputs (or `inputs`'): then softmax is not
-    applied again."""
+    final Softmax makes them) on generated inputs (or on what `run_on` makes): then softmax
+    is not applied again."""
     output = manifest.outputs[0].name
     try:
-        given = inputs(manifest, 4) if inputs is not None else generated_inputs(manifest, 4, seed=1)
+        given = run_on(manifest, 4) if run_on is not None else generated_inputs(manifest, 4, seed=1)
         (scores,) = session.run([output], given)
     except Exception:  # ORT's own exception types; a model that fails here fails its warm-up too
         return False

@@ -63,11 +63,12 @@ class ResponseCache:
         return CachePart(self, next(self._parts))
 
     def get(self, key: Key) -> dict[str, np.ndarray] | None:
+        """The outputs kept for `key` (a dict of its own: the arrays are shared, read-only)."""
         found = self._entries.get(key)
         if found is None:
             return None
         self._entries.move_to_end(key)
-        return found[0]
+        return dict(found[0])
 
     def put(self, key: Key, outputs: dict[str, np.ndarray]) -> None:
         """Keep `outputs` for `key` if its inputs were seen before, making room by dropping

@@ -165,7 +165,7 @@ class ServedModel:
         first-run set-up; and measure from which size the wide session pays, where it is
         to be measured (app/runtime.py `OrtModel.calibrate`). Where the configuration gives
         warm-up samples, each is run as often as it says, and the batches are made of the
-        first one's rows instead of generated ones."""
+        first one's rows, in turn, instead of generated ones."""
         for inputs, count in self.warmup_samples:
             for _ in range(count):
                 self.session.run(inputs)
