@@ -128,11 +128,12 @@ class ServedModel:
         if self.cache is not None:
             key = self.cache.key(inputs)
             kept = self.cache.get(key) if key is not None else None
-            self.stats.record_cache_lookup(kept is not None, time.monotonic() - started)
-            if kept is not None:
+            looked = time.monotonic()
+            self.stats.record_cache_lookup(kept is not None, looked - started)
+            if kept is not None:  # answered as it was looked up
                 if timing is not None:
-                    timing.answered = time.monotonic()
-                self.stats.record_request(time.monotonic() - started, True)
+                    timing.answered = looked
+                self.stats.record_request(looked - started, True)
                 return kept
         if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
             inputs = self.reshaper.to_graph(inputs)

@@ -46,9 +46,15 @@ def sample_arrays(sample: WarmupSample, manifest: Manifest, model_folder: Path) 
 
 def sample_inputs(sample: WarmupSample, model_folder: Path) -> InputMaker:
     """Inputs of so many rows made of the sample's, in turn (the graph checks of a model
-    completed from its file, app/completion.py); as the sample is where the model does not batch."""
+    completed from its file, app/completion.py); as the sample is where the model does not batch.
+    The sample is read once for each way of batching: the candidate manifests completion tries
+    differ in their batching only, never in their tensors."""
+    read: dict[bool, dict[str, np.ndarray]] = {}
+
     def make(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
-        arrays = sample_arrays(sample, manifest, model_folder)
+        if manifest.batches not in read:
+            read[manifest.batches] = sample_arrays(sample, manifest, model_folder)
+        arrays = read[manifest.batches]
         return rows_of(arrays, rows) if manifest.batches else arrays
     return make
 
