@@ -28,6 +28,7 @@ from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
 from app.http.routes import log_settings as log_settings_routes
+from app.http.routes import shared_memory as shared_memory_routes
 from app.http.services import Services
 from app.keep_awake import KeepAwake, window_from_setting
 from app.listeners import accepting
@@ -40,6 +41,7 @@ from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
 from app.observability.worker_traces import SHOWN, TRACES_SNAPSHOT_S, WorkerTraces
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import Offload
+from app.protocol.shared_memory import SharedMemoryRegions
 from app.repository import ModelRepository
 from app.repository.shared import FOLLOW_S, RepositoryChanges, SharedRepository
 from app.runtime import available_cpus, ort_options
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=resolved, repository=repository, changes=changes, log_settings=log_settings, metrics=app.metrics,
             budget=RequestBudget(resolved, offload), offload=offload, api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
+            shared_memory=SharedMemoryRegions(resolved.max_body_bytes, resolved.control_dir,
+                                              resolved.shared_memory_dir) if resolved.shared_memory else None,
             worker_stats=worker_stats, worker_traces=worker_traces)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
         if resolved.tracing or endpoint is not None:
@@ -156,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
     )
-    for module in (v1, v2, health, model_repository, log_settings_routes, metrics, console):
+    for module in (v1, v2, health, model_repository, log_settings_routes, shared_memory_routes, metrics, console):
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app, app.repository)

@@ -22,6 +22,9 @@ REPORTS = "workers"
 LOG_SETTINGS = "logging.json"
 """The log's settings as last changed through the logging extension (app/observability/log_settings.py)."""
 LOG_SETTINGS_LOCK = "logging.lock"
+SHM_LEDGER = "shared_memory.json"
+"""The system shared-memory regions clients registered (app/shared_memory.py)."""
+SHM_LOCK = "shared_memory.lock"
 
 
 def available_cpus() -> int:
@@ -75,10 +78,20 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one write of a file from another (None: no file): a rename makes a new
+    inode, an edit in place a new mtime or size."""
+    with contextlib.suppress(OSError):
+        found = path.stat()
+        return found.st_ino, found.st_mtime_ns, found.st_size
+    return None
+
+
 def clear_control_folder(folder: Path) -> None:
-    """Before the workers start: the ledger, reports and log settings of an earlier run are
-    not this one's."""
-    for path in (folder / LEDGER, folder / LOCK, folder / LOG_SETTINGS, folder / LOG_SETTINGS_LOCK):
+    """Before the workers start: the ledger, reports, log settings and shared-memory regions
+    of an earlier run are not this one's."""
+    for path in (folder / LEDGER, folder / LOCK, folder / LOG_SETTINGS, folder / LOG_SETTINGS_LOCK, folder / SHM_LEDGER,
+                 folder / SHM_LOCK):
         with contextlib.suppress(OSError):
             path.unlink()
     with contextlib.suppress(OSError):

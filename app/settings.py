@@ -64,7 +64,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
                                                     "warmup", "response_cache_bytes",),
-    "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins",),
+    "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins", "shared_memory",
+               "shared_memory_dir",),
     "TLS": ("tls_cert_file", "tls_key_file", "tls_client_ca_file",),
     "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
     "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
@@ -187,6 +188,15 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Web pages of these origins may call the API from a browser (CORS): each
     `scheme://host[:port]`, comma-separated, or `*` for any; empty: none but the server's own."""
+    shared_memory: bool = False
+    """Serve Triton's system shared memory extension (Triton's --allow-client-shm): clients on
+    this host register regions of POSIX shared memory (/dev/shm) and name them for a request's
+    tensors instead of sending them. Whoever may infer may then read and write any shared-memory
+    object this server's user can open: for clients trusted as that user."""
+    shared_memory_dir: Path = Path("/dev/shm")
+    """Where the clients' shared-memory objects are (a key `/name` is this folder's `name`):
+    /dev/shm, where shm_open makes them; another folder where the clients' /dev/shm is
+    mounted elsewhere in the server's file system (a sidecar's, a chroot's)."""
 
     # --- TLS ---
     tls_cert_file: Path | None = None

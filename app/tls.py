@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from app.processes import file_stamp
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,8 @@ class RenewedFiles:
         self._next = clock() + CHECK_EVERY_S
 
     def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
-        try:
-            return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in (p.stat() for p in self.paths))
-        except OSError:  # being replaced: looked at again next time
-            return None
+        stamps = [file_stamp(path) for path in self.paths]
+        return None if None in stamps else tuple(stamps)  # type: ignore[arg-type]  # being replaced: next time
 
     def changed(self) -> bool:
         now = self.clock()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from load_tests.server import ROOT, ServerProcess
@@ -33,6 +36,37 @@ def input_folder(tool: str) -> tuple[Path, str]:
         return folder, "/tmp/ortserve-inputs"
     folder = Path("/tmp/ortserve-inputs")
     return folder, str(folder)
+
+
+def shared_memory_folder(tool: str) -> Path:
+    """Where the tool's POSIX shared-memory objects are, as the server sees them (the server's
+    --shared-memory-dir): the root folder's /dev/shm for the shared copy, else /dev/shm."""
+    return CHROOT / "dev" / "shm" if Path(tool).resolve() == SHARED.resolve() else Path("/dev/shm")
+
+
+CUDA_RUNTIME = "nvidia-cuda-runtime-cu12"
+"""The PyPI package whose libcudart.so.12 perf_analyzer loads (as libcudart.so) for
+`--shared-memory`, system memory too, or it aborts: "Cannot open CUDA runtime library"."""
+
+
+def install_cuda_runtime(tool: str) -> None:
+    """For the shared copy: libcudart in its root folder, from CUDA_RUNTIME's wheel (once;
+    a few MB from PyPI). Another perf_analyzer finds the library where its system has it."""
+    if Path(tool).resolve() != SHARED.resolve():
+        return
+    library = CHROOT / "usr" / "lib" / "x86_64-linux-gnu" / "libcudart.so"
+    if library.exists():
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux2014_x86_64", "--python-version", "3.12", "-d", folder,
+                        CUDA_RUNTIME], check=True, timeout=300)
+        wheel = next(Path(folder).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as unpacked:
+            data = unpacked.read("nvidia/cuda_runtime/lib/libcudart.so.12")
+    temporary = library.with_name(".libcudart.so.partial")
+    temporary.write_bytes(data)
+    temporary.replace(library)
 
 
 PROTOCOLS = ("http", "grpc", "grpc-stream")

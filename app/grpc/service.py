@@ -6,8 +6,8 @@ takes the message's bytes as they arrived and goes down the one inference path
 (app/inference.py) with the gRPC exchange (app/protocol/v2_grpc.py); the other calls answer
 from the same views of the repository as HTTP (app/model_views.py). Errors are the HTTP
 path's, under gRPC's codes (app/grpc/status.py). The service's calls that Triton has and
-this server does not (shared memory, trace and log settings) answer
-UNIMPLEMENTED, as grpc does for any method no handler serves.
+this server does not (CUDA shared memory, trace) answer UNIMPLEMENTED, as grpc does for
+any method no handler serves.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from app import __version__, model_views
 from app.access import check_admin, check_admin_token, check_api_key
-from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
+from app.errors import Forbidden, InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.calls import CURRENT_CALL, explain_closing
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
@@ -34,7 +34,8 @@ from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import RequestSeries
 from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
-from app.protocol.triton import EXTENSIONS, SERVER_NAME
+from app.protocol.shared_memory import SharedMemoryRegions
+from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
 from app.repository import ModelRepository, load_config
 from app.repository.shared import RepositoryChanges
@@ -80,6 +81,8 @@ class Serving(Protocol):
     def changes(self) -> RepositoryChanges: ...
     @property
     def log_settings(self) -> SharedLogSettings: ...
+    @property
+    def shared_memory(self) -> SharedMemoryRegions | None: ...
 
     def ready(self) -> bool: ...
 
@@ -118,6 +121,12 @@ class InferenceService:
             "RepositoryModelUnload": (self._repository_unload, pb.RepositoryModelUnloadRequest.FromString,
                                       lambda request: request.model_name),
             "LogSettings": (self._log_settings, pb.LogSettingsRequest.FromString, lambda _: ""),
+            "SystemSharedMemoryStatus": (self._shm_status, pb.SystemSharedMemoryStatusRequest.FromString,
+                                         lambda _: ""),
+            "SystemSharedMemoryRegister": (self._shm_register, pb.SystemSharedMemoryRegisterRequest.FromString,
+                                           lambda _: ""),
+            "SystemSharedMemoryUnregister": (self._shm_unregister,
+                                             pb.SystemSharedMemoryUnregisterRequest.FromString, lambda _: ""),
         }
         handlers = {}
         for method, (behaviour, read, model_of) in calls.items():
@@ -170,7 +179,8 @@ class InferenceService:
         return pb.ModelReadyResponse(ready=True)
 
     async def _server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__,
+                                         extensions=extensions(self.serving.shared_memory is not None))
 
     async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         found = model_views.metadata(self.serving.repository, request.name, request.version or None)
@@ -295,7 +305,8 @@ class InferenceService:
                 # A stream's messages likewise, one read at a time: where its client has earlier
                 # ones still unanswered, they count as on the way, or a busy stream ran each
                 # alone on the loop (docs/benchmarks.md, "One stream, many requests").
-                return await run_inference(model, message, GrpcExchange(context.time_remaining(), streamed), serving.budget,
+                exchange = GrpcExchange(context.time_remaining(), streamed, serving.shared_memory)
+                return await run_inference(model, message, exchange, serving.budget,
                                            serving.offload, arrived, client_gone=context.cancelled,
                                            body_bytes=len(body), others_on_the_way=not streamed,
                                            in_flight_beside=unanswered)
@@ -409,6 +420,35 @@ class InferenceService:
         self._check_admin(context, changes=True)
         await self.serving.changes.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    # --- system shared memory ---------------------------------------------------------------
+
+    def _regions(self, context: grpc.aio.ServicerContext) -> SharedMemoryRegions:
+        """The regions (app/protocol/shared_memory.py), as HTTP's calls reach them: with a key
+        where inference takes one, PERMISSION_DENIED while the server does not allow them."""
+        self._check_key(context)
+        regions = self.serving.shared_memory
+        if regions is None:
+            raise Forbidden("Triton's system shared-memory extension is off in this server: start it with "
+                            "--shared-memory (for clients on the same host) to register regions")
+        return regions
+
+    async def _shm_status(self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+                          ) -> pb.SystemSharedMemoryStatusResponse:
+        answer = pb.SystemSharedMemoryStatusResponse()
+        for region in self._regions(context).status(request.name):
+            answer.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return answer
+
+    async def _shm_register(self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+                            ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._regions(context).register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def _shm_unregister(self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+                              ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._regions(context).unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     # --- the log's settings ---------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from app.observability.worker_stats import WorkerStats
 from app.observability.worker_traces import WorkerTraces
 from app.observability.workers import WorkerMetrics
 from app.offload import Offload
+from app.protocol.shared_memory import SharedMemoryRegions
 from app.repository import ModelRepository
 from app.repository.shared import RepositoryChanges
 from app.settings import Settings
@@ -39,6 +40,8 @@ class Services:
     """The repository API's load and unload, made in every worker (app/repository/shared.py)."""
     log_settings: SharedLogSettings
     """Triton's logging extension: the log's settings, changed in every worker."""
+    shared_memory: SharedMemoryRegions | None = None
+    """Triton's system shared-memory regions, every worker's; None: the extension is off."""
     worker_metrics: WorkerMetrics | None = None
     """With several worker processes: every worker's metrics, for /metrics."""
     worker_stats: WorkerStats | None = None

@@ -18,7 +18,6 @@ every FOLLOW_S, and a worker that starts applies them before it answers.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -28,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.errors import InvalidInput
-from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK, write_atomically
+from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK, file_stamp, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class SharedLogSettings:
                 self.follow()
                 settings = self.current.changed(asked)
                 write_atomically(self._file, json.dumps(settings.as_triton()))
-                self._seen = _stamp(self._file)
+                self._seen = file_stamp(self._file)
         self._apply(settings)
         return settings
 
@@ -155,7 +154,7 @@ class SharedLogSettings:
         """Apply the settings another worker wrote, if they changed since last looked at."""
         if self._file is None:
             return
-        stamp = _stamp(self._file)
+        stamp = file_stamp(self._file)
         if stamp is None or stamp == self._seen:
             return
         self._seen = stamp
@@ -175,10 +174,3 @@ class SharedLogSettings:
         if changed:  # at WARNING: it shows unless warnings are what was switched off
             logger.warning("worker %d: log settings now %s", os.getpid(), settings.as_triton())
 
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells one write of the file from another: a rename makes a new inode."""
-    with contextlib.suppress(OSError):
-        found = path.stat()
-        return found.st_ino, found.st_mtime_ns, found.st_size
-    return None

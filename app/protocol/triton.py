@@ -13,6 +13,11 @@ EXTENSIONS = ["binary_tensor_data", "logging", "model_configuration", "model_rep
 """The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
 
 
+def extensions(shared_memory: bool) -> list[str]:
+    """The extensions served: system shared memory where the server allows it."""
+    return sorted([*EXTENSIONS, "system_shared_memory"]) if shared_memory else EXTENSIONS
+
+
 def triton_shape(shape: list[int], batches: bool = True) -> list[int]:
     """One value per item ([-1]) is [-1, 1] to Triton's tools (dims [1] reshaped to []);
     the server takes [N] and [N, 1] alike. A scalar of a model that does not batch is [1]

@@ -15,6 +15,7 @@ from app.codecs import Codec
 from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
+from app.protocol.shared_memory import REGION, Place, SharedMemoryRegions, named_place
 from app.protocol.values import dumps_with_non_finite, json_object, positive_timeout
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
@@ -130,8 +131,10 @@ def _describe(error: ValidationError) -> str:
     return "invalid inference request: " + "; ".join(parts)
 
 
-def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Named numpy arrays checked against the model's declared inputs."""
+def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Manifest,
+                  regions: SharedMemoryRegions | None = None) -> dict[str, np.ndarray]:
+    """Named numpy arrays checked against the model's declared inputs: from the JSON data,
+    the binary part, or a shared memory region (`regions`: None where the extension is off)."""
     expected = {spec.name: spec for spec in manifest.inputs}
     seen = [i.name for i in request.inputs]
     if sorted(seen) != sorted(expected):
@@ -142,8 +145,9 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
         shape = _checked_shape(item, spec, manifest.batches)
         dtype = _DTYPE_OF[spec.datatype]
         parameters = item.parameters or {}
-        if SHARED_MEMORY in parameters:
-            raise InvalidInput(_no_shared_memory("input", item.name))
+        if REGION in parameters:
+            arrays[item.name] = _from_region(item, parameters, regions, dtype, shape)
+            continue
         size = parameters.get("binary_data_size")
         if size is not None:
             if item.data is not None:
@@ -165,6 +169,18 @@ def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Man
     if rows == {0}:
         raise InvalidInput("the batch is empty: shape[0] must be at least 1")
     return arrays
+
+
+def _from_region(item: RequestInput, parameters: dict[str, Any], regions: SharedMemoryRegions | None,
+                 dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    if regions is None:
+        raise InvalidInput(_no_shared_memory("input", item.name))
+    if item.data is not None or "binary_data_size" in parameters:
+        raise InvalidInput(f"input {item.name!r} names a shared memory region and sends data as well; "
+                           "its data is in the region, or in the request, not both")
+    place = named_place(parameters, f"input {item.name!r}")
+    assert place is not None  # the region is named
+    return regions.read_input(place, item.name, dtype, shape)
 
 
 def _checked_shape(item: RequestInput, spec: TensorSpec, batches: bool) -> list[int]:
@@ -326,25 +342,35 @@ def _check_flag(parameters: dict[str, Any] | None, name: str, what: str) -> None
         raise InvalidInput(f"{what} must be true or false, got {value!r}")
 
 
-SHARED_MEMORY = "shared_memory_region"
-"""Triton's shared-memory extension names a region for a tensor's data in its parameters."""
-
-
 def _no_shared_memory(kind: str, name: str) -> str:
     # Served anyway, an input would be read from the request and an output left unwritten in
     # a region the client then reads: refused, and said why.
-    return (f"{kind} {name!r} names a shared memory region: this server has no shared memory "
-            "extension; send the tensor in the request and read it from the answer")
+    return (f"{kind} {name!r} names a shared memory region: Triton's system shared-memory extension is off in "
+            "this server (it is on with --shared-memory, for clients on the same host); send the tensor in the "
+            "request and read it from the answer")
 
 
-def check_requested_outputs(request: InferenceRequest, manifest: Manifest) -> None:
+def output_place(request: InferenceRequest, name: str) -> Place | None:
+    """The shared memory region an output is to be written to (None: in the answer)."""
+    for out in request.outputs or []:
+        if out.name == name and out.parameters and REGION in out.parameters:
+            return named_place(out.parameters, f"output {name!r}")
+    return None
+
+
+def check_requested_outputs(request: InferenceRequest, manifest: Manifest,
+                            regions: SharedMemoryRegions | None = None) -> None:
     _check_flag(request.parameters, "binary_data_output", "parameters.binary_data_output")
     if not request.outputs:
         return  # every output, unclassified: nothing to check
     for out in request.outputs:
         if out.parameters:
-            if SHARED_MEMORY in out.parameters:
-                raise InvalidInput(_no_shared_memory("output", out.name))
+            if REGION in out.parameters:
+                if regions is None:
+                    raise InvalidInput(_no_shared_memory("output", out.name))
+                place = named_place(out.parameters, f"output {out.name!r}")
+                assert place is not None  # the region is named
+                regions.check_output(place, out.name)
             _check_flag(out.parameters, "binary_data", f"output {out.name!r}: parameters.binary_data")
     known = [o.name for o in manifest.outputs]
     asked = [o.name for o in request.outputs or []]
@@ -397,6 +423,9 @@ def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
     specs = {spec.name: spec for spec in manifest.outputs}
     total = _ENTRY_BYTES
     for name in answered_outputs(request, manifest):
+        if request.outputs and output_place(request, name) is not None:
+            total += _ENTRY_BYTES  # written to its region, not the answer (bounded by its byte size)
+            continue
         binary = wants_binary(request, name)
         k = classification_of(request, name) if request.outputs else None
         if k is not None:  # "score:index:label": a float, an index, the longest label escaped
@@ -426,13 +455,18 @@ def _string_bytes(value: object, binary: bool) -> int:
 
 
 
-def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
-                    ) -> tuple[bytes, int | None]:
-    """(body, JSON header length if any output is binary, else None)."""
+def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray],
+                    regions: SharedMemoryRegions | None = None) -> tuple[bytes, int | None]:
+    """(body, JSON header length if any output is binary, else None). Outputs asked for in
+    shared memory are written to their regions, and answered by name, type and shape alone
+    (no parameters either: Triton's C++ client reads `binary_data_size` in any it finds)."""
     entries, blobs = [], []
     for name, array in answered_arrays(request, manifest, outputs):
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
-        if wants_binary(request, name):
+        place = output_place(request, name) if regions is not None and request.outputs else None
+        if place is not None and regions is not None:
+            write_to_region(regions, place, name, array)
+        elif wants_binary(request, name):
             blob = strings_to_bytes(array) if array.dtype.kind == "O" else to_little_endian_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
@@ -451,6 +485,12 @@ def encode_response(request: InferenceRequest, manifest: Manifest, outputs: dict
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def write_to_region(regions: SharedMemoryRegions, place: Place, name: str, array: np.ndarray) -> None:
+    """An output written to its shared memory region, its bytes as a binary output's."""
+    regions.write_output(place, name, strings_to_bytes(array) if array.dtype.kind == "O"
+                         else to_little_endian_bytes(array))
 
 
 def answered_arrays(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
@@ -483,10 +523,11 @@ class V2Exchange:
     (app/inference.py `Exchange`). The request is kept for its answer (the outputs asked
     for, binary or not, its id) without its input data."""
 
-    __slots__ = ("binary_header",)
+    __slots__ = ("binary_header", "regions")
 
-    def __init__(self, binary_header: str | None) -> None:
+    def __init__(self, binary_header: str | None, regions: SharedMemoryRegions | None = None) -> None:
         self.binary_header = binary_header  # Inference-Header-Content-Length: a binary body's JSON part
+        self.regions = regions  # Triton's system shared memory (None: the extension is off)
 
     def parse(self, body: bytes) -> tuple[InferenceRequest, BinaryReader]:
         return parse_request(body, self.binary_header)
@@ -499,9 +540,9 @@ class V2Exchange:
         """The request checked whole against the model: nothing bad reaches its batch."""
         request, binary = parsed
         codec.check_shapes({item.name: item.shape for item in request.inputs})
-        inputs = decode_inputs(request, binary, manifest)
+        inputs = decode_inputs(request, binary, manifest, self.regions)
         codec.check_tensors(inputs)  # raw tensors: check what the model needs beyond shape
-        check_requested_outputs(request, manifest)
+        check_requested_outputs(request, manifest, self.regions)
         for item in request.inputs:
             item.data = None  # the JSON lists go now; the answer needs none of them
         return request, inputs
@@ -516,4 +557,4 @@ class V2Exchange:
 
     def answer(self, request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
                ) -> tuple[bytes, int | None]:
-        return encode_response(request, manifest, outputs)
+        return encode_response(request, manifest, outputs, self.regions)

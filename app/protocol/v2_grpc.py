@@ -21,13 +21,15 @@ from tritonclient.grpc import service_pb2 as pb
 from app.errors import InvalidInput
 from app.manifest import Manifest
 from app.protocol.binary import BinaryReader, strings_to_bytes, to_little_endian_bytes
+from app.protocol.shared_memory import BYTE_SIZE, OFFSET, REGION, SharedMemoryRegions
 from app.protocol.v2 import (
-    SHARED_MEMORY,
     InferenceRequest,
     V2Exchange,
     answered_arrays,
+    output_place,
     v2_datatype,
     validated_request,
+    write_to_region,
 )
 
 TYPED_CONTENTS = {
@@ -81,18 +83,23 @@ def to_request(message: pb.ModelInferRequest) -> tuple[InferenceRequest, RawInpu
     422 for the same mistake, e.g. no inputs), with its raw tensors. Outputs are always raw,
     so the answer's size is bounded as binary."""
     raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs: with "
-                           "raw contents, every input's data is there, one tensor per input in input order")
     inputs = []
-    for i, tensor in enumerate(message.inputs):
+    every = len(raw) == len(message.inputs)  # else one per input not in shared memory (tritonclient's way)
+    if raw and not every:
+        sent = sum(REGION not in tensor.parameters for tensor in message.inputs)
+        if len(raw) != sent:
+            raise InvalidInput(f"raw_input_contents holds {len(raw)} tensors for {sent} inputs: with raw contents, "
+                               "every input's data is there (but those in shared memory), one tensor per input "
+                               "in input order")
+    pieces = iter(raw)
+    for tensor in message.inputs:
         parameters = parameter_values(tensor.parameters)
         data: Any = None
-        if raw:
+        if raw and (every or REGION not in parameters):  # a region's input with data too: refused as such
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents")
-            parameters["binary_data_size"] = len(raw[i])
-        else:
+            parameters["binary_data_size"] = len(next(pieces))
+        elif REGION not in parameters or tensor.HasField("contents"):
             data = _typed_values(tensor)
         inputs.append({"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
                        "parameters": parameters, "data": data})
@@ -118,24 +125,31 @@ def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor) -> Any:
 
 def _output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> dict[str, Any] | None:
     """What the answer reads of an output's parameters: Triton's `classification` (outputs
-    are raw whatever `binary_data` says), and a shared memory region, which is refused."""
+    are raw whatever `binary_data` says), and a shared memory region to write it to."""
     values = parameter_values(output.parameters)
     kept = {name: values[name] for name in _OUTPUT_PARAMETERS if name in values}
     return kept or None
 
 
-_OUTPUT_PARAMETERS = ("classification", SHARED_MEMORY)
+_OUTPUT_PARAMETERS = ("classification", REGION, OFFSET, BYTE_SIZE)
 
 
-def response_message(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
-                     ) -> pb.ModelInferResponse:
-    """The ModelInferResponse: the outputs' shapes in `outputs`, their data in `raw_output_contents`."""
+def response_message(request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray],
+                     regions: SharedMemoryRegions | None = None) -> pb.ModelInferResponse:
+    """The ModelInferResponse: the outputs' shapes in `outputs`, their data in
+    `raw_output_contents`, one entry per output in the same order (Triton's clients index
+    one by the other): empty for an output written to a shared memory region."""
     response = pb.ModelInferResponse(model_name=manifest.name, model_version=str(manifest.version),
                                      id=request.id or "")
     for name, array in answered_arrays(request, manifest, outputs):
         response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(strings_to_bytes(array) if array.dtype.kind == "O"
-                                            else to_little_endian_bytes(array))
+        place = output_place(request, name) if regions is not None and request.outputs else None
+        if place is not None and regions is not None:
+            write_to_region(regions, place, name, array)
+            response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(strings_to_bytes(array) if array.dtype.kind == "O"
+                                                else to_little_endian_bytes(array))
     return response
 
 
@@ -147,8 +161,9 @@ class GrpcExchange(V2Exchange):
 
     __slots__ = ("deadline_s", "streamed")
 
-    def __init__(self, deadline_s: float | None, streamed: bool = False) -> None:
-        super().__init__(None)
+    def __init__(self, deadline_s: float | None, streamed: bool = False,
+                 regions: SharedMemoryRegions | None = None) -> None:
+        super().__init__(None, regions)
         self.deadline_s = deadline_s  # seconds left of the call's deadline when it arrived (None: none)
         self.streamed = streamed
 
@@ -163,7 +178,7 @@ class GrpcExchange(V2Exchange):
 
     def answer(self, request: InferenceRequest, manifest: Manifest,  # type: ignore[override]
                outputs: dict[str, np.ndarray]) -> bytes:
-        message = response_message(request, manifest, outputs)
+        message = response_message(request, manifest, outputs, self.regions)
         if self.streamed:
             return pb.ModelStreamInferResponse(infer_response=message).SerializeToString()
         return message.SerializeToString()

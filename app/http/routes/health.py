@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app import __version__
 from app.http.services import services
-from app.protocol.triton import EXTENSIONS, SERVER_NAME
+from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2 import MetadataServerResponse
 
 router = APIRouter(tags=["health"])
@@ -33,5 +33,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2", response_model=MetadataServerResponse, summary="Server metadata",
             description="The server's name, version and the protocol extensions it supports (Triton's names).")
-async def server_metadata() -> MetadataServerResponse:
-    return MetadataServerResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+async def server_metadata(request: Request) -> MetadataServerResponse:
+    found = request.app.services  # None while starting: nothing optional served yet
+    return MetadataServerResponse(name=SERVER_NAME, version=__version__,
+                                  extensions=extensions(found is not None and found.shared_memory is not None))

@@ -121,7 +121,7 @@ async def v2_infer_version(request: Request, name: ModelName, version: Version) 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     found = services(request)
     authorize(request, found)
-    budget, exchange = found.budget, V2Exchange(header(request, HEADER_LENGTH))
+    budget, exchange = found.budget, V2Exchange(header(request, HEADER_LENGTH), found.shared_memory)
     async with found.repository.lease(name, version) as model:
         content, header_length = await run_inference(model, await budget.read_body(request), exchange, budget,
                                                      found.offload, budget.arrived(request),

@@ -183,9 +183,9 @@ async def test_a_negative_dimension_is_invalid_argument_saying_so() -> None:
     assert "input 'pixels': shape [-1, 1, 28, 28] has a negative dimension" in refused.details()
 
 
-async def test_tensors_in_shared_memory_are_refused_saying_why() -> None:
-    """Triton's shared-memory extension is not served: a tensor that names a region would
-    otherwise be read from the request (an input) or left unwritten in the region (an output)."""
+async def test_tensors_in_shared_memory_are_refused_saying_why_while_the_extension_is_off() -> None:
+    """Without --shared-memory, a tensor that names a region would otherwise be read from
+    the request (an input) or left unwritten in the region (an output)."""
     on_input, on_output = image_request(), image_request()
     on_input.inputs[0].parameters["shared_memory_region"].string_param = "input_region"
     on_output.outputs.add(name="logits").parameters["shared_memory_region"].string_param = "output_region"
@@ -197,6 +197,7 @@ async def test_tensors_in_shared_memory_are_refused_saying_why() -> None:
     assert [r.code() for r in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
     assert "input 'pixels' names a shared memory region" in refused[0].details()
     assert "output 'logits' names a shared memory region" in refused[1].details()
+    assert "start the server" not in refused[0].details() and "--shared-memory" in refused[0].details()
     assert over_http.status_code == 400
     assert over_http.json()["error"] == refused[1].details()
 

@@ -228,7 +228,7 @@ def test_a_message_that_is_not_a_request_is_invalid_argument(server: ServerProce
         infer(b"\xff\xff\xff\xff not protobuf")
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a ModelInferRequest" in raised.value.details()
-    unimplemented = channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryStatus")
+    unimplemented = channel.unary_unary("/inference.GRPCInferenceService/CudaSharedMemoryStatus")
     with pytest.raises(grpc.RpcError) as raised:
         unimplemented(b"")
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
