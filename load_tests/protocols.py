@@ -10,8 +10,12 @@ per round and their medians reported, so that a noisy machine moves all alike.
 stack answering each call with no inference at all), unary and stream, each over the
 service's HTTP: what no gRPC service on grpc.aio could pass on this machine.
 
+`--shared-memory` adds HTTP and unary gRPC with the tensors in system shared memory
+(perf_analyzer's `--shared-memory system`; the server started with `--shared-memory`), each
+over the service's HTTP binary.
+
     python -m load_tests.protocols [--rounds 3] [--interval-ms 3000] [--images 32] [--concurrency 64] [--ceiling]
-                                   [--workers auto]
+                                   [--shared-memory] [--workers auto]
     python -m load_tests.bench --protocols   (the same, after the benchmark's own scenarios)
 """
 
@@ -45,6 +49,8 @@ MODEL = "fashion-cnn"
 
 CEILINGS = ("grpc-ceiling", "grpc-stream-ceiling")
 """grpc.aio's ceiling over unary calls and over a stream (load_tests/grpc_ceiling.py)."""
+SHARED_MEMORY = ("http-shm", "grpc-shm")
+"""HTTP and unary gRPC with every tensor in system shared memory (perf_analyzer's own regions)."""
 
 
 def grpc_ceiling(service: ServerProcess) -> ServerProcess:
@@ -109,10 +115,15 @@ def _children_cpu_seconds() -> float:
 
 
 def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] | None = None,
-        cells: list[tuple[int, int]] = CELLS, ceiling: bool = False, workers: str = "1") -> list[dict[str, Any]]:
+        cells: list[tuple[int, int]] = CELLS, ceiling: bool = False, workers: str = "1",
+        shared_memory: bool = False) -> list[dict[str, Any]]:
     tool = perf_analyzer.find()
     if tool is None:
         raise SystemExit("perf_analyzer is not here: ../shared/tools/perf_analyzer (as root) or ORTSERVE_PERF_ANALYZER")
+    if shared_memory:
+        perf_analyzer.install_cuda_runtime(tool)
+        server_args = [*(server_args or []), "--shared-memory", "--shared-memory-dir",
+                       str(perf_analyzer.shared_memory_folder(tool))]
     folder, seen_as = perf_analyzer.input_folder(tool)
     folder.mkdir(parents=True, exist_ok=True)
     data = f"{seen_as}/{perf_inputs.write(model_dir, folder, 32)[MODEL].name}"
@@ -132,6 +143,9 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
             # model version" against the ceiling (not against the service; why, not found)
             version = ("-x", httpx.get(f"{server.url}/v2/models/{MODEL}").json()["versions"][-1])
             transports += [(name, bare, protocol, version) for name, protocol in zip(CEILINGS, PROTOCOLS[1:], strict=True)]
+        if shared_memory:
+            transports += [(name, server, name.removesuffix("-shm"), ("--shared-memory", "system"))
+                           for name in SHARED_MEMORY]
         for images, concurrency in cells:
             runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in transports}
             for number in range(rounds):
@@ -151,6 +165,8 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
             print(line(row), flush=True)
             if ceiling:
                 print(ceiling_line(row), flush=True)
+            if shared_memory:
+                print(shared_memory_line(row), flush=True)
     return rows
 
 
@@ -186,12 +202,24 @@ def ceiling_line(row: dict[str, Any]) -> str:
     return "".join(cells) + "|"
 
 
+SHARED_MEMORY_HEADER = ("| images/request | conc | HTTP binary images/s | HTTP, shared memory | / HTTP binary per round | "
+                        "median | gRPC, shared memory | / HTTP binary per round | median |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def shared_memory_line(row: dict[str, Any]) -> str:
+    cells = [f"| {row['images']} | {row['concurrency']} | {row['http']['infer_per_s']:,.0f} "]
+    for name in SHARED_MEMORY:
+        rounds = ", ".join(f"{r:.2f}" for r in row[f"{name}_over_http"])
+        cells.append(f"| {row[name]['infer_per_s']:,.0f} | {rounds} | **{row[f'{name}_median_ratio']:.2f}** ")
+    return "".join(cells) + "|"
+
+
 CPU_TITLE = "CPU per request, µs, server / client (perf_analyzer), medians of the rounds:"
 
 
 def cpu_table(rows: list[dict[str, Any]]) -> str:
     """CPU per request (one call, or one message on a stream), server / client (perf_analyzer), µs."""
-    names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
+    names = [name for name in (*PROTOCOLS, *CEILINGS, *SHARED_MEMORY) if rows and name in rows[0]]
     header = ("| images/request | conc | " + " | ".join(f"{n} server / client" for n in names) + " |\n|---|---|"
               + "---|" * len(names))
     lines = [f"| {r['images']} | {r['concurrency']} | " + " | ".join(
@@ -207,7 +235,7 @@ THREADS_TITLE = ("The server's CPU per request by thread, µs, medians of the ro
 
 def threads_table(rows: list[dict[str, Any]]) -> str:
     """Where each transport's server CPU goes: the µs per request of each group of threads."""
-    names = [name for name in (*PROTOCOLS, *CEILINGS) if rows and name in rows[0]]
+    names = [name for name in (*PROTOCOLS, *CEILINGS, *SHARED_MEMORY) if rows and name in rows[0]]
     # the groups that used a µs per request somewhere (gRPC core's timer thread and the like do not)
     groups = sorted({key.removeprefix(THREAD_KEY) for r in rows for n in names for key, us in r[n].items()
                      if key.startswith(THREAD_KEY) and us >= 0.5})
@@ -222,6 +250,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     tables = [HEADER, *(line(r) for r in rows)]
     if rows and CEILINGS[0] in rows[0]:
         tables += ["", CEILING_HEADER, *(ceiling_line(r) for r in rows)]
+    if rows and SHARED_MEMORY[0] in rows[0]:
+        tables += ["", SHARED_MEMORY_HEADER, *(shared_memory_line(r) for r in rows)]
     tables += ["", CPU_TITLE, "", cpu_table(rows), "", THREADS_TITLE, "", threads_table(rows)]
     return "\n".join(tables)
 
@@ -235,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure grpc.aio's own ceiling (load_tests/grpc_ceiling.py) in the same rounds")
+    parser.add_argument("--shared-memory", action="store_true",
+                        help="measure HTTP and gRPC with the tensors in system shared memory in the same rounds")
     parser.add_argument("--workers", default="1", help="the server's worker processes (auto: the default of "
                         "python -m app, one per usable CPU)")
     parser.add_argument("--images", type=int, choices=sorted({i for i, _ in CELLS}),
@@ -245,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     cells = [cell for cell in CELLS if args.images in (None, cell[0]) and args.concurrency in (None, cell[1])]
     rows = run(args.model_dir, args.rounds, args.interval_ms, cells=cells, ceiling=args.ceiling,
-               workers=args.workers)
+               workers=args.workers, shared_memory=args.shared_memory)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocols.json").write_text(json.dumps(rows, indent=2))
     (args.out / "protocols.md").write_text(markdown(rows) + "\n")

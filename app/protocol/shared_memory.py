@@ -82,19 +82,19 @@ class OpenRegion:
         if fd is not None:
             os.close(fd)
 
-    def read(self, place: Place, what: str) -> bytearray:
+    def read(self, place: Place, name: str) -> bytearray:
         buffer = bytearray(place.byte_size)
         got = os.preadv(self.fd, [buffer], self.spec.offset + place.offset) if buffer else 0
         if got != place.byte_size:
-            raise InvalidInput(f"{what}: shared memory region {place.region!r} gave {got} of {place.byte_size} "
+            raise InvalidInput(f"input {name!r}: shared memory region {place.region!r} gave {got} of {place.byte_size} "
                                "bytes (its object is smaller than when it was registered)")
         return buffer
 
-    def write(self, place: Place, data: bytes, what: str) -> None:
+    def write(self, place: Place, data: bytes, name: str) -> None:
         size = os.fstat(self.fd).st_size
         start = self.spec.offset + place.offset
         if start + len(data) > size:  # pwrite would grow the object: the client's mapping ends before
-            raise InvalidInput(f"{what}: shared memory region {place.region!r}'s object holds {size} bytes now, "
+            raise InvalidInput(f"output {name!r}: shared memory region {place.region!r}'s object holds {size} bytes now, "
                                f"less than the {start + len(data)} this output ends at")
         os.pwrite(self.fd, data, start)
 
@@ -136,20 +136,26 @@ def _whole_number(value: object, what: str) -> int:
     return value
 
 
-def named_place(parameters: dict[str, Any] | None, what: str) -> Place | None:
-    """The region a tensor's parameters name (None: none). Triton's rules: the region's name
-    and byte size are both needed, the offset is 0 unless given."""
+def named_place(parameters: dict[str, Any] | None, kind: str, name: str) -> Place | None:
+    """The region the parameters of a tensor (`kind` input or output, `name`) name; None:
+    none. Triton's rules: the region's name and byte size are both needed, the offset is 0
+    unless given. (Messages are made only for a mistake: this is every such request's path.)"""
     if not parameters or REGION not in parameters:
         if parameters and (BYTE_SIZE in parameters or OFFSET in parameters):
-            raise InvalidInput(f"{what}: {BYTE_SIZE} and {OFFSET} go with {REGION}, which is missing")
+            raise InvalidInput(f"{kind} {name!r}: {BYTE_SIZE} and {OFFSET} go with {REGION}, which is missing")
         return None
     region = parameters[REGION]
     if type(region) is not str or not region:
-        raise InvalidInput(f"{what}: {REGION} must be a registered region's name, got {region!r}")
+        raise InvalidInput(f"{kind} {name!r}: {REGION} must be a registered region's name, got {region!r}")
     if BYTE_SIZE not in parameters:
-        raise InvalidInput(f"{what}: {REGION} {region!r} needs {BYTE_SIZE}, the tensor's bytes in the region")
-    return Place(region, _whole_number(parameters.get(OFFSET, 0), f"{what}: {OFFSET}"),
-                 _whole_number(parameters[BYTE_SIZE], f"{what}: {BYTE_SIZE}"))
+        raise InvalidInput(f"{kind} {name!r}: {REGION} {region!r} needs {BYTE_SIZE}, the tensor's bytes in the "
+                           "region")
+    offset, size = parameters.get(OFFSET, 0), parameters[BYTE_SIZE]
+    if type(offset) is not int or offset < 0:
+        _whole_number(offset, f"{kind} {name!r}: {OFFSET}")
+    if type(size) is not int or size < 0:
+        _whole_number(size, f"{kind} {name!r}: {BYTE_SIZE}")
+    return Place(region, offset, size)
 
 
 class SharedMemoryRegions:
@@ -211,17 +217,16 @@ class SharedMemoryRegions:
     def read_input(self, place: Place, name: str, dtype: np.dtype, shape: list[int]) -> np.ndarray:
         """An input's tensor from its region, checked as a binary input's is (its byte size
         against its shape and type; BYTES as Triton writes them), copied out."""
-        what = f"input {name!r}"
         if place.byte_size > self.max_tensor_bytes:  # copied out: memory a body that large would take
-            raise PayloadTooLarge(f"{what}: {BYTE_SIZE} {place.byte_size} is over the {self.max_tensor_bytes} bytes "
+            raise PayloadTooLarge(f"input {name!r}: {BYTE_SIZE} {place.byte_size} is over the {self.max_tensor_bytes} bytes "
                                   "a tensor in shared memory may take (max_body_bytes, as a body's)")
-        region = self._region(place, what)
+        region = self._region(place, "input", name)
         if dtype.kind != "O":  # checked before anything is read: the size the shape needs
             needed = math.prod(shape) * dtype.itemsize
             if place.byte_size != needed:
-                raise InvalidInput(f"{what}: {BYTE_SIZE} is {place.byte_size} bytes but shape {shape} of "
+                raise InvalidInput(f"input {name!r}: {BYTE_SIZE} is {place.byte_size} bytes but shape {shape} of "
                                    f"{dtype.name} needs {needed}")
-        data = memoryview(region.read(place, what))
+        data = memoryview(region.read(place, name))
         reader = BinaryReader(data)
         if dtype.kind == "O":
             return reader.read_strings(name, place.byte_size, shape)
@@ -229,22 +234,21 @@ class SharedMemoryRegions:
 
     def check_output(self, place: Place, name: str) -> None:
         """Before the model runs: the output's region is registered and holds its place."""
-        self._region(place, f"output {name!r}")
+        self._region(place, "output", name)
 
     def write_output(self, place: Place, name: str, data: bytes) -> None:
-        what = f"output {name!r}"
         if len(data) > place.byte_size:
-            raise InvalidInput(f"{what} takes {len(data)} bytes, more than its {BYTE_SIZE} {place.byte_size}")
-        self._region(place, what).write(place, data, what)
+            raise InvalidInput(f"output {name!r} takes {len(data)} bytes, more than its {BYTE_SIZE} {place.byte_size}")
+        self._region(place, "output", name).write(place, data, name)
 
     # --- the ledger ------------------------------------------------------------------------
 
-    def _region(self, place: Place, what: str) -> OpenRegion:
+    def _region(self, place: Place, kind: str, name: str) -> OpenRegion:
         spec = self._follow().get(place.region)
         if spec is None:
-            raise InvalidInput(f"{what}: no shared memory region {place.region[:300]!r} is registered")
+            raise InvalidInput(f"{kind} {name!r}: no shared memory region {place.region[:300]!r} is registered")
         if place.offset + place.byte_size > spec.byte_size:
-            raise InvalidInput(f"{what}: {OFFSET} {place.offset} and {BYTE_SIZE} {place.byte_size} run past the "
+            raise InvalidInput(f"{kind} {name!r}: {OFFSET} {place.offset} and {BYTE_SIZE} {place.byte_size} run past the "
                                f"end of region {place.region!r} ({spec.byte_size} bytes)")
         opened = self._open.get(place.region)
         if opened is None or opened.spec != spec:  # registered through another worker, or again
@@ -252,16 +256,19 @@ class SharedMemoryRegions:
         return opened
 
     def _follow(self) -> dict[str, RegionSpec]:
-        """The regions as the ledger has them now (read again only when it changed); the
-        descriptors of regions gone from it let go."""
+        """The regions as the ledger has them now (read again only when it changed)."""
         if self._ledger is not None:
             stamp = file_stamp(self._ledger)
             if stamp != self._seen:
                 self._seen = stamp
                 self._specs = _read_ledger(self._ledger) if stamp is not None else {}
+                self._let_go()
+        return self._specs
+
+    def _let_go(self) -> None:
+        """The descriptors of regions unregistered, or registered again otherwise, let go."""
         for name in [n for n, opened in self._open.items() if self._specs.get(n) != opened.spec]:
             del self._open[name]
-        return self._specs
 
     def _change(self, change: Any) -> None:
         """`change` made to the regions, and with a control folder to the ledger, under its
@@ -278,7 +285,7 @@ class SharedMemoryRegions:
                 change(specs)
                 write_atomically(self._ledger, json.dumps([asdict(spec) for spec in specs.values()]))
                 self._specs, self._seen = specs, file_stamp(self._ledger)
-        self._follow()
+        self._let_go()
 
 
 def _read_ledger(path: Path) -> dict[str, RegionSpec]:

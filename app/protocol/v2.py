@@ -178,7 +178,7 @@ def _from_region(item: RequestInput, parameters: dict[str, Any], regions: Shared
     if item.data is not None or "binary_data_size" in parameters:
         raise InvalidInput(f"input {item.name!r} names a shared memory region and sends data as well; "
                            "its data is in the region, or in the request, not both")
-    place = named_place(parameters, f"input {item.name!r}")
+    place = named_place(parameters, "input", item.name)
     assert place is not None  # the region is named
     return regions.read_input(place, item.name, dtype, shape)
 
@@ -354,7 +354,7 @@ def output_place(request: InferenceRequest, name: str) -> Place | None:
     """The shared memory region an output is to be written to (None: in the answer)."""
     for out in request.outputs or []:
         if out.name == name and out.parameters and REGION in out.parameters:
-            return named_place(out.parameters, f"output {name!r}")
+            return named_place(out.parameters, "output", name)
     return None
 
 
@@ -368,7 +368,7 @@ def check_requested_outputs(request: InferenceRequest, manifest: Manifest,
             if REGION in out.parameters:
                 if regions is None:
                     raise InvalidInput(_no_shared_memory("output", out.name))
-                place = named_place(out.parameters, f"output {out.name!r}")
+                place = named_place(out.parameters, "output", out.name)
                 assert place is not None  # the region is named
                 regions.check_output(place, out.name)
             _check_flag(out.parameters, "binary_data", f"output {out.name!r}: parameters.binary_data")

@@ -89,12 +89,14 @@ async def test_regions_registered_over_either_transport_serve_both(objects: Path
         written_over_grpc = (objects / output_key[1:]).read_bytes()
 
     assert {r["name"] for r in listed} == {"images", "logits"}
-    assert grpc_listed.regions["images"].offset == 16 and grpc_listed.regions["images"].key == input_key
+    assert grpc_listed.regions["images"].offset == 16
+    assert grpc_listed.regions["images"].key == input_key
     expected = np.array(plain["outputs"][0]["data"], np.float32)
     assert over_http.status_code == 200, over_http.text
     assert over_http.json()["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [1, 10]}]  # no data
     np.testing.assert_array_equal(np.frombuffer(written_over_http[8:8 + LOGITS_BYTES], np.float32), expected)
-    assert written_over_http[:8] == bytes(8) and written_over_http[8 + LOGITS_BYTES:] == bytes(16)
+    assert written_over_http[:8] == bytes(8)
+    assert written_over_http[8 + LOGITS_BYTES:] == bytes(16)
     assert list(over_grpc.raw_output_contents) == [b""]  # one entry per output: Triton's clients index them so
     assert list(over_grpc.outputs[0].shape) == [1, 10]
     np.testing.assert_array_equal(np.frombuffer(written_over_grpc[:LOGITS_BYTES], np.float32), expected)
@@ -129,14 +131,16 @@ async def test_what_a_region_cannot_hold_is_refused_before_the_model_runs(object
     assert "run past the end of key" in too_large.json()["error"]
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "input 'pixels': no shared memory region 'other' is registered"
-    assert both.status_code == 400 and "sends data as well" in both.json()["error"]
+    assert both.status_code == 400
+    assert "sends data as well" in both.json()["error"]
     assert small_output.status_code == 400  # written after the model ran: the output's 40 bytes do not fit 8
     assert small_output.json()["error"] == "output 'logits' takes 40 bytes, more than its shared_memory_byte_size 8"
     assert missing_status.status_code == 404
     assert refused_over_grpc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sends data as well" in refused_over_grpc.details()
     assert missing_over_grpc.code() == grpc.StatusCode.NOT_FOUND
-    assert gone.status_code == 400 and "no shared memory region 'r'" in gone.json()["error"]
+    assert gone.status_code == 400
+    assert "no shared memory region 'r'" in gone.json()["error"]
 
 
 async def test_the_calls_take_an_api_key_where_inference_does(objects: Path) -> None:
@@ -144,4 +148,5 @@ async def test_the_calls_take_an_api_key_where_inference_does(objects: Path) -> 
         without = await client.get("/v2/systemsharedmemory/status")
         with_key = await client.get("/v2/systemsharedmemory/status", headers={"authorization": "Bearer k"})
     assert without.status_code == 401
-    assert with_key.status_code == 200 and with_key.json() == []
+    assert with_key.status_code == 200
+    assert with_key.json() == []

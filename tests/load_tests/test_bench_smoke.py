@@ -295,6 +295,14 @@ def test_the_protocols_report_puts_each_transport_and_ceiling_beside_http() -> N
     assert "| 1 | 64 | grpc-stream | 30 | 0 | 170 |" in report
     del row["grpc-ceiling"], row["grpc-stream-ceiling"]
     assert "ceiling" not in protocols.markdown([row])
+    assert "shared memory" not in protocols.markdown([row])
+    row |= {"http-shm": figures(6000, 180), "grpc-shm": figures(2500, 500)}
+    for name in protocols.SHARED_MEMORY:
+        row[f"{name}_over_http"] = [row[name]["infer_per_s"] / 5000]
+        row[f"{name}_median_ratio"] = row[name]["infer_per_s"] / 5000
+    report = protocols.markdown([row])
+    assert "| 1 | 64 | 5,000 | 6,000 | 1.20 | **1.20** | 2,500 | 0.50 | **0.50** |" in report
+    assert "| 1 | 64 | 200 / 100 | 600 / 100 | 280 / 100 | 180 / 100 | 500 / 100 |" in report
 
 
 def test_the_servers_cpu_by_thread_tells_the_event_loops_from_the_inference_threads(server: ServerProcess) -> None:

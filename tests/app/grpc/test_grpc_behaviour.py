@@ -197,7 +197,8 @@ async def test_tensors_in_shared_memory_are_refused_saying_why_while_the_extensi
     assert [r.code() for r in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
     assert "input 'pixels' names a shared memory region" in refused[0].details()
     assert "output 'logits' names a shared memory region" in refused[1].details()
-    assert "start the server" not in refused[0].details() and "--shared-memory" in refused[0].details()
+    assert "start the server" not in refused[0].details()
+    assert "--shared-memory" in refused[0].details()
     assert over_http.status_code == 400
     assert over_http.json()["error"] == refused[1].details()
 

@@ -201,9 +201,9 @@ def test_every_worker_sees_the_regions_any_worker_registered(objects: Path, tmp_
 ])
 def test_a_tensors_place_is_named_as_triton_names_it(parameters: dict[str, object], why: str) -> None:
     with pytest.raises(InvalidInput, match=why):
-        named_place(parameters, "input 'x'")
+        named_place(parameters, "input", "x")
 
 
 def test_a_place_defaults_to_the_regions_start() -> None:
-    assert named_place({"shared_memory_region": "r", "shared_memory_byte_size": 4}, "x") == Place("r", 0, 4)
-    assert named_place({"binary_data_size": 4}, "x") is None
+    assert named_place({"shared_memory_region": "r", "shared_memory_byte_size": 4}, "input", "x") == Place("r", 0, 4)
+    assert named_place({"binary_data_size": 4}, "input", "x") is None
