@@ -40,7 +40,7 @@ from app.observability.tracing import Tracing, otlp_endpoint
 from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
 from app.observability.worker_traces import SHOWN, TRACES_SNAPSHOT_S, WorkerTraces
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
-from app.offload import Offload
+from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.shared_memory import SharedMemoryRegions
 from app.repository import ModelRepository
 from app.repository.shared import FOLLOW_S, RepositoryChanges, SharedRepository
@@ -92,8 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=resolved, repository=repository, changes=changes, log_settings=log_settings, metrics=app.metrics,
             budget=RequestBudget(resolved, offload), offload=offload, api_keys=api_keys,
             admin_token=admin.encode() if admin else None, worker_metrics=worker_metrics,
-            shared_memory=SharedMemoryRegions(resolved.max_body_bytes, resolved.control_dir,
-                                              resolved.shared_memory_dir) if resolved.shared_memory else None,
+            shared_memory=SharedMemoryRegions(resolved.max_body_bytes, resolved.control_dir, resolved.shared_memory_dir,
+                                              HEAVY_BODY_BYTES) if resolved.shared_memory else None,
             worker_stats=worker_stats, worker_traces=worker_traces)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
         if resolved.tracing or endpoint is not None:

@@ -161,8 +161,10 @@ def named_place(parameters: dict[str, Any] | None, kind: str, name: str) -> Plac
 class SharedMemoryRegions:
     """The registered regions of this server (every worker's, with a control folder)."""
 
-    def __init__(self, max_tensor_bytes: int, folder: Path | None = None, objects: Path = Path("/dev/shm")) -> None:
+    def __init__(self, max_tensor_bytes: int, folder: Path | None = None, objects: Path = Path("/dev/shm"),
+                 heavy_bytes: int = 256 * 1024) -> None:
         self.max_tensor_bytes = max_tensor_bytes  # a tensor read from a region, at most (a body's bound)
+        self.heavy_bytes = heavy_bytes  # read off the event loop from this many bytes (app/offload.py's bodies')
         self.objects = objects  # where the keys' objects are (shared_memory_dir)
         self._open: dict[str, OpenRegion] = {}
         self._ledger = folder / SHM_LEDGER if folder is not None else None
@@ -213,6 +215,12 @@ class SharedMemoryRegions:
         self._change(remove)
 
     # --- tensors ---------------------------------------------------------------------------
+
+    def heavy(self, parameters: list[dict[str, Any] | None]) -> bool:
+        """Whether the inputs with these parameters read as many bytes from their regions as a
+        body that is decoded off the event loop holds."""
+        sizes = [p.get(BYTE_SIZE) for p in parameters if p and REGION in p]
+        return sum(size for size in sizes if type(size) is int) > self.heavy_bytes
 
     def read_input(self, place: Place, name: str, dtype: np.dtype, shape: list[int]) -> np.ndarray:
         """An input's tensor from its region, checked as a binary input's is (its byte size

@@ -423,10 +423,8 @@ def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
     specs = {spec.name: spec for spec in manifest.outputs}
     total = _ENTRY_BYTES
     for name in answered_outputs(request, manifest):
-        if request.outputs and output_place(request, name) is not None:
-            total += _ENTRY_BYTES  # written to its region, not the answer (bounded by its byte size)
-            continue
-        binary = wants_binary(request, name)
+        # an output written to its region counts as in the answer: the server holds its bytes alike
+        binary = wants_binary(request, name) or (request.outputs is not None and output_place(request, name) is not None)
         k = classification_of(request, name) if request.outputs else None
         if k is not None:  # "score:index:label": a float, an index, the longest label escaped
             longest_label = max((len(label.encode()) for label in manifest.labels), default=0)
@@ -533,7 +531,9 @@ class V2Exchange:
         return parse_request(body, self.binary_header)
 
     def heavy(self, parsed: tuple[InferenceRequest, BinaryReader], codec: Codec) -> bool:
-        return False  # tensors are bounded by the body: a small body decodes quickly
+        """Tensors are bounded by the body, so a small body decodes quickly, but for those read
+        from shared memory: as many of their bytes as a large body's are read off the loop."""
+        return self.regions is not None and self.regions.heavy([item.parameters for item in parsed[0].inputs])
 
     def decode(self, parsed: tuple[InferenceRequest, BinaryReader], manifest: Manifest, codec: Codec
                ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:

@@ -100,16 +100,17 @@ def model_writers(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The README's examples include the repository API (explicit mode, the example token)
-    and a model of the reader's own: the shipped models are copied, and each model-writing
-    block runs as written in the copy's folder, as a reader runs it in the repository."""
+    """The README's examples include the repository API (explicit mode, the example token),
+    tensors in shared memory, and a model of the reader's own: the shipped models are copied,
+    and each model-writing block runs as written in the copy's folder, as a reader runs it in
+    the repository."""
     home = tmp_path_factory.mktemp("readme")
     shutil.copytree(ROOT / "models", home / "models")
     for script in model_writers(README.read_text()):
         result = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
     with ServerProcess(["--model-dir", str(home / "models"), "--model-control-mode", "explicit",
-                        "--load-model", "*"], env={"ORTSERVE_ADMIN_TOKEN": ADMIN_TOKEN}) as running:
+                        "--load-model", "*", "--shared-memory"], env={"ORTSERVE_ADMIN_TOKEN": ADMIN_TOKEN}) as running:
         yield running
 
 

@@ -150,3 +150,37 @@ async def test_the_calls_take_an_api_key_where_inference_does(objects: Path) -> 
     assert without.status_code == 401
     assert with_key.status_code == 200
     assert with_key.json() == []
+
+
+async def test_a_large_input_is_read_off_the_loop_and_an_output_counts_as_in_the_answer(
+        objects: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 images (313 KB) read from a region are decoded on a decode thread, as a body that
+    large is; an output written to a region is bounded by max_response_bytes as in the answer."""
+    from app.offload import Offload
+
+    images = np.random.default_rng(5).random((100, 1, 28, 28), dtype=np.float32)
+    key = make_object(objects, images.tobytes())
+    output_key = make_object(objects, bytes(100 * LOGITS_BYTES))
+    offloaded = []
+    real_run = Offload.run
+
+    async def counted(self, function, *args):  # type: ignore[no-untyped-def]
+        offloaded.append(getattr(function, "__name__", str(function)))
+        return await real_run(self, function, *args)
+
+    monkeypatch.setattr(Offload, "run", counted)
+    request = {"inputs": [{"name": "pixels", "shape": [100, 1, 28, 28], "datatype": "FP32", "parameters": {
+        "shared_memory_region": "images", "shared_memory_byte_size": images.nbytes}}],
+        "outputs": [{"name": "logits", "parameters": {"shared_memory_region": "out",
+                                                      "shared_memory_byte_size": 100 * LOGITS_BYTES}}]}
+    async with serving(shared_memory=True, shared_memory_dir=objects) as client:
+        for name, where, size in (("images", key, images.nbytes), ("out", output_key, 100 * LOGITS_BYTES)):
+            await client.post(f"/v2/systemsharedmemory/region/{name}/register", json={"key": where, "byte_size": size})
+        answered = await client.post("/v2/models/fashion-cnn/infer", json=request)
+    assert answered.status_code == 200, answered.text
+    assert "decode" in offloaded
+    async with serving(shared_memory=True, shared_memory_dir=objects, max_response_bytes=2000) as client:
+        for name, where, size in (("images", key, images.nbytes), ("out", output_key, 100 * LOGITS_BYTES)):
+            await client.post(f"/v2/systemsharedmemory/region/{name}/register", json={"key": where, "byte_size": size})
+        refused = await client.post("/v2/models/fashion-cnn/infer", json=request)
+    assert refused.status_code == 413
