@@ -28,8 +28,11 @@ HANG_S = 60.0
 def fuzzed_server(model_dir: Path, folder: Path) -> ServerProcess:
     token = folder / "token"
     token.write_text("fuzz")
+    objects = folder / "shm"  # the shared-memory calls fuzzed too, with keys that find nothing real
+    objects.mkdir(exist_ok=True)
     return ServerProcess(["--model-dir", str(model_dir), "--admin-token-file", str(token),
-                          "--model-control-mode", "explicit", "--load-model", "*"])
+                          "--model-control-mode", "explicit", "--load-model", "*",
+                          "--shared-memory", "--shared-memory-dir", str(objects)])
 
 
 def operations(url: str) -> list[object]:

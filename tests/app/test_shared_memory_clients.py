@@ -113,3 +113,49 @@ def test_perf_analyzer_runs_with_system_shared_memory(perf_server: ServerProcess
 def _inferences(server: ServerProcess, model: str) -> int:
     stats = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}").get_inference_statistics(model)
     return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+def test_regions_that_come_and_go_under_load_never_fail_the_server(server: ServerProcess) -> None:
+    """One client unregisters and registers again the region another client's requests read,
+    over and over, through both workers: every request is answered, 200 or the 400 that says
+    the region is not registered, and the server serves on."""
+    import threading
+
+    import httpx
+
+    images = pixels(2, seed=5)
+    tag = uuid.uuid4().hex[:8]
+    region = shm.create_shared_memory_region(f"churn-{tag}", f"/ortserve-churn-{tag}", images.nbytes)
+    shm.set_shared_memory_region(region, [images])
+    body = {"inputs": [{"name": "pixels", "shape": [2, 1, 28, 28], "datatype": "FP32", "parameters": {
+        "shared_memory_region": f"churn-{tag}", "shared_memory_byte_size": images.nbytes}}]}
+    register = {"key": f"/ortserve-churn-{tag}", "byte_size": images.nbytes}
+    statuses: list[int] = []
+    refusals: set[str] = set()
+    stop = threading.Event()
+
+    def infer() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                answered = client.post("/v2/models/fashion-cnn/infer", json=body)
+                statuses.append(answered.status_code)
+                if answered.status_code != 200:
+                    refusals.add(answered.text)
+
+    workers = [threading.Thread(target=infer) for _ in range(4)]
+    try:
+        for thread in workers:
+            thread.start()
+        for _ in range(40):  # a fresh connection each time: through either worker
+            assert httpx.post(f"{server.url}/v2/systemsharedmemory/region/churn-{tag}/register",
+                              json=register).status_code == 200
+            assert httpx.post(f"{server.url}/v2/systemsharedmemory/region/churn-{tag}/unregister").status_code == 200
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join(timeout=60)
+        shm.destroy_shared_memory_region(region)
+    assert set(statuses) <= {200, 400}
+    assert refusals <= {f'{{"error":"input \'pixels\': no shared memory region \'churn-{tag}\' is registered"}}'}
+    assert len(statuses) > 40
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
