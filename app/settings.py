@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     up, so that /metrics and the statistics calls answer for every worker, whichever
     answers; with workers above 1, a temporary folder unless set."""
     control_dir: Path | None = None
-    """Where the workers share the repository API's changes and their readiness, so that a
-    load or unload reaches every worker; with workers above 1, a temporary folder unless set."""
+    """Where the workers share the repository API's changes and their readiness (so that a
+    load or unload reaches every worker), the log's settings and the shared-memory regions;
+    with workers above 1, a temporary folder unless set."""
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -164,9 +164,9 @@ def run(model_dir: Path, rounds: int, interval_ms: int, server_args: list[str] |
             rows.append(row)
             print(line(row), flush=True)
             if ceiling:
-                print(ceiling_line(row), flush=True)
+                print(beside_http(row, CEILINGS), flush=True)
             if shared_memory:
-                print(shared_memory_line(row), flush=True)
+                print(beside_http(row, SHARED_MEMORY), flush=True)
     return rows
 
 
@@ -194,9 +194,10 @@ CEILING_HEADER = ("| images/request | conc | HTTP binary images/s (service) | gR
                   "median | stream ceiling | stream ceiling / HTTP per round | median |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def ceiling_line(row: dict[str, Any]) -> str:
+def beside_http(row: dict[str, Any], names: tuple[str, ...]) -> str:
+    """A table row of these transports' rates, each beside HTTP binary's: the ratio per round and its median."""
     cells = [f"| {row['images']} | {row['concurrency']} | {row['http']['infer_per_s']:,.0f} "]
-    for name in CEILINGS:
+    for name in names:
         rounds = ", ".join(f"{r:.2f}" for r in row[f"{name}_over_http"])
         cells.append(f"| {row[name]['infer_per_s']:,.0f} | {rounds} | **{row[f'{name}_median_ratio']:.2f}** ")
     return "".join(cells) + "|"
@@ -205,13 +206,6 @@ def ceiling_line(row: dict[str, Any]) -> str:
 SHARED_MEMORY_HEADER = ("| images/request | conc | HTTP binary images/s | HTTP, shared memory | / HTTP binary per round | "
                         "median | gRPC, shared memory | / HTTP binary per round | median |\n|---|---|---|---|---|---|---|---|---|")
 
-
-def shared_memory_line(row: dict[str, Any]) -> str:
-    cells = [f"| {row['images']} | {row['concurrency']} | {row['http']['infer_per_s']:,.0f} "]
-    for name in SHARED_MEMORY:
-        rounds = ", ".join(f"{r:.2f}" for r in row[f"{name}_over_http"])
-        cells.append(f"| {row[name]['infer_per_s']:,.0f} | {rounds} | **{row[f'{name}_median_ratio']:.2f}** ")
-    return "".join(cells) + "|"
 
 
 CPU_TITLE = "CPU per request, µs, server / client (perf_analyzer), medians of the rounds:"
@@ -249,9 +243,9 @@ def threads_table(rows: list[dict[str, Any]]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     tables = [HEADER, *(line(r) for r in rows)]
     if rows and CEILINGS[0] in rows[0]:
-        tables += ["", CEILING_HEADER, *(ceiling_line(r) for r in rows)]
+        tables += ["", CEILING_HEADER, *(beside_http(r, CEILINGS) for r in rows)]
     if rows and SHARED_MEMORY[0] in rows[0]:
-        tables += ["", SHARED_MEMORY_HEADER, *(shared_memory_line(r) for r in rows)]
+        tables += ["", SHARED_MEMORY_HEADER, *(beside_http(r, SHARED_MEMORY) for r in rows)]
     tables += ["", CPU_TITLE, "", cpu_table(rows), "", THREADS_TITLE, "", threads_table(rows)]
     return "\n".join(tables)
 
