@@ -65,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     if workers == 1:
         from app.main import create_app  # not before: a supervising parent has no use for the app
 
-        uvicorn.run(create_app(settings), **common)
+        if settings.metrics_port is None:
+            uvicorn.run(create_app(settings), **common)
+            return
+        config = uvicorn.Config(create_app(settings), **common)
+        # uvicorn serves one app on every socket it is given: the metrics port's answers only
+        # GET /metrics (app/http/metrics_port.py)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[config.bind_socket(), _metrics_socket(settings)])
         return
     settings = _shared_folders(settings)
     # Worker processes import app.main:app and build their Settings from the environment,
@@ -78,9 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     own_http_socket = listeners.PER_WORKER and settings.reuse_port
     _note_queues_of_own_sockets(settings, own_http_socket)
     if not own_http_socket:
-        uvicorn.run("app.main:app", workers=workers, **common)
+        if settings.metrics_port is None:
+            uvicorn.run("app.main:app", workers=workers, **common)
+            return
+        config = uvicorn.Config("app.main:app", workers=workers, **common)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[config.bind_socket(), _metrics_socket(settings)]).run()
         return
-    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), scheme(settings))
+    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), scheme(settings), settings.metrics_port)
 
 
 def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> None:
@@ -100,19 +112,24 @@ def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> No
         "another worker; --no-reuse-port shares one HTTP socket)", " and ".join(ports), why)
 
 
-def _run_workers(config: uvicorn.Config, scheme: str) -> None:
-    """uvicorn.run's workers, each listening on a socket of its own (app/listeners.py)."""
+def _run_workers(config: uvicorn.Config, scheme: str, metrics_port: int | None = None) -> None:
+    """uvicorn.run's workers, each listening on a socket of its own (app/listeners.py), and
+    on one of its own for the metrics port, where set."""
     try:
         held = listeners.bind(config.host, config.port)
     except OSError as e:
         _usage_error(f"cannot listen on {config.host}:{config.port}: {e.strerror}")
-    with held:
+    with held, contextlib.ExitStack() as stack:
         port = held.getsockname()[1]
         logging.getLogger("app").info("listening on %s://%s:%d (a socket per worker: the kernel spreads "
                                       "connections across them)", scheme, config.host, port)
-        worker_socket = listeners.WorkerSocket(config.host, port)
+        sockets = [listeners.WorkerSocket(config.host, port)]
+        if metrics_port is not None:  # held here too, so that no other program takes it between workers
+            stack.enter_context(listeners.bind(config.host, metrics_port))
+            sockets.append(listeners.WorkerSocket(config.host, metrics_port))
+            logging.getLogger("app").info("GET /metrics on %s://%s:%d as well", scheme, config.host, metrics_port)
         with contextlib.suppress(KeyboardInterrupt):
-            Multiprocess(config, sockets=[worker_socket]).run()  # type: ignore[list-item]  # bound in each worker
+            Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]  # bound in each worker
 
 
 def _shared_folders(settings: Settings) -> Settings:
@@ -154,6 +171,20 @@ def _describe(error: Any) -> str:
     return f"{flag} / {env}: {error['msg']}{received}"
 
 
+def _metrics_socket(settings: Settings) -> socket.socket:
+    """The metrics port's socket (app/http/metrics_port.py), bound here and shared by the
+    workers as uvicorn shares the HTTP port's."""
+    assert settings.metrics_port is not None
+    try:
+        sock = listeners.bind(settings.host, settings.metrics_port)
+    except OSError as e:
+        _usage_error(f"cannot listen on {settings.host}:{settings.metrics_port}: {e.strerror}")
+    sock.set_inheritable(True)
+    logging.getLogger("app").info("GET /metrics on %s://%s:%d as well", scheme(settings), settings.host,
+                                  settings.metrics_port)
+    return sock
+
+
 def preflight(settings: Settings) -> str | None:
     """What would make the server fail after loading every model, checked before: the
     model folder, and the address (a second `make run` used to load, warm up and log
@@ -176,6 +207,11 @@ def preflight(settings: Settings) -> str | None:
             return (f"the gRPC port is the HTTP port ({settings.port}): choose another with --grpc-port or "
                     "ORTSERVE_GRPC_PORT, or turn gRPC off with --no-grpc")
         ports.append((settings.grpc_port, "--grpc-port or ORTSERVE_GRPC_PORT (or --no-grpc)"))
+    if settings.metrics_port is not None:
+        if settings.metrics_port in (settings.port, settings.grpc_port if settings.grpc else None):
+            return (f"the metrics port {settings.metrics_port} is the HTTP or gRPC port: choose another with "
+                    "--metrics-port or ORTSERVE_METRICS_PORT")
+        ports.append((settings.metrics_port, "--metrics-port or ORTSERVE_METRICS_PORT"))
     for port, flags in ports:
         try:
             with socket.create_server((settings.host, port), reuse_port=False) as probe:

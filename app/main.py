@@ -24,6 +24,7 @@ from app.http.docs_pages import add_docs_pages
 from app.http.errors import install_error_handlers
 from app.http.fastpath import FastPath
 from app.http.hot_routes import fast_dispatch_possible
+from app.http.metrics_port import MetricsPort
 from app.http.middleware import RequestContext
 from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
@@ -257,8 +258,11 @@ class _OrtServe(FastAPI):
             inner = FastPath(inner, HOT_ROUTES, self)
         else:
             logger.info("hot routes go through FastAPI: %s", why_not)
+        settings = self.services.settings if self.services is not None else None
+        if settings is not None and settings.metrics_port is not None:
+            inner = MetricsPort(inner, settings.metrics_port, settings.port)
         front: ASGIApp = RequestContext(inner, self.request_series, self)
-        origins = self.services.settings.cors_origins if self.services is not None else []
+        origins = settings.cors_origins if settings is not None else []
         return cross_origin(front, origins) if origins else front
 
     def _serves(self, model: str) -> bool:

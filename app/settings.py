@@ -59,7 +59,7 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "The server": ("host", "port", "grpc", "grpc_port", "workers", "reuse_port", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
+    "The server": ("host", "port", "grpc", "grpc_port", "metrics_port", "workers", "reuse_port", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
     "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
                                                     "repository_poll_s", "version_policy", "strict_models",
@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     the standard health service and server reflection) on grpc_port."""
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """TCP port of the gRPC service (Triton's default), on the same host address."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """A port of its own for GET /metrics as well (Triton's --metrics-port, 8002 there), for
+    scrape configurations written for Triton; nothing else is answered on it. It speaks what
+    the HTTP port speaks (HTTPS where tls_cert_file is set). Unset: /metrics on the HTTP port only."""
     workers: int | Literal["auto"] = "auto"
     """Worker processes, each with its own event loop and a session per model (memory: models
     x workers). auto: one per CPU this process may use (the container's CPU quota and the

@@ -106,6 +106,9 @@ def _object_path(key: str, objects: Path) -> Path:
     if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"shared memory key {key[:300]!r} is not a POSIX shared-memory name: '/' and a file name "
                            f"of 1 to {MAX_NAME_CHARS} characters without '/', as shm_open takes")
+    if name.startswith("sem."):  # sem_open's: the worker processes' own semaphores among them
+        raise InvalidInput(f"shared memory key {key[:300]!r} names a POSIX semaphore (sem.*), not a shared-memory "
+                           "object")
     return objects / name
 
 

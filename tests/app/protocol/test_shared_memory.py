@@ -66,6 +66,7 @@ def test_registered_regions_are_listed_and_unregistered(objects: Path, make_obje
     ("/..", "not a POSIX shared-memory name"),
     ("/" + "x" * 300, "not a POSIX shared-memory name"),
     ("/ortserve-no-such-object", "cannot be opened"),
+    ("/sem.mp-1234", "names a POSIX semaphore"),
 ])
 def test_a_key_that_names_no_object_of_the_folder_is_refused(objects: Path, key: str, why: str) -> None:
     with pytest.raises(InvalidInput, match=why):
