@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +30,7 @@ from app.http.openapi import add_body_schemas
 from app.http.routes import console, health, metrics, model_repository, v1, v2
 from app.http.routes import log_settings as log_settings_routes
 from app.http.routes import shared_memory as shared_memory_routes
+from app.http.routes import trace_settings as trace_settings_routes
 from app.http.services import Services
 from app.keep_awake import KeepAwake, window_from_setting
 from app.listeners import accepting
@@ -37,6 +38,7 @@ from app.observability.access import AccessLog
 from app.observability.log import configure_logging
 from app.observability.log_settings import LogSettings, SharedLogSettings
 from app.observability.metrics import Metrics, RequestSeries
+from app.observability.trace_settings import SharedTraceSettings, TraceSettings
 from app.observability.tracing import Tracing, otlp_endpoint
 from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
 from app.observability.worker_traces import SHOWN, TRACES_SNAPSHOT_S, WorkerTraces
@@ -97,8 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               HEAVY_BODY_BYTES) if resolved.shared_memory else None,
             worker_stats=worker_stats, worker_traces=worker_traces)
         endpoint = otlp_endpoint(resolved.otlp_endpoint)
-        if resolved.tracing or endpoint is not None:
-            app.tracing = Tracing(resolved.trace_sample, endpoint)
+        # Triton's trace extension turns tracing on and off and changes its rate while serving
+        # (app/observability/trace_settings.py): applied here, in every worker.
+        services.trace_settings = SharedTraceSettings(
+            TraceSettings.started(resolved.tracing or endpoint is not None, resolved.trace_sample),
+            partial(_trace_as, app, endpoint), resolved.control_dir)
         if resolved.access_log:
             app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample)
             app.access_log.start()
@@ -115,8 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await repository.stop()
                 if app.access_log is not None:
                     app.access_log.stop()
-                if app.tracing is not None:
-                    app.tracing.shutdown()
+                _stop_tracing(app)
                 raise
         awake_s = window_from_setting(resolved.keep_awake_ms)
         if awake_s:
@@ -124,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.keep_awake = KeepAwake.started(awake_s)
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
-        background = start_background_tasks(repository, resolved, worker_metrics, changes, services, app.tracing)
+        background = start_background_tasks(repository, resolved, worker_metrics, changes, services, app)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -147,9 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.access_log is not None:  # every line of the drained requests written
                 app.access_log.stop()
                 app.access_log = None
-            if app.tracing is not None:  # the drained requests' spans sent
-                app.tracing.shutdown()
-                app.tracing = None
+            _stop_tracing(app)  # the drained requests' spans sent
             if app.keep_awake is not None:
                 app.keep_awake.stop()
                 app.keep_awake = None
@@ -161,7 +163,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Protocol (with Triton's binary tensors, model configuration and statistics) "
                     "and task-level V1 endpoints that take raw images and text.",
     )
-    for module in (v1, v2, health, model_repository, log_settings_routes, shared_memory_routes, metrics, console):
+    # trace settings before the repository's: the OpenAPI document's examples are tried in its order,
+    # and a model's trace settings want the model served (tests/app/http/test_openapi.py)
+    for module in (v1, v2, health, trace_settings_routes, model_repository, log_settings_routes, shared_memory_routes,
+                   metrics, console):
         app.include_router(module.router)
     install_error_handlers(app)
     add_body_schemas(app, app.repository)
@@ -172,11 +177,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def start_background_tasks(repository: ModelRepository, settings: Settings,
                            worker_metrics: WorkerMetrics | None = None,
                            changes: RepositoryChanges | None = None,
-                           services: Services | None = None, tracing: Tracing | None = None
+                           services: Services | None = None, observers: _Traced | None = None
                            ) -> list[asyncio.Task[None]]:
     """The watchdog of stalled batches, in poll mode the repository scanner, and with
-    several workers this one's metrics, statistics and (tracing on) slowest traces for the
-    others, and its following of the others' changes."""
+    several workers this one's metrics, statistics and (while tracing is on) slowest traces
+    for the others, and its following of the others' changes."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
@@ -185,19 +190,45 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
         tasks.append(asyncio.create_task(_every(SNAPSHOT_S, worker_metrics.write_snapshot), name="metrics"))
     if services is not None and services.worker_stats is not None:
         tasks.append(asyncio.create_task(_every(STATS_SNAPSHOT_S, services.share_statistics), name="statistics"))
-    if services is not None and services.worker_traces is not None and tracing is not None:
+    if services is not None and services.worker_traces is not None and observers is not None:
         tasks.append(asyncio.create_task(_every(TRACES_SNAPSHOT_S, partial(
-            _publish_traces, tracing, services.worker_traces)), name="traces"))
+            _publish_traces, observers, services.worker_traces)), name="traces"))
     if isinstance(changes, SharedRepository):
         tasks.append(asyncio.create_task(_every(FOLLOW_S, changes.follow), name="repository-changes"))
     if services is not None and settings.control_dir is not None:
         tasks.append(asyncio.create_task(_every(FOLLOW_S, services.log_settings.follow), name="log-settings"))
+        if services.trace_settings is not None:
+            tasks.append(asyncio.create_task(_every(FOLLOW_S, services.trace_settings.follow), name="trace-settings"))
     return tasks
 
 
-def _publish_traces(tracing: Tracing, workers: WorkerTraces) -> None:
+class _Traced(Protocol):
+    tracing: Tracing | None
+
+
+def _publish_traces(observers: _Traced, workers: WorkerTraces) -> None:
     """This worker's slowest recent traces, for the console of whichever worker answers."""
-    workers.write([vars(record) for record in tracing.recent.slowest(SHOWN)])
+    if observers.tracing is not None:
+        workers.write([vars(record) for record in observers.tracing.recent.slowest(SHOWN)])
+
+
+def _stop_tracing(app: _OrtServe) -> None:
+    for tracer in (app.tracing, app.tracing_off):
+        if tracer is not None:
+            tracer.shutdown()
+    app.tracing = app.tracing_off = None
+
+
+def _trace_as(app: _OrtServe, endpoint: str | None, settings: TraceSettings) -> None:
+    """Tracing as the settings say: on (the tracer made the first time, kept while off, so its
+    recent traces and OTLP exporter stay) at their fraction of requests, or off."""
+    if settings.on:
+        if app.tracing is None:
+            app.tracing = app.tracing_off or Tracing(settings.sample, endpoint)
+            app.tracing_off = None
+        app.tracing.ratio = settings.sample
+    elif app.tracing is not None:
+        app.tracing_off, app.tracing = app.tracing, None
 
 
 async def _every(seconds: float, step: Callable[[], object]) -> None:
@@ -230,6 +261,8 @@ class _OrtServe(FastAPI):
     """One line per request (app/observability/access.py), where the settings turn it on."""
     tracing: Tracing | None = None
     """Request traces (app/observability/tracing.py), where the settings turn them on."""
+    tracing_off: Tracing | None = None
+    """The tracer while the trace extension has tracing off (kept to be turned on again)."""
     keep_awake: KeepAwake | None = None
     """Keeps a CPU awake between requests (app/keep_awake.py), where the settings leave it on."""
     grpc_server: GrpcServer | None = None

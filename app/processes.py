@@ -22,6 +22,9 @@ REPORTS = "workers"
 LOG_SETTINGS = "logging.json"
 """The log's settings as last changed through the logging extension (app/observability/log_settings.py)."""
 LOG_SETTINGS_LOCK = "logging.lock"
+TRACE_SETTINGS = "tracing.json"
+"""The traces' settings as last changed through the trace extension (app/observability/trace_settings.py)."""
+TRACE_SETTINGS_LOCK = "tracing.lock"
 SHM_LEDGER = "shared_memory.json"
 """The system shared-memory regions clients registered (app/shared_memory.py)."""
 SHM_LOCK = "shared_memory.lock"
@@ -91,7 +94,7 @@ def clear_control_folder(folder: Path) -> None:
     """Before the workers start: the ledger, reports, log settings and shared-memory regions
     of an earlier run are not this one's."""
     for path in (folder / LEDGER, folder / LOCK, folder / LOG_SETTINGS, folder / LOG_SETTINGS_LOCK, folder / SHM_LEDGER,
-                 folder / SHM_LOCK):
+                 folder / SHM_LOCK, folder / TRACE_SETTINGS, folder / TRACE_SETTINGS_LOCK):
         with contextlib.suppress(OSError):
             path.unlink()
     with contextlib.suppress(OSError):

@@ -6,8 +6,8 @@ takes the message's bytes as they arrived and goes down the one inference path
 (app/inference.py) with the gRPC exchange (app/protocol/v2_grpc.py); the other calls answer
 from the same views of the repository as HTTP (app/model_views.py). Errors are the HTTP
 path's, under gRPC's codes (app/grpc/status.py). The service's calls that Triton has and
-this server does not (CUDA shared memory, trace) answer UNIMPLEMENTED, as grpc does for
-any method no handler serves.
+this server does not (CUDA shared memory) answer UNIMPLEMENTED, as grpc does for any
+method no handler serves.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from app.inference import Limits, run_inference
 from app.observability.access import AccessLog, RequestTiming, line, request_timing
 from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import RequestSeries
+from app.observability.trace_settings import SharedTraceSettings, per_model_change
 from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.shared_memory import SharedMemoryRegions
@@ -83,6 +84,8 @@ class Serving(Protocol):
     def log_settings(self) -> SharedLogSettings: ...
     @property
     def shared_memory(self) -> SharedMemoryRegions | None: ...
+    @property
+    def trace_settings(self) -> SharedTraceSettings | None: ...
 
     def ready(self) -> bool: ...
 
@@ -121,6 +124,8 @@ class InferenceService:
             "RepositoryModelUnload": (self._repository_unload, pb.RepositoryModelUnloadRequest.FromString,
                                       lambda request: request.model_name),
             "LogSettings": (self._log_settings, pb.LogSettingsRequest.FromString, lambda _: ""),
+            "TraceSetting": (self._trace_setting, pb.TraceSettingRequest.FromString,
+                             lambda request: request.model_name),
             "SystemSharedMemoryStatus": (self._shm_status, pb.SystemSharedMemoryStatusRequest.FromString,
                                          lambda _: ""),
             "SystemSharedMemoryRegister": (self._shm_register, pb.SystemSharedMemoryRegisterRequest.FromString,
@@ -449,6 +454,29 @@ class InferenceService:
                               ) -> pb.SystemSharedMemoryUnregisterResponse:
         self._regions(context).unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    # --- the traces' settings --------------------------------------------------------------
+
+    async def _trace_setting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        """Triton's trace extension (app/observability/trace_settings.py): a request that names
+        no setting reads them; one that names any changes those, with the admin token. A
+        model's settings are the server's (app/http/routes/trace_settings.py)."""
+        kept = self.serving.trace_settings
+        assert kept is not None  # set by the lifespan before any call
+        settings = kept.current
+        if request.model_name:
+            self.serving.repository.get(request.model_name)  # NOT_FOUND / UNAVAILABLE as any model call
+        if request.settings:
+            check_admin_token(_authorization(context), self.serving.admin_token, "changing the trace settings")
+            asked = {name: list(value.value) for name, value in request.settings.items()}
+            if request.model_name:
+                per_model_change(asked)
+            else:
+                settings = kept.change(asked)
+        answer = pb.TraceSettingResponse()
+        for name, value in settings.as_triton().items():
+            answer.settings[name].value.extend(value if isinstance(value, list) else [value])
+        return answer
 
     # --- the log's settings ---------------------------------------------------------------
 

@@ -40,8 +40,6 @@ async def render_error(request: Request, exc: Exception) -> Response:
 _NOT_SERVED = {  # Triton's extensions a client may try, and what to do instead
     "/v2/cudasharedmemory": "Triton's CUDA shared-memory extension is not served: send the tensors in the request "
                             "(JSON or binary tensors), or in system shared memory (--shared-memory)",
-    "/v2/trace": "Triton's trace extension is not served: traces are W3C traceparent and OTLP (--tracing, "
-                 "--otlp-endpoint)",
 }
 
 

@@ -13,6 +13,7 @@ from app.errors import ModelNotReady
 from app.http.budget import RequestBudget
 from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import Metrics
+from app.observability.trace_settings import SharedTraceSettings
 from app.observability.worker_stats import WorkerStats
 from app.observability.worker_traces import WorkerTraces
 from app.observability.workers import WorkerMetrics
@@ -40,6 +41,9 @@ class Services:
     """The repository API's load and unload, made in every worker (app/repository/shared.py)."""
     log_settings: SharedLogSettings
     """Triton's logging extension: the log's settings, changed in every worker."""
+    trace_settings: SharedTraceSettings | None = None
+    """Triton's trace extension: tracing on or off and its rate, changed in every worker (set
+    by the lifespan once the tracer's endpoint is known)."""
     shared_memory: SharedMemoryRegions | None = None
     """Triton's system shared-memory regions, every worker's; None: the extension is off."""
     worker_metrics: WorkerMetrics | None = None

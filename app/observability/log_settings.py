@@ -11,23 +11,20 @@ the server started with (lines go to stderr, a container's log, in `--log-format
 to change either is a 400, never ignored. The access log has its own switch
 (`--access-log`) and is not among these.
 
-With several workers the settings are written to the control folder (`LOG_SETTINGS`,
-replaced in one rename); each worker applies them when it sees the file change, looking
-every FOLLOW_S, and a worker that starts applies them before it answers.
+With several workers the settings are written to the control folder (`LOG_SETTINGS`) and
+every worker applies them (app/observability/shared_settings.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.errors import InvalidInput
-from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK, file_stamp, write_atomically
+from app.observability.shared_settings import SharedSettings
+from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -124,53 +121,10 @@ def apply(settings: LogSettings) -> None:
         logging.getLogger(name).setLevel(threshold)
 
 
-class SharedLogSettings:
-    """This process's log settings, and with a control folder every worker's: a change is
-    written there for the others, and the others' changes are read from there (`follow`)."""
+class SharedLogSettings(SharedSettings[LogSettings]):
+    """This process's log settings, and with a control folder every worker's
+    (app/observability/shared_settings.py)."""
 
     def __init__(self, initial: LogSettings, folder: Path | None = None) -> None:
-        self.current = initial
-        self._file = folder / LOG_SETTINGS if folder is not None else None
-        self._seen: tuple[int, int, int] | None = None
-        apply(initial)
-        self.follow()  # a worker that starts after a change applies it before it answers
-
-    def change(self, asked: Mapping[str, object]) -> LogSettings:
-        """The settings `asked` changes (Triton's names), applied here and, with a control
-        folder, written for every other worker; InvalidInput where one cannot be."""
-        if self._file is None:
-            settings = self.current.changed(asked)
-        else:  # under the lock, on top of the latest: two workers' changes at once both hold
-            with self._file.with_name(LOG_SETTINGS_LOCK).open("a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write
-                self.follow()
-                settings = self.current.changed(asked)
-                write_atomically(self._file, json.dumps(settings.as_triton()))
-                self._seen = file_stamp(self._file)
-        self._apply(settings)
-        return settings
-
-    def follow(self) -> None:
-        """Apply the settings another worker wrote, if they changed since last looked at."""
-        if self._file is None:
-            return
-        stamp = file_stamp(self._file)
-        if stamp is None or stamp == self._seen:
-            return
-        self._seen = stamp
-        try:
-            written = json.loads(self._file.read_text())
-            settings = self.current.changed(written)  # every worker's log_format is the server's
-        except (OSError, ValueError) as e:  # InvalidInput is a ValueError: a file not written by a worker
-            logger.warning("the log settings in %s cannot be applied (%s); keeping %s", self._file, e,
-                           self.current.as_triton())
-            return
-        self._apply(settings)
-
-    def _apply(self, settings: LogSettings) -> None:
-        changed = settings != self.current
-        self.current = settings
-        apply(settings)
-        if changed:  # at WARNING: it shows unless warnings are what was switched off
-            logger.warning("worker %d: log settings now %s", os.getpid(), settings.as_triton())
-
+        super().__init__("log settings", initial, apply, folder / LOG_SETTINGS if folder is not None else None,
+                         folder / LOG_SETTINGS_LOCK if folder is not None else None)

@@ -9,7 +9,7 @@ from app.manifest import Manifest, TensorSpec, triton_type
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "ortserve"
-EXTENSIONS = ["binary_tensor_data", "logging", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "logging", "model_configuration", "model_repository", "statistics", "trace"]
 """The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
 
 
