@@ -1,6 +1,6 @@
 """The worker processes of one server: how many `workers auto` starts, and the control
-folder they share (its layout; app/repository/shared.py and app/observability/log_settings.py
-read and write it).
+folder they share (its layout; app/repository/shared.py, app/observability/shared_settings.py
+and app/protocol/shared_memory.py read and write it).
 
 Kept free of onnxruntime and the app: `python -m app`'s parent process reads it before it
 starts the workers, and stays small for it (it only supervises them).
@@ -26,7 +26,7 @@ TRACE_SETTINGS = "tracing.json"
 """The traces' settings as last changed through the trace extension (app/observability/trace_settings.py)."""
 TRACE_SETTINGS_LOCK = "tracing.lock"
 SHM_LEDGER = "shared_memory.json"
-"""The system shared-memory regions clients registered (app/shared_memory.py)."""
+"""The system shared-memory regions clients registered (app/protocol/shared_memory.py)."""
 SHM_LOCK = "shared_memory.lock"
 
 

@@ -26,8 +26,6 @@ from app.errors import InvalidInput
 from app.observability.shared_settings import SharedSettings
 from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK
 
-logger = logging.getLogger(__name__)
-
 _SWITCHES = {"log_info": "info", "log_warnings": "warnings", "log_errors": "errors"}
 _UINT32_MAX = 2**32 - 1
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
