@@ -60,6 +60,10 @@ class DynamicBatcher:
         return self._queue.rows
 
     @property
+    def queued_requests(self) -> int:
+        return self._queue.requests
+
+    @property
     def inflight_batches(self) -> int:
         return self._runner.inflight if self._runner else 0
 

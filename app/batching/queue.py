@@ -43,6 +43,12 @@ class BatchQueue:
     def bytes(self) -> float:
         return self._bytes
 
+    @property
+    def requests(self) -> int:
+        """Requests with rows queued: a request has one chunk here at a time (a split leaves
+        its rest in place)."""
+        return len(self._chunks)
+
     def put(self, request: PendingRequest) -> None:
         """Queue a request, or refuse it: 413 if it could never fit, 503 while the queue is
         full, in rows or in bytes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,9 @@ class Metrics:
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
         self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
+        # Triton's name for its dashboards and autoscaling rules (a gauge: no _total to drop)
+        self.pending_requests = Gauge("nv_inference_pending_request_count", "Requests waiting for a batch (queued, "
+                                      "not yet taken into one)", ["model", "version"], registry=r)
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
         self.metrics_snapshot_failures = Counter(
@@ -113,6 +117,14 @@ class Metrics:
 
     def unwatch_queue(self, model: str, key: object) -> None:
         self._queue_depths.get(model, {}).pop(key, None)
+
+    def watch_pending(self, model: str, version: str, requests: Callable[[], float]) -> None:
+        """A version's pending requests, read when scraped."""
+        self.pending_requests.labels(model, version).set_function(requests)
+
+    def unwatch_pending(self, model: str, version: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.pending_requests.remove(model, version)
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for each in MODEL_STATES:

@@ -13,9 +13,10 @@ it writes, and a query or dashboard names the series exactly. The Prometheus tex
 allows a counter so named.
 
 Given: Triton's nine per-model inference counters (counts, and durations in microseconds)
-and its four per-model response cache counters (zero for a model without the cache). Not
-given: `nv_inference_pending_request_count` (the batchers' queues are `ortserve_queue_depth`,
-in rows), the failure counter's `reason` label (the statistics count failures, not why), the
+and its four per-model response cache counters (zero for a model without the cache); its
+pending-request gauge, `nv_inference_pending_request_count`, is the metrics' own
+(metrics.py: the batchers' queued requests, summed over workers). Not given: the failure
+counter's `reason` label (the statistics count failures, not why), the
 summaries (`ortserve_*_seconds` are histograms), and the GPU and CPU families (DCGM's and the
 host's, which node exporters give).
 """

@@ -40,7 +40,7 @@ from prometheus_client.samples import Sample
 from app.observability.snapshots import Snapshots
 
 PER_PROCESS = ("process_", "python_")
-SUMMED_GAUGES = frozenset({"ortserve_queue_depth"})
+SUMMED_GAUGES = frozenset({"ortserve_queue_depth", "nv_inference_pending_request_count"})
 SNAPSHOT_S = 1.0
 SUFFIX = ".prom"
 KEPT_WHEN_RETIRED = frozenset({"counter", "histogram", "summary"})

@@ -97,3 +97,26 @@ async def test_metrics_give_the_statistics_calls_figures_under_tritons_names() -
     assert found[("nv_inference_request_success", "fashion-cnn", fashion)] == 1
     assert found[("nv_inference_count", "fashion-cnn", fashion)] == 2
     assert found[("nv_inference_compute_infer_duration_us", "fashion-cnn", fashion)] > 0
+
+
+async def test_the_pending_request_gauge_counts_the_requests_waiting_for_a_batch() -> None:
+    """Triton's `nv_inference_pending_request_count`: three requests of two rows queued behind
+    a long batching delay are 3 pending (6 queued rows), then 0 once answered."""
+    import asyncio
+
+    from tests.app.conftest import serving
+
+    body = {"inputs": [{"name": "token_ids", "shape": [2, 1], "datatype": "INT64", "data": [5, 6]},
+                       {"name": "lengths", "shape": [2], "datatype": "INT64", "data": [1, 1]}]}
+    async with serving(max_queue_delay_ms=300, max_batch_size=64, idle_dispatch=False) as client:
+        version = (await client.get("/v2/models/sst2-lstm")).json()["versions"][-1]
+        pending = f'nv_inference_pending_request_count{{model="sst2-lstm",version="{version}"}}'
+        queued = [asyncio.ensure_future(client.post("/v2/models/sst2-lstm/infer", json=body)) for _ in range(3)]
+        while f"{pending} 3.0" not in (text := (await client.get("/metrics")).text):
+            await asyncio.sleep(0.005)
+        assert 'ortserve_queue_depth{model="sst2-lstm"} 6.0' in text
+        assert "# TYPE nv_inference_pending_request_count gauge" in text
+        answered = await asyncio.gather(*queued)
+        after = (await client.get("/metrics")).text
+    assert [a.status_code for a in answered] == [200] * 3
+    assert f"{pending} 0.0" in after
