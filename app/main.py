@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())
         repository = ModelRepository(resolved, options, app.metrics)
+        app.metrics.watch_pending(lambda: [(m.name, m.version, m.batcher.queued_requests) for m in repository.all()])
         failures = await repository.start()
         if failures and resolved.strict_models:
             await repository.stop()
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.access_log.stop()
                 app.access_log = None
             _stop_tracing(app)  # the drained requests' spans sent
+            app.metrics.unwatch_pending()
             if app.keep_awake is not None:
                 app.keep_awake.stop()
                 app.keep_awake = None

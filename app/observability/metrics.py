@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -14,6 +13,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from app.batching import BatchRecord
 from app.observability.loop_histogram import LoopHistogram
@@ -54,9 +56,7 @@ class Metrics:
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
         self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
-        # Triton's name for its dashboards and autoscaling rules (a gauge: no _total to drop)
-        self.pending_requests = Gauge("nv_inference_pending_request_count", "Requests waiting for a batch (queued, "
-                                      "not yet taken into one)", ["model", "version"], registry=r)
+        self._pending: _Pending | None = None
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
         self.metrics_snapshot_failures = Counter(
@@ -118,13 +118,20 @@ class Metrics:
     def unwatch_queue(self, model: str, key: object) -> None:
         self._queue_depths.get(model, {}).pop(key, None)
 
-    def watch_pending(self, model: str, version: str, requests: Callable[[], float]) -> None:
-        """A version's pending requests, read when scraped."""
-        self.pending_requests.labels(model, version).set_function(requests)
+    def watch_pending(self, pending: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """Triton's pending-request gauge, `nv_inference_pending_request_count` (its name, for
+        dashboards and autoscaling rules written for Triton): (model, version, requests waiting
+        for a batch) of every served version, read when scraped. A collector that asks the
+        repository, not a gauge per version, so that nothing here holds a retired version.
+        The one a lifespan that started before left is replaced."""
+        self.unwatch_pending()
+        self._pending = _Pending(pending)
+        self.registry.register(self._pending)
 
-    def unwatch_pending(self, model: str, version: str) -> None:
-        with contextlib.suppress(KeyError):
-            self.pending_requests.remove(model, version)
+    def unwatch_pending(self) -> None:
+        if self._pending is not None:
+            self.registry.unregister(self._pending)
+            self._pending = None
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for each in MODEL_STATES:
@@ -159,3 +166,15 @@ class RequestSeries:
             self._children[key] = found
         found[0].inc()
         found[1].observe(seconds)
+
+
+class _Pending(Collector):
+    def __init__(self, pending: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self.pending = pending
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("nv_inference_pending_request_count", "Requests waiting for a batch (queued, not "
+                                   "yet taken into one)", labels=["model", "version"])
+        for model, version, requests in self.pending():
+            family.add_metric([model, version], requests)
+        yield family

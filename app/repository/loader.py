@@ -56,14 +56,12 @@ class VersionLoader:
                                "every request from the model", name, version)
         model.batcher.start()
         metrics.watch_queue(name, model, lambda: model.batcher.queued_rows)
-        metrics.watch_pending(name, str(version), lambda: model.batcher.queued_requests)
         return model
 
     async def retire(self, model: ServedModel) -> None:
         """Once no request holds it, finish its queued and running requests, then unload it."""
         await model.retire(self.settings.shutdown_grace_s)
         self.metrics.unwatch_queue(model.name, model)
-        self.metrics.unwatch_pending(model.name, model.version)
         for gauge in (self.metrics.model_stalled, self.metrics.model_breaker_open):
             try:
                 gauge.remove(model.name, model.version)
