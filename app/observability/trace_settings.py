@@ -81,7 +81,8 @@ class TraceSettings:
                 if len(values) != 1 or not (rate.isascii() and rate.isdigit()) or int(rate) < 1:
                     raise InvalidInput(f"trace_rate is a whole number of requests, 1 or more (one traced in so "
                                        f"many), got {value!r}")
-                updates["sample"] = 1 / int(rate)
+                if rate != self.as_triton()["trace_rate"]:  # as shown: a --trace-sample of 0.3 stays 0.3
+                    updates["sample"] = 1 / int(rate)
             elif name in _FIXED:
                 if values != [_FIXED[name]]:
                     raise InvalidInput(f"{name} is {_FIXED[name]!r} and cannot change: {_WHY_FIXED[name]}; got {value!r}")

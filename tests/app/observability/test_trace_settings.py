@@ -32,6 +32,8 @@ def test_triton_settings_map_to_tracing_on_off_and_its_fraction() -> None:
     assert on.changed({"trace_level": "OFF"}).on is False  # a string as well as a list
     assert on.changed({"trace_level": None, "trace_rate": []}) == started  # cleared: the start values
     assert on.changed({"trace_count": "-1", "trace_file": "", "trace_mode": "opentelemetry"}) == on
+    # every setting as another worker wrote them (trace_rate "3" for 0.3): the fraction stays as started
+    assert started.changed(started.changed({"trace_level": ["TIMESTAMPS"]}).as_triton()).sample == 0.3
 
 
 @pytest.mark.parametrize(("asked", "why"), [
