@@ -127,7 +127,7 @@ def _run_workers(config: uvicorn.Config, scheme: str, metrics_port: int | None =
         if metrics_port is not None:  # held here too, so that no other program takes it between workers
             stack.enter_context(listeners.bind(config.host, metrics_port))
             sockets.append(listeners.WorkerSocket(config.host, metrics_port))
-            logging.getLogger("app").info("GET /metrics on %s://%s:%d as well", scheme, config.host, metrics_port)
+            _say_metrics_port(scheme, config.host, metrics_port)
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]  # bound in each worker
 
@@ -180,9 +180,12 @@ def _metrics_socket(settings: Settings) -> socket.socket:
     except OSError as e:
         _usage_error(f"cannot listen on {settings.host}:{settings.metrics_port}: {e.strerror}")
     sock.set_inheritable(True)
-    logging.getLogger("app").info("GET /metrics on %s://%s:%d as well", scheme(settings), settings.host,
-                                  settings.metrics_port)
+    _say_metrics_port(scheme(settings), settings.host, settings.metrics_port)
     return sock
+
+
+def _say_metrics_port(scheme: str, host: str, port: int) -> None:
+    logging.getLogger("app").info("GET /metrics on %s://%s:%d as well", scheme, host, port)
 
 
 def preflight(settings: Settings) -> str | None:

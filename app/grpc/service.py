@@ -25,17 +25,17 @@ from tritonclient.grpc import service_pb2 as pb
 
 from app import __version__, model_views
 from app.access import check_admin, check_admin_token, check_api_key
-from app.errors import Forbidden, InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady, QueueFull, ServingError
 from app.grpc.calls import CURRENT_CALL, explain_closing
 from app.grpc.status import code_of
 from app.inference import Limits, run_inference
 from app.observability.access import AccessLog, RequestTiming, line, request_timing
 from app.observability.log_settings import SharedLogSettings
 from app.observability.metrics import RequestSeries
-from app.observability.trace_settings import SharedTraceSettings, per_model_change
+from app.observability.trace_settings import SharedTraceSettings
 from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
-from app.protocol.shared_memory import SharedMemoryRegions
+from app.protocol.shared_memory import SharedMemoryRegions, served
 from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
 from app.repository import ModelRepository, load_config
@@ -432,11 +432,7 @@ class InferenceService:
         """The regions (app/protocol/shared_memory.py), as HTTP's calls reach them: with a key
         where inference takes one, PERMISSION_DENIED while the server does not allow them."""
         self._check_key(context)
-        regions = self.serving.shared_memory
-        if regions is None:
-            raise Forbidden("Triton's system shared-memory extension is off in this server: start it with "
-                            "--shared-memory (for clients on the same host) to register regions")
-        return regions
+        return served(self.serving.shared_memory)
 
     async def _shm_status(self, request: pb.SystemSharedMemoryStatusRequest, context: Any
                           ) -> pb.SystemSharedMemoryStatusResponse:
@@ -469,10 +465,7 @@ class InferenceService:
         if request.settings:
             check_admin_token(_authorization(context), self.serving.admin_token, "changing the trace settings")
             asked = {name: list(value.value) for name, value in request.settings.items()}
-            if request.model_name:
-                per_model_change(asked)
-            else:
-                settings = kept.change(asked)
+            settings = kept.change_for(asked, bool(request.model_name))
         answer = pb.TraceSettingResponse()
         for name, value in settings.as_triton().items():
             answer.settings[name].value.extend(value if isinstance(value, list) else [value])

@@ -99,6 +99,15 @@ class SharedTraceSettings(SharedSettings[TraceSettings]):
         super().__init__("trace settings", initial, apply, folder / TRACE_SETTINGS if folder is not None else None,
                          folder / TRACE_SETTINGS_LOCK if folder is not None else None)
 
+    def change_for(self, asked: Mapping[str, Any], model: bool) -> TraceSettings:
+        """A change a client asks for, the server's or (`model`) one model's: a model's
+        settings are the server's, so one that clears them changes nothing and one that sets
+        any is InvalidInput. What every transport's call answers: the settings after it."""
+        if model:
+            per_model_change(asked)
+            return self.current
+        return self.change(asked)
+
 
 def per_model_change(asked: Mapping[str, Any]) -> None:
     """A change of one model's settings: nothing to do where it clears them (they are the

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidInput, NotFound, PayloadTooLarge
+from app.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from app.processes import SHM_LEDGER, SHM_LOCK, file_stamp, write_atomically
 from app.protocol.binary import BinaryReader
 
@@ -44,6 +44,15 @@ REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
 """The tensor parameters that name a region (Triton's, for inputs and requested outputs alike)."""
+
+
+def served(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    """The regions, for the extension's calls over either transport; Forbidden (403,
+    PERMISSION_DENIED) while the server does not allow them."""
+    if regions is None:
+        raise Forbidden("Triton's system shared-memory extension is off in this server: start it with "
+                        "--shared-memory (for clients on the same host) to register regions")
+    return regions
 
 
 class RegionNotFound(NotFound):

@@ -416,15 +416,17 @@ def answered_outputs(request: InferenceRequest, manifest: Manifest) -> list[str]
 
 
 def response_bytes(request: InferenceRequest, manifest: Manifest, rows: int,
-                   outputs: dict[str, np.ndarray] | None = None) -> int:
+                   outputs: dict[str, np.ndarray] | None = None, regions: bool = False) -> int:
     """The most bytes the answer to `request` takes for `rows` rows: from the outputs' declared
     shapes before they are computed (a dynamic axis other than the batch axis counts once
-    there), exactly from the computed `outputs` once they are."""
+    there), exactly from the computed `outputs` once they are. `regions`: whether outputs may
+    be written to shared memory (the extension on), where they count as binary ones."""
     specs = {spec.name: spec for spec in manifest.outputs}
     total = _ENTRY_BYTES
     for name in answered_outputs(request, manifest):
         # an output written to its region counts as in the answer: the server holds its bytes alike
-        binary = wants_binary(request, name) or (request.outputs is not None and output_place(request, name) is not None)
+        binary = wants_binary(request, name) or (regions and request.outputs is not None
+                                                 and output_place(request, name) is not None)
         k = classification_of(request, name) if request.outputs else None
         if k is not None:  # "score:index:label": a float, an index, the longest label escaped
             longest_label = max((len(label.encode()) for label in manifest.labels), default=0)
@@ -553,7 +555,7 @@ class V2Exchange:
 
     def answer_bytes(self, request: InferenceRequest, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:
-        return response_bytes(request, manifest, rows, outputs)
+        return response_bytes(request, manifest, rows, outputs, self.regions is not None)
 
     def answer(self, request: InferenceRequest, manifest: Manifest, outputs: dict[str, np.ndarray]
                ) -> tuple[bytes, int | None]:

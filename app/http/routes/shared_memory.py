@@ -9,11 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from app.errors import Forbidden, InvalidInput
+from app.errors import InvalidInput
 from app.http.responses import JSONResponse
 from app.http.routes.common import authorize, errors
 from app.http.services import services
-from app.protocol.shared_memory import SharedMemoryRegions
+from app.protocol.shared_memory import SharedMemoryRegions, served
 from app.protocol.values import json_object
 
 router = APIRouter(tags=["shared memory"])
@@ -25,10 +25,7 @@ _REGION = {"key": "/ortserve_input0", "offset": 0, "byte_size": 3136}
 def _regions(request: Request) -> SharedMemoryRegions:
     found = services(request)
     authorize(request, found)
-    if found.shared_memory is None:
-        raise Forbidden("Triton's system shared-memory extension is off in this server: start it with "
-                        "--shared-memory (for clients on the same host) to register regions")
-    return found.shared_memory
+    return served(found.shared_memory)
 
 
 # Registered first: the OpenAPI document lists it first, and its examples' calls then find the region.

@@ -13,7 +13,7 @@ from app.access import check_admin_token
 from app.http.responses import JSONResponse, header
 from app.http.routes.common import ModelName, errors
 from app.http.services import Services, services
-from app.observability.trace_settings import SharedTraceSettings, per_model_change
+from app.observability.trace_settings import SharedTraceSettings
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
 
@@ -50,10 +50,7 @@ async def get_trace_settings(request: Request) -> Response:
                          "setting.", responses=_CHANGE,
              openapi_extra=_body({"one request in ten": {"trace_level": ["TIMESTAMPS"], "trace_rate": "10"}}))
 async def change_trace_settings(request: Request) -> Response:
-    found = services(request)
-    check_admin_token(header(request, b"authorization"), found.admin_token, "changing the trace settings")
-    asked = json_object(await found.budget.read_body(request), "of trace settings (Triton's names)")
-    return JSONResponse(_settings(found).change(asked).as_triton())
+    return await _change(request, None)
 
 
 @router.get("/v2/models/{name}/trace/setting", summary="A model's trace settings: the server's",
@@ -70,10 +67,14 @@ async def get_model_trace_settings(request: Request, name: ModelName) -> Respons
                          "answers the server's; one that sets any is a 400.", responses=_CHANGE,
              openapi_extra=_body({"fashion-cnn": {"trace_rate": None}}))  # keyed by the model it is for
 async def change_model_trace_settings(request: Request, name: ModelName) -> Response:
+    return await _change(request, name)
+
+
+async def _change(request: Request, model: str | None) -> Response:
     found = services(request)
     check_admin_token(header(request, b"authorization"), found.admin_token, "changing the trace settings")
-    found.repository.get(name)
+    if model is not None:
+        found.repository.get(model)  # 404 / 503 as any model call
     asked = json_object(await found.budget.read_body(request), "of trace settings (Triton's names)")
-    per_model_change(asked)
-    return JSONResponse(_settings(found).current.as_triton())
+    return JSONResponse(_settings(found).change_for(asked, model is not None).as_triton())
 
