@@ -24,7 +24,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
-from app import listeners
+from app import health_probe, listeners
 from app.http.connections import uvicorn_options
 from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     auto, workers = settings.workers == "auto", worker_count(settings.workers)
     settings = settings.model_copy(update={"workers": workers})
+    if settings.port != 0:  # port 0: the port is the kernel's choice, known once bound
+        _announce(settings, settings.port)
     if workers == 1:
         from app.main import create_app  # not before: a supervising parent has no use for the app
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=[config.bind_socket(), _metrics_socket(settings)]).run()
         return
-    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), scheme(settings), settings.metrics_port)
+    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), settings)
 
 
 def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> None:
@@ -112,7 +114,7 @@ def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> No
         "another worker; --no-reuse-port shares one HTTP socket)", " and ".join(ports), why)
 
 
-def _run_workers(config: uvicorn.Config, scheme: str, metrics_port: int | None = None) -> None:
+def _run_workers(config: uvicorn.Config, settings: Settings) -> None:
     """uvicorn.run's workers, each listening on a socket of its own (app/listeners.py), and
     on one of its own for the metrics port, where set."""
     try:
@@ -122,14 +124,30 @@ def _run_workers(config: uvicorn.Config, scheme: str, metrics_port: int | None =
     with held, contextlib.ExitStack() as stack:
         port = held.getsockname()[1]
         logging.getLogger("app").info("listening on %s://%s:%d (a socket per worker: the kernel spreads "
-                                      "connections across them)", scheme, config.host, port)
+                                      "connections across them)", scheme(settings), config.host, port)
+        if settings.port == 0:
+            _announce(settings, port)
         sockets = [listeners.WorkerSocket(config.host, port)]
+        metrics_port = settings.metrics_port
         if metrics_port is not None:  # held here too, so that no other program takes it between workers
             stack.enter_context(listeners.bind(config.host, metrics_port))
             sockets.append(listeners.WorkerSocket(config.host, metrics_port))
-            _say_metrics_port(scheme, config.host, metrics_port)
+            _say_metrics_port(scheme(settings), config.host, metrics_port)
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]  # bound in each worker
+
+
+def _announce(settings: Settings, port: int) -> None:
+    """Where the container's health check (app/health_probe.py) finds this server: the flags
+    given to the image's command are not in the probe's environment."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file  # both or neither (Settings checks)
+    target = health_probe.Target(
+        f"{scheme(settings)}://{health_probe.local_address(settings.host)}:{port}/v2/health/ready",
+        str(cert.resolve()) if cert else None, str(key.resolve()) if key else None,
+        settings.tls_client_ca_file is not None)
+    if not health_probe.announce(target):
+        logging.getLogger("app").debug("could not write %s: the health probe reads ORTSERVE_* instead",
+                                       health_probe.record_path())
 
 
 def _shared_folders(settings: Settings) -> Settings:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -143,16 +144,53 @@ def test_https_and_grpc_over_tls_answer_alike_and_plain_text_is_refused(
 
 
 def test_the_containers_health_probe_speaks_what_the_port_speaks(tls: ServerProcess, certificates: Certificates,
-                                                                 server: ServerProcess) -> None:
-    """app/health_probe.py (the image's HEALTHCHECK) reads the same variables as the server."""
+                                                                 server: ServerProcess, tmp_path: Path) -> None:
+    """app/health_probe.py (the image's HEALTHCHECK), with no server's record to read, reads the
+    same variables as the server."""
+    none = tmp_path / "no-record.json"
     over_tls = {"ORTSERVE_PORT": str(tls.port), "ORTSERVE_TLS_CERT_FILE": str(certificates.cert),
                 "ORTSERVE_TLS_KEY_FILE": str(certificates.key)}
-    assert health_probe.ready(over_tls)
-    assert not health_probe.ready({"ORTSERVE_PORT": str(tls.port)})  # plain text to a TLS port: refused
-    assert health_probe.ready({"ORTSERVE_PORT": str(server.port)})  # a plain server
-    probe = subprocess.run([sys.executable, "-m", "app.health_probe"], env={**os.environ, **over_tls}, cwd=ROOT,
+    assert health_probe.ready(over_tls, none)
+    assert not health_probe.ready({"ORTSERVE_PORT": str(tls.port)}, none)  # plain text to a TLS port: refused
+    assert health_probe.ready({"ORTSERVE_PORT": str(server.port)}, none)  # a plain server
+    probe = subprocess.run([sys.executable, "-m", "app.health_probe"], cwd=ROOT,
+                           env={**os.environ, **over_tls, "TMPDIR": str(tmp_path)},  # no record there
                            capture_output=True, text=True, timeout=30, check=False)
     assert probe.returncode == 0, probe.stderr
+
+
+def test_the_health_probe_finds_tls_and_a_port_given_as_flags(certificates: Certificates, tmp_path: Path) -> None:
+    """`docker run IMAGE --tls-cert-file ... --port 0`: nothing of it in the probe's environment;
+    the server's record says where it listens (the port the kernel chose, with workers) and
+    that it asks for client certificates, which the probe then presents."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ORTSERVE_")}
+    env["TMPDIR"] = str(tmp_path)
+    command = [sys.executable, "-m", "app", "--model-dir", str(MODELS), "--host", "127.0.0.1", "--port", "0",
+               "--no-grpc", "--workers", "2", "--tls-cert-file", str(certificates.cert), "--tls-key-file",
+               str(certificates.key), "--tls-client-ca-file", str(certificates.ca_file)]
+    record = tmp_path / f"ortserve-{os.getuid()}" / "listening.json"
+
+    def probe() -> int:
+        return subprocess.run([sys.executable, "-m", "app.health_probe"], cwd=tmp_path,  # paths in the record are whole
+                              env={**env, "ORTSERVE_PORT": "1"}, capture_output=True, timeout=30, check=False).returncode
+
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _served_until(lambda: probe() == 0, seconds=90), (tmp_path / "server.log").read_text()
+        announced = json.loads(record.read_text())
+        assert announced["pid"] == server.pid
+        assert announced["client_certificates"] is True
+        port = int(announced["url"].split(":")[2].split("/")[0])
+        assert port != 0
+        answer = httpx.get(f"https://127.0.0.1:{port}/v2/health/ready", timeout=10,
+                           verify=certificates.context(certificates.client))
+        assert answer.status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    assert not record.exists()  # withdrawn at exit
+    assert probe() == 1  # and nothing answers on the port the variables name
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -191,7 +229,8 @@ def test_mutual_tls_serves_only_clients_whose_certificate_the_ca_signed(certific
         over_grpc = grpc_infer(grpc_client(server, certificates, certificates.client), images)
         probe_ready = health_probe.ready({"ORTSERVE_PORT": str(server.port), "ORTSERVE_TLS_CERT_FILE": str(certificates.cert),
                                           "ORTSERVE_TLS_KEY_FILE": str(certificates.key),
-                                          "ORTSERVE_TLS_CLIENT_CA_FILE": str(certificates.ca_file)})
+                                          "ORTSERVE_TLS_CLIENT_CA_FILE": str(certificates.ca_file)},
+                                         certificates.cert.parent / "no-record.json")  # the variables' way
         grpc_refused = []
         for client in (None, certificates.stranger):
             try:
