@@ -5,7 +5,9 @@
 On a machine with onnxruntime-gpu and a GPU it prints, as tables:
   1. what onnxruntime offers and which providers a session really got;
   2. raw in-process ONNX Runtime CUDA throughput of fashion-cnn per variant and batch size
-     (numpy in and out, as the service feeds it, so host-device copies are counted);
+     (numpy in and out, as the service feeds it, so host-device copies are counted), and
+     the same batches through IO binding, with pageable and with pinned host buffers
+     (load_tests/io_binding.py);
   3. fp16 against fp32 on the full test sets: accuracy and agreement of the predictions;
   4. the service on CUDA (and the naive one-run-per-request endpoint on CUDA): p50 at
      concurrency 1, single images at c64, V2 binary 32-image requests at c16, each run's
@@ -36,6 +38,7 @@ from app.runtime import OrtModel, ort_options
 from load_tests import samples
 from load_tests.bench import cnn_v1, lstm_v1, v2_binary_32
 from load_tests.client import Payload, closed_loop
+from load_tests.io_binding import BoundRun, PageLocked
 from load_tests.raw_ort import items_per_s
 from load_tests.server import ROOT, ServerProcess
 from load_tests.stats import Sample, Summary, histogram_totals, summarize
@@ -62,6 +65,19 @@ def session(model_dir: Path, name: str, variant: str, providers: list[str]) -> O
 def raw_throughput(model: OrtModel, feed: dict[str, np.ndarray], seconds: float) -> float:
     """Items per second of back-to-back runs with host (numpy) inputs and outputs."""
     return items_per_s(lambda: model.run(feed), len(next(iter(feed.values()))), seconds, warmup_runs=5)
+
+
+def raw_rows(model: OrtModel, variant: str, batch: int, feed: dict[str, np.ndarray], seconds: float,
+             page_locked: PageLocked | None) -> dict[str, Any]:
+    """One row of the raw table: numpy in and out (as the service runs a batch), and the same
+    batch through IO binding, from pageable and (with a GPU) pinned host memory."""
+    row: dict[str, Any] = {"variant": variant, "providers": model.providers, "batch": batch,
+                           "items_per_s": raw_throughput(model, feed, seconds)}
+    row["io_binding_items_per_s"] = items_per_s(BoundRun(model, feed), batch, seconds, warmup_runs=5)
+    if page_locked is not None:
+        row["io_binding_pinned_items_per_s"] = items_per_s(BoundRun(model, feed, page_locked), batch, seconds,
+                                                           warmup_runs=5)
+    return row
 
 
 def image_feed(model_dir: Path, batch: int) -> dict[str, np.ndarray]:
@@ -159,8 +175,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"onnxruntime {env['onnxruntime']}; offers {env['available_providers']}; GPU: {env['gpu']}; "
              f"{env['cpus']} CPUs", "", "Raw ONNX Runtime, fashion-cnn, numpy in and out:", "",
              "| variant | providers | batch | images/s |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {','.join(r['providers'])} | {r['batch']} | {r['items_per_s']:,.0f} |"
+    lines[-2:] = ["| variant | providers | batch | numpy in and out, images/s | IO binding | IO binding, pinned |",
+                  "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {','.join(r['providers'])} | {r['batch']} | {r['items_per_s']:,.0f} | "
+              f"{_rate(r.get('io_binding_items_per_s'))} | {_rate(r.get('io_binding_pinned_items_per_s'))} |"
               for r in report["raw"]]
+    if report.get("pinned_unavailable"):
+        lines += ["", f"Pinned host buffers not measured: {report['pinned_unavailable']}"]
     lines += ["", "fp16 against fp32, whole test sets:", "",
               "| model | items | providers | fp32 accuracy | fp16 accuracy | agreement |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['items']} | {','.join(r['providers'])} | {r['fp32_accuracy']:.2%} | "
@@ -178,6 +199,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", nargs="+", default=["naive", "", "--max-batch-size 128"],
                         help="server configurations: 'naive', or the service's arguments ('' for defaults)")
     parser.add_argument("--serve-only", action="store_true", help="skip the raw table and fp16 agreement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 32, 64, 128, 256, 512, 1024, 2048],
+                        help="batch sizes of the raw table")
     args = parser.parse_args(argv)
     configs = [("naive", [], NAIVE) if c == "naive" else (f"service {c}".strip(), c.split(), None)
                for c in args.serve]
@@ -202,13 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the session fell back to {fp32.providers}: {providers[0]} is not usable here")
         return 1
     report["raw"], report["agreement"] = [], []
+    page_locked = None
+    try:
+        page_locked = PageLocked()
+    except OSError as e:
+        report["pinned_unavailable"] = str(e)
     for variant in () if args.serve_only else ("fp32", "fp16"):
         model = session(args.model_dir, "fashion-cnn", variant, providers)
-        for batch in (1, 16, 32, 64, 128, 256):
-            rate = raw_throughput(model, image_feed(args.model_dir, batch), 1.5)
-            report["raw"].append({"variant": variant, "providers": model.providers, "batch": batch,
-                                  "items_per_s": rate})
+        for batch in args.batches:
+            report["raw"].append(raw_rows(model, variant, batch, image_feed(args.model_dir, batch), 1.5, page_locked))
             print(json.dumps(report["raw"][-1]), flush=True)
+    if page_locked is not None:
+        page_locked.close()
     if not args.serve_only:
         report["agreement"] = agreement(args.model_dir, args.data_dir, providers)
     print(json.dumps(report["agreement"]), flush=True)
