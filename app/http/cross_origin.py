@@ -2,14 +2,19 @@
 
 Starlette's CORSMiddleware, outermost: it answers browsers' preflights (OPTIONS) itself and
 adds the allow-origin header to every answer of an allowed origin, errors included, so that
-a page can read why a request failed. The lists below are what the service's own clients
+a page can read why a request failed. A preflight it refuses is answered as the service's
+other errors are, a JSON `error` that says what was not allowed and what is (Starlette's
+own says "Disallowed CORS origin" in plain text): a browser keeps it from the page, but the
+developer reading the network panel or trying it with curl sees why. The lists below are what the service's own clients
 send and what a page needs to read back; nothing more is allowed. No credentials mode: the
 API keys are bearer tokens a page sends itself, not cookies a browser adds.
 """
 
 from __future__ import annotations
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 METHODS = ("GET", "POST")
@@ -23,5 +28,34 @@ PREFLIGHT_CACHE_S = 600
 
 def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
     """`app` answering pages of `origins` (`*`: any)."""
-    return CORSMiddleware(app, allow_origins=origins, allow_methods=METHODS, allow_headers=REQUEST_HEADERS,
-                          expose_headers=ANSWER_HEADERS, max_age=PREFLIGHT_CACHE_S)
+    return CrossOrigin(app, allow_origins=origins, allow_methods=METHODS, allow_headers=REQUEST_HEADERS,
+                       expose_headers=ANSWER_HEADERS, max_age=PREFLIGHT_CACHE_S)
+
+
+class CrossOrigin(CORSMiddleware):
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code != 400:
+            return answer
+        headers = {name: value for name, value in answer.headers.items()
+                   if name.lower() not in ("content-type", "content-length")}
+        return JSONResponse({"error": "cross-origin call refused: " + "; ".join(self._refusals(request_headers))},
+                            400, headers)
+
+    def _refusals(self, request_headers: Headers) -> list[str]:
+        """Each thing the preflight asked that is not allowed, with what is."""
+        found = []
+        origin = request_headers["origin"]
+        if not self.is_allowed_origin(origin=origin):
+            found.append(f"origin {origin!r} is not one of cors_origins (--cors-origins or ORTSERVE_CORS_ORIGINS)")
+        method = request_headers["access-control-request-method"]
+        if method not in self.allow_methods:
+            found.append(f"method {method!r} is not one of {', '.join(METHODS)}")
+        asked = [h.strip() for h in request_headers.get("access-control-request-headers", "").lower().split(",")]
+        others = [h for h in asked if h and h not in self.allow_headers]
+        if others:
+            found.append(f"header{'s' if len(others) > 1 else ''} {', '.join(map(repr, others))} not allowed "
+                         f"(allowed: {', '.join(REQUEST_HEADERS)})")
+        if "access-control-request-private-network" in request_headers:
+            found.append("calls from a public page to a private network address are not allowed")
+        return found or ["not allowed"]

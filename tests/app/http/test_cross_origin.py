@@ -60,6 +60,13 @@ async def test_other_origins_and_headers_are_not_allowed() -> None:
         same_origin = await client.post(INFER, content=body)  # no Origin: not a cross-origin call at all
     assert other.status_code == odd_header.status_code == deleting.status_code == 400
     assert "access-control-allow-origin" not in other.headers
+    # why, as every other error: JSON that names what was refused and what is allowed
+    assert "origin 'https://evil.example' is not one of cors_origins" in other.json()["error"]
+    assert "--cors-origins" in other.json()["error"]
+    assert "header 'x-something-else' not allowed (allowed: authorization, content-type" in odd_header.json()["error"]
+    assert "origin" not in odd_header.json()["error"].split(":", 1)[1]  # the page's origin is allowed
+    assert "method 'DELETE' is not one of GET, POST" in deleting.json()["error"]
+    assert deleting.headers["content-type"] == "application/json"
     # served (a browser withholds the answer from the page), but not marked readable for it
     assert called.status_code == 200
     assert "access-control-allow-origin" not in called.headers
