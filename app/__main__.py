@@ -24,7 +24,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
-from app import health_probe, listeners
+from app import custom_ops, health_probe, listeners
 from app.http.connections import uvicorn_options
 from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
@@ -218,6 +218,10 @@ def preflight(settings: Settings) -> str | None:
     problem = tls_problem(settings)
     if problem:
         return f"{problem}: refusing to start"
+    for library in settings.custom_op_libraries:
+        problem = custom_ops.library_problem(library)
+        if problem:
+            return f"{problem}: refusing to start"
     model_dir = settings.model_dir.resolve()
     if not model_dir.is_dir():
         return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "

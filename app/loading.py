@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app import custom_ops
 from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
 from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
@@ -207,6 +208,9 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
             facts = override.over(facts)
     except FactsError as e:
         raise LoadError("config", str(e)) from e
+    missing = custom_ops.not_loaded(facts.op_libraries or [], folder.parent, options.custom_op_libraries)
+    if missing:
+        raise LoadError("config", f"{facts.source or folder}: {custom_ops.refusal(missing)}")
     file = facts.model_file
     path = folder / file
     if (leaves := outside(folder, file, "the version's folder")) is not None:
@@ -254,7 +258,8 @@ def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -
     try:
         return OrtModel(model_bytes, options, folder)
     except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
-        raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {file}: {type(e).__name__}: {e}") from e
+        raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {file}: {type(e).__name__}: {e}"
+                                       f"{custom_ops.hint(str(e), options.custom_op_libraries)}") from e
 
 
 def input_limits(settings: Settings) -> InputLimits:

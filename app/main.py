@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin = resolved.admin_secret()
         api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,
-                              resolved.worker_processes)
+                              resolved.worker_processes, resolved.custom_op_libraries)
         logger.info("onnxruntime providers %s, %d intra-op threads per batch (%s for large batches), %d CPUs usable",
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())

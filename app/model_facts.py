@@ -32,7 +32,7 @@ BACKENDS = {"onnxruntime"}
 # Triton fields by what this server does with them. Anything not named here is refused:
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
-             "version_policy", "default_model_filename", "response_cache", "model_warmup"}
+             "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations"}
 _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
             "optimization": "ONNX Runtime's options are the server's settings",
             "parameters": "backend parameters",
@@ -104,6 +104,10 @@ class ModelFacts(_Facts):
     """Declared tensors (config.pbtxt's): checked against the graph, which must agree."""
     outputs: list[TensorSpec] | None = None
     model_file: str = DROP_IN_FILE
+    op_libraries: list[str] | None = None
+    """Custom operator libraries the graph needs (Triton's model_operations.op_library_filename;
+    a relative path from the model's folder): each must be one the server loads
+    (custom_op_libraries), which registers them with every session."""
     source: str = Field(default="", exclude=True)
     """Where these facts came from, for messages and /config."""
     ignored: dict[str, str] = Field(default_factory=dict, exclude=True)
@@ -235,9 +239,10 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     policy = _version_policy(config) if "version_policy" in fields else None
     cache = config.response_cache.enable if "response_cache" in fields else None
     warmup = [_warmup_sample(sample, source) for sample in config.model_warmup] or None
+    libraries = list(config.model_operations.op_library_filename) or None
     given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
              "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache,
-             "warmup": warmup}
+             "warmup": warmup, "op_libraries": libraries}
     # Only what the configuration says is set: facts on top of others replace only that.
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 

@@ -96,7 +96,8 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
             shutil.copyfile(beside / vocabulary, staging / vocabulary)
         model_bytes = (staging / DROP_IN_FILE).read_bytes()
         settings = Settings()
-        options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
+        options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads,
+                              custom_op_libraries=settings.custom_op_libraries)
         try:
             session = OrtModel(model_bytes, options, staging)
         except Exception as e:  # ORT's own exception types for a corrupt or unsupported graph
@@ -158,7 +159,8 @@ def check_repository(argv: list[str]) -> int:
         print(f"{root}: not a folder", file=sys.stderr)
         return 1
     settings = Settings(model_dir=root)
-    options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads)
+    options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads,
+                          custom_op_libraries=settings.custom_op_libraries)
     problems = checked = 0
     for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:

@@ -87,10 +87,12 @@ class OrtOptions:
     wide_threads: int = 0
     wide_batch_rows: int | None = None
     """Batches of at least this many rows run wide; None: measured (`OrtModel.calibrate`); 0: never."""
+    custom_op_libraries: tuple[str, ...] = ()
+    """Custom operator libraries registered with every session (app/custom_ops.py)."""
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
-                inference_threads: int, workers: int = 1) -> OrtOptions:
+                inference_threads: int, workers: int = 1, custom_op_libraries: Sequence[Path] = ()) -> OrtOptions:
     """The providers to use, and the ORT threads each batch gets: `intra_op_threads`, or
     when 0, the usable CPUs less one per worker process, shared among every worker's
     inference threads. Each event loop parses every request of its worker and feeds its
@@ -102,12 +104,13 @@ def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int
     thread pays (`wide_threshold`): those come from few, large requests, which leave the
     loop little to do."""
     providers = choose_providers(requested_providers)
+    libraries = tuple(str(path) for path in custom_op_libraries)
     if intra_op_threads:
-        return OrtOptions(providers, intra_op_threads)
+        return OrtOptions(providers, intra_op_threads, custom_op_libraries=libraries)
     cpus, share = available_cpus(), workers * inference_threads
     threads = max(1, (cpus - workers) // share)
     wide = max(1, cpus // share) if providers[0] == CPU else 0
-    return OrtOptions(providers, threads, wide if wide > threads else 0)
+    return OrtOptions(providers, threads, wide if wide > threads else 0, custom_op_libraries=libraries)
 
 
 def required_speedup(threads: int, wide_threads: int) -> float:
@@ -138,10 +141,13 @@ def _ort_message(error: Exception) -> str:
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (\w+ : )?", "", str(error))
 
 
-def session_options(threads: int, folder: Path | None = None) -> ort.SessionOptions:
+def session_options(threads: int, folder: Path | None = None, custom_op_libraries: Sequence[str] = ()
+                    ) -> ort.SessionOptions:
     """`folder`: where the model's external data files lie (a model made from bytes has no
     path of its own, and ONNX Runtime would look for them in the working directory)."""
     options = ort.SessionOptions()
+    for library in custom_op_libraries:
+        options.register_custom_ops_library(library)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -180,14 +186,16 @@ class OrtModel:
 
     def __init__(self, model: bytes, options: OrtOptions, folder: Path | None = None) -> None:
         providers = [(p, provider_options(p)) for p in options.providers]
-        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads, folder),
+        libraries = options.custom_op_libraries
+        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads, folder, libraries),
                                             providers=providers)
         self.threads = options.intra_op_threads
         self.wide: ort.InferenceSession | None = None
         self.wide_threads = 0
         wanted = options.wide_batch_rows != 0 and options.wide_threads > options.intra_op_threads
         if wanted and options.providers[0] == CPU:
-            self.wide = ort.InferenceSession(model, session_options(options.wide_threads, folder), providers=providers)
+            self.wide = ort.InferenceSession(model, session_options(options.wide_threads, folder, libraries),
+                                             providers=providers)
             self.wide_threads = options.wide_threads
         self.measure_threshold = options.wide_batch_rows is None
         # None: every batch runs on the narrow session (until `calibrate` has measured)

@@ -67,7 +67,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins", "shared_memory",
                "shared_memory_dir",),
     "TLS": ("tls_cert_file", "tls_key_file", "tls_client_ca_file",),
-    "ONNX Runtime": ("providers", "variant", "intra_op_threads", "wide_batch_rows", "keep_awake_ms",),
+    "ONNX Runtime": ("providers", "variant", "custom_op_libraries", "intra_op_threads", "wide_batch_rows",
+                     "keep_awake_ms",),
     "Batching (per model)": ("max_batch_size", "max_large_batch_size", "max_queue_delay_ms", "idle_dispatch",
                              "inline_rows", "max_inflight_batches", "inference_threads", "inference_niceness",
                              "max_queue_size", "max_queue_bytes", "retry_after_s",),
@@ -221,6 +222,12 @@ class Settings(BaseSettings):
     """Which file of each model to load. auto: the manifest's preferred_variant for the
     device (chosen by measured speed when the model was built), else fp16 on CUDA and
     int8 on CPU."""
+    custom_op_libraries: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Shared libraries of ONNX Runtime custom operators, as a JSON list or comma-separated
+    paths, registered with every model's sessions: for graphs with operators outside ONNX's
+    domains (onnxruntime-extensions' library, at onnxruntime_extensions.get_library_path(),
+    or one of your own). Their code runs in the server, so only these are loaded: a model's
+    config.pbtxt may name one of them (Triton's model_operations), never another."""
     intra_op_threads: int = Field(default=0, ge=0)
     """ORT threads per inference; 0 sizes it from the CPUs this process may use (the
     container's CPU quota, not the host's cores): all but one per worker process, kept for
@@ -369,6 +376,21 @@ class Settings(BaseSettings):
     def provider_preference(self) -> list[str] | None:
         """The providers asked for; None: choose by what onnxruntime offers."""
         return None if self.providers == "auto" else list(self.providers)
+
+    @field_validator("custom_op_libraries", mode="before")
+    @classmethod
+    def _libraries_listed(cls, value: object) -> object:
+        """A JSON list or comma-separated paths, from a flag or the environment alike."""
+        return _listed(value)
+
+    @field_validator("custom_op_libraries")
+    @classmethod
+    def _libraries_are_files(cls, value: list[Path]) -> list[Path]:
+        """Whole paths: the workers and every session read them from wherever they run."""
+        for path in value:
+            if not path.is_file():
+                raise ValueError(f"{path} is not a file")
+        return [path.resolve() for path in value]
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -255,3 +255,15 @@ def reshaped_by_input() -> onnx.GraphProto:
         [helper.make_node("Reshape", ["values", "shape"], ["grid"])], "reshaped_by_input",
         [helper.make_tensor_value_info("values", FLOAT, [6]), helper.make_tensor_value_info("shape", INT64, [2])],
         [helper.make_tensor_value_info("grid", FLOAT, ["rows", "columns"])])
+
+
+CONTRIB_OPSET = helper.make_opsetid("ai.onnx.contrib", 1)
+"""onnxruntime-extensions' custom operators' domain."""
+
+
+def upper_cased() -> onnx.GraphProto:
+    """Text upper-cased by onnxruntime-extensions' StringUpper, a custom operator: ONNX Runtime
+    runs it only with that library registered."""
+    return helper.make_graph(
+        [helper.make_node("StringUpper", ["text"], ["upper"], domain="ai.onnx.contrib")], "upper_cased",
+        [helper.make_tensor_value_info("text", STRING, ["n"])], [helper.make_tensor_value_info("upper", STRING, ["n"])])
