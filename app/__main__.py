@@ -263,7 +263,8 @@ def _as_env(value: object) -> str:
     if isinstance(value, str | Path | int | float | bool):
         return str(value)
     if isinstance(value, list):
-        value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+        value = [v.get_secret_value() if isinstance(v, SecretStr) else str(v) if isinstance(v, Path) else v
+                 for v in value]
     return json.dumps(value)  # lists: pydantic-settings parses complex values as JSON
 
 

@@ -2,12 +2,14 @@
 
 Starlette's CORSMiddleware, outermost: it answers browsers' preflights (OPTIONS) itself and
 adds the allow-origin header to every answer of an allowed origin, errors included, so that
-a page can read why a request failed. A preflight it refuses is answered as the service's
-other errors are, a JSON `error` that says what was not allowed and what is (Starlette's
-own says "Disallowed CORS origin" in plain text): a browser keeps it from the page, but the
-developer reading the network panel or trying it with curl sees why. The lists below are what the service's own clients
+a page can read why a request failed. The lists below are what the service's own clients
 send and what a page needs to read back; nothing more is allowed. No credentials mode: the
 API keys are bearer tokens a page sends itself, not cookies a browser adds.
+
+A preflight it refuses is answered as the service's other errors are, a JSON `error` that
+says what was not allowed and what is (Starlette's own says "Disallowed CORS origin" in
+plain text): a browser keeps it from the page, but whoever reads the network panel, or
+tries the call with curl, sees why.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
 
 
 class CrossOrigin(CORSMiddleware):
+    """Starlette's, with refusals that say why."""
+
     def preflight_response(self, request_headers: Headers) -> Response:
         answer = super().preflight_response(request_headers)
         if answer.status_code != 400:

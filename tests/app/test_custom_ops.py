@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime_extensions
 import pytest
@@ -18,8 +19,8 @@ from pydantic import ValidationError
 
 from app import custom_ops
 from app.settings import Settings
-from load_tests.server import ROOT
-from tests.app.conftest import serving
+from load_tests.server import ROOT, ServerProcess
+from tests.app.conftest import serving, wait_for
 from tests.app.onnx_models import CONTRIB_OPSET, save, upper_cased
 
 LIBRARY = Path(onnxruntime_extensions.get_library_path())
@@ -146,3 +147,16 @@ def test_the_hint_is_given_for_custom_domains_only(message: str, hinted: bool) -
     assert bool(custom_ops.hint(message, [])) is hinted
     if hinted:
         assert "(it loads /x.so)" in custom_ops.hint(message, ["/x.so"])
+
+
+@pytest.mark.server
+def test_every_worker_serves_with_the_libraries(root: Path) -> None:
+    """The workers read the settings from the environment their parent writes (a list of paths
+    among them); requests on connections of their own reach both workers."""
+    args = ["--model-dir", str(root), "--workers", "2", "--log-level", "info", "--custom-op-libraries", str(LIBRARY)]
+    with ServerProcess(args) as server:
+        wait_for(lambda: server.log.read_text().count("gRPC (KServe V2, health, reflection) on") == 2)
+        answers = [httpx.post(f"{server.url}/v2/models/upper/infer", json=text_request(WORDS), timeout=30)
+                   for _ in range(16)]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert {tuple(a.json()["outputs"][0]["data"]) for a in answers} == {tuple(w.upper() for w in WORDS)}
