@@ -377,10 +377,10 @@ class Settings(BaseSettings):
         """The providers asked for; None: choose by what onnxruntime offers."""
         return None if self.providers == "auto" else list(self.providers)
 
-    @field_validator("custom_op_libraries", mode="before")
+    @field_validator("custom_op_libraries", "cors_origins", mode="before")
     @classmethod
-    def _libraries_listed(cls, value: object) -> object:
-        """A JSON list or comma-separated paths, from a flag or the environment alike."""
+    def _as_lists(cls, value: object) -> object:
+        """A JSON list or comma-separated values, from a flag or the environment alike."""
         return _listed(value)
 
     @field_validator("custom_op_libraries")
@@ -391,12 +391,6 @@ class Settings(BaseSettings):
             if not path.is_file():
                 raise ValueError(f"{path} is not a file")
         return [path.resolve() for path in value]
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _origins_listed(cls, value: object) -> object:
-        """A JSON list or comma-separated origins, from a flag or the environment alike."""
-        return _listed(value)
 
     @field_validator("cors_origins")
     @classmethod
