@@ -47,12 +47,14 @@ log "run and wait for the healthcheck"
 # queued when SIGTERM arrives below.
 # As the compose file runs it: read-only root, no capabilities, no privilege gain, limits.
 # (Both ulimits are named: given one, podman fills in the other with a limit that this
-# machine's runc may not set for a process without capabilities.)
-podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" \
+# machine's runc may not set for a process without capabilities.) The HTTP port is given as
+# a flag, not the image's ORTSERVE_PORT: the HEALTHCHECK must find it there too
+# (app/health_probe.py reads where the server says it listens).
+podman run -d --name "$NAME" --init -p "127.0.0.1:$PORT:9000" -p "127.0.0.1:$GRPC_PORT:8001" \
   --read-only --tmpfs /tmp:size=64m,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
   --pids-limit 256 --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 \
   -e ORTSERVE_MAX_QUEUE_DELAY_MS=1500 -e ORTSERVE_MAX_BATCH_SIZE=256 -e ORTSERVE_IDLE_DISPATCH=false \
-  "$IMAGE" >/dev/null
+  "$IMAGE" python3 -m app --port 9000 >/dev/null
 for _ in $(seq 1 90); do
   if podman healthcheck run "$NAME" >/dev/null 2>&1; then break; fi
   sleep 1
