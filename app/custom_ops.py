@@ -61,6 +61,5 @@ def hint(ort_message: str, loaded: Sequence[str]) -> str:
     found = _UNREGISTERED.search(ort_message)
     if found is None or found["domain"] in ("", "ai.onnx", "ai.onnx.ml"):
         return ""
-    return (f"; {found['domain']}:{found['op']} is a custom operator: start the server with {FLAG} naming the "
-            f"library that provides it{where}; onnxruntime-extensions' is at "
-            "onnxruntime_extensions.get_library_path()")
+    return (f"; {found['domain']}:{found['op']} is a custom operator: name the library that provides it in "
+            f"{FLAG}{where}; onnxruntime-extensions' is at onnxruntime_extensions.get_library_path()")

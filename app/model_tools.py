@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 import onnxruntime
 
+from app import custom_ops
 from app.completion import complete
 from app.errors import InvalidInput
 from app.graph import DROP_IN_FILE, GraphError
@@ -106,7 +107,8 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
                     "its tensors are kept in external data files beside it, which import does not copy or digest; "
                     f"serve it as a drop-in instead: {DROP_IN_FILE} and those files in <model-dir>/{name}/<version>/"
                 ) from e
-            raise GraphError(f"ONNX Runtime cannot load it: {type(e).__name__}: {e}") from e
+            raise GraphError(f"ONNX Runtime cannot load it: {type(e).__name__}: {e}"
+                             f"{custom_ops.hint(str(e), options.custom_op_libraries)}") from e
         # The final folder's name: completion reads the model's name and version from it.
         named = staging.parent / str(version)
         manifest, _ = complete(session.session, named, facts, model_bytes, measure=True, run=session.run)

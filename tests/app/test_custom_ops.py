@@ -17,7 +17,7 @@ import onnxruntime_extensions
 import pytest
 from pydantic import ValidationError
 
-from app import custom_ops
+from app import custom_ops, model_tools
 from app.settings import Settings
 from load_tests.server import ROOT, ServerProcess
 from tests.app.conftest import serving, wait_for
@@ -111,6 +111,22 @@ async def test_two_libraries_of_one_domain_are_named_as_the_fault(root: Path, tm
     reason = index["upper"]["reason"]
     assert "Domain already set in registry" in reason
     assert "two of the custom operator libraries define the same operator domain" in reason, reason
+
+
+def test_the_model_tools_read_the_libraries_from_the_environment(root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m app check` and `import` load models as the server does: with the libraries
+    ORTSERVE_CUSTOM_OP_LIBRARIES names, and with the hint without them."""
+    graph = root / "upper" / "1" / "model.onnx"
+    assert model_tools.main(["check", str(root)]) == 1
+    assert "is a custom operator: name the library that provides it in --custom-op-libraries" in capsys.readouterr().out
+    assert model_tools.main(["import", str(graph), "--name", "upper", "--model-dir", str(tmp_path / "a")]) != 0
+    assert "is a custom operator" in capsys.readouterr().err
+    monkeypatch.setenv("ORTSERVE_CUSTOM_OP_LIBRARIES", str(LIBRARY))
+    assert model_tools.main(["check", str(root)]) == 0
+    assert model_tools.main(["import", str(graph), "--name", "upper", "--model-dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "upper" / "1" / "manifest.json").is_file()
 
 
 def test_library_paths_are_read_as_lists_and_must_be_files(tmp_path: Path) -> None:
