@@ -222,6 +222,14 @@ def preflight(settings: Settings) -> str | None:
         problem = custom_ops.library_problem(library)
         if problem:
             return f"{problem}: refusing to start"
+    if settings.provider_preference:
+        # onnxruntime in this process only where providers are named: a supervising parent
+        # has no other use for it
+        from app.runtime import providers_problem
+
+        problem = providers_problem(settings.provider_preference)
+        if problem:
+            return f"{problem} (--providers or ORTSERVE_PROVIDERS; auto takes CUDA where it is usable): refusing to start"
     model_dir = settings.model_dir.resolve()
     if not model_dir.is_dir():
         return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "

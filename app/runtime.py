@@ -36,15 +36,23 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def choose_providers(requested: Sequence[str] | None) -> list[str]:
+def providers_problem(requested: Sequence[str]) -> str | None:
+    """Why these providers cannot be had from this onnxruntime, or None."""
     available = ort.get_available_providers()
+    missing = [p for p in requested if p not in available]
+    if missing:
+        return f"providers {missing} are not available; this onnxruntime offers {available}"
+    return None
+
+
+def choose_providers(requested: Sequence[str] | None) -> list[str]:
     if requested:
-        missing = [p for p in requested if p not in available]
-        if missing:
-            raise ValueError(f"providers {missing} are not available; this onnxruntime offers {available}")
+        problem = providers_problem(requested)
+        if problem:
+            raise ValueError(problem)
         chosen = list(requested)
     else:
-        chosen = [CUDA, CPU] if CUDA in available else [CPU]
+        chosen = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
     if CUDA in chosen:
         load_cuda_libraries()
     return chosen

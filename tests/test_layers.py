@@ -64,7 +64,7 @@ LAYERS: dict[str, set[str]] = {
                  "app.served_model", "app.settings", "app.tls", "app.tuning"},
     "app.main": {"app.http", "app.errors", "app.grpc", "app.keep_awake", "app.listeners", "app.observability", "app.offload", "app.protocol", "app.repository", "app.runtime", "app.settings",
                  "app.shutdown", "app.tuning"},
-    "app.__main__": {"app.custom_ops", "app.health_probe", "app.http", "app.listeners", "app.main", "app.model_tools", "app.observability", "app.processes",
+    "app.__main__": {"app.custom_ops", "app.health_probe", "app.http", "app.listeners", "app.main", "app.model_tools", "app.observability", "app.processes", "app.runtime",
                      "app.settings", "app.tls"},
     "app": set(),
 }

@@ -72,6 +72,16 @@ def test_a_bad_value_is_one_usage_line_naming_the_setting() -> None:
     assert "'notaport'" in lines[1]
 
 
+def test_providers_this_onnxruntime_lacks_are_refused_before_any_model_loads() -> None:
+    """As `--providers CUDAExecutionProvider` on the CPU build: a usage line, not a traceback after start."""
+    result = run_app("--providers", "NoSuchExecutionProvider,CPUExecutionProvider", "--port", "0")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "are not available; this onnxruntime offers" in result.stderr
+    assert "--providers or ORTSERVE_PROVIDERS" in result.stderr
+    assert "LOADING" not in result.stderr
+
+
 def test_a_port_in_use_is_refused_before_any_model_loads() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
