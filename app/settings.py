@@ -78,7 +78,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                                   "max_response_bytes", "trim_memory", "max_text_chars", "max_image_pixels",
                                   "image_formats", "decode_threads",),
     "Connections": ("max_connections", "max_grpc_connections", "max_header_bytes", "max_header_count", "send_timeout_s", "header_timeout_s",
-                    "keep_alive_s", "max_grpc_calls", "max_grpc_calls_per_connection",),
+                    "keep_alive_s", "max_grpc_calls", "max_grpc_calls_per_connection", "grpc_keepalive_s",
+                    "grpc_client_ping_s",),
 }
 """Every setting under its heading, in the order of the class: the README's table and
 `--help` group them so (tests/app/test_cli.py checks each is listed once, in order)."""
@@ -364,6 +365,16 @@ class Settings(BaseSettings):
     (max_grpc_calls), but its answer stays with gRPC until the client reads it or its
     connection ends (grpc's Python API cannot end one call). Behind an HTTP/2 proxy keep it at
     or above the proxy's own (HAProxy's 100): a proxy opens streams before this reaches it."""
+    grpc_keepalive_s: float = Field(default=120, ge=0)
+    """After this many seconds with nothing from a gRPC connection, the server pings it and
+    closes it if no answer comes within 20 s (or this many, if fewer): a client that vanished
+    without closing (its host gone, a NAT that dropped the mapping) stops holding its calls and
+    streams. 0: no pings but gRPC's own, two hours apart."""
+    grpc_client_ping_s: float = Field(default=10, gt=0)
+    """The shortest interval at which a gRPC client may ping (its keepalive) while the server
+    sends it nothing, with calls open or none; one that pings more often is sent GOAWAY
+    (too_many_pings) at the third such ping, which ends its streams. gRPC's and Triton's own is
+    300: clients that keep connections alive through NATs and load balancers ping more often."""
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -33,6 +33,8 @@ HEALTH_POLL_S = 0.5
 IDLE_CONNECTION_S = 300
 """A connection with no call for this long is closed (the client reconnects when it next
 calls): idle connections must not pile up, yet gRPC clients keep theirs for many calls."""
+KEEPALIVE_TIMEOUT_S = 20
+"""How long a ping of the server's waits for its answer before the connection is closed (gRPC's default)."""
 SEND_SLACK_BYTES = 1 << 20
 """Room above max_response_bytes for a message's framing: answers are bounded before they are
 computed (app/inference.py), so this limit only catches what that bound missed."""
@@ -86,6 +88,27 @@ class _RenewedCertificate:
             return None
 
 
+def keepalive_options(keepalive_s: float, client_ping_s: float) -> list[tuple[str, int]]:
+    """gRPC core's keepalive for a server (grpc's doc/keepalive.md): its own pings, and the
+    clients' it accepts."""
+    options = [
+        # A client's pings are accepted this often while nothing is sent to it, with or
+        # without calls: a ping outside that is a strike, and the third closes the connection.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(client_ping_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if keepalive_s > 0:
+        timeout_ms = int(min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)
+        options += [("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                    # core's newer ping machinery waits ping_timeout (a minute by default), not
+                    # keepalive_timeout, for the answer: both, so that either closes it
+                    ("grpc.keepalive_timeout_ms", timeout_ms), ("grpc.http2.ping_timeout_ms", timeout_ms),
+                    # core's default stops pinging after two pings with no data between them,
+                    # which an idle stream never sends
+                    ("grpc.http2.max_pings_without_data", 0)]
+    return options
+
+
 class GrpcServer:
     def __init__(self, service: InferenceService, settings: Settings,
                  closed: Callable[[str], None] = lambda reason: None) -> None:
@@ -106,6 +129,7 @@ class GrpcServer:
             ("grpc.max_receive_message_length", s.max_body_bytes),
             ("grpc.max_send_message_length", s.response_limit_bytes + SEND_SLACK_BYTES),
             ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000),
+            *keepalive_options(s.grpc_keepalive_s, s.grpc_client_ping_s),
             # Connections have their own bound (app/descriptors.py: they must not use up the
             # descriptors HTTP needs), and an HTTP/2 handshake the time HTTP gives a head.
             ("grpc.max_allowed_incoming_connections", grpc_connections),
