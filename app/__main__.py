@@ -141,10 +141,9 @@ def _announce(settings: Settings, port: int) -> None:
     """Where the container's health check (app/health_probe.py) finds this server: the flags
     given to the image's command are not in the probe's environment."""
     cert, key = settings.tls_cert_file, settings.tls_key_file  # both or neither (Settings checks)
-    target = health_probe.Target(
-        f"{scheme(settings)}://{health_probe.local_address(settings.host)}:{port}/v2/health/ready",
-        str(cert.resolve()) if cert else None, str(key.resolve()) if key else None,
-        settings.tls_client_ca_file is not None)
+    target = health_probe.Target(health_probe.ready_url(scheme(settings), settings.host, port),
+                                 str(cert.resolve()) if cert else None, str(key.resolve()) if key else None,
+                                 settings.tls_client_ca_file is not None)
     if not health_probe.announce(target):
         logging.getLogger("app").debug("could not write %s: the health probe reads ORTSERVE_* instead",
                                        health_probe.record_path())

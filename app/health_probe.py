@@ -63,9 +63,13 @@ def from_environment(environ: Mapping[str, str]) -> Target:
     port = environ.get("ORTSERVE_PORT", "8000")
     cert, key = environ.get("ORTSERVE_TLS_CERT_FILE"), environ.get("ORTSERVE_TLS_KEY_FILE")
     tls = bool(cert and key)
-    return Target(f"{'https' if tls else 'http'}://{local_address(environ.get('ORTSERVE_HOST', ''))}:{port}"
-                  "/v2/health/ready", cert if tls else None, key if tls else None,
-                  tls and bool(environ.get("ORTSERVE_TLS_CLIENT_CA_FILE")))
+    return Target(ready_url("https" if tls else "http", environ.get("ORTSERVE_HOST", ""), port),
+                  cert if tls else None, key if tls else None, tls and bool(environ.get("ORTSERVE_TLS_CLIENT_CA_FILE")))
+
+
+def ready_url(scheme: str, host: str, port: int | str) -> str:
+    """Readiness of a server listening on `host`:`port`, as asked from this machine."""
+    return f"{scheme}://{local_address(host)}:{port}/v2/health/ready"
 
 
 def local_address(host: str) -> str:

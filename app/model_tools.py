@@ -96,9 +96,7 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
         if vocabulary is not None:  # a text model's: beside its config.json (`beside`)
             shutil.copyfile(beside / vocabulary, staging / vocabulary)
         model_bytes = (staging / DROP_IN_FILE).read_bytes()
-        settings = Settings()
-        options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads,
-                              custom_op_libraries=settings.custom_op_libraries)
+        options = _ort_options(Settings())
         try:
             session = OrtModel(model_bytes, options, staging)
         except Exception as e:  # ORT's own exception types for a corrupt or unsupported graph
@@ -149,6 +147,12 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
     print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
 
 
+def _ort_options(settings: Settings) -> OrtOptions:
+    """The sessions of one process, as the server's (its providers, threads and custom operators)."""
+    return ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads,
+                       custom_op_libraries=settings.custom_op_libraries)
+
+
 def check_repository(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} check", description=(
         "Load every version of every model in a model repository as the server would (files, digests, "
@@ -161,8 +165,7 @@ def check_repository(argv: list[str]) -> int:
         print(f"{root}: not a folder", file=sys.stderr)
         return 1
     settings = Settings(model_dir=root)
-    options = ort_options(settings.provider_preference, settings.intra_op_threads, settings.inference_threads,
-                          custom_op_libraries=settings.custom_op_libraries)
+    options = _ort_options(settings)
     problems = checked = 0
     for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:

@@ -41,25 +41,25 @@ class CrossOrigin(CORSMiddleware):
         answer = super().preflight_response(request_headers)
         if answer.status_code != 400:
             return answer
+        # Starlette decided, and said what in its text ("Disallowed CORS origin, headers"): each
+        # of those, put in words that name the request's values and what is allowed
+        failed = bytes(answer.body).decode().removeprefix("Disallowed CORS ").split(", ")
         headers = {name: value for name, value in answer.headers.items()
                    if name.lower() not in ("content-type", "content-length")}
-        return JSONResponse({"error": "cross-origin call refused: " + "; ".join(self._refusals(request_headers))},
-                            400, headers)
+        reasons = [self._why(failure, request_headers) for failure in failed]
+        return JSONResponse({"error": "cross-origin call refused: " + "; ".join(reasons)}, 400, headers)
 
-    def _refusals(self, request_headers: Headers) -> list[str]:
-        """Each thing the preflight asked that is not allowed, with what is."""
-        found = []
-        origin = request_headers["origin"]
-        if not self.is_allowed_origin(origin=origin):
-            found.append(f"origin {origin!r} is not one of cors_origins (--cors-origins or ORTSERVE_CORS_ORIGINS)")
-        method = request_headers["access-control-request-method"]
-        if method not in self.allow_methods:
-            found.append(f"method {method!r} is not one of {', '.join(METHODS)}")
-        asked = [h.strip() for h in request_headers.get("access-control-request-headers", "").lower().split(",")]
-        others = [h for h in asked if h and h not in self.allow_headers]
-        if others:
-            found.append(f"header{'s' if len(others) > 1 else ''} {', '.join(map(repr, others))} not allowed "
-                         f"(allowed: {', '.join(REQUEST_HEADERS)})")
-        if "access-control-request-private-network" in request_headers:
-            found.append("calls from a public page to a private network address are not allowed")
-        return found or ["not allowed"]
+    def _why(self, failure: str, request_headers: Headers) -> str:
+        if failure == "origin":
+            return (f"origin {request_headers['origin']!r} is not one of cors_origins (--cors-origins or "
+                    "ORTSERVE_CORS_ORIGINS)")
+        if failure == "method":
+            return f"method {request_headers['access-control-request-method']!r} is not one of {', '.join(METHODS)}"
+        if failure == "headers":
+            asked = request_headers.get("access-control-request-headers", "").lower().split(",")
+            others = [h.strip() for h in asked if h.strip() and h.strip() not in self.allow_headers]
+            return (f"header{'s' if len(others) > 1 else ''} {', '.join(map(repr, others))} not allowed "
+                    f"(allowed: {', '.join(REQUEST_HEADERS)})")
+        if failure == "private-network":
+            return "calls from a public page to a private network address are not allowed"
+        return f"{failure} not allowed"
