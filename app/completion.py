@@ -91,7 +91,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                 variants={"fp32": VariantFile(file=facts.model_file, sha256=sha256_of_bytes(model_bytes),
                                               size_bytes=len(model_bytes))},
                 preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=batching,
-                response_cache=bool(facts.response_cache))
+                response_cache=bool(facts.response_cache), onnxruntime=facts.onnxruntime)
         except ValidationError as e:
             raise GraphError(f"it does not make a {task} model: " + "; ".join(
                 f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from e

@@ -105,7 +105,7 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     if drop_in:
         manifest, variant, session, extras, facts = _completed(folder, settings, options, override)
     else:
-        manifest, variant, session, extras = _with_manifest(folder, settings, options)
+        manifest, variant, session, extras = _with_manifest(folder, settings, options, override)
         facts = override or NO_FACTS
         if override is not None:
             manifest = _overridden(folder, manifest, override)
@@ -176,12 +176,14 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     return model
 
 
-def _with_manifest(folder: Path, settings: Settings, options: OrtOptions
+def _with_manifest(folder: Path, settings: Settings, options: OrtOptions, override: ModelFacts | None
                    ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
     try:
         manifest = load_manifest(folder, verify_files=False)
     except ManifestError as e:
         raise LoadError("manifest", str(e)) from e
+    own = override.onnxruntime if override is not None and override.onnxruntime is not None else manifest.onnxruntime
+    options = options.for_model(own)
     try:
         variant = choose_variant(manifest, options.providers, settings.variant)
     except ValueError as e:
@@ -221,7 +223,7 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
         raise LoadError("integrity", f"{folder}: no {MANIFEST_FILE} and no {file}: nothing to serve") from None
     except OSError as e:
         raise LoadError("integrity", f"{folder}: {file} cannot be read: {e}") from e
-    session = _session(folder, file, model_bytes, options)
+    session = _session(folder, file, model_bytes, options.for_model(facts.onnxruntime))
     try:
         run_on = sample_inputs(facts.warmup[0], folder.parent) if facts.warmup else None
         manifest, extras = complete(session.session, folder, facts, model_bytes, measure=settings.warmup,
@@ -235,8 +237,8 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
 
 
 def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manifest:
-    """A load's configuration on a manifest's model: its batching, version policy and response
-    cache; the tensors it names must be the manifest's."""
+    """A load's configuration on a manifest's model: its batching, version policy, response
+    cache and ONNX Runtime options; the tensors it names must be the manifest's."""
     for kind, declared, own in (("inputs", override.inputs, manifest.inputs), ("outputs", override.outputs, manifest.outputs)):
         if declared is not None and declared != own:
             raise LoadError("config", f"{folder}: the load's configuration declares {kind} "
@@ -251,6 +253,8 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
         update["version_policy"] = override.version_policy
     if override.response_cache is not None:
         update["response_cache"] = override.response_cache
+    if override.onnxruntime is not None:  # _with_manifest made the session with them
+        update["onnxruntime"] = override.onnxruntime
     return manifest.model_copy(update=update)
 
 

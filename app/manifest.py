@@ -268,6 +268,43 @@ class BatchingDefaults(_Strict):
     """What one item cost at each batch size, where it was measured."""
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
+class ModelRuntimeOptions(_Strict):
+    """ONNX Runtime's options for one model's sessions, where the model needs its own; each
+    left unset is the server's. Triton's ONNX Runtime backend reads the same from a
+    config.pbtxt (`optimization.graph.level`; the parameters `intra_op_thread_count`,
+    `inter_op_thread_count`, `execution_mode`, `enable_mem_arena`, `enable_mem_pattern`)."""
+
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] | None = Field(default=None, exclude_if=_unset)
+    """How far ONNX Runtime rewrites the graph before it runs it (the server's: all). Fusions
+    change float results in the last bits, and a graph an optimizer mishandles loads or
+    answers only at a lower level."""
+    intra_op_threads: int | None = Field(default=None, ge=1, exclude_if=_unset)
+    """Threads that run one batch's operators (the server's: its share of the CPUs, and a wide
+    session for large batches, which a model that sets this does not get)."""
+    inter_op_threads: int | None = Field(default=None, ge=1, exclude_if=_unset)
+    """Threads that run independent branches at once (execution_mode parallel only; unset:
+    as many as intra_op_threads)."""
+    execution_mode: Literal["sequential", "parallel"] | None = Field(default=None, exclude_if=_unset)
+    memory_arena: bool | None = Field(default=None, exclude_if=_unset)
+    """ONNX Runtime's CPU memory arena (on by default): off returns a batch's memory when it ends."""
+    memory_pattern: bool | None = Field(default=None, exclude_if=_unset)
+    """Memory planned from the shapes seen before (on by default)."""
+
+
+# Triton's names for these (its ONNX Runtime backend's): optimization.graph.level's numbers,
+# and the model parameters (string values) that carry the others.
+TRITON_GRAPH_LEVELS: dict[int, str] = {0: "all", -1: "basic", 1: "extended", 2: "disabled"}
+TRITON_ORT_PARAMETERS: dict[str, str] = {
+    "intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads",
+    "execution_mode": "execution_mode", "enable_mem_arena": "memory_arena", "enable_mem_pattern": "memory_pattern"}
+TRITON_EXECUTION_MODES = ("sequential", "parallel")
+"""execution_mode's values by Triton's number for them."""
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=MODEL_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
@@ -295,6 +332,8 @@ class Manifest(_Strict):
     response_cache_bytes: for a deterministic model that gets the same inputs again."""
     preferred_variant: dict[Literal["cpu", "cuda"], Variant] = Field(default_factory=dict)
     """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
+    onnxruntime: ModelRuntimeOptions | None = Field(default=None, exclude_if=_unset)
+    """The model's own ONNX Runtime options; None: the server's."""
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str] = Field(default_factory=dict)

@@ -22,7 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2
 
 from app.graph import DROP_IN_FILE
-from app.manifest import Preprocessing, TensorSpec, VersionPolicy, from_triton_type, outside
+from app.manifest import (
+    TRITON_EXECUTION_MODES,
+    TRITON_GRAPH_LEVELS,
+    TRITON_ORT_PARAMETERS,
+    ModelRuntimeOptions,
+    Preprocessing,
+    TensorSpec,
+    VersionPolicy,
+    from_triton_type,
+    outside,
+)
 
 CONFIG_JSON = "config.json"
 CONFIG_PBTXT = "config.pbtxt"
@@ -32,10 +42,9 @@ BACKENDS = {"onnxruntime"}
 # Triton fields by what this server does with them. Anything not named here is refused:
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
-             "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations"}
+             "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations",
+             "optimization", "parameters"}
 _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
-            "optimization": "ONNX Runtime's options are the server's settings",
-            "parameters": "backend parameters",
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
@@ -45,6 +54,16 @@ _IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own reques
                      "default_queue_policy": "the server's queue limits apply",
                      "priority_queue_policy": "no priorities"}
 _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
+
+# Triton's ONNX Runtime backend's optimization fields and model parameters that are not
+# session options this server takes from a model (its README, "Other Optimization Options").
+_IGNORED_OPTIMIZATION = {"execution_accelerators": "execution providers are the server's: --providers",
+                         "priority": "no priorities", "cuda": "no CUDA graphs",
+                         "input_pinned_memory": "host buffers are the server's",
+                         "output_pinned_memory": "host buffers are the server's"}
+_CUDA_PARAMETERS = {"cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream",
+                    "session.use_device_allocator_for_initializers"}
+_BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
 
 
 class FactsError(ValueError):
@@ -104,6 +123,9 @@ class ModelFacts(_Facts):
     """Declared tensors (config.pbtxt's): checked against the graph, which must agree."""
     outputs: list[TensorSpec] | None = None
     model_file: str = DROP_IN_FILE
+    onnxruntime: ModelRuntimeOptions | None = None
+    """The model's own ONNX Runtime options (Triton's optimization.graph.level and ONNX Runtime
+    parameters); each unset is the server's."""
     op_libraries: list[str] | None = None
     """Custom operator libraries the graph needs (Triton's model_operations.op_library_filename;
     a relative path from the model's folder): each must be one the server loads
@@ -242,7 +264,7 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     libraries = list(config.model_operations.op_library_filename) or None
     given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
              "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache,
-             "warmup": warmup, "op_libraries": libraries}
+             "warmup": warmup, "op_libraries": libraries, "onnxruntime": _runtime_options(config, source, ignored)}
     # Only what the configuration says is set: facts on top of others replace only that.
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 
@@ -271,6 +293,56 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
     if problem:
         raise FactsError(f"{source}: {problem}")
     return spec
+
+
+def _runtime_options(config: Any, source: str, ignored: dict[str, str]) -> ModelRuntimeOptions | None:
+    """The ONNX Runtime options Triton's ONNX Runtime backend reads from a configuration, as
+    it reads them (a thread count of 0 is the server's choice); its other parameters and
+    optimization fields are named as ignored."""
+    given: dict[str, Any] = {}
+    optimization = config.optimization
+    for name in sorted(_set_fields(optimization) - {"graph"}):
+        ignored[f"optimization.{name}"] = _IGNORED_OPTIMIZATION.get(name, "not used")
+    if optimization.HasField("graph"):
+        level = optimization.graph.level
+        if level not in TRITON_GRAPH_LEVELS:
+            raise FactsError(f"{source}: optimization.graph.level {level}: it must be -1 (basic), 0 (all), "
+                             "1 (extended) or 2 (disabled)")
+        given["graph_optimization"] = TRITON_GRAPH_LEVELS[level]
+    for key in sorted(config.parameters):
+        if key not in TRITON_ORT_PARAMETERS:
+            ignored[f"parameters.{key}"] = ("CUDA options are the server's" if key in _CUDA_PARAMETERS
+                                            else "not an ONNX Runtime option this server reads")
+            continue
+        text = config.parameters[key].string_value.strip()
+        value = _parameter(key, text, source)
+        if value is not None:
+            given[TRITON_ORT_PARAMETERS[key]] = value
+    try:
+        return ModelRuntimeOptions(**given) if given else None
+    except ValidationError as e:
+        raise FactsError(f"{source}: {_describe(e)}") from e
+
+
+def _parameter(key: str, text: str, source: str) -> Any:
+    """One ONNX Runtime parameter's string_value as its option's value (None: the server's)."""
+    if key in ("enable_mem_arena", "enable_mem_pattern"):
+        if text.lower() not in _BOOLEANS:
+            raise FactsError(f"{source}: parameters {key!r} is {text!r}: it must be 1, 0, true or false")
+        return _BOOLEANS[text.lower()]
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if key == "execution_mode":
+        if number not in (0, 1):
+            raise FactsError(f"{source}: parameters 'execution_mode' is {text!r}: it must be 0 (sequential) "
+                             "or 1 (parallel)")
+        return TRITON_EXECUTION_MODES[number]
+    if number < 0:
+        raise FactsError(f"{source}: parameters {key!r} is {text!r}: it must be a whole number of threads, "
+                         "0 for the server's choice")
+    return number or None
 
 
 _WARMUP_DATA: dict[str, Literal["zero", "random", "file"]] = {

@@ -96,7 +96,7 @@ def _import(source: Path, model_dir: Path, name: str, facts: ModelFacts, beside:
         if vocabulary is not None:  # a text model's: beside its config.json (`beside`)
             shutil.copyfile(beside / vocabulary, staging / vocabulary)
         model_bytes = (staging / DROP_IN_FILE).read_bytes()
-        options = _ort_options(Settings())
+        options = _ort_options(Settings()).for_model(facts.onnxruntime)
         try:
             session = OrtModel(model_bytes, options, staging)
         except Exception as e:  # ORT's own exception types for a corrupt or unsupported graph
@@ -144,6 +144,8 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
         print(f"  batching: none ({b.reason})")
     else:
         print(f"  batching: max_batch_size {b.max_batch_size}, max_queue_delay_ms {b.max_queue_delay_ms} ({b.reason})")
+    if manifest.onnxruntime is not None:
+        print("  onnxruntime: " + ", ".join(f"{k} {v}" for k, v in manifest.onnxruntime.model_dump().items()))
     print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
 
 

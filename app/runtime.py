@@ -11,7 +11,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -27,7 +27,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
 )
 
 from app.errors import ModelRefusedInput
-from app.manifest import Manifest, Variant
+from app.manifest import Manifest, ModelRuntimeOptions, Variant
 from app.processes import available_cpus
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,17 @@ class OrtOptions:
     """Batches of at least this many rows run wide; None: measured (`OrtModel.calibrate`); 0: never."""
     custom_op_libraries: tuple[str, ...] = ()
     """Custom operator libraries registered with every session (app/custom_ops.py)."""
+    model: ModelRuntimeOptions | None = None
+    """The model's own options (its configuration's), over the server's."""
+
+    def for_model(self, own: ModelRuntimeOptions | None) -> OrtOptions:
+        """These options with a model's own on top: a model that sets its threads runs every
+        batch on them, with no wide session (as a server started with intra_op_threads)."""
+        if own is None:
+            return self
+        if own.intra_op_threads is None:
+            return replace(self, model=own)
+        return replace(self, intra_op_threads=own.intra_op_threads, wide_threads=0, model=own)
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
@@ -149,17 +160,30 @@ def _ort_message(error: Exception) -> str:
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (\w+ : )?", "", str(error))
 
 
-def session_options(threads: int, folder: Path | None = None, custom_op_libraries: Sequence[str] = ()
-                    ) -> ort.SessionOptions:
+_GRAPH_OPTIMIZATION = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def session_options(threads: int, folder: Path | None = None, custom_op_libraries: Sequence[str] = (),
+                    own: ModelRuntimeOptions | None = None) -> ort.SessionOptions:
     """`folder`: where the model's external data files lie (a model made from bytes has no
-    path of its own, and ONNX Runtime would look for them in the working directory)."""
+    path of its own, and ONNX Runtime would look for them in the working directory).
+    `own`: the model's own options, each set one over the server's."""
+    own = own or ModelRuntimeOptions()
     options = ort.SessionOptions()
     for library in custom_op_libraries:
         options.register_custom_ops_library(library)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = _GRAPH_OPTIMIZATION[own.graph_optimization or "all"]
     options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    parallel = own.execution_mode == "parallel"
+    options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = (own.inter_op_threads or threads) if parallel else 1
+    if own.memory_arena is not None:
+        options.enable_cpu_mem_arena = own.memory_arena
+    if own.memory_pattern is not None:
+        options.enable_mem_pattern = own.memory_pattern
     # Spinning worker threads would steal the CPU that the event loop needs to parse
     # the next requests; on a few cores that costs more than the wake-up latency saved.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -195,15 +219,15 @@ class OrtModel:
     def __init__(self, model: bytes, options: OrtOptions, folder: Path | None = None) -> None:
         providers = [(p, provider_options(p)) for p in options.providers]
         libraries = options.custom_op_libraries
-        self.session = ort.InferenceSession(model, session_options(options.intra_op_threads, folder, libraries),
-                                            providers=providers)
+        self.session = ort.InferenceSession(
+            model, session_options(options.intra_op_threads, folder, libraries, options.model), providers=providers)
         self.threads = options.intra_op_threads
         self.wide: ort.InferenceSession | None = None
         self.wide_threads = 0
         wanted = options.wide_batch_rows != 0 and options.wide_threads > options.intra_op_threads
         if wanted and options.providers[0] == CPU:
-            self.wide = ort.InferenceSession(model, session_options(options.wide_threads, folder, libraries),
-                                             providers=providers)
+            self.wide = ort.InferenceSession(
+                model, session_options(options.wide_threads, folder, libraries, options.model), providers=providers)
             self.wide_threads = options.wide_threads
         self.measure_threshold = options.wide_batch_rows is None
         # None: every batch runs on the narrow session (until `calibrate` has measured)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.manifest import Manifest, TensorSpec, triton_type
+from app.manifest import (
+    TRITON_EXECUTION_MODES,
+    TRITON_GRAPH_LEVELS,
+    TRITON_ORT_PARAMETERS,
+    Manifest,
+    ModelRuntimeOptions,
+    TensorSpec,
+    triton_type,
+)
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "ortserve"
@@ -78,12 +86,28 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
     if m.response_cache and not cached:
         parameters["response_cache"] = "enabled by the configuration, but the server has no cache (response_cache_bytes 0)"
+    if m.onnxruntime is not None:
+        config |= _onnxruntime_config(m.onnxruntime, parameters)
     if m.labels:
         parameters["labels"] = ",".join(m.labels)
     if m.description:
         parameters["description"] = m.description
     config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return config
+
+
+def _onnxruntime_config(own: ModelRuntimeOptions, parameters: dict[str, str]) -> dict[str, Any]:
+    """A model's own ONNX Runtime options as Triton's ONNX Runtime backend reads them: its
+    graph level in `optimization`, the others added to `parameters`."""
+    for key, field in TRITON_ORT_PARAMETERS.items():
+        value = getattr(own, field)
+        if value is not None:
+            parameters[key] = (str(TRITON_EXECUTION_MODES.index(value)) if field == "execution_mode"
+                               else str(value).lower())
+    if own.graph_optimization is None:
+        return {}
+    level = next(n for n, name in TRITON_GRAPH_LEVELS.items() if name == own.graph_optimization)
+    return {"optimization": {"graph": {"level": level}}}
 
 
 def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, Any]]:
