@@ -20,7 +20,7 @@ from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
 from app.completion import complete, pads_unmasked
-from app.graph import GraphError, disagreements, shapeless_tensors
+from app.graph import DROP_IN_FILE, GraphError, disagreements, shapeless_tensors
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
@@ -56,8 +56,8 @@ class LoadError(Exception):
 
 def manifest_fingerprint(folder: Path) -> str:
     """The manifest as it is on disk now (without one: the configuration files' contents and
-    the size and time of every other file in the version's folder, the graph's external data
-    among them): a change means the version must be reloaded."""
+    the size and time of every other file in the version's folder and in its folders, the
+    graph's external data among them): a change means the version must be reloaded."""
     try:
         return sha256_of_bytes((folder / MANIFEST_FILE).read_bytes())
     except OSError:
@@ -68,9 +68,12 @@ def manifest_fingerprint(folder: Path) -> str:
         for path in facts:
             parts.append(f"{path.name}:{sha256_of_bytes(path.read_bytes())}")
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path not in facts and not path.name.startswith("."):
-                info = path.stat()
-                parts.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
+            # one level down as well: a graph kept in a folder of its own, with its external data
+            inner = sorted(path.iterdir()) if path.is_dir() and not path.name.startswith(".") else []
+            for file in [path, *inner]:
+                if file.is_file() and file not in facts and not file.name.startswith("."):
+                    info = file.stat()
+                    parts.append(f"{file.relative_to(folder)}:{info.st_size}:{info.st_mtime_ns}")
     except OSError:
         return ""
     return "|".join(parts)
@@ -213,20 +216,20 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, override: 
     missing = custom_ops.not_loaded(facts.op_libraries or [], folder.parent, options.custom_op_libraries)
     if missing:
         raise LoadError("config", f"{facts.source or folder}: {custom_ops.refusal(missing)}")
-    file = facts.model_file
-    path = folder / file
+    file, data_folder = _graph_file(folder, facts.model_file)
     if (leaves := outside(folder, file, "the version's folder")) is not None:
         raise LoadError("config", f"{folder}: model file {file!r} {leaves}")
     try:
-        model_bytes = path.read_bytes()
+        model_bytes = (folder / file).read_bytes()
     except FileNotFoundError:
         raise LoadError("integrity", f"{folder}: no {MANIFEST_FILE} and no {file}: nothing to serve") from None
     except OSError as e:
         raise LoadError("integrity", f"{folder}: {file} cannot be read: {e}") from e
-    session = _session(folder, file, model_bytes, options.for_model(facts.onnxruntime))
+    session = _session(folder, file, model_bytes, options.for_model(facts.onnxruntime), data_folder)
     try:
         run_on = sample_inputs(facts.warmup[0], folder.parent) if facts.warmup else None
-        manifest, extras = complete(session.session, folder, facts, model_bytes, measure=settings.warmup,
+        read = facts.model_copy(update={"model_file": file})  # the graph's file, where it lies in a folder
+        manifest, extras = complete(session.session, folder, read, model_bytes, measure=settings.warmup,
                                     run=session.run, run_on=run_on)
     except (GraphError, ValueError) as e:
         raise LoadError("graph", f"{folder}: {file} cannot be served: {e}") from e
@@ -258,9 +261,19 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
     return manifest.model_copy(update=update)
 
 
-def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions) -> OrtModel:
+def _graph_file(folder: Path, file: str) -> tuple[str, Path]:
+    """The graph's file in the version's folder, and the folder its external data lie in:
+    `file` itself beside them, or where `file` is a folder (Triton's layout for a graph with
+    its external data: `1/model.onnx/model.onnx` and the data beside it), the model.onnx in it."""
+    if (folder / file).is_dir():
+        return f"{file}/{DROP_IN_FILE}", folder / file
+    return file, folder
+
+
+def _session(folder: Path, file: str, model_bytes: bytes, options: OrtOptions, data_folder: Path | None = None
+             ) -> OrtModel:
     try:
-        return OrtModel(model_bytes, options, folder)
+        return OrtModel(model_bytes, options, data_folder or folder)
     except Exception as e:  # ORT raises its own exception types for a corrupt or unsupported graph
         raise LoadError("onnxruntime", f"{folder}: ONNX Runtime cannot load {file}: {type(e).__name__}: {e}"
                                        f"{custom_ops.hint(str(e), options.custom_op_libraries)}") from e

@@ -15,6 +15,7 @@ import onnx
 import orjson
 import pytest
 
+from app.loading import manifest_fingerprint
 from tests.app.conftest import serving
 from tests.app.onnx_models import (
     ML_OPSET,
@@ -340,6 +341,34 @@ async def test_weights_in_an_external_data_file_beside_the_graph_are_read_from_i
     np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(3, 3), want, rtol=1e-6)
     assert index["escaping"]["state"] == "UNAVAILABLE"
     assert "escapes" in index["escaping"]["reason"]
+
+
+async def test_a_graph_in_a_folder_of_its_own_is_read_with_its_external_data_as_triton_reads_it(
+        tmp_path: Path) -> None:
+    """Triton's ONNX Runtime backend takes a model file that is a folder as the model.onnx in
+    it, its external data beside it: `1/model.onnx/model.onnx` and `1/model.onnx/weights.bin`
+    (or the folder that default_model_filename names). A change to the data reloads it."""
+    (tmp_path / "inside" / "1" / "model.onnx").mkdir(parents=True)
+    path = save(tmp_path, "inside", mlp(), file="model.onnx/model.onnx", external_data="weights.bin")
+    (tmp_path / "named" / "1" / "net.onnx").mkdir(parents=True)
+    save(tmp_path, "named", mlp(), file="net.onnx/model.onnx", external_data="weights.bin")
+    (tmp_path / "named" / "config.pbtxt").write_text('default_model_filename: "net.onnx"')
+    (tmp_path / "empty" / "1" / "model.onnx").mkdir(parents=True)
+    features = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    want = reference(path, {"features": features})["scores"]
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+        answers = [await client.post(f"/v2/models/{name}/infer", json=v2({"features": features}, {"features": "FP32"}))
+                   for name in ("inside", "named")]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(2, 3), want, rtol=1e-6)
+    assert index["empty"]["state"] == "UNAVAILABLE"
+    assert "no manifest.json and no model.onnx/model.onnx: nothing to serve" in index["empty"]["reason"]
+    before = manifest_fingerprint(path.parent.parent)
+    weights = path.parent / "weights.bin"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    assert manifest_fingerprint(path.parent.parent) != before
 
 
 async def test_nan_and_infinities_go_in_and_come_back_as_triton_writes_them(tmp_path: Path) -> None:
