@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MANIFEST_FILE = "manifest.json"
 
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 MAX_NAME_LENGTH = 128
 """A model's name is its folder's name: these keep it one plain folder name (no '..', no
-separators, no NUL) that every client path can check before the disk is touched."""
+separators, no NUL) that every client path can check before the disk is touched. Upper
+case is allowed, as Triton's repositories and Hugging Face's model names use it; the name
+is the folder's exactly (app/repository/disk.py), also where the file system ignores case."""
 MAX_VERSION_DIGITS = 18  # a version is a number of at most this many digits: it fits an int64
 
 # V2 protocol datatype names and the numpy dtypes they map to: the one list of both.

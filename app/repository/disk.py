@@ -102,20 +102,31 @@ class ModelFolders:
             logger.error("model %s: its folder cannot be read: %s", name, e)
             raise RepositoryUnreadable(f"model {name!r}: its folder cannot be read: {e.strerror or e}") from e
 
-    def _model_folder(self, name: str) -> Path:
-        """The model's folder; 400 where it is a link that leaves the model directory."""
+    def _model_folder(self, name: str) -> Path | None:
+        """The model's folder (None where there is none by exactly that name); 400 where it is
+        a link that leaves the model directory."""
         folder = self.root / name
+        if not folder.is_dir() or not self._named_exactly(name):
+            return None
         if folder.is_symlink() and not folder.resolve().is_relative_to(self.root.resolve()):
             raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
                              "it is not served")
         return folder
 
+    def _named_exactly(self, name: str) -> bool:
+        """Whether the model directory lists a folder of exactly this name: where the file
+        system ignores case (macOS, Windows shares), `Fashion-CNN` opens `fashion-cnn/`,
+        which would then be served under a second name."""
+        return name in self.found or name in {entry.name for entry in self.root.iterdir()}
+
     def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
         found: dict[int, Path] = {}
         refused: dict[int, str] = {}
         folder = self._model_folder(name)
+        if folder is None:
+            return found, refused
         inside = folder.resolve()
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        for path in sorted(folder.iterdir()):
             if not path.is_dir() or not path.name.isascii() or not path.name.isdigit():
                 continue
             if len(path.name) > MAX_VERSION_DIGITS:
@@ -133,8 +144,9 @@ class ModelFolders:
         return found, refused
 
     def _signature(self, name: str) -> Signature:
-        entries = []
-        for path in sorted((self.root / name).rglob("*")):
+        entries: list[tuple[str, int, int]] = []
+        folder = self.root / name
+        for path in sorted(folder.rglob("*")) if folder.is_dir() and self._named_exactly(name) else []:
             try:
                 info = path.stat()
             except OSError:  # removed while scanning: the next scan sees it gone

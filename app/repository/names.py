@@ -16,7 +16,7 @@ def check_name(name: str) -> None:
     if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise InvalidInput(f"{shown!r} is not a model name: a name is 1 to {MAX_NAME_LENGTH} characters of "
-                           "a-z, 0-9, '.', '_' and '-', starting with a letter or digit")
+                           "letters a-z and A-Z, digits, '.', '_' and '-', starting with a letter or digit")
 
 
 def parse_version(version: str) -> int:

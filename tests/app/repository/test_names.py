@@ -12,13 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
+from app.manifest import VersionPolicy
 from app.repository.disk import ModelFolders
 from tests.app.conftest import copy_model, serving
 from tests.app.http.test_hardening import live_server
+from tests.app.onnx_models import mlp, save
 from tests.app.repository.test_lifecycle import TOKEN, explicit
 
 # As they travel in a request line: dots, their encodings, NUL, a backslash, a path, 5,000 characters.
-BAD_NAMES = ["..", "%2e%2e", "%2E%2E", ".", "a%00b", "a%5Cb", "a%0A", "Fashion-CNN", "x" * 5000]
+BAD_NAMES = ["..", "%2e%2e", "%2E%2E", ".", "a%00b", "a%5Cb", "a%0A", "-fashion", "x" * 5000]
 
 
 async def exchange(port: int, method: str, path: str, body: bytes = b"", token: str | None = None) -> tuple[int, bytes]:
@@ -118,3 +120,27 @@ async def test_an_unreadable_model_folder_is_a_logged_503_not_a_500(
     assert whole.status_code == 503
     assert "the model folder cannot be read: Input/output error" in whole.json()["error"]
     assert "cannot be read" in caplog.text
+
+
+async def test_a_model_named_in_upper_case_is_served_under_exactly_its_folders_name(tmp_path: Path) -> None:
+    """Triton's repositories and Hugging Face's model names use upper case (MiniLM, bert-base-NER):
+    such a folder is served, under its own name only."""
+    save(tmp_path, "MiniLM-L6", mlp())
+    x = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        answered = await client.post("/v2/models/MiniLM-L6/infer", json=x)
+        other_case = await client.post("/v2/models/minilm-l6/infer", json=x)
+        index = (await client.post("/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"})).json()
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["model_name"] == "MiniLM-L6"
+    assert other_case.status_code == 404
+    assert [e["name"] for e in index] == ["MiniLM-L6"]
+
+
+def test_a_name_is_its_folders_only_where_the_listing_has_it_exactly(tmp_path: Path) -> None:
+    """Where the file system ignores case, the folder `fashion-cnn/` also opens as `Fashion-CNN/`;
+    the listing is what decides which name it has."""
+    (tmp_path / "fashion-cnn").mkdir()
+    folders = ModelFolders(tmp_path, VersionPolicy())
+    assert folders._named_exactly("fashion-cnn")
+    assert not folders._named_exactly("Fashion-CNN")
