@@ -43,7 +43,7 @@ BACKENDS = {"onnxruntime"}
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
              "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations",
-             "optimization", "parameters"}
+             "optimization", "parameters", "model_transaction_policy"}
 _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
@@ -242,6 +242,9 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
         raise FactsError(f"{source}: platform {config.platform!r} / backend {config.backend!r}: only ONNX models "
                          "are served (platform onnxruntime_onnx, backend onnxruntime)")
+    if config.model_transaction_policy.decoupled:  # false is what this server does: one answer per request
+        raise FactsError(f"{source}: model_transaction_policy.decoupled: a decoupled model (any number of "
+                         "answers per request) is not served; every request here gets one answer")
     if config.max_batch_size < 0:  # read as "no dynamic batching", it would serve a row at a time silently
         raise FactsError(f"{source}: max_batch_size {config.max_batch_size}: it must be 0 (no batch axis) or more")
     ignored = {name: why for name, why in _IGNORED.items() if name in fields}

@@ -226,6 +226,7 @@ dynamic_batching { max_queue_delay_microseconds: 500 preferred_batch_size: [ 4, 
 instance_group [ { count: 2 kind: KIND_CPU } ]
 version_policy: { all { } }
 default_model_filename: "mlp.onnx"
+model_transaction_policy { decoupled: false }
 """
 
 
@@ -269,6 +270,8 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
     ('platform: "tensorrt_plan"', "only ONNX models are served"),
     ('backend: "python"', "only ONNX models are served"),
     ("max_batch_size: 4 sequence_batching { }", "['sequence_batching'] are not supported"),
+    ("model_transaction_policy { decoupled: true }", "a decoupled model (any number of answers per request) is "
+     "not served"),
     ('name: "other"', "names model 'other' but lies in folder 'mlp'"),
     ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 5 ] } ]',
      "axis 1 is 4 in the graph, 5 in the manifest"),
