@@ -25,6 +25,7 @@ from app.graph import (
     first_axis_dynamic,
     generated_inputs,
     graph_tensors,
+    inputs_it_takes,
     looks_like_probabilities,
     shapeless_tensors,
     with_ranks_run,
@@ -106,6 +107,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
     problems = disagreements(session, candidate, shapeless)
     if problems:
         raise GraphError(f"{facts.source or 'its configuration'} does not match the graph: " + "; ".join(problems))
+    run_on = run_on or inputs_it_takes(session, candidate)
     if batches:
         broken = check_batches(session, candidate, run_on)
         if broken is not None:

@@ -6,6 +6,7 @@ like probabilities, and where a declared configuration disagrees with it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -101,14 +102,42 @@ InputMaker = Callable[[Manifest, int], dict[str, np.ndarray]]
 warm-up sample (app/warmup_samples.py) where the model refuses generated ones."""
 
 
-def generated_inputs(manifest: Manifest, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+INTEGER_CHOICES: tuple[tuple[int, int], ...] = ((1, 2), (0, 1), (1, 1))
+"""What generated integer inputs are drawn from, in the order tried until the model runs:
+1 and 2 (an index, a count, a length and a k all accept them), then 0 and 1 (an index into a
+table of two rows: BERT's token_type_ids, a yes/no category), then 1 alone (every row alike,
+which a batch check can tell less from)."""
+
+
+def generated_inputs(manifest: Manifest, rows: int, seed: int = 0,
+                     integers: tuple[int, int] = INTEGER_CHOICES[0]) -> dict[str, np.ndarray]:
     """Inputs of `rows` rows for a check (a model that does not batch: as declared, rows
-    ignored): small values (integers 1 and 2, which an index, a count or a length accepts),
-    every dynamic axis but the first of a fixed small length."""
-    return _generated(manifest.inputs, manifest.batches, rows, seed)
+    ignored): small values (integers drawn from `integers`, both included), every dynamic
+    axis but the first of a fixed small length."""
+    return _generated(manifest.inputs, manifest.batches, rows, seed, integers)
 
 
-def _generated(specs: list[TensorSpec], batches: bool, rows: int, seed: int) -> dict[str, np.ndarray]:
+def inputs_it_takes(session: ort.InferenceSession, manifest: Manifest) -> InputMaker:
+    """Generated inputs of the first INTEGER_CHOICES the model runs on (2 rows tried); where
+    it runs on none, the first, whose failure the checks then report."""
+    integers = _integers_it_takes(session, manifest.inputs, manifest.batches)
+    return functools.partial(generated_inputs, integers=integers)
+
+
+def _integers_it_takes(session: ort.InferenceSession, specs: list[TensorSpec], batches: bool) -> tuple[int, int]:
+    if not any(np.dtype(spec.numpy_dtype).kind in "iu" for spec in specs):
+        return INTEGER_CHOICES[0]
+    for integers in INTEGER_CHOICES:
+        try:
+            session.run(None, _generated(specs, batches, 2, 0, integers))
+        except Exception:  # ORT's own exception types: not on these values
+            continue
+        return integers
+    return INTEGER_CHOICES[0]
+
+
+def _generated(specs: list[TensorSpec], batches: bool, rows: int, seed: int,
+               integers: tuple[int, int] = INTEGER_CHOICES[0]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for spec in specs:
@@ -122,7 +151,10 @@ def _generated(specs: list[TensorSpec], batches: bool, rows: int, seed: int) -> 
         elif dtype.kind == "b":
             out[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            out[spec.name] = rng.integers(1, 3, shape).astype(dtype)
+            values = rng.integers(integers[0], integers[1] + 1, shape).astype(dtype)
+            if values.size >= 2:  # both ends of the range in every input, whatever the draw: a model
+                values.flat[0], values.flat[-1] = integers  # that takes only one of them fails every time
+            out[spec.name] = values
     return out
 
 
@@ -134,7 +166,7 @@ def with_ranks_run(session: ort.InferenceSession, inputs: list[TensorSpec], batc
     if not unknown:
         return outputs
     try:
-        answered = session.run(unknown, _generated(inputs, batches, rows=2, seed=0))
+        answered = session.run(unknown, _generated(inputs, batches, 2, 0, _integers_it_takes(session, inputs, batches)))
     except Exception as e:  # ORT's own exception types
         raise GraphError(f"outputs {unknown} declare no shape in the graph, and the model failed on generated "
                          f"inputs to show theirs ({type(e).__name__}: {e}): declare the outputs' shapes in the "
@@ -181,7 +213,7 @@ def _close(together: np.ndarray, alone: np.ndarray) -> bool:
     if not np.array_equal(np.isnan(a), np.isnan(b)):
         return False
     finite = np.isfinite(b)
-    if not np.array_equal(a[~finite], b[~finite]):
+    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):  # NaN where a row's mask is all 0, say
         return False
     scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
     return bool(np.abs(a[finite] - b[finite]).max(initial=0.0) <= 1e-5 + BATCH_TOLERANCE * scale)

@@ -12,15 +12,19 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import orjson
 import pytest
 
+from app.graph import graph_tensors, inputs_it_takes
 from app.loading import manifest_fingerprint
+from app.manifest import Manifest
 from tests.app.conftest import serving
 from tests.app.onnx_models import (
     ML_OPSET,
     averaged_over_a_sequence,
     centred_over_the_batch,
+    embedding,
     flattened,
     mlp,
     parsed_numbers,
@@ -420,6 +424,49 @@ async def test_an_output_that_is_not_a_row_per_input_row_is_no_batch_axis(tmp_pa
     for i, answer in enumerate(answers):
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"] == (x + i).ravel().tolist()
+
+
+async def test_an_index_into_a_table_of_two_rows_still_batches(tmp_path: Path) -> None:
+    """BERT's token_type_ids index a table of two rows: generated ids of 1 and 2 failed on it,
+    and the model was served without batching. Ids of 0 and 1 are tried next."""
+    save(tmp_path, "segments", embedding(rows=2))
+    save(tmp_path, "ids", embedding(rows=10))
+    async with serving(model_dir=tmp_path) as client:
+        configs = {name: (await client.get(f"/v2/models/{name}/config")).json() for name in ("segments", "ids")}
+        answer = await client.post("/v2/models/segments/infer", json=v2({"ids": np.array([0, 1, 1])}, {"ids": "INT64"}))
+    for config in configs.values():
+        assert config["max_batch_size"] > 0, config["parameters"]["batching"]
+        assert config["parameters"]["batching"]["string_value"].startswith("measured")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [3, 2]
+
+
+def test_inputs_are_generated_with_the_first_integers_the_model_takes(tmp_path: Path) -> None:
+    made = {name: graph for name, graph in (("ten", embedding(rows=10)), ("two", embedding(rows=2)),
+                                            ("one", embedding(rows=1)))}
+    chosen = {}
+    for name, graph in made.items():
+        session = ort.InferenceSession(str(save(tmp_path, name, graph)))
+        inputs, outputs = graph_tensors(session)
+        manifest = Manifest(name=name, version=1, task="tensors", inputs=inputs, outputs=outputs,
+                            variants={"fp32": {"file": "model.onnx", "sha256": "0" * 64, "size_bytes": 1}},
+                            batching={"max_batch_size": 8, "max_queue_delay_ms": 0})
+        ids = inputs_it_takes(session, manifest)(manifest, 4)["ids"]
+        chosen[name] = sorted(set(ids.tolist()))
+    assert chosen == {"ten": [1, 2], "two": [0, 1], "one": [1, 2]}  # a table of one row takes none: the first
+
+
+async def test_outputs_that_are_nan_for_a_row_do_not_make_the_first_axis_no_batch_axis(tmp_path: Path) -> None:
+    """NaN (a masked mean over a row whose mask is all 0, a log of a negative) compared unequal
+    to itself, so such a model was served without batching."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Log", ["x"], ["log"])], "logged",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])],
+        [onnx.helper.make_tensor_value_info("log", onnx.TensorProto.FLOAT, ["n", 4])])
+    save(tmp_path, "logged", graph)
+    async with serving(model_dir=tmp_path) as client:
+        config = (await client.get("/v2/models/logged/config")).json()
+    assert config["max_batch_size"] > 0, config["parameters"]["batching"]
 
 
 async def test_a_kernel_failing_on_a_requests_values_is_that_requests_400(tmp_path: Path) -> None:
