@@ -46,7 +46,12 @@ def _with_non_finite_numbers(data: bytes, error: orjson.JSONDecodeError) -> Any:
     try:
         value = json.loads(bytes(data))
         orjson.dumps(value)  # what orjson refuses that json takes (a lone surrogate) stays refused
-    except (ValueError, TypeError, RecursionError) as e:  # TypeError: orjson's; RecursionError: json's depth
+    except RecursionError as e:  # json's own depth limit (Python 3.11 and 3.12)
+        raise InvalidInput(f"request body is not valid JSON: nested too deeply ({e})") from e
+    except orjson.JSONEncodeError as e:  # orjson writes 255 levels at most: 3.13's json reads deeper
+        why = "nested too deeply" if "Recursion limit" in str(e) else str(e)
+        raise InvalidInput(f"request body is not valid JSON: {why}") from e
+    except ValueError as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from e
     return value
 

@@ -93,7 +93,7 @@ async def test_json_floats_answer_as_the_same_pixels_in_binary() -> None:
 @pytest.mark.parametrize(("body", "message"), [
     (b'{"a": [NaN, 1', "Expecting ',' delimiter"),  # the rest of the body still has to be JSON
     (b'{"a": [NaN, "\\ud800"]}', "surrogates not allowed"),  # as orjson refuses it without a NaN
-    (b'{"a": ' + b"[" * 1000 + b"NaN" + b"]" * 1000 + b"}", "maximum recursion depth"),
+    (b'{"a": ' + b"[" * 1000 + b"NaN" + b"]" * 1000 + b"}", "nested too deeply"),
     (b'{"a": [nan]}', "expected 'null'"),  # only the words Triton writes
 ])
 def test_a_body_with_nan_or_infinity_is_otherwise_held_to_json(body: bytes, message: str) -> None:
