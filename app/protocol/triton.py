@@ -86,8 +86,10 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
     if m.response_cache and not cached:
         parameters["response_cache"] = "enabled by the configuration, but the server has no cache (response_cache_bytes 0)"
-    if m.onnxruntime is not None:
-        config |= _onnxruntime_config(m.onnxruntime, parameters)
+    if m.onnxruntime is not None:  # said back as Triton's ONNX Runtime backend reads them
+        parameters |= _onnxruntime_parameters(m.onnxruntime)
+        if m.onnxruntime.graph_optimization is not None:
+            config["optimization"] = {"graph": {"level": _graph_level(m.onnxruntime.graph_optimization)}}
     if m.labels:
         parameters["labels"] = ",".join(m.labels)
     if m.description:
@@ -96,18 +98,19 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
     return config
 
 
-def _onnxruntime_config(own: ModelRuntimeOptions, parameters: dict[str, str]) -> dict[str, Any]:
-    """A model's own ONNX Runtime options as Triton's ONNX Runtime backend reads them: its
-    graph level in `optimization`, the others added to `parameters`."""
+def _onnxruntime_parameters(own: ModelRuntimeOptions) -> dict[str, str]:
+    """A model's own ONNX Runtime options that are Triton parameters, as their string values."""
+    parameters = {}
     for key, field in TRITON_ORT_PARAMETERS.items():
         value = getattr(own, field)
         if value is not None:
             parameters[key] = (str(TRITON_EXECUTION_MODES.index(value)) if field == "execution_mode"
                                else str(value).lower())
-    if own.graph_optimization is None:
-        return {}
-    level = next(n for n, name in TRITON_GRAPH_LEVELS.items() if name == own.graph_optimization)
-    return {"optimization": {"graph": {"level": level}}}
+    return parameters
+
+
+def _graph_level(name: str) -> int:
+    return next(level for level, named in TRITON_GRAPH_LEVELS.items() if named == name)
 
 
 def _config_tensors(specs: list[TensorSpec], batches: bool) -> list[dict[str, Any]]:
