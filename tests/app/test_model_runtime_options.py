@@ -15,14 +15,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 from app.manifest import ModelRuntimeOptions, load_manifest
 from app.model_facts import from_triton, from_triton_text
 from app.runtime import OrtOptions
 from app.served_model import ServedModel
 from load_tests.server import ROOT
-from tests.app.conftest import serving
+from tests.app.conftest import serving, serving_grpc
 from tests.app.onnx_models import mlp, reference, save
 
 TOKEN = "session-token"
@@ -194,3 +194,12 @@ async def test_an_imported_models_options_are_kept_in_its_manifest_and_served(tm
         options = options_of(served(client, "mlp"))
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert options.intra_op_num_threads == 2
+
+
+async def test_grpcs_model_config_says_them_too(tmp_path: Path) -> None:
+    save(tmp_path, "mlp", mlp())
+    (tmp_path / "mlp" / "config.pbtxt").write_text(TUNED)
+    async with serving_grpc(model_dir=tmp_path) as (_, stub, _app):
+        answer = await stub.ModelConfig(service_pb2.ModelConfigRequest(name="mlp"))
+    assert answer.config.optimization.graph.level == 2
+    assert answer.config.parameters["execution_mode"].string_value == "1"
