@@ -21,6 +21,7 @@ from app.graph import (
     GraphError,
     InputMaker,
     check_batches,
+    check_padding,
     disagreements,
     first_axis_dynamic,
     generated_inputs,
@@ -49,7 +50,11 @@ DECLARE_SHAPES = ("shapes in the model's config.json (`inputs`, as a manifest li
                   "(`input` dims, with max_batch_size where the first axis is a batch axis)")
 UNPADDED_BATCHING_REASON = (
     "a dynamic axis besides the first: a request batches only with requests of its shapes, since "
-    "zero-padding other lengths to the longest would change what a model that does not mask its padding answers")
+    "zero-padding other lengths to the longest would change what a model that does not mask its padding answers "
+    "(a model that does: pad: true in its config.json's batching)")
+PADDED_BATCHING_REASON = (
+    "a dynamic axis besides the first: requests of other lengths batch together, zero-padded to the longest "
+    "(pad: true), as the model answered rows so padded what it answers each alone (it masks its padding)")
 
 
 def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, model_bytes: bytes, *,
@@ -119,6 +124,8 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
         else:
             candidate = manifest(_batching(facts, candidate, measure, run or (lambda x: session.run(None, x)),
                                            run_on))
+            if has_sequence_axes(candidate) and candidate.batching.max_batch_size > 1:
+                candidate = manifest(_padding(session, candidate, facts, run_on))
     if candidate.labels and facts.scores is None and looks_like_probabilities(session, candidate, run_on):
         candidate = candidate.model_copy(update={"scores": "probabilities"})
     return candidate, extras
@@ -135,19 +142,39 @@ def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
     else:
         chosen = UNMEASURED_BATCHING
     if given is not None:  # one of the two given: it wins, the other is measured
-        chosen = chosen.model_copy(update={k: v for k, v in given.model_dump().items() if v is not None}
-                                   | {"reason": f"{chosen.reason}; {sorted(given.model_fields_set)} given by "
-                                                f"{facts.source}"})
-    if pads_unmasked(manifest):
-        chosen = chosen.model_copy(update={"reason": f"{chosen.reason}; {UNPADDED_BATCHING_REASON}"})
+        sizes = {k: v for k, v in given.model_dump(include={"max_batch_size", "max_queue_delay_ms"}).items()
+                 if v is not None}
+        chosen = chosen.model_copy(update=sizes | {"reason": f"{chosen.reason}; {sorted(sizes)} given by "
+                                                             f"{facts.source}"})
     return chosen
 
 
-def pads_unmasked(manifest: Manifest) -> bool:
-    """A tensors model with a dynamic axis besides the first: its requests are batched only
-    with requests of the same shapes, never zero-padded to each other's lengths (a text
-    classifier is: it masks its padding with its lengths input)."""
+def _padding(session: ort.InferenceSession, manifest: Manifest, facts: ModelFacts, run_on: InputMaker
+             ) -> BatchingDefaults:
+    """A model with a dynamic axis besides the first: whether requests of other lengths batch
+    together, zero-padded, which its configuration asks for (`pad: true`) and which is then
+    checked (the padded rows must answer what each answers alone), or only with requests of
+    their own shapes. Not the default: padding pays for a model whose batches cost little per
+    row and loses for one whose requests are large enough on their own (measured, README)."""
+    batching = manifest.batching
+    if facts.batching is None or not facts.batching.pad:
+        return batching.model_copy(update={"reason": f"{batching.reason}; {UNPADDED_BATCHING_REASON}"})
+    broken = check_padding(session, manifest, run_on)
+    if broken is not None:
+        raise GraphError(f"{facts.source} says pad: true, but {broken}")
+    return batching.model_copy(update={"pad": True, "reason": f"{batching.reason}; {PADDED_BATCHING_REASON}"})
+
+
+def has_sequence_axes(manifest: Manifest) -> bool:
+    """A batching tensors model with a dynamic axis besides the first (a sequence's length, say)."""
     return manifest.task == TENSORS_TASK and manifest.batches and any(-1 in t.shape[1:] for t in manifest.inputs)
+
+
+def pads_unmasked(manifest: Manifest) -> bool:
+    """A tensors model with a dynamic axis besides the first whose padding check did not pass:
+    its requests are batched only with requests of the same shapes, never zero-padded to each
+    other's lengths (a text classifier is padded: it masks its padding with its lengths input)."""
+    return has_sequence_axes(manifest) and not manifest.batching.pad
 
 
 def _extra_files(folder: Path, facts: ModelFacts) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from google.protobuf import empty_pb2, unknown_fields
 from google.protobuf.message import DecodeError
 
+from app.batching.collate import concatenate_padded
 from app.manifest import DATATYPES, Manifest, TensorSpec
 
 DROP_IN_FILE = "model.onnx"
@@ -196,6 +197,39 @@ def check_batches(session: ort.InferenceSession, manifest: Manifest, run_on: Inp
         joined = np.concatenate([alone[0][n], alone[1][n]])
         if together[n].shape != joined.shape or not _close(together[n], joined):
             return f"output {name!r} for a batch of 2 differs from the two rows run alone"
+    return None
+
+
+def check_padding(session: ort.InferenceSession, manifest: Manifest, run_on: InputMaker) -> str | None:
+    """None where two rows of other lengths, zero-padded to the longer and run together as
+    the batcher pads them (app/batching/collate.py), answer what each answers alone: the model
+    masks its padding (a transformer's attention_mask does) and no output has an axis of the
+    padded length. Else why not. Run on what `run_on` makes, the second row cut one shorter on
+    every dynamic axis but the first."""
+    pair = run_on(manifest, 2)
+    dynamic = {spec.name: [axis + 1 for axis, d in enumerate(spec.graph_item_shape(True)) if d == -1]
+               for spec in manifest.inputs}
+    longer = {name: value[:1] for name, value in pair.items()}
+    shorter = {}
+    for name, value in pair.items():
+        cut = [slice(None)] * value.ndim
+        for axis in dynamic.get(name, []):
+            cut[axis] = slice(0, max(1, value.shape[axis] - 1))
+        shorter[name] = value[1:2][tuple(cut)]
+    names = [o.name for o in manifest.outputs]
+    try:
+        alone = [session.run(names, longer), session.run(names, shorter)]
+        together = session.run(names, concatenate_padded([longer, shorter]))
+    except Exception as e:  # ORT's own exception types: it cannot take padded inputs
+        return f"it failed on inputs zero-padded to one length: {type(e).__name__}: {e}"
+    for n, name in enumerate(names):
+        for row, outputs in enumerate(alone):
+            own, padded = np.asarray(outputs[n]), np.asarray(together[n])[row : row + 1]
+            if own.shape != padded.shape:
+                return (f"output {name!r} has shape {list(own.shape[1:])} for a row alone, {list(padded.shape[1:])} "
+                        "padded: it has an axis of the padded length")
+            if not _close(padded, own):
+                return f"output {name!r} for a row zero-padded to a longer one's length differs from the row alone"
     return None
 
 

@@ -310,8 +310,8 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
 
 def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:
     """For models with a variable-length input, a function giving a request's padded length
-    (classifiers only: a tensors model is never padded, app/completion.py `pads_unmasked`)."""
-    if manifest.task == TENSORS_TASK:
+    (classifiers, and tensors models whose padding check passed: app/completion.py `_padding`)."""
+    if manifest.task == TENSORS_TASK and not manifest.batching.pad:
         return None
     for spec in manifest.inputs:
         if len(spec.shape) >= 2 and spec.shape[1] == -1:

@@ -268,6 +268,11 @@ class BatchingDefaults(_Strict):
     """How this was chosen, or why the model does not batch (shown in /config)."""
     cost_per_item_ms: dict[int, float] = Field(default_factory=dict)
     """What one item cost at each batch size, where it was measured."""
+    pad: bool = Field(default=False, exclude_if=lambda value: not value)
+    """A model with a dynamic axis besides the first: requests of other lengths are batched
+    together, zero-padded to the longest, as its configuration asked, the model having been run
+    so and answered each what it answers alone (it masks its padding, as a transformer does
+    with its attention_mask). False: a request batches only with requests of its shapes."""
 
 
 def _unset(value: object) -> bool:

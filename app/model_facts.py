@@ -98,6 +98,11 @@ class BatchingFacts(_Facts):
     max_batch_size: int | None = Field(default=None, ge=0)
     """0: the model does not batch; 1: each request alone; None: measured at load."""
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    pad: bool | None = None
+    """A model with a dynamic axis besides the first: true batches requests of other lengths
+    together, zero-padded to the longest, once running the model shows that padding does not
+    change its answers (it masks its padding); else (the default) a request batches only with
+    requests of its shapes."""
 
 
 class ModelFacts(_Facts):

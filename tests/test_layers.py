@@ -29,7 +29,7 @@ LAYERS: dict[str, set[str]] = {
     "app.preprocess": {"app.manifest"},
     "app.codecs": {"app.errors", "app.manifest", "app.preprocess"},
     "app.runtime": {"app.errors", "app.manifest", "app.processes"},
-    "app.graph": {"app.manifest"},
+    "app.graph": {"app.batching", "app.manifest"},
     "app.reshaping": {"app.errors", "app.manifest"},
     "app.response_cache": set(),
     "app.warmup_samples": {"app.graph", "app.manifest", "app.model_facts"},

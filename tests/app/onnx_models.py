@@ -229,6 +229,32 @@ def averaged_over_a_sequence() -> onnx.GraphProto:
         [helper.make_tensor_value_info("mean", FLOAT, ["n"])])
 
 
+def masked_mean() -> onnx.GraphProto:
+    """ids [n, length] and mask [n, length] -> the mean of each row's embeddings where its mask
+    is 1, as a transformer pools: zero padding (ids 0, mask 0) does not change a row's answer."""
+    return helper.make_graph([
+        helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0),
+        helper.make_node("Cast", ["mask"], ["weights"], to=FLOAT),
+        helper.make_node("Unsqueeze", ["weights", "last"], ["weights3"]),
+        helper.make_node("Mul", ["vectors", "weights3"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept", "one"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["weights3", "one"], ["count"], keepdims=0),
+        helper.make_node("Div", ["total", "count"], ["pooled"])], "masked_mean",
+        [helper.make_tensor_value_info("ids", INT64, ["n", "length"]),
+         helper.make_tensor_value_info("mask", INT64, ["n", "length"])],
+        [helper.make_tensor_value_info("pooled", FLOAT, ["n", 2])],
+        [_weights("table", (10, 2), seed=3), numpy_helper.from_array(np.array([-1], np.int64), "last"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")])
+
+
+def per_position() -> onnx.GraphProto:
+    """ids [n, length] -> a value per position [n, length, 2]: an output of the padded length."""
+    return helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)], "per_position",
+        [helper.make_tensor_value_info("ids", INT64, ["n", "length"])],
+        [helper.make_tensor_value_info("vectors", FLOAT, ["n", "length", 2])], [_weights("table", (10, 2), seed=4)])
+
+
 def widen(width: int) -> onnx.GraphProto:
     """x (n, 1) -> y (n, width), x repeated: a small request with a large answer."""
     return helper.make_graph(

@@ -26,8 +26,10 @@ from tests.app.onnx_models import (
     centred_over_the_batch,
     embedding,
     flattened,
+    masked_mean,
     mlp,
     parsed_numbers,
+    per_position,
     reference,
     save,
     shapeless_mlp,
@@ -201,6 +203,53 @@ async def test_requests_of_other_lengths_are_never_padded_together(tmp_path: Pat
     assert config["max_batch_size"] > 1
     assert "batches only with requests of its shapes" in config["parameters"]["batching"]["string_value"]
     assert [a.json()["outputs"][0]["data"] for a in answers] == [[1.0], [-1.0]] * 8
+
+
+def ids_and_mask(length: int, seed: int) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(1, 10, (1, length))
+    return {"ids": ids, "mask": np.ones_like(ids)}
+
+
+async def test_a_model_that_masks_its_padding_batches_requests_of_other_lengths_padded(tmp_path: Path) -> None:
+    """A transformer masks its padding (attention_mask): asked to (pad: true) and checked (rows
+    zero-padded to a longer one's length answer what they answer alone), requests of other
+    lengths batch together."""
+    path = save(tmp_path, "pooled", masked_mean())
+    (tmp_path / "pooled" / "config.json").write_text(json.dumps({"batching": {"pad": True}}))
+    requests = [ids_and_mask(length, seed) for seed, length in enumerate([2, 5, 3, 7, 1, 4, 6, 2] * 2)]
+    want = [reference(path, inputs)["pooled"] for inputs in requests]
+    async with serving(model_dir=tmp_path, idle_dispatch=False, max_queue_delay_ms=50) as client:
+        config = (await client.get("/v2/models/pooled/config")).json()
+        answers = await asyncio.gather(*(
+            client.post("/v2/models/pooled/infer", json=v2(inputs, {"ids": "INT64", "mask": "INT64"}))
+            for inputs in requests))
+        stats = (await client.get("/v2/models/pooled/stats")).json()["model_stats"][0]
+    assert "requests of other lengths batch together, zero-padded" in config["parameters"]["batching"]["string_value"]
+    for answer, expected in zip(answers, want, strict=True):
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-5)
+    assert stats["inference_count"] == len(requests)
+    assert stats["execution_count"] < len(requests) / 2  # batched across lengths
+
+
+async def test_padding_is_asked_for_and_refused_where_it_would_change_an_answer(tmp_path: Path) -> None:
+    """Not the default, even where the model masks its padding (it may cost more than it saves,
+    README); asked for, a model that does not mask it, or whose output has the padded length,
+    is refused with why."""
+    save(tmp_path, "not-asked", masked_mean())
+    save(tmp_path, "per-position", per_position())
+    save(tmp_path, "unmasked", averaged_over_a_sequence())
+    for name in ("per-position", "unmasked"):
+        (tmp_path / name / "config.json").write_text(json.dumps({"batching": {"pad": True}}))
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        reason = (await client.get("/v2/models/not-asked/config")).json()["parameters"]["batching"]["string_value"]
+        index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
+    assert "batches only with requests of its shapes" in reason
+    assert "pad: true in its config.json" in reason
+    assert index["per-position"]["state"] == index["unmasked"]["state"] == "UNAVAILABLE"
+    assert ("says pad: true, but output 'vectors' has shape [2, 2] for a row alone, [3, 2] padded"
+            in index["per-position"]["reason"])
+    assert "says pad: true, but output 'mean' for a row zero-padded" in index["unmasked"]["reason"]
 
 
 async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_others_serve(tmp_path: Path) -> None:

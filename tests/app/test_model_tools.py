@@ -12,7 +12,7 @@ import numpy as np
 from app.manifest import load_manifest
 from load_tests.server import ROOT
 from tests.app.conftest import copy_model, serving
-from tests.app.onnx_models import embedding, mlp, pooled, reference, save, shapeless_mlp
+from tests.app.onnx_models import embedding, masked_mean, mlp, pooled, reference, save, shapeless_mlp
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -154,3 +154,19 @@ def test_check_passes_a_good_repository_and_lists_every_problem_of_a_bad_one(tmp
     assert any("corrupt/1" in line and "ONNX Runtime cannot load" in line for line in lines), failed.stdout
     assert any("Bad Name" in line for line in lines), failed.stdout
     assert "4 problem(s)" in failed.stdout
+
+
+async def test_an_imported_model_that_masks_its_padding_keeps_that_in_its_manifest(tmp_path: Path) -> None:
+    source = save(tmp_path / "mine", "pooled", masked_mean())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"batching": {"pad": True}}))
+    models = tmp_path / "models"
+    imported = run("import", str(source), "--name", "pooled", "--config", str(config), "--model-dir", str(models))
+    assert imported.returncode == 0, imported.stderr
+    manifest = load_manifest(models / "pooled" / "1")
+    assert manifest.batching.pad
+    async with serving(model_dir=models) as client:
+        answers = [await client.post("/v2/models/pooled/infer", json={"inputs": [
+            {"name": "ids", "shape": [1, n], "datatype": "INT64", "data": [1] * n},
+            {"name": "mask", "shape": [1, n], "datatype": "INT64", "data": [1] * n}]}) for n in (2, 5)]
+    assert [a.status_code for a in answers] == [200, 200]
