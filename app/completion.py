@@ -171,9 +171,9 @@ def has_sequence_axes(manifest: Manifest) -> bool:
 
 
 def pads_unmasked(manifest: Manifest) -> bool:
-    """A tensors model with a dynamic axis besides the first whose padding check did not pass:
-    its requests are batched only with requests of the same shapes, never zero-padded to each
-    other's lengths (a text classifier is padded: it masks its padding with its lengths input)."""
+    """A tensors model with a dynamic axis besides the first that is not padded (its
+    configuration did not ask, `_padding`): its requests are batched only with requests of the
+    same shapes (a text classifier is padded: it masks its padding with its lengths input)."""
     return has_sequence_axes(manifest) and not manifest.batching.pad
 
 
