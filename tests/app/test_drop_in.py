@@ -252,6 +252,21 @@ async def test_padding_is_asked_for_and_refused_where_it_would_change_an_answer(
     assert "says pad: true, but output 'mean' for a row zero-padded" in index["unmasked"]["reason"]
 
 
+async def test_padding_is_not_taken_unchecked_where_the_rows_cannot_be_of_other_lengths(tmp_path: Path) -> None:
+    """Warm-up samples one token long are what the check runs on: nothing can be padded, so
+    nothing is shown, and pad: true is refused rather than taken on trust."""
+    save(tmp_path, "pooled", masked_mean())
+    (tmp_path / "pooled" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ndynamic_batching { }\nmodel_warmup [{ name: "one" batch_size: 2\n'
+        '  inputs { key: "ids" value: { data_type: TYPE_INT64 dims: [1] zero_data: true } }\n'
+        '  inputs { key: "mask" value: { data_type: TYPE_INT64 dims: [1] zero_data: true } } }]\n')
+    (tmp_path / "pooled" / "config.json").write_text(json.dumps({"batching": {"pad": True}}))
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        (entry,) = (await client.post("/v2/repository/index", headers=ADMIN)).json()
+    assert entry["state"] == "UNAVAILABLE"
+    assert "no row could be padded to check it with" in entry["reason"]
+
+
 async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_others_serve(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
