@@ -18,7 +18,7 @@ from typing import Any, get_args
 import onnxruntime
 
 from app import custom_ops
-from app.completion import complete
+from app.completion import complete, has_sequence_axes
 from app.errors import InvalidInput
 from app.graph import DROP_IN_FILE, GraphError
 from app.loading import LoadError, load_version
@@ -198,6 +198,10 @@ def _check_version(folder: Path, settings: Settings, options: OrtOptions) -> str
         return e.message if str(folder) in e.message else f"{folder}: {e.message}"
     b = model.manifest.batching
     batching = "does not batch" if not b.max_batch_size else f"batches up to {model.batcher.policy.max_batch_size}"
+    if b.max_batch_size and has_sequence_axes(model.manifest):
+        batching += (", requests of other lengths zero-padded together" if b.pad else
+                     ", each of requests of one shape (batching.pad: true in a config.json pads other lengths "
+                     "together, where the model masks its padding)")
     print(f"{folder}: ok ({model.manifest.task}, {batching}"
           f"{'' if model.verified else ', no digest to check (add one with import)'})")
     return None

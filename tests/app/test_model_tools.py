@@ -165,6 +165,8 @@ async def test_an_imported_model_that_masks_its_padding_keeps_that_in_its_manife
     assert imported.returncode == 0, imported.stderr
     manifest = load_manifest(models / "pooled" / "1")
     assert manifest.batching.pad
+    checked = run("check", str(models))
+    assert "requests of other lengths zero-padded together" in checked.stdout, checked.stdout + checked.stderr
     async with serving(model_dir=models) as client:
         answers = [await client.post("/v2/models/pooled/infer", json={"inputs": [
             {"name": "ids", "shape": [1, n], "datatype": "INT64", "data": [1] * n},
