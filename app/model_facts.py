@@ -141,8 +141,12 @@ class ModelFacts(_Facts):
     """Fields of a Triton configuration this server does not use, with why."""
 
     def over(self, base: ModelFacts) -> ModelFacts:
-        """These facts on top of `base`: each field set here wins."""
+        """These facts on top of `base`: each field set here wins; batching field by field (a
+        load's configuration gives its sizes, and a config.json's `pad` stays)."""
         given = {name: getattr(self, name) for name in self.model_fields_set - {"source", "ignored"}}
+        if self.batching is not None and base.batching is not None:
+            given["batching"] = base.batching.model_copy(
+                update={name: getattr(self.batching, name) for name in self.batching.model_fields_set})
         merged = base.model_copy(update=given)
         sources = " + ".join(s for s in (base.source, self.source) if s)
         return merged.model_copy(update={"source": sources, "ignored": base.ignored | self.ignored})

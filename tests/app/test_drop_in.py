@@ -252,6 +252,22 @@ async def test_padding_is_asked_for_and_refused_where_it_would_change_an_answer(
     assert "says pad: true, but output 'mean' for a row zero-padded" in index["unmasked"]["reason"]
 
 
+async def test_a_loads_batching_sizes_keep_the_folders_padding(tmp_path: Path) -> None:
+    """Batching facts on top of others replace only the fields they give: a load's configuration
+    (Triton's, which has no word for padding) sets the sizes, the config.json's pad stays."""
+    save(tmp_path, "pooled", masked_mean())
+    (tmp_path / "pooled" / "config.json").write_text(json.dumps({"batching": {"pad": True}}))
+    override = json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 1000}})
+    async with serving(model_dir=tmp_path, admin_token=TOKEN, model_control_mode="explicit",
+                       load_model=["pooled"]) as client:
+        loaded = await client.post("/v2/repository/models/pooled/load", headers=ADMIN,
+                                   json={"parameters": {"config": override}})
+        config = (await client.get("/v2/models/pooled/config")).json()
+    assert loaded.status_code == 200, loaded.text
+    assert config["max_batch_size"] == 4
+    assert "requests of other lengths batch together" in config["parameters"]["batching"]["string_value"]
+
+
 async def test_padding_is_not_taken_unchecked_where_the_rows_cannot_be_of_other_lengths(tmp_path: Path) -> None:
     """Warm-up samples one token long are what the check runs on: nothing can be padded, so
     nothing is shown, and pad: true is refused rather than taken on trust."""
