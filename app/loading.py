@@ -185,8 +185,7 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions, overri
         manifest = load_manifest(folder, verify_files=False)
     except ManifestError as e:
         raise LoadError("manifest", str(e)) from e
-    own = override.onnxruntime if override is not None and override.onnxruntime is not None else manifest.onnxruntime
-    options = options.for_model(own)
+    options = options.for_model((override.onnxruntime if override is not None else None) or manifest.onnxruntime)
     try:
         variant = choose_variant(manifest, options.providers, settings.variant)
     except ValueError as e:

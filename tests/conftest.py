@@ -23,6 +23,19 @@ os.environ.setdefault("ORTSERVE_GRPC_PORT", "0")
 os.environ.setdefault("ORTSERVE_WORKERS", "1")
 
 
+@pytest.fixture
+def perf_analyzer_tool() -> str:
+    """Triton's perf_analyzer (load_tests/perf_analyzer.py `find`). Skipped only where it is not
+    on the machine: .ci/run sets the shared copy up and fails if it cannot, so in CI these run."""
+    from load_tests import perf_analyzer
+
+    tool = perf_analyzer.find()
+    if tool is None:
+        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
+                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
+    return tool
+
+
 def model_folder(name: str) -> Path:
     """The newest committed version of a shipped model: the one the service serves by default."""
     folder = latest_version(MODELS / name)

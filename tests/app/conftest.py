@@ -118,19 +118,6 @@ def wait_for(check, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
     raise AssertionError(f"not so after {timeout_s} s")
 
 
-@pytest.fixture
-def perf_analyzer_tool() -> str:
-    """Triton's perf_analyzer (load_tests/perf_analyzer.py `find`). Skipped only where it is not
-    on the machine: .ci/run sets the shared copy up and fails if it cannot, so in CI these run."""
-    from load_tests import perf_analyzer
-
-    tool = perf_analyzer.find()
-    if tool is None:
-        pytest.skip("perf_analyzer is not on this machine (../shared/tools/perf_analyzer, run as root, or "
-                    "ORTSERVE_PERF_ANALYZER); .ci/run sets it up and fails if it cannot")
-    return tool
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     """`python -m app` on a free loopback port, as a user would start it."""

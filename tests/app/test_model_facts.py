@@ -272,6 +272,16 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
     ("max_batch_size: 4 sequence_batching { }", "['sequence_batching'] are not supported"),
     ("model_transaction_policy { decoupled: true }", "a decoupled model (any number of answers per request) is "
      "not served"),
+    # ONNX Runtime options (tests/app/test_model_runtime_options.py) that Triton would not take either
+    ("optimization { graph { level: 3 } }", "optimization.graph.level 3: it must be -1 (basic), 0 (all)"),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "two" } }',
+     "parameters 'intra_op_thread_count' is 'two': it must be a whole number of threads"),
+    ('parameters { key: "inter_op_thread_count" value: { string_value: "-1" } }',
+     "parameters 'inter_op_thread_count' is '-1'"),
+    ('parameters { key: "execution_mode" value: { string_value: "2" } }',
+     "parameters 'execution_mode' is '2': it must be 0 (sequential) or 1 (parallel)"),
+    ('parameters { key: "enable_mem_arena" value: { string_value: "maybe" } }',
+     "parameters 'enable_mem_arena' is 'maybe': it must be 1, 0, true or false"),
     ('name: "other"', "names model 'other' but lies in folder 'mlp'"),
     ('max_batch_size: 4 input [ { name: "features" data_type: TYPE_FP32 dims: [ 5 ] } ]',
      "axis 1 is 4 in the graph, 5 in the manifest"),

@@ -1,7 +1,8 @@
 """A model's own ONNX Runtime options: Triton's optimization.graph.level and the ONNX Runtime
 parameters its backend reads from a config.pbtxt, `onnxruntime` in a config.json, a load's
 configuration or an imported model's manifest. Each one given is what the model's sessions
-are made with (read back from ONNX Runtime itself); the rest stay the server's."""
+are made with (read back from ONNX Runtime itself); the rest stay the server's. Values Triton
+would not take are among tests/app/test_model_facts.py's refused configurations."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
@@ -112,27 +112,6 @@ def test_a_model_that_sets_its_threads_gets_no_wide_session() -> None:
     assert (graph_only.intra_op_threads, graph_only.wide_threads) == (1, 4)
     threads = server.for_model(ModelRuntimeOptions(intra_op_threads=3))
     assert (threads.intra_op_threads, threads.wide_threads) == (3, 0)
-
-
-@pytest.mark.parametrize(("text", "why"), [
-    ("optimization { graph { level: 3 } }", "optimization.graph.level 3: it must be -1 (basic), 0 (all)"),
-    ('parameters { key: "intra_op_thread_count" value: { string_value: "two" } }',
-     "parameters 'intra_op_thread_count' is 'two': it must be a whole number of threads"),
-    ('parameters { key: "inter_op_thread_count" value: { string_value: "-1" } }',
-     "parameters 'inter_op_thread_count' is '-1'"),
-    ('parameters { key: "execution_mode" value: { string_value: "2" } }',
-     "parameters 'execution_mode' is '2': it must be 0 (sequential) or 1 (parallel)"),
-    ('parameters { key: "enable_mem_arena" value: { string_value: "maybe" } }',
-     "parameters 'enable_mem_arena' is 'maybe': it must be 1, 0, true or false"),
-])
-async def test_an_option_triton_would_not_take_makes_the_version_unavailable_with_why(
-        tmp_path: Path, text: str, why: str) -> None:
-    save(tmp_path, "mlp", mlp())
-    (tmp_path / "mlp" / "config.pbtxt").write_text(text)
-    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
-        (entry,) = (await client.post("/v2/repository/index", headers=ADMIN)).json()
-    assert entry["state"] == "UNAVAILABLE"
-    assert why in entry["reason"]
 
 
 def test_the_backends_other_parameters_and_optimizations_are_named_as_ignored() -> None:

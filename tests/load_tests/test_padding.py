@@ -15,10 +15,8 @@ from load_tests.server import ServerProcess
 pytestmark = pytest.mark.server
 
 
-def test_the_padding_tool_measures_a_padded_encoder(tmp_path: Path) -> None:
-    tool = perf_analyzer.find()
-    if tool is None:
-        pytest.skip("perf_analyzer is not on this machine; .ci/run sets it up and fails if it cannot")
+def test_the_padding_tool_measures_a_padded_encoder(tmp_path: Path, perf_analyzer_tool: str) -> None:
+    tool = perf_analyzer_tool
     model = tmp_path / "encoder.onnx"
     padding.build_encoder(model, layers=1, width=16, longest=16)
     inputs, named = perf_analyzer.input_folder(tool)
