@@ -33,7 +33,7 @@ from app.settings import SecretError, Settings
 from app.tls import scheme, tls_problem
 
 PROG = "python -m app"
-USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR]  (each flag is also an "
+USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR ...]  (each flag is also an "
          f"ORTSERVE_* variable; {PROG} --help lists them)")
 
 
@@ -229,10 +229,10 @@ def preflight(settings: Settings) -> str | None:
         problem = providers_problem(settings.provider_preference)
         if problem:
             return f"{problem} (--providers or ORTSERVE_PROVIDERS; auto takes CUDA where it is usable): refusing to start"
-    model_dir = settings.model_dir.resolve()
-    if not model_dir.is_dir():
-        return (f"model directory {model_dir} does not exist (relative to {Path.cwd()}): run from the "
-                "repository root, or point to the models with --model-dir DIR or ORTSERVE_MODEL_DIR")
+    for folder in settings.model_dir:
+        if not folder.resolve().is_dir():
+            return (f"model directory {folder.resolve()} does not exist (relative to {Path.cwd()}): run from the "
+                    "repository root, or point to the models with --model-dir DIR or ORTSERVE_MODEL_DIR")
     ports = [(settings.port, "--port or ORTSERVE_PORT")]
     if settings.grpc:
         if settings.grpc_port == settings.port != 0:

@@ -29,6 +29,7 @@ from app.runtime import OrtModel, OrtOptions, ort_options
 from app.settings import Settings
 
 PROG = "python -m app"
+_DEFAULT_MODEL_DIR = Settings.model_fields["model_dir"].get_default(call_default_factory=True)[0]
 TASKS = get_args(Manifest.model_fields["task"].annotation)
 
 
@@ -44,7 +45,7 @@ def import_model(argv: list[str]) -> int:
         "the file, its tensors completed from the graph, and the batching measured now."))
     parser.add_argument("model", type=Path, help="the .onnx file")
     parser.add_argument("--name", required=True, help="the model's name (its folder under --model-dir)")
-    parser.add_argument("--model-dir", type=Path, default=Settings.model_fields["model_dir"].default)
+    parser.add_argument("--model-dir", type=Path, default=_DEFAULT_MODEL_DIR)
     parser.add_argument("--labels", type=Path, help="a file of class labels, one per line, for the first output")
     parser.add_argument("--task", choices=TASKS, help="image- or text-classification makes the V1 task "
                         "endpoints apply (give the preprocessing in --config); default: tensors")
@@ -157,19 +158,34 @@ def _ort_options(settings: Settings) -> OrtOptions:
 
 def check_repository(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} check", description=(
-        "Load every version of every model in a model repository as the server would (files, digests, "
-        "configuration against the graph, warm-up) without serving; print each problem with its folder. "
-        "Exit status 1 if there is any."))
-    parser.add_argument("model_dir", nargs="?", type=Path, default=Settings.model_fields["model_dir"].default)
+        "Load every version of every model in one or more model repositories as the server would (files, "
+        "digests, configuration against the graph, warm-up) without serving; print each problem with its "
+        "folder. Exit status 1 if there is any."))
+    parser.add_argument("model_dir", nargs="*", type=Path, default=[_DEFAULT_MODEL_DIR])
     args = parser.parse_args(argv)
-    root: Path = args.model_dir
-    if not root.is_dir():
+    roots: list[Path] = args.model_dir
+    missing = [root for root in roots if not root.is_dir()]
+    for root in missing:
         print(f"{root}: not a folder", file=sys.stderr)
+    if missing:
         return 1
-    settings = Settings(model_dir=root)
+    try:
+        settings = Settings(model_dir=roots)
+    except ValueError as e:  # a folder named twice
+        print(f"{PROG} check: {e}", file=sys.stderr)
+        return 1
     options = _ort_options(settings)
     problems = checked = 0
-    for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    holders: dict[str, list[Path]] = {}
+    for root in roots:
+        for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            holders.setdefault(model_root.name, []).append(model_root)
+    for name, folders in sorted(holders.items()):
+        if len(folders) > 1:
+            print(f"{name}: not served: in more than one model directory ({', '.join(map(str, folders))})")
+            problems += 1
+            continue
+        model_root = folders[0]
         try:
             check_name(model_root.name)
         except InvalidInput as e:

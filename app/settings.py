@@ -159,8 +159,11 @@ class Settings(BaseSettings):
     API keys where some are set)."""
 
     # --- Models and their lifecycle (Triton's names) ---
-    model_dir: Path = Path("models")
-    """Folder holding NAME/VERSION/manifest.json for each model served."""
+    model_dir: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("models")], min_length=1)
+    """Model repository: the folder holding a folder per model (NAME/VERSION/, with a
+    manifest.json or a drop-in model). Several, as Triton's repeated --model-repository:
+    repeat the flag, or a JSON list or comma-separated paths; their models are served
+    together, and a name found in more than one is served from none (until one is removed)."""
     model_control_mode: Literal["none", "explicit", "poll"] = "none"
     """none: load every model at start, no load/unload API. explicit: load the --load-model
     models at start, then only through the repository API. poll: load every model at start
@@ -388,6 +391,23 @@ class Settings(BaseSettings):
         """The providers asked for; None: choose by what onnxruntime offers."""
         return None if self.providers == "auto" else list(self.providers)
 
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _one_or_more_folders(cls, value: object) -> object:
+        """One folder (a path, as callers in code give it) or several, from a flag or the environment."""
+        return [value] if isinstance(value, Path) else _listed(value)
+
+    @field_validator("model_dir")
+    @classmethod
+    def _folders_once(cls, value: list[Path]) -> list[Path]:
+        """A folder named twice would put each of its models in two repositories: none served."""
+        seen: dict[Path, Path] = {}
+        for path in value:
+            same = seen.setdefault(path.resolve(), path)
+            if same is not path:
+                raise ValueError(f"{str(path)!r} is named twice" + (f" (as {str(same)!r})" if same != path else ""))
+        return value
+
     @field_validator("custom_op_libraries", "cors_origins", mode="before")
     @classmethod
     def _as_lists(cls, value: object) -> object:
@@ -512,6 +532,8 @@ def documented_default(name: str) -> str:
         return "(unset)"
     if isinstance(default, bool):
         return str(default).lower()
+    if isinstance(default, list) and all(isinstance(item, Path) for item in default) and default:
+        return ",".join(map(str, default))  # as it is written for one folder
     if isinstance(default, list):
         return json.dumps(default, separators=(",", ":"))
     return str(default)

@@ -3,6 +3,9 @@ folders, read in worker threads (never on the event loop), with what a load need
 
 A model is a folder `<model_dir>/<name>/` of version folders `<version>/`; a folder whose
 name no client could ask for is left out, and a link that leaves its folder is refused.
+Where there are several model directories (Triton's repeated --model-repository), a name
+must be in only one of them: one found in two is served from neither, as Triton does, since
+nothing says which is meant.
 """
 
 from __future__ import annotations
@@ -43,21 +46,28 @@ class FolderScan:
 
 
 class ModelFolders:
-    def __init__(self, root: Path, default_policy: VersionPolicy) -> None:
-        self.root = root
+    def __init__(self, roots: list[Path], default_policy: VersionPolicy) -> None:
+        self.roots = roots
         self.default_policy = default_policy
         self.found: set[str] = set()  # model folders found by the last listing
+        self._listed: dict[Path, set[str]] = {}  # each root's folders at the last listing
         self._misnamed: set[str] = set()  # folders whose name no model can have, warned about once
 
+    @property
+    def where(self) -> str:
+        """The model directories, as a message names them."""
+        return ", ".join(map(str, self.roots))
+
     async def names(self) -> list[str]:
-        """The model folders' names, sorted; a logged 503 when the model directory cannot be read."""
+        """The model folders' names, sorted; a logged 503 when a model directory cannot be read."""
         try:
-            names = await asyncio.to_thread(self._names)
+            listed = await asyncio.to_thread(lambda: {root: self._names(root) for root in self.roots})
         except OSError as e:
-            logger.error("the model folder %s cannot be read: %s", self.root, e)
+            logger.error("the model folder cannot be read: %s", e)
             raise RepositoryUnreadable(f"the model folder cannot be read: {e.strerror or e}") from e
-        self.found = set(names)
-        return names
+        self._listed = {root: set(names) for root, names in listed.items()}
+        self.found = set().union(*self._listed.values())
+        return sorted(self.found)
 
     async def scan(self, name: str) -> FolderScan:
         """Everything a load reads from the model's folder before loading."""
@@ -72,11 +82,11 @@ class ModelFolders:
 
     # --- in a worker thread ------------------------------------------------------------
 
-    def _names(self) -> list[str]:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"model directory {self.root} does not exist")
+    def _names(self, root: Path) -> list[str]:
+        if not root.is_dir():
+            raise FileNotFoundError(f"model directory {root} does not exist")
         names = []
-        for path in self.root.iterdir():
+        for path in root.iterdir():
             if path.name.startswith(".") or not path.is_dir():
                 continue
             try:
@@ -102,35 +112,46 @@ class ModelFolders:
             logger.error("model %s: its folder cannot be read: %s", name, e)
             raise RepositoryUnreadable(f"model {name!r}: its folder cannot be read: {e.strerror or e}") from e
 
+    def _holders(self, name: str) -> list[Path]:
+        """The model's folders, one per model directory that has a folder of exactly this name."""
+        return [root / name for root in self.roots if (root / name).is_dir() and self._named_exactly(root, name)]
+
     def _model_folder(self, name: str) -> Path | None:
         """The model's folder (None where there is none by exactly that name); 400 where it is
         a link that leaves the model directory."""
-        folder = self.root / name
-        if not folder.is_dir() or not self._named_exactly(name):
+        holders = self._holders(name)
+        if not holders:
             return None
-        if folder.is_symlink() and not folder.resolve().is_relative_to(self.root.resolve()):
+        folder = holders[0]
+        if folder.is_symlink() and not folder.resolve().is_relative_to(folder.parent.resolve()):
             raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
                              "it is not served")
         return folder
 
-    def _named_exactly(self, name: str) -> bool:
+    def _named_exactly(self, root: Path, name: str) -> bool:
         """Whether the model directory lists a folder of exactly this name: where the file
         system ignores case (macOS, Windows shares), `Fashion-CNN` opens `fashion-cnn/`,
         which would then be served under a second name."""
-        return name in self.found or name in {entry.name for entry in self.root.iterdir()}
+        return name in self._listed.get(root, ()) or name in {entry.name for entry in root.iterdir()}
 
     def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
         found: dict[int, Path] = {}
         refused: dict[int, str] = {}
+        holders = self._holders(name)
+        if len(holders) > 1:  # every version refused, with why: the index and a load say it
+            why = (f"model {name!r} is in more than one model directory ({', '.join(map(str, holders))}): "
+                   "served from none until it is in one only")
+            numbers = {int(path.name) for holder in holders for path in holder.iterdir() if _is_version(path)}
+            if not numbers:
+                raise LoadFailed(why)
+            return {}, dict.fromkeys(sorted(numbers), why)
         folder = self._model_folder(name)
         if folder is None:
             return found, refused
         inside = folder.resolve()
         for path in sorted(folder.iterdir()):
-            if not path.is_dir() or not path.name.isascii() or not path.name.isdigit():
+            if not _is_version(path):
                 continue
-            if len(path.name) > MAX_VERSION_DIGITS:
-                continue  # no client could name it (parse_version)
             number = int(path.name)
             if path.is_symlink() and not path.resolve().is_relative_to(inside):
                 refused[number] = "a link that leaves the model's folder"
@@ -144,15 +165,16 @@ class ModelFolders:
         return found, refused
 
     def _signature(self, name: str) -> Signature:
+        """Every model directory's folder of that name: a second one appearing or going is a change."""
         entries: list[tuple[str, int, int]] = []
-        folder = self.root / name
-        for path in sorted(folder.rglob("*")) if folder.is_dir() and self._named_exactly(name) else []:
-            try:
-                info = path.stat()
-            except OSError:  # removed while scanning: the next scan sees it gone
-                continue
-            if stat.S_ISREG(info.st_mode):
-                entries.append((str(path.relative_to(self.root)), info.st_size, info.st_mtime_ns))
+        for folder in self._holders(name):
+            for path in sorted(folder.rglob("*")):
+                try:
+                    info = path.stat()
+                except OSError:  # removed while scanning: the next scan sees it gone
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    entries.append((str(path), info.st_size, info.st_mtime_ns))
         return tuple(entries)
 
     def _newest_policy(self, folders: dict[int, Path]) -> VersionPolicy:
@@ -168,3 +190,9 @@ class ModelFolders:
                 continue
             return policy or self.default_policy
         return self.default_policy
+
+
+def _is_version(path: Path) -> bool:
+    """A version folder: digits only, no more than a client can name (parse_version)."""
+    return (path.is_dir() and path.name.isascii() and path.name.isdigit()
+            and len(path.name) <= MAX_VERSION_DIGITS)

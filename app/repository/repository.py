@@ -175,7 +175,7 @@ class ModelRepository:
             wanted = self.settings.load_model
             names = names if "*" in wanted else [n for n in wanted if n != "*"]
         elif not names and mode == "none":
-            raise FileNotFoundError(f"no models found under {self.disk.root} "
+            raise FileNotFoundError(f"no models found under {self.disk.where} "
                                     "(expected <name>/<version>/manifest.json)")
         failures = []
         for name in names:
@@ -203,7 +203,7 @@ class ModelRepository:
         async with self._lock(name):
             scan = await self.disk.scan(name)
             if not scan.folders and not scan.refused:
-                raise ModelNotFound(f"no model {name!r} under {self.disk.root} "
+                raise ModelNotFound(f"no model {name!r} under {self.disk.where} "
                                     f"(expected {name}/<version>/manifest.json)")
             self._wanted.add(name)
             self._seen[name] = scan.signature
@@ -233,8 +233,9 @@ class ModelRepository:
                 if version not in loaded and failures:
                     loaded[version] = current[version]
             self._switch(name, loaded)
+            # a version refused now (its folder doubled) says why it stopped, not the policy
             await self._retire_all([m for v, m in current.items() if loaded.get(v) is not m],
-                                   "unloaded: not selected by the version policy")
+                                   "unloaded: not selected by the version policy", scan.refused)
             if failures:
                 serving = f"; serving {[str(v) for v in sorted(loaded)]}" if loaded else "; nothing of it is served"
                 raise LoadFailed(f"model {name!r}: " + "; ".join(
@@ -299,9 +300,10 @@ class ModelRepository:
             logger.debug("model %s v%s serving (%s variant on %s)", name, version, model.variant,
                          model.session.providers[0])
 
-    async def _retire_all(self, models: list[ServedModel], reason: str) -> None:
-        """Drain and unload models already out of the routing table. A version replaced by
-        a reload of itself keeps the READY state of its successor."""
+    async def _retire_all(self, models: list[ServedModel], reason: str, reasons: Mapping[int, str] | None = None) -> None:
+        """Drain and unload models already out of the routing table, each UNAVAILABLE with
+        `reasons` for its version, else `reason`. A version replaced by a reload of itself
+        keeps the READY state of its successor."""
         def replaced(model: ServedModel) -> bool:
             return self.routes.find(model.name, model.manifest.version) is None
 
@@ -311,7 +313,8 @@ class ModelRepository:
         await asyncio.gather(*(self.loader.retire(m) for m in models))
         for model in gone:
             if replaced(model):
-                self.states.set(model.name, model.manifest.version, State.UNAVAILABLE, reason)
+                version = model.manifest.version
+                self.states.set(model.name, version, State.UNAVAILABLE, (reasons or {}).get(version, reason))
 
 
 _NOT_LOADED = VersionStatus(State.UNAVAILABLE, "not loaded")

@@ -141,6 +141,6 @@ def test_a_name_is_its_folders_only_where_the_listing_has_it_exactly(tmp_path: P
     """Where the file system ignores case, the folder `fashion-cnn/` also opens as `Fashion-CNN/`;
     the listing is what decides which name it has."""
     (tmp_path / "fashion-cnn").mkdir()
-    folders = ModelFolders(tmp_path, VersionPolicy())
-    assert folders._named_exactly("fashion-cnn")
-    assert not folders._named_exactly("Fashion-CNN")
+    folders = ModelFolders([tmp_path], VersionPolicy())
+    assert folders._named_exactly(tmp_path, "fashion-cnn")
+    assert not folders._named_exactly(tmp_path, "Fashion-CNN")
