@@ -120,6 +120,25 @@ async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_r
     assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_naming_a_repository_is_refused_as_triton_refuses_it(model_root: Path) -> None:
+    """`repository_name` would pick one of several model directories; names are unique
+    across them, so only the empty name is served, and a call naming one changes nothing."""
+    async with serving_grpc(model_dir=model_root, model_control_mode="explicit", admin_token=TOKEN) as (_, stub, _):
+        admin = bearer(TOKEN)
+        calls = [stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="models"), metadata=admin),
+                 stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(repository_name="models",
+                                                                        model_name="sst2-lstm"), metadata=admin),
+                 stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(repository_name="models",
+                                                                            model_name="sst2-lstm"), metadata=admin)]
+        refused = [await failure(call) for call in calls]
+        ready = await stub.ModelReady(pb.ModelReadyRequest(name="sst2-lstm"))
+    for error in refused:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == ("repository_name 'models': naming a repository is not supported; leave it "
+                                   "empty (model names are unique across the model directories)")
+    assert not ready.ready
+
+
 async def test_the_repository_api_is_permission_denied_when_off_or_not_explicit() -> None:
     async with serving_grpc() as (_, stub, _):
         off = await failure(stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=bearer(TOKEN)))
