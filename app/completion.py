@@ -133,6 +133,14 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
 
 def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
               run: Callable[[dict[str, np.ndarray]], object], run_on: InputMaker | None) -> BatchingDefaults:
+    chosen = _batch_sizes(facts, manifest, measure, run, run_on)
+    if facts.batching is not None and facts.batching.queue is not None:
+        chosen = chosen.model_copy(update={"queue": facts.batching.queue})
+    return chosen
+
+
+def _batch_sizes(facts: ModelFacts, manifest: Manifest, measure: bool,
+                 run: Callable[[dict[str, np.ndarray]], object], run_on: InputMaker | None) -> BatchingDefaults:
     given = facts.batching
     if given is not None and given.max_batch_size is not None and given.max_queue_delay_ms is not None:
         return BatchingDefaults(max_batch_size=given.max_batch_size, max_queue_delay_ms=given.max_queue_delay_ms,

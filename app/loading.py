@@ -301,6 +301,8 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         inference_threads=s.inference_threads,
         max_queue_size=s.max_queue_size,
         max_queue_bytes=s.max_queue_bytes,
+        max_queue_requests=own.queue.max_requests if own.queue else 0,
+        queue_timeout_s=own.queue.timeout_ms / 1000 if own.queue else 0.0,
         retry_after_s=s.retry_after_s,
         inference_niceness=s.inference_niceness,
         grouping_window=GROUPING_WINDOW,

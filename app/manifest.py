@@ -255,6 +255,23 @@ class VersionPolicy(_Strict):
         return {"specific": {"versions": sorted(self.versions)}}
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
+class QueuePolicy(_Strict):
+    """A model's own bounds on its queue (Triton's dynamic_batching.default_queue_policy), on
+    top of the server's (max_queue_size rows, max_queue_bytes): a request beyond either is
+    refused at once (503, Retry-After; gRPC RESOURCE_EXHAUSTED), as the server's bounds refuse it."""
+
+    max_requests: int = Field(default=0, ge=0)
+    """Requests queued at most (Triton's max_queue_size); 0: the server's bounds only."""
+    timeout_ms: float = Field(default=0, ge=0)
+    """A request still wholly queued this long after it arrived is refused when the next batch
+    is formed (Triton's default_timeout_microseconds with timeout_action REJECT); 0: none.
+    A request's own timeout (its deadline) applies beside it."""
+
+
 class BatchingDefaults(_Strict):
     """The model's own batching; the server's settings can override both for every model.
     Chosen at build time (training/config.py), or measured at load or import
@@ -268,15 +285,13 @@ class BatchingDefaults(_Strict):
     """How this was chosen, or why the model does not batch (shown in /config)."""
     cost_per_item_ms: dict[int, float] = Field(default_factory=dict)
     """What one item cost at each batch size, where it was measured."""
+    queue: QueuePolicy | None = Field(default=None, exclude_if=_unset)
+    """The model's own queue bounds; None: the server's only."""
     pad: bool = Field(default=False, exclude_if=lambda value: not value)
     """A model with a dynamic axis besides the first: requests of other lengths are batched
     together, zero-padded to the longest, as its configuration asked, the model having been run
     so and answered each what it answers alone (it masks its padding, as a transformer does
     with its attention_mask). False: a request batches only with requests of its shapes."""
-
-
-def _unset(value: object) -> bool:
-    return value is None
 
 
 class ModelRuntimeOptions(_Strict):

@@ -28,6 +28,7 @@ from app.manifest import (
     TRITON_ORT_PARAMETERS,
     ModelRuntimeOptions,
     Preprocessing,
+    QueuePolicy,
     TensorSpec,
     VersionPolicy,
     from_triton_type,
@@ -48,11 +49,11 @@ _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches 
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
-_HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size"}
+_HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"}
 _IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own requests",
                      "priority_levels": "no priorities", "default_priority_level": "no priorities",
-                     "default_queue_policy": "the server's queue limits apply",
                      "priority_queue_policy": "no priorities"}
+_TIMEOUT_DELAY = 1  # Triton's ModelQueuePolicy.TimeoutAction DELAY (REJECT is 0)
 _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
 
 # Triton's ONNX Runtime backend's optimization fields and model parameters that are not
@@ -98,6 +99,8 @@ class BatchingFacts(_Facts):
     max_batch_size: int | None = Field(default=None, ge=0)
     """0: the model does not batch; 1: each request alone; None: measured at load."""
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
+    queue: QueuePolicy | None = None
+    """The model's own queue bounds (Triton's default_queue_policy): `max_requests`, `timeout_ms`."""
     pad: bool | None = None
     """A model with a dynamic axis besides the first: true batches requests of other lengths
     together, zero-padded to the longest, once running the model shows that padding does not
@@ -394,7 +397,24 @@ def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> Batchin
         ignored[f"dynamic_batching.{name}"] = _IGNORED_BATCHING.get(name, "not used")
     preferred = [n for n in dynamic.preferred_batch_size if 0 < n <= config.max_batch_size]
     return BatchingFacts(max_batch_size=max(preferred, default=config.max_batch_size),
-                         max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000)
+                         max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000,
+                         queue=_queue_policy(dynamic, ignored) if dynamic.HasField("default_queue_policy") else None)
+
+
+def _queue_policy(dynamic: Any, ignored: dict[str, str]) -> QueuePolicy | None:
+    """Triton's default queue policy as the model's queue bounds. A timeout whose action is
+    DELAY lets a late request wait its turn, which is what a queue without priorities does
+    anyway, so only REJECT's timeout is kept; a request's own timeout parameter is its deadline
+    whatever allow_timeout_override says."""
+    policy = dynamic.default_queue_policy
+    timeout_us = policy.default_timeout_microseconds
+    if timeout_us and policy.timeout_action == _TIMEOUT_DELAY:
+        ignored["dynamic_batching.default_queue_policy.default_timeout_microseconds"] = (
+            "timeout_action DELAY: a request past it is served in its turn (no priorities to lower it to)")
+        timeout_us = 0
+    if not policy.max_queue_size and not timeout_us:
+        return None
+    return QueuePolicy(max_requests=policy.max_queue_size, timeout_ms=timeout_us / 1000)
 
 
 def _version_policy(config: Any) -> VersionPolicy:

@@ -25,6 +25,11 @@ class BatchPolicy:
     """Rows queued at most."""
     max_queue_bytes: int
     """Bytes of input queued at most."""
+    max_queue_requests: int
+    """Requests queued at most (the model's own queue policy); 0: no such bound."""
+    queue_timeout_s: float
+    """A request still wholly queued this long after it arrived is refused when a batch is
+    formed (the model's own queue policy); 0: never."""
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""

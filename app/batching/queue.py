@@ -61,6 +61,9 @@ class BatchQueue:
         if self._rows + request.rows > limit or self._bytes + request.bytes > byte_limit:
             raise QueueFull(f"model {self.name!r} has {self._rows} items ({self._bytes:,.0f} bytes) queued "
                             f"(limits {limit} items, {byte_limit:,} bytes); retry later", self.policy.retry_after_s)
+        if 0 < self.policy.max_queue_requests <= len(self._chunks):
+            raise QueueFull(f"model {self.name!r} has {len(self._chunks)} requests queued, its queue policy's "
+                            f"max_queue_size; retry later", self.policy.retry_after_s)
         self._chunks.append(Chunk(request, 0, request.rows))
         self._rows += request.rows
         self._bytes += request.bytes
@@ -178,9 +181,23 @@ class BatchQueue:
         request = chunk.request
         was_hung_up = request.hung_up
         if not request.abandoned():
-            return False
+            return bool(self.policy.queue_timeout_s) and self._timed_out(chunk)
         if request.hung_up and not was_hung_up and self.on_hang_up is not None:
             self.on_hang_up(request)
+        return True
+
+    def _timed_out(self, chunk: Chunk) -> bool:
+        """Refused now (503) if it has waited past the model's queue timeout with none of its
+        rows taken yet (the rest of a split request runs: its first rows did)."""
+        timeout_s = self.policy.queue_timeout_s
+        if chunk.start:
+            return False
+        waited = time.monotonic() - chunk.request.enqueued_at
+        if waited <= timeout_s:
+            return False
+        chunk.request.fail(QueueFull(
+            f"the request waited {waited * 1000:.1f} ms in the queue of model {self.name!r}, past its queue "
+            f"policy's timeout of {timeout_s * 1000:g} ms; retry later", self.policy.retry_after_s))
         return True
 
     def _uncount(self, request: PendingRequest, rows: int) -> None:

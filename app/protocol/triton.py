@@ -74,6 +74,10 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
     if m.batches:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
                                       "preferred_batch_size": [max_batch_size]}
+        if m.batching.queue is not None:  # Triton's words; a request's own timeout always applies
+            config["dynamic_batching"]["default_queue_policy"] = {
+                "timeout_action": "REJECT", "default_timeout_microseconds": round(m.batching.queue.timeout_ms * 1000),
+                "allow_timeout_override": True, "max_queue_size": m.batching.queue.max_requests}
     config["instance_group"] = [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}]
     if cached:
         config["response_cache"] = {"enable": True}

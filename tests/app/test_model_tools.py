@@ -172,3 +172,15 @@ async def test_an_imported_model_that_masks_its_padding_keeps_that_in_its_manife
             {"name": "ids", "shape": [1, n], "datatype": "INT64", "data": [1] * n},
             {"name": "mask", "shape": [1, n], "datatype": "INT64", "data": [1] * n}]}) for n in (2, 5)]
     assert [a.status_code for a in answers] == [200, 200]
+
+
+def test_an_imported_model_keeps_its_queue_bounds_in_its_manifest(tmp_path: Path) -> None:
+    source = save(tmp_path / "mine", "mlp", mlp())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"batching": {"queue": {"max_requests": 16, "timeout_ms": 40}}}))
+    models = tmp_path / "models"
+    imported = run("import", str(source), "--name", "mlp", "--config", str(config), "--model-dir", str(models))
+    assert imported.returncode == 0, imported.stderr
+    queue = load_manifest(models / "mlp" / "1").batching.queue
+    assert queue is not None
+    assert (queue.max_requests, queue.timeout_ms) == (16, 40)

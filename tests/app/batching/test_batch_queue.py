@@ -175,3 +175,34 @@ def test_requests_are_large_where_they_average_a_full_batch() -> None:
     assert not policy.large(31)
     assert not policy.large(32, 32)  # 32 one-image requests
     assert not policy.large(100, 4)  # three large ones and a small one
+
+
+async def test_a_models_queue_policy_bounds_its_requests_as_well_as_rows() -> None:
+    queue = BatchQueue("m", batch_policy(max_queue_requests=2, retry_after_s=2), group_by_length=False)
+    queue.put(request(1))
+    queue.put(request(1))
+    with pytest.raises(QueueFull) as full:
+        queue.put(request(1))
+    assert full.value.message == "model 'm' has 2 requests queued, its queue policy's max_queue_size; retry later"
+    assert full.value.headers == {"Retry-After": "2"}
+    assert len(await queue.wait_for_batch()) == 2
+    queue.put(request(1))  # room again once a batch is taken
+
+
+async def test_a_request_past_the_queue_timeout_is_refused_when_a_batch_forms() -> None:
+    queue = BatchQueue("m", batch_policy(max_batch_size=2, queue_timeout_s=0.05), group_by_length=False)
+    late, split = request(1), request(3)
+    queue.put(late)
+    queue.put(split)
+    late.enqueued_at -= 1.0  # waited a second already
+    first = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in first] == [(split, 0, 2)]
+    with pytest.raises(QueueFull, match=r"waited 10\d\d\.\d ms in the queue of model 'm', past its queue policy's timeout of 50 ms"):
+        late.future.result()
+    split.enqueued_at -= 1.0  # its first rows ran: the rest is not refused
+    rest = await queue.wait_for_batch()
+    assert [(c.request, c.start, c.stop) for c in rest] == [(split, 2, 3)]
+    fresh = request(1)
+    queue.put(fresh)
+    assert [c.request for c in await queue.wait_for_batch()] == [fresh]
+    assert queue.rows == 0
