@@ -261,8 +261,8 @@ def _unset(value: object) -> bool:
 
 class QueuePolicy(_Strict):
     """A model's own bounds on its queue (Triton's dynamic_batching.default_queue_policy), on
-    top of the server's (max_queue_size rows, max_queue_bytes): a request beyond either is
-    refused at once (503, Retry-After; gRPC RESOURCE_EXHAUSTED), as the server's bounds refuse it."""
+    top of the server's (max_queue_size rows, max_queue_bytes): a request past one is refused
+    (503, Retry-After; gRPC RESOURCE_EXHAUSTED), as the server's bounds refuse it."""
 
     max_requests: int = Field(default=0, ge=0)
     """Requests queued at most (Triton's max_queue_size); 0: the server's bounds only."""
