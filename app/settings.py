@@ -62,7 +62,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "The server": ("host", "port", "grpc", "grpc_port", "metrics_port", "workers", "reuse_port", "metrics_dir", "control_dir", "log_format", "log_level", "access_log", "access_log_sample",),
     "Traces and the console": ("tracing", "trace_sample", "otlp_endpoint", "console",),
     "Models and their lifecycle (Triton's names)": ("model_dir", "model_control_mode", "load_model",
-                                                    "repository_poll_s", "version_policy", "strict_models",
+                                                    "repository_poll_s", "version_policy", "strict_models", "strict_readiness",
                                                     "warmup", "response_cache_bytes",),
     "Access": ("admin_token", "admin_token_file", "api_keys", "api_keys_file", "cors_origins", "shared_memory",
                "shared_memory_dir",),
@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     strict_models: bool = False
     """Refuse to start when any model fails to load (by default the others serve and the
     failed one is UNAVAILABLE with its reason)."""
+    strict_readiness: bool = True
+    """Triton's --strict-readiness: /v2/health/ready, gRPC's ServerReady and its health service
+    say ready only while every model that should be served is serving and healthy. Off: ready
+    once the models have been loaded at start, whatever became of each (each model's own
+    readiness still says), so that one broken model does not take a whole replica out of its
+    load balancer; a draining server is never ready."""
     warmup: bool = True
     """Run each model once per batch-size bucket before reporting ready."""
     response_cache_bytes: int = Field(default=0, ge=0)

@@ -73,6 +73,7 @@ class ModelRepository:
         self.loader = VersionLoader(settings, ort, metrics, self.states)
         self._policies: dict[str, VersionPolicy] = {}
         self._wanted: set[str] = set()  # models that should be served: readiness waits for them
+        self._started = False  # the models loaded at start have been (strict_readiness off: ready)
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, Signature] = {}  # each folder as last read
         self._overrides: dict[str, ModelFacts] = {}  # a load request's configuration, until the next load
@@ -135,7 +136,10 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Every model that should be served is serving, and healthy."""
+        """Every model that should be served is serving, and healthy; without strict
+        readiness, the start's loads are done."""
+        if not self.settings.strict_readiness:
+            return self._started
         return all(any(m.ready for m in self.routes.versions(name).values()) for name in self._wanted)
 
     async def index(self) -> list[dict[str, str | bool]]:
@@ -183,6 +187,7 @@ class ModelRepository:
                 await self.load(name)
             except ServingError as e:
                 failures.append(e.message)
+        self._started = True
         return failures
 
     async def load(self, name: str, override: ModelFacts | None = None) -> list[str]:
@@ -273,6 +278,7 @@ class ModelRepository:
 
     async def stop(self) -> None:
         self._wanted.clear()
+        self._started = False
         models = self.all()
         for name in self.routes.names():
             self.routes.switch(name, {})

@@ -244,6 +244,25 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_the_others_serv
     assert f'ortserve_model_state{{model="fashion-cnn",state="UNAVAILABLE",version="{folder.name}"}} 1.0' in metrics
 
 
+async def test_without_strict_readiness_a_broken_model_leaves_the_server_ready(model_root: Path) -> None:
+    """Triton's --strict-readiness=false: the server is ready once its start's loads are done,
+    and each model's own readiness still tells the broken one apart."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    from tests.app.conftest import serving_grpc
+
+    checksum_mismatch(model_root / "fashion-cnn" / fashion_version(model_root))
+    async with serving_grpc(model_dir=model_root, strict_readiness=False) as (client, stub, _):
+        server = await client.get("/v2/health/ready")
+        broken = await client.get("/v2/models/fashion-cnn/ready")
+        serving = await client.get("/v2/models/sst2-lstm/ready")
+        over_grpc = await stub.ServerReady(pb.ServerReadyRequest())
+        broken_over_grpc = await stub.ModelReady(pb.ModelReadyRequest(name="fashion-cnn"))
+    assert (server.status_code, broken.status_code, serving.status_code) == (200, 503, 200)
+    assert over_grpc.ready
+    assert not broken_over_grpc.ready
+
+
 async def test_strict_models_refuses_to_start(model_root: Path) -> None:
     checksum_mismatch(model_root / "fashion-cnn" / fashion_version(model_root))
     with pytest.raises(RuntimeError, match="strict-models"):
