@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import InvalidInput
+from app.graph import DROP_IN_FILE
 from app.loading import has_manifest, manifest_fingerprint
-from app.manifest import MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
+from app.manifest import MANIFEST_FILE, MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
 from app.model_facts import FactsError, read_facts
 from app.repository.errors import LoadFailed, RepositoryUnreadable
 from app.repository.names import check_name
@@ -52,6 +53,7 @@ class ModelFolders:
         self.found: set[str] = set()  # model folders found by the last listing
         self._listed: dict[Path, set[str]] = {}  # each root's folders at the last listing
         self._misnamed: set[str] = set()  # folders whose name no model can have, warned about once
+        self.misplaced: dict[Path, str] = {}  # model directories that are a model's folder or a version's, with why
 
     @property
     def where(self) -> str:
@@ -85,9 +87,12 @@ class ModelFolders:
     def _names(self, root: Path) -> list[str]:
         if not root.is_dir():
             raise FileNotFoundError(f"model directory {root} does not exist")
-        names = []
+        names, versions = [], []
         for path in root.iterdir():
             if path.name.startswith(".") or not path.is_dir():
+                continue
+            if _is_version(path) and _holds_a_model(path):
+                versions.append(path.name)  # a version folder: no model folder holds a model's files
                 continue
             try:
                 check_name(path.name)
@@ -97,7 +102,28 @@ class ModelFolders:
                     logger.warning("model folder %s is not served: %s", path, e.message)
                 continue
             names.append(path.name)
+        self._note_misplaced(root, sorted(versions, key=int), bool(names))
         return sorted(names)
+
+    def _note_misplaced(self, root: Path, versions: list[str], models: bool) -> None:
+        """A model directory given as a model's folder (`--model-dir models/fashion-cnn`) or a
+        version's, a new user's likely slip, or a version folder one level too high: said once,
+        with where to point instead."""
+        if versions and models:
+            why = (f"{root}: folders {', '.join(versions)} hold a model's files, as version folders do, beside "
+                   "the model folders; they are not served (a version folder belongs in its model's folder)")
+        elif versions:
+            why = (f"{root} holds version folders ({', '.join(versions)}), so it is a model's "
+                   f"folder, not a model directory: point --model-dir at the folder that holds it ({root.parent})")
+        elif _holds_a_model(root):
+            why = (f"{root} holds a model's files, so it is a model version's folder, not a model directory: "
+                   f"point --model-dir at the folder two levels up ({root.parent.parent})")
+        else:
+            self.misplaced.pop(root, None)
+            return
+        if self.misplaced.get(root) != why:
+            logger.error("%s", why)
+        self.misplaced[root] = why
 
     def _scan(self, name: str) -> FolderScan:
         folders, refused = self._version_folders(name)
@@ -196,3 +222,8 @@ def _is_version(path: Path) -> bool:
     """A version folder: digits only, no more than a client can name (parse_version)."""
     return (path.is_dir() and path.name.isascii() and path.name.isdigit()
             and len(path.name) <= MAX_VERSION_DIGITS)
+
+
+def _holds_a_model(folder: Path) -> bool:
+    """A version folder's files: a manifest, or a drop-in model (a file, or Triton's folder of that name)."""
+    return (folder / MANIFEST_FILE).is_file() or (folder / DROP_IN_FILE).exists()

@@ -179,8 +179,8 @@ class ModelRepository:
             wanted = self.settings.load_model
             names = names if "*" in wanted else [n for n in wanted if n != "*"]
         elif not names and mode == "none":
-            raise FileNotFoundError(f"no models found under {self.disk.where} "
-                                    "(expected <name>/<version>/manifest.json)")
+            hint = "; ".join(self.disk.misplaced.values()) or "expected <name>/<version>/manifest.json or model.onnx"
+            raise FileNotFoundError(f"no models found under {self.disk.where} ({hint})")
         failures = []
         for name in names:
             try:

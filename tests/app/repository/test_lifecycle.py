@@ -263,6 +263,34 @@ async def test_without_strict_readiness_a_broken_model_leaves_the_server_ready(m
     assert not broken_over_grpc.ready
 
 
+async def test_a_model_directory_that_is_a_models_folder_says_where_to_point(model_root: Path) -> None:
+    """`--model-dir models/fashion-cnn` (or a version's folder), a new user's likely slip, was
+    "no model '3' under models/fashion-cnn": now it says what the folder is and where to point."""
+    model = model_root / "fashion-cnn"
+    version = model / fashion_version(model_root)
+    with pytest.raises(FileNotFoundError, match=(
+            rf"{model} holds version folders \({version.name}\), so it is a model's folder, not a model "
+            rf"directory: point --model-dir at the folder that holds it \({model_root}\)")):
+        async with serving(model_dir=model):
+            pass
+    with pytest.raises(FileNotFoundError, match=(
+            rf"{version} holds a model's files, so it is a model version's folder, not a model directory: "
+            rf"point --model-dir at the folder two levels up \({model_root}\)")):
+        async with serving(model_dir=version):
+            pass
+
+
+async def test_a_version_folder_beside_the_model_folders_is_not_taken_for_a_model(
+        model_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.copytree(model_root / "fashion-cnn" / fashion_version(model_root), model_root / "7")  # one level too high
+    async with serving(model_dir=model_root) as client:
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        assert (await client.get("/v2/models/7")).status_code == 404
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{model_root}: folders 7 hold a model's files, as version folders do, beside the model "
+                      "folders; they are not served (a version folder belongs in its model's folder)"]
+
+
 async def test_strict_models_refuses_to_start(model_root: Path) -> None:
     checksum_mismatch(model_root / "fashion-cnn" / fashion_version(model_root))
     with pytest.raises(RuntimeError, match="strict-models"):
