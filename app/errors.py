@@ -125,9 +125,17 @@ class InferenceFailed(ServingError):
     status_code = 500
 
 
-class StrictModelsRefused(RuntimeError):
-    """--strict-models and a model failed to load: the server does not start. The log shows
-    its message alone, not the traceback the framework would print (app/observability/log.py)."""
+class StartRefused(RuntimeError):
+    """A start the server refuses on purpose, with why: the log shows its message alone, not
+    the traceback the framework would print (app/observability/log.py)."""
+
+
+class NoModelsFound(StartRefused):
+    """Nothing to serve in the model directories (control mode none), with what was found instead."""
+
+
+class StrictModelsRefused(StartRefused):
+    """--strict-models and a model failed to load: the server does not start."""
 
     def __init__(self, failures: list[str]) -> None:
         super().__init__("--strict-models: refusing to start: " + "; ".join(failures))

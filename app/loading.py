@@ -83,6 +83,12 @@ def has_manifest(folder: Path) -> bool:
     return (folder / MANIFEST_FILE).exists()
 
 
+def holds_a_model(folder: Path) -> bool:
+    """Whether the folder has a version's files: a manifest, or a drop-in model (a file, or
+    Triton's folder of that name)."""
+    return has_manifest(folder) or (folder / DROP_IN_FILE).exists()
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What the service is told of a loaded version's batcher (app/repository/loader.py

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import StrictModelsRefused
+from app.errors import StartRefused
 from app.observability.log_settings import SWITCHES, LogSettings, apply
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -21,19 +21,20 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-_REFUSED = f"{StrictModelsRefused.__module__}.{StrictModelsRefused.__qualname__}: "
+_REFUSALS = tuple(f"{kind.__module__}.{kind.__qualname__}: " for kind in StartRefused.__subclasses__())
 
 
 class _RefusalWithoutTraceback(logging.Filter):
-    """A start the service refuses on purpose (--strict-models) is one line with its reason:
-    Starlette hands uvicorn the whole traceback as the startup failure's message, which
-    would print the reason twice inside forty lines of framework frames."""
+    """A start the service refuses on purpose (--strict-models, no models found) is one line
+    with its reason: Starlette hands uvicorn the whole traceback as the startup failure's
+    message, which would print the reason twice inside forty lines of framework frames."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.error" and isinstance(record.msg, str) and record.msg.startswith("Traceback"):
             last = record.msg.rstrip().rsplit("\n", 1)[-1]
-            if last.startswith(_REFUSED):
-                record.msg, record.args, record.exc_info = last[len(_REFUSED):], None, None
+            refusal = next((prefix for prefix in _REFUSALS if last.startswith(prefix)), None)
+            if refusal is not None:
+                record.msg, record.args, record.exc_info = last[len(refusal):], None, None
         return True
 
 

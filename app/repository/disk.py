@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import InvalidInput
-from app.graph import DROP_IN_FILE
-from app.loading import has_manifest, manifest_fingerprint
-from app.manifest import MANIFEST_FILE, MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
+from app.loading import has_manifest, holds_a_model, manifest_fingerprint
+from app.manifest import MAX_VERSION_DIGITS, ManifestError, VersionPolicy, load_manifest
 from app.model_facts import FactsError, read_facts
 from app.repository.errors import LoadFailed, RepositoryUnreadable
 from app.repository.names import check_name
@@ -91,7 +90,7 @@ class ModelFolders:
         for path in root.iterdir():
             if path.name.startswith(".") or not path.is_dir():
                 continue
-            if _is_version(path) and _holds_a_model(path):
+            if _is_version(path) and holds_a_model(path):
                 versions.append(path.name)  # a version folder: no model folder holds a model's files
                 continue
             try:
@@ -115,7 +114,7 @@ class ModelFolders:
         elif versions:
             why = (f"{root} holds version folders ({', '.join(versions)}), so it is a model's "
                    f"folder, not a model directory: point --model-dir at the folder that holds it ({root.parent})")
-        elif _holds_a_model(root):
+        elif holds_a_model(root):
             why = (f"{root} holds a model's files, so it is a model version's folder, not a model directory: "
                    f"point --model-dir at the folder two levels up ({root.parent.parent})")
         else:
@@ -222,8 +221,3 @@ def _is_version(path: Path) -> bool:
     """A version folder: digits only, no more than a client can name (parse_version)."""
     return (path.is_dir() and path.name.isascii() and path.name.isdigit()
             and len(path.name) <= MAX_VERSION_DIGITS)
-
-
-def _holds_a_model(folder: Path) -> bool:
-    """A version folder's files: a manifest, or a drop-in model (a file, or Triton's folder of that name)."""
-    return (folder / MANIFEST_FILE).is_file() or (folder / DROP_IN_FILE).exists()

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from app.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
+from app.errors import InvalidInput, ModelNotFound, ModelNotReady, NoModelsFound, ServingError
 from app.loading import LoadError
 from app.manifest import VersionPolicy
 from app.model_facts import FactsError, ModelFacts, from_triton_json
@@ -180,7 +180,7 @@ class ModelRepository:
             names = names if "*" in wanted else [n for n in wanted if n != "*"]
         elif not names and mode == "none":
             hint = "; ".join(self.disk.misplaced.values()) or "expected <name>/<version>/manifest.json or model.onnx"
-            raise FileNotFoundError(f"no models found under {self.disk.where} ({hint})")
+            raise NoModelsFound(f"no models found under {self.disk.where} ({hint})")
         failures = []
         for name in names:
             try:

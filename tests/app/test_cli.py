@@ -122,6 +122,15 @@ def test_every_setting_is_in_one_section_in_the_order_of_the_class() -> None:
     assert listed == list(Settings.model_fields), "app/settings.py SECTIONS and the class's fields differ"
 
 
+def test_a_model_directory_that_is_a_models_folder_is_one_line_saying_where_to_point(model_root: Path) -> None:
+    result = run_app("--model-dir", str(model_root / "fashion-cnn"), "--port", "0", "--workers", "1")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("no models found") == 1, result.stderr
+    assert f"so it is a model's folder, not a model directory: point --model-dir at the folder that holds it " \
+           f"({model_root})" in result.stderr
+
+
 def test_strict_models_refuses_in_one_line_without_a_traceback(model_root: Path) -> None:
     served = model_root / "fashion-cnn" / max((p.name for p in (model_root / "fashion-cnn").iterdir()), key=int)
     (served / "manifest.json").write_text("{")

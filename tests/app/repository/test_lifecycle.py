@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.errors import NoModelsFound
 from tests.app.conftest import copy_model, sample_images, serving
 from tests.conftest import model_folder
 
@@ -268,12 +269,12 @@ async def test_a_model_directory_that_is_a_models_folder_says_where_to_point(mod
     "no model '3' under models/fashion-cnn": now it says what the folder is and where to point."""
     model = model_root / "fashion-cnn"
     version = model / fashion_version(model_root)
-    with pytest.raises(FileNotFoundError, match=(
+    with pytest.raises(NoModelsFound, match=(
             rf"{model} holds version folders \({version.name}\), so it is a model's folder, not a model "
             rf"directory: point --model-dir at the folder that holds it \({model_root}\)")):
         async with serving(model_dir=model):
             pass
-    with pytest.raises(FileNotFoundError, match=(
+    with pytest.raises(NoModelsFound, match=(
             rf"{version} holds a model's files, so it is a model version's folder, not a model directory: "
             rf"point --model-dir at the folder two levels up \({model_root}\)")):
         async with serving(model_dir=version):
