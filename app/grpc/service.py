@@ -38,7 +38,7 @@ from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.shared_memory import SharedMemoryRegions, served
 from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
-from app.repository import ModelRepository, load_config
+from app.repository import ModelRepository, check_no_repository, load_config
 from app.repository.shared import RepositoryChanges
 from app.settings import Settings
 from app.tls import readable_subject
@@ -407,7 +407,7 @@ class InferenceService:
     async def _repository_index(self, request: pb.RepositoryIndexRequest, context: Any
                                 ) -> pb.RepositoryIndexResponse:
         self._check_admin(context, changes=False)
-        _any_repository(request.repository_name)
+        check_no_repository(request.repository_name)
         entries = await self.serving.repository.index()
         return pb.RepositoryIndexResponse(models=[
             pb.RepositoryIndexResponse.ModelIndex(name=e["name"], version=e["version"], state=e["state"],
@@ -417,7 +417,7 @@ class InferenceService:
     async def _repository_load(self, request: pb.RepositoryModelLoadRequest, context: Any
                                ) -> pb.RepositoryModelLoadResponse:
         self._check_admin(context, changes=True)
-        _any_repository(request.repository_name)
+        check_no_repository(request.repository_name)
         config = load_config(parameter_values(request.parameters))
         await self.serving.changes.load(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
@@ -425,7 +425,7 @@ class InferenceService:
     async def _repository_unload(self, request: pb.RepositoryModelUnloadRequest, context: Any
                                  ) -> pb.RepositoryModelUnloadResponse:
         self._check_admin(context, changes=True)
-        _any_repository(request.repository_name)
+        check_no_repository(request.repository_name)
         await self.serving.changes.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -553,12 +553,3 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
-
-
-def _any_repository(repository_name: str) -> None:
-    """The repository calls' `repository_name` picks one of several model repositories;
-    as in Triton, only the empty name (all of them) is served: a model's name is unique
-    across them (app/repository/disk.py), so a load or unload needs no other."""
-    if repository_name:
-        raise InvalidInput(f"repository_name {repository_name[:100]!r}: naming a repository is not supported; "
-                           "leave it empty (model names are unique across the model directories)")

@@ -1,8 +1,9 @@
 """The model repository (repository.py) and its parts, one job each."""
 
 from app.repository.errors import LoadFailed, RepositoryUnreadable
-from app.repository.names import check_name, parse_version
+from app.repository.names import check_name, check_no_repository, parse_version, repository_named
 from app.repository.repository import ModelRepository, load_config, load_override
 from app.repository.states import State
 
-__all__ = ["LoadFailed", "ModelRepository", "RepositoryUnreadable", "State", "check_name", "load_config", "load_override", "parse_version"]
+__all__ = ["LoadFailed", "ModelRepository", "RepositoryUnreadable", "State", "check_name", "check_no_repository", "load_config", "load_override", "parse_version",
+           "repository_named"]

@@ -26,3 +26,17 @@ def parse_version(version: str) -> int:
         raise InvalidInput(f"{shown!r} is not a model version: a version is a number of 1 to "
                            f"{MAX_VERSION_DIGITS} digits")
     return int(version)
+
+
+def check_no_repository(repository_name: str) -> None:
+    """The repository API's `repository_name` (gRPC's field, HTTP's `/v2/repository/{name}/...`)
+    picks one of several model repositories; as in Triton, only none (all of them) is served:
+    a model's name is unique across them (app/repository/disk.py), so no call needs one."""
+    if repository_name:
+        raise repository_named(repository_name)
+
+
+def repository_named(repository_name: str) -> InvalidInput:
+    """The 400 for a repository API call that names a repository."""
+    return InvalidInput(f"repository_name {repository_name[:100]!r}: naming a repository is not supported; "
+                        "leave it out (model names are unique across the model directories)")

@@ -11,13 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.http.responses import JSONResponse
 from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
-from app.repository import load_config
+from app.repository import load_config, repository_named
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -87,3 +87,14 @@ async def _change(request: Request, change: Callable[[dict[str, Any]], Awaitable
     await change(await _options(request))
     return Response(status_code=200)
 
+
+
+@router.post("/v2/repository/{repository_name}/index", include_in_schema=False)
+@router.post("/v2/repository/{repository_name}/models/{name}/{action}", include_in_schema=False)
+async def named_repository(request: Request, repository_name: str, action: str = "index") -> Response:
+    """Triton's routes that name a repository: refused as Triton refuses them (and as the gRPC
+    calls' repository_name is), after the same access check as the calls without one."""
+    if action not in ("index", "load", "unload"):
+        raise NotFound(f"no route {request.url.path!r}")
+    authorize_admin(request, changes=action != "index")
+    raise repository_named(repository_name)

@@ -135,7 +135,7 @@ async def test_naming_a_repository_is_refused_as_triton_refuses_it(model_root: P
     for error in refused:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details() == ("repository_name 'models': naming a repository is not supported; leave it "
-                                   "empty (model names are unique across the model directories)")
+                                   "out (model names are unique across the model directories)")
     assert not ready.ready
 
 

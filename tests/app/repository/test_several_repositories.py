@@ -150,3 +150,19 @@ def test_workers_serve_every_directory(two_roots: tuple[Path, Path]) -> None:
             for _ in range(4):  # each on a connection of its own: the kernel spreads them over both workers
                 answer = httpx.post(f"{server.url}/v1/models/{path}:predict", json=body, timeout=30)
                 assert answer.status_code == 200, answer.text
+
+
+async def test_the_http_routes_that_name_a_repository_are_refused_as_triton_refuses_them(
+        two_roots: tuple[Path, Path]) -> None:
+    """Triton's `/v2/repository/{repository_name}/index` and `.../models/{name}/load|unload`:
+    a 400 saying why, after the access check the routes without a name make."""
+    async with serving(model_dir=list(two_roots), model_control_mode="explicit", admin_token=TOKEN) as client:
+        index = await client.post("/v2/repository/team-a/index", headers=ADMIN)
+        load = await client.post("/v2/repository/team-a/models/fashion-cnn/load", headers=ADMIN)
+        no_token = await client.post("/v2/repository/team-a/models/fashion-cnn/unload")
+        other = await client.post("/v2/repository/team-a/models/fashion-cnn/delete", headers=ADMIN)
+        not_loaded = await client.get("/v2/models/fashion-cnn/ready")
+    assert (index.status_code, load.status_code, no_token.status_code, other.status_code) == (400, 400, 401, 404)
+    assert load.json()["error"] == ("repository_name 'team-a': naming a repository is not supported; leave it out "
+                                    "(model names are unique across the model directories)")
+    assert not_loaded.status_code == 503  # nothing was loaded
