@@ -538,7 +538,7 @@ def documented_default(name: str) -> str:
         return "(unset)"
     if isinstance(default, bool):
         return str(default).lower()
-    if isinstance(default, list) and all(isinstance(item, Path) for item in default) and default:
+    if isinstance(default, list) and default and all(isinstance(item, Path) for item in default):
         return ",".join(map(str, default))  # as it is written for one folder
     if isinstance(default, list):
         return json.dumps(default, separators=(",", ":"))

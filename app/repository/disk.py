@@ -76,10 +76,10 @@ class ModelFolders:
 
     async def versions(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
         """The model's version folders by number, and those refused with why."""
-        return await self._off_loop(self._version_folders, name)
+        return await self._off_loop(lambda n: self._version_folders(n, self._holders(n)), name)
 
     async def signature(self, name: str) -> Signature:
-        return await self._off_loop(self._signature, name)
+        return await self._off_loop(lambda n: _signature(self._holders(n)), name)
 
     # --- in a worker thread ------------------------------------------------------------
 
@@ -125,8 +125,9 @@ class ModelFolders:
         self.misplaced[root] = why
 
     def _scan(self, name: str) -> FolderScan:
-        folders, refused = self._version_folders(name)
-        return FolderScan(self._signature(name), folders, refused, self._newest_policy(folders),
+        holders = self._holders(name)  # read once: each is a listing of every model directory
+        folders, refused = self._version_folders(name, holders)
+        return FolderScan(_signature(holders), folders, refused, self._newest_policy(folders),
                           {number: manifest_fingerprint(path) for number, path in folders.items()})
 
     async def _off_loop(self, read: Callable[[str], T], name: str) -> T:
@@ -141,17 +142,6 @@ class ModelFolders:
         """The model's folders, one per model directory that has a folder of exactly this name."""
         return [root / name for root in self.roots if (root / name).is_dir() and self._named_exactly(root, name)]
 
-    def _model_folder(self, name: str) -> Path | None:
-        """The model's folder (None where there is none by exactly that name); 400 where it is
-        a link that leaves the model directory."""
-        holders = self._holders(name)
-        if not holders:
-            return None
-        folder = holders[0]
-        if folder.is_symlink() and not folder.resolve().is_relative_to(folder.parent.resolve()):
-            raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
-                             "it is not served")
-        return folder
 
     def _named_exactly(self, root: Path, name: str) -> bool:
         """Whether the model directory lists a folder of exactly this name: where the file
@@ -159,10 +149,12 @@ class ModelFolders:
         which would then be served under a second name."""
         return name in self._listed.get(root, ()) or name in {entry.name for entry in root.iterdir()}
 
-    def _version_folders(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
+    def _version_folders(self, name: str, holders: list[Path]) -> tuple[dict[int, Path], dict[int, str]]:
+        """The version folders of the model's one folder among `holders` (`_holders`); 400 where
+        it is a link that leaves the model directory, or for a name with no version folders in
+        two model directories."""
         found: dict[int, Path] = {}
         refused: dict[int, str] = {}
-        holders = self._holders(name)
         if len(holders) > 1:  # every version refused, with why: the index and a load say it
             why = (f"model {name!r} is in more than one model directory ({', '.join(map(str, holders))}): "
                    "served from none until it is in one only")
@@ -170,10 +162,13 @@ class ModelFolders:
             if not numbers:
                 raise LoadFailed(why)
             return {}, dict.fromkeys(sorted(numbers), why)
-        folder = self._model_folder(name)
-        if folder is None:
+        if not holders:
             return found, refused
+        folder = holders[0]
         inside = folder.resolve()
+        if folder.is_symlink() and not inside.is_relative_to(folder.parent.resolve()):
+            raise LoadFailed(f"model {name!r}: its folder is a link that leaves the model directory; "
+                             "it is not served")
         for path in sorted(folder.iterdir()):
             if not _is_version(path):
                 continue
@@ -189,19 +184,6 @@ class ModelFolders:
             found.pop(number, None)
         return found, refused
 
-    def _signature(self, name: str) -> Signature:
-        """Every model directory's folder of that name: a second one appearing or going is a change."""
-        entries: list[tuple[str, int, int]] = []
-        for folder in self._holders(name):
-            for path in sorted(folder.rglob("*")):
-                try:
-                    info = path.stat()
-                except OSError:  # removed while scanning: the next scan sees it gone
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    entries.append((str(path), info.st_size, info.st_mtime_ns))
-        return tuple(entries)
-
     def _newest_policy(self, folders: dict[int, Path]) -> VersionPolicy:
         """The newest readable version's policy: its manifest's, else its configuration's
         (config.json, config.pbtxt), else the server's."""
@@ -215,6 +197,20 @@ class ModelFolders:
                 continue
             return policy or self.default_policy
         return self.default_policy
+
+
+def _signature(holders: list[Path]) -> Signature:
+    """Every file in the model's folders (`_holders`): a second one appearing or going is a change."""
+    entries: list[tuple[str, int, int]] = []
+    for folder in holders:
+        for path in sorted(folder.rglob("*")):
+            try:
+                info = path.stat()
+            except OSError:  # removed while scanning: the next scan sees it gone
+                continue
+            if stat.S_ISREG(info.st_mode):
+                entries.append((str(path), info.st_size, info.st_mtime_ns))
+    return tuple(entries)
 
 
 def _is_version(path: Path) -> bool:

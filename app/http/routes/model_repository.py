@@ -88,7 +88,6 @@ async def _change(request: Request, change: Callable[[dict[str, Any]], Awaitable
     return Response(status_code=200)
 
 
-
 @router.post("/v2/repository/{repository_name}/index", include_in_schema=False)
 @router.post("/v2/repository/{repository_name}/models/{name}/{action}", include_in_schema=False)
 async def named_repository(request: Request, repository_name: str, action: str = "index") -> Response:

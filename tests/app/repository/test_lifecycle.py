@@ -16,23 +16,13 @@ import httpx
 import pytest
 
 from app.errors import NoModelsFound
-from tests.app.conftest import copy_model, sample_images, serving
+from tests.app.conftest import copy_model, serving
+from tests.app.repository.calls import ADMIN, IMAGE, TEXT, TOKEN, index
 from tests.conftest import model_folder
-
-TOKEN = "s3cret-admin"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-IMAGE = {"instances": [sample_images(1)[0].tolist()]}
-TEXT = {"instances": ["a fine film"]}
 
 
 def explicit(**overrides: Any) -> dict[str, Any]:
     return {"model_control_mode": "explicit", "admin_token": TOKEN} | overrides
-
-
-async def index(client: httpx.AsyncClient) -> dict[tuple[str, str], dict[str, str]]:
-    response = await client.post("/v2/repository/index", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    return {(e["name"], e["version"]): e for e in response.json()}
 
 
 def fashion_version(root: Path) -> str:

@@ -15,13 +15,10 @@ import pytest
 from app.__main__ import _as_env, parse_settings, preflight
 from app.settings import Settings
 from load_tests.server import ServerProcess
-from tests.app.conftest import copy_model, sample_images, serving
+from tests.app.conftest import copy_model, serving
+from tests.app.repository.calls import ADMIN, IMAGE, TEXT, TOKEN, index
 from tests.conftest import model_folder
 
-TOKEN = "s3cret-admin"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-IMAGE = {"instances": [sample_images(1)[0].tolist()]}
-TEXT = {"instances": ["a fine film"]}
 FASHION, SST2 = int(model_folder("fashion-cnn").name), int(model_folder("sst2-lstm").name)
 
 
@@ -32,12 +29,6 @@ def two_roots(tmp_path: Path) -> tuple[Path, Path]:
     copy_model(first, "fashion-cnn", FASHION)
     copy_model(second, "sst2-lstm", SST2)
     return first, second
-
-
-async def index(client: httpx.AsyncClient) -> dict[tuple[str, str], dict[str, str]]:
-    response = await client.post("/v2/repository/index", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    return {(e["name"], e["version"]): e for e in response.json()}
 
 
 async def test_the_models_of_every_directory_are_served_together(two_roots: tuple[Path, Path]) -> None:
