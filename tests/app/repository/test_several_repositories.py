@@ -77,17 +77,20 @@ async def test_a_name_in_two_directories_without_versions_still_says_why(two_roo
 async def test_poll_mode_serves_a_name_again_once_it_is_in_one_directory(two_roots: tuple[Path, Path]) -> None:
     first, second = two_roots
     async with serving(model_dir=[first, second], model_control_mode="poll", repository_poll_s=0.05) as client:
-        async def until(status: int) -> httpx.Response:
+        async def until(status: int, saying: str = "") -> httpx.Response:
+            """The first answer of that status whose text says `saying`: the states on the way
+            (UNLOADING, "finishing its requests") answer 503 as well, with their own words."""
             for _ in range(400):  # bounded: 20 s at most
                 answer = await client.post("/v1/models/fashion-cnn:predict", json=IMAGE)
-                if answer.status_code == status:
+                if answer.status_code == status and saying in answer.text:
                     return answer
                 await asyncio.sleep(0.05)
-            raise AssertionError(f"the poller never made it {status}")
+            raise AssertionError(f"the poller never made it {status} {saying}")
 
         await until(200)
         copy_model(second, "fashion-cnn", FASHION)  # a second copy appears: which is meant is unknown
-        assert "is in more than one model directory" in (await until(503)).json()["error"]
+        why = "is in more than one model directory"
+        assert why in (await until(503, why)).json()["error"]
         shutil.rmtree(first / "fashion-cnn")  # the other one goes: the second's is served
         await until(200)
         assert (await client.post("/v1/models/sst2-lstm:predict", json=TEXT)).status_code == 200
