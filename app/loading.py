@@ -20,6 +20,7 @@ from app.batching.policy import GROUPING_WINDOW
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
 from app.completion import complete, pads_unmasked
+from app.ensemble import EnsembleModel, FindModel, ensemble_manifest
 from app.graph import DROP_IN_FILE, GraphError, disagreements, shapeless_tensors
 from app.manifest import (
     MANIFEST_FILE,
@@ -103,16 +104,26 @@ class Hooks:
 
 
 def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks = Hooks(),
-                 override: ModelFacts | None = None) -> ServedModel:
+                 override: ModelFacts | None = None, find_model: FindModel | None = None) -> ServedModel:
     """Read, verify, load and (if the settings say so) warm up one version; not started. A
     folder without a manifest has its configuration completed from the graph and whatever
     config.json or config.pbtxt say (app/completion.py); it has no digest to check its file
-    against. `override` (a load request's configuration) goes on top of either."""
+    against. `override` (a load request's configuration) goes on top of either. An ensemble
+    (its configuration's steps) runs the models `find_model` finds (the repository's)."""
     fingerprint = manifest_fingerprint(folder) + (override.model_dump_json() if override else "")
     options = replace(ort, wide_batch_rows=settings.wide_batch_rows)
     drop_in = not has_manifest(folder)
     if drop_in:
-        manifest, variant, session, extras, facts = _completed(folder, settings, options, override)
+        facts = _facts(folder, override)
+        if facts.ensemble is not None:
+            try:
+                ensemble = ensemble_manifest(folder, facts)
+            except FactsError as e:
+                raise LoadError("config", str(e)) from e
+            return _ensemble(folder, settings, ensemble, facts, fingerprint, find_model)
+        manifest, variant, session, extras, facts = _completed(folder, settings, options, facts)
+    elif (declared := _ensemble_manifest(folder, override)) is not None:
+        return _ensemble(folder, settings, declared, override or NO_FACTS, fingerprint, find_model)
     else:
         manifest, variant, session, extras = _with_manifest(folder, settings, options, override)
         facts = override or NO_FACTS
@@ -209,15 +220,43 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions, overri
     return manifest, variant, session, extras
 
 
-def _completed(folder: Path, settings: Settings, options: OrtOptions, override: ModelFacts | None
-               ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes], ModelFacts]:
-    """A model file without a manifest: read once, loaded, its configuration completed."""
+def _facts(folder: Path, override: ModelFacts | None) -> ModelFacts:
+    """What a folder without a manifest says of its model, a load's configuration on top."""
     try:
         facts = read_facts(folder)
-        if override is not None:
-            facts = override.over(facts)
+        return override.over(facts) if override is not None else facts
     except FactsError as e:
         raise LoadError("config", str(e)) from e
+
+
+def _ensemble_manifest(folder: Path, override: ModelFacts | None) -> Manifest | None:
+    """A manifest's ensemble, None where the manifest is a model's (loaded as such)."""
+    try:
+        manifest = load_manifest(folder, verify_files=False)
+    except ManifestError:
+        return None  # said by the model's own load, which reads it again
+    if manifest.ensemble is None:
+        return None
+    if override is not None and override.model_fields_set - {"version_policy"}:
+        raise LoadError("config", f"{folder}: an ensemble's load takes no configuration but its version_policy")
+    return manifest
+
+
+def _ensemble(folder: Path, settings: Settings, manifest: Manifest, facts: ModelFacts, fingerprint: str,
+              find_model: FindModel | None) -> EnsembleModel:
+    try:
+        codec = make_codec(manifest, {}, input_limits(settings))
+    except (ValueError, KeyError) as e:
+        raise LoadError("manifest", f"{folder}: {type(e).__name__}: {e}") from e
+    health = BatchHealth(f"{manifest.name} v{manifest.version}", settings.failure_threshold,
+                         settings.failure_cooldown_s, settings.inference_timeout_s)
+    return EnsembleModel(manifest, codec, health, batch_policy(settings, manifest), find_model, fingerprint,
+                         facts.source, facts.ignored)
+
+
+def _completed(folder: Path, settings: Settings, options: OrtOptions, facts: ModelFacts
+               ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes], ModelFacts]:
+    """A model file without a manifest: read once, loaded, its configuration completed."""
     missing = custom_ops.not_loaded(facts.op_libraries or [], folder.parent, options.custom_op_libraries)
     if missing:
         raise LoadError("config", f"{facts.source or folder}: {custom_ops.refusal(missing)}")

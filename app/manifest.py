@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.ensemble_plan import waves
+
 MANIFEST_FILE = "manifest.json"
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -323,6 +325,19 @@ TRITON_GRAPH_LEVELS: dict[int, str] = {0: "all", -1: "basic", 1: "extended", 2: 
 TRITON_ORT_PARAMETERS: dict[str, str] = {
     "intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads",
     "execution_mode": "execution_mode", "enable_mem_arena": "memory_arena", "enable_mem_pattern": "memory_pattern"}
+class EnsembleStep(_Strict):
+    """One step of an ensemble (Triton's ModelEnsembling.Step): a served model run on some of
+    the ensemble's tensors, making others."""
+
+    model: str = Field(pattern=MODEL_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
+    version: int | None = Field(default=None, gt=0)
+    """The version it runs; None: the newest served when the request comes (Triton's -1)."""
+    inputs: dict[str, str] = Field(min_length=1)
+    """The step model's input -> the ensemble tensor given to it (Triton's input_map)."""
+    outputs: dict[str, str] = Field(min_length=1)
+    """The step model's output -> the ensemble tensor it becomes (Triton's output_map)."""
+
+
 TRITON_EXECUTION_MODES = ("sequential", "parallel")
 """execution_mode's values by Triton's number for them."""
 
@@ -342,7 +357,8 @@ class Manifest(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocessing: Preprocessing | None = None
     """How raw instances become the model's input (classification tasks); None for tensors."""
-    variants: dict[Variant, VariantFile] = Field(min_length=1)
+    variants: dict[Variant, VariantFile] = Field(default_factory=dict)
+    """The model's files, one at least; none for an ensemble."""
     extra_files: dict[str, FileDigest] = Field(default_factory=dict)
     """Every other file the service reads for this model (e.g. the vocabulary), with its digest."""
     version_policy: VersionPolicy | None = None
@@ -356,6 +372,9 @@ class Manifest(_Strict):
     """Which variant `variant=auto` serves on each device; chosen by measurement at build time."""
     onnxruntime: ModelRuntimeOptions | None = Field(default=None, exclude_if=_unset)
     """The model's own ONNX Runtime options; None: the server's."""
+    ensemble: list[EnsembleStep] | None = Field(default=None, exclude_if=_unset)
+    """An ensemble: no graph of its own, its steps run other served models on its tensors
+    (Triton's platform "ensemble" with its ensemble_scheduling)."""
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str] = Field(default_factory=dict)
@@ -365,6 +384,10 @@ class Manifest(_Strict):
         names = [t.name for t in self.inputs + self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input and output names must be unique, got {names}")
+        if self.ensemble is not None:
+            self._ensemble_problem()
+        elif not self.variants:
+            raise ValueError("variants: at least one model file is listed")
         if isinstance(self.preprocessing, TextPreprocessing) and self.preprocessing.vocabulary_file not in self.extra_files:
             raise ValueError(f"the vocabulary file {self.preprocessing.vocabulary_file!r} must be listed, with its "
                              "digest, in extra_files")
@@ -396,6 +419,17 @@ class Manifest(_Strict):
                 f"but {len(self.labels)} labels are listed"
             )
         return self
+
+    def _ensemble_problem(self) -> None:
+        if self.variants or self.task != TENSORS_TASK or self.preprocessing is not None:
+            raise ValueError("an ensemble has no files of its own (variants) and takes tensors (task 'tensors', "
+                             "no preprocessing)")
+        if not self.ensemble:
+            raise ValueError("an ensemble has one step at least")
+        itself = [step.model for step in self.ensemble if step.model == self.name]
+        if itself:
+            raise ValueError(f"a step of ensemble {self.name!r} runs the ensemble itself")
+        waves(self.ensemble, [t.name for t in self.inputs], [t.name for t in self.outputs])
 
     def _task_inputs_problem(self) -> str | None:
         """Where a classification task's preprocessing makes tensors its graph does not take

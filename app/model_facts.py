@@ -26,6 +26,7 @@ from app.manifest import (
     TRITON_EXECUTION_MODES,
     TRITON_GRAPH_LEVELS,
     TRITON_ORT_PARAMETERS,
+    EnsembleStep,
     ModelRuntimeOptions,
     Preprocessing,
     QueuePolicy,
@@ -39,6 +40,8 @@ CONFIG_JSON = "config.json"
 CONFIG_PBTXT = "config.pbtxt"
 PLATFORMS = {"onnxruntime_onnx"}
 BACKENDS = {"onnxruntime"}
+ENSEMBLE = "ensemble"
+"""Triton's platform of a model that runs other models in steps (its ensemble_scheduling)."""
 
 # Triton fields by what this server does with them. Anything not named here is refused:
 # a field added to Triton's schema later is not served as if it were absent.
@@ -53,6 +56,11 @@ _HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size", "d
 _IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own requests",
                      "priority_levels": "no priorities", "default_priority_level": "no priorities",
                      "priority_queue_policy": "no priorities"}
+# An ensemble runs no graph of its own: of the rest, these are named as ignored (what it
+# would set is its steps' models' own), any other field is refused.
+_ENSEMBLE_FIELDS = {"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy"}
+_IGNORED_BY_ENSEMBLES = {"response_cache", "model_warmup", "optimization", "parameters", "default_model_filename",
+                         "model_transaction_policy", *_IGNORED}
 _TIMEOUT_DELAY = 1  # Triton's ModelQueuePolicy.TimeoutAction DELAY (REJECT is 0)
 _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
 
@@ -134,6 +142,9 @@ class ModelFacts(_Facts):
     onnxruntime: ModelRuntimeOptions | None = None
     """The model's own ONNX Runtime options (Triton's optimization.graph.level and ONNX Runtime
     parameters); each unset is the server's."""
+    ensemble: list[EnsembleStep] | None = None
+    """An ensemble's steps (Triton's ensemble_scheduling): it has no graph, its inputs and
+    outputs are declared, and each step runs a served model on its tensors."""
     op_libraries: list[str] | None = None
     """Custom operator libraries the graph needs (Triton's model_operations.op_library_filename;
     a relative path from the model's folder): each must be one the server loads
@@ -192,7 +203,7 @@ def facts_from_json(path: Path) -> ModelFacts:
     except json.JSONDecodeError as e:
         raise FactsError(f"{path}: not valid JSON: {e}") from e
     except ValidationError as e:
-        raise FactsError(f"{path}: {_describe(e)}") from e
+        raise FactsError(f"{path}: {describe(e)}") from e
     if facts.labels_file is not None:
         facts = facts.model_copy(update={"labels": read_labels(path.parent, facts.labels_file, path),
                                          "labels_file": None})
@@ -210,7 +221,7 @@ def read_labels(folder: Path, file: str, named_in: Path | str) -> list[str]:
     return labels
 
 
-def _describe(error: ValidationError) -> str:
+def describe(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5])
 
 
@@ -245,10 +256,12 @@ def _set_fields(message: Message) -> set[str]:
 
 def from_triton(config: Any, folder_name: str, source: str, folder: Path | None) -> ModelFacts:
     fields = _set_fields(config)
+    if config.platform == ENSEMBLE:
+        return _ensemble(config, fields, folder_name, source)
     refused = sorted(fields - _HONOURED - set(_IGNORED))
     if refused:
         raise FactsError(f"{source}: fields {refused} are not supported (this server serves ONNX models with "
-                         "dynamic batching: no sequence batching, ensembles or batch inputs)")
+                         "dynamic batching, and ensembles of them: no sequence batching or batch inputs)")
     if config.name and config.name != folder_name:
         raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
     if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
@@ -284,6 +297,45 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 
 
+def _ensemble(config: Any, fields: set[str], folder_name: str, source: str) -> ModelFacts:
+    """Triton's ensemble: its declared tensors, batch axis and steps; Triton's -1 (the newest
+    version), or a step's model_version left out, is None. What the steps connect is checked with the manifest (app/ensemble_plan.py)."""
+    refused = sorted(fields - _ENSEMBLE_FIELDS - _IGNORED_BY_ENSEMBLES)
+    if refused:
+        raise FactsError(f"{source}: fields {refused} are not supported for an ensemble")
+    if config.name and config.name != folder_name:
+        raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
+    if config.backend or config.max_batch_size < 0:
+        raise FactsError(f"{source}: an ensemble has no backend, and a max_batch_size of 0 or more")
+    if not config.ensemble_scheduling.step or not config.input or not config.output:
+        raise FactsError(f"{source}: an ensemble declares its inputs, its outputs and its ensemble_scheduling steps")
+    ignored = {name: "an ensemble runs no graph of its own: its steps' models have their own" for name in
+               sorted(fields & _IGNORED_BY_ENSEMBLES)}
+    if config.ensemble_scheduling.max_inflight_requests:
+        ignored["ensemble_scheduling.max_inflight_requests"] = "requests are bounded by the steps' models' queues"
+    steps = []
+    for index, step in enumerate(config.ensemble_scheduling.step):
+        if step.model_namespace:
+            raise FactsError(f"{source}: step {index}: model_namespace: models have no namespaces here")
+        if step.model_version < -1:
+            raise FactsError(f"{source}: step {index}: model_version {step.model_version}: -1 (the newest) or a "
+                             "version number")
+        try:  # unset (0 to proto3, and no version here) is -1's newest
+            steps.append(EnsembleStep(model=step.model_name, version=step.model_version if step.model_version > 0
+                                      else None, inputs=dict(step.input_map),
+                                      outputs=dict(step.output_map)))
+        except ValidationError as e:
+            raise FactsError(f"{source}: step {index}: {describe(e)}") from e
+    batches = config.max_batch_size > 0
+    inputs = [_tensor(t, batches, source, ignored) for t in config.input]
+    outputs = [_tensor(t, batches, source, ignored) for t in config.output]
+    given: dict[str, Any] = {"task": "tensors", "inputs": inputs, "outputs": outputs, "ensemble": steps,
+                             "batching": BatchingFacts(max_batch_size=config.max_batch_size, max_queue_delay_ms=0)}
+    if "version_policy" in fields:
+        given["version_policy"] = _version_policy(config)
+    return ModelFacts(**given, source=source, ignored=ignored)
+
+
 def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) -> TensorSpec:
     refused = sorted(_set_fields(tensor) - _TENSOR_FIELDS)
     if refused:
@@ -303,7 +355,7 @@ def _tensor(tensor: Any, batches: bool, source: str, ignored: dict[str, str]) ->
     try:
         spec = TensorSpec(name=tensor.name, datatype=datatype, shape=[-1, *dims] if batches else dims, reshape=reshape)
     except ValidationError as e:
-        raise FactsError(f"{source}: tensor {tensor.name!r}: {_describe(e)}") from e
+        raise FactsError(f"{source}: tensor {tensor.name!r}: {describe(e)}") from e
     problem = spec.reshape_problem(batches)
     if problem:
         raise FactsError(f"{source}: {problem}")
@@ -336,7 +388,7 @@ def _runtime_options(config: Any, source: str, ignored: dict[str, str]) -> Model
     try:
         return ModelRuntimeOptions(**given) if given else None
     except ValidationError as e:
-        raise FactsError(f"{source}: {_describe(e)}") from e
+        raise FactsError(f"{source}: {describe(e)}") from e
 
 
 def _parameter(key: str, text: str, source: str) -> Any:
@@ -379,7 +431,7 @@ def _warmup_sample(sample: Any, source: str) -> WarmupSample:
         return WarmupSample(name=sample.name, batch_size=max(1, sample.batch_size), inputs=inputs,
                             count=max(1, sample.count))
     except ValidationError as e:
-        raise FactsError(f"{source}: model_warmup {sample.name!r}: {_describe(e)}") from e
+        raise FactsError(f"{source}: model_warmup {sample.name!r}: {describe(e)}") from e
 
 
 def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts | None:

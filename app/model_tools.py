@@ -213,7 +213,7 @@ def _check_version(folder: Path, settings: Settings, options: OrtOptions) -> str
     except LoadError as e:
         return e.message if str(folder) in e.message else f"{folder}: {e.message}"
     b = model.manifest.batching
-    batching = "does not batch" if not b.max_batch_size else f"batches up to {model.batcher.policy.max_batch_size}"
+    batching = "does not batch" if not b.max_batch_size else f"batches up to {model.policy.max_batch_size}"
     if b.max_batch_size and has_sequence_axes(model.manifest):
         batching += (", requests of other lengths zero-padded together" if b.pad else
                      ", each of requests of one shape (batching.pad: true in a config.json pads other lengths "

@@ -15,13 +15,17 @@ def metadata(repository: ModelRepository, name: str, version: str | None = None)
     `version`, listing that one)."""
     model = repository.get(name, version)
     versions = [model.version] if version else repository.versions_of(name)
-    return triton.model_metadata(model.manifest, versions, model.variant, model.session.providers)
+    providers = model.session.providers if model.session is not None else []  # none: an ensemble
+    return triton.model_metadata(model.manifest, versions, model.variant, providers)
 
 
 def config(repository: ModelRepository, name: str, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration of the newest served version (or `version`)."""
     model = repository.get(name, version)
-    policy = model.batcher.policy
+    if model.manifest.ensemble is not None:
+        return triton.ensemble_config(model.manifest, version_policy=repository.policy_of(name).as_triton(),
+                                      told_by=model.told_by, ignored=model.ignored)
+    policy = model.policy
     return triton.model_config(model.manifest, variant=model.variant, device=model.device,
                                max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
                                concurrent_batches=policy.concurrent_batches,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.batching import DynamicBatcher
+from app.batching import BatchPolicy, DynamicBatcher
 from app.batching.request import request_timing
 from app.codecs import Codec
 from app.deadlines import Deadlines
@@ -29,8 +29,10 @@ from app.warmup_samples import rows_of
 class ServedModel:
     manifest: Manifest
     variant: str
-    session: OrtModel
-    batcher: DynamicBatcher
+    session: OrtModel | None
+    """Its ONNX Runtime session; None for an ensemble (app/ensemble.py), which runs others'."""
+    batcher: DynamicBatcher | None
+    """What queues and batches its requests; None for an ensemble, whose steps' models do."""
     codec: Codec
     health: BatchHealth
     stats: ModelStats = field(default_factory=ModelStats)
@@ -72,9 +74,20 @@ class ServedModel:
     def ready(self) -> bool:
         return self.health.healthy
 
+    def check(self) -> None:
+        """Raise ModelNotReady, with why, while it should not be sent requests."""
+        self.health.check()
+
+    @property
+    def policy(self) -> BatchPolicy:
+        """How its requests are batched (its max_batch_size, queue delay, concurrent batches)."""
+        assert self.batcher is not None
+        return self.batcher.policy
+
     @property
     def device(self) -> str:
         """Where its batches run: "GPU" or "CPU" (Triton's instance kinds)."""
+        assert self.session is not None
         return "GPU" if self.session.providers[0] == CUDA else "CPU"
 
     @functools.cached_property
@@ -103,7 +116,8 @@ class ServedModel:
             await asyncio.wait_for(self._unleased.wait(), grace_s)
         except TimeoutError:
             pass
-        await self.batcher.stop(grace_s)
+        if self.batcher is not None:
+            await self.batcher.stop(grace_s)
         self.deadlines.close()
         if self.cache is not None:
             self.cache.clear()
@@ -138,7 +152,9 @@ class ServedModel:
         if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
             inputs = self.reshaper.to_graph(inputs)
         on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
-        future = await self.batcher.run_or_queue(inputs, client_gone, on_the_way)
+        batcher = self.batcher
+        assert batcher is not None  # an ensemble answers by its own infer
+        future = await batcher.run_or_queue(inputs, client_gone, on_the_way)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)
         ok = False
@@ -167,16 +183,18 @@ class ServedModel:
         to be measured (app/runtime.py `OrtModel.calibrate`). Where the configuration gives
         warm-up samples, each is run as often as it says, and the batches are made of the
         first one's rows, in turn, instead of generated ones."""
+        session = self.session
+        assert session is not None  # an ensemble warms nothing up (app/ensemble.py)
         for inputs, count in self.warmup_samples:
             for _ in range(count):
-                self.session.run(inputs)
+                session.run(inputs)
         if not self.manifest.batches:  # one request's tensors as declared, no batch axis
             inputs = (self.warmup_samples[0][0] if self.warmup_samples else
                       {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
-            self.session.run(inputs)
-            self.session.known_good = inputs
+            session.run(inputs)
+            session.known_good = inputs
             return
-        policy = self.batcher.policy
+        policy = self.policy
         largest = min(max(policy.max_batch_size, policy.max_large_batch_size), self._most_rows_queued())
         sizes, size = [], 1
         while size < largest:
@@ -184,16 +202,16 @@ class ServedModel:
             size *= 2
         sizes.append(largest)
         for n in sizes:
-            self.session.run(self._dummy_batch(n))
-        self.session.known_good = self._dummy_batch(1)
-        self.session.calibrate(self._dummy_batch, sizes)
+            session.run(self._dummy_batch(n))
+        session.known_good = self._dummy_batch(1)
+        session.calibrate(self._dummy_batch, sizes)
 
     def _most_rows_queued(self) -> int:
         """The most rows a batch can hold: what the queue takes (app/batching/queue.py), in
         items and in bytes. A configuration's max_batch_size may be far beyond it (a Triton
         config's 100000, say): warming up at that size would take the memory of a batch that
         can never form."""
-        policy = self.batcher.policy
+        policy = self.policy
         row_bytes = max(1, sum(a.nbytes for a in self._dummy_batch(1).values()))
         return max(1, min(policy.max_queue_size, policy.max_queue_bytes // row_bytes))
 

@@ -16,6 +16,7 @@ from app.manifest import (
 )
 
 PLATFORM = "onnxruntime_onnx"
+ENSEMBLE = "ensemble"
 SERVER_NAME = "ortserve"
 EXTENSIONS = ["binary_tensor_data", "logging", "model_configuration", "model_repository", "statistics", "trace"]
 """The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
@@ -47,7 +48,7 @@ def model_metadata(manifest: Manifest, versions: list[str], variant: str, provid
     """The V2 model metadata, with the variant served, its providers, task and labels as parameters."""
     m = manifest
     return {
-        "name": m.name, "versions": versions, "platform": PLATFORM,
+        "name": m.name, "versions": versions, "platform": ENSEMBLE if m.ensemble is not None else PLATFORM,
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": triton_shape(t.shape, m.batches)}
                    for t in m.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in m.outputs],
@@ -100,6 +101,26 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["description"] = m.description
     config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return config
+
+
+def ensemble_config(manifest: Manifest, *, version_policy: dict[str, Any], told_by: str,
+                    ignored: dict[str, str] | None = None) -> dict[str, Any]:
+    """Triton's configuration of an ensemble: its tensors and its steps (model_version -1:
+    the newest served), no batching or instances of its own."""
+    m = manifest
+    assert m.ensemble is not None
+    steps = [{"model_name": s.model, "model_version": -1 if s.version is None else s.version,
+              "input_map": s.inputs, "output_map": s.outputs} for s in m.ensemble]
+    parameters = {"task": m.task, "configuration": told_by}
+    if ignored:
+        parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
+    if m.description:
+        parameters["description"] = m.description
+    return {"name": m.name, "platform": ENSEMBLE, "version_policy": version_policy,
+            "max_batch_size": m.batching.max_batch_size,
+            "input": _config_tensors(m.inputs, m.batches), "output": _config_tensors(m.outputs, m.batches),
+            "ensemble_scheduling": {"step": steps},
+            "parameters": {k: {"string_value": v} for k, v in parameters.items()}}
 
 
 def _onnxruntime_parameters(own: ModelRuntimeOptions) -> dict[str, str]:

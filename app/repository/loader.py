@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+from app.ensemble import FindModel
 from app.loading import Hooks, LoadError, load_version
 from app.model_facts import ModelFacts
 from app.observability.metrics import Metrics
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 class VersionLoader:
-    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics, states: VersionStates) -> None:
+    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics, states: VersionStates,
+                 find_model: FindModel | None = None) -> None:
         self.settings = settings
+        self.find_model = find_model
+        """The repository's lookup, which an ensemble's steps use (app/ensemble.py)."""
         self.ort = ort
         self.metrics = metrics
         self.states = states
@@ -40,7 +44,8 @@ class VersionLoader:
         hooks = Hooks(on_batch=metrics.batch_observer(name), on_hang_up=lambda _: hung_up.inc(),
                       on_restart=lambda _: restarts.inc())
         try:
-            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort, hooks, override)
+            model = await asyncio.to_thread(load_version, folder, self.settings, self.ort, hooks, override,
+                                          self.find_model)
         except LoadError as e:
             metrics.model_loads.labels(name, "failed").inc()
             metrics.model_load_failures.labels(name, e.kind).inc()
@@ -54,8 +59,10 @@ class VersionLoader:
             else:
                 logger.warning("%s v%s asks for the response cache, but response_cache_bytes is 0: answering "
                                "every request from the model", name, version)
-        model.batcher.start()
-        metrics.watch_queue(name, model, lambda: model.batcher.queued_rows)
+        batcher = model.batcher
+        if batcher is not None:  # None: an ensemble, whose steps' models queue its requests
+            batcher.start()
+            metrics.watch_queue(name, model, lambda: batcher.queued_rows)
         return model
 
     async def retire(self, model: ServedModel) -> None:

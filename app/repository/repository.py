@@ -70,7 +70,7 @@ class ModelRepository:
         self.disk = ModelFolders(settings.model_dir, self.default_policy)
         self.routes = RoutingTable()
         self.states = VersionStates(metrics)
-        self.loader = VersionLoader(settings, ort, metrics, self.states)
+        self.loader = VersionLoader(settings, ort, metrics, self.states, find_model=self.get)
         self._policies: dict[str, VersionPolicy] = {}
         self._wanted: set[str] = set()  # models that should be served: readiness waits for them
         self._started = False  # the models loaded at start have been (strict_readiness off: ready)
@@ -92,7 +92,7 @@ class ModelRepository:
         if model is None:
             raise self._why_not_served(name, version)
         if not model.ready:
-            model.health.check()
+            model.check()
         return model
 
     def _why_not_served(self, name: str, version: str | None) -> ServingError:
@@ -201,7 +201,27 @@ class ModelRepository:
             self._overrides.pop(name, None)
         else:
             self._overrides[name] = override
-        return await self._load(name)
+        served = await self._load(name)
+        if self.settings.model_control_mode == "explicit":
+            await self._load_steps(name, {name})
+        return served
+
+    async def _load_steps(self, name: str, seen: set[str]) -> None:
+        """An ensemble's step models that are not served yet, loaded with it (as Triton's
+        explicit mode does), and theirs in turn: LoadFailed names the step model that failed."""
+        for model in list(self.routes.versions(name).values()):
+            for step in model.manifest.ensemble or []:
+                if step.model in seen:
+                    continue
+                seen.add(step.model)
+                if not self.routes.versions(step.model):
+                    try:
+                        self._overrides.pop(step.model, None)
+                        await self._load(step.model)
+                    except ServingError as e:
+                        raise LoadFailed(f"model {name!r}: its step model {step.model!r} could not be loaded: "
+                                         f"{e.message}") from e
+                await self._load_steps(step.model, seen)
 
     async def _load(self, name: str) -> list[str]:
         override = self._overrides.get(name)
@@ -303,8 +323,7 @@ class ModelRepository:
         self.routes.switch(name, versions)
         for version, model in versions.items():
             self.states.set(name, version, State.READY)
-            logger.debug("model %s v%s serving (%s variant on %s)", name, version, model.variant,
-                         model.session.providers[0])
+            logger.debug("model %s v%s serving (%s variant on %s)", name, version, model.variant, model.device)
 
     async def _retire_all(self, models: list[ServedModel], reason: str, reasons: Mapping[int, str] | None = None) -> None:
         """Drain and unload models already out of the routing table, each UNAVAILABLE with

@@ -39,7 +39,7 @@ def _describe(model: ServedModel) -> dict[str, Any]:
     return {"name": m.name, "version": model.version, "task": m.task, "labels": m.labels,
             "instance": model.codec.describe_instance(), "variant": model.variant,
             "inputs": [t.model_dump() for t in m.inputs], "preprocessing": m.preprocessing.model_dump() if m.preprocessing else None,
-            "max_batch_size": model.batcher.policy.max_batch_size}
+            "max_batch_size": model.policy.max_batch_size}
 
 
 @router.get("/v1/models", summary="Every served model with its labels and what an instance is",

@@ -1,0 +1,262 @@
+"""Triton's ensembles: a model with no graph of its own whose steps run other served models
+on its tensors. Made of small graphs a user might chain (a scaler, then a classifier),
+answered as ONNX Runtime answers the steps run one after the other."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from app.ensemble_plan import waves
+from app.manifest import EnsembleStep
+from app.model_facts import FactsError, from_triton_text
+from tests.app.conftest import serving, serving_grpc
+from tests.app.onnx_models import FLOAT, mlp, reference, save
+from tests.app.repository.calls import ADMIN, TOKEN, index
+
+
+def scaler(factor: float = 2.0) -> Any:
+    """x [batch, 4] -> x * factor: a preprocessing step."""
+    weight = helper.make_tensor("factor", FLOAT, [], [factor])
+    return helper.make_graph([helper.make_node("Mul", ["x", "factor"], ["scaled"])], "scaler",
+                             [helper.make_tensor_value_info("x", FLOAT, ["batch", 4])],
+                             [helper.make_tensor_value_info("scaled", FLOAT, ["batch", 4])], [weight])
+
+
+def pipeline(max_batch_size: int = 8, scale_version: int = -1, extra: str = "") -> str:
+    """raw -> scale (x -> scaled) -> classify (features -> scores) -> out."""
+    return f'''
+name: "pipeline"
+platform: "ensemble"
+max_batch_size: {max_batch_size}
+input [ {{ name: "raw" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "out" data_type: TYPE_FP32 dims: [ 3 ] }} ]
+ensemble_scheduling {{
+  step [
+    {{ model_name: "scale" model_version: {scale_version}
+      input_map {{ key: "x" value: "raw" }} output_map {{ key: "scaled" value: "doubled" }} }},
+    {{ model_name: "classify" model_version: -1
+      input_map {{ key: "features" value: "doubled" }} output_map {{ key: "scores" value: "out" }} }}
+  ]
+}}
+{extra}'''
+
+
+def repository(root: Path, config: str | None = None) -> tuple[Path, Path]:
+    """The two step models and the ensemble (its version folder empty, as Triton's)."""
+    scale = save(root, "scale", scaler())
+    classify = save(root, "classify", mlp())
+    (root / "pipeline" / "1").mkdir(parents=True)
+    (root / "pipeline" / "config.pbtxt").write_text(config or pipeline())
+    return scale, classify
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+
+
+def v2(data: np.ndarray, name: str = "raw") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
+
+
+def expected(scale: Path, classify: Path, data: np.ndarray) -> np.ndarray:
+    scaled = reference(scale, {"x": data})["scaled"]
+    return reference(classify, {"features": scaled})["scores"]
+
+
+async def test_an_ensemble_answers_as_its_steps_run_in_turn(tmp_path: Path) -> None:
+    scale, classify = repository(tmp_path)
+    data = rows(3)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/pipeline/infer", json=v2(data))
+        together = await asyncio.gather(*(client.post("/v2/models/pipeline/infer", json=v2(rows(1, seed)))
+                                          for seed in range(8)))
+        metadata = (await client.get("/v2/models/pipeline")).json()
+        config = (await client.get("/v2/models/pipeline/config")).json()
+        ready = await client.get("/v2/models/pipeline/ready")
+        stats = (await client.get("/v2/models/pipeline/stats")).json()["model_stats"][0]["inference_stats"]
+        step_stats = (await client.get("/v2/models/classify/stats")).json()["model_stats"][0]["inference_stats"]
+    assert answer.status_code == 200, answer.text
+    out = answer.json()["outputs"][0]
+    assert (out["name"], out["shape"]) == ("out", [3, 3])
+    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 3), expected(scale, classify, data), rtol=1e-5)
+    for seed, response in enumerate(together):
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json()["outputs"][0]["data"],
+                                   expected(scale, classify, rows(1, seed)).ravel(), rtol=1e-5)
+    assert ready.status_code == 200
+    assert metadata["platform"] == "ensemble"
+    assert metadata["inputs"] == [{"name": "raw", "datatype": "FP32", "shape": [-1, 4]}]
+    assert config["platform"] == "ensemble"
+    assert config["max_batch_size"] == 8
+    assert config["ensemble_scheduling"]["step"][0] == {"model_name": "scale", "model_version": -1,
+                                                         "input_map": {"x": "raw"}, "output_map": {"scaled": "doubled"}}
+    assert "dynamic_batching" not in config
+    # the ensemble counts its requests; each step's model counts the requests its step sent it
+    assert stats["success"]["count"] == 9
+    assert stats["fail"]["count"] == 0
+    assert step_stats["success"]["count"] == 9
+
+
+async def test_steps_that_take_the_same_tensors_run_side_by_side(tmp_path: Path) -> None:
+    """Two classifiers on the scaled rows (one wave), their scores both answered."""
+    scale, classify = repository(tmp_path, pipeline().replace(
+        'output [ { name: "out" data_type: TYPE_FP32 dims: [ 3 ] } ]',
+        'output [ { name: "out" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "again" data_type: TYPE_FP32 dims: [ 3 ] } ]'
+    ).replace('''  ]
+}''', ''',
+    { model_name: "classify" input_map { key: "features" value: "doubled" }
+      output_map { key: "scores" value: "again" } }
+  ]
+}'''))
+    data = rows(2)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/pipeline/infer", json=v2(data))
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer.json()["outputs"]}
+    np.testing.assert_allclose(outputs["out"], expected(scale, classify, data), rtol=1e-5)
+    np.testing.assert_allclose(outputs["again"], outputs["out"])
+
+
+async def test_an_ensemble_whose_step_model_is_missing_is_not_ready_and_says_why(tmp_path: Path) -> None:
+    repository(tmp_path)
+    async with serving(model_dir=tmp_path, model_control_mode="explicit", load_model=["scale", "pipeline"],
+                       admin_token=TOKEN) as client:
+        # explicit mode: loading the ensemble loaded its steps' models too, as Triton does
+        answered = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+        assert answered.status_code == 200, answered.text
+        assert (await client.post("/v2/repository/models/classify/unload", headers=ADMIN)).status_code == 200
+        ready = await client.get("/v2/models/pipeline/ready")
+        server_ready = await client.get("/v2/health/ready")
+        refused = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+        listed = await index(client)
+        reloaded = await client.post("/v2/repository/models/pipeline/load", headers=ADMIN)
+        again = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+    assert ready.status_code == 503
+    assert "ensemble 'pipeline' is not ready: step 1: model 'classify' is not being served" in ready.json()["error"]
+    assert server_ready.status_code == 503  # a model that should be served is not
+    assert refused.status_code == 503
+    assert listed[("pipeline", "1")]["state"] == "READY"  # loaded; its readiness is its steps'
+    assert reloaded.status_code == 200, reloaded.text
+    assert again.status_code == 200, again.text
+
+
+async def test_a_step_whose_model_takes_other_tensors_is_named(tmp_path: Path) -> None:
+    repository(tmp_path, pipeline().replace('key: "features" value: "doubled"', 'key: "inputs" value: "doubled"'))
+    async with serving(model_dir=tmp_path) as client:
+        ready = await client.get("/v2/models/pipeline/ready")
+        refused = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+    assert ready.status_code == 503
+    assert ("step 1: model 'classify' takes inputs ['features'] and gives outputs ['scores']; the step gives it "
+            "['inputs'] and takes ['scores']") in ready.json()["error"]
+    assert refused.status_code == 503
+
+
+async def test_a_client_mistake_is_the_ensembles_400(tmp_path: Path) -> None:
+    repository(tmp_path)
+    async with serving(model_dir=tmp_path) as client:
+        wrong = await client.post("/v2/models/pipeline/infer", json=v2(rows(1), name="x"))
+        too_wide = await client.post("/v2/models/pipeline/infer", json=v2(np.zeros((1, 5), np.float32)))
+    assert wrong.status_code == 400
+    assert "raw" in wrong.json()["error"]
+    assert too_wide.status_code == 400, too_wide.text
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.replace('value: "doubled" }} output_map', 'value: "nothing" }} output_map')
+     .replace('key: "features" value: "doubled"', 'key: "features" value: "nothing"'),
+     "takes ['nothing']: neither an ensemble input nor any step's output"),
+    (lambda c: c.replace('key: "scores" value: "out"', 'key: "scores" value: "doubled"'),
+     "made by two steps"),
+    (lambda c: c.replace('model_name: "scale"', 'model_name: "pipeline"'), "runs the ensemble itself"),
+])
+async def test_an_ensemble_that_could_never_answer_is_refused_with_why(tmp_path: Path, edit: Any, message: str) -> None:
+    repository(tmp_path, edit(pipeline()))
+    async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
+        listed = await index(client)
+        refused = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+    assert listed[("pipeline", "1")]["state"] == "UNAVAILABLE"
+    assert message in listed[("pipeline", "1")]["reason"], listed[("pipeline", "1")]["reason"]
+    assert refused.status_code == 503
+
+
+def test_triton_fields_an_ensemble_cannot_have_are_refused() -> None:
+    with pytest.raises(FactsError, match="model_namespace"):
+        from_triton_text(pipeline().replace('model_name: "scale"', 'model_name: "scale" model_namespace: "a"'),
+                         "pipeline", "config.pbtxt")
+    with pytest.raises(FactsError, match="declares its inputs"):
+        from_triton_text('platform: "ensemble" ensemble_scheduling { step [ { model_name: "a" } ] }', "e", "c")
+    facts = from_triton_text(pipeline(extra='instance_group [ { count: 2 } ]'), "pipeline", "config.pbtxt")
+    assert facts.ensemble is not None
+    assert facts.ensemble[0].version is None
+    assert "instance_group" in facts.ignored
+
+
+def test_waves_run_each_step_once_what_it_takes_exists() -> None:
+    steps = [EnsembleStep(model="c", inputs={"i": "ab"}, outputs={"o": "out"}),
+             EnsembleStep(model="a", inputs={"i": "in"}, outputs={"o": "a"}),
+             EnsembleStep(model="b", inputs={"i": "in", "j": "a"}, outputs={"o": "ab"}),
+             EnsembleStep(model="d", inputs={"i": "in"}, outputs={"o": "d"})]
+    assert waves(steps, ["in"], ["out"]) == [[1, 3], [2], [0]]
+    with pytest.raises(ValueError, match="in a cycle"):
+        waves([EnsembleStep(model="a", inputs={"i": "in", "j": "y"}, outputs={"o": "x"}),
+               EnsembleStep(model="b", inputs={"i": "x"}, outputs={"o": "y"})], ["in"], ["x"])
+    with pytest.raises(ValueError, match=r"ensemble inputs \['unused'\] are taken by no step"):
+        waves(steps, ["in", "unused"], ["out"])
+    with pytest.raises(ValueError, match="made by no step"):
+        waves(steps, ["in"], ["out", "z"])
+
+
+
+async def test_grpc_clients_see_an_ensemble_as_triton_shows_one(tmp_path: Path) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    scale, classify = repository(tmp_path)
+    data = rows(2)
+    async with serving_grpc(model_dir=tmp_path) as (_, stub, _app):
+        request = pb.ModelInferRequest(model_name="pipeline")
+        request.inputs.add(name="raw", datatype="FP32", shape=[2, 4])
+        request.raw_input_contents.append(data.tobytes())
+        answer = await stub.ModelInfer(request)
+        config = (await stub.ModelConfig(pb.ModelConfigRequest(name="pipeline"))).config
+        metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="pipeline"))
+    scores = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 3)
+    np.testing.assert_allclose(scores, expected(scale, classify, data), rtol=1e-5)
+    assert (config.platform, metadata.platform) == ("ensemble", "ensemble")
+    assert [s.model_name for s in config.ensemble_scheduling.step] == ["scale", "classify"]
+    assert dict(config.ensemble_scheduling.step[1].output_map) == {"scores": "out"}
+
+
+async def test_an_ensemble_that_does_not_batch_gives_its_steps_its_whole_tensors(tmp_path: Path) -> None:
+    """max_batch_size 0: the ensemble's [-1, 4] is one request's tensor, run by batching
+    step models as one request of that many rows."""
+    scale, classify = repository(tmp_path, pipeline(max_batch_size=0).replace("dims: [ 4 ]", "dims: [ -1, 4 ]")
+                                 .replace("dims: [ 3 ]", "dims: [ -1, 3 ]"))
+    data = rows(5)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/pipeline/infer", json=v2(data))
+    assert answer.status_code == 200, answer.text
+    out = answer.json()["outputs"][0]
+    assert out["shape"] == [5, 3]
+    np.testing.assert_allclose(np.array(out["data"]).reshape(5, 3), expected(scale, classify, data), rtol=1e-5)
+
+
+async def test_a_step_runs_the_version_it_names_and_the_newest_where_it_names_none(tmp_path: Path) -> None:
+    scale, classify = repository(tmp_path, pipeline(scale_version=1))
+    tripled = save(tmp_path, "scale", scaler(3.0), version=2)
+    (tmp_path / "scale" / "config.json").write_text('{"version_policy": {"kind": "all"}}')
+    data = rows(1)
+    async with serving(model_dir=tmp_path, admin_token=TOKEN, model_control_mode="explicit",
+                       load_model=["*"]) as client:
+        pinned = await client.post("/v2/models/pipeline/infer", json=v2(data))
+        (tmp_path / "pipeline" / "config.pbtxt").write_text(pipeline())
+        assert (await client.post("/v2/repository/models/pipeline/load", headers=ADMIN)).status_code == 200
+        newest = await client.post("/v2/models/pipeline/infer", json=v2(data))
+    np.testing.assert_allclose(pinned.json()["outputs"][0]["data"], expected(scale, classify, data).ravel(), rtol=1e-5)
+    np.testing.assert_allclose(newest.json()["outputs"][0]["data"], expected(tripled, classify, data).ravel(),
+                               rtol=1e-5)
