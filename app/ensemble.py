@@ -100,22 +100,15 @@ class EnsembleModel(ServedModel):
             return "its steps run ensembles that run it in turn (a cycle)"
         self._checking = True
         try:
-            known = {t.name: t for t in self.manifest.inputs + self.manifest.outputs}
-            for wave in self.waves:
-                for index in wave:
-                    step = self.steps[index]
-                    try:
-                        model = self._step_model(step)
-                    except ServingError as e:
-                        return f"step {index}: {e.message}"
-                    if not model.ready:
-                        return f"step {index}: model {step.model!r} is not ready"
-                    problem = _mismatch(step, model, known)
-                    if problem:
-                        return f"step {index}: {problem}"
-            return ""
+            return steps_problem(self.manifest, self._ready_manifest)
         finally:
             self._checking = False
+
+    def _ready_manifest(self, step: EnsembleStep) -> Manifest:
+        model = self._step_model(step)
+        if not model.ready:
+            raise ModelNotReady(f"model {step.model!r} is not ready")
+        return model.manifest
 
     def _step_model(self, step: EnsembleStep) -> ServedModel:
         if self._find is None:
@@ -167,7 +160,7 @@ class EnsembleModel(ServedModel):
                 raise ModelNotReady(e.message) from None
             if not model.ready:
                 model.check()
-            problem = _names_problem(step, model)
+            problem = _names_problem(step, model.manifest)
             if problem:
                 raise ModelNotReady(problem)
             given = {inner: _as_batched(tensors[outer], self.manifest.batches, model.manifest.batches)
@@ -189,15 +182,33 @@ class EnsembleModel(ServedModel):
         """Nothing to warm: its steps' models warmed themselves up when they were loaded."""
 
 
-def _mismatch(step: EnsembleStep, model: ServedModel, known: dict[str, TensorSpec]) -> str:
+def steps_problem(manifest: Manifest, find: Callable[[EnsembleStep], Manifest]) -> str:
+    """Where an ensemble's steps and the models `find` gives for them (their manifests, or the
+    ServingError that says why there is none) disagree: why, with the step; else empty."""
+    assert manifest.ensemble is not None
+    steps = manifest.ensemble
+    known = {t.name: t for t in manifest.inputs + manifest.outputs}
+    for wave in waves(steps, [t.name for t in manifest.inputs], [t.name for t in manifest.outputs]):
+        for index in wave:
+            try:
+                model = find(steps[index])
+            except ServingError as e:
+                return f"step {index}: {e.message}"
+            problem = _mismatch(steps[index], model, known)
+            if problem:
+                return f"step {index}: {problem}"
+    return ""
+
+
+def _mismatch(step: EnsembleStep, model: Manifest, known: dict[str, TensorSpec]) -> str:
     """Where the step's tensors and its model's declared ones disagree: why, else empty.
     `known`: the ensemble's tensors declared so far (its own, and what earlier steps' models
     declare they give), to which this step's outputs are added."""
     problem = _names_problem(step, model)
     if problem:
         return problem
-    takes = {t.name: t for t in model.manifest.inputs}
-    gives = {t.name: t for t in model.manifest.outputs}
+    takes = {t.name: t for t in model.inputs}
+    gives = {t.name: t for t in model.outputs}
     for inner, outer in step.inputs.items():
         if outer in known and not _fits(known[outer], takes[inner]):
             return (f"tensor {outer!r} is {_described(known[outer])}, model {model.name!r}'s input {inner!r} "
@@ -210,10 +221,10 @@ def _mismatch(step: EnsembleStep, model: ServedModel, known: dict[str, TensorSpe
     return ""
 
 
-def _names_problem(step: EnsembleStep, model: ServedModel) -> str:
+def _names_problem(step: EnsembleStep, model: Manifest) -> str:
     """Where the step does not give its model every input, or names a tensor it has not: why."""
-    takes = [t.name for t in model.manifest.inputs]
-    gives = [t.name for t in model.manifest.outputs]
+    takes = [t.name for t in model.inputs]
+    gives = [t.name for t in model.outputs]
     if set(step.inputs) != set(takes) or not set(step.outputs) <= set(gives):
         return (f"model {model.name!r} takes inputs {takes} and gives outputs {gives}; the step gives it "
                 f"{sorted(step.inputs)} and takes {sorted(step.outputs)}")

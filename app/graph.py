@@ -235,11 +235,13 @@ def check_padding(session: ort.InferenceSession, manifest: Manifest, run_on: Inp
     return None
 
 
-BATCH_TOLERANCE = 0.05
+BATCH_TOLERANCE = 0.10
 """How far a row's outputs may move with its batch-mate, as a fraction of the output's
 largest magnitude. Not zero: dynamic quantization (ONNX Runtime's quantize_dynamic) scales
 each batch's activations by its own range, which moves the shipped int8 LSTM's outputs by
-up to 1% of theirs; a first axis that is not a batch axis moves them by their whole range."""
+up to 1% of theirs on a CPU with AVX-512 VNNI, and by 6% on one with AVX2 only (an AMD EPYC,
+2026-12-07: its u8 x s8 products saturate); a first axis that is not a batch axis moves them
+by their whole range."""
 
 
 def _close(together: np.ndarray, alone: np.ndarray) -> bool:

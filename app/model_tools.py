@@ -12,6 +12,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,10 +20,11 @@ import onnxruntime
 
 from app import custom_ops
 from app.completion import complete, has_sequence_axes
-from app.errors import InvalidInput
+from app.ensemble import steps_problem
+from app.errors import InvalidInput, ModelNotFound
 from app.graph import DROP_IN_FILE, GraphError
 from app.loading import LoadError, load_version
-from app.manifest import MANIFEST_FILE, Manifest, write_manifest
+from app.manifest import MANIFEST_FILE, EnsembleStep, Manifest, write_manifest
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_from_json, read_labels
 from app.repository.names import check_name
 from app.runtime import OrtModel, OrtOptions, ort_options
@@ -176,6 +178,7 @@ def check_repository(argv: list[str]) -> int:
         return 1
     options = _ort_options(settings)
     problems = checked = 0
+    loaded: dict[str, dict[int, Manifest]] = {}  # what an ensemble's steps are checked against
     holders: dict[str, list[Path]] = {}
     for root in roots:
         for model_root in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -199,19 +202,44 @@ def check_repository(argv: list[str]) -> int:
             problems += 1
         for folder in versions:
             checked += 1
-            problem = _check_version(folder, settings, options)
+            problem = _check_version(folder, settings, options, loaded)
             if problem:
                 print(problem)
+                problems += 1
+    for name, manifests in sorted(loaded.items()):
+        for version, manifest in sorted(manifests.items()):
+            if manifest.ensemble is not None and (problem := steps_problem(manifest, _found_in(loaded))):
+                print(f"{name} version {version}: not ready when served: {problem}")
                 problems += 1
     print(f"{checked} version(s) checked, {problems} problem(s)")
     return 1 if problems else 0
 
 
-def _check_version(folder: Path, settings: Settings, options: OrtOptions) -> str | None:
+def _found_in(loaded: dict[str, dict[int, Manifest]]) -> Callable[[EnsembleStep], Manifest]:
+    """An ensemble step's model among the checked ones: the version it names, else the newest."""
+    def find(step: EnsembleStep) -> Manifest:
+        versions = loaded.get(step.model)
+        if not versions:
+            raise ModelNotFound(f"model {step.model!r} is not among the models that loaded")
+        if step.version is None:
+            return versions[max(versions)]
+        if step.version not in versions:
+            raise ModelNotFound(f"model {step.model!r} has no version {step.version} that loaded")
+        return versions[step.version]
+    return find
+
+
+def _check_version(folder: Path, settings: Settings, options: OrtOptions,
+                   loaded: dict[str, dict[int, Manifest]]) -> str | None:
     try:
         model = load_version(folder, settings, options)  # configuration files included: LoadError "config"
     except LoadError as e:
         return e.message if str(folder) in e.message else f"{folder}: {e.message}"
+    loaded.setdefault(model.name, {})[model.manifest.version] = model.manifest
+    if model.manifest.ensemble is not None:
+        steps = ", ".join(step.model for step in model.manifest.ensemble)
+        print(f"{folder}: ok (an ensemble of {steps}; its steps are checked once every model is loaded)")
+        return None
     b = model.manifest.batching
     batching = "does not batch" if not b.max_batch_size else f"batches up to {model.policy.max_batch_size}"
     if b.max_batch_size and has_sequence_axes(model.manifest):

@@ -55,7 +55,7 @@ LAYERS: dict[str, set[str]] = {
     "app.repository": {"app.repository", "app.ensemble", "app.errors", "app.loading", "app.manifest", "app.model_facts",
                        "app.observability", "app.processes", "app.response_cache", "app.runtime", "app.served_model",
                        "app.settings"},
-    "app.model_tools": {"app.custom_ops", "app.completion", "app.errors", "app.graph", "app.loading", "app.manifest", "app.model_facts",
+    "app.model_tools": {"app.custom_ops", "app.completion", "app.ensemble", "app.errors", "app.graph", "app.loading", "app.manifest", "app.model_facts",
                         "app.repository", "app.runtime", "app.settings"},
     "app.inference": {"app.codecs", "app.errors", "app.manifest", "app.offload", "app.served_model"},
     "app.access": {"app.errors"},

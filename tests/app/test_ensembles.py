@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from app import model_tools
 from app.ensemble_plan import waves
 from app.manifest import EnsembleStep
 from app.model_facts import FactsError, from_triton_text
@@ -260,3 +261,15 @@ async def test_a_step_runs_the_version_it_names_and_the_newest_where_it_names_no
     np.testing.assert_allclose(pinned.json()["outputs"][0]["data"], expected(scale, classify, data).ravel(), rtol=1e-5)
     np.testing.assert_allclose(newest.json()["outputs"][0]["data"], expected(tripled, classify, data).ravel(),
                                rtol=1e-5)
+
+
+def test_check_holds_an_ensembles_steps_against_the_models_it_checked(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    repository(tmp_path)
+    assert model_tools.main(["check", str(tmp_path)]) == 0
+    assert "pipeline/1: ok (an ensemble of scale, classify;" in capsys.readouterr().out
+    (tmp_path / "pipeline" / "config.pbtxt").write_text(pipeline().replace('data_type: TYPE_FP32 dims: [ 3 ]',
+                                                                           'data_type: TYPE_FP32 dims: [ 5 ]'))
+    assert model_tools.main(["check", str(tmp_path)]) == 1
+    assert ("pipeline version 1: not ready when served: step 1: model 'classify''s output 'scores' is FP32 [-1, 3], "
+            "the ensemble's 'out' FP32 [-1, 5]") in capsys.readouterr().out
