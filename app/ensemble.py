@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from app.batching import BatchPolicy
-from app.batching.request import request_timing
+from app.batching.request import RequestTiming, request_timing
 from app.codecs import Codec
 from app.ensemble_plan import waves
 from app.errors import ModelNotFound, ModelNotReady, ServingError
@@ -125,7 +125,11 @@ class EnsembleModel(ServedModel):
         if self.name in running:
             raise ModelNotReady(f"ensemble {self.name!r} runs itself through its steps: "
                                 + " -> ".join([*running, self.name]))
-        token = _running.set((*running, self.name))
+        outer = request_timing.get()
+        # The steps' batches fill this one (their waits and compute, added up): the ensemble's
+        # statistics and the request's access-log line and trace are made of it.
+        steps = RequestTiming(traced=outer is not None and outer.traced)
+        tokens = _running.set((*running, self.name)), request_timing.set(steps)
         ok = False
         try:
             tensors = dict(inputs)
@@ -140,14 +144,20 @@ class EnsembleModel(ServedModel):
                 if why:
                     raise ModelNotReady(f"ensemble {self.name!r}: its output {spec.name!r} was made as {why}")
             ok = True
+            self.stats.record_steps(len(next(iter(inputs.values()))), steps.queue_s, steps.compute_s)
             return outputs
         finally:
-            _running.reset(token)
+            _running.reset(tokens[0])
+            request_timing.reset(tokens[1])
             self.stats.record_request(time.monotonic() - started, ok)
-            timing = request_timing.get()
-            if timing is not None:  # the access log names the model asked for, not its last step's
-                timing.model, timing.version, timing.queued = self.name, self.version, started
-                timing.answered = time.monotonic()
+            if outer is not None:  # named as the model asked for, its steps' batches its own
+                outer.model, outer.version, outer.queued, outer.answered = (self.name, self.version, started,
+                                                                            time.monotonic())
+                outer.batch_id, outer.batch_rows, outer.trigger = steps.batch_id, steps.batch_rows, steps.trigger
+                outer.batches += steps.batches
+                outer.queue_s += steps.queue_s
+                outer.compute_s += steps.compute_s
+                outer.batch_spans.extend(steps.batch_spans)
 
     async def _run_step(self, index: int, tensors: dict[str, np.ndarray], due: float, timeout_s: float,
                         client_gone: Callable[[], bool] | None) -> None:

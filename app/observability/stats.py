@@ -61,6 +61,18 @@ class ModelStats:
             self.inference_count += record.answered_rows
             self.last_inference_ms = int(time.time() * 1000)
 
+    def record_steps(self, rows: int, queue_s: float, compute_s: float) -> None:
+        """One answered request of an ensemble (app/ensemble.py), which runs no batch of its own:
+        its steps' queue waits and compute added up, as Triton counts an ensemble's (one queue
+        and one compute entry per request: perf_analyzer finds a model's version by its queue
+        count, and requires the three compute counts equal)."""
+        self.queue.add(queue_s)
+        self.compute_input.add(0.0)
+        self.compute_infer.add(compute_s)
+        self.compute_output.add(0.0)
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+
     def record_request(self, seconds: float, ok: bool) -> None:
         (self.success if ok else self.fail).add(seconds)
 

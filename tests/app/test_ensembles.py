@@ -101,6 +101,8 @@ async def test_an_ensemble_answers_as_its_steps_run_in_turn(tmp_path: Path) -> N
     # the ensemble counts its requests; each step's model counts the requests its step sent it
     assert stats["success"]["count"] == 9
     assert stats["fail"]["count"] == 0
+    # one queue and compute entry per request, its steps' added up (perf_analyzer reads these)
+    assert stats["queue"]["count"] == stats["compute_infer"]["count"] == stats["compute_input"]["count"] == 9
     assert step_stats["success"]["count"] == 9
 
 
@@ -273,3 +275,17 @@ def test_check_holds_an_ensembles_steps_against_the_models_it_checked(tmp_path: 
     assert model_tools.main(["check", str(tmp_path)]) == 1
     assert ("pipeline version 1: not ready when served: step 1: model 'classify''s output 'scores' is FP32 [-1, 3], "
             "the ensemble's 'out' FP32 [-1, 5]") in capsys.readouterr().out
+
+
+async def test_the_access_log_names_the_ensemble_with_its_steps_batches(tmp_path: Path) -> None:
+    from tests.app.observability.test_access_log import Captured
+
+    repository(tmp_path)
+    captured, apps = Captured(), []
+    async with serving(apps.append, model_dir=tmp_path, access_log=True, log_format="json") as client:
+        captured.install(apps[0])
+        answer = await client.post("/v2/models/pipeline/infer", json=v2(rows(1)))
+    assert answer.status_code == 200
+    (entry,) = captured.entries()
+    assert (entry["model"], entry["version"], entry["batches"]) == ("pipeline", "1", 2)  # a batch per step
+    assert entry["total_ms"] >= entry["compute_ms"] > 0
