@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from onnx import helper
@@ -16,6 +17,7 @@ from app import model_tools
 from app.ensemble_plan import waves
 from app.manifest import EnsembleStep
 from app.model_facts import FactsError, from_triton_text
+from load_tests.server import ServerProcess
 from tests.app.conftest import serving, serving_grpc
 from tests.app.onnx_models import FLOAT, mlp, reference, save
 from tests.app.repository.calls import ADMIN, TOKEN, index
@@ -289,3 +291,49 @@ async def test_the_access_log_names_the_ensemble_with_its_steps_batches(tmp_path
     (entry,) = captured.entries()
     assert (entry["model"], entry["version"], entry["batches"]) == ("pipeline", "1", 2)  # a batch per step
     assert entry["total_ms"] >= entry["compute_ms"] > 0
+
+
+def passthrough(name: str, step: str) -> str:
+    """An ensemble of one step: `step` on raw, its out as out."""
+    return pipeline().replace('name: "pipeline"', f'name: "{name}"').split("ensemble_scheduling")[0] + (
+        f'ensemble_scheduling {{ step [ {{ model_name: "{step}" input_map {{ key: "raw" value: "raw" }} '
+        'output_map { key: "out" value: "out" } } ] }')
+
+
+async def test_an_ensemble_may_run_an_ensemble_but_not_in_a_cycle(tmp_path: Path) -> None:
+    scale, classify = repository(tmp_path)
+    for name, step in (("outer", "pipeline"), ("ping", "pong"), ("pong", "ping")):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(passthrough(name, step))
+    data = rows(2)
+    async with serving(model_dir=tmp_path) as client:
+        nested = await client.post("/v2/models/outer/infer", json=v2(data))
+        ready = await client.get("/v2/models/ping/ready")
+        refused = await client.post("/v2/models/ping/infer", json=v2(data))
+    assert nested.status_code == 200, nested.text
+    np.testing.assert_allclose(np.array(nested.json()["outputs"][0]["data"]).reshape(2, 3),
+                               expected(scale, classify, data), rtol=1e-5)
+    assert ready.status_code == 503
+    assert "(a cycle)" in ready.json()["error"]
+    assert refused.status_code == 503
+
+
+@pytest.mark.server
+def test_an_ensemble_loaded_through_the_api_is_served_with_its_steps_by_every_worker(tmp_path: Path) -> None:
+    from tests.app.test_workers import reports
+
+    scale, classify = repository(tmp_path / "models")
+    control = tmp_path / "control"
+    data = rows(1)
+    args = ["--model-dir", str(tmp_path / "models"), "--workers", "2", "--model-control-mode", "explicit",
+            "--admin-token", TOKEN, "--control-dir", str(control), "--no-warmup"]
+    with ServerProcess(args) as server:
+        loaded = httpx.post(f"{server.url}/v2/repository/models/pipeline/load", headers=ADMIN, timeout=120)
+        assert loaded.status_code == 200, loaded.text
+        serving_now = [sorted(r["serving"]) for r in reports(control).values()]
+        # fresh connections: the kernel spreads them over both workers
+        answers = [httpx.post(f"{server.url}/v2/models/pipeline/infer", json=v2(data), timeout=30) for _ in range(16)]
+    assert serving_now == [["classify", "pipeline", "scale"]] * 2
+    assert [a.status_code for a in answers] == [200] * 16
+    np.testing.assert_allclose(answers[-1].json()["outputs"][0]["data"], expected(scale, classify, data).ravel(),
+                               rtol=1e-5)
