@@ -164,6 +164,13 @@ class ModelRepository:
         for key in [k for k in entries if k not in on_disk and k[0] not in unread]:
             if self.routes.find(key[0], key[1]) is None:
                 del entries[key]
+        for model in self.all():  # loaded, but not answering now: why (an ensemble's step, a breaker)
+            key = (model.name, model.manifest.version)
+            if key in entries and entries[key].state is State.READY and not model.ready:
+                try:
+                    model.check()
+                except ServingError as e:
+                    entries[key] = VersionStatus(State.READY, f"not ready: {e.message}")
         unverified = {(m.name, m.manifest.version) for m in self.all() if not m.verified}
         return [{"name": n, "version": str(v), "state": str(s.state), "reason": s.reason}
                 | ({"verified": False} if (n, v) in unverified else {})  # a drop-in: no digest to check

@@ -147,6 +147,7 @@ async def test_an_ensemble_whose_step_model_is_missing_is_not_ready_and_says_why
     assert server_ready.status_code == 503  # a model that should be served is not
     assert refused.status_code == 503
     assert listed[("pipeline", "1")]["state"] == "READY"  # loaded; its readiness is its steps'
+    assert listed[("pipeline", "1")]["reason"].startswith("not ready: ensemble 'pipeline' is not ready: step 1")
     assert reloaded.status_code == 200, reloaded.text
     assert again.status_code == 200, again.text
 
