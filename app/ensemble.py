@@ -36,7 +36,8 @@ _running: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ense
 """The ensembles a request is inside, outermost first: one that would run itself again is a cycle."""
 
 
-_TAKEN = {"task", "description", "inputs", "outputs", "ensemble", "version_policy", "batching", "source", "ignored"}
+_TAKEN = {"task", "description", "inputs", "outputs", "ensemble", "version_policy", "batching", "response_cache",
+          "source", "ignored"}
 """What an ensemble's configuration may say (a config.json's other fields are a graph's)."""
 
 
@@ -55,6 +56,7 @@ def ensemble_manifest(folder: Path, facts: ModelFacts) -> Manifest:
         return Manifest(name=folder.parent.name, version=int(folder.name), task=TENSORS_TASK,
                         description=facts.description or "", inputs=facts.inputs, outputs=facts.outputs,
                         version_policy=facts.version_policy, ensemble=facts.ensemble,
+                        response_cache=bool(facts.response_cache),
                         batching=BatchingDefaults(max_batch_size=batching.max_batch_size or 0, max_queue_delay_ms=0,
                                                   reason="an ensemble: its steps' models batch"))
     except ValidationError as e:
@@ -125,6 +127,11 @@ class EnsembleModel(ServedModel):
         if self.name in running:
             raise ModelNotReady(f"ensemble {self.name!r} runs itself through its steps: "
                                 + " -> ".join([*running, self.name]))
+        key = None
+        if self.cache is not None:  # Triton's top-level response cache: a hit runs no step
+            key, kept = self._look_up(inputs, started)
+            if kept is not None:
+                return kept
         outer = request_timing.get()
         # The steps' batches fill this one (their waits and compute, added up): the ensemble's
         # statistics and the request's access-log line and trace are made of it.
@@ -145,6 +152,8 @@ class EnsembleModel(ServedModel):
                     raise ModelNotReady(f"ensemble {self.name!r}: its output {spec.name!r} was made as {why}")
             ok = True
             self.stats.record_steps(len(next(iter(inputs.values()))), steps.queue_s, steps.compute_s)
+            if key is not None:
+                self._keep(key, outputs)
             return outputs
         finally:
             _running.reset(tokens[0])

@@ -58,8 +58,9 @@ _IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own reques
                      "priority_queue_policy": "no priorities"}
 # An ensemble runs no graph of its own: of the rest, these are named as ignored (what it
 # would set is its steps' models' own), any other field is refused.
-_ENSEMBLE_FIELDS = {"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy"}
-_IGNORED_BY_ENSEMBLES = {"response_cache", "model_warmup", "optimization", "parameters", "default_model_filename",
+_ENSEMBLE_FIELDS = {"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy",
+                    "response_cache"}
+_IGNORED_BY_ENSEMBLES = {"model_warmup", "optimization", "parameters", "default_model_filename",
                          "model_transaction_policy", *_IGNORED}
 _TIMEOUT_DELAY = 1  # Triton's ModelQueuePolicy.TimeoutAction DELAY (REJECT is 0)
 _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
@@ -333,6 +334,8 @@ def _ensemble(config: Any, fields: set[str], folder_name: str, source: str) -> M
                              "batching": BatchingFacts(max_batch_size=config.max_batch_size, max_queue_delay_ms=0)}
     if "version_policy" in fields:
         given["version_policy"] = _version_policy(config)
+    if "response_cache" in fields:
+        given["response_cache"] = config.response_cache.enable
     return ModelFacts(**given, source=source, ignored=ignored)
 
 

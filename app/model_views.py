@@ -24,7 +24,7 @@ def config(repository: ModelRepository, name: str, version: str | None = None) -
     model = repository.get(name, version)
     if model.manifest.ensemble is not None:
         return triton.ensemble_config(model.manifest, version_policy=repository.policy_of(name).as_triton(),
-                                      told_by=model.told_by, ignored=model.ignored)
+                                      told_by=model.told_by, ignored=model.ignored, cached=model.cache is not None)
     policy = model.policy
     return triton.model_config(model.manifest, variant=model.variant, device=model.device,
                                max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,

@@ -140,14 +140,8 @@ class ServedModel:
             timing.model, timing.version, timing.queued = self.name, self.version, started
         key = None
         if self.cache is not None:
-            key = self.cache.key(inputs)
-            kept = self.cache.get(key) if key is not None else None
-            looked = time.monotonic()
-            self.stats.record_cache_lookup(kept is not None, looked - started)
-            if kept is not None:  # answered as it was looked up
-                if timing is not None:
-                    timing.answered = looked
-                self.stats.record_request(looked - started, True)
+            key, kept = self._look_up(inputs, started)
+            if kept is not None:
                 return kept
         if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
             inputs = self.reshaper.to_graph(inputs)
@@ -168,6 +162,22 @@ class ServedModel:
             return outputs
         finally:
             self.stats.record_request(time.monotonic() - started, ok)
+
+    def _look_up(self, inputs: dict[str, np.ndarray], started: float
+                 ) -> tuple[Key | None, dict[str, np.ndarray] | None]:
+        """The cache's key for these inputs (None: not cacheable) and its answer where it has one,
+        counted in the statistics (a hit as the request's success, answered as it was looked up)."""
+        assert self.cache is not None
+        key = self.cache.key(inputs)
+        kept = self.cache.get(key) if key is not None else None
+        looked = time.monotonic()
+        self.stats.record_cache_lookup(kept is not None, looked - started)
+        if kept is not None:
+            timing = request_timing.get()
+            if timing is not None:
+                timing.answered = looked
+            self.stats.record_request(looked - started, True)
+        return key, kept
 
     def _keep(self, key: Key, outputs: dict[str, np.ndarray]) -> None:
         """A miss's answer into the cache, the time it takes counted with the miss's (as Triton's)."""

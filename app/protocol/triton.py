@@ -80,8 +80,6 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
                 "timeout_action": "REJECT", "default_timeout_microseconds": round(m.batching.queue.timeout_ms * 1000),
                 "allow_timeout_override": True, "max_queue_size": m.batching.queue.max_requests}
     config["instance_group"] = [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}]
-    if cached:
-        config["response_cache"] = {"enable": True}
     parameters = {"variant": variant, "task": m.task, "scores": m.scores, "verified": str(verified).lower(),
                   "configuration": "the manifest" if verified else f"the graph{' + ' + told_by if told_by else ''}",
                   "batching": m.batching.reason or "given by the manifest"}
@@ -89,8 +87,7 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["cost_per_item_ms"] = ", ".join(f"{n}: {c:g}" for n, c in m.batching.cost_per_item_ms.items())
     if ignored:
         parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
-    if m.response_cache and not cached:
-        parameters["response_cache"] = "enabled by the configuration, but the server has no cache (response_cache_bytes 0)"
+    _say_cache(config, parameters, m, cached)
     if m.onnxruntime is not None:  # said back as Triton's ONNX Runtime backend reads them
         parameters |= _onnxruntime_parameters(m.onnxruntime)
         if m.onnxruntime.graph_optimization is not None:
@@ -103,8 +100,17 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
     return config
 
 
+def _say_cache(config: dict[str, Any], parameters: dict[str, str], manifest: Manifest, cached: bool) -> None:
+    """Whether its answers are kept (Triton's response_cache), and where the configuration asks
+    for it on a server without a cache, that it is not."""
+    if cached:
+        config["response_cache"] = {"enable": True}
+    elif manifest.response_cache:
+        parameters["response_cache"] = "enabled by the configuration, but the server has no cache (response_cache_bytes 0)"
+
+
 def ensemble_config(manifest: Manifest, *, version_policy: dict[str, Any], told_by: str,
-                    ignored: dict[str, str] | None = None) -> dict[str, Any]:
+                    ignored: dict[str, str] | None = None, cached: bool = False) -> dict[str, Any]:
     """Triton's configuration of an ensemble: its tensors and its steps (model_version -1:
     the newest served), no batching or instances of its own."""
     m = manifest
@@ -116,11 +122,13 @@ def ensemble_config(manifest: Manifest, *, version_policy: dict[str, Any], told_
         parameters["ignored"] = "; ".join(f"{k}: {why}" for k, why in ignored.items())
     if m.description:
         parameters["description"] = m.description
-    return {"name": m.name, "platform": ENSEMBLE, "version_policy": version_policy,
-            "max_batch_size": m.batching.max_batch_size,
-            "input": _config_tensors(m.inputs, m.batches), "output": _config_tensors(m.outputs, m.batches),
-            "ensemble_scheduling": {"step": steps},
-            "parameters": {k: {"string_value": v} for k, v in parameters.items()}}
+    config: dict[str, Any] = {
+        "name": m.name, "platform": ENSEMBLE, "version_policy": version_policy, "max_batch_size": m.batching.max_batch_size,
+        "input": _config_tensors(m.inputs, m.batches), "output": _config_tensors(m.outputs, m.batches),
+        "ensemble_scheduling": {"step": steps}}
+    _say_cache(config, parameters, m, cached)
+    config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
+    return config
 
 
 def _onnxruntime_parameters(own: ModelRuntimeOptions) -> dict[str, str]:

@@ -338,3 +338,21 @@ def test_an_ensemble_loaded_through_the_api_is_served_with_its_steps_by_every_wo
     assert [a.status_code for a in answers] == [200] * 16
     np.testing.assert_allclose(answers[-1].json()["outputs"][0]["data"], expected(scale, classify, data).ravel(),
                                rtol=1e-5)
+
+
+async def test_an_ensemble_with_the_response_cache_answers_a_repeated_input_without_its_steps(tmp_path: Path) -> None:
+    scale, classify = repository(tmp_path, pipeline(extra="response_cache { enable: true }"))
+    data = rows(1)
+    async with serving(model_dir=tmp_path, response_cache_bytes=1 << 20) as client:
+        # kept the second time its inputs come, answered from the cache the third
+        answers = [await client.post("/v2/models/pipeline/infer", json=v2(data)) for _ in range(3)]
+        stats = (await client.get("/v2/models/pipeline/stats")).json()["model_stats"][0]["inference_stats"]
+        step = (await client.get("/v2/models/scale/stats")).json()["model_stats"][0]["inference_stats"]
+        config = (await client.get("/v2/models/pipeline/config")).json()
+    assert [a.status_code for a in answers] == [200] * 3
+    assert answers[2].json()["outputs"] == answers[0].json()["outputs"]
+    np.testing.assert_allclose(answers[2].json()["outputs"][0]["data"], expected(scale, classify, data).ravel(),
+                               rtol=1e-5)
+    assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"], stats["success"]["count"]) == (1, 2, 3)
+    assert step["success"]["count"] == 2  # the hit ran no step
+    assert config["response_cache"] == {"enable": True}
