@@ -356,3 +356,49 @@ async def test_an_ensemble_with_the_response_cache_answers_a_repeated_input_with
     assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"], stats["success"]["count"]) == (1, 2, 3)
     assert step["success"]["count"] == 2  # the hit ran no step
     assert config["response_cache"] == {"enable": True}
+
+
+def two_inputs(op: str) -> Any:
+    """A [4] and B [4] -> A op B [4]: no batch axis, as a user's small model declares it."""
+    return helper.make_graph([helper.make_node(op, ["INPUT0", "INPUT1"], ["OUT"])], op.lower(),
+                             [helper.make_tensor_value_info(n, FLOAT, [4]) for n in ("INPUT0", "INPUT1")],
+                             [helper.make_tensor_value_info("OUT", FLOAT, [4])])
+
+
+ADD_SUB = '''
+name: "add_sub"
+platform: "ensemble"
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "add" model_version: 1 input_map { key: "INPUT0" value: "INPUT0" } input_map { key: "INPUT1" value: "INPUT1" }
+    output_map { key: "OUT" value: "OUTPUT0" } },
+  { model_name: "sub" model_version: 1 input_map { key: "INPUT0" value: "INPUT0" } input_map { key: "INPUT1" value: "INPUT1" }
+    output_map { key: "OUT" value: "OUTPUT1" } } ] }
+'''
+
+
+async def test_an_ensemble_as_triton_s_quick_start_writes_one_runs_its_steps_side_by_side(tmp_path: Path) -> None:
+    """No max_batch_size: no batch axis anywhere; both steps take both inputs (one wave), with
+    tritonclient's HTTP client as its users call it."""
+    import tritonclient.http as triton_http
+
+    save(tmp_path, "add", two_inputs("Add"))
+    save(tmp_path, "sub", two_inputs("Sub"))
+    (tmp_path / "add_sub" / "1").mkdir(parents=True)
+    (tmp_path / "add_sub" / "config.pbtxt").write_text(ADD_SUB)
+    a, b = rows(1, 1)[0], rows(1, 2)[0]
+    inputs = []
+    for name, value in (("INPUT0", a), ("INPUT1", b)):
+        tensor = triton_http.InferInput(name, [4], "FP32")
+        tensor.set_data_from_numpy(value, binary_data=True)
+        inputs.append(tensor)
+    body, header_length = triton_http.InferenceServerClient.generate_request_body(inputs)
+    headers = {"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"}
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/add_sub/infer", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    result = triton_http.InferenceServerClient.parse_response_body(
+        answer.content, header_length=int(answer.headers.get("inference-header-content-length", 0)) or None)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + b, rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
