@@ -49,7 +49,7 @@ def ensemble_manifest(folder: Path, facts: ModelFacts) -> Manifest:
     batching = facts.batching or BatchingFacts()
     if given or batching.model_fields_set - {"max_batch_size", "max_queue_delay_ms"}:
         raise FactsError(f"{source}: an ensemble runs no graph of its own: "
-                                  f"{given or sorted(batching.model_fields_set)} do not apply to it")
+                         f"{given or sorted(batching.model_fields_set)} do not apply to it")
     if not facts.inputs or not facts.outputs:
         raise FactsError(f"{source}: an ensemble declares its inputs and outputs")
     try:
@@ -191,14 +191,22 @@ class EnsembleModel(ServedModel):
             async with model.lease() as model:
                 outputs = await model.infer(given, due, timeout_s, client_gone)
         except ServingError as e:  # the step's own error, said to be the step's
-            e.message = f"{where}: {e.message}"
-            e.args = (e.message,)
-            raise
+            raise _said_of(e, where) from e
         for inner, outer in step.outputs.items():
             tensors[outer] = _as_batched(outputs[inner], model.manifest.batches, self.manifest.batches)
 
     def warm_up(self) -> None:
         """Nothing to warm: its steps' models warmed themselves up when they were loaded."""
+
+
+def _said_of(error: ServingError, where: str) -> ServingError:
+    """The same error (its kind, status and headers) with `where` before its message. A copy:
+    a failed batch hands one error to every request it held, an ensemble's step or not."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.message = f"{where}: {error.message}"
+    copy.args = (copy.message,)
+    return copy
 
 
 def steps_problem(manifest: Manifest, find: Callable[[EnsembleStep], Manifest]) -> str:

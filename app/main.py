@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())
         repository = ModelRepository(resolved, options, app.metrics)
-        app.metrics.watch_pending(lambda: [(m.name, m.version, m.batcher.queued_requests if m.batcher else 0) for m in repository.all()])
+        app.metrics.watch_pending(lambda: [(m.name, m.version, m.batcher.queued_requests if m.batcher else 0)
+                                           for m in repository.all()])  # an ensemble (no batcher) queues nothing
         failures = await repository.start()
         if failures and resolved.strict_models:
             await repository.stop()

@@ -300,7 +300,8 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
 
 def _ensemble(config: Any, fields: set[str], folder_name: str, source: str) -> ModelFacts:
     """Triton's ensemble: its declared tensors, batch axis and steps; Triton's -1 (the newest
-    version), or a step's model_version left out, is None. What the steps connect is checked with the manifest (app/ensemble_plan.py)."""
+    version), or a step's model_version left out, is None. What the steps connect is checked
+    with the manifest (app/ensemble_plan.py)."""
     refused = sorted(fields - _ENSEMBLE_FIELDS - _IGNORED_BY_ENSEMBLES)
     if refused:
         raise FactsError(f"{source}: fields {refused} are not supported for an ensemble")

@@ -5,6 +5,7 @@ answered as ONNX Runtime answers the steps run one after the other."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from onnx import helper
 
 from app import model_tools
+from app.ensemble import _said_of
 from app.ensemble_plan import waves
-from app.manifest import EnsembleStep
+from app.errors import QueueFull
+from app.manifest import EnsembleStep, Manifest, write_manifest
 from app.model_facts import FactsError, from_triton_text
 from load_tests.server import ServerProcess
 from tests.app.conftest import serving, serving_grpc
@@ -402,3 +405,42 @@ async def test_an_ensemble_as_triton_s_quick_start_writes_one_runs_its_steps_sid
         answer.content, header_length=int(answer.headers.get("inference-header-content-length", 0)) or None)
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + b, rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+
+
+CONFIG_JSON = {
+    "inputs": [{"name": "raw", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "out", "datatype": "FP32", "shape": [-1, 3]}],
+    "batching": {"max_batch_size": 8},
+    "ensemble": [{"model": "scale", "inputs": {"x": "raw"}, "outputs": {"scaled": "doubled"}},
+                 {"model": "classify", "inputs": {"features": "doubled"}, "outputs": {"scores": "out"}}]}
+
+
+@pytest.mark.parametrize("written_as", ["config.json", "manifest.json"])
+async def test_an_ensemble_said_in_a_config_json_or_a_manifest_serves_as_a_config_pbtxt_s(
+        tmp_path: Path, written_as: str) -> None:
+    scale, classify = repository(tmp_path)
+    (tmp_path / "pipeline" / "config.pbtxt").unlink()
+    if written_as == "config.json":
+        (tmp_path / "pipeline" / "config.json").write_text(json.dumps(CONFIG_JSON))
+    else:
+        write_manifest(tmp_path / "pipeline" / "1", Manifest(
+            name="pipeline", version=1, task="tensors", inputs=CONFIG_JSON["inputs"], outputs=CONFIG_JSON["outputs"],
+            batching={"max_batch_size": 8, "max_queue_delay_ms": 0}, ensemble=CONFIG_JSON["ensemble"]))
+    data = rows(2)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post("/v2/models/pipeline/infer", json=v2(data))
+        config = (await client.get("/v2/models/pipeline/config")).json()
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(2, 3),
+                               expected(scale, classify, data), rtol=1e-5)
+    assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == ["scale", "classify"]
+
+
+def test_a_step_s_error_is_said_to_be_the_step_s_without_changing_the_one_others_got() -> None:
+    shared = QueueFull("model 'scale' has 4 requests queued; retry later", retry_after_s=3)
+    said = _said_of(shared, "ensemble 'pipeline', step 0 (model 'scale')")
+    assert isinstance(said, QueueFull)
+    assert (said.message, said.retry_after_s, said.headers) == (
+        "ensemble 'pipeline', step 0 (model 'scale'): model 'scale' has 4 requests queued; retry later", 3,
+        {"Retry-After": "3"})
+    assert shared.message == "model 'scale' has 4 requests queued; retry later"  # a batch's other requests' error
