@@ -46,6 +46,18 @@ RESHAPED = {
                 'input [ { name: "steps" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ -1, 3 ] } } ]\n'
                 'output [ { name: "last" data_type: TYPE_FP32 dims: [ 1, 5 ] } ]\n'),
 }
+ENSEMBLES = {
+    # ids -> the table's rows (a batching step, which refuses ids past its table) -> centred over
+    # the request's rows (a step that does not batch: the ensemble's whole tensor is its item)
+    "embed-centre": 'platform: "ensemble"\nmax_batch_size: 8\n'
+                    'input [ { name: "ids" data_type: TYPE_INT64 dims: [ 1 ] reshape { shape: [ ] } } ]\n'
+                    'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+                    'ensemble_scheduling { step [\n'
+                    '  { model_name: "embedding" input_map { key: "ids" value: "ids" } '
+                    'output_map { key: "vectors" value: "vectors" } },\n'
+                    '  { model_name: "centred" input_map { key: "x" value: "vectors" } '
+                    'output_map { key: "y" value: "y" } } ] }\n',
+}
 DATATYPE_NAMES = list(DATATYPES)  # V2's, as the server reads them
 
 
@@ -58,9 +70,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     for name, (graph, config) in RESHAPED.items():
         models.save(root, name, graph)
         (root / name / "config.pbtxt").write_text(config)
+    for name, config in ENSEMBLES.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
     with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
-        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no", *RESHAPED]}
+        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no", *RESHAPED, *ENSEMBLES]}
 
 
 _ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70),
