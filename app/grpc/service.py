@@ -38,7 +38,7 @@ from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.shared_memory import SharedMemoryRegions, served
 from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
-from app.repository import ModelRepository, check_no_repository, load_config
+from app.repository import ModelRepository, check_no_repository, load_config, unload_dependents
 from app.repository.shared import RepositoryChanges
 from app.settings import Settings
 from app.tls import readable_subject
@@ -426,7 +426,7 @@ class InferenceService:
                                  ) -> pb.RepositoryModelUnloadResponse:
         self._check_admin(context, changes=True)
         check_no_repository(request.repository_name)
-        await self.serving.changes.unload(request.model_name)
+        await self.serving.changes.unload(request.model_name, unload_dependents(parameter_values(request.parameters)))
         return pb.RepositoryModelUnloadResponse()
 
     # --- system shared memory ---------------------------------------------------------------

@@ -49,6 +49,15 @@ def load_config(parameters: Mapping[str, object]) -> object:
     return parameters.get("config")
 
 
+def unload_dependents(parameters: Mapping[str, object]) -> bool:
+    """Triton's `unload_dependents` parameter of an unload request (HTTP's `parameters`, gRPC's
+    map as plain values): whether an ensemble's step models are unloaded with it."""
+    value = parameters.get("unload_dependents", False)
+    if not isinstance(value, bool):
+        raise InvalidInput("parameters.unload_dependents must be true or false")
+    return value
+
+
 def load_override(config: object, name: str) -> ModelFacts | None:
     """Triton's `config` parameter of a load request (HTTP's `parameters.config`, gRPC's
     `parameters["config"]`): a model configuration in JSON, as a string; None when absent."""
@@ -274,8 +283,10 @@ class ModelRepository:
                     f"version {v} failed to load: {why}" for v, why in failures.items()) + serving)
             return [str(v) for v in sorted(loaded)]
 
-    async def unload(self, name: str) -> None:
-        """Stop serving every version of the model: each finishes its requests first."""
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        """Stop serving every version of the model: each finishes its requests first.
+        `dependents` (Triton's unload_dependents): an ensemble's step models too, and theirs,
+        but for those a model still served runs as a step."""
         check_name(name)
         async with self._lock(name):
             current = self.routes.versions(name)
@@ -284,6 +295,13 @@ class ModelRepository:
             self._wanted.discard(name)
             self._switch(name, {})
             await self._retire_all(list(current.values()), "unloaded")
+        if dependents:
+            for step in sorted({s.model for m in current.values() for s in m.manifest.ensemble or []}):
+                if self.routes.versions(step) and not self._runs_as_a_step(step):
+                    await self.unload(step, dependents=True)
+
+    def _runs_as_a_step(self, name: str) -> bool:
+        return any(step.model == name for m in self.all() for step in m.manifest.ensemble or [])
 
     async def poll(self) -> None:
         """One scan: load each model whose folder changed since it was last read (a new or

@@ -72,8 +72,9 @@ class RepositoryChanges:
         """Load or reload `name`; `config`: Triton's `parameters.config` (a JSON string) or None."""
         await self.repository.load(name, load_override(config, name))
 
-    async def unload(self, name: str) -> None:
-        await self.repository.unload(name)
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        """Unload `name`; `dependents`: an ensemble's step models with it (Triton's unload_dependents)."""
+        await self.repository.unload(name, dependents)
 
     def ready(self) -> bool:
         """Every model that should be served is serving (in every worker)."""
@@ -163,7 +164,7 @@ class SharedRepository(RepositoryChanges):
             if change["loaded"]:
                 await self.repository.load(name, load_override(change["config"], name))
             else:
-                await self.repository.unload(name)
+                await self.repository.unload(name, change.get("dependents", False))
         except ServingError as e:
             return e
         except Exception as e:  # a bug must not stop the worker following the others
@@ -177,8 +178,8 @@ class SharedRepository(RepositoryChanges):
         load_override(config, name)  # a bad configuration is the caller's 400, recorded nowhere
         await self._change(name, {"loaded": True, "config": config})
 
-    async def unload(self, name: str) -> None:
-        await self._change(name, {"loaded": False, "config": None})
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        await self._change(name, {"loaded": False, "config": None, "dependents": dependents})
 
     async def _change(self, name: str, change: dict[str, Any]) -> None:
         generation = self._record(name, change)

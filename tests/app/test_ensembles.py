@@ -323,7 +323,7 @@ async def test_an_ensemble_may_run_an_ensemble_but_not_in_a_cycle(tmp_path: Path
 
 
 @pytest.mark.server
-def test_an_ensemble_loaded_through_the_api_is_served_with_its_steps_by_every_worker(tmp_path: Path) -> None:
+def test_an_ensemble_loaded_and_unloaded_through_the_api_brings_its_steps_in_every_worker(tmp_path: Path) -> None:
     from tests.app.test_workers import reports
 
     scale, classify = repository(tmp_path / "models")
@@ -337,7 +337,12 @@ def test_an_ensemble_loaded_through_the_api_is_served_with_its_steps_by_every_wo
         serving_now = [sorted(r["serving"]) for r in reports(control).values()]
         # fresh connections: the kernel spreads them over both workers
         answers = [httpx.post(f"{server.url}/v2/models/pipeline/infer", json=v2(data), timeout=30) for _ in range(16)]
+        unloaded = httpx.post(f"{server.url}/v2/repository/models/pipeline/unload", headers=ADMIN, timeout=120,
+                              json={"parameters": {"unload_dependents": True}})
+        assert unloaded.status_code == 200, unloaded.text
+        serving_after = [r["serving"] for r in reports(control).values()]
     assert serving_now == [["classify", "pipeline", "scale"]] * 2
+    assert serving_after == [{}, {}]  # the steps too, in both workers
     assert [a.status_code for a in answers] == [200] * 16
     np.testing.assert_allclose(answers[-1].json()["outputs"][0]["data"], expected(scale, classify, data).ravel(),
                                rtol=1e-5)
@@ -444,3 +449,45 @@ def test_a_step_s_error_is_said_to_be_the_step_s_without_changing_the_one_others
         "ensemble 'pipeline', step 0 (model 'scale'): model 'scale' has 4 requests queued; retry later", 3,
         {"Retry-After": "3"})
     assert shared.message == "model 'scale' has 4 requests queued; retry later"  # a batch's other requests' error
+
+
+async def test_unload_dependents_unloads_an_ensembles_steps_but_one_another_ensemble_runs(tmp_path: Path) -> None:
+    """Triton's unload_dependents, as tritonclient sends it over HTTP and gRPC; without it an
+    ensemble's unload leaves its step models served (Triton's default too)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    repository(tmp_path)
+    (tmp_path / "again" / "1").mkdir(parents=True)  # a second ensemble, running only the classifier
+    (tmp_path / "again" / "config.pbtxt").write_text(pipeline().replace('name: "pipeline"', 'name: "again"').replace(
+        '''{ model_name: "scale" model_version: -1
+      input_map { key: "x" value: "raw" } output_map { key: "scaled" value: "doubled" } },
+    { model_name: "classify" model_version: -1
+      input_map { key: "features" value: "doubled" }''', '''{ model_name: "classify" model_version: -1
+      input_map { key: "features" value: "raw" }'''))
+    async with serving_grpc(model_dir=tmp_path, model_control_mode="explicit", load_model=["pipeline", "again"],
+                            admin_token=TOKEN) as (client, stub, _app):
+        async def served() -> set[str]:
+            return {n for (n, _), e in (await index(client)).items() if e["state"] == "READY"}
+
+        before = await served()
+        bad = await client.post("/v2/repository/models/pipeline/unload", headers=ADMIN,
+                                json={"parameters": {"unload_dependents": "yes"}})
+        kept = await client.post("/v2/repository/models/pipeline/unload", headers=ADMIN,
+                                 json={"parameters": {"unload_dependents": False}})
+        after_plain = await served()
+        assert (await client.post("/v2/repository/models/pipeline/load", headers=ADMIN)).status_code == 200
+        cascaded = await client.post("/v2/repository/models/pipeline/unload", headers=ADMIN,
+                                     json={"parameters": {"unload_dependents": True}})
+        after_http = await served()
+        request = pb.RepositoryModelUnloadRequest(model_name="again")
+        request.parameters["unload_dependents"].bool_param = True
+        await stub.RepositoryModelUnload(request, metadata=(("authorization", f"Bearer {TOKEN}"),))
+        after_grpc = await served()
+    assert before == {"pipeline", "again", "scale", "classify"}
+    assert bad.status_code == 400
+    assert "unload_dependents must be true or false" in bad.json()["error"]
+    assert kept.status_code == 200
+    assert after_plain == {"again", "scale", "classify"}
+    assert cascaded.status_code == 200
+    assert after_http == {"again", "classify"}  # "again" still runs the classifier
+    assert after_grpc == set()

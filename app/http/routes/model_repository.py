@@ -17,7 +17,7 @@ from app.http.routes.common import ModelName, authorize_admin, errors
 from app.http.services import services
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
-from app.repository import load_config, repository_named
+from app.repository import load_config, repository_named, unload_dependents
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -67,18 +67,24 @@ async def load_model(request: Request, name: ModelName) -> Response:
 
 def _config(options: dict[str, Any]) -> object:
     """The load's `parameters.config` (checked by the repository's `load_override`)."""
+    return load_config(_parameters(options))
+
+
+def _parameters(options: dict[str, Any]) -> dict[str, Any]:
     parameters = options.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("parameters must be an object")
-    return load_config(parameters)
+    return parameters
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Stop serving a model",
-             description="Every version stops taking requests, finishes those it has, then unloads.",
+             description="Every version stops taking requests, finishes those it has, then unloads. "
+                         "`{\"parameters\": {\"unload_dependents\": true}}`: an ensemble's step models too "
+                         "(but those another served ensemble runs).",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def unload_model(request: Request, name: ModelName) -> Response:
     changes = services(request).changes
-    return await _change(request, lambda _: changes.unload(name))
+    return await _change(request, lambda options: changes.unload(name, unload_dependents(_parameters(options))))
 
 
 async def _change(request: Request, change: Callable[[dict[str, Any]], Awaitable[object]]) -> Response:
