@@ -331,6 +331,10 @@ def _ensemble(config: Any, fields: set[str], folder_name: str, source: str) -> M
     batches = config.max_batch_size > 0
     inputs = [_tensor(t, batches, source, ignored) for t in config.input]
     outputs = [_tensor(t, batches, source, ignored) for t in config.output]
+    reshaped = [t.name for t in inputs + outputs if t.reshape is not None]
+    if reshaped:  # nothing here would reshape them: its steps take them as clients send them
+        raise FactsError(f"{source}: tensors {reshaped}: an ensemble's tensors are not reshaped (give the reshape "
+                         "in the configuration of the step model that takes or gives them)")
     given: dict[str, Any] = {"task": "tensors", "inputs": inputs, "outputs": outputs, "ensemble": steps,
                              "batching": BatchingFacts(max_batch_size=config.max_batch_size, max_queue_delay_ms=0)}
     if "version_policy" in fields:

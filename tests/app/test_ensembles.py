@@ -200,6 +200,9 @@ def test_triton_fields_an_ensemble_cannot_have_are_refused() -> None:
                          "pipeline", "config.pbtxt")
     with pytest.raises(FactsError, match="declares its inputs"):
         from_triton_text('platform: "ensemble" ensemble_scheduling { step [ { model_name: "a" } ] }', "e", "c")
+    with pytest.raises(FactsError, match=r"tensors \['raw'\]: an ensemble's tensors are not reshaped"):
+        from_triton_text(pipeline().replace("dims: [ 4 ]", "dims: [ 4 ] reshape { shape: [ 2, 2 ] }"),
+                         "pipeline", "config.pbtxt")
     facts = from_triton_text(pipeline(extra='instance_group [ { count: 2 } ]'), "pipeline", "config.pbtxt")
     assert facts.ensemble is not None
     assert facts.ensemble[0].version is None
