@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,8 @@ class EnsembleModel(ServedModel):
         self._policy = policy
         self._find = find
         self._checking = False
+        self._fit_of: list[weakref.ref[ServedModel]] = []  # the step models the tensors were last held against
+        self._fit = ""  # and what that found
 
     @property
     def policy(self) -> BatchPolicy:
@@ -97,20 +100,28 @@ class EnsembleModel(ServedModel):
     def step_problem(self) -> str:
         """Why a request could not be answered now (a step model not served or not ready, or
         not taking the tensors its step gives it as their models declare them); empty when
-        it could."""
+        it could. The tensors are held against the models' declarations only when a step model
+        is another object than last time (loaded, replaced): every request asks this."""
         if self._checking:  # ensembles whose steps run each other: not ready, not a recursion
             return "its steps run ensembles that run it in turn (a cycle)"
         self._checking = True
         try:
-            return steps_problem(self.manifest, self._ready_manifest)
+            models = []
+            for index, step in enumerate(self.steps):
+                try:
+                    model = self._step_model(step)
+                except ServingError as e:
+                    return f"step {index}: {e.message}"
+                if not model.ready:
+                    return f"step {index}: model {step.model!r} is not ready"
+                models.append(model)
         finally:
             self._checking = False
-
-    def _ready_manifest(self, step: EnsembleStep) -> Manifest:
-        model = self._step_model(step)
-        if not model.ready:
-            raise ModelNotReady(f"model {step.model!r} is not ready")
-        return model.manifest
+        if [held() for held in self._fit_of] != models:  # ServedModel compares by identity
+            # weak references: a step model unloaded is freed, not kept alive by this
+            self._fit_of = [weakref.ref(m) for m in models]
+            self._fit = steps_problem(self.manifest, lambda index: models[index].manifest, self.waves)
+        return self._fit
 
     def _step_model(self, step: EnsembleStep) -> ServedModel:
         if self._find is None:
@@ -209,16 +220,17 @@ def _said_of(error: ServingError, where: str) -> ServingError:
     return copy
 
 
-def steps_problem(manifest: Manifest, find: Callable[[EnsembleStep], Manifest]) -> str:
-    """Where an ensemble's steps and the models `find` gives for them (their manifests, or the
-    ServingError that says why there is none) disagree: why, with the step; else empty."""
+def steps_problem(manifest: Manifest, find: Callable[[int], Manifest], order: list[list[int]] | None = None) -> str:
+    """Where an ensemble's steps and the models `find` gives for them by step index (their
+    manifests, or the ServingError that says why there is none) disagree: why, with the step;
+    else empty. `order`: the steps' waves, where the caller has them."""
     assert manifest.ensemble is not None
     steps = manifest.ensemble
     known = {t.name: t for t in manifest.inputs + manifest.outputs}
-    for wave in waves(steps, [t.name for t in manifest.inputs], [t.name for t in manifest.outputs]):
+    for wave in order or waves(steps, [t.name for t in manifest.inputs], [t.name for t in manifest.outputs]):
         for index in wave:
             try:
-                model = find(steps[index])
+                model = find(index)
             except ServingError as e:
                 return f"step {index}: {e.message}"
             problem = _mismatch(steps[index], model, known)

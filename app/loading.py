@@ -121,11 +121,17 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
             except FactsError as e:
                 raise LoadError("config", str(e)) from e
             return _ensemble(folder, settings, ensemble, facts, fingerprint, find_model)
-        manifest, variant, session, extras, facts = _completed(folder, settings, options, facts)
-    elif (declared := _ensemble_manifest(folder, override)) is not None:
-        return _ensemble(folder, settings, declared, override or NO_FACTS, fingerprint, find_model)
+        manifest, variant, session, extras = _completed(folder, settings, options, facts)
     else:
-        manifest, variant, session, extras = _with_manifest(folder, settings, options, override)
+        try:
+            manifest = load_manifest(folder, verify_files=False)
+        except ManifestError as e:
+            raise LoadError("manifest", str(e)) from e
+        if manifest.ensemble is not None:
+            if override is not None and override.model_fields_set - {"version_policy"}:
+                raise LoadError("config", f"{folder}: an ensemble's load takes no configuration but its version_policy")
+            return _ensemble(folder, settings, manifest, override or NO_FACTS, fingerprint, find_model)
+        variant, session, extras = _with_manifest(folder, manifest, settings, options, override)
         facts = override or NO_FACTS
         if override is not None:
             manifest = _overridden(folder, manifest, override)
@@ -196,12 +202,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
     return model
 
 
-def _with_manifest(folder: Path, settings: Settings, options: OrtOptions, override: ModelFacts | None
-                   ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
-    try:
-        manifest = load_manifest(folder, verify_files=False)
-    except ManifestError as e:
-        raise LoadError("manifest", str(e)) from e
+def _with_manifest(folder: Path, manifest: Manifest, settings: Settings, options: OrtOptions,
+                   override: ModelFacts | None) -> tuple[Variant, OrtModel, dict[str, bytes]]:
     options = options.for_model((override.onnxruntime if override is not None else None) or manifest.onnxruntime)
     try:
         variant = choose_variant(manifest, options.providers, settings.variant)
@@ -217,7 +219,7 @@ def _with_manifest(folder: Path, settings: Settings, options: OrtOptions, overri
     problems = disagreements(session.session, manifest, shapeless_tensors(session.session, model_bytes))
     if problems:  # else requests would fail in their batch, or warm-up would, or neither until a client tried
         raise LoadError("manifest", f"{folder}: the manifest does not match the graph of {file}: " + "; ".join(problems))
-    return manifest, variant, session, extras
+    return variant, session, extras
 
 
 def _facts(folder: Path, override: ModelFacts | None) -> ModelFacts:
@@ -227,19 +229,6 @@ def _facts(folder: Path, override: ModelFacts | None) -> ModelFacts:
         return override.over(facts) if override is not None else facts
     except FactsError as e:
         raise LoadError("config", str(e)) from e
-
-
-def _ensemble_manifest(folder: Path, override: ModelFacts | None) -> Manifest | None:
-    """A manifest's ensemble, None where the manifest is a model's (loaded as such)."""
-    try:
-        manifest = load_manifest(folder, verify_files=False)
-    except ManifestError:
-        return None  # said by the model's own load, which reads it again
-    if manifest.ensemble is None:
-        return None
-    if override is not None and override.model_fields_set - {"version_policy"}:
-        raise LoadError("config", f"{folder}: an ensemble's load takes no configuration but its version_policy")
-    return manifest
 
 
 def _ensemble(folder: Path, settings: Settings, manifest: Manifest, facts: ModelFacts, fingerprint: str,
@@ -255,7 +244,7 @@ def _ensemble(folder: Path, settings: Settings, manifest: Manifest, facts: Model
 
 
 def _completed(folder: Path, settings: Settings, options: OrtOptions, facts: ModelFacts
-               ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes], ModelFacts]:
+               ) -> tuple[Manifest, Variant, OrtModel, dict[str, bytes]]:
     """A model file without a manifest: read once, loaded, its configuration completed."""
     missing = custom_ops.not_loaded(facts.op_libraries or [], folder.parent, options.custom_op_libraries)
     if missing:
@@ -280,7 +269,7 @@ def _completed(folder: Path, settings: Settings, options: OrtOptions, facts: Mod
     if facts.ignored:
         logger.warning("%s v%s: %s: fields ignored: %s", manifest.name, manifest.version, facts.source,
                        "; ".join(f"{k} ({why})" for k, why in facts.ignored.items()))
-    return manifest, "fp32", session, extras, facts
+    return manifest, "fp32", session, extras
 
 
 def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manifest:

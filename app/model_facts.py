@@ -257,22 +257,22 @@ def _set_fields(message: Message) -> set[str]:
 
 def from_triton(config: Any, folder_name: str, source: str, folder: Path | None) -> ModelFacts:
     fields = _set_fields(config)
+    if config.name and config.name != folder_name:
+        raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
+    if config.max_batch_size < 0:  # read as "no dynamic batching", it would serve a row at a time silently
+        raise FactsError(f"{source}: max_batch_size {config.max_batch_size}: it must be 0 (no batch axis) or more")
     if config.platform == ENSEMBLE:
-        return _ensemble(config, fields, folder_name, source)
+        return _ensemble(config, fields, source)
     refused = sorted(fields - _HONOURED - set(_IGNORED))
     if refused:
         raise FactsError(f"{source}: fields {refused} are not supported (this server serves ONNX models with "
                          "dynamic batching, and ensembles of them: no sequence batching or batch inputs)")
-    if config.name and config.name != folder_name:
-        raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
     if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
         raise FactsError(f"{source}: platform {config.platform!r} / backend {config.backend!r}: only ONNX models "
                          "are served (platform onnxruntime_onnx, backend onnxruntime)")
     if config.model_transaction_policy.decoupled:  # false is what this server does: one answer per request
         raise FactsError(f"{source}: model_transaction_policy.decoupled: a decoupled model (any number of "
                          "answers per request) is not served; every request here gets one answer")
-    if config.max_batch_size < 0:  # read as "no dynamic batching", it would serve a row at a time silently
-        raise FactsError(f"{source}: max_batch_size {config.max_batch_size}: it must be 0 (no batch axis) or more")
     ignored = {name: why for name, why in _IGNORED.items() if name in fields}
     batches = config.max_batch_size > 0
     inputs = [_tensor(t, batches, source, ignored) for t in config.input] or None
@@ -298,17 +298,15 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 
 
-def _ensemble(config: Any, fields: set[str], folder_name: str, source: str) -> ModelFacts:
+def _ensemble(config: Any, fields: set[str], source: str) -> ModelFacts:
     """Triton's ensemble: its declared tensors, batch axis and steps; Triton's -1 (the newest
     version), or a step's model_version left out, is None. What the steps connect is checked
     with the manifest (app/ensemble_plan.py)."""
     refused = sorted(fields - _ENSEMBLE_FIELDS - _IGNORED_BY_ENSEMBLES)
     if refused:
         raise FactsError(f"{source}: fields {refused} are not supported for an ensemble")
-    if config.name and config.name != folder_name:
-        raise FactsError(f"{source}: names model {config.name!r} but lies in folder {folder_name!r}")
-    if config.backend or config.max_batch_size < 0:
-        raise FactsError(f"{source}: an ensemble has no backend, and a max_batch_size of 0 or more")
+    if config.backend:
+        raise FactsError(f"{source}: backend {config.backend!r}: an ensemble has no backend")
     if not config.ensemble_scheduling.step or not config.input or not config.output:
         raise FactsError(f"{source}: an ensemble declares its inputs, its outputs and its ensemble_scheduling steps")
     ignored = {name: "an ensemble runs no graph of its own: its steps' models have their own" for name in

@@ -24,7 +24,7 @@ from app.ensemble import steps_problem
 from app.errors import InvalidInput, ModelNotFound
 from app.graph import DROP_IN_FILE, GraphError
 from app.loading import LoadError, load_version
-from app.manifest import MANIFEST_FILE, EnsembleStep, Manifest, write_manifest
+from app.manifest import MANIFEST_FILE, Manifest, write_manifest
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_from_json, read_labels
 from app.repository.names import check_name
 from app.runtime import OrtModel, OrtOptions, ort_options
@@ -208,16 +208,19 @@ def check_repository(argv: list[str]) -> int:
                 problems += 1
     for name, manifests in sorted(loaded.items()):
         for version, manifest in sorted(manifests.items()):
-            if manifest.ensemble is not None and (problem := steps_problem(manifest, _found_in(loaded))):
+            if manifest.ensemble is not None and (problem := steps_problem(manifest, _found_in(loaded, manifest))):
                 print(f"{name} version {version}: not ready when served: {problem}")
                 problems += 1
     print(f"{checked} version(s) checked, {problems} problem(s)")
     return 1 if problems else 0
 
 
-def _found_in(loaded: dict[str, dict[int, Manifest]]) -> Callable[[EnsembleStep], Manifest]:
-    """An ensemble step's model among the checked ones: the version it names, else the newest."""
-    def find(step: EnsembleStep) -> Manifest:
+def _found_in(loaded: dict[str, dict[int, Manifest]], ensemble: Manifest) -> Callable[[int], Manifest]:
+    """An ensemble step's model (by the step's index) among the checked ones: the version it
+    names, else the newest."""
+    def find(index: int) -> Manifest:
+        assert ensemble.ensemble is not None
+        step = ensemble.ensemble[index]
         versions = loaded.get(step.model)
         if not versions:
             raise ModelNotFound(f"model {step.model!r} is not among the models that loaded")

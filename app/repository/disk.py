@@ -142,7 +142,6 @@ class ModelFolders:
         """The model's folders, one per model directory that has a folder of exactly this name."""
         return [root / name for root in self.roots if (root / name).is_dir() and self._named_exactly(root, name)]
 
-
     def _named_exactly(self, root: Path, name: str) -> bool:
         """Whether the model directory lists a folder of exactly this name: where the file
         system ignores case (macOS, Windows shares), `Fashion-CNN` opens `fashion-cnn/`,

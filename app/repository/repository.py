@@ -175,7 +175,7 @@ class ModelRepository:
                 del entries[key]
         for model in self.all():  # loaded, but not answering now: why (an ensemble's step, a breaker)
             key = (model.name, model.manifest.version)
-            if key in entries and entries[key].state is State.READY and not model.ready:
+            if key in entries and entries[key].state is State.READY:
                 try:
                     model.check()
                 except ServingError as e:

@@ -494,3 +494,18 @@ async def test_unload_dependents_unloads_an_ensembles_steps_but_one_another_ense
     assert cascaded.status_code == 200
     assert after_http == {"again", "classify"}  # "again" still runs the classifier
     assert after_grpc == set()
+
+
+async def test_a_step_model_replaced_is_held_against_its_step_again(tmp_path: Path) -> None:
+    """The tensors are checked once per set of step models (app/ensemble.py): a new version of
+    one that no longer fits turns the ensemble not ready at once."""
+    repository(tmp_path)
+    async with serving(model_dir=tmp_path, model_control_mode="explicit", load_model=["pipeline"],
+                       admin_token=TOKEN) as client:
+        before = await client.get("/v2/models/pipeline/ready")
+        save(tmp_path, "classify", scaler(), version=2)  # other tensors: x -> scaled
+        assert (await client.post("/v2/repository/models/classify/load", headers=ADMIN)).status_code == 200
+        after = await client.get("/v2/models/pipeline/ready")
+    assert before.status_code == 200
+    assert after.status_code == 503
+    assert "step 1: model 'classify' takes inputs ['x']" in after.json()["error"]
