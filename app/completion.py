@@ -134,8 +134,10 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
 def _batching(facts: ModelFacts, manifest: Manifest, measure: bool,
               run: Callable[[dict[str, np.ndarray]], object], run_on: InputMaker | None) -> BatchingDefaults:
     chosen = _batch_sizes(facts, manifest, measure, run, run_on)
-    if facts.batching is not None and facts.batching.queue is not None:
-        chosen = chosen.model_copy(update={"queue": facts.batching.queue})
+    if facts.batching is not None:  # its queue's bounds and priorities, as given
+        given = {name: value for name in ("queue", "priorities")
+                 if (value := getattr(facts.batching, name)) is not None}
+        chosen = chosen.model_copy(update=given)
     return chosen
 
 

@@ -129,10 +129,11 @@ class EnsembleModel(ServedModel):
         return self._find(step.model, None if step.version is None else str(step.version))
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
-                    client_gone: Callable[[], bool] | None = None,
-                    others_on_the_way: bool = False, in_flight_beside: int = 0) -> dict[str, np.ndarray]:
+                    client_gone: Callable[[], bool] | None = None, others_on_the_way: bool = False,
+                    in_flight_beside: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
         """Each wave of steps in turn, the steps of a wave side by side, every step under the
-        request's deadline; the answer is the ensemble's outputs."""
+        request's deadline and at its priority (as Triton's ensembles pass them on); the answer
+        is the ensemble's outputs."""
         started = time.monotonic()
         running = _running.get()
         if self.name in running:
@@ -153,9 +154,10 @@ class EnsembleModel(ServedModel):
             tensors = dict(inputs)
             for wave in self.waves:
                 if len(wave) == 1:
-                    await self._run_step(wave[0], tensors, due, timeout_s, client_gone)
+                    await self._run_step(wave[0], tensors, due, timeout_s, client_gone, priority)
                 else:
-                    await asyncio.gather(*(self._run_step(i, tensors, due, timeout_s, client_gone) for i in wave))
+                    await asyncio.gather(*(self._run_step(i, tensors, due, timeout_s, client_gone, priority)
+                                           for i in wave))
             outputs = {spec.name: tensors[spec.name] for spec in self.manifest.outputs}
             for spec in self.manifest.outputs:  # as declared: the answer is sized and encoded by these
                 why = _refused(outputs[spec.name], spec, self.manifest.batches)
@@ -180,7 +182,7 @@ class EnsembleModel(ServedModel):
                 outer.batch_spans.extend(steps.batch_spans)
 
     async def _run_step(self, index: int, tensors: dict[str, np.ndarray], due: float, timeout_s: float,
-                        client_gone: Callable[[], bool] | None) -> None:
+                        client_gone: Callable[[], bool] | None, priority: int) -> None:
         step = self.steps[index]
         where = f"ensemble {self.name!r}, step {index} (model {step.model!r})"
         try:
@@ -200,7 +202,7 @@ class EnsembleModel(ServedModel):
                 if why:
                     raise ModelNotReady(f"tensor {step.inputs[spec.name]!r} as its input {spec.name!r}: {why}")
             async with model.lease() as model:
-                outputs = await model.infer(given, due, timeout_s, client_gone)
+                outputs = await model.infer(given, due, timeout_s, client_gone, priority=priority)
         except ServingError as e:  # the step's own error, said to be the step's
             raise _said_of(e, where) from e
         for inner, outer in step.outputs.items():

@@ -39,6 +39,10 @@ class Exchange(Protocol[Answer]):
         """The timeout the request itself asks for, in seconds (None: none)."""
         ...
 
+    def priority(self, kept: Any) -> int:
+        """The priority the request asks for (Triton's: 1 the highest; 0: the model's default)."""
+        ...
+
     def answer_bytes(self, kept: Any, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:
         """The most bytes the answer takes: before computing from the declared shapes, then
@@ -95,7 +99,8 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     limits.check_response(size, rows)
     asked = exchange.timeout_s(kept)
     due, timeout = limits.deadline_from(arrived, asked if asked is not None else timeout_s)
-    outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way, in_flight_beside)
+    outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way, in_flight_beside,
+                                exchange.priority(kept))
     del inputs
     if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
         size = exchange.answer_bytes(kept, manifest, rows, outputs)

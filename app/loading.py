@@ -25,6 +25,7 @@ from app.graph import DROP_IN_FILE, GraphError, disagreements, shapeless_tensors
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
+    BatchingDefaults,
     Manifest,
     ManifestError,
     Variant,
@@ -337,10 +338,22 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         max_queue_bytes=s.max_queue_bytes,
         max_queue_requests=own.queue.max_requests if own.queue else 0,
         queue_timeout_s=own.queue.timeout_ms / 1000 if own.queue else 0.0,
+        priority_levels=own.priorities.levels if own.priorities else 0,
+        default_priority_level=own.priorities.default_level if own.priorities else 0,
+        level_queues=_level_queues(own),
         retry_after_s=s.retry_after_s,
         inference_niceness=s.inference_niceness,
         grouping_window=GROUPING_WINDOW,
     )
+
+
+def _level_queues(batching: BatchingDefaults) -> tuple[tuple[int, float], ...]:
+    """Each priority level's queue bounds: its own policy's, else the model's (else none)."""
+    if batching.priorities is None:
+        return ()
+    policies = (batching.priorities.queue_of(level, batching.queue)
+                for level in range(1, batching.priorities.levels + 1))
+    return tuple((p.max_requests, p.timeout_ms / 1000) if p else (0, 0.0) for p in policies)
 
 
 def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:

@@ -274,6 +274,31 @@ class QueuePolicy(_Strict):
     A request's own timeout (its deadline) applies beside it."""
 
 
+class Priorities(_Strict):
+    """Triton's priority levels (dynamic_batching.priority_levels): a request's `priority`
+    parameter, 1 the highest, puts it ahead of every queued request of a lower level (a
+    higher number); within a level, requests keep their order. 0 or none: `default_level`.
+    A level may bound its own queue (Triton's priority_queue_policy); the others have the
+    model's `queue`."""
+
+    levels: int = Field(ge=1)
+    default_level: int = Field(ge=1)
+    queues: dict[int, QueuePolicy] = Field(default_factory=dict, exclude_if=lambda value: not value)
+    """A level's own queue bounds, replacing the model's for its requests."""
+
+    @model_validator(mode="after")
+    def _levels_exist(self) -> Priorities:
+        if self.default_level > self.levels:
+            raise ValueError(f"default_level {self.default_level} is not one of the levels 1 to {self.levels}")
+        beyond = sorted(level for level in self.queues if not 1 <= level <= self.levels)
+        if beyond:
+            raise ValueError(f"queues for levels {beyond}: the levels are 1 to {self.levels}")
+        return self
+
+    def queue_of(self, level: int, default: QueuePolicy | None) -> QueuePolicy | None:
+        return self.queues.get(level, default)
+
+
 class BatchingDefaults(_Strict):
     """The model's own batching; the server's settings can override both for every model.
     Chosen at build time (training/config.py), or measured at load or import
@@ -289,6 +314,8 @@ class BatchingDefaults(_Strict):
     """What one item cost at each batch size, where it was measured."""
     queue: QueuePolicy | None = Field(default=None, exclude_if=_unset)
     """The model's own queue bounds; None: the server's only."""
+    priorities: Priorities | None = Field(default=None, exclude_if=_unset)
+    """Priority levels for its requests; None: one level, requests in their order."""
     pad: bool = Field(default=False, exclude_if=lambda value: not value)
     """A model with a dynamic axis besides the first: requests of other lengths are batched
     together, zero-padded to the longest, as its configuration asked, the model having been run

@@ -29,6 +29,7 @@ from app.manifest import (
     EnsembleStep,
     ModelRuntimeOptions,
     Preprocessing,
+    Priorities,
     QueuePolicy,
     TensorSpec,
     VersionPolicy,
@@ -52,10 +53,9 @@ _IGNORED = {"instance_group": "instances: this server runs max_inflight_batches 
             "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
-_HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"}
-_IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own requests",
-                     "priority_levels": "no priorities", "default_priority_level": "no priorities",
-                     "priority_queue_policy": "no priorities"}
+_HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy",
+                      "priority_levels", "default_priority_level", "priority_queue_policy"}
+_IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own requests"}
 # An ensemble runs no graph of its own: of the rest, these are named as ignored (what it
 # would set is its steps' models' own), any other field is refused.
 _ENSEMBLE_FIELDS = {"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy",
@@ -110,6 +110,9 @@ class BatchingFacts(_Facts):
     max_queue_delay_ms: float | None = Field(default=None, ge=0)
     queue: QueuePolicy | None = None
     """The model's own queue bounds (Triton's default_queue_policy): `max_requests`, `timeout_ms`."""
+    priorities: Priorities | None = None
+    """Priority levels (Triton's priority_levels, default_priority_level, priority_queue_policy):
+    `levels`, `default_level`, `queues` (a level's own bounds, by level)."""
     pad: bool | None = None
     """A model with a dynamic axis besides the first: true batches requests of other lengths
     together, zero-padded to the longest, once running the model shows that padding does not
@@ -286,7 +289,7 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
                 raise FactsError(f"{source}: label_filename needs the model's folder; list the labels instead")
             else:
                 labels = read_labels(folder, t.label_filename, source)
-    batching = _batching(config, fields, ignored)
+    batching = _batching(config, fields, source, ignored)
     policy = _version_policy(config) if "version_policy" in fields else None
     cache = config.response_cache.enable if "response_cache" in fields else None
     warmup = [_warmup_sample(sample, source) for sample in config.model_warmup] or None
@@ -440,7 +443,7 @@ def _warmup_sample(sample: Any, source: str) -> WarmupSample:
         raise FactsError(f"{source}: model_warmup {sample.name!r}: {describe(e)}") from e
 
 
-def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> BatchingFacts | None:
+def _batching(config: Any, fields: set[str], source: str, ignored: dict[str, str]) -> BatchingFacts | None:
     """Triton's batching as ours: max_batch_size 0 does not batch; without dynamic_batching
     each request runs as it comes (Triton's default scheduler); with it, batches reach the
     largest preferred size (else max_batch_size) after at most the queue delay."""
@@ -454,24 +457,42 @@ def _batching(config: Any, fields: set[str], ignored: dict[str, str]) -> Batchin
     for name in sorted(_set_fields(dynamic) - _HONOURED_BATCHING):
         ignored[f"dynamic_batching.{name}"] = _IGNORED_BATCHING.get(name, "not used")
     preferred = [n for n in dynamic.preferred_batch_size if 0 < n <= config.max_batch_size]
+    default = dynamic.default_queue_policy
+    queue = _queue_policy(default, "default_queue_policy", ignored) if dynamic.HasField("default_queue_policy") else None
     return BatchingFacts(max_batch_size=max(preferred, default=config.max_batch_size),
                          max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000,
-                         queue=_queue_policy(dynamic, ignored) if dynamic.HasField("default_queue_policy") else None)
+                         queue=None if queue is None or queue == QueuePolicy() else queue,
+                         priorities=_priorities(dynamic, source, ignored))
 
 
-def _queue_policy(dynamic: Any, ignored: dict[str, str]) -> QueuePolicy | None:
-    """Triton's default queue policy as the model's queue bounds. A timeout whose action is
-    DELAY lets a late request wait its turn, which is what a queue without priorities does
-    anyway, so only REJECT's timeout is kept; a request's own timeout parameter is its deadline
-    whatever allow_timeout_override says."""
-    policy = dynamic.default_queue_policy
+def _priorities(dynamic: Any, source: str, ignored: dict[str, str]) -> Priorities | None:
+    """Triton's priority levels; its rules for them (a default level among the levels, level
+    policies for levels that exist) refused with why, as Triton refuses the configuration."""
+    levels = dynamic.priority_levels
+    if not levels:
+        if dynamic.default_priority_level or dynamic.priority_queue_policy:
+            raise FactsError(f"{source}: dynamic_batching sets default_priority_level or priority_queue_policy "
+                             "without priority_levels")
+        return None
+    queues = {level: _queue_policy(policy, f"priority_queue_policy[{level}]", ignored)
+              for level, policy in sorted(dynamic.priority_queue_policy.items())}
+    try:
+        return Priorities(levels=levels, default_level=dynamic.default_priority_level, queues=queues)
+    except ValidationError as e:
+        raise FactsError(f"{source}: dynamic_batching's priorities: {describe(e)} (default_priority_level "
+                         f"{dynamic.default_priority_level}, priority_levels {levels})") from e
+
+
+def _queue_policy(policy: Any, name: str, ignored: dict[str, str]) -> QueuePolicy:
+    """A Triton queue policy as queue bounds (all 0: none). A timeout whose action is DELAY
+    lets a late request wait its turn, which is what a queue does anyway, so only REJECT's
+    timeout is kept (Triton's DELAY would put late requests behind their level's others); a
+    request's own timeout parameter is its deadline whatever allow_timeout_override says."""
     timeout_us = policy.default_timeout_microseconds
     if timeout_us and policy.timeout_action == _TIMEOUT_DELAY:
-        ignored["dynamic_batching.default_queue_policy.default_timeout_microseconds"] = (
-            "timeout_action DELAY: a request past it is served in its turn (no priorities to lower it to)")
+        ignored[f"dynamic_batching.{name}.default_timeout_microseconds"] = (
+            "timeout_action DELAY: a request past it is served in its turn")
         timeout_us = 0
-    if not policy.max_queue_size and not timeout_us:
-        return None
     return QueuePolicy(max_requests=policy.max_queue_size, timeout_ms=timeout_us / 1000)
 
 

@@ -123,14 +123,15 @@ class ServedModel:
             self.cache.clear()
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
-                    client_gone: Callable[[], bool] | None = None,
-                    others_on_the_way: bool = False, in_flight_beside: int = 0) -> dict[str, np.ndarray]:
+                    client_gone: Callable[[], bool] | None = None, others_on_the_way: bool = False,
+                    in_flight_beside: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
         """Queue and await one request's (already validated) rows; at `due` (time.monotonic(),
         counted from the request's arrival) the request gets 504. `others_on_the_way`: the
         other requests holding this model count as on their way to its queue, so that no
         batch runs inline, on the event loop, while there are any (DynamicBatcher.run_or_queue).
         `in_flight_beside`: requests the transport knows its client has in flight beside this
-        one (a gRPC stream's earlier messages not answered yet), counted the same way."""
+        one (a gRPC stream's earlier messages not answered yet), counted the same way.
+        `priority`: the request's (Triton's `priority` parameter; 0: the model's default level)."""
         started = time.monotonic()
         if started >= due:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
@@ -148,7 +149,7 @@ class ServedModel:
         on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
         batcher = self.batcher
         assert batcher is not None  # an ensemble answers by its own infer
-        future = await batcher.run_or_queue(inputs, client_gone, on_the_way)
+        future = await batcher.run_or_queue(inputs, client_gone, on_the_way, priority)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)
         ok = False

@@ -119,7 +119,7 @@ class DynamicBatcher:
             self._runner.shutdown()
 
     async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None,
-                           on_the_way: int = 0) -> asyncio.Future[dict[str, np.ndarray]]:
+                           on_the_way: int = 0, priority: int = 0) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request of N rows, or run it at once where `decide` says inline; the
         future resolves to its N rows of outputs.
 
@@ -130,10 +130,12 @@ class DynamicBatcher:
         (being read or decoded). While there are any, no batch runs inline, here or when
         the queue's next batch is launched: it would hold the event loop that reads them.
         Cancelling the future (a deadline) drops the request's rows that have not run yet;
-        so does `client_gone()` turning true (checked when batches are formed).
+        so does `client_gone()` turning true (checked when batches are formed). `priority`:
+        the client's (BatchQueue.level_of; checked whether it runs inline or is queued).
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
+        level = self._queue.level_of(priority)
         rows = len(next(iter(inputs.values())))
         self._on_the_way = on_the_way
         if self._decide(rows) is Decision.INLINE:
@@ -146,18 +148,18 @@ class DynamicBatcher:
                 raise ModelNotReady(f"model {self.name!r} is not accepting requests")
             if self._decide(rows, self._arriving) is Decision.INLINE:
                 assert self._runner is not None  # set while accepting
-                request = self._pending(inputs, client_gone)
+                request = self._pending(inputs, client_gone, level)
                 self._runner.run_inline([Chunk(request, 0, rows)])
                 return request.future
-        request = self._pending(inputs, client_gone)
+        request = self._pending(inputs, client_gone, level)
         self._queue.put(request)
         return request.future
 
-    def _pending(self, inputs: Tensors, client_gone: Callable[[], bool] | None) -> PendingRequest:
+    def _pending(self, inputs: Tensors, client_gone: Callable[[], bool] | None, level: int) -> PendingRequest:
         """The request as queued, made only now: its wait for company (max_queue_delay_s)
         counts from here, not from before the turn of the loop it may have taken."""
         length = self.length_of(inputs) if self.length_of else 0
-        return PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone)
+        return PendingRequest(inputs, length, asyncio.get_running_loop(), client_gone, level)
 
     def _decide(self, rows: int, arriving: int = 0) -> Decision:
         """`decide` for the rows at hand, with what runs and what waits now."""

@@ -30,6 +30,14 @@ class BatchPolicy:
     queue_timeout_s: float
     """A request still wholly queued this long after it arrived is refused when a batch is
     formed (the model's own queue policy); 0: never."""
+    priority_levels: int
+    """Triton's priority levels: a request of level 1 (the highest) is taken before every queued
+    request of level 2, and so on; 0: one level, requests taken in their order."""
+    default_priority_level: int
+    """The level of a request that asks for none (or for 0)."""
+    level_queues: tuple[tuple[int, float], ...]
+    """Each level's bounds from level 1 on, (max_queue_requests, queue_timeout_s): its own
+    policy's or the model's; empty without levels."""
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""

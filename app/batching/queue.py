@@ -7,13 +7,14 @@ Serve's `_BatchQueue`); running batches is app/batching/runner.py's job.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from app.batching.policy import BatchPolicy
 from app.batching.request import Chunk, PendingRequest
-from app.errors import PayloadTooLarge, QueueFull
+from app.errors import InvalidInput, PayloadTooLarge, QueueFull
 
 
 class BatchQueue:
@@ -26,7 +27,12 @@ class BatchQueue:
         """Batch a request only with requests whose tensors have its shapes but for the first
         axis: for models whose padding is not masked (app/completion.py `pads_unmasked`)."""
         self.on_hang_up = on_hang_up  # told of each request dropped because its client hung up
+        # Kept in the order batches take them: by priority level, then as they came.
         self._chunks: deque[Chunk] = deque()
+        # Queue bounds by level (a request's `priority`): 0, requests without levels; 1.. each level's.
+        self._bounds = [(policy.max_queue_requests, policy.queue_timeout_s), *policy.level_queues]
+        self._timeouts = any(timeout_s for _, timeout_s in self._bounds)
+        self._queued_at = [0] * len(self._bounds)  # requests queued, by level
         self._rows = 0
         self._bytes = 0.0
         self._arrived = asyncio.Event()  # set while anything is queued
@@ -49,9 +55,23 @@ class BatchQueue:
         its rest in place)."""
         return len(self._chunks)
 
+    def level_of(self, priority: int) -> int:
+        """The level a request asking for `priority` is queued at: without levels, the one
+        (0); with them, 0 is the default level and one past the last is the client's mistake."""
+        levels = self.policy.priority_levels
+        if not levels:
+            return 0
+        if not priority:
+            return self.policy.default_priority_level
+        if priority > levels:
+            raise InvalidInput(f"parameters.priority {priority}: model {self.name!r} has priority levels 1 (the "
+                               f"highest) to {levels}; 0 or none is its default, {self.policy.default_priority_level}")
+        return priority
+
     def put(self, request: PendingRequest) -> None:
-        """Queue a request, or refuse it: 413 if it could never fit, 503 while the queue is
-        full, in rows or in bytes."""
+        """Queue a request at its level (`request.priority`, from `level_of`), behind those of
+        its level and ahead of lower ones, or refuse it: 413 if it could never fit, 503 while
+        the queue is full, in rows or in bytes, or its level's queue in requests."""
         limit, byte_limit = self.policy.max_queue_size, self.policy.max_queue_bytes
         if request.rows > limit:  # retrying would not help
             raise PayloadTooLarge(f"the request has {request.rows} items; model {self.name!r} queues at most {limit}")
@@ -61,10 +81,18 @@ class BatchQueue:
         if self._rows + request.rows > limit or self._bytes + request.bytes > byte_limit:
             raise QueueFull(f"model {self.name!r} has {self._rows} items ({self._bytes:,.0f} bytes) queued "
                             f"(limits {limit} items, {byte_limit:,} bytes); retry later", self.policy.retry_after_s)
-        if 0 < self.policy.max_queue_requests <= len(self._chunks):
-            raise QueueFull(f"model {self.name!r} has {len(self._chunks)} requests queued, its queue policy's "
+        level = request.priority
+        most, queued = self._bounds[level][0], self._queued_at[level]
+        if 0 < most <= queued:
+            at = f" of priority {level}" if level else ""
+            raise QueueFull(f"model {self.name!r} has {queued} requests{at} queued, its queue policy's "
                             f"max_queue_size; retry later", self.policy.retry_after_s)
-        self._chunks.append(Chunk(request, 0, request.rows))
+        chunks, chunk = self._chunks, Chunk(request, 0, request.rows)
+        if chunks and chunks[-1].request.priority > level:  # ahead of every request of a lower level
+            chunks.insert(bisect.bisect_right(chunks, level, key=_level), chunk)
+        else:
+            chunks.append(chunk)
+        self._queued_at[level] += 1
         self._rows += request.rows
         self._bytes += request.bytes
         self._arrived.set()
@@ -86,7 +114,10 @@ class BatchQueue:
         waited max_queue_delay_s, or `wake()`; without, take what is queued now."""
         self._drop_abandoned_head()
         if wait and self._chunks and self._rows < self.policy.max_batch_size:
-            due = self._chunks[0].request.enqueued_at + self.policy.max_queue_delay_s
+            # The oldest request's wait: with levels, not always the first (fewer than a batch are queued).
+            oldest = (min(c.request.enqueued_at for c in self._chunks) if self.policy.priority_levels
+                      else self._chunks[0].request.enqueued_at)
+            due = oldest + self.policy.max_queue_delay_s
             remaining = due - time.monotonic()
             if remaining > 0:
                 self._full.clear()
@@ -107,6 +138,7 @@ class BatchQueue:
         for chunk in self._chunks:
             chunk.request.fail(error)
         self._chunks.clear()
+        self._queued_at = [0] * len(self._bounds)
         self._rows = 0
         self._bytes = 0.0
         self._mark_if_empty()
@@ -159,21 +191,27 @@ class BatchQueue:
         if not self.group_by_length or len(self._chunks) <= 1:
             return range(len(self._chunks))
         window = min(len(self._chunks), self.policy.grouping_window + 1)
-        target = self._chunks[0].request.length
-        rest = sorted(range(1, window), key=lambda i: abs(self._chunks[i].request.length - target))
+        chunks = self._chunks
+        target = chunks[0].request.length
+        rest = sorted(range(1, window), key=lambda i: (chunks[i].request.priority,  # a higher level first
+                                                       abs(chunks[i].request.length - target)))
         return [0, *rest]
 
     def _remove(self, taken: set[int]) -> None:
+        queued_at = self._queued_at
         if taken == set(range(len(taken))):  # a prefix: the common FIFO case
             for _ in taken:
-                self._chunks.popleft()
+                queued_at[self._chunks.popleft().request.priority] -= 1
         else:
+            for i in taken:
+                queued_at[self._chunks[i].request.priority] -= 1
             self._chunks = deque(c for i, c in enumerate(self._chunks) if i not in taken)
         self._mark_if_empty()
 
     def _drop_abandoned_head(self) -> None:
         while self._chunks and self._abandoned(self._chunks[0]):
             chunk = self._chunks.popleft()
+            self._queued_at[chunk.request.priority] -= 1
             self._uncount(chunk.request, chunk.rows)
         self._mark_if_empty()
 
@@ -181,16 +219,16 @@ class BatchQueue:
         request = chunk.request
         was_hung_up = request.hung_up
         if not request.abandoned():
-            return bool(self.policy.queue_timeout_s) and self._timed_out(chunk)
+            return self._timeouts and self._timed_out(chunk)
         if request.hung_up and not was_hung_up and self.on_hang_up is not None:
             self.on_hang_up(request)
         return True
 
     def _timed_out(self, chunk: Chunk) -> bool:
-        """Refused now (503) if it has waited past the model's queue timeout with none of its
+        """Refused now (503) if it has waited past its level's queue timeout with none of its
         rows taken yet (the rest of a split request runs: its first rows did)."""
-        timeout_s = self.policy.queue_timeout_s
-        if chunk.start:
+        timeout_s = self._bounds[chunk.request.priority][1]
+        if chunk.start or not timeout_s:
             return False
         waited = time.monotonic() - chunk.request.enqueued_at
         if waited <= timeout_s:
@@ -208,6 +246,10 @@ class BatchQueue:
         if not self._chunks:
             self._arrived.clear()
             self._empty.set()
+
+
+def _level(chunk: Chunk) -> int:
+    return chunk.request.priority
 
 
 def _item_shapes(chunk: Chunk) -> tuple[tuple[int, ...], ...]:

@@ -78,10 +78,10 @@ class PendingRequest:
     batches (a request larger than a batch is split)."""
 
     __slots__ = ("client_gone", "enqueued_at", "future", "hung_up", "inputs", "length", "missing", "parts",
-                 "row_bytes", "rows", "timing")
+                 "priority", "row_bytes", "rows", "timing")
 
     def __init__(self, inputs: Tensors, length: int, loop: asyncio.AbstractEventLoop,
-                 client_gone: Callable[[], bool] | None = None) -> None:
+                 client_gone: Callable[[], bool] | None = None, priority: int = 0) -> None:
         self.future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         self.inputs = inputs
         self.rows = len(next(iter(inputs.values())))
@@ -92,6 +92,7 @@ class PendingRequest:
         self.missing = self.rows
         self.enqueued_at = time.monotonic()
         self.length = length  # the padded sequence length, for length grouping (0: none)
+        self.priority = priority  # its queue level, 1 the highest (0: the model has no levels)
         self.timing = request_timing.get()  # the transport's, where it logs the request
 
     @property

@@ -11,6 +11,7 @@ from app.manifest import (
     TRITON_ORT_PARAMETERS,
     Manifest,
     ModelRuntimeOptions,
+    QueuePolicy,
     TensorSpec,
     triton_type,
 )
@@ -18,7 +19,9 @@ from app.manifest import (
 PLATFORM = "onnxruntime_onnx"
 ENSEMBLE = "ensemble"
 SERVER_NAME = "ortserve"
-EXTENSIONS = ["binary_tensor_data", "logging", "model_configuration", "model_repository", "statistics", "trace"]
+EXTENSIONS = ["binary_tensor_data", "classification", "logging", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)",
+              "schedule_policy", "statistics", "trace"]
 """The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
 
 
@@ -76,9 +79,14 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
                                       "preferred_batch_size": [max_batch_size]}
         if m.batching.queue is not None:  # Triton's words; a request's own timeout always applies
-            config["dynamic_batching"]["default_queue_policy"] = {
-                "timeout_action": "REJECT", "default_timeout_microseconds": round(m.batching.queue.timeout_ms * 1000),
-                "allow_timeout_override": True, "max_queue_size": m.batching.queue.max_requests}
+            config["dynamic_batching"]["default_queue_policy"] = _queue_policy(m.batching.queue)
+        priorities = m.batching.priorities
+        if priorities is not None:
+            config["dynamic_batching"] |= {"priority_levels": priorities.levels,
+                                           "default_priority_level": priorities.default_level}
+            if priorities.queues:
+                config["dynamic_batching"]["priority_queue_policy"] = {
+                    str(level): _queue_policy(policy) for level, policy in sorted(priorities.queues.items())}
     config["instance_group"] = [{"name": m.name, "kind": f"KIND_{device}", "count": concurrent_batches}]
     parameters = {"variant": variant, "task": m.task, "scores": m.scores, "verified": str(verified).lower(),
                   "configuration": "the manifest" if verified else f"the graph{' + ' + told_by if told_by else ''}",
@@ -98,6 +106,11 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["description"] = m.description
     config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return config
+
+
+def _queue_policy(policy: QueuePolicy) -> dict[str, Any]:
+    return {"timeout_action": "REJECT", "default_timeout_microseconds": round(policy.timeout_ms * 1000),
+            "allow_timeout_override": True, "max_queue_size": policy.max_requests}
 
 
 def _say_cache(config: dict[str, Any], parameters: dict[str, str], manifest: Manifest, cached: bool) -> None:

@@ -41,6 +41,9 @@ class V1Exchange:
     def timeout_s(self, kept: None) -> float | None:
         return None  # V1 asks for one with a header, which the transport reads
 
+    def priority(self, kept: None) -> int:
+        return 0  # V1 has no way to ask for one: the model's default level
+
     def answer_bytes(self, kept: None, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:
         return predictions_bytes_bound(rows, manifest.labels)

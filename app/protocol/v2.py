@@ -16,7 +16,7 @@ from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
 from app.protocol.shared_memory import REGION, Place, SharedMemoryRegions, named_place
-from app.protocol.values import dumps_with_non_finite, json_object, positive_timeout
+from app.protocol.values import dumps_with_non_finite, json_object, positive_timeout, priority_level
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
 # Keyed by the dtype itself: `dtype.name` is a Python-level property that costs a few µs,
@@ -552,6 +552,10 @@ class V2Exchange:
     def timeout_s(self, request: InferenceRequest) -> float | None:
         requested = (request.parameters or {}).get("timeout")
         return None if requested is None else positive_timeout(requested, "parameters.timeout (µs)", 1e-6)
+
+    def priority(self, request: InferenceRequest) -> int:
+        asked = (request.parameters or {}).get("priority")
+        return 0 if asked is None else priority_level(asked)
 
     def answer_bytes(self, request: InferenceRequest, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:

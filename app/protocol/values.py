@@ -70,6 +70,15 @@ def dumps_with_non_finite(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode()
 
 
+def priority_level(value: object) -> int:
+    """A client's `priority` parameter (Triton's schedule policy): a whole number, 0 or more
+    (0: the model's default level); whether the model has that level is its queue's to say."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameters.priority must be a whole number, 0 or more (1 the highest level, 0 the "
+                           f"model's default), got {value!r}")
+    return value
+
+
 def positive_timeout(value: object, what: str, unit_s: float) -> float:
     """A client's timeout in seconds, from a positive number of `unit_s` units (a JSON
     number, or text holding one as a header does; true or a list is not a number)."""

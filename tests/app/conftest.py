@@ -130,6 +130,7 @@ def batch_policy(**overrides: Any) -> BatchPolicy:
     values: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1,
                               "inference_threads": 1, "max_queue_size": 4096, "max_queue_bytes": 1 << 30, "retry_after_s": 1,
                               "max_queue_requests": 0, "queue_timeout_s": 0.0,
+                              "priority_levels": 0, "default_priority_level": 0, "level_queues": (),
                               "inference_niceness": 0, "idle_dispatch": True, "inline_rows": 0,
                               "max_large_batch_size": 0, "grouping_window": GROUPING_WINDOW}
     return BatchPolicy(**(values | overrides))

@@ -9,7 +9,7 @@ import pytest
 
 from app.batching.queue import BatchQueue
 from app.batching.request import PendingRequest
-from app.errors import ClientGone, PayloadTooLarge, QueueFull
+from app.errors import ClientGone, InvalidInput, PayloadTooLarge, QueueFull
 from tests.app.conftest import batch_policy
 
 
@@ -206,3 +206,86 @@ async def test_a_request_past_the_queue_timeout_is_refused_when_a_batch_forms() 
     queue.put(fresh)
     assert [c.request for c in await queue.wait_for_batch()] == [fresh]
     assert queue.rows == 0
+
+
+def levels(levels: int = 3, default: int = 2, **policy: object) -> BatchQueue:
+    """A queue with Triton's priority levels, every level bounded by `level_queues` if given."""
+    bounds = policy.pop("level_queues", ((0, 0.0),) * levels)
+    return BatchQueue("m", batch_policy(priority_levels=levels, default_priority_level=default,
+                                        level_queues=bounds, **policy), group_by_length=False)
+
+
+def at(queue: BatchQueue, n_rows: int, priority: int) -> PendingRequest:
+    queued = PendingRequest({"x": np.zeros((n_rows, 1))}, 0, asyncio.get_running_loop(),
+                            priority=queue.level_of(priority))
+    queue.put(queued)
+    return queued
+
+
+async def test_a_higher_priority_is_taken_first_and_each_level_keeps_its_order() -> None:
+    queue = levels(max_batch_size=3)
+    low1, default1, low2, high, default2 = at(queue, 1, 3), at(queue, 1, 0), at(queue, 1, 3), at(queue, 2, 1), \
+        at(queue, 1, 2)
+    assert default1.priority == 2  # 0: the model's default level
+    first = await queue.wait_for_batch()
+    # the high request whole, then the oldest of the next level: the batch is full
+    assert [(c.request, c.rows) for c in first] == [(high, 2), (default1, 1)]
+    second = await queue.wait_for_batch()
+    assert [c.request for c in second] == [default2, low1, low2]
+    assert queue.rows == 0
+
+
+async def test_a_request_split_keeps_its_level_ahead_of_lower_ones() -> None:
+    queue = levels(max_batch_size=2)
+    low, high = at(queue, 1, 3), at(queue, 3, 1)
+    assert [(c.request, c.start, c.stop) for c in await queue.wait_for_batch()] == [(high, 0, 2)]
+    assert [(c.request, c.start, c.stop) for c in await queue.wait_for_batch()] == [(high, 2, 3), (low, 0, 1)]
+
+
+async def test_a_priority_past_the_levels_is_the_clients_mistake() -> None:
+    queue = levels(levels=2, default=1)
+    with pytest.raises(InvalidInput, match=r"parameters.priority 3: model 'm' has priority levels 1 \(the highest\) "
+                                           r"to 2; 0 or none is its default, 1"):
+        queue.level_of(3)
+    assert [queue.level_of(p) for p in (0, 1, 2)] == [1, 1, 2]
+    # Without levels every priority is the one level, as Triton serves such a model.
+    assert BatchQueue("m", batch_policy(), group_by_length=False).level_of(7) == 0
+
+
+async def test_each_level_has_its_own_bound_on_requests_queued() -> None:
+    queue = levels(levels=2, default=2, level_queues=((1, 0.0), (0, 0.0)), retry_after_s=2)
+    at(queue, 1, 1)
+    with pytest.raises(QueueFull, match="has 1 requests of priority 1 queued, its queue policy's max_queue_size"):
+        at(queue, 1, 1)
+    for _ in range(3):  # level 2 is not bounded
+        at(queue, 1, 2)
+    await queue.wait_for_batch()  # level 1's request taken: room at its level again
+    at(queue, 1, 1)
+
+
+async def test_each_level_has_its_own_queue_timeout() -> None:
+    queue = levels(levels=2, default=2, level_queues=((0, 0.0), (0, 0.001)), max_batch_size=8)
+    patient, impatient = at(queue, 1, 1), at(queue, 1, 2)
+    await asyncio.sleep(0.01)  # past level 2's 1 ms (a lower bound: a busy machine only waits longer)
+    batch = await queue.wait_for_batch()
+    assert [c.request for c in batch] == [patient]
+    with pytest.raises(QueueFull, match="past its queue policy's timeout of 1 ms"):
+        impatient.future.result()
+
+
+async def test_a_batch_waiting_for_company_is_due_by_its_oldest_request_whatever_its_level() -> None:
+    queue = levels(max_batch_size=8, max_queue_delay_s=60.0, idle_dispatch=False)
+    low = at(queue, 1, 3)
+    low.enqueued_at -= 120  # waited past its delay long ago
+    high = at(queue, 1, 1)  # came just now: its own delay has a minute to go
+    batch = await asyncio.wait_for(queue.wait_for_batch(), 30)
+    assert [c.request for c in batch] == [high, low]
+
+
+async def test_length_grouping_fills_a_batch_from_the_higher_level_first() -> None:
+    queue = BatchQueue("t", batch_policy(max_batch_size=2, priority_levels=2, default_priority_level=2,
+                                         level_queues=((0, 0.0), (0, 0.0))), group_by_length=True)
+    for length, priority in ((10, 1), (10, 2), (40, 1)):
+        queue.put(PendingRequest({"x": np.zeros((1, 1))}, length, asyncio.get_running_loop(), priority=priority))
+    batch = await queue.wait_for_batch()
+    assert [(c.request.length, c.request.priority) for c in batch] == [(10, 1), (40, 1)]
