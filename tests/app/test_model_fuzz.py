@@ -46,6 +46,9 @@ RESHAPED = {
                 'input [ { name: "steps" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ -1, 3 ] } } ]\n'
                 'output [ { name: "last" data_type: TYPE_FP32 dims: [ 1, 5 ] } ]\n'),
 }
+PRIORITISED = {  # Triton's priority levels: a request's priority parameter, in range or not
+    "ranked": (models.mlp(), 'max_batch_size: 8\ndynamic_batching { priority_levels: 3 default_priority_level: 2 }\n'),
+}
 ENSEMBLES = {
     # ids -> the table's rows (a batching step, which refuses ids past its table) -> centred over
     # the request's rows (a step that does not batch: the ensemble's whole tensor is its item)
@@ -67,7 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     for name, graph in GRAPHS.items():
         models.save(root, name, graph)
     models.save(root, "yes-or-no", models.yes_or_no(), opset=19)  # its string ops need opset 19
-    for name, (graph, config) in RESHAPED.items():
+    for name, (graph, config) in (RESHAPED | PRIORITISED).items():
         models.save(root, name, graph)
         (root / name / "config.pbtxt").write_text(config)
     for name, config in ENSEMBLES.items():
@@ -75,7 +78,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         (root / name / "config.pbtxt").write_text(config)
     with ServerProcess(["--model-dir", str(root), "--workers", "1"]) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
-        yield server, {name: client.get(f"/v2/models/{name}").json() for name in [*GRAPHS, "yes-or-no", *RESHAPED, *ENSEMBLES]}
+        yield server, {name: client.get(f"/v2/models/{name}").json()
+                       for name in [*GRAPHS, "yes-or-no", *RESHAPED, *PRIORITISED, *ENSEMBLES]}
 
 
 _ODD = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70),
@@ -122,6 +126,8 @@ def _request(draw: st.DrawFn, metadata: dict[str, Any]) -> tuple[str, dict[str, 
     if not clean and draw(st.integers(0, 19)) == 0:
         inputs.append(draw(_tensor({"name": "extra", "shape": [1], "datatype": "FP32"}, clean)))
     body: dict[str, Any] = {"inputs": inputs}
+    if draw(st.integers(0, 3)) == 0:  # Triton's schedule policy (its timeout would be a 504, not fuzzed)
+        body["parameters"] = {"priority": draw(st.integers(0, 4) | _ODD)}
     if draw(st.integers(0, 4)) == 0:
         outputs = [o["name"] for o in metadata[name]["outputs"]] + ["no-such-output"]
         body["outputs"] = [{"name": draw(st.sampled_from(outputs)), "parameters": draw(st.dictionaries(
@@ -210,6 +216,11 @@ def _grpc_request(draw: st.DrawFn, metadata: dict[str, Any]) -> pb.ModelInferReq
     contents of the datatype's own field."""
     name = draw(st.sampled_from(sorted(metadata)))
     request = pb.ModelInferRequest(model_name=name)
+    if draw(st.integers(0, 3)) == 0:
+        which = draw(st.sampled_from(["int64_param", "uint64_param", "string_param", "bool_param"]))
+        value = {"string_param": st.text(max_size=3), "bool_param": st.booleans(),
+                 "uint64_param": st.integers(0, 2**64 - 1)}.get(which, st.integers(-(2**63), 2**63 - 1))
+        setattr(request.parameters["priority"], which, draw(value))
     raw = draw(st.booleans())
     for spec in metadata[name]["inputs"]:
         shape = [draw(st.integers(0, 3)) if d == -1 else d for d in spec["shape"]]
