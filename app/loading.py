@@ -16,7 +16,7 @@ import numpy as np
 
 from app import custom_ops
 from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
-from app.batching.policy import GROUPING_WINDOW
+from app.batching.policy import GROUPING_WINDOW, NO_BOUNDS, QueueBounds
 from app.batching.request import PendingRequest
 from app.codecs import InputLimits, classify_batch, make_codec
 from app.completion import complete, pads_unmasked
@@ -25,9 +25,9 @@ from app.graph import DROP_IN_FILE, GraphError, disagreements, shapeless_tensors
 from app.manifest import (
     MANIFEST_FILE,
     TENSORS_TASK,
-    BatchingDefaults,
     Manifest,
     ManifestError,
+    QueuePolicy,
     Variant,
     load_manifest,
     outside,
@@ -336,24 +336,22 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
         inference_threads=s.inference_threads,
         max_queue_size=s.max_queue_size,
         max_queue_bytes=s.max_queue_bytes,
-        max_queue_requests=own.queue.max_requests if own.queue else 0,
-        queue_timeout_s=own.queue.timeout_ms / 1000 if own.queue else 0.0,
+        queue_bounds=_bounds(own.queue),
         priority_levels=own.priorities.levels if own.priorities else 0,
         default_priority_level=own.priorities.default_level if own.priorities else 0,
-        level_queues=_level_queues(own),
+        level_queues=tuple(_bounds(own.priorities.queue_of(level, own.queue))
+                           for level in range(1, own.priorities.levels + 1)) if own.priorities else (),
         retry_after_s=s.retry_after_s,
         inference_niceness=s.inference_niceness,
         grouping_window=GROUPING_WINDOW,
     )
 
 
-def _level_queues(batching: BatchingDefaults) -> tuple[tuple[int, float], ...]:
-    """Each priority level's queue bounds: its own policy's, else the model's (else none)."""
-    if batching.priorities is None:
-        return ()
-    policies = (batching.priorities.queue_of(level, batching.queue)
-                for level in range(1, batching.priorities.levels + 1))
-    return tuple((p.max_requests, p.timeout_ms / 1000) if p else (0, 0.0) for p in policies)
+def _bounds(policy: QueuePolicy | None) -> QueueBounds:
+    if policy is None:
+        return NO_BOUNDS
+    return QueueBounds(max_requests=policy.max_requests, timeout_s=policy.timeout_ms / 1000,
+                       delay=policy.timeout_action == "delay")
 
 
 def _sequence_length(manifest: Manifest) -> Callable[[Mapping[str, np.ndarray]], int] | None:

@@ -269,9 +269,12 @@ class QueuePolicy(_Strict):
     max_requests: int = Field(default=0, ge=0)
     """Requests queued at most (Triton's max_queue_size); 0: the server's bounds only."""
     timeout_ms: float = Field(default=0, ge=0)
-    """A request still wholly queued this long after it arrived is refused when the next batch
-    is formed (Triton's default_timeout_microseconds with timeout_action REJECT); 0: none.
-    A request's own timeout (its deadline) applies beside it."""
+    """How long a request may wait wholly queued (Triton's default_timeout_microseconds); 0: for
+    ever. A request's own timeout (its deadline) applies beside it."""
+    timeout_action: Literal["reject", "delay"] = Field(default="reject", exclude_if=lambda value: value == "reject")
+    """What befalls a request past timeout_ms (Triton's timeout_action): reject, refused when the
+    next batch is formed; delay, it goes behind the queued requests of its level (and of the
+    higher ones) that are not late, to be served once they are."""
 
 
 class Priorities(_Strict):

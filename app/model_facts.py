@@ -458,14 +458,14 @@ def _batching(config: Any, fields: set[str], source: str, ignored: dict[str, str
         ignored[f"dynamic_batching.{name}"] = _IGNORED_BATCHING.get(name, "not used")
     preferred = [n for n in dynamic.preferred_batch_size if 0 < n <= config.max_batch_size]
     default = dynamic.default_queue_policy
-    queue = _queue_policy(default, "default_queue_policy", ignored) if dynamic.HasField("default_queue_policy") else None
+    queue = _queue_policy(default) if dynamic.HasField("default_queue_policy") else None
     return BatchingFacts(max_batch_size=max(preferred, default=config.max_batch_size),
                          max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000,
                          queue=None if queue is None or queue == QueuePolicy() else queue,
-                         priorities=_priorities(dynamic, source, ignored))
+                         priorities=_priorities(dynamic, source))
 
 
-def _priorities(dynamic: Any, source: str, ignored: dict[str, str]) -> Priorities | None:
+def _priorities(dynamic: Any, source: str) -> Priorities | None:
     """Triton's priority levels; its rules for them (a default level among the levels, level
     policies for levels that exist) refused with why, as Triton refuses the configuration."""
     levels = dynamic.priority_levels
@@ -474,8 +474,7 @@ def _priorities(dynamic: Any, source: str, ignored: dict[str, str]) -> Prioritie
             raise FactsError(f"{source}: dynamic_batching sets default_priority_level or priority_queue_policy "
                              "without priority_levels")
         return None
-    queues = {level: _queue_policy(policy, f"priority_queue_policy[{level}]", ignored)
-              for level, policy in sorted(dynamic.priority_queue_policy.items())}
+    queues = {level: _queue_policy(policy) for level, policy in sorted(dynamic.priority_queue_policy.items())}
     try:
         return Priorities(levels=levels, default_level=dynamic.default_priority_level, queues=queues)
     except ValidationError as e:
@@ -483,17 +482,12 @@ def _priorities(dynamic: Any, source: str, ignored: dict[str, str]) -> Prioritie
                          f"{dynamic.default_priority_level}, priority_levels {levels})") from e
 
 
-def _queue_policy(policy: Any, name: str, ignored: dict[str, str]) -> QueuePolicy:
-    """A Triton queue policy as queue bounds (all 0: none). A timeout whose action is DELAY
-    lets a late request wait its turn, which is what a queue does anyway, so only REJECT's
-    timeout is kept (Triton's DELAY would put late requests behind their level's others); a
-    request's own timeout parameter is its deadline whatever allow_timeout_override says."""
+def _queue_policy(policy: Any) -> QueuePolicy:
+    """A Triton queue policy as queue bounds (all 0: none). A request's own timeout parameter
+    is its deadline whatever allow_timeout_override says."""
     timeout_us = policy.default_timeout_microseconds
-    if timeout_us and policy.timeout_action == _TIMEOUT_DELAY:
-        ignored[f"dynamic_batching.{name}.default_timeout_microseconds"] = (
-            "timeout_action DELAY: a request past it is served in its turn")
-        timeout_us = 0
-    return QueuePolicy(max_requests=policy.max_queue_size, timeout_ms=timeout_us / 1000)
+    return QueuePolicy(max_requests=policy.max_queue_size, timeout_ms=timeout_us / 1000,
+                       timeout_action="delay" if timeout_us and policy.timeout_action == _TIMEOUT_DELAY else "reject")
 
 
 def _version_policy(config: Any) -> VersionPolicy:

@@ -9,6 +9,22 @@ GROUPING_WINDOW = 256
 
 
 @dataclass(frozen=True)
+class QueueBounds:
+    """A model's own bounds on its queue, or on one priority level's (Triton's queue policy)."""
+
+    max_requests: int
+    """Requests queued at most; 0: no such bound."""
+    timeout_s: float
+    """How long a request may wait wholly queued; 0: for ever."""
+    delay: bool
+    """What befalls a request past timeout_s: False, refused when a batch is formed (Triton's
+    REJECT); True, it goes behind its level's requests that are not late (Triton's DELAY)."""
+
+
+NO_BOUNDS = QueueBounds(max_requests=0, timeout_s=0.0, delay=False)
+
+
+@dataclass(frozen=True)
 class BatchPolicy:
     """Every knob of one model's batching. No defaults here: per-model values come from
     the manifest, server-wide ones from Settings (app/loading.py `batch_policy` puts them
@@ -25,19 +41,16 @@ class BatchPolicy:
     """Rows queued at most."""
     max_queue_bytes: int
     """Bytes of input queued at most."""
-    max_queue_requests: int
-    """Requests queued at most (the model's own queue policy); 0: no such bound."""
-    queue_timeout_s: float
-    """A request still wholly queued this long after it arrived is refused when a batch is
-    formed (the model's own queue policy); 0: never."""
+    queue_bounds: QueueBounds
+    """The model's own queue policy (NO_BOUNDS: none); with priority levels, that of the levels
+    without their own."""
     priority_levels: int
     """Triton's priority levels: a request of level 1 (the highest) is taken before every queued
     request of level 2, and so on; 0: one level, requests taken in their order."""
     default_priority_level: int
     """The level of a request that asks for none (or for 0)."""
-    level_queues: tuple[tuple[int, float], ...]
-    """Each level's bounds from level 1 on, (max_queue_requests, queue_timeout_s): its own
-    policy's or the model's; empty without levels."""
+    level_queues: tuple[QueueBounds, ...]
+    """Each level's bounds from level 1 on: its own policy's or the model's; empty without levels."""
     retry_after_s: int
     inference_niceness: int
     """Inference threads run this many steps below the event loop's CPU priority (app/tuning.py)."""

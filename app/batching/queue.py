@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from app.batching.policy import BatchPolicy
+from app.batching.policy import BatchPolicy, QueueBounds
 from app.batching.request import Chunk, PendingRequest
 from app.errors import InvalidInput, PayloadTooLarge, QueueFull
 
@@ -27,11 +27,13 @@ class BatchQueue:
         """Batch a request only with requests whose tensors have its shapes but for the first
         axis: for models whose padding is not masked (app/completion.py `pads_unmasked`)."""
         self.on_hang_up = on_hang_up  # told of each request dropped because its client hung up
-        # Kept in the order batches take them: by priority level, then as they came.
+        # Kept in the order batches take them: by priority level, then (DELAY's) those not late
+        # before those late, then as they came.
         self._chunks: deque[Chunk] = deque()
         # Queue bounds by level (a request's `priority`): 0, requests without levels; 1.. each level's.
-        self._bounds = [(policy.max_queue_requests, policy.queue_timeout_s), *policy.level_queues]
-        self._timeouts = any(timeout_s for _, timeout_s in self._bounds)
+        self._bounds = [policy.queue_bounds, *policy.level_queues]
+        self._rejects = any(b.timeout_s and not b.delay for b in self._bounds)  # timeouts that refuse
+        self._delays = any(b.timeout_s and b.delay for b in self._bounds)  # timeouts that move back
         self._queued_at = [0] * len(self._bounds)  # requests queued, by level
         self._rows = 0
         self._bytes = 0.0
@@ -82,14 +84,14 @@ class BatchQueue:
             raise QueueFull(f"model {self.name!r} has {self._rows} items ({self._bytes:,.0f} bytes) queued "
                             f"(limits {limit} items, {byte_limit:,} bytes); retry later", self.policy.retry_after_s)
         level = request.priority
-        most, queued = self._bounds[level][0], self._queued_at[level]
+        most, queued = self._bounds[level].max_requests, self._queued_at[level]
         if 0 < most <= queued:
             at = f" of priority {level}" if level else ""
             raise QueueFull(f"model {self.name!r} has {queued} requests{at} queued, its queue policy's "
                             f"max_queue_size; retry later", self.policy.retry_after_s)
         chunks, chunk = self._chunks, Chunk(request, 0, request.rows)
-        if chunks and chunks[-1].request.priority > level:  # ahead of every request of a lower level
-            chunks.insert(bisect.bisect_right(chunks, level, key=_level), chunk)
+        if chunks and (chunks[-1].request.priority > level or chunks[-1].delayed):  # ahead of lower levels' (and late ones)
+            chunks.insert(bisect.bisect_right(chunks, (level, False), key=_place), chunk)
         else:
             chunks.append(chunk)
         self._queued_at[level] += 1
@@ -115,7 +117,7 @@ class BatchQueue:
         self._drop_abandoned_head()
         if wait and self._chunks and self._rows < self.policy.max_batch_size:
             # The oldest request's wait: with levels, not always the first (fewer than a batch are queued).
-            oldest = (min(c.request.enqueued_at for c in self._chunks) if self.policy.priority_levels
+            oldest = (min(c.request.enqueued_at for c in self._chunks) if self.policy.priority_levels or self._delays
                       else self._chunks[0].request.enqueued_at)
             due = oldest + self.policy.max_queue_delay_s
             remaining = due - time.monotonic()
@@ -148,6 +150,8 @@ class BatchQueue:
         plus the queued chunks closest to its length. A chunk that does not fit is split:
         its rest stays queued in place. When the oldest chunk is large (at least
         max_batch_size rows), the batch takes large chunks only, up to max_large_batch_size."""
+        if self._delays:
+            self._move_back_late()
         self._drop_abandoned_head()
         batch: list[Chunk] = []
         taken: set[int] = set()
@@ -193,7 +197,7 @@ class BatchQueue:
         window = min(len(self._chunks), self.policy.grouping_window + 1)
         chunks = self._chunks
         target = chunks[0].request.length
-        rest = sorted(range(1, window), key=lambda i: (chunks[i].request.priority,  # a higher level first
+        rest = sorted(range(1, window), key=lambda i: (_place(chunks[i]),  # a higher level first
                                                        abs(chunks[i].request.length - target)))
         return [0, *rest]
 
@@ -208,6 +212,22 @@ class BatchQueue:
             self._chunks = deque(c for i, c in enumerate(self._chunks) if i not in taken)
         self._mark_if_empty()
 
+    def _move_back_late(self) -> None:
+        """Triton's DELAY: a request wholly queued past its level's timeout goes behind the
+        requests of its level that are not late (ahead of lower levels' still). Looked for
+        among the first grouping_window requests, as far as a batch looks."""
+        chunks, now = self._chunks, time.monotonic()
+        window = min(len(chunks), self.policy.grouping_window + 1)
+        late = [i for i in range(window) if _late(chunks[i], self._bounds[chunks[i].request.priority], now)]
+        if not late:
+            return
+        moved = [chunks[i] for i in late]
+        late_set = set(late)
+        self._chunks = chunks = deque(c for i, c in enumerate(chunks) if i not in late_set)
+        for chunk in moved:  # each behind the late ones of its level before it
+            chunk.delayed = True
+            chunks.insert(bisect.bisect_right(chunks, (chunk.request.priority, True), key=_place), chunk)
+
     def _drop_abandoned_head(self) -> None:
         while self._chunks and self._abandoned(self._chunks[0]):
             chunk = self._chunks.popleft()
@@ -219,7 +239,7 @@ class BatchQueue:
         request = chunk.request
         was_hung_up = request.hung_up
         if not request.abandoned():
-            return self._timeouts and self._timed_out(chunk)
+            return self._rejects and self._timed_out(chunk)
         if request.hung_up and not was_hung_up and self.on_hang_up is not None:
             self.on_hang_up(request)
         return True
@@ -227,8 +247,9 @@ class BatchQueue:
     def _timed_out(self, chunk: Chunk) -> bool:
         """Refused now (503) if it has waited past its level's queue timeout with none of its
         rows taken yet (the rest of a split request runs: its first rows did)."""
-        timeout_s = self._bounds[chunk.request.priority][1]
-        if chunk.start or not timeout_s:
+        bounds = self._bounds[chunk.request.priority]
+        timeout_s = bounds.timeout_s
+        if chunk.start or not timeout_s or bounds.delay:
             return False
         waited = time.monotonic() - chunk.request.enqueued_at
         if waited <= timeout_s:
@@ -248,8 +269,15 @@ class BatchQueue:
             self._empty.set()
 
 
-def _level(chunk: Chunk) -> int:
-    return chunk.request.priority
+def _place(chunk: Chunk) -> tuple[int, bool]:
+    """Where a chunk stands in the queue: its level, then late (DELAY's) or not."""
+    return chunk.request.priority, chunk.delayed
+
+
+def _late(chunk: Chunk, bounds: QueueBounds, now: float) -> bool:
+    """Past its level's DELAY timeout, wholly queued, and not moved back already."""
+    return (bounds.delay and bool(bounds.timeout_s) and not chunk.delayed and not chunk.start
+            and now - chunk.request.enqueued_at > bounds.timeout_s)
 
 
 def _item_shapes(chunk: Chunk) -> tuple[tuple[int, ...], ...]:

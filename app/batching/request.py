@@ -142,6 +142,7 @@ class Chunk:
     request: PendingRequest
     start: int
     stop: int
+    delayed: bool = False  # moved behind its level's requests that are not late (a DELAY timeout)
 
     @property
     def rows(self) -> int:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.batching import BatchPolicy
-from app.batching.policy import GROUPING_WINDOW
+from app.batching.policy import GROUPING_WINDOW, NO_BOUNDS
 from app.main import create_app
 from app.manifest import load_manifest
 from app.protocol.v2 import ErrorResponse, InferenceResponse, MetadataModelResponse, MetadataServerResponse
@@ -129,7 +129,7 @@ def batch_policy(**overrides: Any) -> BatchPolicy:
     """A policy for batcher tests: no waiting for company, one batch in flight."""
     values: dict[str, Any] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_inflight_batches": 1,
                               "inference_threads": 1, "max_queue_size": 4096, "max_queue_bytes": 1 << 30, "retry_after_s": 1,
-                              "max_queue_requests": 0, "queue_timeout_s": 0.0,
+                              "queue_bounds": NO_BOUNDS,
                               "priority_levels": 0, "default_priority_level": 0, "level_queues": (),
                               "inference_niceness": 0, "idle_dispatch": True, "inline_rows": 0,
                               "max_large_batch_size": 0, "grouping_window": GROUPING_WINDOW}

@@ -179,7 +179,7 @@ def test_levels_triton_would_refuse_are_refused_with_why(dynamic: str, message: 
         from_triton_text(config, "m", "config.pbtxt")
 
 
-def test_a_levels_delay_timeout_is_named_as_ignored() -> None:
+def test_a_levels_own_policy_is_read_whole() -> None:
     facts = from_triton_text(
         'max_batch_size: 4\ndynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy '
         '{ key: 2 value { timeout_action: DELAY default_timeout_microseconds: 1000 max_queue_size: 5 } } }\n',
@@ -187,8 +187,8 @@ def test_a_levels_delay_timeout_is_named_as_ignored() -> None:
     assert facts.batching is not None
     assert facts.batching.priorities is not None
     level = facts.batching.priorities.queues[2]
-    assert (level.max_requests, level.timeout_ms) == (5, 0)
-    assert "dynamic_batching.priority_queue_policy[2].default_timeout_microseconds" in facts.ignored
+    assert (level.max_requests, level.timeout_ms, level.timeout_action) == (5, 1, "delay")
+    assert not facts.ignored
 
 
 async def test_a_level_without_its_own_policy_has_the_models(tmp_path: Path) -> None:

@@ -7,10 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 
+from app.batching.policy import NO_BOUNDS, QueueBounds
 from app.batching.queue import BatchQueue
 from app.batching.request import PendingRequest
 from app.errors import ClientGone, InvalidInput, PayloadTooLarge, QueueFull
 from tests.app.conftest import batch_policy
+
+
+def bounds(requests: int = 0, timeout_s: float = 0.0, delay: bool = False) -> QueueBounds:
+    return QueueBounds(max_requests=requests, timeout_s=timeout_s, delay=delay)
 
 
 def request(n_rows: int, length: int = 0) -> PendingRequest:
@@ -178,7 +183,7 @@ def test_requests_are_large_where_they_average_a_full_batch() -> None:
 
 
 async def test_a_models_queue_policy_bounds_its_requests_as_well_as_rows() -> None:
-    queue = BatchQueue("m", batch_policy(max_queue_requests=2, retry_after_s=2), group_by_length=False)
+    queue = BatchQueue("m", batch_policy(queue_bounds=bounds(requests=2), retry_after_s=2), group_by_length=False)
     queue.put(request(1))
     queue.put(request(1))
     with pytest.raises(QueueFull) as full:
@@ -190,7 +195,7 @@ async def test_a_models_queue_policy_bounds_its_requests_as_well_as_rows() -> No
 
 
 async def test_a_request_past_the_queue_timeout_is_refused_when_a_batch_forms() -> None:
-    queue = BatchQueue("m", batch_policy(max_batch_size=2, queue_timeout_s=0.05), group_by_length=False)
+    queue = BatchQueue("m", batch_policy(max_batch_size=2, queue_bounds=bounds(timeout_s=0.05)), group_by_length=False)
     late, split = request(1), request(3)
     queue.put(late)
     queue.put(split)
@@ -210,9 +215,9 @@ async def test_a_request_past_the_queue_timeout_is_refused_when_a_batch_forms() 
 
 def levels(levels: int = 3, default: int = 2, **policy: object) -> BatchQueue:
     """A queue with Triton's priority levels, every level bounded by `level_queues` if given."""
-    bounds = policy.pop("level_queues", ((0, 0.0),) * levels)
+    each = policy.pop("level_queues", (NO_BOUNDS,) * levels)
     return BatchQueue("m", batch_policy(priority_levels=levels, default_priority_level=default,
-                                        level_queues=bounds, **policy), group_by_length=False)
+                                        level_queues=each, **policy), group_by_length=False)
 
 
 def at(queue: BatchQueue, n_rows: int, priority: int) -> PendingRequest:
@@ -253,7 +258,7 @@ async def test_a_priority_past_the_levels_is_the_clients_mistake() -> None:
 
 
 async def test_each_level_has_its_own_bound_on_requests_queued() -> None:
-    queue = levels(levels=2, default=2, level_queues=((1, 0.0), (0, 0.0)), retry_after_s=2)
+    queue = levels(levels=2, default=2, level_queues=(bounds(requests=1), NO_BOUNDS), retry_after_s=2)
     at(queue, 1, 1)
     with pytest.raises(QueueFull, match="has 1 requests of priority 1 queued, its queue policy's max_queue_size"):
         at(queue, 1, 1)
@@ -264,7 +269,7 @@ async def test_each_level_has_its_own_bound_on_requests_queued() -> None:
 
 
 async def test_each_level_has_its_own_queue_timeout() -> None:
-    queue = levels(levels=2, default=2, level_queues=((0, 0.0), (0, 0.001)), max_batch_size=8)
+    queue = levels(levels=2, default=2, level_queues=(NO_BOUNDS, bounds(timeout_s=0.001)), max_batch_size=8)
     patient, impatient = at(queue, 1, 1), at(queue, 1, 2)
     await asyncio.sleep(0.01)  # past level 2's 1 ms (a lower bound: a busy machine only waits longer)
     batch = await queue.wait_for_batch()
@@ -284,8 +289,34 @@ async def test_a_batch_waiting_for_company_is_due_by_its_oldest_request_whatever
 
 async def test_length_grouping_fills_a_batch_from_the_higher_level_first() -> None:
     queue = BatchQueue("t", batch_policy(max_batch_size=2, priority_levels=2, default_priority_level=2,
-                                         level_queues=((0, 0.0), (0, 0.0))), group_by_length=True)
+                                         level_queues=(NO_BOUNDS, NO_BOUNDS)), group_by_length=True)
     for length, priority in ((10, 1), (10, 2), (40, 1)):
         queue.put(PendingRequest({"x": np.zeros((1, 1))}, length, asyncio.get_running_loop(), priority=priority))
     batch = await queue.wait_for_batch()
     assert [(c.request.length, c.request.priority) for c in batch] == [(10, 1), (40, 1)]
+
+
+async def test_a_request_past_a_delay_timeout_goes_behind_those_not_late() -> None:
+    """Triton's DELAY: late, it is served once its level's requests that are not are, and
+    those that come after it; without levels, the one level's."""
+    queue = BatchQueue("m", batch_policy(max_batch_size=1, queue_bounds=bounds(timeout_s=0.05, delay=True)),
+                       group_by_length=False)
+    late, fresh = request(1), request(1)
+    queue.put(late)
+    queue.put(fresh)
+    late.enqueued_at -= 1.0
+    assert [c.request for c in await queue.wait_for_batch()] == [fresh]
+    newer = request(1)
+    queue.put(newer)  # not late: ahead of the late one, which is never refused
+    assert [c.request for c in await queue.wait_for_batch()] == [newer]
+    assert [c.request for c in await queue.wait_for_batch()] == [late]
+    assert not late.future.done()  # served by the runner, not failed here
+
+
+async def test_a_late_request_stays_ahead_of_lower_levels() -> None:
+    queue = levels(levels=2, default=2, level_queues=(bounds(timeout_s=0.05, delay=True), NO_BOUNDS),
+                   max_batch_size=1)
+    late_high, high, low = at(queue, 1, 1), at(queue, 1, 1), at(queue, 1, 2)
+    late_high.enqueued_at -= 1.0
+    taken = [(await queue.wait_for_batch())[0].request for _ in range(3)]
+    assert taken == [high, late_high, low]
