@@ -68,7 +68,9 @@ _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "for
 # Triton's ONNX Runtime backend's optimization fields and model parameters that are not
 # session options this server takes from a model (its README, "Other Optimization Options").
 _IGNORED_OPTIMIZATION = {"execution_accelerators": "execution providers are the server's: --providers",
-                         "priority": "model instances have no CPU priority of their own (inference_niceness is the server's)", "cuda": "no CUDA graphs",
+                         "priority": "model instances have no CPU priority of their own (inference_niceness "
+                                     "is the server's)",
+                         "cuda": "no CUDA graphs",
                          "input_pinned_memory": "host buffers are the server's",
                          "output_pinned_memory": "host buffers are the server's"}
 _CUDA_PARAMETERS = {"cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream",
