@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,8 @@ LEDGER = "changes.json"
 LOCK = "changes.lock"
 REPORTS = "workers"
 """Each worker's report, `<pid>.json`."""
+UPLOADS = "uploads"
+"""Where models loaded with their files (Triton's file overrides) are written for every worker."""
 LOG_SETTINGS = "logging.json"
 """The log's settings as last changed through the logging extension (app/observability/log_settings.py)."""
 LOG_SETTINGS_LOCK = "logging.lock"
@@ -100,3 +103,4 @@ def clear_control_folder(folder: Path) -> None:
     with contextlib.suppress(OSError):
         for report in (folder / REPORTS).iterdir():
             report.unlink()
+    shutil.rmtree(folder / UPLOADS, ignore_errors=True)

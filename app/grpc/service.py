@@ -40,6 +40,7 @@ from app.protocol.triton import SERVER_NAME, extensions
 from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
 from app.repository import ModelRepository, check_no_repository, load_config, unload_dependents
 from app.repository.shared import RepositoryChanges
+from app.repository.uploads import uploaded_files
 from app.settings import Settings
 from app.tls import readable_subject
 
@@ -418,8 +419,8 @@ class InferenceService:
                                ) -> pb.RepositoryModelLoadResponse:
         self._check_admin(context, changes=True)
         check_no_repository(request.repository_name)
-        config = load_config(parameter_values(request.parameters))
-        await self.serving.changes.load(request.model_name, config)
+        parameters = parameter_values(request.parameters)
+        await self.serving.changes.load(request.model_name, load_config(parameters), uploaded_files(parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def _repository_unload(self, request: pb.RepositoryModelUnloadRequest, context: Any

@@ -70,9 +70,10 @@ class ModelFolders:
         self.found = set().union(*self._listed.values())
         return sorted(self.found)
 
-    async def scan(self, name: str) -> FolderScan:
-        """Everything a load reads from the model's folder before loading."""
-        return await self._off_loop(self._scan, name)
+    async def scan(self, name: str, folder: Path | None = None) -> FolderScan:
+        """Everything a load reads from the model's folder before loading; `folder`: a model
+        folder of the server's own instead of the model directory's (an upload)."""
+        return await self._off_loop(lambda n: self._scan(n, folder), name)
 
     async def versions(self, name: str) -> tuple[dict[int, Path], dict[int, str]]:
         """The model's version folders by number, and those refused with why."""
@@ -124,8 +125,8 @@ class ModelFolders:
             logger.error("%s", why)
         self.misplaced[root] = why
 
-    def _scan(self, name: str) -> FolderScan:
-        holders = self._holders(name)  # read once: each is a listing of every model directory
+    def _scan(self, name: str, folder: Path | None = None) -> FolderScan:
+        holders = [folder] if folder is not None else self._holders(name)  # read once: a listing of every model directory
         folders, refused = self._version_folders(name, holders)
         return FolderScan(_signature(holders), folders, refused, self._newest_policy(folders),
                           {number: manifest_fingerprint(path) for number, path in folders.items()})

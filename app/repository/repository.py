@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from app.errors import InvalidInput, ModelNotFound, ModelNotReady, NoModelsFound, ServingError
 from app.loading import LoadError
@@ -38,14 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_config(parameters: Mapping[str, object]) -> object:
-    """The `config` of a load request's parameters (HTTP's object, gRPC's map as plain values).
-    Triton's `file:<path>` parameters, which replace a model's files for that load, are
-    refused: files are read from the model's folder only, and a load that passed over them
-    would serve the old files to a caller who believes it sent new ones."""
-    files = sorted(key for key in parameters if key.startswith("file:"))
-    if files:
-        raise InvalidInput(f"parameters {files[:5]}: file overrides are not supported; put the files in the "
-                           "model's folder in the model directory, then load it")
+    """The `config` of a load request's parameters (HTTP's object, gRPC's map as plain values);
+    its `file:` parameters are app/repository/uploads.py's."""
     return parameters.get("config")
 
 
@@ -86,6 +81,7 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, Signature] = {}  # each folder as last read
         self._overrides: dict[str, ModelFacts] = {}  # a load request's configuration, until the next load
+        self._uploads: dict[str, Path] = {}  # a load request's files as a model folder, until the next load
 
     # --- requests -------------------------------------------------------------------
 
@@ -206,18 +202,29 @@ class ModelRepository:
         self._started = True
         return failures
 
-    async def load(self, name: str, override: ModelFacts | None = None) -> list[str]:
+    async def load(self, name: str, override: ModelFacts | None = None, uploaded: Path | None = None) -> list[str]:
         """Read the model's folder again and serve what its version policy selects: new
         versions are loaded and warmed up beside the serving ones, then traffic switches;
         versions no longer selected, or replaced, are drained and unloaded. Returns the
         versions served after the change. `override` (Triton's `parameters.config`) goes
-        on top of what the folder says, for this load and the polls until the next load."""
+        on top of what the folder says, for this load and the polls until the next load.
+        `uploaded`: the model's folder made of the load's files (app/repository/uploads.py),
+        read instead of the model directory's until a load without files."""
         check_name(name)
         if override is None:
             self._overrides.pop(name, None)
         else:
             self._overrides[name] = override
-        served = await self._load(name)
+        before = self._uploads.pop(name, None)
+        if uploaded is not None:
+            self._uploads[name] = uploaded
+        try:
+            served = await self._load(name)
+        except BaseException:  # what serves on was read from where it was
+            self._uploads.pop(name, None)
+            if before is not None:
+                self._uploads[name] = before
+            raise
         if self.settings.model_control_mode == "explicit":
             await self._load_steps(name, {name})
         return served
@@ -233,6 +240,7 @@ class ModelRepository:
                 if not self.routes.versions(step.model):
                     try:
                         self._overrides.pop(step.model, None)
+                        self._uploads.pop(step.model, None)
                         await self._load(step.model)
                     except ServingError as e:
                         raise LoadFailed(f"model {name!r}: its step model {step.model!r} could not be loaded: "
@@ -242,7 +250,7 @@ class ModelRepository:
     async def _load(self, name: str) -> list[str]:
         override = self._overrides.get(name)
         async with self._lock(name):
-            scan = await self.disk.scan(name)
+            scan = await self.disk.scan(name, self._uploads.get(name))
             if not scan.folders and not scan.refused:
                 raise ModelNotFound(f"no model {name!r} under {self.disk.where} "
                                     f"(expected {name}/<version>/manifest.json)")
@@ -293,6 +301,7 @@ class ModelRepository:
             if not current and not self.states.known(name):
                 raise ModelNotFound(f"unknown model {name!r}")
             self._wanted.discard(name)
+            self._uploads.pop(name, None)
             self._switch(name, {})
             await self._retire_all(list(current.values()), "unloaded")
         if dependents:

@@ -11,6 +11,8 @@ reload, unload) reach every worker, a call answers once every worker serves the 
   in one rename, so a reader sees one whole ledger or the one before.
 - `workers/<pid>.json`, each worker's report: the generation it has applied, the outcome of
   its last change of each model, what it serves, and whether its models are ready.
+- `uploads/`, the files of loads that carried them (app/repository/uploads.py), each load's
+  in a folder that its ledger entry names, removed once a later change of the model settles.
 
 A call records the change in the ledger, applies it, then waits for every live worker's
 report to reach that generation; each worker checks the ledger every `FOLLOW_S` and applies
@@ -34,15 +36,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
-from app.processes import LEDGER, LOCK, REPORTS, alive, write_atomically
+from app.processes import LEDGER, LOCK, REPORTS, UPLOADS, alive, write_atomically
 from app.repository.errors import LoadFailed
+from app.repository.names import check_name
 from app.repository.repository import ModelRepository, load_override
+from app.repository.uploads import Uploads
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,10 @@ model once per batch size: seconds, not minutes)."""
 class RepositoryChanges:
     """The repository API's changes in a server of one process: the repository's own."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, uploads: Uploads | None = None) -> None:
         self.repository = repository
+        self.uploads = uploads or Uploads()
+        self._uploaded: dict[str, Path] = {}  # the upload each model serves from
 
     async def start(self) -> None:
         """Before the server answers: nothing to catch up with alone."""
@@ -67,14 +73,38 @@ class RepositoryChanges:
 
     def stop(self) -> None:
         """At shutdown."""
+        self.uploads.close()
 
-    async def load(self, name: str, config: object = None) -> None:
-        """Load or reload `name`; `config`: Triton's `parameters.config` (a JSON string) or None."""
-        await self.repository.load(name, load_override(config, name))
+    async def load(self, name: str, config: object = None, files: Mapping[str, bytes] | None = None) -> None:
+        """Load or reload `name`; `config`: Triton's `parameters.config` (a JSON string) or None;
+        `files`: the model's files to serve instead of its folder's (Triton's file overrides)."""
+        override = load_override(config, name)
+        folder = await self._stage(name, files)
+        try:
+            await self.repository.load(name, override, folder)
+        except BaseException:
+            self.uploads.discard(folder)
+            raise
+        self.uploads.discard(self._uploaded.pop(name, None))
+        if folder is not None:
+            self._uploaded[name] = folder
 
     async def unload(self, name: str, dependents: bool = False) -> None:
         """Unload `name`; `dependents`: an ensemble's step models with it (Triton's unload_dependents)."""
         await self.repository.unload(name, dependents)
+        self.uploads.discard(self._uploaded.pop(name, None))
+
+    async def _stage(self, name: str, files: Mapping[str, bytes] | None) -> Path | None:
+        """The load's files written as a model folder (None: none sent); a disk that cannot
+        take them is a 503 that says so."""
+        if not files:
+            return None
+        check_name(name)  # before it names a folder
+        try:
+            return await asyncio.to_thread(self.uploads.stage, name, files)
+        except OSError as e:
+            logger.error("model %s: its files could not be written: %s", name, e)
+            raise ModelNotReady(f"model {name!r}: the files sent could not be written: {e.strerror or e}") from e
 
     def ready(self) -> bool:
         """Every model that should be served is serving (in every worker)."""
@@ -111,7 +141,7 @@ class SharedRepository(RepositoryChanges):
                  accepting: Callable[[], bool] = lambda: True) -> None:
         """`accepting`: whether this worker takes connections yet (app/listeners.py), which
         its report's readiness waits for as well as its models."""
-        super().__init__(repository)
+        super().__init__(repository, Uploads(folder / UPLOADS))
         self._accepting = accepting
         self.folder = folder
         self.workers = workers
@@ -162,7 +192,9 @@ class SharedRepository(RepositoryChanges):
         """One change here; why it failed, or None."""
         try:
             if change["loaded"]:
-                await self.repository.load(name, load_override(change["config"], name))
+                upload = change.get("upload")
+                await self.repository.load(name, load_override(change["config"], name),
+                                           Path(upload) if upload else None)
             else:
                 await self.repository.unload(name, change.get("dependents", False))
         except ServingError as e:
@@ -174,17 +206,22 @@ class SharedRepository(RepositoryChanges):
 
     # --- a change through this worker ------------------------------------------------------
 
-    async def load(self, name: str, config: object = None) -> None:
+    async def load(self, name: str, config: object = None, files: Mapping[str, bytes] | None = None) -> None:
         load_override(config, name)  # a bad configuration is the caller's 400, recorded nowhere
-        await self._change(name, {"loaded": True, "config": config})
+        folder = await self._stage(name, files)
+        await self._change(name, {"loaded": True, "config": config, "upload": str(folder) if folder else None})
 
     async def unload(self, name: str, dependents: bool = False) -> None:
         await self._change(name, {"loaded": False, "config": None, "dependents": dependents})
 
     async def _change(self, name: str, change: dict[str, Any]) -> None:
-        generation = self._record(name, change)
-        await self._catch_up()
-        elsewhere = await self._settle(generation)
+        generation, before = self._record(name, change)
+        try:
+            await self._catch_up()
+            elsewhere = await self._settle(generation)
+        finally:  # the model's files of the change before, if it had any: every worker has moved on
+            if before.get("upload") and before["upload"] != change.get("upload"):
+                self.uploads.discard(Path(before["upload"]))
         applied, failure = self._failures.get(name, (0, None))
         if applied == generation and failure is not None:
             raise failure  # as one process answers: this worker's error, with its status
@@ -211,17 +248,19 @@ class SharedRepository(RepositoryChanges):
             await asyncio.sleep(FOLLOW_S / 2)
         return {p.pid: _outcome(p, generation) for p in peers.values()}
 
-    def _record(self, name: str, change: dict[str, Any]) -> int:
-        """Add the change to the ledger, under its lock; its generation."""
+    def _record(self, name: str, change: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Add the change to the ledger, under its lock: its generation, and the model's change
+        it replaces (empty: none)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / LOCK).open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ledger = self._read_ledger()
             generation = ledger["generation"] + 1
             ledger["generation"] = generation
+            before = ledger["models"].get(name, {})
             ledger["models"][name] = {**change, "generation": generation}
             write_atomically(self.folder / LEDGER, json.dumps(ledger, sort_keys=True))
-        return generation
+        return generation, before
 
     # --- what the workers say ----------------------------------------------------------------
 

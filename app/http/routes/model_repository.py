@@ -18,6 +18,7 @@ from app.http.services import services
 from app.protocol.v2 import ErrorResponse
 from app.protocol.values import json_object
 from app.repository import load_config, repository_named, unload_dependents
+from app.repository.uploads import uploaded_files
 
 router = APIRouter(tags=["model repository"])
 ADMIN_ERRORS = errors(400, 408, 422) | {
@@ -58,11 +59,14 @@ async def repository_index(request: Request) -> Response:
                          "`{\"parameters\": {\"config\": \"<Triton model configuration as JSON>\"}}` applies "
                          "that configuration on top of the folder's for this load (max_batch_size, "
                          "dynamic_batching, version_policy, input, output, default_model_filename); any other "
-                         "field is a 400 that names it.",
+                         "field is a 400 that names it. With it, `\"file:1/model.onnx\": \"<base64>\"` parameters "
+                         "(Triton's file overrides, as tritonclient's load_model(files=...) sends them) are the "
+                         "model's files for this load, served instead of its folder's until a load without files.",
              responses=CHANGE_ERRORS, openapi_extra={"security": _BEARER})
 async def load_model(request: Request, name: ModelName) -> Response:
     changes = services(request).changes
-    return await _change(request, lambda options: changes.load(name, _config(options)))
+    return await _change(request, lambda options: changes.load(name, _config(options),
+                                                               uploaded_files(_parameters(options))))
 
 
 def _config(options: dict[str, Any]) -> object:

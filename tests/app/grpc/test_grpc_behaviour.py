@@ -114,7 +114,7 @@ async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_r
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sequence_batching" in refused.details()
     assert no_files.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "parameters ['file:1/model.onnx']: file overrides are not supported" in no_files.details()
+    assert "files (file:...) need the model's configuration beside them in parameters.config" in no_files.details()
     assert {m.name for m in ready_only.models} == {"fashion-cnn", "sst2-lstm"}
     assert all(m.state == "READY" for m in ready_only.models)
     assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED

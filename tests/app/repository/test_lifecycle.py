@@ -58,11 +58,11 @@ async def test_explicit_mode_loads_only_what_it_is_told_and_reports_each_state(m
         unknown = await client.post("/v2/repository/models/nope/load", headers=ADMIN)
         assert unknown.status_code == 404
         assert "no model 'nope'" in unknown.json()["error"]
-        # Triton's file overrides would serve the folder's files to a caller who sent others
+        # Triton's file overrides come with the configuration they are served with, or not at all
         with_file = await client.post("/v2/repository/models/fashion-cnn/load", headers=ADMIN,
                                       json={"parameters": {"file:1/model.onnx": "CAc="}})
         assert with_file.status_code == 400
-        assert "parameters ['file:1/model.onnx']: file overrides are not supported" in with_file.json()["error"]
+        assert "files (file:...) need the model's configuration beside them" in with_file.json()["error"]
         assert (await index(client))[("fashion-cnn", v)]["state"] == "UNAVAILABLE"
 
 

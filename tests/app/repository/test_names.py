@@ -41,9 +41,9 @@ async def test_bad_names_are_a_400_on_every_client_path_before_any_file_is_read(
     scanned: list[str] = []
     real_scan = ModelFolders._scan
 
-    def recording_scan(self: ModelFolders, name: str) -> Any:
+    def recording_scan(self: ModelFolders, name: str, folder: Path | None = None) -> Any:
         scanned.append(name)
-        return real_scan(self, name)
+        return real_scan(self, name, folder)
 
     monkeypatch.setattr(ModelFolders, "_scan", recording_scan)
     v2_body = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]})
