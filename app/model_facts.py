@@ -450,6 +450,8 @@ def _batching(config: Any, fields: set[str], source: str, ignored: dict[str, str
     each request runs as it comes (Triton's default scheduler); with it, batches reach the
     largest preferred size (else max_batch_size) after at most the queue delay."""
     if config.max_batch_size == 0:
+        if "dynamic_batching" in fields:  # its queue policy and priorities too: nothing reads them
+            ignored["dynamic_batching"] = "max_batch_size 0: the model does not batch; each request runs alone"
         if not config.input:  # unset (proto3 cannot tell it from 0): completed from the graph, as
             return None       # Triton's auto-complete does; with inputs declared, their dims are whole
         return BatchingFacts(max_batch_size=0, max_queue_delay_ms=0)

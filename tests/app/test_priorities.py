@@ -203,3 +203,11 @@ async def test_a_level_without_its_own_policy_has_the_models(tmp_path: Path) -> 
     assert same_level.status_code == 503
     assert "has 1 requests of priority 2 queued" in same_level.json()["error"]
     assert [a.status_code for a in answers] == [200, 200]
+
+
+def test_levels_of_a_model_that_does_not_batch_are_named_as_ignored() -> None:
+    facts = from_triton_text('max_batch_size: 0\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+                             'dynamic_batching { priority_levels: 2 default_priority_level: 1 }\n', "m", "config.pbtxt")
+    assert facts.batching is not None
+    assert facts.batching.priorities is None
+    assert "max_batch_size 0" in facts.ignored["dynamic_batching"]
