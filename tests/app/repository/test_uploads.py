@@ -189,3 +189,20 @@ async def test_a_bad_model_name_is_refused_before_any_file_is_written() -> None:
     assert "INVALID_ARGUMENT" in str(refused.value)
     assert root is None  # nothing was written anywhere
 
+
+
+async def test_a_model_whose_weights_are_external_data_is_sent_with_them(tmp_path: Path) -> None:
+    """An exporter's large graph: model.onnx and its weights in a file beside it, both sent."""
+    source = save(tmp_path / "a", "made", mlp(), external_data="weights.bin")
+    files = {"file:1/model.onnx": source.read_bytes(), "file:1/weights.bin": (source.parent / "weights.bin").read_bytes()}
+    x = features(2)
+    (tmp_path / "models").mkdir()
+    async with serving(model_dir=tmp_path / "models", **EXPLICIT) as client:
+        without = await client.post("/v2/repository/models/sent/load", headers=ADMIN,
+                                    json=load_body({"file:1/model.onnx": files["file:1/model.onnx"]}))
+        loaded = await client.post("/v2/repository/models/sent/load", headers=ADMIN, json=load_body(files))
+        answered = await client.post("/v2/models/sent/infer", json=v2(x))
+    assert without.status_code == 400  # its weights are not there
+    assert loaded.status_code == 200, loaded.text
+    expected = reference(source, {"features": x})["scores"]
+    np.testing.assert_allclose(answered.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-5)
