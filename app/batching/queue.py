@@ -90,7 +90,7 @@ class BatchQueue:
             raise QueueFull(f"model {self.name!r} has {queued} requests{at} queued, its queue policy's "
                             f"max_queue_size; retry later", self.policy.retry_after_s)
         chunks, chunk = self._chunks, Chunk(request, 0, request.rows)
-        if chunks and (chunks[-1].request.priority > level or chunks[-1].delayed):  # ahead of lower levels' (and late ones)
+        if chunks and (chunks[-1].request.priority > level or chunks[-1].delayed):  # ahead of lower levels', late ones
             chunks.insert(bisect.bisect_right(chunks, (level, False), key=_place), chunk)
         else:
             chunks.append(chunk)

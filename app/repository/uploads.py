@@ -36,6 +36,12 @@ def uploaded_files(parameters: Mapping[str, object]) -> dict[str, bytes]:
             continue
         path = key.removeprefix(FILE_PARAMETER)
         files[_checked_path(path)] = _contents(path, value)
+    for path in files:  # one file's name is not another's folder
+        folders = ["/".join(path.split("/")[:end]) for end in range(1, path.count("/") + 1)]
+        clash = next((folder for folder in folders if folder in files), None)
+        if clash is not None:
+            raise InvalidInput(f"parameters 'file:{clash[:200]}' and 'file:{path[:200]}': one is a file, the "
+                               "other puts a file inside it")
     if files and parameters.get("config") is None:
         raise InvalidInput("parameters: files (file:...) need the model's configuration beside them in "
                            "parameters.config, as Triton's file overrides do")

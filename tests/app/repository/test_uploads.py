@@ -191,6 +191,15 @@ async def test_a_bad_model_name_is_refused_before_any_file_is_written() -> None:
 
 
 
+def test_a_file_and_a_folder_of_the_same_name_are_refused() -> None:
+    from app.errors import InvalidInput
+    from app.repository.uploads import uploaded_files
+
+    with pytest.raises(InvalidInput, match="one is a file, the other puts a file inside it"):
+        uploaded_files({"config": "{}", "file:1/model.onnx": b"x", "file:1/model.onnx/data": b"y"})
+    assert uploaded_files({"config": "{}", "file:1//model.onnx": b"x", "other": 1}) == {"1/model.onnx": b"x"}
+
+
 async def test_a_model_whose_weights_are_external_data_is_sent_with_them(tmp_path: Path) -> None:
     """An exporter's large graph: model.onnx and its weights in a file beside it, both sent."""
     source = save(tmp_path / "a", "made", mlp(), external_data="weights.bin")
