@@ -109,7 +109,8 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
 
 
 def _queue_policy(policy: QueuePolicy) -> dict[str, Any]:
-    return {"timeout_action": policy.timeout_action.upper(), "default_timeout_microseconds": round(policy.timeout_ms * 1000),
+    return {"timeout_action": policy.timeout_action.upper(),
+            "default_timeout_microseconds": round(policy.timeout_ms * 1000),
             "allow_timeout_override": True, "max_queue_size": policy.max_requests}
 
 

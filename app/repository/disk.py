@@ -126,7 +126,8 @@ class ModelFolders:
         self.misplaced[root] = why
 
     def _scan(self, name: str, folder: Path | None = None) -> FolderScan:
-        holders = [folder] if folder is not None else self._holders(name)  # read once: a listing of every model directory
+        # read once: each is a listing of every model directory
+        holders = [folder] if folder is not None else self._holders(name)
         folders, refused = self._version_folders(name, holders)
         return FolderScan(_signature(holders), folders, refused, self._newest_policy(folders),
                           {number: manifest_fingerprint(path) for number, path in folders.items()})

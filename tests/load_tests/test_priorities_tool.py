@@ -22,7 +22,8 @@ def test_the_repository_gives_fashion_cnn_two_levels(tmp_path: Path) -> None:
         config = httpx.get(f"{server.url}/v2/models/{priorities.MODEL}/config", timeout=30).json()
         urgent = priorities.interactive(1)
         answer = httpx.post(server.url + urgent.path, content=urgent.body, headers=urgent.headers, timeout=30)
-    assert (config["dynamic_batching"]["priority_levels"], config["dynamic_batching"]["default_priority_level"]) == (2, 2)
+    dynamic = config["dynamic_batching"]
+    assert (dynamic["priority_levels"], dynamic["default_priority_level"]) == (2, 2)
     assert answer.status_code == 200, answer.text
 
 

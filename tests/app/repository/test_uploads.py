@@ -203,7 +203,8 @@ def test_a_file_and_a_folder_of_the_same_name_are_refused() -> None:
 async def test_a_model_whose_weights_are_external_data_is_sent_with_them(tmp_path: Path) -> None:
     """An exporter's large graph: model.onnx and its weights in a file beside it, both sent."""
     source = save(tmp_path / "a", "made", mlp(), external_data="weights.bin")
-    files = {"file:1/model.onnx": source.read_bytes(), "file:1/weights.bin": (source.parent / "weights.bin").read_bytes()}
+    files = {"file:1/model.onnx": source.read_bytes(),
+             "file:1/weights.bin": (source.parent / "weights.bin").read_bytes()}
     x = features(2)
     (tmp_path / "models").mkdir()
     async with serving(model_dir=tmp_path / "models", **EXPLICIT) as client:
