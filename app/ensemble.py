@@ -176,6 +176,7 @@ class EnsembleModel(ServedModel):
                 outer.model, outer.version, outer.queued, outer.answered = (self.name, self.version, started,
                                                                             time.monotonic())
                 outer.batch_id, outer.batch_rows, outer.trigger = steps.batch_id, steps.batch_rows, steps.trigger
+                outer.priority = outer.priority or steps.priority
                 outer.batches += steps.batches
                 outer.queue_s += steps.queue_s
                 outer.compute_s += steps.compute_s

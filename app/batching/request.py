@@ -46,6 +46,7 @@ class RequestTiming:
     batch_rows: int = 0
     batches: int = 0
     trigger: str = ""  # why its batch ran when it did: idle, full or due
+    priority: int = 0  # the level its model queued it at (0: the model has no priority levels)
     queue_s: float = 0.0
     compute_s: float = 0.0
     bytes_in: int = 0  # the body's and the answer's bytes, counted by the transport
@@ -94,6 +95,8 @@ class PendingRequest:
         self.length = length  # the padded sequence length, for length grouping (0: none)
         self.priority = priority  # its queue level, 1 the highest (0: the model has no levels)
         self.timing = request_timing.get()  # the transport's, where it logs the request
+        if priority and self.timing is not None:
+            self.timing.priority = priority
 
     @property
     def bytes(self) -> float:

@@ -280,7 +280,10 @@ def _phases(timing: RequestTiming, ended: float) -> list[Phase]:
         phases.append(("decode", body_done, max(body_done, queued), {}))
     if timing.batch_spans:
         first, last = timing.batch_spans[0], timing.batch_spans[-1]
-        phases.append(("queue", queued, max(queued, first.collated), {"queue_ms": timing.queue_s * 1000}))
+        queue_attributes: dict[str, Any] = {"queue_ms": timing.queue_s * 1000}
+        if timing.priority:
+            queue_attributes["priority"] = timing.priority
+        phases.append(("queue", queued, max(queued, first.collated), queue_attributes))
         phases.append(("compute", first.collated, max(first.collated, last.computed), {
             "batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,
             "batches": timing.batches}))

@@ -54,7 +54,10 @@ async def test_a_higher_priority_request_runs_before_those_queued_ahead_of_it(tm
                                    headers={"x-request-id": "urgent"})
         assert (await first).status_code == 200
     assert urgent.status_code == 200, urgent.text
-    batches = {e["request_id"]: (e["batch_id"], e["batch_rows"]) for e in captured.entries() if e["request_id"]}
+    entries = {e["request_id"]: e for e in captured.entries() if e["request_id"]}
+    batches = {name: (e["batch_id"], e["batch_rows"]) for name, e in entries.items()}
+    # the level each was queued at, in its access-log line
+    assert (entries["urgent"]["priority"], entries["default-level"]["priority"]) == (1, 2)
     # Without levels the queued row and the urgent request's first row would make one batch
     # (the urgent request split over two); with them the urgent one fills a batch by itself.
     assert batches["urgent"][1] == 2
