@@ -24,7 +24,7 @@ from app.ensemble import steps_problem
 from app.errors import InvalidInput, ModelNotFound
 from app.graph import DROP_IN_FILE, GraphError
 from app.loading import LoadError, load_version
-from app.manifest import MANIFEST_FILE, Manifest, write_manifest
+from app.manifest import MANIFEST_FILE, Manifest, QueuePolicy, write_manifest
 from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_from_json, read_labels
 from app.repository.names import check_name
 from app.runtime import OrtModel, OrtOptions, ort_options
@@ -147,9 +147,23 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
         print(f"  batching: none ({b.reason})")
     else:
         print(f"  batching: max_batch_size {b.max_batch_size}, max_queue_delay_ms {b.max_queue_delay_ms} ({b.reason})")
+    if b.queue is not None:
+        print(f"  queue: {_bounds(b.queue)}")
+    if b.priorities is not None:
+        levels = b.priorities
+        print(f"  priority levels 1 (the highest) to {levels.levels}, default {levels.default_level}"
+              + "".join(f"; level {n}: {_bounds(q)}" for n, q in sorted(levels.queues.items())))
     if manifest.onnxruntime is not None:
         print("  onnxruntime: " + ", ".join(f"{k} {v}" for k, v in manifest.onnxruntime.model_dump().items()))
     print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
+
+
+def _bounds(policy: QueuePolicy) -> str:
+    """A queue policy as the import says it: its bounds, or that it has none."""
+    said = [f"at most {policy.max_requests} requests"] if policy.max_requests else []
+    if policy.timeout_ms:
+        said.append(f"{policy.timeout_action} after {policy.timeout_ms:g} ms")
+    return ", ".join(said) or "no bounds"
 
 
 def _ort_options(settings: Settings) -> OrtOptions:

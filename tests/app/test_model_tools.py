@@ -41,6 +41,23 @@ def test_import_writes_the_next_version_with_a_digest_and_the_measured_batching(
     assert sorted(p.name for p in (models / "animals").iterdir()) == ["1", "2"]  # nothing half made left
 
 
+def test_import_keeps_and_says_the_queue_policy_and_priority_levels_of_its_configuration(tmp_path: Path) -> None:
+    source = save(tmp_path / "mine", "mlp", mlp())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"batching": {
+        "max_batch_size": 8, "max_queue_delay_ms": 1, "queue": {"max_requests": 16},
+        "priorities": {"levels": 2, "default_level": 2,
+                       "queues": {"1": {"timeout_ms": 5, "timeout_action": "delay"}}}}}))
+    models = tmp_path / "models"
+    imported = run("import", str(source), "--name", "ranked", "--config", str(config), "--model-dir", str(models))
+    assert imported.returncode == 0, imported.stderr
+    assert "  queue: at most 16 requests\n" in imported.stdout
+    assert "  priority levels 1 (the highest) to 2, default 2; level 1: delay after 5 ms\n" in imported.stdout
+    priorities = load_manifest(models / "ranked" / "1").batching.priorities
+    assert priorities is not None
+    assert (priorities.levels, priorities.queues[1].timeout_action) == (2, "delay")
+
+
 async def test_an_imported_models_reshapes_are_kept_in_its_manifest_and_served(tmp_path: Path) -> None:
     """Triton's reshape said in the import's config.json: the manifest keeps it, `check`
     checks it against the graph, and the server serves clients' shapes."""
