@@ -214,3 +214,17 @@ def test_levels_of_a_model_that_does_not_batch_are_named_as_ignored() -> None:
     assert facts.batching is not None
     assert facts.batching.priorities is None
     assert "max_batch_size 0" in facts.ignored["dynamic_batching"]
+
+
+async def test_a_traced_requests_queue_span_says_its_level(tmp_path: Path) -> None:
+    from tests.app.observability.test_tracing import Recorded
+
+    prioritised(tmp_path)
+    recorded, apps = Recorded(), []
+    async with serving(apps.append, model_dir=tmp_path, tracing=True) as client:
+        recorded.install(apps[0])
+        answer = await client.post("/v2/models/ranked/infer", json=body(1, priority=1))
+    assert answer.status_code == 200, answer.text
+    [request] = recorded.requests()
+    queue = recorded.children(request)["queue"]
+    assert dict(queue.attributes or {})["priority"] == 1
