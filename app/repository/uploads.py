@@ -24,6 +24,7 @@ from app.errors import InvalidInput
 from app.manifest import MAX_VERSION_DIGITS
 
 FILE_PARAMETER = "file:"
+_LONGEST_NAME = 255  # bytes of one file or folder name, as Linux's file systems take them
 
 
 def uploaded_files(parameters: Mapping[str, object]) -> dict[str, bytes]:
@@ -54,6 +55,8 @@ def _checked_path(path: str) -> str:
             or any(part in (".", "..") for part in parts) or path.endswith("/")):
         raise InvalidInput(f"parameters 'file:{path[:200]}': a file override names a file inside a version folder "
                            "of the model, as file:1/model.onnx does")
+    if any(len(part.encode()) > _LONGEST_NAME for part in parts):
+        raise InvalidInput(f"parameters 'file:{path[:200]}...': a file or folder name longer than {_LONGEST_NAME} bytes")
     version = parts[0]
     if not (version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS):
         raise InvalidInput(f"parameters 'file:{path[:200]}': its first folder must be a version number "

@@ -216,3 +216,43 @@ async def test_a_model_whose_weights_are_external_data_is_sent_with_them(tmp_pat
     assert loaded.status_code == 200, loaded.text
     expected = reference(source, {"features": x})["scores"]
     np.testing.assert_allclose(answered.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-5)
+
+
+def test_whatever_file_parameters_come_the_files_land_inside_a_version_folder_or_are_refused(tmp_path: Path) -> None:
+    """Any keys and values a client could send: a 400 (InvalidInput), or files written only
+    inside the upload's version folders."""
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    from app.errors import InvalidInput
+    from app.repository.uploads import Uploads, uploaded_files
+
+    part = st.sampled_from(["1", "2", "..", ".", "", "model.onnx", "a b", "\\\\x", "~", "0001", "x" * 300, "é"])
+    key = st.builds(lambda lead, first, rest: "file:" + lead + "/".join([first, *rest]),
+                    st.sampled_from(["", "", "", "/", "./", "../"]), st.sampled_from(["1", "2", "0001", "..", "v1"]),
+                    st.lists(part, max_size=4))
+    value = st.one_of(st.binary(max_size=4), st.sampled_from(["CAc=", "not base64", ""]), st.integers(), st.none())
+    uploads = Uploads(tmp_path / "uploads")
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(parameters=st.dictionaries(key, value, max_size=3), with_config=st.sampled_from([True, True, False]))
+    @example(parameters={"file:1/model.onnx": b"x", "file:2/a/b": "CAc="}, with_config=True)  # staged, always
+    @example(parameters={"file:1/../../escaped": b"x"}, with_config=True)
+    def check(parameters: dict[str, object], with_config: bool) -> None:
+        sent = parameters | ({"config": "{}"} if with_config else {})
+        try:
+            files = uploaded_files(sent)
+        except InvalidInput:  # a 400
+            return
+        if not files:
+            return
+        folder = uploads.stage("m", files)  # whatever passed the checks can be written
+        for path in files:
+            written = (folder / path).resolve()
+            assert written.is_file()
+            assert written.is_relative_to(folder.resolve())
+            assert written.relative_to(folder.resolve()).parts[0].isdigit()
+        uploads.discard(folder)
+
+    check()
+    assert list((tmp_path / "uploads").iterdir()) == []  # every staged upload removed, nothing written beside
