@@ -155,6 +155,11 @@ class DynamicBatcher:
         self._queue.put(request)
         return request.future
 
+    def level_of(self, priority: int) -> int:
+        """The queue level of a request asking for `priority` (BatchQueue.level_of): 400 for one
+        the model does not have."""
+        return self._queue.level_of(priority)
+
     def _pending(self, inputs: Tensors, client_gone: Callable[[], bool] | None, level: int) -> PendingRequest:
         """The request as queued, made only now: its wait for company (max_queue_delay_s)
         counts from here, not from before the turn of the loop it may have taken."""

@@ -228,3 +228,14 @@ async def test_a_traced_requests_queue_span_says_its_level(tmp_path: Path) -> No
     [request] = recorded.requests()
     queue = recorded.children(request)["queue"]
     assert dict(queue.attributes or {})["priority"] == 1
+
+
+async def test_a_priority_the_model_lacks_is_refused_even_where_the_answer_is_cached(tmp_path: Path) -> None:
+    prioritised(tmp_path, config=LEVELS + "response_cache { enable: true }\n")
+    async with serving(model_dir=tmp_path, response_cache_bytes=1 << 20) as client:
+        # kept the second time its input comes, answered from the cache the third
+        answers = [await client.post("/v2/models/ranked/infer", json=body(1, priority=p)) for p in (1, 1, 1, 3)]
+        stats = (await client.get("/v2/models/ranked/stats")).json()["model_stats"][0]["inference_stats"]
+    assert [a.status_code for a in answers] == [200, 200, 200, 400]
+    assert stats["cache_hit"]["count"] == 1
+    assert "parameters.priority 3" in answers[3].json()["error"]
