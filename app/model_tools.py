@@ -148,17 +148,17 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
     else:
         print(f"  batching: max_batch_size {b.max_batch_size}, max_queue_delay_ms {b.max_queue_delay_ms} ({b.reason})")
     if b.queue is not None:
-        print(f"  queue: {_bounds(b.queue)}")
+        print(f"  queue: {_described(b.queue)}")
     if b.priorities is not None:
         levels = b.priorities
         print(f"  priority levels 1 (the highest) to {levels.levels}, default {levels.default_level}"
-              + "".join(f"; level {n}: {_bounds(q)}" for n, q in sorted(levels.queues.items())))
+              + "".join(f"; level {n}: {_described(q)}" for n, q in sorted(levels.queues.items())))
     if manifest.onnxruntime is not None:
         print("  onnxruntime: " + ", ".join(f"{k} {v}" for k, v in manifest.onnxruntime.model_dump().items()))
     print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
 
 
-def _bounds(policy: QueuePolicy) -> str:
+def _described(policy: QueuePolicy) -> str:
     """A queue policy as the import says it: its bounds, or that it has none."""
     said = [f"at most {policy.max_requests} requests"] if policy.max_requests else []
     if policy.timeout_ms:

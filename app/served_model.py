@@ -141,16 +141,16 @@ class ServedModel:
             timing.model, timing.version, timing.queued = self.name, self.version, started
         batcher = self.batcher
         assert batcher is not None  # an ensemble answers by its own infer
+        level = batcher.level_of(priority)  # a priority the model lacks is refused, answer kept or not
         key = None
         if self.cache is not None:
-            batcher.level_of(priority)  # a priority the model lacks is refused, answer kept or not
             key, kept = self._look_up(inputs, started)
             if kept is not None:
                 return kept
         if self.reshaper is not None:  # checked as clients send them, queued as the graph takes them
             inputs = self.reshaper.to_graph(inputs)
         on_the_way = max(in_flight_beside, self.leases - 1 if others_on_the_way else 0)
-        future = await batcher.run_or_queue(inputs, client_gone, on_the_way, priority)
+        future = await batcher.run_or_queue(inputs, client_gone, on_the_way, level)
         # Not asyncio.wait_for: no extra task per request on the hot path.
         self.deadlines.watch(future, due, timeout_s)
         ok = False

@@ -119,7 +119,7 @@ class DynamicBatcher:
             self._runner.shutdown()
 
     async def run_or_queue(self, inputs: Tensors, client_gone: Callable[[], bool] | None = None,
-                           on_the_way: int = 0, priority: int = 0) -> asyncio.Future[dict[str, np.ndarray]]:
+                           on_the_way: int = 0, level: int = 0) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request of N rows, or run it at once where `decide` says inline; the
         future resolves to its N rows of outputs.
 
@@ -130,12 +130,11 @@ class DynamicBatcher:
         (being read or decoded). While there are any, no batch runs inline, here or when
         the queue's next batch is launched: it would hold the event loop that reads them.
         Cancelling the future (a deadline) drops the request's rows that have not run yet;
-        so does `client_gone()` turning true (checked when batches are formed). `priority`:
-        the client's (BatchQueue.level_of; checked whether it runs inline or is queued).
+        so does `client_gone()` turning true (checked when batches are formed). `level`: the
+        queue level the request's priority gives it (`level_of`, which refuses one the model lacks).
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is not accepting requests")
-        level = self._queue.level_of(priority)
         rows = len(next(iter(inputs.values())))
         self._on_the_way = on_the_way
         if self._decide(rows) is Decision.INLINE:

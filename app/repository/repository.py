@@ -229,6 +229,11 @@ class ModelRepository:
             await self._load_steps(name, {name})
         return served
 
+    def upload_of(self, name: str) -> Path | None:
+        """The folder of files the model's last load sent, where it is served from (None: its
+        folder in the model directory)."""
+        return self._uploads.get(name)
+
     async def _load_steps(self, name: str, seen: set[str]) -> None:
         """An ensemble's step models that are not served yet, loaded with it (as Triton's
         explicit mode does), and theirs in turn: LoadFailed names the step model that failed."""

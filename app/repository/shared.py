@@ -63,7 +63,6 @@ class RepositoryChanges:
     def __init__(self, repository: ModelRepository, uploads: Uploads | None = None) -> None:
         self.repository = repository
         self.uploads = uploads or Uploads()
-        self._uploaded: dict[str, Path] = {}  # the upload each model serves from
 
     async def start(self) -> None:
         """Before the server answers: nothing to catch up with alone."""
@@ -80,19 +79,20 @@ class RepositoryChanges:
         `files`: the model's files to serve instead of its folder's (Triton's file overrides)."""
         override = load_override(config, name)
         folder = await self._stage(name, files)
+        before = self.repository.upload_of(name)
         try:
             await self.repository.load(name, override, folder)
         except BaseException:
             self.uploads.discard(folder)
             raise
-        self.uploads.discard(self._uploaded.pop(name, None))
-        if folder is not None:
-            self._uploaded[name] = folder
+        if before != folder:
+            self.uploads.discard(before)
 
     async def unload(self, name: str, dependents: bool = False) -> None:
         """Unload `name`; `dependents`: an ensemble's step models with it (Triton's unload_dependents)."""
+        before = self.repository.upload_of(name)
         await self.repository.unload(name, dependents)
-        self.uploads.discard(self._uploaded.pop(name, None))
+        self.uploads.discard(before)
 
     async def _stage(self, name: str, files: Mapping[str, bytes] | None) -> Path | None:
         """The load's files written as a model folder (None: none sent); a disk that cannot
