@@ -326,14 +326,19 @@ def batch_policy(settings: Settings, manifest: Manifest) -> BatchPolicy:
     max_batch_size = s.max_batch_size or own.max_batch_size
     if not manifest.batches:  # no batch axis: each request runs alone, whatever the settings say
         max_batch_size, delay_ms = 1, 0.0
+    # A model's own instances (Triton's instance_group) replace the server's inference threads
+    # for it; one batch more than them in flight keeps the next ready behind the running ones.
+    instances = manifest.onnxruntime.per_worker(s.worker_processes) if manifest.onnxruntime else None
+    threads = instances or s.inference_threads
+    inflight = max(s.max_inflight_batches, threads + 1) if instances else s.max_inflight_batches
     return BatchPolicy(
         max_batch_size=max_batch_size,
         max_large_batch_size=s.max_large_batch_size if max_batch_size > 1 else 1,  # 1: batching off, every row alone
         max_queue_delay_s=delay_ms / 1000,
-        max_inflight_batches=s.max_inflight_batches,
+        max_inflight_batches=inflight,
         idle_dispatch=s.idle_dispatch,
         inline_rows=s.inline_rows,
-        inference_threads=s.inference_threads,
+        inference_threads=threads,
         max_queue_size=s.max_queue_size,
         max_queue_bytes=s.max_queue_bytes,
         queue_bounds=_bounds(own.queue),

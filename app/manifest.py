@@ -326,11 +326,16 @@ class BatchingDefaults(_Strict):
     with its attention_mask). False: a request batches only with requests of its shapes."""
 
 
+MAX_INSTANCES = 256
+"""Instances of one model at most: each is a thread in every worker that runs it."""
+
+
 class ModelRuntimeOptions(_Strict):
     """ONNX Runtime's options for one model's sessions, where the model needs its own; each
     left unset is the server's. Triton's ONNX Runtime backend reads the same from a
     config.pbtxt (`optimization.graph.level`; the parameters `intra_op_thread_count`,
-    `inter_op_thread_count`, `execution_mode`, `enable_mem_arena`, `enable_mem_pattern`)."""
+    `inter_op_thread_count`, `execution_mode`, `enable_mem_arena`, `enable_mem_pattern`), and
+    how many instances of the model run (its instance_group)."""
 
     graph_optimization: Literal["disabled", "basic", "extended", "all"] | None = Field(default=None, exclude_if=_unset)
     """How far ONNX Runtime rewrites the graph before it runs it (the server's: all). Fusions
@@ -347,6 +352,17 @@ class ModelRuntimeOptions(_Strict):
     """ONNX Runtime's CPU memory arena (on by default): off returns a batch's memory when it ends."""
     memory_pattern: bool | None = Field(default=None, exclude_if=_unset)
     """Memory planned from the shapes seen before (on by default)."""
+    instances: int | None = Field(default=None, ge=1, le=MAX_INSTANCES, exclude_if=_unset)
+    """Batches of this model that run at once in the whole server (Triton's instance_group
+    counts; unset: the server's inference_threads in each worker). Each worker runs its share,
+    rounded up (`per_worker`), each on an inference thread of its own, and the ORT threads of
+    the worker's share of the CPUs are divided among them: for a graph whose operators keep few
+    threads busy (a recurrent network's steps), several batches at once on one thread each do
+    more than one batch on all of them."""
+
+    def per_worker(self, workers: int) -> int | None:
+        """The instances each of `workers` worker processes runs (None: the server's choice)."""
+        return None if self.instances is None else -(-self.instances // workers)
 
 
 # Triton's names for these (its ONNX Runtime backend's): optimization.graph.level's numbers,

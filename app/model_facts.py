@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from app.graph import DROP_IN_FILE
 from app.manifest import (
+    MAX_INSTANCES,
     TRITON_EXECUTION_MODES,
     TRITON_GRAPH_LEVELS,
     TRITON_ORT_PARAMETERS,
@@ -48,9 +49,8 @@ ENSEMBLE = "ensemble"
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
              "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations",
-             "optimization", "parameters", "model_transaction_policy"}
-_IGNORED = {"instance_group": "instances: this server runs max_inflight_batches batches at once per model",
-            "model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
+             "optimization", "parameters", "model_transaction_policy", "instance_group"}
+_IGNORED = {"model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
 _HONOURED_BATCHING = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy",
@@ -61,7 +61,7 @@ _IGNORED_BATCHING = {"preserve_ordering": "answers always go to their own reques
 _ENSEMBLE_FIELDS = {"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy",
                     "response_cache"}
 _IGNORED_BY_ENSEMBLES = {"model_warmup", "optimization", "parameters", "default_model_filename",
-                         "model_transaction_policy", *_IGNORED}
+                         "model_transaction_policy", "instance_group", *_IGNORED}
 _TIMEOUT_DELAY = 1  # Triton's ModelQueuePolicy.TimeoutAction DELAY (REJECT is 0)
 _TENSOR_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "format", "optional"}
 
@@ -73,6 +73,11 @@ _IGNORED_OPTIMIZATION = {"execution_accelerators": "execution providers are the 
                          "cuda": "no CUDA graphs",
                          "input_pinned_memory": "host buffers are the server's",
                          "output_pinned_memory": "host buffers are the server's"}
+# Triton's instance_group fields besides the count, its kind and passive: the device is the
+# server's (--providers), whatever a group's kind or gpus say; gpus only multiply the count.
+_IGNORED_INSTANCE_FIELDS = {"rate_limiter": "no rate limiter: a model's batches are bounded by its instances",
+                            "secondary_devices": "no secondary devices", "profile": "no TensorRT profiles",
+                            "host_policy": "no host policies"}
 _CUDA_PARAMETERS = {"cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream",
                     "session.use_device_allocator_for_initializers"}
 _BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
@@ -396,10 +401,31 @@ def _runtime_options(config: Any, source: str, ignored: dict[str, str]) -> Model
         value = _parameter(key, text, source)
         if value is not None:
             given[TRITON_ORT_PARAMETERS[key]] = value
+    if config.instance_group:
+        given["instances"] = _instances(config.instance_group, source, ignored)
     try:
         return ModelRuntimeOptions(**given) if given else None
     except ValidationError as e:
         raise FactsError(f"{source}: {describe(e)}") from e
+
+
+def _instances(groups: Any, source: str, ignored: dict[str, str]) -> int:
+    """How many instances Triton would make of the groups that take requests: a group's count
+    (unset: 1), for each GPU it lists; passive groups take none."""
+    total = 0
+    for index, group in enumerate(groups):
+        if group.count < 0:
+            raise FactsError(f"{source}: instance_group {index}: count {group.count}: it must be 1 or more")
+        for name in sorted(_set_fields(group) & set(_IGNORED_INSTANCE_FIELDS)):
+            ignored[f"instance_group.{name}"] = _IGNORED_INSTANCE_FIELDS[name]
+        if not group.passive:
+            total += max(1, group.count) * max(1, len(group.gpus))
+    if not total:
+        raise FactsError(f"{source}: instance_group: every group is passive, so no instance would take requests")
+    if total > MAX_INSTANCES:
+        raise FactsError(f"{source}: instance_group: {total} instances; at most {MAX_INSTANCES} (each is a thread "
+                         "in every worker)")
+    return total
 
 
 def _parameter(key: str, text: str, source: str) -> Any:

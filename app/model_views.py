@@ -28,7 +28,7 @@ def config(repository: ModelRepository, name: str, version: str | None = None) -
     policy = model.policy
     return triton.model_config(model.manifest, variant=model.variant, device=model.device,
                                max_batch_size=policy.max_batch_size, max_queue_delay_s=policy.max_queue_delay_s,
-                               concurrent_batches=policy.concurrent_batches,
+                               concurrent_batches=policy.concurrent_batches * repository.settings.worker_processes,
                                version_policy=repository.policy_of(name).as_triton(),
                                told_by=model.told_by, ignored=model.ignored, verified=model.verified,
                                cached=model.cache is not None)

@@ -99,15 +99,29 @@ class OrtOptions:
     """Custom operator libraries registered with every session (app/custom_ops.py)."""
     model: ModelRuntimeOptions | None = None
     """The model's own options (its configuration's), over the server's."""
+    workers: int = 1
+    """Worker processes, each with its own sessions."""
+    cpu_share: int = 0
+    """ORT threads one worker's batches of a model share, sized automatically (the usable CPUs
+    less one per worker, over the workers); 0: intra_op_threads was given, per batch."""
+    wide_share: int = 0
+    """The same with the event loop's core too: what the wide session is sized from (0: none)."""
 
     def for_model(self, own: ModelRuntimeOptions | None) -> OrtOptions:
         """These options with a model's own on top: a model that sets its threads runs every
-        batch on them, with no wide session (as a server started with intra_op_threads)."""
+        batch on them, with no wide session (as a server started with intra_op_threads). A
+        model with its own instances, on threads sized automatically, divides its worker's
+        share of the CPUs among them instead of among the server's inference threads."""
         if own is None:
             return self
-        if own.intra_op_threads is None:
+        if own.intra_op_threads is not None:
+            return replace(self, intra_op_threads=own.intra_op_threads, wide_threads=0, model=own)
+        instances = own.per_worker(self.workers)
+        if instances is None or not self.cpu_share:
             return replace(self, model=own)
-        return replace(self, intra_op_threads=own.intra_op_threads, wide_threads=0, model=own)
+        threads = max(1, self.cpu_share // instances)
+        wide = max(1, self.wide_share // instances) if self.wide_share else 0
+        return replace(self, intra_op_threads=threads, wide_threads=wide if wide > threads else 0, model=own)
 
 
 def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int,
@@ -125,11 +139,13 @@ def ort_options(requested_providers: Sequence[str] | None, intra_op_threads: int
     providers = choose_providers(requested_providers)
     libraries = tuple(str(path) for path in custom_op_libraries)
     if intra_op_threads:
-        return OrtOptions(providers, intra_op_threads, custom_op_libraries=libraries)
+        return OrtOptions(providers, intra_op_threads, custom_op_libraries=libraries, workers=workers)
     cpus, share = available_cpus(), workers * inference_threads
     threads = max(1, (cpus - workers) // share)
     wide = max(1, cpus // share) if providers[0] == CPU else 0
-    return OrtOptions(providers, threads, wide if wide > threads else 0, custom_op_libraries=libraries)
+    return OrtOptions(providers, threads, wide if wide > threads else 0, custom_op_libraries=libraries,
+                      workers=workers, cpu_share=max(1, (cpus - workers) // workers),
+                      wide_share=max(1, cpus // workers) if providers[0] == CPU else 0)
 
 
 def required_speedup(threads: int, wide_threads: int) -> float:

@@ -7,6 +7,8 @@ in alternating rounds, median of the ratios. For changes that must not cost spee
 
 Both servers run with this checkout's Python environment and serve this checkout's
 models/, bound to 127.0.0.1; every run stops by itself. Needs wrk (apt-get install wrk).
+Or two model directories served by this checkout (`--base-model-dir`, no `--base`): what a
+model's configuration buys (load_tests/instances.py).
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ DEFAULT_SCENARIOS = ["v1-fashion-cnn", "v1-sst2-lstm"]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.versions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, required=True, help="the other checkout (the denominator)")
+    parser.add_argument("--base", type=Path, default=ROOT, help="the other checkout (the denominator; default: "
+                                                                  "this one)")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--base-model-dir", type=Path, default=None,
+                        help="the model directory the base serves (default: --model-dir)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -53,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
     # The same worker count on both sides: a checkout from before workers auto ran one.
-    server_args = ["--model-dir", str(args.model_dir.resolve()), "--workers", args.workers, *args.server_flag]
+    server_args = ["--workers", args.workers, *args.server_flag]
+    base_models = (args.base_model_dir or args.model_dir).resolve()
     with ExitStack() as stack:
-        base = stack.enter_context(ServerProcess(server_args, checkout=args.base.resolve()))
-        new = stack.enter_context(ServerProcess(server_args))
+        base = stack.enter_context(ServerProcess(["--model-dir", str(base_models), *server_args],
+                                                 checkout=args.base.resolve()))
+        new = stack.enter_context(ServerProcess(["--model-dir", str(args.model_dir.resolve()), *server_args]))
         lines = ["| scenario | this / base req/s per round | median | p99 ratio per round | median |",
                  "|---|---|---|---|---|"]
         known = payloads(args.model_dir)

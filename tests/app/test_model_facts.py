@@ -257,8 +257,8 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
     assert versions == ["1", "2"]
     parameters = {k: v["string_value"] for k, v in mlp_config["parameters"].items()}
     assert parameters["labels"] == "cat,dog,owl"
-    assert "instance_group" in parameters["ignored"]
-    assert "dynamic_batching.preserve_ordering" in parameters["ignored"]
+    assert mlp_config["instance_group"][0]["count"] == 2  # honoured: two batches at once
+    assert parameters["ignored"] == "dynamic_batching.preserve_ordering: answers always go to their own requests"
     assert parameters["batching"].endswith("config.pbtxt")
     assert lookup_config["max_batch_size"] == 0
     assert lookup_config["input"] == [{"name": "ids", "data_type": "TYPE_INT64", "dims": [-1]}]
@@ -426,8 +426,8 @@ def test_the_triton_text_is_read_with_tritons_own_schema() -> None:
     assert (facts.batching.max_batch_size, facts.batching.max_queue_delay_ms) == (8, 0.5)
     assert facts.model_file == "mlp.onnx"
     assert [t.shape for t in facts.inputs or []] == [[-1, 4]]
-    with pytest.raises(FactsError, match="instance_group"):  # an override is applied whole or refused
-        from_triton_json('{"instance_group": [{"count": 2}]}', "mlp", "parameters.config")
+    with pytest.raises(FactsError, match="model_metrics"):  # an override is applied whole or refused
+        from_triton_json('{"model_metrics": {"metric_control": []}}', "mlp", "parameters.config")
 
 
 async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Path) -> None:
@@ -441,7 +441,7 @@ async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Pa
                                    json={"parameters": {"config": override}})
         during = (await client.get("/v2/models/mlp/config")).json()
         refused = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
-                                    json={"parameters": {"config": '{"instance_group": [{"count": 2}]}'}})
+                                    json={"parameters": {"config": '{"runtime": "libtriton_onnxruntime.so"}'}})
         not_json = await client.post("/v2/repository/models/mlp/load", headers=ADMIN,
                                      json={"parameters": {"config": "{max_batch_size: 4"}})
         plain = await client.post("/v2/repository/models/mlp/load", headers=ADMIN)
@@ -453,7 +453,7 @@ async def test_a_load_with_a_configuration_applies_it_for_that_load(tmp_path: Pa
     assert during["max_batch_size"] == 4
     assert during["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
     assert refused.status_code == 400
-    assert "['instance_group'] are not supported in a load's configuration" in refused.json()["error"]
+    assert "['runtime'] are not supported in a load's configuration" in refused.json()["error"]
     assert not_json.status_code == 400
     assert "not a Triton model configuration" in not_json.json()["error"]
     assert plain.status_code == 200
