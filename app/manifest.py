@@ -356,9 +356,8 @@ class ModelRuntimeOptions(_Strict):
     """Batches of this model that run at once in the whole server (Triton's instance_group
     counts; unset: the server's inference_threads in each worker). Each worker runs its share,
     rounded up (`per_worker`), each on an inference thread of its own, and the ORT threads of
-    the worker's share of the CPUs are divided among them: for a graph whose operators keep few
-    threads busy (a recurrent network's steps), several batches at once on one thread each do
-    more than one batch on all of them."""
+    the worker's share of the CPUs are divided among them. On two cores and one worker, two
+    served large requests faster and small ones slower (docs/benchmarks.md, "Instances")."""
 
     def per_worker(self, workers: int) -> int | None:
         """The instances each of `workers` worker processes runs (None: the server's choice)."""
