@@ -46,8 +46,10 @@ RESHAPED = {
                 'input [ { name: "steps" data_type: TYPE_FP32 dims: [ -1 ] reshape { shape: [ -1, 3 ] } } ]\n'
                 'output [ { name: "last" data_type: TYPE_FP32 dims: [ 1, 5 ] } ]\n'),
 }
-PRIORITISED = {  # Triton's priority levels: a request's priority parameter, in range or not
-    "ranked": (models.mlp(), 'max_batch_size: 8\ndynamic_batching { priority_levels: 3 default_priority_level: 2 }\n'),
+PRIORITISED = {  # Triton's priority levels: a request's priority parameter, in range or not; three
+    # instances, so that batches of it run at once
+    "ranked": (models.mlp(), 'max_batch_size: 8\ndynamic_batching { priority_levels: 3 default_priority_level: 2 }\n'
+               'instance_group [ { count: 3 kind: KIND_CPU } ]\n'),
 }
 ENSEMBLES = {
     # ids -> the table's rows (a batching step, which refuses ids past its table) -> centred over
