@@ -70,14 +70,19 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
     task = facts.task or TENSORS_TASK
     # A configuration that lists outputs serves those (Triton's does, too); its tensors must
     # agree with the graph's, which is checked below, once the batch axis is settled.
-    declared_in = facts.inputs or inputs
+    # A sequence model's controls and states are the server's to fill: clients send the rest,
+    # and get the outputs but the states' (Triton's: unless the configuration lists them).
+    filled = facts.sequence.names() if facts.sequence is not None else set()
+    kept = {s.output for s in facts.sequence.states} if facts.sequence is not None else set()
+    declared_in = facts.inputs or [spec for spec in inputs if spec.name not in filled]
     given = facts.batching.max_batch_size if facts.batching is not None else None
     unknown = sorted(spec.name for spec in declared_in if spec.name in shapeless and facts.inputs is None)
     if unknown:  # its rank could be anything: a request's shape could not be checked before it runs
         raise GraphError(f"inputs {unknown} declare no shape in the graph, not even a rank: declare the inputs' "
                          f"{DECLARE_SHAPES}")
-    declared_out = facts.outputs or with_ranks_run(session, declared_in, bool(given) and facts.inputs is not None,
-                                                   outputs, shapeless)
+    run_with = declared_in + (facts.sequence.graph_inputs() if facts.sequence is not None else [])
+    declared_out = facts.outputs or with_ranks_run(session, run_with, bool(given) and facts.inputs is not None,
+                                                   [spec for spec in outputs if spec.name not in kept], shapeless)
     if given is not None and facts.inputs is not None:
         why_not = None  # shapes declared with or without a batch axis, as max_batch_size says
     else:
@@ -97,7 +102,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                 variants={"fp32": VariantFile(file=facts.model_file, sha256=sha256_of_bytes(model_bytes),
                                               size_bytes=len(model_bytes))},
                 preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=batching,
-                response_cache=bool(facts.response_cache), onnxruntime=facts.onnxruntime)
+                response_cache=bool(facts.response_cache), onnxruntime=facts.onnxruntime, sequence=facts.sequence)
         except ValidationError as e:
             raise GraphError(f"it does not make a {task} model: " + "; ".join(
                 f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from e

@@ -26,6 +26,7 @@ from app.ensemble_plan import waves
 from app.errors import ModelNotFound, ModelNotReady, ServingError
 from app.manifest import TENSORS_TASK, BatchingDefaults, EnsembleStep, Manifest, TensorSpec
 from app.model_facts import BatchingFacts, FactsError, ModelFacts, describe
+from app.sequences import SequenceFlags
 from app.served_model import ServedModel
 from app.supervision import BatchHealth
 
@@ -130,10 +131,12 @@ class EnsembleModel(ServedModel):
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
                     client_gone: Callable[[], bool] | None = None, others_on_the_way: bool = False,
-                    in_flight_beside: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
+                    in_flight_beside: int = 0, priority: int = 0,
+                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]:
         """Each wave of steps in turn, the steps of a wave side by side, every step under the
         request's deadline and at its priority (as Triton's ensembles pass them on); the answer
-        is the ensemble's outputs."""
+        is the ensemble's outputs. An ensemble has no sequences (`sequence` is never given: it
+        has no SequenceBook); a stateful step model refuses its steps' requests, saying why."""
         started = time.monotonic()
         running = _running.get()
         if self.name in running:

@@ -115,13 +115,13 @@ def generated_inputs(manifest: Manifest, rows: int, seed: int = 0,
     """Inputs of `rows` rows for a check (a model that does not batch: as declared, rows
     ignored): small values (integers drawn from `integers`, both included), every dynamic
     axis but the first of a fixed small length."""
-    return _generated(manifest.inputs, manifest.batches, rows, seed, integers)
+    return _generated(manifest.graph_inputs(), manifest.batches, rows, seed, integers)
 
 
 def inputs_it_takes(session: ort.InferenceSession, manifest: Manifest) -> InputMaker:
     """Generated inputs of the first INTEGER_CHOICES the model runs on (2 rows tried); where
     it runs on none, the first, whose failure the checks then report."""
-    integers = _integers_it_takes(session, manifest.inputs, manifest.batches)
+    integers = _integers_it_takes(session, manifest.graph_inputs(), manifest.batches)
     return functools.partial(generated_inputs, integers=integers)
 
 
@@ -208,7 +208,7 @@ def check_padding(session: ort.InferenceSession, manifest: Manifest, run_on: Inp
     every dynamic axis but the first."""
     pair = run_on(manifest, 2)
     dynamic = {spec.name: [axis + 1 for axis, d in enumerate(spec.graph_item_shape(True)) if d == -1]
-               for spec in manifest.inputs}
+               for spec in manifest.graph_inputs()}
     longer = {name: value[:1] for name, value in pair.items()}
     shorter = {}
     for name, value in pair.items():
@@ -289,7 +289,7 @@ def disagreements(session: ort.InferenceSession, manifest: Manifest,
     A tensor in `shapeless` has no shape to compare: the declared one stands, and a run
     (the warm-up) is what checks it. Empty where they agree."""
     found = []
-    for kind, specs, nodes in (("input", manifest.inputs, session.get_inputs()),
+    for kind, specs, nodes in (("input", manifest.graph_inputs(), session.get_inputs()),
                                ("output", manifest.outputs, session.get_outputs())):
         graph = {node.name: node for node in nodes}
         for spec in specs:
@@ -315,4 +315,9 @@ def disagreements(session: ort.InferenceSession, manifest: Manifest,
             undeclared = sorted(set(graph) - {spec.name for spec in specs})
             if undeclared:
                 found.append(f"graph inputs {undeclared} are not declared in the manifest")
+    outputs = {node.name for node in session.get_outputs()}
+    for state in manifest.sequence.states if manifest.sequence is not None else []:
+        if state.output not in outputs:
+            found.append(f"state {state.input!r}: its output {state.output!r} is not in the graph, whose outputs are "
+                         f"{sorted(outputs)}")
     return found

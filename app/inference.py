@@ -15,6 +15,7 @@ from app.codecs import Codec
 from app.errors import ParseElsewhere
 from app.manifest import Manifest
 from app.offload import HEAVY_BODY_BYTES, Offload
+from app.sequences import SequenceFlags
 from app.served_model import ServedModel
 
 Answer = TypeVar("Answer", covariant=True)
@@ -41,6 +42,10 @@ class Exchange(Protocol[Answer]):
 
     def priority(self, kept: Any) -> int:
         """The priority the request asks for (Triton's: 1 the highest; 0: the model's default)."""
+        ...
+
+    def sequence(self, kept: Any) -> SequenceFlags | None:
+        """What the request says of its sequence, asked of requests to a stateful model only."""
         ...
 
     def answer_bytes(self, kept: Any, manifest: Manifest, rows: int,
@@ -100,7 +105,8 @@ async def run_inference(model: ServedModel, body: Any, exchange: Exchange[Answer
     asked = exchange.timeout_s(kept)
     due, timeout = limits.deadline_from(arrived, asked if asked is not None else timeout_s)
     outputs = await model.infer(inputs, due, timeout, client_gone, others_on_the_way, in_flight_beside,
-                                exchange.priority(kept))
+                                exchange.priority(kept),
+                                exchange.sequence(kept) if model.sequences is not None else None)
     del inputs
     if not model.outputs_fixed:  # a dynamic output axis: the answer's size is known only now
         size = exchange.answer_bytes(kept, manifest, rows, outputs)

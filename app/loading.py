@@ -39,6 +39,7 @@ from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
 from app.reshaping import Reshaper
 from app.runtime import OrtModel, OrtOptions, choose_variant
+from app.sequences import SequenceBook
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.supervision import BatchHealth
@@ -185,7 +186,9 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
         raise LoadError("config", f"{folder}: {e}") from e
     model = ServedModel(manifest, variant, session, batcher, codec, health, stats, fingerprint=fingerprint,
                         verified=not drop_in, told_by=facts.source, ignored=facts.ignored, reshaper=reshaper,
-                        warmup_samples=samples)
+                        warmup_samples=samples, sequences=SequenceBook(
+                            manifest.name, manifest.sequence, frozenset(t.name for t in manifest.outputs))
+                        if manifest.sequence is not None else None)
     if settings.warmup:
         try:
             model.warm_up()

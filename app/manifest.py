@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.ensemble_plan import waves
@@ -370,6 +371,89 @@ TRITON_GRAPH_LEVELS: dict[int, str] = {0: "all", -1: "basic", 1: "extended", 2: 
 TRITON_ORT_PARAMETERS: dict[str, str] = {
     "intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads",
     "execution_mode": "execution_mode", "enable_mem_arena": "memory_arena", "enable_mem_pattern": "memory_pattern"}
+SEQUENCE_CONTROLS = ("start", "end", "ready", "correlation_id")
+"""What a sequence model's control inputs tell it (Triton's CONTROL_SEQUENCE_START, _END, _READY
+and _CORRID): that this request begins its sequence, ends it, is a real request (always, here:
+batches hold no empty slots), and the sequence's ID."""
+
+
+class SequenceControl(_Strict):
+    """A graph input the server fills for each request of a sequence (Triton's control_input)."""
+
+    input: str = Field(min_length=1)
+    kind: Literal["start", "end", "ready", "correlation_id"]
+    datatype: str = Field(json_schema_extra={"enum": list(DATATYPES)})
+    """INT32, FP32 or BOOL for a flag; for the correlation ID UINT64, INT64, UINT32, INT32 or BYTES."""
+    false_true: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    """A flag's values when false and when true (Triton's int32_false_true, ...)."""
+
+    @model_validator(mode="after")
+    def _typed(self) -> SequenceControl:
+        flag = self.kind != "correlation_id"
+        if flag and (self.datatype not in ("INT32", "FP32", "BOOL") or self.false_true is None):
+            raise ValueError(f"control {self.input!r} ({self.kind}): a flag is INT32, FP32 or BOOL with its false "
+                             "and true values")
+        if not flag and self.datatype not in ("UINT64", "INT64", "UINT32", "INT32", "BYTES"):
+            raise ValueError(f"control {self.input!r}: a correlation ID is UINT64, INT64, UINT32, INT32 or BYTES, "
+                             f"not {self.datatype}")
+        return self
+
+    def spec(self) -> TensorSpec:
+        """The graph's input, one value per request, as a batching model takes it."""
+        return TensorSpec(name=self.input, datatype=self.datatype, shape=[-1, 1])
+
+
+class SequenceState(_Strict):
+    """A state the server keeps for each sequence (Triton's implicit state): the graph's
+    `output` after one request is its `input` on the sequence's next; zeros on its first."""
+
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    datatype: str = Field(json_schema_extra={"enum": list(DATATYPES)})
+    shape: list[int]
+    """One sequence's state, without the batch axis (-1: an axis whose length may change)."""
+    initial_shape: list[int] | None = Field(default=None, exclude_if=_unset)
+    """The shape of its first value, zeros (Triton's initial_state zero_data); None: `shape`, a
+    -1 axis of length 0 (a state that grows, as a cache does)."""
+
+    @model_validator(mode="after")
+    def _numeric(self) -> SequenceState:
+        if self.datatype == "BYTES":
+            raise ValueError(f"state {self.input!r}: a state is numeric, not BYTES")
+        if self.initial_shape is not None and any(d < 0 for d in self.initial_shape):
+            raise ValueError(f"state {self.input!r}: its initial shape {self.initial_shape} is fixed (no -1)")
+        return self
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(name=self.input, datatype=self.datatype, shape=[-1, *self.shape])
+
+    def initial(self) -> np.ndarray:
+        """The state a sequence starts with: one row of zeros."""
+        shape = self.initial_shape if self.initial_shape is not None else [max(0, d) for d in self.shape]
+        return np.zeros([1, *shape], dtype=DATATYPES[self.datatype])
+
+
+class Sequences(_Strict):
+    """A stateful model's requests come in sequences (Triton's sequence_batching): each names its
+    sequence (`sequence_id`), the first says it starts one, the last that it ends. A sequence's
+    requests run one at a time in their order; requests of different sequences batch together.
+    The server fills the control inputs and keeps the states."""
+
+    controls: list[SequenceControl] = Field(default_factory=list)
+    states: list[SequenceState] = Field(default_factory=list)
+    idle_ms: float = Field(default=1000.0, gt=0)
+    """A sequence with no request for this long is ended (Triton's max_sequence_idle_microseconds)."""
+    max_sequences: int = Field(default=1024, ge=1)
+    """Sequences active at once, in each worker: one more is refused (503) until one ends."""
+
+    def graph_inputs(self) -> list[TensorSpec]:
+        return [c.spec() for c in self.controls] + [s.spec() for s in self.states]
+
+    def names(self) -> set[str]:
+        """The graph inputs the server fills."""
+        return {c.input for c in self.controls} | {s.input for s in self.states}
+
+
 class EnsembleStep(_Strict):
     """One step of an ensemble (Triton's ModelEnsembling.Step): a served model run on some of
     the ensemble's tensors, making others."""
@@ -420,6 +504,9 @@ class Manifest(_Strict):
     ensemble: list[EnsembleStep] | None = Field(default=None, exclude_if=_unset)
     """An ensemble: no graph of its own, its steps run other served models on its tensors
     (Triton's platform "ensemble" with its ensemble_scheduling)."""
+    sequence: Sequences | None = Field(default=None, exclude_if=_unset)
+    """A stateful model: its requests come in sequences, whose controls and states the server
+    fills (Triton's sequence_batching); `inputs` and `outputs` are what clients send and get."""
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str] = Field(default_factory=dict)
@@ -454,7 +541,7 @@ class Manifest(_Strict):
             raise ValueError(f"a {self.task} model needs its preprocessing and at least two labels")
         elif not self.batches:
             raise ValueError(f"a {self.task} model batches: its tensors have a first, batch axis")
-        problem = self._task_inputs_problem()
+        problem = self._task_inputs_problem() or self._sequence_problem()
         if problem:
             raise ValueError(problem)
         logits = self.outputs[0]
@@ -475,6 +562,30 @@ class Manifest(_Strict):
         if itself:
             raise ValueError(f"a step of ensemble {self.name!r} runs the ensemble itself")
         waves(self.ensemble, [t.name for t in self.inputs], [t.name for t in self.outputs])
+
+    def _sequence_problem(self) -> str | None:
+        """Where a sequence model's configuration could not be served: why, else None."""
+        sequence = self.sequence
+        if sequence is None:
+            return None
+        if self.task != TENSORS_TASK or not self.batches or self.ensemble is not None:
+            return ("a sequence model is a tensors model that batches (max_batch_size 1 or more): its requests are "
+                    "one row each")
+        if self.response_cache:
+            return "a sequence model's answers depend on its state: it has no response cache"
+        filled = [c.input for c in sequence.controls] + [s.input for s in sequence.states]
+        clash = sorted({n for n in filled if filled.count(n) > 1} | (set(filled) & {t.name for t in self.inputs}))
+        if clash:
+            return f"inputs {clash}: filled by the server for each sequence (controls, states), once, not by clients"
+        kinds = [c.kind for c in sequence.controls]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            return f"controls {twice}: one input each"
+        return None
+
+    def graph_inputs(self) -> list[TensorSpec]:
+        """Every input the graph takes: clients' and, for a sequence model, the server's."""
+        return self.inputs if self.sequence is None else self.inputs + self.sequence.graph_inputs()
 
     def _task_inputs_problem(self) -> str | None:
         """Where a classification task's preprocessing makes tensors its graph does not take

@@ -32,6 +32,9 @@ from app.manifest import (
     Preprocessing,
     Priorities,
     QueuePolicy,
+    SequenceControl,
+    Sequences,
+    SequenceState,
     TensorSpec,
     VersionPolicy,
     from_triton_type,
@@ -49,7 +52,7 @@ ENSEMBLE = "ensemble"
 # a field added to Triton's schema later is not served as if it were absent.
 _HONOURED = {"name", "platform", "backend", "max_batch_size", "input", "output", "dynamic_batching",
              "version_policy", "default_model_filename", "response_cache", "model_warmup", "model_operations",
-             "optimization", "parameters", "model_transaction_policy", "instance_group"}
+             "optimization", "parameters", "model_transaction_policy", "instance_group", "sequence_batching"}
 _IGNORED = {"model_metrics": "metrics are the server's", "metric_tags": "metrics are the server's",
             "cc_model_filenames": "per-GPU files", "model_repository_agents": "no repository agents",
             "runtime": "the ONNX Runtime backend is built in"}
@@ -153,6 +156,9 @@ class ModelFacts(_Facts):
     onnxruntime: ModelRuntimeOptions | None = None
     """The model's own ONNX Runtime options (Triton's optimization.graph.level and ONNX Runtime
     parameters); each unset is the server's."""
+    sequence: Sequences | None = None
+    """A stateful model's sequences (Triton's sequence_batching): the controls and states the
+    server fills for each request."""
     ensemble: list[EnsembleStep] | None = None
     """An ensemble's steps (Triton's ensemble_scheduling): it has no graph, its inputs and
     outputs are declared, and each step runs a served model on its tensors."""
@@ -276,7 +282,7 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
     refused = sorted(fields - _HONOURED - set(_IGNORED))
     if refused:
         raise FactsError(f"{source}: fields {refused} are not supported (this server serves ONNX models with "
-                         "dynamic batching, and ensembles of them: no sequence batching or batch inputs)")
+                         "dynamic or sequence batching, and ensembles of them: no batch inputs or outputs)")
     if config.platform and config.platform not in PLATFORMS or config.backend and config.backend not in BACKENDS:
         raise FactsError(f"{source}: platform {config.platform!r} / backend {config.backend!r}: only ONNX models "
                          "are served (platform onnxruntime_onnx, backend onnxruntime)")
@@ -297,13 +303,17 @@ def from_triton(config: Any, folder_name: str, source: str, folder: Path | None)
             else:
                 labels = read_labels(folder, t.label_filename, source)
     batching = _batching(config, fields, source, ignored)
+    sequence = None
+    if "sequence_batching" in fields:
+        sequence, batching = _sequence(config, source, ignored)
     policy = _version_policy(config) if "version_policy" in fields else None
     cache = config.response_cache.enable if "response_cache" in fields else None
     warmup = [_warmup_sample(sample, source) for sample in config.model_warmup] or None
     libraries = list(config.model_operations.op_library_filename) or None
     given: dict[str, Any] = {"labels": labels, "version_policy": policy, "batching": batching, "inputs": inputs,
              "outputs": outputs, "model_file": config.default_model_filename or None, "response_cache": cache,
-             "warmup": warmup, "op_libraries": libraries, "onnxruntime": _runtime_options(config, source, ignored)}
+             "warmup": warmup, "op_libraries": libraries, "onnxruntime": _runtime_options(config, source, ignored),
+             "sequence": sequence}
     # Only what the configuration says is set: facts on top of others replace only that.
     return ModelFacts(**{k: v for k, v in given.items() if v is not None}, source=source, ignored=ignored)
 
@@ -493,6 +503,76 @@ def _batching(config: Any, fields: set[str], source: str, ignored: dict[str, str
                          max_queue_delay_ms=dynamic.max_queue_delay_microseconds / 1000,
                          queue=None if queue is None or queue == QueuePolicy() else queue,
                          priorities=_priorities(dynamic, source))
+
+
+_CONTROL_KINDS: dict[str, Literal["start", "end", "ready", "correlation_id"]] = {"CONTROL_SEQUENCE_START": "start", "CONTROL_SEQUENCE_END": "end",
+                  "CONTROL_SEQUENCE_READY": "ready", "CONTROL_SEQUENCE_CORRID": "correlation_id"}
+_IGNORED_SEQUENCE = {"oldest.preserve_ordering": "answers always go to their own requests",
+                     "direct.minimum_slot_utilization": "no slots: requests of any sequences batch as they come",
+                     "state.use_same_buffer_for_input_output": "states are host arrays",
+                     "state.use_growable_memory": "states are host arrays"}
+
+
+def _sequence(config: Any, source: str, ignored: dict[str, str]) -> tuple[Sequences, BatchingFacts]:
+    """Triton's sequence batching: its controls and states, filled by the server, and how the
+    requests of different sequences batch (either strategy's delay and sizes; no slots)."""
+    given = config.sequence_batching
+    if config.max_batch_size == 0:
+        raise FactsError(f"{source}: sequence_batching with max_batch_size 0: a sequence model here batches (its "
+                         "requests, one row each, batch across sequences); give it max_batch_size 1 or more")
+    if given.iterative_sequence:
+        raise FactsError(f"{source}: sequence_batching.iterative_sequence: a model that schedules its own next "
+                         "step (decoupled) is not served")
+    strategy = given.oldest if given.HasField("oldest") else given.direct
+    for name in _IGNORED_SEQUENCE:
+        part, field = name.split(".")
+        messages = [given.oldest] if part == "oldest" else [given.direct] if part == "direct" else list(given.state)
+        if any(field in _set_fields(message) for message in messages):
+            ignored[f"sequence_batching.{name}"] = _IGNORED_SEQUENCE[name]
+    preferred = [n for n in getattr(strategy, "preferred_batch_size", []) if 0 < n <= config.max_batch_size]
+    candidates = given.oldest.max_candidate_sequences if given.HasField("oldest") else 0
+    try:
+        sequence = Sequences(controls=[_control(c, source) for c in given.control_input],
+                             states=[_state(s, source) for s in given.state],
+                             **({"idle_ms": given.max_sequence_idle_microseconds / 1000}
+                                if given.max_sequence_idle_microseconds else {}),
+                             **({"max_sequences": candidates} if candidates else {}))
+    except ValidationError as e:
+        raise FactsError(f"{source}: sequence_batching: {describe(e)}") from e
+    return sequence, BatchingFacts(max_batch_size=max(preferred, default=config.max_batch_size),
+                                   max_queue_delay_ms=strategy.max_queue_delay_microseconds / 1000)
+
+
+def _control(given: Any, source: str) -> SequenceControl:
+    if len(given.control) != 1:
+        raise FactsError(f"{source}: sequence_batching control_input {given.name!r}: one control per input, "
+                         f"got {len(given.control)}")
+    control = given.control[0]
+    kind = _CONTROL_KINDS[model_config_pb2.ModelSequenceBatching.Control.Kind.Name(control.kind)]
+    if kind == "correlation_id":
+        datatype = from_triton_type(model_config_pb2.DataType.Name(control.data_type))
+        return SequenceControl(input=given.name, kind=kind, datatype=datatype)
+    values = [("INT32", list(control.int32_false_true)), ("FP32", list(control.fp32_false_true)),
+              ("BOOL", [float(v) for v in control.bool_false_true])]
+    found = [(datatype, pair) for datatype, pair in values if pair]
+    if len(found) != 1:
+        raise FactsError(f"{source}: sequence_batching control_input {given.name!r}: a {kind} control gives its "
+                         "false and true values once, as int32_false_true, fp32_false_true or bool_false_true")
+    datatype, pair = found[0]
+    return SequenceControl(input=given.name, kind=kind, datatype=datatype, false_true=pair)
+
+
+def _state(given: Any, source: str) -> SequenceState:
+    initial = None
+    if len(given.initial_state) > 1:
+        raise FactsError(f"{source}: sequence_batching state {given.input_name!r}: one initial_state at most")
+    for start in given.initial_state:
+        if start.WhichOneof("state_data") != "zero_data":
+            raise FactsError(f"{source}: sequence_batching state {given.input_name!r}: initial_state from a data "
+                             "file is not served; zero_data is")
+        initial = list(start.dims)
+    return SequenceState(input=given.input_name, output=given.output_name, datatype=from_triton_type(
+        model_config_pb2.DataType.Name(given.data_type)), shape=list(given.dims), initial_shape=initial)
 
 
 def _priorities(dynamic: Any, source: str) -> Priorities | None:

@@ -21,6 +21,7 @@ from app.observability.stats import ModelStats
 from app.reshaping import Reshaper
 from app.response_cache import CachePart, Key
 from app.runtime import CUDA, OrtModel
+from app.sequences import SequenceBook, SequenceFlags
 from app.supervision import BatchHealth
 from app.warmup_samples import rows_of
 
@@ -51,6 +52,8 @@ class ServedModel:
     warmup_samples: list[tuple[dict[str, np.ndarray], int]] = field(default_factory=list)
     """Triton's model_warmup: requests (as the graph takes them) and how often each is run;
     empty: warmed up on generated inputs (app/warmup_samples.py)."""
+    sequences: SequenceBook | None = None
+    """A stateful model's active sequences (app/sequences.py); None: its requests stand alone."""
     leases: int = 0
     """Requests that hold this model: between looking it up and their answer."""
 
@@ -124,14 +127,26 @@ class ServedModel:
 
     async def infer(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
                     client_gone: Callable[[], bool] | None = None, others_on_the_way: bool = False,
-                    in_flight_beside: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
+                    in_flight_beside: int = 0, priority: int = 0,
+                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]:
         """Queue and await one request's (already validated) rows; at `due` (time.monotonic(),
         counted from the request's arrival) the request gets 504. `others_on_the_way`: the
         other requests holding this model count as on their way to its queue, so that no
         batch runs inline, on the event loop, while there are any (DynamicBatcher.run_or_queue).
         `in_flight_beside`: requests the transport knows its client has in flight beside this
         one (a gRPC stream's earlier messages not answered yet), counted the same way.
-        `priority`: the request's (Triton's `priority` parameter; 0: the model's default level)."""
+        `priority`: the request's (Triton's `priority` parameter; 0: the model's default level).
+        `sequence`: what a stateful model's request says of its sequence (its controls and
+        state are filled, app/sequences.py); other models' requests need none."""
+        if self.sequences is not None:
+            return await self.sequences.run(inputs, sequence, functools.partial(
+                self._queued, due=due, timeout_s=timeout_s, client_gone=client_gone,
+                others_on_the_way=others_on_the_way, in_flight_beside=in_flight_beside, priority=priority))
+        return await self._queued(inputs, due, timeout_s, client_gone, others_on_the_way, in_flight_beside, priority)
+
+    async def _queued(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
+                      client_gone: Callable[[], bool] | None, others_on_the_way: bool, in_flight_beside: int,
+                      priority: int) -> dict[str, np.ndarray]:
         started = time.monotonic()
         if started >= due:
             raise DeadlineExceeded(f"model {self.name!r}: the request's {timeout_s:g} s were spent before it "
@@ -202,7 +217,7 @@ class ServedModel:
                 session.run(inputs)
         if not self.manifest.batches:  # one request's tensors as declared, no batch axis
             inputs = (self.warmup_samples[0][0] if self.warmup_samples else
-                      {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.inputs})
+                      {spec.name: _dummy(spec, 0, batches=False) for spec in self.manifest.graph_inputs()})
             session.run(inputs)
             session.known_good = inputs
             return
@@ -230,7 +245,7 @@ class ServedModel:
     def _dummy_batch(self, rows: int) -> dict[str, np.ndarray]:
         if self.warmup_samples:  # the first sample's rows, in turn
             return rows_of(self.warmup_samples[0][0], rows)
-        return {spec.name: _dummy(spec, rows) for spec in self.manifest.inputs}
+        return {spec.name: _dummy(spec, rows) for spec in self.manifest.graph_inputs()}
 
 
 class Lease:

@@ -12,6 +12,7 @@ from app.manifest import (
     Manifest,
     ModelRuntimeOptions,
     QueuePolicy,
+    Sequences,
     TensorSpec,
     triton_type,
 )
@@ -74,7 +75,9 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         "max_batch_size": max_batch_size if m.batches else 0,
         "input": _config_tensors(m.inputs, m.batches), "output": _config_tensors(m.outputs, m.batches),
     }
-    if m.batches:
+    if m.sequence is not None:  # Triton's scheduling choice is one of the two
+        config["sequence_batching"] = _sequence_batching(m.sequence, max_batch_size, max_queue_delay_s)
+    elif m.batches:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_s * 1e6),
                                       "preferred_batch_size": [max_batch_size]}
         if m.batching.queue is not None:  # Triton's words; a request's own timeout always applies
@@ -105,6 +108,38 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
         parameters["description"] = m.description
     config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return config
+
+
+_CONTROL_KINDS = {"start": "CONTROL_SEQUENCE_START", "end": "CONTROL_SEQUENCE_END", "ready": "CONTROL_SEQUENCE_READY",
+                  "correlation_id": "CONTROL_SEQUENCE_CORRID"}
+_FALSE_TRUE = {"INT32": "int32_false_true", "FP32": "fp32_false_true", "BOOL": "bool_false_true"}
+
+
+def _sequence_batching(sequence: Sequences, max_batch_size: int, max_queue_delay_s: float) -> dict[str, Any]:
+    """A sequence model's batching in Triton's words: the oldest strategy, which batches the
+    requests of any sequences as they come, as this server does."""
+    controls = []
+    for c in sequence.controls:
+        control: dict[str, Any] = {"kind": _CONTROL_KINDS[c.kind]}
+        if c.false_true is None:
+            control["data_type"] = triton_type(c.datatype)
+        else:
+            pair = [bool(v) for v in c.false_true] if c.datatype == "BOOL" else (
+                [int(v) for v in c.false_true] if c.datatype == "INT32" else c.false_true)
+            control[_FALSE_TRUE[c.datatype]] = pair
+        controls.append({"name": c.input, "control": [control]})
+    states = []
+    for s in sequence.states:
+        state: dict[str, Any] = {"input_name": s.input, "output_name": s.output, "data_type": triton_type(s.datatype),
+                                 "dims": s.shape}
+        if s.initial_shape is not None:
+            state["initial_state"] = [{"data_type": triton_type(s.datatype), "dims": s.initial_shape,
+                                       "zero_data": True, "name": f"{s.input}_initial"}]
+        states.append(state)
+    return {"max_sequence_idle_microseconds": round(sequence.idle_ms * 1000), "control_input": controls,
+            "state": states, "oldest": {"max_candidate_sequences": sequence.max_sequences,
+                                        "preferred_batch_size": [max_batch_size],
+                                        "max_queue_delay_microseconds": int(max_queue_delay_s * 1e6)}}
 
 
 def _queue_policy(policy: QueuePolicy) -> dict[str, Any]:

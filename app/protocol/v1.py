@@ -12,6 +12,7 @@ from app.codecs import Codec, predictions, predictions_bytes_bound
 from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import Manifest
 from app.protocol.values import json_object
+from app.sequences import SequenceFlags
 
 
 def parse_instances(body: bytes) -> list[Any]:
@@ -43,6 +44,9 @@ class V1Exchange:
 
     def priority(self, kept: None) -> int:
         return 0  # V1 has no way to ask for one: the model's default level
+
+    def sequence(self, kept: None) -> SequenceFlags | None:
+        return None  # V1 has no way to name one: a stateful model refuses its requests, saying why
 
     def answer_bytes(self, kept: None, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:

@@ -16,7 +16,14 @@ from app.errors import InvalidInput, UnprocessableInput
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
 from app.protocol.shared_memory import REGION, Place, SharedMemoryRegions, named_place
-from app.protocol.values import dumps_with_non_finite, json_object, positive_timeout, priority_level
+from app.protocol.values import (
+    dumps_with_non_finite,
+    json_object,
+    positive_timeout,
+    priority_level,
+    sequence_flags,
+)
+from app.sequences import SequenceFlags
 
 NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
 # Keyed by the dtype itself: `dtype.name` is a Python-level property that costs a few µs,
@@ -556,6 +563,9 @@ class V2Exchange:
     def priority(self, request: InferenceRequest) -> int:
         asked = (request.parameters or {}).get("priority")
         return 0 if asked is None else priority_level(asked)
+
+    def sequence(self, request: InferenceRequest) -> SequenceFlags | None:
+        return sequence_flags(request.parameters or {})
 
     def answer_bytes(self, request: InferenceRequest, manifest: Manifest, rows: int,
                      outputs: dict[str, np.ndarray] | None = None) -> int:

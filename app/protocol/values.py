@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from app.errors import InvalidInput, ParseElsewhere, UnprocessableInput
+from app.sequences import SequenceFlags
 
 
 def json_object(data: bytes, expected: str) -> dict[str, Any]:
@@ -76,6 +77,28 @@ def priority_level(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"parameters.priority must be a whole number, 0 or more (1 the highest level, 0 the "
                            f"model's default), got {value!r}")
+    return value
+
+
+def sequence_flags(parameters: dict[str, Any]) -> SequenceFlags | None:
+    """A request's `sequence_id` (a whole number or a string; 0 or "" none), `sequence_start`
+    and `sequence_end` (booleans), as Triton's clients send them; None without an ID."""
+    given = parameters.get("sequence_id")
+    start, end = (_flag(parameters.get(name), name) for name in ("sequence_start", "sequence_end"))
+    if isinstance(given, bool) or not isinstance(given, int | str | None) or isinstance(given, int) and given < 0:
+        raise InvalidInput(f"parameters.sequence_id must be a whole number (0 or more) or a string, got {given!r}")
+    if given is None or given == 0 or given == "":
+        if start or end:
+            raise InvalidInput("parameters.sequence_start and sequence_end need a sequence_id (not 0 or empty)")
+        return None
+    return SequenceFlags(given, start, end)
+
+
+def _flag(value: object, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameters.{name} must be true or false, got {value!r}")
     return value
 
 

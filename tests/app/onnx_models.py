@@ -293,3 +293,52 @@ def upper_cased() -> onnx.GraphProto:
     return helper.make_graph(
         [helper.make_node("StringUpper", ["text"], ["upper"], domain="ai.onnx.contrib")], "upper_cased",
         [helper.make_tensor_value_info("text", STRING, ["n"])], [helper.make_tensor_value_info("upper", STRING, ["n"])])
+
+
+def accumulator() -> onnx.GraphProto:
+    """A stateful model as Triton's sequence batcher serves it: each request's x added to its
+    sequence's running total, kept in an implicit state (acc_in -> acc_out) that START resets;
+    its controls (START, END, READY and the correlation ID) echoed, so that a test sees them."""
+    int32, uint64 = TensorProto.INT32, TensorProto.UINT64
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    return helper.make_graph(
+        [helper.make_node("Cast", ["START"], ["start_f"], to=FLOAT),
+         helper.make_node("Sub", ["one", "start_f"], ["keep"]),
+         helper.make_node("Mul", ["acc_in", "keep"], ["before"]),
+         helper.make_node("Add", ["before", "x"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["total"]),
+         helper.make_node("Identity", ["START"], ["started"]),
+         helper.make_node("Identity", ["END"], ["ended"]),
+         helper.make_node("Identity", ["READY"], ["ready"]),
+         helper.make_node("Identity", ["CORRID"], ["corrid"])],
+        "accumulator",
+        [helper.make_tensor_value_info("x", FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("START", int32, ["n", 1]),
+         helper.make_tensor_value_info("END", int32, ["n", 1]),
+         helper.make_tensor_value_info("READY", int32, ["n", 1]),
+         helper.make_tensor_value_info("CORRID", uint64, ["n", 1]),
+         helper.make_tensor_value_info("acc_in", FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("total", FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("started", int32, ["n", 1]),
+         helper.make_tensor_value_info("ended", int32, ["n", 1]),
+         helper.make_tensor_value_info("ready", int32, ["n", 1]),
+         helper.make_tensor_value_info("corrid", uint64, ["n", 1]),
+         helper.make_tensor_value_info("acc_out", FLOAT, ["n", 1])], [one])
+
+
+ACCUMULATOR_CONFIG = """
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  oldest { max_candidate_sequences: 16 max_queue_delay_microseconds: 2000 }
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "acc_in" output_name: "acc_out" data_type: TYPE_FP32 dims: [ 1 ] } ]
+}
+"""
+"""accumulator()'s Triton configuration: its inputs and outputs left to the graph (x in; the
+total and the echoed controls out; the state's output is not answered)."""

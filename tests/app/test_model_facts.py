@@ -269,7 +269,8 @@ async def test_a_triton_model_repository_is_served_as_it_is(tmp_path: Path) -> N
 @pytest.mark.parametrize(("text", "why"), [
     ('platform: "tensorrt_plan"', "only ONNX models are served"),
     ('backend: "python"', "only ONNX models are served"),
-    ("max_batch_size: 4 sequence_batching { }", "['sequence_batching'] are not supported"),
+    ('max_batch_size: 4 batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 } ]',
+     "['batch_input'] are not supported"),
     ("model_transaction_policy { decoupled: true }", "a decoupled model (any number of answers per request) is "
      "not served"),
     # ONNX Runtime options (tests/app/test_model_runtime_options.py) that Triton would not take either

@@ -1,0 +1,156 @@
+"""A stateful model's sequences (Triton's sequence batching, with its implicit state): which
+sequences are active in this worker, each one's state, and the inputs the server fills for
+each request.
+
+A request names its sequence (`sequence_id`) and says whether it starts or ends it. The
+requests of one sequence run one at a time, in the order they came: each waits for the one
+before it to be answered, then goes to the model's batcher with the control inputs filled
+(start, end, ready, the correlation ID) and the state the one before it left (zeros for the
+first). Requests of different sequences meet in the batcher and batch together, as Triton's
+oldest strategy batches them; there are no slots to wait for. The states a request's run
+gives are kept for the next, and are not answered (unless the model lists them as outputs).
+
+A sequence lives in the worker that served its start: with several workers, a client sends a
+sequence's requests over one connection (one gRPC channel, or HTTP keep-alive), which stays
+with one worker. Sequences are bounded (`max_sequences`, a 503 past it) and ended when idle
+past `idle_ms`, as Triton ends them, so a client that never sends its end costs nothing for
+long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.errors import InvalidInput, QueueFull
+from app.manifest import DATATYPES, SequenceControl, Sequences
+
+SequenceId = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceFlags:
+    """What a request says of its sequence (Triton's sequence_id, sequence_start, sequence_end)."""
+
+    id: SequenceId
+    start: bool = False
+    end: bool = False
+
+
+@dataclass(eq=False)
+class _Sequence:
+    state: dict[str, np.ndarray]
+    """The state inputs its next request runs with."""
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by the request that runs; the next ones wait for it in their order (asyncio's
+    locks wake their waiters first come, first served)."""
+    waiting: int = 0
+    """Its requests taken and not yet answered: while any, it is not idle."""
+    last: float = field(default_factory=time.monotonic)
+    """When its last request was answered (or it started)."""
+
+
+class SequenceBook:
+    """One model version's active sequences in this worker."""
+
+    def __init__(self, model: str, facts: Sequences, answered: frozenset[str] = frozenset()) -> None:
+        """`answered`: the model's outputs; a state output among them is answered as well as kept
+        (Triton answers one the configuration lists, for debugging)."""
+        self.model = model
+        self.facts = facts
+        self._idle_s = facts.idle_ms / 1000
+        self._live: dict[SequenceId, _Sequence] = {}
+        self._kept = {s.output: s.input for s in facts.states}
+        self._answered = answered
+
+    @property
+    def active(self) -> int:
+        return len(self._live)
+
+    async def run(self, inputs: dict[str, np.ndarray], flags: SequenceFlags | None,
+                  infer: Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+                  ) -> dict[str, np.ndarray]:
+        """One request of a sequence: after the sequence's earlier ones, through `infer` (the
+        model's batcher) with its controls and state filled; its state outputs kept, not answered."""
+        if flags is None:
+            raise InvalidInput(f"model {self.model!r} serves sequences: each request gives its sequence_id "
+                               "parameter (a number or a string; sequence_start true on the first request, "
+                               "sequence_end true on the last)")
+        rows = len(next(iter(inputs.values())))
+        if rows != 1:
+            raise InvalidInput(f"model {self.model!r} serves sequences: a request is one step of one sequence, "
+                               f"one row; got {rows}")
+        now = time.monotonic()
+        sequence = self._start(flags, now) if flags.start else self._active(flags.id, now)
+        sequence.waiting += 1
+        try:
+            async with sequence.turn:
+                given = inputs | sequence.state | self._controls(flags)
+                outputs = await infer(given)
+                # A copy: the rows handed back are views of the whole batch's output
+                sequence.state = {state: (outputs[output] if output in self._answered else outputs.pop(output)).copy()
+                                  for output, state in self._kept.items()}
+                return outputs
+        finally:
+            sequence.waiting -= 1
+            sequence.last = time.monotonic()
+            if flags.end and self._live.get(flags.id) is sequence:
+                del self._live[flags.id]
+
+    def _start(self, flags: SequenceFlags, now: float) -> _Sequence:
+        """A new sequence under this ID: one still active under it is replaced (its requests
+        already taken finish on it), as a client restarting a stream expects."""
+        if flags.id not in self._live and len(self._live) >= self.facts.max_sequences:
+            self._end_idle(now)
+            if len(self._live) >= self.facts.max_sequences:
+                raise QueueFull(f"model {self.model!r} has {len(self._live)} sequences active in this worker, its "
+                                f"most (max_candidate_sequences); one must end (sequence_end) or be idle "
+                                f"{self.facts.idle_ms:g} ms (max_sequence_idle_microseconds) first")
+        sequence = self._live[flags.id] = _Sequence({s.input: s.initial() for s in self.facts.states})
+        return sequence
+
+    def _active(self, sequence_id: SequenceId, now: float) -> _Sequence:
+        sequence = self._live.get(sequence_id)
+        if sequence is not None and self._idle(sequence, now):
+            del self._live[sequence_id]
+            sequence = None
+        if sequence is None:
+            raise InvalidInput(f"sequence {sequence_id!r} of model {self.model!r} is not active: its first request "
+                               f"sets sequence_start true; a sequence ends with its sequence_end, or idle for "
+                               f"{self.facts.idle_ms:g} ms (max_sequence_idle_microseconds); and with several "
+                               "worker processes, it lives in the one that served its start: send a sequence's "
+                               "requests over one connection")
+        return sequence
+
+    def _idle(self, sequence: _Sequence, now: float) -> bool:
+        return not sequence.waiting and now - sequence.last > self._idle_s
+
+    def _end_idle(self, now: float) -> None:
+        for sequence_id in [i for i, s in self._live.items() if self._idle(s, now)]:
+            del self._live[sequence_id]
+
+    def _controls(self, flags: SequenceFlags) -> dict[str, np.ndarray]:
+        return {control.input: _control_value(control, flags) for control in self.facts.controls}
+
+
+def _control_value(control: SequenceControl, flags: SequenceFlags) -> np.ndarray:
+    """One request's value of a control input, as a [1, 1] tensor of its type."""
+    dtype = DATATYPES[control.datatype]
+    if control.kind == "correlation_id":
+        if control.datatype == "BYTES":
+            return np.array([[str(flags.id)]], dtype=object)
+        if isinstance(flags.id, str):
+            raise InvalidInput(f"sequence_id {flags.id!r}: this model's correlation ID is a number "
+                               f"({control.datatype})")
+        info = np.iinfo(dtype)
+        if not info.min <= flags.id <= info.max:
+            raise InvalidInput(f"sequence_id {flags.id}: this model's correlation ID is {control.datatype}, "
+                               f"{info.min} to {info.max}")
+        return np.array([[flags.id]], dtype=dtype)
+    assert control.false_true is not None  # a flag's values (SequenceControl checks)
+    on = {"start": flags.start, "end": flags.end, "ready": True}[control.kind]
+    return np.array([[control.false_true[int(on)]]], dtype=dtype)
