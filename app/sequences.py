@@ -84,12 +84,13 @@ class SequenceBook:
         if rows != 1:
             raise InvalidInput(f"model {self.model!r} serves sequences: a request is one step of one sequence, "
                                f"one row; got {rows}")
+        controls = self._controls(flags)  # a correlation ID the model cannot take is refused before it starts
         now = time.monotonic()
         sequence = self._start(flags, now) if flags.start else self._active(flags.id, now)
         sequence.waiting += 1
         try:
             async with sequence.turn:
-                given = inputs | sequence.state | self._controls(flags)
+                given = inputs | sequence.state | controls
                 outputs = await infer(given)
                 # A copy: the rows handed back are views of the whole batch's output
                 sequence.state = {state: (outputs[output] if output in self._answered else outputs.pop(output)).copy()

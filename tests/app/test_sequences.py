@@ -1,0 +1,221 @@
+"""A stateful model, as Triton's sequence batcher serves it (sequence_batching with implicit
+state): requests name their sequence, the server fills the control inputs and keeps each
+sequence's state, a sequence's requests run in their order, and different sequences' requests
+batch together. The model (tests/app/onnx_models.py `accumulator`) adds each request's x to its
+sequence's total and echoes its controls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.model_facts import FactsError, from_triton_text
+from load_tests.server import ServerProcess
+from tests.app.conftest import serving, serving_grpc
+from tests.app.onnx_models import ACCUMULATOR_CONFIG, accumulator, save
+
+MODEL = "accumulator"
+
+
+def repository(root: Path, config: str = ACCUMULATOR_CONFIG) -> Path:
+    save(root, MODEL, accumulator())
+    (root / MODEL / "config.pbtxt").write_text(config)
+    return root
+
+
+def step(x: float, rows: int = 1, **parameters: Any) -> dict[str, Any]:
+    return {"parameters": parameters,
+            "inputs": [{"name": "x", "shape": [rows, 1], "datatype": "FP32", "data": [x] * rows}]}
+
+
+def outputs(answer: Any) -> dict[str, Any]:
+    assert answer.status_code == 200, answer.text
+    return {o["name"]: o["data"][0] for o in answer.json()["outputs"]}
+
+
+async def test_each_sequence_keeps_its_own_state_and_sees_its_controls(tmp_path: Path) -> None:
+    async with serving(model_dir=repository(tmp_path)) as client:
+        async def sequence(sequence_id: int, values: list[float]) -> list[dict[str, Any]]:
+            seen = []
+            for i, x in enumerate(values):
+                flags = {"sequence_start": i == 0, "sequence_end": i == len(values) - 1}
+                seen.append(outputs(await client.post(f"/v2/models/{MODEL}/infer",
+                                                      json=step(x, sequence_id=sequence_id, **flags))))
+            return seen
+        # eight sequences at once: their steps meet in the batcher
+        runs = await asyncio.gather(*(sequence(100 + n, [float(n + 1)] * 5) for n in range(8)))
+        stats = (await client.get(f"/v2/models/{MODEL}/stats")).json()["model_stats"][0]
+        metadata = (await client.get(f"/v2/models/{MODEL}")).json()
+    for n, seen in enumerate(runs):
+        assert [s["total"] for s in seen] == [(n + 1) * k for k in range(1, 6)]  # its own running total
+        assert [s["started"] for s in seen] == [1, 0, 0, 0, 0]
+        assert [s["ended"] for s in seen] == [0, 0, 0, 0, 1]
+        assert {s["ready"] for s in seen} == {1}
+        assert {s["corrid"] for s in seen} == {100 + n}
+    assert stats["inference_count"] == 40
+    assert stats["execution_count"] < 40  # steps of different sequences ran in the same batches
+    assert [t["name"] for t in metadata["inputs"]] == ["x"]  # clients send x; the server fills the rest
+    assert "acc_out" not in [t["name"] for t in metadata["outputs"]]  # the state is kept, not answered
+
+
+async def test_a_sequences_requests_sent_at_once_run_one_at_a_time_in_their_order(tmp_path: Path) -> None:
+    values = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    async with serving(model_dir=repository(tmp_path)) as client:
+        first = outputs(await client.post(f"/v2/models/{MODEL}/infer",
+                                          json=step(0.5, sequence_id=4242, sequence_start=True)))
+        answers = await asyncio.gather(*(client.post(f"/v2/models/{MODEL}/infer", json=step(x, sequence_id=4242))
+                                         for x in values))
+    totals = [outputs(a)["total"] for a in answers]
+    assert first["total"] == 0.5
+    # each saw the state the one before it left: the totals are the running sums, in order sent
+    assert totals == list(0.5 + np.cumsum(values))
+
+
+async def test_what_a_sequence_model_refuses_says_why(tmp_path: Path) -> None:
+    config = ACCUMULATOR_CONFIG.replace("max_candidate_sequences: 16", "max_candidate_sequences: 2")
+    async with serving(model_dir=repository(tmp_path, config)) as client:
+        async def send(body: dict[str, Any]) -> Any:
+            return await client.post(f"/v2/models/{MODEL}/infer", json=body)
+        no_id = await send(step(1.0))
+        not_started = await send(step(1.0, sequence_id=5))
+        two_rows = await send(step(1.0, rows=2, sequence_id=5, sequence_start=True))
+        string_id = await send(step(1.0, sequence_id="words", sequence_start=True))  # the model's ID is UINT64
+        bad_flag = await send(step(1.0, sequence_id=5, sequence_start="yes"))
+        flag_alone = await send(step(1.0, sequence_end=True))
+        for n in (1, 2):
+            assert (await send(step(1.0, sequence_id=n, sequence_start=True))).status_code == 200
+        third = await send(step(1.0, sequence_id=3, sequence_start=True))
+        await send(step(1.0, sequence_id=1, sequence_end=True))
+        after_end = await send(step(1.0, sequence_id=1))
+        third_again = await send(step(1.0, sequence_id=3, sequence_start=True))
+    assert no_id.status_code == 400
+    assert "each request gives its sequence_id parameter" in no_id.json()["error"]
+    assert not_started.status_code == 400
+    assert "sequence 5 of model 'accumulator' is not active: its first request sets sequence_start true" in \
+        not_started.json()["error"]
+    assert two_rows.status_code == 400
+    assert "one row; got 2" in two_rows.json()["error"]
+    assert string_id.status_code == 400
+    assert "this model's correlation ID is a number (UINT64)" in string_id.json()["error"]
+    assert bad_flag.status_code == 400
+    assert "parameters.sequence_start must be true or false" in bad_flag.json()["error"]
+    assert flag_alone.status_code == 400
+    assert "need a sequence_id" in flag_alone.json()["error"]
+    assert third.status_code == 503  # two sequences active, the model's most
+    assert "has 2 sequences active in this worker" in third.json()["error"]
+    assert third.headers["Retry-After"] == "1"
+    assert after_end.status_code == 400  # ended: its next request must start it again
+    assert third_again.status_code == 200  # an ended sequence made room
+
+
+async def test_a_sequence_idle_past_its_time_is_ended(tmp_path: Path) -> None:
+    config = ACCUMULATOR_CONFIG.replace("max_sequence_idle_microseconds: 5000000",
+                                        "max_sequence_idle_microseconds: 50000")
+    async with serving(model_dir=repository(tmp_path, config)) as client:
+        started = await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=9, sequence_start=True))
+        await asyncio.sleep(0.2)  # past its 50 ms
+        late = await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=9))
+    assert started.status_code == 200
+    assert late.status_code == 400
+    assert "idle for 50 ms" in late.json()["error"]
+
+
+async def test_the_configuration_is_said_back_in_tritons_words(tmp_path: Path) -> None:
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+    from tritonclient.grpc import service_pb2 as pb
+
+    async with serving_grpc(model_dir=repository(tmp_path)) as (client, stub, _):
+        config = (await client.get(f"/v2/models/{MODEL}/config")).json()
+        over_grpc = (await stub.ModelConfig(pb.ModelConfigRequest(name=MODEL))).config
+    said = config["sequence_batching"]
+    assert "dynamic_batching" not in config
+    assert said["max_sequence_idle_microseconds"] == 5_000_000
+    assert said["oldest"]["max_candidate_sequences"] == 16
+    assert [(c["name"], c["control"][0]["kind"]) for c in said["control_input"]] == [
+        ("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"), ("READY", "CONTROL_SEQUENCE_READY"),
+        ("CORRID", "CONTROL_SEQUENCE_CORRID")]
+    assert said["state"] == [{"input_name": "acc_in", "output_name": "acc_out", "data_type": "TYPE_FP32", "dims": [1]}]
+    # read back through Triton's own schema, it is the configuration given
+    given = model_config_pb2.ModelConfig()
+    json_format.Parse(json.dumps(config), given, ignore_unknown_fields=True)
+    assert given.sequence_batching == over_grpc.sequence_batching
+    assert from_triton_text(f"max_batch_size: 8\n{model_config_pb2.ModelConfig(sequence_batching=given.sequence_batching)}",
+                            MODEL, "said back").sequence == from_triton_text(ACCUMULATOR_CONFIG, MODEL, "given").sequence
+
+
+async def test_sequences_over_grpc_and_a_config_json(tmp_path: Path) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    save(tmp_path, MODEL, accumulator())
+    (tmp_path / MODEL / "config.json").write_text(json.dumps({"batching": {"max_batch_size": 4, "max_queue_delay_ms": 1},
+        "sequence": {"controls": [{"input": "START", "kind": "start", "datatype": "INT32", "false_true": [0, 1]},
+                                  {"input": "END", "kind": "end", "datatype": "INT32", "false_true": [0, 1]},
+                                  {"input": "READY", "kind": "ready", "datatype": "INT32", "false_true": [0, 1]},
+                                  {"input": "CORRID", "kind": "correlation_id", "datatype": "UINT64"}],
+                     "states": [{"input": "acc_in", "output": "acc_out", "datatype": "FP32", "shape": [1]}]}}))
+
+    def request(x: float, start: bool = False, end: bool = False) -> Any:
+        message = pb.ModelInferRequest(model_name=MODEL, inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="x", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[x]))])
+        message.parameters["sequence_id"].uint64_param = 12  # as tritonclient.grpc sends them
+        message.parameters["sequence_start"].bool_param = start
+        message.parameters["sequence_end"].bool_param = end
+        return message
+
+    async with serving_grpc(model_dir=tmp_path) as (_, stub, _):
+        answers = [await stub.ModelInfer(request(x, start=i == 0, end=i == 2)) for i, x in enumerate([1.0, 2.0, 3.0])]
+    totals = [np.frombuffer(a.raw_output_contents[0], dtype=np.float32)[0] for a in answers]
+    corrids = [np.frombuffer(a.raw_output_contents[4], dtype=np.uint64)[0] for a in answers]
+    assert totals == [1.0, 3.0, 6.0]
+    assert corrids == [12, 12, 12]
+
+
+def test_tritonclient_runs_a_sequence_over_http_and_grpc(tmp_path: Path) -> None:
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    repository(tmp_path)
+    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "1"]) as server:
+        clients = {"http": (triton_http, triton_http.InferenceServerClient(server.url.removeprefix("http://"))),
+                   "grpc": (triton_grpc, triton_grpc.InferenceServerClient(server.grpc_target))}
+        totals: dict[str, list[float]] = {}
+        for name, (module, client) in clients.items():
+            totals[name] = []
+            for i, x in enumerate([2.0, 3.0, 4.0]):
+                given = module.InferInput("x", [1, 1], "FP32")
+                given.set_data_from_numpy(np.array([[x]], dtype=np.float32))
+                answer = client.infer(MODEL, [given], sequence_id=77 if name == "http" else 78,
+                                      sequence_start=i == 0, sequence_end=i == 2)
+                totals[name].append(float(answer.as_numpy("total")[0, 0]))
+    assert totals == {"http": [2.0, 5.0, 9.0], "grpc": [2.0, 5.0, 9.0]}
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (("max_batch_size: 8", "max_batch_size: 0"), "sequence_batching with max_batch_size 0"),
+    (("max_sequence_idle", "iterative_sequence: true max_sequence_idle"), "iterative_sequence"),
+    (('dims: [ 1 ] }', 'dims: [ 1 ] initial_state { data_type: TYPE_FP32 dims: [ 1 ] data_file: "s" } }'),
+     "initial_state from a data file is not served"),
+    (("int32_false_true: [ 0, 1 ] } ] },\n    { name: \"END\"", "} ] },\n    { name: \"END\""),
+     "a start control gives its false and true values once"),
+    (('kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] }', 'kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] '
+      '}, { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] }'), "one control per input"),
+    (("data_type: TYPE_UINT64", "data_type: TYPE_FP32"), "a correlation ID is UINT64, INT64, UINT32, INT32 or BYTES"),
+])
+def test_sequence_configurations_that_cannot_be_served_are_refused(change: tuple[str, str], why: str) -> None:
+    assert change[0] in ACCUMULATOR_CONFIG
+    with pytest.raises(FactsError, match=why):
+        from_triton_text(ACCUMULATOR_CONFIG.replace(*change), MODEL, "config.pbtxt")
+
+
+async def test_a_state_the_graph_does_not_make_leaves_the_model_unavailable_saying_why(tmp_path: Path) -> None:
+    repository(tmp_path, ACCUMULATOR_CONFIG.replace('output_name: "acc_out"', 'output_name: "acc_next"'))
+    async with serving(model_dir=tmp_path) as client:
+        ready = await client.get(f"/v2/models/{MODEL}/ready")
+    assert ready.status_code == 503
+    assert "state 'acc_in': its output 'acc_next' is not in the graph" in ready.json()["error"]
