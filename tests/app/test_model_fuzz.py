@@ -26,6 +26,7 @@ from tritonclient.http import InferenceServerClient
 from app.manifest import DATATYPES
 from app.protocol.binary import strings_to_bytes
 from app.protocol.v2_grpc import TYPED_CONTENTS
+from load_tests.sequences import ACCUMULATOR_CONFIG, accumulator
 from load_tests.server import ServerProcess
 from tests.app import onnx_models as models
 
@@ -52,7 +53,7 @@ PRIORITISED = {  # Triton's priority levels: a request's priority parameter, in 
                'instance_group [ { count: 3 kind: KIND_CPU } ]\n'),
 }
 SEQUENCED = {  # Triton's sequence batching: any sequence parameters, any order of them
-    "accumulator": (models.accumulator(), models.ACCUMULATOR_CONFIG),
+    "accumulator": (accumulator(), ACCUMULATOR_CONFIG),
 }
 ENSEMBLES = {
     # ids -> the table's rows (a batching step, which refuses ids past its table) -> centred over

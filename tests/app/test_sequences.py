@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from app.model_facts import FactsError, from_triton_text
+from load_tests.sequences import ACCUMULATOR_CONFIG, accumulator
 from load_tests.server import ServerProcess
 from tests.app.conftest import serving, serving_grpc
-from tests.app.onnx_models import ACCUMULATOR_CONFIG, accumulator, save
+from tests.app.onnx_models import save
 
 MODEL = "accumulator"
 
