@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from app import custom_ops
 from app.batching import BatchPolicy, BatchRecord, DynamicBatcher
@@ -34,7 +35,7 @@ from app.manifest import (
     read_verified,
     sha256_of_bytes,
 )
-from app.model_facts import NO_FACTS, FactsError, ModelFacts, facts_files, read_facts
+from app.model_facts import NO_FACTS, FactsError, ModelFacts, describe, facts_files, read_facts
 from app.observability.stats import ModelStats
 from app.preprocess import ImageLimits
 from app.reshaping import Reshaper
@@ -295,6 +296,12 @@ def _overridden(folder: Path, manifest: Manifest, override: ModelFacts) -> Manif
         update["response_cache"] = override.response_cache
     if override.onnxruntime is not None:  # _with_manifest made the session with them
         update["onnxruntime"] = override.onnxruntime
+    if override.sequence is not None:  # checked whole: the manifest's rules for a sequence model hold
+        changed = manifest.model_copy(update=update | {"sequence": override.sequence})
+        try:
+            return Manifest.model_validate(changed.model_dump())
+        except ValidationError as e:
+            raise LoadError("config", f"{folder}: the load's sequence_batching: {describe(e)}") from e
     return manifest.model_copy(update=update)
 
 

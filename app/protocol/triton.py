@@ -21,7 +21,7 @@ PLATFORM = "onnxruntime_onnx"
 ENSEMBLE = "ensemble"
 SERVER_NAME = "ortserve"
 EXTENSIONS = ["binary_tensor_data", "classification", "logging", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)", "schedule_policy", "statistics", "trace"]
+              "model_repository(unload_dependents)", "schedule_policy", "sequence", "statistics", "trace"]
 """The protocol extensions the server metadata lists, by Triton's names (HTTP and gRPC)."""
 
 

@@ -52,6 +52,7 @@ async def test_each_sequence_keeps_its_own_state_and_sees_its_controls(tmp_path:
         runs = await asyncio.gather(*(sequence(100 + n, [float(n + 1)] * 5) for n in range(8)))
         stats = (await client.get(f"/v2/models/{MODEL}/stats")).json()["model_stats"][0]
         metadata = (await client.get(f"/v2/models/{MODEL}")).json()
+        server = (await client.get("/v2")).json()
     for n, seen in enumerate(runs):
         assert [s["total"] for s in seen] == [(n + 1) * k for k in range(1, 6)]  # its own running total
         assert [s["started"] for s in seen] == [1, 0, 0, 0, 0]
@@ -62,6 +63,7 @@ async def test_each_sequence_keeps_its_own_state_and_sees_its_controls(tmp_path:
     assert stats["execution_count"] < 40  # steps of different sequences ran in the same batches
     assert [t["name"] for t in metadata["inputs"]] == ["x"]  # clients send x; the server fills the rest
     assert "acc_out" not in [t["name"] for t in metadata["outputs"]]  # the state is kept, not answered
+    assert "sequence" in server["extensions"]  # Triton's sequence extension: its three parameters
 
 
 async def test_a_sequences_requests_sent_at_once_run_one_at_a_time_in_their_order(tmp_path: Path) -> None:
@@ -220,3 +222,24 @@ async def test_a_state_the_graph_does_not_make_leaves_the_model_unavailable_sayi
         ready = await client.get(f"/v2/models/{MODEL}/ready")
     assert ready.status_code == 503
     assert "state 'acc_in': its output 'acc_next' is not in the graph" in ready.json()["error"]
+
+
+async def test_a_load_with_a_sequence_configuration_serves_the_model_so(tmp_path: Path) -> None:
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    save(tmp_path, MODEL, accumulator())  # no configuration: every graph input is a client's
+    config = json_format.MessageToJson(text_format.Parse(ACCUMULATOR_CONFIG, model_config_pb2.ModelConfig()))
+    admin = {"Authorization": "Bearer session-token"}
+    async with serving(model_dir=tmp_path, admin_token="session-token", model_control_mode="explicit",
+                       load_model=[MODEL]) as client:
+        before = (await client.get(f"/v2/models/{MODEL}")).json()
+        loaded = await client.post(f"/v2/repository/models/{MODEL}/load", headers=admin,
+                                   json={"parameters": {"config": config}})
+        after = (await client.get(f"/v2/models/{MODEL}")).json()
+        totals = [outputs(await client.post(f"/v2/models/{MODEL}/infer", json=step(
+            x, sequence_id=3, sequence_start=i == 0)))["total"] for i, x in enumerate([1.0, 1.5])]
+    assert len(before["inputs"]) == 6
+    assert loaded.status_code == 200, loaded.text
+    assert [t["name"] for t in after["inputs"]] == ["x"]
+    assert totals == [1.0, 2.5]

@@ -112,7 +112,8 @@ async def test_the_repository_api_loads_and_unloads_with_the_admin_token(model_r
     assert list(answered.outputs[0].shape) == [2, 2]
     assert reconfigured.config.max_batch_size == 4
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "sequence_batching" in refused.details()
+    assert "the load's sequence_batching" in refused.details()
+    assert "a sequence model is a tensors model" in refused.details()  # sst2-lstm classifies text
     assert no_files.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "files (file:...) need the model's configuration beside them in parameters.config" in no_files.details()
     assert {m.name for m in ready_only.models} == {"fashion-cnn", "sst2-lstm"}
