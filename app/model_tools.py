@@ -155,6 +155,11 @@ def _print_decisions(manifest: Manifest, folder: Path) -> None:
               + "".join(f"; level {n}: {_described(q)}" for n, q in sorted(levels.queues.items())))
     if manifest.onnxruntime is not None:
         print("  onnxruntime: " + ", ".join(f"{k} {v}" for k, v in manifest.onnxruntime.model_dump().items()))
+    if manifest.sequence is not None:
+        seq = manifest.sequence
+        print(f"  sequences: controls {', '.join(f'{c.input} ({c.kind})' for c in seq.controls) or 'none'}; states "
+              f"{', '.join(f'{s.input} <- {s.output}' for s in seq.states) or 'none'}; at most {seq.max_sequences} "
+              f"active, ended when idle {seq.idle_ms:g} ms")
     print(f"  sha256 {manifest.variants['fp32'].sha256} recorded in {folder / MANIFEST_FILE}")
 
 

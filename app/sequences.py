@@ -138,6 +138,14 @@ class SequenceBook:
         return {control.input: _control_value(control, flags) for control in self.facts.controls}
 
 
+def first_steps(facts: Sequences, rows: int) -> dict[str, np.ndarray]:
+    """What the server fills for `rows` sequences' first requests (their states zeros): the
+    inputs a warm-up sample of a stateful model leaves to the server."""
+    filled = {c.input: _control_value(c, SequenceFlags(1, start=True)) for c in facts.controls}
+    filled |= {s.input: s.initial() for s in facts.states}
+    return {name: np.repeat(value, rows, axis=0) for name, value in filled.items()}
+
+
 def _control_value(control: SequenceControl, flags: SequenceFlags) -> np.ndarray:
     """One request's value of a control input, as a [1, 1] tensor of its type."""
     dtype = DATATYPES[control.datatype]

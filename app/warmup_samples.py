@@ -21,6 +21,7 @@ import numpy as np
 from app.graph import InputMaker
 from app.manifest import Manifest, TensorSpec, outside
 from app.model_facts import WarmupInput, WarmupSample
+from app.sequences import first_steps
 
 WARMUP_FOLDER = "warmup"
 
@@ -40,8 +41,11 @@ def sample_arrays(sample: WarmupSample, manifest: Manifest, model_folder: Path) 
     if not batches and sample.batch_size != 1:
         raise WarmupError(f"{where}: batch_size {sample.batch_size}, but the model does not batch (1 or unset)")
     rows = sample.batch_size if batches else 1
-    return {spec.name: _array(spec, sample.inputs[spec.name], rows, batches, model_folder, f"{where}, input "
-                              f"{spec.name!r}") for spec in manifest.inputs}
+    arrays = {spec.name: _array(spec, sample.inputs[spec.name], rows, batches, model_folder, f"{where}, input "
+                                f"{spec.name!r}") for spec in manifest.inputs}
+    if manifest.sequence is not None:  # the first steps of as many sequences, as the server fills them
+        arrays |= first_steps(manifest.sequence, rows)
+    return arrays
 
 
 def sample_inputs(sample: WarmupSample, model_folder: Path) -> InputMaker:

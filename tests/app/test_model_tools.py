@@ -201,3 +201,32 @@ def test_an_imported_model_keeps_its_queue_bounds_in_its_manifest(tmp_path: Path
     queue = load_manifest(models / "mlp" / "1").batching.queue
     assert queue is not None
     assert (queue.max_requests, queue.timeout_ms) == (16, 40)
+
+
+async def test_an_imported_stateful_model_keeps_its_sequences_and_is_served_so(tmp_path: Path) -> None:
+    from load_tests.sequences import accumulator
+
+    source = save(tmp_path / "mine", "accumulator", accumulator())
+    config = tmp_path / "config.json"
+    flag = {"datatype": "INT32", "false_true": [0, 1]}
+    config.write_text(json.dumps({"batching": {"max_batch_size": 4, "max_queue_delay_ms": 1}, "sequence": {
+        "controls": [{"input": "START", "kind": "start", **flag}, {"input": "END", "kind": "end", **flag},
+                     {"input": "READY", "kind": "ready", **flag},
+                     {"input": "CORRID", "kind": "correlation_id", "datatype": "UINT64"}],
+        "states": [{"input": "acc_in", "output": "acc_out", "datatype": "FP32", "shape": [1]}]}}))
+    models = tmp_path / "models"
+    imported = run("import", str(source), "--name", "summing", "--config", str(config), "--model-dir", str(models))
+    checked = run("check", str(models))
+    assert imported.returncode == 0, imported.stderr
+    assert "  sequences: controls START (start), END (end), READY (ready), CORRID (correlation_id); states " \
+           "acc_in <- acc_out; at most 1024 active, ended when idle 1000 ms\n" in imported.stdout
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    async with serving(model_dir=models) as client:
+        totals = []
+        for i, x in enumerate([4.0, 5.0]):
+            answer = await client.post("/v2/models/summing/infer", json={
+                "parameters": {"sequence_id": 6, "sequence_start": i == 0},
+                "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [x]}]})
+            assert answer.status_code == 200, answer.text
+            totals.append(answer.json()["outputs"][0]["data"][0])
+    assert totals == [4.0, 9.0]

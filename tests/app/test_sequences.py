@@ -243,3 +243,12 @@ async def test_a_load_with_a_sequence_configuration_serves_the_model_so(tmp_path
     assert loaded.status_code == 200, loaded.text
     assert [t["name"] for t in after["inputs"]] == ["x"]
     assert totals == [1.0, 2.5]
+
+
+async def test_a_warm_up_sample_gives_clients_inputs_and_the_server_fills_the_rest(tmp_path: Path) -> None:
+    sample = 'model_warmup [ { name: "first" batch_size: 2 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 1 ] ' \
+             'random_data: true } } } ]\n'
+    repository(tmp_path, ACCUMULATOR_CONFIG + sample)
+    async with serving(model_dir=tmp_path) as client:
+        answer = await client.post(f"/v2/models/{MODEL}/infer", json=step(2.0, sequence_id=1, sequence_start=True))
+    assert outputs(answer)["total"] == 2.0  # loaded: warmed up on the sample's first steps
