@@ -85,7 +85,11 @@ async def test_a_triton_configurations_onnx_runtime_options_make_the_models_sess
         "enable_mem_arena": "false", "enable_mem_pattern": "false"}
     assert "ignored" not in parameters
     read_back = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
-    assert from_triton(read_back, "mlp", "/config", None).onnxruntime == model.manifest.onnxruntime
+    said = from_triton(read_back, "mlp", "/config", None).onnxruntime
+    assert said is not None
+    # its instance_group says the instances the server runs: the server's one, where the model sets none
+    assert said.model_copy(update={"instances": None}) == model.manifest.onnxruntime
+    assert said.instances == config["instance_group"][0]["count"] == model.policy.concurrent_batches == 1
 
 
 async def test_options_left_out_stay_the_servers(tmp_path: Path) -> None:
