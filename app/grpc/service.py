@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -37,7 +38,7 @@ from app.observability.tracing import Observers, Tracing
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.shared_memory import SharedMemoryRegions, served
 from app.protocol.triton import SERVER_NAME, extensions
-from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request
+from app.protocol.v2_grpc import GrpcExchange, parameter_values, parse_infer_request, sequence_key
 from app.repository import ModelRepository, check_no_repository, load_config, unload_dependents
 from app.repository.shared import RepositoryChanges
 from app.repository.uploads import uploaded_files
@@ -343,8 +344,16 @@ class InferenceService:
         room.set()
         call = CURRENT_CALL.get()  # the guard's (app/grpc/calls.py): told when the stream is working
 
-        async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput], earlier: int) -> None:
+        # A sequence's messages on the stream, each after the one before it: they run one at a
+        # time anyway (app/sequences.py), and must in the order sent, which reading them side by
+        # side would not keep (a large one is decoded off the loop, and the next may pass it).
+        latest_of: dict[tuple[str, Any], asyncio.Task[None]] = {}
+
+        async def answer(request: tuple[bytes, pb.ModelInferRequest | InvalidInput], earlier: int,
+                         after: asyncio.Task[None] | None) -> None:
             nonlocal waiting_bytes
+            if after is not None:
+                await asyncio.wait([after])
             started, code = time.perf_counter(), grpc.StatusCode.OK
             message = request[1]
             try:
@@ -365,7 +374,11 @@ class InferenceService:
             try:
                 async for request in requests:
                     await room.wait()
-                    task = asyncio.create_task(answer(request, unanswered))
+                    key = sequence_key(request[1])
+                    task = asyncio.create_task(answer(request, unanswered, latest_of.get(key) if key else None))
+                    if key is not None:
+                        latest_of[key] = task
+                        task.add_done_callback(partial(_forget, latest_of, key))
                     unanswered += 1
                     if unanswered >= most_unanswered:
                         room.clear()
@@ -554,3 +567,9 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
+
+
+def _forget(latest_of: dict[tuple[str, Any], asyncio.Task[None]], key: tuple[str, Any], done: asyncio.Task[None]) -> None:
+    """A sequence's message answered: the next of it (if any) follows no one, unless it came already."""
+    if latest_of.get(key) is done:
+        del latest_of[key]

@@ -60,6 +60,17 @@ def parameter_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def sequence_key(message: Any) -> tuple[str, Any] | None:
+    """(model, sequence ID) of a message that names a sequence (Triton's sequence_id parameter,
+    of any type); None for one that does not, or was not read."""
+    parameters = getattr(message, "parameters", None)
+    if not parameters or "sequence_id" not in parameters:
+        return None
+    parameter = parameters["sequence_id"]
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else (message.model_name, getattr(parameter, choice))
+
+
 class RawInputs(BinaryReader):
     """`raw_input_contents`: one tensor's bytes per input, in the order of the inputs (the
     order app/protocol/v2.py reads binary inputs in)."""

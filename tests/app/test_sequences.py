@@ -252,3 +252,34 @@ async def test_a_warm_up_sample_gives_clients_inputs_and_the_server_fills_the_re
     async with serving(model_dir=tmp_path) as client:
         answer = await client.post(f"/v2/models/{MODEL}/infer", json=step(2.0, sequence_id=1, sequence_start=True))
     assert outputs(answer)["total"] == 2.0  # loaded: warmed up on the sample's first steps
+
+
+async def test_a_streams_messages_of_one_sequence_run_in_their_order_however_long_each_takes_to_read(
+        tmp_path: Path) -> None:
+    """Triton's clients stream a sequence's steps (tritonclient.grpc's async_stream_infer): the
+    steps run in the order sent, even where one is decoded off the event loop (a body of over
+    256 KiB) and the next, small, would be read sooner."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    def message(x: float, start: bool = False, padding: int = 0) -> Any:
+        request = pb.ModelInferRequest(model_name=MODEL, id=f"{x:g}", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="x", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[x]))])
+        request.parameters["sequence_id"].uint64_param = 21
+        request.parameters["sequence_start"].bool_param = start
+        if padding:  # a parameter the server does not read, making the message large
+            request.parameters["padding"].string_param = "p" * padding
+        return request
+
+    async def steps() -> Any:
+        yield message(1.0, start=True)
+        yield message(2.0, padding=300_000)
+        for x in (4.0, 8.0):
+            yield message(x)
+
+    totals = {}
+    async with serving_grpc(model_dir=repository(tmp_path)) as (_, stub, _):
+        async for reply in stub.ModelStreamInfer(steps()):
+            assert not reply.error_message, reply.error_message
+            totals[reply.infer_response.id] = float(np.frombuffer(reply.infer_response.raw_output_contents[0],
+                                                                  dtype=np.float32)[0])
+    assert totals == {"1": 1.0, "2": 3.0, "4": 7.0, "8": 15.0}
