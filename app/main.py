@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         repository = ModelRepository(resolved, options, app.metrics)
         app.metrics.watch_pending(lambda: [(m.name, m.version, m.batcher.queued_requests if m.batcher else 0)
                                            for m in repository.all()])  # an ensemble (no batcher) queues nothing
+        app.metrics.watch_sequences(lambda: [(m.name, m.version, m.sequences.active) for m in repository.all()
+                                             if m.sequences is not None])
         failures = await repository.start()
         if failures and resolved.strict_models:
             await repository.stop()
@@ -155,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.access_log = None
             _stop_tracing(app)  # the drained requests' spans sent
             app.metrics.unwatch_pending()
+            app.metrics.unwatch_sequences()
             if app.keep_awake is not None:
                 app.keep_awake.stop()
                 app.keep_awake = None

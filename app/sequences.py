@@ -67,6 +67,11 @@ class SequenceBook:
         self._kept = {s.output: s.input for s in facts.states}
         self._answered = answered
 
+    @property
+    def active(self) -> int:
+        """Sequences started and not ended (idle ones are counted until a request finds them so)."""
+        return len(self._live)
+
     async def run(self, inputs: dict[str, np.ndarray], flags: SequenceFlags | None,
                   infer: Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
                   ) -> dict[str, np.ndarray]:

@@ -56,7 +56,8 @@ class Metrics:
         self.queue_depth = Gauge("ortserve_queue_depth", "Items waiting to be batched", ["model"],
                                  registry=r)
         self._queue_depths: dict[str, dict[object, Callable[[], float]]] = {}
-        self._pending: _Pending | None = None
+        self._pending: _Watched | None = None
+        self._sequences: _Watched | None = None
         self.inference_items = Counter("ortserve_inference_items", "Items run through a model",
                                        ["model"], registry=r)
         self.metrics_snapshot_failures = Counter(
@@ -125,13 +126,27 @@ class Metrics:
         repository, not a gauge per version, so that nothing here holds a retired version.
         The one a lifespan that started before left is replaced."""
         self.unwatch_pending()
-        self._pending = _Pending(pending)
+        self._pending = _Watched("nv_inference_pending_request_count", "Requests waiting for a batch (queued, not yet "
+                                 "taken into one)", pending)
         self.registry.register(self._pending)
+
+    def watch_sequences(self, active: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """`ortserve_sequences_active`: (model, version, sequences active) of every served stateful
+        model (app/sequences.py), read when scraped, as the pending requests are."""
+        self.unwatch_sequences()
+        self._sequences = _Watched("ortserve_sequences_active", "Sequences of a stateful model started and not yet "
+                                   "ended (sequence_end, or idle past max_sequence_idle_microseconds)", active)
+        self.registry.register(self._sequences)
 
     def unwatch_pending(self) -> None:
         if self._pending is not None:
             self.registry.unregister(self._pending)
             self._pending = None
+
+    def unwatch_sequences(self) -> None:
+        if self._sequences is not None:
+            self.registry.unregister(self._sequences)
+            self._sequences = None
 
     def set_state(self, model: str, version: str, state: str) -> None:
         for each in MODEL_STATES:
@@ -168,13 +183,14 @@ class RequestSeries:
         found[1].observe(seconds)
 
 
-class _Pending(Collector):
-    def __init__(self, pending: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-        self.pending = pending
+class _Watched(Collector):
+    """A gauge by model and version, read from the repository when scraped."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily("nv_inference_pending_request_count", "Requests waiting for a batch (queued, not "
-                                   "yet taken into one)", labels=["model", "version"])
-        for model, version, requests in self.pending():
-            family.add_metric([model, version], requests)
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["model", "version"])
+        for model, version, value in self.read():
+            family.add_metric([model, version], value)
         yield family

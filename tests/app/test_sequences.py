@@ -283,3 +283,15 @@ async def test_a_streams_messages_of_one_sequence_run_in_their_order_however_lon
             totals[reply.infer_response.id] = float(np.frombuffer(reply.infer_response.raw_output_contents[0],
                                                                   dtype=np.float32)[0])
     assert totals == {"1": 1.0, "2": 3.0, "4": 7.0, "8": 15.0}
+
+
+async def test_the_metrics_count_each_versions_active_sequences(tmp_path: Path) -> None:
+    async with serving(model_dir=repository(tmp_path)) as client:
+        for n in (1, 2, 3):
+            await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=n, sequence_start=True))
+        three = (await client.get("/metrics")).text
+        await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=2, sequence_end=True))
+        two = (await client.get("/metrics")).text
+    gauge = f'ortserve_sequences_active{{model="{MODEL}",version="1"}}'
+    assert f"{gauge} 3.0" in three
+    assert f"{gauge} 2.0" in two
