@@ -371,10 +371,6 @@ TRITON_GRAPH_LEVELS: dict[int, str] = {0: "all", -1: "basic", 1: "extended", 2: 
 TRITON_ORT_PARAMETERS: dict[str, str] = {
     "intra_op_thread_count": "intra_op_threads", "inter_op_thread_count": "inter_op_threads",
     "execution_mode": "execution_mode", "enable_mem_arena": "memory_arena", "enable_mem_pattern": "memory_pattern"}
-SEQUENCE_CONTROLS = ("start", "end", "ready", "correlation_id")
-"""What a sequence model's control inputs tell it (Triton's CONTROL_SEQUENCE_START, _END, _READY
-and _CORRID): that this request begins its sequence, ends it, is a real request (always, here:
-batches hold no empty slots), and the sequence's ID."""
 
 
 class SequenceControl(_Strict):
@@ -382,6 +378,9 @@ class SequenceControl(_Strict):
 
     input: str = Field(min_length=1)
     kind: Literal["start", "end", "ready", "correlation_id"]
+    """What it tells the model (Triton's CONTROL_SEQUENCE_START, _END, _READY and _CORRID): that
+    this request begins its sequence, ends it, is a real request (always, here: batches hold no
+    empty slots), and the sequence's ID."""
     datatype: str = Field(json_schema_extra={"enum": list(DATATYPES)})
     """INT32, FP32 or BOOL for a flag; for the correlation ID UINT64, INT64, UINT32, INT32 or BYTES."""
     false_true: list[float] | None = Field(default=None, min_length=2, max_length=2)
