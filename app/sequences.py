@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.batching.request import request_timing
 from app.errors import InvalidInput, QueueFull
 from app.manifest import DATATYPES, SequenceControl, Sequences
 
@@ -86,6 +87,9 @@ class SequenceBook:
             raise InvalidInput(f"model {self.model!r} serves sequences: a request is one step of one sequence, "
                                f"one row; got {rows}")
         controls = self._controls(flags)  # a correlation ID the model cannot take is refused before it starts
+        timing = request_timing.get()
+        if timing is not None:  # the access log's and the trace's
+            timing.sequence_id = flags.id
         now = time.monotonic()
         sequence = self._start(flags, now) if flags.start else self._active(flags.id, now)
         sequence.waiting += 1

@@ -33,7 +33,7 @@ LAYERS: dict[str, set[str]] = {
     "app.graph": {"app.batching", "app.manifest"},
     "app.reshaping": {"app.errors", "app.manifest"},
     "app.response_cache": set(),
-    "app.sequences": {"app.errors", "app.manifest"},
+    "app.sequences": {"app.batching", "app.errors", "app.manifest"},
     "app.warmup_samples": {"app.graph", "app.manifest", "app.model_facts", "app.sequences"},
     "app.tls": {"app.processes", "app.settings"},
     "app.health_probe": set(),

@@ -47,6 +47,7 @@ class RequestTiming:
     batches: int = 0
     trigger: str = ""  # why its batch ran when it did: idle, full or due
     priority: int = 0  # the level its model queued it at (0: the model has no priority levels)
+    sequence_id: int | str | None = None  # a stateful model's request: its sequence (app/sequences.py)
     queue_s: float = 0.0
     compute_s: float = 0.0
     bytes_in: int = 0  # the body's and the answer's bytes, counted by the transport

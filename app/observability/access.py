@@ -41,7 +41,8 @@ LOGGER = "ortserve.access"
 HANDOVER_S = 0.05
 """How long the event loop keeps lines before handing them to the writing thread at once."""
 FIELDS = ("method", "route", "status", "model", "version", "bytes_in", "bytes_out", "total_ms", "queue_ms",
-          "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "priority", "request_id", "trace_id",
+          "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "priority", "sequence_id", "request_id",
+          "trace_id",
           "client", "client_cert")
 """Every line's fields, in this order (an unknown one is null in JSON, left out in text)."""
 
@@ -160,7 +161,8 @@ def line(method: str, route: str, status: int | str, model: str | None, timing: 
         "queue_ms": round(timing.queue_s * 1000, 3) if ran else None,
         "compute_ms": round(timing.compute_s * 1000, 3) if ran else None,
         "batch_id": timing.batch_id or None, "batch_rows": timing.batch_rows or None, "batches": timing.batches or None,
-        "trigger": timing.trigger or None, "priority": timing.priority or None, "request_id": request_id,
+        "trigger": timing.trigger or None, "priority": timing.priority or None, "sequence_id": timing.sequence_id,
+        "request_id": request_id,
         "trace_id": timing.trace_id or trace_id(traceparent), "client": client, "client_cert": client_cert}
 
 

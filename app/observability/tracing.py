@@ -283,6 +283,8 @@ def _phases(timing: RequestTiming, ended: float) -> list[Phase]:
         queue_attributes: dict[str, Any] = {"queue_ms": timing.queue_s * 1000}
         if timing.priority:
             queue_attributes["priority"] = timing.priority
+        if timing.sequence_id is not None:
+            queue_attributes["sequence_id"] = timing.sequence_id
         phases.append(("queue", queued, max(queued, first.collated), queue_attributes))
         phases.append(("compute", first.collated, max(first.collated, last.computed), {
             "batch.id": timing.batch_id, "batch.rows": timing.batch_rows, "batch.trigger": timing.trigger,

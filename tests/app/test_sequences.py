@@ -295,3 +295,21 @@ async def test_the_metrics_count_each_versions_active_sequences(tmp_path: Path) 
     gauge = f'ortserve_sequences_active{{model="{MODEL}",version="1"}}'
     assert f"{gauge} 3.0" in three
     assert f"{gauge} 2.0" in two
+
+
+async def test_a_requests_sequence_is_in_its_access_log_line_and_its_trace(tmp_path: Path) -> None:
+    from tests.app.observability.test_access_log import Captured
+    from tests.app.observability.test_tracing import Recorded
+
+    captured, recorded, apps = Captured(), Recorded(), []
+    async with serving(apps.append, model_dir=repository(tmp_path), access_log=True, log_format="json",
+                       tracing=True) as client:
+        captured.install(apps[0])
+        recorded.install(apps[0])
+        answer = await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=31, sequence_start=True),
+                                   headers={"x-request-id": "step-1"})
+    assert answer.status_code == 200, answer.text
+    [entry] = [e for e in captured.entries() if e["request_id"] == "step-1"]
+    assert entry["sequence_id"] == 31
+    [request] = recorded.requests()
+    assert dict(recorded.children(request)["queue"].attributes or {})["sequence_id"] == 31
