@@ -181,8 +181,10 @@ def _padding(session: ort.InferenceSession, manifest: Manifest, facts: ModelFact
 
 
 def has_sequence_axes(manifest: Manifest) -> bool:
-    """A batching tensors model with a dynamic axis besides the first (a sequence's length, say)."""
-    return manifest.task == TENSORS_TASK and manifest.batches and any(-1 in t.shape[1:] for t in manifest.inputs)
+    """A batching tensors model with a dynamic axis besides the first (a sequence's length, say),
+    in a client's input or in a state the server keeps (a stateful model's history that grows)."""
+    return manifest.task == TENSORS_TASK and manifest.batches and any(
+        -1 in t.shape[1:] for t in manifest.graph_inputs())
 
 
 def pads_unmasked(manifest: Manifest) -> bool:

@@ -313,3 +313,40 @@ async def test_a_requests_sequence_is_in_its_access_log_line_and_its_trace(tmp_p
     assert entry["sequence_id"] == 31
     [request] = recorded.requests()
     assert dict(recorded.children(request)["queue"].attributes or {})["sequence_id"] == 31
+
+
+def growing() -> Any:
+    """A state that grows: each step appends its x to its sequence's history (acc_in -> acc_out,
+    [n, -1]) and answers the history's mean, which zero padding would change."""
+    from onnx import TensorProto, helper
+
+    f32 = TensorProto.FLOAT
+    return helper.make_graph(
+        [helper.make_node("Concat", ["acc_in", "x"], ["acc_out"], axis=1),
+         helper.make_node("ReduceMean", ["acc_out"], ["mean"], axes=[1], keepdims=1)],
+        "growing", [helper.make_tensor_value_info("x", f32, ["n", 1]),
+                    helper.make_tensor_value_info("acc_in", f32, ["n", "steps"])],
+        [helper.make_tensor_value_info("mean", f32, ["n", 1]), helper.make_tensor_value_info("acc_out", f32, ["n", "t"])])
+
+
+GROWING = """
+max_batch_size: 8
+sequence_batching {
+  oldest { max_queue_delay_microseconds: 20000 }
+  state [ { input_name: "acc_in" output_name: "acc_out" data_type: TYPE_FP32 dims: [ -1 ] } ]
+}
+"""
+
+
+async def test_a_state_that_grows_is_never_padded_to_another_sequences_length(tmp_path: Path) -> None:
+    save(tmp_path, "growing", growing())
+    (tmp_path / "growing" / "config.pbtxt").write_text(GROWING)
+    async with serving(model_dir=tmp_path) as client:
+        async def send(x: float, sequence_id: int, start: bool = False) -> float:
+            answer = await client.post("/v2/models/growing/infer", json=step(x, sequence_id=sequence_id,
+                                                                             sequence_start=start))
+            return float(outputs(answer)["mean"])
+        assert [await send(x, 1, start=x == 2.0) for x in (2.0, 4.0, 6.0)] == [2.0, 3.0, 4.0]
+        # a fourth step of one and a first of another, together: states of 3 and of 0 values
+        four, first = await asyncio.gather(send(8.0, 1), send(10.0, 2, start=True))
+    assert (four, first) == (5.0, 10.0)
