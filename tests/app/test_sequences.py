@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -350,3 +351,35 @@ async def test_a_state_that_grows_is_never_padded_to_another_sequences_length(tm
         # a fourth step of one and a first of another, together: states of 3 and of 0 values
         four, first = await asyncio.gather(send(8.0, 1), send(10.0, 2, start=True))
     assert (four, first) == (5.0, 10.0)
+
+
+def test_with_two_workers_a_sequence_over_one_connection_stays_with_its_worker(tmp_path: Path) -> None:
+    """As the README says: a sequence lives in the worker that served its start, and a client
+    that keeps its connection (tritonclient's do) reaches that worker for every step. Eight
+    clients at once: the kernel spreads their connections over the workers."""
+    import threading
+
+    import tritonclient.http as triton_http
+
+    repository(tmp_path)
+    totals: dict[int, list[float]] = {}
+    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "2"]) as server:
+        def client(sequence_id: int) -> None:
+            connection = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+            seen = []
+            for i in range(10):
+                given = triton_http.InferInput("x", [1, 1], "FP32")
+                given.set_data_from_numpy(np.array([[1.0]], dtype=np.float32))
+                answer = connection.infer(MODEL, [given], sequence_id=sequence_id, sequence_start=i == 0,
+                                          sequence_end=i == 9)
+                seen.append(float(answer.as_numpy("total")[0, 0]))
+            connection.close()
+            totals[sequence_id] = seen
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(1, 9)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert totals == {n: [float(k) for k in range(1, 11)] for n in range(1, 9)}
+    assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 0.0' in metrics  # every one ended
