@@ -26,7 +26,7 @@ import orjson
 
 from load_tests import client, samples, wrk
 from load_tests.client import JSON, Payload
-from load_tests.server import ROOT, ServerProcess
+from load_tests.server import ROOT, alternating, serving_repository
 from load_tests.stats import Summary, summarize
 
 MODEL = "fashion-cnn"
@@ -78,18 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     bulk = Payload(f"/v2/models/{MODEL}/infer", samples.v2_json(args.bulk_images, ROOT / "models"), JSON,
                    args.bulk_images)
     got: dict[str, list[tuple[Summary, Summary]]] = {way: [] for way in WAYS}
-    with tempfile.TemporaryDirectory(prefix="priorities-bench-") as folder:
-        home = Path(folder) / "models"
-        repository(home)
-        with ServerProcess(["--model-dir", str(home), "--workers", args.workers]) as server:
-            for i in range(args.rounds):
-                for way in WAYS if i % 2 == 0 else WAYS[::-1]:
-                    mine, theirs = round_of(server.url, way, bulk, args.bulk_concurrency, args.duration)
-                    if mine.errors or theirs.errors:
-                        raise SystemExit(f"{way}: errors {mine.errors or theirs.errors}")
-                    got[way].append((mine, theirs))
-                    print(f"round {i + 1} interactive at {way}: p50 {mine.p50_ms:.2f} ms, p99 {mine.p99_ms:.2f} ms "
-                          f"({mine.ok} requests); bulk {theirs.items_per_s:,.0f} images/s", flush=True)
+    with serving_repository(repository, args.workers, "priorities-bench-") as server:
+        for i, way in alternating(WAYS, args.rounds):
+            mine, theirs = round_of(server.url, way, bulk, args.bulk_concurrency, args.duration)
+            if mine.errors or theirs.errors:
+                raise SystemExit(f"{way}: errors {mine.errors or theirs.errors}")
+            got[way].append((mine, theirs))
+            print(f"round {i + 1} interactive at {way}: p50 {mine.p50_ms:.2f} ms, p99 {mine.p99_ms:.2f} ms "
+                  f"({mine.ok} requests); bulk {theirs.items_per_s:,.0f} images/s", flush=True)
     print(f"\n| interactive requests at | p50 ms per round | p99 ms per round | median p50 / p99 ms | bulk images/s "
           f"(c{args.bulk_concurrency} x {args.bulk_images}) |")
     print("|---|---|---|---|---|")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ import aiohttp
 import httpx
 import orjson
 
-from load_tests.server import ServerProcess
+from load_tests.server import alternating, serving_repository
 from load_tests.stats import Sample, Summary, summarize
 
 if TYPE_CHECKING:
@@ -157,22 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1")
     args = parser.parse_args(argv)
     got: dict[str, list[tuple[Summary, float]]] = {way: [] for way in WAYS}
-    with tempfile.TemporaryDirectory(prefix="sequences-bench-") as folder:
-        home = Path(folder) / "models"
-        repository(home)
-        with ServerProcess(["--model-dir", str(home), "--workers", args.workers]) as server:
-            for i in range(args.rounds):
-                for way in WAYS if i % 2 == 0 else WAYS[::-1]:
-                    before = _batches(server.url, way)
-                    samples, wrong = asyncio.run(run(server.url, way, args.sequences, args.duration))
-                    after = _batches(server.url, way)
-                    summary = summarize(samples, args.duration)
-                    if summary.errors or wrong:
-                        raise SystemExit(f"{way}: errors {summary.errors}, {wrong} wrong totals")
-                    rows = (after[0] - before[0]) / max(1, after[1] - before[1])
-                    got[way].append((summary, rows))
-                    print(f"round {i + 1} {way}: {summary.requests_per_s:,.0f} steps/s, p50 {summary.p50_ms:.2f} ms, "
-                          f"p99 {summary.p99_ms:.2f} ms, {rows:.1f} rows per batch", flush=True)
+    with serving_repository(repository, args.workers, "sequences-bench-") as server:
+        for i, way in alternating(WAYS, args.rounds):
+            before = _batches(server.url, way)
+            samples, wrong = asyncio.run(run(server.url, way, args.sequences, args.duration))
+            after = _batches(server.url, way)
+            summary = summarize(samples, args.duration)
+            if summary.errors or wrong:
+                raise SystemExit(f"{way}: errors {summary.errors}, {wrong} wrong totals")
+            rows = (after[0] - before[0]) / max(1, after[1] - before[1])
+            got[way].append((summary, rows))
+            print(f"round {i + 1} {way}: {summary.requests_per_s:,.0f} steps/s, p50 {summary.p50_ms:.2f} ms, "
+                  f"p99 {summary.p99_ms:.2f} ms, {rows:.1f} rows per batch", flush=True)
     print(f"\n| {args.sequences} sequences, one step at a time each | steps/s per round | median | p50 / p99 ms "
           "(median) | rows per batch |")
     print("|---|---|---|---|---|")

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -131,6 +132,24 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def serving_repository(make: Callable[[Path], None], workers: str, prefix: str) -> Iterator[ServerProcess]:
+    """A server on a temporary model directory that `make` fills, for a benchmark's runs."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        home = Path(folder) / "models"
+        make(home)
+        with ServerProcess(["--model-dir", str(home), "--workers", workers]) as server:
+            yield server
+
+
+def alternating(ways: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, way) for paired rounds: each way once a round, the order reversed every other
+    round, so that neither always runs first (a warmer or a cooler machine)."""
+    for i in range(rounds):
+        for way in ways if i % 2 == 0 else ways[::-1]:
+            yield i, way
 
 
 def _http_ready(server: ServerProcess) -> bool:
