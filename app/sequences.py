@@ -12,7 +12,8 @@ gives are kept for the next, and are not answered (unless the model lists them a
 
 A sequence lives in the worker that served its start: with several workers, a client sends a
 sequence's requests over one connection (one gRPC channel, or HTTP keep-alive), which stays
-with one worker. Sequences are bounded (`max_sequences`, a 503 past it) and ended when idle
+with one worker. Sequences are bounded (`max_sequences`, a 503 past it), so are the bytes
+of their states (a state that grows past them ends its sequence), and they are ended when idle
 past `idle_ms`, as Triton ends them, so a client that never sends its end costs nothing for
 long.
 """
@@ -53,18 +54,25 @@ class _Sequence:
     """Its requests taken and not yet answered: while any, it is not idle."""
     last: float = field(default_factory=time.monotonic)
     """When its last request was answered (or it started)."""
+    nbytes: int = 0
+    """Its state's bytes."""
 
 
 class SequenceBook:
     """One model version's active sequences in this worker."""
 
-    def __init__(self, model: str, facts: Sequences, answered: frozenset[str] = frozenset()) -> None:
-        """`answered`: the model's outputs; a state output among them is answered as well as kept
-        (Triton answers one the configuration lists, for debugging)."""
+    def __init__(self, model: str, facts: Sequences, max_state_bytes: int,
+                 answered: frozenset[str] = frozenset()) -> None:
+        """`max_state_bytes`: what the states of all its active sequences may take at most (a
+        state may grow: a history, a cache). `answered`: the model's outputs; a state output
+        among them is answered as well as kept (Triton answers one the configuration lists, for
+        debugging)."""
         self.model = model
         self.facts = facts
+        self.max_state_bytes = max_state_bytes
         self._idle_s = facts.idle_ms / 1000
         self._live: dict[SequenceId, _Sequence] = {}
+        self._bytes = 0  # the live sequences' states'
         self._kept = {s.output: s.input for s in facts.states}
         self._answered = answered
 
@@ -98,14 +106,33 @@ class SequenceBook:
                 given = inputs | sequence.state | controls
                 outputs = await infer(given)
                 # A copy: the rows handed back are views of the whole batch's output
-                sequence.state = {state: (outputs[output] if output in self._answered else outputs.pop(output)).copy()
-                                  for output, state in self._kept.items()}
+                self._keep(flags.id, sequence, {
+                    state: (outputs[output] if output in self._answered else outputs.pop(output)).copy()
+                    for output, state in self._kept.items()})
                 return outputs
         finally:
             sequence.waiting -= 1
             sequence.last = time.monotonic()
             if flags.end and self._live.get(flags.id) is sequence:
-                del self._live[flags.id]
+                self._drop(flags.id)
+
+    def _keep(self, sequence_id: SequenceId, sequence: _Sequence, state: dict[str, np.ndarray]) -> None:
+        """A step's state for the sequence's next, within max_state_bytes for them all: a state
+        that would pass it ends its sequence, and its step is refused saying so."""
+        nbytes = sum(array.nbytes for array in state.values())
+        if self._live.get(sequence_id) is sequence:  # (one replaced by a new start is no longer counted)
+            grown = nbytes - sequence.nbytes
+            if self._bytes + grown > self.max_state_bytes:
+                self._drop(sequence_id)
+                raise QueueFull(f"model {self.model!r}: sequence {sequence_id!r}'s state grew to {nbytes:,} bytes, "
+                                f"which with its other active sequences' would pass the {self.max_state_bytes:,} "
+                                "bytes the server keeps for them in this worker (max_queue_bytes); the sequence is "
+                                "ended: start it again")
+            self._bytes += grown
+        sequence.state, sequence.nbytes = state, nbytes
+
+    def _drop(self, sequence_id: SequenceId) -> None:
+        self._bytes -= self._live.pop(sequence_id).nbytes
 
     def _start(self, flags: SequenceFlags, now: float) -> _Sequence:
         """A new sequence under this ID: one still active under it is replaced (its requests
@@ -116,13 +143,17 @@ class SequenceBook:
                 raise QueueFull(f"model {self.model!r} has {len(self._live)} sequences active in this worker, its "
                                 f"most (max_candidate_sequences); one must end (sequence_end) or be idle "
                                 f"{self.facts.idle_ms:g} ms (max_sequence_idle_microseconds) first")
-        sequence = self._live[flags.id] = _Sequence({s.input: s.initial() for s in self.facts.states})
+        if flags.id in self._live:
+            self._drop(flags.id)
+        state = {s.input: s.initial() for s in self.facts.states}
+        sequence = self._live[flags.id] = _Sequence(state, nbytes=sum(a.nbytes for a in state.values()))
+        self._bytes += sequence.nbytes
         return sequence
 
     def _active(self, sequence_id: SequenceId, now: float) -> _Sequence:
         sequence = self._live.get(sequence_id)
         if sequence is not None and self._idle(sequence, now):
-            del self._live[sequence_id]
+            self._drop(sequence_id)
             sequence = None
         if sequence is None:
             raise InvalidInput(f"sequence {sequence_id!r} of model {self.model!r} is not active: its first request "
@@ -137,7 +168,7 @@ class SequenceBook:
 
     def _end_idle(self, now: float) -> None:
         for sequence_id in [i for i, s in self._live.items() if self._idle(s, now)]:
-            del self._live[sequence_id]
+            self._drop(sequence_id)
 
     def _controls(self, flags: SequenceFlags) -> dict[str, np.ndarray]:
         return {control.input: _control_value(control, flags) for control in self.facts.controls}

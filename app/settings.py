@@ -289,7 +289,8 @@ class Settings(BaseSettings):
     """Items (not requests) waiting per model, in each worker, before new requests get 503."""
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Bytes of model input queued per model, in each worker, before new requests get 503
-    (beside max_queue_size): with N workers, the queues may hold N times this."""
+    (beside max_queue_size): with N workers, the queues may hold N times this. A stateful
+    model's kept states are bounded by the same (app/sequences.py)."""
     retry_after_s: int = Field(default=1, ge=0)
     """Retry-After sent with 503 when a queue is full."""
 

@@ -383,3 +383,24 @@ def test_with_two_workers_a_sequence_over_one_connection_stays_with_its_worker(t
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert totals == {n: [float(k) for k in range(1, 11)] for n in range(1, 9)}
     assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 0.0' in metrics  # every one ended
+
+
+async def test_states_that_grow_are_bounded_and_the_sequence_that_passes_the_bound_is_ended(tmp_path: Path) -> None:
+    save(tmp_path, "growing", growing())
+    (tmp_path / "growing" / "config.pbtxt").write_text(GROWING.replace("20000", "0"))
+    async with serving(model_dir=tmp_path, max_queue_bytes=200) as client:  # 50 float32 values kept at most
+        async def send(sequence_id: int, start: bool = False) -> Any:
+            return await client.post("/v2/models/growing/infer", json=step(1.0, sequence_id=sequence_id,
+                                                                           sequence_start=start))
+        first = [(await send(1, start=i == 0)).status_code for i in range(30)]  # 120 bytes kept
+        second = [await send(2, start=i == 0) for i in range(21)]  # 84 more would make 204
+        after = await send(2)
+        first_goes_on = await send(1)
+    assert set(first) == {200}
+    assert {a.status_code for a in second[:20]} == {200}
+    assert second[20].status_code == 503
+    assert "sequence 2's state grew to 84 bytes" in second[20].json()["error"]
+    assert "the sequence is ended" in second[20].json()["error"]
+    assert after.status_code == 400  # ended
+    assert first_goes_on.status_code == 200  # the other keeps its state (124 bytes now, with room)
+    assert outputs(first_goes_on)["mean"] == 1.0
