@@ -4,9 +4,13 @@ the server's keeping of state costs is the benchmark's to measure (docs/benchmar
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
-from load_tests import sequences
+from load_tests import perf_analyzer, sequences
+from load_tests.server import ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -17,3 +21,19 @@ def test_a_round_each_way_keeps_every_total_right(capsys: pytest.CaptureFixture[
     table = capsys.readouterr().out.split("| 3 sequences")[1]
     assert "| sequence batching (server keeps the state) |" in table
     assert "| no sequences (client sends it) |" in table
+
+
+def test_tritons_perf_analyzer_runs_sequences_against_a_stateful_model(tmp_path: Path, perf_analyzer_tool: str) -> None:
+    """perf_analyzer reads the model's configuration, finds its sequence_batching, and sends
+    sequences of its own (sequence_id, start and end) over both protocols: no failed request."""
+    sequences.repository(tmp_path)
+    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "1"]) as server:
+        runs = {protocol: perf_analyzer.run(perf_analyzer_tool, sequences.SERVED, server, protocol, 4,
+                                            "--sequence-length", "10", *perf_analyzer.QUICK_CHECK)
+                for protocol in ("http", "grpc")}
+        stats = httpx.get(f"{server.url}/v2/models/{sequences.SERVED}/stats", timeout=30).json()["model_stats"][0]
+    for protocol, run in runs.items():
+        assert run.returncode == 0, (protocol, run.stdout[-2000:], run.stderr[-2000:])
+        assert "Sequence count:" in run.stdout  # it ran sequences
+        assert perf_analyzer.figures(run.stdout)["infer_per_s"] > 0
+    assert stats["inference_stats"]["fail"]["count"] == 0
