@@ -505,8 +505,10 @@ def _batching(config: Any, fields: set[str], source: str, ignored: dict[str, str
                          priorities=_priorities(dynamic, source))
 
 
-_CONTROL_KINDS: dict[str, Literal["start", "end", "ready", "correlation_id"]] = {"CONTROL_SEQUENCE_START": "start", "CONTROL_SEQUENCE_END": "end",
-                  "CONTROL_SEQUENCE_READY": "ready", "CONTROL_SEQUENCE_CORRID": "correlation_id"}
+ControlKind = Literal["start", "end", "ready", "correlation_id"]
+_CONTROL_KINDS: dict[str, ControlKind] = {
+    "CONTROL_SEQUENCE_START": "start", "CONTROL_SEQUENCE_END": "end", "CONTROL_SEQUENCE_READY": "ready",
+    "CONTROL_SEQUENCE_CORRID": "correlation_id"}
 _IGNORED_SEQUENCE = {"oldest.preserve_ordering": "answers always go to their own requests",
                      "direct.minimum_slot_utilization": "no slots: requests of any sequences batch as they come",
                      "state.use_same_buffer_for_input_output": "states are host arrays",

@@ -375,7 +375,8 @@ class InferenceService:
                 async for request in requests:
                     await room.wait()
                     key = sequence_key(request[1])
-                    task = asyncio.create_task(answer(request, unanswered, latest_of.get(key) if key else None))
+                    after = latest_of.get(key) if key is not None else None
+                    task = asyncio.create_task(answer(request, unanswered, after))
                     if key is not None:
                         latest_of[key] = task
                         task.add_done_callback(partial(_forget, latest_of, key))
@@ -569,7 +570,8 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def _forget(latest_of: dict[tuple[str, Any], asyncio.Task[None]], key: tuple[str, Any], done: asyncio.Task[None]) -> None:
+def _forget(latest_of: dict[tuple[str, Any], asyncio.Task[None]], key: tuple[str, Any],
+            done: asyncio.Task[None]) -> None:
     """A sequence's message answered: the next of it (if any) follows no one, unless it came already."""
     if latest_of.get(key) is done:
         del latest_of[key]

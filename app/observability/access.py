@@ -42,8 +42,7 @@ HANDOVER_S = 0.05
 """How long the event loop keeps lines before handing them to the writing thread at once."""
 FIELDS = ("method", "route", "status", "model", "version", "bytes_in", "bytes_out", "total_ms", "queue_ms",
           "compute_ms", "batch_id", "batch_rows", "batches", "trigger", "priority", "sequence_id", "request_id",
-          "trace_id",
-          "client", "client_cert")
+          "trace_id", "client", "client_cert")
 """Every line's fields, in this order (an unknown one is null in JSON, left out in text)."""
 
 

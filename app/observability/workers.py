@@ -4,9 +4,9 @@ Each worker keeps its own registry, with the event-loop histograms that make the
 path cheap (loop_histogram.py), and writes its whole exposition to `<metrics_dir>/<pid>.prom`
 every second and before each scrape it answers. A scrape, whichever worker answers it, reads
 every live worker's file and merges them: the service's counters and histograms add up
-across workers, queue depths and active sequences add up, other gauges (model state, stalled, breaker open) take
-the highest worker's value, and the per-process metrics (`process_*`, `python_*`) stay
-per worker, labelled `worker="<pid>"`.
+across workers, queue depths and active sequences add up, other gauges (model state,
+stalled, breaker open) take the highest worker's value, and the per-process metrics
+(`process_*`, `python_*`) stay per worker, labelled `worker="<pid>"`.
 
 Counters never go backwards: a worker that exits or dies leaves its last snapshot behind,
 renamed `retired-<pid>-<ns>.prom` (one atomic rename, by whichever worker sees it first),
@@ -40,7 +40,8 @@ from prometheus_client.samples import Sample
 from app.observability.snapshots import Snapshots
 
 PER_PROCESS = ("process_", "python_")
-SUMMED_GAUGES = frozenset({"ortserve_queue_depth", "nv_inference_pending_request_count", "ortserve_sequences_active"})
+SUMMED_GAUGES = frozenset({"ortserve_queue_depth", "nv_inference_pending_request_count",
+                           "ortserve_sequences_active"})
 SNAPSHOT_S = 1.0
 SUFFIX = ".prom"
 KEPT_WHEN_RETIRED = frozenset({"counter", "histogram", "summary"})

@@ -64,9 +64,9 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
                  ignored: dict[str, str] | None = None, verified: bool = True, cached: bool = False) -> dict[str, Any]:
     """Triton's model configuration; dims leave out the batch axis where max_batch_size > 0
     (0: the model does not batch, dims as declared). `device` is "CPU" or "GPU";
-    `concurrent_batches` are what Triton calls instances (every worker's together). Its parameters say what Triton's
-    fields cannot: how the batching was chosen (with the measured figures), what the
-    configuration was completed from, and the Triton fields ignored. `cached`: its answers
+    `concurrent_batches` are what Triton calls instances (every worker's together). Its
+    parameters say what Triton's fields cannot: how the batching was chosen (with the measured
+    figures), what the configuration was completed from, and the Triton fields ignored. `cached`: its answers
     are kept in the server's response cache."""
     m = manifest
     config: dict[str, Any] = {
