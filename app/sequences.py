@@ -100,6 +100,8 @@ class SequenceBook:
             timing.sequence_id = flags.id
         now = time.monotonic()
         sequence = self._start(flags, now) if flags.start else self._active(flags.id, now)
+        if flags.end:  # ended as its end is taken: a step sent after it is refused, as Triton refuses it
+            self._drop(flags.id)
         sequence.waiting += 1
         try:
             async with sequence.turn:
@@ -113,8 +115,6 @@ class SequenceBook:
         finally:
             sequence.waiting -= 1
             sequence.last = time.monotonic()
-            if flags.end and self._live.get(flags.id) is sequence:
-                self._drop(flags.id)
 
     def _keep(self, sequence_id: SequenceId, sequence: _Sequence, state: dict[str, np.ndarray]) -> None:
         """A step's state for the sequence's next, within max_state_bytes for them all: a state

@@ -404,3 +404,17 @@ async def test_states_that_grow_are_bounded_and_the_sequence_that_passes_the_bou
     assert after.status_code == 400  # ended
     assert first_goes_on.status_code == 200  # the other keeps its state (124 bytes now, with room)
     assert outputs(first_goes_on)["mean"] == 1.0
+
+
+async def test_a_step_sent_after_its_sequences_end_is_refused_though_the_end_has_not_run_yet(tmp_path: Path) -> None:
+    async with serving(model_dir=repository(tmp_path)) as client:
+        started = await client.post(f"/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=8, sequence_start=True))
+        ended, late = await asyncio.gather(
+            client.post(f"/v2/models/{MODEL}/infer", json=step(2.0, sequence_id=8, sequence_end=True)),
+            client.post(f"/v2/models/{MODEL}/infer", json=step(4.0, sequence_id=8)))
+        again = await client.post(f"/v2/models/{MODEL}/infer", json=step(5.0, sequence_id=8, sequence_start=True))
+    assert outputs(started)["total"] == 1.0
+    assert outputs(ended)["total"] == 3.0  # the end runs on the state its sequence left
+    assert late.status_code == 400
+    assert "is not active" in late.json()["error"]
+    assert outputs(again)["total"] == 5.0  # its ID starts a new sequence
