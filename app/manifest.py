@@ -450,7 +450,7 @@ class Sequences(_Strict):
 
     def names(self) -> set[str]:
         """The graph inputs the server fills."""
-        return {c.input for c in self.controls} | {s.input for s in self.states}
+        return {spec.name for spec in self.graph_inputs()}
 
 
 class EnsembleStep(_Strict):
@@ -572,7 +572,7 @@ class Manifest(_Strict):
                     "one row each")
         if self.response_cache:
             return "a sequence model's answers depend on its state: it has no response cache"
-        filled = [c.input for c in sequence.controls] + [s.input for s in sequence.states]
+        filled = [spec.name for spec in sequence.graph_inputs()]
         clash = sorted({n for n in filled if filled.count(n) > 1} | (set(filled) & {t.name for t in self.inputs}))
         if clash:
             return f"inputs {clash}: filled by the server for each sequence (controls, states), once, not by clients"

@@ -526,11 +526,11 @@ def _sequence(config: Any, source: str, ignored: dict[str, str]) -> tuple[Sequen
         raise FactsError(f"{source}: sequence_batching.iterative_sequence: a model that schedules its own next "
                          "step (decoupled) is not served")
     strategy = given.oldest if given.HasField("oldest") else given.direct
-    for name in _IGNORED_SEQUENCE:
+    parts = {"oldest": [given.oldest], "direct": [given.direct], "state": list(given.state)}
+    for name, why in _IGNORED_SEQUENCE.items():
         part, field = name.split(".")
-        messages = [given.oldest] if part == "oldest" else [given.direct] if part == "direct" else list(given.state)
-        if any(field in _set_fields(message) for message in messages):
-            ignored[f"sequence_batching.{name}"] = _IGNORED_SEQUENCE[name]
+        if any(field in _set_fields(message) for message in parts[part]):
+            ignored[f"sequence_batching.{name}"] = why
     preferred = [n for n in getattr(strategy, "preferred_batch_size", []) if 0 < n <= config.max_batch_size]
     candidates = given.oldest.max_candidate_sequences if given.HasField("oldest") else 0
     try:

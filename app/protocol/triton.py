@@ -112,7 +112,9 @@ def model_config(manifest: Manifest, *, variant: str, device: str, max_batch_siz
 
 _CONTROL_KINDS = {"start": "CONTROL_SEQUENCE_START", "end": "CONTROL_SEQUENCE_END", "ready": "CONTROL_SEQUENCE_READY",
                   "correlation_id": "CONTROL_SEQUENCE_CORRID"}
-_FALSE_TRUE = {"INT32": "int32_false_true", "FP32": "fp32_false_true", "BOOL": "bool_false_true"}
+_FALSE_TRUE: dict[str, tuple[str, type]] = {"INT32": ("int32_false_true", int), "FP32": ("fp32_false_true", float),
+                                            "BOOL": ("bool_false_true", bool)}
+"""A flag control's datatype: Triton's field for its false and true values, and their type."""
 
 
 def _sequence_batching(sequence: Sequences, max_batch_size: int, max_queue_delay_s: float) -> dict[str, Any]:
@@ -124,9 +126,8 @@ def _sequence_batching(sequence: Sequences, max_batch_size: int, max_queue_delay
         if c.false_true is None:
             control["data_type"] = triton_type(c.datatype)
         else:
-            pair = [bool(v) for v in c.false_true] if c.datatype == "BOOL" else (
-                [int(v) for v in c.false_true] if c.datatype == "INT32" else c.false_true)
-            control[_FALSE_TRUE[c.datatype]] = pair
+            field, kind = _FALSE_TRUE[c.datatype]
+            control[field] = [kind(v) for v in c.false_true]
         controls.append({"name": c.input, "control": [control]})
     states = []
     for s in sequence.states:

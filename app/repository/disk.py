@@ -126,7 +126,7 @@ class ModelFolders:
         self.misplaced[root] = why
 
     def _scan(self, name: str, folder: Path | None = None) -> FolderScan:
-        # read once: each is a listing of every model directory
+        # an upload's folder, or the model directories' (read once: each is a listing of them all)
         holders = [folder] if folder is not None else self._holders(name)
         folders, refused = self._version_folders(name, holders)
         return FolderScan(_signature(holders), folders, refused, self._newest_policy(folders),
