@@ -189,7 +189,8 @@ def load_version(folder: Path, settings: Settings, ort: OrtOptions, hooks: Hooks
                         verified=not drop_in, told_by=facts.source, ignored=facts.ignored, reshaper=reshaper,
                         warmup_samples=samples, sequences=SequenceBook(
                             manifest.name, manifest.sequence, settings.max_queue_bytes,
-                            frozenset(t.name for t in manifest.outputs)) if manifest.sequence is not None else None)
+                            frozenset(t.name for t in manifest.outputs), str(manifest.version),
+                        ) if manifest.sequence is not None else None)
     if settings.warmup:
         try:
             model.warm_up()

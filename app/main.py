@@ -44,10 +44,13 @@ from app.observability.worker_stats import STATS_SNAPSHOT_S, WorkerStats
 from app.observability.worker_traces import SHOWN, TRACES_SNAPSHOT_S, WorkerTraces
 from app.observability.workers import SNAPSHOT_S, WorkerMetrics
 from app.offload import HEAVY_BODY_BYTES, Offload
+from app.processes import PEERS
 from app.protocol.shared_memory import SharedMemoryRegions
 from app.repository import ModelRepository
 from app.repository.shared import FOLLOW_S, RepositoryChanges, SharedRepository
 from app.runtime import available_cpus, ort_options
+from app.sequence_peers import SequencePeers
+from app.served_model import ServedModel
 from app.settings import Settings
 from app.shutdown import delay_sigterm
 from app.tuning import settle_heap
@@ -72,7 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("onnxruntime providers %s, %d intra-op threads per batch (%s for large batches), %d CPUs usable",
                     options.providers, options.intra_op_threads, options.wide_threads or "the same",
                     available_cpus())
-        repository = ModelRepository(resolved, options, app.metrics)
+        peers = None  # with several workers, a sequence's steps reach its worker through any (app/sequence_peers.py)
+        if resolved.control_dir is not None and resolved.worker_processes > 1:
+            peers = SequencePeers(resolved.control_dir / PEERS,
+                                  2 * (resolved.max_body_bytes + resolved.response_limit_bytes))
+        repository = ModelRepository(resolved, options, app.metrics, peers)
+        if peers is not None:
+            await peers.start(partial(_served, repository))
         app.metrics.watch_pending(lambda: [(m.name, m.version, m.batcher.queued_requests if m.batcher else 0)
                                            for m in repository.all()])  # an ensemble (no batcher) queues nothing
         app.metrics.watch_sequences(lambda: [(m.name, m.version, m.sequences.active) for m in repository.all()
@@ -80,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         failures = await repository.start()
         if failures and resolved.strict_models:
             await repository.stop()
+            if peers is not None:
+                await peers.stop()
             raise StrictModelsRefused(failures)
         changes = RepositoryChanges(repository) if resolved.control_dir is None else SharedRepository(
             repository, resolved.control_dir, resolved.worker_processes, accepting=accepting)
@@ -122,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except OSError:
                 changes.stop()
                 await repository.stop()
+                if peers is not None:
+                    await peers.stop()
                 if app.access_log is not None:
                     app.access_log.stop()
                 _stop_tracing(app)
@@ -149,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             changes.stop()
             services.share_statistics(last=True)  # before the models go, with them their figures
             await repository.stop()
+            if peers is not None:  # the others' steps of its sequences, answered until its models went
+                await peers.stop()
             if worker_metrics is not None:
                 worker_metrics.retire_snapshot()
             services.offload.shutdown()
@@ -216,6 +231,11 @@ def _publish_traces(observers: _Traced, workers: WorkerTraces) -> None:
     """This worker's slowest recent traces, for the console of whichever worker answers."""
     if observers.tracing is not None:
         workers.write([vars(record) for record in observers.tracing.recent.slowest(SHOWN)])
+
+
+def _served(repository: ModelRepository, name: str, version: str) -> ServedModel | None:
+    """The version another worker names, where this one serves it."""
+    return repository.routes.find(name, int(version)) if version.isdigit() else None
 
 
 def _stop_tracing(app: _OrtServe) -> None:

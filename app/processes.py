@@ -31,6 +31,8 @@ TRACE_SETTINGS_LOCK = "tracing.lock"
 SHM_LEDGER = "shared_memory.json"
 """The system shared-memory regions clients registered (app/protocol/shared_memory.py)."""
 SHM_LOCK = "shared_memory.lock"
+PEERS = "peers"
+"""Each worker's socket, `<pid>.sock`, for the others' steps of its sequences (app/sequence_peers.py)."""
 
 
 def available_cpus() -> int:
@@ -94,8 +96,8 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 def clear_control_folder(folder: Path) -> None:
-    """Before the workers start: the ledger, reports, log settings and shared-memory regions
-    of an earlier run are not this one's."""
+    """Before the workers start: the ledger, reports, log settings, shared-memory regions and
+    sockets of an earlier run are not this one's."""
     for path in (folder / LEDGER, folder / LOCK, folder / LOG_SETTINGS, folder / LOG_SETTINGS_LOCK, folder / SHM_LEDGER,
                  folder / SHM_LOCK, folder / TRACE_SETTINGS, folder / TRACE_SETTINGS_LOCK):
         with contextlib.suppress(OSError):
@@ -104,3 +106,4 @@ def clear_control_folder(folder: Path) -> None:
         for report in (folder / REPORTS).iterdir():
             report.unlink()
     shutil.rmtree(folder / UPLOADS, ignore_errors=True)
+    shutil.rmtree(folder / PEERS, ignore_errors=True)

@@ -10,9 +10,11 @@ first). Requests of different sequences meet in the batcher and batch together, 
 oldest strategy batches them; there are no slots to wait for. The states a request's run
 gives are kept for the next, and are not answered (unless the model lists them as outputs).
 
-A sequence lives in the worker that served its start: with several workers, a client sends a
-sequence's requests over one connection (one gRPC channel, or HTTP keep-alive), which stays
-with one worker. Sequences are bounded (`max_sequences`, a 503 past it), so are the bytes
+A sequence lives in the worker that served its start. With several workers, a step that reaches
+another worker (a client that opens a connection per request, a proxy that pools its own) is
+run by the worker that holds its sequence, asked through `Peers` (app/sequence_peers.py), and a
+start makes the other workers forget a sequence they hold under its ID: one ID, one sequence,
+in the whole server. Sequences are bounded (`max_sequences`, a 503 past it), so are the bytes
 of their states (a state that grows past them ends its sequence), and they are ended when idle
 past `idle_ms`, as Triton ends them, so a client that never sends its end costs nothing for
 long.
@@ -24,6 +26,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -41,6 +44,33 @@ class SequenceFlags:
     id: SequenceId
     start: bool = False
     end: bool = False
+
+
+class SequenceNotActive(InvalidInput):
+    """A step of a sequence this worker does not hold (never started, ended, or idle past its time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepTerms:
+    """What a step sent to another worker keeps of its request: its priority and its deadline
+    (time.monotonic() here, and the timeout it was counted from)."""
+
+    priority: int
+    due: float
+    timeout_s: float
+
+
+class Peers(Protocol):
+    """The server's other workers, for the sequences this one does not hold (app/sequence_peers.py)."""
+
+    async def step(self, model: str, version: str, inputs: dict[str, np.ndarray], flags: SequenceFlags,
+                   terms: StepTerms) -> dict[str, np.ndarray] | None:
+        """The step run by the worker that holds its sequence; None: none does."""
+        ...
+
+    async def forget(self, model: str, version: str, sequence_id: SequenceId, terms: StepTerms) -> None:
+        """Every other worker drops its sequence under this ID, if it holds one."""
+        ...
 
 
 @dataclass(eq=False)
@@ -62,12 +92,15 @@ class SequenceBook:
     """One model version's active sequences in this worker."""
 
     def __init__(self, model: str, facts: Sequences, max_state_bytes: int,
-                 answered: frozenset[str] = frozenset()) -> None:
+                 answered: frozenset[str] = frozenset(), version: str = "1") -> None:
         """`max_state_bytes`: what the states of all its active sequences may take at most (a
         state may grow: a history, a cache). `answered`: the model's outputs; a state output
         among them is answered as well as kept (Triton answers one the configuration lists, for
         debugging)."""
         self.model = model
+        self.version = version
+        self.peers: Peers | None = None
+        """The other workers, where there are any (set as the version is loaded)."""
         self.facts = facts
         self.max_state_bytes = max_state_bytes
         self._idle_s = facts.idle_ms / 1000
@@ -82,10 +115,13 @@ class SequenceBook:
         return len(self._live)
 
     async def run(self, inputs: dict[str, np.ndarray], flags: SequenceFlags | None,
-                  infer: Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
-                  ) -> dict[str, np.ndarray]:
+                  infer: Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]],
+                  terms: StepTerms | None = None) -> dict[str, np.ndarray]:
         """One request of a sequence: after the sequence's earlier ones, through `infer` (the
-        model's batcher) with its controls and state filled; its state outputs kept, not answered."""
+        model's batcher) with its controls and state filled; its state outputs kept, not answered.
+        `terms`: a client's request, which the other workers may run (a sequence one of them
+        holds) or must hear of (a start); None: a step another worker sent here, run only if
+        its sequence is held here (SequenceNotActive otherwise)."""
         if flags is None:
             raise InvalidInput(f"model {self.model!r} serves sequences: each request gives its sequence_id "
                                "parameter (a number or a string; sequence_start true on the first request, "
@@ -99,7 +135,25 @@ class SequenceBook:
         if timing is not None:  # the access log's and the trace's
             timing.sequence_id = flags.id
         now = time.monotonic()
-        sequence = self._start(flags, now) if flags.start else self._active(flags.id, now)
+        peers = self.peers if terms is not None else None
+        forgetting = None
+        if flags.start:
+            sequence = self._start(flags, now)
+            if peers is not None and terms is not None:  # heard by the others while it runs, before it is answered
+                forgetting = asyncio.ensure_future(peers.forget(self.model, self.version, flags.id, terms))
+        else:
+            held = self._held(flags.id, now)
+            if held is None:
+                if peers is not None and terms is not None:
+                    if timing is not None:
+                        timing.model, timing.version, timing.queued = self.model, self.version, now
+                    outputs = await peers.step(self.model, self.version, inputs, flags, terms)
+                    if outputs is not None:
+                        if timing is not None:
+                            timing.answered = time.monotonic()
+                        return outputs
+                raise self._not_active(flags.id, asked_others=peers is not None)
+            sequence = held
         if flags.end:  # ended as its end is taken: a step sent after it is refused, as Triton refuses it
             self._drop(flags.id)
         sequence.waiting += 1
@@ -115,6 +169,16 @@ class SequenceBook:
         finally:
             sequence.waiting -= 1
             sequence.last = time.monotonic()
+            if forgetting is not None:  # never raises (a worker that cannot be reached holds nothing)
+                await forgetting
+
+    def forget(self, sequence_id: SequenceId) -> bool:
+        """Drop the sequence under this ID, if this worker holds one (another worker started one
+        under it); its steps already taken finish on it. Whether it held one."""
+        if sequence_id not in self._live:
+            return False
+        self._drop(sequence_id)
+        return True
 
     def _keep(self, sequence_id: SequenceId, sequence: _Sequence, state: dict[str, np.ndarray]) -> None:
         """A step's state for the sequence's next, within max_state_bytes for them all: a state
@@ -150,18 +214,19 @@ class SequenceBook:
         self._bytes += sequence.nbytes
         return sequence
 
-    def _active(self, sequence_id: SequenceId, now: float) -> _Sequence:
+    def _held(self, sequence_id: SequenceId, now: float) -> _Sequence | None:
+        """The sequence under this ID, if this worker holds it and it is not idle past its time."""
         sequence = self._live.get(sequence_id)
         if sequence is not None and self._idle(sequence, now):
             self._drop(sequence_id)
-            sequence = None
-        if sequence is None:
-            raise InvalidInput(f"sequence {sequence_id!r} of model {self.model!r} is not active: its first request "
-                               f"sets sequence_start true; a sequence ends with its sequence_end, or idle for "
-                               f"{self.facts.idle_ms:g} ms (max_sequence_idle_microseconds); and with several "
-                               "worker processes, it lives in the one that served its start: send a sequence's "
-                               "requests over one connection")
+            return None
         return sequence
+
+    def _not_active(self, sequence_id: SequenceId, asked_others: bool) -> SequenceNotActive:
+        where = " (no worker of the server holds it)" if asked_others else ""
+        return SequenceNotActive(f"sequence {sequence_id!r} of model {self.model!r} is not active{where}: its first "
+                                 f"request sets sequence_start true; a sequence ends with its sequence_end, or idle "
+                                 f"for {self.facts.idle_ms:g} ms (max_sequence_idle_microseconds)")
 
     def _idle(self, sequence: _Sequence, now: float) -> bool:
         return not sequence.waiting and now - sequence.last > self._idle_s

@@ -21,7 +21,7 @@ from app.observability.stats import ModelStats
 from app.reshaping import Reshaper
 from app.response_cache import CachePart, Key
 from app.runtime import CUDA, OrtModel
-from app.sequences import SequenceBook, SequenceFlags
+from app.sequences import SequenceBook, SequenceFlags, SequenceNotActive, StepTerms
 from app.supervision import BatchHealth
 from app.warmup_samples import rows_of
 
@@ -141,8 +141,22 @@ class ServedModel:
         if self.sequences is not None:
             return await self.sequences.run(inputs, sequence, functools.partial(
                 self._queued, due=due, timeout_s=timeout_s, client_gone=client_gone,
-                others_on_the_way=others_on_the_way, in_flight_beside=in_flight_beside, priority=priority))
+                others_on_the_way=others_on_the_way, in_flight_beside=in_flight_beside, priority=priority),
+                StepTerms(priority, due, timeout_s))
         return await self._queued(inputs, due, timeout_s, client_gone, others_on_the_way, in_flight_beside, priority)
+
+    async def step_here(self, inputs: dict[str, np.ndarray], flags: SequenceFlags, terms: StepTerms
+                        ) -> dict[str, np.ndarray] | None:
+        """A step another worker took, of a sequence this one may hold (app/sequence_peers.py):
+        run as the step of a client's request here would be; None where its sequence is not held here."""
+        assert self.sequences is not None
+        async with self.lease():
+            try:
+                return await self.sequences.run(inputs, flags, functools.partial(
+                    self._queued, due=terms.due, timeout_s=terms.timeout_s, client_gone=None, others_on_the_way=False,
+                    in_flight_beside=0, priority=terms.priority))
+            except SequenceNotActive:
+                return None
 
     async def _queued(self, inputs: dict[str, np.ndarray], due: float, timeout_s: float,
                       client_gone: Callable[[], bool] | None, others_on_the_way: bool, in_flight_beside: int,

@@ -16,6 +16,7 @@ from app.observability.metrics import Metrics
 from app.repository.states import State, VersionStates
 from app.response_cache import ResponseCache
 from app.runtime import OrtOptions
+from app.sequences import Peers
 from app.served_model import ServedModel
 from app.settings import Settings
 
@@ -24,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 class VersionLoader:
     def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics, states: VersionStates,
-                 find_model: FindModel | None = None) -> None:
+                 find_model: FindModel | None = None, peers: Peers | None = None) -> None:
         self.settings = settings
+        self.peers = peers
+        """The other workers, for the sequences of stateful models (app/sequence_peers.py); None: one worker."""
         self.find_model = find_model
         """The repository's lookup, which an ensemble's steps use (app/ensemble.py)."""
         self.ort = ort
@@ -59,6 +62,8 @@ class VersionLoader:
             else:
                 logger.warning("%s v%s asks for the response cache, but response_cache_bytes is 0: answering "
                                "every request from the model", name, version)
+        if model.sequences is not None:
+            model.sequences.peers = self.peers
         batcher = model.batcher
         if batcher is not None:  # None: an ensemble, whose steps' models queue its requests
             batcher.start()

@@ -32,6 +32,7 @@ from app.repository.names import check_name, parse_version
 from app.repository.routing import RoutingTable
 from app.repository.states import State, VersionStates, VersionStatus
 from app.runtime import OrtOptions
+from app.sequences import Peers
 from app.served_model import Lease, ServedModel
 from app.settings import Settings
 
@@ -67,14 +68,15 @@ def load_override(config: object, name: str) -> ModelFacts | None:
 
 
 class ModelRepository:
-    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, ort: OrtOptions, metrics: Metrics, peers: Peers | None = None) -> None:
+        """`peers`: the server's other workers, for stateful models' sequences (app/sequence_peers.py)."""
         self.settings = settings
         self.metrics = metrics
         self.default_policy = VersionPolicy.parse(settings.version_policy)
         self.disk = ModelFolders(settings.model_dir, self.default_policy)
         self.routes = RoutingTable()
         self.states = VersionStates(metrics)
-        self.loader = VersionLoader(settings, ort, metrics, self.states, find_model=self.get)
+        self.loader = VersionLoader(settings, ort, metrics, self.states, find_model=self.get, peers=peers)
         self._policies: dict[str, VersionPolicy] = {}
         self._wanted: set[str] = set()  # models that should be served: readiness waits for them
         self._started = False  # the models loaded at start have been (strict_readiness off: ready)

@@ -385,6 +385,62 @@ def test_with_two_workers_a_sequence_over_one_connection_stays_with_its_worker(t
     assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 0.0' in metrics  # every one ended
 
 
+def test_with_two_workers_a_sequences_steps_reach_it_over_any_connection(tmp_path: Path) -> None:
+    """A client that opens a connection for each request (curl, a client without a session, a
+    proxy pooling its own connections) reaches either worker at each step: the worker that holds
+    the sequence runs it (app/sequence_peers.py), whichever took it. Over HTTP and gRPC, a new
+    connection every step, six sequences at once; one restarted midway over whatever connection,
+    and one stepped after its end."""
+    import threading
+
+    import tritonclient.grpc as triton_grpc
+
+    repository(tmp_path)
+    totals: dict[int, list[float]] = {}
+    errors: list[str] = []
+    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "2"]) as server:
+        def over_http(sequence_id: int, x: float, **flags: bool) -> float:
+            answer = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", timeout=30,
+                                json=step(x, sequence_id=sequence_id, **flags))  # a new connection each time
+            if answer.status_code != 200:
+                errors.append(answer.text)
+                return float("nan")
+            return float(outputs(answer)["total"])
+
+        def over_grpc(sequence_id: int, x: float, **flags: bool) -> float:
+            client = triton_grpc.InferenceServerClient(server.grpc_target)  # a new channel each time
+            given = triton_grpc.InferInput("x", [1, 1], "FP32")
+            given.set_data_from_numpy(np.array([[x]], dtype=np.float32))
+            try:
+                answer = client.infer(MODEL, [given], sequence_id=sequence_id, sequence_start=flags.get(
+                    "sequence_start", False), sequence_end=flags.get("sequence_end", False))
+            finally:
+                client.close()
+            return float(answer.as_numpy("total")[0, 0])
+
+        def client(sequence_id: int) -> None:
+            send = over_grpc if sequence_id > 4 else over_http
+            seen = [send(sequence_id, 1.0, sequence_start=True)]
+            seen += [send(sequence_id, 1.0, sequence_end=k == 12) for k in range(1, 13)]
+            totals[sequence_id] = seen
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(1, 7)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        # started again over new connections, wherever they land: the old one is forgotten everywhere
+        restarted = [over_http(9, 5.0, sequence_start=True) for _ in range(6)] + [over_http(9, 1.0) for _ in range(4)]
+        after_end = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=1), timeout=30)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert not errors
+    assert totals == {n: [float(k) for k in range(1, 14)] for n in range(1, 7)}
+    assert restarted == [5.0] * 6 + [6.0, 7.0, 8.0, 9.0]
+    assert after_end.status_code == 400
+    assert "sequence 1 of model 'accumulator' is not active (no worker of the server holds it)" in \
+        after_end.json()["error"]
+    assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 1.0' in metrics  # sequence 9, not ended
+
+
 async def test_states_that_grow_are_bounded_and_the_sequence_that_passes_the_bound_is_ended(tmp_path: Path) -> None:
     save(tmp_path, "growing", growing())
     (tmp_path / "growing" / "config.pbtxt").write_text(GROWING.replace("20000", "0"))
