@@ -189,11 +189,12 @@ def test_tensors_cross_with_their_types_shapes_and_strings() -> None:
     for name, array in tensors.items():
         assert back[name].shape == array.shape
         assert back[name].tolist() == array.tolist()
-    assert back["s"].dtype == object and back["b"].dtype == np.bool_
+    assert back["s"].dtype == object
+    assert back["b"].dtype == np.bool_
     assert back["big"].dtype == np.dtype("<f8")
 
 
-@pytest.mark.parametrize("described, payload, why", [
+@pytest.mark.parametrize(("described", "payload", "why"), [
     ([["x", "<f4", [2], 8]], b"\0" * 4, "runs past the end"),
     ([["x", "<f4", [2], 8]], b"\0" * 12, "not claimed by any input"),
     ([["x", "|O", [1], 8]], b"\0" * 8, "a type the server never sends"),
@@ -216,6 +217,9 @@ async def test_a_frame_past_its_bound_is_refused_before_it_is_read() -> None:
 def test_errors_cross_as_the_kind_and_message_raised() -> None:
     assert type(relayed({"kind": "InvalidInput", "message": "m"})) is InvalidInput
     full = relayed({"kind": "QueueFull", "message": "full", "retry_after_s": 3})
-    assert isinstance(full, QueueFull) and full.retry_after_s == 3 and full.message == "full"
+    assert isinstance(full, QueueFull)
+    assert full.retry_after_s == 3
+    assert full.message == "full"
     unknown = relayed({"kind": "SystemExit", "message": "x"})  # never a class outside the server's errors
-    assert type(unknown) is ServingError and unknown.status_code == 500
+    assert type(unknown) is ServingError
+    assert unknown.status_code == 500
