@@ -77,8 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     available_cpus())
         peers = None  # with several workers, a sequence's steps reach its worker through any (app/sequence_peers.py)
         if resolved.control_dir is not None and resolved.worker_processes > 1:
-            peers = SequencePeers(resolved.control_dir / PEERS,
-                                  2 * (resolved.max_body_bytes + resolved.response_limit_bytes))
+            elsewhere = app.metrics.sequence_steps_elsewhere
+            peers = SequencePeers(resolved.control_dir / PEERS, 2 * (resolved.max_body_bytes + resolved.response_limit_bytes),
+                                  ran_elsewhere=lambda model: elsewhere.labels(model).inc())
         repository = ModelRepository(resolved, options, app.metrics, peers)
         if peers is not None:
             await peers.start(partial(_served, repository))

@@ -75,13 +75,15 @@ class PeerGone(ModelNotReady):
 class SequencePeers:
     """This worker's socket for the others, and its connections to them."""
 
-    def __init__(self, folder: Path, max_message_bytes: int, me: str | None = None) -> None:
+    def __init__(self, folder: Path, max_message_bytes: int, me: str | None = None,
+                 ran_elsewhere: Callable[[str], None] | None = None) -> None:
         """`folder`: where every worker's socket is (the control folder's `peers`);
         `max_message_bytes`: the most a message's tensors may take; `me`: this worker's name
-        there (its pid)."""
+        there (its pid); `ran_elsewhere`: told the model of each step another worker ran."""
         self.folder = folder
         self.max_message_bytes = max_message_bytes
         self.me = me or str(os.getpid())
+        self.ran_elsewhere = ran_elsewhere
         self._find: FindModel = lambda name, version: None
         self._server: asyncio.Server | None = None
         self._connections: dict[str, _Connection] = {}
@@ -152,6 +154,8 @@ class SequencePeers:
                 if reply is None:
                     continue
                 answer, payload = reply
+                if self.ran_elsewhere is not None:
+                    self.ran_elsewhere(model)
                 if flags.end:
                     self._holders.pop(key, None)
                 else:

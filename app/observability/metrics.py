@@ -69,6 +69,9 @@ class Metrics:
             "call's message not in within body_timeout_s), answer_late (its answer not taken "
             "within send_timeout_s, when a new call needed the place), refused (at max_grpc_calls, every call working)",
             ["reason"], registry=r)
+        self.sequence_steps_elsewhere = Counter(
+            "ortserve_sequence_steps_elsewhere", "Steps of a stateful model's sequences that reached a worker other "
+            "than the one holding the sequence, and were run there (app/sequence_peers.py)", ["model"], registry=r)
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "
                                         "the client hung up)", ["model", "reason"], registry=r)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -431,14 +432,21 @@ def test_with_two_workers_a_sequences_steps_reach_it_over_any_connection(tmp_pat
         # started again over new connections, wherever they land: the old one is forgotten everywhere
         restarted = [over_http(9, 5.0, sequence_start=True) for _ in range(6)] + [over_http(9, 1.0) for _ in range(4)]
         after_end = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=1), timeout=30)
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        active = f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 1.0'  # sequence 9, not ended
+        for _ in range(300):  # each worker's metrics reach the others within a second (app/observability/workers.py)
+            metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+            if active in metrics:
+                break
+            time.sleep(0.1)
     assert not errors
     assert totals == {n: [float(k) for k in range(1, 14)] for n in range(1, 7)}
     assert restarted == [5.0] * 6 + [6.0, 7.0, 8.0, 9.0]
     assert after_end.status_code == 400
     assert "sequence 1 of model 'accumulator' is not active (no worker of the server holds it)" in \
         after_end.json()["error"]
-    assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 1.0' in metrics  # sequence 9, not ended
+    assert active in metrics
+    forwarded = float(metrics.split(f'ortserve_sequence_steps_elsewhere_total{{model="{MODEL}"}} ')[1].split()[0])
+    assert 0 < forwarded < 6 * 13 + 10  # a new connection per step: some landed on the other worker
 
 
 async def test_states_that_grow_are_bounded_and_the_sequence_that_passes_the_bound_is_ended(tmp_path: Path) -> None:
