@@ -7,6 +7,13 @@ sequence's total. Alternating rounds, one server.
 
     python -m load_tests.sequences --sequences 64 --rounds 3 --duration 4
 
+Clients take any connection of one pool for each step, as a proxy pooling its connections
+does (`--connections pooled`, the default); with several workers a step then often reaches a
+worker that does not hold its sequence, which has the one that does run it
+(app/sequence_peers.py). `--connections both --workers 2` measures what that costs: sequence
+batching with a connection per sequence (every step reaches its sequence's worker) against the
+pool, the share of steps run by another worker counted from the server's metrics.
+
 Binds 127.0.0.1; every run stops by itself. Makes its model with onnx (the dev install's).
 """
 
@@ -108,18 +115,30 @@ def _by_hand(x: float, sequence_id: int, start: bool, end: bool, state: float) -
                                     for name, (datatype, value) in values.items()]})
 
 
-async def run(url: str, way: str, sequences: int, duration_s: float, warmup_s: float = 1.0
-              ) -> tuple[list[Sample], int]:
-    """(every step's sample after the warm-up, steps whose total was wrong) over `duration_s`."""
+POOLED, PER_SEQUENCE = "pooled", "per-sequence"
+
+
+async def run(url: str, way: str, sequences: int, duration_s: float, warmup_s: float = 1.0,
+              connections: str = POOLED) -> tuple[list[Sample], int]:
+    """(every step's sample after the warm-up, steps whose total was wrong) over `duration_s`.
+    `connections`: one pool for every sequence's steps, or a connection per sequence."""
     samples: list[Sample] = []
     wrong = 0
     path = f"{url}/v2/models/{way}/infer"
-    connector = aiohttp.TCPConnector(limit=sequences)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    timeout = aiohttp.ClientTimeout(total=30)
+    pool = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=sequences), timeout=timeout)
+    async with pool:
         measure_from = time.perf_counter() + warmup_s
         stop_at = measure_from + duration_s
 
         async def client(n: int) -> None:
+            if connections == POOLED:
+                await steps(n, pool)
+                return
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as own:
+                await steps(n, own)
+
+        async def steps(n: int, session: aiohttp.ClientSession) -> None:
             nonlocal wrong
             sequence_id = 1 + n * 1_000_000
             while time.perf_counter() < stop_at:
@@ -154,31 +173,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument("--workers", default="1")
+    parser.add_argument("--connections", choices=[POOLED, PER_SEQUENCE, "both"], default=POOLED,
+                        help="both: sequence batching over a connection per sequence against the pool")
     args = parser.parse_args(argv)
-    got: dict[str, list[tuple[Summary, float]]] = {way: [] for way in WAYS}
+    cases = ([(SERVED, PER_SEQUENCE), (SERVED, POOLED)] if args.connections == "both"
+             else [(way, args.connections) for way in WAYS])
+    got: dict[tuple[str, str], list[tuple[Summary, float, float]]] = {case: [] for case in cases}
     with serving_repository(repository, args.workers, "sequences-bench-") as server:
-        for i, way in alternating(WAYS, args.rounds):
-            before = _batches(server.url, way)
-            samples, wrong = asyncio.run(run(server.url, way, args.sequences, args.duration))
+        for i, case in alternating(cases, args.rounds):
+            way, connections = case
+            before, elsewhere = _batches(server.url, way), _elsewhere(server.url, way)
+            samples, wrong = asyncio.run(run(server.url, way, args.sequences, args.duration, connections=connections))
+            if args.workers != "1":
+                time.sleep(1.5)  # every worker's metrics in the answering one's (app/observability/workers.py)
             after = _batches(server.url, way)
             summary = summarize(samples, args.duration)
             if summary.errors or wrong:
                 raise SystemExit(f"{way}: errors {summary.errors}, {wrong} wrong totals")
             rows = (after[0] - before[0]) / max(1, after[1] - before[1])
-            got[way].append((summary, rows))
-            print(f"round {i + 1} {way}: {summary.requests_per_s:,.0f} steps/s, p50 {summary.p50_ms:.2f} ms, "
-                  f"p99 {summary.p99_ms:.2f} ms, {rows:.1f} rows per batch", flush=True)
-    print(f"\n| {args.sequences} sequences, one step at a time each | steps/s per round | median | p50 / p99 ms "
-          "(median) | rows per batch |")
-    print("|---|---|---|---|---|")
-    for way in WAYS:
-        runs = got[way]
-        rates = [s.requests_per_s for s, _ in runs]
+            moved = (_elsewhere(server.url, way) - elsewhere) / max(1, after[0] - before[0])
+            got[case].append((summary, rows, moved))
+            print(f"round {i + 1} {way}, {connections}: {summary.requests_per_s:,.0f} steps/s, p50 "
+                  f"{summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms, {rows:.1f} rows per batch, "
+                  f"{moved:.0%} of steps run by another worker", flush=True)
+    print(f"\n| {args.sequences} sequences, one step at a time each, {args.workers} worker(s) | connections | "
+          "steps/s per round | median | p50 / p99 ms (median) | rows per batch | steps run by another worker |")
+    print("|---|---|---|---|---|---|---|")
+    for (way, connections), runs in got.items():
+        rates = [s.requests_per_s for s, _, _ in runs]
         label = "sequence batching (server keeps the state)" if way == SERVED else "no sequences (client sends it)"
-        print(f"| {label} | {', '.join(f'{r:,.0f}' for r in rates)} | {statistics.median(rates):,.0f} | "
-              f"{statistics.median(s.p50_ms for s, _ in runs):.2f} / {statistics.median(s.p99_ms for s, _ in runs):.2f}"
-              f" | {statistics.median(r for _, r in runs):.1f} |")
+        print(f"| {label} | {connections} | {', '.join(f'{r:,.0f}' for r in rates)} | {statistics.median(rates):,.0f} | "
+              f"{statistics.median(s.p50_ms for s, _, _ in runs):.2f} / "
+              f"{statistics.median(s.p99_ms for s, _, _ in runs):.2f} | {statistics.median(r for _, r, _ in runs):.1f} | "
+              f"{statistics.median(m for _, _, m in runs):.0%} |")
     return 0
+
+
+def _elsewhere(url: str, model: str) -> float:
+    """Steps of the model's sequences run by another worker so far (every worker's)."""
+    prefix = f'ortserve_sequence_steps_elsewhere_total{{model="{model}"}} '
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
 
 def _batches(url: str, model: str) -> tuple[int, int]:

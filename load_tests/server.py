@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 
@@ -144,7 +145,10 @@ def serving_repository(make: Callable[[Path], None], workers: str, prefix: str) 
             yield server
 
 
-def alternating(ways: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+Way = TypeVar("Way")
+
+
+def alternating(ways: Sequence[Way], rounds: int) -> Iterator[tuple[int, Way]]:
     """(round, way) for paired rounds: each way once a round, the order reversed every other
     round, so that neither always runs first (a warmer or a cooler machine)."""
     for i in range(rounds):
