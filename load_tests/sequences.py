@@ -7,12 +7,15 @@ sequence's total. Alternating rounds, one server.
 
     python -m load_tests.sequences --sequences 64 --rounds 3 --duration 4
 
-Clients take any connection of one pool for each step, as a proxy pooling its connections
-does (`--connections pooled`, the default); with several workers a step then often reaches a
-worker that does not hold its sequence, which has the one that does run it
-(app/sequence_peers.py). `--connections both --workers 2` measures what that costs: sequence
-batching with a connection per sequence (every step reaches its sequence's worker) against the
-pool, the share of steps run by another worker counted from the server's metrics.
+How clients use their connections (`--connections`): `pool`, the default, one aiohttp pool
+for every sequence (a step mostly reuses the connection its sequence's last step freed);
+`per-sequence`, a connection of its own for each sequence (every step reaches the worker that
+holds its sequence); `spread`, as a proxy balancing over its connections to the server, each
+step over the next connection of one set, round robin. With several workers a spread step
+often reaches a worker that does not hold its sequence, and that worker has the one that does
+run it (app/sequence_peers.py). `--compare-connections --workers 2` measures what that costs:
+sequence batching per-sequence against spread, with the share of steps run by another worker,
+from the server's metrics.
 
 Binds 127.0.0.1; every run stops by itself. Makes its model with onnx (the dev install's).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -115,30 +119,30 @@ def _by_hand(x: float, sequence_id: int, start: bool, end: bool, state: float) -
                                     for name, (datatype, value) in values.items()]})
 
 
-POOLED, PER_SEQUENCE = "pooled", "per-sequence"
+POOL, PER_SEQUENCE, SPREAD = "pool", "per-sequence", "spread"
 
 
 async def run(url: str, way: str, sequences: int, duration_s: float, warmup_s: float = 1.0,
-              connections: str = POOLED) -> tuple[list[Sample], int]:
+              connections: str = POOL) -> tuple[list[Sample], int]:
     """(every step's sample after the warm-up, steps whose total was wrong) over `duration_s`.
-    `connections`: one pool for every sequence's steps, or a connection per sequence."""
+    `connections`: POOL, PER_SEQUENCE or SPREAD (the module's doc)."""
     samples: list[Sample] = []
     wrong = 0
     path = f"{url}/v2/models/{way}/infer"
     timeout = aiohttp.ClientTimeout(total=30)
-    pool = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=sequences), timeout=timeout)
-    async with pool:
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=sequences if connections == POOL else 1),
+                                      timeout=timeout) for _ in range(1 if connections == POOL else sequences)]
+    turn = itertools.count()
+    try:
         measure_from = time.perf_counter() + warmup_s
         stop_at = measure_from + duration_s
 
-        async def client(n: int) -> None:
-            if connections == POOLED:
-                await steps(n, pool)
-                return
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as own:
-                await steps(n, own)
+        def session_for(n: int) -> aiohttp.ClientSession:
+            if connections == SPREAD:
+                return sessions[next(turn) % sequences]
+            return sessions[0 if connections == POOL else n]
 
-        async def steps(n: int, session: aiohttp.ClientSession) -> None:
+        async def client(n: int) -> None:
             nonlocal wrong
             sequence_id = 1 + n * 1_000_000
             while time.perf_counter() < stop_at:
@@ -150,7 +154,7 @@ async def run(url: str, way: str, sequences: int, duration_s: float, warmup_s: f
                     body = (_served(x, sequence_id, start, end) if way == SERVED
                             else _by_hand(x, sequence_id, start, end, state))
                     began = time.perf_counter()
-                    async with session.post(path, data=body, headers={"Content-Type": "application/json"}) as answer:
+                    async with session_for(n).post(path, data=body, headers={"Content-Type": "application/json"}) as answer:
                         got = orjson.loads(await answer.read())
                         status = answer.status
                     if began >= measure_from:
@@ -163,6 +167,9 @@ async def run(url: str, way: str, sequences: int, duration_s: float, warmup_s: f
                     wrong += found["total"] != expected
 
         await asyncio.gather(*(client(n) for n in range(sequences)))
+    finally:
+        for session in sessions:
+            await session.close()
     return samples, wrong
 
 
@@ -173,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument("--workers", default="1")
-    parser.add_argument("--connections", choices=[POOLED, PER_SEQUENCE, "both"], default=POOLED,
-                        help="both: sequence batching over a connection per sequence against the pool")
+    parser.add_argument("--connections", choices=[POOL, PER_SEQUENCE, SPREAD], default=POOL)
+    parser.add_argument("--compare-connections", action="store_true",
+                        help="sequence batching over a connection per sequence against spread steps")
     args = parser.parse_args(argv)
-    cases = ([(SERVED, PER_SEQUENCE), (SERVED, POOLED)] if args.connections == "both"
+    cases = ([(SERVED, PER_SEQUENCE), (SERVED, SPREAD)] if args.compare_connections
              else [(way, args.connections) for way in WAYS])
     got: dict[tuple[str, str], list[tuple[Summary, float, float]]] = {case: [] for case in cases}
     with serving_repository(repository, args.workers, "sequences-bench-") as server:

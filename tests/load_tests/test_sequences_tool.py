@@ -23,17 +23,18 @@ def test_a_round_each_way_keeps_every_total_right(capsys: pytest.CaptureFixture[
     assert "| no sequences (client sends it) |" in table
 
 
-def test_with_two_workers_a_pool_of_connections_against_one_per_sequence(capsys: pytest.CaptureFixture[str]) -> None:
-    """Steps over a pooled connection reach either worker: every total right all the same, and
+def test_with_two_workers_steps_spread_over_connections_against_one_per_sequence(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Steps spread over connections reach either worker: every total right all the same, and
     the table says how many ran in another worker (none over a connection per sequence). Sixteen
     connections: all on one worker has odds of 2 in 65,536."""
     assert sequences.main(["--sequences", "16", "--rounds", "1", "--duration", "1", "--workers", "2",
-                           "--connections", "both"]) == 0
+                           "--compare-connections"]) == 0
     rows = {line.split(" | ")[1]: line.split(" | ")[-1].strip(" |")
             for line in capsys.readouterr().out.split("| 16 sequences")[1].splitlines()
             if line.startswith("| sequence batching")}
     assert rows["per-sequence"] == "0%"
-    assert rows["pooled"] != "0%"
+    assert rows["spread"] != "0%"
 
 
 def test_tritons_perf_analyzer_runs_sequences_against_a_stateful_model(tmp_path: Path, perf_analyzer_tool: str) -> None:
