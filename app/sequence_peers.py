@@ -61,6 +61,7 @@ _FRAME = struct.Struct("<IQ")  # the header's length, the tensors' length
 MAX_HEADER_BYTES = 1 << 20
 ROUTES_KEPT = 4096
 """Sequences whose holder is remembered (the last found; a miss asks the others again)."""
+LISTED_S = 1.0
 FORGET_WAIT_S = 5.0
 """The longest a start waits for the others to forget its ID (a worker that does not answer
 by then is busy past any client's patience, or stuck)."""
@@ -89,6 +90,8 @@ class SequencePeers:
         self._connections: dict[str, _Connection] = {}
         self._holders: OrderedDict[tuple[str, str, SequenceId], str] = OrderedDict()
         self._answering: set[asyncio.Task[None]] = set()
+        self._listed: list[str] = []
+        self._listed_at = (-1, 0.0)  # the folder's mtime, and when it was listed
         self._served: set[asyncio.StreamWriter] = set()  # the others' connections to this one
 
     @property
@@ -145,12 +148,8 @@ class SequencePeers:
         header = {"op": "step", "model": model, "version": version, "sequence": flags.id, "end": flags.end,
                   "priority": terms.priority, "timeout_s": terms.timeout_s, "tensors": tensors}
         last = self._holders.get(key)
-        asked = [last] if last is not None else []
-        for names in (asked, [name for name in self.others() if name != last]):
-            if not names:
-                continue
-            replies = await asyncio.gather(*(self._ask(name, header, parts, terms.due) for name in names))
-            for name, reply in zip(names, replies, strict=True):
+        for names in ([last] if last is not None else [], [name for name in self.others() if name != last]):
+            for name, reply in await self._ask(names, header, parts, terms.due):
                 if reply is None:
                     continue
                 answer, payload = reply
@@ -171,47 +170,63 @@ class SequencePeers:
         """Every other worker drops its sequence under this ID, if it holds one. Never raises:
         a worker that cannot be reached holds nothing that could run."""
         self._holders.pop((model, version, sequence_id), None)
-        names = self.others()
-        if not names:
-            return
         header = {"op": "forget", "model": model, "version": version, "sequence": sequence_id}
-        due = min(terms.due, time.monotonic() + FORGET_WAIT_S)
-        results = await asyncio.gather(*(self._ask(name, header, [], due) for name in names), return_exceptions=True)
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, BaseException):
-                logger.warning("worker %s did not forget sequence %r of %s v%s: %s", name, sequence_id, model,
-                               version, result)
+        try:
+            await self._ask(self.others(), header, [], min(terms.due, time.monotonic() + FORGET_WAIT_S))
+        except ServingError as e:
+            logger.warning("the other workers may not have forgotten sequence %r of %s v%s: %s", sequence_id, model,
+                           version, e.message)
 
     def others(self) -> list[str]:
-        """The other workers listening now (their sockets in the folder)."""
+        """The other workers listening now (their sockets in the folder), read again when the
+        folder changes (a worker came or went) and every LISTED_S: a change within the same
+        tick of the file system's clock leaves its time as it was."""
         try:
-            found = [entry.name.removesuffix(".sock") for entry in os.scandir(self.folder)
-                     if entry.name.endswith(".sock")]
+            changed, now = os.stat(self.folder).st_mtime_ns, time.monotonic()
+            if changed != self._listed_at[0] or now - self._listed_at[1] > LISTED_S:
+                self._listed = [entry.name.removesuffix(".sock") for entry in os.scandir(self.folder)
+                                if entry.name.endswith(".sock") and entry.name != f"{self.me}.sock"]
+                self._listed_at = changed, now
         except OSError:
             return []
-        return [name for name in found if name != self.me]
+        return self._listed
 
-    async def _ask(self, name: str, header: dict[str, Any], parts: list[bytes], due: float
-                   ) -> tuple[dict[str, Any], bytes] | None:
-        """A worker's reply where it holds the sequence (its step's outputs), None where it does
-        not or cannot be reached; its error, raised here, where it refused the step."""
-        connection = await self._connection(name)
-        if connection is None:
-            return None
+    async def _ask(self, names: list[str], header: dict[str, Any], parts: list[bytes], due: float
+                   ) -> list[tuple[str, tuple[dict[str, Any], bytes] | None]]:
+        """Each worker's reply, sent to all of them at once: the reply where it holds the sequence
+        (its step's outputs), None where it does not or cannot be reached. A refusal of the step
+        is raised here as the holder raised it. Futures and a timer, no task per worker: a start
+        asks every other worker, and the step after it waits for them all."""
+        if not names:
+            return []
         left = due - time.monotonic()
         if left <= 0:
-            raise DeadlineExceeded(f"model {header['model']!r}: the request's {header.get('timeout_s', 0):g} s were "
-                                   "spent before the worker holding its sequence could be asked")
-        call = connection.call({**header, "left_s": left}, parts)  # the deadline as time left, counted on from there
+            raise DeadlineExceeded(f"model {header['model']!r}: the request's time was spent before the other "
+                                   "workers could be asked for its sequence")
+        sent = {**header, "left_s": left}  # the deadline as time left, counted on from there
+        calls = []
+        for name in names:
+            connection = await self._connection(name)
+            calls.append((name, None if connection is None else connection.call(sent, parts)))
+        timer = asyncio.get_running_loop().call_later(left + 1.0, _overdue, [c for _, c in calls if c is not None],
+                                                      header)  # the holder keeps the deadline; this, for a stuck one
+        replies: list[tuple[str, tuple[dict[str, Any], bytes] | None]] = []
         try:
-            answer, payload = await asyncio.wait_for(call, left + 1.0)  # the holder keeps it; this, for a stuck one
-        except TimeoutError:
-            raise DeadlineExceeded(f"model {header['model']!r}: the worker holding sequence {header['sequence']!r} "
-                                   f"did not answer within {header.get('timeout_s', left):g} s") from None
-        error = answer.get("error")
-        if error is not None:
-            raise relayed(error)
-        return (answer, payload) if answer.get("held") else None
+            for name, call in calls:
+                if call is None:
+                    replies.append((name, None))
+                    continue
+                answer, payload = await call
+                error = answer.get("error")
+                if error is not None:
+                    raise relayed(error)
+                replies.append((name, (answer, payload) if answer.get("held") else None))
+        finally:
+            timer.cancel()
+            for _, call in calls:  # those not awaited, once one raised: their outcome is nobody's
+                if call is not None and not call.done():
+                    call.add_done_callback(_drop_outcome)
+        return replies
 
     async def _connection(self, name: str) -> _Connection | None:
         connection = self._connections.get(name)
@@ -230,6 +245,10 @@ class SequencePeers:
 
     # --- answering them --------------------------------------------------------------
 
+    def _forget(self, header: dict[str, Any]) -> bool:
+        model = self._find(str(header.get("model")), str(header.get("version")))
+        return model is not None and model.sequences is not None and model.sequences.forget(header.get("sequence", ""))
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not _same_user(writer):
             writer.close()
@@ -238,6 +257,9 @@ class SequencePeers:
         try:
             while True:
                 header, payload = await read_frame(reader, self.max_message_bytes)
+                if header.get("op") == "forget":  # nothing to wait for: answered at once, with no task
+                    write_frame(writer, {"held": self._forget(header), "call": header.get("call")}, [])
+                    continue
                 task = asyncio.ensure_future(self._answer(header, payload, writer))
                 self._answering.add(task)
                 task.add_done_callback(self._answering.discard)
@@ -266,8 +288,6 @@ class SequencePeers:
         if model is None or model.sequences is None:
             return {"held": False}, []
         sequence_id = header["sequence"]
-        if header["op"] == "forget":
-            return {"held": model.sequences.forget(sequence_id)}, []
         inputs = unpack(header["tensors"], payload)
         terms = StepTerms(int(header["priority"]), time.monotonic() + float(header.get("left_s", 0)),
                           float(header["timeout_s"]))
@@ -291,14 +311,13 @@ class _Connection:
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._reading = asyncio.ensure_future(self._read(reader, max_message_bytes))
 
-    async def call(self, header: dict[str, Any], parts: list[bytes]) -> tuple[dict[str, Any], bytes]:
+    def call(self, header: dict[str, Any], parts: list[bytes]) -> asyncio.Future[tuple[dict[str, Any], bytes]]:
+        """The reply to a message, once it comes."""
         number = next(self._calls)
         future = self._pending[number] = asyncio.get_running_loop().create_future()
-        try:
-            write_frame(self.writer, {**header, "call": number}, parts)
-            return await future
-        finally:
-            self._pending.pop(number, None)
+        future.add_done_callback(lambda _: self._pending.pop(number, None))
+        write_frame(self.writer, {**header, "call": number}, parts)
+        return future
 
     async def _read(self, reader: asyncio.StreamReader, max_message_bytes: int) -> None:
         why = "it closed the connection"
@@ -325,6 +344,19 @@ class _Connection:
         self._pending.clear()
         if not self._reading.done() and asyncio.current_task() is not self._reading:
             self._reading.cancel()
+
+
+def _overdue(calls: list[asyncio.Future[tuple[dict[str, Any], bytes]]], header: dict[str, Any]) -> None:
+    for call in calls:
+        if not call.done():
+            call.set_exception(DeadlineExceeded(
+                f"model {header['model']!r}: the worker asked for sequence {header['sequence']!r} did not answer "
+                f"within {header.get('timeout_s', FORGET_WAIT_S):g} s"))
+
+
+def _drop_outcome(call: asyncio.Future[Any]) -> None:
+    if not call.cancelled():
+        call.exception()  # retrieved: no "never retrieved" warning for an outcome nobody waits for
 
 
 class PeerProtocolError(Exception):

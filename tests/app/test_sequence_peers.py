@@ -103,19 +103,20 @@ async def test_the_worker_last_found_holding_a_sequence_is_asked_alone(tmp_path:
     async with workers(tmp_path, count=3) as (a, b, c):
         await c.step(1, 1.0, start=True)
         await a.step(1, 1.0)  # found by asking b and c
-        asked: list[str] = []
+        asked: list[list[str]] = []
         original = a.peers._ask
 
-        async def counted(name: str, *args: object) -> object:
-            asked.append(name)
-            return await original(name, *args)  # type: ignore[arg-type]
+        async def counted(names: list[str], *args: object) -> object:
+            asked.append(list(names))
+            return await original(names, *args)  # type: ignore[arg-type]
         a.peers._ask = counted  # type: ignore[method-assign]
         third = await a.step(1, 1.0)
+        assert asked == [["w2"]]
         await b.step(1, 1.0, start=True)  # it moved: a asks c first, then the others
         asked.clear()
         fourth = await a.step(1, 1.0)
     assert third["total"] == 3.0
-    assert asked == ["w2", "w1"]  # c no longer holds it; then b, which does
+    assert asked == [["w2"], ["w1"]]  # c no longer holds it; then the others: b, which does
     assert fourth["total"] == 2.0
 
 
