@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from app.errors import (
     ClientGone,
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+Reply = tuple[dict[str, Any], memoryview]
+"""A message's header and its tensors' bytes."""
 FindModel = Callable[[str, str], "ServedModel | None"]
 """A served model by name and version, None where this worker does not serve it."""
 
@@ -148,7 +150,8 @@ class SequencePeers:
         header = {"op": "step", "model": model, "version": version, "sequence": flags.id, "end": flags.end,
                   "priority": terms.priority, "timeout_s": terms.timeout_s, "tensors": tensors}
         last = self._holders.get(key)
-        for names in ([last] if last is not None else [], [name for name in self.others() if name != last]):
+        for first in (True, False):
+            names = ([last] if last is not None else []) if first else [n for n in self.others() if n != last]
             for name, reply in await self._ask(names, header, parts, terms.due):
                 if reply is None:
                     continue
@@ -192,7 +195,7 @@ class SequencePeers:
         return self._listed
 
     async def _ask(self, names: list[str], header: dict[str, Any], parts: list[bytes], due: float
-                   ) -> list[tuple[str, tuple[dict[str, Any], bytes] | None]]:
+                   ) -> list[tuple[str, Reply | None]]:
         """Each worker's reply, sent to all of them at once: the reply where it holds the sequence
         (its step's outputs), None where it does not or cannot be reached. A refusal of the step
         is raised here as the holder raised it. Futures and a timer, no task per worker: a start
@@ -210,7 +213,7 @@ class SequencePeers:
             calls.append((name, None if connection is None else connection.call(sent, parts)))
         timer = asyncio.get_running_loop().call_later(left + 1.0, _overdue, [c for _, c in calls if c is not None],
                                                       header)  # the holder keeps the deadline; this, for a stuck one
-        replies: list[tuple[str, tuple[dict[str, Any], bytes] | None]] = []
+        replies: list[tuple[str, Reply | None]] = []
         try:
             for name, call in calls:
                 if call is None:
@@ -271,7 +274,7 @@ class SequencePeers:
             self._served.discard(writer)
             writer.close()
 
-    async def _answer(self, header: dict[str, Any], payload: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, header: dict[str, Any], payload: memoryview, writer: asyncio.StreamWriter) -> None:
         try:
             reply, parts = await self._handle(header, payload)
         except ServingError as e:
@@ -283,7 +286,7 @@ class SequencePeers:
         if not writer.is_closing():
             write_frame(writer, {**reply, "call": header.get("call")}, parts)
 
-    async def _handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    async def _handle(self, header: dict[str, Any], payload: memoryview) -> tuple[dict[str, Any], list[bytes]]:
         model = self._find(str(header["model"]), str(header["version"]))
         if model is None or model.sequences is None:
             return {"held": False}, []
@@ -308,10 +311,10 @@ class _Connection:
         self.name = name
         self.writer = writer
         self.closed = False
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._reading = asyncio.ensure_future(self._read(reader, max_message_bytes))
 
-    def call(self, header: dict[str, Any], parts: list[bytes]) -> asyncio.Future[tuple[dict[str, Any], bytes]]:
+    def call(self, header: dict[str, Any], parts: list[bytes]) -> asyncio.Future[Reply]:
         """The reply to a message, once it comes."""
         number = next(self._calls)
         future = self._pending[number] = asyncio.get_running_loop().create_future()
@@ -346,7 +349,7 @@ class _Connection:
             self._reading.cancel()
 
 
-def _overdue(calls: list[asyncio.Future[tuple[dict[str, Any], bytes]]], header: dict[str, Any]) -> None:
+def _overdue(calls: list[asyncio.Future[Reply]], header: dict[str, Any]) -> None:
     for call in calls:
         if not call.done():
             call.set_exception(DeadlineExceeded(
@@ -364,23 +367,24 @@ class PeerProtocolError(Exception):
 
 
 def write_frame(writer: asyncio.StreamWriter, header: dict[str, Any], parts: list[bytes]) -> None:
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = orjson.dumps(header)
     writer.writelines([_FRAME.pack(len(encoded), sum(len(part) for part in parts)), encoded, *parts])
 
 
-async def read_frame(reader: asyncio.StreamReader, max_message_bytes: int) -> tuple[dict[str, Any], bytes]:
+async def read_frame(reader: asyncio.StreamReader, max_message_bytes: int) -> tuple[dict[str, Any], memoryview]:
+    """A message's header and its tensors' bytes (a view of the message, read whole)."""
     header_bytes, payload_bytes = _FRAME.unpack(await reader.readexactly(_FRAME.size))
     if header_bytes > MAX_HEADER_BYTES or payload_bytes > max_message_bytes:
         raise PeerProtocolError(f"a message of {header_bytes:,} + {payload_bytes:,} bytes is past the bound "
                                 f"({MAX_HEADER_BYTES:,} + {max_message_bytes:,})")
+    message = memoryview(await reader.readexactly(header_bytes + payload_bytes))
     try:
-        header = json.loads(await reader.readexactly(header_bytes))
-    except ValueError as e:
+        header = orjson.loads(message[:header_bytes])
+    except orjson.JSONDecodeError as e:
         raise PeerProtocolError(f"a header that is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise PeerProtocolError("a header that is not a JSON object")
-    payload = await reader.readexactly(payload_bytes) if payload_bytes else b""
-    return header, payload
+    return header, message[header_bytes:]
 
 
 def pack(tensors: dict[str, np.ndarray]) -> tuple[list[list[Any]], list[bytes]]:
@@ -396,7 +400,7 @@ def pack(tensors: dict[str, np.ndarray]) -> tuple[list[list[Any]], list[bytes]]:
     return described, parts
 
 
-def unpack(described: list[list[Any]], payload: bytes) -> dict[str, np.ndarray]:
+def unpack(described: list[list[Any]], payload: bytes | memoryview) -> dict[str, np.ndarray]:
     """The tensors `pack` described, views of `payload` (BYTES as strings, as ONNX Runtime takes them)."""
     reader = BinaryReader(memoryview(payload))
     tensors = {}

@@ -85,8 +85,9 @@ def sequence_flags(parameters: dict[str, Any]) -> SequenceFlags | None:
     and `sequence_end` (booleans), as Triton's clients send them; None without an ID."""
     given = parameters.get("sequence_id")
     start, end = (_flag(parameters.get(name), name) for name in ("sequence_start", "sequence_end"))
-    if isinstance(given, bool) or not isinstance(given, int | str | None) or isinstance(given, int) and given < 0:
-        raise InvalidInput(f"parameters.sequence_id must be a whole number (0 or more) or a string, got {given!r}")
+    if isinstance(given, bool) or not isinstance(given, int | str | None) or isinstance(given, int) and not (
+            0 <= given < 2**64):  # Triton's sequence IDs are uint64 or strings
+        raise InvalidInput(f"parameters.sequence_id must be a whole number (0 to 2**64 - 1) or a string, got {given!r}")
     if given is None or given == 0 or given == "":
         if start or end:
             raise InvalidInput("parameters.sequence_start and sequence_end need a sequence_id (not 0 or empty)")
