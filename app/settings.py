@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     answers; with workers above 1, a temporary folder unless set."""
     control_dir: Path | None = None
     """Where the workers share the repository API's changes and their readiness (so that a
-    load or unload reaches every worker), the log's settings and the shared-memory regions;
-    with workers above 1, a temporary folder unless set."""
+    load or unload reaches every worker), the log's settings and the shared-memory regions, and
+    where each listens for the others' steps of the sequences it holds (a Unix socket: keep the
+    path short); with workers above 1, a temporary folder unless set."""
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
