@@ -64,6 +64,7 @@ MAX_HEADER_BYTES = 1 << 20
 ROUTES_KEPT = 4096
 """Sequences whose holder is remembered (the last found; a miss asks the others again)."""
 LISTED_S = 1.0
+"""How long the list of the other workers is kept when their folder seems unchanged."""
 FORGET_WAIT_S = 5.0
 """The longest a start waits for the others to forget its ID (a worker that does not answer
 by then is busy past any client's patience, or stuck)."""
