@@ -39,9 +39,10 @@ def test_with_two_workers_steps_spread_over_connections_against_one_per_sequence
 
 def test_tritons_perf_analyzer_runs_sequences_against_a_stateful_model(tmp_path: Path, perf_analyzer_tool: str) -> None:
     """perf_analyzer reads the model's configuration, finds its sequence_batching, and sends
-    sequences of its own (sequence_id, start and end) over both protocols: no failed request."""
+    sequences of its own (sequence_id, start and end) over both protocols: no failed request.
+    Two workers: each of its connections lands on either."""
     sequences.repository(tmp_path)
-    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "1"]) as server:
+    with ServerProcess(["--model-dir", str(tmp_path), "--workers", "2"]) as server:
         runs = {protocol: perf_analyzer.run(perf_analyzer_tool, sequences.SERVED, server, protocol, 4,
                                             "--sequence-length", "10", *perf_analyzer.QUICK_CHECK)
                 for protocol in ("http", "grpc")}
