@@ -4,7 +4,8 @@ loopback ports and its replicas named as those servers (the container check,
 deploy/replicas_check.sh, runs it as shipped, with DNS). A stateful model's sequence lives in
 one replica, so each of its steps must reach that one, whichever connection carries it: the
 sequences backend hashes the request's sequence_id, read from its JSON (alone, or before
-Triton's binary tensors); every other request is balanced as before."""
+Triton's binary tensors), or over gRPC, from the `sequence-id` header a unary call carries
+(a stream stays on one replica as any stream does); every other request is balanced as before."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def local_config(shipped: str, http_port: int, grpc_port: int, replicas: list[tu
 
 
 @pytest.fixture(scope="module")
-def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[ServerProcess]]]:
-    """(the load balancer's URL, its two replicas), each replica one worker serving the accumulator."""
+def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, list[ServerProcess]]]:
+    """(the load balancer's URL, its gRPC address, its two replicas), each replica one worker
+    serving the accumulator."""
     if HAPROXY is None:
         pytest.skip("needs haproxy (apt-get install haproxy; CI installs it)")
     home = tmp_path_factory.mktemp("models")
@@ -55,9 +57,9 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
     (home / MODEL / "config.pbtxt").write_text(ACCUMULATOR_CONFIG)
     with ServerProcess(["--model-dir", str(home), "--workers", "1"]) as first, \
             ServerProcess(["--model-dir", str(home), "--workers", "1"]) as second:
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         config = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
-        config.write_text(local_config((ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text(), port, free_port(),
+        config.write_text(local_config((ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text(), port, grpc_port,
                                        [(first.port, first.grpc_port), (second.port, second.grpc_port)]))
         checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
@@ -69,7 +71,7 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
                 if _ready(url):
                     break
                 time.sleep(0.2)
-            yield url, [first, second]
+            yield url, f"127.0.0.1:{grpc_port}", [first, second]
         finally:
             process.terminate()
             process.wait(timeout=10)
@@ -111,8 +113,8 @@ def _binary_step(url: str, sequence_id: int | str, x: float, **flags: bool) -> f
 
 
 def test_each_sequences_steps_reach_one_replica_over_new_connections(
-        balanced: tuple[str, list[ServerProcess]]) -> None:
-    url, replicas = balanced
+        balanced: tuple[str, str, list[ServerProcess]]) -> None:
+    url, _, replicas = balanced
     before = [_steps(r) for r in replicas]
     totals = {}
     for sequence_id, send in [(101, _json_step), (102, _json_step), (103, _json_step), (104, _json_step),
@@ -127,8 +129,8 @@ def test_each_sequences_steps_reach_one_replica_over_new_connections(
 
 
 def test_requests_without_a_sequence_are_balanced_over_both_replicas(
-        balanced: tuple[str, list[ServerProcess]]) -> None:
-    url, replicas = balanced
+        balanced: tuple[str, str, list[ServerProcess]]) -> None:
+    url, _, replicas = balanced
     before = [_requests_refused(r) for r in replicas]
 
     async def at_once() -> list[int]:  # 32 in flight: least-connections spreads them
@@ -144,6 +146,56 @@ def test_requests_without_a_sequence_are_balanced_over_both_replicas(
     assert min(refused) > 0  # not hashed onto one replica
 
 
+def test_a_grpc_sequence_reaches_one_replica_on_a_stream_or_by_its_header(
+        balanced: tuple[str, str, list[ServerProcess]]) -> None:
+    import queue
+
+    import tritonclient.grpc as triton_grpc
+
+    _, target, replicas = balanced
+    before = [_steps(r) for r in replicas]
+
+    def given(x: float) -> list[triton_grpc.InferInput]:
+        tensor = triton_grpc.InferInput("x", [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[x]], dtype=np.float32))
+        return [tensor]
+
+    def over_a_stream(sequence_id: int) -> list[float]:
+        client = triton_grpc.InferenceServerClient(target)
+        answers: queue.Queue[tuple[object, object]] = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for k in range(6):
+                client.async_stream_infer(MODEL, given(1.0), sequence_id=sequence_id, sequence_start=k == 0,
+                                          sequence_end=k == 5)
+            got = [answers.get(timeout=30) for _ in range(6)]
+        finally:
+            client.stop_stream()
+            client.close()
+        assert all(error is None for _, error in got), got
+        return [float(result.as_numpy("total")[0, 0]) for result, _ in got]  # type: ignore[attr-defined]
+
+    def unary_with_its_header(sequence_id: int) -> list[float]:
+        totals = []
+        for k in range(6):
+            client = triton_grpc.InferenceServerClient(target)  # a new connection each call
+            try:
+                answer = client.infer(MODEL, given(1.0), sequence_id=sequence_id, sequence_start=k == 0,
+                                      sequence_end=k == 5, headers={"sequence-id": str(sequence_id)})
+            finally:
+                client.close()
+            totals.append(float(answer.as_numpy("total")[0, 0]))
+        return totals
+
+    streamed = {n: over_a_stream(n) for n in (301, 302, 303, 304)}
+    unary = {n: unary_with_its_header(n) for n in (401, 402, 403, 404, 405, 406)}
+    ran = [_steps(r) - b for r, b in zip(replicas, before, strict=True)]
+    assert all(seen == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] for seen in [*streamed.values(), *unary.values()]), \
+        (streamed, unary)
+    assert sum(ran) == 10 * 6
+    assert min(ran) > 0
+
+
 def _requests_refused(server: ServerProcess) -> float:
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -156,4 +208,4 @@ def test_the_shipped_file_is_what_the_test_ran(tmp_path: Path) -> None:
     local = local_config(shipped, 1, 2, [(3, 4)])
     assert "use_backend ortserve-sequences if { var(txn.sequence) -m found }" in local
     assert "balance hash var(txn.sequence)" in local
-    assert local.count("server replica0") == 3  # HTTP, sequences, gRPC
+    assert local.count("server replica0") == 4  # HTTP, its sequences, gRPC, its sequences
