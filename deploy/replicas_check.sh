@@ -2,7 +2,9 @@
 # Replicas behind HAProxy, really run (docker-compose.replicas.yml, with podman-compose):
 #   1. (MEASURE=1) single-image throughput through HAProxy with 1, then 2 replicas (wrk, c64);
 #   2. Prometheus scrapes every replica;
-#   3. a rolling restart under load: each replica in turn gets SIGTERM, drains, exits, is
+#   3. gRPC through HAProxy: unary calls on one connection reach every replica, and a stream's
+#      messages sent one at a time are each answered while it is open;
+#   4. a rolling restart under load: each replica in turn gets SIGTERM, drains, exits, is
 #      started again and becomes healthy, while load runs through HAProxy; any failed request
 #      (a status other than 200, or a connection error) fails the check.
 # Images that cannot be pulled are stood in by Debian's packages (haproxy, prometheus) under
@@ -120,6 +122,30 @@ with grpc.insecure_channel(os.environ["TARGET"]) as channel:
         time.sleep(0.5)
 print(f"gRPC through HAProxy: health SERVING; calls on one connection answered by each replica: {counts}")
 assert all(counts.values()), f"not balanced per call: {counts}"
+
+# A stream, as a client that waits for each answer before it sends the next message: each
+# must be answered while the stream is open (HAProxy must not wait for the request whole).
+import threading
+
+answered_one = threading.Event()
+
+
+def one_at_a_time():
+    for _ in range(3):
+        answered_one.clear()
+        yield request
+        if not answered_one.wait(10):
+            return
+
+
+with grpc.insecure_channel(os.environ["TARGET"]) as channel:
+    answers = []
+    for answer in pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(one_at_a_time(), timeout=30):
+        assert not answer.error_message, answer.error_message
+        answers.append(answer)
+        answered_one.set()
+assert len(answers) == 3, f"a stream through HAProxy answered {len(answers)} of 3 messages sent one at a time"
+print("gRPC stream through HAProxy: 3 messages sent one at a time, each answered while the stream was open")
 PYEOF
 then :; else
   podman logs "$(lb_container)" 2>&1 | tail -20
