@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -354,12 +356,17 @@ async def test_a_state_that_grows_is_never_padded_to_another_sequences_length(tm
     assert (four, first) == (5.0, 10.0)
 
 
+def at_once(client: Callable[[int], None], sequence_ids: Iterable[int]) -> None:
+    """Each sequence's client in a thread of its own, all at once; their errors raised."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for done in [pool.submit(client, n) for n in sequence_ids]:
+            done.result(timeout=120)
+
+
 def test_with_two_workers_a_sequence_over_one_connection_stays_with_its_worker(tmp_path: Path) -> None:
     """As the README says: a sequence lives in the worker that served its start, and a client
     that keeps its connection (tritonclient's do) reaches that worker for every step. Eight
     clients at once: the kernel spreads their connections over the workers."""
-    import threading
-
     import tritonclient.http as triton_http
 
     repository(tmp_path)
@@ -376,11 +383,7 @@ def test_with_two_workers_a_sequence_over_one_connection_stays_with_its_worker(t
                 seen.append(float(answer.as_numpy("total")[0, 0]))
             connection.close()
             totals[sequence_id] = seen
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(1, 9)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        at_once(client, range(1, 9))
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert totals == {n: [float(k) for k in range(1, 11)] for n in range(1, 9)}
     assert f'ortserve_sequences_active{{model="{MODEL}",version="1"}} 0.0' in metrics  # every one ended
@@ -392,8 +395,6 @@ def test_with_two_workers_a_sequences_steps_reach_it_over_any_connection(tmp_pat
     the sequence runs it (app/sequence_peers.py), whichever took it. Over HTTP and gRPC, a new
     connection every step, six sequences at once; one restarted midway over whatever connection,
     and one stepped after its end."""
-    import threading
-
     import tritonclient.grpc as triton_grpc
 
     repository(tmp_path)
@@ -424,11 +425,7 @@ def test_with_two_workers_a_sequences_steps_reach_it_over_any_connection(tmp_pat
             seen = [send(sequence_id, 1.0, sequence_start=True)]
             seen += [send(sequence_id, 1.0, sequence_end=k == 12) for k in range(1, 13)]
             totals[sequence_id] = seen
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(1, 7)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        at_once(client, range(1, 7))
         # started again over new connections, wherever they land: the old one is forgotten everywhere
         restarted = [over_http(9, 5.0, sequence_start=True) for _ in range(6)] + [over_http(9, 1.0) for _ in range(4)]
         after_end = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=step(1.0, sequence_id=1), timeout=30)
