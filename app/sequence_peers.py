@@ -153,20 +153,20 @@ class SequencePeers:
         last = self._holders.get(key)
         for first in (True, False):
             names = ([last] if last is not None else []) if first else [n for n in self.others() if n != last]
-            for name, reply in await self._ask(names, header, parts, terms.due):
-                if reply is None:
-                    continue
-                answer, payload = reply
-                if self.ran_elsewhere is not None:
-                    self.ran_elsewhere(model)
-                if flags.end:
-                    self._holders.pop(key, None)
-                else:
-                    self._holders[key] = name
-                    self._holders.move_to_end(key)
-                    while len(self._holders) > ROUTES_KEPT:
-                        self._holders.popitem(last=False)
-                return unpack(answer["tensors"], payload)
+            found = await self._ask(names, header, parts, terms.due)
+            if found is None:
+                continue
+            name, (answer, payload) = found
+            if self.ran_elsewhere is not None:
+                self.ran_elsewhere(model)
+            if flags.end:
+                self._holders.pop(key, None)
+            else:
+                self._holders[key] = name
+                self._holders.move_to_end(key)
+                while len(self._holders) > ROUTES_KEPT:
+                    self._holders.popitem(last=False)
+            return unpack(answer["tensors"], payload)
         self._holders.pop(key, None)
         return None
 
@@ -176,7 +176,7 @@ class SequencePeers:
         self._holders.pop((model, version, sequence_id), None)
         header = {"op": "forget", "model": model, "version": version, "sequence": sequence_id}
         try:
-            await self._ask(self.others(), header, [], min(terms.due, time.monotonic() + FORGET_WAIT_S))
+            await self._ask(self.others(), header, [], min(terms.due, time.monotonic() + FORGET_WAIT_S), every=True)
         except ServingError as e:
             logger.warning("the other workers may not have forgotten sequence %r of %s v%s: %s", sequence_id, model,
                            version, e.message)
@@ -195,42 +195,51 @@ class SequencePeers:
             return []
         return self._listed
 
-    async def _ask(self, names: list[str], header: dict[str, Any], parts: list[bytes], due: float
-                   ) -> list[tuple[str, Reply | None]]:
-        """Each worker's reply, sent to all of them at once: the reply where it holds the sequence
-        (its step's outputs), None where it does not or cannot be reached. A refusal of the step
-        is raised here as the holder raised it. Futures and a timer, no task per worker: a start
-        asks every other worker, and the step after it waits for them all."""
+    async def _ask(self, names: list[str], header: dict[str, Any], parts: list[bytes], due: float,
+                   every: bool = False) -> tuple[str, Reply] | None:
+        """Sent to every worker named at once: the first that holds the sequence and its reply
+        (a step's outputs); None where none does (or can be reached). A holder's refusal is
+        raised here as it raised it; a worker that went away mid-call, where no other held the
+        sequence, is PeerGone (it may have been the holder). `every`: wait for every reply
+        (a forget), not only the holder's. Futures and a timer, no task per worker."""
         if not names:
-            return []
+            return None
         left = due - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded(f"model {header['model']!r}: the request's time was spent before the other "
                                    "workers could be asked for its sequence")
         sent = {**header, "left_s": left}  # the deadline as time left, counted on from there
-        calls = []
+        pending: dict[asyncio.Future[Reply], str] = {}
         for name in names:
             connection = await self._connection(name)
-            calls.append((name, None if connection is None else connection.call(sent, parts)))
-        timer = asyncio.get_running_loop().call_later(left + 1.0, _overdue, [c for _, c in calls if c is not None],
+            if connection is not None:
+                pending[connection.call(sent, parts)] = name
+        timer = asyncio.get_running_loop().call_later(left + 1.0, _overdue, list(pending),
                                                       header)  # the holder keeps the deadline; this, for a stuck one
-        replies: list[tuple[str, Reply | None]] = []
+        found: tuple[str, Reply] | None = None
+        gone: PeerGone | None = None
         try:
-            for name, call in calls:
-                if call is None:
-                    replies.append((name, None))
-                    continue
-                answer, payload = await call
-                error = answer.get("error")
-                if error is not None:
-                    raise relayed(error)
-                replies.append((name, (answer, payload) if answer.get("held") else None))
+            while pending and (found is None or every):
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    name = pending.pop(call)
+                    try:
+                        answer, payload = call.result()
+                    except PeerGone as e:
+                        gone = e
+                        continue
+                    error = answer.get("error")
+                    if error is not None:
+                        raise relayed(error)
+                    if answer.get("held") and found is None:
+                        found = name, (answer, payload)
         finally:
             timer.cancel()
-            for _, call in calls:  # those not awaited, once one raised: their outcome is nobody's
-                if call is not None and not call.done():
-                    call.add_done_callback(_drop_outcome)
-        return replies
+            for call in pending:  # not waited for: their outcome is nobody's
+                call.add_done_callback(_drop_outcome)
+        if found is None and gone is not None:
+            raise gone
+        return found
 
     async def _connection(self, name: str) -> _Connection | None:
         connection = self._connections.get(name)

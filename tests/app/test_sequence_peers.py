@@ -120,6 +120,23 @@ async def test_the_worker_last_found_holding_a_sequence_is_asked_alone(tmp_path:
     assert fourth["total"] == 2.0
 
 
+async def test_the_holders_answer_is_not_held_up_by_a_slow_or_vanishing_worker(tmp_path: Path) -> None:
+    async with workers(tmp_path, count=3) as (a, b, c):
+        await c.step(8, 1.0, start=True)
+        stuck = asyncio.Event()
+
+        async def slow(*_: object) -> None:  # b does not hold it, and takes its time to say so
+            stuck.set()
+            await asyncio.sleep(60)
+        b.step_here = slow  # type: ignore[method-assign]
+        second = await asyncio.wait_for(a.step(8, 1.0), 5)  # c's answer, without waiting for b's
+        assert stuck.is_set()
+        b.book.peers = None
+        await b.peers.stop()  # b goes away while a's call to it is still out: nothing is lost
+        third = await asyncio.wait_for(a.step(8, 1.0), 5)
+    assert (second["total"], third["total"]) == (2.0, 3.0)
+
+
 async def test_a_holders_refusal_reaches_the_client_as_it_was_raised(tmp_path: Path) -> None:
     async with workers(tmp_path) as (a, b):
         await a.step(1, 1.0, start=True)
