@@ -220,7 +220,12 @@ class SequencePeers:
         gone: PeerGone | None = None
         try:
             while pending and (found is None or every):
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if len(pending) == 1:  # one worker asked (of two workers; the last holder): no waiting set
+                    done = set(pending)
+                    with contextlib.suppress(Exception):  # its outcome is read below
+                        await next(iter(done))
+                else:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
                     name = pending.pop(call)
                     try:
