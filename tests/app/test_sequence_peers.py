@@ -31,12 +31,12 @@ FACTS = Sequences(controls=[SequenceControl(input="START", kind="start", datatyp
 class Worker:
     """What a worker process holds for one stateful model: its book and its peers."""
 
-    def __init__(self, folder: Path, name: str, run_s: float = 0.0) -> None:
+    def __init__(self, folder: Path, name: str) -> None:
         self.book = SequenceBook("acc", FACTS, max_state_bytes=1 << 20, answered=frozenset({"total"}))
         self.peers = SequencePeers(folder, 1 << 20, me=name)
         self.book.peers = self.peers
         self.sequences = self.book  # as ServedModel names it, for the peers' lookup
-        self.run_s = run_s
+        self.run_s = 0.0  # how long its model takes a step
         self.ran = 0  # steps its model ran
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,8 +62,8 @@ class Worker:
 
 
 @contextlib.asynccontextmanager
-async def workers(folder: Path, count: int = 2, run_s: float = 0.0) -> AsyncIterator[list[Worker]]:
-    started = [Worker(folder, f"w{n}", run_s) for n in range(count)]
+async def workers(folder: Path, count: int = 2) -> AsyncIterator[list[Worker]]:
+    started = [Worker(folder, f"w{n}") for n in range(count)]
     for worker in started:
         assert await worker.peers.start(functools.partial(lambda w, name, version: w, worker))
     try:
