@@ -93,6 +93,8 @@ async def test_what_a_sequence_model_refuses_says_why(tmp_path: Path) -> None:
         two_rows = await send(step(1.0, rows=2, sequence_id=5, sequence_start=True))
         string_id = await send(step(1.0, sequence_id="words", sequence_start=True))  # the model's ID is UINT64
         bad_flag = await send(step(1.0, sequence_id=5, sequence_start="yes"))
+        too_big = await send(step(1.0, sequence_id=2**64, sequence_start=True))  # Triton's IDs are uint64
+        negative = await send(step(1.0, sequence_id=-1, sequence_start=True))
         flag_alone = await send(step(1.0, sequence_end=True))
         for n in (1, 2):
             assert (await send(step(1.0, sequence_id=n, sequence_start=True))).status_code == 200
@@ -111,6 +113,9 @@ async def test_what_a_sequence_model_refuses_says_why(tmp_path: Path) -> None:
     assert "this model's correlation ID is a number (UINT64)" in string_id.json()["error"]
     assert bad_flag.status_code == 400
     assert "parameters.sequence_start must be true or false" in bad_flag.json()["error"]
+    for refused in (too_big, negative):
+        assert refused.status_code == 400
+        assert "parameters.sequence_id must be a whole number (0 to 2**64 - 1) or a string" in refused.json()["error"]
     assert flag_alone.status_code == 400
     assert "need a sequence_id" in flag_alone.json()["error"]
     assert third.status_code == 503  # two sequences active, the model's most
