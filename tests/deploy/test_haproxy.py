@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -63,8 +62,8 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
                                        [(first.port, first.grpc_port), (second.port, second.grpc_port)]))
         checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
-        process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        log = (config.parent / "haproxy.log").open("wb")  # a file, not a pipe nobody reads
+        process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(100):  # both replicas checked ready (HAProxy checks every second)
@@ -75,6 +74,7 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         finally:
             process.terminate()
             process.wait(timeout=10)
+            log.close()
 
 
 def _ready(url: str) -> bool:
@@ -202,10 +202,15 @@ def _requests_refused(server: ServerProcess) -> float:
                if line.startswith("ortserve_requests_total{") and f'model="{MODEL}"' in line and 'status="400"' in line)
 
 
-def test_the_shipped_file_is_what_the_test_ran(tmp_path: Path) -> None:
-    """The local configuration differs from the shipped one only in addresses."""
+def test_the_shipped_file_is_what_the_test_ran() -> None:
+    """The local configuration differs from the shipped one only in addresses: its binds, and
+    each replica slot named as a server."""
     shipped = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
     local = local_config(shipped, 1, 2, [(3, 4)])
+
+    def rest(text: str) -> list[str]:
+        return [re.sub(r" resolvers compose init-addr none resolve-prefer ipv4", "", line) for line in text.splitlines()
+                if not re.match(r"  (bind |server-template |server replica)", line)]
+    assert rest(local) == rest(shipped)
     assert "use_backend ortserve-sequences if { var(txn.sequence) -m found }" in local
-    assert "balance hash var(txn.sequence)" in local
     assert local.count("server replica0") == 4  # HTTP, its sequences, gRPC, its sequences
