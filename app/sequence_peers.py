@@ -220,12 +220,7 @@ class SequencePeers:
         gone: PeerGone | None = None
         try:
             while pending and (found is None or every):
-                if len(pending) == 1:  # one worker asked (of two workers; the last holder): no waiting set
-                    done = set(pending)
-                    with contextlib.suppress(Exception):  # its outcome is read below
-                        await next(iter(done))
-                else:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
                     name = pending.pop(call)
                     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,11 +139,18 @@ class ServedModel:
         `sequence`: what a stateful model's request says of its sequence (its controls and
         state are filled, app/sequences.py); other models' requests need none."""
         if self.sequences is not None:
-            return await self.sequences.run(inputs, sequence, functools.partial(
-                self._queued, due=due, timeout_s=timeout_s, client_gone=client_gone,
-                others_on_the_way=others_on_the_way, in_flight_beside=in_flight_beside, priority=priority),
-                StepTerms(priority, due, timeout_s))
+            terms = StepTerms(priority, due, timeout_s)
+            return await self.sequences.run(inputs, sequence, self._queue_as(terms, client_gone, others_on_the_way,
+                                                                           in_flight_beside), terms)
         return await self._queued(inputs, due, timeout_s, client_gone, others_on_the_way, in_flight_beside, priority)
+
+    def _queue_as(self, terms: StepTerms, client_gone: Callable[[], bool] | None = None,
+                  others_on_the_way: bool = False, in_flight_beside: int = 0
+                  ) -> Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]:
+        """A stateful model's step to its batcher, once its sequence fills its inputs."""
+        return functools.partial(self._queued, due=terms.due, timeout_s=terms.timeout_s, client_gone=client_gone,
+                                 others_on_the_way=others_on_the_way, in_flight_beside=in_flight_beside,
+                                 priority=terms.priority)
 
     async def step_here(self, inputs: dict[str, np.ndarray], flags: SequenceFlags, terms: StepTerms
                         ) -> dict[str, np.ndarray] | None:
@@ -152,9 +159,7 @@ class ServedModel:
         assert self.sequences is not None
         async with self.lease():
             try:
-                return await self.sequences.run(inputs, flags, functools.partial(
-                    self._queued, due=terms.due, timeout_s=terms.timeout_s, client_gone=None, others_on_the_way=False,
-                    in_flight_beside=0, priority=terms.priority))
+                return await self.sequences.run(inputs, flags, self._queue_as(terms))
             except SequenceNotActive:
                 return None
 

@@ -34,8 +34,8 @@ import aiohttp
 import httpx
 import orjson
 
-from load_tests.server import alternating, serving_repository
-from load_tests.stats import Sample, Summary, summarize
+from load_tests.server import ServerProcess, alternating, serving_repository
+from load_tests.stats import Sample, Summary, sample_total, summarize
 
 if TYPE_CHECKING:
     import onnx
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     with serving_repository(repository, args.workers, "sequences-bench-") as server:
         for i, case in alternating(cases, args.rounds):
             way, connections = case
-            before, elsewhere = _batches(server.url, way), _elsewhere(server.url, way)
+            before, elsewhere = _batches(server.url, way), _elsewhere(server, way)
             samples, wrong = asyncio.run(run(server.url, way, args.sequences, args.duration, connections=connections))
             if args.workers != "1":
                 time.sleep(1.5)  # every worker's metrics in the answering one's (app/observability/workers.py)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             if summary.errors or wrong:
                 raise SystemExit(f"{way}: errors {summary.errors}, {wrong} wrong totals")
             rows = (after[0] - before[0]) / max(1, after[1] - before[1])
-            moved = (_elsewhere(server.url, way) - elsewhere) / max(1, after[0] - before[0])
+            moved = (_elsewhere(server, way) - elsewhere) / max(1, after[0] - before[0])
             got[case].append((summary, rows, moved))
             print(f"round {i + 1} {way}, {connections}: {summary.requests_per_s:,.0f} steps/s, p50 "
                   f"{summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms, {rows:.1f} rows per batch, "
@@ -217,11 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _elsewhere(url: str, model: str) -> float:
+def _elsewhere(server: ServerProcess, model: str) -> float:
     """Steps of the model's sequences run by another worker so far (every worker's)."""
-    prefix = f'ortserve_sequence_steps_elsewhere_total{{model="{model}"}} '
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+    return sample_total(server.metrics(), "ortserve_sequence_steps_elsewhere_total", model=model)
 
 
 def _batches(url: str, model: str) -> tuple[int, int]:

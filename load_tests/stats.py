@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def ratio_cells(ratios: Sequence[float]) -> str:
     """Two cells of a paired-rounds table: each round's ratio, and their median."""
@@ -80,6 +82,13 @@ def histogram_totals(metrics_text: str, name: str, model: str) -> tuple[float, f
         elif line.startswith(f"{name}_count"):
             count = float(line.rsplit(" ", 1)[1])
     return total, count
+
+
+def sample_total(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum of a /metrics sample over the series whose labels include `labels` (0 where there
+    are none), read with prometheus_client's own parser."""
+    return sum(sample.value for family in text_string_to_metric_families(metrics_text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:

@@ -22,6 +22,7 @@ import pytest
 
 from load_tests.sequences import ACCUMULATOR_CONFIG, accumulator
 from load_tests.server import ServerProcess, free_port
+from load_tests.stats import sample_total
 from tests.app.onnx_models import save
 from tests.conftest import ROOT
 
@@ -197,9 +198,7 @@ def test_a_grpc_sequence_reaches_one_replica_on_a_stream_or_by_its_header(
 
 
 def _requests_refused(server: ServerProcess) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("ortserve_requests_total{") and f'model="{MODEL}"' in line and 'status="400"' in line)
+    return sample_total(server.metrics(), "ortserve_requests_total", model=MODEL, status="400")
 
 
 def test_the_shipped_file_is_what_the_test_ran() -> None:
