@@ -53,7 +53,7 @@ from app.sequence_peers import SequencePeers
 from app.served_model import ServedModel
 from app.settings import Settings
 from app.shutdown import delay_sigterm
-from app.tuning import settle_heap
+from app.tuning import one_heap, settle_heap
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resolved = settings or Settings()
         if settings is None:  # started as `uvicorn app.main:app`: nobody configured logging
             configure_logging(resolved.log_format, resolved.log_level, https=resolved.tls_cert_file is not None)
+        if resolved.trim_memory:
+            one_heap()  # where `python -m app` did not already (`uvicorn app.main:app`): before the models' threads
         admin = resolved.admin_secret()
         api_keys = [key.encode() for key in resolved.api_secrets()]
         options = ort_options(resolved.provider_preference, resolved.intra_op_threads, resolved.inference_threads,

@@ -325,7 +325,9 @@ class Settings(BaseSettings):
     JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
     trim_memory: bool = True
     """Once no large body is held, return the heap's free pages to the system (glibc's
-    malloc_trim), so the resident size comes back after a burst of large requests."""
+    malloc_trim), so the resident size comes back after a burst of large requests; for that,
+    every thread's allocations are kept in one heap (glibc's MALLOC_ARENA_MAX=1, unless the
+    environment sets it)."""
     max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1)
     """Characters of a text kept before normalisation and tokenisation; the rest is cut
     (a model reads at most its max_length tokens anyway)."""

@@ -1,4 +1,4 @@
-"""Process tuning for serving on a few cores: the garbage collector and thread priorities.
+"""Process tuning for serving on a few cores: the garbage collector, thread priorities, the heap.
 
 Both follow from one fact: the event loop thread runs every request's Python code and
 feeds every batch, so it is the bottleneck; anything that stalls it or takes its core
@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -79,31 +78,57 @@ def lower_thread_priority(niceness: int) -> None:
         logger.warning("could not lower the priority of inference thread %d: %s", thread, e)
 
 
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim, where the C library has it (not musl, not macOS)."""
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (malloc_trim and mallopt are glibc's: not musl, not macOS)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
+    return libc
 
 
-_TRIM = _malloc_trim()
+_LIBC = _glibc()
+_M_ARENA_MAX = -8  # mallopt's parameter (malloc.h)
+
+HEAP_ARENAS = 1
+"""glibc arenas (separate heaps) a serving process keeps. glibc gives threads arenas of their
+own, up to 8 per core, and malloc_trim hands back only the free pages inside an extra arena,
+never the free space at its end, which glibc keeps up to twice its adaptive mmap threshold
+(up to 64 MiB) once blocks that large were freed: after a burst of large requests each
+decode thread's arena held tens of MB for good (the hostile suite ended 110 MB up). With one
+heap, malloc_trim reaches all of it; most allocations, the small ones, come from each
+thread's own cache (tcache) without the heap's lock. Measured in docs/benchmarks.md ("One
+heap")."""
+
+
+def one_heap() -> bool:
+    """Keep every thread's allocations in one heap (HEAP_ARENAS), so that return_free_memory
+    reaches them all; False where that cannot be done, or the environment already says how
+    many (MALLOC_ARENA_MAX, glibc's own variable, is left as given).
+
+    Call it first thing in a process, before it starts threads: glibc fixes the number of
+    arenas when a second thread first allocates. Processes started from this one afterwards
+    (the worker processes) have it from their start, through the environment.
+    """
+    if _LIBC is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    os.environ["MALLOC_ARENA_MAX"] = str(HEAP_ARENAS)
+    return bool(_LIBC.mallopt(_M_ARENA_MAX, HEAP_ARENAS))
 
 
 def return_free_memory() -> bool:
     """Hand the heap's free pages back to the system; False where that cannot be done.
 
     A large body or answer is freed when its request ends, but glibc keeps the pages in
-    its arenas (each thread that decoded one has its own), so the resident size stays at
-    its peak after a burst of large requests. malloc_trim returns them. It walks the heap
-    under the arenas' locks: call it off the event loop, after large requests only.
+    its heap, so the resident size stays at its peak after a burst of large requests.
+    malloc_trim returns them (all of them in one heap: one_heap). It walks the heap under
+    its lock: call it off the event loop, after large requests only.
     """
-    if _TRIM is None:
+    if _LIBC is None:
         return False
-    _TRIM()
+    _LIBC.malloc_trim(0)
     return True

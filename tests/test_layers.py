@@ -70,7 +70,7 @@ LAYERS: dict[str, set[str]] = {
     "app.main": {"app.http", "app.errors", "app.grpc", "app.keep_awake", "app.listeners", "app.observability", "app.offload", "app.processes", "app.protocol", "app.repository", "app.runtime",
                  "app.sequence_peers", "app.served_model", "app.settings", "app.shutdown", "app.tuning"},
     "app.__main__": {"app.custom_ops", "app.health_probe", "app.http", "app.listeners", "app.main", "app.model_tools", "app.observability", "app.processes", "app.runtime",
-                     "app.settings", "app.tls"},
+                     "app.settings", "app.tls", "app.tuning"},
     "app": set(),
 }
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
