@@ -161,10 +161,10 @@ class Suite:
     async def repeated_outputs(self) -> Outcome:
         body = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32",
                                          "data": [0.0] * 784}], "outputs": [{"name": "logits"}] * 50_000})
-        rss = _rss_mb(self.server)
+        rss = self.server.resident_mb()
         answer = await _send(self.port, _post("/v2/models/fashion-cnn/infer", body))
         return Outcome("400 before any work", f"{_status(answer)} ({len(body) / 1e6:.1f} MB in, {len(answer):,} bytes "
-                       f"out, RSS {rss:.0f} -> {_rss_mb(self.server):.0f} MB)", _status(answer).startswith("400"))
+                       f"out, RSS {rss:.0f} -> {self.server.resident_mb():.0f} MB)", _status(answer).startswith("400"))
 
     async def response_over_limit(self) -> Outcome:
         rows = 1024
@@ -279,7 +279,7 @@ class Suite:
     async def large_bodies(self) -> Outcome:
         """20 concurrent 8 MB bodies (the server: max_large_bodies_bytes 64 MiB): liveness
         meanwhile, and memory before, at the peak, after."""
-        before = _rss_mb(self.server)
+        before = self.server.resident_mb()
         rows = 2500  # 7.8 MB of fashion-cnn pixels as Triton binary tensors
         header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [rows, 1, 28, 28], "datatype": "FP32",
                                            "parameters": {"binary_data_size": rows * 3136}}],
@@ -292,9 +292,9 @@ class Suite:
             answers.extend(await _concurrently(
                 [_send(self.port, _post("/v2/models/fashion-cnn/infer", body, extra), read_s=60) for _ in range(20)]))
 
-        worst, peak = await _probe(self.server.url, burst(), lambda: _rss_mb(self.server))
+        worst, peak = await _probe(self.server.url, burst(), self.server.resident_mb)
         await asyncio.sleep(3)
-        after = _rss_mb(self.server)
+        after = self.server.resident_mb()
         statuses = Counter(_status(a)[:3] for a in answers)
         return Outcome("bounded together (503 past max_large_bodies_bytes); liveness answers; memory returns",
                        f"{dict(sorted(statuses.items()))}; liveness worst {worst:.0f} ms; RSS {before:.0f} -> peak "
@@ -350,11 +350,11 @@ class Suite:
         unpacks past max_body_bytes (16 MB), never held whole; liveness and memory meanwhile."""
         body = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
         statuses: Counter[int] = Counter()
-        before = _rss_mb(self.server)
+        before = self.server.resident_mb()
         worst, peak = await _probe(self.server.url, self._flood(body, {**JSON_HEADERS, "Content-Encoding": "gzip"},
-                                                                10, statuses), lambda: _rss_mb(self.server))
+                                                                10, statuses), self.server.resident_mb)
         await asyncio.sleep(3)
-        after = _rss_mb(self.server)
+        after = self.server.resident_mb()
         return Outcome(f"413 each ({len(body):,} bytes in, 64 MB unpacked); liveness answers; memory bounded "
                        "and returned", f"{dict(statuses)}; liveness worst {worst:.0f} ms; RSS {before:.0f} -> peak "
                        f"{peak:.0f} -> {after:.0f} MB 3 s later",
@@ -455,17 +455,6 @@ async def _concurrently(jobs: list[Awaitable[bytes]]) -> list[bytes]:
     return list(await asyncio.gather(*jobs))
 
 
-def _rss_mb(server: ServerProcess) -> float:
-    """Resident MB of the server's serving processes: the process, and its workers where it
-    has some (the default, `--workers auto`: the process itself then only supervises)."""
-    assert server.process is not None
-    total = 0
-    for pid in [server.process.pid, *server.worker_pids()]:
-        text = Path(f"/proc/{pid}/status").read_text()
-        total += int(re.search(r"VmRSS:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
-    return total / 1024
-
-
 def metrics_cases() -> dict[str, Outcome]:
     """Two workers: the metrics folder removed, then a worker killed; /metrics throughout."""
     folder = Path(tempfile.mkdtemp(prefix="hostile-metrics-"))
@@ -530,14 +519,14 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # this client opens more than 1024
     try:
         suite = Suite(server)
-        rss_before = _rss_mb(server)
+        rss_before = server.resident_mb()
         for name in chosen:
             if name == "metrics":
                 continue
             rows[name] = asyncio.run(getattr(suite, name)())
             print(f"{name}: {rows[name].saw}", flush=True)
         time.sleep(3)
-        rss_after = _rss_mb(server)
+        rss_after = server.resident_mb()
         rows["memory over the suite"] = Outcome("back near its level (within 100 MB)",
                                                 f"RSS {rss_before:.0f} MB before, {rss_after:.0f} MB 3 s after",
                                                 rss_after < rss_before + 100)

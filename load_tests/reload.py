@@ -44,13 +44,6 @@ def new_version(root: Path, source: Path, version: int) -> None:
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 class Reloader(threading.Thread):
     """Every `interval` seconds: a new version folder, then a load call that switches to it."""
 
@@ -106,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             churned, _ = wrk.closed_loop(server.url, payload, args.concurrency, args.duration, warmup_s=0)
             reloader.join()
             version = reloader.version
-            memory = [rss_mb(server.process.pid)]
+            memory = [server.resident_mb()]
             with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as client:
                 for _ in range(args.memory_reloads):
                     version += 1
                     new_version(root, source, version)
                     assert client.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
-                    memory.append(rss_mb(server.process.pid))
+                    memory.append(server.resident_mb())
                 served = client.post(f"/v1/models/{MODEL}:predict", content=payload.body).json()["model_version"]
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -111,6 +111,17 @@ class ServerProcess:
                 by_thread["exited"] = by_thread.get("exited", 0.0) + exited
         return by_thread
 
+    def resident_mb(self) -> float:
+        """Resident MB of the server: its process and its workers (with workers, the process
+        only supervises; the models and the requests' memory are in the workers)."""
+        assert self.process is not None
+        return sum(resident_kb(pid) for pid in [self.process.pid, *self.worker_pids()]) / 1024
+
+    def serving_pids(self) -> set[int]:
+        """The processes that serve: the workers, or the process itself where it has none."""
+        assert self.process is not None
+        return self.worker_pids() or {self.process.pid}
+
     def worker_pids(self) -> set[int]:
         """uvicorn's worker processes (multiprocessing's spawned children; not its resource
         tracker); none where one process serves."""
@@ -185,6 +196,15 @@ def _threads(pid: int) -> list[tuple[int, str, float]]:
             continue  # the thread ended meanwhile
         found.append((int(tid), stat[stat.index("(") + 1 : stat.rindex(")")], _cpu_in(stat)))
     return found
+
+
+def resident_kb(pid: int) -> int:
+    """A process's resident size in KiB (VmRSS; 0 where it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
 def _cpu_of(stat_path: str) -> float:

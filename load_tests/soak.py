@@ -109,12 +109,12 @@ async def drive(url: str, choices: list[Kind], concurrency: int, seconds: float)
     return records
 
 
-async def watch_memory(pid: int, seconds: float, every_s: float) -> list[tuple[float, float]]:
+async def watch_memory(server: ServerProcess, seconds: float, every_s: float) -> list[tuple[float, float]]:
+    """The server's resident MB every `every_s`: its workers' too (with `workers auto` the
+    process itself only supervises, and its own size stood still while theirs was not read)."""
     started, points = time.monotonic(), []
     while (elapsed := time.monotonic() - started) < seconds:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                points.append((elapsed, int(line.split()[1]) / 1024))
+        points.append((elapsed, server.resident_mb()))
         await asyncio.sleep(every_s)
     return points
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def run() -> tuple[list[Record], list[tuple[float, float]]]:
             load = drive(server.url, kinds(args.model_dir), args.concurrency, seconds)
-            return await asyncio.gather(load, watch_memory(server.process.pid, seconds, 5.0))  # type: ignore[union-attr]
+            return await asyncio.gather(load, watch_memory(server, seconds, 5.0))
 
         records, memory = asyncio.run(run())
     print(f"soak: {args.minutes:g} min, {args.concurrency} closed-loop workers, mixed requests\n")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from load_tests import samples
-from load_tests.server import ServerProcess
+from load_tests.server import ServerProcess, resident_kb
 from tests.app.conftest import copy_model
 from tests.conftest import MODELS, ROOT
 
@@ -127,8 +127,10 @@ def test_every_serving_process_keeps_one_heap(tmp_path: Path, workers: str, flag
                                      headers={"Content-Type": "application/json"})
                 assert answer.status_code == 200, answer.text
         assert server.process is not None
-        serving = server.worker_pids() or {server.process.pid}
+        serving = server.serving_pids()
         assert len(serving) == int(workers)
+        if int(workers) > 1:  # what the load tools read as the server's memory is the workers' too
+            assert server.resident_mb() > resident_kb(server.process.pid) / 1024 + 100 * len(serving)
         arenas = {pid: extra_arenas(pid) for pid in serving}
         if one_heap:
             assert arenas == dict.fromkeys(serving, 0)
