@@ -31,7 +31,7 @@ from app.observability.log import configure_logging
 from app.processes import clear_control_folder, worker_count
 from app.settings import SecretError, Settings
 from app.tls import scheme, tls_problem
-from app.tuning import one_heap
+from app.tuning import HEAP_ARENAS, one_heap
 
 PROG = "python -m app"
 USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR ...]  (each flag is also an "
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     # handshake, and any client can open connections that fail one.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     settings = parse_settings(argv)
-    if settings.trim_memory:
-        one_heap()  # before any thread allocates, and inherited by the workers
+    if settings.trim_memory and one_heap():  # before any thread allocates
+        os.environ["MALLOC_ARENA_MAX"] = str(HEAP_ARENAS)  # and the workers from their start
     problem = preflight(settings)
     if problem:
         _usage_error(problem)

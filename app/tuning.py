@@ -108,15 +108,14 @@ heap")."""
 def one_heap() -> bool:
     """Keep every thread's allocations in one heap (HEAP_ARENAS), so that return_free_memory
     reaches them all; False where that cannot be done, or the environment already says how
-    many (MALLOC_ARENA_MAX, glibc's own variable, is left as given).
+    many (MALLOC_ARENA_MAX, glibc's own variable, read as the process started: left as given).
 
     Call it first thing in a process, before it starts threads: glibc fixes the number of
-    arenas when a second thread first allocates. Processes started from this one afterwards
-    (the worker processes) have it from their start, through the environment.
+    arenas when a second thread first allocates. A process started later (a worker) is
+    given MALLOC_ARENA_MAX=HEAP_ARENAS in its environment instead, by whoever starts it.
     """
     if _LIBC is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    os.environ["MALLOC_ARENA_MAX"] = str(HEAP_ARENAS)
     return bool(_LIBC.mallopt(_M_ARENA_MAX, HEAP_ARENAS))
 
 
