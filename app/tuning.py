@@ -7,6 +7,7 @@ costs throughput and tail latency (measurements in docs/benchmarks.md).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -14,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +133,25 @@ def return_free_memory() -> bool:
         return False
     _LIBC.malloc_trim(0)
     return True
+
+
+class MemoryReturn:
+    """return_free_memory a moment after it is asked for, off the event loop, once for all the
+    asks in between (a burst of large requests, a model unloaded: one walk of the heap)."""
+
+    def __init__(self, after_s: float, trim: Callable[[], object] = return_free_memory,
+                 unless: Callable[[], bool] | None = None) -> None:
+        self.after_s = after_s
+        self.trim = trim
+        self.unless = unless  # asked again when the moment comes: e.g. large bodies held again
+        self._pending = False
+
+    def ask(self) -> None:
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_later(self.after_s, self._return)
+
+    def _return(self) -> None:
+        self._pending = False
+        if self.unless is None or not self.unless():
+            asyncio.get_running_loop().run_in_executor(None, self.trim)

@@ -9,7 +9,8 @@ once with no change, once while a new fashion-cnn version folder appears and is 
 every `interval` seconds (the new version loads and warms up beside the serving one,
 traffic switches, the old one drains and unloads). Then, without load, it loads
 `memory-reloads` more versions one after another and reports the server's resident memory
-after each, to show that unloaded versions are freed. Prints a table; the server binds
+`memory-settle` seconds after each (the server hands an unloaded version's pages back a
+second after it is gone: app/repository/loader.py), to show that unloaded versions are freed. Prints a table; the server binds
 127.0.0.1 and every run stops by itself.
 """
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between new versions")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--memory-reloads", type=int, default=20)
+    parser.add_argument("--memory-settle", type=float, default=2.0,
+                        help="seconds between a load and reading the memory (default 2)")
     args = parser.parse_args(argv)
     if not wrk.available():
         parser.error("wrk is not installed (apt-get install wrk)")
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     version += 1
                     new_version(root, source, version)
                     assert client.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
+                    time.sleep(args.memory_settle)
                     memory.append(server.resident_mb())
                 served = client.post(f"/v1/models/{MODEL}:predict", content=payload.body).json()["model_version"]
     finally:

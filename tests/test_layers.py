@@ -55,7 +55,7 @@ LAYERS: dict[str, set[str]] = {
                     "app.served_model", "app.settings", "app.supervision", "app.warmup_samples"},
     "app.repository": {"app.repository", "app.ensemble", "app.errors", "app.loading", "app.manifest", "app.model_facts",
                        "app.observability", "app.processes", "app.response_cache", "app.runtime", "app.sequences",
-                       "app.served_model", "app.settings"},
+                       "app.served_model", "app.settings", "app.tuning"},
     "app.sequence_peers": {"app.errors", "app.processes", "app.protocol", "app.sequences", "app.served_model"},
     "app.model_tools": {"app.custom_ops", "app.completion", "app.ensemble", "app.errors", "app.graph", "app.loading", "app.manifest", "app.model_facts",
                         "app.repository", "app.runtime", "app.settings"},

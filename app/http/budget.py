@@ -23,7 +23,7 @@ from app.http.responses import header
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.values import positive_timeout
 from app.settings import Settings
-from app.tuning import return_free_memory
+from app.tuning import MemoryReturn, return_free_memory
 
 ARRIVED = "ortserve.arrived"
 RELEASE = "ortserve.release"
@@ -62,8 +62,7 @@ class LargeBodies:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.held = 0
-        self._trim = trim
-        self._trim_pending = False
+        self.memory = MemoryReturn(TRIM_AFTER_S, trim, unless=lambda: self.held > 0)
 
     def take(self, scope: MutableMapping[str, Any], size: int) -> None:
         if self.held + size > self.limit:
@@ -82,14 +81,8 @@ class LargeBodies:
     def freed(self) -> None:
         """Large bytes were let go (a body's, or one unpacked past the limit and refused,
         which was never held): the heap's free pages go back once none is held."""
-        if self.held == 0 and not self._trim_pending:
-            self._trim_pending = True
-            asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_if_quiet)
-
-    def _trim_if_quiet(self) -> None:
-        self._trim_pending = False
         if self.held == 0:
-            asyncio.get_running_loop().run_in_executor(None, self._trim)
+            self.memory.ask()
 
 
 class RequestBudget:

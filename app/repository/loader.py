@@ -19,8 +19,13 @@ from app.runtime import OrtOptions
 from app.sequences import Peers
 from app.served_model import ServedModel
 from app.settings import Settings
+from app.tuning import MemoryReturn
 
 logger = logging.getLogger(__name__)
+
+UNLOADED_TRIM_AFTER_S = 1.0
+"""A version's memory (its sessions, a few MB to GBs) goes back to the system this long after
+it is unloaded: by then the last of its references, the callers' that retired it, are gone."""
 
 
 class VersionLoader:
@@ -36,6 +41,9 @@ class VersionLoader:
         self.states = states
         self.cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
         """Answers kept for the versions whose manifest asks (one cache per worker)."""
+        self.memory = MemoryReturn(UNLOADED_TRIM_AFTER_S) if settings.trim_memory else None
+        """Freed sessions' pages handed back: unreturned, each new version's load grew the
+        resident size until about ten had come and gone (docs/benchmarks.md, "One heap")."""
 
     async def load(self, name: str, version: int, folder: Path, override: ModelFacts | None = None) -> ServedModel:
         """The version loaded, warmed up and taking requests; LoadError (its state then
@@ -80,3 +88,5 @@ class VersionLoader:
             except KeyError:
                 pass
         self.metrics.model_unloads.labels(model.name).inc()
+        if self.memory is not None:
+            self.memory.ask()

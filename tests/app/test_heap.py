@@ -4,16 +4,19 @@ requests, whichever threads decoded them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.tuning import MemoryReturn
 from load_tests import samples
 from load_tests.server import ServerProcess, resident_kb
 from tests.app.conftest import copy_model
@@ -136,3 +139,30 @@ def test_every_serving_process_keeps_one_heap(tmp_path: Path, monkeypatch: pytes
             assert arenas == dict.fromkeys(serving, 0)
         else:
             assert all(count > 0 for count in arenas.values()), arenas
+
+
+async def until(check: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Once `check()` is truthy (a bound on waiting, not a measure of speed)."""
+    for _ in range(int(timeout_s / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
+
+
+async def test_memory_is_returned_once_for_the_asks_in_between_and_not_while_still_held() -> None:
+    trims: list[int] = []
+    held = [0]
+    memory = MemoryReturn(0.05, lambda: trims.append(1), unless=lambda: held[0] > 0)
+    for _ in range(5):
+        memory.ask()
+    await until(lambda: trims)
+    await asyncio.sleep(0.2)  # time for any more to show
+    assert trims == [1]
+    held[0] = 1  # asked, but large bodies are held again by the time it comes: not now
+    memory.ask()
+    await asyncio.sleep(0.2)
+    assert trims == [1]
+    held[0] = 0
+    memory.ask()
+    await until(lambda: len(trims) == 2)

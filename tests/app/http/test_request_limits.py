@@ -133,7 +133,7 @@ async def test_large_bodies_at_once_are_bounded_together_and_memory_is_returned_
     async with serving(max_body_bytes=len(body) + 1000, max_large_bodies_bytes=len(body) + 1000) as client:
         app = client._transport.app  # type: ignore[attr-defined]
         large = app.services.budget.large_bodies
-        large._trim = lambda: trims.append(large.held)
+        large.memory.trim = lambda: trims.append(large.held)
         first = asyncio.ensure_future(client.post("/v2/models/fashion-cnn/infer", content=held_back(),
                                                   headers={"content-length": str(len(body))}))
         for _ in range(200):

@@ -357,6 +357,32 @@ async def test_an_unloaded_version_is_freed(model_root: Path) -> None:
         assert session() is None
 
 
+async def test_an_unloaded_versions_memory_goes_back_to_the_system_once_it_is_freed(model_root: Path) -> None:
+    """app/repository/loader.py asks for malloc_trim UNLOADED_TRIM_AFTER_S after a version
+    is retired: once, after its session is gone (else there would be nothing to return)."""
+    from app.repository.loader import UNLOADED_TRIM_AFTER_S
+
+    async with serving(model_dir=model_root, **explicit(load_model=["*"])) as client:
+        repository = client._transport.app.services.repository  # type: ignore[attr-defined]
+        session = weakref.ref(repository.get("fashion-cnn").session)
+        sessions_alive_at_trim: list[bool] = []
+        repository.loader.memory.trim = lambda: sessions_alive_at_trim.append(session() is not None)
+        base = model_root / "fashion-cnn" / fashion_version(model_root)
+        copy_model(model_root, "fashion-cnn", int(base.name) + 1, base)
+        assert (await client.post("/v2/repository/models/fashion-cnn/load", headers=ADMIN)).status_code == 200
+        assert sessions_alive_at_trim == []  # not at once: the callers that retired it still hold it
+        for _ in range(int((UNLOADED_TRIM_AFTER_S + 30) / 0.05)):  # bounded: a busy machine is slow, not wrong
+            if sessions_alive_at_trim:
+                break
+            await asyncio.sleep(0.05)
+    assert sessions_alive_at_trim == [False]
+
+
+async def test_without_trim_memory_an_unload_leaves_the_heap_alone(model_root: Path) -> None:
+    async with serving(model_dir=model_root, trim_memory=False, **explicit(load_model=["*"])) as client:
+        assert client._transport.app.services.repository.loader.memory is None  # type: ignore[attr-defined]
+
+
 # --- poll mode ---------------------------------------------------------------------------
 
 async def test_poll_mode_follows_the_folder(model_root: Path) -> None:
