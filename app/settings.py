@@ -324,8 +324,9 @@ class Settings(BaseSettings):
     """Requests whose answer could be larger (their rows times the outputs they ask for, as
     JSON or binary) get 413 before they are computed. Unset: 4 x max_body_bytes."""
     trim_memory: bool = True
-    """Once no large body is held, return the heap's free pages to the system (glibc's
-    malloc_trim), so the resident size comes back after a burst of large requests; for that,
+    """Once no large body is held, and a second after a version is unloaded, return the heap's
+    free pages to the system (glibc's malloc_trim), so the resident size comes back after a
+    burst of large requests and does not grow as versions are replaced; for that,
     every thread's allocations are kept in one heap (glibc's MALLOC_ARENA_MAX=1, unless the
     environment sets it)."""
     max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1)
