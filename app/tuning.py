@@ -1,8 +1,9 @@
 """Process tuning for serving on a few cores: the garbage collector, thread priorities, the heap.
 
-Both follow from one fact: the event loop thread runs every request's Python code and
-feeds every batch, so it is the bottleneck; anything that stalls it or takes its core
-costs throughput and tail latency (measurements in docs/benchmarks.md).
+The first two follow from one fact: the event loop thread runs every request's Python code
+and feeds every batch, so it is the bottleneck; anything that stalls it or takes its core
+costs throughput and tail latency (measurements in docs/benchmarks.md). The heap's settings
+keep the resident size where the requests and models in service need it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def return_free_memory() -> bool:
     A large body or answer is freed when its request ends, but glibc keeps the pages in
     its heap, so the resident size stays at its peak after a burst of large requests.
     malloc_trim returns them (all of them in one heap: one_heap). It walks the heap under
-    its lock: call it off the event loop, after large requests only.
+    its lock: call it off the event loop, after large requests or an unload only (MemoryReturn).
     """
     if _LIBC is None:
         return False
