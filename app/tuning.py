@@ -9,6 +9,7 @@ keep the resident size where the requests and models in service need it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -155,4 +156,7 @@ class MemoryReturn:
     def _return(self) -> None:
         self._pending = False
         if self.unless is None or not self.unless():
-            asyncio.get_running_loop().run_in_executor(None, self.trim)
+            # A shutdown's unloads ask too; once the loop's executor is shut down the process
+            # is ending, and there is nothing to hand back.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(None, self.trim)
