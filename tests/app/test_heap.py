@@ -92,8 +92,10 @@ def test_one_heap_leaves_an_arena_count_the_environment_gives_alone() -> None:
 
 
 def extra_arenas(pid: int) -> int:
-    """glibc arenas besides the main heap in a process: each is a 64 MiB-aligned mapping of
-    64 MiB, its used part read-write and the rest reserved (---p), neither named."""
+    """glibc arenas besides the main heap in a process: each is a 64 MiB-aligned reservation of
+    64 MiB, its used part read-write and the rest reserved (---p), neither named. A mapping
+    read-write through all 64 MiB is not counted: numpy's OpenBLAS keeps a buffer of that size,
+    which now and then lands 64 MiB-aligned (glibc's own count, malloc_info, said one heap then)."""
     regions = []
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         fields = line.split()
@@ -105,23 +107,18 @@ def extra_arenas(pid: int) -> int:
             continue
         following = regions[i + 1] if i + 1 < len(regions) else None
         if following and following[0] == end and following[2] == "---p" and not following[3]:
-            end = following[1]
-        found += end - start == 64 << 20
+            found += following[1] - start == 64 << 20
     return found
 
 
 @glibc_only
 @pytest.mark.parametrize(("workers", "flags", "one_heap"), [
     ("1", [], True), ("2", [], True), ("1", ["--no-trim-memory"], False)])
-# One heap, and now and then one arena besides it (one serving process in about ten starts in
-# this project's runs, with MALLOC_ARENA_MAX=1 from the start too; not traced to its thread):
-# against 12-15 without, each thread's end of heap kept.
 def test_every_serving_process_keeps_one_heap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str,
                                              flags: list[str], one_heap: bool) -> None:
     """After large requests (decoded on decode threads) and batches (on the inference
-    thread): the main heap alone, at most one arena beside it, in a lone process (set in it
-    before its models' threads start) and in each worker (from the environment they start
-    with). Off, the threads have arenas of their own: what the check counts is there to be found."""
+    thread): the main heap alone, in a lone process (set in it before its models' threads
+    start) and in each worker (from the environment they start with). Off, the threads have arenas of their own: what the check counts is there to be found."""
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)  # the server decides, as a user's would
     body = samples.v2_json(40, MODELS)  # over 256 KiB: parsed on a decode thread (app/offload.py)
     assert len(body) > 256 * 1024
@@ -139,7 +136,7 @@ def test_every_serving_process_keeps_one_heap(tmp_path: Path, monkeypatch: pytes
             assert server.resident_mb() > resident_kb(server.process.pid) / 1024 + 100 * len(serving)
         arenas = {pid: extra_arenas(pid) for pid in serving}
         if one_heap:
-            assert all(count <= 1 for count in arenas.values()), arenas
+            assert all(count == 0 for count in arenas.values()), arenas
         else:
             assert all(count >= 4 for count in arenas.values()), arenas
 
