@@ -10,8 +10,8 @@ every `interval` seconds (the new version loads and warms up beside the serving 
 traffic switches, the old one drains and unloads). Then, without load, it loads
 `memory-reloads` more versions one after another and reports the server's resident memory
 `memory-settle` seconds after each (the server hands an unloaded version's pages back a
-second after it is gone: app/repository/loader.py), to show that unloaded versions are freed. Prints a table; the server binds
-127.0.0.1 and every run stops by itself.
+second after it is gone: app/repository/loader.py), to show that unloaded versions are
+freed. Prints a table; the server binds 127.0.0.1 and every run stops by itself.
 """
 
 from __future__ import annotations

@@ -73,15 +73,8 @@ def summarize(samples: Sequence[Sample], duration_s: float, items_per_request: i
 
 def histogram_totals(metrics_text: str, name: str, model: str) -> tuple[float, float]:
     """(sum, count) of a Prometheus histogram for one model, from /metrics text."""
-    total = count = 0.0
-    for line in metrics_text.splitlines():
-        if f'model="{model}"' not in line:
-            continue
-        if line.startswith(f"{name}_sum"):
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{name}_count"):
-            count = float(line.rsplit(" ", 1)[1])
-    return total, count
+    return (sample_total(metrics_text, f"{name}_sum", model=model),
+            sample_total(metrics_text, f"{name}_count", model=model))
 
 
 def sample_total(metrics_text: str, name: str, **labels: str) -> float:

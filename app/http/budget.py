@@ -23,7 +23,7 @@ from app.http.responses import header
 from app.offload import HEAVY_BODY_BYTES, Offload
 from app.protocol.values import positive_timeout
 from app.settings import Settings
-from app.tuning import MemoryReturn, return_free_memory
+from app.tuning import MemoryReturn
 
 ARRIVED = "ortserve.arrived"
 RELEASE = "ortserve.release"
@@ -56,13 +56,13 @@ class LargeBodies:
     """Bytes of large bodies (over HEAVY_BODY_BYTES) held by requests right now, against one
     limit: each body is bounded by max_body_bytes, this bounds them together (twenty 8 MB
     bodies at once were 378 MB resident). When the last one is given back, the heap's free
-    pages are returned to the system (app/tuning.py `return_free_memory`)."""
+    pages are returned to the system (app/tuning.py `return_free_memory`), where trim_memory is on."""
 
-    def __init__(self, limit: int, retry_after_s: int, trim: Callable[[], object]) -> None:
+    def __init__(self, limit: int, retry_after_s: int, trim_memory: bool) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.held = 0
-        self.memory = MemoryReturn(TRIM_AFTER_S, trim, unless=lambda: self.held > 0)
+        self.memory = MemoryReturn(TRIM_AFTER_S, unless=lambda: self.held > 0) if trim_memory else None
 
     def take(self, scope: MutableMapping[str, Any], size: int) -> None:
         if self.held + size > self.limit:
@@ -81,15 +81,15 @@ class LargeBodies:
     def freed(self) -> None:
         """Large bytes were let go (a body's, or one unpacked past the limit and refused,
         which was never held): the heap's free pages go back once none is held."""
-        if self.held == 0:
+        if self.held == 0 and self.memory is not None:
             self.memory.ask()
 
 
 class RequestBudget:
     def __init__(self, settings: Settings, offload: Offload) -> None:
         self._offload = offload  # unpacks compressed bodies: a small one can unpack to max_body_bytes
-        trim = return_free_memory if settings.trim_memory else _keep_memory
-        self.large_bodies = LargeBodies(settings.large_bodies_limit_bytes, settings.retry_after_s, trim)
+        self.large_bodies = LargeBodies(settings.large_bodies_limit_bytes, settings.retry_after_s,
+                                        settings.trim_memory)
         self.max_timeout_s = settings.request_timeout_s
         self.body_timeout_s = settings.body_timeout_s
         self.max_body_bytes = settings.max_body_bytes
@@ -185,10 +185,6 @@ class RequestBudget:
             raise PayloadTooLarge(f"the response to this request could take {size_bound:,} bytes ({rows:,} rows of "
                                   f"the outputs asked for), over the limit of {self.max_response_bytes:,} bytes: "
                                   "send fewer rows or ask for fewer outputs")
-
-
-def _keep_memory() -> None:
-    """trim_memory off: the allocator keeps what it has."""
 
 
 def _uvicorn_cycle(request: Request) -> Any:

@@ -25,7 +25,7 @@ from tests.conftest import MODELS, ROOT
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="arenas and malloc_trim are glibc's")
 
 BURST = r"""
-import gzip, json, re, sys
+import gzip, json, os, sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np, orjson
@@ -33,12 +33,13 @@ import numpy as np, orjson
 from app.errors import PayloadTooLarge
 from app.http.encodings import unpacked
 from app.tuning import one_heap, return_free_memory
+from load_tests.server import resident_kb
 
 if sys.argv[1] == "one heap":
     assert one_heap()
 
 def resident_mb():
-    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+    return resident_kb(os.getpid()) / 1024
 
 # What a burst of large requests leaves on the decode threads (app/offload.py): large V2 JSON
 # bodies parsed, then gzip bodies that unpack past the 16 MB limit (the hostile suite's order).
