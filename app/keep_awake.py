@@ -24,13 +24,14 @@ the helper sleeps).
 
 A separate interpreter, not a thread: a spinning thread would contend with the event loop
 for the GIL. It reads only the standard library, and exits when the pipe closes (the
-server stopped, or died).
+server stopped, or died). One that is killed is replaced: the server looks every CHECK_S.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import mmap
 import os
 import select
@@ -63,6 +64,11 @@ _SIZE = 16
 SLEEP_CHECK_S = 1.0
 """The sleeping helper looks at the deadline at least this often: a wake-up that raced its
 falling asleep is then late, never lost."""
+CHECK_S = 5.0
+"""How often the server looks whether its helper still runs (`replace_if_gone`)."""
+REPLACE_AFTER_S = 60.0
+"""A helper that exited is replaced at most this often: one that cannot run (no memory, its
+interpreter gone) is not started again and again."""
 
 
 def window_from_setting(setting: float | str) -> float:
@@ -87,10 +93,12 @@ class KeepAwake:
     the event loop only (HTTP's middleware and gRPC's inference calls)."""
 
     def __init__(self, window_s: float, sleep_check_s: float = SLEEP_CHECK_S,
-                 busy_hold_s: float = BUSY_HOLD_S) -> None:
+                 busy_hold_s: float = BUSY_HOLD_S, replace_after_s: float = REPLACE_AFTER_S) -> None:
         self.window_s = window_s
         self.sleep_check_s = sleep_check_s
         self.busy_hold_s = busy_hold_s
+        self.replace_after_s = replace_after_s
+        self._replaced_at = -math.inf  # time.monotonic() of the last replacement
         self._busy_until = 0.0  # time.monotonic() until which the server counts as busy
         self._file = _shared_file()
         self._file.truncate(_SIZE)
@@ -121,6 +129,33 @@ class KeepAwake:
         self._wake_read = -1
         logger.info("keep-awake helper (pid %d) spins %.1f ms when one request is in flight", self._process.pid,
                     self.window_s * 1000)
+
+    def replace_if_gone(self) -> bool:
+        """Where the helper has exited (killed: by an operator's `pkill`, the OOM killer), reap
+        it and start another, at most once per replace_after_s; True when one was started.
+        Nothing else would notice: without the helper, lone requests are only slower."""
+        gone = self._process
+        if gone is None or gone.poll() is None:
+            return False
+        now = time.monotonic()
+        if now < self._replaced_at + self.replace_after_s:
+            return False
+        self._replaced_at = now
+        logger.warning("keep-awake helper (pid %d) exited with status %s: starting another", gone.pid,
+                       gone.returncode)
+        with contextlib.suppress(OSError):
+            os.close(self._wake)  # the dead helper's pipe; the new one gets its own
+        self._wake_read, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)
+        self._shared[_ASLEEP] = 0  # whatever the dead one left: the new one says for itself
+        try:
+            self.start()
+        except OSError as e:
+            os.close(self._wake_read)
+            self._wake_read = -1
+            logger.warning("keep-awake helper not started again (next try in %.0f s): %s", self.replace_after_s, e)
+            return False
+        return True
 
     @property
     def pid(self) -> int | None:

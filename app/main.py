@@ -32,6 +32,7 @@ from app.http.routes import log_settings as log_settings_routes
 from app.http.routes import shared_memory as shared_memory_routes
 from app.http.routes import trace_settings as trace_settings_routes
 from app.http.services import Services
+from app.keep_awake import CHECK_S as KEEP_AWAKE_CHECK_S
 from app.keep_awake import KeepAwake, window_from_setting
 from app.listeners import accepting
 from app.observability.access import AccessLog
@@ -148,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.keep_awake = KeepAwake.started(awake_s)
             except OSError as e:  # it only shortens wake-ups: serve without it
                 logger.warning("serving without the keep-awake helper: %s", e)
-        background = start_background_tasks(repository, resolved, worker_metrics, changes, services, app)
+        background = start_background_tasks(repository, resolved, worker_metrics, changes, services, app,
+                                            app.keep_awake)
         # gRPC stops taking calls as HTTP's listener closes (after the drain delay).
         delay_sigterm(services.start_draining, resolved.drain_delay_s,
                       closing=grpc_server.begin_stop if grpc_server is not None else None)
@@ -201,11 +203,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def start_background_tasks(repository: ModelRepository, settings: Settings,
                            worker_metrics: WorkerMetrics | None = None,
                            changes: RepositoryChanges | None = None,
-                           services: Services | None = None, observers: _Traced | None = None
-                           ) -> list[asyncio.Task[None]]:
-    """The watchdog of stalled batches, in poll mode the repository scanner, and with
-    several workers this one's metrics, statistics and (while tracing is on) slowest traces
-    for the others, and its following of the others' changes."""
+                           services: Services | None = None, observers: _Traced | None = None,
+                           keep_awake: KeepAwake | None = None) -> list[asyncio.Task[None]]:
+    """The watchdog of stalled batches, in poll mode the repository scanner, with several
+    workers this one's metrics, statistics and (while tracing is on) slowest traces for the
+    others, and its following of the others' changes, and the keep-awake helper's watch."""
     tasks = [asyncio.create_task(_every(min(1.0, settings.inference_timeout_s / 4), repository.watch_health),
                                  name="watchdog")]
     if settings.model_control_mode == "poll":
@@ -223,6 +225,8 @@ def start_background_tasks(repository: ModelRepository, settings: Settings,
         tasks.append(asyncio.create_task(_every(FOLLOW_S, services.log_settings.follow), name="log-settings"))
         if services.trace_settings is not None:
             tasks.append(asyncio.create_task(_every(FOLLOW_S, services.trace_settings.follow), name="trace-settings"))
+    if keep_awake is not None:
+        tasks.append(asyncio.create_task(_every(KEEP_AWAKE_CHECK_S, keep_awake.replace_if_gone), name="keep-awake"))
     return tasks
 
 

@@ -3,7 +3,9 @@ runs at idle priority, leaves with the server, and hears of every HTTP and gRPC 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 import app.keep_awake
+import app.main
 from app.keep_awake import AUTO_WINDOW_S, KeepAwake, window_from_setting
 from app.settings import Settings
 from tests.app.conftest import grpc_image_request, sample_images, serving_grpc
@@ -156,6 +159,84 @@ def test_the_helper_leaves_with_a_server_that_dies() -> None:
                           check=True)
     helper = int(done.stdout.split()[0])
     eventually(lambda: not alive(helper), f"the orphaned helper {helper} exits")
+
+
+def test_a_killed_helper_is_reaped_and_replaced_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    awake = KeepAwake(0.05, sleep_check_s=3600, replace_after_s=3600)
+    awake.start()
+    first = awake.pid
+    assert first is not None
+    try:
+        assert not awake.replace_if_gone()  # alive: left alone
+        assert awake.pid == first
+        os.kill(first, signal.SIGKILL)
+        eventually(awake.replace_if_gone, "the killed helper is replaced")
+        second = awake.pid
+        assert second is not None
+        assert second != first
+        assert not os.path.exists(f"/proc/{first}")  # reaped, not left a zombie
+        assert f"keep-awake helper (pid {first}) exited with status -9: starting another" in caplog.text
+        # The new helper is told of requests through its own pipe: it sleeps, is woken, sleeps.
+        eventually(lambda: awake.helper_asleep, "the new helper sleeps")
+        awake.began()
+        assert not awake.helper_asleep
+        eventually(lambda: awake.helper_asleep, "the new helper was woken, spun its window and sleeps again")
+        awake.ended()
+        os.kill(second, signal.SIGKILL)
+        eventually(lambda: not alive(second), "the second helper is killed")
+        assert not awake.replace_if_gone()  # within replace_after_s of the last: not again yet
+        assert awake.pid == second
+    finally:
+        awake.stop()
+    assert not alive(second)
+
+
+def test_a_helper_that_cannot_be_replaced_is_tried_again_later(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    awake = KeepAwake(0.05, sleep_check_s=3600, replace_after_s=0)
+    awake.start()
+    first = awake.pid
+    assert first is not None
+    try:
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: not alive(first), "the helper is killed")
+        started = subprocess.Popen
+
+        def no_process(*args: object, **kwargs: object) -> None:
+            raise OSError("Resource temporarily unavailable")
+
+        monkeypatch.setattr(app.keep_awake.subprocess, "Popen", no_process)
+        descriptors = len(os.listdir("/proc/self/fd"))
+        assert not awake.replace_if_gone()
+        assert len(os.listdir("/proc/self/fd")) == descriptors  # nothing left open by the failed try
+        assert "keep-awake helper not started again (next try in 0 s): Resource temporarily unavailable" in caplog.text
+        awake.began()  # the server goes on telling a helper that is not there: no error
+        awake.ended()
+        monkeypatch.setattr(app.keep_awake.subprocess, "Popen", started)
+        assert awake.replace_if_gone()
+        assert awake.pid not in (None, first)
+        eventually(lambda: awake.helper_asleep, "the helper started at the next try sleeps")
+    finally:
+        awake.stop()
+
+
+async def test_the_server_replaces_a_helper_that_was_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.main, "KEEP_AWAKE_CHECK_S", 0.05)
+    async with serving_grpc(keep_awake_ms=1) as (client, _, served):
+        awake = served.keep_awake
+        assert isinstance(awake, KeepAwake)
+        first = awake.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + LIVENESS_S
+        while awake.pid == first and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        replaced = awake.pid
+        assert replaced is not None
+        assert replaced != first
+        assert alive(replaced)
+        assert (await client.get("/v2/health/ready")).status_code == 200
+    assert not alive(replaced)  # the lifespan stopped the new one as well
 
 
 async def test_every_http_request_and_grpc_inference_call_is_counted_in_and_out() -> None:
