@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             TraceSettings.started(resolved.tracing or endpoint is not None, resolved.trace_sample),
             partial(_trace_as, app, endpoint), resolved.control_dir)
         if resolved.access_log:
-            app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample)
+            app.access_log = AccessLog(resolved.log_format, resolved.access_log_sample,
+                                       dropped=app.metrics.access_log_dropped.inc)
             app.access_log.start()
         grpc_server = None
         if resolved.grpc:

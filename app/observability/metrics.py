@@ -72,6 +72,9 @@ class Metrics:
         self.sequence_steps_elsewhere = Counter(
             "ortserve_sequence_steps_elsewhere", "Steps of a stateful model's sequences that reached a worker other "
             "than the one holding the sequence, and were run there (app/sequence_peers.py)", ["model"], registry=r)
+        self.access_log_dropped = Counter(
+            "ortserve_access_log_dropped_lines", "Access log lines dropped because the log's stream (stderr) took "
+            "none of those waiting for it (app/observability/access.py BACKLOG_CHARS)", registry=r)
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "
                                         "the client hung up)", ["model", "reason"], registry=r)

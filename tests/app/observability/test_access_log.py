@@ -21,6 +21,7 @@ from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id, wh
 from app.observability.access import LOGGER as ACCESS_LOGGER
 from app.observability.log import formatter
 from load_tests import samples
+from load_tests.stats import sample_total
 from tests.app.conftest import grpc_image_request, sample_images, serving, serving_grpc
 from tests.conftest import MODELS, ROOT, model_folder
 
@@ -318,3 +319,71 @@ def test_a_handover_is_cut_at_line_ends_into_pieces_a_pipe_takes_whole() -> None
     assert [len(p) for p in pieces] == [4012, 101, 5001, 4, 4095, 4096]  # a longer line alone, whole
     assert whole_lines(b"no end", 4096) == [b"no end"]
     assert whole_lines(b"", 4096) == []
+
+
+def test_lines_past_the_backlog_are_dropped_counted_and_said_once_the_stream_takes_lines_again() -> None:
+    """A stream that takes nothing (a pipe nobody reads) holds the writing thread: what waits
+    for it is bounded, not the server's memory."""
+    read_end, write_end = os.pipe()
+    dropped: list[int] = []
+    stream = os.fdopen(write_end, "w")
+    log = AccessLog("json", stream=stream, backlog_chars=20_000, dropped=dropped.append)
+    log.start()
+    sent = 2_000  # ~200 chars each: several times what the pipe and the backlog hold together
+    for n in range(sent):
+        log.write({"method": "GET", "route": f"/x/{n}", "status": 200})  # off a loop: handed over at once
+    assert sum(dropped) > 0
+    assert log._handed - log._listener.taken <= 20_000 + 1_000  # the backlog, and at most the line that passed it
+
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.extend(iter(lambda: os.read(read_end, 65536), b"")))
+    reader.start()  # the stream takes lines again
+    waited_until = time.monotonic() + 30
+    while log._listener.taken < log._handed:
+        assert time.monotonic() < waited_until, "the writer catches up once its stream is read"
+        time.sleep(0.01)
+    log.write({"method": "GET", "route": "/after", "status": 200})
+    log.stop()
+    stream.close()
+    reader.join(30)
+    os.close(read_end)
+
+    entries = [json.loads(line) for line in b"".join(received).splitlines()]  # every line whole
+    notice = [e for e in entries if e["level"] == "warning"]
+    assert len(notice) == 1
+    assert notice[0]["dropped"] == sum(dropped)
+    assert f"{sum(dropped)} access log lines dropped" in notice[0]["message"]
+    routes = [e["route"] for e in entries if e["level"] == "info"]
+    kept = sent - sum(dropped)
+    assert routes == [f"/x/{n}" for n in range(kept)] + ["/after"]  # the first ones, in order; then the rest
+    assert entries.index(notice[0]) == kept  # said where the lines are missing
+
+
+def test_the_dropped_lines_notice_reads_as_a_warning_in_the_text_form() -> None:
+    buffer = io.StringIO()
+    log = AccessLog("text", stream=buffer, backlog_chars=-1)  # nothing may wait: every line dropped
+    log.start()
+    log.write({"method": "GET", "route": "/a", "status": 200})
+    log.write({"method": "GET", "route": "/b", "status": 200})
+    log.backlog_chars = 10_000
+    log.write({"method": "GET", "route": "/c", "status": 200})
+    log.stop()
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2
+    assert f" WARNING {ACCESS_LOGGER}: 2 access log lines dropped: more than 10,000 characters" in lines[0]
+    assert "route=/c " in lines[1]
+
+
+async def test_the_server_counts_the_lines_it_dropped_in_its_metrics() -> None:
+    apps: list[FastAPI] = []
+    async with serving(apps.append, access_log=True) as client:
+        log = apps[0].access_log  # type: ignore[attr-defined]
+        assert isinstance(log, AccessLog)
+        await asyncio.sleep(HANDOVER_S * 4)  # what the start-up's requests left, handed over
+        before = sample_total((await client.get("/metrics")).text, "ortserve_access_log_dropped_lines_total")
+        log.backlog_chars = -1  # as a stream that takes nothing would leave it
+        for _ in range(3):
+            assert (await client.get("/v2/health/ready")).status_code == 200
+        await asyncio.sleep(HANDOVER_S * 4)
+        after = sample_total((await client.get("/metrics")).text, "ortserve_access_log_dropped_lines_total")
+    assert after - before == 4  # the three, and the first scrape's own line
