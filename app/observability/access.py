@@ -13,8 +13,8 @@ so a slow or blocked stderr never holds requests up, and the formatting, done in
 outside any request, never holds the GIL against the loop. What waits for the thread is
 bounded (BACKLOG_CHARS): while a stream takes nothing (a log reader stuck, a pipe nobody
 reads), the lines past it are dropped and counted, and a line says how many once it takes
-lines again; kept, they grew the server by 1.1 MB a second at 6,000 requests a second until
-it ran out of memory. With `access_log_sample` below
+lines again; kept, they grew a worker by 1.1 MB a second at 6,000 requests a second, without
+end (docs/benchmarks.md). With `access_log_sample` below
 1 only that fraction of successful requests is written; every request answered 4xx or 5xx
 (every gRPC call not OK) is.
 """
