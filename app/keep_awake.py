@@ -103,8 +103,7 @@ class KeepAwake:
         self._file = _shared_file()
         self._file.truncate(_SIZE)
         self._shared = mmap.mmap(self._file.fileno(), _SIZE)
-        self._wake_read, self._wake = os.pipe()
-        os.set_blocking(self._wake, False)  # the event loop never waits on the helper
+        self._wake = -1  # the write end of the running helper's pipe (start)
         self._process: subprocess.Popen[bytes] | None = None
         self._in_flight = 0  # requests between began and ended, HTTP's and gRPC's
 
@@ -121,12 +120,20 @@ class KeepAwake:
         return awake
 
     def start(self) -> None:
-        fds = (self._file.fileno(), self._wake_read)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "app.keep_awake", str(fds[0]), str(fds[1]), repr(self.sleep_check_s)],
-            pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
-        os.close(self._wake_read)  # the helper holds it now; ours would keep its pipe open
-        self._wake_read = -1
+        """The helper started, with a pipe of its own to be woken through (a helper before it,
+        replace_if_gone's, took its pipe with it)."""
+        with contextlib.suppress(OSError):
+            os.close(self._wake)
+        self._wake = -1  # closed: no later close may reach a descriptor that number is given again
+        wake_read, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)  # the event loop never waits on the helper
+        fds = (self._file.fileno(), wake_read)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "app.keep_awake", str(fds[0]), str(fds[1]), repr(self.sleep_check_s)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        finally:
+            os.close(wake_read)  # the helper holds it now (or there is none): ours would keep its pipe open
         logger.info("keep-awake helper (pid %d) spins %.1f ms when one request is in flight", self._process.pid,
                     self.window_s * 1000)
 
@@ -143,16 +150,10 @@ class KeepAwake:
         self._replaced_at = now
         logger.warning("keep-awake helper (pid %d) exited with status %s: starting another", gone.pid,
                        gone.returncode)
-        with contextlib.suppress(OSError):
-            os.close(self._wake)  # the dead helper's pipe; the new one gets its own
-        self._wake_read, self._wake = os.pipe()
-        os.set_blocking(self._wake, False)
         self._shared[_ASLEEP] = 0  # whatever the dead one left: the new one says for itself
         try:
             self.start()
         except OSError as e:
-            os.close(self._wake_read)
-            self._wake_read = -1
             logger.warning("keep-awake helper not started again (next try in %.0f s): %s", self.replace_after_s, e)
             return False
         return True
@@ -211,8 +212,6 @@ class KeepAwake:
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._wake)  # the helper reads the end of the pipe and exits
-        if self._wake_read >= 0:  # never started
-            os.close(self._wake_read)
         if self._process is not None:
             try:
                 self._process.wait(timeout=2)

@@ -169,6 +169,8 @@ class AccessLog:
             entry = json_entry(self._stamps.of(created), "warning", LOGGER, message)
             entry["dropped"] = lines
             return orjson.dumps(entry).decode() + "\n"
+        # _text_line's head, written out in each: a shared helper measured 0.4-1.5 µs more per
+        # request's line, and this line is written once per gap
         return f"{self._stamps.of(created)},{int((created % 1) * 1000):03d} WARNING {LOGGER}: {message}\n"
 
     def _text_line(self, created: float, fields: dict[str, Any]) -> str:
