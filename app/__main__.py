@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     problem = preflight(settings)
     if problem:
         _usage_error(problem)
-    log_config = configure_logging(settings.log_format, settings.log_level, https=scheme(settings) == "https")
+    configure_logging(settings.log_format, settings.log_level, https=scheme(settings) == "https")
     common: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "log_config": log_config,
+        "host": settings.host, "port": settings.port, "log_config": None,  # configure_logging's, not uvicorn's
         "access_log": False,  # the service's own (app/observability/access.py), not uvicorn's
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py

@@ -8,7 +8,7 @@ subject of its certificate. In JSON with
 `log_format json` (its fields at the top level), `key=value` pairs otherwise.
 
 The event loop keeps each request's fields; every HANDOVER_S it formats those it kept and
-hands them as one text to a thread of its own, which writes it (logging's QueueListener),
+hands them as one text to a thread of its own, which writes it (log_stream.LineWriter),
 so a slow or blocked stderr never holds requests up, and the formatting, done in bulk
 outside any request, never holds the GIL against the loop. What waits for the thread is
 bounded (BACKLOG_CHARS): while a stream takes nothing (a log reader stuck, a pipe nobody
@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import random
 import re
-import select
 import sys
 import time
 from collections.abc import Callable
-from logging.handlers import QueueListener
 from typing import Any
 
 import orjson
 
 from app.batching.request import RequestTiming, request_timing
 from app.observability.log import JSON_TIME, TEXT_TIME, json_entry
+from app.observability.log_stream import LineWriter
 
 __all__ = ["AccessLog", "RequestTiming", "line", "request_timing", "trace_id"]
 
@@ -105,8 +103,7 @@ class AccessLog:
         self._pending: list[tuple[float, dict[str, Any]]] = []
         self._handover: asyncio.TimerHandle | None = None
         self._stamps = _Stamps(JSON_TIME if self.json else TEXT_TIME)
-        self._listener = _Writer(self._queue, stream or sys.stderr)
-        self._running = False
+        self._listener = LineWriter(self._queue, stream or sys.stderr)
         # Text handed over, counted by the handing thread; what the writer took is its own
         # count (each count has one writer: no lock).
         self._handed = 0
@@ -114,17 +111,14 @@ class AccessLog:
 
     def start(self) -> None:
         self._listener.start()
-        self._running = True
 
     def stop(self) -> None:
-        """Every line kept is written first. Once: a second call does nothing (QueueListener's
-        own stop fails when it is not running)."""
+        """Every line kept is written first, waiting for the stream at most STOP_WAIT_S
+        (app/observability/log_stream.py). Once: a second call does nothing."""
         if self._handover is not None:
             self._handover.cancel()
         self._hand_over()
-        if self._running:
-            self._listener.stop()
-            self._running = False
+        self._listener.stop()
 
     def write(self, fields: dict[str, Any]) -> None:
         """Keep one request's line. Every HANDOVER_S the lines kept are formatted, on the loop,
@@ -206,65 +200,6 @@ def line(method: str, route: str, status: int | str, model: str | None, timing: 
 def _failed(status: int | str) -> bool:
     """An HTTP status of 400 or more, or a gRPC code other than OK."""
     return status >= 400 if isinstance(status, int) else status != "OK"
-
-
-class _Writer(QueueListener):
-    """The writing thread: each handed-over text written and flushed, one write per
-    handover. (QueueListener for its thread, its queue and its stop that drains the queue.)
-
-    Where the stream is a file descriptor (stderr), the text goes out in writes of whole
-    lines of at most PIPE_BUF bytes each, which a pipe takes whole: under Docker or
-    Kubernetes stderr is a pipe that every worker process writes to, and one larger write
-    is split wherever the reader falls behind, with another worker's lines in between
-    (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,598 of 36,759 lines torn;
-    docs/benchmarks.md)."""
-
-    def __init__(self, texts: queue.SimpleQueue[str], stream: Any) -> None:
-        super().__init__(texts)
-        self.stream = stream
-        self.taken = 0  # characters of text taken off the queue (written, or lost to a broken stream)
-        try:
-            self.fd: int | None = stream.fileno()
-        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
-            self.fd = None
-        self.encoding = getattr(stream, "encoding", None) or "utf-8"
-
-    def handle(self, record: Any) -> None:
-        try:
-            if self.fd is None:
-                self.stream.write(record)
-                self.stream.flush()
-                return
-            self.stream.flush()  # what others wrote through the stream goes first
-            for chunk in whole_lines(record.encode(self.encoding, "backslashreplace"), select.PIPE_BUF):
-                _write_all(self.fd, chunk)
-        except (OSError, ValueError):  # the stream closed or broken: lines are lost, requests are not
-            pass
-        finally:
-            self.taken += len(record)
-
-
-def whole_lines(data: bytes, limit: int) -> list[bytes]:
-    """`data` cut at line ends into pieces of at most `limit` bytes (a line longer than that
-    is a piece of its own)."""
-    pieces, start, size = [], 0, len(data)
-    while size - start > limit:
-        cut = data.rfind(b"\n", start, start + limit)
-        if cut < 0:  # one line past the limit: whole, alone
-            cut = data.find(b"\n", start + limit)
-            if cut < 0:
-                break
-        pieces.append(data[start:cut + 1])
-        start = cut + 1
-    if start < size:
-        pieces.append(data[start:])
-    return pieces
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def trace_id(traceparent: bytes | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Logging set-up (text or JSON lines) and the request id carried in a context variable."""
+"""Logging set-up (text or JSON lines, written by a thread of their own: log_stream.py) and the
+request id carried in a context variable."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import orjson
 
 from app.errors import StartRefused
-from app.observability.log_settings import SWITCHES, LogSettings, apply
+from app.observability.log_settings import SWITCHES, UVICORN_LOGGERS, LogSettings, apply
+from app.observability.log_stream import ServiceLogHandler
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -102,10 +104,13 @@ JSON_TIME = "%Y-%m-%dT%H:%M:%S"
 """The `time` of JSON lines."""
 
 
-def configure_logging(log_format: str, level: str, https: bool = False) -> dict[str, object]:
-    """Configure the root logger; returns the dict for uvicorn's log_config too. `https`: the
-    server's own protocol ends TLS (app/http/connections.py), which uvicorn does not know."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(log_format: str, level: str, https: bool = False) -> None:
+    """Configure the root logger, and uvicorn's loggers to write through it. `https`: the
+    server's own protocol ends TLS (app/http/connections.py), which uvicorn does not know.
+
+    uvicorn is then given no log_config of its own (`log_config=None`): applying one
+    (logging.config.dictConfig) closes every handler there is, this one's thread with them."""
+    handler = ServiceLogHandler(sys.stderr)  # written by a thread of its own: a stuck stderr holds no caller
     handler.addFilter(_RequestIdFilter())
     if https:
         handler.addFilter(_UvicornRunningOnHttps())
@@ -114,9 +119,12 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> dict[
     handler.addFilter(SWITCHES)  # last: the filters above may change a record's level
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, ServiceLogHandler):  # configured before (a test, uvicorn's app in a worker): its thread ended
+            replaced.close()
     root.handlers[:] = [handler]
-    apply(LogSettings.at_level(level, log_format))
-    # uvicorn's loggers propagate to the root handler above instead of their own.
-    return {"version": 1, "disable_existing_loggers": False,
-            "loggers": {name: {"handlers": [], "propagate": True, "level": level.upper()}
-                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
+    for name in UVICORN_LOGGERS:  # through the root handler above instead of their own
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers[:] = []
+        uvicorn_logger.propagate = True
+    apply(LogSettings.at_level(level, log_format))  # the levels, uvicorn's too

@@ -28,7 +28,7 @@ from app.processes import LOG_SETTINGS, LOG_SETTINGS_LOCK
 
 _SWITCHES = {"log_info": "info", "log_warnings": "warnings", "log_errors": "errors"}
 _UINT32_MAX = 2**32 - 1
-_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def apply(settings: LogSettings) -> None:
     SWITCHES.settings = settings
     threshold = settings.threshold()
     logging.getLogger().setLevel(threshold)
-    for name in _UVICORN_LOGGERS:
+    for name in UVICORN_LOGGERS:
         logging.getLogger(name).setLevel(threshold)
 
 

@@ -13,11 +13,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app.batching import BatchRecord
+from app.observability.log_stream import dropped_lines
 from app.observability.loop_histogram import LoopHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -75,6 +76,9 @@ class Metrics:
         self.access_log_dropped = Counter(
             "ortserve_access_log_dropped_lines", "Access log lines dropped because the log's stream (stderr) took "
             "none of those waiting for it (app/observability/access.py BACKLOG_CHARS)", registry=r)
+        self.registry.register(_Counted(
+            "ortserve_log_dropped_lines", "The service log's lines (not the access log's) dropped because the log's "
+            "stream (stderr) took none of those waiting for it (app/observability/log_stream.py)", dropped_lines))
         self.requests_dropped = Counter("ortserve_requests_dropped",
                                         "Queued requests dropped before they ran, by reason (client_gone: "
                                         "the client hung up)", ["model", "reason"], registry=r)
@@ -200,3 +204,13 @@ class _Watched(Collector):
         for model, version, value in self.read():
             family.add_metric([model, version], value)
         yield family
+
+
+class _Counted(Collector):
+    """A counter kept elsewhere (by the logging handler, in every thread that logs), read when scraped."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())

@@ -17,9 +17,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id, whole_lines
+from app.observability.access import FIELDS, HANDOVER_S, AccessLog, trace_id
 from app.observability.access import LOGGER as ACCESS_LOGGER
 from app.observability.log import formatter
+from app.observability.log_stream import whole_lines
 from load_tests import samples
 from load_tests.stats import sample_total
 from tests.app.conftest import grpc_image_request, sample_images, serving, serving_grpc

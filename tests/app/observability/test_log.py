@@ -74,6 +74,8 @@ def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str
         except ValueError:
             grpc_log.exception("Unexpected [ValueError] raised by servicer method [/inference.GRPCInferenceService/ModelInfer]")
     finally:
+        for handler in root.handlers:
+            handler.close()  # every line written
         root.handlers[:] = handlers
         root.setLevel(root_level)
     return stream.getvalue().splitlines()

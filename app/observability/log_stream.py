@@ -1,0 +1,199 @@
+"""Log lines written to their stream by a thread of their own, with what waits for it bounded.
+
+The service's log and its access log go to stderr, which under Docker, Kubernetes or
+systemd is a pipe that a log collector reads. When the reader stops taking lines (stuck,
+slowed by a full disk, or gone with the pipe left open), a write blocks once the pipe's
+64 KiB are full. A log call on the event loop then held the whole server: measured, a
+worker whose stderr nobody read answered nothing more once its access log had filled the
+pipe and a model load logged a line, not even `/v2/health/live`, and SIGTERM did not end
+it (docs/benchmarks.md, "A log stream that takes nothing"). So:
+
+- `LineWriter` is the thread that writes: callers format their lines and hand it the text,
+  and go on at once; the text goes out in writes of whole lines that a pipe takes whole.
+- What waits for it is bounded by its callers (`ServiceLogHandler` here; the access log,
+  app/observability/access.py): past their backlog, lines are dropped and counted, and a
+  line says how many once the stream takes lines again.
+- Stopping and flushing wait while the stream takes lines, until it has taken nothing for
+  STOP_WAIT_S, and not at all once it has made a caller give up and taken nothing since:
+  a stuck stream does not keep a stopping process alive (the thread is a daemon, left
+  behind at exit), a slow one is waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import sys
+import threading
+from logging.handlers import QueueListener
+from typing import Any
+
+STOP_WAIT_S = 2.0
+"""How long flushing or stopping waits for a stream that takes nothing before giving up on it."""
+BACKLOG_CHARS = 1024 * 1024
+"""The service log's text handed to its thread and not yet written, at most: thousands of
+lines, far more than the service writes in a second outside a fault."""
+DROPPED_LOGGER = "ortserve.log"
+"""The logger name of the line that says how many of the service log's lines were dropped."""
+
+
+class LineWriter(QueueListener):
+    """The writing thread: each handed-over text written and flushed, one write per
+    handover. (QueueListener for its thread, its queue and its sentinel.)
+
+    Where the stream is a file descriptor (stderr), the text goes out in writes of whole
+    lines of at most PIPE_BUF bytes each, which a pipe takes whole: under Docker or
+    Kubernetes stderr is a pipe that every worker process writes to, and one larger write
+    is split wherever the reader falls behind, with another worker's lines in between
+    (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,598 of 36,759 lines torn;
+    docs/benchmarks.md)."""
+
+    def __init__(self, texts: queue.SimpleQueue[Any], stream: Any) -> None:
+        super().__init__(texts)
+        self.stream = stream
+        self.taken = 0  # characters of text taken off the queue (written, or lost to a broken stream)
+        self.written = 0  # how much the stream took, piece by piece: how a wait tells a slow stream from a stuck one
+        self._stuck_at: int | None = None  # `written` when a caller last gave up waiting for the stream
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+            self.fd = None
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def handle(self, record: Any) -> None:
+        if isinstance(record, threading.Event):  # a caller waiting for what was handed before it
+            record.set()
+            return
+        try:
+            if self.fd is None:
+                self.stream.write(record)
+                self.stream.flush()
+                self.written += len(record)
+                return
+            self.stream.flush()  # what others wrote through the stream goes first
+            for chunk in whole_lines(record.encode(self.encoding, "backslashreplace"), select.PIPE_BUF):
+                _write_all(self.fd, chunk)
+                self.written += len(chunk)
+        except (OSError, ValueError):  # the stream closed or broken: lines are lost, requests are not
+            pass
+        finally:
+            self.taken += len(record)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def drained(self, wait_s: float = STOP_WAIT_S) -> bool:
+        """Whether everything handed over before this call is written: waiting while the
+        stream takes it, and giving up once the stream has taken nothing for `wait_s`; not
+        waiting at all where it took nothing since it last made a caller give up (stuck: a
+        process stopping would wait on it at every flush)."""
+        if not self.running:
+            return True
+        if self._stuck_at is not None and self._stuck_at == self.written:
+            return False
+        done = threading.Event()
+        self.queue.put_nowait(done)
+        seen = self.written
+        while not done.wait(wait_s):
+            if self.written == seen:
+                self._stuck_at = seen
+                return False
+            seen = self.written
+        self._stuck_at = None
+        return True
+
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """Everything handed over written (`drained`), then the thread ended: a stream that
+        takes nothing for `wait_s` is waited for no longer (QueueListener's own stop waits
+        for ever). Once: a second call does nothing."""
+        if self._thread is None:
+            return
+        drained = self.drained(wait_s)
+        self.enqueue_sentinel()
+        self._thread.join(wait_s if drained else 0)
+        self._thread = None  # one stuck on its stream is a daemon: it does not hold the process at exit
+
+
+class ServiceLogHandler(logging.Handler):
+    """logging's StreamHandler, for the service's own log lines, with the writing done by a
+    LineWriter: a record is filtered and formatted on the thread that logs it, as before,
+    and handed over as text. Past `backlog_chars` waiting for the stream, records are
+    dropped and counted (`dropped`, for the metrics), and one line says how many before the
+    next line the stream takes."""
+
+    def __init__(self, stream: Any = None, backlog_chars: int = BACKLOG_CHARS) -> None:
+        super().__init__()
+        self.backlog_chars = backlog_chars
+        self.dropped = 0  # lines dropped since this handler started
+        self._unsaid = 0  # lines dropped and not yet said in the log itself
+        self._handed = 0  # characters of text handed to the writer
+        self._writer = LineWriter(queue.SimpleQueue(), stream or sys.stderr)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # logging.Handler.handle holds this handler's lock around emit: one thread at a time here
+        try:
+            if not self._writer.running:  # closed (logging.config.dictConfig closes every handler) and still in use
+                self._writer.start()
+            if self._handed - self._writer.taken > self.backlog_chars:  # the stream takes nothing: not even formatted
+                self._unsaid += 1
+                self.dropped += 1
+                return
+            text = self.format(record) + "\n"
+            if self._unsaid:
+                text = self.format(self._dropped_record(self._unsaid)) + "\n" + text
+                self._unsaid = 0
+            self._handed += len(text)
+            self._writer.queue.put_nowait(text)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _dropped_record(self, lines: int) -> logging.LogRecord:
+        """Where lines went missing, said in the log at the place they are missing from (the
+        JSON form has `"dropped": N` too)."""
+        message = (f"{lines} log lines dropped: more than {self.backlog_chars:,} characters were waiting "
+                   "for the log's stream to take them")
+        record = logging.LogRecord(DROPPED_LOGGER, logging.WARNING, __file__, 0, message, None, None)
+        record.fields = {"dropped": lines}
+        return record
+
+    def flush(self) -> None:
+        self._writer.drained()
+
+    def close(self) -> None:
+        self._writer.stop()
+        super().close()
+
+
+def dropped_lines() -> int:
+    """The service log's lines this process dropped (its root logger's ServiceLogHandler)."""
+    return sum(h.dropped for h in logging.getLogger().handlers if isinstance(h, ServiceLogHandler))
+
+
+def whole_lines(data: bytes, limit: int) -> list[bytes]:
+    """`data` cut at line ends into pieces of at most `limit` bytes (a line longer than that
+    is a piece of its own)."""
+    pieces, start, size = [], 0, len(data)
+    while size - start > limit:
+        cut = data.rfind(b"\n", start, start + limit)
+        if cut < 0:  # one line past the limit: whole, alone
+            cut = data.find(b"\n", start + limit)
+            if cut < 0:
+                break
+        pieces.append(data[start:cut + 1])
+        start = cut + 1
+    if start < size:
+        pieces.append(data[start:])
+    return pieces
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
