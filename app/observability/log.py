@@ -120,7 +120,7 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> None:
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     for replaced in root.handlers:
-        if isinstance(replaced, ServiceLogHandler):  # configured before (a test, uvicorn's app in a worker): its thread ended
+        if isinstance(replaced, ServiceLogHandler):  # configured again (tests do): the one replaced ends its thread
             replaced.close()
     root.handlers[:] = [handler]
     for name in UVICORN_LOGGERS:  # through the root handler above instead of their own
@@ -128,3 +128,6 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> None:
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
     apply(LogSettings.at_level(level, log_format))  # the levels, uvicorn's too
+    # Python's warnings (a library's deprecations) as log lines, in the log's form and through
+    # its thread, not text of their own on stderr that a JSON-lines collector cannot parse
+    logging.captureWarnings(True)

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import sys
+import warnings
+from collections.abc import Callable
 
 import pytest
 
@@ -52,18 +54,32 @@ async def test_each_model_state_change_is_one_structured_log_line(model_root, ca
         "event": "model_state", "model": "sst2-lstm", "version": v, "state": "LOADING", "reason": ""}
 
 
-def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str) -> list[str]:
-    """The lines the server's logging (configure_logging) writes for grpc.aio's two records:
-    a write that failed as the client left (ExecuteBatchError), and a handler's own error."""
-    from grpc._cython.cygrpc import ExecuteBatchError
-
+def _logged(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str, log: Callable[[], None]) -> list[str]:
+    """The lines the server's logging (configure_logging) writes for what `log()` logs."""
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
-    grpc_log = logging.getLogger("grpc._cython.cygrpc")  # grpc.aio's server logs under this name
     try:
         configure_logging(log_format, level)
+        log()
+    finally:
+        logging.captureWarnings(False)
+        for handler in root.handlers:
+            handler.close()  # every line written
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+    return stream.getvalue().splitlines()
+
+
+def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str) -> list[str]:
+    """The lines the server's logging writes for grpc.aio's two records: a write that failed
+    as the client left (ExecuteBatchError), and a handler's own error."""
+    from grpc._cython.cygrpc import ExecuteBatchError
+
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")  # grpc.aio's server logs under this name
+
+    def log() -> None:
         try:
             raise ExecuteBatchError('Failed "execute_batch"')
         except ExecuteBatchError:
@@ -73,12 +89,8 @@ def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str
             raise ValueError("a fault")
         except ValueError:
             grpc_log.exception("Unexpected [ValueError] raised by servicer method [/inference.GRPCInferenceService/ModelInfer]")
-    finally:
-        for handler in root.handlers:
-            handler.close()  # every line written
-        root.handlers[:] = handlers
-        root.setLevel(root_level)
-    return stream.getvalue().splitlines()
+
+    return _logged(monkeypatch, log_format, level, log)
 
 
 def test_a_grpc_client_that_left_mid_answer_is_one_info_line_and_other_grpc_errors_keep_their_traceback(
@@ -96,3 +108,18 @@ def test_a_grpc_client_that_left_is_not_logged_below_info(monkeypatch: pytest.Mo
     assert not any("ExecuteBatchError" in line or "its client left" in line for line in lines)
     assert "ERROR grpc._cython.cygrpc: Unexpected [ValueError]" in lines[0]
     assert "Traceback" in "\n".join(lines)
+
+
+def test_a_python_warning_is_a_log_line_in_the_log_s_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not text of its own on stderr, which a collector reading JSON lines cannot parse (and
+    which would wait on a stuck stream: app/observability/log_stream.py)."""
+    def warn() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library's warning", DeprecationWarning, stacklevel=1)
+
+    [line] = _logged(monkeypatch, "json", "info", warn)
+    entry = json.loads(line)
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "py.warnings"
+    assert "DeprecationWarning: a library's warning" in entry["message"]
