@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import threading
 from typing import Any
 
 import orjson
@@ -128,6 +129,15 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> None:
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
     apply(LogSettings.at_level(level, log_format))  # the levels, uvicorn's too
-    # Python's warnings (a library's deprecations) as log lines, in the log's form and through
-    # its thread, not text of their own on stderr that a JSON-lines collector cannot parse
+    # Python's warnings (a library's deprecations) and a thread's uncaught exception as log
+    # lines, in the log's form and through its thread, not text of their own on stderr that a
+    # JSON-lines collector cannot parse
     logging.captureWarnings(True)
+    threading.excepthook = _log_thread_failure
+
+
+def _log_thread_failure(failure: threading.ExceptHookArgs) -> None:
+    if failure.exc_type is SystemExit:  # as threading's own hook: a thread's exit, not a failure
+        return
+    name = failure.thread.name if failure.thread is not None else "?"
+    logging.getLogger(__name__).error("thread %s ended by an uncaught exception", name, exc_info=failure.exc_value)

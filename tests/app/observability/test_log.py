@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -60,6 +61,7 @@ def _logged(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str, log: C
     monkeypatch.setattr(sys, "stderr", stream)
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back after
     try:
         configure_logging(log_format, level)
         log()
@@ -123,3 +125,19 @@ def test_a_python_warning_is_a_log_line_in_the_log_s_form(monkeypatch: pytest.Mo
     assert entry["level"] == "warning"
     assert entry["logger"] == "py.warnings"
     assert "DeprecationWarning: a library's warning" in entry["message"]
+
+
+def test_a_thread_s_uncaught_exception_is_a_log_line_with_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail() -> None:
+        raise ValueError("a fault in a thread")
+
+    def run() -> None:
+        thread = threading.Thread(target=fail, name="failing")
+        thread.start()
+        thread.join()
+
+    [line] = _logged(monkeypatch, "json", "info", run)
+    entry = json.loads(line)
+    assert entry["level"] == "error"
+    assert entry["message"] == "thread failing ended by an uncaught exception"
+    assert "ValueError: a fault in a thread" in entry["exception"]
