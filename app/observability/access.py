@@ -113,8 +113,9 @@ class AccessLog:
         self._listener.start()
 
     def stop(self) -> None:
-        """Every line kept is written first, waiting for the stream at most STOP_WAIT_S
-        (app/observability/log_stream.py). Once: a second call does nothing."""
+        """Every line kept is written first, waiting while the stream takes lines, until it
+        has taken nothing for STOP_WAIT_S (app/observability/log_stream.py). Once: a second
+        call does nothing."""
         if self._handover is not None:
             self._handover.cancel()
         self._hand_over()
