@@ -35,8 +35,9 @@ STOP_WAIT_S = 2.0
 BACKLOG_CHARS = 1024 * 1024
 """The service log's text handed to its thread and not yet written, at most: thousands of
 lines, far more than the service writes in a second outside a fault."""
-DROPPED_LOGGER = "ortserve.log"
-"""The logger name of the line that says how many of the service log's lines were dropped."""
+LOGGER = "ortserve.log"
+"""The logger name of the lines the log says about itself: how many lines were dropped, and a
+record that could not be written."""
 
 
 class LineWriter(QueueListener):
@@ -142,23 +143,40 @@ class ServiceLogHandler(logging.Handler):
                 self._unsaid += 1
                 self.dropped += 1
                 return
-            text = self.format(record) + "\n"
-            if self._unsaid:
-                text = self.format(self._dropped_record(self._unsaid)) + "\n" + text
-                self._unsaid = 0
-            self._handed += len(text)
-            self._writer.queue.put_nowait(text)
+            self._hand(self.format(record) + "\n")
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _hand(self, text: str) -> None:
+        if self._unsaid:
+            text = self.format(self._dropped_record(self._unsaid)) + "\n" + text
+            self._unsaid = 0
+        self._handed += len(text)
+        self._writer.queue.put_nowait(text)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A record that could not be written (a log call whose arguments do not fit its
+        message, in any library) reported as a line of the log, in its form and through its
+        thread: logging's own report is text written to sys.stderr on the calling thread,
+        where a stuck stream would hold it."""
+        if not logging.raiseExceptions:  # logging's switch for these reports
+            return
+        report = logging.LogRecord(
+            LOGGER, logging.ERROR, __file__, 0, "a log line of %s could not be written: message %r, "
+            "arguments %r", (record.name, record.msg, record.args), sys.exc_info())
+        try:
+            self._hand(self.format(report) + "\n")
+        except Exception:  # not even that: logging's own report
+            super().handleError(record)
 
     def _dropped_record(self, lines: int) -> logging.LogRecord:
         """Where lines went missing, said in the log at the place they are missing from (the
         JSON form has `"dropped": N` too)."""
         message = (f"{lines} log lines dropped: more than {self.backlog_chars:,} characters were waiting "
                    "for the log's stream to take them")
-        record = logging.LogRecord(DROPPED_LOGGER, logging.WARNING, __file__, 0, message, None, None)
+        record = logging.LogRecord(LOGGER, logging.WARNING, __file__, 0, message, None, None)
         record.fields = {"dropped": lines}
         return record
 

@@ -141,3 +141,13 @@ def test_a_thread_s_uncaught_exception_is_a_log_line_with_its_traceback(monkeypa
     assert entry["level"] == "error"
     assert entry["message"] == "thread failing ended by an uncaught exception"
     assert "ValueError: a fault in a thread" in entry["exception"]
+
+
+def test_a_log_call_whose_arguments_do_not_fit_is_reported_as_a_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not logging's own report, text written to stderr on the calling thread."""
+    [line] = _logged(monkeypatch, "json", "info", lambda: logging.getLogger("a.library").info("%d rows", "many"))
+    entry = json.loads(line)
+    assert entry["level"] == "error"
+    assert entry["logger"] == "ortserve.log"
+    assert entry["message"] == "a log line of a.library could not be written: message '%d rows', arguments ('many',)"
+    assert "TypeError" in entry["exception"]

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from app.observability.log import formatter
-from app.observability.log_stream import DROPPED_LOGGER, ServiceLogHandler
+from app.observability.log_stream import LOGGER, ServiceLogHandler
 from app.observability.metrics import Metrics
 from load_tests import samples
 from load_tests.server import free_port
@@ -93,7 +93,7 @@ def test_a_stream_that_takes_nothing_holds_no_caller_and_the_lines_past_the_back
     lines = [line for line in received[0].splitlines() if not line.startswith(b"xxxx")]  # the pipe's filling
     entries = [json.loads(line) for line in lines]  # every line whole
     notice = [e for e in entries if e["level"] == "warning"]
-    assert notice == [{"time": notice[0]["time"], "level": "warning", "logger": DROPPED_LOGGER, "dropped": dropped,
+    assert notice == [{"time": notice[0]["time"], "level": "warning", "logger": LOGGER, "dropped": dropped,
                        "message": f"{dropped} log lines dropped: more than 20,000 characters were waiting for the "
                                   "log's stream to take them"}]
     kept = sent - dropped
