@@ -38,10 +38,23 @@ def newest(model_dir: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int, taken: int) -> list[int]:
+    """`count` loopback ports free now, all different and none of them `taken` (the HTTP port,
+    not yet bound): each found port's socket is held until all are found. (Run as a script in
+    PyTriton's environment, this cannot import load_tests.ports.)"""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            held.append(socket.socket())
+            held[-1].bind(("127.0.0.1", 0))
+            port = int(held[-1].getsockname()[1])
+            if port != taken:
+                ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 def main() -> None:
@@ -60,8 +73,9 @@ def main() -> None:
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         return {graph_output.name: session.run(None, {graph_input.name: inputs[graph_input.name]})[0]}
 
+    grpc_port, metrics_port = free_ports(2, taken=args.port)
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
-                          grpc_port=free_port(), metrics_address="127.0.0.1", metrics_port=free_port(),
+                          grpc_port=grpc_port, metrics_address="127.0.0.1", metrics_port=metrics_port,
                           log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(model_name=MODEL, infer_func=infer,
