@@ -9,6 +9,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,13 @@ def _logged(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str, log: C
     return stream.getvalue().splitlines()
 
 
+def _the_json_line(monkeypatch: pytest.MonkeyPatch, log: Callable[[], None]) -> dict[str, Any]:
+    """The one JSON line the server's logging writes for what `log()` does."""
+    [line] = _logged(monkeypatch, "json", "info", log)
+    entry: dict[str, Any] = json.loads(line)
+    return entry
+
+
 def _logged_by_grpc(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str) -> list[str]:
     """The lines the server's logging writes for grpc.aio's two records: a write that failed
     as the client left (ExecuteBatchError), and a handler's own error."""
@@ -120,10 +128,8 @@ def test_a_python_warning_is_a_log_line_in_the_log_s_form(monkeypatch: pytest.Mo
             warnings.simplefilter("always")
             warnings.warn("a library's warning", DeprecationWarning, stacklevel=1)
 
-    [line] = _logged(monkeypatch, "json", "info", warn)
-    entry = json.loads(line)
-    assert entry["level"] == "warning"
-    assert entry["logger"] == "py.warnings"
+    entry = _the_json_line(monkeypatch, warn)
+    assert (entry["level"], entry["logger"]) == ("warning", "py.warnings")
     assert "DeprecationWarning: a library's warning" in entry["message"]
 
 
@@ -136,18 +142,14 @@ def test_a_thread_s_uncaught_exception_is_a_log_line_with_its_traceback(monkeypa
         thread.start()
         thread.join()
 
-    [line] = _logged(monkeypatch, "json", "info", run)
-    entry = json.loads(line)
-    assert entry["level"] == "error"
-    assert entry["message"] == "thread failing ended by an uncaught exception"
+    entry = _the_json_line(monkeypatch, run)
+    assert (entry["level"], entry["message"]) == ("error", "thread failing ended by an uncaught exception")
     assert "ValueError: a fault in a thread" in entry["exception"]
 
 
 def test_a_log_call_whose_arguments_do_not_fit_is_reported_as_a_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not logging's own report, text written to stderr on the calling thread."""
-    [line] = _logged(monkeypatch, "json", "info", lambda: logging.getLogger("a.library").info("%d rows", "many"))
-    entry = json.loads(line)
-    assert entry["level"] == "error"
-    assert entry["logger"] == "ortserve.log"
+    entry = _the_json_line(monkeypatch, lambda: logging.getLogger("a.library").info("%d rows", "many"))
+    assert (entry["level"], entry["logger"]) == ("error", "ortserve.log")
     assert entry["message"] == "a log line of a.library could not be written: message '%d rows', arguments ('many',)"
     assert "TypeError" in entry["exception"]
