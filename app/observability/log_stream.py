@@ -139,15 +139,21 @@ class ServiceLogHandler(logging.Handler):
         try:
             if not self._writer.running:  # closed (logging.config.dictConfig closes every handler) and still in use
                 self._writer.start()
-            if self._handed - self._writer.taken > self.backlog_chars:  # the stream takes nothing: not even formatted
-                self._unsaid += 1
-                self.dropped += 1
-                return
-            self._hand(self.format(record) + "\n")
+            if not self._backlogged():
+                self._hand(self.format(record) + "\n")
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _backlogged(self) -> bool:
+        """Whether more than backlog_chars wait for the stream: the line is then dropped (not
+        even formatted) and counted."""
+        if self._handed - self._writer.taken <= self.backlog_chars:
+            return False
+        self._unsaid += 1
+        self.dropped += 1
+        return True
 
     def _hand(self, text: str) -> None:
         if self._unsaid:
@@ -161,7 +167,7 @@ class ServiceLogHandler(logging.Handler):
         message, in any library) reported as a line of the log, in its form and through its
         thread: logging's own report is text written to sys.stderr on the calling thread,
         where a stuck stream would hold it."""
-        if not logging.raiseExceptions:  # logging's switch for these reports
+        if not logging.raiseExceptions or self._backlogged():  # logging's switch for these reports
             return
         report = logging.LogRecord(
             LOGGER, logging.ERROR, __file__, 0, "a log line of %s could not be written: message %r, "

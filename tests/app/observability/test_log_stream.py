@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.config
@@ -189,3 +190,16 @@ def test_a_server_whose_stderr_nobody_reads_serves_and_stops_on_sigterm() -> Non
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
     os.close(read_end)
+
+
+def test_the_report_of_a_record_that_could_not_be_written_waits_within_the_backlog_too() -> None:
+    buffer = io.StringIO()
+    handler = ServiceLogHandler(buffer, backlog_chars=-1)  # nothing may wait
+    record = logging.LogRecord("a.library", logging.INFO, __file__, 0, "%d rows", ("many",), None)
+    try:
+        record.getMessage()
+    except TypeError:
+        handler.handleError(record)
+    handler.close()
+    assert handler.dropped == 1
+    assert buffer.getvalue() == ""
