@@ -16,7 +16,6 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import uvicorn
@@ -25,6 +24,7 @@ from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
 from app import custom_ops, health_probe, listeners
+from app.http.clean_exit import WorkerConfig, exit_cleanly
 from app.http.connections import uvicorn_options
 from app.observability import snapshots, worker_stats, worker_traces, workers
 from app.observability.log import configure_logging
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
         **uvicorn_options(settings),  # httptools with the limits of app/http/connections.py
     }
-    # uvicorn drains on SIGTERM, then raises the signal again under the handler that was in
-    # place before it: with Python's default, a drained server would still exit 143.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler in place before
+    # its own: exit 0, with the exit hooks run (app/http/clean_exit.py; each worker too).
+    signal.signal(signal.SIGTERM, exit_cleanly)
     auto, workers = settings.workers == "auto", worker_count(settings.workers)
     settings = settings.model_copy(update={"workers": workers})
     if settings.port != 0:  # port 0: the port is the kernel's choice, known once bound
@@ -90,14 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     own_http_socket = listeners.PER_WORKER and settings.reuse_port
     _note_queues_of_own_sockets(settings, own_http_socket)
     if not own_http_socket:
-        if settings.metrics_port is None:
-            uvicorn.run("app.main:app", workers=workers, **common)
-            return
-        config = uvicorn.Config("app.main:app", workers=workers, **common)
+        config = WorkerConfig("app.main:app", workers=workers, **common)
+        sockets = [config.bind_socket()] + ([] if settings.metrics_port is None else [_metrics_socket(settings)])
         with contextlib.suppress(KeyboardInterrupt):
-            Multiprocess(config, sockets=[config.bind_socket(), _metrics_socket(settings)]).run()
+            Multiprocess(config, sockets=sockets).run()
         return
-    _run_workers(uvicorn.Config("app.main:app", workers=workers, **common), settings)
+    _run_workers(WorkerConfig("app.main:app", workers=workers, **common), settings)
 
 
 def _note_queues_of_own_sockets(settings: Settings, own_http_socket: bool) -> None:
@@ -262,8 +260,6 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
 
 
 def _as_env(value: object) -> str:

@@ -127,7 +127,9 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> None:
     for name in UVICORN_LOGGERS:  # through the root handler above instead of their own
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers[:] = []
-        uvicorn_logger.propagate = True
+        # uvicorn's access log stays off (the service's own replaces it: access.py): uvicorn
+        # writes one wherever its logger has a handler to reach, the root's included
+        uvicorn_logger.propagate = name != "uvicorn.access"
     apply(LogSettings.at_level(level, log_format))  # the levels, uvicorn's too
     # Python's warnings (a library's deprecations) and a thread's uncaught exception as log
     # lines, in the log's form and through its thread, not text of their own on stderr that a

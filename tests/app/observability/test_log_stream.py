@@ -21,7 +21,7 @@ from app.observability.log import formatter
 from app.observability.log_stream import LOGGER, ServiceLogHandler
 from app.observability.metrics import Metrics
 from load_tests import samples
-from load_tests.server import free_port
+from load_tests.server import ServerProcess, free_port
 from load_tests.stats import sample_total
 from tests.app.conftest import wait_for
 from tests.conftest import MODELS, ROOT
@@ -203,3 +203,21 @@ def test_the_report_of_a_record_that_could_not_be_written_waits_within_the_backl
     handler.close()
     assert handler.dropped == 1
     assert buffer.getvalue() == ""
+
+
+@pytest.mark.parametrize("sockets", [[], ["--no-reuse-port"]], ids=["a socket per worker", "one shared socket"])
+def test_every_worker_writes_its_last_lines_and_exits_0_on_sigterm(sockets: list[str]) -> None:
+    """A worker died by the SIGTERM uvicorn raises again after draining, without its exit
+    hooks, and the lines still with its log's thread were lost ("Application shutdown
+    complete" among them); and uvicorn's own access log stays off."""
+    server = ServerProcess(["--model-dir", str(MODELS), "--workers", "2", "--no-grpc", *sockets, "--log-level", "info"])
+    with server:
+        for _ in range(3):
+            assert httpx.get(f"{server.url}/v2/health/ready", timeout=30).status_code == 200
+    assert server.process is not None
+    assert server.process.returncode == 0
+    log = server.log.read_text()
+    assert log.count("INFO app.main: stopped") == 2
+    assert log.count("Application shutdown complete") == 2
+    assert log.count("Finished server process") == 2
+    assert "uvicorn.access" not in log
