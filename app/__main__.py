@@ -260,8 +260,6 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-
-
 def _as_env(value: object) -> str:
     """A setting as its ORTSERVE_* variable: secrets (the admin token, API keys) as they were given."""
     if isinstance(value, SecretStr):

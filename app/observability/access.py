@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import random
 import re
 import sys
@@ -99,15 +98,10 @@ class AccessLog:
         self._draw = draw
         self.backlog_chars = backlog_chars
         self._dropped = dropped
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._pending: list[tuple[float, dict[str, Any]]] = []
         self._handover: asyncio.TimerHandle | None = None
         self._stamps = _Stamps(JSON_TIME if self.json else TEXT_TIME)
-        self._listener = LineWriter(self._queue, stream or sys.stderr)
-        # Text handed over, counted by the handing thread; what the writer took is its own
-        # count (each count has one writer: no lock).
-        self._handed = 0
-        self._unsaid = 0  # lines dropped and not yet reported in the log itself
+        self._listener = LineWriter(stream or sys.stderr)
 
     def start(self) -> None:
         self._listener.start()
@@ -143,21 +137,16 @@ class AccessLog:
         if not self._pending:
             return
         lines, self._pending = self._pending, []
-        if self._handed - self._listener.taken > self.backlog_chars:  # the stream takes nothing: not even formatted
-            self._unsaid += len(lines)
+        if not self._listener.room(self.backlog_chars, len(lines)):  # the stream takes nothing: not even formatted
             if self._dropped is not None:
                 self._dropped(len(lines))
             return
         made = self._json_line if self.json else self._text_line
-        text = "".join([made(created, fields) for created, fields in lines])
-        if self._unsaid:
-            text = self._dropped_line(time.time(), self._unsaid) + text
-            self._unsaid = 0
-        self._handed += len(text)
-        self._queue.put_nowait(text)
+        self._listener.hand("".join([made(created, fields) for created, fields in lines]), self._dropped_line)
 
-    def _dropped_line(self, created: float, lines: int) -> str:
-        """Where lines went missing, said in the log at the place they are missing from."""
+    def _dropped_line(self, lines: int) -> str:
+        """How many lines were dropped, as a line of this log."""
+        created = time.time()
         message = (f"{lines} access log lines dropped: more than {self.backlog_chars:,} characters were waiting "
                    "for the log's stream to take them")
         if self.json:

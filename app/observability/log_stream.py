@@ -10,9 +10,9 @@ it (docs/benchmarks.md, "A log stream that takes nothing"). So:
 
 - `LineWriter` is the thread that writes: callers format their lines and hand it the text,
   and go on at once; the text goes out in writes of whole lines that a pipe takes whole.
-- What waits for it is bounded by its callers (`ServiceLogHandler` here; the access log,
-  app/observability/access.py): past their backlog, lines are dropped and counted, and a
-  line says how many once the stream takes lines again.
+- What waits for it is bounded: past its callers' backlog (`ServiceLogHandler` here; the
+  access log, app/observability/access.py), lines are dropped and counted, and a line says
+  how many before the next text the writer is handed (`room`, `hand`).
 - Stopping and flushing wait while the stream takes lines, until it has taken nothing for
   STOP_WAIT_S, and not at all once it has made a caller give up and taken nothing since:
   a stuck stream does not keep a stopping process alive (the thread is a daemon, left
@@ -27,6 +27,7 @@ import queue
 import select
 import sys
 import threading
+from collections.abc import Callable
 from logging.handlers import QueueListener
 from typing import Any
 
@@ -51,10 +52,15 @@ class LineWriter(QueueListener):
     (two workers, JSON lines, a reader taking 4 KB every 2 ms: 2,598 of 36,759 lines torn;
     docs/benchmarks.md)."""
 
-    def __init__(self, texts: queue.SimpleQueue[Any], stream: Any) -> None:
-        super().__init__(texts)
+    def __init__(self, stream: Any) -> None:
+        super().__init__(queue.SimpleQueue())
         self.stream = stream
-        self.taken = 0  # characters of text taken off the queue (written, or lost to a broken stream)
+        # Characters of text handed over, counted by the handing thread (one at a time: the
+        # loop, or a handler under its lock), and taken off the queue (written, or lost to a
+        # broken stream), counted by this one: each count has one writer, no lock.
+        self.handed = 0
+        self.taken = 0
+        self.unsaid = 0  # lines dropped and not yet said in the log itself
         self.written = 0  # how much the stream took, piece by piece: how a wait tells a slow stream from a stuck one
         self._stuck_at: int | None = None  # `written` when a caller last gave up waiting for the stream
         try:
@@ -81,6 +87,24 @@ class LineWriter(QueueListener):
             pass
         finally:
             self.taken += len(record)
+
+    def room(self, backlog_chars: int, lines: int = 1) -> bool:
+        """Whether at most `backlog_chars` wait for the stream, so that more may be handed;
+        where not, `lines` are counted as dropped (to be said with the next text handed) and
+        the caller drops them, unformatted."""
+        if self.handed - self.taken <= backlog_chars:
+            return True
+        self.unsaid += lines
+        return False
+
+    def hand(self, text: str, dropped_line: Callable[[int], str]) -> None:
+        """`text` to be written, after `dropped_line(count)` where lines were dropped since the
+        last text: where they are missing from."""
+        if self.unsaid:
+            text = dropped_line(self.unsaid) + text
+            self.unsaid = 0
+        self.handed += len(text)
+        self.queue.put_nowait(text)
 
     @property
     def running(self) -> bool:
@@ -129,9 +153,7 @@ class ServiceLogHandler(logging.Handler):
         super().__init__()
         self.backlog_chars = backlog_chars
         self.dropped = 0  # lines dropped since this handler started
-        self._unsaid = 0  # lines dropped and not yet said in the log itself
-        self._handed = 0  # characters of text handed to the writer
-        self._writer = LineWriter(queue.SimpleQueue(), stream or sys.stderr)
+        self._writer = LineWriter(stream or sys.stderr)
         self._writer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -139,52 +161,44 @@ class ServiceLogHandler(logging.Handler):
         try:
             if not self._writer.running:  # closed (logging.config.dictConfig closes every handler) and still in use
                 self._writer.start()
-            if not self._backlogged():
-                self._hand(self.format(record) + "\n")
+            if self._room():
+                self._writer.hand(self.format(record) + "\n", self._dropped_line)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _backlogged(self) -> bool:
-        """Whether more than backlog_chars wait for the stream: the line is then dropped (not
-        even formatted) and counted."""
-        if self._handed - self._writer.taken <= self.backlog_chars:
-            return False
-        self._unsaid += 1
+    def _room(self) -> bool:
+        """Whether the record may be handed over; where not, it is dropped (not even
+        formatted) and counted."""
+        if self._writer.room(self.backlog_chars):
+            return True
         self.dropped += 1
-        return True
-
-    def _hand(self, text: str) -> None:
-        if self._unsaid:
-            text = self.format(self._dropped_record(self._unsaid)) + "\n" + text
-            self._unsaid = 0
-        self._handed += len(text)
-        self._writer.queue.put_nowait(text)
+        return False
 
     def handleError(self, record: logging.LogRecord) -> None:
         """A record that could not be written (a log call whose arguments do not fit its
         message, in any library) reported as a line of the log, in its form and through its
         thread: logging's own report is text written to sys.stderr on the calling thread,
         where a stuck stream would hold it."""
-        if not logging.raiseExceptions or self._backlogged():  # logging's switch for these reports
+        if not logging.raiseExceptions or not self._room():  # logging's switch for these reports
             return
         report = logging.LogRecord(
             LOGGER, logging.ERROR, __file__, 0, "a log line of %s could not be written: message %r, "
             "arguments %r", (record.name, record.msg, record.args), sys.exc_info())
         try:
-            self._hand(self.format(report) + "\n")
+            self._writer.hand(self.format(report) + "\n", self._dropped_line)
         except Exception:  # not even that: logging's own report
             super().handleError(record)
 
-    def _dropped_record(self, lines: int) -> logging.LogRecord:
-        """Where lines went missing, said in the log at the place they are missing from (the
-        JSON form has `"dropped": N` too)."""
+    def _dropped_line(self, lines: int) -> str:
+        """How many lines were dropped, as a line of this log (the JSON form has `"dropped": N`
+        too)."""
         message = (f"{lines} log lines dropped: more than {self.backlog_chars:,} characters were waiting "
                    "for the log's stream to take them")
         record = logging.LogRecord(LOGGER, logging.WARNING, __file__, 0, message, None, None)
         record.fields = {"dropped": lines}
-        return record
+        return self.format(record) + "\n"
 
     def flush(self) -> None:
         self._writer.drained()
