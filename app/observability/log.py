@@ -7,6 +7,7 @@ import contextvars
 import logging
 import sys
 import threading
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -131,11 +132,22 @@ def configure_logging(log_format: str, level: str, https: bool = False) -> None:
         # writes one wherever its logger has a handler to reach, the root's included
         uvicorn_logger.propagate = name != "uvicorn.access"
     apply(LogSettings.at_level(level, log_format))  # the levels, uvicorn's too
-    # Python's warnings (a library's deprecations) and a thread's uncaught exception as log
-    # lines, in the log's form and through its thread, not text of their own on stderr that a
-    # JSON-lines collector cannot parse
+    # Python's warnings (a library's deprecations) and an uncaught exception, the main
+    # thread's or another's, as log lines, in the log's form and through its thread, not text
+    # of their own on stderr that a JSON-lines collector cannot parse
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_failure
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], failure: BaseException, trace: TracebackType | None) -> None:
+    """The main thread's uncaught exception, as its last log line: written before the process
+    ends, since the log's thread is drained at exit (app/observability/log_stream.py). Ctrl-C
+    stays Python's own."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, failure, trace)
+        return
+    logging.getLogger(__name__).critical("the process ends on an uncaught exception", exc_info=(kind, failure, trace))
 
 
 def _log_thread_failure(failure: threading.ExceptHookArgs) -> None:

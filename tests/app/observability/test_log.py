@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import sys
 import threading
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,6 +65,7 @@ def _logged(monkeypatch: pytest.MonkeyPatch, log_format: str, level: str, log: C
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back after
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     try:
         configure_logging(log_format, level)
         log()
@@ -145,6 +148,35 @@ def test_a_thread_s_uncaught_exception_is_a_log_line_with_its_traceback(monkeypa
     entry = _the_json_line(monkeypatch, run)
     assert (entry["level"], entry["message"]) == ("error", "thread failing ended by an uncaught exception")
     assert "ValueError: a fault in a thread" in entry["exception"]
+
+
+def test_the_main_thread_s_uncaught_exception_is_the_process_s_last_log_line() -> None:
+    """Written through the log's thread before the process ends, in the log's form: under
+    JSON lines, not a bare traceback a collector cannot parse."""
+    script = ("from app.observability.log import configure_logging\n"
+              "configure_logging('json', 'info')\n"
+              "raise RuntimeError('a fault at start')\n")
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[3])
+    assert ended.returncode == 1
+    [line] = ended.stderr.splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["message"]) == ("critical", "the process ends on an uncaught exception")
+    assert "RuntimeError: a fault at start" in entry["exception"]
+
+
+def test_ctrl_c_stays_python_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[type[BaseException]] = []
+    monkeypatch.setattr(sys, "__excepthook__", lambda kind, failure, trace: seen.append(kind))
+
+    def interrupted() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
+
+    assert _logged(monkeypatch, "json", "info", interrupted) == []
+    assert seen == [KeyboardInterrupt]
 
 
 def test_a_log_call_whose_arguments_do_not_fit_is_reported_as_a_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
