@@ -1,0 +1,46 @@
+"""load_tests/protocols.py: a perf_analyzer run whose client could not connect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from load_tests import protocols
+
+FAILED = ("perf_analyzer -i grpc failed:\nThread [5] had error: failed to connect to all addresses; last error: "
+          "UNKNOWN: ipv4:127.0.0.1:45167: No such file or directory\n")
+
+
+def _runs(monkeypatch: pytest.MonkeyPatch, outcomes: list[Exception | dict[str, float]]) -> list[tuple[Any, ...]]:
+    """protocols.measure with perf_analyzer's runs replaced by `outcomes`, in turn; the runs made."""
+    made: list[tuple[Any, ...]] = []
+
+    def measured(*args: Any) -> dict[str, float]:
+        made.append(args)
+        outcome = outcomes[len(made) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(protocols, "_measured", measured)
+    return made
+
+
+def test_a_run_that_could_not_connect_is_said_and_measured_once_more(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    made = _runs(monkeypatch, [RuntimeError(FAILED), {"infer_per_s": 2000.0}])
+    assert protocols.measure("pa", None, "grpc", "data", 1, 64, 3000) == {"infer_per_s": 2000.0}  # type: ignore[arg-type]
+    assert len(made) == 2
+    assert "perf_analyzer -i grpc could not connect (Thread [5] had error: failed to connect" in capsys.readouterr().err
+
+
+def test_only_once_and_only_for_that(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _runs(monkeypatch, [RuntimeError(FAILED), RuntimeError(FAILED)])
+    with pytest.raises(RuntimeError, match="failed to connect"):
+        protocols.measure("pa", None, "grpc", "data", 1, 64, 3000)  # type: ignore[arg-type]
+    assert len(made) == 2
+    made = _runs(monkeypatch, [RuntimeError("perf_analyzer -i http failed:\nFailed to obtain stable measurement")])
+    with pytest.raises(RuntimeError, match="stable measurement"):
+        protocols.measure("pa", None, "http", "data", 1, 64, 3000)  # type: ignore[arg-type]
+    assert len(made) == 1
