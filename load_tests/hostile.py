@@ -333,6 +333,44 @@ class Suite:
                        f"health {health}, HTTP liveness worst {worst:.0f} ms",
                        live == "OK" and health == "SERVING" and attacker.returncode == 0)
 
+    async def grpc_large_messages(self) -> Outcome:
+        """100 unary ModelInfer calls of 4 MB at once over 4 connections (gRPC core receives a
+        message whole before the service sees its size): most refused past
+        max_large_bodies_bytes; liveness meanwhile, and memory before, at the peak, after (a
+        refused call's message once stayed until Python's cyclic collector ran: 1 GB after
+        300 such calls; docs/benchmarks.md, "A refused gRPC call's message")."""
+        import grpc
+
+        before = self.server.resident_mb()
+        rows = 1337  # 4.2 MB of fashion-cnn pixels
+        message = _grpc_image(rows)
+        channels = [grpc.aio.insecure_channel(self.server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
+                     for _ in range(4)]
+        calls = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in channels]
+        codes: Counter[str] = Counter()
+
+        async def one(number: int) -> None:
+            try:
+                await calls[number % 4](message, timeout=60)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as e:
+                codes[e.code().name] += 1
+
+        async def burst() -> None:
+            await asyncio.gather(*(one(n) for n in range(100)))
+
+        try:
+            worst, peak = await _probe(self.server.url, burst(), self.server.resident_mb)
+        finally:
+            for channel in channels:
+                await channel.close()
+        await asyncio.sleep(3)
+        after = self.server.resident_mb()
+        return Outcome("most refused (RESOURCE_EXHAUSTED), none INTERNAL; liveness answers; memory returns",
+                       f"{dict(sorted(codes.items()))}; liveness worst {worst:.0f} ms; RSS {before:.0f} -> peak "
+                       f"{peak:.0f} -> {after:.0f} MB 3 s later",
+                       after < before + 100 and "INTERNAL" not in codes and codes["RESOURCE_EXHAUSTED"] > 0)
+
     async def nan_bodies(self) -> Outcome:
         """V2 bodies of 20 images with a NaN at the front: orjson refuses NaN, and the
         standard library's parser, which reads it, takes 14 times as long; 400 of them, 16 at
@@ -372,13 +410,13 @@ class Suite:
                        True)
 
 
-def _grpc_image() -> bytes:
-    """ModelInfer's message for one fashion-cnn image (zeros), serialized."""
+def _grpc_image(rows: int = 1) -> bytes:
+    """ModelInfer's message for `rows` fashion-cnn images (zeros), serialized."""
     from tritonclient.grpc import service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name="fashion-cnn",
-                                   raw_input_contents=[np.zeros((1, 1, 28, 28), np.float32).tobytes()])
-    request.inputs.add(name="pixels", datatype="FP32", shape=[1, 1, 28, 28])
+                                   raw_input_contents=[np.zeros((rows, 1, 28, 28), np.float32).tobytes()])
+    request.inputs.add(name="pixels", datatype="FP32", shape=[rows, 1, 28, 28])
     return request.SerializeToString()
 
 
