@@ -166,9 +166,9 @@ class InferenceService:
             finally:
                 self.series.record(model_of(request), endpoint, code.name, time.perf_counter() - started)
             # grpc.aio keeps the AbortError on the call, and its traceback holds this frame: a
-            # cycle only the cyclic garbage collector frees, minutes later. The request (a large
-            # message's bytes) goes now (300 refused 4 MB calls left a worker 1 GB larger:
-            # docs/benchmarks.md, "A refused gRPC call's message").
+            # cycle only a full collection of the cyclic garbage collector frees, which may be
+            # long in coming. The request (a large message's bytes) goes now (300 refused 4 MB
+            # calls left a worker 1 GB larger: docs/benchmarks.md, "A refused gRPC call's message").
             del request
             await context.abort(code, message)
 
