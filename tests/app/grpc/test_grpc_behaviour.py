@@ -402,3 +402,30 @@ async def test_a_refused_calls_message_is_let_go_at_once_not_left_to_the_garbage
             tracemalloc.stop()
             gc.enable()
     assert left < 1_000_000, f"{left:,} bytes left behind by 20 refused calls of {request.ByteSize():,} bytes"
+
+
+async def test_a_streams_refused_messages_are_let_go_at_once() -> None:
+    """The stream's side of the test above: each refused message is answered on the stream
+    with its error, and let go with its answer (measured: 10 KB left after 20 of 1 MB)."""
+    request = image_request(334, model="no-such-model")
+
+    async def messages(count: int):  # type: ignore[no-untyped-def]
+        for _ in range(count):
+            yield request
+
+    async with serving_grpc() as (_, stub, _app):
+        assert [a.error_message != "" async for a in stub.ModelStreamInfer(messages(1))] == [True]  # warm
+        gc.collect()
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            errors = [a.error_message async for a in stub.ModelStreamInfer(messages(20))]
+            await asyncio.sleep(0.2)
+            left = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+    assert len(errors) == 20
+    assert all("unknown model 'no-such-model'" in e for e in errors)
+    assert left < 1_000_000, f"{left:,} bytes left behind by 20 refused messages of {request.ByteSize():,} bytes"
