@@ -5,9 +5,7 @@ the code gRPC clients expect, with the HTTP path's message."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import tracemalloc
 from pathlib import Path
 
 import grpc
@@ -18,7 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from app.manifest import load_manifest
 from app.preprocess import normalize_pixels
-from tests.app.conftest import sample_images, serving_grpc
+from tests.app.conftest import left_behind, sample_images, serving_grpc
 from tests.conftest import model_folder
 
 TOKEN = "admin-secret"
@@ -389,19 +387,11 @@ async def test_a_refused_calls_message_is_let_go_at_once_not_left_to_the_garbage
     assert request.ByteSize() > 1_000_000
     async with serving_grpc() as (_, stub, _app):
         assert (await failure(stub.ModelInfer(request))).code() == grpc.StatusCode.NOT_FOUND  # warm
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
+        with left_behind() as left:
             for _ in range(20):
                 assert (await failure(stub.ModelInfer(request))).code() == grpc.StatusCode.NOT_FOUND
             await asyncio.sleep(0.2)  # every call's end on the server handled
-            left = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-            gc.enable()
-    assert left < 1_000_000, f"{left:,} bytes left behind by 20 refused calls of {request.ByteSize():,} bytes"
+    assert left.bytes < 1_000_000, f"{left.bytes:,} bytes left behind by 20 refused calls of {request.ByteSize():,} bytes"
 
 
 async def test_a_streams_refused_messages_are_let_go_at_once() -> None:
@@ -415,17 +405,9 @@ async def test_a_streams_refused_messages_are_let_go_at_once() -> None:
 
     async with serving_grpc() as (_, stub, _app):
         assert [a.error_message != "" async for a in stub.ModelStreamInfer(messages(1))] == [True]  # warm
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
+        with left_behind() as left:
             errors = [a.error_message async for a in stub.ModelStreamInfer(messages(20))]
             await asyncio.sleep(0.2)
-            left = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-            gc.enable()
     assert len(errors) == 20
     assert all("unknown model 'no-such-model'" in e for e in errors)
-    assert left < 1_000_000, f"{left:,} bytes left behind by 20 refused messages of {request.ByteSize():,} bytes"
+    assert left.bytes < 1_000_000, f"{left.bytes:,} bytes left behind by 20 refused messages of {request.ByteSize():,} bytes"

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import io
 import threading
 import time
-import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +23,7 @@ from app.main import create_app
 from app.settings import Settings
 from load_tests.hostile import HOSTILE_REQUESTS
 from load_tests.server import ServerProcess, free_port
-from tests.app.conftest import sample_images, serving
+from tests.app.conftest import left_behind, sample_images, serving
 from tests.conftest import MODELS
 
 TEXT_IDS = {"name": "lengths", "shape": [1], "datatype": "INT64", "data": [1]}
@@ -365,15 +363,7 @@ async def test_a_refused_large_body_is_let_go_at_once_not_left_to_the_garbage_co
     async with serving() as client:
         expected = (await client.post(path, content=body, headers=headers)).status_code  # warm
         assert expected in (400, 404)
-        gc.collect()
-        gc.disable()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
+        with left_behind() as left:
             for _ in range(20):
                 assert (await client.post(path, content=body, headers=headers)).status_code == expected
-            left = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-            gc.enable()
-    assert left < 2 * len(body), f"{left:,} bytes left behind by 20 refused bodies of {len(body):,} bytes"
+    assert left.bytes < 2 * len(body), f"{left.bytes:,} bytes left behind by 20 refused bodies of {len(body):,} bytes"
