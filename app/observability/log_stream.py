@@ -61,6 +61,7 @@ class LineWriter(QueueListener):
         self.handed = 0
         self.taken = 0
         self.unsaid = 0  # lines dropped and not yet said in the log itself
+        self.dropped = 0  # lines dropped since this writer was made
         self.written = 0  # how much the stream took, piece by piece: how a wait tells a slow stream from a stuck one
         self._stuck_at: int | None = None  # `written` when a caller last gave up waiting for the stream
         try:
@@ -95,6 +96,7 @@ class LineWriter(QueueListener):
         if self.handed - self.taken <= backlog_chars:
             return True
         self.unsaid += lines
+        self.dropped += lines
         return False
 
     def hand(self, text: str, dropped_line: Callable[[int], str]) -> None:
@@ -152,7 +154,6 @@ class ServiceLogHandler(logging.Handler):
     def __init__(self, stream: Any = None, backlog_chars: int = BACKLOG_CHARS) -> None:
         super().__init__()
         self.backlog_chars = backlog_chars
-        self.dropped = 0  # lines dropped since this handler started
         self._writer = LineWriter(stream or sys.stderr)
         self._writer.start()
 
@@ -161,27 +162,24 @@ class ServiceLogHandler(logging.Handler):
         try:
             if not self._writer.running:  # closed (logging.config.dictConfig closes every handler) and still in use
                 self._writer.start()
-            if self._room():
+            if self._writer.room(self.backlog_chars):  # else dropped, not even formatted
                 self._writer.hand(self.format(record) + "\n", self._dropped_line)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _room(self) -> bool:
-        """Whether the record may be handed over; where not, it is dropped (not even
-        formatted) and counted."""
-        if self._writer.room(self.backlog_chars):
-            return True
-        self.dropped += 1
-        return False
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since this handler started (its writer counts them)."""
+        return self._writer.dropped
 
     def handleError(self, record: logging.LogRecord) -> None:
         """A record that could not be written (a log call whose arguments do not fit its
         message, in any library) reported as a line of the log, in its form and through its
         thread: logging's own report is text written to sys.stderr on the calling thread,
         where a stuck stream would hold it."""
-        if not logging.raiseExceptions or not self._room():  # logging's switch for these reports
+        if not logging.raiseExceptions or not self._writer.room(self.backlog_chars):  # logging's switch for these reports
             return
         report = logging.LogRecord(
             LOGGER, logging.ERROR, __file__, 0, "a log line of %s could not be written: message %r, "
