@@ -108,8 +108,8 @@ class AccessLog:
 
     def stop(self) -> None:
         """Every line kept is written first, waiting while the stream takes lines, until it
-        has taken nothing for STOP_WAIT_S (app/observability/log_stream.py). Once: a second
-        call does nothing."""
+        has taken nothing for STOP_WAIT_S or stayed behind for STOP_WITHIN_S
+        (app/observability/log_stream.py). Once: a second call does nothing."""
         if self._handover is not None:
             self._handover.cancel()
         self._hand_over()

@@ -16,7 +16,9 @@ it (docs/benchmarks.md, "A log stream that takes nothing"). So:
 - Stopping and flushing wait while the stream takes lines, until it has taken nothing for
   STOP_WAIT_S, and not at all once it has made a caller give up and taken nothing since:
   a stuck stream does not keep a stopping process alive (the thread is a daemon, left
-  behind at exit), a slow one is waited for.
+  behind at exit). A slow one is waited for STOP_WITHIN_S at most, in all: a reader taking
+  4 KB every 2 s behind 9 MB of backlog kept a stopping worker for over an hour, until the
+  orchestrator's kill, which loses the same lines and ends the process with 137, not 0.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ import queue
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable
 from logging.handlers import QueueListener
 from typing import Any
 
 STOP_WAIT_S = 2.0
 """How long flushing or stopping waits for a stream that takes nothing before giving up on it."""
+STOP_WITHIN_S = 4.0
+"""How long flushing and stopping wait, in all, for a stream that takes lines but stays behind
+(a slow reader): the rest is lost. Per writer, and a process has two (its log, its access
+log): 8 s in all fits the time left after the drain and the grace period by the shipped
+compose file (10 s) and Kubernetes Deployment (15 s)."""
 BACKLOG_CHARS = 1024 * 1024
 """The service log's text handed to its thread and not yet written, at most: thousands of
 lines, far more than the service writes in a second outside a fault."""
@@ -64,6 +72,7 @@ class LineWriter(QueueListener):
         self.dropped = 0  # lines dropped since this writer was made
         self.written = 0  # how much the stream took, piece by piece: how a wait tells a slow stream from a stuck one
         self._stuck_at: int | None = None  # `written` when a caller last gave up waiting for the stream
+        self._waited_s = 0.0  # how long callers have waited for the stream since it last caught up
         try:
             self.fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
@@ -112,33 +121,44 @@ class LineWriter(QueueListener):
     def running(self) -> bool:
         return self._thread is not None
 
-    def drained(self, wait_s: float = STOP_WAIT_S) -> bool:
+    def drained(self, wait_s: float = STOP_WAIT_S, within_s: float = STOP_WITHIN_S) -> bool:
         """Whether everything handed over before this call is written: waiting while the
-        stream takes it, and giving up once the stream has taken nothing for `wait_s`; not
-        waiting at all where it took nothing since it last made a caller give up (stuck: a
-        process stopping would wait on it at every flush)."""
+        stream takes it, and giving up once the stream has taken nothing for `wait_s`, or
+        once it has been waited for `within_s` in all, this wait and those before it that
+        it did not catch up on (slow: a process stopping flushes twice, then stops). Not
+        waiting at all where it took nothing since it last made a caller give up (stuck:
+        a process stopping would wait on it at every flush)."""
         if not self.running:
             return True
         if self._stuck_at is not None and self._stuck_at == self.written:
             return False
+        if self.handed == self.taken:
+            self._waited_s = 0.0  # caught up: the waits before count no more
+        started = time.monotonic()
+        until = started + within_s - self._waited_s
         done = threading.Event()
         self.queue.put_nowait(done)
         seen = self.written
-        while not done.wait(wait_s):
-            if self.written == seen:
-                self._stuck_at = seen
-                return False
-            seen = self.written
-        self._stuck_at = None
+        try:
+            while not done.wait(max(0.0, min(wait_s, until - time.monotonic()))):
+                if time.monotonic() >= until:
+                    return False  # slow: what is still waiting is left behind
+                if self.written == seen:
+                    self._stuck_at = seen
+                    return False
+                seen = self.written
+        finally:
+            self._waited_s += time.monotonic() - started
+        self._stuck_at, self._waited_s = None, 0.0
         return True
 
-    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+    def stop(self, wait_s: float = STOP_WAIT_S, within_s: float = STOP_WITHIN_S) -> None:
         """Everything handed over written (`drained`), then the thread ended: a stream that
-        takes nothing for `wait_s` is waited for no longer (QueueListener's own stop waits
-        for ever). Once: a second call does nothing."""
+        takes nothing for `wait_s`, or is still behind after `within_s`, is waited for no
+        longer (QueueListener's own stop waits for ever). Once: a second call does nothing."""
         if self._thread is None:
             return
-        drained = self.drained(wait_s)
+        drained = self.drained(wait_s, within_s)
         self.enqueue_sentinel()
         self._thread.join(wait_s if drained else 0)
         self._thread = None  # one stuck on its stream is a daemon: it does not hold the process at exit

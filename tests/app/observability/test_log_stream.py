@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from app.observability.log import formatter
-from app.observability.log_stream import LOGGER, ServiceLogHandler
+from app.observability.log_stream import LOGGER, LineWriter, ServiceLogHandler
 from app.observability.metrics import Metrics
 from load_tests import samples
 from load_tests.server import ServerProcess, free_port
@@ -114,6 +114,36 @@ def test_closing_on_a_stream_that_takes_nothing_returns(logger: logging.Logger) 
     assert in_thread(handler.close), "a stopping process does not wait on its log for ever"
     os.close(read_end)  # the thread, stuck on the write, sees a broken pipe and ends
     stream.close()
+
+
+def test_stopping_on_a_stream_that_takes_lines_too_slowly_to_catch_up_waits_a_bounded_time_in_all() -> None:
+    """A reader taking 4 KB every 20 ms behind 2 MB of lines (10 s of them): before, stopping
+    waited for all of it, as long as that took (a collector reading a few KB a second behind
+    megabytes kept a stopping worker for an hour); now the waits end at their bound, the
+    rest left to the writing thread, a daemon that does not hold the process at exit."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    received = bytearray()
+    stop_reading = threading.Event()
+
+    def read_slowly() -> None:
+        while not stop_reading.wait(0.02) and (chunk := os.read(read_end, 4096)):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    writer = LineWriter(stream)
+    writer.start()
+    writer.hand("".join(f"line {n:07d} {'x' * 80}\n" for n in range(22_000)), str)
+
+    assert not writer.drained(within_s=0.5), "a flush gives up on a stream that stays behind"
+    assert in_thread(lambda: writer.stop(within_s=0.5))
+    assert 0 < writer.written < writer.handed  # slow, not stuck: it took lines, not all
+    stop_reading.set()
+    reader.join(60)
+    os.close(read_end)
+    stream.close()
+    assert received.startswith(b"line 0000000 ")
 
 
 def test_a_handler_closed_while_still_in_use_writes_on(logger: logging.Logger,
