@@ -23,7 +23,8 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.supervisors import Multiprocess
 
-from app import custom_ops, health_probe, listeners
+from app import __version__, custom_ops, health_probe, listeners
+from app.errors import reason
 from app.http.clean_exit import WorkerConfig, exit_cleanly
 from app.http.connections import uvicorn_options
 from app.observability import snapshots, worker_stats, worker_traces, workers
@@ -34,7 +35,7 @@ from app.tls import scheme, tls_problem
 from app.tuning import HEAP_ARENAS, one_heap
 
 PROG = "python -m app"
-USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR ...]  (each flag is also an "
+USAGE = (f"usage: {PROG} [--flags] | import MODEL.onnx --name NAME | check [MODEL_DIR ...] | --version  (each flag is also an "
          f"ORTSERVE_* variable; {PROG} --help lists them)")
 
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         from app.model_tools import main as model_tools
 
         sys.exit(model_tools(argv))
+    if argv == ["--version"]:
+        sys.stdout.write(version() + "\n")
+        return
     # gRPC core's own log: errors only. At its default it writes a line for each failed TLS
     # handshake, and any client can open connections that fail one.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -170,6 +174,15 @@ def _shared_folders(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
+def version() -> str:
+    """What a bug report needs to say: this server's version, and the ONNX Runtime it runs
+    on with the execution providers that build has (CUDA's where onnxruntime-gpu is in)."""
+    import onnxruntime
+
+    providers = ", ".join(onnxruntime.get_available_providers())
+    return f"ortserve {__version__} (onnxruntime {onnxruntime.__version__}: {providers}; python {sys.version.split()[0]})"
+
+
 def parse_settings(argv: list[str]) -> Settings:
     """Settings from flags and the environment; a bad value exits with a usage line that
     names the setting, not a traceback."""
@@ -186,7 +199,7 @@ def _describe(error: Any) -> str:
     name = str(error["loc"][0]) if error["loc"] else "settings"
     flag, env = "--" + name.replace("_", "-"), f"ORTSERVE_{name.upper()}"
     received = f", got {error['input']!r}" if "input" in error and not isinstance(error["input"], dict) else ""
-    return f"{flag} / {env}: {error['msg']}{received}"
+    return f"{flag} / {env}: {reason(error)}{received}"
 
 
 def _metrics_socket(settings: Settings) -> socket.socket:

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from app.batch_sizing import choose, measure_costs
+from app.errors import validation_errors
 from app.graph import (
     GraphError,
     InputMaker,
@@ -104,8 +105,7 @@ def complete(session: ort.InferenceSession, folder: Path, facts: ModelFacts, mod
                 preferred_variant={"cpu": "fp32", "cuda": "fp32"}, batching=batching,
                 response_cache=bool(facts.response_cache), onnxruntime=facts.onnxruntime, sequence=facts.sequence)
         except ValidationError as e:
-            raise GraphError(f"it does not make a {task} model: " + "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from e
+            raise GraphError(f"it does not make a {task} model: {validation_errors(e.errors(), whole='', limit=3)}") from e
 
     if not batches:
         reason = (f"max_batch_size 0 in {facts.source}" if given == 0 else

@@ -5,6 +5,9 @@ No FastAPI objects here: the batcher and runtime raise these; app/http/errors.py
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class ServingError(Exception):
     status_code = 500
@@ -140,3 +143,21 @@ class StrictModelsRefused(StartRefused):
     def __init__(self, failures: list[str]) -> None:
         super().__init__("--strict-models: refusing to start: " + "; ".join(failures))
         self.failures = failures
+
+
+def validation_errors(errors: Iterable[Mapping[str, Any]], whole: str = "body", limit: int = 5) -> str:
+    """pydantic's errors (ValidationError.errors()) as one line: each `location: why`, the
+    location dotted, `whole` where the error is the object's as a whole (an empty `whole`:
+    the reason alone). The first `limit` errors."""
+    parts = []
+    for error in list(errors)[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or whole
+        parts.append(f"{where}: {reason(error)}" if where else reason(error))
+    return "; ".join(parts)
+
+
+def reason(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message, without the "Value error, " pydantic puts before what a
+    validator of ours raised: that is a whole sentence of its own."""
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2
 
+from app.errors import validation_errors
 from app.graph import DROP_IN_FILE
 from app.manifest import (
     MAX_INSTANCES,
@@ -239,7 +240,7 @@ def read_labels(folder: Path, file: str, named_in: Path | str) -> list[str]:
 
 
 def describe(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5])
+    return validation_errors(error.errors())
 
 
 def from_triton_text(text: str, folder_name: str, source: str) -> ModelFacts:

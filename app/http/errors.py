@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import ServingError
+from app.errors import ServingError, validation_errors
 from app.http.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,7 @@ async def render_error(request: Request, exc: Exception) -> Response:
             logger.error("server error: %s", exc.message)
         return JSONResponse({"error": exc.message}, exc.status_code, exc.headers)
     if isinstance(exc, RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
+        return JSONResponse({"error": validation_errors(exc.errors(), limit=1) or "invalid request"}, 422)
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
             return JSONResponse({"error": no_endpoint(request.method, request.url.path)}, 404)

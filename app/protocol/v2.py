@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from app.codecs import Codec
-from app.errors import InvalidInput, UnprocessableInput
+from app.errors import InvalidInput, UnprocessableInput, validation_errors
 from app.manifest import DATATYPES, Manifest, TensorSpec
 from app.protocol.binary import BinaryReader, split_body, strings_to_bytes, to_little_endian_bytes, utf8
 from app.protocol.shared_memory import REGION, Place, SharedMemoryRegions, named_place
@@ -131,11 +131,7 @@ def validated_request(raw: dict[str, Any]) -> InferenceRequest:
 
 
 def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "invalid inference request: " + "; ".join(parts)
+    return "invalid inference request: " + validation_errors(error.errors())
 
 
 def decode_inputs(request: InferenceRequest, binary: BinaryReader, manifest: Manifest,

@@ -139,3 +139,15 @@ def test_strict_models_refuses_in_one_line_without_a_traceback(model_root: Path)
     assert "Traceback" not in result.stderr
     assert result.stderr.count("refusing to start") == 1, result.stderr
     assert "--strict-models: refusing to start: model 'fashion-cnn'" in result.stderr
+
+
+def test_version_says_the_servers_and_onnx_runtimes_and_starts_nothing() -> None:
+    import onnxruntime
+
+    from app import __version__
+
+    answer = run_app("--version")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith(f"ortserve {__version__} (onnxruntime {onnxruntime.__version__}: ")
+    assert "CPUExecutionProvider" in answer.stdout
+    assert answer.stderr == ""  # no log line: nothing was started

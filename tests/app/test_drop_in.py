@@ -294,6 +294,10 @@ async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_
         [helper.make_node("Constant", [], ["one"], value=constant)], "constant", [],
         [helper.make_tensor_value_info("one", TensorProto.FLOAT, [1])]))
     save(tmp_path, "zipmapped", zipmapped(), other_opsets=(ML_OPSET,))
+    features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 4])
+    save(tmp_path, "passed-through", helper.make_graph(  # an input that is an output too, as it came
+        [helper.make_node("Relu", ["features"], ["scores"])], "passed", [features],
+        [features, helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])]))
     async with serving(model_dir=tmp_path, admin_token=TOKEN) as client:
         index = {e["name"]: e for e in (await client.post("/v2/repository/index", headers=ADMIN)).json()}
         served = await client.post("/v2/models/mlp/infer",
@@ -307,6 +311,10 @@ async def test_a_model_that_cannot_load_or_has_no_inputs_is_unavailable_and_the_
     assert index["zipmapped"]["state"] == "UNAVAILABLE"
     assert "output 'output_probability' is a seq(map(int64,tensor(float)))" in index["zipmapped"]["reason"]
     assert "options={'zipmap': False}" in index["zipmapped"]["reason"]  # what to do about it
+    assert index["passed-through"]["state"] == "UNAVAILABLE"
+    assert index["passed-through"]["reason"].endswith(  # pydantic's wording of it left out
+        "model.onnx cannot be served: it does not make a tensors model: input and output names must be unique, "
+        "got ['features', 'features', 'scores']")
     assert served.status_code == 200
     assert refused.status_code == 503
 

@@ -64,7 +64,7 @@ def test_the_cli_refuses_to_start_with_an_empty_secret(tmp_path: Path) -> None:
     from_variable = run_app("--model-dir", str(MODELS), env={"ORTSERVE_API_KEYS": '[""]'})
     from_file = run_app("--model-dir", str(MODELS), "--api-keys-file", str(empty))
     assert from_variable.returncode == 2
-    assert "ORTSERVE_API_KEYS: Value error, API key 1 of 1 is empty or only whitespace" in from_variable.stderr
+    assert "ORTSERVE_API_KEYS: API key 1 of 1 is empty or only whitespace" in from_variable.stderr
     assert from_file.returncode == 2
     assert f"the API key file {empty} holds no secret (only blank lines): refusing to start" in from_file.stderr
 
