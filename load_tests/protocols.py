@@ -74,20 +74,27 @@ CONNECT_FAILED = "failed to connect to all addresses"
 """What perf_analyzer's gRPC threads said in the first run of this tool in two sessions (some of
 64 threads, "... No such file or directory"), clean when run again at once; cause not found
 (docs/benchmarks.md, "The open targets again (2026-12-07, stop 63)")."""
+UNSTABLE = "Failed to obtain stable measurement"
+"""What perf_analyzer says where its windows' throughputs stayed more than --stability-percentage
+apart for --max-trials windows: a busy moment of a shared machine (stop 64's first run of the
+stream at c64), no figures at all."""
+TRANSIENT = {CONNECT_FAILED: "could not connect", UNSTABLE: "could not make its measurement stable"}
 
 
 def measure(tool: str, server: ServerProcess, protocol: str, data: str, images: int, concurrency: int,
             interval_ms: int, *options: str) -> dict[str, float]:
     """perf_analyzer's figures, and the CPU the server and the client (perf_analyzer) spent per
-    request over the whole run (its warm-up windows too, as the requests counted). A run whose
-    client could not connect is said on stderr and measured once more, not the whole table lost."""
+    request over the whole run (its warm-up windows too, as the requests counted). A run that
+    failed for the moment (its client could not connect, or its windows would not agree) is
+    said on stderr and measured once more, not the whole table lost."""
     try:
         return _measured(tool, server, protocol, data, images, concurrency, interval_ms, *options)
     except RuntimeError as e:
-        if CONNECT_FAILED not in str(e):
+        failure = next((marker for marker in TRANSIENT if marker in str(e)), None)
+        if failure is None:
             raise
-        said = next((line.strip() for line in str(e).splitlines() if CONNECT_FAILED in line), "")
-        print(f"perf_analyzer -i {protocol} could not connect ({said}); measuring once more", file=sys.stderr)
+        said = next((line.strip() for line in str(e).splitlines() if failure in line), "")
+        print(f"perf_analyzer -i {protocol} {TRANSIENT[failure]} ({said}); measuring once more", file=sys.stderr)
         return _measured(tool, server, protocol, data, images, concurrency, interval_ms, *options)
 
 

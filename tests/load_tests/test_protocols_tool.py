@@ -1,4 +1,5 @@
-"""load_tests/protocols.py: a perf_analyzer run whose client could not connect."""
+"""load_tests/protocols.py: a perf_analyzer run that failed for the moment (its client could not
+connect, or its measurement would not settle)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from load_tests import protocols
 
 FAILED = ("perf_analyzer -i grpc failed:\nThread [5] had error: failed to connect to all addresses; last error: "
           "UNKNOWN: ipv4:127.0.0.1:45167: No such file or directory\n")
+UNSTABLE = ("perf_analyzer -i grpc-stream failed:\nRequest concurrency: 64\nFailed to obtain stable measurement within 6 "
+            "measurement windows for concurrency 64. Please try to increase the --measurement-interval.\n")
 
 
 def _runs(monkeypatch: pytest.MonkeyPatch, outcomes: list[Exception | dict[str, float]]) -> list[tuple[Any, ...]]:
@@ -35,12 +38,21 @@ def test_a_run_that_could_not_connect_is_said_and_measured_once_more(monkeypatch
     assert "perf_analyzer -i grpc could not connect (Thread [5] had error: failed to connect" in capsys.readouterr().err
 
 
-def test_only_once_and_only_for_that(monkeypatch: pytest.MonkeyPatch) -> None:
-    made = _runs(monkeypatch, [RuntimeError(FAILED), RuntimeError(FAILED)])
-    with pytest.raises(RuntimeError, match="failed to connect"):
+def test_a_run_that_would_not_settle_is_said_and_measured_once_more(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    made = _runs(monkeypatch, [RuntimeError(UNSTABLE), {"infer_per_s": 2000.0}])
+    assert protocols.measure("pa", None, "grpc-stream", "data", 1, 64, 3000) == {"infer_per_s": 2000.0}  # type: ignore[arg-type]
+    assert len(made) == 2
+    assert ("perf_analyzer -i grpc-stream could not make its measurement stable (Failed to obtain stable measurement "
+            "within 6 measurement windows") in capsys.readouterr().err
+
+
+def test_only_once_and_only_for_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _runs(monkeypatch, [RuntimeError(FAILED), RuntimeError(UNSTABLE)])
+    with pytest.raises(RuntimeError, match="stable measurement"):
         protocols.measure("pa", None, "grpc", "data", 1, 64, 3000)  # type: ignore[arg-type]
     assert len(made) == 2
-    made = _runs(monkeypatch, [RuntimeError("perf_analyzer -i http failed:\nFailed to obtain stable measurement")])
-    with pytest.raises(RuntimeError, match="stable measurement"):
+    made = _runs(monkeypatch, [RuntimeError("perf_analyzer -i http failed:\nInference failed: model not found")])
+    with pytest.raises(RuntimeError, match="model not found"):
         protocols.measure("pa", None, "http", "data", 1, 64, 3000)  # type: ignore[arg-type]
     assert len(made) == 1
