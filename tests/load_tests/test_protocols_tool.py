@@ -3,6 +3,8 @@ connect, or its measurement would not settle)."""
 
 from __future__ import annotations
 
+import subprocess
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -56,3 +58,25 @@ def test_only_once_and_only_for_those(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="model not found"):
         protocols.measure("pa", None, "http", "data", 1, 64, 3000)  # type: ignore[arg-type]
     assert len(made) == 1
+
+
+def test_a_run_past_its_time_is_said_and_measured_once_more(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """perf_analyzer's own hang (once, --streaming against the gRPC ceiling) ends its run, not the table."""
+    runs: list[tuple[Any, ...]] = []
+
+    def perf_analyzer_run(*args: Any, **options: Any) -> subprocess.CompletedProcess[str]:
+        runs.append(args)
+        if len(runs) == 1:
+            raise subprocess.TimeoutExpired(["perf_analyzer"], 300)
+        return subprocess.CompletedProcess([], 0, "Throughput: 2000 infer/sec\n", "")
+
+    answered = iter([0, 0, 64])  # before the run that hung, before the one after it, after that one
+    monkeypatch.setattr(protocols.perf_analyzer, "run", perf_analyzer_run)
+    monkeypatch.setattr(protocols, "images_answered", lambda server: next(answered))
+    monkeypatch.setattr(protocols, "STATISTICS_SETTLE_S", 0)
+    server = SimpleNamespace(cpu_seconds=lambda: 1.0, cpu_by_thread=lambda: {})
+    found = protocols.measure("pa", server, "grpc-stream", "data", 1, 64, 3000)  # type: ignore[arg-type]
+    assert found["infer_per_s"] == 2000.0
+    assert len(runs) == 2
+    assert "perf_analyzer -i grpc-stream did not finish (perf_analyzer did not finish within 300 s)" in capsys.readouterr().err
