@@ -222,6 +222,52 @@ def test_a_server_whose_stderr_nobody_reads_serves_and_stops_on_sigterm() -> Non
     os.close(read_end)
 
 
+def test_a_server_whose_stderr_is_read_too_slowly_to_catch_up_still_stops_on_sigterm() -> None:
+    """Its stderr read 4 KB a second behind an access log's backlog (3,000 requests, about
+    400 KB of lines: minutes of reading): before, a stopping worker waited for all of it;
+    now for its bound (STOP_WITHIN_S a log), then it exits 0. The 60 s below bounds a hang,
+    it does not time the stop."""
+    read_end, write_end = os.pipe()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(MODELS),
+         "--workers", "1", "--no-grpc", "--access-log", "--log-level", "info"],
+        cwd=ROOT, stdout=write_end, stderr=write_end, start_new_session=True)
+    os.close(write_end)
+    slowly = threading.Event()
+
+    def read() -> None:
+        while not (slowly.is_set() and stopped.wait(1)) and os.read(read_end, 4096):
+            pass
+
+    stopped = threading.Event()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 120)
+        slowly.set()
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(3000):
+                assert client.get("/v2/health/live").status_code == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        stopped.set()
+        reader.join(10)
+    os.close(read_end)
+
+
 def test_the_report_of_a_record_that_could_not_be_written_waits_within_the_backlog_too() -> None:
     buffer = io.StringIO()
     handler = ServiceLogHandler(buffer, backlog_chars=-1)  # nothing may wait
