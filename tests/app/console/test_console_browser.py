@@ -116,7 +116,9 @@ def test_a_model_of_ones_own_gets_a_tensor_editor_prefilled_from_its_metadata(se
 def test_drawing_on_the_pad_is_answered_as_one_draws(server: ServerProcess, browser: object) -> None:
     console = Console(browser, server.url)
     page = console.page
-    box = page.locator("#pad").bounding_box()
+    pad = page.locator("#pad")
+    expect(pad).to_be_visible(timeout=WAIT_MS)  # shown once the model's metadata is in: a box only then
+    box = pad.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + 140, box["y"] + 40)
     page.mouse.down()
