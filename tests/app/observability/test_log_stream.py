@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -180,29 +181,43 @@ def test_the_server_counts_the_service_log_lines_it_dropped_in_its_metrics() -> 
     assert sample_total(scraped, "ortserve_log_dropped_lines_total") == 3
 
 
+@contextlib.contextmanager
+def server_writing_to(write_end: int, *flags: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m app FLAGS` with its stdout and stderr on `write_end` (this process's copy
+    closed), once ready: (the process, its URL). Killed with its workers if still running at
+    the end."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(MODELS),
+         "--no-grpc", "--log-level", "info", *flags],
+        cwd=ROOT, stdout=write_end, stderr=write_end, start_new_session=True)
+    os.close(write_end)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, 120)
+        yield server, url
+    finally:
+        if server.poll() is None:  # held: its workers with it
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
 def test_a_server_whose_stderr_nobody_reads_serves_and_stops_on_sigterm() -> None:
     """Its stderr a pipe already full, as a log collector that stopped reading leaves it:
     before, the first line logged on the event loop held the server, which answered nothing
     more (not even /v2/health/live) and did not end on SIGTERM. Two workers: the
     supervising parent logs too."""
     read_end, write_end = full_pipe()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(MODELS),
-         "--workers", "2", "--no-grpc", "--model-control-mode", "explicit", "--load-model", "*",
-         "--admin-token", "secret", "--log-level", "info"],
-        cwd=ROOT, stdout=write_end, stderr=write_end, start_new_session=True)
-    os.close(write_end)
-    try:
-        url, admin = f"http://127.0.0.1:{port}", {"authorization": "Bearer secret"}
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 120)
+    with server_writing_to(write_end, "--workers", "2", "--model-control-mode", "explicit", "--load-model", "*",
+                           "--admin-token", "secret") as (server, url):
+        admin = {"authorization": "Bearer secret"}
         body = samples.v2_json(1, MODELS)
         for _ in range(3):  # each unload and load logs lines on a worker's event loop
             assert httpx.post(f"{url}/v2/repository/models/fashion-cnn/unload", headers=admin,
@@ -215,10 +230,6 @@ def test_a_server_whose_stderr_nobody_reads_serves_and_stops_on_sigterm() -> Non
         assert httpx.get(f"{url}/v2/health/live", timeout=30).status_code == 200
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0
-    finally:
-        if server.poll() is None:  # held: its workers with it
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
     os.close(read_end)
 
 
@@ -228,41 +239,23 @@ def test_a_server_whose_stderr_is_read_too_slowly_to_catch_up_still_stops_on_sig
     now for its bound (STOP_WITHIN_S a log), then it exits 0. The 60 s below bounds a hang,
     it does not time the stop."""
     read_end, write_end = os.pipe()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(MODELS),
-         "--workers", "1", "--no-grpc", "--access-log", "--log-level", "info"],
-        cwd=ROOT, stdout=write_end, stderr=write_end, start_new_session=True)
-    os.close(write_end)
-    slowly = threading.Event()
+    slowly, stopped = threading.Event(), threading.Event()
 
-    def read() -> None:
+    def read() -> None:  # at once until the server is ready, then 4 KB a second
         while not (slowly.is_set() and stopped.wait(1)) and os.read(read_end, 4096):
             pass
 
-    stopped = threading.Event()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 120)
-        slowly.set()
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(3000):
-                assert client.get("/v2/health/live").status_code == 200
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(60) == 0
+        with server_writing_to(write_end, "--workers", "1", "--access-log") as (server, url):
+            slowly.set()
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for _ in range(3000):
+                    assert client.get("/v2/health/live").status_code == 200
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(60) == 0
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
         stopped.set()
         reader.join(10)
     os.close(read_end)
