@@ -203,7 +203,10 @@ class Left:
 def left_behind() -> Iterator[Left]:
     """What reference counting alone did not free of what the block allocated: the cyclic
     garbage collector is off inside it, so that a request kept in a reference cycle (which
-    the collector would free only some time later) counts as left."""
+    the collector would free only some time later) counts as left. Where the client runs in
+    the serving task (httpx's ASGI transport), end the block a loop step after the last
+    answer (`await asyncio.sleep(0)`): the step that answer woke holds its future until it
+    ends, and a refusal's future holds the request through its traceback."""
     gc.collect()
     gc.disable()
     tracemalloc.start()
