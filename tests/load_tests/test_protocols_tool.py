@@ -1,5 +1,5 @@
 """load_tests/protocols.py: a perf_analyzer run that failed for the moment (its client could not
-connect, or its measurement would not settle)."""
+connect, its measurement would not settle, or it did not end in time)."""
 
 from __future__ import annotations
 
