@@ -135,6 +135,8 @@ class LineWriter(QueueListener):
             return False
         if self.handed == self.taken:
             self._waited_s = 0.0  # caught up: the waits before count no more
+        elif self._waited_s >= within_s:
+            return False  # waited for in all already, and still behind
         started = time.monotonic()
         until = started + within_s - self._waited_s
         done = threading.Event()
